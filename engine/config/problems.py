@@ -1,0 +1,76 @@
+"""Configuration problems: collected all at once, each naming where and how to fix it."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong (or worth a warning) in a configuration file."""
+
+    key: str                      # dotted key, e.g. "datasets[0].subsets[1].num_repeats"
+    message: str                  # what is wrong, with the bad value
+    hint: str = ""                # how to fix it
+    file: str | None = None
+    line: int | None = None       # 1-based, when known
+    severity: str = "error"       # "error" | "warning" | "note"
+
+    def location(self) -> str:
+        if self.file and self.line:
+            return f"{self.file}:{self.line}"
+        return self.file or ""
+
+    def __str__(self) -> str:
+        where = self.location()
+        text = f"{where}: " if where else ""
+        text += f"{self.severity}: {self.key}: {self.message}"
+        if self.hint:
+            text += f" (hint: {self.hint})"
+        return text
+
+
+class ConfigError(Exception):
+    """Raised with every error found, so a user fixes a file in one go."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = [p for p in problems]
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A 'did you mean ...' hint for an unknown key, or a list of the valid ones."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    if close:
+        return f'did you mean "{close[0]}"?'
+    return "valid keys: " + ", ".join(choices)
+
+
+@dataclass
+class ProblemList:
+    """Accumulates problems while validating; raise once at the end."""
+
+    file: str | None = None
+    items: list[Problem] = field(default_factory=list)
+    line_of: dict[str, int] = field(default_factory=dict)   # dotted key -> line
+
+    def add(self, key: str, message: str, hint: str = "", severity: str = "error") -> None:
+        self.items.append(Problem(key, message, hint, self.file, self.line_of.get(key), severity))
+
+    def warn(self, key: str, message: str, hint: str = "") -> None:
+        self.add(key, message, hint, "warning")
+
+    @property
+    def has_errors(self) -> bool:
+        return any(p.severity == "error" for p in self.items)
+
+    def raise_if_errors(self) -> None:
+        if self.has_errors:
+            raise ConfigError(self.items)
