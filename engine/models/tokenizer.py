@@ -68,3 +68,83 @@ def load_tokenizer(source: str | Path | None = None, v2: bool = False):
         if any((folder / name).is_file() for name in ("vocab.json", "tokenizer.json")):
             return CLIPTokenizer.from_pretrained(str(folder))
     return build_clip_tokenizer(v2=v2)
+
+
+# ---------------------------------------------------------------------------------------
+# Token layout for 75 / 150 / 225 tokens (SPEC §5.2). Plain lists, no torch, so the
+# health check, the wizard and `sdft tokens` share it with the training encoder.
+
+MAX_TOKEN_LENGTHS = (75, 150, 225)
+CHUNK_TEXT = 75          # text tokens per chunk
+CHUNK_LEN = CHUNK_TEXT + 2   # one chunk = BOS + 75 + EOS = CLIP's 77 positions
+
+
+def check_max_token_length(max_token_length: int) -> int:
+    """The number of 77-id chunks for ``max_token_length``; ValueError names the fix."""
+    if max_token_length not in MAX_TOKEN_LENGTHS:
+        raise ValueError(
+            f"model.max_token_length = {max_token_length!r} is not supported: "
+            "use 75 (CLIP's own limit), 150 or 225"
+        )
+    return max_token_length // CHUNK_TEXT
+
+
+def embedding_length(max_token_length: int) -> int:
+    """Positions the U-Net sees after recombination: 77, 152 or 227 (SPEC §5.3)."""
+    chunks = check_max_token_length(max_token_length)
+    return CHUNK_LEN if chunks == 1 else CHUNK_TEXT * chunks + 2
+
+
+def pad_ids(text_ids: list[int], max_token_length: int, *, bos: int, eos: int, pad: int) -> list[int]:
+    """``[BOS] + first N text ids + [EOS] + PAD…``, length N + 2 (SPEC §5.2 step 1)."""
+    kept = list(text_ids[:max_token_length])
+    return [bos, *kept, eos] + [pad] * (max_token_length - len(kept))
+
+
+def chunk_ids(ids: list[int], *, eos: int, pad: int) -> list[list[int]]:
+    """Split N + 2 padded ids into chunks of 77, each with its own BOS/EOS (SPEC §5.2 step 2).
+
+    Chunk j is ``[ids[0]] + ids[1+75j : 76+75j] + [ids[-1]]``. With SD2's "!" padding
+    (pad != eos) two fixes apply: a chunk full of text ends in EOS, and an empty chunk gets
+    EOS at position 1. With SD1 (pad == eos) both are no-ops.
+    """
+    total = len(ids)
+    if (total - 2) % CHUNK_TEXT or total < CHUNK_LEN:
+        raise ValueError(f"expected 77, 152 or 227 padded ids, got {total}")
+    chunks_n = (total - 2) // CHUNK_TEXT
+    if chunks_n == 1:
+        return [list(ids)]
+    chunks = []
+    for j in range(chunks_n):
+        chunk = [ids[0], *ids[1 + CHUNK_TEXT * j : 1 + CHUNK_TEXT * (j + 1)], ids[-1]]
+        if chunk[-2] not in (eos, pad):
+            chunk[-1] = eos
+        if chunk[1] == pad:
+            chunk[1] = eos
+        chunks.append(chunk)
+    return chunks
+
+
+@lru_cache(maxsize=2)
+def cached_clip_tokenizer(v2: bool = False):
+    """The built-in tokenizer, built once per process (counting thousands of captions)."""
+    return build_clip_tokenizer(v2=v2)
+
+
+def count_tokens(texts: list[str], v2: bool = False, *, weighted: bool = False, tokenizer=None) -> list[int]:
+    """CLIP text tokens per caption, BOS/EOS not counted (compare with 75 / 150 / 225).
+
+    One batched tokenizer call for all captions. ``weighted`` counts what the encoder reads
+    once A1111 attention syntax is removed. No torch; transformers is imported lazily.
+    """
+    texts = list(texts)
+    if not texts:
+        return []
+    if weighted:
+        from engine.models.weighting import weighted_token_ids
+
+        tok = tokenizer or cached_clip_tokenizer(bool(v2))
+        return [item.total for item in weighted_token_ids(tok, texts, max_tokens=0)]
+    tok = tokenizer or cached_clip_tokenizer(bool(v2))
+    encoded = tok(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    return [len(ids) for ids in encoded]
