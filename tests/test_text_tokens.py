@@ -132,7 +132,7 @@ def test_pad_and_chunk_helpers():
 def test_count_tokens_batch():
     texts = ["a photo of a cat", "", a_caption(200), "1girl, (smile:1.2)"] * 500
     counts = count_tokens(texts)
-    assert counts[:4] == [5, 0, 200, 9]
+    assert counts[:4] == [5, 0, 200, 10]  # 1 girl , ( smile : 1 . 2 )
     assert len(counts) == 2000
     assert count_tokens(["1girl, (smile:1.2)"], weighted=True) == [4]
     assert count_tokens([]) == []
