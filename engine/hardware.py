@@ -1,0 +1,155 @@
+"""Probe the machine: GPUs (name, memory), system RAM and CPU count.
+
+``probe_gpus_nvidia_smi`` asks ``nvidia-smi`` and never imports torch, so the wizard can call it
+(from a worker thread) at start-up and stay fast. ``probe_torch_device`` is for the engine, which
+has torch loaded anyway: it reports the device training will really use, with bf16 support.
+Without a GPU everything falls back to the CPU with a clear reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+NVIDIA_SMI_QUERY = ["--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"]
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    total_bytes: int
+
+    @property
+    def total_gib(self) -> float:
+        return self.total_bytes / 2**30
+
+
+@dataclass(frozen=True)
+class HardwareInfo:
+    """What the wizard shows: GPUs (may be empty), RAM, CPUs and where the facts came from."""
+
+    gpus: list = field(default_factory=list)
+    ram_bytes: int | None = None
+    cpu_count: int = 1
+    source: str = ""   # "nvidia-smi", "torch" or "none"
+    note: str = ""     # why no GPU was found, for the UI
+
+    @property
+    def best_gpu(self) -> GpuInfo | None:
+        return max(self.gpus, key=lambda g: g.total_bytes) if self.gpus else None
+
+    def summary(self) -> str:
+        gpu = self.best_gpu
+        if gpu is None:
+            return f"no CUDA GPU ({self.note or 'not found'}); training would run on the CPU"
+        extra = f" (+{len(self.gpus) - 1} more)" if len(self.gpus) > 1 else ""
+        return f"{gpu.name}, {gpu.total_gib:.1f} GiB{extra}"
+
+
+def parse_nvidia_smi_csv(text: str) -> list[GpuInfo]:
+    """Parse ``index, name, memory.total`` lines (MiB, no units/header); bad lines are skipped."""
+    gpus = []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 3:
+            continue
+        try:
+            index = int(parts[0])
+            mib = float(parts[-1].split()[0])
+        except (ValueError, IndexError):
+            continue
+        name = ",".join(parts[1:-1]).strip()
+        gpus.append(GpuInfo(index, name, int(mib * 2**20)))
+    return gpus
+
+
+def probe_gpus_nvidia_smi(timeout: float = 5.0) -> tuple[list[GpuInfo], str]:
+    """(GPUs, note). Runs ``nvidia-smi``; an empty list plus the reason when it is missing/fails."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return [], "nvidia-smi not found"
+    try:
+        done = subprocess.run([exe, *NVIDIA_SMI_QUERY], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [], f"nvidia-smi failed: {exc}"
+    if done.returncode != 0:
+        return [], f"nvidia-smi failed: {(done.stderr or done.stdout).strip()[:200]}"
+    gpus = parse_nvidia_smi_csv(done.stdout)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() != "":
+        keep = {v.strip() for v in visible.split(",")}
+        gpus = [g for g in gpus if str(g.index) in keep]
+    elif visible is not None:
+        return [], "CUDA_VISIBLE_DEVICES is empty"
+    return gpus, "" if gpus else "nvidia-smi lists no GPU"
+
+
+def ram_bytes() -> int | None:
+    """Total system memory, or None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def probe_hardware(timeout: float = 5.0) -> HardwareInfo:
+    """GPUs via nvidia-smi (no torch import), RAM and CPUs. Safe to call from a thread."""
+    gpus, note = probe_gpus_nvidia_smi(timeout)
+    return HardwareInfo(gpus=gpus, ram_bytes=ram_bytes(), cpu_count=cpu_count(),
+                        source="nvidia-smi" if gpus else "none", note=note)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The device training will use, as torch sees it."""
+
+    device: str            # "cuda" | "cpu" | "mps"
+    name: str
+    total_bytes: int | None
+    bf16: bool
+    note: str = ""
+
+
+def probe_torch_device(prefer: str = "auto") -> DeviceInfo:
+    """Ask torch (imported here, lazily) which device training would use."""
+    import torch
+
+    if prefer in ("auto", "cuda") and torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return DeviceInfo("cuda", props.name, int(props.total_memory), bool(torch.cuda.is_bf16_supported()))
+    note = "" if prefer == "cpu" else "CUDA is not available to torch (CPU build, no driver, or no GPU)"
+    if prefer == "cuda":
+        note = "memory.device = \"cuda\" but " + note[0].lower() + note[1:]
+    return DeviceInfo("cpu", _cpu_name(), ram_bytes(), True, note)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "CPU"

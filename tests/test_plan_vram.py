@@ -1,0 +1,135 @@
+"""VRAM planner: reproduces published SD1.x figures, monotone in the right directions, suggests fixes."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+
+from engine.plan import (
+    GIB, PRESETS, PlanOptions, apply_preset_to_options, budget_for_preset, estimate_peak_vram,
+    hypernetwork_params, preset_for, suggest,
+)
+
+# ShivamShrirao/diffusers examples/dreambooth/README.md, Tesla T4, SD-v1.4, 512², xformers, U-Net
+# only (TE/VAE freed), torch-1.12 era: gradients persist, for-loop AdamW, ~0.8 GiB context. nvidia-smi GiB.
+T4 = dict(attention="xformers", text_encoder_on_gpu=False, grads_persist=True, optimizer_foreach=False,
+          ctx_bytes=0.8 * GIB)
+T4_ROWS = [  # (mixed_precision, batch, gradient checkpointing, optimizer, published GiB)
+    ("fp16", 1, True, "AdamW8bit", 9.92),
+    ("no", 1, True, "AdamW8bit", 10.08),
+    ("fp16", 2, True, "AdamW8bit", 10.4),
+    ("fp16", 1, False, "AdamW8bit", 11.17),
+    ("no", 1, False, "AdamW8bit", 11.17),
+    ("fp16", 2, False, "AdamW8bit", 13.67),
+    ("fp16", 1, True, "AdamW", 15.79),
+    ("fp16", 1, False, "AdamW", 17.7),
+]
+
+
+@pytest.mark.parametrize("mp,batch,gc,opt,published", T4_ROWS)
+def test_reproduces_published_t4_table_within_15_percent(mp, batch, gc, opt, published):
+    est = estimate_peak_vram(PlanOptions(mixed_precision=mp, batch_size=batch, gradient_checkpointing=gc,
+                                         optimizer=opt, **T4))
+    assert est.total_bytes / GIB == pytest.approx(published, rel=0.15)
+
+
+def test_kohya_12gb_claim_and_diffusers_24gb_claim():
+    # kohya docs: SD1.x fine-tune fits 12 GB at bs1, AdamW8bit, xformers, GC, fp16, cached latents.
+    kohya = estimate_peak_vram(PlanOptions(mixed_precision="fp16", gradient_checkpointing=True,
+                                           optimizer="AdamW8bit", attention="xformers"))
+    assert kohya.total_bytes < 12e9
+    assert kohya.total_bytes == pytest.approx(10.0e9, rel=0.15)
+    # diffusers text_to_image README: bs1, GC, fp16, EMA on GPU fits a single 24 GB GPU.
+    diffusers = estimate_peak_vram(PlanOptions(mixed_precision="fp16", gradient_checkpointing=True, ema=True,
+                                               cache_latents="none", vae_dtype="fp16"))
+    assert 18e9 < diffusers.total_bytes < 24e9
+
+
+def test_breakdown_adds_up_to_total():
+    est = estimate_peak_vram(PlanOptions(mixed_precision="fp16", batch_size=4, train_text_encoder=True, ema=True))
+    assert sum(est.breakdown.values()) == pytest.approx(est.total_bytes)
+    assert est.phase in ("forward", "backward", "optimizer step")
+
+
+def _grid():
+    for fam, mp, gc, attn, opt, te, mode in itertools.product(
+        ("sd1", "sd2"), ("no", "fp16", "bf16"), (False, True), ("sdpa", "math"),
+        ("AdamW", "AdamW8bit", "Adafactor", "Lion", "SGDNesterov"), (False, True), ("full", "hypernetwork"),
+    ):
+        if mode == "hypernetwork" and te:
+            continue
+        yield PlanOptions(family=fam, mixed_precision=mp, gradient_checkpointing=gc, attention=attn,
+                          optimizer=opt, train_text_encoder=te, mode=mode)
+
+
+def test_monotone_in_batch_and_resolution():
+    for base in _grid():
+        prev = 0.0
+        for batch in (1, 2, 3, 4, 8):
+            total = estimate_peak_vram(replace(base, batch_size=batch)).total_bytes
+            assert total >= prev, (base, batch)
+            prev = total
+        prev = 0.0
+        for w, h in ((256, 256), (512, 384), (512, 512), (640, 512), (768, 768), (1024, 1024)):
+            total = estimate_peak_vram(replace(base, width=w, height=h, batch_size=2)).total_bytes
+            assert total >= prev, (base, w, h)
+            prev = total
+
+
+def test_checkpointing_and_8bit_adam_never_raise_it():
+    for base in _grid():
+        for batch in (1, 4):
+            for res in (512, 768):
+                o = replace(base, batch_size=batch, width=res, height=res, gradient_checkpointing=False)
+                assert (estimate_peak_vram(replace(o, gradient_checkpointing=True)).total_bytes
+                        <= estimate_peak_vram(o).total_bytes)
+                o = replace(base, batch_size=batch, width=res, height=res, optimizer="AdamW")
+                assert (estimate_peak_vram(replace(o, optimizer="AdamW8bit")).total_bytes
+                        <= estimate_peak_vram(o).total_bytes)
+
+
+def test_classic_attention_costs_about_4gb_per_512_sample():
+    o = PlanOptions(mixed_precision="fp16", batch_size=4)
+    extra = estimate_peak_vram(replace(o, attention="math")).total_bytes - estimate_peak_vram(o).total_bytes
+    assert 4 * 4.0e9 < extra < 4 * 6.5e9
+
+
+def test_hypernetwork_mode_is_much_smaller_than_full():
+    assert 21e6 < hypernetwork_params("sd1") < 23e6
+    full = estimate_peak_vram(PlanOptions(mixed_precision="fp16"))
+    hyper = estimate_peak_vram(PlanOptions(mixed_precision="fp16", mode="hypernetwork"))
+    assert hyper.total_bytes < full.total_bytes / 2
+    assert "hypernetwork + optimizer" in hyper.breakdown
+
+
+def test_suggest_offers_a_fitting_change_with_before_and_after():
+    o = PlanOptions(mixed_precision="fp16", batch_size=2, optimizer="AdamW8bit")
+    before = estimate_peak_vram(o).total_bytes
+    out = suggest(o, 12 * GIB)
+    assert out and out[0].fits and out[0].new_total < before
+    gc = [s for s in out if s.changes == {"gradient_checkpointing": True}]
+    assert gc and gc[0].text.startswith("enable gradient checkpointing: ") and " -> " in gc[0].text
+    assert gc[0].config_changes == {"memory.gradient_checkpointing": True}
+
+
+def test_suggest_combines_changes_when_no_single_one_fits():
+    o = PlanOptions(mixed_precision="no", batch_size=8, attention="math", ema=True)
+    out = suggest(o, 8 * GIB)
+    assert out[0].fits and "+" in out[0].text
+    assert estimate_peak_vram(replace(o, **out[0].changes)).total_bytes == pytest.approx(out[0].new_total)
+
+
+@pytest.mark.parametrize("size", sorted(PRESETS))
+def test_each_preset_fits_its_card(size):
+    est = estimate_peak_vram(apply_preset_to_options(PlanOptions(), PRESETS[size]))
+    assert est.fits(budget_for_preset(size))
+
+
+def test_preset_for_card_sizes():
+    assert preset_for(None) == 8
+    assert preset_for(7.6 * GIB) == 8
+    assert preset_for(11.7 * GIB) == 12
+    assert preset_for(23.6 * GIB) == 24
+    assert preset_for(79.2 * GIB) == 48
