@@ -57,7 +57,7 @@ def build_clip_tokenizer(v2: bool = False):
 def load_tokenizer(source: str | Path | None = None, v2: bool = False):
     """The model's own tokenizer when it has one (a folder), else the built-in vocabulary.
 
-    SPEC §5.5: ``model.tokenizer_dir`` or a diffusers folder's ``tokenizer/`` wins.
+    SPEC §5.1: ``model.tokenizer_dir`` or a diffusers folder's ``tokenizer/`` wins.
     """
     if source is not None:
         from transformers import CLIPTokenizer

@@ -13,7 +13,6 @@ import sys
 from typing import Any
 
 from engine.models.tokenizer import (
-    CHUNK_LEN,
     CHUNK_TEXT,
     MAX_TOKEN_LENGTHS,
     chunk_ids,
