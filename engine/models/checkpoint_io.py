@@ -1,0 +1,145 @@
+"""Reading raw tensors from .safetensors and .ckpt files, safely.
+
+A .ckpt is a pickle, and a pickle can run any code when loaded. We load with
+``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers.
+Old PyTorch-Lightning checkpoints (SD 1.x era) also reference Lightning classes (e.g.
+the ModelCheckpoint callback used as a dict key); those, and only those, are replaced by
+inert stubs (SPEC §8.5). Anything else is refused unless the user explicitly allows an
+unsafe pickle.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+from engine.models.errors import ModelLoadError
+
+SAFETENSORS_EXT = (".safetensors",)
+LIGHTNING_PREFIXES = ("pytorch_lightning.", "lightning.pytorch.", "lightning_fabric.")
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+MAX_STUBS = 64
+
+
+def is_safetensors(path: Path) -> bool:
+    """By extension, or by the header shape (8-byte length then '{') for odd names."""
+    if path.suffix.lower() in SAFETENSORS_EXT:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30)
+
+
+def read_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # SafetensorError, OSError: bad header, truncated data
+        size = path.stat().st_size
+        raise ModelLoadError(
+            f"{path}: cannot read it as safetensors ({exc}). The file ({size:,} bytes) is "
+            "truncated or not a safetensors file: download it again, or check the path"
+        ) from exc
+    return tensors, metadata
+
+
+def _lightning_stub(qualified: str):
+    """An inert class standing in for a Lightning class (it keeps whatever state it is given)."""
+    module, _, name = qualified.rpartition(".")
+
+    class Stub(dict):
+        def __init__(self, *args, **kwargs):
+            super().__init__()
+
+        def __setstate__(self, state):
+            if isinstance(state, dict):
+                self.update(state)
+
+    Stub.__name__ = Stub.__qualname__ = name
+    Stub.__module__ = module
+    return Stub
+
+
+def _torch_load_restricted(path: Path) -> Any:
+    """torch.load(weights_only=True), stubbing Lightning globals one by one as they are met."""
+    import torch
+
+    stubs: list = []
+    while True:
+        try:
+            with torch.serialization.safe_globals(stubs):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            m = _UNSUPPORTED_GLOBAL.search(str(exc))
+            if m and m.group(1).startswith(LIGHTNING_PREFIXES) and len(stubs) < MAX_STUBS:
+                name = m.group(1)
+                stubs.append((_lightning_stub(name), name))
+                continue
+            raise
+
+
+def read_torch_checkpoint(path: Path, allow_unsafe_pickle: bool = False, report: list[str] | None = None) -> Any:
+    """Load a pickled checkpoint safely; explain a refusal."""
+    import torch
+
+    try:
+        return _torch_load_restricted(path)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        m = _UNSUPPORTED_GLOBAL.search(text)
+        if m is None and "Weights only load failed" not in text:
+            raise ModelLoadError(f"{path}: not a PyTorch checkpoint ({text.splitlines()[0]})") from exc
+        what = m.group(1) if m else "an object that is not plain tensors"
+        if not allow_unsafe_pickle:
+            raise ModelLoadError(
+                f"{path}: refused to load this .ckpt: its pickle needs {what}, and loading it would "
+                "let the file run arbitrary code on your machine. Convert it to .safetensors with a "
+                "tool you trust, or, only if you trust where the file came from, pass "
+                "--allow-unsafe-pickle (model.allow_unsafe_pickle = true)"
+            ) from exc
+        if report is not None:
+            report.append(f"warning: {path.name} was loaded as an UNSAFE pickle (it needs {what}) "
+                          "because you allowed it")
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        size = path.stat().st_size
+        raise ModelLoadError(
+            f"{path}: cannot read it as a PyTorch checkpoint ({str(exc).splitlines()[0]}). The file "
+            f"({size:,} bytes) is truncated or not a checkpoint: download it again, or check the path"
+        ) from exc
+
+
+def read_state_dict(path: Path, *, allow_unsafe_pickle: bool = False,
+                    report: list[str] | None = None) -> tuple[dict, dict[str, str], dict]:
+    """(tensors, metadata strings, extra info such as global_step) from a single file."""
+    import torch
+
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    if is_safetensors(path):
+        tensors, metadata = read_safetensors(path)
+        return tensors, metadata, {}
+    obj = read_torch_checkpoint(path, allow_unsafe_pickle, report)
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"{path}: holds a {type(obj).__name__}, not a state dict; not a checkpoint")
+    info = {k: obj[k] for k in ("epoch", "global_step") if isinstance(obj.get(k), int)}
+    metadata = obj.get("sdft_metadata") if isinstance(obj.get("sdft_metadata"), dict) else {}
+    sd = obj.get("state_dict", obj)
+    if not isinstance(sd, dict):
+        raise ModelLoadError(f"{path}: 'state_dict' is a {type(sd).__name__}, not a dict of tensors")
+    tensors = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        if sd and all(isinstance(k, int) for k in sd):
+            kind = "a hypernetwork (load it with hypernetwork.weights, not as a base model)"
+        else:
+            kind = f"no tensors under string keys (first keys: {[str(k) for k in list(sd)[:3]]})"
+        raise ModelLoadError(f"{path}: {kind}; not a Stable Diffusion checkpoint")
+    return tensors, {str(k): str(v) for k, v in metadata.items()}, info

@@ -1,0 +1,377 @@
+"""Load a base model from a diffusers folder, a single .safetensors/.ckpt, or a hub id.
+
+Everything comes back in fp32 on the CPU, with a report of what was detected and from
+where (SPEC §8.4). Single files load with no network: the models are built from configs
+inferred from the tensor shapes (real SD files match the built-in configs exactly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from engine.models import convert as cv
+from engine.models.checkpoint_io import read_state_dict
+from engine.models.configs import scheduler_config
+from engine.models.detect import (
+    a1111_v_test,
+    check_supported,
+    detect_v2_single_file,
+    resolve_v2,
+    resolve_v_parameterization,
+)
+from engine.models.errors import ModelLoadError
+from engine.models.infer import infer_text_config, infer_unet_config, infer_vae_config, sd2_text_layers
+
+__all__ = ["LoadedModel", "ModelLoadError", "load_model", "load_vae", "training_scheduler"]
+
+SINGLE_FILE_EXT = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# DDIM-only keys that DDPMScheduler does not take.
+_DDIM_ONLY = ("set_alpha_to_one", "_class_name")
+
+
+@dataclass
+class LoadedModel:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any
+    v2: bool
+    v_parameterization: bool
+    report: list[str]
+    source: str
+    base_name: str
+    base_sha256: str | None
+    metadata: dict[str, str] = field(default_factory=dict)   # the source file's metadata
+    text_extras: dict = field(default_factory=dict)          # unused OpenCLIP tensors to copy on save
+    has_ema: bool = False
+
+
+def training_scheduler(v2: bool, v_parameterization: bool):
+    """DDPMScheduler with SD's training schedule and the right prediction type."""
+    from diffusers import DDPMScheduler
+
+    cfg = {k: v for k, v in scheduler_config(v2, v_parameterization).items() if k not in _DDIM_ONLY}
+    return DDPMScheduler(**cfg)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fp32(sd: Mapping) -> dict:
+    import torch
+
+    return {k: (v.float() if torch.is_floating_point(v) else v) for k, v in sd.items()}
+
+
+def _build(ctor, state: Mapping, what: str, path: str):
+    """Build a model on the meta device and assign ``state`` into it (strict)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = ctor()
+    try:
+        model.load_state_dict(_fp32(state), strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{path}: the {what} weights do not fit the {what} architecture "
+                             f"read from the file: {str(exc)[:400]}") from exc
+    return model.eval()
+
+
+def _meta_model_keys(ctor) -> dict:
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return ctor().state_dict()
+
+
+def _unet_ctor(cfg: dict):
+    from diffusers import UNet2DConditionModel
+
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return lambda: UNet2DConditionModel(**cfg)
+
+
+def _vae_ctor(cfg: dict):
+    from diffusers import AutoencoderKL
+
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return lambda: AutoencoderKL(**cfg)
+
+
+def _text_ctor(cfg: dict):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "model_type")}
+    return lambda: CLIPTextModel(CLIPTextConfig(**cfg))
+
+
+# --------------------------------------------------------------------------- VAE
+
+
+def _vae_from_original_part(part: Mapping, *, v2: bool, v_param: bool, metadata, path: str):
+    try:
+        cfg = infer_vae_config(part, v2=v2, v_parameterization=v_param, metadata=metadata)
+    except (KeyError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: the VAE is incomplete (missing {exc}); use a full VAE") from exc
+    ctor = _vae_ctor(cfg)
+    try:
+        state = cv.vae_from_original(part, _meta_model_keys(ctor))
+    except cv.ConversionError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
+    return _build(ctor, state, "VAE", path)
+
+
+def load_vae(source: str | Path, *, v2: bool = False, v_parameterization: bool = False,
+             allow_unsafe_pickle: bool = False, report: list[str] | None = None):
+    """A separate VAE (``model.vae``): diffusers folder, or a file in original or diffusers layout."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    path = Path(source)
+    if path.is_dir():
+        sub = "vae" if (path / "vae" / "config.json").is_file() else None
+        if sub is None and not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path}: not a diffusers VAE folder (no config.json or vae/config.json)")
+        return AutoencoderKL.from_pretrained(str(path), subfolder=sub, torch_dtype=torch.float32).eval()
+    sd, metadata, _ = read_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle, report=report)
+    part = cv.split_original(sd)["vae"]
+    if not part:
+        if any(k.startswith("encoder.down_blocks.") for k in sd):  # diffusers layout in one file
+            sd = cv.normalize_old_vae_names(sd)
+            keymap = cv.vae_key_map(k for k in sd if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")))
+            part = {o[len(cv.VAE_PREFIX):]: cv._vae_value_to_original(o, sd[k]) for k, o in keymap.items()}
+        else:  # A1111-style VAE file: original names without the prefix (and loss.* to ignore)
+            part = {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))}
+    if "encoder.conv_in.weight" not in part:
+        raise ModelLoadError(f"{path}: not a VAE (no encoder.conv_in.weight); model.vae needs a VAE file or folder")
+    return _vae_from_original_part(part, v2=v2, v_param=v_parameterization, metadata=metadata, path=str(path))
+
+
+# --------------------------------------------------------------------------- single file
+
+
+def _load_single_file(path: Path, *, v2, v_parameterization, vae, allow_unsafe_pickle, use_ema,
+                      report: list[str]) -> dict:
+    sd, metadata, info = read_state_dict(path, allow_unsafe_pickle=allow_unsafe_pickle, report=report)
+    check_supported(sd, str(path))
+    detected, why = detect_v2_single_file(sd)
+    v2d = resolve_v2(v2, detected, why)
+    report.append(v2d.line)
+    is_v2 = v2d.value
+    parts = cv.split_original(sd)
+    del sd
+
+    # EMA: LDM checkpoints may carry an EMA copy of the U-Net (model_ema.*).
+    unet_part = parts["unet"]
+    ema = cv.ema_unet_part(parts["ema"], unet_part.keys()) if parts["ema"] else {}
+    if ema:
+        if use_ema:
+            unet_part = ema
+            report.append("EMA weights present: training the EMA U-Net (model.use_ema_weights = true)")
+        else:
+            report.append("EMA weights present: training the regular U-Net; set model.use_ema_weights = "
+                          "true to train the EMA weights instead")
+    elif use_ema:
+        report.append("model.use_ema_weights is set but the file has no EMA weights: using the regular U-Net")
+
+    # Provisional family for config inference: a file's metadata may already say v.
+    hint_v = v_parameterization if isinstance(v_parameterization, bool) else (
+        str(metadata.get("modelspec.prediction_type", "")).startswith("v"))
+    try:
+        ucfg = infer_unet_config(unet_part, v2=is_v2, v_parameterization=hint_v, metadata=metadata)
+    except (KeyError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: the U-Net is incomplete or not SD-shaped (missing {exc})") from exc
+    uctor = _unet_ctor(ucfg)
+    try:
+        ustate = cv.unet_from_original(unet_part, _meta_model_keys(uctor).keys())
+    except cv.ConversionError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
+    unet = _build(uctor, ustate, "U-Net", str(path))
+    del ustate, unet_part
+
+    if vae is not None:
+        vae_model = load_vae(vae, v2=is_v2, v_parameterization=hint_v, allow_unsafe_pickle=allow_unsafe_pickle,
+                             report=report)
+        report.append(f"VAE: from {vae} (model.vae)")
+    else:
+        vae_model = _vae_from_original_part(parts["vae"], v2=is_v2, v_param=hint_v, metadata=metadata,
+                                            path=str(path))
+
+    extras: dict = {}
+    if is_v2:
+        tpart = parts["text_sd2"]
+        if "token_embedding.weight" not in tpart:
+            raise ModelLoadError(f"{path}: SD2 text encoder is incomplete (no {cv.SD2_TEXT_PREFIX}token_embedding.weight)")
+        n_layers = sd2_text_layers(tpart, metadata)
+        tstate, extras = cv.text_sd2_from_original(tpart, n_layers)
+    else:
+        if not parts["text_sd1"]:
+            raise ModelLoadError(
+                f"{path}: model.v2 = false but the file's text encoder is SD2's (OpenCLIP); "
+                "remove the setting (auto) or set model.v2 = true")
+        tstate = {cv.strip_text_model_prefix(k): v for k, v in parts["text_sd1"].items()
+                  if not k.endswith("position_ids")}
+    if "embeddings.token_embedding.weight" not in tstate:
+        raise ModelLoadError(f"{path}: the text encoder is incomplete (no token embedding)")
+    try:
+        tcfg = infer_text_config(tstate, v2=is_v2, metadata=metadata)
+    except (KeyError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: the text encoder is incomplete (missing {exc})") from exc
+    tctor = _text_ctor(tcfg)
+    tstate = cv.adapt_text_keys(tstate, _meta_model_keys(tctor).keys())
+    text_encoder = _build(tctor, tstate, "text encoder", str(path))
+
+    vd = resolve_v_parameterization(
+        v_parameterization, v2=is_v2, metadata=metadata,
+        forward_test=lambda: a1111_v_test(unet, int(ucfg["cross_attention_dim"])),
+    )
+    report.append(vd.line)
+    if "global_step" in info:
+        report.append(f"checkpoint global_step: {info['global_step']}")
+    return dict(unet=unet, vae=vae_model, text_encoder=text_encoder, v2=is_v2, v_parameterization=vd.value,
+                metadata=dict(metadata), text_extras=extras, has_ema=bool(ema))
+
+
+# --------------------------------------------------------------------------- diffusers folder
+
+
+def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pickle, use_ema,
+                 report: list[str]) -> dict:
+    import json
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    needed = ["unet", "text_encoder"] + ([] if vae is not None else ["vae"])
+    missing = [p for p in needed if not (folder / p / "config.json").is_file()]
+    if missing:
+        hint = " (or set model.vae)" if "vae" in missing else ""
+        raise ModelLoadError(
+            f"{folder}: the diffusers folder lacks {', '.join(p + '/' for p in missing)}{hint}. "
+            "A base model needs unet/, vae/ and text_encoder/ with config.json and weights; "
+            "copy the missing parts from the original model")
+    ucfg = json.loads((folder / "unet" / "config.json").read_text("utf-8"))
+    if ucfg.get("in_channels", 4) != 4:
+        kind = {9: "an inpainting model", 8: "an instruct-pix2pix model", 5: "a depth model"}.get(
+            ucfg["in_channels"], "not a text-to-image model")
+        raise ModelLoadError(f"{folder}: {kind} ({ucfg['in_channels']} U-Net input channels); sdft "
+                             "trains plain text-to-image SD1/SD2 models")
+    if ucfg.get("addition_embed_type") or ucfg.get("cross_attention_dim") == 2048:
+        raise ModelLoadError(f"{folder}: this is an SDXL model; sdft trains SD 1.x and 2.x only")
+    sub = "unet"
+    if use_ema and (folder / "unet_ema" / "config.json").is_file():
+        sub = "unet_ema"
+        report.append("EMA weights present (unet_ema/): training them (model.use_ema_weights = true)")
+    elif (folder / "unet_ema").is_dir():
+        report.append("EMA weights present (unet_ema/): training the regular U-Net; set "
+                      "model.use_ema_weights = true to train the EMA weights instead")
+    elif use_ema:
+        report.append("model.use_ema_weights is set but the folder has no unet_ema/: using unet/")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder=sub, torch_dtype=torch.float32)
+        text_encoder = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", dtype=torch.float32)
+        vae_model = (load_vae(vae, allow_unsafe_pickle=allow_unsafe_pickle, report=report) if vae is not None
+                     else AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=torch.float32))
+    except (OSError, EnvironmentError, ValueError) as exc:
+        raise ModelLoadError(f"{folder}: a component could not be loaded: {str(exc)[:400]}") from exc
+    if vae is not None:
+        report.append(f"VAE: from {vae} (model.vae)")
+    ctx = int(unet.config.cross_attention_dim)
+    te_act = getattr(text_encoder.config, "hidden_act", "")
+    if ctx == 1024 or (ctx != 768 and te_act == "gelu"):
+        detected, why = True, f"unet cross_attention_dim {ctx} / text encoder activation {te_act}"
+    else:
+        detected, why = False, f"unet cross_attention_dim {ctx} / text encoder activation {te_act}"
+    v2d = resolve_v2(v2, detected, why)
+    report.append(v2d.line)
+    sched_path = folder / "scheduler" / "scheduler_config.json"
+    sched = json.loads(sched_path.read_text("utf-8")) if sched_path.is_file() else None
+    vd = resolve_v_parameterization(
+        v_parameterization, v2=v2d.value, scheduler_config=sched,
+        forward_test=lambda: a1111_v_test(unet, ctx),
+    )
+    report.append(vd.line)
+    return dict(unet=unet.eval(), vae=vae_model.eval(), text_encoder=text_encoder.eval(), v2=v2d.value,
+                v_parameterization=vd.value, metadata={}, text_extras={}, has_ema=sub == "unet_ema")
+
+
+# --------------------------------------------------------------------------- hub
+
+
+def _download_hub(repo_id: str) -> Path:
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("SDFT_OFFLINE"):
+        raise ModelLoadError(
+            f"{repo_id!r} is not a local file or folder, and looks like a Hugging Face hub id, but "
+            "sdft is offline (HF_HUB_OFFLINE is set). Download the model elsewhere and set "
+            "model.pretrained_model_name_or_path to the .safetensors file or diffusers folder")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(
+            repo_id,
+            allow_patterns=["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*",
+                            "scheduler/*"],
+            ignore_patterns=["*.bin", "*.msgpack", "*.onnx", "*.ckpt", "*fp16*", "*non_ema*"],
+        ))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{repo_id!r}: not a local path, and downloading it from the Hugging Face hub failed "
+            f"({type(exc).__name__}: {str(exc)[:200]}). Check the id and your network, or download "
+            "the model elsewhere and point model.pretrained_model_name_or_path to it") from exc
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_model(source: str, *, v2="auto", v_parameterization="auto", vae: str | None = None,
+               tokenizer_dir=None, allow_unsafe_pickle: bool = False, use_ema: bool = False,
+               hash_file: bool = True) -> LoadedModel:
+    """Load a base model (fp32, CPU). See the module docstring; raises ModelLoadError."""
+    from engine.models.tokenizer import load_tokenizer
+
+    report: list[str] = []
+    path = Path(os.path.expanduser(str(source)))
+    kwargs = dict(v2=v2, v_parameterization=v_parameterization, vae=vae,
+                  allow_unsafe_pickle=allow_unsafe_pickle, use_ema=use_ema, report=report)
+    sha = None
+    if path.is_dir():
+        if not (path / "unet").is_dir() and not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"{path}: a folder, but not a diffusers model (no model_index.json or unet/); "
+                                 "point to a diffusers folder or to a .safetensors/.ckpt file")
+        parts = _load_folder(path, **kwargs)
+        folder_for_tok = path if (path / "tokenizer").is_dir() else None
+    elif path.is_file():
+        parts = _load_single_file(path, **kwargs)
+        folder_for_tok = None
+        if hash_file:
+            sha = file_sha256(path)
+    elif _HUB_ID.match(str(source)) and not str(source).lower().endswith(SINGLE_FILE_EXT):
+        folder = _download_hub(str(source))
+        report.append(f"downloaded {source} from the Hugging Face hub")
+        parts = _load_folder(folder, **kwargs)
+        folder_for_tok = folder
+        path = folder
+    else:
+        raise ModelLoadError(f"{source}: no such file or folder (model.pretrained_model_name_or_path)")
+    tokenizer = load_tokenizer(tokenizer_dir or folder_for_tok, v2=parts["v2"])
+    base_name = Path(str(source)).stem if path.is_file() else Path(str(source).rstrip("/")).name
+    return LoadedModel(
+        unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=tokenizer,
+        noise_scheduler=training_scheduler(parts["v2"], parts["v_parameterization"]),
+        v2=parts["v2"], v_parameterization=parts["v_parameterization"], report=report,
+        source=str(source), base_name=base_name, base_sha256=sha, metadata=parts["metadata"],
+        text_extras=parts["text_extras"], has_ema=parts["has_ema"],
+    )

@@ -1,0 +1,147 @@
+"""Save a model: one file in the original SD layout (.safetensors / .ckpt) or a diffusers folder.
+
+SPEC §8.5. The models passed in are never modified (casting works on copies of the
+tensors). Writes are atomic (a crash leaves the old file or none) and files get mode 0644.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping
+
+from engine.atomic import atomic_dir, atomic_path
+from engine.models import convert as cv
+from engine.models.configs import family_for, write_config_folder
+from engine.models.errors import ModelLoadError
+from engine.models.infer import TEXT_META, UNET_META, VAE_META
+
+FORMATS = ("safetensors", "ckpt", "diffusers", "diffusers_safetensors")
+PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "float": "float32", "fp32": "float32",
+              "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2-base": "stable-diffusion-v2-512",
+                "sd2-768-v": "stable-diffusion-v2-768-v"}
+IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
+
+
+def precision_dtype(precision: str):
+    import torch
+
+    try:
+        return getattr(torch, PRECISIONS[precision])
+    except KeyError:
+        raise ModelLoadError(f"save.precision = {precision!r} is not a precision; use fp16, bf16 or float") from None
+
+
+def _cast(sd: Mapping, dtype) -> dict:
+    """Detached CPU copies; floating tensors cast to ``dtype``, others (int ids) kept."""
+    import torch
+
+    out = {}
+    for k, v in sd.items():
+        v = v.detach().to("cpu")
+        if torch.is_floating_point(v):
+            v = v.to(dtype)
+        out[k] = v.contiguous()
+    return out
+
+
+def _config_dict(model) -> dict:
+    cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
+    return {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("dtype", "torch_dtype", "transformers_version")}
+
+
+def build_metadata(*, v2: bool, v_parameterization: bool, title: str, unet=None, vae=None, text_encoder=None,
+                   epoch: int = 0, global_step: int = 0, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """modelspec.* (as kohya writes it) and sdft.* metadata; ``extra`` (the trainer's) wins."""
+    from engine import __version__
+
+    family = family_for(v2, v_parameterization)
+    res = "768x768" if family == "sd2-768-v" else "512x512"
+    md = {
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": ARCHITECTURE[family],
+        "modelspec.implementation": IMPLEMENTATION,
+        "modelspec.title": title,
+        "modelspec.resolution": res,
+        "modelspec.date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "modelspec.prediction_type": "v" if v_parameterization else "epsilon",
+        "modelspec.implementation_version": f"sdft/{__version__}",
+        "sdft.version": __version__,
+        "sdft.v2": str(bool(v2)).lower(),
+        "sdft.v_parameterization": str(bool(v_parameterization)).lower(),
+        "sdft.epoch": str(int(epoch)),
+        "sdft.global_step": str(int(global_step)),
+    }
+    # Architecture details that shapes cannot tell (head counts, norm groups): read back on load.
+    for key, model in ((UNET_META, unet), (VAE_META, vae), (TEXT_META, text_encoder)):
+        if model is not None:
+            md[key] = json.dumps(_config_dict(model), sort_keys=True)
+    for k, v in (extra or {}).items():
+        if v is None:
+            continue
+        md[str(k)] = v if isinstance(v, str) else (json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+    return md
+
+
+def _chmod_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            os.chmod(Path(dirpath) / name, 0o644)
+
+
+def _save_diffusers(path: Path, *, unet, text_encoder, vae, v2, v_parameterization, dtype, safe: bool) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    with atomic_dir(path) as tmp:
+        write_config_folder(tmp, v2=v2, v_parameterization=v_parameterization, unet=_config_dict(unet),
+                            vae=_config_dict(vae), text_encoder=_config_dict(text_encoder))
+        # Text keys with the ``text_model.`` level: what every transformers version reads.
+        text_sd = {"text_model." + cv.strip_text_model_prefix(k): v for k, v in text_encoder.state_dict().items()
+                   if not k.endswith("position_ids")}
+        items = (
+            ("unet", unet.state_dict(), "diffusion_pytorch_model"),
+            ("vae", vae.state_dict(), "diffusion_pytorch_model"),
+            ("text_encoder", text_sd, "model" if safe else "pytorch_model"),
+        )
+        for sub, sd, stem in items:
+            sd = _cast(sd, dtype)
+            if safe:
+                save_file(sd, str(tmp / sub / f"{stem}.safetensors"), metadata={"format": "pt"})
+            else:
+                torch.save(sd, tmp / sub / f"{stem}.bin")
+        _chmod_tree(tmp)
+
+
+def save_model(path, *, unet, text_encoder, vae, v2: bool, v_parameterization: bool, fmt: str = "safetensors",
+               precision: str = "fp16", metadata: dict[str, str] | None = None, epoch: int = 0,
+               global_step: int = 0, text_extras: Mapping | None = None) -> Path:
+    """Write the model; returns the path written. See SPEC §8.5 for formats and metadata."""
+    import torch
+
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ModelLoadError(f"save.format = {fmt!r} is not a format; use one of {', '.join(FORMATS)}")
+    dtype = precision_dtype(precision)
+    if fmt.startswith("diffusers"):
+        _save_diffusers(path, unet=unet, text_encoder=text_encoder, vae=vae, v2=v2,
+                        v_parameterization=v_parameterization, dtype=dtype, safe=fmt == "diffusers_safetensors")
+        return path
+    sd = cv.diffusers_to_original(unet.state_dict(), vae.state_dict(), text_encoder.state_dict(), v2=v2,
+                                  text_extras=text_extras)
+    sd = _cast(sd, dtype)
+    md = build_metadata(v2=v2, v_parameterization=v_parameterization, title=path.stem, unet=unet, vae=vae,
+                        text_encoder=text_encoder, epoch=epoch, global_step=global_step, extra=metadata)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        with atomic_path(path) as tmp:
+            save_file(sd, str(tmp), metadata=md)
+    else:
+        with atomic_path(path) as tmp:
+            torch.save({"state_dict": sd, "epoch": int(epoch), "global_step": int(global_step),
+                        "sdft_metadata": md}, tmp)
+    return path
