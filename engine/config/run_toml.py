@@ -1,0 +1,292 @@
+"""Load, validate and save run TOML files (SPEC §2.2, DESIGN §4).
+
+A run TOML describes a run completely. Loading reports every problem at once, each with
+its dotted key, file:line and a hint. Saving edits the tomlkit document in place, so the
+user's comments and key order survive and a no-op save is byte-identical.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from engine import atomic
+from engine.config.lines import key_lines
+from engine.config.problems import ConfigError, ProblemList, did_you_mean
+from engine.config.schema import CONFIG_VERSION, SECTIONS, RunConfig
+
+DATASET_KEYS = ("general", "datasets")
+TOP_LEVEL_KEYS = ("config_version", "dataset_config", *DATASET_KEYS, *SECTIONS)
+
+# kohya options we refuse on purpose, with the reason (SPEC §2.2).
+REJECTED_KEYS = {
+    "dataset_class": "custom dataset classes are not supported; describe the data with [[datasets]] tables",
+    "v_pred_like_loss": "kohya parses it but never applies it in fine_tune; remove it",
+    "deepspeed": "use an accelerate config file for DeepSpeed (see README, Many GPUs)",
+}
+REJECTED_PREFIXES = {
+    "zero_": "use an accelerate config file for DeepSpeed ZeRO (see README, Many GPUs)",
+    "huggingface_": "uploading to the Hugging Face hub is not part of sdft; upload the saved file yourself",
+}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read and validate a run TOML; raises ConfigError listing every problem."""
+    config, _document, _warnings = load_run_file(path)
+    return config
+
+
+def load_run_file(path: str | Path):
+    """(RunConfig, tomlkit document, warnings) for a run TOML file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError([_problem(str(path), "", "file not found", "check the path")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([_problem(str(path), "", f"cannot read the file: {exc}", "")]) from None
+    return parse_run_text(text, file=str(path), base_dir=path.parent)
+
+
+def parse_run_text(text: str, *, file: str = "<string>", base_dir: str | Path = "."):
+    problems = ProblemList(file=file)
+    try:
+        document = tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as exc:
+        problems.items.append(
+            _problem(file, "", f"not valid TOML: {exc}", "fix the syntax at that line", line=getattr(exc, "line", None))
+        )
+        raise ConfigError(problems.items) from None
+    problems.line_of = key_lines(text)
+    data = document.unwrap()
+    config = build_run_config(data, problems, base_dir=Path(base_dir))
+    config.source_path = file
+    problems.raise_if_errors()
+    warnings = [p for p in problems.items if p.severity != "error"]
+    return config, document, warnings
+
+
+def build_run_config(data: dict, problems: ProblemList, *, base_dir: Path) -> RunConfig:
+    """Turn plain TOML data into a RunConfig, recording every problem in ``problems``."""
+    config = RunConfig(base_dir=str(base_dir))
+    _check_version(data, problems)
+    for key in data:
+        if key in TOP_LEVEL_KEYS:
+            continue
+        reason = _rejection(key)
+        if reason:
+            problems.add(key, "this kohya option is not supported", reason)
+        else:
+            problems.add(key, "unknown top-level key", did_you_mean(key, TOP_LEVEL_KEYS))
+    for name, cls in SECTIONS.items():
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            problems.add(name, f"must be a table ([{name}]), got {type(table).__name__}", f"write it as [{name}] followed by key = value lines")
+            continue
+        setattr(config, name, _build_dataclass(cls, table, name, problems))
+    _check_cross_field(config, problems)
+    config.datasets = _load_datasets(data, problems, base_dir)
+    return config
+
+
+def _check_version(data: dict, problems: ProblemList) -> None:
+    version = data.get("config_version", CONFIG_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool):
+        problems.add("config_version", f"must be an integer, got {version!r}", f"use config_version = {CONFIG_VERSION}")
+    elif version > CONFIG_VERSION:
+        problems.add("config_version", f"{version} is newer than this sdft understands ({CONFIG_VERSION})", "upgrade sdft")
+    elif version < 1:
+        problems.add("config_version", f"{version} is not a valid version", f"use config_version = {CONFIG_VERSION}")
+
+
+def _rejection(key: str) -> str | None:
+    if key in REJECTED_KEYS:
+        return REJECTED_KEYS[key]
+    for prefix, reason in REJECTED_PREFIXES.items():
+        if key.startswith(prefix):
+            return reason
+    return None
+
+
+def _build_dataclass(cls: type, table: dict, prefix: str, problems: ProblemList):
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}"
+        if key not in known:
+            reason = _rejection(key)
+            problems.add(dotted, "unknown key" if not reason else "this kohya option is not supported",
+                         reason or did_you_mean(key, known))
+            continue
+        hint = hints[key]
+        if is_dataclass(hint):
+            if not isinstance(value, dict):
+                problems.add(dotted, f"must be a table, got {value!r}", f"write it as [{dotted}]")
+                continue
+            values[key] = _build_dataclass(hint, value, dotted, problems)
+            continue
+        error = _type_error(value, hint)
+        if error:
+            problems.add(dotted, f"{error}, got {value!r}", _field_hint(known[key]))
+            continue
+        range_error = _range_error(value, known[key])
+        if range_error:
+            problems.add(dotted, f"{range_error}, got {value!r}", _field_hint(known[key]))
+            continue
+        values[key] = float(value) if hint is float and isinstance(value, int) else value
+    return cls(**values)
+
+
+def _type_name(hint) -> str:
+    args = typing.get_args(hint)
+    if args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None))
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            dict: "a table", list: "a list"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _matches(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is Any:
+        return True
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, hint)
+
+
+def _type_error(value, hint) -> str | None:
+    return None if _matches(value, hint) else f"must be {_type_name(hint)}"
+
+
+def _range_error(value, field) -> str | None:
+    meta = field.metadata
+    choices = meta.get("choices")
+    if choices and value not in choices and not isinstance(value, bool):
+        return "must be one of " + ", ".join(repr(c) for c in choices if c is not None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if meta.get("min") is not None and value < meta["min"]:
+            return f"must be at least {meta['min']}"
+        if meta.get("max") is not None and value > meta["max"]:
+            return f"must be at most {meta['max']}"
+    if isinstance(value, str) and value == "auto" and choices is None:
+        return None
+    return None
+
+
+def _field_hint(field) -> str:
+    return field.metadata.get("doc", "")
+
+
+def _check_cross_field(config: RunConfig, problems: ProblemList) -> None:
+    t, m, o = config.train, config.memory, config.optimizer
+    for key in ("v2", "v_parameterization"):
+        value = getattr(config.model, key)
+        if not isinstance(value, bool) and value != "auto":
+            problems.add(f"model.{key}", f'must be true, false or "auto", got {value!r}', "leave it \"auto\" to detect it")
+    if config.data.use_train_resolution not in (True, False, "auto"):
+        problems.add("data.use_train_resolution", f'must be true, false or "auto", got {config.data.use_train_resolution!r}')
+    if t.min_timestep >= t.max_timestep and not (t.min_timestep == t.max_timestep <= 999):
+        problems.add("train.max_timestep", f"must be above min_timestep ({t.min_timestep}), got {t.max_timestep}",
+                     "timesteps are drawn from [min_timestep, max_timestep)")
+    if m.full_fp16 and m.full_bf16:
+        problems.add("memory.full_bf16", "full_fp16 and full_bf16 cannot both be on", "choose one")
+    if m.full_fp16 and m.mixed_precision != "fp16":
+        problems.add("memory.full_fp16", "needs mixed_precision = \"fp16\"", 'set memory.mixed_precision = "fp16"')
+    if m.full_bf16 and m.mixed_precision != "bf16":
+        problems.add("memory.full_bf16", "needs mixed_precision = \"bf16\"", 'set memory.mixed_precision = "bf16"')
+    if isinstance(o.lr_warmup_steps, float) and not o.lr_warmup_steps < 1:
+        problems.add("optimizer.lr_warmup_steps", f"a fractional warm-up must be below 1, got {o.lr_warmup_steps}",
+                     "use an integer number of steps, or a ratio such as 0.05")
+    if config.model.clip_skip > 1 and config.model.v2 is True:
+        problems.warn("model.clip_skip", "SD 2.x's text tower already ends one layer early; clip_skip > 1 skips further",
+                      "kohya's docs advise leaving clip_skip unset for SD 2.x")
+    if t.zero_terminal_snr and config.model.v_parameterization is False:
+        problems.warn("train.zero_terminal_snr", "zero terminal SNR without v-prediction cannot learn the final step",
+                      "use it with a v-prediction model")
+    if t.scale_v_pred_loss_like_noise_pred and config.model.v_parameterization is False:
+        problems.add("train.scale_v_pred_loss_like_noise_pred", "only applies to v-prediction models",
+                     "remove it, or set model.v_parameterization = true")
+    if t.mode == "hypernetwork" and t.train_text_encoder:
+        problems.add("train.train_text_encoder", "hypernetwork mode keeps the text encoder frozen",
+                     'set train_text_encoder = false or train.mode = "full"')
+
+
+def _load_datasets(data: dict, problems: ProblemList, base_dir: Path):
+    from engine.config import dataset
+
+    has_inline = any(key in data for key in DATASET_KEYS)
+    reference = data.get("dataset_config")
+    if reference is not None and has_inline:
+        problems.add("dataset_config", "given together with inline [general]/[[datasets]] tables",
+                     "keep one: the dataset_config file or the inline tables")
+        return None
+    if reference is not None:
+        if not isinstance(reference, str):
+            problems.add("dataset_config", f"must be a path string, got {reference!r}")
+            return None
+        path = Path(reference)
+        if not path.is_absolute():
+            path = base_dir / path if (base_dir / path).exists() else Path.cwd() / path
+        return dataset.load_dataset_file(path, problems)
+    if not has_inline:
+        problems.add("datasets", "no dataset given", "add [[datasets]] with [[datasets.subsets]] tables, or dataset_config = \"file.toml\"")
+        return None
+    tables = {key: data[key] for key in DATASET_KEYS if key in data}
+    return dataset.parse_dataset_tables(tables, problems=problems, base_dir=base_dir)
+
+
+def _problem(file: str, key: str, message: str, hint: str, line: int | None = None):
+    from engine.config.problems import Problem
+
+    return Problem(key or "<file>", message, hint, file, line)
+
+
+# ---------------------------------------------------------------- saving
+
+
+def load_document(path: str | Path) -> tomlkit.TOMLDocument:
+    return tomlkit.parse(Path(path).read_text(encoding="utf-8-sig"))
+
+
+def set_value(document, dotted: str, value) -> None:
+    """Set ``a.b.c`` in a tomlkit document, creating tables; keeps comments elsewhere."""
+    parts = dotted.split(".")
+    table = document
+    for part in parts[:-1]:
+        if part not in table:
+            table[part] = tomlkit.table()
+        table = table[part]
+    if value is None:
+        if parts[-1] in table:
+            del table[parts[-1]]
+        return
+    if parts[-1] in table and table[parts[-1]] == value:
+        return  # unchanged: keep the original text (and its formatting) byte for byte
+    table[parts[-1]] = value
+
+
+def save_document(document, path: str | Path) -> None:
+    """Write a tomlkit document atomically; an unedited document round-trips byte-identical."""
+    atomic.write_text(path, tomlkit.dumps(document))
+
+
+def dump_document(document) -> str:
+    return tomlkit.dumps(document)

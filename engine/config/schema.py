@@ -1,0 +1,251 @@
+"""The run TOML's schema: one typed, documented dataclass per table.
+
+Key names follow kohya's ``fine_tune.py`` options (SPEC §2.2) so a kohya user can map one
+to the other. Each field's ``doc`` is shown by ``--check``, the wizard and the README. This
+module is pure Python (no torch) so the wizard can import it instantly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+CONFIG_VERSION = 1
+
+
+def opt(default: Any = None, doc: str = "", *, choices: tuple | None = None, min: float | None = None,
+        max: float | None = None, factory: Any = None):
+    """A documented field. ``choices``/``min``/``max`` are checked by the validator."""
+    meta = {"doc": doc, "choices": choices, "min": min, "max": max}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+AUTO = "auto"
+
+
+@dataclass
+class ModelConfig:
+    """[model]: the base model and how prompts reach it."""
+
+    pretrained_model_name_or_path: str = opt("", "Base model: a .safetensors/.ckpt file, a diffusers folder, or a hub id.")
+    vae: str | None = opt(None, "Optional VAE to use instead of the model's (file, folder or hub id).")
+    v2: bool | str = opt(AUTO, 'SD 2.x model? "auto" detects it from the weights.')
+    v_parameterization: bool | str = opt(AUTO, 'v-prediction (SD 2.x 768-v)? "auto" detects it (SPEC §8.4).')
+    clip_skip: int = opt(1, "Which CLIP layer feeds the U-Net: 1 = last (SD default), 2 = second-to-last (NovelAI).", min=1, max=12)
+    max_token_length: int = opt(75, "Caption length in tokens: 75, 150 or 225 (split in 75-token chunks).", choices=(75, 150, 225))
+    tokenizer_dir: str | None = opt(None, "Use this tokenizer folder instead of the model's or the built-in one.")
+    use_ema_weights: bool = opt(False, "Train from the checkpoint's EMA weights when it has them.")
+    allow_unsafe_pickle: bool = opt(False, "Allow .ckpt files that need full unpickling (runs code from the file!).")
+
+
+@dataclass
+class TrainConfig:
+    """[train]: length, output and the objective (SPEC §6)."""
+
+    mode: str = opt("full", '"full" fine-tunes the U-Net (and text encoder); "hypernetwork" trains only a hypernetwork.', choices=("full", "hypernetwork"))
+    output_dir: str = opt("runs", "Folder that holds run folders; the run goes to <output_dir>/<output_name>/.")
+    output_name: str = opt("sdft-run", "Name of the run folder and of the saved model files.")
+    max_train_steps: int = opt(1600, "Optimizer steps to train for (ignored when max_train_epochs is set).", min=1)
+    max_train_epochs: int | None = opt(None, "Epochs to train for; wins over max_train_steps.", min=1)
+    seed: int | None = opt(None, "Random seed; unset = a random one, written into the run's config.toml.", min=0)
+    gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.", min=1)
+    train_text_encoder: bool = opt(False, "Also train the text encoder (own learning rate: optimizer.learning_rate_te).")
+    stop_text_encoder_training: int | None = opt(None, "Freeze the text encoder again after this many steps.", min=1)
+    noise_offset: float = opt(0.0, "Noise offset (helps very dark/bright images); 0.05-0.1 is typical.", min=0.0)
+    noise_offset_random_strength: bool = opt(False, "Scale the noise offset by U(0,1) each batch.")
+    adaptive_noise_scale: float | None = opt(None, "Add this times |mean latent| to the noise offset.")
+    multires_noise_iterations: int = opt(0, "Multi-resolution (pyramid) noise iterations; 0 = off.", min=0)
+    multires_noise_discount: float = opt(0.3, "Strength discount per multires iteration.", min=0.0, max=1.0)
+    ip_noise_gamma: float = opt(0.0, "Input perturbation noise strength; 0 = off.", min=0.0)
+    ip_noise_gamma_random_strength: bool = opt(False, "Scale ip_noise_gamma by U(0,1).")
+    zero_terminal_snr: bool = opt(False, "Rescale the schedule to zero terminal SNR (use with v-prediction).")
+    min_timestep: int = opt(0, "Lowest timestep sampled.", min=0, max=999)
+    max_timestep: int = opt(1000, "Timesteps are sampled below this (exclusive).", min=1, max=1000)
+    loss_type: str = opt("l2", "Loss: l2 (MSE), l1, huber or smooth_l1.", choices=("l2", "l1", "huber", "smooth_l1"))
+    huber_schedule: str = opt("snr", "How the Huber c varies with the timestep.", choices=("constant", "exponential", "snr"))
+    huber_c: float = opt(0.1, "Huber loss parameter.", min=0.0)
+    huber_scale: float = opt(1.0, "Huber loss scale.", min=0.0)
+    min_snr_gamma: float = opt(0.0, "Min-SNR weighting gamma (5 is common); 0 = off.", min=0.0)
+    scale_v_pred_loss_like_noise_pred: bool = opt(False, "v-prediction only: weight the loss like epsilon prediction.")
+    debiased_estimation_loss: bool = opt(False, "Debiased estimation loss weighting.")
+    weighted_captions: bool = opt(False, "Read (word:1.2) / [word] emphasis in captions (AUTOMATIC1111 syntax).")
+    ema: bool = opt(False, "Keep an exponential moving average of the trained weights.")
+    ema_decay: float = opt(0.9999, "EMA decay per update.", min=0.0, max=1.0)
+    ema_update_every: int = opt(1, "Update the EMA every N optimizer steps.", min=1)
+    ema_cpu_offload: bool = opt(False, "Keep the EMA weights in CPU memory (saves VRAM).")
+    resume: str | None = opt(None, 'Resume from a state folder, or "latest".')
+
+
+@dataclass
+class OptimizerConfig:
+    """[optimizer]: optimizer, learning rate and its schedule."""
+
+    type: str = opt("AdamW", "AdamW, AdamW8bit, Lion, Lion8bit, Adafactor, SGDNesterov or Prodigy.",
+                    choices=("AdamW", "AdamW8bit", "Lion", "Lion8bit", "Adafactor", "SGDNesterov", "Prodigy"))
+    learning_rate: float = opt(2e-6, "U-Net learning rate.", min=0.0)
+    learning_rate_te: float | None = opt(None, "Text encoder learning rate (unset = learning_rate).", min=0.0)
+    args: dict = opt(None, "Extra optimizer keyword arguments, e.g. { weight_decay = 0.01 }.", factory=dict)
+    max_grad_norm: float = opt(1.0, "Clip the gradient norm to this; 0 = off.", min=0.0)
+    lr_scheduler: str = opt("constant", "Learning-rate schedule.",
+                            choices=("constant", "constant_with_warmup", "linear", "cosine",
+                                     "cosine_with_restarts", "polynomial"))
+    lr_warmup_steps: int | float = opt(0, "Warm-up steps, or a fraction (< 1) of the total steps.", min=0)
+    lr_scheduler_num_cycles: int = opt(1, "Restarts for cosine_with_restarts.", min=1)
+    lr_scheduler_power: float = opt(1.0, "Power for the polynomial schedule.", min=0.0)
+    lr_scheduler_args: dict = opt(None, "Extra scheduler keyword arguments.", factory=dict)
+
+
+@dataclass
+class MemoryConfig:
+    """[memory]: precision, attention kernel and other memory/speed trade-offs."""
+
+    mixed_precision: str = opt("no", "no, fp16 or bf16 (fp16/bf16 need a GPU; on a CPU fp16 becomes bf16).", choices=("no", "fp16", "bf16"))
+    full_fp16: bool = opt(False, "Keep the trained weights in fp16 too (less memory, less stable).")
+    full_bf16: bool = opt(False, "Keep the trained weights in bf16 too (less memory).")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass: much less memory, ~20% slower.")
+    attention: str = opt("sdpa", "Attention kernel: sdpa (PyTorch), xformers, or math (reference).", choices=("sdpa", "xformers", "math"))
+    vae_dtype: str = opt("fp32", "Precision of VAE encodes (fp32 avoids NaN latents).", choices=("fp32", "fp16", "bf16"))
+    device: str = opt("auto", 'Where to train: "auto" (CUDA when present), "cuda" or "cpu".', choices=("auto", "cuda", "cpu"))
+    allow_tf32: bool = opt(True, "Use TF32 matrix maths on Ampere and newer GPUs.")
+
+
+@dataclass
+class CacheConfig:
+    """[cache]: VAE latent cache (SPEC §7)."""
+
+    latents: str = opt("disk", 'Cache VAE latents: "disk" (reused across runs), "memory" or "none".', choices=("disk", "memory", "none"))
+    cache_dir: str | None = opt(None, "Latent cache folder; unset = <output_dir>/.latent-cache.")
+    vae_batch_size: int = opt(1, "Images per VAE encode while caching.", min=1)
+    verify: str = opt("full", '"full" checks each cached latent\'s shape and values; "exists" trusts the files.', choices=("full", "exists"))
+    latent_sampling: str = opt("sample", '"sample" draws from the VAE posterior each use; "mean"; "kohya" (one fixed draw).', choices=("sample", "mean", "kohya"))
+    dtype: str = opt("float32", "Storage precision of cached latents.", choices=("float32", "float16"))
+
+
+@dataclass
+class DataConfig:
+    """[data]: how images and captions are read (sdft extensions)."""
+
+    caption_extension: str = opt(".caption", "Sidecar file holding a natural-language caption.")
+    tags_extension: str = opt(".txt", "Sidecar file holding comma-separated tags.")
+    caption_tags_join: str = opt("separator", '"separator", "comma_space" or a literal string joining caption and tags.')
+    recursive: bool = opt(False, "Look for images in sub-folders too.")
+    exif_transpose: bool = opt(True, "Honour EXIF orientation (false = kohya parity).")
+    use_train_resolution: bool | str = opt(AUTO, "Use metadata train_resolution buckets: auto, true or false.")
+    num_workers: int = opt(0, "DataLoader worker processes (0 = load in the training process).", min=0)
+    persistent_workers: bool = opt(False, "Keep DataLoader workers alive between epochs.")
+
+
+@dataclass
+class SaveMetadata:
+    """[save.metadata]: descriptive modelspec fields written into saved models."""
+
+    title: str | None = opt(None, "Model title (default: output_name).")
+    author: str | None = opt(None, "Author.")
+    description: str | None = opt(None, "Description.")
+    license: str | None = opt(None, "License.")
+    tags: str | None = opt(None, "Comma-separated tags.")
+    usage_hint: str | None = opt(None, "How to prompt the model.")
+    trigger_phrase: str | None = opt(None, "Trigger phrase.")
+
+
+@dataclass
+class SaveConfig:
+    """[save]: when and how models and resumable states are written."""
+
+    format: str = opt("safetensors", "Model format.", choices=("safetensors", "ckpt", "diffusers", "diffusers_safetensors"))
+    precision: str = opt("fp16", "Precision of saved models.", choices=("fp16", "bf16", "float"))
+    every_n_epochs: int | None = opt(None, "Save a model every N epochs.", min=1)
+    every_n_steps: int | None = opt(None, "Save a model every N steps.", min=1)
+    last_n_epochs: int | None = opt(None, "Keep only the last N per-epoch models.", min=1)
+    last_n_steps: int | None = opt(None, "Keep only per-step models of the last N steps.", min=1)
+    state: bool = opt(False, "Also write a resumable state with each save.")
+    state_on_train_end: bool = opt(False, "Write a resumable state when training ends.")
+    state_on_stop: bool = opt(True, "Write a resumable state when a run is stopped (Ctrl-C, stop key).")
+    last_n_states: int | None = opt(2, "Keep only the newest N states.", min=1)
+    use_ema: bool = opt(False, "Save the EMA weights (when train.ema is on) instead of the raw ones.")
+    metadata: SaveMetadata = opt(None, "Descriptive metadata.", factory=SaveMetadata)
+
+
+@dataclass
+class SampleConfig:
+    """[sample]: preview images generated during training (SPEC §5.5)."""
+
+    every_n_steps: int | None = opt(None, "Generate samples every N steps.", min=1)
+    every_n_epochs: int | None = opt(None, "Generate samples every N epochs.", min=1)
+    at_first: bool = opt(False, "Also sample before the first step.")
+    prompts: str | list | None = opt(None, "A prompts file (.txt/.toml/.json, kohya syntax) or a list of prompts.")
+    sampler: str = opt("ddim", "Sampler for previews.", choices=("ddim", "euler", "euler_a", "dpmsolver++", "pndm", "ddpm"))
+    steps: int = opt(20, "Default sampling steps (a prompt's --s wins).", min=1)
+    use_ema: bool = opt(True, "Sample with the EMA weights when train.ema is on.")
+
+
+@dataclass
+class LoggingConfig:
+    """[logging]: console cadence and optional trackers (events.jsonl is always written)."""
+
+    every_n_steps: int = opt(10, "Log a line / event every N steps (one GPU sync per interval).", min=1)
+    logging_dir: str | None = opt(None, "Folder for tracker logs (TensorBoard etc.).")
+    log_with: str | None = opt(None, "tensorboard, wandb or all (needs the package).", choices=(None, "tensorboard", "wandb", "all"))
+    log_prefix: str | None = opt(None, "Prefix for tracker run names.")
+    log_tracker_name: str | None = opt(None, "Tracker project name.")
+    wandb_run_name: str | None = opt(None, "Weights & Biases run name.")
+
+
+@dataclass
+class HypernetworkConfig:
+    """[hypernetwork]: only used with train.mode = "hypernetwork" (SPEC §10)."""
+
+    weights: str | None = opt(None, "Continue training this hypernetwork (.pt or .safetensors).")
+    learning_rate: float | None = opt(None, "Hypernetwork learning rate (unset = optimizer.learning_rate).", min=0.0)
+    save_format: str = opt("pt", "Saved hypernetwork format.", choices=("pt", "safetensors"))
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "optimizer": OptimizerConfig,
+    "memory": MemoryConfig,
+    "cache": CacheConfig,
+    "data": DataConfig,
+    "save": SaveConfig,
+    "sample": SampleConfig,
+    "logging": LoggingConfig,
+    "hypernetwork": HypernetworkConfig,
+}
+
+
+@dataclass
+class RunConfig:
+    """A whole run, as loaded from a run TOML and validated."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    save: SaveConfig = field(default_factory=SaveConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    hypernetwork: HypernetworkConfig = field(default_factory=HypernetworkConfig)
+    config_version: int = CONFIG_VERSION
+    # The kohya-compatible dataset tables, resolved (engine.config.dataset.DatasetBlueprint).
+    datasets: Any = None
+    # Where the file came from: relative paths inside it resolve against its folder.
+    source_path: str | None = None
+    base_dir: str = "."
+
+    def run_dir(self):
+        from pathlib import Path
+
+        out = Path(self.train.output_dir)
+        if not out.is_absolute():
+            out = Path(self.base_dir) / out
+        return out / self.train.output_name
+
+
+def field_docs(section: type) -> dict[str, str]:
+    """Field name -> one-line doc, for help screens and --check output."""
+    return {f.name: f.metadata.get("doc", "") for f in fields(section)}

@@ -1,0 +1,128 @@
+"""Headless console output: Rich progress on a terminal, plain log lines in a pipe.
+
+This is the only place the engine uses Rich (DESIGN §3). On a TTY a progress bar shows
+step, loss and speed; otherwise one line per logging interval, so CI logs and ``tee``
+stay readable.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from engine.events import (
+    Event,
+    Message,
+    ModelSaved,
+    PhaseProgress,
+    RunFinished,
+    RunStarted,
+    SampleSaved,
+    StepMetrics,
+)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_bytes(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 2**30:.2f} GiB"
+
+
+def step_line(e: StepMetrics) -> str:
+    memory = f"vram {format_bytes(e.vram_peak)}" if e.vram_peak is not None else f"ram {format_bytes(e.ram_used)}"
+    grad = f" grad {e.grad_norm:.3f}" if e.grad_norm is not None else ""
+    return (f"step {e.step}/{e.total_steps} epoch {e.epoch} loss {e.loss:.4f} (avg {e.loss_avg:.4f}) "
+            f"lr {e.lr:.2e}{grad} {e.it_per_s:.2f} it/s {e.samples_per_s:.2f} samples/s "
+            f"eta {format_duration(e.eta_s)} {memory}")
+
+
+class ConsoleSink:
+    def __init__(self, console: Console | None = None, interactive: bool | None = None):
+        self.console = console or Console(stderr=False)
+        self.interactive = sys.stdout.isatty() if interactive is None else interactive
+        self.progress: Progress | None = None
+        self.task = None
+        self.phase_task = None
+
+    def emit(self, event: Event) -> None:
+        handler = getattr(self, f"_on_{event.kind}", None)
+        if handler:
+            handler(event)
+
+    def print(self, text: str, style: str | None = None) -> None:
+        target = self.progress.console if self.progress else self.console
+        target.print(text, style=style, highlight=False, markup=False)
+
+    def _on_message(self, e: Message) -> None:
+        style = {"warning": "yellow", "error": "bold red"}.get(e.level)
+        prefix = {"warning": "warning: ", "error": "error: "}.get(e.level, "")
+        self.print(prefix + e.text, style)
+
+    def _on_phase(self, e: PhaseProgress) -> None:
+        if not self.interactive:
+            if e.done == e.total:
+                self.print(f"{e.name}: done ({e.total})")
+            return
+        progress = self._ensure_progress()
+        if self.phase_task is None or progress.tasks[self.phase_task].description != e.name:
+            if self.phase_task is not None:
+                progress.remove_task(self.phase_task)
+            self.phase_task = progress.add_task(e.name, total=max(e.total, 1), info="")
+        progress.update(self.phase_task, completed=e.done, total=max(e.total, 1))
+        if e.done >= e.total:
+            progress.remove_task(self.phase_task)
+            self.phase_task = None
+
+    def _on_run_started(self, e: RunStarted) -> None:
+        self.print(f"training {e.num_images} images on {e.device}: {e.total_steps} steps, {e.total_epochs} epochs "
+                   f"({e.steps_per_epoch} steps/epoch) -> {e.run_dir}", "bold")
+        if self.interactive:
+            progress = self._ensure_progress()
+            self.task = progress.add_task("training", total=e.total_steps, completed=e.start_step, info="")
+
+    def _on_step(self, e: StepMetrics) -> None:
+        if self.interactive and self.progress is not None and self.task is not None:
+            info = f"loss {e.loss_avg:.4f} {e.it_per_s:.2f} it/s"
+            self.progress.update(self.task, completed=e.step, info=info)
+        else:
+            self.print(step_line(e))
+
+    def _on_saved(self, e: ModelSaved) -> None:
+        self.print(f"saved {e.what} at step {e.step}: {e.path}", "green")
+
+    def _on_sample(self, e: SampleSaved) -> None:
+        self.print(f"sample at step {e.step}: {e.path}")
+
+    def _on_run_finished(self, e: RunFinished) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if e.status == "completed":
+            self.console.print(f"[bold green]done[/] at step {e.step}. Model: {e.model_path}")
+        elif e.status == "stopped":
+            self.console.print(f"[yellow]stopped[/] at step {e.step}. State: {e.state_path or '-'}")
+        else:
+            self.console.print(f"[bold red]training failed:[/] {e.message}", markup=True)
+
+    def _ensure_progress(self) -> Progress:
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
+                transient=False,
+            )
+            self.progress.start()
+        return self.progress
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()

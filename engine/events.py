@@ -1,0 +1,206 @@
+"""Events from the engine to whoever watches a run, and the sinks that receive them.
+
+Events are frozen dataclasses of plain values (numbers, strings, paths as strings),
+never tensors, so one stream feeds the TUI, the console and ``events.jsonl`` alike
+(DESIGN §3). A sink that fails is reported once and then skipped: a broken display
+never stops training.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, ClassVar, Iterable, Protocol
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = "event"
+    time: float = field(default_factory=time.time, kw_only=True)
+
+    def to_dict(self) -> dict:
+        return {"event": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    kind: ClassVar[str] = "run_started"
+    run_dir: str
+    total_steps: int
+    total_epochs: int
+    steps_per_epoch: int
+    num_images: int
+    batch_size: int
+    device: str
+    start_step: int = 0
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class Message(Event):
+    kind: ClassVar[str] = "message"
+    level: str              # "info" | "warning" | "error"
+    text: str
+
+
+@dataclass(frozen=True)
+class PhaseProgress(Event):
+    """Progress of a preparation phase (loading, latent caching, sampling)."""
+
+    kind: ClassVar[str] = "phase"
+    name: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class StepMetrics(Event):
+    """One logging interval's figures (a single GPU sync per interval)."""
+
+    kind: ClassVar[str] = "step"
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    loss_avg: float
+    lr: float
+    grad_norm: float | None
+    it_per_s: float
+    samples_per_s: float
+    eta_s: float
+    elapsed_s: float
+    vram_allocated: float | None = None   # bytes
+    vram_reserved: float | None = None
+    vram_peak: float | None = None
+    vram_total: float | None = None
+    ram_used: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelSaved(Event):
+    kind: ClassVar[str] = "saved"
+    path: str
+    what: str               # "model" | "state"
+    step: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class SampleSaved(Event):
+    kind: ClassVar[str] = "sample"
+    path: str
+    prompt: str
+    step: int
+
+
+@dataclass(frozen=True)
+class StatusChanged(Event):
+    kind: ClassVar[str] = "status"
+    status: str             # "running" | "paused" | "stopping"
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    kind: ClassVar[str] = "run_finished"
+    status: str             # "completed" | "stopped" | "failed"
+    step: int
+    epoch: int
+    message: str = ""
+    model_path: str | None = None
+    state_path: str | None = None
+    out_of_memory: bool = False
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (RunStarted, Message, PhaseProgress, StepMetrics, ModelSaved, SampleSaved, StatusChanged, RunFinished)
+}
+
+
+def event_from_dict(data: dict) -> Event | None:
+    """Rebuild an event read from events.jsonl; unknown kinds (newer sdft) give None."""
+    cls = EVENT_TYPES.get(data.get("event", ""))
+    if cls is None:
+        return None
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class EventSink(Protocol):
+    def emit(self, event: Event) -> None: ...
+
+
+class JsonlSink:
+    """Appends one JSON object per event to ``events.jsonl`` and flushes, so
+    ``sdft watch`` and ``tail -f`` see each event at once."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        line = json.dumps(event.to_dict(), ensure_ascii=False)
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class CallbackSink:
+    def __init__(self, callback: Callable[[Event], None]):
+        self.callback = callback
+
+    def emit(self, event: Event) -> None:
+        self.callback(event)
+
+
+class ListSink:
+    """Keeps every event (tests, and the TUI's history)."""
+
+    def __init__(self):
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, cls: type[Event]) -> list:
+        return [e for e in self.events if isinstance(e, cls)]
+
+
+class FanOut:
+    """Sends each event to every sink; a sink that raises is reported once, then dropped."""
+
+    def __init__(self, sinks: Iterable[EventSink] = ()):
+        self.sinks = list(sinks)
+
+    def add(self, sink: EventSink) -> None:
+        self.sinks.append(sink)
+
+    def emit(self, event: Event) -> None:
+        for sink in list(self.sinks):
+            try:
+                sink.emit(event)
+            except Exception as exc:  # noqa: BLE001 - a display must never stop training
+                self.sinks.remove(sink)
+                print(f"sdft: event sink {type(sink).__name__} failed and was disabled: {exc!r}", file=sys.stderr)
+
+
+def read_events(path: str | Path) -> list[Event]:
+    """Every event of an events.jsonl (a half-written last line is skipped)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            event = event_from_dict(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+        if event is not None:
+            out.append(event)
+    return out

@@ -1,0 +1,57 @@
+"""Device and precision decisions, made once and explained to the user (DESIGN §5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    device: torch.device
+    mixed_precision: str          # what accelerate gets: "no" | "fp16" | "bf16"
+    weight_dtype: torch.dtype     # frozen parts (VAE aside) and, with full_bf16, trained parts
+    trainable_dtype: torch.dtype
+    vae_dtype: torch.dtype
+    notes: tuple[str, ...] = ()
+
+
+def choose_device(setting: str) -> torch.device:
+    if setting == "cpu":
+        return torch.device("cpu")
+    if setting == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError('memory.device = "cuda" but no CUDA GPU is visible; use "auto" or "cpu"')
+        return torch.device("cuda")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def decide_precision(memory, device: torch.device) -> Precision:
+    """Map the [memory] options onto what this device can run, saying what changed."""
+    notes: list[str] = []
+    mixed = memory.mixed_precision
+    if device.type == "cpu" and mixed == "fp16":
+        # accelerate silently ignores fp16 on a CPU; bf16 autocast is what a CPU can do.
+        mixed = "bf16"
+        notes.append("mixed_precision fp16 is not available on a CPU: using bf16 instead")
+    if device.type == "cuda" and mixed == "bf16" and not torch.cuda.is_bf16_supported():
+        raise RuntimeError(
+            "mixed_precision = \"bf16\" but this GPU has no bf16 support: use \"fp16\" (with gradient scaling)"
+        )
+    if memory.full_fp16:
+        raise RuntimeError(
+            "memory.full_fp16 is not supported: fp16 master weights need a patched gradient scaler "
+            "and lose updates. Use full_bf16 on bf16 GPUs, or mixed_precision = \"fp16\" alone"
+        )
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed]
+    if device.type == "cpu":
+        weight_dtype = torch.float32 if mixed == "no" else torch.bfloat16
+    trainable = torch.bfloat16 if memory.full_bf16 else torch.float32
+    vae_dtype = DTYPES[memory.vae_dtype]
+    if device.type == "cpu" and vae_dtype == torch.float16:
+        vae_dtype = torch.float32
+        notes.append("vae_dtype fp16 is not available on a CPU: encoding in fp32")
+    return Precision(device, mixed, weight_dtype, trainable, vae_dtype, tuple(notes))

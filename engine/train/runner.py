@@ -1,0 +1,100 @@
+"""One entry point for a training run, shared by ``sdft train``, the wizard and the dashboard.
+
+It reads the run TOML, writes the resolved copy into the run folder, wires the event
+stream to ``events.jsonl`` and the caller's sink, runs the Trainer, and turns every
+outcome (done, stopped, failed, out of memory) into a RunResult and a RunFinished event.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.config import run_toml
+from engine.control import RunControl
+from engine.events import FanOut, JsonlSink, Message, RunFinished
+
+
+@dataclass
+class RunResult:
+    status: str                      # "completed" | "stopped" | "failed"
+    run_dir: str | None = None
+    model_path: str | None = None
+    state_path: str | None = None
+    message: str = ""
+    global_step: int = 0
+    out_of_memory: bool = False
+    log_path: str | None = None
+
+
+def resolved_config_text(document, seed: int, source: Path) -> str:
+    """The run TOML as run: the user's text with the seed filled in."""
+    from engine.train.trainer import resolve_seed  # noqa: F401 - keeps the seed rule in one place
+
+    if document.get("train", {}).get("seed") is None:
+        run_toml.set_value(document, "train.seed", seed)
+    header = f"# Resolved copy of {source.resolve()} written by sdft; relative paths are relative to that file.\n"
+    return header + run_toml.dump_document(document)
+
+
+def run_training(config_path: str | Path, *, sink=None, control: RunControl | None = None,
+                 log_path: str | Path | None = None, resume: str | None = None,
+                 allow_changed: bool = False) -> RunResult:
+    """Train as the run TOML says. Never raises for training failures: see the result.
+
+    Configuration errors (:class:`~engine.config.problems.ConfigError`) are raised, since
+    nothing has started yet and the caller shows them (exit code 2 headless).
+    """
+    import torch
+
+    from engine.train.trainer import Trainer, resolve_seed
+
+    config_path = Path(config_path)
+    config, document, warnings = run_toml.load_run_file(config_path)
+    control = control or RunControl()
+    config.train.seed = resolve_seed(config.train.seed)
+    run_dir = config.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    events_path = run_dir / "events.jsonl"
+    if not (resume or config.train.resume):
+        events_path.unlink(missing_ok=True)  # a fresh run starts a fresh event log
+    jsonl = JsonlSink(events_path)
+    out = FanOut([jsonl] + ([sink] if sink is not None else []))
+    log_path = Path(log_path) if log_path else run_dir / "sdft.log"
+    for problem in warnings:
+        out.emit(Message(level="warning", text=str(problem)))
+    text = resolved_config_text(document, config.train.seed, config_path)
+    (run_dir / "config.toml").write_text(text, encoding="utf-8")
+    trainer = Trainer(config, config_text=text, sink=out, control=control, resume=resume,
+                      allow_changed=allow_changed)
+    result = RunResult(status="failed", run_dir=str(run_dir), log_path=str(log_path))
+    try:
+        trainer.setup()
+        result.status = trainer.run()
+        result.message = "training finished" if result.status == "completed" else control.stop_reason
+    except KeyboardInterrupt:
+        result.status, result.message = "stopped", "interrupted"
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a clear result
+        result.out_of_memory = isinstance(exc, torch.cuda.OutOfMemoryError)
+        result.message = _describe(exc, result.out_of_memory)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as fh:
+            fh.write(traceback.format_exc())
+    result.model_path = trainer.last_model_path
+    result.state_path = trainer.last_state_path
+    result.global_step = trainer.global_step
+    out.emit(RunFinished(status=result.status, step=trainer.global_step, epoch=trainer.epoch,
+                         message=result.message, model_path=result.model_path,
+                         state_path=result.state_path, out_of_memory=result.out_of_memory))
+    jsonl.close()
+    return result
+
+
+def _describe(exc: BaseException, out_of_memory: bool) -> str:
+    if out_of_memory:
+        return ("out of GPU memory: enable memory.gradient_checkpointing, use optimizer.type = \"AdamW8bit\", "
+                "mixed_precision = \"bf16\"/\"fp16\", or lower the batch size or resolution "
+                "(`sdft plan RUN.toml` estimates what fits)")
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, (ValueError, RuntimeError)) else text

@@ -1,0 +1,160 @@
+"""Resumable training states (SPEC §9).
+
+A state folder is written atomically (``<name>.tmp/`` then renamed) at an optimizer-step
+boundary and holds everything needed to continue at the same step: trainable weights,
+optimizer / scheduler / scaler / EMA states, RNG states, counters, the resolved config,
+a hash of the options that affect training maths, and the dataset fingerprint.
+``manifest.json`` lists each file's sha256 and is checked before a resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine import atomic
+
+STATE_VERSION = 1
+
+
+class StateError(RuntimeError):
+    pass
+
+
+@dataclass
+class Counters:
+    global_step: int
+    epoch: int                 # 0-based epoch in progress
+    batches_done: int          # micro-batches of that epoch already consumed
+    seed: int
+    config_hash: str
+    dataset_fingerprint: str
+    loss_avg: float | None = None
+    stopped: bool = False
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def rng_states() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _rng_to_json(states: dict) -> dict:
+    version, internal, gauss = states["python"]
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    return {"python": [version, list(internal), gauss],
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+
+
+def _restore_rng(meta: dict, tensors: dict) -> None:
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available() and tensors.get("cuda"):
+        torch.cuda.set_rng_state_all(tensors["cuda"])
+
+
+def save_state(folder: Path, *, trainables: dict[str, torch.nn.Module | dict], optimizer, scheduler,
+               scaler=None, ema=None, counters: Counters, config_text: str) -> Path:
+    """Write a complete state folder atomically; returns its final path."""
+    with atomic.atomic_dir(folder) as tmp:
+        for name, module in trainables.items():
+            tensors = module if isinstance(module, dict) else module.state_dict()
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+        if ema is not None:
+            save_file({k: v.contiguous().cpu() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+        rng = rng_states()
+        torch.save({"torch": rng["torch"], "cuda": rng["cuda"]}, tmp / "rng.pt")
+        (tmp / "rng.json").write_text(json.dumps(_rng_to_json(rng)))
+        (tmp / "counters.json").write_text(json.dumps({"version": STATE_VERSION, **asdict(counters)}, indent=2))
+        (tmp / "config.toml").write_text(config_text, encoding="utf-8")
+        manifest = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+def verify_state(folder: Path) -> None:
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise StateError(f"{folder} is not a complete sdft state (no manifest.json); pick another state folder")
+    manifest = json.loads(manifest_path.read_text())
+    for name, digest in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            raise StateError(f"{folder}: {name} is missing; the state is incomplete")
+        if file_sha256(path) != digest:
+            raise StateError(f"{folder}: {name} does not match its checksum (damaged or edited)")
+
+
+def read_counters(folder: Path) -> Counters:
+    data = json.loads((folder / "counters.json").read_text())
+    data.pop("version", None)
+    return Counters(**data)
+
+
+def load_state(folder: Path, *, trainables: dict, optimizer, scheduler, scaler=None, ema=None) -> Counters:
+    """Restore everything written by :func:`save_state` (after :func:`verify_state`)."""
+    verify_state(folder)
+    for name, module in trainables.items():
+        tensors = load_file(str(folder / f"{name}.safetensors"))
+        if isinstance(module, dict):
+            for key, value in tensors.items():
+                module[key].data.copy_(value)
+        else:
+            module.load_state_dict(tensors)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    if scaler is not None and (folder / "scaler.pt").exists():
+        scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
+    if ema is not None and (folder / "ema.safetensors").exists():
+        ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+    rng_tensors = torch.load(folder / "rng.pt", weights_only=True)
+    _restore_rng(json.loads((folder / "rng.json").read_text()), rng_tensors)
+    return read_counters(folder)
+
+
+def find_latest_state(state_root: Path) -> Path | None:
+    """The newest complete state under a run's ``state/`` folder, by global step."""
+    best, best_step = None, -1
+    if not state_root.is_dir():
+        return None
+    for folder in state_root.iterdir():
+        if not folder.is_dir() or folder.name.endswith((".tmp", ".old")) or not (folder / "manifest.json").exists():
+            continue
+        try:
+            step = read_counters(folder).global_step
+        except (OSError, ValueError, TypeError):
+            continue
+        if step > best_step:
+            best, best_step = folder, step
+    return best
+
+
+def training_math_hash(sections: dict) -> str:
+    """Hash of every option that changes the maths of a step (resume refuses a change)."""
+    blob = json.dumps(sections, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

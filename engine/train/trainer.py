@@ -1,0 +1,607 @@
+"""The fine-tuning loop: setup, loop, teardown (SPEC §6, §9; DESIGN §5).
+
+Read top to bottom: :meth:`Trainer.setup` loads everything once, :meth:`Trainer.loop`
+runs optimizer steps, :meth:`Trainer.finish` saves. The objective itself lives in
+``objective.py`` as pure functions. The loop talks to the outside world only through an
+event sink and a :class:`~engine.control.RunControl`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine import __version__
+from engine.config.schema import RunConfig
+from engine.control import RunControl
+from engine.events import Message, ModelSaved, PhaseProgress, RunStarted, StatusChanged, StepMetrics
+from engine.train import objective as obj
+from engine.train.ema import EMA
+from engine.train.optimizers import build_optimizer, build_scheduler
+from engine.train.precision import Precision, choose_device, decide_precision
+from engine.train.state import (
+    Counters,
+    find_latest_state,
+    load_state,
+    read_counters,
+    save_state,
+    training_math_hash,
+)
+
+SMOOTHING = 0.98   # per-step decay of the smoothed loss shown in logs and the dashboard
+
+
+class StopTraining(Exception):
+    """Raised inside the loop when RunControl asks for a stop."""
+
+
+@dataclass
+class Schedule:
+    batches_per_epoch: int       # micro-batches this process sees per epoch
+    steps_per_epoch: int
+    total_steps: int
+    total_epochs: int
+
+
+def step_seed(seed: int, step: int, micro: int) -> int:
+    """Seed of the generator for one micro-batch: a pure function, so resume is exact."""
+    return (seed * 1_000_003 + step * 1_009 + micro) % (2 ** 63)
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, *, config_text: str, sink, control: RunControl | None = None,
+                 resume: str | None = None, allow_changed: bool = False):
+        self.cfg = config
+        self.config_text = config_text
+        self.sink = sink
+        self.control = control or RunControl()
+        self.resume = resume if resume is not None else config.train.resume
+        self.allow_changed = allow_changed
+        self.run_dir = config.run_dir()
+        self.global_step = 0
+        self.epoch = 0
+        self.batches_done = 0
+        self.loss_avg: float | None = None
+        self.last_model_path: str | None = None
+        self.last_state_path: str | None = None
+
+    # ================================================================ setup
+
+    def say(self, text: str, level: str = "info") -> None:
+        self.sink.emit(Message(level=level, text=text))
+
+    def setup(self) -> None:
+        from accelerate import Accelerator
+
+        cfg = self.cfg
+        device = choose_device(cfg.memory.device)
+        self.precision: Precision = decide_precision(cfg.memory, device)
+        for note in self.precision.notes:
+            self.say(note, "warning")
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        # With clip skip, a trained text encoder's last layers get no gradient: DDP must know.
+        skips_layers = cfg.train.train_text_encoder and cfg.model.clip_skip > 1
+        self.accelerator = Accelerator(
+            mixed_precision=self.precision.mixed_precision,
+            cpu=device.type == "cpu",
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=skips_layers)],
+        )
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+        if device.type == "cuda" and cfg.memory.allow_tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.seed = cfg.train.seed
+        self._load_model()
+        self._load_data()
+        self._build_text_encoder()
+        self._cache_latents()
+        self._configure_memory()
+        self._build_optimizer()
+        self._restore()
+
+    def _phase(self, name: str, done: int, total: int) -> None:
+        self.sink.emit(PhaseProgress(name=name, done=done, total=total))
+
+    def _load_model(self) -> None:
+        from engine.models.load import load_model
+
+        m = self.cfg.model
+        self._phase("loading model", 0, 1)
+        self.model = load_model(
+            m.pretrained_model_name_or_path,
+            v2=m.v2,
+            v_parameterization=m.v_parameterization,
+            vae=m.vae,
+            tokenizer_dir=m.tokenizer_dir,
+            allow_unsafe_pickle=m.allow_unsafe_pickle,
+            use_ema=m.use_ema_weights,
+        )
+        for line in self.model.report:
+            self.say(line)
+        self.v_prediction = bool(self.model.v_parameterization)
+        t = self.cfg.train
+        if t.scale_v_pred_loss_like_noise_pred and not self.v_prediction:
+            raise ValueError("train.scale_v_pred_loss_like_noise_pred only applies to v-prediction models")
+        if t.zero_terminal_snr and not self.v_prediction:
+            self.say("zero_terminal_snr without v-prediction cannot learn the last timestep", "warning")
+        self.cumprod = obj.alphas_cumprod(zero_terminal_snr=t.zero_terminal_snr).float()
+        self.snr = obj.snr_table(self.cumprod)
+        scaling = getattr(self.model.vae.config, "scaling_factor", obj.LATENT_SCALE)
+        if abs(scaling - obj.LATENT_SCALE) > 1e-6:
+            self.say(f"the VAE's scaling_factor is {scaling}, not SD's 0.18215: using the VAE's", "warning")
+        self.latent_scale = scaling
+        self._phase("loading model", 1, 1)
+
+    def _load_data(self) -> None:
+        from engine.data.pipeline import TrainingData
+
+        side = 768 if (self.model.v2 and self.v_prediction) else 512
+        self.data = TrainingData.from_config(self.cfg, default_resolution=(side, side),
+                                             log=lambda text: self.say(text))
+        self.schedule = self._compute_schedule()
+
+    def _compute_schedule(self) -> Schedule:
+        t = self.cfg.train
+        world = self.accelerator.num_processes
+        batches = self.data.batches_per_epoch()
+        if batches == 0:
+            raise ValueError("the dataset yields no batches: check the image folders and metadata files")
+        per_process = math.ceil(batches / world)
+        steps_per_epoch = math.ceil(per_process / t.gradient_accumulation_steps)
+        if t.max_train_epochs:
+            total = t.max_train_epochs * steps_per_epoch
+        else:
+            total = t.max_train_steps
+        epochs = math.ceil(total / steps_per_epoch)
+        return Schedule(per_process, steps_per_epoch, total, epochs)
+
+    def _build_text_encoder(self) -> None:
+        from engine.models.text_encoding import PromptEncoder
+
+        m = self.cfg.model
+        self.train_te = self.cfg.train.train_text_encoder and self.cfg.train.mode == "full"
+        self.prompt_encoder = PromptEncoder(
+            self.model.tokenizer,
+            self.model.text_encoder,
+            max_token_length=m.max_token_length,
+            clip_skip=m.clip_skip,
+            v2=self.model.v2,
+            weighted=self.cfg.train.weighted_captions,
+            warn=lambda text: self.say(text, "warning"),
+        )
+
+    def _cache_latents(self) -> None:
+        vae = self.model.vae
+        vae.requires_grad_(False).eval()
+        vae.to(self.device, self.precision.vae_dtype)
+
+        def progress(done: int, total: int) -> None:
+            self._phase("caching latents", done, total)
+
+        if self.is_main:
+            self.data.prepare_latents(vae, self.device, self.precision.vae_dtype, progress=progress)
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            self.data.prepare_latents(vae, self.device, self.precision.vae_dtype, progress=None)
+
+    def _configure_memory(self) -> None:
+        cfg, p = self.cfg, self.precision
+        unet, te = self.model.unet, self.model.text_encoder
+        self._set_attention(unet)
+        full = cfg.train.mode == "full"
+        unet.requires_grad_(full)
+        unet.to(self.device, p.trainable_dtype if full else p.weight_dtype)
+        unet.train(full)
+        te.requires_grad_(self.train_te)
+        te.to(self.device, p.trainable_dtype if self.train_te else p.weight_dtype)
+        te.train(self.train_te)
+        if cfg.memory.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            if self.train_te:
+                te.gradient_checkpointing_enable()
+        if not cfg.sample.prompts:
+            # Cached latents need no VAE; live-encoded batches move it back when they come.
+            self.model.vae.to("cpu")
+
+    def _set_attention(self, unet) -> None:
+        choice = self.cfg.memory.attention
+        if choice == "xformers":
+            if self.device.type != "cuda":
+                self.say("xformers needs a CUDA GPU: using PyTorch SDPA attention instead", "warning")
+                return
+            try:
+                unet.enable_xformers_memory_efficient_attention()
+            except Exception as exc:  # noqa: BLE001 - any import/kernel failure falls back
+                self.say(f"xformers is not usable here ({exc}): using PyTorch SDPA attention instead", "warning")
+        elif choice == "math":
+            from diffusers.models.attention_processor import AttnProcessor
+
+            unet.set_attn_processor(AttnProcessor())
+
+    def trainable_parameters(self) -> list[dict]:
+        """Parameter groups: U-Net (learning_rate) and text encoder (learning_rate_te)."""
+        o = self.cfg.optimizer
+        groups = []
+        if self.cfg.train.mode == "full":
+            groups.append({"params": [p for p in self.model.unet.parameters() if p.requires_grad],
+                           "lr": o.learning_rate, "name": "unet"})
+        if self.train_te:
+            lr_te = o.learning_rate_te if o.learning_rate_te is not None else o.learning_rate
+            groups.append({"params": [p for p in self.model.text_encoder.parameters() if p.requires_grad],
+                           "lr": lr_te, "name": "text_encoder"})
+        return groups
+
+    def _build_optimizer(self) -> None:
+        o, t = self.cfg.optimizer, self.cfg.train
+        groups = self.trainable_parameters()
+        if not groups:
+            raise ValueError("nothing to train: check train.mode and train.train_text_encoder")
+        self.trained_params = [p for g in groups for p in g["params"]]
+        optimizer = build_optimizer(o.type, [{k: v for k, v in g.items() if k != "name"} for g in groups],
+                                    o.learning_rate, o.args, self.device.type)
+        self.lr_scheduler = build_scheduler(
+            o.lr_scheduler, optimizer, total_steps=self.schedule.total_steps, warmup=o.lr_warmup_steps,
+            num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power, args=o.lr_scheduler_args,
+        )
+        modules = [self.model.unet] + ([self.model.text_encoder] if self.train_te else [])
+        prepared = self.accelerator.prepare(*modules, optimizer)
+        self.unet = prepared[0]
+        self.text_encoder = prepared[1] if self.train_te else self.model.text_encoder
+        self.optimizer = prepared[-1]
+        self.prompt_encoder.text_encoder = self.text_encoder
+        self.ema = None
+        if t.ema:
+            self.ema = EMA(self.trained_params, t.ema_decay, t.ema_update_every, t.ema_cpu_offload)
+
+    # ================================================================ resume
+
+    def math_hash(self) -> str:
+        cfg = self.cfg
+        relevant = {
+            "train": {k: v for k, v in vars(cfg.train).items()
+                      if k not in ("output_dir", "output_name", "resume", "max_train_steps", "max_train_epochs")},
+            "optimizer": {k: v for k, v in vars(cfg.optimizer).items()},
+            "model": {k: getattr(cfg.model, k) for k in ("clip_skip", "max_token_length")},
+            "v_prediction": self.v_prediction,
+            "mixed_precision": self.precision.mixed_precision,
+        }
+        return training_math_hash(relevant)
+
+    def _trainables(self) -> dict:
+        out = {}
+        if self.cfg.train.mode == "full":
+            out["unet"] = self.accelerator.unwrap_model(self.unet)
+        if self.train_te:
+            out["text_encoder"] = self.accelerator.unwrap_model(self.text_encoder)
+        return out
+
+    def _restore(self) -> None:
+        if not self.resume:
+            return
+        folder = self._resolve_resume(self.resume)
+        if folder is None:
+            self.say("train.resume = \"latest\" but no saved state was found: starting from step 0", "warning")
+            return
+        saved = read_counters(folder)
+        changes = []
+        if saved.config_hash != self.math_hash():
+            changes.append("training options (objective, optimizer, precision, prompts)")
+        if saved.dataset_fingerprint != self.data.fingerprint:
+            changes.append("the dataset (images, captions or buckets)")
+        if changes and not self.allow_changed:
+            raise ValueError(
+                f"cannot resume from {folder}: changed since it was saved: {', '.join(changes)}. "
+                "Undo the change, or pass --allow-changed to continue anyway"
+            )
+        counters = load_state(folder, trainables=self._trainables(), optimizer=self.optimizer,
+                              scheduler=self.lr_scheduler, scaler=self.accelerator.scaler, ema=self.ema)
+        self.seed = counters.seed
+        self.global_step = counters.global_step
+        self.epoch = counters.epoch
+        self.batches_done = counters.batches_done
+        self.loss_avg = counters.loss_avg
+        if self.lr_scheduler.last_epoch != self.global_step:
+            self.say("max_train_steps changed: the learning-rate schedule was rebuilt at the restored step", "warning")
+        self.say(f"resumed from {folder} at step {self.global_step} (epoch {self.epoch + 1})")
+
+    def _resolve_resume(self, value: str) -> Path | None:
+        if value == "latest":
+            return find_latest_state(self.run_dir / "state")
+        path = Path(value)
+        if not path.is_absolute() and not path.exists():
+            path = Path(self.cfg.base_dir) / path
+        if not path.is_dir():
+            raise ValueError(f"train.resume: {value} is not a state folder")
+        return path
+
+    # ================================================================ the loop
+
+    def run(self) -> str:
+        """Train to the end or to a stop; returns "completed" or "stopped"."""
+        s = self.schedule
+        self.sink.emit(RunStarted(
+            run_dir=str(self.run_dir), total_steps=s.total_steps, total_epochs=s.total_epochs,
+            steps_per_epoch=s.steps_per_epoch, num_images=self.data.num_images,
+            batch_size=self._batch_size(), device=str(self.device), start_step=self.global_step,
+            model=self.model.source,
+        ))
+        self.sink.emit(StatusChanged(status="running"))
+        from engine.train.checkpoints import Checkpointer
+        from engine.train.sampling import Sampler
+
+        self.checkpointer = Checkpointer(self)
+        self.sampler = Sampler(self)
+        if self.cfg.sample.at_first and self.global_step == 0:
+            self.sampler.sample()
+        try:
+            self.loop()
+        except StopTraining:
+            self.finish_stopped()
+            return "stopped"
+        self.finish_completed()
+        return "completed"
+
+    def _batch_size(self) -> int:
+        sizes = [getattr(d, "batch_size", 1) for d in getattr(self.cfg.datasets, "datasets", [])]
+        return max(sizes) if sizes else 1
+
+    def loop(self) -> None:
+        s, accum = self.schedule, self.cfg.train.gradient_accumulation_steps
+        self.meter = _Meter(self.global_step)
+        while self.global_step < s.total_steps:
+            plan = self._process_share(self.data.epoch_plan(self.epoch))
+            position = self.batches_done
+            while position < len(plan) and self.global_step < s.total_steps:
+                group = plan[position:position + accum]
+                self.train_step(group, position)
+                position += len(group)
+                self.batches_done = position
+                self.after_step()
+            self._end_epoch()
+
+    def _process_share(self, plan: list) -> list:
+        """This process's batches: every world-th batch, padded so all ranks step together."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        if world == 1:
+            return plan
+        per_rank = math.ceil(len(plan) / world)
+        padded = plan + plan[: per_rank * world - len(plan)]
+        return padded[rank::world]
+
+    def _end_epoch(self) -> None:
+        if self.global_step >= self.schedule.total_steps and self.batches_done < self.schedule.batches_per_epoch:
+            return  # the run ended inside this epoch
+        self.epoch += 1
+        self.batches_done = 0
+        self.checkpointer.on_epoch_end(self.epoch)
+        if self.cfg.sample.every_n_epochs and self.epoch % self.cfg.sample.every_n_epochs == 0:
+            self.sampler.sample()
+
+    def train_step(self, group: list, position: int) -> None:
+        """One optimizer step over ``group`` micro-batches (gradient accumulation)."""
+        accum = self.cfg.train.gradient_accumulation_steps
+        for micro, ref in enumerate(group):
+            batch = self.data.load_batch(ref, epoch=self.epoch, global_step=self.global_step,
+                                         position=position + micro)
+            generator = torch.Generator().manual_seed(step_seed(self.seed, self.global_step, micro))
+            last = micro == len(group) - 1
+            sync = nullcontext() if last else self.accelerator.no_sync(self.unet)
+            with sync:
+                loss = self.compute_loss(batch, generator)
+                self.accelerator.backward(loss / accum)
+            self.meter.add_micro(loss.detach(), len(batch.captions))
+        grad_norm = None
+        if self.cfg.optimizer.max_grad_norm > 0:
+            grad_norm = self.accelerator.clip_grad_norm_(self.trained_params, self.cfg.optimizer.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.meter.end_step(grad_norm)
+        if self.ema is not None:
+            self.ema.update(self.global_step)
+        self._maybe_stop_text_encoder()
+
+    def latents_of(self, batch) -> torch.Tensor:
+        if batch.latents is not None:
+            z = batch.latents.to(self.device, torch.float32)
+        else:
+            vae = self.model.vae
+            if next(vae.parameters()).device != self.device:
+                vae.to(self.device)
+            with torch.no_grad():
+                pixels = batch.pixels.to(self.device, self.precision.vae_dtype)
+                z = vae.encode(pixels).latent_dist.sample().float()
+        return z * self.latent_scale
+
+    def compute_loss(self, batch, generator: torch.Generator) -> torch.Tensor:
+        """The training objective for one micro-batch (SPEC §6.2)."""
+        t_cfg = self.cfg.train
+        x0 = self.latents_of(batch)
+        noise_opts = obj.NoiseOptions(
+            t_cfg.noise_offset, t_cfg.noise_offset_random_strength, t_cfg.adaptive_noise_scale,
+            t_cfg.multires_noise_iterations, t_cfg.multires_noise_discount,
+            t_cfg.ip_noise_gamma, t_cfg.ip_noise_gamma_random_strength,
+        )
+        noise = obj.make_noise(x0, noise_opts, generator)
+        timesteps = obj.sample_timesteps(x0.shape[0], t_cfg.min_timestep, t_cfg.max_timestep, generator).to(self.device)
+        noisy = obj.add_noise(x0, obj.perturb_input_noise(noise, noise_opts, generator), timesteps, self.cumprod)
+        with self.accelerator.autocast():
+            grad_ctx = nullcontext() if self.train_te else torch.no_grad()
+            with grad_ctx:
+                context = self.prompt_encoder(batch.captions, self.device, self.precision.weight_dtype
+                                              if not self.train_te else None)
+            pred = self.unet(noisy.to(self.unet_dtype), timesteps, context.to(self.unet_dtype)).sample
+        target = obj.target_for(x0, noise, timesteps, self.cumprod, self.v_prediction)
+        loss_opts = obj.LossOptions(t_cfg.loss_type, t_cfg.huber_schedule, t_cfg.huber_c, t_cfg.huber_scale,
+                                    t_cfg.min_snr_gamma, t_cfg.scale_v_pred_loss_like_noise_pred,
+                                    t_cfg.debiased_estimation_loss)
+        elements = obj.element_loss(pred, target, timesteps, loss_opts, self.cumprod)
+        weights = obj.loss_weights(timesteps, self.snr, loss_opts, self.v_prediction)
+        return obj.reduce_loss(elements, weights)
+
+    @property
+    def unet_dtype(self) -> torch.dtype:
+        return next(self.model.unet.parameters()).dtype
+
+    def _maybe_stop_text_encoder(self) -> None:
+        stop_at = self.cfg.train.stop_text_encoder_training
+        if self.train_te and stop_at and self.global_step == stop_at:
+            self.model.text_encoder.requires_grad_(False)
+            self.model.text_encoder.eval()
+            self.say(f"text encoder frozen after step {stop_at} (train.stop_text_encoder_training)")
+
+    def after_step(self) -> None:
+        """Logging, saving, sampling and the RunControl checks, at a step boundary."""
+        every = self.cfg.logging.every_n_steps
+        if self.global_step % every == 0 or self.global_step == self.schedule.total_steps:
+            self.emit_metrics()
+        self.checkpointer.on_step_end(self.global_step)
+        sample_every = self.cfg.sample.every_n_steps
+        if sample_every and self.global_step % sample_every == 0:
+            self.sampler.sample()
+        self.poll_control()
+
+    def poll_control(self) -> None:
+        control = self.control
+        if control.take_save_request():
+            self.checkpointer.save_model(kind="manual")
+        if control.take_sample_request():
+            self.sampler.sample()
+        if control.paused:
+            self.sink.emit(StatusChanged(status="paused"))
+            control.wait_while_paused()
+            if not control.stop_requested:
+                self.sink.emit(StatusChanged(status="running"))
+                self.meter.restart_clock()
+        if control.stop_requested:
+            self.sink.emit(StatusChanged(status="stopping"))
+            raise StopTraining(control.stop_reason)
+
+    def emit_metrics(self) -> None:
+        m = self.meter.collect()  # the one GPU->CPU sync of this interval
+        if m is None:
+            return
+        decay = SMOOTHING ** m["steps"]
+        self.loss_avg = m["loss"] if self.loss_avg is None else decay * self.loss_avg + (1 - decay) * m["loss"]
+        remaining = self.schedule.total_steps - self.global_step
+        vram = _device_memory(self.device)
+        self.sink.emit(StepMetrics(
+            step=self.global_step, total_steps=self.schedule.total_steps, epoch=self.epoch + 1,
+            loss=m["loss"], loss_avg=self.loss_avg, lr=self.lr_scheduler.get_last_lr()[0],
+            grad_norm=m["grad_norm"], it_per_s=m["it_per_s"], samples_per_s=m["samples_per_s"],
+            eta_s=remaining / m["it_per_s"] if m["it_per_s"] > 0 else 0.0,
+            elapsed_s=self.meter.elapsed(), **vram,
+        ))
+
+    # ================================================================ teardown
+
+    def counters(self, stopped: bool = False) -> Counters:
+        return Counters(self.global_step, self.epoch, self.batches_done, self.seed, self.math_hash(),
+                        self.data.fingerprint, self.loss_avg, stopped)
+
+    def write_state(self, stopped: bool = False) -> str | None:
+        if not self.is_main:
+            return None
+        name = f"{self.cfg.train.output_name}-step{self.global_step:08d}-state"
+        folder = self.run_dir / "state" / name
+        save_state(folder, trainables=self._trainables(), optimizer=self.optimizer, scheduler=self.lr_scheduler,
+                   scaler=self.accelerator.scaler, ema=self.ema, counters=self.counters(stopped),
+                   config_text=self.config_text)
+        self.last_state_path = str(folder)
+        self.checkpointer.rotate_states()
+        self.sink.emit(ModelSaved(path=str(folder), what="state", step=self.global_step, epoch=self.epoch))
+        return str(folder)
+
+    def finish_completed(self) -> None:
+        self.accelerator.wait_for_everyone()
+        self.checkpointer.save_model(kind="final")
+        if self.cfg.save.state_on_train_end:
+            self.write_state()
+
+    def finish_stopped(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.control.save_state_on_stop and self.cfg.save.state_on_stop:
+            path = self.write_state(stopped=True)
+            self.say(f"stopped at step {self.global_step}; resume with: sdft train CONFIG --resume {path}")
+
+
+class _Meter:
+    """Accumulates loss on the device; converts to Python numbers once per interval."""
+
+    def __init__(self, step: int):
+        self.restart_clock()
+        self.start = time.perf_counter()
+        self.loss_sum = None
+        self.micro = 0
+        self.samples = 0
+        self.steps = 0
+        self.grad_norm = None
+
+    def restart_clock(self) -> None:
+        self.clock = time.perf_counter()
+
+    def add_micro(self, loss: torch.Tensor, samples: int) -> None:
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        self.micro += 1
+        self.samples += samples
+
+    def end_step(self, grad_norm) -> None:
+        self.steps += 1
+        self.grad_norm = grad_norm
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def collect(self) -> dict | None:
+        if not self.steps:
+            return None
+        now = time.perf_counter()
+        seconds = max(now - self.clock, 1e-9)
+        out = {
+            "loss": (self.loss_sum / self.micro).item(),
+            "grad_norm": float(self.grad_norm) if self.grad_norm is not None else None,
+            "steps": self.steps,
+            "it_per_s": self.steps / seconds,
+            "samples_per_s": self.samples / seconds,
+        }
+        self.loss_sum, self.micro, self.samples, self.steps, self.grad_norm = None, 0, 0, 0, None
+        self.clock = now
+        return out
+
+
+def _device_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {
+            "vram_allocated": float(torch.cuda.memory_allocated(device)),
+            "vram_reserved": float(torch.cuda.memory_reserved(device)),
+            "vram_peak": float(torch.cuda.max_memory_allocated(device)),
+            "vram_total": float(torch.cuda.get_device_properties(device).total_memory),
+        }
+    return {"ram_used": _process_rss()}
+
+
+def _process_rss() -> float | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+        import os
+
+        return float(pages * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def resolve_seed(seed: int | None) -> int:
+    return seed if seed is not None else random.SystemRandom().randrange(2 ** 31)
+
+
+__all__ = ["Trainer", "StopTraining", "resolve_seed", "step_seed", "__version__"]

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random SD models built once per session, in a temp folder."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory):
+    """A tiny SD1-flavoured diffusers folder (epsilon prediction)."""
+    from engine.models.tiny import TinySpec, save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "sd1", TinySpec("sd1"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2(tmp_path_factory):
+    """A tiny SD2-flavoured diffusers folder (v-prediction, "!" padding)."""
+    from engine.models.tiny import TinySpec, save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "sd2", TinySpec("sd2"))
