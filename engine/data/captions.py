@@ -1,0 +1,188 @@
+"""Caption and tag text: read sidecars, join caption + tags, clean, edit safely (SPEC §1.2, §1.4, §1.5).
+
+Nothing here overwrites a caption unless asked: edits take a policy (skip / overwrite /
+append) and every write is atomic (temp file + rename). No torch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+from engine import atomic
+
+POLICIES = ("skip", "overwrite", "append")
+
+
+def read_sidecar(path: str | Path) -> str | None:
+    """UTF-8 text (BOM stripped), whitespace-stripped; None when the file does not exist."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        return None
+    return data.decode("utf-8-sig", errors="replace").strip()
+
+
+def write_caption(path: str | Path, text: str, *, policy: str = "skip", separator: str = ", ") -> bool:
+    """Write a sidecar honouring ``policy``; returns True when the file changed.
+
+    skip: leave an existing non-empty file alone. overwrite: replace it. append: add
+    ``separator + text`` after the existing text (no duplicate when it already ends so).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown caption policy {policy!r}; use one of {', '.join(POLICIES)}")
+    path = Path(path)
+    old = read_sidecar(path)
+    text = text.strip()
+    if old:
+        if policy == "skip":
+            return False
+        if policy == "append":
+            if not text or old.endswith(text):
+                return False
+            text = old + separator + text
+    if old == text:
+        return False
+    atomic.write_text(path, text + "\n" if text else "")
+    return True
+
+
+# ---------------------------------------------------------------- joining (SPEC §1.4)
+
+
+def join_separator(mode: str, caption_separator: str = ",") -> str:
+    """SEP for ``[data] caption_tags_join``: "separator", "comma_space" or a literal string."""
+    if mode == "separator":
+        return caption_separator
+    if mode == "comma_space":
+        return ", "
+    return mode
+
+
+def join_caption_and_tags(caption: str | None, tags: str | None, *, sep: str = ",",
+                          wildcard: bool = False) -> str:
+    """caption + SEP + tags, or tags alone for an empty caption (never a leading separator)."""
+    caption = caption or ""
+    tags = tags or ""
+    if not tags:
+        return caption
+    if wildcard:
+        tags = tags.replace("\n", sep)
+        if not caption:
+            return tags          # kohya HEAD yields "" here (SPEC §12: data silently lost)
+        lines = caption.split("\n")
+        return "\n".join(line + sep + tags if line.strip() else line for line in lines)
+    if not caption:
+        return tags
+    return caption + sep + tags
+
+
+def split_tags(tags: str | None) -> list[str]:
+    return [t.strip() for t in (tags or "").split(",") if t.strip()]
+
+
+def tag_frequency(all_tags: Iterable[str | None]) -> dict[str, int]:
+    """Tag → number of images carrying it (lower-cased, once per image; SPEC §1.4)."""
+    counts: Counter[str] = Counter()
+    for tags in all_tags:
+        counts.update({t.lower() for t in split_tags(tags)})
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# ---------------------------------------------------------------- cleaning (SPEC §1.5)
+
+_W = r"[\w\-]+"
+HAIR_LENGTH = re.compile(r"(long|short|medium) hair")
+_MULTI_PERSON_FAMILIES = [
+    HAIR_LENGTH,
+    re.compile(r"(bob|hime) cut"),
+    re.compile(rf"{_W} eyes"),
+    re.compile(rf"({_W} sleeves|sleeveless)"),
+    re.compile(rf"(ponytail|braid|ahoge|twintails|{_W} bun|single hair bun|single side bun|two side up"
+               rf"|two tails|{_W} braid|sidelocks)"),
+]
+_ANY_HAIR = re.compile(rf"{_W} hair")
+_ONE_WORD = re.compile(rf"({_W}|hair ornament)")
+
+
+def clean_tags(tags: str) -> str:
+    """DeepDanbooru/WD14 tag cleanup (SPEC §1.5), on a ", "-separated string."""
+    tags = tags.replace("^_^", "\0").replace("_", " ").replace("\0", "^_^")
+    cut = tags.find(", rating")
+    if cut >= 0:
+        tags = tags[:cut]
+    items = [t.strip() for t in tags.split(",")]
+    items = [t for t in items if t and not t.startswith("rating:")]
+    wrapped = ", " + ", ".join(items) + ", "
+    if "girls" in wrapped or "boys" in wrapped:
+        for family in _MULTI_PERSON_FAMILIES:
+            members = [t for t in items if family.fullmatch(t)]
+            if len(members) > 1:
+                items = [t for t in items if not family.fullmatch(t)]
+        kept_length = next((t for t in items if HAIR_LENGTH.fullmatch(t)), None)
+        hair = [t for t in items if _ANY_HAIR.fullmatch(t) and t != kept_length]
+        if len(hair) > 1:
+            items = [t for t in items if not (_ANY_HAIR.fullmatch(t) and t != kept_length)]
+    words = {t for t in items if _ONE_WORD.fullmatch(t)}
+    redundant = set()
+    for word in words:
+        longer = re.compile(rf"(\w+ )+{re.escape(word)}")
+        if any(other != word and longer.fullmatch(other) for other in items):
+            redundant.add(word)
+    return ", ".join(t for t in items if t not in redundant)
+
+
+CAPTION_REPLACEMENTS: list[tuple[tuple[str, ...], str]] = [
+    (("anime anime",), "anime"),
+    (("young ",), ""),
+    (("anime girl",), "girl"),
+    (("cartoon female", "cartoon lady", "cartoon character", "cartoon woman"), "girl"),
+    (("cartoon women",), "girls"),
+    (("cartoon girl",), "girl"),
+    (("anime female", "anime lady", "anime character", "anime woman"), "girl"),
+    (("anime women",), "girls"),
+    (("lady",), "girl"),
+    (("female",), "girl"),
+    (("woman",), "girl"),
+    (("women",), "girls"),
+    (("people",), "girls"),
+    (("person",), "girl"),
+    (("a cartoon figure",), "a figure"),
+    (("a cartoon image",), "an image"),
+    (("a cartoon picture",), "a picture"),
+    (("an anime cartoon image",), "an image"),
+    (("a cartoon anime drawing",), "a drawing"),
+    (("a cartoon drawing",), "a drawing"),
+    (("girl girl",), "girl"),
+]
+
+
+def clean_caption(caption: str) -> str:
+    """BLIP caption cleanup: the substitutions of SPEC §1.5 in order, each until stable."""
+    for sources, target in CAPTION_REPLACEMENTS:
+        for source in sources:
+            while source in caption:
+                updated = caption.replace(source, target)
+                if updated == caption:
+                    break
+                caption = updated
+    return caption
+
+
+def clean_entry(entry: dict) -> tuple[dict, list[str]]:
+    """A cleaned copy of a metadata entry and notes for missing caption/tags (entry kept)."""
+    out = dict(entry)
+    notes = []
+    if out.get("caption") is None:
+        notes.append("no caption")
+    else:
+        out["caption"] = clean_caption(out["caption"])
+    if out.get("tags") is None:
+        notes.append("no tags")
+    else:
+        out["tags"] = clean_tags(out["tags"])
+    return out, notes

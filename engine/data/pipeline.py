@@ -1,0 +1,376 @@
+"""TrainingData: from a run's dataset tables to bucketed batches (SPEC §1–§4, §7).
+
+``from_config`` reads metadata, sizes and buckets (no pixels). ``prepare_latents`` fills the
+latent cache. ``epoch_plan(epoch)`` is a pure function of (seed, epoch); ``load_batch``
+turns one planned batch into tensors with per-sample randomness seeded by
+(seed, epoch, batch position, item index), so worker count and resume change nothing.
+
+Batches never mix cached latents and live pixels: subsets with ``random_crop`` or
+``color_aug`` (or ``cache.latents = "none"``) are encoded live by the trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from engine.config.dataset import DatasetSpec, SubsetSpec, check_resolution
+from engine.data.buckets import Assignment, BucketSettings, assign_sizes, bucket_info, crop_offset, mean_ar_error
+from engine.data.captions import join_caption_and_tags, join_separator, tag_frequency
+from engine.data.metadata import MetadataError, read_metadata
+from engine.data.processing import process_caption, sample_rng, sample_seed
+from engine.data.scan import read_sizes
+
+
+class DataError(Exception):
+    """The data cannot be used as configured; the message lists every problem."""
+
+
+@dataclass
+class DataItem:
+    """One image of one subset, with its bucket."""
+
+    index: int
+    key: str
+    path: Path
+    caption: str                  # caption joined with tags (SPEC §1.4), before per-sample processing
+    tags: str | None
+    size: tuple[int, int]
+    bucket: tuple[int, int]
+    resized: tuple[int, int]
+    dataset: int
+    subset: SubsetSpec
+    metadata_file: Path
+
+    @property
+    def repeats(self) -> int:
+        return self.subset.num_repeats
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """One planned batch: plain values only, so it can be logged or stored with a resume state."""
+
+    dataset: int
+    bucket: tuple[int, int]
+    items: tuple[int, ...]        # DataItem indices (an image repeated appears several times)
+    live: bool                    # True: pixels, encoded by the trainer; False: cached latents
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor | None  # (B, 4, h, w) unscaled z (SPEC §7.3)
+    pixels: torch.Tensor | None   # (B, 3, H, W) in [-1, 1] when not cached
+    captions: list[str]
+    keys: list[str]
+
+
+class TrainingData:
+    """The run's data: items, buckets, epoch plans and batch loading."""
+
+    def __init__(self, items: list[DataItem], datasets: list[DatasetSpec], settings: list[BucketSettings], *,
+                 seed: int, cache_mode: str = "disk", cache_dir: Path | None = None, cache_cfg=None,
+                 exif_transpose: bool = True, max_train_steps: int = 1600, grad_accum: int = 1,
+                 run_name: str = "run", log: Callable[[str], None] = print):
+        self.items = items
+        self.datasets = datasets
+        self.settings = settings
+        self.seed = int(seed)
+        self.cache_mode = cache_mode
+        self.cache_dir = cache_dir
+        self.cache_cfg = cache_cfg
+        self.exif_transpose = exif_transpose
+        self.max_train_steps = max_train_steps
+        self.grad_accum = grad_accum
+        self.run_name = run_name
+        self.log = log
+        self.latent_sampling = getattr(cache_cfg, "latent_sampling", "sample")
+        self._latents: dict = {}          # item index -> CachedLatent
+        self._excluded: set[int] = set()  # items that failed caching
+        self._prepared = cache_mode == "none"
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, cfg, *, default_resolution: tuple[int, int] = (512, 512),
+                    log: Callable[[str], None] = print) -> "TrainingData":
+        blueprint = cfg.datasets
+        if blueprint is None or not blueprint.datasets:
+            raise DataError("the run has no datasets: add [[datasets]] tables or dataset_config")
+        data_cfg = cfg.data
+        problems: list[str] = []
+        items: list[DataItem] = []
+        settings: list[BucketSettings] = []
+        for di, spec in enumerate(blueprint.datasets):
+            s = spec.bucket_settings(tuple(default_resolution))
+            problems.extend(check_resolution(spec, s.resolution))
+            if spec.bucket_no_upscale and not spec.enable_bucket:
+                log(f"{spec.key}: bucket_no_upscale needs enable_bucket; ignored")
+            if s.no_upscale and (spec.min_bucket_reso, spec.max_bucket_reso) != (256, 1024):
+                log(f"{spec.key}: min/max_bucket_reso are ignored with bucket_no_upscale")
+            ds_items, s = _dataset_items(di, spec, s, data_cfg, problems, log, start=len(items))
+            items.extend(ds_items)
+            settings.append(s)
+        if problems:
+            raise DataError("dataset problems:\n  " + "\n  ".join(problems))
+        if not items:
+            raise DataError("no usable images in any dataset (see the messages above)")
+        seed = cfg.train.seed
+        if seed is None:
+            seed = random.randrange(2**31)
+            log(f"no train.seed set: using {seed}")
+        cache_dir = None
+        if cfg.cache.latents == "disk":
+            cache_dir = Path(cfg.cache.cache_dir) if cfg.cache.cache_dir else Path(cfg.train.output_dir) / ".latent-cache"
+            if not cache_dir.is_absolute():
+                cache_dir = Path(cfg.base_dir) / cache_dir
+        data = cls(items, blueprint.datasets, settings, seed=seed, cache_mode=cfg.cache.latents,
+                   cache_dir=cache_dir, cache_cfg=cfg.cache, exif_transpose=data_cfg.exif_transpose,
+                   grad_accum=cfg.train.gradient_accumulation_steps, run_name=cfg.train.output_name, log=log)
+        if cfg.train.max_train_epochs:
+            data.max_train_steps = cfg.train.max_train_epochs * math.ceil(data.batches_per_epoch() / data.grad_accum)
+        else:
+            data.max_train_steps = cfg.train.max_train_steps
+        live = sorted({it.subset.key for it in items if not it.subset.cacheable})
+        if live and cfg.cache.latents != "none":
+            log("random_crop/color_aug change pixels on every draw, so these subsets are encoded live "
+                "(not cached): " + ", ".join(live))
+        info = data.bucket_info
+        if any(ds.enable_bucket for ds in blueprint.datasets):
+            log(f"{len(items)} images in {len(info['buckets'])} buckets, mean aspect error "
+                f"{info.get('mean_img_ar_error', 0.0):.4f}")
+        return data
+
+    # ------------------------------------------------------------ facts
+
+    @property
+    def num_images(self) -> int:
+        """Distinct images (repeats excluded)."""
+        return len(self.items)
+
+    @property
+    def num_items(self) -> int:
+        """Images × repeats: the samples of one epoch."""
+        return sum(it.repeats for it in self.items if it.index not in self._excluded)
+
+    def assignments(self) -> list[Assignment]:
+        return [Assignment(it.size, it.bucket, it.resized) for it in self.items]
+
+    @property
+    def bucket_info(self) -> dict:
+        """SPEC §3.5 over all datasets (repeats counted)."""
+        active = [it for it in self.items if it.index not in self._excluded]
+        info = bucket_info([Assignment(it.size, it.bucket, it.resized) for it in active],
+                           [it.repeats for it in active])
+        info["mean_img_ar_error"] = mean_ar_error(Assignment(it.size, it.bucket, it.resized) for it in active)
+        return info
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over what decides batches: items, sizes, buckets, captions, options, batch sizes."""
+        h = hashlib.sha256()
+        for spec, s in zip(self.datasets, self.settings):
+            h.update(json.dumps([spec.batch_size, list(s.resolution), s.enable_bucket, s.no_upscale,
+                                 s.min_bucket_reso, s.max_bucket_reso, s.bucket_reso_steps]).encode())
+        for it in self.items:
+            h.update(json.dumps([it.dataset, it.key, list(it.size), list(it.bucket), list(it.resized),
+                                 it.caption, it.repeats, it.subset.key]).encode())
+        return h.hexdigest()
+
+    @property
+    def tag_frequency(self) -> dict[str, dict[str, int]]:
+        """Per metadata file name: tag → number of images carrying it (SPEC §1.4)."""
+        by_file: dict[str, list] = {}
+        for it in self.items:
+            by_file.setdefault(it.metadata_file.name, []).append(it.tags)
+        return {name: tag_frequency(tags) for name, tags in by_file.items()}
+
+    def _is_live(self, item: DataItem) -> bool:
+        return self.cache_mode == "none" or not item.subset.cacheable
+
+    # ------------------------------------------------------------ latents
+
+    def prepare_latents(self, vae, device, dtype=torch.float32, progress=None, *, vae_id: str | None = None) -> None:
+        """Fill the latent cache for every cacheable item (SPEC §7). Bad images are skipped and reported."""
+        if self.cache_mode == "none":
+            self._prepared = True
+            return
+        from engine.data.cache import CacheJob, LatentCache, write_manifest
+
+        cache = LatentCache(self.cache_dir, mode=self.cache_mode, store_dtype=getattr(self.cache_cfg, "dtype", "float32"),
+                            verify=getattr(self.cache_cfg, "verify", "full"))
+        jobs = []
+        for it in self.items:
+            if self._is_live(it):
+                continue
+            interpolation = it.subset.resize_interpolation or _auto_interp(it.size, it.resized)
+            jobs.append(CacheJob(it.index, it.path, it.size, it.bucket, it.resized,
+                                 crop_offset(it.resized, it.bucket), interpolation, it.subset.flip_aug,
+                                 self.exif_transpose))
+        if isinstance(dtype, str):
+            dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        result = cache.prepare(jobs, vae, device, dtype, vae_batch_size=getattr(self.cache_cfg, "vae_batch_size", 1),
+                               vae_id=vae_id, progress=progress, log=self.log)
+        self._latents = result.latents
+        self._excluded = set(result.failed)
+        if result.failed:
+            self.log(f"{len(result.failed)} image(s) left out of training (could not be encoded)")
+        if self.cache_mode == "disk" and self.cache_dir is not None:
+            write_manifest(self.cache_dir, self.run_name, [c.key for c in result.latents.values() if not c.kohya])
+        self._prepared = True
+        self.cache_result = result
+
+    # ------------------------------------------------------------ plans
+
+    def _groups(self) -> list[tuple[int, tuple[int, int], bool, list[int]]]:
+        """(dataset, bucket, live, member items with repeats) in a fixed order."""
+        groups: dict[tuple[int, tuple[int, int], bool], list[int]] = {}
+        for it in self.items:
+            if it.index in self._excluded:
+                continue
+            groups.setdefault((it.dataset, it.bucket, self._is_live(it)), []).extend([it.index] * it.repeats)
+        return [(d, b, live, members) for (d, b, live), members in sorted(groups.items())]
+
+    def batches_per_epoch(self) -> int:
+        return sum(math.ceil(len(m) / self.datasets[d].batch_size) for d, _b, _l, m in self._groups())
+
+    def epoch_plan(self, epoch: int) -> list[BatchRef]:
+        """Shuffle each bucket, slice into batches, shuffle the batch list: a function of (seed, epoch)."""
+        rng = random.Random(sample_seed(self.seed, epoch, -1, -1, salt="plan"))
+        plan: list[BatchRef] = []
+        for d, bucket, live, members in self._groups():
+            members = list(members)
+            rng.shuffle(members)
+            size = self.datasets[d].batch_size
+            for i in range(0, len(members), size):
+                plan.append(BatchRef(d, bucket, tuple(members[i:i + size]), live))
+        rng.shuffle(plan)
+        return plan
+
+    # ------------------------------------------------------------ batches
+
+    def load_batch(self, ref: BatchRef, *, epoch: int, global_step: int, position: int) -> Batch:
+        """Tensors for one planned batch. ``epoch`` is 1-based; ``global_step`` the exact optimizer step."""
+        if not ref.live and not self._prepared:
+            raise RuntimeError("prepare_latents() must run before loading cached batches")
+        captions, keys, latents, pixels = [], [], [], []
+        for j, idx in enumerate(ref.items):
+            item = self.items[idx]
+            sub = item.subset
+            rng = sample_rng(self.seed, epoch, position, j)
+            flipped = sub.flip_aug and rng.random() < 0.5
+            if ref.live:
+                pixels.append(self._live_pixels(item, rng, flipped))
+            else:
+                latents.append(self._latent(item, flipped, sample_seed(self.seed, epoch, position, j, salt="latent")))
+            captions.append(process_caption(item.caption, sub, rng, epoch=epoch, step=global_step,
+                                            max_train_steps=self.max_train_steps))
+            keys.append(item.key)
+        if ref.live:
+            from engine.data.images import to_tensor
+
+            return Batch(None, to_tensor(pixels), captions, keys)
+        return Batch(torch.stack(latents), None, captions, keys)
+
+    def _live_pixels(self, item: DataItem, rng: random.Random, flipped: bool):
+        from engine.data.images import color_augment, load_pixels
+
+        sub = item.subset
+        offset = crop_offset(item.resized, item.bucket, random_crop=sub.random_crop, rng=rng)
+        interpolation = sub.resize_interpolation or _auto_interp(item.size, item.resized)
+        arr = load_pixels(item.path, item.resized, item.bucket, offset, interpolation=interpolation,
+                          flipped=flipped, exif_transpose=self.exif_transpose)
+        if sub.color_aug:
+            arr = color_augment(arr, rng)
+        return arr
+
+    def _latent(self, item: DataItem, flipped: bool, noise_seed: int) -> torch.Tensor:
+        entry = self._latents.get(item.index)
+        if entry is None:
+            raise RuntimeError(f"{item.path}: no cached latent (prepare_latents() skipped it)")
+        tensors = entry.load()
+        suffix = "_flipped" if flipped else ""
+        mean = tensors["mean" + suffix].float()
+        std = tensors["std" + suffix].float()
+        mode = "kohya" if entry.kohya else self.latent_sampling
+        if mode == "mean":
+            return mean
+        if mode == "kohya":
+            noise_seed = int(entry.key[:15], 16) + (1 if flipped else 0)
+        gen = torch.Generator().manual_seed(noise_seed)
+        return mean + std * torch.randn(mean.shape, generator=gen)
+
+
+def _auto_interp(size, resized) -> str:
+    from engine.data.images import auto_interpolation
+
+    return auto_interpolation(size, resized)
+
+
+def _dataset_items(di: int, spec: DatasetSpec, s: BucketSettings, data_cfg, problems: list[str],
+                   log: Callable[[str], None], start: int) -> tuple[list[DataItem], BucketSettings]:
+    """Read every subset's metadata, fill sizes, assign buckets (pinned train_resolution if chosen)."""
+    entries = []   # (subset, metadata_file, MetaEntry)
+    for sub in spec.subsets:
+        try:
+            meta = read_metadata(sub.metadata_file, sub.image_dir)
+        except MetadataError as exc:
+            problems.append(f"{sub.key}.metadata_file: {exc}")
+            continue
+        except (OSError, ValueError) as exc:
+            problems.append(f"{sub.key}.metadata_file: cannot read {sub.metadata_file}: {exc}")
+            continue
+        for w in meta.warnings:
+            log(f"{sub.metadata_file.name}: {w}")
+        if not meta.entries:
+            log(f"{sub.key}: metadata file {sub.metadata_file} is empty: subset skipped")
+            continue
+        entries.extend((sub, sub.metadata_file, e) for e in meta.entries)
+    missing = [e.path for _, _, e in entries if e.image_size is None]
+    infos = {info.path: info for info in read_sizes(missing, exif_transpose=data_cfg.exif_transpose)}
+    kept = []
+    for sub, mfile, e in entries:
+        size = e.image_size
+        if size is None:
+            info = infos[e.path]
+            if info.size is None:
+                log(f"skipped {e.path}: {info.error}")
+                continue
+            size = info.size
+        kept.append((sub, mfile, e, size))
+    use_pinned = data_cfg.use_train_resolution
+    have = [e.train_resolution is not None for _, _, e, _ in kept]
+    if use_pinned == "auto":
+        use_pinned = bool(kept) and all(have)
+    pinned = None
+    if use_pinned and any(have):
+        if spec.bucket_no_upscale:
+            problems.append(f"{spec.key}: bucket_no_upscale cannot be combined with pinned train_resolution buckets "
+                            "(set [data] use_train_resolution = false, or remove bucket_no_upscale)")
+            return [], s
+        bad = [e.key for _, _, e, _ in kept if e.train_resolution and (e.train_resolution[0] % 8 or e.train_resolution[1] % 8)]
+        if bad:
+            problems.append(f"{spec.key}: train_resolution must be multiples of 8: " + ", ".join(bad[:10]))
+            return [], s
+        pinned = [e.train_resolution for _, _, e, _ in kept]
+        s = BucketSettings(s.resolution, True, False, s.min_bucket_reso, s.max_bucket_reso, s.bucket_reso_steps)
+        log(f"{spec.key}: using the metadata's train_resolution buckets")
+    assignments = assign_sizes([size for *_, size in kept], s, pinned)
+    items = []
+    sep_mode = data_cfg.caption_tags_join
+    for (sub, mfile, e, size), a in zip(kept, assignments):
+        if a.bucket is None:
+            log(f"skipped {e.path}: {a.error}")
+            continue
+        sep = join_separator(sep_mode, sub.caption_separator)
+        caption = join_caption_and_tags(e.caption, e.tags, sep=sep, wildcard=sub.enable_wildcard)
+        items.append(DataItem(start + len(items), e.key, e.path, caption, e.tags, size, a.bucket, a.resized,
+                              di, sub, mfile))
+    return items, s

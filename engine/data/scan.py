@@ -1,0 +1,196 @@
+"""Find images and read their sizes from the file headers, without decoding (SPEC §1.1).
+
+Pillow's ``Image.open`` is lazy: it parses the header and stops, so a scan of thousands of
+files costs milliseconds each. EXIF orientation 5–8 swaps width and height when honoured.
+No torch here: the wizard uses this before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+BASE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+OPTIONAL_EXTENSIONS = (".avif", ".jxl", ".heic", ".heif")
+SKIP_SUFFIXES = (".npz", ".safetensors")
+CACHE_DIR_NAMES = (".latent-cache",)
+EXIF_ORIENTATION = 0x0112
+
+
+class ScanError(Exception):
+    """A dataset folder that cannot be used as is (message says which files and why)."""
+
+
+def image_extensions() -> tuple[str, ...]:
+    """The base extensions plus avif/jxl/heic when a Pillow plugin for them is importable."""
+    extra: list[str] = []
+    try:
+        from PIL import Image
+
+        registered = Image.registered_extensions()
+        if any(ext not in registered for ext in OPTIONAL_EXTENSIONS):
+            for plugin in ("pillow_avif", "pillow_jxl", "pillow_heif"):
+                try:
+                    module = __import__(plugin)
+                    if plugin == "pillow_heif":
+                        module.register_heif_opener()
+                except Exception:
+                    pass
+            registered = Image.registered_extensions()
+        extra = [ext for ext in OPTIONAL_EXTENSIONS if ext in registered]
+    except ImportError:
+        pass
+    return BASE_EXTENSIONS + tuple(extra)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says about one image."""
+
+    path: Path
+    size: tuple[int, int] | None          # (W, H) as trained on (EXIF orientation applied if asked)
+    raw_size: tuple[int, int] | None      # (W, H) as stored
+    orientation: int = 1                   # EXIF orientation tag (1 = upright)
+    mode: str = ""                         # Pillow mode, e.g. "RGB", "CMYK", "P", "I;16"
+    format: str = ""
+    file_size: int = 0
+    error: str | None = None               # why the header could not be read
+
+    @property
+    def rotated(self) -> bool:
+        return self.orientation not in (0, 1)
+
+
+def find_images(root: str | Path, *, recursive: bool = False, extensions: Iterable[str] | None = None,
+                skip_dirs: Iterable[str] = CACHE_DIR_NAMES) -> list[Path]:
+    """Sorted image paths under ``root``; raises ScanError for two images sharing a stem in a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ScanError(f"image folder not found: {root}")
+    exts = {e.lower() for e in (extensions or image_extensions())}
+    skip = set(skip_dirs)
+    found: list[Path] = []
+    if recursive:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in skip)
+            base = Path(folder)
+            found.extend(base / f for f in files if _is_image(f, exts))
+    else:
+        with os.scandir(root) as entries:
+            found = [Path(e.path) for e in entries if _is_image(e.name, exts) and e.is_file()]
+    found.sort()
+    _check_duplicate_stems(found)
+    return found
+
+
+def _is_image(name: str, exts: set[str]) -> bool:
+    if name.startswith("."):
+        return False
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in exts
+
+
+def _check_duplicate_stems(paths: list[Path]) -> None:
+    seen: dict[Path, Path] = {}
+    clashes: list[str] = []
+    for path in paths:
+        stem_key = path.with_suffix("")
+        if stem_key in seen:
+            clashes.append(f"{seen[stem_key]} and {path.name}")
+        else:
+            seen[stem_key] = path
+    if clashes:
+        raise ScanError(
+            "images sharing one name in a folder (their captions and cache entries would clash): "
+            + "; ".join(clashes) + ". Rename or remove one of each pair."
+        )
+
+
+def read_image_info(path: str | Path, *, exif_transpose: bool = True) -> ImageInfo:
+    """Size, mode and orientation from the header only; never raises (errors go in ``error``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        file_size = path.stat().st_size
+    except OSError as exc:
+        return ImageInfo(path, None, None, error=f"cannot read: {exc.strerror or exc}")
+    if file_size == 0:
+        return ImageInfo(path, None, None, file_size=0, error="empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            raw = (int(im.width), int(im.height))
+            orientation = _orientation(im)
+            mode, fmt = im.mode, im.format or ""
+    except UnidentifiedImageError:
+        return ImageInfo(path, None, None, file_size=file_size, error="not an image Pillow can read")
+    except Exception as exc:  # truncated headers, permission errors, decoder bugs
+        return ImageInfo(path, None, None, file_size=file_size, error=f"cannot read: {exc}")
+    if raw[0] <= 0 or raw[1] <= 0:
+        return ImageInfo(path, None, raw, orientation, mode, fmt, file_size, error=f"zero-size image {raw}")
+    size = raw
+    if exif_transpose and orientation in (5, 6, 7, 8):
+        size = (raw[1], raw[0])
+    return ImageInfo(path, size, raw, orientation, mode, fmt, file_size)
+
+
+def _orientation(im) -> int:
+    """EXIF orientation without decoding pixels.
+
+    ``im.getexif()`` on a PNG loads the whole image when the eXIf chunk was not seen yet, so
+    read the raw EXIF block the header parser already stored in ``im.info``.
+    """
+    from PIL import Image
+
+    raw = im.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        value = int(exif.get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def read_sizes(paths: Iterable[Path], *, exif_transpose: bool = True, workers: int | None = None) -> list[ImageInfo]:
+    """Header info for many files; threads overlap the file-system waits."""
+    paths = list(paths)
+    if len(paths) < 64:
+        return [read_image_info(p, exif_transpose=exif_transpose) for p in paths]
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda p: read_image_info(p, exif_transpose=exif_transpose), paths, chunksize=64))
+
+
+@dataclass(frozen=True)
+class ScanItem:
+    """An image with its sidecar texts (None = no sidecar file)."""
+
+    info: ImageInfo
+    caption: str | None
+    tags: str | None
+
+    @property
+    def path(self) -> Path:
+        return self.info.path
+
+
+def scan_folder(root: str | Path, *, recursive: bool = False, caption_extension: str = ".caption",
+                tags_extension: str = ".txt", exif_transpose: bool = True) -> list[ScanItem]:
+    """Images under ``root`` with sizes from headers and their caption/tag sidecars (SPEC §1.2)."""
+    from engine.data.captions import read_sidecar
+
+    paths = find_images(root, recursive=recursive)
+    infos = read_sizes(paths, exif_transpose=exif_transpose)
+    items = []
+    for info in infos:
+        stem = info.path.with_suffix("")
+        caption = read_sidecar(stem.with_name(stem.name + caption_extension)) if caption_extension else None
+        tags = read_sidecar(stem.with_name(stem.name + tags_extension)) if tags_extension else None
+        items.append(ScanItem(info, caption, tags))
+    return items
