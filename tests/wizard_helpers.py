@@ -1,0 +1,27 @@
+"""Generated datasets for the wizard tests: small PNGs with .caption / .txt sidecars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SIZES = [(512, 512), (640, 384), (384, 640), (300, 200), (768, 512), (512, 768), (1024, 576), (200, 300)]
+
+
+def make_dataset(root: Path, sizes=SIZES) -> Path:
+    """A folder of PNGs: even images get a .caption, odd ones a .txt, the last one nothing."""
+    from PIL import Image
+
+    folder = root / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (w, h) in enumerate(sizes):
+        im = Image.new("RGB", (w, h), ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256))
+        for x in range(0, w, 16):  # a diagonal stripe so previews are not flat
+            im.putpixel((x, min(h - 1, x * h // w)), (255, 255, 255))
+        im.save(folder / f"img{i:02d}.png")
+        if i == len(sizes) - 1:
+            continue
+        if i % 2 == 0:
+            (folder / f"img{i:02d}.caption").write_text(f"a photo of thing {i}, red, blue\n", encoding="utf-8")
+        else:
+            (folder / f"img{i:02d}.txt").write_text(f"tag{i}, solo, outdoors\n", encoding="utf-8")
+    return folder
