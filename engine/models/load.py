@@ -51,6 +51,7 @@ class LoadedModel:
     metadata: dict[str, str] = field(default_factory=dict)   # the source file's metadata
     text_extras: dict = field(default_factory=dict)          # unused OpenCLIP tensors to copy on save
     has_ema: bool = False
+    source_dtype: str | None = None   # "float32" | "float16" | "bfloat16": the U-Net's stored dtype
 
 
 def training_scheduler(v2: bool, v_parameterization: bool):
@@ -171,6 +172,8 @@ def _load_single_file(path: Path, *, v2, v_parameterization, vae, allow_unsafe_p
     report.append(v2d.line)
     is_v2 = v2d.value
     parts = cv.split_original(sd)
+    conv_in = parts["unet"].get("input_blocks.0.0.weight")
+    source_dtype = str(conv_in.dtype).replace("torch.", "") if conv_in is not None else None
     del sd
 
     # EMA: LDM checkpoints may carry an EMA copy of the U-Net (model_ema.*).
@@ -212,6 +215,10 @@ def _load_single_file(path: Path, *, v2, v_parameterization, vae, allow_unsafe_p
     extras: dict = {}
     if is_v2:
         tpart = parts["text_sd2"]
+        if not tpart and parts["text_sd1"]:
+            raise ModelLoadError(
+                f"{path}: model.v2 = true but the file's text encoder is SD1's (CLIP ViT-L); "
+                "remove the setting (auto) or set model.v2 = false")
         if "token_embedding.weight" not in tpart:
             raise ModelLoadError(f"{path}: SD2 text encoder is incomplete (no {cv.SD2_TEXT_PREFIX}token_embedding.weight)")
         n_layers = sd2_text_layers(tpart, metadata)
@@ -241,7 +248,7 @@ def _load_single_file(path: Path, *, v2, v_parameterization, vae, allow_unsafe_p
     if "global_step" in info:
         report.append(f"checkpoint global_step: {info['global_step']}")
     return dict(unet=unet, vae=vae_model, text_encoder=text_encoder, v2=is_v2, v_parameterization=vd.value,
-                metadata=dict(metadata), text_extras=extras, has_ema=bool(ema))
+                metadata=dict(metadata), text_extras=extras, has_ema=bool(ema), source_dtype=source_dtype)
 
 
 # --------------------------------------------------------------------------- diffusers folder
@@ -305,7 +312,27 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
     )
     report.append(vd.line)
     return dict(unet=unet.eval(), vae=vae_model.eval(), text_encoder=text_encoder.eval(), v2=v2d.value,
-                v_parameterization=vd.value, metadata={}, text_extras={}, has_ema=sub == "unet_ema")
+                v_parameterization=vd.value, metadata={}, text_extras={}, has_ema=sub == "unet_ema",
+                source_dtype=_stored_dtype(folder / sub))
+
+
+def _stored_dtype(sub: Path) -> str | None:
+    """The dtype of the first tensor in a diffusers component's safetensors file, if any."""
+    import json
+    import struct
+
+    for f in sorted(sub.glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0]
+                header = json.loads(fh.read(n))
+        except (OSError, ValueError, struct.error):
+            return None
+        codes = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+        for k, v in header.items():
+            if k != "__metadata__":
+                return codes.get(v.get("dtype"))
+    return None
 
 
 # --------------------------------------------------------------------------- hub
@@ -373,5 +400,5 @@ def load_model(source: str, *, v2="auto", v_parameterization="auto", vae: str | 
         noise_scheduler=training_scheduler(parts["v2"], parts["v_parameterization"]),
         v2=parts["v2"], v_parameterization=parts["v_parameterization"], report=report,
         source=str(source), base_name=base_name, base_sha256=sha, metadata=parts["metadata"],
-        text_extras=parts["text_extras"], has_ema=parts["has_ema"],
+        text_extras=parts["text_extras"], has_ema=parts["has_ema"], source_dtype=parts["source_dtype"],
     )

@@ -1,0 +1,101 @@
+"""``sdft convert IN OUT``: any supported model format to any other, offline.
+
+Exit codes: 0 done, 2 bad input (a ModelLoadError: the message says what to do), 1 other errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+TO_CHOICES = ("safetensors", "ckpt", "diffusers")
+PRECISION_CHOICES = ("fp16", "bf16", "fp32")
+_SAVE_PRECISION = {"fp16": "fp16", "bf16": "bf16", "fp32": "float", "float32": "fp32", "float16": "fp16",
+                   "bfloat16": "bf16"}
+# Metadata we recompute on every save; everything else in the source's metadata is kept.
+_RECOMPUTED = ("modelspec.architecture", "modelspec.prediction_type", "modelspec.implementation_version",
+               "modelspec.date", "sdft.version", "sdft.v2", "sdft.v_parameterization", "sdft.unet_config",
+               "sdft.vae_config", "sdft.text_config")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sdft convert",
+        description="Convert a Stable Diffusion 1.x/2.x model between a single .safetensors/.ckpt file "
+                    "(original SD layout, for AUTOMATIC1111/ComfyUI) and a diffusers folder. No network.",
+    )
+    p.add_argument("input", help="a .safetensors/.ckpt file, a diffusers folder, or a hub id (online)")
+    p.add_argument("output", help="the file or folder to write (replaced atomically)")
+    p.add_argument("--to", choices=TO_CHOICES, default=None,
+                   help="output format (default: from OUT's extension; a name without one is a diffusers folder)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
+                   help="weights precision (default: the input's own precision)")
+    p.add_argument("--v2", action=argparse.BooleanOptionalAction, default=None,
+                   help="the model is SD 2.x (--no-v2: SD 1.x); default: detected")
+    p.add_argument("--v-parameterization", action=argparse.BooleanOptionalAction, default=None,
+                   help="the model predicts v (--no-v-parameterization: epsilon); default: detected")
+    p.add_argument("--vae", default=None, help="replace the VAE with this file or folder")
+    p.add_argument("--use-ema", action="store_true", help="write the EMA U-Net when the input has one")
+    p.add_argument("--allow-unsafe-pickle", action="store_true",
+                   help="load a .ckpt whose pickle needs more than tensors (can run code: only for files you trust)")
+    return p
+
+
+def output_format(out: Path, to: str | None) -> str:
+    if to == "diffusers":
+        return "diffusers_safetensors"
+    if to is not None:
+        return to
+    suffix = out.suffix.lower()
+    if suffix == ".ckpt":
+        return "ckpt"
+    if suffix == ".safetensors":
+        return "safetensors"
+    return "diffusers_safetensors"
+
+
+def convert_command(argv: list[str] | None = None) -> int:
+    """Run ``sdft convert``; returns the process exit code."""
+    from engine.models.errors import ModelLoadError
+
+    args = build_parser().parse_args(argv)
+    out = Path(args.output)
+    fmt = output_format(out, args.to)
+    try:
+        from engine.models.load import load_model
+        from engine.models.save import save_model
+
+        if Path(args.input).resolve() == out.resolve():
+            raise ModelLoadError(f"{out}: the output is the input; choose another output path")
+        loaded = load_model(
+            args.input,
+            v2="auto" if args.v2 is None else args.v2,
+            v_parameterization="auto" if args.v_parameterization is None else args.v_parameterization,
+            vae=args.vae, allow_unsafe_pickle=args.allow_unsafe_pickle, use_ema=args.use_ema,
+            hash_file=False,
+        )
+        for line in loaded.report:
+            print(f"  {line}")
+        precision = _SAVE_PRECISION[args.precision or loaded.source_dtype or "float32"]
+        keep = {k: v for k, v in loaded.metadata.items()
+                if k.startswith(("modelspec.", "sdft.")) and k not in _RECOMPUTED}
+        written = save_model(
+            out, unet=loaded.unet, text_encoder=loaded.text_encoder, vae=loaded.vae, v2=loaded.v2,
+            v_parameterization=loaded.v_parameterization, fmt=fmt, precision=precision, metadata=keep,
+            text_extras=loaded.text_extras,
+        )
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # report, don't dump a traceback on the user
+        print(f"error: conversion failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    kind = "diffusers folder" if fmt.startswith("diffusers") else fmt
+    print(f"wrote {written} ({kind}, {'fp32' if precision == 'float' else precision}, "
+          f"{'SD 2.x' if loaded.v2 else 'SD 1.x'}, {'v' if loaded.v_parameterization else 'epsilon'} prediction)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(convert_command())
