@@ -1,0 +1,157 @@
+"""Entry points of the run dashboard.
+
+* ``run_dashboard(config_path)`` — ``sdft train RUN.toml --tui``: an app that opens the run
+  screen directly; returns 0 (completed), 3 (failed) or 130 (stopped).
+* ``watch_run(run_dir)`` — ``sdft watch RUN_DIR``: a read-only dashboard that follows the run's
+  ``events.jsonl``; opening or closing it never touches the run.
+* ``open_run_screen(app, config_path)`` — the wizard's review screen starts a run in its own app.
+
+Life over SSH: when the terminal goes away (SIGHUP) the run stops cleanly, saving a resumable
+state, and the process waits for that save before it exits; a ``detached`` run instead keeps
+training without a screen (follow it with ``sdft watch``).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Callable
+
+from textual.app import App
+
+from sdft_tui.screens.run import DashboardScreen, EngineHandle, RunScreen, WatchScreen
+
+EVENTS_FILE = "events.jsonl"
+
+
+class DashboardApp(App[int]):
+    """An app whose only screen is a dashboard; its exit code is the run's."""
+
+    TITLE = "sdft"
+    ENABLE_COMMAND_PALETTE = False   # every action has its own key; keeps the footer short at 80 columns
+
+    def __init__(self, make_screen: Callable[[], DashboardScreen]) -> None:
+        super().__init__()
+        self._make_screen = make_screen
+        self.dashboard: DashboardScreen | None = None
+        self.hung_up = False
+
+    def on_mount(self) -> None:
+        self.dashboard = self._make_screen()
+        self.push_screen(self.dashboard, callback=self._dashboard_closed)
+
+    def _dashboard_closed(self, code: int | None) -> None:
+        code = 0 if code is None else int(code)
+        self.exit(code, return_code=code)
+
+    def action_quit(self) -> None:
+        """Ctrl+Q goes through the dashboard's own quit (which asks while training)."""
+        if self.dashboard is not None and self.dashboard.is_attached:
+            if self.screen is not self.dashboard:
+                return   # a question is already open: answer it first
+            self.dashboard.action_quit_dashboard()
+        else:
+            self.exit(0, return_code=0)
+
+    def hangup(self, *, detached: bool) -> None:
+        """The terminal is gone: nobody can answer a question, so act at once.
+
+        Not detached: ask the engine to stop with a resumable state; the app closes and
+        ``run_dashboard`` waits for the save. Detached: close the screen, training goes on.
+        """
+        self.hung_up = True
+        screen = self.dashboard
+        if isinstance(screen, RunScreen) and screen.handle.running:
+            if detached:
+                screen.stop_on_close = False
+            else:
+                screen.control.request_stop("terminal lost (SIGHUP)", save_state=True)
+        self.exit(None, return_code=0)
+
+
+def make_hangup_handler(app: DashboardApp, *, detached: bool):
+    """A SIGHUP handler bound to ``app`` (tests call it directly)."""
+
+    def handler(signum=None, frame=None) -> None:
+        app.hangup(detached=detached)
+
+    return handler
+
+
+def run_dashboard(config_path, *, detached: bool = False, engine=None) -> int:
+    """Train ``config_path`` with the dashboard; returns 0 completed / 3 failed / 130 stopped.
+
+    ``engine`` replaces the real trainer (tests)."""
+    handle = EngineHandle()
+    app = DashboardApp(lambda: RunScreen(config_path, engine=engine, handle=handle))
+    previous = _install_sighup(make_hangup_handler(app, detached=detached))
+    try:
+        app.run()
+    except Exception as exc:  # noqa: BLE001 - a dead terminal can break the UI; the run matters more
+        _say(f"sdft: the dashboard closed unexpectedly ({exc!r}); waiting for the run to finish")
+        if not detached:
+            handle.control.request_stop("the dashboard crashed", save_state=True)
+    finally:
+        _restore_sighup(previous)
+    return finish_run(handle, detached=detached)
+
+
+def finish_run(handle: EngineHandle, *, detached: bool) -> int:
+    """After the UI is gone: make sure the engine has ended (saved) before we return."""
+    if handle.started and not handle.done.is_set():
+        if not detached:
+            handle.control.request_stop("the dashboard was closed", save_state=True)
+            _say("sdft: stopping the run: waiting for the resumable state to be saved…")
+        else:
+            _say("sdft: the dashboard is closed; the run goes on (follow it with `sdft watch RUN_DIR`)")
+        handle.done.wait()
+    if handle.error:
+        _say(f"sdft: training failed: {handle.error}")
+    return handle.exit_code if handle.started else 0
+
+
+def watch_run(run_dir) -> int:
+    """Follow ``<run_dir>/events.jsonl`` read-only (a run dir or the file itself). 0, or 2 when
+    the folder does not exist."""
+    path = Path(run_dir)
+    events = path if path.is_file() or path.name == EVENTS_FILE else path / EVENTS_FILE
+    if not events.parent.is_dir():
+        _say(f"sdft watch: no such run folder: {events.parent}\n"
+             f"  give the folder of a run (it holds {EVENTS_FILE}), e.g. runs/my-run")
+        return 2
+    app = DashboardApp(lambda: WatchScreen(events))
+    app.run()
+    return 0
+
+
+def open_run_screen(app: App, config_path, *, engine=None, on_close: Callable[[int], None] | None = None) -> RunScreen:
+    """Push the run screen onto ``app`` (the wizard); ``on_close`` gets the exit code."""
+    screen = RunScreen(config_path, engine=engine)
+    app.push_screen(screen, callback=on_close)
+    return screen
+
+
+def _install_sighup(handler):
+    if not hasattr(signal, "SIGHUP"):
+        return None
+    try:
+        return signal.signal(signal.SIGHUP, handler)
+    except ValueError:   # not the main thread (embedded use): no handler, no harm
+        return None
+
+
+def _restore_sighup(previous) -> None:
+    if previous is not None and hasattr(signal, "SIGHUP"):
+        try:
+            signal.signal(signal.SIGHUP, previous)
+        except ValueError:
+            pass
+
+
+def _say(text: str) -> None:
+    """stderr, which may be a dead terminal after SIGHUP: never let that raise."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass

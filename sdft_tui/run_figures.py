@@ -1,0 +1,252 @@
+"""RunFigures: what the dashboard shows, computed from the engine's event stream alone.
+
+No widgets here. The live run screen and ``sdft watch`` feed the same events (one through the
+bridge, the other by reading ``events.jsonl``) into this class, so both show the same figures by
+construction. Times in the log are offsets from the first event, taken from the events' own
+timestamps: a replayed file reads exactly like the live run did.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from engine.events import (
+    Event,
+    Message,
+    ModelSaved,
+    PhaseProgress,
+    RunFinished,
+    RunStarted,
+    SampleSaved,
+    StatusChanged,
+    StepMetrics,
+)
+
+# Weight of the exponential moving average drawn over the raw loss. Diffusion loss is very
+# noisy (it depends on the random timestep), so the trend needs a strong smoothing; the average
+# is debiased so the first points are not pulled towards zero.
+EMA_WEIGHT = 0.95
+
+# Phase names the engine uses, shown with friendlier words.
+PHASE_LABELS = {"loading": "loading the model", "caching": "caching latents", "sampling": "sampling"}
+
+
+@dataclass(frozen=True)
+class LogLine:
+    offset_s: float      # seconds since the first event of the run
+    level: str           # "info" | "warning" | "error" | "success"
+    text: str
+
+    def render(self) -> str:
+        return f"{format_offset(self.offset_s)} {self.text}"
+
+
+class RunFigures:
+    """Accumulates events; ``version`` increases on every change so painters know when to redraw."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.started: RunStarted | None = None
+        self.finished: RunFinished | None = None
+        self.status = "waiting"          # waiting, preparing, running, paused, stopping, + finished statuses
+        self.phase: PhaseProgress | None = None
+        self.last: StepMetrics | None = None
+        self.steps: list[int] = []
+        self.loss: list[float] = []
+        self.smooth: list[float] = []
+        self.lr: list[float] = []
+        self.samples: list[SampleSaved] = []
+        self.saves: list[ModelSaved] = []
+        self.log: list[LogLine] = []
+        self._t0: float | None = None
+        self.last_time: float | None = None   # engine clock of the newest event
+        self._ema = 0.0
+        self._ema_n = 0
+        self._phase_logged: set[str] = set()
+
+    # ------------------------------------------------------------------ feeding
+
+    def apply_all(self, events) -> None:
+        for event in events:
+            self.apply(event)
+
+    def apply(self, event: Event) -> None:
+        if self._t0 is None:
+            self._t0 = event.time
+        self.last_time = event.time
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+            self.version += 1
+
+    def note(self, text: str, level: str = "info") -> None:
+        """A line from the UI itself (key presses), stamped with the newest event's time so the
+        log reads in order whatever the clocks of the two machines say."""
+        offset = 0.0 if self._t0 is None or self.last_time is None else self.last_time - self._t0
+        self.log.append(LogLine(max(0.0, offset), level, text))
+        self.version += 1
+
+    def _log(self, event: Event, text: str, level: str = "info") -> None:
+        self.log.append(LogLine(max(0.0, event.time - (self._t0 or event.time)), level, text))
+
+    def _on_started(self, e: RunStarted) -> None:
+        self.started = e
+        self.status = "running" if self.status in ("waiting", "preparing") else self.status
+        resumed = f", resumed at step {e.start_step}" if e.start_step else ""
+        self._log(e, f"started on {e.device}: {e.num_images} images, batch {e.batch_size}, "
+                     f"{e.total_steps} steps in {e.total_epochs} epochs{resumed}")
+
+    def _on_message(self, e: Message) -> None:
+        self._log(e, e.text, e.level if e.level in ("warning", "error") else "info")
+
+    def _on_phase(self, e: PhaseProgress) -> None:
+        self.phase = e
+        if self.started is None and self.status == "waiting":
+            self.status = "preparing"
+        label = PHASE_LABELS.get(e.name, e.name)
+        if e.total and e.done >= e.total and e.name not in self._phase_logged:
+            self._phase_logged.add(e.name)
+            self._log(e, f"{label}: done ({e.total})")
+        elif e.done < (e.total or 1):
+            self._phase_logged.discard(e.name)
+
+    def _on_step(self, e: StepMetrics) -> None:
+        self.last = e
+        self.phase = None if self.phase and self.phase.done >= self.phase.total else self.phase
+        if self.status in ("waiting", "preparing"):
+            self.status = "running"
+        self.steps.append(e.step)
+        self.loss.append(e.loss)
+        self.lr.append(e.lr)
+        if math.isfinite(e.loss):
+            self._ema = EMA_WEIGHT * self._ema + (1 - EMA_WEIGHT) * e.loss
+            self._ema_n += 1
+        debias = 1 - EMA_WEIGHT ** self._ema_n if self._ema_n else 1.0
+        self.smooth.append(self._ema / debias if self._ema_n else e.loss)
+
+    def _on_saved(self, e: ModelSaved) -> None:
+        self.saves.append(e)
+        what = "resumable state" if e.what == "state" else "model"
+        self._log(e, f"saved {what} at step {e.step}: {e.path}", "success")
+
+    def _on_sample(self, e: SampleSaved) -> None:
+        self.samples.append(e)
+        self._log(e, f"sample at step {e.step}: {e.prompt}")
+
+    def _on_status(self, e: StatusChanged) -> None:
+        if self.finished is None:
+            self.status = e.status
+        self._log(e, f"status: {e.status}")
+
+    def _on_finished(self, e: RunFinished) -> None:
+        self.finished = e
+        self.status = e.status
+        self.phase = None
+        level = {"completed": "success", "failed": "error"}.get(e.status, "warning")
+        text = f"run {e.status} at step {e.step}"
+        if e.message:
+            text += f": {e.message}"
+        self._log(e, text, level)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def running(self) -> bool:
+        return self.finished is None
+
+    @property
+    def step(self) -> int:
+        if self.last is not None:
+            return self.last.step
+        return self.started.start_step if self.started else 0
+
+    @property
+    def total_steps(self) -> int:
+        if self.last is not None:
+            return self.last.total_steps
+        return self.started.total_steps if self.started else 0
+
+    def summary(self) -> dict:
+        """The headline figures (tests compare the live screen with ``sdft watch`` through this)."""
+        m = self.last
+        return {
+            "status": self.status,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": m.epoch if m else 0,
+            "loss": m.loss if m else None,
+            "loss_avg": m.loss_avg if m else None,
+            "smoothed": self.smooth[-1] if self.smooth else None,
+            "lr": m.lr if m else None,
+            "it_per_s": m.it_per_s if m else None,
+            "samples_per_s": m.samples_per_s if m else None,
+            "eta_s": m.eta_s if m else None,
+            "vram_peak": m.vram_peak if m else None,
+            "points": len(self.loss),
+            "samples": [s.path for s in self.samples],
+            "saves": [s.path for s in self.saves],
+        }
+
+
+_HANDLERS = {
+    RunStarted: RunFigures._on_started,
+    Message: RunFigures._on_message,
+    PhaseProgress: RunFigures._on_phase,
+    StepMetrics: RunFigures._on_step,
+    ModelSaved: RunFigures._on_saved,
+    SampleSaved: RunFigures._on_sample,
+    StatusChanged: RunFigures._on_status,
+    RunFinished: RunFigures._on_finished,
+}
+
+
+# ---------------------------------------------------------------------- formatting helpers
+
+
+def format_offset(seconds: float) -> str:
+    """+MM:SS, or +H:MM:SS past an hour (runs last hours)."""
+    s = int(max(0, seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"+{h}:{m:02d}:{sec:02d}" if h else f"+{m:02d}:{sec:02d}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """3h05m, 6m20s, 42s; '-' when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def format_bytes(value: float | None) -> str:
+    """GiB with one decimal (MiB below 1 GiB): what people compare with nvidia-smi."""
+    if value is None:
+        return "-"
+    gib = value / 2**30
+    if gib >= 1:
+        return f"{gib:.1f} GiB"
+    return f"{value / 2**20:.0f} MiB"
+
+
+def format_number(value: float | None) -> str:
+    """Compact: 0.1234, 1.2e-05, 12.3."""
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    if not math.isfinite(value):
+        return str(value)
+    a = abs(value)
+    if a < 1e-3 or a >= 1e5:
+        return f"{value:.2e}"
+    if a < 1:
+        return f"{value:.4f}"
+    if a < 100:
+        return f"{value:.3g}" if a >= 10 else f"{value:.3f}"
+    return f"{value:.0f}"

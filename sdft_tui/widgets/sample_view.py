@@ -1,0 +1,77 @@
+"""Latest sample images with their prompts.
+
+Shows one sample at a time (the newest by default); ``[`` and ``]`` (bound on the run screen)
+step through the samples of the run. The picture is drawn by the shared ``ImageView`` widget;
+if that widget cannot be imported the pane still shows the prompt and the file path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Static
+
+from sdft_tui.run_figures import RunFigures
+
+
+class _PathOnly(Static):
+    """Stand-in for ImageView: names the file instead of drawing it."""
+
+    def set_image(self, path) -> None:
+        self.update(f"image: {Path(path).name}" if path else "")
+
+
+def _image_view(**kwargs):
+    try:
+        from sdft_tui.widgets.image_view import ImageView
+    except ImportError:
+        return _PathOnly(**kwargs)
+    return ImageView(**kwargs)
+
+
+class SampleView(Vertical):
+    DEFAULT_CSS = """
+    SampleView { height: 1fr; }
+    SampleView > #sample-image { height: 1fr; }
+    SampleView > #sample-caption { height: auto; max-height: 3; color: $text-muted; }
+    """
+
+    def __init__(self, figures: RunFigures, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.figures = figures
+        self.selected: int | None = None   # index into figures.samples; None follows the newest
+        self._caption_key: tuple | None = None
+        self._image_path: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield _image_view(id="sample-image")
+        yield Static("no samples yet (n: sample now)", id="sample-caption")
+
+    def step(self, delta: int) -> None:
+        """Move through the samples; reaching the newest one follows new samples again."""
+        n = len(self.figures.samples)
+        if not n:
+            return
+        current = n - 1 if self.selected is None else self.selected
+        target = max(0, min(n - 1, current + delta))
+        self.selected = None if target == n - 1 else target
+        self.sync()
+
+    def sync(self) -> None:
+        samples = self.figures.samples
+        if not samples:
+            return
+        index = len(samples) - 1 if self.selected is None else self.selected
+        sample = samples[index]
+        if sample.path != self._image_path:   # decoding an image is the costly part: only on change
+            self._image_path = sample.path
+            self.query_one("#sample-image").set_image(sample.path)
+        key = (index, len(samples))
+        if key == self._caption_key:
+            return
+        self._caption_key = key
+        follow = "" if self.selected is None else "  (browsing: ] back to newest)"
+        self.query_one("#sample-caption", Static).update(
+            f"step {sample.step} · {index + 1}/{len(samples)}{follow}\n{sample.prompt}")

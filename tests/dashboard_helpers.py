@@ -1,0 +1,169 @@
+"""A scripted stand-in for engine.train.runner.run_training, for the dashboard tests.
+
+It behaves like the real loop where the dashboard can tell: runs on the calling thread (the TUI's
+worker), emits the same event kinds with fixed timestamps and figures (snapshots stay stable),
+polls RunControl at step boundaries (stop with a saved state, save now, sample now, pause), and
+can hold at a step until the test releases it, so keys can be pressed mid-run.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.events import (
+    FanOut,
+    JsonlSink,
+    Message,
+    ModelSaved,
+    PhaseProgress,
+    RunFinished,
+    RunStarted,
+    SampleSaved,
+    StatusChanged,
+    StepMetrics,
+)
+
+T0 = 1_700_000_000.0   # fixed clock: the log shows offsets from here
+GIB = 2**30
+
+
+@dataclass
+class FakeResult:
+    status: str
+    model_path: str | None = None
+    state_path: str | None = None
+    run_dir: str = ""
+    message: str = ""
+
+
+def loss_at(step: int) -> float:
+    """A decreasing, noisy-looking but deterministic loss."""
+    return 0.05 + 0.1 * math.exp(-step / 40) + 0.03 * abs(math.sin(step * 1.7))
+
+
+class FakeEngine:
+    """Call signature of run_training. ``ending``: "complete", "fail", "raise", "oom"."""
+
+    def __init__(self, run_dir: str | Path, *, total_steps: int = 40, ending: str = "complete",
+                 hold_at: int | None = None, fail_at: int | None = None, cuda: bool = True,
+                 sample_every: int = 20, write_events: bool = True):
+        self.run_dir = Path(run_dir)
+        self.total_steps = total_steps
+        self.ending = ending
+        self.hold_at = hold_at
+        self.fail_at = fail_at if fail_at is not None else total_steps // 2
+        self.cuda = cuda
+        self.sample_every = sample_every
+        self.write_events = write_events
+        self.held = threading.Event()       # set when the loop reaches hold_at
+        self.release = threading.Event()    # the test sets it to let the loop go on
+        self.finished = threading.Event()
+        self.calls: list[dict] = []
+        self.thread_names: list[str] = []
+        self.seen: list[str] = []           # control requests the loop noticed
+
+    @property
+    def events_path(self) -> Path:
+        return self.run_dir / "events.jsonl"
+
+    def __call__(self, config_path, *, sink, control, log_path=None):
+        self.calls.append({"config_path": str(config_path), "log_path": log_path})
+        self.thread_names.append(threading.current_thread().name)
+        jsonl = JsonlSink(self.events_path) if self.write_events else None
+        out = FanOut([sink] + ([jsonl] if jsonl else []))
+        try:
+            return self._run(out, control)
+        finally:
+            if jsonl:
+                jsonl.close()
+            self.finished.set()
+
+    def _t(self, step: int, extra: float = 0.0) -> float:
+        return T0 + 5.0 + step * 0.5 + extra
+
+    def _metrics(self, step: int) -> StepMetrics:
+        loss = loss_at(step)
+        vram = dict(vram_allocated=3.2 * GIB + step * 1e6, vram_reserved=4.0 * GIB, vram_peak=5.5 * GIB,
+                    vram_total=8.0 * GIB) if self.cuda else dict(ram_used=2.5 * GIB)
+        return StepMetrics(step=step, total_steps=self.total_steps, epoch=1 + (step - 1) // 10, loss=loss,
+                           loss_avg=round(loss * 1.1, 6), lr=1e-4 * min(1.0, step / 10), grad_norm=1.0,
+                           it_per_s=2.0, samples_per_s=8.0, eta_s=(self.total_steps - step) * 0.5,
+                           elapsed_s=step * 0.5, time=self._t(step), **vram)
+
+    def _run(self, sink, control) -> FakeResult:
+        rd = str(self.run_dir)
+        sink.emit(PhaseProgress(name="loading", done=1, total=1, time=T0 + 1))
+        for done in (0, 8, 16):
+            sink.emit(PhaseProgress(name="caching", done=done, total=16, time=T0 + 2 + done / 8))
+        sink.emit(RunStarted(run_dir=rd, total_steps=self.total_steps, total_epochs=self.total_steps // 10,
+                             steps_per_epoch=10, num_images=16, batch_size=4,
+                             device="cuda:0" if self.cuda else "cpu", model="tiny-sd1", time=T0 + 5))
+        sink.emit(Message(level="warning", text="xformers not installed: using SDPA attention", time=T0 + 5))
+        step = 0
+        for step in range(1, self.total_steps + 1):
+            if control.stop_requested:
+                return self._stopped(sink, control, step - 1)
+            if control.paused:
+                self.seen.append("pause")
+                sink.emit(StatusChanged(status="paused", time=self._t(step)))
+                control.wait_while_paused()
+                sink.emit(StatusChanged(status="running", time=self._t(step)))
+                if control.stop_requested:
+                    return self._stopped(sink, control, step - 1)
+            sink.emit(self._metrics(step))
+            if control.take_save_request():
+                self.seen.append("save")
+                sink.emit(ModelSaved(path=f"{rd}/checkpoints/step-{step}.safetensors", what="model", step=step,
+                                     epoch=1, time=self._t(step, 0.1)))
+            if control.take_sample_request() or step % self.sample_every == 0:
+                self.seen.append("sample")
+                sink.emit(SampleSaved(path=f"{rd}/samples/step-{step:06d}-0.png", prompt="a photo of a cat",
+                                      step=step, time=self._t(step, 0.2)))
+            if self.ending in ("fail", "raise", "oom") and step == self.fail_at:
+                return self._fail(sink, step)
+            if step == self.hold_at:
+                self.held.set()
+                while not (self.release.wait(0.01) or control.stop_requested or control.paused):
+                    pass   # a pause or stop is taken at the next step boundary
+        model = f"{rd}/checkpoints/final.safetensors"
+        sink.emit(ModelSaved(path=model, what="model", step=step, epoch=self.total_steps // 10,
+                             time=self._t(step, 0.3)))
+        sink.emit(RunFinished(status="completed", step=step, epoch=self.total_steps // 10, model_path=model,
+                              time=self._t(step, 0.4)))
+        return FakeResult("completed", model_path=model, run_dir=rd)
+
+    def _stopped(self, sink, control, step: int) -> FakeResult:
+        self.seen.append("stop")
+        rd = str(self.run_dir)
+        sink.emit(StatusChanged(status="stopping", time=self._t(step, 0.1)))
+        state = f"{rd}/state/step-{step}"
+        sink.emit(ModelSaved(path=state, what="state", step=step, epoch=1, time=self._t(step, 0.2)))
+        sink.emit(RunFinished(status="stopped", step=step, epoch=1, message=control.stop_reason,
+                              state_path=state, time=self._t(step, 0.3)))
+        return FakeResult("stopped", state_path=state, run_dir=rd, message=control.stop_reason)
+
+    def _fail(self, sink, step: int) -> FakeResult:
+        if self.ending == "raise":
+            raise RuntimeError("NaN loss at step %d: lower the learning rate" % step)
+        oom = self.ending == "oom"
+        message = ("CUDA out of memory. Tried to allocate 2.00 GiB" if oom
+                   else "caption file unreadable: data/cat.txt")
+        sink.emit(RunFinished(status="failed", step=step, epoch=1, message=message, out_of_memory=oom,
+                              time=self._t(step, 0.1)))
+        return FakeResult("failed", run_dir=str(self.run_dir), message=message)
+
+
+def screen_text(app) -> str:
+    """The current screen as plain text (what a user reads), for assertions and debugging."""
+    import io
+
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
+                      color_system="truecolor", record=True, legacy_windows=False, safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
