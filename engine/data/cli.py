@@ -1,0 +1,317 @@
+"""``sdft buckets``, ``sdft prepare`` and ``sdft cache``: dataset tools for the terminal.
+
+Each takes its own argv and returns an exit code (0 ok, 1 problems found, 2 bad usage or
+configuration). Output uses Rich; ``--json`` prints one JSON object for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 512 or 768,512, got {text!r}") from None
+    if len(values) == 1:
+        return (values[0], values[0])
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise argparse.ArgumentTypeError(f"expected 512 or 768,512, got {text!r}")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True, highlight=False)
+
+
+# ---------------------------------------------------------------- sdft buckets
+
+
+def buckets_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdft buckets", description="Show how the images of a folder fall into "
+                                "aspect-ratio buckets (SPEC §3), without decoding any image.")
+    p.add_argument("dir", help="image folder")
+    p.add_argument("--resolution", type=_resolution, default=(512, 512), help="512 or W,H (default 512)")
+    p.add_argument("--min-bucket-reso", type=int, default=256)
+    p.add_argument("--max-bucket-reso", type=int, default=1024)
+    p.add_argument("--bucket-reso-steps", type=int, default=64)
+    p.add_argument("--no-upscale", action="store_true", help="bucket_no_upscale: never enlarge images")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size (× accumulation × GPUs) for the "
+                   "batches/partial columns")
+    p.add_argument("--recursive", action="store_true", help="include sub-folders")
+    p.add_argument("--no-exif", action="store_true", help="ignore EXIF orientation (kohya parity)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def buckets_command(argv: list[str]) -> int:
+    from engine.config.dataset import round_bucket_limits
+    from engine.data.buckets import BucketError, BucketSettings, assign_sizes, bucket_report
+    from engine.data.scan import ScanError, find_images, read_sizes
+
+    args = buckets_parser().parse_args(argv)
+    d = args.bucket_reso_steps
+    if d <= 0 or d % 8 or args.batch_size < 1:
+        print("sdft buckets: --bucket-reso-steps must be a positive multiple of 8 and --batch-size ≥ 1",
+              file=sys.stderr)
+        return EXIT_USAGE
+    min_b, max_b = round_bucket_limits(args.min_bucket_reso, args.max_bucket_reso, d)
+    settings = BucketSettings(args.resolution, True, args.no_upscale, min_b, max_b, d)
+    try:
+        paths = find_images(args.dir, recursive=args.recursive)
+        bucket_list = settings.bucket_list()
+    except (ScanError, BucketError) as exc:
+        print(f"sdft buckets: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    infos = read_sizes(paths, exif_transpose=not args.no_exif)
+    readable = [i for i in infos if i.size is not None]
+    assignments = assign_sizes([i.size for i in readable], settings)
+    report = bucket_report(assignments, args.batch_size)
+    root = Path(args.dir)
+    if args.json:
+        out = {
+            "settings": {"resolution": list(settings.resolution), "min_bucket_reso": min_b, "max_bucket_reso": max_b,
+                         "bucket_reso_steps": d, "no_upscale": args.no_upscale, "batch_size": args.batch_size},
+            "bucket_list": [list(b) for b in bucket_list],
+            **report.to_dict(),
+            "images": [
+                {"path": _rel(i.path, root), "size": list(i.size),
+                 "bucket": list(a.bucket) if a.bucket else None,
+                 "resized": list(a.resized) if a.resized else None,
+                 **({"error": a.error} if a.error else {})}
+                for i, a in zip(readable, assignments)
+            ],
+            "unreadable": [{"path": _rel(i.path, root), "error": i.error} for i in infos if i.size is None],
+        }
+        for entry in out["rejected"]:
+            entry["path"] = _rel(readable[entry["index"]].path, root)
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    _print_histogram(report, readable, infos, settings, root)
+    return EXIT_OK
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _print_histogram(report, readable, infos, settings, root) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title=f"{len(readable)} images in {len(report.rows)} buckets "
+                        f"(resolution {settings.resolution[0]}x{settings.resolution[1]}"
+                        f"{', no upscale' if settings.no_upscale else ''})")
+    for col, justify in (("bucket", "left"), ("aspect", "right"), ("images", "right"), ("batches", "right"),
+                         ("partial", "right"), ("upscaled", "right"), ("ar err", "right")):
+        table.add_column(col, justify=justify)
+    table.add_column("", no_wrap=True, min_width=24)
+    peak = max((r.images for r in report.rows), default=1)
+    for r in report.rows:
+        bar = "█" * max(1, round(24 * r.images / peak))
+        table.add_row(f"{r.bucket[0]}x{r.bucket[1]}", f"{r.bucket[0] / r.bucket[1]:.2f}", str(r.images),
+                      str(r.batches), str(r.partial) if r.partial else "-", str(len(r.upscaled)) or "-",
+                      f"{r.mean_ar_error:.3f}", bar)
+    console.print(table)
+    console.print(f"mean aspect error {report.mean_ar_error:.4f}; {report.total_batches} batches per epoch at "
+                  f"batch size {report.batch_size}; {report.partial_batches} bucket(s) end in a partial batch")
+    for index, why in report.rejected:
+        console.print(f"[yellow]rejected[/] {_rel(readable[index].path, root)}: {why}")
+    for info in infos:
+        if info.size is None:
+            console.print(f"[red]unreadable[/] {_rel(info.path, root)}: {info.error}")
+
+
+# ---------------------------------------------------------------- sdft prepare
+
+
+def prepare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdft prepare", description="Build kohya metadata JSON from a folder of "
+                                "images + .caption/.txt sidecars, and check a dataset's health.")
+    p.add_argument("target", help="image folder, or a run TOML to check")
+    p.add_argument("--check", action="store_true", help="run the health check (always on for a run TOML)")
+    p.add_argument("--out", help="metadata file to write (default: DIR/metadata.json)")
+    p.add_argument("--key-style", choices=("relative", "stem", "absolute"), default="relative",
+                   help="image keys: relative (default), stem (kohya classic, flat folders), absolute")
+    p.add_argument("--clean", action="store_true", help="clean captions and tags (SPEC §1.5) while building")
+    p.add_argument("--recursive", action="store_true", help="include sub-folders")
+    p.add_argument("--caption-extension", default=".caption")
+    p.add_argument("--tags-extension", default=".txt")
+    p.add_argument("--resolution", type=_resolution, default=(512, 512), help="for the size checks (default 512)")
+    p.add_argument("--max-token-length", type=int, default=75, choices=(75, 150, 225))
+    p.add_argument("--no-write", action="store_true", help="only check; write nothing")
+    p.add_argument("--json", action="store_true", help="print the health report as JSON")
+    return p
+
+
+def prepare_command(argv: list[str]) -> int:
+    args = prepare_parser().parse_args(argv)
+    target = Path(args.target)
+    if target.is_file() and target.suffix.lower() in (".toml", ".json"):
+        return _prepare_run(target, args)
+    if not target.is_dir():
+        print(f"sdft prepare: {target} is neither an image folder nor a run TOML", file=sys.stderr)
+        return EXIT_USAGE
+    return _prepare_folder(target, args)
+
+
+def _prepare_folder(folder: Path, args) -> int:
+    from engine.data.buckets import BucketSettings
+    from engine.data.captions import join_caption_and_tags
+    from engine.data.metadata import build_metadata, load_raw, write_metadata_json
+    from engine.data.scan import ScanError
+
+    console = _console()
+    out = Path(args.out) if args.out else folder / "metadata.json"
+    existing = None
+    if out.is_file():
+        try:
+            existing, _ = load_raw(out)
+        except Exception as exc:
+            print(f"sdft prepare: {out} exists but cannot be read ({exc}); move it away first", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        meta = build_metadata(folder, recursive=args.recursive, caption_extension=args.caption_extension,
+                              tags_extension=args.tags_extension, key_style=args.key_style, clean=args.clean,
+                              existing=existing)
+    except (ScanError, ValueError) as exc:
+        print(f"sdft prepare: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.no_write:
+        write_metadata_json(out, meta)
+        with_caption = sum(1 for e in meta.values() if e.get("caption") or e.get("tags"))
+        console.print(f"wrote {out}: {len(meta)} images, {with_caption} with a caption or tags "
+                      f"(keys: {args.key_style})")
+    if not (args.check or args.no_write):
+        return EXIT_OK
+    paths = [Path(k) if Path(k).is_absolute() else _find(folder, k) for k in meta]
+    captions = [join_caption_and_tags(e.get("caption"), e.get("tags")) for e in meta.values()]
+    settings = BucketSettings(args.resolution, True, False, 256, 1024, 64)
+    return _print_health(paths, captions, settings, args, console)
+
+
+def _find(folder: Path, key: str) -> Path:
+    p = folder / key
+    if p.is_file():
+        return p
+    from engine.data.metadata import _FolderIndex
+    from engine.data.scan import image_extensions
+
+    found = _FolderIndex(image_extensions()).candidates(p)
+    return found[0] if found else p
+
+
+def _prepare_run(path: Path, args) -> int:
+    from engine.config.problems import ConfigError
+    from engine.data.captions import join_caption_and_tags, join_separator
+    from engine.data.metadata import MetadataError, read_metadata
+
+    try:
+        from engine.config.run_toml import load_run_config
+
+        cfg = load_run_config(path)
+    except ConfigError as exc:
+        from engine.cli import print_problems
+
+        print_problems(exc.problems)
+        return EXIT_USAGE
+    console = _console()
+    status = EXIT_OK
+    for spec in cfg.datasets.datasets:
+        settings = spec.bucket_settings(args.resolution)
+        paths, captions = [], []
+        for sub in spec.subsets:
+            try:
+                meta = read_metadata(sub.metadata_file, sub.image_dir)
+            except MetadataError as exc:
+                console.print(f"[red]error[/] {sub.key}: {exc}")
+                status = EXIT_FOUND
+                continue
+            sep = join_separator(cfg.data.caption_tags_join, sub.caption_separator)
+            for e in meta.entries:
+                paths.append(e.path)
+                text = join_caption_and_tags(e.caption, e.tags, sep=sep, wildcard=sub.enable_wildcard)
+                if sub.caption_prefix:
+                    text = sub.caption_prefix + " " + text
+                if sub.caption_suffix:
+                    text = text + " " + sub.caption_suffix
+                captions.append(text)
+        console.print(f"[bold]{spec.key}[/]")
+        args.max_token_length = cfg.model.max_token_length
+        status = max(status, _print_health(paths, captions, settings, args, console,
+                                           exif_transpose=cfg.data.exif_transpose))
+    return status
+
+
+def _print_health(paths, captions, settings, args, console, exif_transpose: bool = True) -> int:
+    from engine.data.health import check_images
+
+    report = check_images(paths, captions=captions, settings=settings, max_token_length=args.max_token_length,
+                          exif_transpose=exif_transpose)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        for line in report.lines():
+            console.print(line, markup=False)
+    return EXIT_FOUND if report.errors else EXIT_OK
+
+
+# ---------------------------------------------------------------- sdft cache
+
+
+def cache_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdft cache", description="Latent cache maintenance.")
+    sub = p.add_subparsers(dest="action", required=True)
+    prune = sub.add_parser("prune", help="delete cache entries no run uses any more")
+    prune.add_argument("config", help="run TOML (names the cache folder)")
+    prune.add_argument("--only-this-run", action="store_true",
+                       help="keep only the entries this run used (forget other runs' manifests)")
+    prune.add_argument("--dry-run", action="store_true", help="show what would be deleted")
+    return p
+
+
+def cache_command(argv: list[str]) -> int:
+    from engine.config.problems import ConfigError
+    from engine.config.run_toml import load_run_config
+
+    args = cache_parser().parse_args(argv)
+    try:
+        cfg = load_run_config(args.config)
+    except ConfigError as exc:
+        from engine.cli import print_problems
+
+        print_problems(exc.problems)
+        return EXIT_USAGE
+    from engine.data.cache import MANIFEST_DIR, prune_cache, referenced_keys
+
+    cache_dir = Path(cfg.cache.cache_dir) if cfg.cache.cache_dir else Path(cfg.train.output_dir) / ".latent-cache"
+    if not cache_dir.is_absolute():
+        cache_dir = Path(cfg.base_dir) / cache_dir
+    if not cache_dir.is_dir():
+        print(f"no latent cache at {cache_dir}")
+        return EXIT_OK
+    only = cfg.train.output_name if args.only_this_run else None
+    if only and not (cache_dir / MANIFEST_DIR / f"{only}.json").is_file():
+        print(f"sdft cache prune: no record of run {only!r} in {cache_dir}; train it once first", file=sys.stderr)
+        return EXIT_USAGE
+    keep = referenced_keys(cache_dir, only)
+    files, size = prune_cache(cache_dir, keep, dry_run=args.dry_run)
+    if only and not args.dry_run:
+        for manifest in (cache_dir / MANIFEST_DIR).glob("*.json"):
+            if manifest.stem != only:
+                manifest.unlink()
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {files} cache file(s), {size / 1e6:.1f} MB; {len(keep)} entries kept in {cache_dir}")
+    return EXIT_OK

@@ -1,0 +1,199 @@
+"""Dataset health check: everything worth knowing about the images before a run starts.
+
+Finds unreadable, truncated and empty files, images smaller than the smallest bucket or
+enlarged a lot, exact duplicates, missing captions, captions longer than the token limit,
+and image modes that get converted (CMYK, 16-bit, palette, alpha → composited on white).
+One bad file is a line in the report, never an exception. No torch at import time; token
+counts import the tokenizer lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from engine.data.buckets import BucketSettings, assign_sizes
+from engine.data.scan import read_image_info
+
+ODD_MODES = {
+    "CMYK": "CMYK: converted to RGB",
+    "P": "palette image: converted to RGB",
+    "PA": "palette + alpha: composited on white",
+    "RGBA": "has an alpha channel: composited on white",
+    "LA": "greyscale + alpha: composited on white",
+    "I;16": "16-bit: reduced to 8 bits",
+    "I;16B": "16-bit: reduced to 8 bits",
+    "I;16L": "16-bit: reduced to 8 bits",
+    "I": "32-bit integer pixels: reduced to 8 bits",
+    "F": "floating-point pixels: reduced to 8 bits",
+    "1": "1-bit image: converted to RGB",
+    "L": "greyscale: converted to RGB",
+}
+SEVERITY = {"unreadable": "error", "truncated": "error", "zero_size": "error", "rejected": "error",
+            "duplicate": "warning", "too_small": "warning", "heavy_upscale": "warning", "no_caption": "warning",
+            "too_long": "warning", "odd_mode": "info", "exif_rotated": "info"}
+
+
+@dataclass(frozen=True)
+class HealthIssue:
+    path: str
+    kind: str
+    message: str
+
+    @property
+    def severity(self) -> str:
+        return SEVERITY.get(self.kind, "warning")
+
+
+@dataclass
+class HealthReport:
+    checked: int = 0
+    issues: list[HealthIssue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[HealthIssue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    def by_kind(self) -> dict[str, list[HealthIssue]]:
+        out: dict[str, list[HealthIssue]] = {}
+        for issue in self.issues:
+            out.setdefault(issue.kind, []).append(issue)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"checked": self.checked,
+                "issues": [{"path": i.path, "kind": i.kind, "severity": i.severity, "message": i.message}
+                           for i in self.issues]}
+
+    def lines(self) -> list[str]:
+        out = [f"{self.checked} image(s) checked, {len(self.errors)} error(s), "
+               f"{len(self.issues) - len(self.errors)} other finding(s)"]
+        for kind, issues in self.by_kind().items():
+            out.append(f"{kind} ({SEVERITY.get(kind, 'warning')}): {len(issues)}")
+            for issue in issues[:20]:
+                out.append(f"  {issue.path}: {issue.message}")
+            if len(issues) > 20:
+                out.append(f"  ... and {len(issues) - 20} more")
+        return out
+
+
+@dataclass(frozen=True)
+class _FileResult:
+    path: Path
+    size: tuple[int, int] | None
+    issues: tuple[HealthIssue, ...]
+    sha256: str | None
+
+
+def _inspect(path: Path, exif_transpose: bool, decode: bool) -> _FileResult:
+    from PIL import Image
+
+    issues = []
+    info = read_image_info(path, exif_transpose=exif_transpose)
+    if info.error:
+        kind = "zero_size" if info.file_size == 0 else "unreadable"
+        return _FileResult(path, None, (HealthIssue(str(path), kind, info.error),), None)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return _FileResult(path, None, (HealthIssue(str(path), "unreadable", str(exc)),), None)
+    digest = hashlib.sha256(data).hexdigest()
+    if decode:
+        import io
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+        except Exception as exc:
+            text = str(exc)
+            kind = "truncated" if "truncated" in text or "broken data stream" in text else "unreadable"
+            return _FileResult(path, None, (HealthIssue(str(path), kind, f"cannot decode: {text}"),), digest)
+    if info.mode in ODD_MODES and info.mode not in ("RGB", "L"):
+        issues.append(HealthIssue(str(path), "odd_mode", ODD_MODES[info.mode]))
+    elif info.mode == "P":
+        issues.append(HealthIssue(str(path), "odd_mode", ODD_MODES["P"]))
+    if info.rotated:
+        action = "rotated as shown" if exif_transpose else "IGNORED (exif_transpose = false, kohya parity)"
+        issues.append(HealthIssue(str(path), "exif_rotated", f"EXIF orientation {info.orientation}: {action}"))
+    return _FileResult(path, info.size, tuple(issues), digest)
+
+
+def check_images(paths: Sequence[str | Path], *, captions: Sequence[str | None] | None = None,
+                 settings: BucketSettings | None = None, max_token_length: int | None = 75, v2: bool = False,
+                 upscale_limit: float = 2.0, exif_transpose: bool = True, decode: bool = True,
+                 workers: int | None = None) -> HealthReport:
+    """Check images (and their joined captions, aligned with ``paths``) for training problems."""
+    paths = [Path(p) for p in paths]
+    report = HealthReport(checked=len(paths))
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(lambda p: _inspect(p, exif_transpose, decode), paths))
+    first_of: dict[str, Path] = {}
+    for r in results:
+        report.issues.extend(r.issues)
+        if r.sha256:
+            if r.sha256 in first_of:
+                report.issues.append(HealthIssue(str(r.path), "duplicate", f"same bytes as {first_of[r.sha256]}"))
+            else:
+                first_of[r.sha256] = r.path
+    if settings is not None:
+        _check_sizes(results, settings, upscale_limit, report)
+    if captions is not None:
+        _check_captions(paths, captions, max_token_length, v2, report)
+    return report
+
+
+def _check_sizes(results, settings: BucketSettings, upscale_limit: float, report: HealthReport) -> None:
+    good = [r for r in results if r.size is not None]
+    buckets = settings.bucket_list()
+    smallest = min((min(b) for b in buckets), default=settings.bucket_reso_steps)
+    assignments = assign_sizes([r.size for r in good], settings)
+    for r, a in zip(good, assignments):
+        w, h = r.size
+        if a.bucket is None:
+            report.issues.append(HealthIssue(str(r.path), "rejected", a.error or "cannot be bucketed"))
+            continue
+        if min(w, h) < smallest:
+            report.issues.append(HealthIssue(str(r.path), "too_small",
+                                             f"{w}x{h} is smaller than the smallest bucket side {smallest}"))
+        scale = max(a.resized[0] / w, a.resized[1] / h)
+        if scale > upscale_limit:
+            report.issues.append(HealthIssue(str(r.path), "heavy_upscale",
+                                             f"{w}x{h} enlarged {scale:.1f}x to {a.resized[0]}x{a.resized[1]} "
+                                             f"for bucket {a.bucket[0]}x{a.bucket[1]} (looks soft)"))
+
+
+def _check_captions(paths, captions, max_token_length, v2, report) -> None:
+    longest = []
+    for path, caption in zip(paths, captions):
+        if not caption or not caption.strip():
+            report.issues.append(HealthIssue(str(path), "no_caption", "no caption or tags: trains unconditionally"))
+            longest.append("")
+        else:
+            longest.append(max(caption.split("\n"), key=len))
+    if not max_token_length:
+        return
+    counts = count_tokens(longest, v2)
+    for path, n in zip(paths, counts):
+        if n > max_token_length:
+            report.issues.append(HealthIssue(str(path), "too_long",
+                                             f"{n} tokens > max_token_length {max_token_length}: the rest is cut "
+                                             "(raise model.max_token_length to 150 or 225)"))
+
+
+def count_tokens(texts: list[str], v2: bool = False) -> list[int]:
+    """CLIP token counts (BOS/EOS excluded) from the real tokenizer, imported lazily."""
+    try:
+        from engine.models.tokenizer import count_tokens as _count
+    except ImportError:
+        _count = None
+    if _count is not None:
+        return list(_count(texts, v2))
+    from engine.models.tokenizer import build_clip_tokenizer
+
+    tok = build_clip_tokenizer(v2)
+    return [len(ids) - 2 for ids in tok(list(texts), truncation=False)["input_ids"]]
