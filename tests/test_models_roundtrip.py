@@ -59,8 +59,9 @@ def test_original_layout_keys(tmp_path, flavour):
     assert json.loads(md["sdft.unet_config"])["block_out_channels"] == [32, 32, 64, 64]
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
-def test_diffusers_folder_round_trip(tmp_path, flavour):
+@pytest.mark.parametrize("flavour,fmt", [("sd1", "diffusers_safetensors"), ("sd2", "diffusers_safetensors"),
+                                         ("sd2", "diffusers")])
+def test_diffusers_folder_round_trip(tmp_path, flavour, fmt):
     from engine.models.load import load_model
     from engine.models.save import save_model
 
@@ -68,9 +69,10 @@ def test_diffusers_folder_round_trip(tmp_path, flavour):
     single = save_tiny_single(tmp_path / "m.safetensors", flavour)
     loaded = load_model(str(single))
     out = save_model(tmp_path / "folder", unet=loaded.unet, text_encoder=loaded.text_encoder, vae=loaded.vae,
-                     v2=loaded.v2, v_parameterization=loaded.v_parameterization, fmt="diffusers_safetensors",
-                     precision="float")
-    assert stat.S_IMODE(os.stat(out / "unet" / "diffusion_pytorch_model.safetensors").st_mode) == 0o644
+                     v2=loaded.v2, v_parameterization=loaded.v_parameterization, fmt=fmt, precision="float")
+    ext = "safetensors" if fmt == "diffusers_safetensors" else "bin"
+    assert stat.S_IMODE(os.stat(out / "unet" / f"diffusion_pytorch_model.{ext}").st_mode) == 0o644
+    assert not (tmp_path / "folder.tmp").exists()
     again = load_model(str(out))
     for part in ("unet", "vae", "text_encoder"):
         assert_same_weights(c[part], getattr(again, part))

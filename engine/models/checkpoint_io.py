@@ -19,7 +19,8 @@ from engine.models.errors import ModelLoadError
 
 SAFETENSORS_EXT = (".safetensors",)
 LIGHTNING_PREFIXES = ("pytorch_lightning.", "lightning.pytorch.", "lightning_fabric.")
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# torch words this two ways depending on whether the module is known to be dangerous.
+_UNSUPPORTED_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
 MAX_STUBS = 64
 
 
@@ -109,7 +110,7 @@ def read_torch_checkpoint(path: Path, allow_unsafe_pickle: bool = False, report:
             report.append(f"warning: {path.name} was loaded as an UNSAFE pickle (it needs {what}) "
                           "because you allowed it")
         return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         size = path.stat().st_size
         raise ModelLoadError(
             f"{path}: cannot read it as a PyTorch checkpoint ({str(exc).splitlines()[0]}). The file "
