@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from engine.quiet import quiet_libraries
+
+    quiet_libraries()
     if argv and argv[0] in DELEGATED:
         module_name, func_name, _ = DELEGATED[argv[0]]
         import importlib
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_problems(problems, console=None) -> None:
     from rich.console import Console
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     for p in problems:
         style = {"error": "bold red", "warning": "yellow"}.get(p.severity, "")
         where = f"{p.location()}: " if p.location() else ""
@@ -110,13 +113,13 @@ def check_config(path: str) -> int:
     from engine.config.problems import ConfigError
     from engine.config.run_toml import load_run_file
 
-    console = Console()
+    console = Console(soft_wrap=True)
     try:
         config, _doc, warnings = load_run_file(path)
     except ConfigError as exc:
         print_problems(exc.problems)
         errors = len(exc.errors)
-        Console(stderr=True).print(f"[bold red]{path}: {errors} error(s)[/]; nothing was trained.")
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]{path}: {errors} error(s)[/]; nothing was trained.")
         return EXIT_CONFIG
     print_problems(warnings)
     subsets = sum(len(d.subsets) for d in getattr(config.datasets, "datasets", []))
@@ -180,7 +183,7 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
     from engine.console import ConsoleSink
     from engine.control import RunControl
 
-    console = Console()
+    console = Console(soft_wrap=True)
     try:
         from engine.config.run_toml import load_run_file
 
@@ -212,7 +215,7 @@ def cmd_demo(args) -> int:
 
     from engine.demo import prepare_demo
 
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(f"preparing the demo in {args.dir} (generated images + a tiny random model)...")
     toml_path = prepare_demo(args.dir, steps=args.steps, force=args.force)
     console.print(f"run TOML: {toml_path}", highlight=False)

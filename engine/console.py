@@ -47,7 +47,7 @@ def step_line(e: StepMetrics) -> str:
 
 class ConsoleSink:
     def __init__(self, console: Console | None = None, interactive: bool | None = None):
-        self.console = console or Console(stderr=False)
+        self.console = console or Console(soft_wrap=True)
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
         self.progress: Progress | None = None
         self.task = None

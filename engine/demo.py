@@ -54,6 +54,7 @@ every_n_steps = {save_every}
 precision = "fp16"
 
 [sample]
+every_n_steps = {save_every}
 prompts = ["a red circle on a blue background --w 256 --h 256 --s 8 --d 1"]
 
 [logging]

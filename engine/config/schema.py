@@ -237,6 +237,18 @@ class RunConfig:
     source_path: str | None = None
     base_dir: str = "."
 
+    def resolve(self, value: str | None) -> str | None:
+        """A path from the file, relative to the file's folder when it exists there;
+        otherwise unchanged (an absolute path, a path relative to the CWD, or a hub id)."""
+        from pathlib import Path
+
+        if not value:
+            return value
+        candidate = Path(self.base_dir) / value
+        if not Path(value).is_absolute() and candidate.exists():
+            return str(candidate)
+        return value
+
     def run_dir(self):
         from pathlib import Path
 

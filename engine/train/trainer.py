@@ -116,11 +116,11 @@ class Trainer:
         m = self.cfg.model
         self._phase("loading model", 0, 1)
         self.model = load_model(
-            m.pretrained_model_name_or_path,
+            self.cfg.resolve(m.pretrained_model_name_or_path),
             v2=m.v2,
             v_parameterization=m.v_parameterization,
-            vae=m.vae,
-            tokenizer_dir=m.tokenizer_dir,
+            vae=self.cfg.resolve(m.vae),
+            tokenizer_dir=self.cfg.resolve(m.tokenizer_dir),
             allow_unsafe_pickle=m.allow_unsafe_pickle,
             use_ema=m.use_ema_weights,
         )
@@ -357,7 +357,7 @@ class Trainer:
         s, accum = self.schedule, self.cfg.train.gradient_accumulation_steps
         self.meter = _Meter(self.global_step)
         while self.global_step < s.total_steps:
-            plan = self._process_share(self.data.epoch_plan(self.epoch))
+            plan = self._process_share(self.data.epoch_plan(self.epoch + 1))  # data epochs are 1-based
             position = self.batches_done
             while position < len(plan) and self.global_step < s.total_steps:
                 group = plan[position:position + accum]
@@ -389,7 +389,7 @@ class Trainer:
         """One optimizer step over ``group`` micro-batches (gradient accumulation)."""
         accum = self.cfg.train.gradient_accumulation_steps
         for micro, ref in enumerate(group):
-            batch = self.data.load_batch(ref, epoch=self.epoch, global_step=self.global_step,
+            batch = self.data.load_batch(ref, epoch=self.epoch + 1, global_step=self.global_step,
                                          position=position + micro)
             generator = torch.Generator().manual_seed(step_seed(self.seed, self.global_step, micro))
             last = micro == len(group) - 1

@@ -1,0 +1,32 @@
+"""Keep third-party chatter out of sdft's output.
+
+transformers, diffusers and bitsandbytes log notices at import (optional backends they
+cannot find, progress bars for tiny writes) that mean nothing to an sdft user; real
+problems still surface as exceptions, which sdft turns into clear messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for name in ("bitsandbytes", "transformers", "diffusers", "accelerate", "huggingface_hub", "xformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        pass
+    try:
+        import diffusers
+
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+    except (ImportError, AttributeError):
+        pass
