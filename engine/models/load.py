@@ -25,6 +25,7 @@ from engine.models.detect import (
     resolve_v_parameterization,
 )
 from engine.models.errors import ModelLoadError
+from engine.models.infer import UNET_META as UNET_CONFIG_META
 from engine.models.infer import infer_text_config, infer_unet_config, infer_vae_config, sd2_text_layers
 
 __all__ = ["LoadedModel", "ModelLoadError", "load_model", "load_vae", "training_scheduler"]
@@ -245,10 +246,22 @@ def _load_single_file(path: Path, *, v2, v_parameterization, vae, allow_unsafe_p
         forward_test=lambda: a1111_v_test(unet, int(ucfg["cross_attention_dim"])),
     )
     report.append(vd.line)
+    if is_v2 and vd.value and UNET_CONFIG_META not in metadata:
+        _use_768_v_attention(unet)
     if "global_step" in info:
         report.append(f"checkpoint global_step: {info['global_step']}")
     return dict(unet=unet, vae=vae_model, text_encoder=text_encoder, v2=is_v2, v_parameterization=vd.value,
                 metadata=dict(metadata), text_extras=extras, has_ema=bool(ema), source_dtype=source_dtype)
+
+
+def _use_768_v_attention(unet) -> None:
+    """SD 2.x 768-v needs attention upcast to fp32 (else fp16 gives NaNs); harmless elsewhere."""
+    from diffusers.models.attention_processor import Attention
+
+    for module in unet.modules():
+        if isinstance(module, Attention):
+            module.upcast_attention = True
+    unet.register_to_config(upcast_attention=True)
 
 
 # --------------------------------------------------------------------------- diffusers folder

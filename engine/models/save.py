@@ -48,6 +48,17 @@ def _cast(sd: Mapping, dtype) -> dict:
     return out
 
 
+def _state(model) -> dict:
+    """The model's state dict with wrapper prefixes removed (torch.compile, DDP)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        for prefix in ("_orig_mod.", "module."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
 def _config_dict(model) -> dict:
     cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
     return {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("dtype", "torch_dtype", "transformers_version")}
@@ -100,11 +111,11 @@ def _save_diffusers(path: Path, *, unet, text_encoder, vae, v2, v_parameterizati
         write_config_folder(tmp, v2=v2, v_parameterization=v_parameterization, unet=_config_dict(unet),
                             vae=_config_dict(vae), text_encoder=_config_dict(text_encoder))
         # Text keys with the ``text_model.`` level: what every transformers version reads.
-        text_sd = {"text_model." + cv.strip_text_model_prefix(k): v for k, v in text_encoder.state_dict().items()
+        text_sd = {"text_model." + cv.strip_text_model_prefix(k): v for k, v in _state(text_encoder).items()
                    if not k.endswith("position_ids")}
         items = (
-            ("unet", unet.state_dict(), "diffusion_pytorch_model"),
-            ("vae", vae.state_dict(), "diffusion_pytorch_model"),
+            ("unet", _state(unet), "diffusion_pytorch_model"),
+            ("vae", _state(vae), "diffusion_pytorch_model"),
             ("text_encoder", text_sd, "model" if safe else "pytorch_model"),
         )
         for sub, sd, stem in items:
@@ -130,7 +141,7 @@ def save_model(path, *, unet, text_encoder, vae, v2: bool, v_parameterization: b
         _save_diffusers(path, unet=unet, text_encoder=text_encoder, vae=vae, v2=v2,
                         v_parameterization=v_parameterization, dtype=dtype, safe=fmt == "diffusers_safetensors")
         return path
-    sd = cv.diffusers_to_original(unet.state_dict(), vae.state_dict(), text_encoder.state_dict(), v2=v2,
+    sd = cv.diffusers_to_original(_state(unet), _state(vae), _state(text_encoder), v2=v2,
                                   text_extras=text_extras)
     sd = _cast(sd, dtype)
     md = build_metadata(v2=v2, v_parameterization=v_parameterization, title=path.stem, unet=unet, vae=vae,
