@@ -196,21 +196,18 @@ def _prepare_folder(folder: Path, args) -> int:
                       f"(keys: {args.key_style})")
     if not (args.check or args.no_write):
         return EXIT_OK
-    paths = [Path(k) if Path(k).is_absolute() else _find(folder, k) for k in meta]
-    captions = [join_caption_and_tags(e.get("caption"), e.get("tags")) for e in meta.values()]
+    # Check every image found (unreadable ones are not in the metadata but must be reported).
+    from engine.data.captions import read_sidecar
+    from engine.data.scan import find_images
+
+    paths = find_images(folder, recursive=args.recursive)
+    captions = []
+    for path in paths:
+        stem = path.with_suffix("")
+        captions.append(join_caption_and_tags(read_sidecar(stem.with_name(stem.name + args.caption_extension)),
+                                              read_sidecar(stem.with_name(stem.name + args.tags_extension))))
     settings = BucketSettings(args.resolution, True, False, 256, 1024, 64)
     return _print_health(paths, captions, settings, args, console)
-
-
-def _find(folder: Path, key: str) -> Path:
-    p = folder / key
-    if p.is_file():
-        return p
-    from engine.data.metadata import _FolderIndex
-    from engine.data.scan import image_extensions
-
-    found = _FolderIndex(image_extensions()).candidates(p)
-    return found[0] if found else p
 
 
 def _prepare_run(path: Path, args) -> int:
