@@ -67,7 +67,8 @@ class Checkpointer:
             save_model(path, unet=unet, text_encoder=text_encoder, vae=t.model.vae, v2=t.model.v2,
                        v_parameterization=t.v_prediction, fmt=self.cfg.save.format,
                        precision=self.cfg.save.precision, metadata=self.metadata(),
-                       epoch=t.epoch, global_step=t.global_step)
+                       epoch=t.epoch, global_step=t.global_step,
+                       text_extras=getattr(t.model, "text_extras", None))
         finally:
             if use_ema:
                 t.ema.swap()
@@ -105,6 +106,12 @@ class Checkpointer:
             if value is not None:
                 meta[f"modelspec.{field}"] = str(value)
         meta.setdefault("modelspec.title", cfg.train.output_name)
+        meta["modelspec.encoder_layer"] = str(cfg.model.clip_skip)
+        resolution = self._resolution()
+        if resolution:
+            meta["modelspec.resolution"] = f"{resolution[0]}x{resolution[-1]}"
+        if cfg.train.min_timestep or cfg.train.max_timestep != 1000:
+            meta["modelspec.timestep_range"] = f"{cfg.train.min_timestep},{cfg.train.max_timestep}"
         return meta
 
     def _resolution(self):
@@ -112,7 +119,7 @@ class Checkpointer:
         for d in datasets:
             res = getattr(d, "resolution", None)
             if res:
-                return list(res)
+                return [res, res] if isinstance(res, int) else list(res)
         return None
 
     # ---- rotation

@@ -1,0 +1,116 @@
+"""The headless CLI as a user runs it: demo, exit codes, Ctrl-C, bench, import rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from train_helpers import make_run
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+SDFT = [sys.executable, "-m", "sdft_tui.cli"]
+
+
+def run_sdft(*args, cwd=None, timeout=300):
+    return subprocess.run([*SDFT, *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_demo_runs_headless_and_its_checkpoint_loads(tmp_path):
+    result = run_sdft("demo", "--dir", str(tmp_path / "demo"), "--steps", "6")
+    assert result.returncode == 0, result.stdout + result.stderr
+    checkpoint = tmp_path / "demo" / "runs" / "demo" / "checkpoints" / "demo.safetensors"
+    assert checkpoint.is_file() and str(checkpoint) in result.stdout
+    from engine.models.load import load_model
+
+    model = load_model(str(checkpoint))
+    assert model.v2 is False and model.unet is not None
+    events = [json.loads(line) for line in (checkpoint.parents[1] / "events.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    assert losses and all(loss == loss and abs(loss) < 1e6 for loss in losses)
+    assert events[-1]["event"] == "run_finished" and events[-1]["status"] == "completed"
+    samples = list((checkpoint.parents[1] / "samples").glob("*.png"))
+    assert samples, "the demo samples a preview image"
+
+
+def test_training_failure_exits_3(tmp_path):
+    config = make_run(tmp_path, tmp_path / "missing-model", steps=2)
+    result = run_sdft("train", str(config))
+    assert result.returncode == 3
+    assert "missing-model" in result.stdout and "sdft.log" in result.stdout
+
+
+def test_ctrl_c_stops_with_a_resumable_state_and_exit_130(tmp_path, tiny_sd1):
+    config = make_run(tmp_path, tiny_sd1, steps=10_000)
+    process = subprocess.Popen([*SDFT, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=ENV)
+    events = tmp_path / "runs" / "t" / "events.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if events.exists() and '"event": "step"' in events.read_text():
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 130, output
+    states = list((tmp_path / "runs" / "t" / "state").glob("t-step*-state"))
+    assert len(states) == 1 and (states[0] / "manifest.json").is_file()
+    assert "--resume" in output
+
+
+def test_bench_reports_engine_and_bare_loop(tmp_path, tiny_sd1):
+    config = make_run(tmp_path, tiny_sd1, steps=2)
+    result = run_sdft("bench", str(config), "--steps", "3", "--warmup", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["device"] == "cpu" and figures["steps"] == 3
+    assert figures["engine_samples_per_s"] > 0 and figures["bare_samples_per_s"] > 0
+    assert "engine_overhead" in figures
+
+
+def test_help_and_version_are_instant_and_torch_free():
+    code = ("import sys; from engine.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'textual', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+# Modules the wizard needs before training: no torch/diffusers/transformers (DESIGN §3).
+LIGHT_MODULES = [
+    "engine.config.schema", "engine.config.run_toml", "engine.config.dataset", "engine.config.lines",
+    "engine.data.scan", "engine.data.captions", "engine.data.buckets", "engine.data.metadata",
+    "engine.data.health", "engine.events", "engine.control", "engine.plan", "engine.hardware",
+    "engine.models.tokenizer", "engine.models.weighting", "engine.train.prompts",
+]
+
+
+@pytest.mark.parametrize("module", LIGHT_MODULES)
+def test_wizard_side_modules_import_no_torch(module):
+    code = (f"import sys, importlib; importlib.import_module({module!r}); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'textual') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_engine_never_imports_textual():
+    root = Path(__file__).resolve().parents[1] / "engine"
+    offenders = [str(p) for p in root.rglob("*.py")
+                 if "import textual" in p.read_text() or "from textual" in p.read_text()]
+    assert offenders == []
+    modules = sorted("engine." + ".".join(p.relative_to(root).with_suffix("").parts)
+                     for p in root.rglob("*.py") if p.name != "__init__.py")
+    code = ("import sys, importlib\n"
+            f"for name in {modules!r}:\n"
+            "    importlib.import_module(name)\n"
+            "print('textual' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
