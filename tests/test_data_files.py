@@ -241,3 +241,12 @@ def test_clean_caption():
     assert clean_caption("a young woman with anime anime anime style") == "a girl with anime style"
     assert clean_caption("a cartoon drawing of people") == "a drawing of girls"
     assert clean_caption("an anime girl girl") == "an girl"
+
+
+def test_scan_folder_pairs_sidecars(tmp_path):
+    make_dataset(tmp_path, [(32, 16)], tags=False)
+    make_image(tmp_path / "bare.png", (8, 8))
+    items = {i.path.name: i for i in scan_folder(tmp_path)}
+    assert items["img000.png"].caption == "a photo number 0" and items["img000.png"].tags is None
+    assert items["img000.png"].info.size == (32, 16)
+    assert items["bare.png"].caption is None
