@@ -49,7 +49,7 @@ class FakeEngine:
 
     def __init__(self, run_dir: str | Path, *, total_steps: int = 40, ending: str = "complete",
                  hold_at: int | None = None, fail_at: int | None = None, cuda: bool = True,
-                 sample_every: int = 20, write_events: bool = True):
+                 sample_every: int = 20, write_events: bool = True, slow_save: bool = False):
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps
         self.ending = ending
@@ -58,7 +58,11 @@ class FakeEngine:
         self.cuda = cuda
         self.sample_every = sample_every
         self.write_events = write_events
-        self.held = threading.Event()       # set when the loop reaches hold_at
+        self.slow_save = slow_save              # hold the stop's state save until ``save_gate``
+        self.save_gate = threading.Event()
+        self.saving = threading.Event()
+        self.held = threading.Event()       # set when the loop reaches hold_at (it holds at every
+                                            # step from there on until ``release``)
         self.release = threading.Event()    # the test sets it to let the loop go on
         self.finished = threading.Event()
         self.calls: list[dict] = []
@@ -124,7 +128,7 @@ class FakeEngine:
                                       step=step, time=self._t(step, 0.2)))
             if self.ending in ("fail", "raise", "oom") and step == self.fail_at:
                 return self._fail(sink, step)
-            if step == self.hold_at:
+            if self.hold_at is not None and step >= self.hold_at and not self.release.is_set():
                 self.held.set()
                 while not (self.release.wait(0.01) or control.stop_requested or control.paused):
                     pass   # a pause or stop is taken at the next step boundary
@@ -139,6 +143,9 @@ class FakeEngine:
         self.seen.append("stop")
         rd = str(self.run_dir)
         sink.emit(StatusChanged(status="stopping", time=self._t(step, 0.1)))
+        self.saving.set()
+        if self.slow_save:
+            self.save_gate.wait(30)
         state = f"{rd}/state/step-{step}"
         sink.emit(ModelSaved(path=state, what="state", step=step, epoch=1, time=self._t(step, 0.2)))
         sink.emit(RunFinished(status="stopped", step=step, epoch=1, message=control.stop_reason,

@@ -99,11 +99,11 @@ def default_engine() -> Engine:
 
 
 def default_log_path(config_path) -> Path | None:
-    """<run dir>/train.log, when the run TOML can be read; the engine reports a broken TOML."""
+    """<run dir>/sdft.log (the trainer's default), when the run TOML can be read; the engine reports a broken TOML."""
     try:
         from engine.config.run_toml import load_run_config
 
-        return Path(load_run_config(config_path).run_dir()) / "train.log"
+        return Path(load_run_config(config_path).run_dir()) / "sdft.log"
     except Exception:  # noqa: BLE001 - the engine will fail with the real message
         return None
 
@@ -566,5 +566,5 @@ class WatchScreen(DashboardScreen):
         return path if path.is_file() else None
 
     def log_file(self):
-        path = self.run_dir / "train.log"
+        path = self.run_dir / "sdft.log"
         return path if path.exists() else None
