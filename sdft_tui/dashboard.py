@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from textual.app import App
+from textual.binding import Binding
 
 from sdft_tui.screens.run import DashboardScreen, EngineHandle, RunScreen, WatchScreen
 
@@ -30,6 +31,8 @@ class DashboardApp(App[int]):
 
     TITLE = "sdft"
     ENABLE_COMMAND_PALETTE = False   # every action has its own key; keeps the footer short at 80 columns
+    # Ctrl+C is what people press over SSH: treat it as quit (which asks while training).
+    BINDINGS = [Binding("ctrl+c", "quit", "Quit", show=False, priority=True)]
 
     def __init__(self, make_screen: Callable[[], DashboardScreen]) -> None:
         super().__init__()
@@ -90,7 +93,7 @@ def run_dashboard(config_path, *, detached: bool = False, engine=None) -> int:
         app.run()
     except Exception as exc:  # noqa: BLE001 - a dead terminal can break the UI; the run matters more
         _say(f"sdft: the dashboard closed unexpectedly ({exc!r}); waiting for the run to finish")
-        if not detached:
+        if not detached and not handle.control.stop_requested:
             handle.control.request_stop("the dashboard crashed", save_state=True)
     finally:
         _restore_sighup(previous)
@@ -101,7 +104,8 @@ def finish_run(handle: EngineHandle, *, detached: bool) -> int:
     """After the UI is gone: make sure the engine has ended (saved) before we return."""
     if handle.started and not handle.done.is_set():
         if not detached:
-            handle.control.request_stop("the dashboard was closed", save_state=True)
+            if not handle.control.stop_requested:
+                handle.control.request_stop("the dashboard was closed", save_state=True)
             _say("sdft: stopping the run: waiting for the resumable state to be saved…")
         else:
             _say("sdft: the dashboard is closed; the run goes on (follow it with `sdft watch RUN_DIR`)")

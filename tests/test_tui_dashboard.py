@@ -238,6 +238,10 @@ def test_quit_while_training_asks_then_waits_for_the_save(tmp_path):
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("escape")                  # keep training
         assert app.screen is screen and not screen.control.stop_requested
+        await pilot.press("ctrl+c")                  # Ctrl+C asks too
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert app.screen is screen and not screen.control.stop_requested
         # Ctrl+Q (the app's own quit) goes through the same question.
         await pilot.press("ctrl+q")
         assert isinstance(app.screen, ConfirmScreen)
@@ -435,3 +439,47 @@ def test_watch_run_rejects_a_missing_folder(tmp_path, capsys):
 
     assert watch_run(tmp_path / "nope" / "run") == 2
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_fast_steps_coalesce_and_no_point_is_lost(tmp_path):
+    engine = FakeEngine(tmp_path / "run", total_steps=3000, sample_every=500, write_events=False)
+    out = {}
+
+    async def scenario(app, pilot, screen):
+        await wait_until(pilot, lambda: finished(screen))
+        await settle(pilot, screen)
+        out["points"] = len(screen.figures.loss)
+        out["messages"] = screen.sink.posted_messages
+
+    run_app(engine, scenario)
+    assert out["points"] == 3000
+    assert out["messages"] < 3000   # many events per message, whatever the step rate
+
+
+def test_sample_pane_browses_the_samples(tmp_path):
+    from PIL import Image
+
+    run_dir = tmp_path / "run"
+    (run_dir / "samples").mkdir(parents=True)
+    for step in (5, 10, 15):
+        Image.new("RGB", (32, 32), (200, 40, 40)).save(run_dir / "samples" / f"step-{step:06d}-0.png")
+    engine = FakeEngine(run_dir, total_steps=15, sample_every=5)
+    captions = []
+
+    async def scenario(app, pilot, screen):
+        from textual.widgets import Static
+
+        await wait_until(pilot, lambda: finished(screen))
+        await settle(pilot, screen)
+        caption = screen.query_one("#sample-caption", Static)
+        captions.append(str(caption.render()))
+        await pilot.press("left_square_bracket")
+        await pilot.press("left_square_bracket")
+        captions.append(str(caption.render()))
+        await pilot.press("right_square_bracket", "right_square_bracket")
+        captions.append(str(caption.render()))
+
+    run_app(engine, scenario, size=(100, 34))
+    assert captions[0].startswith("step 15 · 3/3") and "a photo of a cat" in captions[0]
+    assert captions[1].startswith("step 5 · 1/3") and "browsing" in captions[1]
+    assert captions[2].startswith("step 15 · 3/3") and "browsing" not in captions[2]

@@ -392,7 +392,7 @@ class RunScreen(DashboardScreen):
 
     def on_unmount(self) -> None:
         super().on_unmount()
-        if self.handle.running and self.stop_on_close:
+        if self.handle.running and self.stop_on_close and not self.control.stop_requested:
             # The app is closing under a running engine (e.g. the wizard quit): stop cleanly;
             # the worker thread keeps the process alive until the state is saved.
             self.control.request_stop("the dashboard was closed", save_state=True)
