@@ -7,6 +7,7 @@ outcome (done, stopped, failed, out of memory) into a RunResult and a RunFinishe
 
 from __future__ import annotations
 
+import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,19 +54,24 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
     config_path = Path(config_path)
     config, document, warnings = run_toml.load_run_file(config_path)
     control = control or RunControl()
+    if config.train.seed is None and is_distributed():
+        raise ValueError("train.seed must be set for multi-process training (every process needs the same seed)")
     config.train.seed = resolve_seed(config.train.seed)
     run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    events_path = run_dir / "events.jsonl"
-    if not (resume or config.train.resume):
-        events_path.unlink(missing_ok=True)  # a fresh run starts a fresh event log
-    jsonl = JsonlSink(events_path)
-    out = FanOut([jsonl] + ([sink] if sink is not None else []))
     log_path = Path(log_path) if log_path else run_dir / "sdft.log"
+    text = resolved_config_text(document, config.train.seed, config_path)
+    jsonl = None
+    out = FanOut()
+    if is_main_process():  # other processes of a multi-GPU run stay silent and write nothing
+        run_dir.mkdir(parents=True, exist_ok=True)
+        events_path = run_dir / "events.jsonl"
+        if not (resume or config.train.resume):
+            events_path.unlink(missing_ok=True)  # a fresh run starts a fresh event log
+        jsonl = JsonlSink(events_path)
+        out = FanOut([jsonl] + ([sink] if sink is not None else []))
+        (run_dir / "config.toml").write_text(text, encoding="utf-8")
     for problem in warnings:
         out.emit(Message(level="warning", text=str(problem)))
-    text = resolved_config_text(document, config.train.seed, config_path)
-    (run_dir / "config.toml").write_text(text, encoding="utf-8")
     trainer = Trainer(config, config_text=text, sink=out, control=control, resume=resume,
                       allow_changed=allow_changed)
     result = RunResult(status="failed", run_dir=str(run_dir), log_path=str(log_path))
@@ -87,8 +93,18 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
     out.emit(RunFinished(status=result.status, step=trainer.global_step, epoch=trainer.epoch,
                          message=result.message, model_path=result.model_path,
                          state_path=result.state_path, out_of_memory=result.out_of_memory))
-    jsonl.close()
+    if jsonl is not None:
+        jsonl.close()
     return result
+
+
+def is_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch, or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _describe(exc: BaseException, out_of_memory: bool) -> str:

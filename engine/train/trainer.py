@@ -147,6 +147,8 @@ class Trainer:
         self.data = TrainingData.from_config(self.cfg, default_resolution=(side, side),
                                              log=lambda text: self.say(text))
         self.schedule = self._compute_schedule()
+        # A fractional token_warmup_step is a ratio of the real total (all processes counted).
+        self.data.max_train_steps = self.schedule.total_steps
 
     def _compute_schedule(self) -> Schedule:
         t = self.cfg.train
@@ -487,9 +489,11 @@ class Trainer:
             raise StopTraining(control.stop_reason)
 
     def emit_metrics(self) -> None:
-        m = self.meter.collect()  # the one GPU->CPU sync of this interval
+        m = self.meter.collect()
         if m is None:
             return
+        # The interval's one GPU->CPU sync; with several processes, the mean over all of them.
+        m["loss"] = self.accelerator.reduce(m["loss"].detach().float(), reduction="mean").item()
         decay = SMOOTHING ** m["steps"]
         self.loss_avg = m["loss"] if self.loss_avg is None else decay * self.loss_avg + (1 - decay) * m["loss"]
         remaining = self.schedule.total_steps - self.global_step
@@ -497,7 +501,8 @@ class Trainer:
         self.sink.emit(StepMetrics(
             step=self.global_step, total_steps=self.schedule.total_steps, epoch=self.epoch + 1,
             loss=m["loss"], loss_avg=self.loss_avg, lr=self.lr_scheduler.get_last_lr()[0],
-            grad_norm=m["grad_norm"], it_per_s=m["it_per_s"], samples_per_s=m["samples_per_s"],
+            grad_norm=m["grad_norm"], it_per_s=m["it_per_s"],
+            samples_per_s=m["samples_per_s"] * self.accelerator.num_processes,
             eta_s=remaining / m["it_per_s"] if m["it_per_s"] > 0 else 0.0,
             elapsed_s=self.meter.elapsed(), **vram,
         ))
@@ -567,7 +572,7 @@ class _Meter:
         now = time.perf_counter()
         seconds = max(now - self.clock, 1e-9)
         out = {
-            "loss": (self.loss_sum / self.micro).item(),
+            "loss": self.loss_sum / self.micro,
             "grad_norm": float(self.grad_norm) if self.grad_norm is not None else None,
             "steps": self.steps,
             "it_per_s": self.steps / seconds,
