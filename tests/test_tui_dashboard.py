@@ -176,6 +176,10 @@ def test_normal_run_completes_in_a_worker_thread(tmp_path):
         await settle(pilot, screen)
         seen["text"] = screen_text(app)
         seen["messages"] = screen.sink.posted_messages
+        chart = screen.query_one("#loss-chart")
+        await pilot.press("l", "w")
+        assert chart.log_scale and chart.whole_run and "(log scale)" in str(chart.render())
+        assert "whole run" in str(chart.render())
         await pilot.press("q")          # finished: closes without a question
         await pilot.pause()
 
@@ -483,3 +487,38 @@ def test_sample_pane_browses_the_samples(tmp_path):
     assert captions[0].startswith("step 15 · 3/3") and "a photo of a cat" in captions[0]
     assert captions[1].startswith("step 5 · 1/3") and "browsing" in captions[1]
     assert captions[2].startswith("step 15 · 3/3") and "browsing" not in captions[2]
+
+
+def test_open_run_screen_pushes_onto_another_app(tmp_path):
+    from textual.app import App
+
+    from sdft_tui.dashboard import open_run_screen
+
+    engine = FakeEngine(tmp_path / "run", total_steps=5)
+    codes = []
+
+    class Wizard(App):
+        pass
+
+    async def main():
+        app = Wizard()
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = open_run_screen(app, tmp_path / "run.toml", engine=engine, on_close=codes.append)
+            await pilot.pause()
+            assert app.screen is screen
+            await wait_until(pilot, lambda: finished(screen))
+            await pilot.press("q")
+            await wait_until(pilot, lambda: codes)
+            assert app.screen is not screen          # back to the wizard
+    asyncio.run(main())
+    assert codes == [0]
+
+
+def test_modules_open_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, sdft_tui.dashboard, sdft_tui.screens.run; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
