@@ -25,3 +25,25 @@ def make_dataset(root: Path, sizes=SIZES) -> Path:
         else:
             (folder / f"img{i:02d}.txt").write_text(f"tag{i}, solo, outdoors\n", encoding="utf-8")
     return folder
+
+
+WIZARD_GROUPS = ("scan", "tokens", "detect", "hardware")
+
+
+async def settle(app, pilot, rounds: int = 400) -> None:
+    """Wait until the wizard's own workers are done (DirectoryTree keeps a loader worker forever)."""
+    from textual.worker import WorkerState
+
+    for _ in range(rounds):
+        busy = [w for w in app.workers if w.group in WIZARD_GROUPS
+                and w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
+        if not busy:
+            break
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
+def screen_text(app) -> str:
+    """The visible screen as plain text (for debugging and text assertions)."""
+    strips = app.screen._compositor.render_strips()
+    return "\n".join("".join(seg.text for seg in strip) for strip in strips)

@@ -1,0 +1,178 @@
+"""The sdft wizard: a Textual app that turns a folder of images into a run TOML (DESIGN §2-§3).
+
+``run_wizard(None)`` opens it on a new run, ``run_wizard(path)`` on an existing run file. Start-up
+imports no torch/diffusers/transformers: the GPU is probed with nvidia-smi in a thread and the
+tokenizer is loaded in a worker after a scan.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+
+from sdft_tui.screens.buckets import BucketsScreen
+from sdft_tui.screens.captions import CaptionsScreen
+from sdft_tui.screens.dataset import DatasetScreen
+from sdft_tui.screens.help import HelpScreen
+from sdft_tui.screens.options import OptionsScreen
+from sdft_tui.screens.review import ReviewScreen
+from sdft_tui.screens.wizard_base import STEPS
+from sdft_tui.state import WizardState
+
+STEP_NAMES = [name for name, _label in STEPS]
+
+
+class SdftApp(App):
+    """The wizard. ``hardware`` (an engine.hardware.HardwareInfo) skips the probe (tests, demos)."""
+
+    CSS_PATH = "styles/wizard.tcss"
+    TITLE = "sdft"
+    SCREENS = {"dataset": DatasetScreen, "captions": CaptionsScreen, "buckets": BucketsScreen,
+               "options": OptionsScreen, "review": ReviewScreen}
+    BINDINGS = [
+        Binding("f1", "help", "Help"),
+        Binding("f2", "goto('dataset')", "Dataset", show=False),
+        Binding("f3", "goto('captions')", "Captions", show=False),
+        Binding("f4", "goto('buckets')", "Buckets", show=False),
+        Binding("f5", "goto('options')", "Options", show=False),
+        Binding("f6", "goto('review')", "Review", show=False),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, run_toml: Path | str | None = None, *, demo: bool = False, hardware=None,
+                 start_dir: Path | str | None = None, state: WizardState | None = None):
+        super().__init__()
+        self.state = state or WizardState()
+        self.demo = demo
+        self.run_toml = Path(run_toml) if run_toml else None
+        self.start_dir = Path(start_dir) if start_dir else Path.cwd()
+        self.exit_message: str | None = None
+        self.saved_path: Path | None = None
+        if hardware is not None:
+            self.state.hardware = hardware
+        if demo:
+            self.title = "sdft (demo)"
+
+    # ---------------------------------------------------------------- start
+
+    def on_mount(self) -> None:
+        if self.run_toml is not None:
+            self.state.load_source(self.run_toml)
+            if self.state.scan_error:
+                self.notify(self.state.scan_error, severity="error", timeout=10)
+            if self.run_toml.parent.is_dir():
+                self.start_dir = self.state.image_dir or self.run_toml.parent
+        self.push_screen("dataset")
+        if self.state.hardware is None:
+            self.probe_hardware()
+        if self.state.records:
+            self.count_tokens()
+
+    @work(thread=True, exclusive=True, group="hardware")
+    def probe_hardware(self) -> None:
+        from engine.hardware import probe_hardware
+
+        info = probe_hardware()
+        self.call_from_thread(self._hardware_ready, info)
+
+    def _hardware_ready(self, info) -> None:
+        from engine.plan import preset_for
+
+        self.state.hardware = info
+        gpu = info.best_gpu
+        if gpu is not None and self.state.document is None and self.state.preset_applied is None:
+            size = preset_for(gpu.total_bytes)
+            self.state.apply_preset(size)
+            self.notify(f"{gpu.name}: starting from the {size} GB preset")
+        self._refresh_current()
+
+    @work(thread=True, exclusive=True, group="tokens")
+    def count_tokens(self) -> None:
+        try:
+            self.state.count_tokens()
+        except Exception:
+            return
+        self.call_from_thread(self._refresh_current)
+
+    def _refresh_current(self) -> None:
+        screen = self.screen
+        if hasattr(screen, "refresh_view"):
+            screen.refresh_view()
+
+    # ---------------------------------------------------------------- navigation
+
+    def current_step(self) -> str | None:
+        for name in STEP_NAMES:
+            if self.is_screen_installed(name) and self.get_screen(name) is self.screen:
+                return name
+        return None
+
+    def action_goto(self, name: str) -> None:
+        if name not in STEP_NAMES or self.current_step() == name:
+            return
+        if isinstance(self.screen, HelpScreen):
+            self.pop_screen()
+        self.switch_screen(name)
+
+    def action_next_step(self) -> None:
+        step = self.current_step()
+        if step is not None and step != STEP_NAMES[-1]:
+            self.action_goto(STEP_NAMES[STEP_NAMES.index(step) + 1])
+
+    def action_prev_step(self) -> None:
+        step = self.current_step()
+        if step is not None and step != STEP_NAMES[0]:
+            self.action_goto(STEP_NAMES[STEP_NAMES.index(step) - 1])
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def finish(self, saved: Path | None, message: str | None) -> None:
+        """Leave the app; ``run_wizard`` prints ``message`` once the terminal is restored."""
+        self.saved_path = saved
+        self.exit_message = message
+        self.exit(0)
+
+    # ---------------------------------------------------------------- command palette
+
+    def get_system_commands(self, screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for i, (name, label) in enumerate(STEPS):
+            yield SystemCommand(f"Go to {label}", f"Step {i + 1} (F{i + 2})", lambda n=name: self.action_goto(n))
+        yield SystemCommand("Help", "Keys and what each step does (F1)", self.action_help)
+        from engine.plan import PRESETS
+
+        for size in PRESETS:
+            yield SystemCommand(f"Preset: {size} GB card", "Memory settings that fit this card size",
+                                lambda s=size: self._preset(s))
+        if isinstance(screen, ReviewScreen):
+            yield SystemCommand("Save run file", "Write the TOML (ctrl+s)", screen.action_save)
+            yield SystemCommand("Save and quit", "Write the TOML and print the headless command",
+                                screen.action_save_quit)
+        if isinstance(screen, CaptionsScreen):
+            yield SystemCommand("Bulk edit captions", "Find/replace, add/remove tag, prefix (ctrl+e)",
+                                screen.action_bulk_edit)
+            yield SystemCommand("Undo caption edit", "Restore the last saved caption(s) (ctrl+u)", screen.action_undo)
+
+    def _preset(self, size: int) -> None:
+        self.action_goto("options")
+        self.call_after_refresh(lambda: self.get_screen("options").apply_preset(size))
+
+
+def run_wizard(run_toml: Path | str | None, *, demo: bool = False) -> int:
+    """Open the wizard (on ``run_toml`` when given); returns the process exit code."""
+    app = SdftApp(run_toml, demo=demo)
+    code = app.run()
+    if app.exit_message:
+        print(app.exit_message)
+    return int(code or app.return_code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_wizard(sys.argv[1] if len(sys.argv) > 1 else None))

@@ -1,0 +1,152 @@
+"""Step 3: aspect-ratio buckets, recomputed live from the engine's own bucket code (SPEC §3)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Checkbox, Footer, Input, Static
+
+from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
+from sdft_tui.widgets.bucket_histogram import BucketHistogram
+
+FIELDS = (  # (value key, label, tooltip)
+    ("dataset.resolution", "Resolution", "Training area: 512 or WxH (e.g. 640x448); the buckets keep this area."),
+    ("dataset.min_bucket_reso", "Min bucket side", "Smallest bucket side (rounded down to the step)."),
+    ("dataset.max_bucket_reso", "Max bucket side", "Largest bucket side (rounded up to the step)."),
+    ("dataset.bucket_reso_steps", "Bucket step", "Bucket sides are multiples of this (64 for kohya's fine_tune)."),
+    ("dataset.batch_size", "Batch size", "Images per batch; a bucket's last batch may be partial."),
+    ("subset.num_repeats", "Repeats", "Each image appears this many times per epoch."),
+)
+
+
+def parse_resolution(text: str):
+    """'512' -> 512, '640x448' / '640,448' -> [640, 448]; ValueError otherwise."""
+    t = text.lower().replace(" ", "").replace(",", "x")
+    if "x" in t:
+        w, h = t.split("x", 1)
+        w, h = int(w), int(h)
+        if w <= 0 or h <= 0:
+            raise ValueError(text)
+        return w if w == h else [w, h]
+    v = int(t)
+    if v <= 0:
+        raise ValueError(text)
+    return v
+
+
+def format_resolution(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"{value[0]}x{value[1]}"
+    return str(value)
+
+
+class BucketsScreen(WizardScreen):
+    STEP = "buckets"
+
+    def compose(self):
+        yield StepBar(self.STEP)
+        with Horizontal(id="buckets-body"):
+            with Vertical(id="bucket-form"):
+                for key, label, tip in FIELDS:
+                    yield FormRow(label, Input(id=_wid(key), compact=True), tooltip=tip)
+                yield Checkbox("Bucketing", id="enable_bucket", compact=True)
+                yield Checkbox("No upscale", id="no_upscale", compact=True)
+            with Vertical(id="bucket-view"):
+                yield BucketHistogram(id="histogram")
+                yield Static(id="bucket-stats")
+                with VerticalScroll(id="bucket-details"):
+                    yield Static(id="bucket-list")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._load_fields()
+        self.refresh_view()
+
+    def on_screen_resume(self) -> None:
+        self._load_fields()
+        super().on_screen_resume()
+
+    def _load_fields(self) -> None:
+        v = self.state.values
+        for key, _label, _tip in FIELDS:
+            widget = self.query_one("#" + _wid(key), Input)
+            text = format_resolution(v[key]) if key == "dataset.resolution" else str(v[key])
+            if widget.value != text:
+                with widget.prevent(Input.Changed):
+                    widget.value = text
+        for wid, key in (("enable_bucket", "dataset.enable_bucket"), ("no_upscale", "dataset.bucket_no_upscale")):
+            box = self.query_one("#" + wid, Checkbox)
+            with box.prevent(Checkbox.Changed):
+                box.value = bool(v[key])
+
+    @on(Input.Changed)
+    def _field_changed(self, event: Input.Changed) -> None:
+        key = next((k for k, _l, _t in FIELDS if _wid(k) == event.input.id), None)
+        if key is None:
+            return
+        try:
+            value = parse_resolution(event.value) if key == "dataset.resolution" else int(event.value)
+            if isinstance(value, int) and value < 1:
+                raise ValueError
+        except ValueError:
+            event.input.add_class("invalid")
+            return
+        event.input.remove_class("invalid")
+        self.state.set(key, value)
+        self.refresh_view()
+
+    @on(Checkbox.Changed)
+    def _box_changed(self, event: Checkbox.Changed) -> None:
+        key = {"enable_bucket": "dataset.enable_bucket", "no_upscale": "dataset.bucket_no_upscale"}[event.checkbox.id]
+        self.state.set(key, event.value)
+        self.refresh_view()
+
+    def refresh_view(self) -> None:
+        histogram = self.query_one("#histogram", BucketHistogram)
+        stats = self.query_one("#bucket-stats", Static)
+        details = self.query_one("#bucket-list", Static)
+        if not self.state.usable_records():
+            histogram.show(None)
+            stats.update("")
+            details.update("")
+            return
+        try:
+            report, assignments, records = self.state.bucket_report()
+        except Exception as exc:  # e.g. max bucket side below the resolution
+            histogram.show(None, error=str(exc))
+            stats.update("")
+            details.update("")
+            return
+        histogram.show(report)
+        from engine.data.buckets import steps_per_epoch
+
+        accum = int(self.state.get("train.gradient_accumulation_steps") or 1)
+        text = Text()
+        text.append(f"{len(report.rows)} buckets, {report.total_batches} batches/epoch, "
+                    f"{steps_per_epoch(report.total_batches, accum)} steps/epoch; ")
+        text.append(f"partial batches: {report.partial_batches}", style="yellow" if report.partial_batches else "")
+        text.append(f"; mean aspect error {report.mean_ar_error:.3f}")
+        stats.update(text)
+        lines = Text()
+        upscaled = [(i, row.bucket) for row in report.rows for i in row.upscaled]
+        if upscaled:
+            lines.append(f"Upscaled ({len(upscaled)}):\n", style="bold magenta")
+            for i, bucket in upscaled[:100]:
+                a = assignments[i]
+                lines.append(f"  {records[i].path.name}  {a.size[0]}x{a.size[1]} → {bucket[0]}x{bucket[1]} "
+                             f"(×{a.upscale:.2f})\n")
+        partial = [row for row in report.rows if row.partial]
+        if partial:
+            lines.append("Partial last batches:\n", style="bold yellow")
+            for row in partial:
+                lines.append(f"  {row.bucket[0]}x{row.bucket[1]}: {row.partial} of {report.batch_size}\n")
+        if report.rejected:
+            lines.append(f"Rejected ({len(report.rejected)}):\n", style="bold red")
+            for i, why in report.rejected[:50]:
+                lines.append(f"  {records[i].path.name}: {why}\n")
+        details.update(lines)
+
+
+def _wid(key: str) -> str:
+    return "f-" + key.replace(".", "-")

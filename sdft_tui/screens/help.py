@@ -1,0 +1,49 @@
+"""Help: the keys and what each step does (F1 or the command palette)."""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown
+
+HELP = """\
+# sdft wizard
+
+Five steps turn a folder of images into a run file (`sdft train FILE` replays it headless).
+
+| key | does |
+|---|---|
+| **ctrl+n / ctrl+b** | next / previous step |
+| **F2 … F6** | jump to Dataset, Captions, Buckets, Options, Review |
+| **ctrl+p** | command palette (every action, presets) |
+| **tab / shift+tab** | move between fields |
+| **F1** | this help (escape closes) |
+| **ctrl+q** | quit without saving |
+
+1. **Dataset**: pick a folder (tree or typed path, enter scans). A kohya metadata `.json`/`.jsonl`
+   or a dataset/run `.toml` works too. The health check lists problems by kind with their files.
+2. **Captions**: the table shows each image's caption (caption + tags as training joins them),
+   tag and token counts against `max_token_length`, problems. Type in the filter
+   (`problem:too_long` filters by kind). Edit the selected caption below the table and save it
+   with **ctrl+s** (atomic write); **ctrl+u** undoes the last save or bulk edit; **ctrl+e** opens
+   bulk edits (find/replace, add/remove a tag, prefix) on the rows shown.
+3. **Buckets**: the histogram of aspect buckets, recomputed as you type (kohya's rules, the same
+   code training uses). Yellow bars end in a partial batch; ↑n counts upscaled images.
+4. **Options**: model, length, learning rate, precision, memory. The VRAM line estimates peak GPU
+   memory; when it does not fit, pick a suggestion (enter applies it). Presets per card size.
+5. **Review**: the file as it will be written, problems found by the engine's validator.
+   **ctrl+s** saves (comments of an existing file are kept), **ctrl+t** saves and starts training,
+   **ctrl+x** saves and quits printing the headless command.
+"""
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape,f1,q", "dismiss", "Close")]
+
+    def compose(self):
+        with VerticalScroll(id="help-body"):
+            yield Markdown(HELP)
+
+    def action_dismiss(self) -> None:
+        self.dismiss()

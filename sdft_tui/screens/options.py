@@ -1,0 +1,269 @@
+"""Step 4: training options with a live VRAM estimate (engine.plan), suggestions and presets."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.widgets import Checkbox, Footer, Input, OptionList, Select, Static
+from textual.widgets.option_list import Option
+
+from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
+from sdft_tui.state import field_meta, probe_model
+
+# (key, label, kind, choices) -- kinds: text, int, int?, float, select, bool
+FIELDS = (
+    ("model.pretrained_model_name_or_path", "Base model", "text", None),
+    ("model.v2", "SD 2.x", "select", (("auto", "auto"), ("yes", True), ("no", False))),
+    ("model.v_parameterization", "v-prediction", "select", (("auto", "auto"), ("yes", True), ("no", False))),
+    ("train.mode", "Train", "select", (("full fine-tune", "full"), ("hypernetwork", "hypernetwork"))),
+    ("train.max_train_epochs", "Epochs (empty=steps)", "int?", None),
+    ("train.max_train_steps", "Steps", "int", None),
+    ("optimizer.learning_rate", "Learning rate", "float", None),
+    ("optimizer.lr_scheduler", "LR schedule", "select", None),
+    ("optimizer.lr_warmup_steps", "Warm-up steps", "int", None),
+    ("optimizer.type", "Optimizer", "select", None),
+    ("train.gradient_accumulation_steps", "Grad accumulation", "int", None),
+    ("memory.mixed_precision", "Mixed precision", "select", None),
+    ("memory.full_bf16", "Weights in bf16", "bool", None),
+    ("memory.gradient_checkpointing", "Grad checkpointing", "bool", None),
+    ("memory.attention", "Attention", "select", None),
+    ("model.clip_skip", "CLIP skip", "int", None),
+    ("model.max_token_length", "Max tokens", "select", None),
+    ("train.train_text_encoder", "Train text encoder", "bool", None),
+    ("train.ema", "EMA", "bool", None),
+    ("train.ema_cpu_offload", "EMA in CPU memory", "bool", None),
+    ("cache.latents", "Cache latents", "select", None),
+    ("train.output_dir", "Output folder", "text", None),
+    ("train.output_name", "Run name", "text", None),
+    ("save.format", "Save format", "select", None),
+    ("save.precision", "Save precision", "select", None),
+    ("save.every_n_epochs", "Save every N epochs", "int?", None),
+    ("sample.every_n_steps", "Sample every N steps", "int?", None),
+    ("sample.prompts", "Sample prompts file", "text?", None),
+    ("train.seed", "Seed (empty=random)", "int?", None),
+)
+
+PRESET_CHOICES = (("8 GB card", 8), ("12 GB card", 12), ("16 GB card", 16), ("24 GB card", 24), ("48+ GB card", 48))
+
+
+def _wid(key: str) -> str:
+    return "o-" + key.replace(".", "-")
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _choices(key: str, given):
+    if given is not None:
+        return given
+    return tuple((str(c), c) for c in field_meta(key).get("choices") or () if c is not None)
+
+
+class OptionsScreen(WizardScreen):
+    STEP = "options"
+    BINDINGS = [
+        Binding("ctrl+g", "focus_suggestions", "Suggestions"),
+        Binding("ctrl+l", "focus_preset", "Preset"),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.target_gb: int | None = None  # a preset's card size when no GPU was detected
+
+    def compose(self):
+        yield StepBar(self.STEP)
+        yield Static(id="vram")
+        yield OptionList(id="suggestions", compact=True)
+        yield FormRow("Preset", Select(PRESET_CHOICES, prompt="choose a card size", id="preset", compact=True))
+        with VerticalScroll(id="options-form"):
+            values = self.state.values
+            for key, label, kind, choices in FIELDS:
+                doc = field_meta(key).get("doc", "")
+                value = values.get(key)
+                if kind == "select":
+                    opts = _choices(key, choices)
+                    initial = value if value in [v for _l, v in opts] else opts[0][1]
+                    widget = Select(opts, value=initial, allow_blank=False, id=_wid(key), compact=True)
+                elif kind == "bool":
+                    widget = Checkbox("on", bool(value), id=_wid(key), compact=True)
+                else:
+                    widget = Input(_text(value), id=_wid(key), compact=True)
+                yield FormRow(label, widget, tooltip=doc)
+            yield Static(id="model-info")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._load_fields()
+        self.detect_model(self.state.get("model.pretrained_model_name_or_path") or "")
+        self.refresh_view()
+
+    def on_screen_resume(self) -> None:
+        self._load_fields()
+        super().on_screen_resume()
+
+    # ---------------------------------------------------------------- fields <-> state
+
+    def _load_fields(self) -> None:
+        v = self.state.values
+        for key, _label, kind, _c in FIELDS:
+            widget = self.query_one("#" + _wid(key))
+            value = v.get(key)
+            with widget.prevent(Input.Changed, Select.Changed, Checkbox.Changed):
+                if kind == "select":
+                    options = [val for _lbl, val in _choices(key, _c)]
+                    if value in options:
+                        widget.value = value
+                elif kind == "bool":
+                    widget.value = bool(value)
+                else:
+                    text = _text(value)
+                    if widget.value != text:
+                        widget.value = text
+
+    def _kind(self, wid: str):
+        for key, _label, kind, _c in FIELDS:
+            if _wid(key) == wid:
+                return key, kind
+        return None, None
+
+    @on(Input.Changed)
+    def _input(self, event: Input.Changed) -> None:
+        key, kind = self._kind(event.input.id or "")
+        if key is None:
+            return
+        text = event.value.strip()
+        try:
+            if kind in ("int?", "text?") and text == "":
+                value = None
+            elif kind in ("int", "int?"):
+                value = int(text)
+            elif kind == "float":
+                value = float(text)
+            else:
+                value = text
+        except ValueError:
+            event.input.add_class("invalid")
+            return
+        event.input.remove_class("invalid")
+        self.state.set(key, value)
+        if key == "model.pretrained_model_name_or_path":
+            self.detect_model(text)
+        self.refresh_view()
+
+    @on(Select.Changed)
+    def _select(self, event: Select.Changed) -> None:
+        if event.select.id == "preset":
+            if event.value is not Select.BLANK:
+                self.apply_preset(int(event.value))
+            return
+        key, _kind = self._kind(event.select.id or "")
+        if key is None or event.value is Select.BLANK:
+            return
+        self.state.set(key, event.value)
+        if key == "memory.mixed_precision" and event.value != "bf16" and self.state.get("memory.full_bf16"):
+            self.state.set("memory.full_bf16", False)  # full_bf16 needs bf16 mixed precision
+            self._load_fields()
+        self.refresh_view()
+
+    @on(Checkbox.Changed)
+    def _check(self, event: Checkbox.Changed) -> None:
+        key, _kind = self._kind(event.checkbox.id or "")
+        if key is None:
+            return
+        self.state.set(key, event.value)
+        if key == "memory.full_bf16" and event.value and self.state.get("memory.mixed_precision") != "bf16":
+            self.state.set("memory.mixed_precision", "bf16")
+            self._load_fields()
+        self.refresh_view()
+
+    def apply_preset(self, size: int) -> None:
+        self.state.apply_preset(size)
+        if self.state.gpu_budget() is None:
+            self.target_gb = size
+        self._load_fields()
+        self.refresh_view()
+        self.notify(f"{size} GB preset applied")
+
+    def action_focus_suggestions(self) -> None:
+        self.query_one("#suggestions", OptionList).focus()
+
+    def action_focus_preset(self) -> None:
+        self.query_one("#preset", Select).focus()
+
+    @on(OptionList.OptionSelected, "#suggestions")
+    def _apply_suggestion(self, event: OptionList.OptionSelected) -> None:
+        suggestion = getattr(self, "_suggestions", {}).get(event.option.id)
+        if suggestion is None:
+            return
+        self.state.apply(suggestion.config_changes)
+        self._load_fields()
+        self.refresh_view()
+        self.notify("applied: " + suggestion.text.split(":")[0])
+
+    # ---------------------------------------------------------------- model detection
+
+    @work(thread=True, exclusive=True, group="detect")
+    def detect_model(self, source: str) -> None:
+        guess = probe_model(source)
+        self.state.model_guess = guess
+        self.app.call_from_thread(self.refresh_view)
+
+    # ---------------------------------------------------------------- VRAM
+
+    def budget(self) -> tuple[float | None, str]:
+        from engine.plan import budget_for_preset
+
+        gpu_bytes = self.state.gpu_budget()
+        hw = self.state.hardware
+        if gpu_bytes:
+            return gpu_bytes, hw.summary()
+        label = "probing GPU…" if hw is None else hw.summary()
+        if self.target_gb:
+            return budget_for_preset(self.target_gb), f"{label}; planning for a {self.target_gb} GB card"
+        return None, label
+
+    def refresh_view(self) -> None:
+        from engine.plan import GB, estimate_peak_vram, suggest
+
+        vram = self.query_one("#vram", Static)
+        suggestions = self.query_one("#suggestions", OptionList)
+        info = self.query_one("#model-info", Static)
+        info.update(Text(f"Model: {self.state.model_guess.label()}", style="dim"))
+        try:
+            options = self.state.plan_options()
+            est = estimate_peak_vram(options)
+        except Exception as exc:
+            vram.update(Text(f"VRAM estimate unavailable: {exc}", style="red"))
+            suggestions.clear_options()
+            return
+        budget, gpu_label = self.budget()
+        text = Text()
+        text.append("GPU  ", style="bold")
+        text.append(gpu_label + "\n")
+        text.append("VRAM ", style="bold")
+        text.append(f"~{est.gb:.1f} GB peak ({est.phase}), {options.width}x{options.height} "
+                    f"b{options.batch_size} {options.family.upper()}")
+        self._suggestions = {}
+        suggestions.clear_options()
+        if budget is not None:
+            fits = est.fits(budget)
+            text.append(" · ")
+            if fits:
+                text.append(f"fits {budget / GB:.1f} GB", style="bold green")
+            else:
+                text.append(f"won't fit {budget / GB:.1f}", style="bold red")
+                for n, s in enumerate(suggest(options, budget)[:4]):
+                    oid = f"s{n}"
+                    self._suggestions[oid] = s
+                    mark = "✓" if s.fits else "·"
+                    suggestions.add_option(Option(f"{mark} {s.text}", id=oid))
+        top = sorted(est.breakdown.items(), key=lambda kv: -kv[1])[:3]
+        text.append("\n" + ", ".join(f"{k} {v / GB:.1f}" for k, v in top), style="dim")
+        vram.update(text)
+        suggestions.display = bool(self._suggestions)
+        self.set_class(budget is not None and not est.fits(budget), "overbudget")

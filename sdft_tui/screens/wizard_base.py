@@ -1,0 +1,73 @@
+"""What every wizard step shares: the step bar and the navigation keys."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Label, Static
+
+STEPS = (("dataset", "Dataset"), ("captions", "Captions"), ("buckets", "Buckets"),
+         ("options", "Options"), ("review", "Review"))
+
+
+class StepBar(Static):
+    """`sdft  1 Dataset › 2 Captions › ...` with the current step highlighted (F2-F6 jump there)."""
+
+    def __init__(self, current: str):
+        super().__init__(id="stepbar")
+        self.current = current
+
+    def render(self):
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(" sdft ", style="bold reverse")
+        for i, (name, label) in enumerate(STEPS):
+            text.append("  " if i == 0 else " › ")
+            style = "bold reverse" if name == self.current else "dim" if name != self.current else ""
+            text.append(f"{i + 1} {label}", style=style)
+        return text
+
+
+class FormRow(Horizontal):
+    """One line: a fixed-width label, then the field (compact widgets keep a form to one row each)."""
+
+    DEFAULT_CSS = """
+    FormRow { height: auto; min-height: 1; }
+    FormRow > Label.form-label { width: 22; padding: 0 1 0 0; }
+    """
+
+    def __init__(self, label: str, field: Widget, *, tooltip: str | None = None, id: str | None = None):
+        super().__init__(id=id)
+        self._label = label
+        self._field = field
+        self._tooltip = tooltip
+
+    def compose(self):
+        label = Label(self._label, classes="form-label")
+        if self._tooltip:
+            label.tooltip = self._tooltip
+            self._field.tooltip = self._tooltip
+        yield label
+        yield self._field
+
+
+class WizardScreen(Screen):
+    """A wizard step: ``refresh_view`` runs whenever the step is shown again."""
+
+    STEP = ""
+    BINDINGS = [
+        Binding("ctrl+n", "app.next_step", "Next"),
+        Binding("ctrl+b", "app.prev_step", "Back"),
+    ]
+
+    @property
+    def state(self):
+        return self.app.state
+
+    def on_screen_resume(self) -> None:
+        self.refresh_view()
+
+    def refresh_view(self) -> None:  # pragma: no cover - overridden
+        pass
