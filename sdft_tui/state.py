@@ -508,8 +508,12 @@ class WizardState:
         """The engine's bucket report for the current settings (raises BucketError on bad limits)."""
         from engine.data.buckets import assign_sizes, bucket_report
 
+        settings = self.bucket_settings()
+        if min(settings.resolution) < settings.bucket_reso_steps:
+            raise ValueError(f"resolution {settings.resolution[0]}x{settings.resolution[1]} is below the bucket "
+                             f"step {settings.bucket_reso_steps}")
         records = self.usable_records()
-        assignments = assign_sizes([r.size for r in records], self.bucket_settings())
+        assignments = assign_sizes([r.size for r in records], settings)
         repeats = [int(self.values["subset.num_repeats"])] * len(records)
         return bucket_report(assignments, int(self.values["dataset.batch_size"]), repeats), assignments, records
 
@@ -564,8 +568,9 @@ class WizardState:
         return base / f"{self.values.get('train.output_name') or 'sdft-run'}.toml"
 
     def metadata_target(self, run_path: Path) -> Path:
-        """Where the wizard writes the metadata JSON for a folder dataset: beside the run TOML."""
-        return run_path.with_name(run_path.stem + ".metadata.json")
+        """Where the wizard writes the metadata JSON for a folder dataset: in the image folder, so
+        the file also opens on its own (its relative keys resolve against its folder, SPEC §1.3)."""
+        return (self.image_dir or run_path.parent) / METADATA_NAME
 
     def render_toml(self, run_path: Path | None = None) -> str:
         """The run TOML text as it will be written."""
@@ -663,6 +668,8 @@ class WizardState:
             return problems
         return list(warnings)
 
+
+METADATA_NAME = "sdft-metadata.json"
 
 _ALWAYS_WRITTEN = {
     "model.pretrained_model_name_or_path", "train.output_dir", "train.output_name", "train.max_train_steps",

@@ -56,10 +56,10 @@ class BulkEditScreen(ModalScreen):
 class CaptionsScreen(WizardScreen):
     STEP = "captions"
     BINDINGS = [
-        Binding("ctrl+s", "save_caption", "Save caption"),
-        Binding("ctrl+u", "undo", "Undo"),
-        Binding("ctrl+e", "bulk_edit", "Bulk edit"),
-        Binding("ctrl+f", "focus_filter", "Filter"),
+        Binding("ctrl+s", "save_caption", "Save caption", priority=True),
+        Binding("ctrl+u", "undo", "Undo", priority=True),
+        Binding("ctrl+e", "bulk_edit", "Bulk edit", priority=True),
+        Binding("ctrl+f", "focus_filter", "Filter", priority=True),
     ]
 
     def __init__(self):

@@ -27,8 +27,8 @@ class DatasetTree(DirectoryTree):
 class DatasetScreen(WizardScreen):
     STEP = "dataset"
     BINDINGS = [
-        Binding("ctrl+o", "focus_path", "Path"),
-        Binding("ctrl+r", "rescan", "Rescan"),
+        Binding("ctrl+o", "focus_path", "Path", priority=True),
+        Binding("ctrl+r", "rescan", "Rescan", priority=True),
     ]
 
     def compose(self):

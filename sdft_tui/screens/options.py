@@ -67,8 +67,8 @@ def _choices(key: str, given):
 class OptionsScreen(WizardScreen):
     STEP = "options"
     BINDINGS = [
-        Binding("ctrl+g", "focus_suggestions", "Suggestions"),
-        Binding("ctrl+l", "focus_preset", "Preset"),
+        Binding("ctrl+g", "focus_suggestions", "Suggestions", priority=True),
+        Binding("ctrl+l", "focus_preset", "Preset", priority=True),
     ]
 
     def __init__(self):
@@ -266,4 +266,6 @@ class OptionsScreen(WizardScreen):
         text.append("\n" + ", ".join(f"{k} {v / GB:.1f}" for k, v in top), style="dim")
         vram.update(text)
         suggestions.display = bool(self._suggestions)
+        if self._suggestions:
+            suggestions.highlighted = 0
         self.set_class(budget is not None and not est.fits(budget), "overbudget")

@@ -18,9 +18,9 @@ from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
 class ReviewScreen(WizardScreen):
     STEP = "review"
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save"),
-        Binding("ctrl+t", "train", "Save+train"),
-        Binding("ctrl+x", "save_quit", "Save+quit"),
+        Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("ctrl+t", "train", "Save+train", priority=True),
+        Binding("ctrl+x", "save_quit", "Save+quit", priority=True),
     ]
 
     def compose(self):

@@ -58,8 +58,8 @@ class WizardScreen(Screen):
 
     STEP = ""
     BINDINGS = [
-        Binding("ctrl+n", "app.next_step", "Next"),
-        Binding("ctrl+b", "app.prev_step", "Back"),
+        Binding("ctrl+n", "app.next_step", "Next", priority=True),
+        Binding("ctrl+b", "app.prev_step", "Back", priority=True),
     ]
 
     @property

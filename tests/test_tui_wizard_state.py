@@ -1,0 +1,144 @@
+"""The wizard's draft (no terminal): captions with undo, bucket plan = engine, TOML round trips."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from engine.config.run_toml import load_run_file, parse_run_text
+from engine.data.buckets import assign_sizes, bucket_info
+from sdft_tui.state import WizardState, probe_model, transform_text
+from tests.wizard_helpers import make_dataset
+
+
+@pytest.fixture
+def scanned(tmp_path):
+    folder = make_dataset(tmp_path)
+    state = WizardState()
+    state.load_source(folder)
+    assert state.scan_error is None
+    return state, folder
+
+
+def test_scan_reads_sizes_sidecars_and_health(scanned):
+    state, folder = scanned
+    assert len(state.records) == 8
+    assert state.records[0].caption == "a photo of thing 0, red, blue"
+    assert state.records[1].tags == "tag1, solo, outdoors" and state.records[1].caption is None
+    health = state.health()
+    assert health["no_caption"] == [folder / "img07.png"]
+    assert folder / "img03.png" in health["small"]
+
+
+def test_caption_edit_is_atomic_and_undo_restores(scanned, monkeypatch):
+    state, folder = scanned
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (replaced.append((str(a), str(b))), real_replace(a, b))[1])
+    target = folder / "img00.caption"
+    assert state.set_text(0, "a new caption, green")
+    assert target.read_text(encoding="utf-8").strip() == "a new caption, green"
+    assert replaced and replaced[-1][1] == str(target) and replaced[-1][0] != str(target)  # temp file renamed over
+    state.undo()
+    assert target.read_text(encoding="utf-8").strip() == "a photo of thing 0, red, blue"
+    assert state.records[0].caption == "a photo of thing 0, red, blue"
+    # An image without any sidecar: the new .caption disappears again on undo.
+    assert state.set_text(7, "brand new")
+    assert (folder / "img07.caption").exists()
+    state.undo()
+    assert not (folder / "img07.caption").exists()
+
+
+def test_bulk_edit_is_one_undo_step(scanned):
+    state, folder = scanned
+    n = state.bulk_edit(list(range(8)), "add_tag", "masterpiece")
+    assert n == 8
+    assert (folder / "img01.txt").read_text(encoding="utf-8").strip() == "tag1, solo, outdoors, masterpiece"
+    state.undo()
+    assert (folder / "img01.txt").read_text(encoding="utf-8").strip() == "tag1, solo, outdoors"
+    assert not (folder / "img07.caption").exists()
+    assert state.undo_stack == []
+
+
+def test_transform_text():
+    assert transform_text("a, b, c", "remove_tag", "b") == "a, c"
+    assert transform_text("a, b", "add_tag", "b, d") == "a, b, d"
+    assert transform_text("cat photo", "replace", "cat", "dog") == "dog photo"
+    assert transform_text("cat", "prefix", "sks, ") == "sks, cat"
+    assert transform_text("sks, cat", "prefix", "sks, ") == "sks, cat"
+
+
+@pytest.mark.parametrize("res,no_upscale,batch", [(512, False, 1), (640, False, 3), ([768, 512], True, 2)])
+def test_histogram_matches_engine_bucket_plan(scanned, res, no_upscale, batch):
+    state, _folder = scanned
+    state.set("dataset.resolution", res)
+    state.set("dataset.bucket_no_upscale", no_upscale)
+    state.set("dataset.batch_size", batch)
+    report, assignments, records = state.bucket_report()
+    engine = bucket_info(assign_sizes([r.size for r in records], state.bucket_settings()))
+    ours = {tuple(r.bucket): r.items for r in report.rows}
+    theirs = {tuple(b["resolution"]): b["count"] for b in engine["buckets"].values()}
+    assert ours == theirs
+    assert report.mean_ar_error == pytest.approx(engine["mean_img_ar_error"])
+    assert report.total_batches == sum(-(-n // batch) for n in theirs.values())
+
+
+def test_save_writes_metadata_and_a_toml_the_engine_loads(scanned, tmp_path):
+    state, folder = scanned
+    state.set("optimizer.learning_rate", 1e-6)
+    state.set("general.batch_size", 2)
+    state.set("train.max_train_epochs", 3)
+    path = state.save(tmp_path / "out" / "run.toml")
+    meta = json.loads((folder / "sdft-metadata.json").read_text(encoding="utf-8"))
+    assert len(meta) == 8 and meta["img00.png"]["caption"] == "a photo of thing 0, red, blue"
+    config, _doc, _warnings = load_run_file(path)
+    assert config.optimizer.learning_rate == 1e-6
+    assert config.train.max_train_epochs == 3
+    ds = config.datasets.datasets[0]
+    assert ds.batch_size == 2 and ds.enable_bucket and ds.resolution == (512, 512)
+    assert ds.subsets[0].image_dir == folder
+
+
+def test_editing_an_existing_file_keeps_comments_and_noop_is_identical(scanned, tmp_path):
+    state, _folder = scanned
+    path = state.save(tmp_path / "run.toml")
+    text = path.read_text(encoding="utf-8").replace("[optimizer]", "# my tuned LR\n[optimizer]")
+    path.write_text(text, encoding="utf-8")
+    again = WizardState()
+    again.load_source(path)
+    assert again.scan_error is None and len(again.records) == 8
+    assert again.render_toml(path) == text  # nothing changed: byte-identical
+    again.set("optimizer.learning_rate", 5e-6)
+    again.save(path)
+    new = path.read_text(encoding="utf-8")
+    assert "# my tuned LR" in new
+    config, _d, _w = parse_run_text(new, file=str(path), base_dir=path.parent)
+    assert config.optimizer.learning_rate == 5e-6
+
+
+def test_metadata_json_source_and_caption_edit(scanned, tmp_path):
+    state, folder = scanned
+    state.save(tmp_path / "run.toml")
+    meta_path = folder / "sdft-metadata.json"
+    other = WizardState()
+    other.load_source(meta_path)
+    assert other.scan_error is None and len(other.records) == 8
+    other.set_text(0, "edited in metadata")
+    assert json.loads(meta_path.read_text(encoding="utf-8"))["img00.png"]["caption"] == "edited in metadata"
+    other.undo()
+    assert json.loads(meta_path.read_text(encoding="utf-8"))["img00.png"]["caption"] == "a photo of thing 0, red, blue"
+
+
+def test_bad_source_reports_error(tmp_path):
+    state = WizardState()
+    state.load_source(tmp_path / "missing")
+    assert state.scan_error and "missing" in state.scan_error
+
+
+def test_probe_model_reads_configs_without_torch(tiny_sd1, tiny_sd2):
+    assert probe_model(str(tiny_sd1)).family == "sd1"
+    g2 = probe_model(str(tiny_sd2))
+    assert g2.v_parameterization is True
+    assert probe_model("").family is None
