@@ -1,0 +1,58 @@
+"""Snapshots of every wizard step at 80x24 (no mouse, plain terminal) and 160x48.
+
+The dataset lives at a fixed path so the pictures do not change between runs; the GPU is fixed too.
+Regenerate with: pytest tests/test_tui_wizard_snapshots.py --snapshot-update
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from engine.hardware import GpuInfo, HardwareInfo
+from sdft_tui.app import SdftApp
+from tests.wizard_helpers import make_dataset, settle
+
+ROOT = Path(tempfile.gettempdir()) / "sdft-wizard-snapshots"
+GPU = HardwareInfo(gpus=[GpuInfo(0, "NVIDIA GeForce RTX 3060", 12 * 2**30)], source="test")
+STEP_KEYS = {"dataset": None, "captions": "f3", "buckets": "f4", "options": "f5", "review": "f6", "help": "f1"}
+
+
+def _app_and_steps(step: str):
+    if ROOT.exists():
+        shutil.rmtree(ROOT)
+    folder = make_dataset(ROOT)
+    app = SdftApp(hardware=GPU, start_dir=ROOT)
+
+    async def run_before(pilot):
+        await pilot.pause()
+        path = pilot.app.screen.query_one("#path")
+        path.value = str(folder)
+        path.focus()
+        await pilot.press("enter")
+        await settle(pilot.app, pilot)
+        if step == "options":
+            pilot.app.state.set("optimizer.type", "AdamW")  # over budget: shows the suggestions
+            pilot.app.state.set("memory.gradient_checkpointing", False)
+        key = STEP_KEYS[step]
+        if key:
+            await pilot.press(key)
+        await settle(pilot.app, pilot)
+        await pilot.pause(0.1)
+
+    return app, run_before
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+@pytest.mark.parametrize("step", ["dataset", "captions", "buckets", "options", "review"])
+def test_wizard_step_snapshot(snap_compare, step, size):
+    app, run_before = _app_and_steps(step)
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+def test_help_snapshot(snap_compare):
+    app, run_before = _app_and_steps("help")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
