@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     bench.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--data", action="store_true",
+                       help="benchmark the data pipeline instead (scan 10k images, bucket 100k sizes, latent "
+                            "caching vs a bare VAE loop); see `sdft bench --data --help`")
 
     plan = sub.add_parser("plan", help="estimate peak VRAM of a run TOML and suggest what fits")
     plan.add_argument("config", help="run TOML file")
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     from engine.quiet import quiet_libraries
 
     quiet_libraries()
+    if argv[:1] == ["bench"] and "--data" in argv:
+        from engine.data.bench import data_bench
+
+        return data_bench([a for a in argv[1:] if a != "--data"])
     if argv and argv[0] in DELEGATED:
         module_name, func_name, _ = DELEGATED[argv[0]]
         import importlib
