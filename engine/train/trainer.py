@@ -84,7 +84,12 @@ class Trainer:
         self.precision: Precision = decide_precision(cfg.memory, device)
         for note in self.precision.notes:
             self.say(note, "warning")
+        from accelerate.state import AcceleratorState
         from accelerate.utils import DistributedDataParallelKwargs
+
+        # accelerate keeps one global state per process; a second run in the same process
+        # (the wizard, the dashboard, tests) may use another precision, so start afresh.
+        AcceleratorState._reset_state(reset_partial_state=False)
 
         # With clip skip, a trained text encoder's last layers get no gradient: DDP must know.
         skips_layers = cfg.train.train_text_encoder and cfg.model.clip_skip > 1
