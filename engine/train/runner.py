@@ -49,7 +49,10 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
     """
     import torch
 
+    from engine.quiet import quiet_libraries
     from engine.train.trainer import Trainer, resolve_seed
+
+    quiet_libraries()
 
     config_path = Path(config_path)
     config, document, warnings = run_toml.load_run_file(config_path)
