@@ -45,6 +45,8 @@ class Checkpointer:
         t = self.trainer
         name = self.cfg.train.output_name
         ext = EXTENSIONS[self.cfg.save.format]
+        if t.hypernetwork is not None:   # hypernetwork mode saves only the hypernetwork (SPEC §10)
+            ext = "." + self.cfg.hypernetwork.save_format
         if kind == "epoch":
             return f"{name}-{t.epoch:06d}{ext}"
         if kind in ("step", "manual"):
@@ -64,11 +66,14 @@ class Checkpointer:
         if use_ema:
             t.ema.swap()
         try:
-            save_model(path, unet=unet, text_encoder=text_encoder, vae=t.model.vae, v2=t.model.v2,
-                       v_parameterization=t.v_prediction, fmt=self.cfg.save.format,
-                       precision=self.cfg.save.precision, metadata=self.metadata(),
-                       epoch=t.epoch, global_step=t.global_step,
-                       text_extras=getattr(t.model, "text_extras", None))
+            if t.hypernetwork is not None:
+                self._save_hypernetwork(path)
+            else:
+                save_model(path, unet=unet, text_encoder=text_encoder, vae=t.model.vae, v2=t.model.v2,
+                           v_parameterization=t.v_prediction, fmt=self.cfg.save.format,
+                           precision=self.cfg.save.precision, metadata=self.metadata(),
+                           epoch=t.epoch, global_step=t.global_step,
+                           text_extras=getattr(t.model, "text_extras", None))
         finally:
             if use_ema:
                 t.ema.swap()
@@ -76,6 +81,15 @@ class Checkpointer:
         t.sink.emit(ModelSaved(path=str(path), what="model", step=t.global_step, epoch=t.epoch))
         self.rotate_models(kind)
         return str(path)
+
+    def _save_hypernetwork(self, path: Path) -> None:
+        """train.mode = "hypernetwork": the A1111 .pt / .safetensors file (SPEC §10)."""
+        from engine.models.hypernetwork import save_hypernetwork
+
+        t = self.trainer
+        save_hypernetwork(path, t.hypernetwork, fmt=self.cfg.hypernetwork.save_format,
+                          name=self.cfg.train.output_name, step=t.global_step,
+                          sd_checkpoint_name=t.model.base_name, metadata=self.metadata())
 
     def metadata(self) -> dict[str, str]:
         """sdft.* training metadata (the models layer adds modelspec.*)."""

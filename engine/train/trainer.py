@@ -70,6 +70,7 @@ class Trainer:
         self.loss_avg: float | None = None
         self.last_model_path: str | None = None
         self.last_state_path: str | None = None
+        self.hypernetwork = None     # train.mode = "hypernetwork": the only trained module
 
     # ================================================================ setup
 
@@ -210,6 +211,8 @@ class Trainer:
         te.requires_grad_(self.train_te)
         te.to(self.device, p.trainable_dtype if self.train_te else p.weight_dtype)
         te.train(self.train_te)
+        if cfg.train.mode == "hypernetwork":
+            self._setup_hypernetwork(unet)
         if cfg.memory.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
             if self.train_te:
@@ -217,6 +220,22 @@ class Trainer:
         if not cfg.sample.prompts:
             # Cached latents need no VAE; live-encoded batches move it back when they come.
             self.model.vae.to("cpu")
+
+    def _setup_hypernetwork(self, unet) -> None:
+        """Hypernetwork mode (SPEC §10): an fp32 hypernetwork hooked into the frozen U-Net's
+        attention (after the kernel choice, which it wraps). The U-Net's forward still runs
+        with grad enabled, so gradients flow through it to the hypernetwork."""
+        from engine.models.hypernetwork import hypernetwork_for_unet, install_hypernetwork
+
+        weights = self.cfg.resolve(self.cfg.hypernetwork.weights)
+        self.hypernetwork = hypernetwork_for_unet(unet, weights=weights, seed=self.seed,
+                                                  name=self.cfg.train.output_name,
+                                                  warn=lambda text: self.say(text, "warning"))
+        self.hypernetwork.to(self.device, torch.float32).train()
+        install_hypernetwork(unet, self.hypernetwork)
+        source = f"loaded from {weights}" if weights else "new"
+        self.say(f"hypernetwork ({source}): widths {list(self.hypernetwork.widths)}, "
+                 f"{sum(p.numel() for p in self.hypernetwork.parameters()):,} trainable parameters")
 
     def _set_attention(self, unet) -> None:
         choice = self.cfg.memory.attention
@@ -244,6 +263,10 @@ class Trainer:
             lr_te = o.learning_rate_te if o.learning_rate_te is not None else o.learning_rate
             groups.append({"params": [p for p in self.model.text_encoder.parameters() if p.requires_grad],
                            "lr": lr_te, "name": "text_encoder"})
+        if self.hypernetwork is not None:
+            lr_h = self.cfg.hypernetwork.learning_rate
+            groups.append({"params": list(self.hypernetwork.parameters()),
+                           "lr": lr_h if lr_h is not None else o.learning_rate, "name": "hypernetwork"})
         return groups
 
     def _build_optimizer(self) -> None:
@@ -258,11 +281,16 @@ class Trainer:
             o.lr_scheduler, optimizer, total_steps=self.schedule.total_steps, warmup=o.lr_warmup_steps,
             num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power, args=o.lr_scheduler_args,
         )
-        modules = [self.model.unet] + ([self.model.text_encoder] if self.train_te else [])
-        prepared = self.accelerator.prepare(*modules, optimizer)
-        self.unet = prepared[0]
-        self.text_encoder = prepared[1] if self.train_te else self.model.text_encoder
-        self.optimizer = prepared[-1]
+        if self.hypernetwork is not None:
+            # Nothing trainable for DDP to wrap; train_step averages the hypernetwork's grads.
+            self.unet, self.text_encoder = self.model.unet, self.model.text_encoder
+            self.optimizer = self.accelerator.prepare(optimizer)
+        else:
+            modules = [self.model.unet] + ([self.model.text_encoder] if self.train_te else [])
+            prepared = self.accelerator.prepare(*modules, optimizer)
+            self.unet = prepared[0]
+            self.text_encoder = prepared[1] if self.train_te else self.model.text_encoder
+            self.optimizer = prepared[-1]
         self.prompt_encoder.text_encoder = self.text_encoder
         self.ema = None
         if t.ema:
@@ -280,6 +308,8 @@ class Trainer:
             "v_prediction": self.v_prediction,
             "mixed_precision": self.precision.mixed_precision,
         }
+        if cfg.train.mode == "hypernetwork":
+            relevant["hypernetwork_lr"] = cfg.hypernetwork.learning_rate
         return training_math_hash(relevant)
 
     def _trainables(self) -> dict:
@@ -288,6 +318,8 @@ class Trainer:
             out["unet"] = self.accelerator.unwrap_model(self.unet)
         if self.train_te:
             out["text_encoder"] = self.accelerator.unwrap_model(self.text_encoder)
+        if self.hypernetwork is not None:
+            out["hypernetwork"] = self.hypernetwork
         return out
 
     def _restore(self) -> None:
@@ -405,6 +437,10 @@ class Trainer:
                 loss = self.compute_loss(batch, generator)
                 self.accelerator.backward(loss / accum)
             self.meter.add_micro(loss.detach(), len(batch.captions))
+        if self.hypernetwork is not None and self.accelerator.num_processes > 1:
+            for p in self.trained_params:   # no DDP wrapper in hypernetwork mode: average by hand
+                if p.grad is not None:
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
         grad_norm = None
         if self.cfg.optimizer.max_grad_norm > 0:
             grad_norm = self.accelerator.clip_grad_norm_(self.trained_params, self.cfg.optimizer.max_grad_norm)
