@@ -124,6 +124,15 @@ class Snapshot:
     old: str | None
 
 
+# Labels for the engine's health kinds (engine.data.health) and the quick per-record checks.
+HEALTH_LABELS = {
+    "unreadable": "cannot be read (skipped)", "truncated": "truncated file", "zero_size": "empty file",
+    "rejected": "cannot be bucketed", "duplicate": "exact duplicates", "too_small": "smaller than the smallest bucket",
+    "heavy_upscale": "enlarged more than 2x (looks soft)", "no_caption": "no caption or tags",
+    "too_long": "caption longer than max_token_length", "odd_mode": "pixel format converted",
+    "exif_rotated": "EXIF rotation",
+}
+
 PROBLEM_KINDS = {
     "unreadable": "cannot be read (skipped by training)",
     "no_caption": "no caption or tags file",
@@ -226,6 +235,7 @@ class WizardState:
     undo_stack: list[Snapshot] = field(default_factory=list)
     model_guess: ModelGuess = field(default_factory=ModelGuess)
     hardware: Any = None                    # engine.hardware.HardwareInfo once probed
+    health_report: Any = None               # engine.data.health.HealthReport once checked
     preset_applied: int | None = None
 
     # ---------------------------------------------------------------- values
@@ -289,6 +299,7 @@ class WizardState:
         """Scan a folder, a kohya metadata JSON/JSONL, a dataset TOML or a run TOML."""
         path = Path(source).expanduser()
         self.scan_error = None
+        self.health_report = None
         self.undo_stack.clear()
         try:
             if path.is_dir():
@@ -473,14 +484,34 @@ class WizardState:
 
     # ---------------------------------------------------------------- health
 
-    def health(self) -> dict[str, list[Path]]:
-        """Problem kind -> files, for the dataset screen (kinds: PROBLEM_KINDS)."""
-        out: dict[str, list[Path]] = {k: [] for k in PROBLEM_KINDS}
+    def run_health_check(self) -> None:
+        """The engine's full health check (decodes every image, hashes for duplicates): a worker job."""
+        from engine.data.health import check_images
+
+        try:
+            settings = self.bucket_settings()
+        except Exception:
+            settings = None
+        v2 = self.model_guess.family == "sd2" or self.values.get("model.v2") is True
+        self.health_report = check_images(
+            [r.path for r in self.records], captions=[self.joined_caption(r) for r in self.records],
+            settings=settings, max_token_length=int(self.values.get("model.max_token_length", 75)), v2=v2)
+
+    def health(self) -> dict[str, list[tuple[Path, str]]]:
+        """Problem kind -> [(file, message)] for the dataset screen.
+
+        The engine's report (engine.data.health) once ``run_health_check`` ran; until then the quick
+        per-record checks the captions table also uses.
+        """
+        report = getattr(self, "health_report", None)
+        if report is not None:
+            return {kind: [(Path(i.path), i.message) for i in issues] for kind, issues in report.by_kind().items()}
+        out: dict[str, list[tuple[Path, str]]] = {k: [] for k in PROBLEM_KINDS}
         max_tokens = int(self.values.get("model.max_token_length", 75))
         min_side = int(self.values.get("dataset.min_bucket_reso", 256))
         for r in self.records:
             for kind in record_problems(r, max_tokens, min_side):
-                out[kind].append(r.path)
+                out[kind].append((r.path, PROBLEM_KINDS[kind]))
         return {k: v for k, v in out.items() if v}
 
     def problems_of(self, record: ImageRecord) -> list[str]:

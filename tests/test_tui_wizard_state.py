@@ -27,9 +27,12 @@ def test_scan_reads_sizes_sidecars_and_health(scanned):
     assert len(state.records) == 8
     assert state.records[0].caption == "a photo of thing 0, red, blue"
     assert state.records[1].tags == "tag1, solo, outdoors" and state.records[1].caption is None
-    health = state.health()
-    assert health["no_caption"] == [folder / "img07.png"]
-    assert folder / "img03.png" in health["small"]
+    quick = state.health()
+    assert [p for p, _m in quick["no_caption"]] == [folder / "img07.png"]
+    assert folder / "img03.png" in [p for p, _m in quick["small"]]
+    state.run_health_check()  # the engine's full check
+    full = state.health()
+    assert [p for p, _m in full["no_caption"]] == [folder / "img07.png"]
 
 
 def test_caption_edit_is_atomic_and_undo_restores(scanned, monkeypatch):

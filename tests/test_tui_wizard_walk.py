@@ -35,7 +35,8 @@ def test_walk_the_whole_wizard(tmp_path):
             await pilot.press("enter")
             await settle(app, pilot)
             assert "8 images" in screen_text(app)
-            assert "no caption or tags file" in screen_text(app)
+            assert "no caption or tags" in screen_text(app)
+            assert app.state.health_report is not None
 
             # 2. captions: edit the selected caption, save (ctrl+s), undo (ctrl+u)
             await pilot.press("ctrl+n")

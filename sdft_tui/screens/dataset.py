@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DirectoryTree, Footer, Input, Label, ProgressBar, Static, Tree
 
 from sdft_tui.screens.wizard_base import StepBar, WizardScreen
-from sdft_tui.state import PROBLEM_KINDS
+from sdft_tui.state import HEALTH_LABELS, PROBLEM_KINDS
 
 ACCEPTED_FILES = (".json", ".jsonl", ".toml")
 
@@ -91,6 +91,11 @@ class DatasetScreen(WizardScreen):
             except Exception as exc:  # no tokenizer available: token columns stay empty
                 self.app.call_from_thread(self.notify, f"token counts unavailable: {exc}", severity="warning")
             self.app.call_from_thread(self.refresh_view)
+            try:
+                self.state.run_health_check()
+            except Exception as exc:  # the quick checks stay on screen
+                self.app.call_from_thread(self.notify, f"health check failed: {exc}", severity="warning")
+            self.app.call_from_thread(self.refresh_view)
 
     def _progress(self, done: int, total: int) -> None:
         self.query_one("#progress", ProgressBar).update(total=max(total, 1), progress=done if total else 1)
@@ -123,11 +128,13 @@ class DatasetScreen(WizardScreen):
         if not health:
             tree.root.add_leaf(Text("no problems found", style="green"))
             return
+        if state.health_report is None:
+            tree.root.add_leaf(Text("checking every image …", style="italic dim"))
         for kind, files in health.items():
-            node = tree.root.add(Text.assemble((f"{len(files):>4} ", "bold"), PROBLEM_KINDS[kind]),
-                                 expand=len(files) <= 3)
-            for path in files[:200]:
-                node.add_leaf(_short(path, state.image_dir))
+            label = HEALTH_LABELS.get(kind) or PROBLEM_KINDS.get(kind) or kind
+            node = tree.root.add(Text.assemble((f"{len(files):>4} ", "bold"), label), expand=len(files) <= 3)
+            for path, message in files[:200]:
+                node.add_leaf(Text.assemble(_short(path, state.image_dir), (f"  {message}", "dim")))
             if len(files) > 200:
                 node.add_leaf(f"… and {len(files) - 200} more")
 
