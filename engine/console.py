@@ -12,6 +12,7 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from engine.units import format_bytes, format_duration
 from engine.events import (
     Event,
     Message,
@@ -22,19 +23,6 @@ from engine.events import (
     SampleSaved,
     StepMetrics,
 )
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def format_bytes(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 2**30:.2f} GiB"
 
 
 def step_line(e: StepMetrics) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from engine.units import format_bytes, format_duration, format_number  # noqa: F401 - re-exported
 from engine.events import (
     Event,
     Message,
@@ -202,6 +203,7 @@ _HANDLERS = {
 
 
 # ---------------------------------------------------------------------- formatting helpers
+# format_duration, format_bytes and format_number live in engine.units (shared with the console).
 
 
 def format_offset(seconds: float) -> str:
@@ -212,41 +214,3 @@ def format_offset(seconds: float) -> str:
     return f"+{h}:{m:02d}:{sec:02d}" if h else f"+{m:02d}:{sec:02d}"
 
 
-def format_duration(seconds: float | None) -> str:
-    """3h05m, 6m20s, 42s; '-' when unknown."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "-"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
-
-
-def format_bytes(value: float | None) -> str:
-    """GiB with one decimal (MiB below 1 GiB): what people compare with nvidia-smi."""
-    if value is None:
-        return "-"
-    gib = value / 2**30
-    if gib >= 1:
-        return f"{gib:.1f} GiB"
-    return f"{value / 2**20:.0f} MiB"
-
-
-def format_number(value: float | None) -> str:
-    """Compact: 0.1234, 1.2e-05, 12.3."""
-    if value is None:
-        return "-"
-    if value == 0:
-        return "0"
-    if not math.isfinite(value):
-        return str(value)
-    a = abs(value)
-    if a < 1e-3 or a >= 1e5:
-        return f"{value:.2e}"
-    if a < 1:
-        return f"{value:.4f}"
-    if a < 100:
-        return f"{value:.3g}" if a >= 10 else f"{value:.3f}"
-    return f"{value:.0f}"
