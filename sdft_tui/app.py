@@ -112,8 +112,19 @@ class SdftApp(App):
                 return name
         return None
 
+    def training_screen(self):
+        """The dashboard when it is showing (it owns quitting while a run is active)."""
+        return self.screen if hasattr(self.screen, "action_quit_dashboard") else None
+
+    async def action_quit(self) -> None:
+        dashboard = self.training_screen()
+        if dashboard is not None:
+            dashboard.action_quit_dashboard()  # asks, stops cleanly, waits for the save
+            return
+        self.exit()
+
     def action_goto(self, name: str) -> None:
-        if name not in STEP_NAMES or self.current_step() == name:
+        if name not in STEP_NAMES or self.current_step() == name or self.training_screen() is not None:
             return
         if isinstance(self.screen, HelpScreen):
             self.pop_screen()

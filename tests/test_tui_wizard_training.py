@@ -1,0 +1,40 @@
+"""The wizard with the dashboard on top: quitting asks first, steps cannot be left mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from dashboard_helpers import FakeEngine
+from sdft_tui.app import SdftApp
+from sdft_tui.dashboard import open_run_screen
+from sdft_tui.screens.run import ConfirmScreen
+
+
+async def _wait(event: threading.Event) -> None:
+    assert await asyncio.to_thread(event.wait, 20.0), "the engine thread did not get there"
+
+
+def test_ctrl_q_in_the_wizard_asks_before_stopping_a_run(tmp_path):
+    engine = FakeEngine(tmp_path / "run", total_steps=100, hold_at=5)
+    app = SdftApp(start_dir=tmp_path)
+    seen = {}
+
+    async def main():
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = open_run_screen(app, tmp_path / "run.toml", engine=engine)
+            await pilot.pause()
+            await _wait(engine.held)
+            await pilot.press("f3")                    # wizard steps stay out of reach mid-run
+            assert app.screen is screen
+            await pilot.press("ctrl+q")
+            seen["asked"] = isinstance(app.screen, ConfirmScreen)
+            await pilot.press("n")
+            seen["kept"] = app.screen is screen and not screen.control.stop_requested
+            await pilot.press("ctrl+q")
+            await pilot.press("y")
+            seen["stopping"] = screen.control.stop_requested
+            screen.control.resume()
+
+    asyncio.run(main())
+    assert seen == {"asked": True, "kept": True, "stopping": True}
