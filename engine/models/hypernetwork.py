@@ -331,7 +331,9 @@ def _read_pickle(path: Path) -> tuple[dict, dict]:
     import pickle
 
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        # A file object, since torch.load hands paths named *.safetensors to safetensors.
+        with open(path, "rb") as fh:
+            data = torch.load(fh, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise HypernetworkError(
             f"{path} is not a hypernetwork file sdft can read safely ({str(exc).splitlines()[0]}). "
