@@ -1,0 +1,414 @@
+"""``sdft caption`` (BLIP) and ``sdft tag`` (WD14 / DeepDanbooru) for the terminal.
+
+Target: an image folder, or a run TOML whose subsets' ``image_dir`` folders are labelled
+(with the run's ``[data]`` caption/tag extensions unless given). A Rich progress bar on a
+terminal, plain lines in a pipe, then a summary: done, skipped, failed, images/s and for
+tags the tags per image and the most frequent tags. Ctrl-C stops after the current batch
+(everything finished is already written); a second Ctrl-C aborts.
+
+Exit codes: 0 ok, 1 some images failed, 2 bad usage / model / configuration, 130 stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED_IMAGES, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
+
+
+@dataclass
+class Target:
+    """One folder to label, with the metadata file that belongs to it (run TOML subsets)."""
+
+    image_dir: Path
+    metadata_file: Path | None = None
+    label: str = ""
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="image folder, or a run TOML (its subsets' image_dir folders are labelled)")
+    p.add_argument("--model", help="model folder or hub id (downloaded only when online)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch on the device")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--recursive", action="store_true", help="include sub-folders")
+    p.add_argument("--no-exif", action="store_true", help="ignore EXIF orientation")
+    write = p.add_mutually_exclusive_group()
+    write.add_argument("--overwrite", action="store_true", help="replace existing labels (default: keep them)")
+    write.add_argument("--append", action="store_true", help="add to existing labels")
+    p.add_argument("--metadata", metavar="FILE", help="also write this kohya metadata JSON (folder target)")
+    p.add_argument("--update-metadata", action="store_true",
+                   help="also write each subset's metadata_file (run TOML target)")
+    p.add_argument("--no-sidecars", action="store_true", help="write only the metadata JSON, no sidecar files")
+    p.add_argument("--clean", action="store_true", help="clean the text as SPEC §1.5 (kohya's clean_captions_and_tags)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+def caption_parser() -> argparse.ArgumentParser:
+    from engine.labeling.options import DEFAULT_BLIP
+
+    p = argparse.ArgumentParser(prog="sdft caption", description="Write a BLIP caption (<image>.caption) for "
+                                "every image that has none (SPEC §11.1).")
+    _common(p)
+    p.add_argument("--beam-search", action="store_true", help="beam search instead of nucleus sampling")
+    p.add_argument("--num-beams", type=int, default=1, help="beams for --beam-search (default 1)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling top_p (default 0.9)")
+    p.add_argument("--max-length", type=int, default=75, help="max tokens, prompt included (default 75)")
+    p.add_argument("--min-length", type=int, default=5, help="min tokens, prompt included (default 5)")
+    p.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--caption-extension", default=None, help="caption sidecar extension (default .caption)")
+    p.add_argument("--prefix", default="", help="text put before every caption")
+    p.add_argument("--suffix", default="", help="text put after every caption")
+    p.set_defaults(model_default=DEFAULT_BLIP)
+    return p
+
+
+def tag_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdft tag", description="Write Danbooru-style tags (<image>.txt) with a "
+                                "WD14 tagger (default) or DeepDanbooru (SPEC §11.2, §11.3).")
+    _common(p)
+    p.add_argument("--tagger", choices=("wd14", "deepdanbooru"), default="wd14")
+    p.add_argument("--thresh", type=float, default=None, help="threshold (WD14 0.35, DeepDanbooru 0.5)")
+    p.add_argument("--general-threshold", type=float, default=None, help="WD14 general tags (default --thresh)")
+    p.add_argument("--character-threshold", type=float, default=None, help="WD14 character tags (default --thresh)")
+    rating = p.add_mutually_exclusive_group()
+    rating.add_argument("--use-rating-tags", action="store_true", help="put the rating tag first")
+    rating.add_argument("--use-rating-tags-as-last-tag", action="store_true", help="put the rating tag last")
+    p.add_argument("--character-tags-first", action="store_true", help="character tags before general tags")
+    p.add_argument("--always-first-tags", default="", help="comma list moved to the front when present")
+    p.add_argument("--undesired-tags", default="", help="comma list of tags never written")
+    p.add_argument("--tag-replacement", default="", help="'a,b;c,d' replaces a by b and c by d (\\, \\; escape)")
+    p.add_argument("--remove-underscore", action="store_true", help="underscores to spaces (tags longer than 3)")
+    p.add_argument("--character-tag-expand", action="store_true", help="name_(series) -> name, series")
+    p.add_argument("--max-tags", type=int, default=None, help="keep at most this many (most probable) tags")
+    p.add_argument("--caption-separator", default=", ", help="separator between tags (default ', ')")
+    p.add_argument("--tags-extension", "--caption-extension", dest="tags_extension", default=None,
+                   help="tag sidecar extension (default .txt)")
+    p.add_argument("--frequency", action="store_true", help="print the tag frequency table")
+    return p
+
+
+# ---------------------------------------------------------------- targets
+
+
+def resolve_targets(target: str, *, console=None) -> tuple[list[Target], dict]:
+    """Folders to label, plus the run's ``[data]`` extensions when the target is a run TOML."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        return [Target(path, None, str(path))], {}
+    if not path.exists():
+        raise _Usage(f"{target}: no such folder or run TOML")
+    if path.suffix.lower() != ".toml":
+        raise _Usage(f"{target}: give an image folder or a run TOML")
+    from engine.config.problems import ConfigError
+    from engine.config.run_toml import load_run_file
+
+    try:
+        config, _doc, _warnings = load_run_file(path)
+    except ConfigError as exc:
+        # A dataset whose metadata JSON does not exist yet is the usual case before captioning:
+        # fall back to the image_dir values written in the file.
+        targets, data = _raw_targets(path)
+        if not targets:
+            raise _Usage(f"{path}: no [[datasets.subsets]] image_dir to label "
+                         f"({len(exc.problems)} problem(s) in the file; `sdft train {path} --check` lists them)")
+        if console is not None:
+            console.print(f"[yellow]note:[/] {path} does not validate yet ({len(exc.problems)} problem(s)); "
+                          "labelling the image_dir folders it names", highlight=False)
+        return targets, data
+    targets = []
+    for di, dataset in enumerate(config.datasets.datasets):
+        for si, subset in enumerate(dataset.subsets):
+            if subset.image_dir is None:
+                continue
+            targets.append(Target(Path(subset.image_dir), Path(subset.metadata_file), f"datasets[{di}].subsets[{si}]"))
+    if not targets:
+        raise _Usage(f"{path}: no subset has an image_dir to label")
+    data = {"caption_extension": config.data.caption_extension, "tags_extension": config.data.tags_extension}
+    return targets, data
+
+
+def _raw_targets(path: Path) -> tuple[list[Target], dict]:
+    import tomllib
+
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise _Usage(f"{path}: cannot read the TOML ({exc})") from None
+    base = path.parent
+    tables = raw
+    if isinstance(raw.get("dataset_config"), str):
+        ref = (base / raw["dataset_config"]).resolve()
+        try:
+            tables = tomllib.loads(ref.read_text(encoding="utf-8-sig"))
+            base = ref.parent
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise _Usage(f"{ref}: cannot read the dataset TOML ({exc})") from None
+    targets = []
+    for di, dataset in enumerate(tables.get("datasets") or []):
+        for si, subset in enumerate((dataset or {}).get("subsets") or []):
+            image_dir = (subset or {}).get("image_dir")
+            if isinstance(image_dir, str) and (base / image_dir).is_dir():
+                meta = subset.get("metadata_file")
+                targets.append(Target((base / image_dir).resolve(),
+                                      (base / meta).resolve() if isinstance(meta, str) else None,
+                                      f"datasets[{di}].subsets[{si}]"))
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    return targets, {k: data[k] for k in ("caption_extension", "tags_extension") if isinstance(data.get(k), str)}
+
+
+class _Usage(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- running
+
+
+class _StopFlag:
+    """First Ctrl-C: stop after the current batch. Second: abort."""
+
+    def __init__(self, console):
+        self.console, self.stop, self.previous = console, False, None
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, _signum, _frame):
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+        self.console.print("[yellow]stopping after this batch (Ctrl-C again to abort)[/]")
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+        return False
+
+    def __call__(self) -> bool:
+        return self.stop
+
+
+def _policy(args) -> str:
+    return "overwrite" if args.overwrite else "append" if args.append else "skip"
+
+
+def _outputs(args, target: Target) -> dict:
+    metadata = None
+    if args.metadata:
+        metadata = Path(args.metadata)
+    elif args.update_metadata and target.metadata_file is not None:
+        metadata = target.metadata_file
+    return dict(policy=_policy(args), sidecars=not args.no_sidecars, metadata_file=metadata,
+                image_dir=target.image_dir, clean=args.clean, exif_transpose=not args.no_exif,
+                device=args.device)
+
+
+def caption_command(argv: list[str]) -> int:
+    args = caption_parser().parse_args(argv)
+    from engine.labeling.options import CaptionOptions
+
+    def build(target: Target, data: dict) -> CaptionOptions:
+        return CaptionOptions(
+            model=args.model or args.model_default, batch_size=args.batch_size or 1, dtype=args.dtype,
+            beam_search=args.beam_search, num_beams=args.num_beams, top_p=args.top_p, max_length=args.max_length,
+            min_length=args.min_length, seed=args.seed,
+            caption_extension=args.caption_extension or data.get("caption_extension", ".caption"),
+            prefix=args.prefix, suffix=args.suffix, **_outputs(args, target))
+
+    return _run("caption", args, build)
+
+
+def tag_command(argv: list[str]) -> int:
+    args = tag_parser().parse_args(argv)
+    from engine.labeling.options import TagOptions
+    from engine.labeling.tagrules import split_list
+
+    def build(target: Target, data: dict) -> TagOptions:
+        sep = args.caption_separator
+        return TagOptions(
+            tagger=args.tagger, model=args.model, batch_size=args.batch_size or 1, thresh=args.thresh,
+            general_threshold=args.general_threshold, character_threshold=args.character_threshold,
+            use_rating_tags=args.use_rating_tags, use_rating_tags_as_last_tag=args.use_rating_tags_as_last_tag,
+            character_tags_first=args.character_tags_first,
+            always_first_tags=split_list(args.always_first_tags, sep),
+            undesired_tags=split_list(args.undesired_tags, sep), tag_replacement=args.tag_replacement,
+            remove_underscore=args.remove_underscore, character_tag_expand=args.character_tag_expand,
+            max_tags=args.max_tags, caption_separator=sep,
+            tags_extension=args.tags_extension or data.get("tags_extension", ".txt"), **_outputs(args, target))
+
+    return _run("tag", args, build)
+
+
+def _run(kind: str, args, build) -> int:
+    from rich.console import Console
+
+    from engine.data.scan import ScanError, find_images
+    from engine.labeling.options import LabelError, LabelSummary
+
+    console = Console(soft_wrap=True, highlight=False)
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    if args.batch_size is not None and args.batch_size < 1:
+        err.print(f"sdft {kind}: --batch-size must be at least 1")
+        return EXIT_USAGE
+    try:
+        targets, data = resolve_targets(args.target, console=err)
+        if args.metadata and len(targets) > 1:
+            raise _Usage("--metadata names one file but the run TOML has several subsets; use --update-metadata")
+        jobs = [(t, find_images(t.image_dir, recursive=args.recursive)) for t in targets]
+    except (_Usage, ScanError) as exc:
+        err.print(f"[bold red]sdft {kind}:[/] {exc}")
+        return EXIT_USAGE
+    total = LabelSummary()
+    model = None
+    with _StopFlag(err) as stop, _ProgressView(console, kind) as view:
+        for target, paths in jobs:
+            opts = build(target, data)
+            view.start(target.label or str(target.image_dir), len(paths))
+            try:
+                if model is None:
+                    model = _LazyModel(kind, opts)
+                summary = _call(kind, paths, opts, view, stop, model)
+            except LabelError as exc:
+                view.stop()
+                err.print(f"[bold red]sdft {kind}:[/] {exc}")
+                return EXIT_USAGE
+            _merge(total, summary)
+            if summary.stopped:
+                break
+    if model is not None:
+        model.close()
+    _print_summary(console, kind, total, args)
+    if total.stopped:
+        return EXIT_STOPPED
+    return EXIT_FAILED_IMAGES if total.failed else EXIT_OK
+
+
+class _LazyModel:
+    """One model shared by every folder of a run TOML, loaded on first use (never when every
+    image is already labelled)."""
+
+    def __init__(self, kind: str, opts):
+        self._kind, self._opts, self._real = kind, opts, None
+
+    def __getattr__(self, name):
+        if self._real is None:
+            from engine.labeling.runner import load_captioner, load_tagger
+
+            self._real = (load_captioner if self._kind == "caption" else load_tagger)(self._opts)
+        return getattr(self._real, name)
+
+    def close(self) -> None:
+        if self._real is not None and hasattr(self._real, "close"):
+            self._real.close()
+
+
+def _call(kind, paths, opts, view, stop, model):
+    from engine.labeling.runner import caption_images, tag_images
+
+    fn = caption_images if kind == "caption" else tag_images
+    return fn(paths, opts, progress=view.update, should_stop=stop, log=view.log, model=model)
+
+
+def _merge(total, part) -> None:
+    total.done += part.done
+    total.skipped += part.skipped
+    total.failed += part.failed
+    total.written += part.written
+    total.texts.update(part.texts)
+    total.seconds += part.seconds
+    total.images_per_s = total.done / total.seconds if total.seconds > 0 else 0.0
+    total.device = part.device if part.done or part.failed else total.device
+    total.first_batch_s = total.first_batch_s if total.first_batch_s is not None else part.first_batch_s
+    total.stopped = total.stopped or part.stopped
+    total.warnings += [w for w in part.warnings if w not in total.warnings]
+
+
+class _ProgressView:
+    """Rich progress bar on a terminal; one line per folder and per tenth in a pipe."""
+
+    def __init__(self, console, kind: str):
+        self.console, self.kind = console, kind
+        self.interactive = console.is_terminal
+        self.progress = None
+        self.task = None
+        self.last_tenth = -1
+
+    def __enter__(self):
+        if self.interactive:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                     console=self.console, transient=False)
+            self.progress.start()
+        return self
+
+    def start(self, label: str, count: int) -> None:
+        self.last_tenth = -1
+        if self.progress is not None:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(f"{self.kind} {label}", total=max(count, 1), info="")
+        else:
+            self.console.print(f"{self.kind}: {label} ({count} images)")
+
+    def update(self, p) -> None:
+        if p.phase == "loading":
+            self.log(f"loading the model for {p.total} image(s) ({p.skipped} already labelled, skipped)")
+            if self.progress is not None and self.task is not None:
+                self.progress.update(self.task, completed=p.skipped, info="loading model")
+            return
+        handled = p.done + p.failed
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, completed=p.skipped + handled,
+                                 info=f"{p.images_per_s:.2f} img/s" + (f", {p.failed} failed" if p.failed else ""))
+        else:
+            tenth = int(10 * handled / max(p.total, 1))
+            if tenth != self.last_tenth:
+                self.last_tenth = tenth
+                self.console.print(f"  {handled}/{p.total} ({p.images_per_s:.2f} img/s)")
+
+    def log(self, text: str) -> None:
+        style = "yellow" if ("CPU" in text or text.startswith("skipped")) else None
+        target = self.progress.console if self.progress is not None else self.console
+        target.print(text, style=style, markup=False, highlight=False)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+def _print_summary(console, kind: str, s, args) -> None:
+    if args.json:
+        out = s.to_dict()
+        if kind == "tag":
+            out["tag_frequency"] = s.tag_frequency()
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    rate = f"{s.images_per_s:.2f} images/s on {s.device}" if s.done else "no images labelled"
+    console.print(f"[bold]{kind}:[/] {s.done} done, {s.skipped} skipped (already labelled), "
+                  f"{len(s.failed)} failed; {rate}")
+    if kind == "tag" and s.done:
+        console.print(f"tags per image: {s.tags_per_image:.1f}")
+        freq = s.tag_frequency()
+        top = list(freq.items())[: (len(freq) if args.frequency else 10)]
+        if top:
+            console.print(("tag frequency: " if args.frequency else "most frequent: ")
+                          + ", ".join(f"{t} ({n})" for t, n in top), markup=False)
+    for path, reason in s.failed:
+        console.print(f"[red]failed[/] {path}: {reason}", highlight=False)
+    if s.stopped:
+        console.print("[yellow]stopped[/]: the images done so far are written; run again to continue")
