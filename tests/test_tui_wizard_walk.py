@@ -164,3 +164,33 @@ def test_wizard_start_does_not_import_torch(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_options_screen_keeps_values_it_cannot_edit(tmp_path):
+    """A run TOML with inline sample prompts (a list) survives a visit to the options step."""
+    from engine.config.run_toml import load_run_file
+    from engine.demo import make_demo_dataset
+
+    make_demo_dataset(tmp_path / "images", count=4)
+    (tmp_path / "meta.json").write_text('{"shape_000.png": {"caption": "a"}}')
+    run = tmp_path / "run.toml"
+    run.write_text(
+        '[model]\npretrained_model_name_or_path = "model"\n\n'
+        '[sample]\nprompts = ["a red circle --w 64", "a blue square"]\n\n'
+        '[[datasets]]\n  [[datasets.subsets]]\n  image_dir = "images"\n  metadata_file = "meta.json"\n'
+    )
+
+    async def go():
+        app = SdftApp(run, hardware=HardwareInfo(), start_dir=tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            await pilot.press("f5")
+            await settle(app, pilot)
+            await pilot.press("f6")
+            await settle(app, pilot)
+            await pilot.press("ctrl+s")
+            await settle(app, pilot)
+
+    asyncio.run(go())
+    config, _doc, _warnings = load_run_file(run)
+    assert config.sample.prompts == ["a red circle --w 64", "a blue square"]

@@ -137,6 +137,8 @@ class OptionsScreen(WizardScreen):
         if key is None:
             return
         text = event.value.strip()
+        if text == _text(self.state.get(key)).strip():
+            return  # the field was only (re)loaded: keep the value as the file has it (e.g. a list)
         try:
             if kind in ("int?", "text?") and text == "":
                 value = None
