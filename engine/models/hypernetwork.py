@@ -312,7 +312,8 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
             match = _FLAT_KEY.match(key)
             if not match:
                 raise HypernetworkError(
-                    f"{path}: tensor {key!r} is not a hypernetwork key (expected <width>.<0|1>.linear.<0|1>.<weight|bias>)")
+                    f"{path}: tensor {key!r} is not a hypernetwork key "
+                    "(expected <width>.<0|1>.linear.<0|1>.<weight|bias>)")
             width, index, rest = match.groups()
             pairs.setdefault(int(width), [{}, {}])[int(index)][rest] = fh.get_tensor(key)
     info: dict = {}
