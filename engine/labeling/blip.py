@@ -107,8 +107,8 @@ class BlipCaptioner:
         with torch.inference_mode():
             out = self.model.generate(
                 pixel_values=pixel_values.to(self.device, self.dtype, non_blocking=True),
-                input_ids=self.prompt_ids.expand(n, -1).to(self.device),
-                attention_mask=self.prompt_mask.expand(n, -1).to(self.device),
+                input_ids=self.prompt_ids.repeat(n, 1).to(self.device),  # generate() edits it in place
+                attention_mask=self.prompt_mask.repeat(n, 1).to(self.device),
                 max_length=self.opts.max_length, min_length=self.opts.min_length,
                 **self.generation_kwargs(),
             )

@@ -65,7 +65,7 @@ def parse_replacements(text: str) -> list[tuple[str, str]]:
     if not text:
         return []
     pairs = []
-    for part in _split_escaped(text, ";"):
+    for part in _split_escaped(text, ";", keep_escapes=True):
         if not part.strip():
             continue
         fields = _split_escaped(part, ",")
@@ -75,12 +75,13 @@ def parse_replacements(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _split_escaped(text: str, sep: str) -> list[str]:
+def _split_escaped(text: str, sep: str, keep_escapes: bool = False) -> list[str]:
+    """Split on unescaped ``sep``; escapes are resolved unless kept for a second split."""
     out, current, i = [], [], 0
     while i < len(text):
         ch = text[i]
         if ch == "\\" and i + 1 < len(text) and text[i + 1] in ",;\\":
-            current.append(text[i + 1])
+            current.append(text[i:i + 2] if keep_escapes else text[i + 1])
             i += 2
             continue
         if ch == sep:

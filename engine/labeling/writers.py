@@ -87,8 +87,9 @@ class MetadataTarget:
 
     def store(self, image: Path, field: str, text: str) -> None:
         key = self.key_for(image)
+        is_new = key not in self.entries
         entry = self.entries.setdefault(key, {})
-        if "image_size" not in entry:
+        if is_new:          # new entries get image_size like `sdft prepare`; old ones stay as they were
             from engine.data.scan import read_image_info
 
             info = read_image_info(image)
