@@ -367,8 +367,8 @@ def _check_structure(path: Path, info: Mapping) -> None:
             f"{path}: activation_func {activation!r} is not supported; sdft supports only \"linear\" (none)")
     if info.get("is_layer_norm") in (True, "true", "True"):
         raise HypernetworkError(f"{path}: layer norm (is_layer_norm = true) is not supported by sdft")
-    if info.get("activate_output") in (True, "true", "True"):
-        raise HypernetworkError(f"{path}: activate_output = true is not supported by sdft")
+    # activate_output and dropout need no check: with a linear activation A1111 adds no
+    # output activation, and dropout only shifts layer indices (see _normalise_names).
 
 
 def _normalise_names(path: Path, width: int, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
