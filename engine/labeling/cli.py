@@ -268,7 +268,8 @@ def _run(kind: str, args, build) -> int:
         return EXIT_USAGE
     total = LabelSummary()
     model = None
-    with _StopFlag(err) as stop, _ProgressView(console, kind) as view:
+    # with --json, stdout holds only the JSON object: progress goes to stderr
+    with _StopFlag(err) as stop, _ProgressView(err if args.json else console, kind) as view:
         for target, paths in jobs:
             opts = build(target, data)
             view.start(target.label or str(target.image_dir), len(paths))
