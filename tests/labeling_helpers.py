@@ -123,7 +123,15 @@ def make_blip_folder(folder: Path, *, image_size: int = 32, seed: int = 0) -> Pa
         projection_dim=16,
     )
     torch.manual_seed(seed)
-    BlipForConditionalGeneration(config).save_pretrained(str(folder))
+    model = BlipForConditionalGeneration(config)
+    # never emit [PAD] [UNK] [CLS] [MASK]: decoded captions then always hold words
+    head = model.text_decoder.cls.predictions
+    with torch.no_grad():
+        for token in (0, 1, 2, 4):
+            head.bias[token] = -30.0
+            if getattr(head.decoder, "bias", None) is not None:
+                head.decoder.bias[token] = -30.0
+    model.save_pretrained(str(folder))
     return folder
 
 

@@ -30,6 +30,8 @@ Programmatic API (what the wizard's captions screen calls from a worker thread):
 * To label several batches with one loaded model (e.g. re-captioning images one by one
   from an editor), build it once with ``load_captioner(options)`` / ``load_tagger(options)``
   and pass it as ``model=``; call ``model.close()`` when done.
+  ``label_one(path, model)`` returns one image's text without writing anything (the
+  wizard's editor shows it and the user saves it like a hand edit, with undo).
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ from engine.labeling.options import (
     LabelSummary,
     TagOptions,
 )
-from engine.labeling.runner import caption_images, load_captioner, load_tagger, tag_images
+from engine.labeling.runner import caption_images, label_one, load_captioner, load_tagger, tag_images
 
 __all__ = [
     "DEFAULT_BLIP", "DEFAULT_WD14", "CaptionOptions", "TagOptions", "LabelProgress", "LabelSummary",
-    "LabelError", "caption_images", "tag_images", "load_captioner", "load_tagger",
+    "LabelError", "caption_images", "tag_images", "load_captioner", "load_tagger", "label_one",
 ]

@@ -166,3 +166,18 @@ def run_labelling(paths: Iterable[str | Path], writer: LabelWriter, factory, opt
         summary.seconds = time.perf_counter() - start
         summary.images_per_s = summary.done / summary.seconds if summary.seconds > 0 else 0.0
     return summary
+
+
+def label_one(path: str | Path, model, *, exif_transpose: bool = True) -> str:
+    """The text ``model`` (from load_captioner / load_tagger) gives one image; writes nothing.
+
+    For an editor: the user sees the new caption and saves it (with undo) like a hand edit.
+    Raises LabelError when the image cannot be read.
+    """
+    from engine.data.images import open_rgb
+
+    try:
+        item = model.prepare_one(open_rgb(path, exif_transpose=exif_transpose))
+    except Exception as exc:  # noqa: BLE001 - unreadable image
+        raise LabelError(f"{path}: cannot read the image ({describe_error(exc)})") from None
+    return model.run(model.prepare_batch([item]))[0].strip()

@@ -60,6 +60,11 @@ class CaptionsScreen(WizardScreen):
         Binding("ctrl+u", "undo", "Undo", priority=True),
         Binding("ctrl+e", "bulk_edit", "Bulk edit", priority=True),
         Binding("ctrl+f", "focus_filter", "Filter", priority=True),
+        # auto-labelling (section at the end of this class); hidden from the footer
+        Binding("f7", "auto_label('caption', 'skip')", "Caption missing", show=False),
+        Binding("f8", "auto_label('caption', 'overwrite')", "Caption all", show=False),
+        Binding("f9", "auto_label('tags', 'overwrite')", "Tag all", show=False),
+        Binding("ctrl+r", "recaption", "Re-caption image", show=False, priority=True),
     ]
 
     def __init__(self):
@@ -198,3 +203,153 @@ class CaptionsScreen(WizardScreen):
         except Exception:
             return
         self.app.call_from_thread(self.refresh_view)
+
+    # ---------------------------------------------------------------- auto-labelling (engine.labeling)
+    # f7 caption missing, f8 caption all, f9 tag all: one engine job in a worker thread with a
+    # progress bar mounted while it runs (pressing one of the keys again stops it after the
+    # batch); the records are re-read afterwards and the run is one ctrl+u undo step.
+    # ctrl+r puts a fresh BLIP caption of the selected image in the editor (ctrl+s saves it).
+    # Models: the engine defaults, or SDFT_CAPTION_MODEL / SDFT_TAG_MODEL (folder or hub id).
+
+    label_stop = False
+
+    def _label_models(self) -> tuple[str | None, str | None]:
+        import os
+
+        return os.environ.get("SDFT_CAPTION_MODEL") or None, os.environ.get("SDFT_TAG_MODEL") or None
+
+    def _label_options(self, kind: str, policy: str):
+        from engine.labeling import CaptionOptions, TagOptions
+
+        state = self.state
+        in_metadata = state.metadata_file is not None and any(r.key is not None for r in state.records)
+        out = dict(policy=policy, sidecars=not in_metadata, image_dir=state.image_dir,
+                   metadata_file=state.metadata_file if in_metadata else None)
+        caption_model, tag_model = self._label_models()
+        if kind == "caption":
+            extra = {"model": caption_model} if caption_model else {}
+            return CaptionOptions(caption_extension=state.caption_extension, **extra, **out)
+        return TagOptions(model=tag_model, tags_extension=state.tags_extension, **out)
+
+    def action_auto_label(self, kind: str, policy: str) -> None:
+        if any(w.group == "labeling" and w.is_running for w in self.workers):
+            self.label_stop = True
+            self.notify("stopping after the current batch")
+            return
+        records = [r for r in self.state.records if r.error is None]
+        if not records:
+            self.notify("no readable images to label", severity="warning")
+            return
+        from textual.widgets import ProgressBar
+
+        self.label_stop = False
+        bar = ProgressBar(total=len(records), id="label-progress", show_eta=False)
+        self.mount(bar, before=self.query_one("#captions"))
+        self.notify(f"{'captioning' if kind == 'caption' else 'tagging'} {len(records)} image(s) "
+                    f"({'missing only' if policy == 'skip' else 'all'}); press the key again to stop")
+        self._label_job(kind, policy, records)
+
+    @work(thread=True, exclusive=True, group="labeling")
+    def _label_job(self, kind: str, policy: str, records: list) -> None:
+        from engine.labeling import LabelError, caption_images, tag_images
+
+        field = "caption" if kind == "caption" else "tags"
+        before = {id(r): getattr(r, field) for r in records}
+        run = caption_images if kind == "caption" else tag_images
+
+        def progress(p) -> None:
+            self.app.call_from_thread(self._label_progress, p)
+
+        try:
+            summary = run([r.path for r in records], self._label_options(kind, policy), progress=progress,
+                          should_stop=lambda: self.label_stop)
+        except LabelError as exc:
+            self.app.call_from_thread(self._label_done, None, str(exc), field, records, before)
+            return
+        except Exception as exc:  # noqa: BLE001 - shown, never kills the wizard
+            self.app.call_from_thread(self._label_done, None, f"{type(exc).__name__}: {exc}", field, records, before)
+            return
+        self.app.call_from_thread(self._label_done, summary, None, field, records, before)
+
+    def _label_progress(self, p) -> None:
+        from textual.widgets import ProgressBar
+
+        for bar in self.query("#label-progress").results(ProgressBar):
+            bar.update(total=max(1, p.total + p.skipped), progress=p.skipped + p.done + p.failed)
+
+    def _label_done(self, summary, error: str | None, field: str, records: list, before: dict) -> None:
+        from sdft_tui.state import Snapshot
+
+        for bar in self.query("#label-progress"):
+            bar.remove()
+        self._reread_labels(records, field)
+        marker = object()
+        index = {id(r): i for i, r in enumerate(self.state.records)}
+        for r in records:
+            if getattr(r, field) != before[id(r)] and id(r) in index:
+                snap = Snapshot(index[id(r)], field, before[id(r)])
+                snap.batch = marker  # type: ignore[attr-defined]
+                self.state.undo_stack.append(snap)
+        if error:
+            self.notify(error, severity="error", timeout=10)
+        elif summary is not None:
+            text = (f"{summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed, "
+                    f"{summary.images_per_s:.2f} images/s on {summary.device}")
+            self.notify(("stopped: " if summary.stopped else "") + text + " (ctrl+u undoes)",
+                        severity="warning" if summary.failed or summary.stopped else "information")
+        self._after_write()
+
+    def _reread_labels(self, records: list, field: str) -> None:
+        """Load what the engine wrote back into the records (sidecars or metadata entries)."""
+        from engine.data.captions import read_sidecar
+
+        state = self.state
+        if state.metadata_file is not None and any(r.key is not None for r in records):
+            from engine.data.metadata import load_raw
+
+            raw, _ = load_raw(state.metadata_file)
+            for r in records:
+                value = raw.get(r.key, {}).get(field) if r.key is not None else None
+                setattr(r, field, value.strip() if isinstance(value, str) else None)
+        else:
+            for r in records:
+                setattr(r, field, read_sidecar(state.sidecar_path(r, field)))
+        for r in records:
+            r.tokens = None
+
+    def action_recaption(self) -> None:
+        if self.current is None:
+            return
+        record = self.state.records[self.current]
+        if record.edit_field != "caption":
+            self.notify(f"{record.path.name} is edited as tags here; use f9 to re-tag", severity="warning")
+            return
+        self.notify(f"captioning {record.path.name}...")
+        self._recaption_job(self.current, record.path)
+
+    @work(thread=True, exclusive=True, group="labeling")
+    def _recaption_job(self, index: int, path) -> None:
+        from engine.labeling import label_one, load_captioner
+
+        try:
+            model = getattr(self, "_captioner", None)
+            if model is None:
+                model = self._captioner = load_captioner(self._label_options("caption", "overwrite"))
+            text = label_one(path, model)
+        except Exception as exc:  # noqa: BLE001 - LabelError or a model failure: shown to the user
+            self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
+            return
+        self.app.call_from_thread(self._recaption_done, index, text)
+
+    def _recaption_done(self, index: int, text: str) -> None:
+        if self.current != index:
+            self.notify("new caption ready, but another image is selected now", severity="warning")
+            return
+        self.query_one("#editor", TextArea).load_text(text)
+        self.notify("new caption in the editor: ctrl+s saves it, or pick another image to discard it")
+
+    def on_unmount(self) -> None:
+        model = getattr(self, "_captioner", None)
+        if model is not None:
+            model.close()
+
