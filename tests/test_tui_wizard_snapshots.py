@@ -16,9 +16,22 @@ from engine.hardware import GpuInfo, HardwareInfo
 from sdft_tui.app import SdftApp
 from tests.wizard_helpers import make_dataset, settle
 
+# One fixed folder (its path shows on screen), so these tests must not run in parallel with
+# each other: the xdist group keeps them on one worker (pytest runs with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("wizard-snapshots")
 ROOT = Path(tempfile.gettempdir()) / "sdft-wizard-snapshots"
 GPU = HardwareInfo(gpus=[GpuInfo(0, "NVIDIA GeForce RTX 3060", 12 * 2**30)], source="test")
 STEP_KEYS = {"dataset": None, "captions": "f3", "buckets": "f4", "options": "f5", "review": "f6", "help": "f1"}
+
+
+def _stop_cursor_blink(app) -> None:
+    """A blinking cursor is drawn or not depending on timing: freeze it for snapshots."""
+    from textual.widgets import Input, TextArea
+
+    for widget in app.screen.query(Input):
+        widget.cursor_blink = False
+    for widget in app.screen.query(TextArea):
+        widget.cursor_blink = False
 
 
 def _app_and_steps(step: str):
@@ -41,6 +54,7 @@ def _app_and_steps(step: str):
         if key:
             await pilot.press(key)
         await settle(pilot.app, pilot)
+        _stop_cursor_blink(pilot.app)
         await pilot.pause(0.1)
 
     return app, run_before
