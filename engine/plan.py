@@ -62,6 +62,8 @@ the real GPU calibrates ``ctx``/``frag``.
 
 from __future__ import annotations
 
+import json
+
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -468,3 +470,47 @@ def budget_for_preset(size_gb: int) -> float:
 
 def ceil_gb(value: float) -> int:
     return int(math.ceil(value / GB))
+
+
+# ------------------------------------------------------------------ report (`sdft plan`)
+
+
+def plan_report(config, *, vram_gb: float | None = None, hardware=None) -> str:
+    """`sdft plan RUN.toml`: the estimate, its parts, and what to change if it does not fit.
+
+    The budget is ``vram_gb`` when given, else the largest detected GPU; with neither, the
+    estimate is shown with the presets it fits.
+    """
+    options = PlanOptions.from_config(config)
+    estimate = estimate_peak_vram(options)
+    lines = [f"Estimated peak VRAM: {fmt_gb(estimate.total_bytes)} (at the {estimate.phase}) for a full-size "
+             f"{options.family.upper()} model, {options.width}x{options.height}, batch {options.batch_size}"]
+    for part, value in sorted(estimate.breakdown.items(), key=lambda item: -item[1]):
+        if value > 0:
+            lines.append(f"  {part:<28} {fmt_gb(value):>9}")
+    budget, where = None, ""
+    if vram_gb is not None:
+        budget, where = vram_gb * GB, f"{vram_gb:g} GB (--vram)"
+    else:
+        if hardware is None:
+            from engine.hardware import probe_hardware
+
+            hardware = probe_hardware()
+        gpu = hardware.best_gpu
+        if gpu is not None:
+            budget, where = float(gpu.total_bytes), f"{gpu.name}, {gpu.total_gib:.1f} GiB"
+    if budget is None:
+        fitting = [size for size in sorted(PRESETS) if estimate.fits(budget_for_preset(size))]
+        lines.append("No GPU detected; pass --vram GB to plan for a card. "
+                     + (f"Fits a {fitting[0]} GB card or larger." if fitting else "Too large for a 48 GB card."))
+        return "\n".join(lines)
+    if estimate.fits(budget):
+        lines.append(f"Fits {where} with a {int(MARGIN * 100)}% margin.")
+        return "\n".join(lines)
+    lines.append(f"Does not fit {where}. Changes that lower it:")
+    useful = [s for s in suggest(options, budget) if s.new_total < estimate.total_bytes * 0.99]
+    for suggestion in useful[:6]:
+        keys = ", ".join(f"{k} = {json.dumps(v)}" for k, v in suggestion.config_changes.items())
+        mark = "fits" if suggestion.fits else "still too large"
+        lines.append(f"  - {suggestion.text} ({mark}){f': {keys}' if keys else ''}")
+    return "\n".join(lines)

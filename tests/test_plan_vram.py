@@ -133,3 +133,15 @@ def test_preset_for_card_sizes():
     assert preset_for(11.7 * GIB) == 12
     assert preset_for(23.6 * GIB) == 24
     assert preset_for(79.2 * GIB) == 48
+
+
+def test_plan_report_lists_parts_and_fitting_changes(tmp_path):
+    from engine.config.schema import RunConfig
+    from engine.plan import plan_report
+
+    config = RunConfig()
+    report = plan_report(config, vram_gb=8)
+    assert report.startswith("Estimated peak VRAM:") and "optimizer states" in report
+    assert "Does not fit 8 GB" in report and 'optimizer.type = "AdamW8bit"' in report
+    assert "(fits)" in report
+    assert "Fits 80 GB" in plan_report(config, vram_gb=80)
