@@ -78,6 +78,7 @@ class StepMetrics(Event):
     vram_peak: float | None = None
     vram_total: float | None = None
     ram_used: float | None = None
+    ram_total: float | None = None
 
 
 @dataclass(frozen=True)

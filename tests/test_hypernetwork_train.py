@@ -63,6 +63,7 @@ def test_only_the_hypernetwork_changes_and_samples_use_it(tmp_path, tiny_sd1):
     assert on_disk.step == 3 and on_disk.name == "t"
     assert all(torch.equal(end[k].cpu(), v) for k, v in on_disk.flat_state().items())
     assert len(sink.of(SampleSaved)) == 1           # sampled through the hooked U-Net
+    assert trainer.checkpointer.metadata()["sdft.learning_rate"] == "0.001"   # the hypernetwork's rate
 
 
 def test_sampling_goes_through_the_hypernetwork(tmp_path, tiny_sd1):

@@ -105,7 +105,7 @@ class Checkpointer:
             "sdft.epoch": str(t.epoch),
             "sdft.train_text_encoder": str(bool(t.train_te)).lower(),
             "sdft.optimizer": cfg.optimizer.type,
-            "sdft.learning_rate": str(cfg.optimizer.learning_rate),
+            "sdft.learning_rate": str(self._learning_rate()),
             "sdft.mixed_precision": t.precision.mixed_precision,
             "sdft.num_images": str(t.data.num_images),
             "sdft.dataset_fingerprint": t.data.fingerprint,
@@ -127,6 +127,13 @@ class Checkpointer:
         if cfg.train.min_timestep or cfg.train.max_timestep != 1000:
             meta["modelspec.timestep_range"] = f"{cfg.train.min_timestep},{cfg.train.max_timestep}"
         return meta
+
+    def _learning_rate(self) -> float:
+        """The rate of what was trained: the hypernetwork's own in hypernetwork mode."""
+        cfg = self.cfg
+        if cfg.train.mode == "hypernetwork" and cfg.hypernetwork.learning_rate is not None:
+            return cfg.hypernetwork.learning_rate
+        return cfg.optimizer.learning_rate
 
     def _resolution(self):
         datasets = getattr(self.cfg.datasets, "datasets", None) or []

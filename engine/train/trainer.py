@@ -632,7 +632,16 @@ def _device_memory(device: torch.device) -> dict:
             "vram_peak": float(torch.cuda.max_memory_allocated(device)),
             "vram_total": float(torch.cuda.get_device_properties(device).total_memory),
         }
-    return {"ram_used": _process_rss()}
+    return {"ram_used": _process_rss(), "ram_total": _ram_total()}
+
+
+def _ram_total() -> float | None:
+    try:
+        import os
+
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _process_rss() -> float | None:
