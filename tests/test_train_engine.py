@@ -116,3 +116,20 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path, tiny_sd1):
     started = sink.of(RunStarted)[0]
     # 6 images in 3 buckets of 2, batch 2 -> 3 batches -> ceil(3 / 2) = 2 steps per epoch.
     assert started.steps_per_epoch == 2 and [e.step for e in sink.of(StepMetrics)] == [1, 2]
+
+
+def test_stop_while_caching_latents_ends_quickly_as_stopped(tmp_path, tiny_sd1):
+    from engine.events import PhaseProgress
+
+    control = RunControl()
+
+    def on_event(event):
+        if isinstance(event, PhaseProgress) and event.name == "caching latents":
+            control.request_stop("test stop during caching")
+
+    sink = ListSink()
+    config = make_run(tmp_path, tiny_sd1, steps=4)
+    result = run_training(config, sink=FanOut([sink, CallbackSink(on_event)]), control=control)
+    assert result.status == "stopped" and result.global_step == 0
+    assert "before training started" in result.message
+    assert not sink.of(StepMetrics) and sink.of(RunFinished)[0].status == "stopped"

@@ -12,6 +12,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine import atomic
 from engine.config import run_toml
 from engine.control import RunControl
 from engine.events import FanOut, JsonlSink, Message, RunFinished
@@ -50,7 +51,7 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
     import torch
 
     from engine.quiet import quiet_libraries
-    from engine.train.trainer import Trainer, resolve_seed
+    from engine.train.trainer import StopTraining, Trainer, resolve_seed
 
     quiet_libraries()
 
@@ -72,7 +73,7 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
             events_path.unlink(missing_ok=True)  # a fresh run starts a fresh event log
         jsonl = JsonlSink(events_path)
         out = FanOut([jsonl] + ([sink] if sink is not None else []))
-        (run_dir / "config.toml").write_text(text, encoding="utf-8")
+        atomic.write_text(run_dir / "config.toml", text)
     for problem in warnings:
         out.emit(Message(level="warning", text=str(problem)))
     trainer = Trainer(config, config_text=text, sink=out, control=control, resume=resume,
@@ -82,6 +83,8 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
         trainer.setup()
         result.status = trainer.run()
         result.message = "training finished" if result.status == "completed" else control.stop_reason
+    except StopTraining:   # stopped while preparing: no step was taken, so there is no state to save
+        result.status, result.message = "stopped", f"{control.stop_reason} before training started"
     except KeyboardInterrupt:
         result.status, result.message = "stopped", "interrupted"
     except Exception as exc:  # noqa: BLE001 - every failure becomes a clear result

@@ -193,6 +193,9 @@ class Trainer:
 
         def progress(done: int, total: int) -> None:
             self._phase("caching latents", done, total)
+            if self.control.stop_requested:
+                # Latents written so far stay in the cache; the next run reuses them.
+                raise StopTraining(self.control.stop_reason)
 
         if self.is_main:
             self.data.prepare_latents(vae, self.device, self.precision.vae_dtype, progress=progress)
