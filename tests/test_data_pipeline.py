@@ -217,3 +217,21 @@ def test_cache_entry_metadata(dataset, vae):
         assert set(f.keys()) == {"mean", "std", "mean_flipped", "std_flipped"}
     assert meta["sdft.cache_version"] == "1" and json.loads(meta["sdft.bucket"]) == list(data.items[0].bucket)
     assert meta["sdft.encode_dtype"] == "float32" and len(meta["sdft.vae_id"]) == 64
+
+
+def test_vae_batches_never_mix_flip_and_plain_jobs(tmp_path, vae):
+    """Two subsets share a bucket, only one has flip_aug: both must get complete entries."""
+    from engine.data.cache import CacheJob, LatentCache
+
+    paths = []
+    for name in ("a", "b", "c"):
+        paths.append(make_image(tmp_path / f"{name}.png", (64, 64)))
+    jobs = [CacheJob(i, p, (64, 64), (64, 64), (64, 64), (0, 0), "area", flip=(i != 0))
+            for i, p in enumerate(paths)]
+    cache = LatentCache(tmp_path / "cache", mode="memory")
+    result = cache.prepare(jobs, vae, "cpu", torch.float32, vae_batch_size=4, log=lambda _m: None)
+    assert result.failed == {}
+    assert set(result.latents) == {0, 1, 2}
+    assert "mean_flipped" not in result.latents[0].tensors
+    for i in (1, 2):
+        assert result.latents[i].tensors["mean_flipped"].shape == (4, 8, 8)

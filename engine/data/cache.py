@@ -345,11 +345,14 @@ class LatentCache:
         original = _module_placement(vae)
         _place(vae, device, dtype)
         vae.eval()
-        # Bucket-major order so each VAE batch has one shape.
-        todo = sorted(todo, key=lambda jk: (jk[0].bucket, jk[0].item))
+        # Bucket-major order so each VAE batch has one shape; flip is part of the group
+        # because a batch either encodes the mirrored twins for all its images or for none.
+        todo = sorted(todo, key=lambda jk: (jk[0].bucket, jk[0].flip, jk[0].item))
         batches: list[list[tuple[CacheJob, str]]] = []
         for job, key in todo:
-            if batches and batches[-1][0][0].bucket == job.bucket and len(batches[-1]) < vae_batch_size:
+            last = batches[-1][0][0] if batches else None
+            if (last is not None and (last.bucket, last.flip) == (job.bucket, job.flip)
+                    and len(batches[-1]) < vae_batch_size):
                 batches[-1].append((job, key))
             else:
                 batches.append([(job, key)])
