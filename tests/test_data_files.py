@@ -89,6 +89,15 @@ def test_pixels_converted(odd):
         open_rgb(odd / "truncated.png")
 
 
+def test_dark_16_bit_image_stays_dark(tmp_path):
+    """A 16-bit PNG whose values all sit below 256 is nearly black, not an 8-bit image."""
+    arr = np.full((4, 6), 200, dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "dark16.png")
+    with Image.open(tmp_path / "dark16.png") as im:
+        assert im.mode == "I;16"
+    assert (np.asarray(open_rgb(tmp_path / "dark16.png")) == 0).all()     # 200 >> 8 == 0
+
+
 def test_load_pixels_resize_crop_flip(tmp_path):
     arr = np.zeros((40, 60, 3), dtype=np.uint8)
     arr[:, :30] = 255                                               # left half white

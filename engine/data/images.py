@@ -44,8 +44,11 @@ def to_rgb(im):
             arr8 = (arr * scale).round().astype(np.uint8)
         else:
             arr = arr.astype(np.int64)
-            # 16-bit data (PNG "I;16", or "I" holding 0..65535) → top 8 bits.
-            arr8 = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8) if arr.max() > 255 else arr.astype(np.uint8)
+            # "I;16*" is 16-bit by definition: always keep the top 8 bits (a dark image has
+            # every value below 256 and must stay dark). Plain "I" (32-bit) may hold 8- or
+            # 16-bit data; there the value range decides.
+            sixteen = mode.startswith("I;16") or arr.max() > 255
+            arr8 = (np.clip(arr, 0, 65535) >> 8 if sixteen else np.clip(arr, 0, 255)).astype(np.uint8)
         return Image.fromarray(arr8, "L").convert("RGB")
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
