@@ -170,6 +170,18 @@ def test_unresolved_and_ambiguous_keys_all_reported(tmp_path):
     assert "missing1" in text and "missing2.png" in text
 
 
+def test_repeated_field_inside_an_entry_is_not_round_tripped(tmp_path):
+    """json's last-wins for a field repeated inside one entry; no internal marker leaks out."""
+    make_image(tmp_path / "a.png", (8, 8))
+    (tmp_path / "d.json").write_text('{"a.png": {"caption": "x", "caption": "y"}}', encoding="utf-8")
+    mf = read_metadata(tmp_path / "d.json", tmp_path)
+    assert mf.entries[0].caption == "y"
+    assert mf.entries[0].extra == {}
+    assert any("caption" in w and "last one wins" in w for w in mf.warnings)
+    written = entries_to_metadata(mf.entries, tmp_path)
+    assert written == {"a.png": {"caption": "y"}}
+
+
 def test_jsonl_and_duplicates(tmp_path):
     make_image(tmp_path / "a.png", (8, 8))
     (tmp_path / "m.jsonl").write_text(

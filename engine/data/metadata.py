@@ -50,8 +50,15 @@ class MetadataFile:
     warnings: list[str] = field(default_factory=list)
 
 
+_DUPES = "\0duplicates"   # marker key, never a real JSON key (JSON text cannot produce it unescaped)
+
+
 def _pairs_keep_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    """json object hook that remembers duplicate keys (last wins, as json does)."""
+    """json object hook that remembers duplicate keys (last wins, as json does).
+
+    It runs for every object, entries included; :func:`load_raw` removes the marker from
+    both levels so it never reaches ``MetaEntry.extra`` (and a rewritten file).
+    """
     out: dict = {}
     dupes = []
     for key, value in pairs:
@@ -59,7 +66,7 @@ def _pairs_keep_duplicates(pairs: list[tuple[str, Any]]) -> dict:
             dupes.append(key)
         out[key] = value
     if dupes:
-        out["\0duplicates"] = dupes
+        out[_DUPES] = dupes
     return out
 
 
@@ -92,11 +99,14 @@ def load_raw(path: str | Path) -> tuple[dict[str, dict], list[str]]:
         raise MetadataError(path, [f"line {exc.lineno}: not valid JSON ({exc.msg})"]) from None
     if not isinstance(data, dict):
         raise MetadataError(path, ["the file must hold one JSON object mapping image keys to entries"])
-    for key in data.pop("\0duplicates", []):
+    for key in data.pop(_DUPES, []):
         warnings.append(f"duplicate key {key!r}: the last one wins")
     bad = [k for k, v in data.items() if not isinstance(v, dict)]
     if bad:
         raise MetadataError(path, [f"entry {k!r} must be an object" for k in bad])
+    for key, entry in data.items():
+        for name in entry.pop(_DUPES, []):
+            warnings.append(f"entry {key!r} repeats the field {name!r}: the last one wins")
     return data, warnings
 
 
