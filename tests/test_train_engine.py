@@ -133,3 +133,14 @@ def test_stop_while_caching_latents_ends_quickly_as_stopped(tmp_path, tiny_sd1):
     assert result.status == "stopped" and result.global_step == 0
     assert "before training started" in result.message
     assert not sink.of(StepMetrics) and sink.of(RunFinished)[0].status == "stopped"
+
+
+def test_background_batch_loading_changes_nothing_but_time(tmp_path, tiny_sd1):
+    inline = ListSink()
+    path = make_run(tmp_path / "inline", tiny_sd1, steps=4, train_extra="gradient_accumulation_steps = 2")
+    path.write_text(path.read_text() + "\n[data]\nnum_workers = 0\n")
+    run_training(path, sink=inline)
+    threaded = ListSink()
+    run_training(make_run(tmp_path / "threaded", tiny_sd1, steps=4, train_extra="gradient_accumulation_steps = 2"),
+                 sink=threaded)
+    assert losses(inline) == losses(threaded) and len(losses(inline)) == 4

@@ -133,8 +133,8 @@ class DataConfig:
     recursive: bool = opt(False, "Look for images in sub-folders too.")
     exif_transpose: bool = opt(True, "Honour EXIF orientation (false = kohya parity).")
     use_train_resolution: bool | str = opt(AUTO, "Use metadata train_resolution buckets: auto, true or false.")
-    num_workers: int = opt(0, "DataLoader worker processes (0 = load in the training process).", min=0)
-    persistent_workers: bool = opt(False, "Keep DataLoader workers alive between epochs.")
+    num_workers: int = opt(1, "Background threads loading the next step's batches (0 = load in the training thread).", min=0)
+    persistent_workers: bool = opt(False, "Accepted for kohya compatibility; sdft's loader threads live for the whole run.")
 
 
 @dataclass

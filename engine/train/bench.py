@@ -58,7 +58,7 @@ def time_engine(trainer, steps: int, warmup: int) -> tuple[float, int]:
             _sync(trainer.device)
             start = time.perf_counter()
             samples = 0
-        trainer.train_step([ref], i)
+        trainer.train_step(trainer.load_group([ref], 1, i, i))
         trainer.after_step()
         samples += len(ref.items)
     _sync(trainer.device)

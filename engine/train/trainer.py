@@ -25,6 +25,7 @@ from engine.train import objective as obj
 from engine.train.ema import EMA
 from engine.train.optimizers import build_optimizer, build_scheduler
 from engine.train.precision import Precision, choose_device, decide_precision
+from engine.train.prefetch import Prefetcher
 from engine.train.state import (
     Counters,
     find_latest_state,
@@ -398,16 +399,28 @@ class Trainer:
     def loop(self) -> None:
         s, accum = self.schedule, self.cfg.train.gradient_accumulation_steps
         self.meter = _Meter(self.global_step)
-        while self.global_step < s.total_steps:
-            plan = self._process_share(self.data.epoch_plan(self.epoch + 1))  # data epochs are 1-based
-            position = self.batches_done
-            while position < len(plan) and self.global_step < s.total_steps:
-                group = plan[position:position + accum]
-                self.train_step(group, position)
-                position += len(group)
-                self.batches_done = position
-                self.after_step()
-            self._end_epoch()
+        with Prefetcher(self.load_group, self.cfg.data.num_workers) as prefetch:
+            while self.global_step < s.total_steps:
+                epoch = self.epoch + 1  # data epochs are 1-based
+                plan = self._process_share(self.data.epoch_plan(epoch))
+                position = self.batches_done
+                while position < len(plan) and self.global_step < s.total_steps:
+                    group = plan[position:position + accum]
+                    batches = prefetch.get((epoch, position), group, epoch, self.global_step, position)
+                    following = position + len(group)
+                    if following < len(plan):   # the next step's batches load while this one trains
+                        prefetch.request((epoch, following), plan[following:following + accum], epoch,
+                                         self.global_step + 1, following)
+                    self.train_step(batches)
+                    position = following
+                    self.batches_done = position
+                    self.after_step()
+                self._end_epoch()
+
+    def load_group(self, group: list, epoch: int, step: int, position: int) -> list:
+        """The micro-batches of one optimizer step (a pure function: safe to run early)."""
+        return [self.data.load_batch(ref, epoch=epoch, global_step=step, position=position + i)
+                for i, ref in enumerate(group)]
 
     def _process_share(self, plan: list) -> list:
         """This process's batches: every world-th batch, padded so all ranks step together."""
@@ -427,14 +440,12 @@ class Trainer:
         if self.cfg.sample.every_n_epochs and self.epoch % self.cfg.sample.every_n_epochs == 0:
             self.sampler.sample()
 
-    def train_step(self, group: list, position: int) -> None:
-        """One optimizer step over ``group`` micro-batches (gradient accumulation)."""
+    def train_step(self, batches: list) -> None:
+        """One optimizer step over loaded micro-batches (gradient accumulation)."""
         accum = self.cfg.train.gradient_accumulation_steps
-        for micro, ref in enumerate(group):
-            batch = self.data.load_batch(ref, epoch=self.epoch + 1, global_step=self.global_step,
-                                         position=position + micro)
+        for micro, batch in enumerate(batches):
             generator = torch.Generator().manual_seed(step_seed(self.seed, self.global_step, micro))
-            last = micro == len(group) - 1
+            last = micro == len(batches) - 1
             sync = nullcontext() if last else self.accelerator.no_sync(self.unet)
             with sync:
                 loss = self.compute_loss(batch, generator)
