@@ -235,3 +235,11 @@ def test_vae_batches_never_mix_flip_and_plain_jobs(tmp_path, vae):
     assert "mean_flipped" not in result.latents[0].tensors
     for i in (1, 2):
         assert result.latents[i].tensors["mean_flipped"].shape == (4, 8, 8)
+
+
+def test_bucket_info_has_no_ar_error_without_bucketing(dataset):
+    """SPEC §3.5: mean_img_ar_error is computed and logged only when bucketing is on."""
+    cfg = run_config(dataset, TOML.replace("enable_bucket = true", "enable_bucket = false"))
+    info = TrainingData.from_config(cfg, log=lambda s: None).bucket_info
+    assert "mean_img_ar_error" not in info
+    assert {tuple(b["resolution"]) for b in info["buckets"].values()} == {(64, 64)}

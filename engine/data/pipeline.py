@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from engine.config.dataset import DatasetSpec, SubsetSpec, check_resolution
-from engine.data.buckets import Assignment, BucketSettings, assign_sizes, bucket_info, crop_offset, mean_ar_error
+from engine.data.buckets import Assignment, BucketSettings, assign_sizes, bucket_info, crop_offset
 from engine.data.captions import join_caption_and_tags, join_separator, tag_frequency
 from engine.data.metadata import MetadataError, read_metadata
 from engine.data.processing import process_caption, sample_rng, sample_seed
@@ -167,10 +167,9 @@ class TrainingData:
     def bucket_info(self) -> dict:
         """SPEC §3.5 over all datasets (repeats counted)."""
         active = [it for it in self.items if it.index not in self._excluded]
-        info = bucket_info([Assignment(it.size, it.bucket, it.resized) for it in active],
-                           [it.repeats for it in active])
-        info["mean_img_ar_error"] = mean_ar_error(Assignment(it.size, it.bucket, it.resized) for it in active)
-        return info
+        return bucket_info([Assignment(it.size, it.bucket, it.resized) for it in active],
+                           [it.repeats for it in active],
+                           enable_bucket=any(s.enable_bucket for s in self.settings))
 
     @property
     def fingerprint(self) -> str:
