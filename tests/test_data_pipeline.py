@@ -243,3 +243,21 @@ def test_bucket_info_has_no_ar_error_without_bucketing(dataset):
     info = TrainingData.from_config(cfg, log=lambda s: None).bucket_info
     assert "mean_img_ar_error" not in info
     assert {tuple(b["resolution"]) for b in info["buckets"].values()} == {(64, 64)}
+
+
+def test_stopped_caching_keeps_the_image_hash_index(dataset, vae):
+    """A stop during encoding (progress raises) still saves index.json, so the next run
+    does not re-hash every image."""
+    cfg = run_config(dataset, TOML)
+    data = TrainingData.from_config(cfg, log=lambda s: None)
+
+    class Stop(Exception):
+        pass
+
+    def progress(done, total):
+        raise Stop()
+
+    with pytest.raises(Stop):
+        data.prepare_latents(vae, "cpu", progress=progress)
+    index = json.loads((data.cache_dir / "index.json").read_text())
+    assert len(index["images"]) == 7

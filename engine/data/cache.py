@@ -328,9 +328,13 @@ class LatentCache:
         if result.reused or result.imported:
             log(f"latent cache: {result.reused} reused, {result.imported} imported from kohya .npz, "
                 f"{len(todo)} to encode")
-        if todo:
-            self._encode_all(todo, vae, device, dtype, vae_batch_size, vae_id, result, progress, log, workers)
-        self.index.save()
+        try:
+            if todo:
+                self._encode_all(todo, vae, device, dtype, vae_batch_size, vae_id, result, progress, log, workers)
+        finally:
+            # Also on a stop (progress raising) or a crash: the hashes are valid either way,
+            # and re-hashing a large dataset on the next run costs minutes.
+            self.index.save()
         return result
 
     def _safe_hash(self, path: Path):
