@@ -9,7 +9,7 @@ from PIL import Image
 
 from data_helpers import make_dataset, make_image, write_meta
 from engine.data.captions import (
-    clean_caption, clean_tags, join_caption_and_tags, join_separator, read_sidecar, tag_frequency, write_caption,
+    SidecarEncodingError, clean_caption, clean_tags, join_caption_and_tags, join_separator, read_sidecar, tag_frequency, write_caption,
 )
 from engine.data.health import check_images
 from engine.data.buckets import BucketSettings
@@ -230,6 +230,19 @@ def test_sidecars_and_edit_policies(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError):
         write_caption(f, "x", policy="replace")
+
+
+def test_append_refuses_a_sidecar_that_is_not_utf8(tmp_path):
+    """Reading replaces bad bytes; appending to that lossy copy would destroy the original."""
+    f = tmp_path / "a.caption"
+    original = "café au lait".encode("latin-1")
+    f.write_bytes(original)
+    assert read_sidecar(f) == "caf\ufffd au lait"
+    with pytest.raises(SidecarEncodingError, match="not UTF-8"):
+        write_caption(f, "more", policy="append")
+    assert f.read_bytes() == original
+    assert not write_caption(f, "more")                              # skip: untouched
+    assert write_caption(f, "new", policy="overwrite") and read_sidecar(f) == "new"
 
 
 def test_join_caption_and_tags():

@@ -46,6 +46,16 @@ def test_overwrite_and_append_merge(tmp_path, wd14):
     assert unchanged.written == []          # same text: the file is not rewritten
 
 
+def test_append_to_a_non_utf8_tag_file_is_reported_not_garbled(tmp_path, wd14):
+    image = solid_image(tmp_path / "a.png")
+    sidecar = image.with_suffix(".txt")
+    original = "caf\xe9, solo\n".encode("latin-1")
+    sidecar.write_bytes(original)
+    summary = tag_images([image], TagOptions(model=wd14, policy="append"))
+    assert sidecar.read_bytes() == original
+    assert summary.done == 0 and len(summary.failed) == 1 and "not UTF-8" in summary.failed[0][1]
+
+
 def test_custom_extension_and_separator(tmp_path, wd14):
     image = solid_image(tmp_path / "a.png")
     tag_images([image], TagOptions(model=wd14, tags_extension=".tags", caption_separator=",", thresh=0.85))

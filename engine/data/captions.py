@@ -16,15 +16,31 @@ from engine import atomic
 POLICIES = ("skip", "overwrite", "append")
 
 
-def read_sidecar(path: str | Path) -> str | None:
-    """UTF-8 text (BOM stripped), whitespace-stripped; None when the file does not exist."""
+class SidecarEncodingError(ValueError):
+    """A sidecar that is not UTF-8, met where its text would be written back (append)."""
+
+
+def read_sidecar(path: str | Path, *, strict: bool = False) -> str | None:
+    """UTF-8 text (BOM stripped), whitespace-stripped; None when the file does not exist.
+
+    Undecodable bytes become U+FFFD for reading; ``strict`` raises SidecarEncodingError
+    instead, for callers that write the text back (appending to a lossy copy would
+    destroy the original characters).
+    """
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return None
     except IsADirectoryError:
         return None
-    return data.decode("utf-8-sig", errors="replace").strip()
+    try:
+        return data.decode("utf-8-sig").strip()
+    except UnicodeDecodeError as exc:
+        if strict:
+            raise SidecarEncodingError(
+                f"{path}: not UTF-8 text (byte {exc.start}); appending would garble it. Re-save the "
+                "file as UTF-8, or use the overwrite policy to replace it") from None
+        return data.decode("utf-8-sig", errors="replace").strip()
 
 
 def write_caption(path: str | Path, text: str, *, policy: str = "skip", separator: str = ", ") -> bool:
@@ -36,7 +52,7 @@ def write_caption(path: str | Path, text: str, *, policy: str = "skip", separato
     if policy not in POLICIES:
         raise ValueError(f"unknown caption policy {policy!r}; use one of {', '.join(POLICIES)}")
     path = Path(path)
-    old = read_sidecar(path)
+    old = read_sidecar(path, strict=policy == "append")
     text = text.strip()
     if old:
         if policy == "skip":

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from engine.data.captions import SidecarEncodingError
 from engine.labeling.images import Prefetcher, describe_error
 from engine.labeling.options import (
     CaptionOptions,
@@ -149,7 +150,12 @@ def run_labelling(paths: Iterable[str | Path], writer: LabelWriter, factory, opt
                                 summary.texts[str(path)] = ""
                                 log(f"no text for {path}: nothing written")
                                 continue
-                            final, changed = writer.write(path, text)
+                            try:
+                                final, changed = writer.write(path, text)
+                            except SidecarEncodingError as exc:   # the old file is kept as it is
+                                summary.failed.append((str(path), str(exc)))
+                                log(f"skipped {path}: {exc}")
+                                continue
                             summary.texts[str(path)] = final
                             summary.written.extend(changed)
                             summary.done += 1

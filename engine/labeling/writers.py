@@ -145,7 +145,7 @@ class LabelWriter:
         final = text
         if self.sidecars:
             target = sidecar_path(image, self.extension)
-            old = read_sidecar(target)
+            old = read_sidecar(target, strict=self.policy == "append")
             if self.field == "tags" and self.policy == "append" and old:
                 merged = combine(old, text, "tags", "append", self.separator)
                 if merged is not None and write_caption(target, merged, policy="overwrite"):
