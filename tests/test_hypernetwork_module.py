@@ -304,6 +304,8 @@ class NotAllowed:
     ({"layer_structure": [1, 1.5, 1]}, "layer_structure"),
     ({"activation_func": "relu"}, "activation_func"),
     ({"is_layer_norm": True}, "layer norm"),
+    ({"layer_structure": ["1", "two", "1"]}, "layer_structure"),     # not numbers: no bare ValueError
+    ({"layer_structure": 3}, "layer_structure"),                     # not a list: no TypeError
 ])
 def test_unsupported_structures_are_refused_clearly(tmp_path, extra, words):
     torch.save({32: a1111_pair(32, 0), **extra}, tmp_path / "odd.pt")

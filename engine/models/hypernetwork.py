@@ -357,9 +357,9 @@ def _read_pickle(path: Path) -> tuple[dict, dict]:
 def _check_structure(path: Path, info: Mapping) -> None:
     """Only NovelAI's structure is supported; say so clearly for anything else."""
     structure = info.get("layer_structure")
-    if structure is not None and [float(x) for x in structure] != [float(x) for x in LAYER_STRUCTURE]:
+    if structure is not None and _as_floats(structure) != [float(x) for x in LAYER_STRUCTURE]:
         raise HypernetworkError(
-            f"{path}: layer_structure {list(structure)} is not supported; sdft trains and loads only "
+            f"{path}: layer_structure {structure!r} is not supported; sdft trains and loads only "
             "NovelAI's [1, 2, 1] (one hidden layer twice as wide)")
     activation = info.get("activation_func")
     if activation not in (None, "linear"):
@@ -392,6 +392,14 @@ def _normalise_names(path: Path, width: int, sd: Mapping[str, torch.Tensor]) -> 
                 raise HypernetworkError(f"{path}: width {width} lacks {key}")
             out[f"linear.{new}.{leaf}"] = renamed[key]
     return out
+
+
+def _as_floats(values) -> list[float] | None:
+    """A numeric list as floats; None for anything else (then reported as unsupported)."""
+    try:
+        return [float(x) for x in values]
+    except (TypeError, ValueError):
+        return None
 
 
 def _as_int(value, default: int) -> int:
