@@ -49,20 +49,30 @@ def _cycled_plan(trainer, count: int) -> list:
 
 
 def time_engine(trainer, steps: int, warmup: int) -> tuple[float, int]:
-    """Seconds and samples for ``steps`` real engine steps after ``warmup`` steps."""
-    plan = _cycled_plan(trainer, steps + warmup)
-    samples = 0
-    start = None
-    for i, ref in enumerate(plan):
-        if i == warmup:
+    """Seconds and samples for ``steps`` steps of the real training loop (batch prefetching,
+    caption processing, logging, control polling), after ``warmup`` untimed steps."""
+    trainer.schedule.total_steps = warmup + steps
+    counted = {"samples": 0, "start": None}
+    train_step, after_step = trainer.train_step, trainer.after_step
+
+    def counting_step(batches):
+        train_step(batches)
+        if counted["start"] is not None:
+            counted["samples"] += sum(len(b.captions) for b in batches)
+
+    def timed_after_step():
+        after_step()
+        if trainer.global_step == warmup:
             _sync(trainer.device)
-            start = time.perf_counter()
-            samples = 0
-        trainer.train_step(trainer.load_group([ref], 1, i, i))
-        trainer.after_step()
-        samples += len(ref.items)
+            counted["start"] = time.perf_counter()
+
+    trainer.train_step, trainer.after_step = counting_step, timed_after_step
+    try:
+        trainer.loop()
+    finally:
+        trainer.train_step, trainer.after_step = train_step, after_step
     _sync(trainer.device)
-    return time.perf_counter() - start, samples
+    return time.perf_counter() - counted["start"], counted["samples"]
 
 
 def time_bare(trainer, steps: int, warmup: int) -> tuple[float, int]:
@@ -113,7 +123,7 @@ def run_bench(config_path: str | Path, steps: int = 20, warmup: int = 3) -> dict
     from engine.config.run_toml import load_run_file
     from engine.train.checkpoints import Checkpointer
     from engine.train.sampling import Sampler
-    from engine.train.trainer import Trainer, _Meter
+    from engine.train.trainer import Trainer
 
     config, document, _ = load_run_file(config_path)
     config.train.seed = config.train.seed or 0
@@ -123,7 +133,6 @@ def run_bench(config_path: str | Path, steps: int = 20, warmup: int = 3) -> dict
     trainer = Trainer(config, config_text="", sink=ListSink(), control=RunControl())
     trainer.setup()
     trainer.checkpointer, trainer.sampler = Checkpointer(trainer), Sampler(trainer)
-    trainer.meter = _Meter(0)
     device = trainer.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
