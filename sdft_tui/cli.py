@@ -28,6 +28,14 @@ def _has_module(name: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
+        if not _interactive():
+            # No terminal to draw the wizard on (a pipe, CI, cron): say what to run instead.
+            from engine.cli import build_parser
+
+            build_parser().print_help()
+            print("\nsdft: the wizard needs a terminal; run a TOML headless with `sdft train RUN.toml`.",
+                  file=sys.stderr)
+            return 2
         from sdft_tui.app import run_wizard
 
         return run_wizard(None)

@@ -114,3 +114,9 @@ def test_engine_never_imports_textual():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_no_arguments_without_a_terminal_prints_help_not_a_broken_wizard():
+    result = subprocess.run(SDFT, capture_output=True, text=True, env=ENV, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert "sdft train" in result.stdout and "needs a terminal" in result.stderr
