@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +22,10 @@ from typing import Any, Callable
 import tomlkit
 
 from engine.config import schema
+
+# Token counts and the health check both load the CLIP tokenizer from worker threads; two threads
+# importing transformers' lazy modules at once fail with "cannot import name 'CLIPTokenizer'".
+TOKENIZER_LOCK = threading.Lock()
 
 # ------------------------------------------------------------------ the values the wizard edits
 
@@ -151,6 +156,7 @@ class ModelGuess:
     family: str | None = None       # "sd1" | "sd2" | None (unknown)
     v_parameterization: bool | None = None
     note: str = ""
+    small: bool = False             # text width other than 768/1024: a tiny test model (the demo)
 
     def label(self) -> str:
         if self.family is None:
@@ -183,7 +189,8 @@ def probe_model(source: str) -> ModelGuess:
         except (OSError, ValueError):
             pass
         if cfg.get("cross_attention_dim") not in (768, 1024) and cfg.get("cross_attention_dim") is not None:
-            return ModelGuess(family, pred, f"cross_attention_dim {cfg.get('cross_attention_dim')}: a small test model?")
+            return ModelGuess(family, pred, f"cross_attention_dim {cfg.get('cross_attention_dim')}: a small test model",
+                              small=True)
         return ModelGuess(family, pred, "diffusers folder")
     if path.suffix.lower() == ".safetensors" and path.is_file():
         try:
@@ -405,11 +412,13 @@ class WizardState:
 
     def count_tokens(self) -> None:
         """Fill ``tokens`` for every record (imports the tokenizer: call from a worker)."""
-        from engine.models.tokenizer import count_tokens
-
         v2 = self.model_guess.family == "sd2" or self.values.get("model.v2") is True
         texts = [self.joined_caption(r) for r in self.records]
-        for record, n in zip(self.records, count_tokens(texts, v2=v2) if texts else []):
+        with TOKENIZER_LOCK:
+            from engine.models.tokenizer import count_tokens
+
+            counts = count_tokens(texts, v2=v2) if texts else []
+        for record, n in zip(self.records, counts):
             record.tokens = n
 
     def sidecar_path(self, record: ImageRecord, which: str) -> Path:
@@ -493,9 +502,10 @@ class WizardState:
         except Exception:
             settings = None
         v2 = self.model_guess.family == "sd2" or self.values.get("model.v2") is True
-        self.health_report = check_images(
-            [r.path for r in self.records], captions=[self.joined_caption(r) for r in self.records],
-            settings=settings, max_token_length=int(self.values.get("model.max_token_length", 75)), v2=v2)
+        with TOKENIZER_LOCK:
+            self.health_report = check_images(
+                [r.path for r in self.records], captions=[self.joined_caption(r) for r in self.records],
+                settings=settings, max_token_length=int(self.values.get("model.max_token_length", 75)), v2=v2)
 
     def health(self) -> dict[str, list[tuple[Path, str]]]:
         """Problem kind -> [(file, message)] for the dataset screen.
@@ -591,6 +601,16 @@ class WizardState:
         self.preset_applied = size_gb
 
     # ---------------------------------------------------------------- writing
+
+    def model_source(self, text: str) -> str:
+        """The base model as the engine will find it: a relative path is relative to the run file
+        (RunConfig.resolve), so the demo's ``model`` means ``demo/model`` whatever the cwd is."""
+        text = (text or "").strip()
+        if text and not Path(text).expanduser().is_absolute():
+            candidate = self.default_run_path().parent / text
+            if candidate.exists():
+                return str(candidate)
+        return text
 
     def default_run_path(self) -> Path:
         if self.run_path is not None:

@@ -48,8 +48,13 @@ class DatasetScreen(WizardScreen):
         source = self.state.source or self.state.image_dir
         if source is not None:
             self.query_one("#path", Input).value = str(source)
+        # The bar shows only while a scan or check runs (idle, an empty bar animates forever).
+        self.query_one("#progress", ProgressBar).display = False
         self.refresh_view()
         self.query_one("#path", Input).focus()
+        if self.state.records and self.state.health_report is None:
+            # Opened on a run TOML: the records are loaded, the engine's full check has not run.
+            self.health_worker()
 
     # ---------------------------------------------------------------- actions
 
@@ -76,6 +81,7 @@ class DatasetScreen(WizardScreen):
         self.query_one("#summary", Static).update(Text(f"scanning {path} …", style="italic"))
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=None, progress=0)
+        bar.display = True
         self.scan_worker(path)
 
     @work(thread=True, exclusive=True, group="scan")
@@ -83,19 +89,36 @@ class DatasetScreen(WizardScreen):
         def progress(done: int, total: int) -> None:
             self.app.call_from_thread(self._progress, done, total)
 
-        self.state.load_source(path, progress)
+        try:
+            self.state.load_source(path, progress)
+            self.app.call_from_thread(self.refresh_view)
+            if self.state.records:
+                try:
+                    self.state.count_tokens()
+                except Exception as exc:  # no tokenizer available: token columns stay empty
+                    self.app.call_from_thread(self.notify, f"token counts unavailable: {exc}", severity="warning")
+                self.app.call_from_thread(self.refresh_view)
+                self._check_health()
+        finally:
+            self.app.call_from_thread(self._scan_done)
+
+    @work(thread=True, exclusive=True, group="scan")
+    def health_worker(self) -> None:
+        """The engine's full health check for records loaded without a scan (``sdft RUN.toml``)."""
+        try:
+            self._check_health()
+        finally:
+            self.app.call_from_thread(self._scan_done)
+
+    def _check_health(self) -> None:
+        try:
+            self.state.run_health_check()
+        except Exception as exc:  # the quick checks stay on screen
+            self.app.call_from_thread(self.notify, f"health check failed: {exc}", severity="warning")
         self.app.call_from_thread(self.refresh_view)
-        if self.state.records:
-            try:
-                self.state.count_tokens()
-            except Exception as exc:  # no tokenizer available: token columns stay empty
-                self.app.call_from_thread(self.notify, f"token counts unavailable: {exc}", severity="warning")
-            self.app.call_from_thread(self.refresh_view)
-            try:
-                self.state.run_health_check()
-            except Exception as exc:  # the quick checks stay on screen
-                self.app.call_from_thread(self.notify, f"health check failed: {exc}", severity="warning")
-            self.app.call_from_thread(self.refresh_view)
+
+    def _scan_done(self) -> None:
+        self.query_one("#progress", ProgressBar).display = False
 
     def _progress(self, done: int, total: int) -> None:
         self.query_one("#progress", ProgressBar).update(total=max(total, 1), progress=done if total else 1)
@@ -119,9 +142,9 @@ class DatasetScreen(WizardScreen):
         where = state.metadata_file or state.image_dir
         text = Text()
         text.append(f"{len(state.records)} images", style="bold")
-        text.append(f" ({usable} usable), {with_caption} with captions/tags")
+        text.append(f" ({usable} usable), {with_caption} captioned")
         if counted:
-            text.append(f", tokens max {max(counted)}")
+            text.append(f", longest {max(counted)} tokens")
         text.append(f"\nfrom {where}", style="dim")
         summary.update(text)
         health = state.health()
