@@ -58,6 +58,18 @@ def _text(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _box_label(value) -> str:
+    """A checkbox's words follow its state: the box alone is one colour apart on a 16-colour terminal."""
+    return "on" if value else "off"
+
+
+def _inline_list(value) -> str | None:
+    """An inline list (sample prompts written in the TOML) is shown, not edited, here."""
+    if isinstance(value, (list, tuple)):
+        return f"{len(value)} inline prompt(s): edit them in the run file"
+    return None
+
+
 def _choices(key: str, given):
     if given is not None:
         return given
@@ -79,7 +91,8 @@ class OptionsScreen(WizardScreen):
         yield StepBar(self.STEP)
         yield Static(id="vram")
         yield OptionList(id="suggestions", compact=True)
-        yield FormRow("Preset", Select(PRESET_CHOICES, prompt="choose a card size", id="preset", compact=True))
+        yield FormRow("Preset", Select(PRESET_CHOICES, prompt="choose a card size", id="preset", compact=True),
+                      id="preset-row")
         with VerticalScroll(id="options-form"):
             values = self.state.values
             for key, label, kind, choices in FIELDS:
@@ -90,7 +103,9 @@ class OptionsScreen(WizardScreen):
                     initial = value if value in [v for _l, v in opts] else opts[0][1]
                     widget = Select(opts, value=initial, allow_blank=False, id=_wid(key), compact=True)
                 elif kind == "bool":
-                    widget = Checkbox("on", bool(value), id=_wid(key), compact=True)
+                    widget = Checkbox(_box_label(value), bool(value), id=_wid(key), compact=True)
+                elif _inline_list(value):
+                    widget = Input(_inline_list(value), id=_wid(key), compact=True, disabled=True)
                 else:
                     widget = Input(_text(value), id=_wid(key), compact=True)
                 yield FormRow(label, widget, tooltip=doc)
@@ -120,8 +135,11 @@ class OptionsScreen(WizardScreen):
                         widget.value = value
                 elif kind == "bool":
                     widget.value = bool(value)
+                    widget.label = _box_label(value)
                 else:
-                    text = _text(value)
+                    inline = _inline_list(value)
+                    widget.disabled = inline is not None
+                    text = inline or _text(value)
                     if widget.value != text:
                         widget.value = text
 
@@ -134,7 +152,7 @@ class OptionsScreen(WizardScreen):
     @on(Input.Changed)
     def _input(self, event: Input.Changed) -> None:
         key, kind = self._kind(event.input.id or "")
-        if key is None:
+        if key is None or event.input.disabled:
             return
         text = event.value.strip()
         if text == _text(self.state.get(key)).strip():
@@ -177,6 +195,7 @@ class OptionsScreen(WizardScreen):
         key, _kind = self._kind(event.checkbox.id or "")
         if key is None:
             return
+        event.checkbox.label = _box_label(event.value)
         self.state.set(key, event.value)
         if key == "memory.full_bf16" and event.value and self.state.get("memory.mixed_precision") != "bf16":
             self.state.set("memory.mixed_precision", "bf16")
@@ -211,7 +230,7 @@ class OptionsScreen(WizardScreen):
 
     @work(thread=True, exclusive=True, group="detect")
     def detect_model(self, source: str) -> None:
-        guess = probe_model(source)
+        guess = probe_model(self.state.model_source(source))
         self.state.model_guess = guess
         self.app.call_from_thread(self.refresh_view)
 
@@ -223,14 +242,18 @@ class OptionsScreen(WizardScreen):
         gpu_bytes = self.state.gpu_budget()
         hw = self.state.hardware
         if gpu_bytes:
-            return gpu_bytes, hw.summary()
+            # The estimate is in GB (10^9): give the card in GB too, with the GiB nvidia-smi shows.
+            from engine.plan import GB
+
+            name = getattr(getattr(hw, "best_gpu", None), "name", "GPU")
+            return gpu_bytes, f"{name}, {gpu_bytes / GB:.1f} GB ({gpu_bytes / 2**30:.1f} GiB)"
         label = "probing GPU…" if hw is None else hw.summary()
         if self.target_gb:
             return budget_for_preset(self.target_gb), f"{label}; planning for a {self.target_gb} GB card"
         return None, label
 
     def refresh_view(self) -> None:
-        from engine.plan import GB, estimate_peak_vram, suggest
+        from engine.plan import GB, N_UNET, estimate_peak_vram, suggest
 
         vram = self.query_one("#vram", Static)
         suggestions = self.query_one("#suggestions", OptionList)
@@ -248,8 +271,10 @@ class OptionsScreen(WizardScreen):
         text.append("GPU  ", style="bold")
         text.append(gpu_label + "\n")
         text.append("VRAM ", style="bold")
-        text.append(f"~{est.gb:.1f} GB peak ({est.phase}), {options.width}x{options.height} "
-                    f"b{options.batch_size} {options.family.upper()}")
+        # engine.plan models a full-size U-Net whatever the base model is: say so, and say it
+        # loudly for a small test model (the demo's), whose real need is a small fraction of it.
+        text.append(f"~{est.gb:.1f} GB peak, {options.width}x{options.height} "
+                    f"b{options.batch_size}, full-size {options.family.upper()}")
         self._suggestions = {}
         suggestions.clear_options()
         if budget is not None:
@@ -258,14 +283,18 @@ class OptionsScreen(WizardScreen):
             if fits:
                 text.append(f"fits {budget / GB:.1f} GB", style="bold green")
             else:
-                text.append(f"won't fit {budget / GB:.1f}", style="bold red")
+                text.append(f"won't fit {budget / GB:.1f} GB", style="bold red")
                 for n, s in enumerate(suggest(options, budget)[:4]):
                     oid = f"s{n}"
                     self._suggestions[oid] = s
                     mark = "✓" if s.fits else "·"
                     suggestions.add_option(Option(f"{mark} {s.text}", id=oid))
+        if self.state.model_guess.small:
+            params = f"{N_UNET.get(options.family, N_UNET['sd1']) / 1e6:.0f} M"
+            text.append(f"\nthat is a full-size {options.family.upper()} U-Net ({params} params); "
+                        "this test model needs far less", style="yellow")
         top = sorted(est.breakdown.items(), key=lambda kv: -kv[1])[:3]
-        text.append("\n" + ", ".join(f"{k} {v / GB:.1f}" for k, v in top), style="dim")
+        text.append(f"\n{est.phase}: " + ", ".join(f"{k} {v / GB:.1f}" for k, v in top), style="dim")
         vram.update(text)
         suggestions.display = bool(self._suggestions)
         if self._suggestions:
