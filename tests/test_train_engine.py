@@ -144,3 +144,31 @@ def test_background_batch_loading_changes_nothing_but_time(tmp_path, tiny_sd1):
     run_training(make_run(tmp_path / "threaded", tiny_sd1, steps=4, train_extra="gradient_accumulation_steps = 2"),
                  sink=threaded)
     assert losses(inline) == losses(threaded) and len(losses(inline)) == 4
+
+
+def test_each_process_draws_its_own_noise():
+    from engine.train.trainer import step_seed
+
+    seeds = {step_seed(7, step, micro, rank) for step in range(50) for micro in range(4) for rank in range(8)}
+    assert len(seeds) == 50 * 4 * 8
+    assert step_seed(7, 3, 0, 0) == step_seed(7, 3, 0, 0)
+
+
+def test_live_encoded_subsets_train_and_resume_exactly(tmp_path, tiny_sd1):
+    # random_crop makes a subset uncacheable: its latents are encoded every step, with the
+    # posterior sample drawn from the step's own generator.
+    extra = "random_crop = true"
+    straight = ListSink()
+    full = make_run(tmp_path / "a", tiny_sd1, steps=4)
+    full.write_text(full.read_text().replace('metadata_file = "meta.json"', f'metadata_file = "meta.json"\n  {extra}'))
+    assert run_training(full, sink=straight).status == "completed"
+    from engine.events import Message
+
+    assert any("encoded live" in m.text for m in straight.of(Message))
+    control = RunControl()
+    first, second = ListSink(), ListSink()
+    split = make_run(tmp_path / "b", tiny_sd1, steps=4)
+    split.write_text(split.read_text().replace('metadata_file = "meta.json"', f'metadata_file = "meta.json"\n  {extra}'))
+    run_training(split, sink=FanOut([first, stop_at(control, 2)]), control=control)
+    run_training(split, sink=second, resume="latest")
+    assert {**losses(first), **losses(second)} == losses(straight)

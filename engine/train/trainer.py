@@ -8,6 +8,7 @@ event sink and a :class:`~engine.control.RunControl`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -50,9 +51,11 @@ class Schedule:
     total_epochs: int
 
 
-def step_seed(seed: int, step: int, micro: int) -> int:
-    """Seed of the generator for one micro-batch: a pure function, so resume is exact."""
-    return (seed * 1_000_003 + step * 1_009 + micro) % (2 ** 63)
+def step_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
+    """Seed of the generator for one micro-batch of one process: a pure function, so resume is
+    exact, and distinct per process, so GPUs draw independent noise and timesteps."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{micro}/{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2 ** 63)
 
 
 class Trainer:
@@ -419,7 +422,10 @@ class Trainer:
 
     def load_group(self, group: list, epoch: int, step: int, position: int) -> list:
         """The micro-batches of one optimizer step (a pure function: safe to run early)."""
-        return [self.data.load_batch(ref, epoch=epoch, global_step=step, position=position + i)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        # Per-sample randomness is seeded by the batch's place in the whole epoch's plan, so
+        # each process draws its own flips, crops and caption shuffles (see _process_share).
+        return [self.data.load_batch(ref, epoch=epoch, global_step=step, position=(position + i) * world + rank)
                 for i, ref in enumerate(group)]
 
     def _process_share(self, plan: list) -> list:
@@ -444,7 +450,8 @@ class Trainer:
         """One optimizer step over loaded micro-batches (gradient accumulation)."""
         accum = self.cfg.train.gradient_accumulation_steps
         for micro, batch in enumerate(batches):
-            generator = torch.Generator().manual_seed(step_seed(self.seed, self.global_step, micro))
+            generator = torch.Generator().manual_seed(
+                step_seed(self.seed, self.global_step, micro, self.accelerator.process_index))
             last = micro == len(batches) - 1
             sync = nullcontext() if last else self.accelerator.no_sync(self.unet)
             with sync:
@@ -467,7 +474,9 @@ class Trainer:
             self.ema.update(self.global_step)
         self._maybe_stop_text_encoder()
 
-    def latents_of(self, batch) -> torch.Tensor:
+    def latents_of(self, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents: from the cache, or encoded now (live subsets) with the posterior
+        sample drawn from the step's generator, so live runs resume exactly too."""
         if batch.latents is not None:
             z = batch.latents.to(self.device, torch.float32)
         else:
@@ -476,13 +485,16 @@ class Trainer:
                 vae.to(self.device)
             with torch.no_grad():
                 pixels = batch.pixels.to(self.device, self.precision.vae_dtype)
-                z = vae.encode(pixels).latent_dist.sample().float()
+                posterior = vae.encode(pixels).latent_dist
+                mean, std = posterior.mean.float(), posterior.std.float()
+            xi = torch.randn(mean.shape, generator=generator) if generator is not None else torch.randn(mean.shape)
+            z = mean + std * xi.to(mean.device)
         return z * self.latent_scale
 
     def compute_loss(self, batch, generator: torch.Generator) -> torch.Tensor:
         """The training objective for one micro-batch (SPEC §6.2)."""
         t_cfg = self.cfg.train
-        x0 = self.latents_of(batch)
+        x0 = self.latents_of(batch, generator)
         noise_opts = obj.NoiseOptions(
             t_cfg.noise_offset, t_cfg.noise_offset_random_strength, t_cfg.adaptive_noise_scale,
             t_cfg.multires_noise_iterations, t_cfg.multires_noise_discount,
