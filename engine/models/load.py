@@ -7,13 +7,13 @@ inferred from the tensor shapes (real SD files match the built-in configs exactl
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from engine.hashcache import sha256_of
 from engine.models import convert as cv
 from engine.models.checkpoint_io import read_state_dict
 from engine.models.configs import scheduler_config
@@ -61,14 +61,6 @@ def training_scheduler(v2: bool, v_parameterization: bool):
 
     cfg = {k: v for k, v in scheduler_config(v2, v_parameterization).items() if k not in _DDIM_ONLY}
     return DDPMScheduler(**cfg)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fp32(sd: Mapping) -> dict:
@@ -397,7 +389,7 @@ def load_model(source: str, *, v2="auto", v_parameterization="auto", vae: str | 
         parts = _load_single_file(path, **kwargs)
         folder_for_tok = None
         if hash_file:
-            sha = file_sha256(path)
+            sha = sha256_of(path)   # remembered by path, size and mtime: big files hash once
     elif _HUB_ID.match(str(source)) and not str(source).lower().endswith(SINGLE_FILE_EXT):
         folder = _download_hub(str(source))
         report.append(f"downloaded {source} from the Hugging Face hub")
