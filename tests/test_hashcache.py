@@ -18,7 +18,8 @@ def test_hash_is_remembered_and_refreshed_on_change(tmp_path, monkeypatch):
     assert stored[str(model.resolve())]["sha256"] == hashlib.sha256(b"weights v1").hexdigest()
 
     calls = []
-    monkeypatch.setattr(hashcache.hashlib, "sha256", lambda: calls.append(1) or hashlib.sha256())
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr(hashcache.hashlib, "sha256", lambda: calls.append(1) or real_sha256())
     hashcache.sha256_of(model)
     assert calls == []                                  # unchanged file: read from the cache
 
