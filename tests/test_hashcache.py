@@ -17,6 +17,7 @@ def test_hash_is_remembered_and_refreshed_on_change(tmp_path, monkeypatch):
     stored = json.loads(hashcache.cache_file().read_text())
     assert stored[str(model.resolve())]["sha256"] == hashlib.sha256(b"weights v1").hexdigest()
 
+    expected_v2 = hashlib.sha256(b"weights v2, longer").hexdigest()
     calls = []
     real_sha256 = hashlib.sha256
     monkeypatch.setattr(hashcache.hashlib, "sha256", lambda *data: calls.append(1) or real_sha256(*data))
@@ -25,5 +26,5 @@ def test_hash_is_remembered_and_refreshed_on_change(tmp_path, monkeypatch):
 
     model.write_bytes(b"weights v2, longer")
     os.utime(model, ns=(1, 2))
-    assert hashcache.sha256_of(model) == hashlib.sha256(b"weights v2, longer").hexdigest()
-    assert len(calls) >= 1                             # changed file: hashed again
+    assert hashcache.sha256_of(model) == expected_v2
+    assert calls == [1]                                 # changed file: hashed again
