@@ -261,3 +261,18 @@ def test_stopped_caching_keeps_the_image_hash_index(dataset, vae):
         data.prepare_latents(vae, "cpu", progress=progress)
     index = json.loads((data.cache_dir / "index.json").read_text())
     assert len(index["images"]) == 7
+
+
+def test_kohya_npz_older_than_its_image_is_not_imported(dataset):
+    import os
+
+    from engine.data.cache import import_kohya_npz
+
+    img = dataset / "imgs" / "img000.png"
+    lat = np.zeros((4, 8, 8), dtype=np.float32)
+    npz = dataset / "imgs" / "img000.npz"
+    np.savez(npz, latents=lat)
+    os.utime(npz, (1_000_000, 1_000_000))                  # cached long before the image was edited
+    assert import_kohya_npz(img, (64, 64), (64, 64), flip=False) is None
+    os.utime(npz, None)                                     # a fresh cache file is used
+    assert import_kohya_npz(img, (64, 64), (64, 64), flip=False) is not None

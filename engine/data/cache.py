@@ -213,6 +213,13 @@ def kohya_npz_candidates(image: Path, original_size: tuple[int, int]) -> list[Pa
     ]
 
 
+def _older_than(cache_file: Path, image: Path) -> bool:
+    try:
+        return cache_file.stat().st_mtime < image.stat().st_mtime
+    except OSError:
+        return True
+
+
 def import_kohya_npz(image: Path, original_size: tuple[int, int], bucket: tuple[int, int],
                      flip: bool) -> dict[str, torch.Tensor] | None:
     """Latents from a kohya npz when one exists and fits the bucket; None otherwise.
@@ -225,6 +232,8 @@ def import_kohya_npz(image: Path, original_size: tuple[int, int], bucket: tuple[
     for file in kohya_npz_candidates(image, original_size):
         if not file.is_file():
             continue
+        if _older_than(file, image):
+            continue  # the image was edited after kohya cached it: the latent is stale (kohya #931)
         try:
             with np.load(file, allow_pickle=False) as data:
                 latents = _npz_latent(data, "latents", hw)
