@@ -132,3 +132,16 @@ def test_text_encoder_trains_with_its_own_learning_rate(tmp_path, tiny_sd1):
     rates = sorted(group["lr"] for group in trainer.optimizer.param_groups)
     assert rates == [5e-5, 1e-4]
     assert any(p.requires_grad for p in trainer.model.text_encoder.parameters())
+
+
+def test_zero_terminal_snr_model_saves_a_rescaled_scheduler(tmp_path, tiny_sd2):
+    import json
+
+    path = make_run(tmp_path, tiny_sd2, steps=1, train_extra="zero_terminal_snr = true",
+                    save_extra='format = "diffusers_safetensors"')
+    result = run_training(path, sink=ListSink())
+    assert result.status == "completed", result.message
+    from pathlib import Path
+
+    scheduler = json.loads((Path(result.model_path) / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["rescale_betas_zero_snr"] is True and scheduler["prediction_type"] == "v_prediction"

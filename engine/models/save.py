@@ -103,13 +103,15 @@ def _chmod_tree(root: Path) -> None:
             os.chmod(Path(dirpath) / name, 0o644)
 
 
-def _save_diffusers(path: Path, *, unet, text_encoder, vae, v2, v_parameterization, dtype, safe: bool) -> None:
+def _save_diffusers(path: Path, *, unet, text_encoder, vae, v2, v_parameterization, dtype, safe: bool,
+                    scheduler_overrides: Mapping | None = None) -> None:
     import torch
     from safetensors.torch import save_file
 
     with atomic_dir(path) as tmp:
         write_config_folder(tmp, v2=v2, v_parameterization=v_parameterization, unet=_config_dict(unet),
-                            vae=_config_dict(vae), text_encoder=_config_dict(text_encoder))
+                            vae=_config_dict(vae), text_encoder=_config_dict(text_encoder),
+                            scheduler_overrides=scheduler_overrides)
         # Text keys with the ``text_model.`` level: what every transformers version reads.
         text_sd = {"text_model." + cv.strip_text_model_prefix(k): v for k, v in _state(text_encoder).items()
                    if not k.endswith("position_ids")}
@@ -129,8 +131,13 @@ def _save_diffusers(path: Path, *, unet, text_encoder, vae, v2, v_parameterizati
 
 def save_model(path, *, unet, text_encoder, vae, v2: bool, v_parameterization: bool, fmt: str = "safetensors",
                precision: str = "fp16", metadata: dict[str, str] | None = None, epoch: int = 0,
-               global_step: int = 0, text_extras: Mapping | None = None) -> Path:
-    """Write the model; returns the path written. See SPEC §8.5 for formats and metadata."""
+               global_step: int = 0, text_extras: Mapping | None = None,
+               scheduler_overrides: Mapping | None = None) -> Path:
+    """Write the model; returns the path written. See SPEC §8.5 for formats and metadata.
+
+    ``scheduler_overrides`` go into a diffusers folder's scheduler config (e.g.
+    ``rescale_betas_zero_snr`` for a model trained with zero terminal SNR, SPEC §8.3).
+    """
     import torch
 
     path = Path(path)
@@ -139,7 +146,8 @@ def save_model(path, *, unet, text_encoder, vae, v2: bool, v_parameterization: b
     dtype = precision_dtype(precision)
     if fmt.startswith("diffusers"):
         _save_diffusers(path, unet=unet, text_encoder=text_encoder, vae=vae, v2=v2,
-                        v_parameterization=v_parameterization, dtype=dtype, safe=fmt == "diffusers_safetensors")
+                        v_parameterization=v_parameterization, dtype=dtype, safe=fmt == "diffusers_safetensors",
+                        scheduler_overrides=scheduler_overrides)
         return path
     sd = cv.diffusers_to_original(_state(unet), _state(vae), _state(text_encoder), v2=v2,
                                   text_extras=text_extras)

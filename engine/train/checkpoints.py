@@ -73,7 +73,8 @@ class Checkpointer:
                            v_parameterization=t.v_prediction, fmt=self.cfg.save.format,
                            precision=self.cfg.save.precision, metadata=self.metadata(),
                            epoch=t.epoch, global_step=t.global_step,
-                           text_extras=getattr(t.model, "text_extras", None))
+                           text_extras=getattr(t.model, "text_extras", None),
+                       scheduler_overrides={"rescale_betas_zero_snr": True} if self.cfg.train.zero_terminal_snr else None)
         finally:
             if use_ema:
                 t.ema.swap()
@@ -104,6 +105,7 @@ class Checkpointer:
             "sdft.global_step": str(t.global_step),
             "sdft.epoch": str(t.epoch),
             "sdft.train_text_encoder": str(bool(t.train_te)).lower(),
+            "sdft.zero_terminal_snr": str(bool(cfg.train.zero_terminal_snr)).lower(),
             "sdft.optimizer": cfg.optimizer.type,
             "sdft.learning_rate": str(self._learning_rate()),
             "sdft.mixed_precision": t.precision.mixed_precision,

@@ -63,6 +63,7 @@ def write_config_folder(
     vae: dict | None = None,
     text_encoder: dict | None = None,
     write_tokenizer: bool = True,
+    scheduler_overrides: dict | None = None,
 ) -> Path:
     """Write a weightless diffusers pipeline folder (configs, tokenizer, scheduler).
 
@@ -89,7 +90,8 @@ def write_config_folder(
         write_text(dest / part / names[part], json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     write_text(
         dest / "scheduler" / "scheduler_config.json",
-        json.dumps(scheduler_config(v2, v_parameterization), indent=2, sort_keys=True) + "\n",
+        json.dumps(scheduler_config(v2, v_parameterization, **dict(scheduler_overrides or {})),
+                   indent=2, sort_keys=True) + "\n",
     )
     index = {
         "_class_name": "StableDiffusionPipeline",
