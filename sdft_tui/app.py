@@ -170,6 +170,16 @@ class SdftApp(App):
             yield SystemCommand("Bulk edit captions", "Find/replace, add/remove tag, prefix (ctrl+e)",
                                 screen.action_bulk_edit)
             yield SystemCommand("Undo caption edit", "Restore the last saved caption(s) (ctrl+u)", screen.action_undo)
+            yield SystemCommand("Caption missing images", "BLIP writes a caption where there is none (f7)",
+                                lambda: screen.action_auto_label("caption", "skip"))
+            yield SystemCommand("Caption all images", "BLIP captions every image again (f8)",
+                                lambda: screen.action_auto_label("caption", "overwrite"))
+            yield SystemCommand("Tag all images", "WD14/DeepDanbooru tags every image (f9)",
+                                lambda: screen.action_auto_label("tags", "overwrite"))
+            yield SystemCommand("Re-caption the selected image", "A fresh BLIP caption in the editor (ctrl+r)",
+                                screen.action_recaption)
+            yield SystemCommand("Labeling models", "Local model folders or hub ids for BLIP and the tagger (ctrl+l)",
+                                screen.action_label_models)
 
     def _preset(self, size: int) -> None:
         self.action_goto("options")

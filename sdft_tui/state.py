@@ -150,6 +150,24 @@ PROBLEM_KINDS = {
 
 
 @dataclass
+class LabelModels:
+    """The captioner and tagger the captions step runs (ctrl+l); None = the engine's default.
+
+    SDFT_CAPTION_MODEL / SDFT_TAG_MODEL preset them (a folder or a hub id).
+    """
+
+    caption_model: str | None = None
+    tag_model: str | None = None
+    tagger: str = "wd14"                # "wd14" | "deepdanbooru"
+
+    @classmethod
+    def from_env(cls) -> "LabelModels":
+        import os
+
+        return cls(os.environ.get("SDFT_CAPTION_MODEL") or None, os.environ.get("SDFT_TAG_MODEL") or None)
+
+
+@dataclass
 class ModelGuess:
     """What a model file/folder looks like, read without torch (headers and config JSON only)."""
 
@@ -244,6 +262,7 @@ class WizardState:
     hardware: Any = None                    # engine.hardware.HardwareInfo once probed
     health_report: Any = None               # engine.data.health.HealthReport once checked
     preset_applied: int | None = None
+    label_models: LabelModels = field(default_factory=LabelModels.from_env)
 
     # ---------------------------------------------------------------- values
 

@@ -124,3 +124,96 @@ def test_an_emptied_number_field_is_marked_invalid(tmp_path):
         assert field.styles.background != valid.styles.background  # visible without text to colour
 
     run_app(app, scenario)
+
+
+# ---------------------------------------------------------------- captions: labeling keys and models
+
+
+def test_labeling_keys_are_in_the_footer_help_and_palette_at_80x24(tmp_path):
+    run = demo_like_run(tmp_path)
+    app = SdftApp(run, hardware=HardwareInfo(), start_dir=tmp_path)
+
+    async def scenario(pilot):
+        await pilot.press("f3")
+        await settle(app, pilot)
+        footer = screen_text(app).splitlines()[-1]
+        assert "f7 f8 f9 Auto-label" in footer
+        assert "^l Models" in footer
+        assert "^s Save" in footer and "^n Next" in footer
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for title in ("Caption missing images", "Caption all images", "Tag all images",
+                      "Re-caption the selected image", "Labeling models"):
+            assert title in titles
+        await pilot.press("f1")
+        await pilot.pause()
+        from sdft_tui.screens.help import HELP
+
+        assert "**F7**" in HELP and "**ctrl+l**" in HELP and "**ctrl+r**" in HELP
+
+    run_app(app, scenario)
+
+
+def test_a_model_that_cannot_load_opens_the_models_dialog_where_the_folder_is_typed(tmp_path, monkeypatch):
+    """Offline the default hub id cannot be fetched: the user must see why and where to fix it."""
+    monkeypatch.delenv("SDFT_CAPTION_MODEL", raising=False)
+    monkeypatch.setenv("SDFT_TAG_MODEL", str(tmp_path / "from-env"))
+    run = demo_like_run(tmp_path)
+    missing = tmp_path / "no-such-blip"
+    app = SdftApp(run, hardware=HardwareInfo(), start_dir=tmp_path)
+
+    async def scenario(pilot):
+        from sdft_tui.screens.label_models import LabelModelsScreen
+
+        assert app.state.label_models.tag_model == str(tmp_path / "from-env")  # env presets it
+        app.state.label_models.caption_model = str(missing)
+        await pilot.press("f3")
+        await settle(app, pilot)
+        await pilot.press("f8")
+        for _ in range(200):
+            if isinstance(app.screen, LabelModelsScreen):
+                break
+            await pilot.pause(0.05)
+        assert isinstance(app.screen, LabelModelsScreen)
+        await pilot.pause(0.1)
+        text = screen_text(app)
+        assert "Labeling models" in text
+        message = str(app.screen.error)
+        assert "no-such-blip" in message  # the engine's message names the folder, and is on screen
+        assert "BLIP model folder not found" in text
+        assert "--model" not in text           # no CLI flag advice inside the wizard
+        assert not app.screen.query("#label-progress")
+        field = app.screen.query_one("#caption-model")
+        assert field.has_focus and field.value == str(missing)
+        field.value = str(tmp_path / "blip-large")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.state.label_models.caption_model == str(tmp_path / "blip-large")
+        assert app.state.label_models.tag_model == str(tmp_path / "from-env")
+        # ctrl+l reopens it, escape keeps the choice
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert isinstance(app.screen, LabelModelsScreen)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.state.label_models.caption_model == str(tmp_path / "blip-large")
+
+    run_app(app, scenario)
+
+
+def test_caption_missing_with_nothing_missing_says_so_and_bulk_undo_counts(tmp_path):
+    run = demo_like_run(tmp_path)
+    app = SdftApp(run, hardware=HardwareInfo(), start_dir=tmp_path)
+
+    async def scenario(pilot):
+        await pilot.press("f3")
+        await settle(app, pilot)
+        await pilot.press("f7")  # every demo image has a caption: nothing to start
+        await pilot.pause()
+        assert not app.screen.query("#label-progress")
+        assert any("every image has a caption" in n.message for n in app._notifications)
+        app.state.bulk_edit(list(range(4)), "prefix", "photo")
+        await pilot.press("ctrl+u")
+        await pilot.pause()
+        assert any(n.message == "restored 4 captions/tags" for n in app._notifications)
+
+    run_app(app, scenario)

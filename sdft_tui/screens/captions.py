@@ -55,16 +55,19 @@ class BulkEditScreen(ModalScreen):
 
 class CaptionsScreen(WizardScreen):
     STEP = "captions"
+    LABEL = Binding.Group("Auto-label ")  # the space: a compact footer puts no gap after a group
     BINDINGS = [
-        Binding("ctrl+s", "save_caption", "Save caption", priority=True),
+        Binding("ctrl+s", "save_caption", "Save", priority=True),
         Binding("ctrl+u", "undo", "Undo", priority=True),
-        Binding("ctrl+e", "bulk_edit", "Bulk edit", priority=True),
+        Binding("ctrl+e", "bulk_edit", "Bulk", priority=True),
         Binding("ctrl+f", "focus_filter", "Filter", priority=True),
-        # auto-labelling (section at the end of this class); hidden from the footer
-        Binding("f7", "auto_label('caption', 'skip')", "Caption missing", show=False),
-        Binding("f8", "auto_label('caption', 'overwrite')", "Caption all", show=False),
-        Binding("f9", "auto_label('tags', 'overwrite')", "Tag all", show=False),
-        Binding("ctrl+r", "recaption", "Re-caption image", show=False, priority=True),
+        # auto-labelling (section at the end of this class): one footer entry "f7 f8 f9 Auto-label";
+        # the help screen and the command palette say what each key does
+        Binding("f7", "auto_label('caption', 'skip')", "Caption missing", group=LABEL),
+        Binding("f8", "auto_label('caption', 'overwrite')", "Caption all", group=LABEL),
+        Binding("f9", "auto_label('tags', 'overwrite')", "Tag all", group=LABEL),
+        Binding("ctrl+r", "recaption", "Re-caption", show=False, priority=True),  # named in the editor line
+        Binding("ctrl+l", "label_models", "Models", priority=True),
     ]
 
     def __init__(self):
@@ -81,7 +84,7 @@ class CaptionsScreen(WizardScreen):
             with Vertical(id="editor-box"):
                 yield Label("", id="editing")
                 yield TextArea(id="editor", soft_wrap=True, compact=True)
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         table = self.query_one("#captions", DataTable)
@@ -142,9 +145,11 @@ class CaptionsScreen(WizardScreen):
             return
         record = self.state.records[index]
         editor.load_text(record.edit_text)
-        where = "metadata entry" if record.key is not None and self.state.metadata_file else \
+        where = "metadata" if record.key is not None and self.state.metadata_file else \
             self.state.sidecar_path(record, record.edit_field).name
-        label.update(f"{record.edit_field} of {record.path.name} → {where}  (ctrl+s saves)")
+        # the keys first: a long file name may be cut at 80 columns, the keys must not
+        redo = "^r re-caption" if record.edit_field == "caption" else "f9 re-tag all"
+        label.update(f"^s save · {redo} · {record.edit_field} of {record.path.name} → {where}")
         preview.set_image(record.path)
 
     # ---------------------------------------------------------------- editing
@@ -165,11 +170,14 @@ class CaptionsScreen(WizardScreen):
         self._after_write()
 
     def action_undo(self) -> None:
+        before = len(self.state.undo_stack)
         snap = self.state.undo()
         if snap is None:
             self.notify("nothing to undo")
             return
-        self.notify(f"restored {self.state.records[snap.index].path.name}")
+        restored = before - len(self.state.undo_stack)  # a bulk edit or a labeling run is one step
+        self.notify(f"restored {self.state.records[snap.index].path.name}" if restored == 1
+                    else f"restored {restored} captions/tags")
         self.current = None
         self._after_write()
 
@@ -209,27 +217,44 @@ class CaptionsScreen(WizardScreen):
     # progress bar mounted while it runs (pressing one of the keys again stops it after the
     # batch); the records are re-read afterwards and the run is one ctrl+u undo step.
     # ctrl+r puts a fresh BLIP caption of the selected image in the editor (ctrl+s saves it).
-    # Models: the engine defaults, or SDFT_CAPTION_MODEL / SDFT_TAG_MODEL (folder or hub id).
+    # Models: ctrl+l (LabelModelsScreen), preset by SDFT_CAPTION_MODEL / SDFT_TAG_MODEL; a model
+    # that cannot be loaded (offline hub id, wrong folder) reopens that dialog with the message.
 
     label_stop = False
-
-    def _label_models(self) -> tuple[str | None, str | None]:
-        import os
-
-        return os.environ.get("SDFT_CAPTION_MODEL") or None, os.environ.get("SDFT_TAG_MODEL") or None
 
     def _label_options(self, kind: str, policy: str):
         from engine.labeling import CaptionOptions, TagOptions
 
         state = self.state
+        models = state.label_models
         in_metadata = state.metadata_file is not None and any(r.key is not None for r in state.records)
         out = dict(policy=policy, sidecars=not in_metadata, image_dir=state.image_dir,
                    metadata_file=state.metadata_file if in_metadata else None)
-        caption_model, tag_model = self._label_models()
         if kind == "caption":
-            extra = {"model": caption_model} if caption_model else {}
+            extra = {"model": models.caption_model} if models.caption_model else {}
             return CaptionOptions(caption_extension=state.caption_extension, **extra, **out)
-        return TagOptions(model=tag_model, tags_extension=state.tags_extension, **out)
+        return TagOptions(tagger=models.tagger, model=models.tag_model, tags_extension=state.tags_extension, **out)
+
+    def action_label_models(self, error: str | None = None) -> None:
+        from sdft_tui.screens.label_models import LabelModelsScreen
+
+        def done(models) -> None:
+            if models is None:
+                return
+            if models != self.state.label_models:
+                self.state.label_models = models
+                captioner = getattr(self, "_captioner", None)
+                if captioner is not None:  # ctrl+r loads the new model next time
+                    captioner.close()
+                    self._captioner = None
+            self.notify("labeling models set: f7/f8 caption, f9 tags, ctrl+r re-captions")
+
+        self.app.push_screen(LabelModelsScreen(self.state.label_models, error), done)
+
+    def _label_failed(self, message: str) -> None:
+        """A model that cannot be used: show why where the model is chosen."""
+        self.notify("labeling could not start: see the models dialog", severity="error")
+        self.action_label_models(message)
 
     def action_auto_label(self, kind: str, policy: str) -> None:
         if any(w.group == "labeling" and w.is_running for w in self.workers):
@@ -240,13 +265,20 @@ class CaptionsScreen(WizardScreen):
         if not records:
             self.notify("no readable images to label", severity="warning")
             return
+        if policy == "skip":
+            missing = sum(1 for r in records if not getattr(r, "caption" if kind == "caption" else "tags"))
+            if not missing:
+                self.notify(f"every image has a {kind}: f8 captions all of them again", severity="warning")
+                return
+            what = f"{missing} image(s) without a {kind}"
+        else:
+            what = f"all {len(records)} image(s)"
+        self.notify(f"{'captioning' if kind == 'caption' else 'tagging'} {what}; press the key again to stop")
         from textual.widgets import ProgressBar
 
         self.label_stop = False
         bar = ProgressBar(total=len(records), id="label-progress", show_eta=False)
         self.mount(bar, before=self.query_one("#captions"))
-        self.notify(f"{'captioning' if kind == 'caption' else 'tagging'} {len(records)} image(s) "
-                    f"({'missing only' if policy == 'skip' else 'all'}); press the key again to stop")
         self._label_job(kind, policy, records)
 
     @work(thread=True, exclusive=True, group="labeling")
@@ -263,8 +295,9 @@ class CaptionsScreen(WizardScreen):
         try:
             summary = run([r.path for r in records], self._label_options(kind, policy), progress=progress,
                           should_stop=lambda: self.label_stop)
-        except LabelError as exc:
-            self.app.call_from_thread(self._label_done, None, str(exc), field, records, before)
+        except LabelError as exc:  # the model cannot be loaded: the dialog shows why
+            self.app.call_from_thread(self._label_done, None, None, field, records, before)
+            self.app.call_from_thread(self._label_failed, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - shown, never kills the wizard
             self.app.call_from_thread(self._label_done, None, f"{type(exc).__name__}: {exc}", field, records, before)
@@ -293,8 +326,9 @@ class CaptionsScreen(WizardScreen):
         if error:
             self.notify(error, severity="error", timeout=10)
         elif summary is not None:
-            text = (f"{summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed, "
-                    f"{summary.images_per_s:.2f} images/s on {summary.device}")
+            text = f"{summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed"
+            if summary.done:
+                text += f", {summary.images_per_s:.2f} images/s on {summary.device}"
             self.notify(("stopped: " if summary.stopped else "") + text + " (ctrl+u undoes)",
                         severity="warning" if summary.failed or summary.stopped else "information")
         self._after_write()
@@ -329,13 +363,16 @@ class CaptionsScreen(WizardScreen):
 
     @work(thread=True, exclusive=True, group="labeling")
     def _recaption_job(self, index: int, path) -> None:
-        from engine.labeling import label_one, load_captioner
+        from engine.labeling import LabelError, label_one, load_captioner
 
         try:
             model = getattr(self, "_captioner", None)
             if model is None:
                 model = self._captioner = load_captioner(self._label_options("caption", "overwrite"))
             text = label_one(path, model)
+        except LabelError as exc:
+            self.app.call_from_thread(self._label_failed, str(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - LabelError or a model failure: shown to the user
             self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
             return

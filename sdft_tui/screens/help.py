@@ -28,6 +28,11 @@ Five steps turn a folder of images into a run file (`sdft train FILE` replays it
    (`problem:too_long` filters by kind). Edit the selected caption below the table and save it
    with **ctrl+s** (atomic write); **ctrl+u** undoes the last save or bulk edit; **ctrl+e** opens
    bulk edits (find/replace, add/remove a tag, prefix) on the rows shown.
+   Auto-labeling: **F7** captions the images without a caption (BLIP), **F8** captions all of
+   them, **F9** tags all of them (WD14 or DeepDanbooru); press the key again to stop; **ctrl+u**
+   undoes the whole run. **ctrl+r** puts a fresh caption of the selected image in the editor.
+   **ctrl+l** picks the models: a local folder or a hub id (offline, download the model elsewhere
+   and type its folder there).
 3. **Buckets**: the histogram of aspect buckets, recomputed as you type (kohya's rules, the same
    code training uses). Yellow bars end in a partial batch; ↑n counts upscaled images.
 4. **Options**: model, length, learning rate, precision, memory. The VRAM line estimates peak GPU

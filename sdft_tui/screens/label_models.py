@@ -1,0 +1,94 @@
+"""The labeling models dialog (captions step, ctrl+l): which BLIP captioner and which tagger run.
+
+Each is a local model folder or a hub id; empty means the engine's default (downloaded only when
+online). Offline, a failed f7/f8/f9/ctrl+r opens this dialog with the engine's message so the user
+sees at once where to type the folder. The choice lasts for the session (it is not part of the run
+TOML: labeling happens before training); SDFT_CAPTION_MODEL / SDFT_TAG_MODEL preset it.
+"""
+
+from __future__ import annotations
+
+import re
+from rich.text import Text
+from textual import on
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, Static
+
+from sdft_tui.screens.wizard_base import FormRow
+from sdft_tui.state import LabelModels
+
+TAGGERS = (("WD14 (ONNX)", "wd14"), ("DeepDanbooru (ONNX)", "deepdanbooru"))
+
+
+def engine_defaults() -> tuple[str, str]:
+    """The engine's default BLIP and WD14 hub ids (a light import: no torch, no transformers)."""
+    from engine.labeling.options import DEFAULT_BLIP, DEFAULT_WD14
+
+    return DEFAULT_BLIP, DEFAULT_WD14
+
+
+def wizard_hint(message: str) -> str:
+    """The engine's advice names the CLI flag (``--model``); in the wizard the folder is typed below.
+
+    (engine.labeling.sources takes a ``flag`` argument that the runner does not pass on yet.)
+    """
+    message = message.replace("copy the folder here and pass it with --model FOLDER",
+                              "copy the folder to this machine and type its path below")
+    return re.sub(r" with --model\b(?: FOLDER)?", " in a field below", message)
+
+
+class LabelModelsScreen(ModalScreen):
+    """Dismisses with a LabelModels, or None when cancelled."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    LabelModelsScreen { align: center middle; }
+    #models-dialog { width: 78; max-width: 100%; height: auto; max-height: 100%; padding: 0 1;
+                     background: $panel; border: thick $primary; }
+    #models-dialog FormRow > Label.form-label { width: 16; }
+    #models-error { height: auto; max-height: 9; color: $error; margin-bottom: 1; }
+    #models-help { height: auto; color: $text-muted; margin-bottom: 1; }
+    #models-buttons { height: auto; margin-top: 1; }
+    #models-buttons Button { margin-right: 2; }
+    """
+
+    def __init__(self, models: LabelModels, error: str | None = None):
+        super().__init__()
+        self.models = models
+        self.error = error
+
+    def compose(self):
+        blip, wd14 = engine_defaults()
+        with Vertical(id="models-dialog"):
+            yield Label(Text("Labeling models (f7 f8 f9, ctrl+r)", style="bold"))
+            if self.error:
+                yield Static(Text(wizard_hint(self.error)), id="models-error")
+            yield Static(Text("A local folder, or a hub id (needs internet); empty: the default shown.\n"
+                              "BLIP folder: config.json + weights. Tagger folder: model.onnx + "
+                              "selected_tags.csv (WD14) or tags.txt (DeepDanbooru)."), id="models-help")
+            yield FormRow("Caption (BLIP)", Input(self.models.caption_model or "", placeholder=blip,
+                                                  id="caption-model", compact=True))
+            yield FormRow("Tagger", Select(TAGGERS, value=self.models.tagger, allow_blank=False,
+                                           id="tagger", compact=True))
+            yield FormRow("Tagger model", Input(self.models.tag_model or "", placeholder=wd14,
+                                                id="tag-model", compact=True))
+            with Horizontal(id="models-buttons"):
+                yield Button("Use these (enter)", id="models-ok", variant="primary", compact=True)
+                yield Button("Cancel (esc)", id="models-cancel", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#caption-model", Input).focus()
+
+    @on(Button.Pressed, "#models-ok")
+    @on(Input.Submitted)
+    def accept(self) -> None:
+        caption = self.query_one("#caption-model", Input).value.strip() or None
+        tag = self.query_one("#tag-model", Input).value.strip() or None
+        tagger = self.query_one("#tagger", Select).value
+        self.dismiss(LabelModels(caption, tag, str(tagger)))
+
+    @on(Button.Pressed, "#models-cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
