@@ -217,3 +217,18 @@ def test_caption_missing_with_nothing_missing_says_so_and_bulk_undo_counts(tmp_p
         assert any(n.message == "restored 4 captions/tags" for n in app._notifications)
 
     run_app(app, scenario)
+
+
+def test_review_footer_shows_help_at_80x24(tmp_path):
+    """The last step has no next one: ^n leaves the footer and f1 Help fits again."""
+    run = demo_like_run(tmp_path)
+    app = SdftApp(run, hardware=HardwareInfo(), start_dir=tmp_path)
+
+    async def scenario(pilot):
+        await pilot.press("f6")
+        await settle(app, pilot)
+        footer = screen_text(app).splitlines()[-1]
+        assert "f1 Help" in footer and "^t Save+train" in footer
+        assert "Next" not in footer
+
+    run_app(app, scenario)

@@ -21,6 +21,8 @@ class ReviewScreen(WizardScreen):
         Binding("ctrl+s", "save", "Save", priority=True),
         Binding("ctrl+t", "train", "Save+train", priority=True),
         Binding("ctrl+x", "save_quit", "Save+quit", priority=True),
+        # the last step has no next one: keeping it off the footer leaves room for f1 Help at 80x24
+        Binding("ctrl+n", "app.next_step", "Next", show=False, priority=True),
     ]
 
     def compose(self):
