@@ -188,7 +188,7 @@ def test_normal_run_completes_in_a_worker_thread(tmp_path):
     assert engine.calls[0]["log_path"] is None or str(engine.calls[0]["log_path"]).endswith("sdft.log")
     assert app.return_code == 0 and handle.exit_code == 0
     assert "COMPLETED" in seen["text"] and "Training completed at step 40" in seen["text"]
-    assert "final.safetensors" in seen["text"]
+    assert "final.safetensors" in "".join(seen["text"].split())  # a long tmp path may wrap
     assert "step    40/40" in seen["text"] and "8.0 GiB on cuda:0" in seen["text"]
     assert seen["messages"] < 60   # events coalesce into few messages (61 events were sent)
 
@@ -228,7 +228,7 @@ def test_keys_reach_run_control_and_stop_saves_a_state(tmp_path):
     app, handle = run_app(engine, scenario)
     assert {"pause", "save", "stop"} <= set(engine.seen)
     assert "PAUSED" in out["paused"]
-    assert "Training stopped" in out["text"] and "Resumable state:" in out["text"]
+    assert "Training stopped" in out["text"] and "Resume: sdft train run.toml --resume" in out["text"]
     assert app.return_code == 130 and handle.exit_code == 130
 
 

@@ -42,7 +42,7 @@ EXIT_CODES = {"completed": 0, "failed": 3, "stopped": 130}
 GENERIC_OOM_ADVICE = [
     "enable gradient checkpointing (memory.gradient_checkpointing = true)",
     "use 8-bit Adam (optimizer.type = \"AdamW8bit\")",
-    "lower the batch size or the resolution (general.batch_size, general.resolution)",
+    "lower the batch size or resolution (general.batch_size / .resolution)",  # fits 80 columns
     "train in mixed precision (memory.mixed_precision = \"fp16\" or \"bf16\")",
 ]
 
@@ -256,8 +256,11 @@ class DashboardScreen(Screen[int]):
             return
         self.painted_version = self.figures.version
         self.query_one("#status-bar", Static).update(self.status_line())
-        for widget_id in ("#loss-chart", "#throughput", "#vram"):
+        for widget_id in ("#loss-chart", "#vram"):
             self.query_one(widget_id).refresh()
+        # the progress pane shrinks once the run is over (Throughput.compact), giving the memory
+        # pane the rows the outcome panel takes at 80x24
+        self.query_one("#throughput").refresh(layout=self.figures.finished is not None)
         self.query_one("#event-log", EventLog).sync()
         self.query_one("#samples", SampleView).sync()
         self.refresh_bindings()
@@ -294,6 +297,8 @@ class DashboardScreen(Screen[int]):
         outcome.display = True
 
     def outcome_text(self) -> tuple[Text, str]:
+        """What happened and what to do next, in as few lines as 80x24 allows (the panes above
+        keep their room; q to close is in the footer)."""
         f = self.figures
         end = f.finished
         status = end.status if end else "failed"
@@ -306,10 +311,14 @@ class DashboardScreen(Screen[int]):
         elif status == "stopped":
             text.append("Training stopped", style="bold")
             text.append(f" at step {end.step}" + (f": {end.message}" if end.message else "") + ".")
-            if end.state_path:
-                text.append(f"\nResumable state: {end.state_path}")
             if end.model_path:
                 text.append(f"\nModel: {end.model_path}")
+            if end.state_path:
+                config = self.resume_config()
+                if config is not None:
+                    text.append(f"\nResume: sdft train {config} --resume {end.state_path}")
+                else:
+                    text.append(f"\nResumable state: {end.state_path}")
         elif end is not None and end.out_of_memory:
             text.append("Out of GPU memory", style="bold")
             text.append(f" at step {end.step}" + (f": {end.message}" if end.message else "") + ".")
@@ -326,8 +335,11 @@ class DashboardScreen(Screen[int]):
             message = end.message if end is not None and end.message else "no message"
             text.append(f"{step}: {message}")
             self.append_log_path(text)
-        text.append("\nq: close the dashboard")
         return text, status if not (end and end.out_of_memory) else "failed"
+
+    def resume_config(self):
+        """The run file to name in the resume command (None: the state path alone is shown)."""
+        return None
 
     def append_log_path(self, text: Text) -> None:
         path = self.log_file()
@@ -364,6 +376,7 @@ class RunScreen(DashboardScreen):
         Binding("s", "save_now", "Save"),
         Binding("n", "sample_now", "Sample"),
         Binding("p", "pause", "Pause"),
+        Binding("p", "resume", "Resume"),   # shown instead of Pause while paused (check_action)
     ]
 
     def __init__(self, config_path, *, engine: Engine | None = None, handle: EngineHandle | None = None,
@@ -440,6 +453,9 @@ class RunScreen(DashboardScreen):
     def config_file(self):
         return self.config_path
 
+    def resume_config(self):
+        return self.config_path
+
     def log_file(self):
         return self.handle.log_path
 
@@ -455,9 +471,15 @@ class RunScreen(DashboardScreen):
     # ------------------------------------------------------------------ keys
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        if action in ("stop", "save_now", "sample_now", "pause"):
-            if not self.handle.running or self.control.stop_requested:
-                return None   # shown greyed: the run is over or stopping
+        if action in ("stop", "save_now", "sample_now", "pause", "resume"):
+            if not self.handle.started or self.handle.done.is_set():
+                return False  # the run is over: the keys leave the footer
+            if action == "pause" and self.control.paused:
+                return False
+            if action == "resume" and not self.control.paused:
+                return False
+            if self.control.stop_requested:
+                return None   # shown greyed while the engine stops
         return True
 
     def note(self, text: str, level: str = "info") -> None:
@@ -490,11 +512,17 @@ class RunScreen(DashboardScreen):
         if not self.handle.running:
             return
         if self.control.paused:
+            self.action_resume()
+            return
+        self.control.pause()
+        self.note("pause requested (after the current step)")
+        self.refresh_bindings()
+
+    def action_resume(self) -> None:
+        if self.handle.running and self.control.paused:
             self.control.resume()
             self.note("resume requested")
-        else:
-            self.control.pause()
-            self.note("pause requested (after the current step)")
+            self.refresh_bindings()
 
     def action_quit_dashboard(self) -> None:
         if not self.handle.running:
@@ -558,7 +586,9 @@ class WatchScreen(DashboardScreen):
         if self.figures.version == 0:
             line = Text(f"{self.title_prefix} · {self.run_label} · waiting for {self.events_path}",
                         no_wrap=True, overflow="ellipsis")
-        line.append(" · read-only", style="italic")
+        width = self.query_one("#status-bar").size.width - 2
+        if not width or line.cell_len + 12 <= width:   # at 80 columns the figures come first
+            line.append(" · read-only", style="italic")
         return line
 
     def config_file(self):

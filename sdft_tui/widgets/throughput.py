@@ -17,7 +17,7 @@ LABEL_WIDTH = 8
 class Throughput(Widget):
     COMPONENT_CLASSES = {"throughput--bar", "throughput--label", "throughput--value"}
     DEFAULT_CSS = """
-    Throughput { height: auto; min-height: 5; text-wrap: nowrap; text-overflow: clip; }
+    Throughput { height: auto; text-wrap: nowrap; text-overflow: clip; }
     Throughput > .throughput--bar { color: $accent; }
     Throughput > .throughput--label { color: $text-muted; }
     Throughput > .throughput--value { color: $text; text-style: bold; }
@@ -27,8 +27,13 @@ class Throughput(Widget):
         super().__init__(**kwargs)
         self.figures = figures
 
+    @property
+    def compact(self) -> bool:
+        """After the run: step, epoch and speed, elapsed (3 lines, so the memory pane shows at 80x24)."""
+        return self.figures.finished is not None and self.figures.last is not None
+
     def get_content_height(self, container, viewport, width: int) -> int:
-        return 5
+        return 3 if self.compact else 5
 
     def _row(self, text: Text, label: str, value: str, rest: str = "", newline: bool = True) -> None:
         text.append(f"{label:<{LABEL_WIDTH}}", style=self.get_component_rich_style("throughput--label"))
@@ -53,6 +58,11 @@ class Throughput(Widget):
         text.append(bar(frac, bar_w), style=self.get_component_rich_style("throughput--bar"))
         text.append(f" {int(frac * 100):>3d}%\n", style=self.get_component_rich_style("throughput--label"))
         epochs = f.started.total_epochs if f.started else 0
+        if m is not None and self.compact:
+            self._row(text, "epoch", f"{m.epoch}/{epochs}" if epochs else str(m.epoch),
+                      f" · {m.it_per_s:.2f} it/s")
+            self._row(text, "elapsed", format_duration(m.elapsed_s), newline=False)
+            return text
         if m is not None:
             self._row(text, "epoch", f"{m.epoch}/{epochs}" if epochs else str(m.epoch))
             self._row(text, "speed", f"{m.it_per_s:.2f} it/s")

@@ -57,7 +57,8 @@ class VramMeter(Widget):
         device = self.figures.started.device if self.figures.started else "-"
         if m.vram_total or m.vram_allocated is not None:
             total = m.vram_total
-            rows = [("alloc", m.vram_allocated), ("reserved", m.vram_reserved), ("peak", m.vram_peak)]
+            # peak first: it decides an out-of-memory error, and it is what a short pane must keep
+            rows = [("peak", m.vram_peak), ("alloc", m.vram_allocated), ("reserved", m.vram_reserved)]
             for name, value in rows:
                 figure = format_bytes(value)
                 bar_w = max(3, width - LABEL_WIDTH - 9)
@@ -74,8 +75,8 @@ class VramMeter(Widget):
         used = format_bytes(m.ram_used)
         figure = used + (f" / {format_bytes(ram_total)}" if ram_total else "")
         text.append(f"{'RAM':<{LABEL_WIDTH}}", style=label_style)
-        if ram_total:
-            bar_w = max(3, width - LABEL_WIDTH - len(figure) - 2)
+        bar_w = width - LABEL_WIDTH - len(figure) - 1
+        if ram_total and bar_w >= 3:   # too narrow (80 columns): the figure alone, never cut
             text.append(bar(m.ram_used / ram_total if m.ram_used else 0.0, bar_w),
                         style=self.get_component_rich_style("vram-meter--bar"))
             text.append(" ")
