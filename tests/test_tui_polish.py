@@ -232,3 +232,37 @@ def test_review_footer_shows_help_at_80x24(tmp_path):
         assert "Next" not in footer
 
     run_app(app, scenario)
+
+
+def test_a_cut_health_line_is_shown_in_full_when_highlighted(tmp_path):
+    """Problem lines are longer than the pane at 80 columns: the highlighted one is shown whole."""
+    from PIL import Image
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.new("RGB", (16, 12)).save(folder / "tiny.png")
+    Image.new("CMYK", (512, 512)).save(folder / "cmyk.jpg")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    app = SdftApp(hardware=HardwareInfo(), start_dir=tmp_path)
+
+    async def scenario(pilot):
+        path = app.screen.query_one("#path")
+        path.value = str(folder)
+        path.focus()
+        await pilot.press("enter")
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "3 images (2 usable), 0 captioned" in text and "longest 0 tokens" not in text
+        tree = app.screen.query_one("#health")
+        leaf = next(n for n in tree.root.children if n.children).children[0]
+        tree.focus()
+        tree.move_cursor(leaf)
+        await pilot.pause()
+        detail = app.screen.query_one("#health-detail")
+        assert detail.display
+        name, message = leaf.data
+        await pilot.pause()
+        shown = " ".join(screen_text(app).split())
+        assert message.split()[-1] in shown and name in shown
+
+    run_app(app, scenario)

@@ -253,7 +253,7 @@ class CaptionsScreen(WizardScreen):
 
     def _label_failed(self, message: str) -> None:
         """A model that cannot be used: show why where the model is chosen."""
-        self.notify("labeling could not start: see the models dialog", severity="error")
+        self.app.clear_notifications()  # toasts would sit on top of the dialog that explains it
         self.action_label_models(message)
 
     def action_auto_label(self, kind: str, policy: str) -> None:

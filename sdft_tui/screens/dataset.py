@@ -41,6 +41,7 @@ class DatasetScreen(WizardScreen):
                 yield ProgressBar(id="progress", show_eta=False)
                 yield Static(id="summary")
                 yield Tree("Health", id="health")
+                yield Static(id="health-detail")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -50,6 +51,7 @@ class DatasetScreen(WizardScreen):
             self.query_one("#path", Input).value = str(source)
         # The bar shows only while a scan or check runs (idle, an empty bar animates forever).
         self.query_one("#progress", ProgressBar).display = False
+        self.query_one("#health-detail", Static).display = False
         self.refresh_view()
         self.query_one("#path", Input).focus()
         if self.state.records and self.state.health_report is None:
@@ -65,6 +67,15 @@ class DatasetScreen(WizardScreen):
         value = self.query_one("#path", Input).value.strip()
         if value:
             self.start_scan(value)
+
+    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
+        """A problem line is cut at 80 columns: the highlighted one is shown in full below the tree."""
+        if event.control.id != "health":
+            return
+        detail = self.query_one("#health-detail", Static)
+        data = event.node.data
+        detail.update(Text.assemble((f"{data[0]}\n", "bold"), data[1]) if data else "")
+        detail.display = bool(data)
 
     def on_directory_tree_directory_selected(self, event: DirectoryTree.DirectorySelected) -> None:
         self.query_one("#path", Input).value = str(event.path)
@@ -130,6 +141,7 @@ class DatasetScreen(WizardScreen):
         summary = self.query_one("#summary", Static)
         tree = self.query_one("#health", Tree)
         tree.clear()
+        self.query_one("#health-detail", Static).display = False
         if state.scan_error:
             summary.update(Text(state.scan_error, style="bold red"))
             return
@@ -143,7 +155,7 @@ class DatasetScreen(WizardScreen):
         text = Text()
         text.append(f"{len(state.records)} images", style="bold")
         text.append(f" ({usable} usable), {with_caption} captioned")
-        if counted:
+        if counted and max(counted):
             text.append(f", longest {max(counted)} tokens")
         text.append(f"\nfrom {where}", style="dim")
         summary.update(text)
@@ -157,7 +169,8 @@ class DatasetScreen(WizardScreen):
             label = HEALTH_LABELS.get(kind) or PROBLEM_KINDS.get(kind) or kind
             node = tree.root.add(Text.assemble((f"{len(files):>4} ", "bold"), label), expand=len(files) <= 3)
             for path, message in files[:200]:
-                node.add_leaf(Text.assemble(_short(path, state.image_dir), (f"  {message}", "dim")))
+                node.add_leaf(Text.assemble(_short(path, state.image_dir), (f"  {message}", "dim")),
+                              data=(_short(path, state.image_dir), message))
             if len(files) > 200:
                 node.add_leaf(f"… and {len(files) - 200} more")
 
