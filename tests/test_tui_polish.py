@@ -266,3 +266,19 @@ def test_a_cut_health_line_is_shown_in_full_when_highlighted(tmp_path):
         assert message.split()[-1] in shown and name in shown
 
     run_app(app, scenario)
+
+
+def test_a_preset_without_a_gpu_names_its_card(tmp_path):
+    run = demo_like_run(tmp_path)
+    app = SdftApp(run, hardware=HardwareInfo(), start_dir=tmp_path)
+
+    async def scenario(pilot):
+        await pilot.press("f5")
+        await settle(app, pilot)
+        app.screen.apply_preset(8)
+        await pilot.pause()
+        text = " ".join(screen_text(app).split())  # the GPU line wraps at 80 columns
+        assert "planning for an 8 GB card" in text
+        assert "fits an 8 GB card" in text or "won't fit an 8 GB card" in text
+
+    run_app(app, scenario)

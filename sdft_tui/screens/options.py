@@ -70,6 +70,10 @@ def _inline_list(value) -> str | None:
     return None
 
 
+def _a_card(size_gb: int) -> str:
+    return f"{'an' if str(size_gb).startswith('8') else 'a'} {size_gb} GB card"
+
+
 def _choices(key: str, given):
     if given is not None:
         return given
@@ -249,7 +253,7 @@ class OptionsScreen(WizardScreen):
             return gpu_bytes, f"{name}, {gpu_bytes / GB:.1f} GB ({gpu_bytes / 2**30:.1f} GiB)"
         label = "probing GPU…" if hw is None else hw.summary()
         if self.target_gb:
-            return budget_for_preset(self.target_gb), f"{label}; planning for a {self.target_gb} GB card"
+            return budget_for_preset(self.target_gb), f"{label}; planning for {_a_card(self.target_gb)}"
         return None, label
 
     def refresh_view(self) -> None:
@@ -279,11 +283,14 @@ class OptionsScreen(WizardScreen):
         suggestions.clear_options()
         if budget is not None:
             fits = est.fits(budget)
+            # a preset names its card ("an 8 GB card"); a detected GPU is given in GB like the estimate
+            card = _a_card(self.target_gb) if self.state.gpu_budget() is None and self.target_gb \
+                else f"{budget / GB:.1f} GB"
             text.append(" · ")
             if fits:
-                text.append(f"fits {budget / GB:.1f} GB", style="bold green")
+                text.append(f"fits {card}", style="bold green")
             else:
-                text.append(f"won't fit {budget / GB:.1f} GB", style="bold red")
+                text.append(f"won't fit {card}", style="bold red")
                 for n, s in enumerate(suggest(options, budget)[:4]):
                     oid = f"s{n}"
                     self._suggestions[oid] = s
