@@ -116,6 +116,13 @@ class SdftApp(App):
         """The dashboard when it is showing (it owns quitting while a run is active)."""
         return self.screen if hasattr(self.screen, "action_quit_dashboard") else None
 
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Over the dashboard, the wizard's help and its ^q leave the footer: the dashboard shows its
+        own q Quit, and its ctrl+q binding (RunScreen) takes the key, asking before it stops a run."""
+        if action in ("help", "quit") and self.training_screen() is not None:
+            return False
+        return True
+
     async def action_quit(self) -> None:
         dashboard = self.training_screen()
         if dashboard is not None:

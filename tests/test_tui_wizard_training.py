@@ -9,6 +9,7 @@ from dashboard_helpers import FakeEngine
 from sdft_tui.app import SdftApp
 from sdft_tui.dashboard import open_run_screen
 from sdft_tui.screens.run import ConfirmScreen
+from tests.wizard_helpers import screen_text
 
 
 async def _wait(event: threading.Event) -> None:
@@ -27,6 +28,12 @@ def test_ctrl_q_in_the_wizard_asks_before_stopping_a_run(tmp_path):
             await _wait(engine.held)
             await pilot.press("f3")                    # wizard steps stay out of reach mid-run
             assert app.screen is screen
+            await pilot.press("f1")                    # the wizard's help is not the dashboard's
+            assert app.screen is screen
+            screen.repaint(force=True)
+            await pilot.pause()
+            footer = screen_text(app).splitlines()[-1]
+            seen["footer"] = "q Quit" in footer and "^q" not in footer and "f1" not in footer
             await pilot.press("ctrl+q")
             seen["asked"] = isinstance(app.screen, ConfirmScreen)
             await pilot.press("n")
@@ -37,4 +44,4 @@ def test_ctrl_q_in_the_wizard_asks_before_stopping_a_run(tmp_path):
             screen.control.resume()
 
     asyncio.run(main())
-    assert seen == {"asked": True, "kept": True, "stopping": True}
+    assert seen == {"asked": True, "kept": True, "stopping": True, "footer": True}

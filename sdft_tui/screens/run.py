@@ -377,6 +377,8 @@ class RunScreen(DashboardScreen):
         Binding("n", "sample_now", "Sample"),
         Binding("p", "pause", "Pause"),
         Binding("p", "resume", "Resume"),   # shown instead of Pause while paused (check_action)
+        # inside the wizard the app's ctrl+q stands aside for this one (SdftApp.check_action)
+        Binding("ctrl+q", "quit_dashboard", "Quit", show=False, priority=True),
     ]
 
     def __init__(self, config_path, *, engine: Engine | None = None, handle: EngineHandle | None = None,
