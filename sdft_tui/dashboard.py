@@ -97,7 +97,26 @@ def run_dashboard(config_path, *, detached: bool = False, engine=None) -> int:
             handle.control.request_stop("the dashboard crashed", save_state=True)
     finally:
         _restore_sighup(previous)
-    return finish_run(handle, detached=detached)
+    code = finish_run(handle, detached=detached)
+    if handle.done.is_set():
+        summary = outcome_summary(handle.result, config_path)
+        if summary:
+            _say(summary)   # the outcome panel went away with the screen: leave it in the terminal
+    return code
+
+
+def outcome_summary(result, config_path) -> str | None:
+    """One or two lines for the shell after the dashboard closed: what happened, what to run next."""
+    status = getattr(result, "status", None)
+    if status == "completed":
+        model = getattr(result, "model_path", None)
+        return "sdft: training completed" + (f"; model: {model}" if model else "")
+    if status == "stopped":
+        state = getattr(result, "state_path", None)
+        if state:
+            return f"sdft: training stopped; resume with:\n  sdft train {config_path} --resume {state}"
+        return "sdft: training stopped (no resumable state was saved)"
+    return None   # failures are reported by finish_run
 
 
 def finish_run(handle: EngineHandle, *, detached: bool) -> int:

@@ -137,3 +137,43 @@ def test_ram_figure_is_never_cut_at_80_columns(tmp_path):
 
     run_app(engine, scenario)
     assert "761 MiB / 23.5 GiB" in out["text"]
+
+
+def test_the_shell_keeps_the_outcome_after_the_dashboard_closes(tmp_path, monkeypatch, capsys):
+    """`sdft train --tui` stopped with q: the panel is gone, so the terminal says how to resume."""
+    from sdft_tui.dashboard import run_dashboard
+
+    engine = FakeEngine(tmp_path / "run", total_steps=100, hold_at=5)
+
+    def headless_run(self, *args, **kwargs):
+        async def main():
+            async with self.run_test(size=(80, 24)) as pilot:
+                await wait_until(pilot, lambda: engine.held.is_set())
+                await pilot.press("q")
+                await pilot.press("y")
+                await wait_until(pilot, lambda: self.dashboard.handle.done.is_set() or not self.is_running)
+        asyncio.run(main())
+        return self.return_code
+
+    monkeypatch.setattr(DashboardApp, "run", headless_run)
+    assert run_dashboard(tmp_path / "run.toml", engine=engine) == 130
+    err = capsys.readouterr().err
+    assert f"sdft train {tmp_path / 'run.toml'} --resume {tmp_path / 'run'}/state/step-" in err
+
+
+def test_watch_does_not_offer_the_sample_key(tmp_path):
+    """A read-only watch cannot take a sample: its empty samples pane must not say `n: sample now`."""
+    from sdft_tui.screens.run import WatchScreen
+
+    (tmp_path / "events.jsonl").write_text("", encoding="utf-8")
+    app = DashboardApp(lambda: WatchScreen(tmp_path / "events.jsonl"))
+    out = {}
+
+    async def main():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            out["text"] = screen_text(app)
+            await pilot.press("q")
+
+    asyncio.run(main())
+    assert "no samples yet" in out["text"] and "sample now" not in out["text"]

@@ -200,6 +200,7 @@ class DashboardScreen(Screen[int]):
         Binding("right_square_bracket", "sample(1)", "Next sample", show=False),
     ]
     title_prefix = "sdft"
+    empty_samples_hint = "no samples yet"
 
     def __init__(self, *, name: str | None = None) -> None:
         super().__init__(name=name)
@@ -223,7 +224,7 @@ class DashboardScreen(Screen[int]):
             with Vertical(id="events-pane", classes="pane"):
                 yield EventLog(self.figures, id="event-log")
             with Vertical(id="samples-pane", classes="pane"):
-                yield SampleView(self.figures, id="samples")
+                yield SampleView(self.figures, id="samples", empty_hint=self.empty_samples_hint)
         yield Static(id="outcome")
         yield Footer()
 
@@ -370,6 +371,8 @@ class DashboardScreen(Screen[int]):
 
 class RunScreen(DashboardScreen):
     """Runs ``engine`` (the real trainer by default) in a thread worker and steers it."""
+
+    empty_samples_hint = "no samples yet (n: sample now)"
 
     BINDINGS = [
         Binding("x", "stop", "Stop"),

@@ -38,16 +38,17 @@ class SampleView(Vertical):
     SampleView > #sample-caption { height: auto; max-height: 3; color: $text-muted; }
     """
 
-    def __init__(self, figures: RunFigures, **kwargs) -> None:
+    def __init__(self, figures: RunFigures, *, empty_hint: str = "no samples yet", **kwargs) -> None:
         super().__init__(**kwargs)
         self.figures = figures
+        self.empty_hint = empty_hint   # the live screen adds its key; a read-only watch has none
         self.selected: int | None = None   # index into figures.samples; None follows the newest
         self._caption_key: tuple | None = None
         self._image_path: str | None = None
 
     def compose(self) -> ComposeResult:
         yield _image_view(id="sample-image")
-        yield Static("no samples yet (n: sample now)", id="sample-caption")
+        yield Static(self.empty_hint, id="sample-caption")
 
     def step(self, delta: int) -> None:
         """Move through the samples; reaching the newest one follows new samples again."""
