@@ -499,12 +499,15 @@ class WizardState:
         changed = 0
         for i in indices:
             record = self.records[i]
-            old = record.edit_text
+            # tag edits go to the tags when the image has them (a caption + tags metadata entry);
+            # otherwise to the text the editor shows
+            which = "tags" if op in ("add_tag", "remove_tag") and record.tags is not None else record.edit_field
+            old = getattr(record, which) or ""
             new = transform_text(old, op, a, b)
             if new != old:
-                snap_old = getattr(record, record.edit_field)
-                self._write(record, record.edit_field, new)
-                snap = Snapshot(i, record.edit_field, snap_old)
+                snap_old = getattr(record, which)
+                self._write(record, which, new)
+                snap = Snapshot(i, which, snap_old)
                 snap.batch = marker  # type: ignore[attr-defined]
                 self.undo_stack.append(snap)
                 changed += 1

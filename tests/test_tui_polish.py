@@ -282,3 +282,25 @@ def test_a_preset_without_a_gpu_names_its_card(tmp_path):
         assert "fits an 8 GB card" in text or "won't fit an 8 GB card" in text
 
     run_app(app, scenario)
+
+
+def test_bulk_tag_edits_go_to_the_tags_of_an_image_that_has_both(tmp_path):
+    """A metadata entry with a caption and tags: "Add tag(s)" changes the tags, not the sentence."""
+    import json
+
+    from sdft_tui.state import WizardState
+
+    run = demo_like_run(tmp_path)
+    meta = json.loads((tmp_path / "metadata.json").read_text(encoding="utf-8"))
+    for entry in meta.values():
+        entry["tags"] = "circle, red"
+    (tmp_path / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
+    state = WizardState()
+    state.load_source(run)
+    assert state.bulk_edit([0, 1], "add_tag", "round") == 2
+    assert state.records[0].tags == "circle, red, round" and state.records[0].caption == "a shape 0"
+    assert state.records[0].tag_count() == 3
+    saved = json.loads((tmp_path / "metadata.json").read_text(encoding="utf-8"))
+    assert saved[state.records[0].key]["tags"] == "circle, red, round"
+    state.undo()
+    assert state.records[0].tags == "circle, red" and state.records[1].tags == "circle, red"
