@@ -304,3 +304,24 @@ def test_bulk_tag_edits_go_to_the_tags_of_an_image_that_has_both(tmp_path):
     assert saved[state.records[0].key]["tags"] == "circle, red, round"
     state.undo()
     assert state.records[0].tags == "circle, red" and state.records[1].tags == "circle, red"
+
+
+def test_moving_to_another_image_says_an_unsaved_edit_is_dropped(tmp_path):
+    run = demo_like_run(tmp_path)
+    app = SdftApp(run, hardware=HardwareInfo(), start_dir=tmp_path)
+
+    async def scenario(pilot):
+        await pilot.press("f3")
+        await settle(app, pilot)
+        app.screen.query_one("#editor").load_text("a new caption never saved")
+        table = app.screen.query_one("#captions")
+        table.focus()
+        await pilot.press("down")
+        await pilot.pause()
+        assert any("unsaved edit of" in n.message for n in app._notifications)
+        count = len(app._notifications)
+        await pilot.press("down")                 # nothing typed: no warning
+        await pilot.pause()
+        assert len(app._notifications) == count
+
+    run_app(app, scenario)

@@ -137,6 +137,12 @@ class CaptionsScreen(WizardScreen):
         preview = self.query_one("#preview", ImageView)
         if index == self.current and index is not None:
             return
+        if self.current is not None and self.current < len(self.state.records):
+            left = self.state.records[self.current]
+            if editor.text.strip() != left.edit_text.strip():
+                # moving on drops the editor's text: say so (the file still has the old one)
+                self.notify(f"unsaved edit of {left.path.name} dropped (ctrl+s saves before moving on)",
+                            severity="warning")
         self.current = index
         if index is None:
             editor.load_text("")
