@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 

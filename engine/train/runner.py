@@ -32,8 +32,6 @@ class RunResult:
 
 def resolved_config_text(document, seed: int, source: Path) -> str:
     """The run TOML as run: the user's text with the seed filled in."""
-    from engine.train.trainer import resolve_seed  # noqa: F401 - keeps the seed rule in one place
-
     if document.get("train", {}).get("seed") is None:
         run_toml.set_value(document, "train.seed", seed)
     header = f"# Resolved copy of {source.resolve()} written by sdft; relative paths are relative to that file.\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from engine.train import objective as obj
 from engine.train.ema import EMA
 from engine.train.optimizers import build_optimizer, build_scheduler
 from engine.train.precision import Precision, choose_device, decide_precision
+from engine.train.metrics import IntervalMeter, device_memory
 from engine.train.prefetch import Prefetcher
 from engine.train.state import (
     Counters,
@@ -401,7 +401,7 @@ class Trainer:
 
     def loop(self) -> None:
         s, accum = self.schedule, self.cfg.train.gradient_accumulation_steps
-        self.meter = _Meter(self.global_step)
+        self.meter = IntervalMeter(self.global_step)
         with Prefetcher(self.load_group, self.cfg.data.num_workers) as prefetch:
             while self.global_step < s.total_steps:
                 epoch = self.epoch + 1  # data epochs are 1-based
@@ -564,7 +564,7 @@ class Trainer:
         decay = SMOOTHING ** m["steps"]
         self.loss_avg = m["loss"] if self.loss_avg is None else decay * self.loss_avg + (1 - decay) * m["loss"]
         remaining = self.schedule.total_steps - self.global_step
-        vram = _device_memory(self.device)
+        vram = device_memory(self.device)
         self.sink.emit(StepMetrics(
             step=self.global_step, total_steps=self.schedule.total_steps, epoch=self.epoch + 1,
             loss=m["loss"], loss_avg=self.loss_avg, lr=self.lr_scheduler.get_last_lr()[0],
@@ -604,81 +604,6 @@ class Trainer:
         if self.control.save_state_on_stop and self.cfg.save.state_on_stop:
             path = self.write_state(stopped=True)
             self.say(f"stopped at step {self.global_step}; resume with: sdft train CONFIG --resume {path}")
-
-
-class _Meter:
-    """Accumulates loss on the device; converts to Python numbers once per interval."""
-
-    def __init__(self, step: int):
-        self.restart_clock()
-        self.start = time.perf_counter()
-        self.loss_sum = None
-        self.micro = 0
-        self.samples = 0
-        self.steps = 0
-        self.grad_norm = None
-
-    def restart_clock(self) -> None:
-        self.clock = time.perf_counter()
-
-    def add_micro(self, loss: torch.Tensor, samples: int) -> None:
-        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
-        self.micro += 1
-        self.samples += samples
-
-    def end_step(self, grad_norm) -> None:
-        self.steps += 1
-        self.grad_norm = grad_norm
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def collect(self) -> dict | None:
-        if not self.steps:
-            return None
-        now = time.perf_counter()
-        seconds = max(now - self.clock, 1e-9)
-        out = {
-            "loss": self.loss_sum / self.micro,
-            "grad_norm": float(self.grad_norm) if self.grad_norm is not None else None,
-            "steps": self.steps,
-            "it_per_s": self.steps / seconds,
-            "samples_per_s": self.samples / seconds,
-        }
-        self.loss_sum, self.micro, self.samples, self.steps, self.grad_norm = None, 0, 0, 0, None
-        self.clock = now
-        return out
-
-
-def _device_memory(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {
-            "vram_allocated": float(torch.cuda.memory_allocated(device)),
-            "vram_reserved": float(torch.cuda.memory_reserved(device)),
-            "vram_peak": float(torch.cuda.max_memory_allocated(device)),
-            "vram_total": float(torch.cuda.get_device_properties(device).total_memory),
-        }
-    return {"ram_used": _process_rss(), "ram_total": _ram_total()}
-
-
-def _ram_total() -> float | None:
-    try:
-        import os
-
-        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _process_rss() -> float | None:
-    try:
-        with open("/proc/self/statm") as fh:
-            pages = int(fh.read().split()[1])
-        import os
-
-        return float(pages * os.sysconf("SC_PAGE_SIZE"))
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def resolve_seed(seed: int | None) -> int:
