@@ -62,7 +62,7 @@ def test_ctrl_c_stops_with_a_resumable_state_and_exit_130(tmp_path, tiny_sd1):
     assert process.returncode == 130, output
     states = list((tmp_path / "runs" / "t" / "state").glob("t-step*-state"))
     assert len(states) == 1 and (states[0] / "manifest.json").is_file()
-    assert "--resume" in output
+    assert "--resume" in output and f"sdft train {config} --resume" in output
 
 
 def test_bench_reports_engine_and_bare_loop(tmp_path, tiny_sd1):

@@ -163,3 +163,13 @@ def _env():
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def test_token_counting_from_many_threads_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.models.tokenizer import count_tokens
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: count_tokens(["a red circle, simple background"], v2=False), range(8)))
+    assert all(r == results[0] for r in results) and results[0][0] > 0

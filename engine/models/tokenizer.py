@@ -7,6 +7,7 @@ with ``<|endoftext|>`` (49407), SD2 with ``"!"`` (id 0). SPEC §5.1.
 from __future__ import annotations
 
 import gzip
+import threading
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -125,10 +126,22 @@ def chunk_ids(ids: list[int], *, eos: int, pad: int) -> list[list[int]]:
     return chunks
 
 
+_BUILD_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=2)
-def cached_clip_tokenizer(v2: bool = False):
-    """The built-in tokenizer, built once per process (counting thousands of captions)."""
+def _cached(v2: bool):
     return build_clip_tokenizer(v2=v2)
+
+
+def cached_clip_tokenizer(v2: bool = False):
+    """The built-in tokenizer, built once per process (counting thousands of captions).
+
+    Locked: importing transformers' tokenizer classes from two threads at once can fail
+    (the wizard counts tokens in worker threads).
+    """
+    with _BUILD_LOCK:
+        return _cached(v2)
 
 
 def count_tokens(texts: list[str], v2: bool = False, *, weighted: bool = False, tokenizer=None) -> list[int]:

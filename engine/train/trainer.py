@@ -603,7 +603,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.control.save_state_on_stop and self.cfg.save.state_on_stop:
             path = self.write_state(stopped=True)
-            self.say(f"stopped at step {self.global_step}; resume with: sdft train CONFIG --resume {path}")
+            config = self.cfg.source_path or "RUN.toml"
+            self.say(f"stopped at step {self.global_step}; resume with: sdft train {config} --resume {path}")
 
 
 def resolve_seed(seed: int | None) -> int:
