@@ -8,6 +8,8 @@ can hold at a step until the test releases it, so keys can be pressed mid-run.
 
 from __future__ import annotations
 
+import asyncio
+
 import math
 import threading
 from dataclasses import dataclass
@@ -174,3 +176,41 @@ def screen_text(app) -> str:
                       color_system="truecolor", record=True, legacy_windows=False, safe_box=False)
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.export_text()
+
+
+# ---------------------------------------------------------------------- driving the app under Pilot
+
+
+async def wait_until(pilot, condition, timeout: float = 20.0) -> None:
+    """Let the app process messages until ``condition()`` holds (a safety limit, not a timing)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not reached"
+        await pilot.pause(0.02)
+
+
+async def wait_thread_event(event: threading.Event, timeout: float = 20.0) -> None:
+    assert await asyncio.to_thread(event.wait, timeout), "the engine thread did not get there"
+
+
+async def settle(pilot, screen) -> None:
+    await pilot.pause()
+    await pilot.pause()
+    screen.repaint(force=True)
+    await pilot.pause()
+
+
+def run_app(engine, scenario, *, size=(80, 24), config="run.toml"):
+    """Run a DashboardApp on a RunScreen driven by ``engine``; ``scenario(app, pilot, screen)``."""
+    from sdft_tui.dashboard import DashboardApp
+    from sdft_tui.screens.run import EngineHandle, RunScreen
+
+    handle = EngineHandle()
+    app = DashboardApp(lambda: RunScreen(config, engine=engine, handle=handle))
+
+    async def main():
+        async with app.run_test(size=size) as pilot:
+            await scenario(app, pilot, app.dashboard)
+    asyncio.run(main())
+    return app, handle

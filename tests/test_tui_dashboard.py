@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from dashboard_helpers import T0, FakeEngine, screen_text
+from dashboard_helpers import T0, FakeEngine, run_app, screen_text, settle, wait_thread_event, wait_until
 from engine.events import JsonlSink, ListSink, RunFinished, StepMetrics, read_events
 from sdft_tui.bridge import EventFollower, MessageSink
 from sdft_tui.dashboard import DashboardApp, finish_run, make_hangup_handler, run_dashboard
@@ -129,35 +129,11 @@ def test_follower_reads_complete_lines_only(tmp_path):
 # ---------------------------------------------------------------------- Pilot helpers
 
 
-async def wait_until(pilot, condition, timeout: float = 20.0) -> None:
-    """Let the app process messages until ``condition()`` holds (a safety limit, not a timing)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached"
-        await pilot.pause(0.02)
 
 
-async def wait_thread_event(event: threading.Event, timeout: float = 20.0) -> None:
-    assert await asyncio.to_thread(event.wait, timeout), "the engine thread did not get there"
 
 
-async def settle(pilot, screen) -> None:
-    await pilot.pause()
-    await pilot.pause()
-    screen.repaint(force=True)
-    await pilot.pause()
 
-
-def run_app(engine, scenario, *, size=(80, 24), config="run.toml"):
-    handle = EngineHandle()
-    app = DashboardApp(lambda: RunScreen(config, engine=engine, handle=handle))
-
-    async def main():
-        async with app.run_test(size=size) as pilot:
-            await scenario(app, pilot, app.dashboard)
-    asyncio.run(main())
-    return app, handle
 
 
 def finished(screen) -> bool:

@@ -8,37 +8,16 @@ from __future__ import annotations
 
 import asyncio
 
-from dashboard_helpers import FakeEngine, screen_text
+from dashboard_helpers import FakeEngine, run_app, screen_text, settle, wait_until
 from rich.console import Console
 from sdft_tui.dashboard import DashboardApp
-from sdft_tui.screens.run import ConfirmScreen, EngineHandle, RunScreen
+from sdft_tui.screens.run import ConfirmScreen
 from sdft_tui.widgets.event_log import HangingLine
 
 
-async def wait_until(pilot, condition, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached"
-        await pilot.pause(0.02)
 
 
-def run_app(engine, scenario, *, size=(80, 24), config="run.toml"):
-    handle = EngineHandle()
-    app = DashboardApp(lambda: RunScreen(config, engine=engine, handle=handle))
 
-    async def main():
-        async with app.run_test(size=size) as pilot:
-            await scenario(app, pilot, app.dashboard)
-    asyncio.run(main())
-    return app, handle
-
-
-async def settle(pilot, screen) -> None:
-    await pilot.pause()
-    screen.repaint(force=True)
-    await pilot.pause()
-    await pilot.pause()
 
 
 def test_memory_pane_stays_readable_at_80x24_after_a_stop(tmp_path):
