@@ -195,6 +195,9 @@ class SdftApp(App):
 
 def run_wizard(run_toml: Path | str | None, *, demo: bool = False) -> int:
     """Open the wizard (on ``run_toml`` when given); returns the process exit code."""
+    from sdft_tui.widgets.graphics import prepare_graphics
+
+    prepare_graphics()  # before the app starts: Kitty/Sixel measure the terminal first
     app = SdftApp(run_toml, demo=demo)
     code = app.run()
     if app.exit_message:

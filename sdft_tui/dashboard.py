@@ -86,6 +86,9 @@ def run_dashboard(config_path, *, detached: bool = False, engine=None) -> int:
     """Train ``config_path`` with the dashboard; returns 0 completed / 3 failed / 130 stopped.
 
     ``engine`` replaces the real trainer (tests)."""
+    from sdft_tui.widgets.graphics import prepare_graphics
+
+    prepare_graphics()  # sample images in Kitty/Sixel where the terminal can show them
     handle = EngineHandle()
     app = DashboardApp(lambda: RunScreen(config_path, engine=engine, handle=handle))
     previous = _install_sighup(make_hangup_handler(app, detached=detached))
@@ -143,6 +146,9 @@ def watch_run(run_dir) -> int:
         _say(f"sdft watch: no such run folder: {events.parent}\n"
              f"  give the folder of a run (it holds {EVENTS_FILE}), e.g. runs/my-run")
         return 2
+    from sdft_tui.widgets.graphics import prepare_graphics
+
+    prepare_graphics()
     app = DashboardApp(lambda: WatchScreen(events))
     app.run()
     return 0

@@ -1,10 +1,9 @@
-"""Terminal image preview: half-block rendering (works in any colour terminal, over SSH, at 80x24).
+"""Terminal image preview: half-block rendering everywhere, Kitty/Sixel graphics where supported.
 
-Each cell shows two vertical pixels with "▀": the foreground is the upper pixel, the background
-the lower one, so a W×H cell area shows a W×2H image with square-ish pixels. Textual downgrades the
-colours to 256/16 colours on terminals without true colour. Kitty/Sixel graphics are deliberately
-not used: Textual's compositor redraws cells, which breaks out-of-band graphics in many terminals
-and multiplexers; half-blocks are robust everywhere.
+Each half-block cell shows two vertical pixels with "▀": the foreground is the upper pixel, the
+background the lower one, so a W×H cell area shows a W×2H image with square-ish pixels. Textual
+downgrades the colours on terminals without true colour. In terminals that show real pixels
+(Kitty's graphics protocol or Sixel; see ``graphics.py``) the picture is drawn by textual-image.
 
 API (also used by the dashboard for sample images): ``ImageView().set_image(path | None)``.
 """
@@ -16,6 +15,8 @@ from pathlib import Path
 from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
+
+from sdft_tui.widgets.graphics import graphics_widget_class
 
 HALF = "▀"
 
@@ -64,6 +65,18 @@ class ImageView(Widget):
         super().__init__(name=name, id=id, classes=classes)
         self._path: Path | None = Path(path) if path else None
         self._cache: tuple | None = None
+        self._graphics_class = graphics_widget_class()  # None: half-blocks
+
+    @property
+    def uses_graphics(self) -> bool:
+        return self._graphics_class is not None
+
+    def compose(self):
+        if self._graphics_class is not None:
+            picture = self._graphics_class(str(self._path) if self._path else None, id="picture")
+            picture.styles.width = "1fr"
+            picture.styles.height = "1fr"
+            yield picture
 
     @property
     def path(self) -> Path | None:
@@ -74,6 +87,8 @@ class ImageView(Widget):
         if new != self._path:
             self._path = new
             self._cache = None
+            if self.uses_graphics and self.is_mounted:
+                self.query_one("#picture").image = str(new) if new else None
             self.refresh()
 
     def render(self):
