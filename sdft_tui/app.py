@@ -68,6 +68,9 @@ class SdftApp(App):
             if self.run_toml.parent.is_dir():
                 self.start_dir = self.state.image_dir or self.run_toml.parent
         self.push_screen("dataset")
+        if self.demo:
+            self.notify("The demo run: generated pictures and a tiny model. Look around, then F6 (Review) "
+                        "and Ctrl+T trains it in about a minute on a CPU.", title="sdft demo", timeout=20)
         if self.state.hardware is None:
             self.probe_hardware()
         if self.state.records:

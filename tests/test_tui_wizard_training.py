@@ -45,3 +45,20 @@ def test_ctrl_q_in_the_wizard_asks_before_stopping_a_run(tmp_path):
 
     asyncio.run(main())
     assert seen == {"asked": True, "kept": True, "stopping": True, "footer": True}
+
+
+def test_demo_mode_tells_a_first_time_user_how_to_train(tmp_path):
+    from engine.demo import prepare_demo
+    from engine.hardware import HardwareInfo
+
+    toml_path = prepare_demo(tmp_path / "demo", steps=2)
+    app = SdftApp(toml_path, demo=True, hardware=HardwareInfo(), start_dir=tmp_path)
+    seen = {}
+
+    async def main():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            seen["notes"] = [n.message for n in app._notifications]
+
+    asyncio.run(main())
+    assert any("Ctrl+T" in note and "F6" in note for note in seen["notes"])
