@@ -96,3 +96,23 @@ def test_caption_cli_subprocess(tmp_path):
     assert (folder / "0.caption").read_text().startswith("photo: ")
     assert (folder / "1.caption").read_text() == "keep me\n"
     assert "Loading weights" not in done.stderr       # library progress bars are silenced
+
+
+def test_tag_a_valid_run_toml_updates_its_metadata(tmp_path, capsys):
+    model = make_wd14_folder(tmp_path / "wd14", SCORES)
+    solid_image(tmp_path / "imgs" / "x.png")
+    (tmp_path / "meta.json").write_text(json.dumps({"x.png": {"caption": "a red picture"}}))
+    (tmp_path / "run.toml").write_text(
+        '[model]\npretrained_model_name_or_path = "model"\n\n'
+        '[[datasets]]\n[[datasets.subsets]]\nimage_dir = "imgs"\nmetadata_file = "meta.json"\n')
+    from engine.config.run_toml import load_run_file
+
+    load_run_file(tmp_path / "run.toml")                    # the file is valid before labelling
+    code = tag_command([str(tmp_path / "run.toml"), "--model", str(model), "--thresh", "0.85",
+                        "--update-metadata"])
+    captured = capsys.readouterr()
+    assert code == 0, captured
+    assert (tmp_path / "imgs" / "x.txt").read_text() == "1girl, kaga_(kancolle)\n"
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["x.png"]["caption"] == "a red picture"       # kept
+    assert meta["x.png"]["tags"] == "1girl, kaga_(kancolle)"
