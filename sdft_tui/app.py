@@ -186,6 +186,8 @@ class SdftApp(App):
                                 lambda: screen.action_auto_label("caption", "overwrite"))
             yield SystemCommand("Tag all images", "WD14/DeepDanbooru tags every image (f9)",
                                 lambda: screen.action_auto_label("tags", "overwrite"))
+            yield SystemCommand("Edit caption / tags", "Switch the editor between the caption and the tags (ctrl+k)",
+                                screen.action_toggle_field)
             yield SystemCommand("Re-caption the selected image", "A fresh BLIP caption in the editor (ctrl+r)",
                                 screen.action_recaption)
             yield SystemCommand("Labeling models", "Local model folders or hub ids for BLIP and the tagger (ctrl+l)",

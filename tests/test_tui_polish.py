@@ -325,3 +325,37 @@ def test_moving_to_another_image_says_an_unsaved_edit_is_dropped(tmp_path):
         assert len(app._notifications) == count
 
     run_app(app, scenario)
+
+
+def test_editor_switches_between_caption_and_tags(tmp_path):
+    """An image with both a caption and tags: ctrl+k edits the tags, ctrl+s writes the tags file."""
+    from engine.demo import make_demo_dataset
+    from textual.widgets import TextArea
+
+    make_demo_dataset(tmp_path / "images", count=2)
+    first = sorted((tmp_path / "images").glob("*.png"))[0]
+    caption_file, tags_file = first.with_suffix(".caption"), first.with_suffix(".txt")
+    caption_before = caption_file.read_text()
+    app = SdftApp(hardware=HardwareInfo(), start_dir=tmp_path)
+
+    async def scenario(pilot):
+        path = app.screen.query_one("#path")
+        path.value = str(tmp_path / "images")
+        path.focus()
+        await pilot.press("enter")
+        await settle(app, pilot)
+        await pilot.press("f3")
+        await settle(app, pilot)
+        editor = app.screen.query_one("#editor", TextArea)
+        assert editor.text.strip() == caption_before.strip()
+        await pilot.press("ctrl+k")
+        await pilot.pause()
+        assert editor.text.strip() == tags_file.read_text().strip()
+        assert "tags of" in str(app.screen.query_one("#editing").render())
+        editor.load_text("circle, red circle, my tag")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+
+    run_app(app, scenario)
+    assert tags_file.read_text().strip() == "circle, red circle, my tag"
+    assert caption_file.read_text() == caption_before

@@ -67,6 +67,7 @@ class CaptionsScreen(WizardScreen):
         Binding("f8", "auto_label('caption', 'overwrite')", "Caption all", group=LABEL),
         Binding("f9", "auto_label('tags', 'overwrite')", "Tag all", group=LABEL),
         Binding("ctrl+r", "recaption", "Re-caption", show=False, priority=True),  # named in the editor line
+        Binding("ctrl+k", "toggle_field", "Caption/tags", show=False, priority=True),  # named there too
         Binding("ctrl+l", "label_models", "Models", priority=True),
     ]
 
@@ -74,6 +75,7 @@ class CaptionsScreen(WizardScreen):
         super().__init__()
         self.shown: list[int] = []     # record indices in table order
         self.current: int | None = None
+        self.field_override: str | None = None   # ctrl+k: edit the other text of the image
 
     def compose(self):
         yield StepBar(self.STEP)
@@ -144,19 +146,41 @@ class CaptionsScreen(WizardScreen):
                 self.notify(f"unsaved edit of {left.path.name} dropped (ctrl+s saves before moving on)",
                             severity="warning")
         self.current = index
+        self.field_override = None
         if index is None:
             editor.load_text("")
             label.update("no image selected")
             preview.set_image(None)
             return
-        record = self.state.records[index]
-        editor.load_text(record.edit_text)
+        self._load_editor(self.state.records[index])
+        preview.set_image(self.state.records[index].path)
+
+    def field_of(self, record) -> str:
+        """The text the editor changes: the caption (or tags when there is no caption), or the
+        other one after ctrl+k."""
+        return self.field_override or record.edit_field
+
+    def _load_editor(self, record) -> None:
+        which = self.field_of(record)
+        self.query_one("#editor", TextArea).load_text(getattr(record, which) or "")
         where = "metadata" if record.key is not None and self.state.metadata_file else \
-            self.state.sidecar_path(record, record.edit_field).name
+            self.state.sidecar_path(record, which).name
         # the keys first: a long file name may be cut at 80 columns, the keys must not
-        redo = "^r re-caption" if record.edit_field == "caption" else "f9 re-tag all"
-        label.update(f"^s save · {redo} · {record.edit_field} of {record.path.name} → {where}")
-        preview.set_image(record.path)
+        redo = "^r re-caption" if which == "caption" else "f9 re-tag all"
+        other = "tags" if which == "caption" else "caption"
+        self.query_one("#editing", Label).update(
+            f"^s save · ^k {other} · {redo} · {which} of {record.path.name} → {where}")
+
+    def action_toggle_field(self) -> None:
+        """Switch the editor between the image's caption and its tags."""
+        if self.current is None:
+            return
+        record = self.state.records[self.current]
+        which = self.field_of(record)
+        if self.query_one("#editor", TextArea).text.strip() != (getattr(record, which) or "").strip():
+            self.notify(f"unsaved edit of the {which} dropped (ctrl+s saves before switching)", severity="warning")
+        self.field_override = "tags" if which == "caption" else "caption"
+        self._load_editor(record)
 
     # ---------------------------------------------------------------- editing
 
@@ -167,12 +191,13 @@ class CaptionsScreen(WizardScreen):
         if self.current is None:
             return
         text = self.query_one("#editor", TextArea).text
+        which = self.field_of(self.state.records[self.current])
         try:
-            changed = self.state.set_text(self.current, text)
+            changed = self.state.set_text(self.current, text, which)
         except OSError as exc:
             self.notify(f"cannot write the caption: {exc}", severity="error")
             return
-        self.notify("caption saved" if changed else "no change")
+        self.notify(f"{which} saved" if changed else "no change")
         self._after_write()
 
     def action_undo(self) -> None:
@@ -388,6 +413,9 @@ class CaptionsScreen(WizardScreen):
         if self.current != index:
             self.notify("new caption ready, but another image is selected now", severity="warning")
             return
+        record = self.state.records[index]
+        self.field_override = None if record.edit_field == "caption" else "caption"
+        self._load_editor(record)            # a new caption goes to the caption, whatever was shown
         self.query_one("#editor", TextArea).load_text(text)
         self.notify("new caption in the editor: ctrl+s saves it, or pick another image to discard it")
 

@@ -26,7 +26,8 @@ Five steps turn a folder of images into a run file (`sdft train FILE` replays it
 2. **Captions**: the table shows each image's caption (caption + tags as training joins them),
    tag and token counts against `max_token_length`, problems. Type in the filter
    (`problem:too_long` filters by kind). Edit the selected caption below the table and save it
-   with **ctrl+s** (atomic write); **ctrl+u** undoes the last save or bulk edit; **ctrl+e** opens
+   with **ctrl+s** (atomic write); **ctrl+k** switches the editor between the caption and the
+   tags of an image that has both; **ctrl+u** undoes the last save or bulk edit; **ctrl+e** opens
    bulk edits (find/replace, add/remove a tag, prefix) on the rows shown.
    Auto-labeling: **F7** captions the images without a caption (BLIP), **F8** captions all of
    them, **F9** tags all of them (WD14 or DeepDanbooru); press the key again to stop; **ctrl+u**
