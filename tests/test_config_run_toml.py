@@ -145,3 +145,13 @@ def test_check_exit_codes(dataset_dir):
     assert "model.clip_skip" in fail.stderr and "bad.toml:6" in fail.stderr
     missing = _sdft("train", str(dataset_dir / "nope.toml"))
     assert missing.returncode == 2
+
+
+def test_missing_sample_prompts_file_is_reported_before_training(dataset_dir):
+    text = GOOD + '\n[sample]\nprompts = "prompts.txt"\n'
+    with pytest.raises(ConfigError) as info:
+        parse_run_text(text, base_dir=dataset_dir)
+    assert any(p.key == "sample.prompts" and "not found" in p.message for p in info.value.problems)
+    (dataset_dir / "prompts.txt").write_text("a cat\n")
+    config, _doc, _w = parse_run_text(text, base_dir=dataset_dir)
+    assert config.sample.prompts == "prompts.txt"

@@ -224,6 +224,10 @@ def _check_cross_field(config: RunConfig, problems: ProblemList) -> None:
     if t.scale_v_pred_loss_like_noise_pred and config.model.v_parameterization is False:
         problems.add("train.scale_v_pred_loss_like_noise_pred", "only applies to v-prediction models",
                      "remove it, or set model.v_parameterization = true")
+    prompts = config.sample.prompts
+    if isinstance(prompts, str) and not Path(config.resolve(prompts)).is_file():
+        problems.add("sample.prompts", f"prompts file {prompts!r} not found (looked beside this file and in the "
+                     "current folder)", "give a .txt/.toml/.json file, or an inline list: prompts = [\"a cat --w 512\"]")
     if t.mode == "hypernetwork" and t.train_text_encoder:
         problems.add("train.train_text_encoder", "hypernetwork mode keeps the text encoder frozen",
                      'set train_text_encoder = false or train.mode = "full"')
