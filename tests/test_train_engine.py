@@ -172,3 +172,28 @@ def test_live_encoded_subsets_train_and_resume_exactly(tmp_path, tiny_sd1):
     run_training(split, sink=FanOut([first, stop_at(control, 2)]), control=control)
     run_training(split, sink=second, resume="latest")
     assert {**losses(first), **losses(second)} == losses(straight)
+
+
+def test_a_crash_mid_run_leaves_a_resumable_state(tmp_path, tiny_sd1, monkeypatch):
+    from engine.train.trainer import Trainer
+
+    straight = ListSink()
+    run_training(make_run(tmp_path / "a", tiny_sd1, steps=4), sink=straight)
+
+    real = Trainer.compute_loss
+
+    def failing(self, batch, generator):
+        if self.global_step == 2:
+            raise RuntimeError("disk went away while reading a batch")
+        return real(self, batch, generator)
+
+    monkeypatch.setattr(Trainer, "compute_loss", failing)
+    first = ListSink()
+    config = make_run(tmp_path / "b", tiny_sd1, steps=4)
+    result = run_training(config, sink=first)
+    assert result.status == "failed" and "disk went away" in result.message
+    assert result.state_path and "step00000002" in result.state_path and "--resume" in result.message
+    monkeypatch.setattr(Trainer, "compute_loss", real)
+    second = ListSink()
+    assert run_training(config, sink=second, resume="latest").status == "completed"
+    assert {**losses(first), **losses(second)} == losses(straight)

@@ -88,6 +88,11 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
     except Exception as exc:  # noqa: BLE001 - every failure becomes a clear result
         result.out_of_memory = isinstance(exc, torch.cuda.OutOfMemoryError)
         result.message = _describe(exc, result.out_of_memory)
+        if result.out_of_memory:
+            torch.cuda.empty_cache()  # room to copy the state out
+        saved = trainer.save_after_failure()
+        if saved:
+            result.message += f" (the last completed step is saved: sdft train {config_path} --resume {saved})"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a", encoding="utf-8") as fh:
             fh.write(traceback.format_exc())

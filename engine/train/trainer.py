@@ -74,6 +74,7 @@ class Trainer:
         self.loss_avg: float | None = None
         self.last_model_path: str | None = None
         self.last_state_path: str | None = None
+        self.consistent = True   # False only while an optimizer step is being applied
         self.hypernetwork = None     # train.mode = "hypernetwork": the only trained module
 
     # ================================================================ setup
@@ -465,6 +466,9 @@ class Trainer:
         grad_norm = None
         if self.cfg.optimizer.max_grad_norm > 0:
             grad_norm = self.accelerator.clip_grad_norm_(self.trained_params, self.cfg.optimizer.max_grad_norm)
+        # From here to the end of the step the weights, optimizer and counters change together:
+        # a failure inside leaves no consistent state to save (see save_after_failure).
+        self.consistent = False
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -473,6 +477,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.global_step)
         self._maybe_stop_text_encoder()
+        self.consistent = True
 
     def latents_of(self, batch, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled latents: from the cache, or encoded now (live subsets) with the posterior
@@ -598,6 +603,19 @@ class Trainer:
         self.checkpointer.save_model(kind="final")
         if self.cfg.save.state_on_train_end:
             self.write_state()
+
+    def save_after_failure(self) -> str | None:
+        """After a crash, keep the last completed step as a resumable state when that is safe:
+        a failure in loading, forward or backward leaves weights and optimizer as they were
+        after the previous step; one inside the optimizer step does not, so nothing is written."""
+        if not self.consistent or self.global_step == 0 or not hasattr(self, "optimizer"):
+            return None
+        if self.global_step == self.schedule.total_steps:
+            return None  # training had finished: the failure came after it (e.g. the final save)
+        try:
+            return self.write_state(stopped=True)
+        except Exception:  # noqa: BLE001 - the original failure is what the user must see
+            return None
 
     def finish_stopped(self) -> None:
         self.accelerator.wait_for_everyone()
