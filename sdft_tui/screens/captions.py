@@ -233,15 +233,7 @@ class CaptionsScreen(WizardScreen):
         self.refresh_view()
         if keep is not None and keep in self.shown:
             self._select(keep)
-        self.recount()
-
-    @work(thread=True, exclusive=True, group="tokens")
-    def recount(self) -> None:
-        try:
-            self.state.count_tokens()
-        except Exception:
-            return
-        self.app.call_from_thread(self.refresh_view)
+        self.app.count_tokens()  # token counts in the background; the table refreshes when done
 
     # ---------------------------------------------------------------- auto-labelling (engine.labeling)
     # f7 caption missing, f8 caption all, f9 tag all: one engine job in a worker thread with a
