@@ -80,7 +80,7 @@ def time_bare(trainer, steps: int, warmup: int) -> tuple[float, int]:
     plan = _cycled_plan(trainer, steps + warmup)
     batches = [trainer.data.load_batch(ref, epoch=1, global_step=0, position=i) for i, ref in enumerate(plan)]
     unet, optimizer = trainer.unet, trainer.optimizer
-    cumprod = trainer.cumprod.to(trainer.device)
+    cumprod = trainer.cumprod
     samples = 0
     start = None
     for i, batch in enumerate(batches):

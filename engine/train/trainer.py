@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from engine import __version__
 from engine.config.schema import RunConfig
 from engine.control import RunControl
 from engine.events import Message, ModelSaved, PhaseProgress, RunStarted, StatusChanged, StepMetrics
@@ -143,8 +142,17 @@ class Trainer:
             raise ValueError("train.scale_v_pred_loss_like_noise_pred only applies to v-prediction models")
         if t.zero_terminal_snr and not self.v_prediction:
             self.say("zero_terminal_snr without v-prediction cannot learn the last timestep", "warning")
-        self.cumprod = obj.alphas_cumprod(zero_terminal_snr=t.zero_terminal_snr).float()
+        # Schedule tables live on the device, so each step only indexes them.
+        self.cumprod = obj.alphas_cumprod(zero_terminal_snr=t.zero_terminal_snr).float().to(self.device)
         self.snr = obj.snr_table(self.cumprod)
+        self.noise_options = obj.NoiseOptions(
+            t.noise_offset, t.noise_offset_random_strength, t.adaptive_noise_scale,
+            t.multires_noise_iterations, t.multires_noise_discount,
+            t.ip_noise_gamma, t.ip_noise_gamma_random_strength,
+        )
+        self.loss_options = obj.LossOptions(t.loss_type, t.huber_schedule, t.huber_c, t.huber_scale,
+                                            t.min_snr_gamma, t.scale_v_pred_loss_like_noise_pred,
+                                            t.debiased_estimation_loss)
         scaling = getattr(self.model.vae.config, "scaling_factor", obj.LATENT_SCALE)
         if abs(scaling - obj.LATENT_SCALE) > 1e-6:
             self.say(f"the VAE's scaling_factor is {scaling}, not SD's 0.18215: using the VAE's", "warning")
@@ -500,11 +508,7 @@ class Trainer:
         """The training objective for one micro-batch (SPEC §6.2)."""
         t_cfg = self.cfg.train
         x0 = self.latents_of(batch, generator)
-        noise_opts = obj.NoiseOptions(
-            t_cfg.noise_offset, t_cfg.noise_offset_random_strength, t_cfg.adaptive_noise_scale,
-            t_cfg.multires_noise_iterations, t_cfg.multires_noise_discount,
-            t_cfg.ip_noise_gamma, t_cfg.ip_noise_gamma_random_strength,
-        )
+        noise_opts, loss_opts = self.noise_options, self.loss_options
         noise = obj.make_noise(x0, noise_opts, generator)
         timesteps = obj.sample_timesteps(x0.shape[0], t_cfg.min_timestep, t_cfg.max_timestep, generator).to(self.device)
         noisy = obj.add_noise(x0, obj.perturb_input_noise(noise, noise_opts, generator), timesteps, self.cumprod)
@@ -515,9 +519,6 @@ class Trainer:
                                               if not self.train_te else None)
             pred = self.unet(noisy.to(self.unet_dtype), timesteps, context.to(self.unet_dtype)).sample
         target = obj.target_for(x0, noise, timesteps, self.cumprod, self.v_prediction)
-        loss_opts = obj.LossOptions(t_cfg.loss_type, t_cfg.huber_schedule, t_cfg.huber_c, t_cfg.huber_scale,
-                                    t_cfg.min_snr_gamma, t_cfg.scale_v_pred_loss_like_noise_pred,
-                                    t_cfg.debiased_estimation_loss)
         elements = obj.element_loss(pred, target, timesteps, loss_opts, self.cumprod)
         weights = obj.loss_weights(timesteps, self.snr, loss_opts, self.v_prediction)
         return obj.reduce_loss(elements, weights)
@@ -629,4 +630,4 @@ def resolve_seed(seed: int | None) -> int:
     return seed if seed is not None else random.SystemRandom().randrange(2 ** 31)
 
 
-__all__ = ["Trainer", "StopTraining", "resolve_seed", "step_seed", "__version__"]
+__all__ = ["Trainer", "StopTraining", "resolve_seed", "step_seed"]
