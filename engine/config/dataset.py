@@ -248,7 +248,7 @@ def _validate_table(table: Any, prefix: str, allowed: dict[str, tuple[str, Any]]
     """Type-check one table; returns the good values (normalised). Records every problem."""
     good: dict[str, Any] = {}
     if not isinstance(table, dict):
-        _report(problems, prefix, f"must be a table, got {table!r}", "see SPEC §2.1 for the layout")
+        _report(problems, prefix, f"must be a table, got {table!r}", "write it as [[datasets]] / [[datasets.subsets]] tables of key = value lines")
         return good
     known_everywhere = {**DATASET_LEVEL, **SUBSET_LEVEL, **SUBSET_ONLY}
     for name, value in table.items():
@@ -266,7 +266,7 @@ def _validate_table(table: Any, prefix: str, allowed: dict[str, tuple[str, Any]]
                 _report(problems, key, f"{name} is a dataset-level key, not allowed in a subset",
                         "move it to the [[datasets]] table or to [general]")
             elif name in known_everywhere:
-                _report(problems, key, f"{name} is not allowed here", "see SPEC §2.1")
+                _report(problems, key, f"{name} is not allowed here", "[general] holds defaults, [[datasets]] dataset-level keys, [[datasets.subsets]] per-folder keys")
             else:
                 _report(problems, key, "unknown key", did_you_mean(name, allowed))
             continue

@@ -32,7 +32,7 @@ class ModelConfig:
     pretrained_model_name_or_path: str = opt("", "Base model: a .safetensors/.ckpt file, a diffusers folder, or a hub id.")
     vae: str | None = opt(None, "Optional VAE to use instead of the model's (file, folder or hub id).")
     v2: bool | str = opt(AUTO, 'SD 2.x model? "auto" detects it from the weights.')
-    v_parameterization: bool | str = opt(AUTO, 'v-prediction (SD 2.x 768-v)? "auto" detects it (SPEC §8.4).')
+    v_parameterization: bool | str = opt(AUTO, 'v-prediction (SD 2.x 768-v)? "auto" reads the model metadata, then the scheduler config, else tests the U-Net.')
     clip_skip: int = opt(1, "Which CLIP layer feeds the U-Net: 1 = last (SD default), 2 = second-to-last (NovelAI).", min=1, max=12)
     max_token_length: int = opt(75, "Caption length in tokens: 75, 150 or 225 (split in 75-token chunks).", choices=(75, 150, 225))
     tokenizer_dir: str | None = opt(None, "Use this tokenizer folder instead of the model's or the built-in one.")

@@ -38,7 +38,7 @@ def _console(stderr: bool = False):
 
 def buckets_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sdft buckets", description="Show how the images of a folder fall into "
-                                "aspect-ratio buckets (SPEC §3), without decoding any image.")
+                                "aspect-ratio buckets (kohya's 64-px bucketing), without decoding any image.")
     p.add_argument("dir", help="image folder")
     p.add_argument("--resolution", type=_resolution, default=(512, 512), help="512 or W,H (default 512)")
     p.add_argument("--min-bucket-reso", type=int, default=256)
@@ -145,7 +145,7 @@ def prepare_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="metadata file to write (default: DIR/metadata.json)")
     p.add_argument("--key-style", choices=("relative", "stem", "absolute"), default="relative",
                    help="image keys: relative (default), stem (kohya classic, flat folders), absolute")
-    p.add_argument("--clean", action="store_true", help="clean captions and tags (SPEC §1.5) while building")
+    p.add_argument("--clean", action="store_true", help="clean captions and tags (kohya's clean_captions_and_tags) while building")
     p.add_argument("--recursive", action="store_true", help="include sub-folders")
     p.add_argument("--caption-extension", default=".caption")
     p.add_argument("--tags-extension", default=".txt")

@@ -46,7 +46,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--update-metadata", action="store_true",
                    help="also write each subset's metadata_file (run TOML target)")
     p.add_argument("--no-sidecars", action="store_true", help="write only the metadata JSON, no sidecar files")
-    p.add_argument("--clean", action="store_true", help="clean the text as SPEC §1.5 (kohya's clean_captions_and_tags)")
+    p.add_argument("--clean", action="store_true", help="clean the text as kohya's clean_captions_and_tags does")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
@@ -54,7 +54,7 @@ def caption_parser() -> argparse.ArgumentParser:
     from engine.labeling.options import DEFAULT_BLIP
 
     p = argparse.ArgumentParser(prog="sdft caption", description="Write a BLIP caption (<image>.caption) for "
-                                "every image that has none (SPEC §11.1).")
+                                "every image that has none.")
     _common(p)
     p.add_argument("--beam-search", action="store_true", help="beam search instead of nucleus sampling")
     p.add_argument("--num-beams", type=int, default=1, help="beams for --beam-search (default 1)")
@@ -72,7 +72,7 @@ def caption_parser() -> argparse.ArgumentParser:
 
 def tag_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sdft tag", description="Write Danbooru-style tags (<image>.txt) with a "
-                                "WD14 tagger (default) or DeepDanbooru (SPEC §11.2, §11.3).")
+                                "WD14 tagger (default) or DeepDanbooru.")
     _common(p)
     p.add_argument("--tagger", choices=("wd14", "deepdanbooru"), default="wd14")
     p.add_argument("--thresh", type=float, default=None, help="threshold (WD14 0.35, DeepDanbooru 0.5)")
