@@ -102,15 +102,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_problems(problems, console=None) -> None:
-    from rich.console import Console
+    """Each problem on its own line, exactly as written: keys like ``[[datasets]]`` and paths
+    like ``my [set1] images`` are never read as markup."""
+    from engine.console import make_console, styled
 
-    console = console or Console(stderr=True, soft_wrap=True)
+    console = console or make_console(stderr=True)
     for p in problems:
         style = {"error": "bold red", "warning": "yellow"}.get(p.severity, "")
         where = f"{p.location()}: " if p.location() else ""
-        console.print(f"{where}[{style}]{p.severity}[/]: [bold]{p.key}[/]: {p.message}", highlight=False)
+        console.print(styled(where, (p.severity, style), ": ", (p.key, "bold"), f": {p.message}"))
         if p.hint:
-            console.print(f"    hint: {p.hint}", highlight=False)
+            console.print(f"    hint: {p.hint}")
 
 
 def check_config(path: str) -> int:
@@ -161,8 +163,8 @@ class StopOnSignal:
         name = signal.Signals(signum).name
         self.control.request_stop(f"{name} received")
         try:
-            self.console.print(f"[yellow]{name}: stopping at the next step and saving a resumable state "
-                               "(Ctrl-C again to abort without saving)[/]")
+            self.console.print(f"{name}: stopping at the next step and saving a resumable state "
+                               "(Ctrl-C again to abort without saving)", style="yellow")
         except Exception:  # noqa: BLE001 - the terminal may be gone (SIGHUP)
             pass
 
@@ -184,13 +186,11 @@ def cmd_train(args) -> int:
 
 def train_headless(config: str | Path, *, resume: str | None = None, allow_changed: bool = False,
                    detached: bool = False) -> int:
-    from rich.console import Console
-
     from engine.config.problems import ConfigError
-    from engine.console import ConsoleSink
+    from engine.console import ConsoleSink, make_console
     from engine.control import RunControl
 
-    console = Console(soft_wrap=True)
+    console = make_console()
     try:
         from engine.config.run_toml import load_run_file
 
@@ -210,7 +210,7 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
     if result.status == "stopped":
         return EXIT_STOPPED
     if result.log_path:
-        console.print(f"details: {result.log_path}", highlight=False)
+        console.print(f"details: {result.log_path}")
     return EXIT_FAILED
 
 
@@ -218,20 +218,18 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
 
 
 def cmd_demo(args) -> int:
-    from rich.console import Console
-
+    from engine.console import make_console, styled
     from engine.demo import prepare_demo
 
-    console = Console(soft_wrap=True)
+    console = make_console()
     console.print(f"preparing the demo in {args.dir} (generated images + a tiny random model)...")
     toml_path = prepare_demo(args.dir, steps=args.steps, force=args.force)
-    console.print(f"run TOML: {toml_path}", highlight=False)
+    console.print(f"run TOML: {toml_path}")
     code = train_headless(toml_path)
     if code == EXIT_OK:
         checkpoint = Path(args.dir) / "runs" / "demo" / "checkpoints" / "demo.safetensors"
-        console.print(f"[bold]demo finished.[/] Fine-tuned model: {checkpoint}", highlight=False)
-        console.print(f"Edit {toml_path} and run `sdft train {toml_path}`, or run `sdft` for the wizard.",
-                      highlight=False)
+        console.print(styled(("demo finished.", "bold"), f" Fine-tuned model: {checkpoint}"))
+        console.print(f"Edit {toml_path} and run `sdft train {toml_path}`, or run `sdft` for the wizard.")
     return code
 
 

@@ -11,6 +11,7 @@ import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from engine.units import format_bytes, format_duration
 from engine.events import (
@@ -25,6 +26,17 @@ from engine.events import (
 )
 
 
+def make_console(*, stderr: bool = False) -> Console:
+    """A console that reads no markup: paths, keys, hints and captions print exactly as they
+    are, brackets included. Style our own words with :func:`styled`."""
+    return Console(stderr=stderr, soft_wrap=True, markup=False, highlight=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Literal text from pieces; a ``(text, style)`` piece gets that style. Never markup."""
+    return Text.assemble(*parts)
+
+
 def step_line(e: StepMetrics) -> str:
     memory = f"vram {format_bytes(e.vram_peak)}" if e.vram_peak is not None else f"ram {format_bytes(e.ram_used)}"
     grad = f" grad {e.grad_norm:.3f}" if e.grad_norm is not None else ""
@@ -34,17 +46,38 @@ def step_line(e: StepMetrics) -> str:
 
 
 class ConsoleSink:
+    """Events to the terminal. It never gives up: if the live progress display fails, it is
+    stopped and the sink goes on in plain lines, so the outcome line always gets out."""
+
     def __init__(self, console: Console | None = None, interactive: bool | None = None):
-        self.console = console or Console(soft_wrap=True)
+        self.console = console or make_console()
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
         self.progress: Progress | None = None
         self.task = None
         self.phase_task = None
+        self.phase_name: str | None = None
 
     def emit(self, event: Event) -> None:
         handler = getattr(self, f"_on_{event.kind}", None)
-        if handler:
+        if handler is None:
+            return
+        try:
             handler(event)
+        except Exception as exc:  # noqa: BLE001 - a display problem must not silence the run
+            if not self.interactive:
+                raise
+            self._fall_back_to_lines(exc)
+            handler(event)
+
+    def _fall_back_to_lines(self, exc: Exception) -> None:
+        try:
+            if self.progress is not None:
+                self.progress.stop()
+        except Exception:  # noqa: BLE001 - the display is already broken; plain lines follow
+            pass
+        self.progress, self.task, self.phase_task, self.phase_name = None, None, None, None
+        self.interactive = False
+        self.console.print(f"(progress display failed: {exc!r}; continuing with plain lines)")
 
     def print(self, text: str, style: str | None = None) -> None:
         target = self.progress.console if self.progress else self.console
@@ -61,14 +94,16 @@ class ConsoleSink:
                 self.print(f"{e.name}: done ({e.total})")
             return
         progress = self._ensure_progress()
-        if self.phase_task is None or progress.tasks[self.phase_task].description != e.name:
+        if self.phase_name != e.name:
+            # Task ids are not list positions: keep our own id and name, never index progress.tasks.
             if self.phase_task is not None:
                 progress.remove_task(self.phase_task)
             self.phase_task = progress.add_task(e.name, total=max(e.total, 1), info="")
+            self.phase_name = e.name
         progress.update(self.phase_task, completed=e.done, total=max(e.total, 1))
         if e.done >= e.total:
             progress.remove_task(self.phase_task)
-            self.phase_task = None
+            self.phase_task, self.phase_name = None, None
 
     def _on_run_started(self, e: RunStarted) -> None:
         self.print(f"training {e.num_images} images on {e.device}: {e.total_steps} steps, {e.total_epochs} epochs "
@@ -95,17 +130,17 @@ class ConsoleSink:
             self.progress.stop()
             self.progress = None
         if e.status == "completed":
-            self.console.print(f"[bold green]done[/] at step {e.step}. Model: {e.model_path}")
+            self.console.print(styled(("done", "bold green"), f" at step {e.step}. Model: {e.model_path}"))
         elif e.status == "stopped":
-            self.console.print(f"[yellow]stopped[/] at step {e.step}. State: {e.state_path or '-'}")
+            self.console.print(styled(("stopped", "yellow"), f" at step {e.step}. State: {e.state_path or '-'}"))
         else:
-            self.console.print(f"[bold red]training failed:[/] {e.message}", markup=True)
+            self.console.print(styled(("training failed:", "bold red"), f" {e.message}"))
 
     def _ensure_progress(self) -> Progress:
         if self.progress is None:
             self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
+                TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}", markup=False), TimeRemainingColumn(), console=self.console,
                 transient=False,
             )
             self.progress.start()
