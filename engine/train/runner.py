@@ -49,16 +49,18 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
     import torch
 
     from engine.quiet import quiet_libraries
-    from engine.train.trainer import StopTraining, Trainer, resolve_seed
+    from engine.train.seeds import resolve_seed
+    from engine.train.trainer import StopTraining, Trainer
 
     quiet_libraries()
 
     config_path = Path(config_path)
     config, document, warnings = run_toml.load_run_file(config_path)
     control = control or RunControl()
-    if config.train.seed is None and is_distributed():
+    seed = seed_in_effect(config, resume)
+    if seed is None and is_distributed():
         raise ValueError("train.seed must be set for multi-process training (every process needs the same seed)")
-    config.train.seed = resolve_seed(config.train.seed)
+    config.train.seed = resolve_seed(seed)
     run_dir = config.run_dir()
     log_path = Path(log_path) if log_path else run_dir / "sdft.log"
     text = resolved_config_text(document, config.train.seed, config_path)
@@ -105,6 +107,23 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
     if jsonl is not None:
         jsonl.close()
     return result
+
+
+def seed_in_effect(config, resume: str | None) -> int | None:
+    """The file's seed; when the file sets none and the run resumes, the seed the state was
+    trained with (the run goes on exactly as it started); None means draw a new one."""
+    if config.train.seed is not None:
+        return config.train.seed
+    value = resume or config.train.resume
+    if not value:
+        return None
+    from engine.train.state import find_state_folder, read_counters
+
+    try:
+        folder = find_state_folder(value, config.run_dir(), config.base_dir)
+        return read_counters(folder).seed if folder is not None else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None   # a bad state folder: the trainer reports it with its own message
 
 
 def is_distributed() -> bool:

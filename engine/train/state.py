@@ -1,4 +1,4 @@
-"""Resumable training states (SPEC §9).
+"""Resumable training states.
 
 A state folder is written atomically (``<name>.tmp/`` then renamed) at an optimizer-step
 boundary and holds everything needed to continue at the same step: trainable weights,
@@ -152,6 +152,20 @@ def find_latest_state(state_root: Path) -> Path | None:
         if step > best_step:
             best, best_step = folder, step
     return best
+
+
+def find_state_folder(value: str, run_dir: Path, base_dir: Path | str | None) -> Path | None:
+    """The state folder a ``--resume`` / ``train.resume`` value names: ``"latest"`` is the newest
+    under ``<run_dir>/state`` (None when there is none); a relative path is tried as given, then
+    next to the run file."""
+    if value == "latest":
+        return find_latest_state(Path(run_dir) / "state")
+    path = Path(value)
+    if not path.is_absolute() and not path.exists() and base_dir is not None:
+        path = Path(base_dir) / path
+    if not path.is_dir():
+        raise ValueError(f"train.resume: {value} is not a state folder")
+    return path
 
 
 def training_math_hash(sections: dict) -> str:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -26,9 +24,10 @@ from engine.train.optimizers import build_optimizer, build_scheduler
 from engine.train.precision import Precision, choose_device, decide_precision
 from engine.train.metrics import IntervalMeter, device_memory
 from engine.train.prefetch import Prefetcher
+from engine.train.seeds import resolve_seed
 from engine.train.state import (
     Counters,
-    find_latest_state,
+    find_state_folder,
     load_state,
     read_counters,
     save_state,
@@ -314,11 +313,16 @@ class Trainer:
 
     # ================================================================ resume
 
-    def math_hash(self) -> str:
+    def math_hash(self, seed: int | None = None) -> str:
+        """Hash of the options that change a step's maths; ``seed`` replaces the run's seed (to
+        tell a changed seed apart from other changes)."""
         cfg = self.cfg
+        train = {k: v for k, v in vars(cfg.train).items()
+                 if k not in ("output_dir", "output_name", "resume", "max_train_steps", "max_train_epochs")}
+        if seed is not None:
+            train["seed"] = seed
         relevant = {
-            "train": {k: v for k, v in vars(cfg.train).items()
-                      if k not in ("output_dir", "output_name", "resume", "max_train_steps", "max_train_epochs")},
+            "train": train,
             "optimizer": {k: v for k, v in vars(cfg.optimizer).items()},
             "model": {k: getattr(cfg.model, k) for k in ("clip_skip", "max_token_length")},
             "v_prediction": self.v_prediction,
@@ -341,13 +345,15 @@ class Trainer:
     def _restore(self) -> None:
         if not self.resume:
             return
-        folder = self._resolve_resume(self.resume)
+        folder = find_state_folder(self.resume, self.run_dir, self.cfg.base_dir)
         if folder is None:
             self.say("train.resume = \"latest\" but no saved state was found: starting from step 0", "warning")
             return
         saved = read_counters(folder)
         changes = []
-        if saved.config_hash != self.math_hash():
+        if saved.seed != self.seed:   # only when the file sets a seed: else the runner reused the state's
+            changes.append(f"train.seed (the state was trained with {saved.seed}, the file says {self.seed})")
+        if saved.config_hash != self.math_hash(seed=saved.seed):
             changes.append("training options (objective, optimizer, precision, prompts)")
         if saved.dataset_fingerprint != self.data.fingerprint:
             changes.append("the dataset (images, captions or buckets)")
@@ -366,16 +372,6 @@ class Trainer:
         if self.lr_scheduler.last_epoch != self.global_step:
             self.say("max_train_steps changed: the learning-rate schedule was rebuilt at the restored step", "warning")
         self.say(f"resumed from {folder} at step {self.global_step} (epoch {self.epoch + 1})")
-
-    def _resolve_resume(self, value: str) -> Path | None:
-        if value == "latest":
-            return find_latest_state(self.run_dir / "state")
-        path = Path(value)
-        if not path.is_absolute() and not path.exists():
-            path = Path(self.cfg.base_dir) / path
-        if not path.is_dir():
-            raise ValueError(f"train.resume: {value} is not a state folder")
-        return path
 
     # ================================================================ the loop
 
@@ -624,10 +620,6 @@ class Trainer:
             path = self.write_state(stopped=True)
             config = self.cfg.source_path or "RUN.toml"
             self.say(f"stopped at step {self.global_step}; resume with: sdft train {config} --resume {path}")
-
-
-def resolve_seed(seed: int | None) -> int:
-    return seed if seed is not None else random.SystemRandom().randrange(2 ** 31)
 
 
 __all__ = ["Trainer", "StopTraining", "resolve_seed", "step_seed"]
