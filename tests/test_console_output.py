@@ -151,3 +151,19 @@ def test_two_runs_at_once_in_terminals_both_print_their_resume_command(tmp_path,
         assert process.wait(timeout=10) == 130, text
         assert "failed and was disabled" not in text and "Traceback" not in text, text
         assert "resume with: sdft train" in text and str(config.parent.name) in text, text
+
+
+def test_token_view_and_labelling_summary_print_brackets_as_they_are(capsys):
+    from argparse import Namespace
+
+    from engine.labeling.cli import _print_summary
+    from engine.labeling.options import LabelSummary
+    from engine.models.tokens_cli import tokens_command
+
+    assert tokens_command(["a [set1] cat, [red] hat [/]"]) == 0
+    shown = plain(capsys.readouterr().out)
+    assert shown.count("a [set1] cat, [red] hat [/]") >= 1 and "[set1]" in shown.split("Chunks")[1]
+    summary = LabelSummary(failed=[("my [set1] images/a.png", "cannot decode [b]it[/b]")], stopped=True)
+    console, out = terminal_console()
+    _print_summary(console, "tag", summary, Namespace(json=False, frequency=False))
+    assert "failed my [set1] images/a.png: cannot decode [b]it[/b]" in plain(out.getvalue())

@@ -17,6 +17,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.console import make_console, styled
+
 EXIT_OK, EXIT_FAILED_IMAGES, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
 
 
@@ -120,8 +122,8 @@ def resolve_targets(target: str, *, console=None) -> tuple[list[Target], dict]:
             raise _Usage(f"{path}: no [[datasets.subsets]] image_dir to label "
                          f"({len(exc.problems)} problem(s) in the file; `sdft train {path} --check` lists them)")
         if console is not None:
-            console.print(f"[yellow]note:[/] {path} does not validate yet ({len(exc.problems)} problem(s)); "
-                          "labelling the image_dir folders it names", highlight=False)
+            console.print(styled(("note:", "yellow"), f" {path} does not validate yet ({len(exc.problems)} problem(s)); "
+                                 "labelling the image_dir folders it names"))
         return targets, data
     targets = []
     for di, dataset in enumerate(config.datasets.datasets):
@@ -185,7 +187,7 @@ class _StopFlag:
         if self.stop:
             raise KeyboardInterrupt
         self.stop = True
-        self.console.print("[yellow]stopping after this batch (Ctrl-C again to abort)[/]")
+        self.console.print("stopping after this batch (Ctrl-C again to abort)", style="yellow")
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGINT, self.previous)
@@ -247,13 +249,11 @@ def tag_command(argv: list[str]) -> int:
 
 
 def _run(kind: str, args, build) -> int:
-    from rich.console import Console
-
     from engine.data.scan import ScanError, find_images
     from engine.labeling.options import LabelError, LabelSummary
 
-    console = Console(soft_wrap=True, highlight=False)
-    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    console = make_console()
+    err = make_console(stderr=True)
     if args.batch_size is not None and args.batch_size < 1:
         err.print(f"sdft {kind}: --batch-size must be at least 1")
         return EXIT_USAGE
@@ -263,7 +263,7 @@ def _run(kind: str, args, build) -> int:
             raise _Usage("--metadata names one file but the run TOML has several subsets; use --update-metadata")
         jobs = [(t, find_images(t.image_dir, recursive=args.recursive)) for t in targets]
     except (_Usage, ScanError) as exc:
-        err.print(f"[bold red]sdft {kind}:[/] {exc}")
+        err.print(styled((f"sdft {kind}:", "bold red"), f" {exc}"))
         return EXIT_USAGE
     total = LabelSummary()
     model = None
@@ -278,7 +278,7 @@ def _run(kind: str, args, build) -> int:
                 summary = _call(kind, paths, opts, view, stop, model)
             except LabelError as exc:
                 view.stop()
-                err.print(f"[bold red]sdft {kind}:[/] {exc}")
+                err.print(styled((f"sdft {kind}:", "bold red"), f" {exc}"))
                 return EXIT_USAGE
             _merge(total, summary)
             if summary.stopped:
@@ -399,16 +399,16 @@ def _print_summary(console, kind: str, s, args) -> None:
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return
     rate = f"{s.images_per_s:.2f} images/s on {s.device}" if s.done else "no images labelled"
-    console.print(f"[bold]{kind}:[/] {s.done} done, {s.skipped} skipped (already labelled), "
-                  f"{len(s.failed)} failed; {rate}")
+    console.print(styled((f"{kind}:", "bold"), f" {s.done} done, {s.skipped} skipped (already labelled), "
+                         f"{len(s.failed)} failed; {rate}"))
     if kind == "tag" and s.done:
         console.print(f"tags per image: {s.tags_per_image:.1f}")
         freq = s.tag_frequency()
         top = list(freq.items())[: (len(freq) if args.frequency else 10)]
         if top:
             console.print(("tag frequency: " if args.frequency else "most frequent: ")
-                          + ", ".join(f"{t} ({n})" for t, n in top), markup=False)
+                          + ", ".join(f"{t} ({n})" for t, n in top))
     for path, reason in s.failed:
-        console.print(f"[red]failed[/] {path}: {reason}", highlight=False)
+        console.print(styled(("failed", "red"), f" {path}: {reason}"))
     if s.stopped:
-        console.print("[yellow]stopped[/]: the images done so far are written; run again to continue")
+        console.print(styled(("stopped", "yellow"), ": the images done so far are written; run again to continue"))

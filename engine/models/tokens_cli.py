@@ -155,11 +155,12 @@ def _tokenizer(tokenizer_dir: str | None, v2: bool):
 
 
 def _print_rich(info: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(highlight=False)
+    from engine.console import make_console
+
+    console = make_console()  # captions are printed as they are, brackets included
     limit, count = info["max_token_length"], info["token_count"]
     status = Text(f"{count} / {limit} tokens", style="bold red" if info["truncated"] else "bold green")
     status.append(
