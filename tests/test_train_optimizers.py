@@ -69,3 +69,37 @@ def test_lion_moves_by_sign():
     p.grad = torch.tensor([2.0, -0.5, 0.0])
     opt.step()
     torch.testing.assert_close(p.detach(), torch.tensor([-0.1, 0.1, 0.0]))
+
+
+def _rates(scheduler, optimizer, steps):
+    rates = []
+    for _ in range(steps):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("name, args, check", [
+    # polynomial decays to lr_end instead of the default 1e-7
+    ("polynomial", {"lr_end": 0.5}, lambda r: r[-1] > 0.5),
+    # a quarter cosine ends half-way down, the default half cosine near zero
+    ("cosine", {"num_cycles": 0.25}, lambda r: r[-1] > 0.55),
+    ("linear", {"f_min": 0.5}, lambda r: min(r) >= 0.5),
+])
+def test_scheduler_args_reach_the_schedule(name, args, check):
+    optimizer = torch.optim.SGD(_model().parameters(), lr=1.0)
+    default = _rates(build_scheduler(name, optimizer, total_steps=10), optimizer, 10)
+    optimizer = torch.optim.SGD(_model().parameters(), lr=1.0)
+    changed = _rates(build_scheduler(name, optimizer, total_steps=10, args=args), optimizer, 10)
+    assert check(changed) and changed != default
+
+
+def test_scheduler_args_outside_the_schedule_name_the_valid_keys():
+    optimizer = torch.optim.SGD(_model().parameters(), lr=1.0)
+    with pytest.raises(ValueError, match="has no option 'lr_end'.*num_cycles, last_epoch"):
+        build_scheduler("cosine", optimizer, total_steps=10, args={"lr_end": 0.1})
+    with pytest.raises(ValueError, match="set by optimizer.lr_scheduler_power"):
+        build_scheduler("polynomial", optimizer, total_steps=10, args={"power": 2.0})
+    with pytest.raises(ValueError, match="do not fit the constant schedule"):
+        build_scheduler("constant", optimizer, total_steps=10, args={"last_epoch": 5})   # needs initial_lr

@@ -40,3 +40,46 @@ def test_files_in_every_format(tmp_path):
     assert load_prompts(None) == []
     with pytest.raises(FileNotFoundError, match="sample.prompts"):
         load_prompts("missing.txt", base_dir=tmp_path)
+
+
+def test_kohya_toml_form_with_defaults_and_subsets(tmp_path):
+    (tmp_path / "p.toml").write_text(
+        '[prompt]\nwidth = 320\nsample_steps = 9\nscale = 5\n\n'
+        '[[prompt.subset]]\nprompt = "a cat"\n\n'
+        '[[prompt.subset]]\nprompt = "a dog"\nwidth = 256\nsample_sampler = "k_euler_a"\n')
+    cat, dog = load_prompts("p.toml", base_dir=tmp_path)
+    assert (cat.prompt, cat.width, cat.steps, cat.scale, cat.sampler) == ("a cat", 320, 9, 5.0, None)
+    assert (dog.prompt, dog.width, dog.steps, dog.sampler) == ("a dog", 256, 9, "euler_a")
+
+
+def test_json_may_list_prompt_lines(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps(["a cat --w 256", {"prompt": "a dog"}]))
+    assert [(p.prompt, p.width) for p in load_prompts("p.json", base_dir=tmp_path, default_size=320)] == [
+        ("a cat", 256), ("a dog", 320)]
+
+
+@pytest.mark.parametrize("name, text, line, match", [
+    ("p.txt", "a cat\n# note\na dog --ss dpm_fast\n", 3, "unknown sampler 'dpm_fast'"),
+    ("p.txt", "a cat --zz 3\n", 1, "unknown option --zz"),
+    ("p.txt", "a cat --cn hint.png\n", 1, "ControlNet image"),
+    ("p.toml", '[[prompt]]\nprompt = "a"\n\n[[prompt]]\nprompt = "b"\nsample_sampler = "heun"\n', 4, "unknown sampler"),
+    ("p.toml", '[prompt]\nscale = 5\n[[prompt.subset]]\nprompt = "a"\nguidance = 3\n', 3, "unknown key 'guidance'"),
+])
+def test_what_sampling_would_not_use_names_file_and_line(tmp_path, name, text, line, match):
+    from engine.train.prompts import PromptError
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(PromptError, match=match) as info:
+        load_prompts(name, base_dir=tmp_path)
+    assert info.value.line == line and info.value.path.endswith(name)
+
+
+def test_unknown_sampler_in_json_and_inline_lists(tmp_path):
+    from engine.train.prompts import PromptError
+
+    (tmp_path / "p.json").write_text(json.dumps([{"prompt": "a"}, {"prompt": "b", "sample_sampler": "lms"}]))
+    with pytest.raises(PromptError, match="prompt 2: unknown sampler 'lms'"):
+        load_prompts("p.json", base_dir=tmp_path)
+    with pytest.raises(PromptError, match=r"sample.prompts\[1\]: unknown sampler"):
+        load_prompts(["a cat", "a dog --ss nope"])
+    assert load_prompts(["a cat --SS Euler --W 256"])[0].sampler == "euler"

@@ -126,19 +126,56 @@ def warmup_steps(value: int | float, total_steps: int) -> int:
     return int(value)
 
 
+# The options each schedule takes from [optimizer] keys, as kohya passes them: a constant
+# schedule gets no warm-up, only cosine_with_restarts gets num_cycles, only polynomial gets power.
+_SCHEDULE_OPTIONS = {
+    "constant": (),
+    "constant_with_warmup": ("num_warmup_steps",),
+    "linear": ("num_warmup_steps", "num_training_steps"),
+    "cosine": ("num_warmup_steps", "num_training_steps"),
+    "cosine_with_restarts": ("num_warmup_steps", "num_training_steps", "num_cycles"),
+    "polynomial": ("num_warmup_steps", "num_training_steps", "power"),
+}
+# The [optimizer] key that sets each of those options (lr_scheduler_args must not set them too).
+_OPTION_KEYS = {"num_warmup_steps": "lr_warmup_steps", "num_training_steps": "max_train_steps",
+                "num_cycles": "lr_scheduler_num_cycles", "power": "lr_scheduler_power"}
+
+
+def scheduler_arg_names(name: str) -> list[str]:
+    """The keys ``optimizer.lr_scheduler_args`` may hold for schedule ``name``."""
+    import inspect
+
+    from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+    params = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)]).parameters
+    return [p for p in params if p != "optimizer" and p not in _SCHEDULE_OPTIONS[name]]
+
+
 def build_scheduler(name: str, optimizer, *, total_steps: int, warmup: int | float = 0,
                     num_cycles: int = 1, power: float = 1.0, args: dict | None = None):
-    """A LambdaLR-style schedule that sees exactly ``total_steps`` optimizer steps."""
-    from diffusers.optimization import get_scheduler
+    """A LambdaLR-style schedule that sees exactly ``total_steps`` optimizer steps.
+
+    ``args`` (``optimizer.lr_scheduler_args``) go to the schedule function as keyword
+    arguments, as in kohya: e.g. ``{ lr_end = 1e-7 }`` for polynomial, ``{ num_cycles = 0.25 }``
+    for cosine. A key the schedule does not take is a ValueError naming the valid ones.
+    """
+    from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
 
     if name not in SCHEDULERS:
         raise ValueError(f"unknown lr_scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    return get_scheduler(
-        name,
-        optimizer,
-        num_warmup_steps=warmup_steps(warmup, total_steps),
-        num_training_steps=total_steps,
-        num_cycles=num_cycles,
-        power=power,
-        **(args or {}),
-    )
+    given = {"num_warmup_steps": warmup_steps(warmup, total_steps), "num_training_steps": total_steps,
+             "num_cycles": num_cycles, "power": power}
+    kwargs = {key: given[key] for key in _SCHEDULE_OPTIONS[name]}
+    valid = scheduler_arg_names(name)
+    for key, value in (args or {}).items():
+        if key in kwargs:
+            raise ValueError(f"optimizer.lr_scheduler_args: {key} is set by optimizer.{_OPTION_KEYS[key]}; "
+                             "set it there instead")
+        if key not in valid:
+            raise ValueError(f"optimizer.lr_scheduler_args: the {name} schedule has no option {key!r}; "
+                             f"its options: {', '.join(valid)}")
+        kwargs[key] = value
+    try:
+        return TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)](optimizer, **kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"optimizer.lr_scheduler_args do not fit the {name} schedule: {exc!r}") from None

@@ -1,17 +1,42 @@
-"""Sample-prompt files in kohya's syntax (SPEC §5.5), parsed without torch.
+"""Sample-prompt files in kohya's syntax, parsed without torch.
 
 ``.txt``: one prompt per line, ``#`` comments, inline options ``--n`` negative, ``--w``/``--h``
 size (floored to a multiple of 8, at least 64), ``--d`` seed, ``--s`` steps, ``--l`` CFG scale,
-``--ss`` sampler. ``.toml`` (``[[prompt]]`` tables) and ``.json`` (a list of objects) use
-the keys prompt, negative_prompt, width, height, seed, sample_steps, scale, sample_sampler.
+``--ss`` sampler. ``.json``: a list of objects (or of such lines). ``.toml``: ``[[prompt]]``
+tables, or kohya's form, a ``[prompt]`` table of defaults with ``[[prompt.subset]]`` tables
+(a subset's keys win). Objects use the keys prompt, negative_prompt, width, height, seed,
+sample_steps, scale, sample_sampler.
+
+Anything sdft would not use (an unknown option or key, an unknown sampler) is a
+:class:`PromptError` naming the file and line, so ``sdft train --check`` catches it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+from engine.config.schema import SampleConfig
+
+# The sampler names are the [sample] sampler choices; kohya's k_ spellings mean the same.
+SAMPLERS: tuple[str, ...] = next(f for f in fields(SampleConfig) if f.name == "sampler").metadata["choices"]
+SAMPLER_ALIASES = {"k_euler": "euler", "k_euler_a": "euler_a"}
+# kohya options for other model families or ControlNet: accepted there, not usable here.
+_KOHYA_ONLY = {"g": "guidance scale (FLUX)", "cn": "ControlNet image", "ctr": "CFG truncation (Lumina)",
+               "rcfg": "renormalised CFG (Lumina)", "fs": "flow shift (SD3/FLUX)", "am": "network multiplier"}
+MAPPING_KEYS = ("prompt", "negative_prompt", "width", "height", "seed", "sample_steps", "scale",
+                "sample_sampler", "enum")
+
+
+class PromptError(ValueError):
+    """A sample prompt sdft cannot use as written; ``line`` is 1-based when known."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None):
+        self.path, self.line, self.reason = path, line, message
+        where = f"{path}:{line}: " if path and line else f"{path}: " if path else ""
+        super().__init__(where + message)
 
 
 @dataclass(frozen=True)
@@ -26,11 +51,31 @@ class SamplePrompt:
     sampler: str | None = None
 
 
-_OPTION = re.compile(r"\s--(n|w|h|d|s|l|ss)\s+")
+_OPTION = re.compile(r"\s--(n|w|h|d|s|l|ss)\s+", re.IGNORECASE)   # case as kohya
+_ANY_OPTION = re.compile(r"(?:^|\s)--([A-Za-z_]+)\b")
 
 
 def _size(value) -> int:
     return max(64, int(value) // 8 * 8)
+
+
+def sampler_name(value) -> str | None:
+    """A prompt's sampler in sdft's spelling; PromptError when sdft has no such sampler."""
+    if value is None:
+        return None
+    name = str(value).strip().lower()
+    name = SAMPLER_ALIASES.get(name, name)
+    if name not in SAMPLERS:
+        raise PromptError(f"unknown sampler {value!r}; use one of {', '.join(SAMPLERS)}")
+    return name
+
+
+def _unknown_options(text: str) -> None:
+    for name in _ANY_OPTION.findall(" " + text):
+        what = _KOHYA_ONLY.get(name.lower())
+        if what:
+            raise PromptError(f"option --{name} ({what}) does not apply to SD 1.x/2.x sampling; remove it")
+        raise PromptError(f"unknown option --{name}; options: --n --w --h --d --s --l --ss")
 
 
 def parse_prompt_line(line: str, default_size: int = 512) -> SamplePrompt | None:
@@ -38,53 +83,138 @@ def parse_prompt_line(line: str, default_size: int = 512) -> SamplePrompt | None
     if not line or line.startswith("#"):
         return None
     parts = _OPTION.split(" " + line)
-    fields = {"prompt": parts[0].strip()}
+    fields_ = {"prompt": parts[0].strip()}
     for key, value in zip(parts[1::2], parts[2::2]):
-        fields[key] = value.strip()
+        fields_[key.lower()] = value.strip()
+    for value in fields_.values():
+        _unknown_options(value)
     try:
         return SamplePrompt(
-            prompt=fields["prompt"],
-            negative=fields.get("n", ""),
-            width=_size(fields.get("w", default_size)),
-            height=_size(fields.get("h", default_size)),
-            seed=int(fields["d"]) if "d" in fields else None,
-            steps=int(fields["s"]) if "s" in fields else None,
-            scale=float(fields.get("l", 7.5)),
-            sampler=fields.get("ss"),
+            prompt=fields_["prompt"],
+            negative=fields_.get("n", ""),
+            width=_size(fields_.get("w", default_size)),
+            height=_size(fields_.get("h", default_size)),
+            seed=int(fields_["d"]) if "d" in fields_ else None,
+            steps=max(1, int(fields_["s"])) if "s" in fields_ else None,
+            scale=float(fields_.get("l", 7.5)),
+            sampler=sampler_name(fields_.get("ss")),
         )
+    except PromptError:
+        raise
     except ValueError as exc:
-        raise ValueError(f"bad option in sample prompt {line!r}: {exc}") from None
+        raise PromptError(f"bad option in sample prompt {line!r}: {exc}") from None
 
 
-def _from_mapping(item: dict, default_size: int) -> SamplePrompt:
-    return SamplePrompt(
-        prompt=str(item.get("prompt", "")),
-        negative=str(item.get("negative_prompt", "")),
-        width=_size(item.get("width", default_size)),
-        height=_size(item.get("height", default_size)),
-        seed=item.get("seed"),
-        steps=item.get("sample_steps"),
-        scale=float(item.get("scale", 7.5)),
-        sampler=item.get("sample_sampler"),
-    )
+def _from_mapping(item, default_size: int) -> SamplePrompt:
+    if isinstance(item, str):      # kohya's JSON may list prompt lines
+        prompt = parse_prompt_line(item, default_size)
+        if prompt is None:
+            raise PromptError("an empty prompt")
+        return prompt
+    if not isinstance(item, dict):
+        raise PromptError(f"a prompt must be a table or a string, got {item!r}")
+    unknown = [k for k in item if k not in MAPPING_KEYS and k != "subset"]
+    if unknown:
+        raise PromptError(f"unknown key {unknown[0]!r}; keys: {', '.join(MAPPING_KEYS[:-1])}")
+    if not str(item.get("prompt", "")).strip():
+        raise PromptError("a prompt table without prompt = \"...\"")
+    try:
+        steps = item.get("sample_steps")
+        return SamplePrompt(
+            prompt=str(item["prompt"]),
+            negative=str(item.get("negative_prompt", "")),
+            width=_size(item.get("width", default_size)),
+            height=_size(item.get("height", default_size)),
+            seed=int(item["seed"]) if item.get("seed") is not None else None,
+            steps=max(1, int(steps)) if steps is not None else None,
+            scale=float(item.get("scale", 7.5)),
+            sampler=sampler_name(item.get("sample_sampler")),
+        )
+    except PromptError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise PromptError(f"bad value in prompt {item.get('prompt')!r}: {exc}") from None
+
+
+def _toml_prompts(text: str) -> list[tuple[dict, str]]:
+    """(prompt table, dotted key for its line) from either TOML form."""
+    import tomlkit
+
+    data = tomlkit.parse(text).unwrap().get("prompt", [])
+    if isinstance(data, list):
+        return [(item, f"prompt[{i}]") for i, item in enumerate(data)]
+    if not isinstance(data, dict):
+        raise PromptError("prompt must be [[prompt]] tables or a [prompt] table with [[prompt.subset]] tables")
+    defaults = {k: v for k, v in data.items() if k != "subset"}
+    subsets = data.get("subset", [])
+    if not isinstance(subsets, list):
+        raise PromptError("prompt.subset must be [[prompt.subset]] tables")
+    return [({**defaults, **sub} if isinstance(sub, dict) else sub, f"prompt.subset[{i}]")
+            for i, sub in enumerate(subsets)]
+
+
+def _read_file(path: Path, default_size: int) -> list[SamplePrompt]:
+    text = path.read_text(encoding="utf-8-sig")
+    out: list[SamplePrompt] = []
+    if path.suffix.lower() == ".json":
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PromptError(f"not valid JSON: {exc.msg}", path=str(path), line=exc.lineno) from None
+        if not isinstance(items, list):
+            raise PromptError("a JSON prompts file holds a list of prompts", path=str(path), line=1)
+        for index, item in enumerate(items):
+            try:
+                out.append(_from_mapping(item, default_size))
+            except PromptError as exc:
+                raise PromptError(f"prompt {index + 1}: {exc.reason}", path=str(path)) from None
+        return out
+    if path.suffix.lower() == ".toml":
+        from engine.config.lines import key_lines
+
+        try:
+            tables = _toml_prompts(text)
+        except PromptError as exc:
+            raise PromptError(exc.reason, path=str(path)) from None
+        except Exception as exc:  # tomlkit raises several ParseError kinds
+            raise PromptError(f"not valid TOML: {exc}", path=str(path), line=getattr(exc, "line", None)) from None
+        lines = key_lines(text)
+        for item, key in tables:
+            try:
+                out.append(_from_mapping(item, default_size))
+            except PromptError as exc:
+                raise PromptError(exc.reason, path=str(path), line=lines.get(key)) from None
+        return out
+    for number, raw in enumerate(text.splitlines(), start=1):
+        try:
+            prompt = parse_prompt_line(raw, default_size)
+        except PromptError as exc:
+            raise PromptError(exc.reason, path=str(path), line=number) from None
+        if prompt:
+            out.append(prompt)
+    return out
 
 
 def load_prompts(source, *, base_dir: str | Path = ".", default_size: int = 512) -> list[SamplePrompt]:
-    """Prompts from a file path or an inline list of kohya-style prompt lines."""
+    """Prompts from a file path or an inline list of kohya-style prompt lines.
+
+    Raises FileNotFoundError for a missing file and PromptError for a prompt sdft cannot use.
+    """
     if source is None:
         return []
     if isinstance(source, list):
-        return [p for p in (parse_prompt_line(str(line), default_size) for line in source) if p]
+        out = []
+        for index, line in enumerate(source):
+            try:
+                prompt = parse_prompt_line(str(line), default_size)
+            except PromptError as exc:
+                raise PromptError(f"sample.prompts[{index}]: {exc.reason}") from None
+            if prompt:
+                out.append(prompt)
+        return out
     path = Path(source)
     if not path.is_absolute():
         path = Path(base_dir) / path
     if not path.is_file():
         raise FileNotFoundError(f"sample.prompts: {path} does not exist; give a .txt/.toml/.json file or a list")
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix == ".json":
-        return [_from_mapping(item, default_size) for item in json.loads(text)]
-    if path.suffix == ".toml":
-        import tomlkit
-
-        return [_from_mapping(dict(item), default_size) for item in tomlkit.parse(text).unwrap().get("prompt", [])]
-    return [p for p in (parse_prompt_line(line, default_size) for line in text.splitlines()) if p]
+    return _read_file(path, default_size)
