@@ -187,7 +187,7 @@ def cmd_train(args) -> int:
 def train_headless(config: str | Path, *, resume: str | None = None, allow_changed: bool = False,
                    detached: bool = False) -> int:
     from engine.config.problems import ConfigError
-    from engine.console import ConsoleSink, make_console
+    from engine.console import ConsoleSink, make_console, styled
     from engine.control import RunControl
 
     console = make_console()
@@ -198,13 +198,22 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
     except ConfigError as exc:
         print_problems(exc.problems)
         return EXIT_CONFIG
+    from engine.runlock import RunFolderBusy
     from engine.train.runner import run_training
 
     control = RunControl()
     sink = ConsoleSink(console)
-    with StopOnSignal(control, console, detached=detached):
-        result = run_training(config, sink=sink, control=control, resume=resume, allow_changed=allow_changed)
-    sink.close()
+    try:
+        with StopOnSignal(control, console, detached=detached):
+            result = run_training(config, sink=sink, control=control, resume=resume, allow_changed=allow_changed)
+    except ConfigError as exc:
+        print_problems(exc.problems)
+        return EXIT_CONFIG
+    except RunFolderBusy as exc:
+        make_console(stderr=True).print(styled(("sdft train:", "bold red"), f" {exc}"))
+        return EXIT_CONFIG
+    finally:
+        sink.close()
     if result.status == "completed":
         return EXIT_OK
     if result.status == "stopped":

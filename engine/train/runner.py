@@ -16,6 +16,7 @@ from engine import atomic
 from engine.config import run_toml
 from engine.control import RunControl
 from engine.events import FanOut, JsonlSink, Message, RunFinished
+from engine.train.trackers import open_trackers
 
 
 @dataclass
@@ -43,14 +44,12 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
                  allow_changed: bool = False) -> RunResult:
     """Train as the run TOML says. Never raises for training failures: see the result.
 
-    Configuration errors (:class:`~engine.config.problems.ConfigError`) are raised, since
+    Configuration errors (:class:`~engine.config.problems.ConfigError`) and a run folder
+    held by another live process (:class:`~engine.runlock.RunFolderBusy`) are raised, since
     nothing has started yet and the caller shows them (exit code 2 headless).
     """
-    import torch
-
     from engine.quiet import quiet_libraries
     from engine.train.seeds import resolve_seed
-    from engine.train.trainer import StopTraining, Trainer
 
     quiet_libraries()
 
@@ -62,18 +61,48 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
         raise ValueError("train.seed must be set for multi-process training (every process needs the same seed)")
     config.train.seed = resolve_seed(seed)
     run_dir = config.run_dir()
+    with _owner_of(run_dir) as lock:  # raises RunFolderBusy before the folder is touched
+        return _train_in(run_dir, config, document, warnings, config_path=config_path, sink=sink,
+                         control=control, log_path=log_path, resume=resume, allow_changed=allow_changed,
+                         took_over=lock.took_over if lock else None)
+
+
+def _owner_of(run_dir: Path):
+    """The run folder's lock (engine/runlock.py); other processes of a multi-GPU run share
+    the main process's ownership and take none."""
+    from contextlib import nullcontext
+
+    from engine.runlock import RunLock
+
+    return RunLock(run_dir, "sdft train") if is_main_process() else nullcontext()
+
+
+def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, sink, control: RunControl,
+              log_path, resume: str | None, allow_changed: bool, took_over) -> RunResult:
+    """The run itself, with the folder held: events, the resolved config, the Trainer."""
+    import torch
+
+    from engine.train.trainer import StopTraining, Trainer
+
     log_path = Path(log_path) if log_path else run_dir / "sdft.log"
     text = resolved_config_text(document, config.train.seed, config_path)
-    jsonl = None
+    jsonl = trackers = None
     out = FanOut()
     if is_main_process():  # other processes of a multi-GPU run stay silent and write nothing
+        trackers = open_trackers(config, text)   # TensorBoard / W&B; ConfigError if one cannot run here
         run_dir.mkdir(parents=True, exist_ok=True)
         events_path = run_dir / "events.jsonl"
         if not (resume or config.train.resume):
             events_path.unlink(missing_ok=True)  # a fresh run starts a fresh event log
         jsonl = JsonlSink(events_path)
         out = FanOut([jsonl] + ([sink] if sink is not None else []))
+        if trackers is not None:   # last, so its notes reach the others after the event they follow
+            trackers.report = out.emit
+            out.add(trackers)
         atomic.write_text(run_dir / "config.toml", text)
+    if took_over is not None:
+        out.emit(Message(level="warning", text=f"took over {run_dir} from {took_over.describe()}, "
+                                               "which ended without releasing it"))
     for problem in warnings:
         out.emit(Message(level="warning", text=str(problem)))
     trainer = Trainer(config, config_text=text, sink=out, control=control, resume=resume,
@@ -106,6 +135,8 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
                          state_path=result.state_path, out_of_memory=result.out_of_memory))
     if jsonl is not None:
         jsonl.close()
+    if trackers is not None:
+        trackers.close()   # also when its sink was dropped after an error
     return result
 
 

@@ -1,0 +1,84 @@
+"""One owner per run folder: a second run is refused with who holds it; a dead owner's lock is taken over."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine.runlock import LOCK_NAME, RunFolderBusy, RunLock, read_holder
+from train_helpers import make_run
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+SDFT = [sys.executable, "-m", "sdft_tui.cli"]
+
+HOLD = """
+import sys, time
+from engine.runlock import RunLock
+with RunLock(sys.argv[1], "sdft train"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_live_holder_in_another_process_is_refused_with_its_pid(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderBusy) as busy:
+            RunLock(tmp_path, "sdft train").acquire()
+        assert busy.value.holder.pid == holder.pid
+        message = str(busy.value)
+        assert f"PID {holder.pid}" in message and f"sdft watch {tmp_path}" in message
+        assert f"kill -INT {holder.pid}" in message
+        assert read_holder(tmp_path).pid == holder.pid, "watchers see the holder without taking the lock"
+    finally:
+        holder.kill()
+        holder.wait()
+    # Killed without a chance to clean up: its record stays, the kernel released the flock.
+    with RunLock(tmp_path, "sdft train") as lock:
+        assert lock.took_over is not None and lock.took_over.pid == holder.pid
+    assert read_holder(tmp_path) is None, "a clean release leaves no record behind"
+    with RunLock(tmp_path, "sdft train") as lock:
+        assert lock.took_over is None
+
+
+def test_a_lock_is_released_by_an_exception_in_its_block(tmp_path):
+    with pytest.raises(ValueError):
+        with RunLock(tmp_path, "sdft train"):
+            raise ValueError("boom")
+    with RunLock(tmp_path, "sdft train") as lock:  # same process, new file description
+        assert lock.took_over is None
+
+
+@pytest.mark.slow
+def test_second_sdft_train_on_a_running_folder_refuses_and_leaves_it_intact(tmp_path, tiny_sd1):
+    config = make_run(tmp_path, tiny_sd1, steps=10_000)
+    run_dir = tmp_path / "runs" / "t"
+    first = subprocess.Popen([*SDFT, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=ENV)
+    try:
+        events = run_dir / "events.jsonl"
+        deadline = time.time() + 240
+        while time.time() < deadline and not (events.exists() and '"event": "step"' in events.read_text()):
+            time.sleep(0.2)
+        config_before = (run_dir / "config.toml").read_text()
+        lines_before = len(events.read_text().splitlines())
+        second = subprocess.run([*SDFT, "train", str(config)], capture_output=True, text=True, env=ENV, timeout=240)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"in use by sdft train (PID {first.pid}" in second.stderr
+        assert f"sdft watch {run_dir}" in second.stderr
+        assert (run_dir / "config.toml").read_text() == config_before
+        assert len(events.read_text().splitlines()) >= lines_before, "the first run's event log was not cut"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    assert (run_dir / LOCK_NAME).read_text().strip(), "a killed run leaves its record"
+    taken = subprocess.run([*SDFT, "train", str(make_run(tmp_path, tiny_sd1, steps=1, name="short.toml"))],
+                           capture_output=True, text=True, env=ENV, timeout=240)
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    assert f"took over {run_dir} from sdft train (PID {first.pid}" in taken.stdout
