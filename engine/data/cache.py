@@ -44,6 +44,7 @@ class CacheJob:
     interpolation: str
     flip: bool                      # also encode the mirrored image (flip_aug)
     exif_transpose: bool = True
+    kohya_npz: bool = True          # False: a kohya <name>.npz may belong to another image of that name
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -327,7 +328,7 @@ class LatentCache:
                     result.latents[job.item] = CachedLatent(key, file=file)
                     result.reused += 1
                     continue
-            if self.import_kohya:
+            if self.import_kohya and job.kohya_npz:
                 imported = import_kohya_npz(job.path, job.size, job.bucket, job.flip)
                 if imported is not None:
                     result.latents[job.item] = CachedLatent(key, tensors=imported, kohya=True)

@@ -56,7 +56,7 @@ def buckets_parser() -> argparse.ArgumentParser:
 def buckets_command(argv: list[str]) -> int:
     from engine.config.dataset import round_bucket_limits
     from engine.data.buckets import BucketError, BucketSettings, assign_sizes, bucket_report
-    from engine.data.scan import ScanError, find_images, read_sizes
+    from engine.data.scan import ScanError, find_images, name_clashes, read_sizes
 
     args = buckets_parser().parse_args(argv)
     d = args.bucket_reso_steps
@@ -77,6 +77,7 @@ def buckets_command(argv: list[str]) -> int:
     assignments = assign_sizes([i.size for i in readable], settings)
     report = bucket_report(assignments, args.batch_size)
     root = Path(args.dir)
+    clashes = name_clashes(paths)
     if args.json:
         out = {
             "settings": {"resolution": list(settings.resolution), "min_bucket_reso": min_b, "max_bucket_reso": max_b,
@@ -91,13 +92,21 @@ def buckets_command(argv: list[str]) -> int:
                 for i, a in zip(readable, assignments)
             ],
             "unreadable": [{"path": _rel(i.path, root), "error": i.error} for i in infos if i.size is None],
+            "name_clashes": [[_rel(p, root) for p in c.images] for c in clashes],
         }
         for entry in out["rejected"]:
             entry["path"] = _rel(readable[entry["index"]].path, root)
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return EXIT_OK
     _print_histogram(report, readable, infos, settings, root)
+    _print_clashes(_console(), clashes)
     return EXIT_OK
+
+
+def _print_clashes(console, clashes) -> None:
+    """Images sharing one name are kept (see engine.data.scan.NameClash): say so, once each."""
+    for clash in clashes:
+        console.print("note: " + clash.note(), markup=False)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -189,6 +198,10 @@ def _prepare_folder(folder: Path, args) -> int:
     except (ScanError, ValueError) as exc:
         print(f"sdft prepare: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from engine.data.scan import find_images, name_clashes
+
+    paths = find_images(folder, recursive=args.recursive)
+    _print_clashes(_console(stderr=args.json), name_clashes(paths))   # stdout holds only the JSON
     if not args.no_write:
         write_metadata_json(out, meta)
         with_caption = sum(1 for e in meta.values() if e.get("caption") or e.get("tags"))
@@ -198,9 +211,7 @@ def _prepare_folder(folder: Path, args) -> int:
         return EXIT_OK
     # Check every image found (unreadable ones are not in the metadata but must be reported).
     from engine.data.captions import read_sidecar
-    from engine.data.scan import find_images
 
-    paths = find_images(folder, recursive=args.recursive)
     captions = []
     for path in paths:
         stem = path.with_suffix("")

@@ -1,8 +1,9 @@
 """Dataset health check: everything worth knowing about the images before a run starts.
 
 Finds unreadable, truncated and empty files, images smaller than the smallest bucket or
-enlarged a lot, exact duplicates, missing captions, captions longer than the token limit,
-and image modes that get converted (CMYK, 16-bit, palette, alpha → composited on white).
+enlarged a lot, exact duplicates, images sharing one name (``foo.jpg`` beside ``foo.png``),
+missing captions, captions longer than the token limit, and image modes that get converted
+(CMYK, 16-bit, palette, alpha → composited on white).
 One bad file is a line in the report, never an exception. No torch at import time; token
 counts import the tokenizer lazily.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from engine.data.buckets import BucketSettings, assign_sizes
-from engine.data.scan import read_image_info
+from engine.data.scan import name_clashes, read_image_info
 
 ODD_MODES = {
     "CMYK": "CMYK: converted to RGB",
@@ -34,7 +35,7 @@ ODD_MODES = {
     "L": "greyscale: converted to RGB",
 }
 SEVERITY = {"unreadable": "error", "truncated": "error", "zero_size": "error", "rejected": "error",
-            "duplicate": "warning", "too_small": "warning", "heavy_upscale": "warning", "no_caption": "warning",
+            "duplicate": "warning", "name_clash": "warning", "too_small": "warning", "heavy_upscale": "warning", "no_caption": "warning",
             "too_long": "warning", "odd_mode": "info", "exif_rotated": "info"}
 
 
@@ -140,6 +141,8 @@ def check_images(paths: Sequence[str | Path], *, captions: Sequence[str | None] 
                 report.issues.append(HealthIssue(str(r.path), "duplicate", f"same bytes as {first_of[r.sha256]}"))
             else:
                 first_of[r.sha256] = r.path
+    for clash in name_clashes(paths):
+        report.issues.extend(HealthIssue(str(p), "name_clash", clash.finding(p)) for p in clash.images)
     if settings is not None:
         _check_sizes(results, settings, upscale_limit, report)
     if captions is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine import atomic
-from engine.data.scan import find_images, image_extensions, read_sizes
+from engine.data.scan import clash_index, find_images, image_extensions, read_sizes
 
 KEY_STYLES = ("relative", "stem", "absolute")
 
@@ -134,25 +134,38 @@ class _FolderIndex:
         return sorted(files, key=lambda p: (self.exts.index(p.suffix.lower()), p.name))
 
 
-def resolve_key(key: str, image_dir: Path | None, index: _FolderIndex, cwd: Path) -> tuple[Path | None, str | None]:
-    """(path, None) or (None, problem) for one key, per SPEC §1.3."""
+def resolve_images(key: str, image_dir: Path | None, index: _FolderIndex,
+                   cwd: Path) -> tuple[list[Path], str | None]:
+    """(paths, None) or ([], problem) for one key, per SPEC §1.3.
+
+    A stem key names several images only when they share that name (``foo.jpg`` beside
+    ``foo.png``, see :class:`engine.data.scan.NameClash`): then all of them are returned.
+    """
     p = Path(key)
     if p.is_absolute():
-        return (p, None) if p.is_file() else (None, f"{key!r}: file not found")
+        return ([p], None) if p.is_file() else ([], f"{key!r}: file not found")
     if image_dir is None:
-        return None, f"{key!r} is not an absolute path and the subset has no image_dir"
+        return [], f"{key!r} is not an absolute path and the subset has no image_dir"
     first = image_dir / p
     if first.is_file():
-        return first, None
+        return [first], None
     second = cwd / p
     if second.is_file():
-        return second, None
+        return [second], None
     matches = index.candidates(image_dir / p)
-    if len(matches) == 1:
-        return matches[0], None
-    if len(matches) > 1:
-        return None, f"{key!r} matches several images: " + ", ".join(m.name for m in matches)
-    return None, f"{key!r}: no such image in {image_dir}"
+    if matches:
+        return matches, None
+    return [], f"{key!r}: no such image in {image_dir}"
+
+
+def resolve_key(key: str, image_dir: Path | None, index: _FolderIndex, cwd: Path) -> tuple[Path | None, str | None]:
+    """(path, None) or (None, problem) for a key that must name exactly one image."""
+    paths, problem = resolve_images(key, image_dir, index, cwd)
+    if problem:
+        return None, problem
+    if len(paths) > 1:
+        return None, f"{key!r} matches several images: " + ", ".join(m.name for m in paths)
+    return paths[0], None
 
 
 def _pair(value: Any) -> tuple[int, int] | None:
@@ -170,27 +183,35 @@ def read_metadata(path: str | Path, image_dir: str | Path | None = None, *, cwd:
     index = _FolderIndex(image_extensions())
     cwd = Path(cwd) if cwd is not None else Path.cwd()
     entries: list[MetaEntry] = []
+    shared: set[int] = set()          # ids of entries split from a stem key naming images that share a name
     problems: list[str] = []
+    known = {"caption", "tags", "image_size", "train_resolution"}
     for key, obj in raw.items():
-        resolved, problem = resolve_key(key, image_dir, index, cwd)
+        resolved, problem = resolve_images(key, image_dir, index, cwd)
         if problem:
             problems.append(problem)
             continue
-        known = {"caption", "tags", "image_size", "train_resolution"}
         caption = obj.get("caption")
         tags = obj.get("tags")
         entry = MetaEntry(
             key=key,
-            path=resolved,
+            path=resolved[0],
             caption=caption if isinstance(caption, str) else None,
             tags=tags if isinstance(tags, str) else None,
             image_size=_pair(obj.get("image_size")),
             train_resolution=_pair(obj.get("train_resolution")),
             extra={k: v for k, v in obj.items() if k not in known},
         )
+        if len(resolved) > 1:
+            split = _split_shared_entry(entry, resolved, image_dir, warnings)
+            shared.update(id(e) for e in split)
+            entries.extend(split)
+            continue
         if "image_size" in obj and entry.image_size is None:
             warnings.append(f"{key!r}: image_size {obj['image_size']!r} is not [W, H]; read from the file instead")
         entries.append(entry)
+    named = {e.path for e in entries if id(e) not in shared}
+    entries = [e for e in entries if id(e) not in shared or e.path not in named]   # an own key wins
     if problems:
         raise MetadataError(path, problems)
     seen: dict[Path, str] = {}
@@ -201,14 +222,32 @@ def read_metadata(path: str | Path, image_dir: str | Path | None = None, *, cwd:
     return MetadataFile(path, entries, warnings)
 
 
+def _split_shared_entry(entry: MetaEntry, images: list[Path], image_dir: Path,
+                        warnings: list[str]) -> list[MetaEntry]:
+    """One entry per image of a stem key that names several (``foo`` → foo.jpg, foo.png).
+
+    Each keeps the entry's caption and tags under its own key (with the extension, so keys stay
+    unique); a recorded size is dropped because it describes only one of them.
+    """
+    keys = [make_key(image, image_dir, "relative") for image in images]
+    dropped = " (their sizes are read from the files)" if entry.image_size or entry.train_resolution else ""
+    warnings.append(f"{entry.key!r} names {len(images)} images that share one name: "
+                    f"{', '.join(p.name for p in images)}; each trains with this entry's caption and tags, "
+                    f"as {', '.join(repr(k) for k in keys)}{dropped}")
+    return [MetaEntry(key=key, path=image, caption=entry.caption, tags=entry.tags, extra=dict(entry.extra))
+            for key, image in zip(keys, images)]
+
+
 # ---------------------------------------------------------------- writing
 
 
-def make_key(image: Path, image_dir: Path, key_style: str) -> str:
+def make_key(image: Path, image_dir: Path, key_style: str, *, shares_name: bool = False) -> str:
+    """The metadata key of ``image``. An image that shares its name with another (``foo.jpg``
+    beside ``foo.png``) keeps its extension even in the stem style, so the two keys differ."""
     if key_style == "absolute":
         return str(image.resolve())
     rel = image.resolve().relative_to(image_dir.resolve())
-    if key_style == "stem":
+    if key_style == "stem" and not shares_name:
         return rel.with_suffix("").as_posix()
     return rel.as_posix()
 
@@ -221,6 +260,8 @@ def build_metadata(image_dir: str | Path, *, recursive: bool = False, caption_ex
 
     Entries get ``caption`` / ``tags`` when a sidecar exists, and always ``image_size``
     (the size training sees, EXIF orientation applied). Unreadable images are left out.
+    Images that share a name (``foo.jpg``, ``foo.png``) each get an entry from the same
+    sidecars, keyed with their extension.
     ``existing`` entries (same key) are kept and updated, so hand edits survive.
     """
     from engine.data.captions import clean_caption, clean_tags, read_sidecar
@@ -233,12 +274,17 @@ def build_metadata(image_dir: str | Path, *, recursive: bool = False, caption_ex
         raise ValueError('key_style "stem" needs a flat folder (kohya resolves stems in image_dir only); '
                          'use "relative"')
     infos = read_sizes(paths, exif_transpose=exif_transpose)
+    clashing = clash_index(paths)
     out: dict[str, dict] = {}
     for info in infos:
         if info.size is None:
             continue
-        key = make_key(info.path, image_dir, key_style)
+        key = make_key(info.path, image_dir, key_style, shares_name=info.path in clashing)
         entry = dict((existing or {}).get(key, {}))
+        if not entry and info.path in clashing and key_style == "stem":
+            # an older file may hold the shared stem key: its hand edits carry over to each image
+            entry = {k: v for k, v in (existing or {}).get(make_key(info.path, image_dir, "stem"), {}).items()
+                     if k not in ("image_size", "train_resolution")}
         stem = info.path.with_suffix("")
         caption = read_sidecar(stem.with_name(stem.name + caption_extension)) if caption_extension else None
         tags = read_sidecar(stem.with_name(stem.name + tags_extension)) if tags_extension else None
@@ -269,6 +315,8 @@ def write_metadata_json(path: str | Path, metadata: dict[str, dict], *, overwrit
 
 def entries_to_metadata(entries: Iterable[MetaEntry], image_dir: Path, key_style: str = "relative") -> dict[str, dict]:
     """MetaEntry list → writable dict (used for round trips and key-style conversion)."""
+    entries = list(entries)
+    clashing = clash_index(e.path for e in entries)
     out = {}
     for e in entries:
         entry = dict(e.extra)
@@ -280,5 +328,5 @@ def entries_to_metadata(entries: Iterable[MetaEntry], image_dir: Path, key_style
             entry["image_size"] = list(e.image_size)
         if e.train_resolution is not None:
             entry["train_resolution"] = list(e.train_resolution)
-        out[make_key(e.path, image_dir, key_style)] = entry
+        out[make_key(e.path, image_dir, key_style, shares_name=e.path in clashing)] = entry
     return out

@@ -26,7 +26,7 @@ from engine.data.buckets import Assignment, BucketSettings, assign_sizes, bucket
 from engine.data.captions import join_caption_and_tags, join_separator, tag_frequency
 from engine.data.metadata import MetadataError, read_metadata
 from engine.data.processing import process_caption, sample_rng, sample_seed
-from engine.data.scan import read_sizes
+from engine.data.scan import clash_index, name_clashes, read_sizes
 
 
 class DataError(Exception):
@@ -122,6 +122,8 @@ class TrainingData:
             raise DataError("dataset problems:\n  " + "\n  ".join(problems))
         if not items:
             raise DataError("no usable images in any dataset (see the messages above)")
+        for clash in name_clashes(it.path for it in items):
+            log(clash.note())
         seed = cfg.train.seed
         if seed is None:
             seed = random.randrange(2**31)
@@ -205,6 +207,7 @@ class TrainingData:
 
         cache = LatentCache(self.cache_dir, mode=self.cache_mode, store_dtype=getattr(self.cache_cfg, "dtype", "float32"),
                             verify=getattr(self.cache_cfg, "verify", "full"))
+        shares_name = clash_index(it.path for it in self.items)
         jobs = []
         for it in self.items:
             if self._is_live(it):
@@ -212,7 +215,7 @@ class TrainingData:
             interpolation = it.subset.resize_interpolation or _auto_interp(it.size, it.resized)
             jobs.append(CacheJob(it.index, it.path, it.size, it.bucket, it.resized,
                                  crop_offset(it.resized, it.bucket), interpolation, it.subset.flip_aug,
-                                 self.exif_transpose))
+                                 self.exif_transpose, kohya_npz=it.path not in shares_name))
         if isinstance(dtype, str):
             dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
         result = cache.prepare(jobs, vae, device, dtype, vae_batch_size=getattr(self.cache_cfg, "vae_batch_size", 1),

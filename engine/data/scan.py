@@ -66,7 +66,7 @@ class ImageInfo:
 
 def find_images(root: str | Path, *, recursive: bool = False, extensions: Iterable[str] | None = None,
                 skip_dirs: Iterable[str] = CACHE_DIR_NAMES) -> list[Path]:
-    """Sorted image paths under ``root``; raises ScanError for two images sharing a stem in a folder."""
+    """Sorted image paths under ``root`` (images sharing a name are all listed: see :func:`name_clashes`)."""
     root = Path(root)
     if not root.is_dir():
         raise ScanError(f"image folder not found: {root}")
@@ -82,7 +82,6 @@ def find_images(root: str | Path, *, recursive: bool = False, extensions: Iterab
         with os.scandir(root) as entries:
             found = [Path(e.path) for e in entries if _is_image(e.name, exts) and e.is_file()]
     found.sort()
-    _check_duplicate_stems(found)
     return found
 
 
@@ -93,20 +92,51 @@ def _is_image(name: str, exts: set[str]) -> bool:
     return dot > 0 and name[dot:].lower() in exts
 
 
-def _check_duplicate_stems(paths: list[Path]) -> None:
-    seen: dict[Path, Path] = {}
-    clashes: list[str] = []
+@dataclass(frozen=True)
+class NameClash:
+    """Images that share one name in one folder, such as ``foo.jpg`` beside ``foo.png``.
+
+    The rule everywhere (scan, health, prepare, buckets, training): every such image is kept
+    and trains; all of them read the same sidecars (``foo.caption``, ``foo.txt``), as kohya
+    reads them; their metadata keys keep the extension so each stays unique; and a kohya
+    ``foo.npz`` is not imported for them, since kohya writes one such file for all of them.
+    """
+
+    stem: Path                  # folder / shared name, without extension
+    images: tuple[Path, ...]    # sorted
+
+    def others(self, path: Path) -> list[str]:
+        return [p.name for p in self.images if p != path]
+
+    def finding(self, path: Path) -> str:
+        """The health line for ``path``: what happens and how to change it."""
+        both = "both" if len(self.images) == 2 else "all"
+        return (f"shares the name {self.stem.name!r} with {', '.join(self.others(path))}: {both} train and read "
+                f"the same caption/tags files ({self.stem.name}.caption, {self.stem.name}.txt); rename one "
+                "to give it its own caption")
+
+    def note(self) -> str:
+        """One line for the terminal and the training log."""
+        names = " and ".join(p.name for p in self.images)
+        name = self.stem.name
+        return (f"{names} share the name {name!r} in {self.stem.parent}: all of them train (one set of "
+                f"sidecars, {name}.caption / {name}.txt; metadata keys keep the extension; a kohya "
+                f"{name}.npz is not used for them)")
+
+
+def name_clashes(paths: Iterable[Path]) -> list[NameClash]:
+    """Groups of two or more images with one name (extension aside) in one folder."""
+    groups: dict[Path, list[Path]] = {}
     for path in paths:
-        stem_key = path.with_suffix("")
-        if stem_key in seen:
-            clashes.append(f"{seen[stem_key]} and {path.name}")
-        else:
-            seen[stem_key] = path
-    if clashes:
-        raise ScanError(
-            "images sharing one name in a folder (their captions and cache entries would clash): "
-            + "; ".join(clashes) + ". Rename or remove one of each pair."
-        )
+        path = Path(path)
+        groups.setdefault(path.with_suffix(""), []).append(path)
+    return [NameClash(stem, tuple(sorted(set(images)))) for stem, images in sorted(groups.items())
+            if len(set(images)) > 1]
+
+
+def clash_index(paths: Iterable[Path]) -> dict[Path, NameClash]:
+    """image path -> its clash, for the images that share a name."""
+    return {image: clash for clash in name_clashes(paths) for image in clash.images}
 
 
 def read_image_info(path: str | Path, *, exif_transpose: bool = True) -> ImageInfo:
