@@ -79,6 +79,22 @@ class StepMetrics(Event):
     vram_total: float | None = None
     ram_used: float | None = None
     ram_total: float | None = None
+    # Learning rate of each parameter group by name ("unet", "text_encoder", "hypernetwork");
+    # ``lr`` above is the first group's.
+    lrs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ValidationMetrics(Event):
+    """Figures measured on held-out data at a step, by name (e.g. {"loss": 0.11}).
+
+    Trackers log each one as ``validation/<name>``, so a new figure needs no change there.
+    """
+
+    kind: ClassVar[str] = "validation"
+    step: int
+    epoch: int
+    figures: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,7 @@ class SampleSaved(Event):
     path: str
     prompt: str
     step: int
+    index: int = 0          # the prompt's place in the prompt list
 
 
 @dataclass(frozen=True)
@@ -118,7 +135,7 @@ class RunFinished(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (RunStarted, Message, PhaseProgress, StepMetrics, ModelSaved, SampleSaved, StatusChanged, RunFinished)
+    for cls in (RunStarted, Message, PhaseProgress, StepMetrics, ValidationMetrics, ModelSaved, SampleSaved, StatusChanged, RunFinished)
 }
 
 

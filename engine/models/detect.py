@@ -79,6 +79,25 @@ def check_supported(sd: Mapping, path: str) -> None:
                              "it is incomplete: use a full SD1/SD2 checkpoint")
 
 
+def check_supported_folder(folder, unet_config: Mapping) -> None:
+    """Raise ModelLoadError when a diffusers folder's U-Net is not a plain SD1/SD2 text-to-image one."""
+    channels = unet_config.get("in_channels", 4)
+    if channels != 4:
+        kind = {9: "an inpainting model", 8: "an instruct-pix2pix model", 5: "a depth model"}.get(
+            channels, "not a text-to-image model")
+        raise ModelLoadError(f"{folder}: {kind} ({channels} U-Net input channels); sdft "
+                             "trains plain text-to-image SD1/SD2 models")
+    if unet_config.get("addition_embed_type") or unet_config.get("cross_attention_dim") == 2048:
+        raise ModelLoadError(f"{folder}: this is an SDXL model; sdft trains SD 1.x and 2.x only")
+
+
+def detect_v2_folder(cross_attention_dim: int, text_activation: str) -> tuple[bool, str]:
+    """SD2 iff the U-Net's context is 1024 wide (or not CLIP-L's 768 with OpenCLIP's gelu)."""
+    ctx = int(cross_attention_dim)
+    why = f"unet cross_attention_dim {ctx} / text encoder activation {text_activation}"
+    return ctx == 1024 or (ctx != 768 and text_activation == "gelu"), why
+
+
 def detect_v2_single_file(sd: Mapping) -> tuple[bool, str]:
     """SD2 iff the OpenCLIP text tower is present, or the cross-attention context is 1024 wide."""
     if SD2_TEXT_KEY in sd or any(k.startswith(SD2_TEXT_PREFIX) for k in sd):

@@ -20,6 +20,8 @@ from engine.models.configs import scheduler_config
 from engine.models.detect import (
     a1111_v_test,
     check_supported,
+    check_supported_folder,
+    detect_v2_folder,
     detect_v2_single_file,
     resolve_v2,
     resolve_v_parameterization,
@@ -276,13 +278,7 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
             "A base model needs unet/, vae/ and text_encoder/ with config.json and weights; "
             "copy the missing parts from the original model")
     ucfg = json.loads((folder / "unet" / "config.json").read_text("utf-8"))
-    if ucfg.get("in_channels", 4) != 4:
-        kind = {9: "an inpainting model", 8: "an instruct-pix2pix model", 5: "a depth model"}.get(
-            ucfg["in_channels"], "not a text-to-image model")
-        raise ModelLoadError(f"{folder}: {kind} ({ucfg['in_channels']} U-Net input channels); sdft "
-                             "trains plain text-to-image SD1/SD2 models")
-    if ucfg.get("addition_embed_type") or ucfg.get("cross_attention_dim") == 2048:
-        raise ModelLoadError(f"{folder}: this is an SDXL model; sdft trains SD 1.x and 2.x only")
+    check_supported_folder(folder, ucfg)
     sub = "unet"
     if use_ema and (folder / "unet_ema" / "config.json").is_file():
         sub = "unet_ema"
@@ -302,11 +298,7 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
     if vae is not None:
         report.append(f"VAE: from {vae} (model.vae)")
     ctx = int(unet.config.cross_attention_dim)
-    te_act = getattr(text_encoder.config, "hidden_act", "")
-    if ctx == 1024 or (ctx != 768 and te_act == "gelu"):
-        detected, why = True, f"unet cross_attention_dim {ctx} / text encoder activation {te_act}"
-    else:
-        detected, why = False, f"unet cross_attention_dim {ctx} / text encoder activation {te_act}"
+    detected, why = detect_v2_folder(ctx, getattr(text_encoder.config, "hidden_act", ""))
     v2d = resolve_v2(v2, detected, why)
     report.append(v2d.line)
     sched_path = folder / "scheduler" / "scheduler_config.json"

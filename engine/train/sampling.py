@@ -101,7 +101,7 @@ class Sampler:
                     image.save(tmp, format="PNG")
                     tmp.replace(path)
                     saved.append(str(path))
-                    t.sink.emit(SampleSaved(path=str(path), prompt=prompt.prompt, step=t.global_step))
+                    t.sink.emit(SampleSaved(path=str(path), prompt=prompt.prompt, step=t.global_step, index=index))
         finally:
             if use_ema:
                 t.ema.swap()

@@ -290,6 +290,7 @@ class Trainer:
         if not groups:
             raise ValueError("nothing to train: check train.mode and train.train_text_encoder")
         self.trained_params = [p for g in groups for p in g["params"]]
+        self.lr_group_names = [g["name"] for g in groups]   # for the per-group learning rates logged
         optimizer = build_optimizer(o.type, [{k: v for k, v in g.items() if k != "name"} for g in groups],
                                     o.learning_rate, o.args, self.device.type)
         self.lr_scheduler = build_scheduler(
@@ -570,6 +571,7 @@ class Trainer:
         self.sink.emit(StepMetrics(
             step=self.global_step, total_steps=self.schedule.total_steps, epoch=self.epoch + 1,
             loss=m["loss"], loss_avg=self.loss_avg, lr=self.lr_scheduler.get_last_lr()[0],
+            lrs=dict(zip(self.lr_group_names, self.lr_scheduler.get_last_lr())),
             grad_norm=m["grad_norm"], it_per_s=m["it_per_s"],
             samples_per_s=m["samples_per_s"] * self.accelerator.num_processes,
             eta_s=remaining / m["it_per_s"] if m["it_per_s"] > 0 else 0.0,
