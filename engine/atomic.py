@@ -74,3 +74,30 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, target)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Delete what interrupted atomic writes left under ``folder``: hidden ``.NAME.XXXX.tmp``
+    files, ``NAME.tmp/`` and ``NAME.old/`` folders (an ``.old`` whose new copy never arrived
+    is put back instead). Only for a folder this process owns (a locked run folder): another
+    writer's temporary files would look the same. Returns what was deleted."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in sorted(root.rglob("*")):
+        name = path.name
+        leftover_file = path.is_file() and name.startswith(".") and name.endswith(".tmp")
+        leftover_dir = path.is_dir() and (name.endswith(".tmp") or name.endswith(".old"))
+        if not (leftover_file or leftover_dir) or any(p in removed for p in path.parents):
+            continue
+        if leftover_dir and name.endswith(".old") and not path.with_name(name[:-4]).exists():
+            # Killed between atomic_dir's two renames: the old folder is the only whole copy.
+            os.replace(path, path.with_name(name[:-4]))
+            continue
+        if leftover_dir:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

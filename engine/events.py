@@ -9,6 +9,7 @@ never stops training.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -154,22 +155,67 @@ class EventSink(Protocol):
 
 class JsonlSink:
     """Appends one JSON object per event to ``events.jsonl`` and flushes, so
-    ``sdft watch`` and ``tail -f`` see each event at once."""
+    ``sdft watch`` and ``tail -f`` see each event at once.
 
-    def __init__(self, path: str | Path):
+    A log that ends in a partial line (a run killed mid-write) is cut back to its last whole
+    line before appending, so the next event does not fuse with the fragment; ``repaired``
+    says how many bytes went. If the file is deleted under a live run (its folder removed),
+    ``on_gone`` is called once and the log starts again at its path.
+    """
+
+    def __init__(self, path: str | Path, on_gone: Callable[[], None] | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self.on_gone = on_gone
+        self.repaired = _cut_partial_last_line(self.path)
         self._lock = threading.Lock()
+        self._file = self._open()
+
+    def _open(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return open(self.path, "a", encoding="utf-8")
 
     def emit(self, event: Event) -> None:
         line = json.dumps(event.to_dict(), ensure_ascii=False)
+        callback = None
         with self._lock:
+            if self.on_gone is not None and os.fstat(self._file.fileno()).st_nlink == 0:
+                callback, self.on_gone = self.on_gone, None
+                self._file.close()
+                self._file = self._open()
             self._file.write(line + "\n")
             self._file.flush()
+        if callback is not None:
+            callback()   # outside the lock: it may emit events itself
 
     def close(self) -> None:
         self._file.close()
+
+
+def _cut_partial_last_line(path: Path) -> int:
+    """Truncate ``path`` after its last newline; the number of bytes removed."""
+    try:
+        with open(path, "rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return 0
+            keep, block = 0, 65536
+            position = size
+            while position > 0:
+                start = max(0, position - block)
+                fh.seek(start)
+                chunk = fh.read(position - start)
+                index = chunk.rfind(b"\n")
+                if index >= 0:
+                    keep = start + index + 1
+                    break
+                position = start
+            fh.truncate(keep)
+            return size - keep
+    except FileNotFoundError:
+        return 0
 
 
 class CallbackSink:

@@ -67,6 +67,14 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
                          took_over=lock.took_over if lock else None)
 
 
+def _folder_deleted(run_dir: Path, out: FanOut, control: RunControl) -> None:
+    """The run folder was removed under a live run: stop, and say where the state goes."""
+    control.request_stop("the run folder was deleted", save_state=True)
+    out.emit(Message(level="error", text=f"the run folder {run_dir} was deleted while training; stopping at the "
+                                         "next step. A resumable state is saved in a new folder at the same "
+                                         "path (delete it again if you meant to discard the run)."))
+
+
 def _owner_of(run_dir: Path):
     """The run folder's lock (engine/runlock.py); other processes of a multi-GPU run share
     the main process's ownership and take none."""
@@ -94,8 +102,13 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
         events_path = run_dir / "events.jsonl"
         if not (resume or config.train.resume):
             events_path.unlink(missing_ok=True)  # a fresh run starts a fresh event log
-        jsonl = JsonlSink(events_path)
+        jsonl = JsonlSink(events_path, on_gone=lambda: _folder_deleted(run_dir, out, control))
         out = FanOut([jsonl] + ([sink] if sink is not None else []))
+        for leftover in atomic.remove_leftovers(run_dir):
+            out.emit(Message(level="warning", text=f"removed {leftover}, left by an interrupted save"))
+        if jsonl.repaired:
+            out.emit(Message(level="warning", text=f"{events_path} ended in a partial line ({jsonl.repaired} "
+                                                   "bytes, from a run that was killed); it was cut off"))
         if trackers is not None:   # last, so its notes reach the others after the event they follow
             trackers.report = out.emit
             out.add(trackers)
