@@ -4,10 +4,14 @@
 (from a worker thread) at start-up and stay fast. ``probe_torch_device`` is for the engine, which
 has torch loaded anyway: it reports the device training will really use, with bf16 support.
 Without a GPU everything falls back to the CPU with a clear reason.
+
+``capabilities`` says which run-file choices can run on this machine (CUDA, optional packages),
+without importing torch or the packages: the planner's presets and suggestions use it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -36,6 +40,7 @@ class HardwareInfo:
     cpu_count: int = 1
     source: str = ""   # "nvidia-smi", "torch" or "none"
     note: str = ""     # why no GPU was found, for the UI
+    packages: frozenset | None = None  # optional packages installed (OPTIONAL_PACKAGES); None: not looked up
 
     @property
     def best_gpu(self) -> GpuInfo | None:
@@ -114,7 +119,74 @@ def probe_hardware(timeout: float = 5.0) -> HardwareInfo:
     """GPUs via nvidia-smi (no torch import), RAM and CPUs. Safe to call from a thread."""
     gpus, note = probe_gpus_nvidia_smi(timeout)
     return HardwareInfo(gpus=gpus, ram_bytes=ram_bytes(), cpu_count=cpu_count(),
-                        source="nvidia-smi" if gpus else "none", note=note)
+                        source="nvidia-smi" if gpus else "none", note=note, packages=installed_packages())
+
+
+# ------------------------------------------------------------------ what can run here
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one run-file choice needs to run as asked."""
+
+    package: str | None = None   # import name of an optional package
+    pip: str | None = None       # what to install
+    cuda: bool = False           # needs a CUDA GPU
+
+
+# (run-TOML key, value) -> what it needs. Choices not listed run anywhere.
+OPTION_NEEDS: dict[tuple[str, object], Need] = {
+    ("optimizer.type", "AdamW8bit"): Need("bitsandbytes", "bitsandbytes", cuda=True),
+    ("optimizer.type", "Lion8bit"): Need("bitsandbytes", "bitsandbytes", cuda=True),
+    ("optimizer.type", "Prodigy"): Need("prodigyopt", "prodigyopt"),
+    ("memory.mixed_precision", "fp16"): Need(cuda=True),     # a CPU trains in bf16 instead
+    ("memory.attention", "xformers"): Need("xformers", "xformers", cuda=True),  # else SDPA is used
+}
+OPTIONAL_PACKAGES = tuple(sorted({n.package for n in OPTION_NEEDS.values() if n.package}))
+
+
+def package_installed(name: str) -> bool:
+    """Whether ``name`` can be imported, found without importing it (so no torch either)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def installed_packages(names=OPTIONAL_PACKAGES) -> frozenset:
+    return frozenset(n for n in names if package_installed(n))
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What this machine can run: a CUDA GPU or not, and which optional packages are installed."""
+
+    cuda: bool
+    packages: frozenset = frozenset()
+
+    def why_not(self, key: str, value) -> str | None:
+        """Why ``key = value`` cannot run here (with what to install), or None when it can."""
+        need = OPTION_NEEDS.get((key, value)) if isinstance(value, str) else None
+        if need is None:
+            return None
+        missing = []
+        if need.package and need.package not in self.packages:
+            missing.append(f"the package {need.package} (pip install {need.pip})")
+        if need.cuda and not self.cuda:
+            missing.append("a CUDA GPU")
+        return f"{value} needs " + " and ".join(missing) if missing else None
+
+    def runs(self, key: str, value) -> bool:
+        return self.why_not(key, value) is None
+
+
+def capabilities(hardware: HardwareInfo | None = None) -> Capabilities:
+    """What can run here. ``hardware`` is a probe already made (its GPUs count as CUDA); without
+    one the GPUs are probed now (nvidia-smi: call it from a thread in a UI)."""
+    if hardware is None:
+        hardware = probe_hardware()
+    packages = hardware.packages if hardware.packages is not None else installed_packages()
+    return Capabilities(cuda=hardware.best_gpu is not None, packages=frozenset(packages))
 
 
 @dataclass(frozen=True)

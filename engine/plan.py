@@ -353,18 +353,70 @@ _CHANGES = [
 ]
 
 
-def suggest(options: Any, budget_bytes: float, *, margin: float = MARGIN) -> list[Suggestion]:
+# What a preset or a suggestion picks instead of a choice that cannot run here (engine.hardware
+# says which): the nearest choice in memory that runs on any machine.
+INSTEAD: dict[tuple[str, Any], tuple[str, Any, str]] = {
+    # (run-TOML key, value) -> (PlanOptions field, value instead, words for a suggestion)
+    ("optimizer.type", "AdamW8bit"): ("optimizer", "Adafactor", "use the Adafactor optimizer"),
+    ("optimizer.type", "Lion8bit"): ("optimizer", "Lion", "use the Lion optimizer"),
+    ("memory.mixed_precision", "fp16"): ("mixed_precision", "bf16", "use bf16 mixed precision"),
+    ("memory.attention", "xformers"): ("attention", "sdpa", "use SDPA attention"),
+}
+
+
+def runnable_values(values: dict[str, Any], caps) -> tuple[dict[str, Any], list[str]]:
+    """``values`` (run-TOML dotted keys) with each choice that cannot run here (``caps``, an
+    engine.hardware.Capabilities) replaced by its INSTEAD, and a note per replacement."""
+    out, notes = dict(values), []
+    for key, value in values.items():
+        reason = caps.why_not(key, value) if caps is not None else None
+        if reason is None:
+            continue
+        instead = INSTEAD.get((key, value))
+        if instead is None:
+            notes.append(f"{reason}: choose another {key}")
+            continue
+        out[key] = instead[1]
+        notes.append(f"{reason}: {key} = {instead[1]} instead")
+    return out, notes
+
+
+def _runnable_change(entry, o: PlanOptions, caps):
+    """One _CHANGES entry as it can run here: (text, changes, run-TOML changes), its INSTEAD when
+    it cannot run, or None when it does not apply, cannot run, or changes nothing."""
+    text, changes, cfg_changes, applies = entry
+    if not applies(o):
+        return None
+    for key, value in cfg_changes.items():
+        if caps is None or caps.runs(key, value):
+            continue
+        instead = INSTEAD.get((key, value))
+        if instead is None or not caps.runs(key, instead[1]):
+            return None
+        field_name, value_instead, text = instead
+        changes = {**changes, field_name: value_instead}
+        cfg_changes = {**cfg_changes, key: value_instead}
+    if all(getattr(o, name) == value for name, value in changes.items()):
+        return None
+    return text, changes, cfg_changes
+
+
+def suggest(options: Any, budget_bytes: float, *, margin: float = MARGIN, capabilities=None) -> list[Suggestion]:
     """Changes that lower the estimate, e.g. "enable gradient checkpointing: 11.2 -> 7.9 GB".
 
     Single changes come first (those that fit the budget, least intrusive first), then halving the
     batch, then one combined suggestion applying changes in order until the config fits.
+    With ``capabilities`` (engine.hardware.Capabilities) no suggestion picks a choice that cannot
+    run on this machine: its runnable alternative (INSTEAD) is offered, or nothing.
     """
     o = options if isinstance(options, PlanOptions) else PlanOptions.from_config(options)
     before = estimate_peak_vram(o).total_bytes
     singles: list[Suggestion] = []
-    for text, changes, cfg_changes, applies in _CHANGES:
-        if not applies(o):
+    for entry in _CHANGES:
+        change = _runnable_change(entry, o, capabilities)
+        if change is None:
             continue
+        text, changes, cfg_changes = change
         after = estimate_peak_vram(replace(o, **changes)).total_bytes
         if after < before - 1e6:
             fits = after <= budget_bytes * (1 - margin)
@@ -379,17 +431,19 @@ def suggest(options: Any, budget_bytes: float, *, margin: float = MARGIN) -> lis
     rest = sorted((s for s in singles if not s.fits), key=lambda s: s.new_total)
     out = fitting + rest
     if not fitting:
-        combo = _combined(o, budget_bytes, margin, before)
+        combo = _combined(o, budget_bytes, margin, before, capabilities)
         if combo is not None:
             out.insert(0, combo)
     return out
 
 
-def _combined(o: PlanOptions, budget: float, margin: float, before: float) -> Suggestion | None:
+def _combined(o: PlanOptions, budget: float, margin: float, before: float, caps=None) -> Suggestion | None:
     cur, texts, changes, cfg = o, [], {}, {}
-    for text, ch, cfg_ch, applies in _CHANGES:
-        if not applies(cur):
+    for entry in _CHANGES:
+        change = _runnable_change(entry, cur, caps)
+        if change is None:
             continue
+        text, ch, cfg_ch = change
         nxt = replace(cur, **ch)
         if estimate_peak_vram(nxt).total_bytes < estimate_peak_vram(cur).total_bytes - 1e6:
             cur = nxt
@@ -440,6 +494,12 @@ _PRESET_FIELDS = {
     "train.train_text_encoder": "train_text_encoder", "train.ema": "ema", "train.ema_cpu_offload": "ema_cpu_offload",
     "cache.latents": "cache_latents",
 }
+
+
+def preset_values(size_gb: int, caps=None) -> tuple[dict[str, Any], list[str]]:
+    """The preset for a card of ``size_gb`` as it can run here (``caps``: engine.hardware.Capabilities;
+    None keeps it as written), with a note for each choice replaced (see runnable_values)."""
+    return runnable_values(PRESETS[size_gb], caps)
 
 
 def apply_preset_to_options(o: PlanOptions, preset: dict[str, Any]) -> PlanOptions:
@@ -508,7 +568,13 @@ def plan_report(config, *, vram_gb: float | None = None, hardware=None) -> str:
         lines.append(f"Fits {where} with a {int(MARGIN * 100)}% margin.")
         return "\n".join(lines)
     lines.append(f"Does not fit {where}. Changes that lower it:")
-    useful = [s for s in suggest(options, budget) if s.new_total < estimate.total_bytes * 0.99]
+    # planning for this machine's GPU: only changes that run here; for --vram, any card's
+    caps = None
+    if vram_gb is None:
+        from engine.hardware import capabilities
+
+        caps = capabilities(hardware)
+    useful = [s for s in suggest(options, budget, capabilities=caps) if s.new_total < estimate.total_bytes * 0.99]
     for suggestion in useful[:6]:
         keys = ", ".join(f"{k} = {json.dumps(v)}" for k, v in suggestion.config_changes.items())
         mark = "fits" if suggestion.fits else "still too large"

@@ -90,8 +90,9 @@ class SdftApp(App):
         gpu = info.best_gpu
         if gpu is not None and self.state.document is None and self.state.preset_applied is None:
             size = preset_for(gpu.total_bytes)
-            self.state.apply_preset(size)
-            self.notify(f"{gpu.name}: starting from the {size} GB preset")
+            replaced = self.state.apply_preset(size)
+            self.notify(f"{gpu.name}: starting from the {size} GB preset" + "".join(f"\n{n}" for n in replaced),
+                        markup=False)
         self._refresh_current()
 
     @work(thread=True, exclusive=True, group="tokens")

@@ -30,7 +30,8 @@ TOKENIZER_LOCK = threading.Lock()
 # ------------------------------------------------------------------ the values the wizard edits
 
 # (dotted key, default) for the run TOML tables; defaults are the schema's unless the wizard
-# has a better starting point for a first run (bucketing on, fp16, cached latents).
+# has a better starting point for a first run (bucketing on, cached latents). The defaults run on
+# any machine (AdamW, full precision); a detected GPU starts from its card's preset instead.
 DATASET_DEFAULTS: dict[str, Any] = {
     "dataset.batch_size": 1,
     "dataset.resolution": 512,
@@ -57,9 +58,7 @@ OPTION_KEYS = (
 )
 
 WIZARD_OVERRIDES: dict[str, Any] = {
-    "memory.mixed_precision": "fp16",
     "memory.gradient_checkpointing": True,
-    "optimizer.type": "AdamW8bit",
 }
 
 
@@ -614,13 +613,27 @@ class WizardState:
         gpu = getattr(self.hardware, "best_gpu", None)
         return float(gpu.total_bytes) if gpu else None
 
-    def apply_preset(self, size_gb: int) -> None:
-        from engine.plan import PRESETS
+    def capabilities(self):
+        """What can run here (engine.hardware): before the probe answers, as if there were no GPU."""
+        from engine.hardware import HardwareInfo, capabilities
 
-        self.apply(PRESETS[size_gb])
-        if not PRESETS[size_gb].get("memory.full_bf16"):
+        return capabilities(self.hardware or HardwareInfo(note="not probed yet"))
+
+    def cannot_run_here(self) -> list[str]:
+        """Why chosen values cannot run on this machine, e.g. "AdamW8bit needs the package ..."."""
+        caps = self.capabilities()
+        return [reason for key, value in self.values.items() if (reason := caps.why_not(key, value))]
+
+    def apply_preset(self, size_gb: int) -> list[str]:
+        """Apply the preset as it can run here; returns a note per choice it had to replace."""
+        from engine.plan import preset_values
+
+        values, notes = preset_values(size_gb, self.capabilities())
+        self.apply(values)
+        if not values.get("memory.full_bf16"):
             self.values["memory.full_bf16"] = False
         self.preset_applied = size_gb
+        return notes
 
     # ---------------------------------------------------------------- writing
 

@@ -57,3 +57,28 @@ def test_probe_torch_device_reports_something():
     assert info.device in ("cuda", "cpu")
     if info.device == "cpu":
         assert info.note
+
+
+def test_capabilities_say_what_a_choice_needs_and_how_to_get_it(monkeypatch):
+    caps = hardware.Capabilities(cuda=False, packages=frozenset())
+    assert caps.why_not("optimizer.type", "AdamW") is None
+    assert caps.why_not("optimizer.type", "AdamW8bit") == (
+        "AdamW8bit needs the package bitsandbytes (pip install bitsandbytes) and a CUDA GPU")
+    assert caps.why_not("memory.mixed_precision", "fp16") == "fp16 needs a CUDA GPU"
+    assert caps.why_not("memory.mixed_precision", "bf16") is None
+    gpu = hardware.Capabilities(cuda=True, packages=frozenset({"bitsandbytes"}))
+    assert gpu.runs("optimizer.type", "AdamW8bit") and gpu.runs("memory.mixed_precision", "fp16")
+    assert "pip install xformers" in gpu.why_not("memory.attention", "xformers")
+    # from a probe: its GPUs and packages; packages not probed are looked up without importing them
+    info = hardware.HardwareInfo(gpus=[hardware.GpuInfo(0, "G", 8 * 2**30)])
+    monkeypatch.setattr(hardware, "package_installed", lambda name: name == "bitsandbytes")
+    caps = hardware.capabilities(info)
+    assert caps.cuda and caps.packages == frozenset({"bitsandbytes"})
+    assert hardware.capabilities(hardware.HardwareInfo(packages=frozenset())).packages == frozenset()
+
+
+def test_package_lookup_imports_nothing():
+    code = ("import sys; from engine import hardware; hardware.installed_packages(('torch', 'bitsandbytes')); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -145,3 +145,66 @@ def test_plan_report_lists_parts_and_fitting_changes(tmp_path):
     assert "Does not fit 8 GB" in report and 'optimizer.type = "AdamW8bit"' in report
     assert "(fits)" in report
     assert "Fits 80 GB" in plan_report(config, vram_gb=80)
+
+
+# ------------------------------------------------------------------ what runs here
+
+MACHINES = {
+    "no-cuda": dict(cuda=False, packages=frozenset({"bitsandbytes", "xformers"})),
+    "no-cuda-no-packages": dict(cuda=False, packages=frozenset()),
+    "gpu-without-bitsandbytes": dict(cuda=True, packages=frozenset({"xformers"})),
+    "gpu-without-xformers": dict(cuda=True, packages=frozenset({"bitsandbytes"})),
+}
+
+
+@pytest.mark.parametrize("machine", sorted(MACHINES))
+@pytest.mark.parametrize("size", sorted(PRESETS))
+def test_presets_pick_only_what_runs_here_and_still_fit_their_card(size, machine):
+    from engine.hardware import Capabilities
+    from engine.plan import preset_values
+
+    caps = Capabilities(**MACHINES[machine])
+    values, notes = preset_values(size, caps)
+    assert {k: v for k, v in values.items() if caps.why_not(k, v)} == {}
+    if not caps.cuda or "bitsandbytes" not in caps.packages:
+        assert values["optimizer.type"] != "AdamW8bit"
+    if not caps.cuda:
+        assert values["memory.mixed_precision"] != "fp16"
+    # a note names each replacement and what to install
+    replaced = {k for k in PRESETS[size] if PRESETS[size][k] != values[k]}
+    assert len(notes) == len(replaced)
+    if "optimizer.type" in replaced and "bitsandbytes" not in caps.packages:
+        assert any("pip install bitsandbytes" in n for n in notes)
+    est = estimate_peak_vram(apply_preset_to_options(PlanOptions(), values))
+    assert est.fits(budget_for_preset(size))
+
+
+@pytest.mark.parametrize("machine", sorted(MACHINES))
+def test_suggestions_never_point_to_an_option_that_cannot_run_here(machine):
+    from engine.hardware import Capabilities
+
+    caps = Capabilities(**MACHINES[machine])
+    offered = 0
+    for base in _grid():
+        for o in (base, replace(base, batch_size=4, ema=True, cache_latents="none")):
+            if not all(caps.runs(k, v) for k, v in (("optimizer.type", o.optimizer),
+                                                     ("memory.mixed_precision", o.mixed_precision))):
+                continue
+            for s in suggest(o, 8 * GIB, capabilities=caps):
+                offered += 1
+                assert all(caps.runs(k, v) for k, v in s.config_changes.items()), (machine, s.text)
+                assert estimate_peak_vram(replace(o, **s.changes)).total_bytes == pytest.approx(s.new_total)
+    assert offered > 100
+    # without capabilities (sdft plan --vram: planning for another machine) nothing is filtered
+    free = suggest(PlanOptions(), 8 * GIB)
+    assert any(s.config_changes.get("optimizer.type") == "AdamW8bit" for s in free)
+
+
+def test_a_suggestion_that_cannot_run_offers_its_runnable_alternative():
+    from engine.hardware import Capabilities
+
+    caps = Capabilities(cuda=False, packages=frozenset())
+    texts = [s.text for s in suggest(PlanOptions(), 8 * GIB, capabilities=caps)]
+    assert any(t.startswith("use the Adafactor optimizer: ") for t in texts), texts
+    assert any(t.startswith("use bf16 mixed precision: ") for t in texts), texts
+    assert not any("AdamW8bit" in t or "fp16" in t for t in texts), texts

@@ -20,7 +20,9 @@ from tests.wizard_helpers import make_dataset, settle
 # each other: the xdist group keeps them on one worker (pytest runs with --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("wizard-snapshots")
 ROOT = Path(tempfile.gettempdir()) / "sdft-wizard-snapshots"
-GPU = HardwareInfo(gpus=[GpuInfo(0, "NVIDIA GeForce RTX 3060", 12 * 2**30)], source="test")
+# a GPU box with bitsandbytes, whatever this machine has installed (suggestions depend on it)
+GPU = HardwareInfo(gpus=[GpuInfo(0, "NVIDIA GeForce RTX 3060", 12 * 2**30)], source="test",
+                   packages=frozenset({"bitsandbytes"}))
 STEP_KEYS = {"dataset": None, "captions": "f3", "buckets": "f4", "options": "f5", "review": "f6", "help": "f1"}
 
 
@@ -47,6 +49,9 @@ def _app_and_steps(step: str):
         path.focus()
         await pilot.press("enter")
         await settle(pilot.app, pilot)
+        # what a GPU box with bitsandbytes starts from (the defaults are the ones any machine runs)
+        pilot.app.state.set("memory.mixed_precision", "fp16")
+        pilot.app.state.set("optimizer.type", "AdamW8bit")
         if step == "options":
             pilot.app.state.set("optimizer.type", "AdamW")  # over budget: shows the suggestions
             pilot.app.state.set("memory.gradient_checkpointing", False)

@@ -207,12 +207,13 @@ class OptionsScreen(WizardScreen):
         self.refresh_view()
 
     def apply_preset(self, size: int) -> None:
-        self.state.apply_preset(size)
+        replaced = self.state.apply_preset(size)
         if self.state.gpu_budget() is None:
             self.target_gb = size
         self._load_fields()
         self.refresh_view()
-        self.notify(f"{size} GB preset applied")
+        self.notify(f"{size} GB preset applied" + "".join(f"\n{note}" for note in replaced),
+                    markup=False, severity="warning" if replaced else "information", timeout=10 if replaced else None)
 
     def action_focus_suggestions(self) -> None:
         self.query_one("#suggestions", OptionList).focus()
@@ -291,11 +292,13 @@ class OptionsScreen(WizardScreen):
                 text.append(f"fits {card}", style="bold green")
             else:
                 text.append(f"won't fit {card}", style="bold red")
-                for n, s in enumerate(suggest(options, budget)[:4]):
+                for n, s in enumerate(suggest(options, budget, capabilities=self.state.capabilities())[:4]):
                     oid = f"s{n}"
                     self._suggestions[oid] = s
                     mark = "✓" if s.fits else "·"
                     suggestions.add_option(Option(f"{mark} {s.text}", id=oid))
+        for reason in self.state.cannot_run_here():
+            text.append(f"\n{reason}", style="yellow")
         if self.state.model_guess.small:
             params = f"{N_UNET.get(options.family, N_UNET['sd1']) / 1e6:.0f} M"
             text.append(f"\nthat is a full-size {options.family.upper()} U-Net ({params} params); "

@@ -1,0 +1,118 @@
+"""The wizard's choices run where it runs: presets, defaults and suggestions ask nothing this machine
+cannot do (no CUDA: no fp16, no 8-bit optimizers, no xformers; no bitsandbytes: no AdamW8bit)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine import hardware
+from engine.hardware import Capabilities, GpuInfo, HardwareInfo
+from engine.plan import PRESETS
+from sdft_tui.app import SdftApp
+from sdft_tui.state import WizardState
+from tests.wizard_helpers import make_dataset, screen_text, settle
+
+CPU_ONLY = HardwareInfo(source="test", packages=frozenset({"bitsandbytes", "xformers"}))
+GPU_NO_BNB = HardwareInfo(gpus=[GpuInfo(0, "NVIDIA GeForce RTX 3060", 12 * 2**30)], source="test",
+                          packages=frozenset())
+CANNOT_RUN = {"AdamW8bit", "Lion8bit", "fp16", "xformers"}
+
+
+def _cannot_run(values: dict, caps: Capabilities) -> dict:
+    return {k: v for k, v in values.items() if caps.why_not(k, v)}
+
+
+def test_new_wizard_defaults_run_on_a_machine_without_cuda_or_bitsandbytes():
+    state = WizardState()
+    state.hardware = HardwareInfo(source="test", packages=frozenset())
+    assert state.get("optimizer.type") not in CANNOT_RUN
+    assert state.get("memory.mixed_precision") not in CANNOT_RUN
+    assert state.cannot_run_here() == []
+
+
+@pytest.mark.parametrize("hw", [CPU_ONLY, GPU_NO_BNB], ids=["no-cuda", "gpu-without-bitsandbytes"])
+def test_every_preset_in_the_wizard_picks_only_what_runs(tmp_path, hw):
+    folder = make_dataset(tmp_path)
+
+    async def go():
+        app = SdftApp(hardware=hw, start_dir=tmp_path)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            app.state.load_source(folder)
+            await pilot.press("f5")
+            await settle(app, pilot)
+            screen = app.screen
+            for size in sorted(PRESETS):
+                screen.apply_preset(size)
+                await settle(app, pilot)
+                caps = app.state.capabilities()
+                assert _cannot_run(app.state.values, caps) == {}, size
+                assert app.state.get("optimizer.type") != "AdamW8bit"
+                if not caps.cuda:
+                    assert app.state.get("memory.mixed_precision") != "fp16"
+                # the fields on screen show what the state holds
+                assert screen.query_one("#o-optimizer-type").value == app.state.get("optimizer.type")
+                # whatever the list offers, applying it keeps the file runnable here
+                for suggestion in screen._suggestions.values():
+                    assert _cannot_run(suggestion.config_changes, caps) == {}, suggestion.text
+                    assert not set(suggestion.config_changes.values()) & CANNOT_RUN, suggestion.text
+
+    asyncio.run(go())
+
+
+def test_the_preset_says_what_it_replaced_and_suggestions_skip_what_cannot_run(tmp_path, monkeypatch):
+    """The engine's capability function is the one place the wizard asks."""
+    folder = make_dataset(tmp_path)
+    asked = []
+
+    def no_cuda_no_packages(hw=None):
+        asked.append(hw)
+        return Capabilities(cuda=False, packages=frozenset())
+
+    monkeypatch.setattr(hardware, "capabilities", no_cuda_no_packages)
+
+    async def go():
+        app = SdftApp(hardware=HardwareInfo(source="test"), start_dir=tmp_path)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            app.state.load_source(folder)
+            await pilot.press("f5")
+            await settle(app, pilot)
+            screen = app.screen
+            screen.apply_preset(12)           # fp16 + AdamW8bit as written
+            await settle(app, pilot)
+            notes = [n.message for n in app._notifications]
+            assert any("AdamW8bit needs the package bitsandbytes" in m and "Adafactor instead" in m for m in notes)
+            assert any("fp16 needs a CUDA GPU" in m for m in notes)
+            assert app.state.get("optimizer.type") == "Adafactor"
+            assert app.state.get("memory.mixed_precision") == "bf16"
+            # over budget: the list offers memory savers, none of them fp16 / 8-bit / xformers
+            app.state.set("optimizer.type", "AdamW")
+            app.state.set("memory.mixed_precision", "no")
+            app.state.set("memory.gradient_checkpointing", False)
+            app.state.set("memory.attention", "math")
+            screen.refresh_view()
+            await pilot.pause()
+            texts = [s.text for s in screen._suggestions.values()]
+            assert texts and screen.has_class("overbudget")
+            for s in screen._suggestions.values():
+                assert not set(s.config_changes.values()) & CANNOT_RUN, s.text
+            assert any("use bf16 mixed precision" in t or "Adafactor" in t for t in texts), texts
+            # a value typed by hand that cannot run here is named on the screen with its fix
+            app.state.set("optimizer.type", "AdamW8bit")
+            screen.refresh_view()
+            await pilot.pause()
+            assert "AdamW8bit needs the package bitsandbytes (pip install bitsandbytes)" in screen_text(app)
+            assert asked
+
+    asyncio.run(go())
+
+
+def test_with_cuda_and_bitsandbytes_the_presets_stay_as_written(tmp_path):
+    """The filter only removes what cannot run: a full GPU box gets the 12 GB preset unchanged."""
+    state = WizardState()
+    state.hardware = HardwareInfo(gpus=[GpuInfo(0, "GPU", 12 * 2**30)], packages=frozenset({"bitsandbytes"}))
+    assert state.apply_preset(12) == []
+    assert state.get("optimizer.type") == "AdamW8bit" and state.get("memory.mixed_precision") == "fp16"
