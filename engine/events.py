@@ -86,6 +86,18 @@ class StepMetrics(Event):
 
 
 @dataclass(frozen=True)
+class StepProgress(Event):
+    """Where the run is, after each optimizer step that has no StepMetrics (no device sync:
+    the dashboard's step and elapsed time move every step, the figures every interval)."""
+
+    kind: ClassVar[str] = "progress"
+    step: int
+    total_steps: int
+    epoch: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
 class ValidationMetrics(Event):
     """Figures measured on held-out data at a step, by name (e.g. {"loss": 0.11}).
 
@@ -136,7 +148,7 @@ class RunFinished(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (RunStarted, Message, PhaseProgress, StepMetrics, ValidationMetrics, ModelSaved, SampleSaved, StatusChanged, RunFinished)
+    for cls in (RunStarted, Message, PhaseProgress, StepMetrics, StepProgress, ValidationMetrics, ModelSaved, SampleSaved, StatusChanged, RunFinished)
 }
 
 

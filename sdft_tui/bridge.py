@@ -72,33 +72,40 @@ class MessageSink:
             self.closed = True
 
 
+HEAD_BYTES = 256   # every event line starts differently (its time), so this tells two files apart
+
+
 class EventFollower:
     """Reads an ``events.jsonl`` that another process is still appending to (``sdft watch``).
 
     ``poll()`` returns the events of the complete lines written since the last call; a line
     whose end has not been written yet waits for the next poll. A missing file is simply "no
-    events yet" (the run may not have started), and a file that shrank (a new run in the same
-    folder) is read again from the start.
+    events yet" (the run may not have started), and a file that was replaced or shrank (a fresh
+    run in the same folder starts a new log) is read again from the start.
     """
 
     def __init__(self, path) -> None:
         self.path = Path(path)
         self._offset = 0
         self._partial = b""
+        self._head = b""   # the file's first bytes: another beginning means another file
         self.restarted = False
 
     def poll(self, max_bytes: int = 8 << 20) -> list[Event]:
         try:
             size = self.path.stat().st_size
+            with open(self.path, "rb") as handle:
+                head = handle.read(HEAD_BYTES)
+                common = min(len(head), len(self._head))
+                if self._offset and (size < self._offset or head[:common] != self._head[:common]):
+                    self._offset, self._partial, self.restarted = 0, b"", True
+                if size == self._offset:
+                    return []
+                self._head = head
+                handle.seek(self._offset)
+                chunk = handle.read(max_bytes)
         except OSError:
             return []
-        if size < self._offset:
-            self._offset, self._partial, self.restarted = 0, b"", True
-        if size == self._offset:
-            return []
-        with open(self.path, "rb") as handle:
-            handle.seek(self._offset)
-            chunk = handle.read(max_bytes)
         self._offset += len(chunk)
         data = self._partial + chunk
         lines = data.split(b"\n")

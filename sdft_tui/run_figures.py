@@ -22,6 +22,7 @@ from engine.events import (
     SampleSaved,
     StatusChanged,
     StepMetrics,
+    StepProgress,
 )
 
 # Weight of the exponential moving average drawn over the raw loss. Diffusion loss is very
@@ -53,6 +54,7 @@ class RunFigures:
         self.status = "waiting"          # waiting, preparing, running, paused, stopping, + finished statuses
         self.phase: PhaseProgress | None = None
         self.last: StepMetrics | None = None
+        self.progress: StepProgress | None = None   # the newest step, between the intervals' figures
         self.steps: list[int] = []
         self.loss: list[float] = []
         self.smooth: list[float] = []
@@ -75,6 +77,10 @@ class RunFigures:
     def apply(self, event: Event) -> None:
         if self._t0 is None:
             self._t0 = event.time
+        if self.finished is not None and not isinstance(event, RunFinished):
+            # Nothing follows a run's end but a new start in the same folder (a resume).
+            self.finished = None
+            self.status = "preparing"
         self.last_time = event.time
         handler = _HANDLERS.get(type(event))
         if handler is not None:
@@ -92,6 +98,8 @@ class RunFigures:
         self.log.append(LogLine(max(0.0, event.time - (self._t0 or event.time)), level, text))
 
     def _on_started(self, e: RunStarted) -> None:
+        if self.started is not None:
+            self._forget_after(e.start_step)
         self.started = e
         self.status = "running" if self.status in ("waiting", "preparing") else self.status
         resumed = f", resumed at step {e.start_step}" if e.start_step else ""
@@ -120,11 +128,31 @@ class RunFigures:
         self.steps.append(e.step)
         self.loss.append(e.loss)
         self.lr.append(e.lr)
-        if math.isfinite(e.loss):
-            self._ema = EMA_WEIGHT * self._ema + (1 - EMA_WEIGHT) * e.loss
+        self.smooth.append(self._smoothed(e.loss))
+
+    def _smoothed(self, loss: float) -> float:
+        if math.isfinite(loss):
+            self._ema = EMA_WEIGHT * self._ema + (1 - EMA_WEIGHT) * loss
             self._ema_n += 1
         debias = 1 - EMA_WEIGHT ** self._ema_n if self._ema_n else 1.0
-        self.smooth.append(self._ema / debias if self._ema_n else e.loss)
+        return self._ema / debias if self._ema_n else loss
+
+    def _on_progress(self, e: StepProgress) -> None:
+        self.progress = e
+        if self.status in ("waiting", "preparing"):
+            self.status = "running"
+
+    def _forget_after(self, step: int) -> None:
+        """A new start at ``step`` (a resume, or 0 for a fresh run): later points are replaced."""
+        keep = sum(1 for s in self.steps if s <= step)
+        for series in (self.steps, self.loss, self.smooth, self.lr):
+            del series[keep:]
+        if self.last is not None and self.last.step > step:
+            self.last = None
+        if self.progress is not None and self.progress.step > step:
+            self.progress = None
+        self._ema, self._ema_n = 0.0, 0
+        self.smooth[:] = [self._smoothed(loss) for loss in self.loss]
 
     def _on_saved(self, e: ModelSaved) -> None:
         self.saves.append(e)
@@ -158,9 +186,29 @@ class RunFigures:
 
     @property
     def step(self) -> int:
-        if self.last is not None:
-            return self.last.step
+        """The newest step: the run's end, else the last step event of either kind."""
+        if self.finished is not None and self.finished.step:
+            return self.finished.step   # a stop lands between two intervals' figures
+        newest = self.newest_step
+        if newest is not None:
+            return newest.step
         return self.started.start_step if self.started else 0
+
+    @property
+    def newest_step(self) -> StepMetrics | StepProgress | None:
+        """The newest step event of this start (figures or progress), None before the first step."""
+        return max((e for e in (self.last, self.progress) if e is not None), key=lambda e: e.step, default=None)
+
+    @property
+    def elapsed_s(self) -> float | None:
+        """Training time of this start, as of the newest step."""
+        newest = self.newest_step
+        return newest.elapsed_s if newest is not None else None
+
+    @property
+    def epoch(self) -> int:
+        newest = self.newest_step
+        return newest.epoch if newest is not None else 0
 
     @property
     def total_steps(self) -> int:
@@ -175,7 +223,8 @@ class RunFigures:
             "status": self.status,
             "step": self.step,
             "total_steps": self.total_steps,
-            "epoch": m.epoch if m else 0,
+            "epoch": self.epoch,
+            "elapsed_s": self.elapsed_s,
             "loss": m.loss if m else None,
             "loss_avg": m.loss_avg if m else None,
             "smoothed": self.smooth[-1] if self.smooth else None,
@@ -195,6 +244,7 @@ _HANDLERS = {
     Message: RunFigures._on_message,
     PhaseProgress: RunFigures._on_phase,
     StepMetrics: RunFigures._on_step,
+    StepProgress: RunFigures._on_progress,
     ModelSaved: RunFigures._on_saved,
     SampleSaved: RunFigures._on_sample,
     StatusChanged: RunFigures._on_status,

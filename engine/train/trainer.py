@@ -17,7 +17,15 @@ import torch
 
 from engine.config.schema import RunConfig
 from engine.control import RunControl
-from engine.events import Message, ModelSaved, PhaseProgress, RunStarted, StatusChanged, StepMetrics
+from engine.events import (
+    Message,
+    ModelSaved,
+    PhaseProgress,
+    RunStarted,
+    StatusChanged,
+    StepMetrics,
+    StepProgress,
+)
 from engine.train import objective as obj
 from engine.train.ema import EMA
 from engine.train.optimizers import build_optimizer, build_scheduler
@@ -536,6 +544,9 @@ class Trainer:
         every = self.cfg.logging.every_n_steps
         if self.global_step % every == 0 or self.global_step == self.schedule.total_steps:
             self.emit_metrics()
+        else:
+            self.sink.emit(StepProgress(step=self.global_step, total_steps=self.schedule.total_steps,
+                                        epoch=self.epoch + 1, elapsed_s=self.meter.elapsed()))
         self.checkpointer.on_step_end(self.global_step)
         sample_every = self.cfg.sample.every_n_steps
         if sample_every and self.global_step % sample_every == 0:

@@ -208,6 +208,7 @@ class DashboardScreen(Screen[int]):
         self.sink = MessageSink(self)
         self.painted_version = -1
         self.run_label = ""
+        self.outcome_of: RunFinished | None = None   # the end the outcome panel shows
 
     # ------------------------------------------------------------------ layout
 
@@ -248,8 +249,13 @@ class DashboardScreen(Screen[int]):
     def absorb(self, events) -> None:
         """Apply events to the figures; the timer paints them (never per event)."""
         self.figures.apply_all(events)
-        if self.figures.finished is not None and not self.query_one("#outcome").display:
-            self.show_outcome()
+        finished = self.figures.finished
+        if finished is not self.outcome_of:
+            self.outcome_of = finished
+            if finished is not None:
+                self.show_outcome()
+            else:   # the run started again (``sdft watch`` across a resume)
+                self.query_one("#outcome").display = False
 
     def repaint(self, force: bool = False) -> None:
         """Redraw the panes if anything changed since the last tick."""
@@ -276,14 +282,20 @@ class DashboardScreen(Screen[int]):
         line.append(status.upper(), style=style)
         if f.total_steps:
             line.append(f" · step {f.step}/{f.total_steps}")
-        if f.last is not None:
+        if f.newest_step is not None:
             epochs = f.started.total_epochs if f.started else 0
-            line.append(f" · epoch {f.last.epoch}" + (f"/{epochs}" if epochs else ""))
-            if f.running:
+            line.append(f" · epoch {f.epoch}" + (f"/{epochs}" if epochs else ""))
+            line.append(f" · elapsed {format_duration(f.elapsed_s)}")
+            if f.running and f.last is not None:
                 line.append(f" · ETA {format_duration(f.last.eta_s)}")
-        if f.started is not None:
-            line.append(f" · {f.started.device}")
+        if f.started is not None and self.fits(line, f" · {f.started.device}"):
+            line.append(f" · {f.started.device}")   # also in the memory pane: the first to go at 80 columns
         return line
+
+    def fits(self, line: Text, extra: str) -> bool:
+        """Whether ``extra`` still fits on the status bar after ``line`` (True before layout)."""
+        width = self.query_one("#status-bar").size.width - 2
+        return width <= 0 or line.cell_len + len(extra) <= width
 
     def display_status(self) -> str:
         return self.figures.status
@@ -591,8 +603,7 @@ class WatchScreen(DashboardScreen):
         if self.figures.version == 0:
             line = Text(f"{self.title_prefix} · {self.run_label} · waiting for {self.events_path}",
                         no_wrap=True, overflow="ellipsis")
-        width = self.query_one("#status-bar").size.width - 2
-        if not width or line.cell_len + 12 <= width:   # at 80 columns the figures come first
+        if self.fits(line, " · read-only"):   # at 80 columns the figures come first
             line.append(" · read-only", style="italic")
         return line
 

@@ -61,14 +61,14 @@ class Throughput(Widget):
         if m is not None and self.compact:
             self._row(text, "epoch", f"{m.epoch}/{epochs}" if epochs else str(m.epoch),
                       f" · {m.it_per_s:.2f} it/s")
-            self._row(text, "elapsed", format_duration(m.elapsed_s), newline=False)
+            self._row(text, "elapsed", format_duration(f.elapsed_s), newline=False)
             return text
         if m is not None:
             self._row(text, "epoch", f"{m.epoch}/{epochs}" if epochs else str(m.epoch))
             self._row(text, "speed", f"{m.it_per_s:.2f} it/s")
             self._row(text, "", f"{m.samples_per_s:.2f} samples/s")
             self._row(text, "ETA", format_duration(m.eta_s) if f.running else "-",
-                      f" · elapsed {format_duration(m.elapsed_s)}", newline=False)
+                      f" · elapsed {format_duration(f.elapsed_s)}", newline=False)
             return text
         phase = f.phase
         if phase is not None:
