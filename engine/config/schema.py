@@ -186,10 +186,14 @@ class LoggingConfig:
     """[logging]: console cadence and optional trackers (events.jsonl is always written)."""
 
     every_n_steps: int = opt(10, "Log a line / event every N steps (one GPU sync per interval).", min=1)
-    logging_dir: str | None = opt(None, "Folder for tracker logs (TensorBoard etc.).")
-    log_with: str | None = opt(None, "tensorboard, wandb or all (needs the package).", choices=(None, "tensorboard", "wandb", "all"))
-    log_prefix: str | None = opt(None, "Prefix for tracker run names.")
-    log_tracker_name: str | None = opt(None, "Tracker project name.")
+    logging_dir: str | None = opt(None, "Folder for TensorBoard / W&B logs, relative to the run file "
+                                  "(default: <run folder>/logs); each start logs into "
+                                  "<log_prefix><YYYYmmddHHMMSS> inside it. Alone, it turns TensorBoard on.")
+    log_with: str | None = opt(None, "tensorboard, wandb or all (both); needs the package (pip install tensorboard / wandb).",
+                               choices=(None, "tensorboard", "wandb", "all"))
+    log_prefix: str | None = opt(None, "Prefix of each start's log folder name, before its timestamp.")
+    log_tracker_name: str | None = opt(None, "Tracker project name: the TensorBoard subfolder and the W&B project "
+                                       "(default: finetuning).")
     wandb_run_name: str | None = opt(None, "Weights & Biases run name.")
 
 
