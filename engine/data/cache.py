@@ -177,19 +177,37 @@ def check_latents(tensors: dict[str, torch.Tensor], shape: tuple[int, int, int],
     return None
 
 
-def load_entry(file: Path, shape: tuple[int, int, int], flip: bool, verify: str) -> dict | None:
-    """The entry's tensors, or None when missing / broken (then it is re-encoded)."""
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A checksum of an entry's stored arrays (names, dtypes, shapes and bytes, in name order):
+    finite but garbled values (a bad disk, a partial copy) fail it where range checks pass."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def load_entry(file: Path, shape: tuple[int, int, int], flip: bool, verify: str) -> tuple[dict | None, str | None]:
+    """(tensors, None) for a usable entry; (None, why) when it is broken and must be
+    re-encoded; (None, None) when there is none. ``verify = "exists"`` trusts the file."""
     if not file.is_file():
-        return None
+        return None, None
     if verify == "exists":
-        return {}
+        return {}, None
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     try:
         tensors = load_file(str(file))
-    except Exception:
-        return None
-    return tensors if check_latents(tensors, shape, flip) is None else None
+        with safe_open(str(file), framework="pt") as fh:
+            expected = (fh.metadata() or {}).get("sdft.tensors_sha256")
+    except Exception as exc:  # noqa: BLE001 - any unreadable entry is simply encoded again
+        return None, f"unreadable ({type(exc).__name__})"
+    problem = check_latents(tensors, shape, flip)
+    if problem is None and expected is not None and tensors_sha256(tensors) != expected:
+        problem = "its checksum does not match its contents"
+    return (None, problem) if problem else (tensors, None)
 
 
 # ---------------------------------------------------------------- kohya npz (SPEC §7.1)
@@ -324,10 +342,13 @@ class LatentCache:
             key = cache_key(digest, job, vae_id, enc_name)
             if self.mode == "disk":
                 file = entry_path(self.cache_dir, key)
-                if load_entry(file, job.latent_shape, job.flip, self.verify) is not None:
+                tensors, problem = load_entry(file, job.latent_shape, job.flip, self.verify)
+                if tensors is not None:
                     result.latents[job.item] = CachedLatent(key, file=file)
                     result.reused += 1
                     continue
+                if problem:
+                    log(f"warning: the cached latent of {job.path} is damaged ({problem}); encoding it again")
             if self.import_kohya and job.kohya_npz:
                 imported = import_kohya_npz(job.path, job.size, job.bucket, job.flip)
                 if imported is not None:
@@ -456,6 +477,7 @@ class LatentCache:
                     "sdft.original_size": json.dumps(list(job.size)),
                     "sdft.vae_id": vae_id,
                     "sdft.encode_dtype": _dtype_name(dtype),
+                    "sdft.tensors_sha256": tensors_sha256(tensors),
                 }
                 writes.append(writer.submit(_write_entry, file, tensors, meta))
                 result.latents[job.item] = CachedLatent(key, file=file)

@@ -1,0 +1,46 @@
+"""Each cached latent carries a checksum of its arrays: garbled but finite values are caught."""
+
+from __future__ import annotations
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from data_helpers import run_config
+from engine.data.pipeline import TrainingData
+from test_data_pipeline import TOML, dataset, vae  # noqa: F401 - shared fixtures
+
+
+def test_a_garbled_but_finite_entry_is_re_encoded_with_a_warning_naming_its_image(dataset, vae):  # noqa: F811
+    cfg = run_config(dataset, TOML)
+    first = TrainingData.from_config(cfg, log=lambda s: None)
+    first.prepare_latents(vae, "cpu")
+    victim = first._latents[0]
+    with safe_open(str(victim.file), "pt") as fh:
+        meta = fh.metadata()
+    assert len(meta["sdft.tensors_sha256"]) == 64
+    tensors = load_file(str(victim.file))
+    tensors["mean"] = tensors["mean"] * 1.5 + 0.25          # finite, right shape: only the checksum sees it
+    save_file(tensors, str(victim.file), metadata=meta)
+    lines = []
+    again = TrainingData.from_config(cfg, log=lines.append)
+    again.prepare_latents(vae, "cpu")
+    assert (again.cache_result.encoded, again.cache_result.reused) == (1, len(first._latents) - 1)
+    image = first.items[0].path
+    assert any("damaged" in line and str(image) in line and "checksum" in line for line in lines), lines
+    restored = load_file(str(victim.file))
+    assert torch.equal(restored["mean"], load_file(str(again._latents[0].file))["mean"])
+    assert not torch.equal(restored["mean"], tensors["mean"])
+
+
+def test_entries_without_a_checksum_from_older_versions_are_still_reused(dataset, vae):  # noqa: F811
+    cfg = run_config(dataset, TOML)
+    first = TrainingData.from_config(cfg, log=lambda s: None)
+    first.prepare_latents(vae, "cpu")
+    for latent in first._latents.values():
+        with safe_open(str(latent.file), "pt") as fh:
+            meta = {k: v for k, v in fh.metadata().items() if k != "sdft.tensors_sha256"}
+        save_file(load_file(str(latent.file)), str(latent.file), metadata=meta)
+    again = TrainingData.from_config(cfg, log=lambda s: None)
+    again.prepare_latents(vae, "cpu")
+    assert again.cache_result.encoded == 0
