@@ -115,25 +115,22 @@ def print_problems(problems, console=None) -> None:
             console.print(f"    hint: {p.hint}")
 
 
-def check_config(path: str) -> int:
-    """`sdft train --check`: every problem at once; exit 2 when any is an error."""
-    from rich.console import Console
+def check_config(path: str, resume: str | None = None) -> int:
+    """`sdft train --check`: every problem training would hit before its first step, at once
+    (the schema, then engine.preflight); exit 2 when any is an error."""
+    from engine.console import make_console, styled
+    from engine.preflight import check_run_file
 
-    from engine.config.problems import ConfigError
-    from engine.config.run_toml import load_run_file
-
-    console = Console(soft_wrap=True)
-    try:
-        config, _doc, warnings = load_run_file(path)
-    except ConfigError as exc:
-        print_problems(exc.problems)
-        errors = len(exc.errors)
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]{path}: {errors} error(s)[/]; nothing was trained.")
+    config, problems = check_run_file(path, resume=resume)
+    print_problems(problems)
+    errors = sum(p.severity == "error" for p in problems)
+    if errors:
+        make_console(stderr=True).print(styled((f"{path}: {errors} error(s)", "bold red"), "; nothing was trained."))
         return EXIT_CONFIG
-    print_problems(warnings)
     subsets = sum(len(d.subsets) for d in getattr(config.datasets, "datasets", []))
-    console.print(f"[green]{path} is valid[/]: model {config.model.pretrained_model_name_or_path!r}, "
-                  f"{subsets} subset(s), run folder {config.run_dir()}", highlight=False)
+    make_console().print(styled((f"{path} is valid", "green"),
+                                f": model {config.model.pretrained_model_name_or_path!r}, {subsets} subset(s), "
+                                f"run folder {config.run_dir()}"))
     return EXIT_OK
 
 
@@ -176,7 +173,7 @@ class StopOnSignal:
 
 def cmd_train(args) -> int:
     if args.check:
-        return check_config(args.config)
+        return check_config(args.config, resume=args.resume)
     if args.tui:
         print("sdft train --tui is handled by the sdft command (sdft_tui)", file=sys.stderr)
         return EXIT_CONFIG

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import re
 import shutil
@@ -113,7 +114,7 @@ class Checkpointer:
             "sdft.dataset_fingerprint": t.data.fingerprint,
             "sdft.bucket_info": json.dumps(t.data.bucket_info),
             "sdft.tag_frequency": json.dumps(t.data.tag_frequency),
-            "sdft.config": t.config_text,
+            **config_metadata(t.config_text),
             "sdft.started": self.started,
             "sdft.finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "sdft.resolution": json.dumps(self._resolution()),
@@ -188,3 +189,20 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+CONFIG_METADATA_LIMIT = 64 * 1024
+
+
+def config_metadata(config_text: str) -> dict[str, str]:
+    """The run TOML in a saved model's metadata, up to 64 KiB; beyond that only its sha256
+    (a huge commented file would otherwise be copied into every checkpoint)."""
+    data = config_text.encode("utf-8")
+    meta = {"sdft.config_sha256": hashlib.sha256(data).hexdigest()}
+    if len(data) <= CONFIG_METADATA_LIMIT:
+        meta["sdft.config"] = config_text
+    else:
+        meta["sdft.config_omitted"] = (f"{len(data)} bytes, over the {CONFIG_METADATA_LIMIT // 1024} KiB limit; "
+                                       "the run folder's config.toml holds it (compare sdft.config_sha256)")
+    return meta
+
