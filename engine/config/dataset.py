@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config.problems import Problem, ProblemList, did_you_mean
+from engine.config.problems import Problem, ProblemList, current_spelling, did_you_mean
 
 INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")
 
@@ -255,6 +255,9 @@ def _validate_table(table: Any, prefix: str, allowed: dict[str, tuple[str, Any]]
         key = f"{prefix}.{name}"
         if name in skip:
             continue
+        name = current_spelling(name, table, key, lambda *a: _report(problems, *a))
+        if name is None:
+            continue
         if name in FOREIGN_METHOD_KEYS:
             _report(problems, key, f"{name} belongs to kohya's DreamBooth/ControlNet method", FOREIGN_HINT)
             continue
@@ -368,6 +371,7 @@ def _parse_dataset(raw: Any, prefix: str, general: dict, problems: ProblemList, 
                  "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps"):
         setattr(spec, name, _merged(name, levels, DATASET_LEVEL))
     _check_bucket_limits(spec, prefix, levels, problems)
+    _note_resolution(spec, prefix, levels, problems)
 
     subsets = raw.get("subsets", [])
     if not isinstance(subsets, list) or not subsets:
@@ -423,6 +427,26 @@ def _check_bucket_limits(spec: DatasetSpec, prefix: str, levels: list[dict], pro
             _report(problems, where("max_bucket_reso"),
                     f"max_bucket_reso {max_b} (after rounding) is smaller than the resolution's long side {max(w, h)}",
                     f"use max_bucket_reso ≥ {max(w, h)}")
+
+
+def _note_resolution(spec: DatasetSpec, prefix: str, levels: list[dict], problems: ProblemList) -> None:
+    """A resolution that is not a multiple of 64 is used as kohya uses it; say how."""
+    if spec.resolution is None or not any(side % 64 for side in spec.resolution):
+        return
+    w, h = spec.resolution
+    key = f"{prefix}.resolution" if "resolution" in levels[0] else "general.resolution"
+    if spec.enable_bucket and not spec.bucket_no_upscale and spec.bucket_reso_steps > 0:
+        d = spec.bucket_reso_steps
+        side = int(math.sqrt(w * h) // d) * d
+        what = (f"as in kohya, it only sets the bucket area ({w}x{h} = {w * h:,} pixels); the buckets are "
+                f"multiples of bucket_reso_steps ({d}), the square one {side}x{side}")
+    elif spec.enable_bucket:
+        what = (f"as in kohya, with bucket_no_upscale it only sets the largest area ({w * h:,} pixels); "
+                f"buckets are multiples of bucket_reso_steps ({spec.bucket_reso_steps})")
+    else:
+        what = f"as in kohya, every image is resized and centre-cropped to exactly {w}x{h}"
+    _report(problems, key, f"{w}x{h} is not a multiple of 64: {what}",
+            "SD models are trained at multiples of 64 (512, 768)", "note")
 
 
 def check_resolution(spec: DatasetSpec, resolution: tuple[int, int]) -> list[str]:
@@ -488,11 +512,15 @@ def load_dataset_file(path: str | Path, problems: ProblemList) -> DatasetBluepri
     problems.file = str(path)
     problems.line_of = {}
     try:
+        from engine.config.problems import ConfigError
+        from engine.config.toml_text import parse_toml, read_config_text
+
         try:
-            text = path.read_text(encoding="utf-8-sig")
-        except OSError as exc:
-            _report(problems, "dataset_config", f"cannot read the dataset config: {exc}", "check the path")
+            text, notes = read_config_text(path, key="dataset_config")
+        except ConfigError as exc:
+            problems.items.extend(exc.problems)
             return DatasetBlueprint(source=str(path))
+        problems.items.extend(notes)
         if path.suffix.lower() == ".json":
             try:
                 tables = json.loads(text)
@@ -501,15 +529,12 @@ def load_dataset_file(path: str | Path, problems: ProblemList) -> DatasetBluepri
                                               str(path), exc.lineno))
                 return DatasetBlueprint(source=str(path))
         else:
-            import tomlkit
-
             from engine.config.lines import key_lines
 
             try:
-                tables = tomlkit.parse(text).unwrap()
-            except Exception as exc:  # tomlkit raises several ParseError subclasses
-                problems.items.append(Problem("<file>", f"not valid TOML: {exc}", "fix the syntax at that line",
-                                              str(path), getattr(exc, "line", None)))
+                tables = parse_toml(text, str(path)).unwrap()
+            except ConfigError as exc:
+                problems.items.extend(exc.problems)
                 return DatasetBlueprint(source=str(path))
             problems.line_of = key_lines(text)
         blueprint = parse_dataset_tables(tables, problems=problems, base_dir=path.parent)

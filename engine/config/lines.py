@@ -20,7 +20,12 @@ def _clean(part: str) -> str:
 
 def key_lines(text: str) -> dict[str, int]:
     """Dotted key (``datasets[0].subsets[1].num_repeats``) -> 1-based line number."""
-    lines: dict[str, int] = {}
+    return {key: numbers[0] for key, numbers in key_occurrences(text).items()}
+
+
+def key_occurrences(text: str) -> dict[str, list[int]]:
+    """Dotted key -> every line that sets it (two lines = a key given twice)."""
+    lines: dict[str, list[int]] = {}
     array_counts: dict[str, int] = {}    # array path (with parent indices) -> next index
     prefix = ""
     in_multiline: str | None = None
@@ -44,13 +49,13 @@ def key_lines(text: str) -> dict[str, int]:
                 elif not last and path in array_counts:
                     path = f"{path}[{array_counts[path] - 1}]"
             prefix = path
-            lines.setdefault(prefix, number)
+            lines.setdefault(prefix, []).append(number)
             continue
         key = _KEY.match(raw)
         if key:
             dotted = ".".join(_clean(p) for p in key.group(1).split("."))
             full = f"{prefix}.{dotted}" if prefix else dotted
-            lines.setdefault(full, number)
+            lines.setdefault(full, []).append(number)
             value = raw.split("=", 1)[1]
             for quote in ('"""', "'''"):
                 if value.count(quote) == 1:

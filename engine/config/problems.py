@@ -44,6 +44,24 @@ class ConfigError(Exception):
         return [p for p in self.problems if p.severity == "error"]
 
 
+# kohya's old spellings, read as the current key (kohya keeps them for compatibility).
+DEPRECATED_SPELLINGS = {"caption_extention": "caption_extension"}
+
+
+def current_spelling(name: str, table: dict, dotted: str, report) -> str | None:
+    """The key ``name`` stands for, reporting a deprecated spelling through ``report(key, message,
+    hint, severity)``; None when both spellings are given (an error, reported)."""
+    new = DEPRECATED_SPELLINGS.get(name)
+    if new is None:
+        return name
+    where = dotted.rsplit(".", 1)[0] + "." + new if "." in dotted else new
+    if new in table:
+        report(dotted, f"both {name} (kohya's old spelling) and {new} are given", f"remove {name}", "error")
+        return None
+    report(dotted, f"kohya's old spelling of {new}: read as {where}", f"rename it to {new}", "note")
+    return new
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A 'did you mean ...' hint for an unknown key, or a list of the valid ones."""
     choices = sorted(choices)

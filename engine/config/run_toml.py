@@ -16,7 +16,7 @@ import tomlkit
 
 from engine import atomic
 from engine.config.lines import key_lines
-from engine.config.problems import ConfigError, ProblemList, did_you_mean
+from engine.config.problems import ConfigError, ProblemList, current_spelling, did_you_mean
 from engine.config.schema import CONFIG_VERSION, SECTIONS, RunConfig
 
 DATASET_KEYS = ("general", "datasets")
@@ -45,32 +45,31 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 def load_run_file(path: str | Path):
     """(RunConfig, tomlkit document, warnings) for a run TOML file."""
+    from engine.config.toml_text import read_config_text
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError([_problem(str(path), "", "file not found", "check the path")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([_problem(str(path), "", f"cannot read the file: {exc}", "")]) from None
-    return parse_run_text(text, file=str(path), base_dir=path.parent)
+    text, notes = read_config_text(path)
+    return parse_run_text(text, file=str(path), base_dir=path.parent, notes=notes)
 
 
-def parse_run_text(text: str, *, file: str = "<string>", base_dir: str | Path = "."):
-    problems = ProblemList(file=file)
-    try:
-        document = tomlkit.parse(text)
-    except tomlkit.exceptions.ParseError as exc:
-        problems.items.append(
-            _problem(file, "", f"not valid TOML: {exc}", "fix the syntax at that line", line=getattr(exc, "line", None))
-        )
-        raise ConfigError(problems.items) from None
-    problems.line_of = key_lines(text)
-    data = document.unwrap()
-    config = build_run_config(data, problems, base_dir=Path(base_dir))
-    config.source_path = file
+def parse_run_text(text: str, *, file: str = "<string>", base_dir: str | Path = ".", notes=()):
+    config, document, problems = collect_run_text(text, file=file, base_dir=base_dir, notes=notes)
     problems.raise_if_errors()
     warnings = [p for p in problems.items if p.severity != "error"]
     return config, document, warnings
+
+
+def collect_run_text(text: str, *, file: str = "<string>", base_dir: str | Path = ".", notes=()):
+    """(RunConfig, document, ProblemList) without raising for schema errors: a bad value is left
+    at its default, so later checks can run on the rest. ConfigError when the TOML cannot be parsed."""
+    from engine.config.toml_text import parse_toml
+
+    problems = ProblemList(file=file, items=list(notes))
+    document = parse_toml(text, file)
+    problems.line_of = key_lines(text)
+    config = build_run_config(document.unwrap(), problems, base_dir=Path(base_dir))
+    config.source_path = file
+    return config, document, problems
 
 
 def build_run_config(data: dict, problems: ProblemList, *, base_dir: Path) -> RunConfig:
@@ -121,6 +120,9 @@ def _build_dataclass(cls: type, table: dict, prefix: str, problems: ProblemList)
     values: dict[str, Any] = {}
     for key, value in table.items():
         dotted = f"{prefix}.{key}"
+        key = current_spelling(key, table, dotted, problems.add)
+        if key is None:
+            continue
         if key not in known:
             reason = _rejection(key)
             problems.add(dotted, "unknown key" if not reason else "this kohya option is not supported",
@@ -267,7 +269,10 @@ def _problem(file: str, key: str, message: str, hint: str, line: int | None = No
 
 
 def load_document(path: str | Path) -> tomlkit.TOMLDocument:
-    return tomlkit.parse(Path(path).read_text(encoding="utf-8-sig"))
+    from engine.config.toml_text import parse_toml, read_config_text
+
+    text, _notes = read_config_text(path)
+    return parse_toml(text, str(path))
 
 
 def set_value(document, dotted: str, value) -> None:

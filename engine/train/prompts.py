@@ -213,8 +213,8 @@ def load_prompts(source, *, base_dir: str | Path = ".", default_size: int = 512)
                 out.append(prompt)
         return out
     path = Path(source)
-    if not path.is_absolute():
-        path = Path(base_dir) / path
+    if not path.is_absolute() and (Path(base_dir) / path).exists():
+        path = Path(base_dir) / path   # beside the run file first, then as given (like other paths)
     if not path.is_file():
         raise FileNotFoundError(f"sample.prompts: {path} does not exist; give a .txt/.toml/.json file or a list")
     return _read_file(path, default_size)

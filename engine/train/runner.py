@@ -55,6 +55,7 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
 
     config_path = Path(config_path)
     config, document, warnings = run_toml.load_run_file(config_path)
+    warnings = warnings + _preflight(config, resume)
     control = control or RunControl()
     seed = seed_in_effect(config, resume)
     if seed is None and is_distributed():
@@ -65,6 +66,16 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
         return _train_in(run_dir, config, document, warnings, config_path=config_path, sink=sink,
                          control=control, log_path=log_path, resume=resume, allow_changed=allow_changed,
                          took_over=lock.took_over if lock else None)
+
+
+def _preflight(config, resume: str | None) -> list:
+    """What `sdft train --check` finds beyond the schema, before anything is cached or loaded:
+    errors raise ConfigError; warnings are returned for the event log."""
+    from engine.preflight import preflight, raise_if_errors
+
+    problems = preflight(config, resume=resume)
+    raise_if_errors(problems)
+    return [p for p in problems if p.severity == "warning"]
 
 
 def _folder_deleted(run_dir: Path, out: FanOut, control: RunControl) -> None:

@@ -1,0 +1,275 @@
+"""Everything training resolves before its first step, checked without loading weights.
+
+``sdft train RUN.toml --check``, the wizard's Review step and the start of every run call
+:func:`preflight` after the schema checks: the base model (found, supported, SD1/SD2 and
+v-prediction read from its headers), every image of every subset, the resume state, the
+sample prompts, the optimizer and learning-rate schedule (built on a dummy parameter with
+the file's arguments), the optional packages the options need, and what a machine without
+CUDA will do instead of a CUDA-only choice. Each check calls the code training uses.
+
+torch is imported inside the checks only: the wizard imports this module before training.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+from engine.config.problems import ConfigError, Problem, ProblemList
+from engine.config.schema import RunConfig
+
+# Optional packages: (import name, pip command).
+BITSANDBYTES = ("bitsandbytes", "pip install bitsandbytes")
+PACKAGES_FOR_OPTIMIZER = {"AdamW8bit": BITSANDBYTES, "Lion8bit": BITSANDBYTES,
+                          "Prodigy": ("prodigyopt", "pip install prodigyopt")}
+PACKAGES_FOR_TRACKER = {"tensorboard": [("tensorboard", "pip install tensorboard")],
+                        "wandb": [("wandb", "pip install wandb")]}
+PACKAGES_FOR_TRACKER["all"] = PACKAGES_FOR_TRACKER["tensorboard"] + PACKAGES_FOR_TRACKER["wandb"]
+XFORMERS = ("xformers", "pip install xformers")
+
+
+def check_run_file(path: str | Path, *, resume: str | None = None) -> tuple[RunConfig | None, list[Problem]]:
+    """Every problem of a run file at once: the schema's, then (on what the schema accepted)
+    the preflight's. The config is None when the file has schema errors or cannot be parsed."""
+    from engine.config.run_toml import collect_run_text
+    from engine.config.toml_text import read_config_text
+
+    try:
+        text, notes = read_config_text(path)
+        config, _document, problems = collect_run_text(text, file=str(path), base_dir=Path(path).parent,
+                                                       notes=notes)
+    except ConfigError as exc:
+        return None, list(exc.problems)
+    found = list(problems.items)
+    checked = preflight(config, resume=resume, skip_data=_dataset_has_errors(found))
+    flagged = {p.key for p in found if p.severity == "error"}
+    found += [p for p in checked if p.key not in flagged]   # one message per bad key
+    return (None if problems.has_errors else config), found
+
+
+def preflight(config: RunConfig, *, resume: str | None = None, skip_data: bool = False) -> list[Problem]:
+    """Problems training would hit before its first step (errors, warnings and notes)."""
+    from engine.preflight_model import probe_model
+
+    problems = ProblemList(file=config.source_path, line_of=_line_map(config.source_path))
+    probe = probe_model(config, problems)
+    device = _check_device(config, problems)
+    _check_packages(config, problems, device)
+    total_steps = config.train.max_train_steps
+    if not skip_data:
+        total_steps = _check_data(config, problems, probe) or total_steps
+    _check_resume(config, problems, resume)
+    _check_prompts(config, problems, probe)
+    _check_optimizer(config, problems, device, total_steps)
+    _check_unused(config, problems)
+    return problems.items
+
+
+def raise_if_errors(problems: list[Problem]) -> None:
+    if any(p.severity == "error" for p in problems):
+        raise ConfigError(problems)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _line_map(path: str | None) -> dict[str, int]:
+    from engine.config.lines import key_lines
+
+    try:
+        return key_lines(Path(path).read_text(encoding="utf-8-sig")) if path else {}
+    except (OSError, UnicodeDecodeError):
+        return {}
+
+
+def _dataset_has_errors(problems: list[Problem]) -> bool:
+    return any(p.severity == "error" and p.key.startswith(("datasets", "general", "dataset_config", "<file>"))
+               for p in problems)
+
+
+def _missing(package: tuple[str, str]) -> bool:
+    return importlib.util.find_spec(package[0]) is None
+
+
+# ---------------------------------------------------------------- device, precision, packages
+
+
+def _check_device(config: RunConfig, problems: ProblemList):
+    """The device training picks, and what it does with CUDA-only choices (engine.train.precision)."""
+    from engine.train.precision import choose_device, decide_precision
+
+    try:
+        device = choose_device(config.memory.device)
+    except RuntimeError as exc:
+        problems.add("memory.device", str(exc), 'use device = "auto" or "cpu"')
+        return None
+    try:
+        precision = decide_precision(config.memory, device)
+    except RuntimeError as exc:
+        key = "memory.full_fp16" if config.memory.full_fp16 else "memory.mixed_precision"
+        problems.add(key, str(exc))
+        return device
+    for note in precision.notes:
+        key = "memory.vae_dtype" if note.startswith("vae_dtype") else "memory.mixed_precision"
+        problems.warn(key, note)
+    if config.memory.attention == "xformers" and device.type != "cuda":
+        problems.warn("memory.attention", "xformers needs a CUDA GPU: using PyTorch SDPA attention instead")
+    return device
+
+
+def _check_packages(config: RunConfig, problems: ProblemList, device) -> None:
+    needed = []
+    package = PACKAGES_FOR_OPTIMIZER.get(config.optimizer.type)
+    if package:
+        needed.append(("optimizer.type", f"{config.optimizer.type} needs", package))
+    if config.memory.attention == "xformers" and device is not None and device.type == "cuda":
+        needed.append(("memory.attention", "xformers attention needs", XFORMERS))
+    for package in PACKAGES_FOR_TRACKER.get(config.logging.log_with, []):
+        needed.append(("logging.log_with", f"log_with = {config.logging.log_with!r} needs", package))
+    for key, what, package in needed:
+        if _missing(package):
+            problems.add(key, f"{what} the package '{package[0]}', which is not installed", package[1])
+
+
+# ---------------------------------------------------------------- data, resume, prompts
+
+
+def _check_data(config: RunConfig, problems: ProblemList, probe) -> int | None:
+    """Every image of every subset, read as training reads it (metadata, sizes, buckets).
+    Returns the run's optimizer steps when the data is usable."""
+    from engine.data.pipeline import DataError, TrainingData
+
+    blueprint = config.datasets
+    if blueprint is None:
+        return None
+    data_problems = ProblemList(file=blueprint.source or config.source_path,
+                                line_of=_line_map(blueprint.source) if blueprint.source else problems.line_of)
+    quiet = copy.copy(config)
+    quiet.train = copy.copy(config.train)
+    quiet.train.seed = 0   # no "using seed ..." message; the seed changes no check
+    said: list[str] = []
+    side = probe.default_side
+    try:
+        data = TrainingData.from_config(quiet, default_resolution=(side, side), log=said.append)
+    except DataError as exc:
+        for line in str(exc).splitlines():
+            line = line.strip()
+            if not line or line == "dataset problems:":
+                continue
+            key, sep, message = line.partition(": ")
+            if sep and key.startswith(("datasets", "general")):
+                data_problems.add(key, message, "fix the path or the metadata file (sdft prepare rebuilds it)")
+            else:
+                data_problems.add("datasets", line, "check the image folders and metadata files")
+        problems.items.extend(data_problems.items)
+        return None
+    for text in said:
+        if text.startswith("skipped "):
+            data_problems.warn("datasets", text, "this image is left out of training")
+        else:
+            data_problems.add("datasets", text, "", "note")
+    problems.items.extend(data_problems.items)
+    if data.batches_per_epoch() == 0:
+        problems.add("datasets", "the dataset yields no batches", "check the image folders and metadata files")
+        return None
+    return data.max_train_steps
+
+
+def _check_resume(config: RunConfig, problems: ProblemList, resume: str | None) -> None:
+    from engine.train.state import StateError, find_state_folder, read_counters, verify_state
+
+    value = resume or config.train.resume
+    if not value:
+        return
+    key = "train.resume"
+    try:
+        folder = find_state_folder(value, config.run_dir(), config.base_dir)
+    except ValueError as exc:
+        problems.add(key, str(exc).removeprefix("train.resume: "), 'give a state folder (…/state/<name>-stepNNNNNNNN-state) or "latest"')
+        return
+    if folder is None:
+        problems.add(key, f"no saved state under {config.run_dir() / 'state'} yet: training starts at step 0",
+                     "", "note")
+        return
+    try:
+        verify_state(folder)
+        counters = read_counters(folder)
+    except (StateError, OSError, ValueError, TypeError) as exc:
+        problems.add(key, str(exc), "pick another state folder, or remove train.resume to start afresh")
+        return
+    problems.add(key, f"resumes from {folder} at step {counters.global_step}", "", "note")
+
+
+def _check_prompts(config: RunConfig, problems: ProblemList, probe) -> None:
+    from engine.train.prompts import PromptError, load_prompts
+
+    try:
+        load_prompts(config.sample.prompts, base_dir=config.base_dir, default_size=probe.default_side)
+    except FileNotFoundError as exc:
+        problems.add("sample.prompts", str(exc), "give a .txt/.toml/.json file, or an inline list")
+    except PromptError as exc:
+        problem = Problem("sample.prompts", exc.reason, "sampling reads kohya's prompt syntax: see sdft's README",
+                          exc.path or config.source_path, exc.line or problems.line_of.get("sample.prompts"))
+        problems.items.append(problem)
+
+
+# ---------------------------------------------------------------- optimizer and schedule
+
+
+def _check_optimizer(config: RunConfig, problems: ProblemList, device, total_steps: int) -> None:
+    """Build the optimizer and schedule as training does, on one dummy parameter, and step once."""
+    import torch
+
+    from engine.train.optimizers import OptionalPackageMissing, build_optimizer, build_scheduler
+
+    o = config.optimizer
+    on = device if device is not None else torch.device("cpu")
+    param = torch.nn.Parameter(torch.zeros(8, device=on))
+    optimizer = None
+    package = PACKAGES_FOR_OPTIMIZER.get(o.type)
+    if not (package and _missing(package)):   # a missing package is reported by _check_packages
+        try:
+            optimizer = build_optimizer(o.type, [{"params": [param], "lr": o.learning_rate}], o.learning_rate,
+                                        o.args, on.type)
+            param.grad = torch.full_like(param, 0.01)
+            optimizer.step()
+        except OptionalPackageMissing as exc:
+            problems.add("optimizer.type", str(exc))
+            optimizer = None
+        except Exception as exc:  # noqa: BLE001 - any failure here is a failure at training start
+            problems.add("optimizer.args", f"{o.type} cannot be built with these arguments: {exc}",
+                         "optimizer.args holds the optimizer's keyword arguments, e.g. { weight_decay = 0.01 }")
+            optimizer = None
+    if optimizer is None:   # the schedule is still checked, on a plain optimizer
+        optimizer = torch.optim.SGD([param], lr=o.learning_rate)
+    try:
+        scheduler = build_scheduler(o.lr_scheduler, optimizer, total_steps=total_steps, warmup=o.lr_warmup_steps,
+                                    num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power,
+                                    args=o.lr_scheduler_args)
+        optimizer.step()
+        scheduler.step()
+    except Exception as exc:  # noqa: BLE001
+        problems.add("optimizer.lr_scheduler_args", str(exc).removeprefix("optimizer.lr_scheduler_args: "),
+                     f"the {o.lr_scheduler} schedule's keyword arguments")
+
+
+# ---------------------------------------------------------------- keys that do nothing in this combination
+
+
+def _check_unused(config: RunConfig, problems: ProblemList) -> None:
+    o, s = config.optimizer, config.sample
+    if o.lr_scheduler == "constant" and o.lr_warmup_steps:
+        problems.warn("optimizer.lr_warmup_steps", "the constant schedule has no warm-up: this is ignored",
+                      'use lr_scheduler = "constant_with_warmup"')
+    if (s.every_n_steps or s.every_n_epochs or s.at_first) and not s.prompts:
+        problems.warn("sample.prompts", "samples are asked for (sample.every_n_steps/every_n_epochs/at_first) "
+                      "but there are no prompts: none are made", 'add prompts = ["a photo of ..."]')
+    hyper = config.hypernetwork
+    if config.train.mode == "hypernetwork":
+        if hyper.weights and not Path(config.resolve(hyper.weights)).is_file():
+            problems.add("hypernetwork.weights", f"no such file: {hyper.weights}",
+                         "a .pt or .safetensors hypernetwork, or remove it to start a new one")
+    elif hyper.weights or hyper.learning_rate is not None:
+        problems.warn("hypernetwork", 'the [hypernetwork] table is only used with train.mode = "hypernetwork"',
+                      "remove it, or set train.mode")

@@ -1,0 +1,167 @@
+"""The base model as ``--check`` sees it: found, supported, and its kind read from headers.
+
+Nothing here loads weights. A ``.safetensors`` file is opened for its header only (tensor
+names, shapes and metadata); a diffusers folder for its ``config.json`` files. The rules
+that decide SD1/SD2 and v-prediction are the loader's own (``engine.models.detect``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.config.problems import ProblemList
+
+MODEL_KEY = "model.pretrained_model_name_or_path"
+
+
+@dataclass
+class ModelProbe:
+    """What the headers say; None where only loading can tell."""
+
+    v2: bool | None = None
+    v_prediction: bool | None = None
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def default_side(self) -> int:
+        """The resolution training falls back to: 768 for SD 2.x 768-v, else 512."""
+        return 768 if self.v2 and self.v_prediction else 512
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Stands in for a tensor in the detection rules, which only look at names and shapes."""
+
+    shape: tuple
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, _Shape], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        metadata = dict(f.metadata() or {})
+        shapes = {k: _Shape(tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    return shapes, metadata
+
+
+def probe_model(config, problems: ProblemList) -> ModelProbe:
+    """Check model.pretrained_model_name_or_path (and model.vae, model.tokenizer_dir)."""
+    from engine.models import load
+    from engine.models.checkpoint_io import is_safetensors
+    from engine.models.errors import ModelLoadError
+
+    m = config.model
+    probe = ModelProbe()
+    _check_optional_path(config, problems, "model.vae", m.vae, folder_ok=True, file_ok=True)
+    _check_optional_path(config, problems, "model.tokenizer_dir", m.tokenizer_dir, folder_ok=True, file_ok=False)
+    if not m.pretrained_model_name_or_path:
+        problems.add(MODEL_KEY, "no base model given", "a .safetensors/.ckpt file, a diffusers folder or a hub id")
+        return probe
+    source = config.resolve(m.pretrained_model_name_or_path)
+    path = Path(os.path.expanduser(str(source)))
+    try:
+        if path.is_dir():
+            _probe_folder(path, config, probe)
+        elif path.is_file() and is_safetensors(path):
+            _probe_safetensors(path, config, probe)
+        elif path.is_file():
+            probe.lines.append(f"{path.name}: a pickle checkpoint; SD 1.x/2.x and v-prediction are detected "
+                               "when it loads")
+        elif load._HUB_ID.match(str(source)) and not str(source).lower().endswith(load.SINGLE_FILE_EXT):
+            _probe_hub_id(str(source), probe)
+        else:
+            problems.add(MODEL_KEY, f"no such file or folder: {source} (looked beside the run file and in the "
+                         "current folder)", "give a .safetensors/.ckpt file, a diffusers folder or a hub id")
+            return probe
+    except ModelLoadError as exc:
+        problems.add(MODEL_KEY, str(exc), "point it to a full SD 1.x/2.x model")
+        return probe
+    for line in probe.lines:
+        problems.add(MODEL_KEY, line, "", "note")
+    return probe
+
+
+def _check_optional_path(config, problems, key, value, *, folder_ok, file_ok) -> None:
+    if not value:
+        return
+    from engine.models import load
+
+    path = Path(os.path.expanduser(str(config.resolve(value))))
+    if (folder_ok and path.is_dir()) or (file_ok and path.is_file()):
+        return
+    if key == "model.vae" and load._HUB_ID.match(str(value)) and not str(value).lower().endswith(load.SINGLE_FILE_EXT):
+        return
+    what = "folder" if not file_ok else "file or folder"
+    problems.add(key, f"no such {what}: {value}", "check the path (relative paths start at the run file's folder)")
+
+
+def _probe_folder(folder: Path, config, probe: ModelProbe) -> None:
+    from engine.models.detect import check_supported_folder, detect_v2_folder, resolve_v2, resolve_v_parameterization
+    from engine.models.errors import ModelLoadError
+
+    if not (folder / "unet").is_dir() and not (folder / "model_index.json").is_file():
+        raise ModelLoadError(f"{folder}: a folder, but not a diffusers model (no model_index.json or unet/); "
+                             "point to a diffusers folder or to a .safetensors/.ckpt file")
+    needed = ["unet", "text_encoder"] + ([] if config.model.vae else ["vae"])
+    missing = [p for p in needed if not (folder / p / "config.json").is_file()]
+    if missing:
+        raise ModelLoadError(f"{folder}: the diffusers folder lacks {', '.join(p + '/' for p in missing)}; "
+                             "a base model needs unet/, vae/ and text_encoder/ with config.json and weights")
+    try:
+        ucfg = json.loads((folder / "unet" / "config.json").read_text("utf-8"))
+        tcfg = json.loads((folder / "text_encoder" / "config.json").read_text("utf-8"))
+        sched_path = folder / "scheduler" / "scheduler_config.json"
+        sched = json.loads(sched_path.read_text("utf-8")) if sched_path.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{folder}: a config.json cannot be read: {exc}") from None
+    check_supported_folder(folder, ucfg)
+    detected, why = detect_v2_folder(ucfg.get("cross_attention_dim", 768), tcfg.get("hidden_act", ""))
+    v2 = resolve_v2(config.model.v2, detected, why)
+    probe.v2 = v2.value
+    probe.lines.append(v2.line)
+    _probe_prediction(config, probe, resolve_v_parameterization(config.model.v_parameterization, v2=v2.value,
+                                                                 scheduler_config=sched))
+
+
+def _probe_safetensors(path: Path, config, probe: ModelProbe) -> None:
+    from engine.models.detect import check_supported, detect_v2_single_file, resolve_v2, resolve_v_parameterization
+    from engine.models.errors import ModelLoadError
+
+    try:
+        shapes, metadata = _safetensors_header(path)
+    except Exception as exc:  # SafetensorError, OSError: a bad or truncated header
+        raise ModelLoadError(f"{path}: cannot read it as safetensors ({exc}); download it again, or check "
+                             "the path") from None
+    check_supported(shapes, str(path))
+    detected, why = detect_v2_single_file(shapes)
+    v2 = resolve_v2(config.model.v2, detected, why)
+    probe.v2 = v2.value
+    probe.lines.append(v2.line)
+    _probe_prediction(config, probe, resolve_v_parameterization(config.model.v_parameterization, v2=v2.value,
+                                                                 metadata=metadata))
+
+
+def _probe_prediction(config, probe: ModelProbe, found) -> None:
+    if found.source == "default" and probe.v2:
+        # The loader runs AUTOMATIC1111's test forward pass here; --check loads no weights.
+        probe.lines.append("prediction: not in the file's metadata; a test forward pass decides when the model "
+                           "loads (set model.v_parameterization to skip it)")
+        return
+    probe.v_prediction = found.value
+    probe.lines.append(found.line)
+
+
+def _probe_hub_id(repo_id: str, probe: ModelProbe) -> None:
+    from engine.models.errors import ModelLoadError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("SDFT_OFFLINE")
+    if offline:   # the loader downloads nothing when offline (see engine.models.load)
+        raise ModelLoadError(
+            f"{repo_id!r} is not a local file or folder and looks like a Hugging Face hub id, but sdft is "
+            "offline (HF_HUB_OFFLINE is set). Download the model elsewhere and point "
+            "model.pretrained_model_name_or_path to the .safetensors file or diffusers folder")
+    probe.lines.append(f"{repo_id}: a Hugging Face hub id, downloaded (or taken from the cache) when "
+                       "training starts")
