@@ -97,17 +97,29 @@ def save_state(folder: Path, *, trainables: dict[str, torch.nn.Module | dict], o
     return folder
 
 
+_VERIFIED: dict[tuple[str, int], bool] = {}   # (folder, manifest mtime) -> checked in this process
+
+
 def verify_state(folder: Path) -> None:
+    """Every file of the state is there and matches its checksum, else StateError. A state
+    checked once in this process is not hashed again (a full model's state is gigabytes)."""
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
         raise StateError(f"{folder} is not a complete sdft state (no manifest.json); pick another state folder")
-    manifest = json.loads(manifest_path.read_text())
+    seen = (str(folder.resolve()), manifest_path.stat().st_mtime_ns)
+    if seen in _VERIFIED:
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StateError(f"{folder}: manifest.json is unreadable ({exc})") from None
     for name, digest in manifest.items():
         path = folder / name
         if not path.is_file():
             raise StateError(f"{folder}: {name} is missing; the state is incomplete")
         if file_sha256(path) != digest:
             raise StateError(f"{folder}: {name} does not match its checksum (damaged or edited)")
+    _VERIFIED[seen] = True
 
 
 def read_counters(folder: Path) -> Counters:
@@ -137,29 +149,37 @@ def load_state(folder: Path, *, trainables: dict, optimizer, scheduler, scaler=N
     return read_counters(folder)
 
 
-def find_latest_state(state_root: Path) -> Path | None:
-    """The newest complete state under a run's ``state/`` folder, by global step."""
-    best, best_step = None, -1
+def find_latest_state(state_root: Path, skipped: list[str] | None = None) -> Path | None:
+    """The newest state under a run's ``state/`` folder that verifies, by global step. Each
+    newer one that does not (damaged, incomplete) is passed over and named in ``skipped``."""
     if not state_root.is_dir():
         return None
+    candidates = []
     for folder in state_root.iterdir():
         if not folder.is_dir() or folder.name.endswith((".tmp", ".old")) or not (folder / "manifest.json").exists():
             continue
         try:
-            step = read_counters(folder).global_step
-        except (OSError, ValueError, TypeError):
-            continue
-        if step > best_step:
-            best, best_step = folder, step
-    return best
+            candidates.append((read_counters(folder).global_step, folder.name, folder))
+        except (OSError, ValueError, TypeError) as exc:
+            if skipped is not None:
+                skipped.append(f"{folder}: counters.json is unreadable ({exc})")
+    for _step, _name, folder in sorted(candidates, reverse=True):
+        try:
+            verify_state(folder)
+            return folder
+        except StateError as exc:
+            if skipped is not None:
+                skipped.append(str(exc))
+    return None
 
 
-def find_state_folder(value: str, run_dir: Path, base_dir: Path | str | None) -> Path | None:
+def find_state_folder(value: str, run_dir: Path, base_dir: Path | str | None,
+                      skipped: list[str] | None = None) -> Path | None:
     """The state folder a ``--resume`` / ``train.resume`` value names: ``"latest"`` is the newest
-    under ``<run_dir>/state`` (None when there is none); a relative path is tried as given, then
-    next to the run file."""
+    under ``<run_dir>/state`` that verifies (None when there is none; the damaged newer ones go
+    to ``skipped``); a relative path is tried as given, then next to the run file."""
     if value == "latest":
-        return find_latest_state(Path(run_dir) / "state")
+        return find_latest_state(Path(run_dir) / "state", skipped)
     path = Path(value)
     if not path.is_absolute() and not path.exists() and base_dir is not None:
         path = Path(base_dir) / path

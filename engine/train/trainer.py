@@ -35,6 +35,7 @@ from engine.train.prefetch import Prefetcher
 from engine.train.seeds import resolve_seed
 from engine.train.state import (
     Counters,
+    StateError,
     find_state_folder,
     load_state,
     read_counters,
@@ -354,7 +355,13 @@ class Trainer:
     def _restore(self) -> None:
         if not self.resume:
             return
-        folder = find_state_folder(self.resume, self.run_dir, self.cfg.base_dir)
+        skipped: list[str] = []
+        folder = find_state_folder(self.resume, self.run_dir, self.cfg.base_dir, skipped)
+        for reason in skipped:
+            self.say(f"skipped a newer state that does not verify: {reason}", "warning")
+        if folder is None and skipped:
+            raise StateError(f"no saved state of {self.run_dir} verifies ({len(skipped)} damaged); "
+                             "resume from a state folder you trust with --resume STATE_DIR, or delete them to start over")
         if folder is None:
             self.say("train.resume = \"latest\" but no saved state was found: starting from step 0", "warning")
             return
