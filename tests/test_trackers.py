@@ -141,6 +141,36 @@ def test_tensorboard_and_wandb_log_every_figure_of_a_real_run(tmp_path, tiny_sd1
     assert any("TensorBoard logs:" in t for t in notes) and any("wandb sync" in t for t in notes)
 
 
+@pytest.mark.parametrize("outcome", ["stopped", "failed"])
+def test_trackers_keep_what_was_logged_and_close_when_a_run_stops_or_fails(tmp_path, tiny_sd1, wandb_home,
+                                                                           monkeypatch, outcome):
+    from engine.control import RunControl
+    from engine.events import CallbackSink
+    from engine.train.trainer import Trainer
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    control = RunControl()
+    if outcome == "failed":
+        real = Trainer.compute_loss
+
+        def failing(self, batch, generator):
+            if self.global_step == 2:
+                raise RuntimeError("disk went away")
+            return real(self, batch, generator)
+
+        monkeypatch.setattr(Trainer, "compute_loss", failing)
+    stop_at_two = CallbackSink(lambda e: isinstance(e, StepMetrics) and e.step == 2 and control.request_stop("test"))
+    config = with_logging(make_run(tmp_path, tiny_sd1, steps=4), 'log_with = "all"\nlogging_dir = "tb"')
+    result = run_training(config, sink=stop_at_two if outcome == "stopped" else None, control=control)
+    assert result.status == outcome and result.global_step == 2
+
+    (stamped,) = (tmp_path / "tb").iterdir()
+    assert [s.step for s in tensorboard_events(stamped / "finetuning").Scalars("loss/current")] == [1, 2]
+    (log,) = (stamped / "wandb").glob("offline-run-*/run-*.wandb")
+    kinds = [r.WhichOneof("record_type") for r in wandb_records(log)]
+    assert kinds.count("history") == 2 and "exit" in kinds    # the W&B run was finished
+
+
 # ---------------------------------------------------------------- names, folders, refusals
 
 def test_folder_and_project_names_follow_kohya(tmp_path, tiny_sd1):
