@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from train_helpers import make_run
+from train_helpers import make_broken_model, make_run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SDFT = [sys.executable, "-m", "sdft_tui.cli"]
@@ -40,11 +40,11 @@ def test_demo_runs_headless_and_its_checkpoint_loads(tmp_path):
     assert samples, "the demo samples a preview image"
 
 
-def test_training_failure_exits_3(tmp_path):
-    config = make_run(tmp_path, tmp_path / "missing-model", steps=2)
+def test_training_failure_exits_3(tmp_path, tiny_sd1):
+    config = make_run(tmp_path, make_broken_model(tiny_sd1, tmp_path), steps=2)
     result = run_sdft("train", str(config))
     assert result.returncode == 3
-    assert "missing-model" in result.stdout and "sdft.log" in result.stdout
+    assert "broken-model" in result.stdout and "sdft.log" in result.stdout
 
 
 def test_ctrl_c_stops_with_a_resumable_state_and_exit_130(tmp_path, tiny_sd1):
@@ -82,12 +82,25 @@ def test_help_and_version_are_instant_and_torch_free():
     assert out.stdout.strip() == "[]"
 
 
+def test_help_lists_watch_and_watch_says_what_it_needs(tmp_path, capsys):
+    help_text = run_sdft("--help", timeout=60)
+    assert help_text.returncode == 0 and "watch" in help_text.stdout and "follow a run" in help_text.stdout
+    usage = run_sdft("watch", timeout=60)
+    assert usage.returncode == 2 and "RUN_DIR" in usage.stderr
+    missing = run_sdft("watch", str(tmp_path / "nope"), timeout=60)
+    assert missing.returncode == 2 and "no such run folder" in missing.stderr
+    from engine.cli import main   # the engine's own entry point reaches the same dashboard
+
+    assert main(["watch", str(tmp_path / "nope")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+
+
 # Modules the wizard needs before training: no torch/diffusers/transformers (DESIGN §3).
 LIGHT_MODULES = [
     "engine.config.schema", "engine.config.run_toml", "engine.config.dataset", "engine.config.lines",
     "engine.data.scan", "engine.data.captions", "engine.data.buckets", "engine.data.metadata",
     "engine.data.health", "engine.events", "engine.control", "engine.plan", "engine.hardware",
-    "engine.models.tokenizer", "engine.models.weighting", "engine.train.prompts",
+    "engine.models.tokenizer", "engine.models.weighting", "engine.train.prompts", "engine.train.seeds",
 ]
 
 

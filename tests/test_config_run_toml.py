@@ -134,9 +134,10 @@ def _sdft(*args, cwd=None):
                           cwd=cwd, timeout=120)
 
 
-def test_check_exit_codes(dataset_dir):
-    good = write(dataset_dir, GOOD)
-    bad = write(dataset_dir, GOOD.replace("clip_skip = 2", "clip_skip = 0"), "bad.toml")
+def test_check_exit_codes(dataset_dir, tiny_sd1):
+    text = GOOD.replace('"model"', f'"{tiny_sd1}"')
+    good = write(dataset_dir, text)
+    bad = write(dataset_dir, text.replace("clip_skip = 2", "clip_skip = 0"), "bad.toml")
     ok = _sdft("train", str(good), "--check")
     assert ok.returncode == 0, ok.stderr
     assert "is valid" in ok.stdout

@@ -8,7 +8,7 @@ import torch
 from engine.control import RunControl
 from engine.events import CallbackSink, FanOut, ListSink, ModelSaved, RunFinished, RunStarted, StepMetrics
 from engine.train.runner import run_training
-from train_helpers import make_run
+from train_helpers import make_broken_model, make_run
 
 
 def losses(sink: ListSink) -> dict[int, float]:
@@ -87,11 +87,11 @@ def test_resume_refuses_changed_training_options(tmp_path, tiny_sd1):
 
 
 def test_failure_is_reported_with_log(tmp_path, tiny_sd1):
-    config = make_run(tmp_path, tmp_path / "no-such-model", steps=2)
+    config = make_run(tmp_path, make_broken_model(tiny_sd1, tmp_path), steps=2)
     sink = ListSink()
     result = run_training(config, sink=sink)
     assert result.status == "failed"
-    assert "no-such-model" in result.message
+    assert "broken-model" in result.message
     assert sink.of(RunFinished)[0].status == "failed"
     assert result.log_path and "Traceback" in open(result.log_path).read()
 

@@ -68,3 +68,15 @@ def make_run(folder: Path, model: Path, *, steps: int = 4, cache: str = "disk", 
     path.write_text(RUN.format(model=model, steps=steps, cache=cache, train_extra=train_extra,
                                optimizer_extra=optimizer_extra, save_extra=save_extra))
     return path
+
+
+def make_broken_model(tiny: Path, folder: Path) -> Path:
+    """A copy of a tiny diffusers model whose U-Net weights are garbage: it passes every check
+    that reads headers and configs (sdft train --check) and fails when training loads it."""
+    import shutil
+
+    broken = folder / "broken-model"
+    shutil.copytree(tiny, broken)
+    for weights in (broken / "unet").glob("*.safetensors"):
+        weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    return broken
