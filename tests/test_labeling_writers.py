@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +141,64 @@ def test_hub_id_offline_error_says_how_to_pass_a_folder(tmp_path, monkeypatch):
         resolve_model("SmilingWolf/wd-v1-4-convnext-tagger-v2", required=["model.onnx"], what="WD14 tagger")
     text = str(info.value)
     assert "SmilingWolf/wd-v1-4-convnext-tagger-v2" in text and "offline" in text and "--model FOLDER" in text
+
+
+def test_overwrite_keeps_each_replaced_label_and_it_can_be_restored(tmp_path, wd14):
+    from engine.labeling.backups import BACKUP_DIR_NAME, restore_backup
+
+    folder = tmp_path / "img"
+    images = [solid_image(folder / f"{i}.png") for i in range(2)] + [solid_image(folder / "sub" / "2.png")]
+    images[0].with_suffix(".txt").write_text("my own tags, written by hand\n")
+    images[2].with_suffix(".txt").write_text("sub folder tags\n")
+    # skip and append replace nothing: no backup
+    assert tag_images(images, TagOptions(model=wd14, image_dir=folder)).backups == []
+    assert tag_images(images, TagOptions(model=wd14, image_dir=folder, policy="append")).backups == []
+    assert not (folder / BACKUP_DIR_NAME).exists()
+    images[0].with_suffix(".txt").write_text("my own tags, written by hand\n")
+    summary = tag_images(images, TagOptions(model=wd14, image_dir=folder, policy="overwrite"))
+    assert images[0].with_suffix(".txt").read_text() == TAGS + "\n"
+    [backup] = summary.backups
+    backup = Path(backup)
+    assert backup.parent == folder / BACKUP_DIR_NAME
+    assert (backup / "0.txt").read_text() == "my own tags, written by hand\n"
+    assert (backup / "sub" / "2.txt").read_text().startswith("sub folder tags")
+    assert not (backup / "1.txt").exists()          # 1.txt held what the model writes again: not replaced
+    note = (backup / "RESTORE.txt").read_text()
+    assert f'cp -a "{backup}/." "{folder.resolve()}/"' in note and "0.txt" in note
+    # after the run (the wizard closed): put them back
+    restored = restore_backup(backup)
+    assert images[0].with_suffix(".txt").read_text() == "my own tags, written by hand\n"
+    assert sorted(p.name for p in restored) == ["0.txt", "2.txt"]
+    # a second overwrite gets its own folder; the first one stays
+    second = tag_images(images, TagOptions(model=wd14, image_dir=folder, policy="overwrite")).backups
+    assert second and Path(second[0]) != backup and (backup / "0.txt").exists()
+
+
+def test_overwrite_in_a_metadata_file_keeps_the_file_as_it_was(tmp_path, wd14):
+    from engine.labeling.backups import restore_backup
+
+    folder = tmp_path / "img"
+    a = solid_image(folder / "a.png")
+    meta = folder / "meta.json"
+    original = json.dumps({"a.png": {"caption": "a photo", "tags": "hand, made"}})
+    meta.write_text(original)
+    summary = tag_images([a], TagOptions(model=wd14, metadata_file=meta, image_dir=folder, sidecars=False,
+                                         policy="overwrite"))
+    assert json.loads(meta.read_text())["a.png"]["tags"] == TAGS
+    [backup] = summary.backups
+    assert (Path(backup) / "meta.json").read_text() == original
+    restore_backup(backup)
+    assert meta.read_text() == original
+
+
+def test_sdft_tag_overwrite_says_where_the_replaced_labels_went(tmp_path, wd14, capsys):
+    from engine.labeling.cli import tag_command
+
+    folder = tmp_path / "my [set1] images"
+    image = solid_image(folder / "0.png")
+    image.with_suffix(".txt").write_text("hand written\n")
+    assert tag_command([str(folder), "--model", wd14, "--overwrite"]) == 0
+    out = "".join(capsys.readouterr().out.split("\n"))   # the console may wrap a long path
+    [backup] = (folder / "sdft-label-backups").iterdir()
+    assert (backup / "0.txt").read_text() == "hand written\n"
+    assert f"kept the labels replaced in {backup} (its RESTORE.txt says how to put them back)" in out

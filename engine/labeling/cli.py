@@ -329,6 +329,7 @@ def _merge(total, part) -> None:
     total.first_batch_s = total.first_batch_s if total.first_batch_s is not None else part.first_batch_s
     total.stopped = total.stopped or part.stopped
     total.warnings += [w for w in part.warnings if w not in total.warnings]
+    total.backups += part.backups
 
 
 class _ProgressView:
@@ -408,6 +409,9 @@ def _print_summary(console, kind: str, s, args) -> None:
         if top:
             console.print(("tag frequency: " if args.frequency else "most frequent: ")
                           + ", ".join(f"{t} ({n})" for t, n in top))
+    for folder in s.backups:
+        console.print(styled(("kept", "bold"), f" the labels replaced in {folder} "
+                             f"(its RESTORE.txt says how to put them back)"))
     for path, reason in s.failed:
         console.print(styled(("failed", "red"), f" {path}: {reason}"))
     if s.stopped:

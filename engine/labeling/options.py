@@ -123,6 +123,7 @@ class LabelSummary:
     first_batch_s: float | None = None
     stopped: bool = False
     warnings: list[str] = field(default_factory=list)
+    backups: list[str] = field(default_factory=list)       # folders holding the labels replaced
 
     @property
     def tags_per_image(self) -> float:
@@ -142,7 +143,7 @@ class LabelSummary:
             "images_per_s": round(self.images_per_s, 3), "device": self.device,
             "first_batch_s": None if self.first_batch_s is None else round(self.first_batch_s, 3),
             "stopped": self.stopped, "tags_per_image": round(self.tags_per_image, 2),
-            "warnings": self.warnings,
+            "warnings": self.warnings, "backups": self.backups,
         }
 
 

@@ -167,6 +167,8 @@ def run_labelling(paths: Iterable[str | Path], writer: LabelWriter, factory, opt
                     break
     finally:
         summary.written.extend(writer.finish())
+        if writer.backup_folder is not None:
+            summary.backups.append(str(writer.backup_folder))
         if owned and hasattr(labeller, "close"):
             labeller.close()
         summary.seconds = time.perf_counter() - start

@@ -5,6 +5,8 @@ Policies: ``skip`` keeps existing text (and such images are not sent to the mode
 engine.data.captions.write_caption; tags merged without duplicates, SPEC §11.2
 ``append_tags``). Sidecar writes are atomic per file; the metadata JSON is written
 atomically once per run (and on stop), keeping every other entry and key as it was.
+A label that ``overwrite`` replaces is copied first (engine.labeling.backups), so it can be
+put back after the run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.data.captions import clean_caption, clean_tags, read_sidecar, write_caption
+from engine.labeling.backups import LabelBackup
 from engine.labeling.options import POLICIES, LabelError
 from engine.labeling.tagrules import merge_tags
 
@@ -123,6 +126,14 @@ class LabelWriter:
         self.field, self.extension, self.policy = field, extension, policy
         self.sidecars, self.clean, self.separator = sidecars, clean, separator
         self.metadata = MetadataTarget(metadata_file, image_dir) if metadata_file is not None else None
+        # overwrite keeps what it replaces: <image_dir>/sdft-label-backups/<date_time>/
+        self.backup = LabelBackup(image_dir, f"an overwrite of the {field}") if policy == "overwrite" else None
+        self._metadata_replaced = False
+
+    @property
+    def backup_folder(self) -> Path | None:
+        """Where the replaced labels were copied (None when nothing was replaced)."""
+        return self.backup.folder if self.backup is not None else None
 
     def existing(self, image: Path) -> list[str | None]:
         out = []
@@ -152,6 +163,8 @@ class LabelWriter:
                     changed.append(str(target))
                 final = merged or old
             else:
+                if self.backup is not None and (old or "") not in ("", text):
+                    self.backup.keep(target)
                 if write_caption(target, text, policy=self.policy, separator=self.separator):
                     changed.append(str(target))
                 final = read_sidecar(target) or text
@@ -159,6 +172,7 @@ class LabelWriter:
             old = self.metadata.current(image, self.field)
             value = combine(old, text, self.field, self.policy, self.separator)
             if value is not None:
+                self._metadata_replaced = self._metadata_replaced or bool(old)
                 self.metadata.store(image, self.field, value)
                 final = value if not self.sidecars else final
         return final, changed
@@ -166,5 +180,7 @@ class LabelWriter:
     def finish(self) -> list[str]:
         if self.metadata is None:
             return []
+        if self.backup is not None and self._metadata_replaced and self.metadata.changed:
+            self.backup.keep(self.metadata.path)   # the file as it was before this run
         saved = self.metadata.save()
         return [str(saved)] if saved else []
