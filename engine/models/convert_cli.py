@@ -16,7 +16,7 @@ _SAVE_PRECISION = {"fp16": "fp16", "bf16": "bf16", "fp32": "float", "float32": "
 # Metadata we recompute on every save; everything else in the source's metadata is kept.
 _RECOMPUTED = ("modelspec.architecture", "modelspec.prediction_type", "modelspec.implementation_version",
                "modelspec.date", "sdft.version", "sdft.v2", "sdft.v_parameterization", "sdft.unet_config",
-               "sdft.vae_config", "sdft.text_config")
+               "sdft.vae_config", "sdft.text_config", "sdft.scheduler_config")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +83,7 @@ def convert_command(argv: list[str] | None = None) -> int:
         written = save_model(
             out, unet=loaded.unet, text_encoder=loaded.text_encoder, vae=loaded.vae, v2=loaded.v2,
             v_parameterization=loaded.v_parameterization, fmt=fmt, precision=precision, metadata=keep,
-            text_extras=loaded.text_extras,
+            text_extras=loaded.text_extras, scheduler_config=loaded.scheduler_config, tokenizer=loaded.tokenizer,
         )
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)

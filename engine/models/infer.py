@@ -18,6 +18,7 @@ from engine.models.configs import builtin_config, family_for
 UNET_META = "sdft.unet_config"
 VAE_META = "sdft.vae_config"
 TEXT_META = "sdft.text_config"
+SCHEDULER_META = "sdft.scheduler_config"   # the source model's inference scheduler, kept across formats
 
 
 def _meta_config(metadata: Mapping[str, str] | None, key: str) -> dict | None:

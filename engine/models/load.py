@@ -27,6 +27,7 @@ from engine.models.detect import (
     resolve_v_parameterization,
 )
 from engine.models.errors import ModelLoadError
+from engine.models.infer import SCHEDULER_META
 from engine.models.infer import UNET_META as UNET_CONFIG_META
 from engine.models.infer import infer_text_config, infer_unet_config, infer_vae_config, sd2_text_layers
 
@@ -55,6 +56,7 @@ class LoadedModel:
     text_extras: dict = field(default_factory=dict)          # unused OpenCLIP tensors to copy on save
     has_ema: bool = False
     source_dtype: str | None = None   # "float32" | "float16" | "bfloat16": the U-Net's stored dtype
+    scheduler_config: dict | None = None  # the source's inference scheduler (class included), kept on save
 
 
 def training_scheduler(v2: bool, v_parameterization: bool):
@@ -245,7 +247,19 @@ def _load_single_file(path: Path, *, v2, v_parameterization, vae, allow_unsafe_p
     if "global_step" in info:
         report.append(f"checkpoint global_step: {info['global_step']}")
     return dict(unet=unet, vae=vae_model, text_encoder=text_encoder, v2=is_v2, v_parameterization=vd.value,
-                metadata=dict(metadata), text_extras=extras, has_ema=bool(ema), source_dtype=source_dtype)
+                metadata=dict(metadata), text_extras=extras, has_ema=bool(ema), source_dtype=source_dtype,
+                scheduler_config=_recorded_scheduler(metadata))
+
+
+def _recorded_scheduler(metadata: Mapping) -> dict | None:
+    """The scheduler a single file recorded when it was saved from a diffusers model (sdft)."""
+    import json
+
+    try:
+        cfg = json.loads(metadata.get(SCHEDULER_META, ""))
+    except (TypeError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) and isinstance(cfg.get("_class_name"), str) else None
 
 
 def _use_768_v_attention(unet) -> None:
@@ -310,7 +324,8 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
     report.append(vd.line)
     return dict(unet=unet.eval(), vae=vae_model.eval(), text_encoder=text_encoder.eval(), v2=v2d.value,
                 v_parameterization=vd.value, metadata={}, text_extras={}, has_ema=sub == "unet_ema",
-                source_dtype=_stored_dtype(folder / sub))
+                source_dtype=_stored_dtype(folder / sub),
+                scheduler_config=sched if isinstance(sched, dict) and "_class_name" in sched else None)
 
 
 def _stored_dtype(sub: Path) -> str | None:
@@ -398,4 +413,5 @@ def load_model(source: str, *, v2="auto", v_parameterization="auto", vae: str | 
         v2=parts["v2"], v_parameterization=parts["v_parameterization"], report=report,
         source=str(source), base_name=base_name, base_sha256=sha, metadata=parts["metadata"],
         text_extras=parts["text_extras"], has_ema=parts["has_ema"], source_dtype=parts["source_dtype"],
+        scheduler_config=parts["scheduler_config"],
     )

@@ -16,7 +16,7 @@ from engine.atomic import atomic_dir, atomic_path
 from engine.models import convert as cv
 from engine.models.configs import family_for, write_config_folder
 from engine.models.errors import ModelLoadError
-from engine.models.infer import TEXT_META, UNET_META, VAE_META
+from engine.models.infer import SCHEDULER_META, TEXT_META, UNET_META, VAE_META
 
 FORMATS = ("safetensors", "ckpt", "diffusers", "diffusers_safetensors")
 PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "float": "float32", "fp32": "float32",
@@ -103,15 +103,48 @@ def _chmod_tree(root: Path) -> None:
             os.chmod(Path(dirpath) / name, 0o644)
 
 
+# The dtype a saved diffusers folder loads in when nobody asks for one. diffusers builds its
+# parts in float32 whatever the files hold, while transformers >= 5 follows the text encoder
+# config's ``dtype`` (else the weights'): float16 there would meet a float32 U-Net and fail.
+DIFFUSERS_LOAD_DTYPE = "float32"
+
+
+def inference_scheduler(source: Mapping | None, *, v2: bool, v_parameterization: bool,
+                        overrides: Mapping | None = None) -> dict | None:
+    """The scheduler config a saved model ships: the source model's own class and settings,
+    with the prediction type it was trained for; None means SD's DDIM.
+
+    When ``overrides`` need a setting the source's class does not take (zero terminal SNR
+    on PNDM), DDIM is used instead, because that class would silently ignore it.
+    """
+    if not source or "_class_name" not in source:
+        return None
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, str(source["_class_name"]), None)
+    if cls is not None and overrides:
+        accepted = inspect.signature(cls.__init__).parameters
+        if any(k not in accepted for k in overrides):
+            return None
+    cfg = {k: v for k, v in source.items() if not k.startswith("_") or k == "_class_name"}
+    cfg["prediction_type"] = "v_prediction" if v_parameterization else "epsilon"
+    return cfg
+
+
 def _save_diffusers(path: Path, *, unet, text_encoder, vae, v2, v_parameterization, dtype, safe: bool,
-                    scheduler_overrides: Mapping | None = None) -> None:
+                    scheduler_overrides: Mapping | None = None, scheduler: Mapping | None = None,
+                    tokenizer=None) -> None:
     import torch
     from safetensors.torch import save_file
 
+    te_config = dict(_config_dict(text_encoder), dtype=DIFFUSERS_LOAD_DTYPE, torch_dtype=DIFFUSERS_LOAD_DTYPE)
     with atomic_dir(path) as tmp:
         write_config_folder(tmp, v2=v2, v_parameterization=v_parameterization, unet=_config_dict(unet),
-                            vae=_config_dict(vae), text_encoder=_config_dict(text_encoder),
-                            scheduler_overrides=scheduler_overrides)
+                            vae=_config_dict(vae), text_encoder=te_config,
+                            scheduler_overrides=scheduler_overrides, scheduler=dict(scheduler) if scheduler else None,
+                            tokenizer=tokenizer)
         # Text keys with the ``text_model.`` level: what every transformers version reads.
         text_sd = {"text_model." + cv.strip_text_model_prefix(k): v for k, v in _state(text_encoder).items()
                    if not k.endswith("position_ids")}
@@ -132,11 +165,16 @@ def _save_diffusers(path: Path, *, unet, text_encoder, vae, v2, v_parameterizati
 def save_model(path, *, unet, text_encoder, vae, v2: bool, v_parameterization: bool, fmt: str = "safetensors",
                precision: str = "fp16", metadata: dict[str, str] | None = None, epoch: int = 0,
                global_step: int = 0, text_extras: Mapping | None = None,
-               scheduler_overrides: Mapping | None = None) -> Path:
+               scheduler_overrides: Mapping | None = None, scheduler_config: Mapping | None = None,
+               tokenizer=None) -> Path:
     """Write the model; returns the path written. See SPEC §8.5 for formats and metadata.
 
-    ``scheduler_overrides`` go into a diffusers folder's scheduler config (e.g.
-    ``rescale_betas_zero_snr`` for a model trained with zero terminal SNR, SPEC §8.3).
+    A diffusers folder holds every part in one dtype (``precision``) and loads with
+    ``StableDiffusionPipeline.from_pretrained(folder)`` alone, on new and old transformers.
+    ``scheduler_config`` is the source model's scheduler (kept, class included; a single file
+    records it in its metadata), ``tokenizer`` its tokenizer (else CLIP's built-in one).
+    ``scheduler_overrides`` go into the scheduler config (e.g. ``rescale_betas_zero_snr`` for
+    a model trained with zero terminal SNR, SPEC §8.3).
     """
     import torch
 
@@ -144,16 +182,20 @@ def save_model(path, *, unet, text_encoder, vae, v2: bool, v_parameterization: b
     if fmt not in FORMATS:
         raise ModelLoadError(f"save.format = {fmt!r} is not a format; use one of {', '.join(FORMATS)}")
     dtype = precision_dtype(precision)
+    scheduler = inference_scheduler(scheduler_config, v2=v2, v_parameterization=v_parameterization,
+                                    overrides=scheduler_overrides)
     if fmt.startswith("diffusers"):
         _save_diffusers(path, unet=unet, text_encoder=text_encoder, vae=vae, v2=v2,
                         v_parameterization=v_parameterization, dtype=dtype, safe=fmt == "diffusers_safetensors",
-                        scheduler_overrides=scheduler_overrides)
+                        scheduler_overrides=scheduler_overrides, scheduler=scheduler, tokenizer=tokenizer)
         return path
     sd = cv.diffusers_to_original(_state(unet), _state(vae), _state(text_encoder), v2=v2,
                                   text_extras=text_extras)
     sd = _cast(sd, dtype)
     md = build_metadata(v2=v2, v_parameterization=v_parameterization, title=path.stem, unet=unet, vae=vae,
                         text_encoder=text_encoder, epoch=epoch, global_step=global_step, extra=metadata)
+    if scheduler is not None:
+        md[SCHEDULER_META] = json.dumps(scheduler, sort_keys=True)
     if fmt == "safetensors":
         from safetensors.torch import save_file
 

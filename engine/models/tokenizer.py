@@ -55,6 +55,28 @@ def build_clip_tokenizer(v2: bool = False):
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), pad_token=pad, model_max_length=77)
 
 
+def save_tokenizer(tokenizer, folder: str | Path) -> Path:
+    """Write ``tokenizer`` as a diffusers ``tokenizer/`` folder that old and new stacks read.
+
+    transformers >= 5 saves only ``tokenizer.json``; older releases (the slow CLIPTokenizer
+    that diffusers <= 0.32 loads) need ``vocab.json`` and ``merges.txt``, so both are
+    derived from the BPE model in ``tokenizer.json`` when the save did not write them.
+    """
+    import json
+
+    from engine.atomic import write_text
+
+    folder = Path(folder)
+    tokenizer.save_pretrained(str(folder))
+    model = json.loads((folder / "tokenizer.json").read_text("utf-8"))["model"]
+    if not (folder / "vocab.json").is_file():
+        write_text(folder / "vocab.json", json.dumps(model["vocab"], ensure_ascii=False) + "\n")
+    if not (folder / "merges.txt").is_file():
+        lines = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        write_text(folder / "merges.txt", "\n".join(["#version: 0.2", *lines]) + "\n")
+    return folder
+
+
 def load_tokenizer(source: str | Path | None = None, v2: bool = False):
     """The model's own tokenizer when it has one (a folder), else the built-in vocabulary.
 

@@ -75,7 +75,9 @@ class Checkpointer:
                            precision=self.cfg.save.precision, metadata=self.metadata(),
                            epoch=t.epoch, global_step=t.global_step,
                            text_extras=getattr(t.model, "text_extras", None),
-                       scheduler_overrides={"rescale_betas_zero_snr": True} if self.cfg.train.zero_terminal_snr else None)
+                           scheduler_config=getattr(t.model, "scheduler_config", None),
+                           tokenizer=getattr(t.model, "tokenizer", None),
+                           scheduler_overrides={"rescale_betas_zero_snr": True} if self.cfg.train.zero_terminal_snr else None)
         finally:
             if use_ema:
                 t.ema.swap()

@@ -64,11 +64,15 @@ def write_config_folder(
     text_encoder: dict | None = None,
     write_tokenizer: bool = True,
     scheduler_overrides: dict | None = None,
+    scheduler: dict | None = None,
+    tokenizer=None,
 ) -> Path:
     """Write a weightless diffusers pipeline folder (configs, tokenizer, scheduler).
 
     ``unet``/``vae``/``text_encoder`` override the built-in configurations (for models whose
-    shapes differ from real SD, such as the tiny test models).
+    shapes differ from real SD, such as the tiny test models). ``scheduler`` is a complete
+    scheduler config with its ``_class_name`` (a source model's own), else SD's DDIM;
+    ``tokenizer`` a transformers tokenizer to write, else CLIP's built-in one.
     """
     from engine.atomic import write_text
 
@@ -88,18 +92,18 @@ def write_config_folder(
     names = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json"}
     for part, cfg in configs.items():
         write_text(dest / part / names[part], json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    write_text(
-        dest / "scheduler" / "scheduler_config.json",
-        json.dumps(scheduler_config(v2, v_parameterization, **dict(scheduler_overrides or {})),
-                   indent=2, sort_keys=True) + "\n",
-    )
+    if scheduler is None:
+        scheduler = scheduler_config(v2, v_parameterization, **dict(scheduler_overrides or {}))
+    else:
+        scheduler = dict(_strip_private(scheduler), **dict(scheduler_overrides or {}))
+    write_text(dest / "scheduler" / "scheduler_config.json", json.dumps(scheduler, indent=2, sort_keys=True) + "\n")
     index = {
         "_class_name": "StableDiffusionPipeline",
         "feature_extractor": [None, None],
         "image_encoder": [None, None],
         "requires_safety_checker": False,
         "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
+        "scheduler": ["diffusers", scheduler.get("_class_name", "DDIMScheduler")],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
@@ -107,7 +111,7 @@ def write_config_folder(
     }
     write_text(dest / "model_index.json", json.dumps(index, indent=2) + "\n")
     if write_tokenizer:
-        from engine.models.tokenizer import build_clip_tokenizer
+        from engine.models.tokenizer import build_clip_tokenizer, save_tokenizer
 
-        build_clip_tokenizer(v2=v2).save_pretrained(str(dest / "tokenizer"))
+        save_tokenizer(tokenizer if tokenizer is not None else build_clip_tokenizer(v2=v2), dest / "tokenizer")
     return dest
