@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("config", help="run TOML file")
     plan.add_argument("--vram", type=float, help="GPU memory to plan for, in GB (default: detected)")
 
+    watch = sub.add_parser("watch", help="follow a run started elsewhere in the dashboard (read-only)")
+    watch.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (it holds events.jsonl), e.g. runs/my-run")
+
     for name, (_module, _func, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -95,7 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_OK
-    return {"train": cmd_train, "demo": cmd_demo, "bench": cmd_bench, "plan": cmd_plan}[args.command](args)
+    return {"train": cmd_train, "demo": cmd_demo, "bench": cmd_bench, "plan": cmd_plan,
+            "watch": cmd_watch}[args.command](args)
+
+
+def cmd_watch(args) -> int:
+    """`sdft watch RUN_DIR`: the dashboard lives in sdft_tui (Textual), imported only here."""
+    try:
+        from sdft_tui.dashboard import watch_run
+    except ImportError as exc:
+        print(f"sdft watch: the dashboard is not available in this installation ({exc}); "
+              f"follow the run with `tail -f {Path(args.run_dir) / 'events.jsonl'}`", file=sys.stderr)
+        return EXIT_CONFIG
+    return watch_run(Path(args.run_dir))
 
 
 # ------------------------------------------------------------------ train

@@ -23,11 +23,12 @@ from sdft_tui.screens.options import OptionsScreen
 from sdft_tui.screens.review import ReviewScreen
 from sdft_tui.screens.wizard_base import STEPS
 from sdft_tui.state import WizardState
+from sdft_tui.text import PlainNotifications
 
 STEP_NAMES = [name for name, _label in STEPS]
 
 
-class SdftApp(App):
+class SdftApp(PlainNotifications, App):
     """The wizard. ``hardware`` (an engine.hardware.HardwareInfo) skips the probe (tests, demos)."""
 
     CSS_PATH = "styles/wizard.tcss"
@@ -53,6 +54,7 @@ class SdftApp(App):
         self.start_dir = Path(start_dir) if start_dir else Path.cwd()
         self.exit_message: str | None = None
         self.saved_path: Path | None = None
+        self.last_run = None   # the dashboard of the last run trained here (set by open_run_screen)
         if hardware is not None:
             self.state.hardware = hardware
         if demo:
@@ -206,9 +208,23 @@ def run_wizard(run_toml: Path | str | None, *, demo: bool = False) -> int:
     prepare_graphics()  # before the app starts: Kitty/Sixel measure the terminal first
     app = SdftApp(run_toml, demo=demo)
     code = app.run()
+    print_exit_report(app)
+    return int(code or app.return_code or 0)
+
+
+def print_exit_report(app: SdftApp) -> None:
+    """What the user needs once the terminal is back: the saved file's command, where the model of
+    a run trained in the wizard went (or how to resume it), and for the demo how to train it."""
+    from sdft_tui.dashboard import report_last_run
+
     if app.exit_message:
         print(app.exit_message)
-    return int(code or app.return_code or 0)
+    outcome = report_last_run(app.last_run)   # waits for a run stopped by the quit to save
+    if outcome:
+        print(outcome)
+    elif app.demo and app.run_toml is not None and not app.exit_message:
+        print(f"sdft demo: not trained yet. The demo run is {app.run_toml}; train it with:\n"
+              f"  sdft train {app.run_toml}")
 
 
 if __name__ == "__main__":  # pragma: no cover

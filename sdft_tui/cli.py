@@ -48,44 +48,40 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_wizard(Path(first))
     if first == "watch":
-        if len(argv) != 2 or argv[1].startswith("-"):
-            print("usage: sdft watch RUN_DIR   (a run folder holding events.jsonl)", file=sys.stderr)
-            return 2
         from sdft_tui.dashboard import watch_run
 
-        return watch_run(Path(argv[1]))
+        return watch_run(Path(_parse(argv).run_dir))
     if first == "train" and "--tui" in argv:
-        return _train_in_dashboard(argv[1:])
+        options = _parse(argv)
+        if options.check:
+            from engine.cli import main as engine_main
+
+            return engine_main(argv)
+        return _train_in_dashboard(options)
     if first == "demo" and "--headless" not in argv and _interactive() and _has_module("sdft_tui.app"):
-        return _demo_in_wizard(argv[1:])
+        return _demo_in_wizard(_parse(argv))
     from engine.cli import main as engine_main
 
     return engine_main(argv)
 
 
-def _train_in_dashboard(args: list[str]) -> int:
-    import argparse
+def _parse(argv: list[str]):
+    """The engine's own parser: one definition of every command's options (and of --help)."""
+    from engine.cli import build_parser
 
-    parser = argparse.ArgumentParser(prog="sdft train --tui")
-    parser.add_argument("config")
-    parser.add_argument("--tui", action="store_true")
-    parser.add_argument("--detached", action="store_true")
-    options = parser.parse_args(args)
+    return build_parser().parse_args(argv)
+
+
+def _train_in_dashboard(options) -> int:
     from sdft_tui.dashboard import run_dashboard
 
-    return run_dashboard(Path(options.config), detached=options.detached)
+    return run_dashboard(Path(options.config), detached=options.detached, resume=options.resume,
+                         allow_changed=options.allow_changed)
 
 
-def _demo_in_wizard(args: list[str]) -> int:
-    import argparse
-
+def _demo_in_wizard(options) -> int:
     from engine.demo import prepare_demo
 
-    parser = argparse.ArgumentParser(prog="sdft demo")
-    parser.add_argument("--dir", default="sdft-demo")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--force", action="store_true")
-    options = parser.parse_args(args)
     toml_path = prepare_demo(options.dir, steps=options.steps, force=options.force)
     from sdft_tui.app import run_wizard
 

@@ -22,11 +22,12 @@ from textual.app import App
 from textual.binding import Binding
 
 from sdft_tui.screens.run import DashboardScreen, EngineHandle, RunScreen, WatchScreen
+from sdft_tui.text import PlainNotifications
 
 EVENTS_FILE = "events.jsonl"
 
 
-class DashboardApp(App[int]):
+class DashboardApp(PlainNotifications, App[int]):
     """An app whose only screen is a dashboard; its exit code is the run's."""
 
     TITLE = "sdft"
@@ -82,15 +83,18 @@ def make_hangup_handler(app: DashboardApp, *, detached: bool):
     return handler
 
 
-def run_dashboard(config_path, *, detached: bool = False, engine=None) -> int:
+def run_dashboard(config_path, *, detached: bool = False, resume: str | None = None,
+                  allow_changed: bool = False, engine=None) -> int:
     """Train ``config_path`` with the dashboard; returns 0 completed / 3 failed / 130 stopped.
 
+    ``resume`` and ``allow_changed`` are ``sdft train``'s ``--resume`` and ``--allow-changed``;
     ``engine`` replaces the real trainer (tests)."""
     from sdft_tui.widgets.graphics import prepare_graphics
 
     prepare_graphics()  # sample images in Kitty/Sixel where the terminal can show them
     handle = EngineHandle()
-    app = DashboardApp(lambda: RunScreen(config_path, engine=engine, handle=handle))
+    app = DashboardApp(lambda: RunScreen(config_path, engine=engine, handle=handle, resume=resume,
+                                         allow_changed=allow_changed))
     previous = _install_sighup(make_hangup_handler(app, detached=detached))
     try:
         app.run()
@@ -157,8 +161,18 @@ def watch_run(run_dir) -> int:
 def open_run_screen(app: App, config_path, *, engine=None, on_close: Callable[[int], None] | None = None) -> RunScreen:
     """Push the run screen onto ``app`` (the wizard); ``on_close`` gets the exit code."""
     screen = RunScreen(config_path, engine=engine)
+    app.last_run = screen   # the wizard reports its outcome in the terminal when it closes
     app.push_screen(screen, callback=on_close)
     return screen
+
+
+def report_last_run(screen: RunScreen | None) -> str | None:
+    """After an app that started a run has closed: wait until the run has saved, then the lines
+    for the shell (the model, or the resume command), or None when no run was started."""
+    if screen is None or not screen.handle.started:
+        return None
+    finish_run(screen.handle, detached=False)
+    return outcome_summary(screen.handle.result, screen.config_path)
 
 
 def _install_sighup(handler):

@@ -678,6 +678,11 @@ class WizardState:
     def _document(self, run_path: Path):
         from engine.config.run_toml import set_value
 
+        if self.values.get("train.seed") is None:
+            # Drawn once and written: a run started from this file resumes with the same seed.
+            from engine.train.seeds import new_seed
+
+            self.values["train.seed"] = new_seed()
         if self.document is not None:
             doc = tomlkit.parse(tomlkit.dumps(self.document))
             for key in OPTION_KEYS:

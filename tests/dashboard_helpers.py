@@ -75,8 +75,8 @@ class FakeEngine:
     def events_path(self) -> Path:
         return self.run_dir / "events.jsonl"
 
-    def __call__(self, config_path, *, sink, control, log_path=None):
-        self.calls.append({"config_path": str(config_path), "log_path": log_path})
+    def __call__(self, config_path, *, sink, control, log_path=None, **options):
+        self.calls.append({"config_path": str(config_path), "log_path": log_path, **options})
         self.thread_names.append(threading.current_thread().name)
         jsonl = JsonlSink(self.events_path) if self.write_events else None
         out = FanOut([sink] + ([jsonl] if jsonl else []))

@@ -62,3 +62,74 @@ def test_demo_mode_tells_a_first_time_user_how_to_train(tmp_path):
 
     asyncio.run(main())
     assert any("Ctrl+T" in note and "F6" in note for note in seen["notes"])
+
+
+def test_quitting_the_wizard_after_a_run_prints_where_the_model_went(tmp_path, capsys):
+    from engine.demo import prepare_demo
+    from engine.hardware import HardwareInfo
+    from sdft_tui.app import print_exit_report
+
+    toml_path = prepare_demo(tmp_path / "demo", steps=2)
+    engine = FakeEngine(tmp_path / "demo" / "runs" / "demo", total_steps=4)
+    app = SdftApp(toml_path, demo=True, hardware=HardwareInfo(), start_dir=tmp_path)
+
+    async def main():
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = open_run_screen(app, toml_path, engine=engine)
+            await pilot.pause()
+            await _wait(engine.finished)
+            await pilot.pause()
+            await pilot.press("q")                     # close the dashboard, then quit the wizard
+            await pilot.pause()
+            await pilot.press("ctrl+q")
+            await pilot.pause()
+            assert app.last_run is screen
+
+    asyncio.run(main())
+    print_exit_report(app)
+    out = capsys.readouterr()
+    model = tmp_path / "demo" / "runs" / "demo" / "checkpoints" / "final.safetensors"
+    assert f"training completed; model: {model}" in out.out + out.err
+
+
+def test_quitting_the_wizard_mid_run_waits_for_the_save_and_prints_the_resume_command(tmp_path, capsys):
+    from engine.hardware import HardwareInfo
+    from sdft_tui.app import print_exit_report
+
+    engine = FakeEngine(tmp_path / "run", total_steps=100, hold_at=3)
+    app = SdftApp(start_dir=tmp_path, hardware=HardwareInfo())
+    config = tmp_path / "run.toml"
+
+    async def main():
+        async with app.run_test(size=(80, 24)) as pilot:
+            open_run_screen(app, config, engine=engine)
+            await pilot.pause()
+            await _wait(engine.held)
+            await pilot.press("ctrl+q")
+            await pilot.press("y")                     # stop and quit: the save finishes first
+            await _wait(engine.finished)
+            await pilot.pause()
+
+    asyncio.run(main())
+    print_exit_report(app)
+    out = capsys.readouterr()
+    assert f"sdft train {config} --resume {tmp_path / 'run'}/state/step-" in out.out + out.err
+
+
+def test_the_demo_quit_untrained_says_how_to_train_it(tmp_path, capsys):
+    from engine.demo import prepare_demo
+    from engine.hardware import HardwareInfo
+    from sdft_tui.app import print_exit_report
+
+    toml_path = prepare_demo(tmp_path / "demo", steps=2)
+    app = SdftApp(toml_path, demo=True, hardware=HardwareInfo(), start_dir=tmp_path)
+
+    async def main():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("ctrl+q")
+            await pilot.pause()
+
+    asyncio.run(main())
+    print_exit_report(app)
+    assert f"sdft train {toml_path}" in capsys.readouterr().out

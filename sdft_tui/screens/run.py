@@ -397,10 +397,13 @@ class RunScreen(DashboardScreen):
     ]
 
     def __init__(self, config_path, *, engine: Engine | None = None, handle: EngineHandle | None = None,
-                 log_path: Path | str | None = None, name: str | None = None) -> None:
+                 log_path: Path | str | None = None, resume: str | None = None, allow_changed: bool = False,
+                 name: str | None = None) -> None:
         super().__init__(name=name)
         self.config_path = Path(config_path)
         self.engine = engine
+        # sdft train's --resume / --allow-changed, passed on only when given
+        self.engine_options = {k: v for k, v in (("resume", resume), ("allow_changed", allow_changed)) if v}
         self.handle = handle or EngineHandle()
         if log_path is not None:
             self.handle.log_path = Path(log_path)
@@ -433,7 +436,7 @@ class RunScreen(DashboardScreen):
         try:
             engine = self.engine or default_engine()
             handle.result = engine(self.config_path, sink=self.sink, control=handle.control,
-                                   log_path=handle.log_path)
+                                   log_path=handle.log_path, **self.engine_options)
         except BaseException as exc:  # noqa: BLE001 - any failure must reach the screen
             handle.error = f"{type(exc).__name__}: {exc}"
             handle.error_traceback = traceback.format_exc()
