@@ -61,8 +61,10 @@ def test_caption_missing_tag_all_undo_and_recaption(tmp_path, monkeypatch):
             await settle(app, pilot)
             assert sorted(p.name for p in folder.glob("*.caption")) == [f"img{i:02d}.caption" for i in (0, 2, 4, 6)]
 
-            # f9: tag all (overwrites the .txt files, as asked)
+            # f9: tag all (overwrites the .txt files, as asked: the dialog asks first)
             await pilot.press("f9")
+            await pilot.pause()
+            await pilot.click("#replace-all")
             await wait_labels(app, pilot)
             assert all((folder / f"img{i:02d}.txt").read_text() == TAGS + "\n" for i in range(8))
             assert app.state.records[1].tags == TAGS
@@ -81,3 +83,66 @@ def test_caption_missing_tag_all_undo_and_recaption(tmp_path, monkeypatch):
             assert (folder / "img00.caption").read_text().strip() == editor.text.strip()
 
     asyncio.run(walk())
+
+
+def test_caption_all_and_tag_all_ask_before_replacing_and_keep_what_they_replaced(tmp_path, monkeypatch):
+    from engine.labeling.backups import BACKUP_DIR_NAME, restore_backup
+
+    folder = make_dataset(tmp_path)
+    hand = {i: (folder / f"img{i:02d}.caption").read_text() for i in (0, 2, 4, 6)}
+    monkeypatch.setenv("SDFT_CAPTION_MODEL", str(make_blip_folder(tmp_path / "blip")))
+    monkeypatch.setenv("SDFT_TAG_MODEL", str(make_wd14_folder(tmp_path / "wd14", SCORES)))
+
+    async def walk():
+        app = SdftApp(hardware=HardwareInfo(source="test"), start_dir=tmp_path)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            app.state.load_source(folder)
+            await pilot.press("f3")
+            await settle(app, pilot)
+            screen = app.screen
+            screen.query_one("#captions").focus()
+
+            # f8 over 4 hand-written captions: asked; cancel writes nothing
+            await pilot.press("f8")
+            await pilot.pause()
+            dialog = app.screen
+            assert type(dialog).__name__ == "ReplaceLabelsScreen"
+            assert "Replace 4 existing captions?" in str(dialog.query_one("Label").render())
+            await pilot.press("escape")
+            await wait_labels(app, pilot)
+            assert app.screen is screen
+            assert not any(w.group == "labeling" for w in app.workers)
+            assert {i: (folder / f"img{i:02d}.caption").read_text() for i in hand} == hand
+
+            # "only images without": the hand-written ones stay, the others get one
+            await pilot.press("f8")
+            await pilot.pause()
+            await pilot.click("#replace-missing")
+            await wait_labels(app, pilot)
+            assert {i: (folder / f"img{i:02d}.caption").read_text() for i in hand} == hand
+            assert len(list(folder.glob("*.caption"))) == 8
+            assert not (folder / BACKUP_DIR_NAME).exists()
+
+            # "replace": every caption is new, the replaced ones are kept on disk, and it says where
+            await pilot.press("f8")
+            await pilot.pause()
+            await pilot.click("#replace-all")
+            await wait_labels(app, pilot)
+            assert all((folder / f"img{i:02d}.caption").read_text() != hand[i] for i in hand)
+            messages = " ".join(n.message for n in app._notifications)
+            assert f"kept in {folder / BACKUP_DIR_NAME}" in messages and "RESTORE.txt" in messages
+
+            # f9 over existing tag files asks too
+            await pilot.press("f9")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "ReplaceLabelsScreen"
+            assert "existing tag lists" in str(app.screen.query_one("Label").render())
+            await pilot.press("escape")
+            await pilot.pause()
+
+    asyncio.run(walk())
+    # the wizard is closed: the hand-written captions come back from the backup
+    [backup] = (folder / BACKUP_DIR_NAME).iterdir()
+    restore_backup(backup)
+    assert {i: (folder / f"img{i:02d}.caption").read_text() for i in hand} == hand

@@ -169,6 +169,9 @@ def test_a_model_that_cannot_load_opens_the_models_dialog_where_the_folder_is_ty
         await pilot.press("f3")
         await settle(app, pilot)
         await pilot.press("f8")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "ReplaceLabelsScreen"  # the demo's captions: asked first
+        await pilot.click("#replace-all")
         for _ in range(200):
             if isinstance(app.screen, LabelModelsScreen):
                 break

@@ -288,12 +288,30 @@ class CaptionsScreen(WizardScreen):
         if not records:
             self.notify("no readable images to label", severity="warning")
             return
+        field = "caption" if kind == "caption" else "tags"
+        labelled = sum(1 for r in records if (getattr(r, field) or "").strip())
+        if policy == "overwrite" and labelled:
+            # replacing labels someone may have written by hand: ask first
+            from sdft_tui.screens.label_models import ReplaceLabelsScreen
+
+            def answer(choice: str | None) -> None:
+                if choice is not None:
+                    self._start_labelling(kind, "overwrite" if choice == "replace" else "skip", records)
+
+            self.app.push_screen(ReplaceLabelsScreen(field, labelled, len(records)), answer)
+            return
+        self._start_labelling(kind, policy, records)
+
+    def _start_labelling(self, kind: str, policy: str, records: list) -> None:
+        field = "caption" if kind == "caption" else "tags"
         if policy == "skip":
-            missing = sum(1 for r in records if not getattr(r, "caption" if kind == "caption" else "tags"))
+            missing = sum(1 for r in records if not getattr(r, field))
             if not missing:
-                self.notify(f"every image has a {kind}: f8 captions all of them again", severity="warning")
+                key = "f8 captions" if kind == "caption" else "f9 tags"
+                self.notify(f"every image has {'a caption' if kind == 'caption' else 'tags'}: "
+                            f"{key} all of them again", severity="warning")
                 return
-            what = f"{missing} image(s) without a {kind}"
+            what = f"{missing} image(s) without {'a caption' if kind == 'caption' else 'tags'}"
         else:
             what = f"all {len(records)} image(s)"
         self.notify(f"{'captioning' if kind == 'caption' else 'tagging'} {what}; press the key again to stop")
@@ -352,8 +370,11 @@ class CaptionsScreen(WizardScreen):
             text = f"{summary.done} done, {summary.skipped} skipped, {len(summary.failed)} failed"
             if summary.done:
                 text += f", {summary.images_per_s:.2f} images/s on {summary.device}"
-            self.notify(("stopped: " if summary.stopped else "") + text + " (ctrl+u undoes)",
-                        severity="warning" if summary.failed or summary.stopped else "information")
+            for folder in summary.backups:
+                text += f"; the labels replaced are kept in {folder} (its RESTORE.txt says how to put them back)"
+            self.notify(("stopped: " if summary.stopped else "") + text + " (ctrl+u undoes)", markup=False,
+                        severity="warning" if summary.failed or summary.stopped else "information",
+                        timeout=15 if summary.backups else None)
         self._after_write()
 
     def _reread_labels(self, records: list, field: str) -> None:

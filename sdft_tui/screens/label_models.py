@@ -92,3 +92,51 @@ class LabelModelsScreen(ModalScreen):
     @on(Button.Pressed, "#models-cancel")
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class ReplaceLabelsScreen(ModalScreen):
+    """f8 / f9 over labels that exist: replace them (a copy of each is kept), label only the
+    images without one, or cancel. Dismisses with "replace", "missing" or None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    ReplaceLabelsScreen { align: center middle; }
+    #replace-dialog { width: 72; max-width: 100%; height: auto; padding: 0 1;
+                      background: $panel; border: thick $warning; }
+    #replace-buttons { height: auto; margin-top: 1; }
+    #replace-buttons Button { margin-right: 2; }
+    """
+
+    def __init__(self, field: str, labelled: int, total: int):
+        super().__init__()
+        self.field, self.labelled, self.total = field, labelled, total
+
+    def compose(self):
+        what = "captions" if self.field == "caption" else "tag lists"
+        from engine.labeling.backups import BACKUP_DIR_NAME
+
+        with Vertical(id="replace-dialog"):
+            yield Label(Text(f"Replace {self.labelled} existing {what}?", style="bold"))
+            yield Static(Text(f"{self.labelled} of the {self.total} images already have {what}, maybe written "
+                              f"by hand. Replacing keeps a copy of each in the dataset folder's "
+                              f"{BACKUP_DIR_NAME}/ (its RESTORE.txt says how to put them back), and ctrl+u "
+                              "undoes the run while the wizard is open."))
+            with Horizontal(id="replace-buttons"):
+                yield Button("Replace (keep copies)", id="replace-all", variant="warning", compact=True)
+                yield Button("Only images without", id="replace-missing", compact=True)
+                yield Button("Cancel (esc)", id="replace-cancel", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#replace-missing", Button).focus()  # the safe choice is the default
+
+    @on(Button.Pressed, "#replace-all")
+    def _replace(self) -> None:
+        self.dismiss("replace")
+
+    @on(Button.Pressed, "#replace-missing")
+    def _missing(self) -> None:
+        self.dismiss("missing")
+
+    @on(Button.Pressed, "#replace-cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
