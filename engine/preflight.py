@@ -23,9 +23,6 @@ from engine.config.schema import RunConfig
 BITSANDBYTES = ("bitsandbytes", "pip install bitsandbytes")
 PACKAGES_FOR_OPTIMIZER = {"AdamW8bit": BITSANDBYTES, "Lion8bit": BITSANDBYTES,
                           "Prodigy": ("prodigyopt", "pip install prodigyopt")}
-PACKAGES_FOR_TRACKER = {"tensorboard": [("tensorboard", "pip install tensorboard")],
-                        "wandb": [("wandb", "pip install wandb")]}
-PACKAGES_FOR_TRACKER["all"] = PACKAGES_FOR_TRACKER["tensorboard"] + PACKAGES_FOR_TRACKER["wandb"]
 XFORMERS = ("xformers", "pip install xformers")
 
 
@@ -125,11 +122,13 @@ def _check_packages(config: RunConfig, problems: ProblemList, device) -> None:
         needed.append(("optimizer.type", f"{config.optimizer.type} needs", package))
     if config.memory.attention == "xformers" and device is not None and device.type == "cuda":
         needed.append(("memory.attention", "xformers attention needs", XFORMERS))
-    for package in PACKAGES_FOR_TRACKER.get(config.logging.log_with, []):
-        needed.append(("logging.log_with", f"log_with = {config.logging.log_with!r} needs", package))
     for key, what, package in needed:
         if _missing(package):
             problems.add(key, f"{what} the package '{package[0]}', which is not installed", package[1])
+    from engine.train.trackers import tracker_problems   # TensorBoard / W&B: packages and login
+
+    for p in tracker_problems(config):
+        problems.add(p.key, p.message, p.hint, p.severity)
 
 
 # ---------------------------------------------------------------- data, resume, prompts
