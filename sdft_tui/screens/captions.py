@@ -14,6 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select, TextArea
 
 from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
+from sdft_tui.text import literal
 from sdft_tui.widgets.image_view import ImageView
 
 BULK_OPS = (("Find / replace", "replace"), ("Add tag(s)", "add_tag"), ("Remove tag(s)", "remove_tag"),
@@ -117,8 +118,8 @@ class CaptionsScreen(WizardScreen):
                 elif query not in caption.lower() and query not in r.path.name.lower():
                     continue
             tokens = "" if r.tokens is None else (f"{r.tokens}!" if r.tokens > limit else str(r.tokens))
-            table.add_row(r.path.name, str(r.tag_count()), tokens, ",".join(problems), caption.replace("\n", " ⏎ "),
-                          key=str(i))
+            table.add_row(literal(r.path.name), str(r.tag_count()), tokens, ",".join(problems),
+                          literal(caption.replace("\n", " ⏎ ")), key=str(i))
             self.shown.append(i)
         if keep_row in self.shown:
             table.move_cursor(row=self.shown.index(keep_row), animate=False)
@@ -169,7 +170,7 @@ class CaptionsScreen(WizardScreen):
         redo = "^r re-caption" if which == "caption" else "f9 re-tag all"
         other = "tags" if which == "caption" else "caption"
         self.query_one("#editing", Label).update(
-            f"^s save · ^k {other} · {redo} · {which} of {record.path.name} → {where}")
+            literal(f"^s save · ^k {other} · {redo} · {which} of {record.path.name} → {where}"))
 
     def action_toggle_field(self) -> None:
         """Switch the editor between the image's caption and its tags."""

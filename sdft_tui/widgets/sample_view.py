@@ -14,13 +14,14 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from sdft_tui.run_figures import RunFigures
+from sdft_tui.text import literal
 
 
 class _PathOnly(Static):
     """Stand-in for ImageView: names the file instead of drawing it."""
 
     def set_image(self, path) -> None:
-        self.update(f"image: {Path(path).name}" if path else "")
+        self.update(literal(f"image: {Path(path).name}") if path else "")
 
 
 def _image_view(**kwargs):
@@ -75,4 +76,4 @@ class SampleView(Vertical):
         self._caption_key = key
         follow = "" if self.selected is None else "  (browsing: ] back to newest)"
         self.query_one("#sample-caption", Static).update(
-            f"step {sample.step} · {index + 1}/{len(samples)}{follow}\n{sample.prompt}")
+            literal(f"step {sample.step} · {index + 1}/{len(samples)}{follow}\n{sample.prompt}"))
