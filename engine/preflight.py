@@ -51,6 +51,7 @@ def preflight(config: RunConfig, *, resume: str | None = None, skip_data: bool =
 
     problems = ProblemList(file=config.source_path, line_of=_line_map(config.source_path))
     probe = probe_model(config, problems)
+    _check_model_options(config, problems, probe)
     device = _check_device(config, problems)
     _check_packages(config, problems, device)
     total_steps = config.train.max_train_steps
@@ -87,6 +88,22 @@ def _dataset_has_errors(problems: list[Problem]) -> bool:
 
 def _missing(package: tuple[str, str]) -> bool:
     return importlib.util.find_spec(package[0]) is None
+
+
+def _check_model_options(config: RunConfig, problems: ProblemList, probe) -> None:
+    """Options that depend on what the model is (the trainer and text encoder refuse the same)."""
+    clip_skip, layers = config.model.clip_skip, probe.text_layers
+    if layers is not None and clip_skip > layers:
+        problems.add("model.clip_skip", f"model.clip_skip = {clip_skip} but the text encoder has only {layers} "
+                     f"layers", f"use 1…{layers}")
+    t = config.train
+    if probe.v_prediction is False:
+        if t.scale_v_pred_loss_like_noise_pred:
+            problems.add("train.scale_v_pred_loss_like_noise_pred", "only applies to v-prediction models, and "
+                         "this model predicts epsilon", "remove it, or set model.v_parameterization = true")
+        if t.zero_terminal_snr:
+            problems.warn("train.zero_terminal_snr", "zero terminal SNR without v-prediction cannot learn the "
+                          "last timestep", "use it with a v-prediction model")
 
 
 # ---------------------------------------------------------------- device, precision, packages

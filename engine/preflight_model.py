@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.config.problems import ProblemList
 
 MODEL_KEY = "model.pretrained_model_name_or_path"
+_SD1_TEXT_LAYER = re.compile(r"^cond_stage_model\.transformer\.(?:text_model\.)?encoder\.layers\.(\d+)\.")
 
 
 @dataclass
@@ -23,6 +25,7 @@ class ModelProbe:
 
     v2: bool | None = None
     v_prediction: bool | None = None
+    text_layers: int | None = None     # layers of the text encoder (clip_skip must not exceed them)
     lines: list[str] = field(default_factory=list)
 
     @property
@@ -118,6 +121,7 @@ def _probe_folder(folder: Path, config, probe: ModelProbe) -> None:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{folder}: a config.json cannot be read: {exc}") from None
     check_supported_folder(folder, ucfg)
+    probe.text_layers = tcfg.get("num_hidden_layers")
     detected, why = detect_v2_folder(ucfg.get("cross_attention_dim", 768), tcfg.get("hidden_act", ""))
     v2 = resolve_v2(config.model.v2, detected, why)
     probe.v2 = v2.value
@@ -137,6 +141,9 @@ def _probe_safetensors(path: Path, config, probe: ModelProbe) -> None:
                              "the path") from None
     check_supported(shapes, str(path))
     detected, why = detect_v2_single_file(shapes)
+    if not detected:   # SD1's CLIP: count its layers (SD2's layer count depends on how it loads)
+        found = {int(m.group(1)) for k in shapes if (m := _SD1_TEXT_LAYER.search(k))}
+        probe.text_layers = len(found) or None
     v2 = resolve_v2(config.model.v2, detected, why)
     probe.v2 = v2.value
     probe.lines.append(v2.line)
