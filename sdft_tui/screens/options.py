@@ -11,6 +11,7 @@ from textual.widgets.option_list import Option
 
 from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
 from sdft_tui.state import field_meta, probe_model
+from sdft_tui.text import literal
 
 # (key, label, kind, choices) -- kinds: text, int, int?, float, select, bool
 FIELDS = (
@@ -296,7 +297,7 @@ class OptionsScreen(WizardScreen):
                     oid = f"s{n}"
                     self._suggestions[oid] = s
                     mark = "✓" if s.fits else "·"
-                    suggestions.add_option(Option(f"{mark} {s.text}", id=oid))
+                    suggestions.add_option(Option(literal(f"{mark} {s.text}"), id=oid))
         for reason in self.state.cannot_run_here():
             text.append(f"\n{reason}", style="yellow")
         if self.state.model_guess.small:
