@@ -136,7 +136,8 @@ class _FolderIndex:
 
 def resolve_images(key: str, image_dir: Path | None, index: _FolderIndex,
                    cwd: Path) -> tuple[list[Path], str | None]:
-    """(paths, None) or ([], problem) for one key, per SPEC §1.3.
+    """(paths, None) or ([], problem) for one key: absolute, relative to ``image_dir`` (then to
+    the current folder), or a stem looked up over the image extensions.
 
     A stem key names several images only when they share that name (``foo.jpg`` beside
     ``foo.png``, see :class:`engine.data.scan.NameClash`): then all of them are returned.

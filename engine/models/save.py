@@ -174,7 +174,7 @@ def save_model(path, *, unet, text_encoder, vae, v2: bool, v_parameterization: b
     ``scheduler_config`` is the source model's scheduler (kept, class included; a single file
     records it in its metadata), ``tokenizer`` its tokenizer (else CLIP's built-in one).
     ``scheduler_overrides`` go into the scheduler config (e.g. ``rescale_betas_zero_snr`` for
-    a model trained with zero terminal SNR, SPEC §8.3).
+    a model trained with zero terminal SNR).
     """
     import torch
 
