@@ -262,6 +262,9 @@ class WizardState:
     health_report: Any = None               # engine.data.health.HealthReport once checked
     preset_applied: int | None = None
     label_models: LabelModels = field(default_factory=LabelModels.from_env)
+    user_set: set[str] = field(default_factory=set)  # keys the user typed or picked on a step
+    metadata_beside_images: bool = False     # write the metadata JSON into the image folder (asked)
+    preset_kept: dict[str, Any] = field(default_factory=dict)  # the last preset's values not applied
 
     # ---------------------------------------------------------------- values
 
@@ -292,6 +295,31 @@ class WizardState:
     def tags_extension(self) -> str:
         return self.values.get("data.tags_extension", ".txt")
 
+    @property
+    def sidecar_mode(self) -> str:
+        """What a ``.txt`` sidecar is read as: "tags", "captions", or "custom" (other extensions)."""
+        current = {key: self.values.get(key, schema_default(key)) for key in SIDECAR_KEYS}
+        return next((mode for mode, exts in SIDECAR_MODES.items() if exts == current), "custom")
+
+    def set_sidecar_mode(self, mode: str) -> None:
+        """Read ``.txt`` sidecars as tags or as captions: sets the run's data.*_extension keys
+        (a folder must be scanned again to read its sidecars the new way)."""
+        for key, ext in SIDECAR_MODES[mode].items():
+            self.set_by_user(key, ext)
+
+    def set_by_user(self, key: str, value: Any) -> None:
+        """A value the user chose on a step: a preset keeps it when the step is an earlier one."""
+        self.set(key, value)
+        self.user_set.add("dataset." + key.split(".", 1)[1] if key.startswith("general.") else key)
+
+    def kept_from_earlier_step(self, key: str) -> bool:
+        """True for a Buckets-step value (batch size, resolution, ...) that the user set there or
+        that came from the opened file: a preset chosen on Options must not override it."""
+        key = "dataset." + key.split(".", 1)[1] if key.startswith("general.") else key
+        if key not in DATASET_DEFAULTS:
+            return False
+        return key in self.user_set or self.values.get(key) != DATASET_DEFAULTS[key]
+
     # ---------------------------------------------------------------- loading
 
     def load_run_toml(self, path: Path) -> None:
@@ -301,7 +329,7 @@ class WizardState:
         config, document, _warnings = load_run_file(path)
         self.run_path = Path(path)
         self.document = load_document(path)
-        for key in OPTION_KEYS:
+        for key in OPTION_KEYS + SIDECAR_KEYS:
             section, name = key.split(".", 1)
             self.values[key] = getattr(getattr(config, section), name)
         blueprint = config.datasets
@@ -629,6 +657,9 @@ class WizardState:
         from engine.plan import preset_values
 
         values, notes = preset_values(size_gb, self.capabilities())
+        # a value the user set on Buckets (or the opened file set) stays; the screen says so
+        self.preset_kept = {key: value for key, value in values.items() if self.kept_from_earlier_step(key)}
+        values = {key: value for key, value in values.items() if key not in self.preset_kept}
         self.apply(values)
         if not values.get("memory.full_bf16"):
             self.values["memory.full_bf16"] = False
@@ -654,9 +685,12 @@ class WizardState:
         return base / f"{self.values.get('train.output_name') or 'sdft-run'}.toml"
 
     def metadata_target(self, run_path: Path) -> Path:
-        """Where the wizard writes the metadata JSON for a folder dataset: in the image folder, so
-        the file also opens on its own (its relative keys resolve against its folder, SPEC §1.3)."""
-        return (self.image_dir or run_path.parent) / METADATA_NAME
+        """Where the wizard writes the metadata JSON for a folder dataset: beside the run file
+        (``<run>-metadata.json``; the run's image_dir resolves its keys), so the user's image folder
+        is left as it was; in the image folder only when asked (``metadata_beside_images``)."""
+        if self.metadata_beside_images and self.image_dir is not None:
+            return self.image_dir / METADATA_NAME
+        return run_path.parent / f"{run_path.stem}-metadata.json"
 
     def render_toml(self, run_path: Path | None = None) -> str:
         """The run TOML text as it will be written."""
@@ -685,8 +719,8 @@ class WizardState:
             self.values["train.seed"] = new_seed()
         if self.document is not None:
             doc = tomlkit.parse(tomlkit.dumps(self.document))
-            for key in OPTION_KEYS:
-                if self.values.get(key) != self.loaded_values.get(key):
+            for key in OPTION_KEYS + SIDECAR_KEYS:
+                if key in self.values and self.values.get(key) != self.loaded_values.get(key):
                     set_value(doc, key, self.values.get(key))
             datasets = doc.get("datasets")
             if datasets:
@@ -702,7 +736,7 @@ class WizardState:
         doc.add(tomlkit.comment("sdft run file, written by the wizard. Train with: sdft train " + run_path.name))
         doc.add(tomlkit.comment("Every key is documented in the README; `sdft train --check FILE` validates it."))
         doc.add("config_version", schema.CONFIG_VERSION)
-        for key in OPTION_KEYS:
+        for key in OPTION_KEYS + SIDECAR_KEYS:
             value = self.values.get(key)
             if value is None or (value == schema_default(key) and key not in _ALWAYS_WRITTEN):
                 continue
@@ -761,6 +795,14 @@ class WizardState:
 
 
 METADATA_NAME = "sdft-metadata.json"
+
+# What a `.txt` sidecar holds: kohya's fine-tune recipe reads `.caption` captions and `.txt` tags;
+# DreamBooth-style folders hold captions in `.txt` (tags, if any, then go to `.tags`).
+SIDECAR_KEYS = ("data.caption_extension", "data.tags_extension")
+SIDECAR_MODES = {
+    "tags": {"data.caption_extension": ".caption", "data.tags_extension": ".txt"},
+    "captions": {"data.caption_extension": ".txt", "data.tags_extension": ".tags"},
+}
 
 _ALWAYS_WRITTEN = {
     "model.pretrained_model_name_or_path", "train.output_dir", "train.output_name", "train.max_train_steps",

@@ -94,7 +94,7 @@ def test_save_writes_metadata_and_a_toml_the_engine_loads(scanned, tmp_path):
     state.set("general.batch_size", 2)
     state.set("train.max_train_epochs", 3)
     path = state.save(tmp_path / "out" / "run.toml")
-    meta = json.loads((folder / "sdft-metadata.json").read_text(encoding="utf-8"))
+    meta = json.loads((tmp_path / "out" / "run-metadata.json").read_text(encoding="utf-8"))
     assert len(meta) == 8 and meta["img00.png"]["caption"] == "a photo of thing 0, red, blue"
     config, _doc, _warnings = load_run_file(path)
     assert config.optimizer.learning_rate == 1e-6
@@ -123,6 +123,7 @@ def test_editing_an_existing_file_keeps_comments_and_noop_is_identical(scanned, 
 
 def test_metadata_json_source_and_caption_edit(scanned, tmp_path):
     state, folder = scanned
+    state.metadata_beside_images = True  # a metadata JSON that opens on its own: beside its images
     state.save(tmp_path / "run.toml")
     meta_path = folder / "sdft-metadata.json"
     other = WizardState()

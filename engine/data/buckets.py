@@ -324,3 +324,44 @@ def bucket_report(assignments: Sequence[Assignment], batch_size: int = 1,
             members=members,
         ))
     return BucketReport(rows, rejected, mean_ar_error(assignments), batch_size)
+
+
+# ---------------------------------------------------------------- one bucket for everything
+
+
+@dataclass(frozen=True)
+class SingleBucket:
+    """Every image landed in one bucket only because the minimum bucket side allows no other shape."""
+
+    bucket: Size
+    min_bucket_reso: int
+    lower_min: int            # the largest minimum side (a multiple of the step) that gives more
+    buckets_then: int         # how many buckets the images fill with ``lower_min``
+
+    @property
+    def message(self) -> str:
+        return (f"every image is in one bucket ({self.bucket[0]}x{self.bucket[1]}): a minimum bucket side of "
+                f"{self.min_bucket_reso} leaves no other shape at this resolution, so other aspect ratios are "
+                f"cropped; a minimum of {self.lower_min} gives {self.buckets_then} buckets")
+
+
+def single_bucket_from_min_side(sizes: Sequence[Size], settings: BucketSettings) -> SingleBucket | None:
+    """A SingleBucket when bucketing puts all ``sizes`` in one bucket and a smaller
+    ``min_bucket_reso`` would not (the images do have other shapes); None otherwise."""
+    from dataclasses import replace
+
+    if not sizes or not settings.enable_bucket or settings.no_upscale:
+        return None
+
+    def used(s: BucketSettings) -> set[Size]:
+        return {a.bucket for a in assign_sizes(sizes, s) if a.bucket is not None}
+
+    buckets = used(settings)
+    if len(buckets) != 1:
+        return None
+    d = settings.bucket_reso_steps
+    for lower in range(settings.min_bucket_reso - d, d - 1, -d):
+        then = used(replace(settings, min_bucket_reso=lower))
+        if len(then) > 1:
+            return SingleBucket(next(iter(buckets)), settings.min_bucket_reso, lower, len(then))
+    return None

@@ -9,6 +9,7 @@ from textual.widgets import Checkbox, Footer, Input, Static
 
 from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
 from sdft_tui.widgets.bucket_histogram import BucketHistogram
+from sdft_tui.widgets.on_off import OnOffCheckbox
 
 FIELDS = (  # (value key, label, tooltip)
     ("dataset.resolution", "Resolution", "Training area: 512 or WxH (e.g. 640x448); the buckets keep this area."),
@@ -43,6 +44,7 @@ def format_resolution(value) -> str:
 
 class BucketsScreen(WizardScreen):
     STEP = "buckets"
+    AUTO_FOCUS = "#f-dataset-resolution"
 
     def compose(self):
         yield StepBar(self.STEP)
@@ -50,8 +52,8 @@ class BucketsScreen(WizardScreen):
             with Vertical(id="bucket-form"):
                 for key, label, tip in FIELDS:
                     yield FormRow(label, Input(id=_wid(key), compact=True), tooltip=tip)
-                yield Checkbox("Bucketing", id="enable_bucket", compact=True)
-                yield Checkbox("No upscale", id="no_upscale", compact=True)
+                yield OnOffCheckbox("Bucketing", id="enable_bucket", compact=True)
+                yield OnOffCheckbox("No upscale", id="no_upscale", compact=True)
             with Vertical(id="bucket-view"):
                 yield BucketHistogram(id="histogram")
                 yield Static(id="bucket-stats")
@@ -93,13 +95,13 @@ class BucketsScreen(WizardScreen):
             event.input.add_class("invalid")
             return
         event.input.remove_class("invalid")
-        self.state.set(key, value)
+        self.state.set_by_user(key, value)
         self.refresh_view()
 
     @on(Checkbox.Changed)
     def _box_changed(self, event: Checkbox.Changed) -> None:
         key = {"enable_bucket": "dataset.enable_bucket", "no_upscale": "dataset.bucket_no_upscale"}[event.checkbox.id]
-        self.state.set(key, event.value)
+        self.state.set_by_user(key, event.value)
         self.refresh_view()
 
     def refresh_view(self) -> None:
@@ -119,7 +121,7 @@ class BucketsScreen(WizardScreen):
             details.update("")
             return
         histogram.show(report)
-        from engine.data.buckets import steps_per_epoch
+        from engine.data.buckets import single_bucket_from_min_side, steps_per_epoch
 
         accum = int(self.state.get("train.gradient_accumulation_steps") or 1)
         text = Text()
@@ -127,6 +129,9 @@ class BucketsScreen(WizardScreen):
                     f"{steps_per_epoch(report.total_batches, accum)} steps/epoch; ")
         text.append(f"partial batches: {report.partial_batches}", style="yellow" if report.partial_batches else "")
         text.append(f"; mean aspect error {report.mean_ar_error:.3f}")
+        single = single_bucket_from_min_side([r.size for r in records], self.state.bucket_settings())
+        if single is not None:
+            text.append(f"\n{single.message}", style="bold yellow")
         stats.update(text)
         lines = Text()
         upscaled = [(i, row.bucket) for row in report.rows for i in row.upscaled]

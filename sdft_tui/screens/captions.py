@@ -56,12 +56,15 @@ class BulkEditScreen(ModalScreen):
 
 class CaptionsScreen(WizardScreen):
     STEP = "captions"
+    AUTO_FOCUS = "#captions"  # the table: arrows pick an image at once (^f reaches the filter)
     LABEL = Binding.Group("Auto-label ")  # the space: a compact footer puts no gap after a group
     BINDINGS = [
         Binding("ctrl+s", "save_caption", "Save", priority=True),
         Binding("ctrl+u", "undo", "Undo", priority=True),
-        Binding("ctrl+e", "bulk_edit", "Bulk", priority=True),
-        Binding("ctrl+f", "focus_filter", "Filter", priority=True),
+        # these two are off the footer so that ^q Quit and f1 Help fit at 80 columns: the help
+        # screen and the command palette name them, and the filter box above the table says what it is
+        Binding("ctrl+e", "bulk_edit", "Bulk", show=False, priority=True),
+        Binding("ctrl+f", "focus_filter", "Filter", show=False, priority=True),
         # auto-labelling (section at the end of this class): one footer entry "f7 f8 f9 Auto-label";
         # the help screen and the command palette say what each key does
         Binding("f7", "auto_label('caption', 'skip')", "Caption missing", group=LABEL),
@@ -100,11 +103,12 @@ class CaptionsScreen(WizardScreen):
 
     # ---------------------------------------------------------------- table
 
-    def refresh_view(self) -> None:
+    def refresh_view(self, keep: int | None = None) -> None:
+        """Rebuild the table; the cursor stays on the selected image (or on ``keep``)."""
         state = self.state
         table = self.query_one("#captions", DataTable)
         query = self.query_one("#filter", Input).value.strip().lower()
-        keep_row = self.current
+        keep_row = self.current if keep is None else keep
         table.clear()
         self.shown = []
         limit = int(state.values.get("model.max_token_length", 75))
@@ -210,7 +214,8 @@ class CaptionsScreen(WizardScreen):
         restored = before - len(self.state.undo_stack)  # a bulk edit or a labeling run is one step
         self.notify(f"restored {self.state.records[snap.index].path.name}" if restored == 1
                     else f"restored {restored} captions/tags")
-        self.current = None
+        if restored == 1:
+            self.current = snap.index  # the cursor goes to the image that was restored
         self._after_write()
 
     def action_bulk_edit(self) -> None:
@@ -223,17 +228,14 @@ class CaptionsScreen(WizardScreen):
             op, a, b = result
             n = self.state.bulk_edit(list(self.shown), op, a, b)
             self.notify(f"{n} caption(s) changed (ctrl+u undoes)")
-            self.current = None
             self._after_write()
 
         self.app.push_screen(BulkEditScreen(len(self.shown)), done)
 
     def _after_write(self) -> None:
         keep = self.current
-        self.current = None
-        self.refresh_view()
-        if keep is not None and keep in self.shown:
-            self._select(keep)
+        self.current = None  # the editor reloads what was written
+        self.refresh_view(keep=keep)
         self.app.count_tokens()  # token counts in the background; the table refreshes when done
 
     # ---------------------------------------------------------------- auto-labelling (engine.labeling)

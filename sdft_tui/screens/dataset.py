@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rich.text import Text
 from textual import work
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DirectoryTree, Footer, Input, Label, ProgressBar, Static, Tree
+from textual import on
+from textual.widgets import Checkbox, DirectoryTree, Footer, Input, Label, ProgressBar, Select, Static
 
-from sdft_tui.screens.wizard_base import StepBar, WizardScreen
+from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
 from sdft_tui.state import HEALTH_LABELS, PROBLEM_KINDS
+from sdft_tui.widgets.health_list import HealthList, short_path
+from sdft_tui.widgets.on_off import OnOffCheckbox
 
 ACCEPTED_FILES = (".json", ".jsonl", ".toml")
+
+# What a .txt sidecar holds (WizardState.SIDECAR_MODES sets the run's data.*_extension keys)
+SIDECAR_CHOICES = (("tags; captions: .caption", "tags"), ("captions; tags: .tags", "captions"))
+
+
+def _metadata_label(beside_images: bool) -> str:
+    return "in the image folder" if beside_images else "beside the run file"
 
 
 class DatasetTree(DirectoryTree):
@@ -38,20 +46,27 @@ class DatasetScreen(WizardScreen):
             with Vertical(id="dataset-right"):
                 yield Label("Image folder, metadata .json or .toml (enter scans):")
                 yield Input(placeholder="/path/to/images", id="path", compact=True)
+                yield FormRow(".txt sidecars", Select(self._sidecar_choices(), value=self.state.sidecar_mode,
+                                                      allow_blank=False, id="sidecar-mode", compact=True),
+                              tooltip="What a .txt file beside an image holds; sets the run's "
+                                      "data.caption_extension and data.tags_extension (and rescans).")
+                yield FormRow("Metadata JSON", OnOffCheckbox(_metadata_label(self.state.metadata_beside_images),
+                                                             self.state.metadata_beside_images,
+                                                             id="metadata-beside", compact=True),
+                              tooltip="Where saving writes the folder's metadata JSON: beside the run file "
+                                      "(your image folder is left as it is) or in the image folder.",
+                              id="metadata-row")
                 yield ProgressBar(id="progress", show_eta=False)
                 yield Static(id="summary")
-                yield Tree("Health", id="health")
-                yield Static(id="health-detail")
+                yield HealthList(id="health", compact=True)
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#health", Tree).show_root = False
         source = self.state.source or self.state.image_dir
         if source is not None:
             self.query_one("#path", Input).value = str(source)
         # The bar shows only while a scan or check runs (idle, an empty bar animates forever).
         self.query_one("#progress", ProgressBar).display = False
-        self.query_one("#health-detail", Static).display = False
         self.refresh_view()
         self.query_one("#path", Input).focus()
         if self.state.records and self.state.health_report is None:
@@ -68,14 +83,30 @@ class DatasetScreen(WizardScreen):
         if value:
             self.start_scan(value)
 
-    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
-        """A problem line is cut at 80 columns: the highlighted one is shown in full below the tree."""
-        if event.control.id != "health":
+    def _sidecar_choices(self):
+        if self.state.sidecar_mode != "custom":
+            return SIDECAR_CHOICES
+        custom = f"{self.state.caption_extension} captions, {self.state.tags_extension} tags"
+        return SIDECAR_CHOICES + ((custom, "custom"),)
+
+    @on(Select.Changed, "#sidecar-mode")
+    def _sidecar_mode_changed(self, event: Select.Changed) -> None:
+        if event.value in (Select.BLANK, "custom") or event.value == self.state.sidecar_mode:
             return
-        detail = self.query_one("#health-detail", Static)
-        data = event.node.data
-        detail.update(Text.assemble((f"{data[0]}\n", "bold"), data[1]) if data else "")
-        detail.display = bool(data)
+        self.state.set_sidecar_mode(str(event.value))
+        what = "captions" if event.value == "captions" else "tags"
+        if self.state.records and self.state.metadata_file is None and self.state.image_dir is not None:
+            self.notify(f".txt sidecars are read as {what} now: scanning again")
+            self.start_scan(str(self.state.source or self.state.image_dir))
+        else:
+            self.notify(f".txt sidecars are {what} from now on (labeling and sdft prepare use this)")
+            self.refresh_view()
+
+    @on(Checkbox.Changed, "#metadata-beside")
+    def _metadata_place_changed(self, event: Checkbox.Changed) -> None:
+        self.state.metadata_beside_images = event.value
+        event.checkbox.label = _metadata_label(event.value)
+        self.refresh_view()
 
     def on_directory_tree_directory_selected(self, event: DirectoryTree.DirectorySelected) -> None:
         self.query_one("#path", Input).value = str(event.path)
@@ -137,17 +168,27 @@ class DatasetScreen(WizardScreen):
     # ---------------------------------------------------------------- view
 
     def refresh_view(self) -> None:
+        if not self.query("#sidecar-mode"):
+            return  # a worker finished before the form rows composed: on_mount shows it
         state = self.state
         summary = self.query_one("#summary", Static)
-        tree = self.query_one("#health", Tree)
-        tree.clear()
-        self.query_one("#health-detail", Static).display = False
+        health = self.query_one("#health", HealthList)
+        # the metadata JSON's place matters only when saving writes one (a folder dataset)
+        self.query_one("#metadata-row").display = state.metadata_file is None
+        mode = self.query_one("#sidecar-mode", Select)
+        if mode.value != state.sidecar_mode:  # a run file opened or scanned sets the extensions
+            with mode.prevent(Select.Changed):
+                mode.set_options(self._sidecar_choices())
+                mode.value = state.sidecar_mode
         if state.scan_error:
             summary.update(Text(state.scan_error, style="bold red"))
+            health.display = False
             return
         if not state.records:
             summary.update(Text("No dataset yet: pick a folder on the left or type a path.", style="dim"))
+            health.display = False
             return
+        health.display = True
         usable = len(state.usable_records())
         with_caption = sum(1 for r in state.records if r.caption is not None or r.tags is not None)
         counted = [r.tokens for r in state.records if r.tokens is not None]
@@ -158,25 +199,18 @@ class DatasetScreen(WizardScreen):
         if counted and max(counted):
             text.append(f", longest {max(counted)} tokens")
         text.append(f"\nfrom {where}", style="dim")
+        if state.metadata_file is None:
+            text.append(f"\n.txt sidecars read as {_sidecars_read_as(state)}", style="dim")
         summary.update(text)
-        health = state.health()
-        if not health:
-            tree.root.add_leaf(Text("no problems found", style="green"))
-            return
-        if state.health_report is None:
-            tree.root.add_leaf(Text("checking every image …", style="italic dim"))
-        for kind, files in health.items():
-            label = HEALTH_LABELS.get(kind) or PROBLEM_KINDS.get(kind) or kind
-            node = tree.root.add(Text.assemble((f"{len(files):>4} ", "bold"), label), expand=len(files) <= 3)
-            for path, message in files[:200]:
-                node.add_leaf(Text.assemble(_short(path, state.image_dir), (f"  {message}", "dim")),
-                              data=(_short(path, state.image_dir), message))
-            if len(files) > 200:
-                node.add_leaf(f"… and {len(files) - 200} more")
+        findings = {kind: (HEALTH_LABELS.get(kind) or PROBLEM_KINDS.get(kind) or kind,
+                           [(short_path(path, state.image_dir), message) for path, message in files])
+                    for kind, files in state.health().items()}
+        health.show(findings, note="checking every image …" if state.health_report is None and findings else None)
 
 
-def _short(path: Path, root: Path | None) -> str:
-    try:
-        return str(path.relative_to(root)) if root else str(path)
-    except ValueError:
-        return str(path)
+def _sidecars_read_as(state) -> str:
+    if state.sidecar_mode == "captions":
+        return "captions (tags from .tags)"
+    if state.sidecar_mode == "tags":
+        return "tags (captions from .caption)"
+    return f"set by the run file (captions {state.caption_extension}, tags {state.tags_extension})"

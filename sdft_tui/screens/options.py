@@ -9,9 +9,11 @@ from textual.containers import VerticalScroll
 from textual.widgets import Checkbox, Footer, Input, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
+from sdft_tui.screens.buckets import FIELDS as BUCKET_FIELDS
 from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
 from sdft_tui.state import field_meta, probe_model
 from sdft_tui.text import literal
+from sdft_tui.widgets.on_off import OnOffCheckbox
 
 # (key, label, kind, choices) -- kinds: text, int, int?, float, select, bool
 FIELDS = (
@@ -75,6 +77,30 @@ def _a_card(size_gb: int) -> str:
     return f"{'an' if str(size_gb).startswith('8') else 'a'} {size_gb} GB card"
 
 
+def field_label(key: str) -> str:
+    """The words a step shows for a dotted key ("Batch size" for dataset.batch_size)."""
+    if key.startswith("general."):
+        key = "dataset." + key.split(".", 1)[1]
+    for fields in (FIELDS, BUCKET_FIELDS):
+        for entry in fields:
+            if entry[0] == key:
+                return entry[1]
+    return key
+
+
+def preset_message(size: int, before: dict, after: dict, kept: dict) -> str:
+    """What a preset changed, field by field, and what it left as set on an earlier step."""
+    changed = [f"{field_label(k)} {_text(before.get(k))} → {_text(v)}" for k, v in after.items()
+               if before.get(k) != v]
+    text = f"{size} GB preset: " + ("; ".join(changed) if changed else "nothing to change")
+    for key, value in kept.items():
+        current = after.get("dataset." + key.split(".", 1)[1] if key.startswith("general.") else key)
+        if current != value:
+            text += (f"\nkept {field_label(key)} {_text(current)} as set on Buckets "
+                     f"(the preset picks {_text(value)}; change it there, F4)")
+    return text
+
+
 def _choices(key: str, given):
     if given is not None:
         return given
@@ -83,6 +109,7 @@ def _choices(key: str, given):
 
 class OptionsScreen(WizardScreen):
     STEP = "options"
+    AUTO_FOCUS = "#o-model-pretrained_model_name_or_path"  # the first field, not the hidden suggestions
     BINDINGS = [
         Binding("ctrl+g", "focus_suggestions", "Suggestions", priority=True),
         Binding("ctrl+l", "focus_preset", "Preset", priority=True),
@@ -91,6 +118,9 @@ class OptionsScreen(WizardScreen):
     def __init__(self):
         super().__init__()
         self.target_gb: int | None = None  # a preset's card size when no GPU was detected
+        # the state value each field shows: a field is reloaded only when its value changed since,
+        # so a preset or a step change never replaces text the user is typing (even half-typed)
+        self._shown: dict[str, object] = {}
 
     def compose(self):
         yield StepBar(self.STEP)
@@ -98,7 +128,9 @@ class OptionsScreen(WizardScreen):
         yield OptionList(id="suggestions", compact=True)
         yield FormRow("Preset", Select(PRESET_CHOICES, prompt="choose a card size", id="preset", compact=True),
                       id="preset-row")
-        with VerticalScroll(id="options-form"):
+        form = VerticalScroll(id="options-form")
+        form.can_focus = False  # its fields are the Tab stops; it scrolls to the focused one
+        with form:
             values = self.state.values
             for key, label, kind, choices in FIELDS:
                 doc = field_meta(key).get("doc", "")
@@ -108,7 +140,7 @@ class OptionsScreen(WizardScreen):
                     initial = value if value in [v for _l, v in opts] else opts[0][1]
                     widget = Select(opts, value=initial, allow_blank=False, id=_wid(key), compact=True)
                 elif kind == "bool":
-                    widget = Checkbox(_box_label(value), bool(value), id=_wid(key), compact=True)
+                    widget = OnOffCheckbox(_box_label(value), bool(value), id=_wid(key), compact=True)
                 elif _inline_list(value):
                     widget = Input(_inline_list(value), id=_wid(key), compact=True, disabled=True)
                 else:
@@ -133,6 +165,9 @@ class OptionsScreen(WizardScreen):
         for key, _label, kind, _c in FIELDS:
             widget = self.query_one("#" + _wid(key))
             value = v.get(key)
+            if key in self._shown and self._shown[key] == value:
+                continue  # unchanged: the field keeps what it shows (the user's text included)
+            self._shown[key] = value
             with widget.prevent(Input.Changed, Select.Changed, Checkbox.Changed):
                 if kind == "select":
                     options = [val for _lbl, val in _choices(key, _c)]
@@ -161,6 +196,7 @@ class OptionsScreen(WizardScreen):
             return
         text = event.value.strip()
         if text == _text(self.state.get(key)).strip():
+            event.input.remove_class("invalid")
             return  # the field was only (re)loaded: keep the value as the file has it (e.g. a list)
         try:
             if kind in ("int?", "text?") and text == "":
@@ -175,7 +211,7 @@ class OptionsScreen(WizardScreen):
             event.input.add_class("invalid")
             return
         event.input.remove_class("invalid")
-        self.state.set(key, value)
+        self._set(key, value)
         if key == "model.pretrained_model_name_or_path":
             self.detect_model(text)
         self.refresh_view()
@@ -189,7 +225,7 @@ class OptionsScreen(WizardScreen):
         key, _kind = self._kind(event.select.id or "")
         if key is None or event.value is Select.BLANK:
             return
-        self.state.set(key, event.value)
+        self._set(key, event.value)
         if key == "memory.mixed_precision" and event.value != "bf16" and self.state.get("memory.full_bf16"):
             self.state.set("memory.full_bf16", False)  # full_bf16 needs bf16 mixed precision
             self._load_fields()
@@ -201,20 +237,27 @@ class OptionsScreen(WizardScreen):
         if key is None:
             return
         event.checkbox.label = _box_label(event.value)
-        self.state.set(key, event.value)
+        self._set(key, event.value)
         if key == "memory.full_bf16" and event.value and self.state.get("memory.mixed_precision") != "bf16":
             self.state.set("memory.mixed_precision", "bf16")
             self._load_fields()
         self.refresh_view()
 
+    def _set(self, key: str, value) -> None:
+        """A value the user chose in a field (the field shows it already)."""
+        self.state.set_by_user(key, value)
+        self._shown[key] = value
+
     def apply_preset(self, size: int) -> None:
+        before = dict(self.state.values)
         replaced = self.state.apply_preset(size)
         if self.state.gpu_budget() is None:
             self.target_gb = size
         self._load_fields()
         self.refresh_view()
-        self.notify(f"{size} GB preset applied" + "".join(f"\n{note}" for note in replaced),
-                    markup=False, severity="warning" if replaced else "information", timeout=10 if replaced else None)
+        message = preset_message(size, before, self.state.values, self.state.preset_kept)
+        self.notify(message + "".join(f"\n{note}" for note in replaced), markup=False,
+                    severity="warning" if replaced else "information", timeout=12)
 
     def action_focus_suggestions(self) -> None:
         self.query_one("#suggestions", OptionList).focus()

@@ -36,6 +36,8 @@ class FormRow(Horizontal):
     DEFAULT_CSS = """
     FormRow { height: auto; min-height: 1; }
     FormRow > Label.form-label { width: 22; padding: 0 1 0 0; }
+    /* the field takes the rest of the row: a wider one would run past the screen edge */
+    FormRow > Input, FormRow > Select { width: 1fr; }
     """
 
     def __init__(self, label: str, field: Widget, *, tooltip: str | None = None, id: str | None = None):
