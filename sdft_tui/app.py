@@ -107,7 +107,8 @@ class SdftApp(PlainNotifications, App):
 
     def _refresh_current(self) -> None:
         screen = self.screen
-        if hasattr(screen, "refresh_view"):
+        # a worker can finish while the next step is still composing; its on_mount shows the state
+        if hasattr(screen, "refresh_view") and screen.is_mounted:
             screen.refresh_view()
 
     # ---------------------------------------------------------------- navigation

@@ -168,8 +168,8 @@ class DatasetScreen(WizardScreen):
     # ---------------------------------------------------------------- view
 
     def refresh_view(self) -> None:
-        if not self.query("#sidecar-mode"):
-            return  # a worker finished before the form rows composed: on_mount shows it
+        if not self.is_mounted:
+            return  # a worker finished before the screen (and its Select's parts) mounted: on_mount shows it
         state = self.state
         summary = self.query_one("#summary", Static)
         health = self.query_one("#health", HealthList)
