@@ -210,6 +210,7 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
     except ConfigError as exc:
         print_problems(exc.problems)
         return EXIT_CONFIG
+    from engine.atomic import WriteFailed
     from engine.runlock import RunFolderBusy
     from engine.train.runner import run_training
 
@@ -224,6 +225,9 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
     except RunFolderBusy as exc:
         make_console(stderr=True).print(styled(("sdft train:", "bold red"), f" {exc}"))
         return EXIT_CONFIG
+    except WriteFailed as exc:   # before the first step (config.toml, the event log): nothing trained yet
+        make_console(stderr=True).print(styled(("sdft train:", "bold red"), f" {exc}; nothing was trained"))
+        return EXIT_FAILED
     finally:
         sink.close()
     if result.status == "completed":

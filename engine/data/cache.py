@@ -362,10 +362,16 @@ class LatentCache:
         try:
             if todo:
                 self._encode_all(todo, vae, device, dtype, vae_batch_size, vae_id, result, progress, log, workers)
-        finally:
-            # Also on a stop (progress raising) or a crash: the hashes are valid either way,
-            # and re-hashing a large dataset on the next run costs minutes.
-            self.index.save()
+        except BaseException:
+            # Also on a stop (progress raising), a crash or a full disk: the hashes are valid
+            # either way, and re-hashing a large dataset on the next run costs minutes. The
+            # entries written so far stay; the next run reuses them.
+            try:
+                self.index.save()
+            except OSError:
+                pass   # the original failure is the one to report
+            raise
+        self.index.save()
         return result
 
     def _safe_hash(self, path: Path):
@@ -433,6 +439,7 @@ class LatentCache:
                     if good:
                         self._encode_batch(good, vae, device, dtype, vae_id, result, writer, writes)
                     done += len(batch)
+                    _raise_first_failed_write(writes)   # a full disk stops caching now, not at the end
                     if progress:
                         progress(done, total)
             for f in writes:
@@ -484,6 +491,15 @@ class LatentCache:
             else:
                 result.latents[job.item] = CachedLatent(key, tensors=tensors)
             result.encoded += 1
+
+
+def _raise_first_failed_write(writes: list[Future]) -> None:
+    """Drop finished writes from ``writes``; re-raise the first that failed."""
+    finished = [f for f in writes if f.done()]
+    for f in finished:
+        writes.remove(f)
+    for f in finished:
+        f.result()
 
 
 def jobs_path(todo, item: int) -> str:

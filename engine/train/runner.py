@@ -148,9 +148,9 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
         saved = trainer.save_after_failure()
         if saved:
             result.message += f" (the last completed step is saved: sdft train {config_path} --resume {saved})"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a", encoding="utf-8") as fh:
-            fh.write(traceback.format_exc())
+        elif isinstance(exc, atomic.WriteFailed):
+            result.message += f"; {_what_was_kept(trainer, config)}"
+        _append_to_log(log_path, traceback.format_exc())
     result.model_path = trainer.last_model_path
     result.state_path = trainer.last_state_path
     result.global_step = trainer.global_step
@@ -190,10 +190,37 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _what_was_kept(trainer, config) -> str:
+    """After a failed write: what the user still has, so they know what a retry costs."""
+    from engine.train.state import read_counters
+
+    if trainer.last_state_path:
+        try:
+            step = read_counters(Path(trainer.last_state_path)).global_step
+        except (OSError, ValueError, TypeError):
+            step = "?"
+        return f"kept: the last state is step {step} in {trainer.last_state_path}"
+    if trainer.global_step == 0 and config.cache.latents == "disk":
+        return "kept: the latents cached so far; the next run reuses them"
+    return "no resumable state had been written, so the run starts over after you free some space"
+
+
+def _append_to_log(log_path: Path, text: str) -> None:
+    """The traceback goes to sdft.log; on a full disk that can fail too, and must not hide
+    the failure being reported."""
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError:
+        pass
+
+
 def _describe(exc: BaseException, out_of_memory: bool) -> str:
     if out_of_memory:
         return ("out of GPU memory: enable memory.gradient_checkpointing, use optimizer.type = \"AdamW8bit\", "
                 "mixed_precision = \"bf16\"/\"fp16\", or lower the batch size or resolution "
                 "(`sdft plan RUN.toml` estimates what fits)")
     text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, (ValueError, RuntimeError)) else text
+    plain = (ValueError, RuntimeError, atomic.WriteFailed)   # their text says it all
+    return text if isinstance(exc, plain) else f"{type(exc).__name__}: {text}"

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from engine.atomic import atomic_path
 from engine.events import SampleSaved
 from engine.train.prompts import load_prompts
 
@@ -97,9 +98,8 @@ class Sampler:
                             guidance_scale=prompt.scale, generator=generator,
                         ).images[0]
                     path = self.folder / f"{t.cfg.train.output_name}_s{t.global_step:08d}_{index:02d}.png"
-                    tmp = path.with_name("." + path.name + ".tmp")
-                    image.save(tmp, format="PNG")
-                    tmp.replace(path)
+                    with atomic_path(path) as tmp:
+                        image.save(tmp, format="PNG")
                     saved.append(str(path))
                     t.sink.emit(SampleSaved(path=str(path), prompt=prompt.prompt, step=t.global_step, index=index))
         finally:

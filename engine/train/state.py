@@ -76,24 +76,32 @@ def _restore_rng(meta: dict, tensors: dict) -> None:
 
 def save_state(folder: Path, *, trainables: dict[str, torch.nn.Module | dict], optimizer, scheduler,
                scaler=None, ema=None, counters: Counters, config_text: str) -> Path:
-    """Write a complete state folder atomically; returns its final path."""
+    """Write a complete state folder atomically; returns its final path. A failed write
+    names its file (``atomic.writing``), so a full disk says which part did not fit."""
     with atomic.atomic_dir(folder) as tmp:
+        def put(name: str, write) -> None:
+            with atomic.writing(tmp / name):
+                write(tmp / name)
+
         for name, module in trainables.items():
             tensors = module if isinstance(module, dict) else module.state_dict()
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / f"{name}.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            put(f"{name}.safetensors", lambda path, tensors=tensors: save_file(
+                {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path)))
+        put("optimizer.pt", lambda path: torch.save(optimizer.state_dict(), path))
+        put("scheduler.pt", lambda path: torch.save(scheduler.state_dict(), path))
         if scaler is not None:
-            torch.save(scaler.state_dict(), tmp / "scaler.pt")
+            put("scaler.pt", lambda path: torch.save(scaler.state_dict(), path))
         if ema is not None:
-            save_file({k: v.contiguous().cpu() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+            put("ema.safetensors", lambda path: save_file(
+                {k: v.contiguous().cpu() for k, v in ema.state_dict().items()}, str(path)))
         rng = rng_states()
-        torch.save({"torch": rng["torch"], "cuda": rng["cuda"]}, tmp / "rng.pt")
-        (tmp / "rng.json").write_text(json.dumps(_rng_to_json(rng)))
-        (tmp / "counters.json").write_text(json.dumps({"version": STATE_VERSION, **asdict(counters)}, indent=2))
-        (tmp / "config.toml").write_text(config_text, encoding="utf-8")
+        put("rng.pt", lambda path: torch.save({"torch": rng["torch"], "cuda": rng["cuda"]}, path))
+        put("rng.json", lambda path: path.write_text(json.dumps(_rng_to_json(rng))))
+        put("counters.json", lambda path: path.write_text(
+            json.dumps({"version": STATE_VERSION, **asdict(counters)}, indent=2)))
+        put("config.toml", lambda path: path.write_text(config_text, encoding="utf-8"))
         manifest = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        put("manifest.json", lambda path: path.write_text(json.dumps(manifest, indent=2)))
     return folder
 
 
