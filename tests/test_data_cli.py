@@ -110,3 +110,12 @@ def test_sdft_buckets_subprocess(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"][0]["bucket"] == [512, 512]
+
+
+def test_buckets_prints_bracketed_paths_exactly(tmp_path, capsys):
+    folder = tmp_path / "my [set1] images"
+    make_dataset(folder, [(64, 64)], captions=False, tags=False)
+    (folder / "[broken].png").write_bytes(b"not an image")
+    assert buckets_command([str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "unreadable [broken].png" in out, out

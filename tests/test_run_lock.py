@@ -82,3 +82,31 @@ def test_second_sdft_train_on_a_running_folder_refuses_and_leaves_it_intact(tmp_
                            capture_output=True, text=True, env=ENV, timeout=240)
     assert taken.returncode == 0, taken.stdout + taken.stderr
     assert f"took over {run_dir} from sdft train (PID {first.pid}" in taken.stdout
+
+
+def test_cache_prune_refuses_while_a_run_sharing_the_cache_is_live(tmp_path, capsys):
+    from engine.data.cli import cache_command
+
+    run = tmp_path / "mine.toml"
+    run.write_text('[model]\npretrained_model_name_or_path = "m"\n[train]\noutput_dir = "out"\n'
+                   'output_name = "mine"\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img"\n'
+                   'metadata_file = "meta.json"\n', encoding="utf-8")
+    (tmp_path / "meta.json").write_text("{}")
+    (tmp_path / "img").mkdir()
+    stale = tmp_path / "out" / ".latent-cache" / "bb" / ("b" * 64 + ".safetensors")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x")
+    other = tmp_path / "out" / "other"   # another run caching into the same shared cache, no manifest yet
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(other)], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert cache_command(["prune", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"PID {holder.pid}" in err and str(other) in err and "Prune when it has finished" in err
+        assert stale.exists(), "nothing is deleted while a run may be caching"
+        assert cache_command(["prune", str(run), "--dry-run"]) == 0, "a dry run only reads"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cache_command(["prune", str(run)]) == 0
+    assert not stale.exists()

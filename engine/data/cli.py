@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
+
+from engine.console import styled
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
@@ -28,9 +31,9 @@ def _resolution(text: str) -> tuple[int, int]:
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
+    from engine.console import make_console
 
-    return Console(stderr=stderr, soft_wrap=True, highlight=False)
+    return make_console(stderr=stderr)   # markup off: paths and captions print exactly
 
 
 # ---------------------------------------------------------------- sdft buckets
@@ -137,10 +140,10 @@ def _print_histogram(report, readable, infos, settings, root) -> None:
     console.print(f"mean aspect error {report.mean_ar_error:.4f}; {report.total_batches} batches per epoch at "
                   f"batch size {report.batch_size}; {report.partial_batches} bucket(s) end in a partial batch")
     for index, why in report.rejected:
-        console.print(f"[yellow]rejected[/] {_rel(readable[index].path, root)}: {why}")
+        console.print(styled(("rejected", "yellow"), f" {_rel(readable[index].path, root)}: {why}"))
     for info in infos:
         if info.size is None:
-            console.print(f"[red]unreadable[/] {_rel(info.path, root)}: {info.error}")
+            console.print(styled(("unreadable", "red"), f" {_rel(info.path, root)}: {info.error}"))
 
 
 # ---------------------------------------------------------------- sdft prepare
@@ -244,7 +247,7 @@ def _prepare_run(path: Path, args) -> int:
             try:
                 meta = read_metadata(sub.metadata_file, sub.image_dir)
             except MetadataError as exc:
-                console.print(f"[red]error[/] {sub.key}: {exc}")
+                console.print(styled(("error", "red"), f" {sub.key}: {exc}"))
                 status = EXIT_FOUND
                 continue
             sep = join_separator(cfg.data.caption_tags_join, sub.caption_separator)
@@ -256,7 +259,7 @@ def _prepare_run(path: Path, args) -> int:
                 if sub.caption_suffix:
                     text = text + " " + sub.caption_suffix
                 captions.append(text)
-        console.print(f"[bold]{spec.key}[/]")
+        console.print(styled((spec.key, "bold")))
         args.max_token_length = cfg.model.max_token_length
         status = max(status, _print_health(paths, captions, settings, args, console,
                                            exif_transpose=cfg.data.exif_transpose))
@@ -290,6 +293,21 @@ def cache_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _live_run_using(cache_dir: Path, runs_root: Path) -> str | None:
+    """A live run that may be writing this cache: any locked run folder beside this run's
+    (they share ``<output_dir>/.latent-cache``) or named by one of the cache's manifests."""
+    from engine.data.cache import MANIFEST_DIR
+    from engine.runlock import read_holder
+
+    folders = {p for p in runs_root.iterdir() if p.is_dir()} if runs_root.is_dir() else set()
+    folders |= {runs_root / m.stem for m in (cache_dir / MANIFEST_DIR).glob("*.json")}
+    for folder in sorted(folders):
+        holder = read_holder(folder)
+        if holder is not None:
+            return f"{folder} is in use by {holder.describe()}"
+    return None
+
+
 def cache_command(argv: list[str]) -> int:
     from engine.config.problems import ConfigError
     from engine.config.run_toml import load_run_config
@@ -314,12 +332,26 @@ def cache_command(argv: list[str]) -> int:
     if only and not (cache_dir / MANIFEST_DIR / f"{only}.json").is_file():
         print(f"sdft cache prune: no record of run {only!r} in {cache_dir}; train it once first", file=sys.stderr)
         return EXIT_USAGE
-    keep = referenced_keys(cache_dir, only)
-    files, size = prune_cache(cache_dir, keep, dry_run=args.dry_run)
-    if only and not args.dry_run:
-        for manifest in (cache_dir / MANIFEST_DIR).glob("*.json"):
-            if manifest.stem != only:
-                manifest.unlink()
+    from engine.runlock import RunFolderBusy, RunLock
+
+    busy = None if args.dry_run else _live_run_using(cache_dir, Path(cfg.run_dir()).parent)
+    if busy is not None:
+        print(f"sdft cache prune: {busy}; pruning now would delete latents it is caching. "
+              "Prune when it has finished.", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        # hold this run's folder while deleting, so its own training cannot start mid-prune
+        holds = not args.dry_run and Path(cfg.run_dir()).is_dir()
+        with RunLock(cfg.run_dir(), "sdft cache prune") if holds else nullcontext():
+            keep = referenced_keys(cache_dir, only)
+            files, size = prune_cache(cache_dir, keep, dry_run=args.dry_run)
+            if only and not args.dry_run:
+                for manifest in (cache_dir / MANIFEST_DIR).glob("*.json"):
+                    if manifest.stem != only:
+                        manifest.unlink()
+    except RunFolderBusy as exc:
+        print(f"sdft cache prune: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {files} cache file(s), {size / 1e6:.1f} MB; {len(keep)} entries kept in {cache_dir}")
     return EXIT_OK
