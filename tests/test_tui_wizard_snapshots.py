@@ -52,6 +52,7 @@ def _app_and_steps(step: str):
         # what a GPU box with bitsandbytes starts from (the defaults are the ones any machine runs)
         pilot.app.state.set("memory.mixed_precision", "fp16")
         pilot.app.state.set("optimizer.type", "AdamW8bit")
+        pilot.app.state.set("train.seed", 1234)   # else the Review shows a freshly drawn seed
         if step == "options":
             pilot.app.state.set("optimizer.type", "AdamW")  # over budget: shows the suggestions
             pilot.app.state.set("memory.gradient_checkpointing", False)
