@@ -154,8 +154,9 @@ class TrainingData:
 
     @property
     def num_images(self) -> int:
-        """Distinct images (repeats excluded)."""
-        return len(self.items)
+        """Distinct images that train (repeats not counted; images left out while caching not
+        counted either): the one count the console, run_started and saved models report."""
+        return sum(1 for it in self.items if it.index not in self._excluded)
 
     @property
     def num_items(self) -> int:
@@ -222,12 +223,20 @@ class TrainingData:
                                vae_id=vae_id, progress=progress, log=self.log)
         self._latents = result.latents
         self._excluded = set(result.failed)
-        if result.failed:
-            self.log(f"{len(result.failed)} image(s) left out of training (could not be encoded)")
+        self._report_left_out(result.failed)
         if self.cache_mode == "disk" and self.cache_dir is not None:
             write_manifest(self.cache_dir, self.run_name, [c.key for c in result.latents.values() if not c.kohya])
         self._prepared = True
         self.cache_result = result
+
+    def _report_left_out(self, failed: dict[int, str]) -> None:
+        """Name every image caching rejected, one line each, then the count that trains."""
+        if not failed:
+            return
+        for index in sorted(failed):
+            self.log(f"left out of training: {self.items[index].path}: {failed[index]}")
+        self.log(f"{len(failed)} image(s) left out of training (could not be decoded or encoded); "
+                 f"{self.num_images} images train")
 
     # ------------------------------------------------------------ plans
 
