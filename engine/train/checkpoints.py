@@ -82,7 +82,7 @@ class Checkpointer:
             if use_ema:
                 t.ema.swap()
         t.last_model_path = str(path)
-        t.sink.emit(ModelSaved(path=str(path), what="model", step=t.global_step, epoch=t.epoch))
+        t.sink.emit(ModelSaved(path=str(path), what="model", step=t.global_step, epoch=t.event_epoch))
         self.rotate_models(kind)
         return str(path)
 

@@ -154,7 +154,7 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
     result.model_path = trainer.last_model_path
     result.state_path = trainer.last_state_path
     result.global_step = trainer.global_step
-    out.emit(RunFinished(status=result.status, step=trainer.global_step, epoch=trainer.epoch,
+    out.emit(RunFinished(status=result.status, step=trainer.global_step, epoch=trainer.event_epoch,
                          message=result.message, model_path=result.model_path,
                          state_path=result.state_path, out_of_memory=result.out_of_memory))
     if jsonl is not None:

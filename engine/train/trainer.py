@@ -416,6 +416,15 @@ class Trainer:
         self.finish_completed()
         return "completed"
 
+    @property
+    def event_epoch(self) -> int:
+        """The 1-based epoch of the last completed step, as the step lines number it: every
+        event (step, saved, run_finished) reports this. ``self.epoch`` counts finished epochs,
+        so mid-epoch it is one less than the epoch being trained."""
+        if self.batches_done == 0 and self.epoch > 0:
+            return self.epoch   # just after an epoch's end: its last step belongs to it
+        return self.epoch + 1
+
     def _batch_size(self) -> int:
         sizes = [getattr(d, "batch_size", 1) for d in getattr(self.cfg.datasets, "datasets", [])]
         return max(sizes) if sizes else 1
@@ -553,7 +562,7 @@ class Trainer:
             self.emit_metrics()
         else:
             self.sink.emit(StepProgress(step=self.global_step, total_steps=self.schedule.total_steps,
-                                        epoch=self.epoch + 1, elapsed_s=self.meter.elapsed()))
+                                        epoch=self.event_epoch, elapsed_s=self.meter.elapsed()))
         self.checkpointer.on_step_end(self.global_step)
         sample_every = self.cfg.sample.every_n_steps
         if sample_every and self.global_step % sample_every == 0:
@@ -587,7 +596,7 @@ class Trainer:
         remaining = self.schedule.total_steps - self.global_step
         vram = device_memory(self.device)
         self.sink.emit(StepMetrics(
-            step=self.global_step, total_steps=self.schedule.total_steps, epoch=self.epoch + 1,
+            step=self.global_step, total_steps=self.schedule.total_steps, epoch=self.event_epoch,
             loss=m["loss"], loss_avg=self.loss_avg, lr=self.lr_scheduler.get_last_lr()[0],
             lrs=dict(zip(self.lr_group_names, self.lr_scheduler.get_last_lr())),
             grad_norm=m["grad_norm"], it_per_s=m["it_per_s"],
@@ -612,7 +621,7 @@ class Trainer:
                    config_text=self.config_text)
         self.last_state_path = str(folder)
         self.checkpointer.rotate_states()
-        self.sink.emit(ModelSaved(path=str(folder), what="state", step=self.global_step, epoch=self.epoch))
+        self.sink.emit(ModelSaved(path=str(folder), what="state", step=self.global_step, epoch=self.event_epoch))
         return str(folder)
 
     def finish_completed(self) -> None:

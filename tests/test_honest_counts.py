@@ -1,0 +1,81 @@
+"""Honest counts and events: images left out are named and not counted, prepare's metadata
+leaves out what its check could not decode, a caption file that is not UTF-8 is a health
+warning, and every event kind numbers epochs the same way."""
+
+from __future__ import annotations
+
+import json
+
+from engine.events import Message, ModelSaved, RunFinished, RunStarted, StepMetrics, read_events
+from engine.train.runner import run_training
+from train_helpers import make_run
+
+
+def truncate(path) -> None:
+    """Keep the PNG header (size readable), cut the pixel data (cannot be decoded)."""
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def test_an_undecodable_image_is_named_and_not_counted_as_trained(tmp_path, tiny_sd1):
+    from safetensors import safe_open
+
+    config = make_run(tmp_path, tiny_sd1, steps=2)
+    truncate(tmp_path / "images" / "im1.png")
+    result = run_training(config)
+    assert result.status == "completed", result.message
+    events = read_events(tmp_path / "runs" / "t" / "events.jsonl")
+    started = [e for e in events if isinstance(e, RunStarted)][0]
+    assert started.num_images == 5      # 6 listed, 1 cannot be decoded
+    texts = [e.text for e in events if isinstance(e, Message)]
+    named = [t for t in texts if t.startswith("left out of training:")]
+    assert len(named) == 1 and "im1.png" in named[0]
+    assert any("1 image(s) left out of training" in t and "5 images train" in t for t in texts)
+    with safe_open(result.model_path, "pt") as fh:
+        assert fh.metadata()["sdft.num_images"] == "5"
+
+
+def test_the_console_says_how_many_images_train(tmp_path, tiny_sd1, capsys):
+    from engine.console import ConsoleSink
+
+    config = make_run(tmp_path, tiny_sd1, steps=1)
+    truncate(tmp_path / "images" / "im4.png")
+    assert run_training(config, sink=ConsoleSink()).status == "completed"
+    out = capsys.readouterr().out
+    assert "training 5 images" in out and "im4.png" in out
+
+
+def test_saved_and_finished_events_number_epochs_like_step_events(tmp_path, tiny_sd1):
+    # 6 images in one 64x64 bucket, batch 2: 3 steps per epoch. Saves at step 2 (inside
+    # epoch 1), at the end of epoch 1 (step 3), at step 4 (inside epoch 2) and the final one.
+    config = make_run(tmp_path, tiny_sd1, steps=5,
+                      save_extra="every_n_steps = 2\nevery_n_epochs = 1\nstate = true\nstate_on_train_end = true")
+    result = run_training(config)
+    assert result.status == "completed", result.message
+    events = read_events(tmp_path / "runs" / "t" / "events.jsonl")
+    epoch_of_step = {e.step: e.epoch for e in events if isinstance(e, StepMetrics)}
+    assert epoch_of_step == {1: 1, 2: 1, 3: 1, 4: 2, 5: 2}
+    saved = [e for e in events if isinstance(e, ModelSaved)]
+    assert {e.step for e in saved} == {2, 3, 4, 5} and {e.what for e in saved} == {"model", "state"}
+    for e in saved:
+        assert e.epoch == epoch_of_step[e.step], e
+    finished = [e for e in events if isinstance(e, RunFinished)][0]
+    assert (finished.step, finished.epoch) == (5, 2)
+
+
+def test_a_run_stopped_at_an_epoch_end_reports_that_epoch(tmp_path, tiny_sd1):
+    from engine.control import RunControl
+    from engine.events import CallbackSink
+
+    control = RunControl()
+
+    def stop_after_epoch_one(event):
+        if isinstance(event, StepMetrics) and event.step == 3:
+            control.request_stop("test stop")
+
+    config = make_run(tmp_path, tiny_sd1, steps=6)
+    result = run_training(config, sink=CallbackSink(stop_after_epoch_one), control=control)
+    assert result.status == "stopped", result.message
+    events = read_events(tmp_path / "runs" / "t" / "events.jsonl")
+    state = [e for e in events if isinstance(e, ModelSaved) and e.what == "state"][0]
+    finished = [e for e in events if isinstance(e, RunFinished)][0]
+    assert (state.step, state.epoch) == (3, 1) and (finished.step, finished.epoch) == (3, 1)
