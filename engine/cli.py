@@ -1,6 +1,6 @@
 """Headless commands: ``sdft train``, ``demo``, ``bench``, ``plan`` and the tool commands.
 
-No Textual here (DESIGN §3): ``sdft_tui.cli`` handles the commands that open a screen and
+No Textual here: ``sdft_tui.cli`` handles the commands that open a screen and
 passes everything else to :func:`main`. Heavy imports happen inside each command, so
 ``sdft --help`` is instant.
 

@@ -1,6 +1,6 @@
 """Headless console output: Rich progress on a terminal, plain log lines in a pipe.
 
-This is the only place the engine uses Rich (DESIGN §3). On a TTY a progress bar shows
+This is the only place the engine uses Rich. On a TTY a progress bar shows
 step, loss and speed; otherwise one line per logging interval, so CI logs and ``tee``
 stay readable.
 """

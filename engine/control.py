@@ -1,4 +1,4 @@
-"""RunControl: the only way a UI steers a running engine (DESIGN §3).
+"""RunControl: the only way a UI steers a running engine.
 
 Requests are thread-safe flags the training loop polls at optimizer-step boundaries:
 stop (writes a resumable state by default), save now, sample now, pause/resume.

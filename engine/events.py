@@ -1,8 +1,8 @@
 """Events from the engine to whoever watches a run, and the sinks that receive them.
 
 Events are frozen dataclasses of plain values (numbers, strings, paths as strings),
-never tensors, so one stream feeds the TUI, the console and ``events.jsonl`` alike
-(DESIGN §3). A sink that fails is reported once and then skipped: a broken display
+never tensors, so one stream feeds the TUI, the console and ``events.jsonl`` alike. A sink that
+fails is reported once and then skipped: a broken display
 never stops training.
 """
 

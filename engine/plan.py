@@ -31,7 +31,7 @@ top-level classic attention score tensor (``T = H·W/64`` latent tokens; the fp3
 fp16 copy) and ``S_tot = 5·S_1 + 5·6·heads₂·(T/4)²`` the five top-level and five second-level layers.
 xformers and SDPA (flash / memory-efficient kernels) keep no score matrices.
 
-Hypernetwork mode (``train.mode = "hypernetwork"``, SPEC §10): the U-Net and text encoder are frozen
+Hypernetwork mode (``train.mode = "hypernetwork"``): the U-Net and text encoder are frozen
 (U-Net weights in the mixed-precision dtype, no weight-cast cache, no U-Net gradients or optimizer
 states); only the hypernetwork (per width d a pair of d→2d→d MLPs: 21.9 M params for SD1, 25.6 M for
 SD2) is trained in fp32. Activations are still stored because gradients flow back through every

@@ -1,8 +1,8 @@
 """The engine-to-Textual bridge: an EventSink that hands events to a screen without blocking.
 
 The engine calls ``emit`` on its own thread, possibly hundreds of times a second. We never use
-``call_from_thread`` (it waits for the UI to run the callback, so a busy UI would slow training,
-DESIGN §3). Instead events go into a buffer under a short lock, and at most one ``EngineEvents``
+``call_from_thread`` (it waits for the UI to run the callback, so a busy UI would slow training).
+Instead events go into a buffer under a short lock, and at most one ``EngineEvents``
 message is in flight at a time: the first event after a drain posts it, later ones just join the
 buffer. The UI drains the whole buffer in one go, so a burst of steps costs one message, the
 order of events is kept, and no event is lost (the loss chart wants every point).

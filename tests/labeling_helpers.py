@@ -60,7 +60,7 @@ def make_tagger_onnx(path: Path, scores: Sequence[float], *, size: int = 16, bat
 
 
 # A small selected_tags.csv: 4 ratings, general tags, character tags (one in the middle, to
-# check the per-row category rule of SPEC §12).
+# check the per-row category rule the labeling writer uses).
 WD14_ROWS = [
     ("general", 9), ("sensitive", 9), ("questionable", 9), ("explicit", 9),
     ("1girl", 0), ("long_hair", 0), ("hatsune_miku_(vocaloid)", 4), ("smile", 0), ("^_^", 0),

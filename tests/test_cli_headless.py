@@ -95,7 +95,7 @@ def test_help_lists_watch_and_watch_says_what_it_needs(tmp_path, capsys):
     assert "no such run folder" in capsys.readouterr().err
 
 
-# Modules the wizard needs before training: no torch/diffusers/transformers (DESIGN §3).
+# Modules the wizard needs before training: no torch/diffusers/transformers.
 LIGHT_MODULES = [
     "engine.config.schema", "engine.config.run_toml", "engine.config.dataset", "engine.config.lines",
     "engine.data.scan", "engine.data.captions", "engine.data.buckets", "engine.data.metadata",

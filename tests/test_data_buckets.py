@@ -1,4 +1,4 @@
-"""SPEC §3: bucket lists, selection, no-upscale, crop, batching and statistics (hand-computed)."""
+"""bucket lists, selection, no-upscale, crop, batching and statistics (hand-computed)."""
 
 import random
 
@@ -10,7 +10,7 @@ from engine.data.buckets import (
     make_bucket_list, select_bucket, select_no_upscale, slice_batches, steps_per_epoch,
 )
 
-# kohya's values for resolution 512, steps 64, min 256, max 1024 (SPEC §3.1, worked by hand:
+# kohya's values for resolution 512, steps 64, min 256, max 1024 (worked by hand:
 # h = min(1024, ((262144 // w) // 64) * 64) for w = 256 ... 1024).
 KOHYA_512 = [(256, 832), (256, 896), (256, 960), (256, 1024), (320, 704), (320, 768), (384, 640), (448, 576),
              (512, 512), (576, 448), (640, 384), (704, 320), (768, 320), (832, 256), (896, 256), (960, 256),

@@ -1,4 +1,4 @@
-"""SPEC §2.1: kohya dataset TOML: merge order, every rejection at once with key, line and hint."""
+"""kohya dataset TOML: merge order, every rejection at once with key, line and hint."""
 
 import json
 import subprocess

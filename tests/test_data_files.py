@@ -1,4 +1,4 @@
-"""SPEC §1: scanning odd files, metadata key forms and round trips, captions, pixel conversion."""
+"""scanning odd files, metadata key forms and round trips, captions, pixel conversion."""
 
 import json
 from pathlib import Path

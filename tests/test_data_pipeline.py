@@ -88,7 +88,7 @@ def test_end_to_end_batches(dataset, vae):
     b = data.load_batch(plan[0], epoch=1, global_step=0, position=0)
     assert torch.equal(a.latents, b.latents) and a.captions == b.captions
     c = data.load_batch(plan[0], epoch=2, global_step=0, position=0)
-    assert not torch.equal(a.latents, c.latents)          # a fresh posterior draw (SPEC §7.3)
+    assert not torch.equal(a.latents, c.latents)          # a fresh posterior draw
 
 
 def test_cache_reuse_after_editing_one_image(dataset, vae):
@@ -173,7 +173,7 @@ def test_pinned_train_resolution(dataset):
     (dataset / "meta.json").write_text(json.dumps(meta))
     data = TrainingData.from_config(run_config(dataset, TOML), log=lambda s: None)
     assert {it.bucket for it in data.items} == {(64, 64)}
-    assert data.items[4].resized == (128, 64)               # cover resize, then crop (SPEC §12)
+    assert data.items[4].resized == (128, 64)               # cover resize, then crop
 
 
 @pytest.mark.parametrize("era", ["2022", "2023", "head"])
@@ -238,7 +238,7 @@ def test_vae_batches_never_mix_flip_and_plain_jobs(tmp_path, vae):
 
 
 def test_bucket_info_has_no_ar_error_without_bucketing(dataset):
-    """SPEC §3.5: mean_img_ar_error is computed and logged only when bucketing is on."""
+    """mean_img_ar_error is computed and logged only when bucketing is on."""
     cfg = run_config(dataset, TOML.replace("enable_bucket = true", "enable_bucket = false"))
     info = TrainingData.from_config(cfg, log=lambda s: None).bucket_info
     assert "mean_img_ar_error" not in info

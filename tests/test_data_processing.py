@@ -1,4 +1,4 @@
-"""SPEC §4: per-sample caption processing, in order, seeded."""
+"""per-sample caption processing, in order, seeded."""
 
 import random
 

@@ -1,4 +1,4 @@
-"""Hypernetwork module, U-Net hook and files (SPEC §10), on tiny models and real configs (meta)."""
+"""Hypernetwork module, U-Net hook and files, on tiny models and real configs (meta)."""
 
 from __future__ import annotations
 

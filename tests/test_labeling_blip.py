@@ -1,4 +1,4 @@
-"""BLIP captioning with a tiny random BlipForConditionalGeneration (SPEC §11.1)."""
+"""BLIP captioning with a tiny random BlipForConditionalGeneration."""
 
 from __future__ import annotations
 

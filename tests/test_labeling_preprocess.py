@@ -1,4 +1,4 @@
-"""Tagger preprocessing against hand-computed arrays, prefetching, bad images (SPEC §11.2, §11.3)."""
+"""Tagger preprocessing against hand-computed arrays, prefetching, bad images."""
 
 from __future__ import annotations
 

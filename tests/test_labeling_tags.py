@@ -1,4 +1,4 @@
-"""WD14 / DeepDanbooru tag selection on known scores (SPEC §11.2, §11.3), through real ONNX models."""
+"""WD14 / DeepDanbooru tag selection on known scores, through real ONNX models."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def select(**kwargs) -> list[str]:
 
 
 def test_default_threshold_general_then_character_by_row_category():
-    # characters come after the general tags even though one sits between general rows (SPEC §12)
+    # characters come after the general tags even though one sits between general rows
     assert select() == ["1girl", "long_hair", "^_^", "solo", "hatsune_miku_(vocaloid)", "kaga_(kancolle)"]
 
 
@@ -128,7 +128,7 @@ def test_deepdanbooru_raw_output(tmp_path):
     assert image.with_suffix(".txt").read_text() == "1girl, smile, solo, rating:safe\n"
     summary = tag_images([image], TagOptions(tagger="deepdanbooru", model=str(model), thresh=0.58, policy="overwrite"))
     assert summary.texts[str(image)] == "1girl, smile, rating:safe"
-    # cleaning (SPEC §1.5) drops the rating
+    # cleaning drops the rating
     tag_images([image], TagOptions(tagger="deepdanbooru", model=str(model), policy="overwrite", clean=True))
     assert image.with_suffix(".txt").read_text() == "1girl, smile, solo\n"
     assert len(DDB_TAGS) == 7

@@ -1,4 +1,4 @@
-"""Write policies, metadata JSON, progress/stop and model-source errors (SPEC §1.2, §1.3, §11)."""
+"""Write policies, metadata JSON, progress/stop and model-source errors."""
 
 from __future__ import annotations
 

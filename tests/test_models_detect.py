@@ -1,4 +1,4 @@
-"""SD1/SD2 and v-prediction detection from every source (SPEC §8.4), EMA, VAE override."""
+"""SD1/SD2 and v-prediction detection from every source, EMA, VAE override."""
 
 from __future__ import annotations
 

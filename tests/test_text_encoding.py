@@ -1,5 +1,5 @@
-"""Encoding with clip skip, recombination into 77/152/227 states, weights, gradients, dtypes
-(SPEC §5.3-5.5), on tiny random CLIP text models over the real vocabulary."""
+"""Encoding with clip skip, recombination into 77/152/227 states, weights, gradients, dtypes, on
+tiny random CLIP text models over the real vocabulary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Token ids for 75 / 150 / 225 tokens in SD1 and SD2 modes (SPEC §5.2), hand-computed."""
+"""Token ids for 75 / 150 / 225 tokens in SD1 and SD2 modes, hand-computed."""
 
 from __future__ import annotations
 

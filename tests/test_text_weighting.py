@@ -1,4 +1,4 @@
-"""A1111 attention syntax (SPEC §5.4): parsing and per-token weights. No torch needed."""
+"""A1111 attention syntax: parsing and per-token weights. No torch needed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The objective's formulas against hand-computed tensors (SPEC §6)."""
+"""The objective's formulas against hand-computed tensors."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_zero_terminal_snr_rescale_and_snr_after_it():
     assert ac[-1].item() == pytest.approx(0.0, abs=1e-12)
     assert ac[0].item() == pytest.approx(obj.alphas_cumprod()[0].item(), rel=1e-9)
     snr = obj.snr_table(ac)
-    assert snr[-1].item() == 0.0                     # computed after the rescale (SPEC §12)
+    assert snr[-1].item() == 0.0                     # computed after the rescale
 
 
 def test_noise_offset_adds_per_channel_constant():

@@ -1,4 +1,4 @@
-"""Sample prompt files in kohya's syntax (SPEC §5.5)."""
+"""Sample prompt files in kohya's syntax."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""kohya's dataset TOML (fine-tuning / metadata method), parsed and validated (SPEC §2.1).
+"""kohya's dataset TOML (fine-tuning / metadata method), parsed and validated.
 
 The tables ``[general]`` and ``[[datasets]]`` (each with ``[[datasets.subsets]]``) are accepted
 unchanged, inline in a run TOML or in their own file (``dataset_config = "file.toml"``, or a
@@ -108,7 +108,7 @@ class SubsetSpec:
 
     @property
     def cacheable(self) -> bool:
-        """random_crop / color_aug change pixels per draw, so latents cannot be cached (SPEC §3.3)."""
+        """random_crop / color_aug change pixels per draw, so latents cannot be cached."""
         return not (self.random_crop or self.color_aug)
 
 
@@ -156,7 +156,7 @@ class DatasetBlueprint:
 
 
 def round_bucket_limits(min_b: int, max_b: int, d: int) -> tuple[int, int]:
-    """min rounded down, max rounded up to multiples of the step (SPEC §2.1)."""
+    """min rounded down, max rounded up to multiples of the step."""
     if d <= 0:
         return min_b, max_b
     return (min_b // d) * d, -((-max_b) // d) * d
@@ -313,7 +313,7 @@ def _validate_table(table: Any, prefix: str, allowed: dict[str, tuple[str, Any]]
 
 
 def _resolve_path(raw: str, base_dir: Path) -> Path:
-    """Relative to the TOML's folder first, then the current folder (SPEC §2.1)."""
+    """Relative to the TOML's folder first, then the current folder."""
     path = Path(raw).expanduser()
     if path.is_absolute():
         return path

@@ -1,4 +1,4 @@
-"""Aspect-ratio bucketing, exactly as kohya computes it (SPEC §3.1–§3.5). Pure math, no torch.
+"""Aspect-ratio bucketing, exactly as kohya computes it. Pure math, no torch.
 
 Functions take plain sizes and return plain tuples so the wizard, the CLI histogram and the
 training pipeline share one implementation. ``assign_sizes`` handles 100,000 images well
@@ -151,7 +151,7 @@ class Assignment:
 
 def assign_sizes(sizes: Sequence[Size], settings: BucketSettings,
                  pinned: Sequence[Size | None] | None = None) -> list[Assignment]:
-    """Assign every image (SPEC §3.2). ``pinned`` = per-image train_resolution (or None)."""
+    """Assign every image. ``pinned`` = per-image train_resolution (or None)."""
     sizes = [(int(w), int(h)) for w, h in sizes]
     out: list[Assignment | None] = [None] * len(sizes)
     rest = []
@@ -242,7 +242,7 @@ def mean_ar_error(assignments: Iterable[Assignment]) -> float:
 
 def bucket_info(assignments: Sequence[Assignment], repeats: Sequence[int] | None = None,
                 *, enable_bucket: bool = True) -> dict:
-    """``{"buckets": {i: {"resolution": [w, h], "count": n}}, "mean_img_ar_error": x}`` (SPEC §3.5)."""
+    """``{"buckets": {i: {"resolution": [w, h], "count": n}}, "mean_img_ar_error": x}``."""
     counts: dict[Size, int] = {}
     for i, a in enumerate(assignments):
         if a.bucket:

@@ -1,4 +1,4 @@
-"""Content-addressed latent cache (SPEC §7.2, §7.3) and kohya ``.npz`` import (SPEC §7.1).
+"""Content-addressed latent cache and kohya ``.npz`` import.
 
 An entry's key hashes everything that changes the latent: the image bytes, bucket, resize,
 crop, flip, interpolation, the VAE's weights and the encode dtype. So a second run encodes
@@ -162,7 +162,7 @@ def entry_path(cache_dir: Path, key: str) -> Path:
 
 
 def check_latents(tensors: dict[str, torch.Tensor], shape: tuple[int, int, int], flip: bool) -> str | None:
-    """None when the entry is usable: right shape, floating point, finite (SPEC §7.2)."""
+    """None when the entry is usable: right shape, floating point, finite."""
     names = ["mean", "std"] + (["mean_flipped", "std_flipped"] if flip else [])
     for name in names:
         t = tensors.get(name)
@@ -210,7 +210,7 @@ def load_entry(file: Path, shape: tuple[int, int, int], flip: bool, verify: str)
     return (None, problem) if problem else (tensors, None)
 
 
-# ---------------------------------------------------------------- kohya npz (SPEC §7.1)
+# ---------------------------------------------------------------- kohya npz
 
 
 def _npz_latent(data, base: str, latent_hw: tuple[int, int]) -> np.ndarray | None:
@@ -243,8 +243,8 @@ def import_kohya_npz(image: Path, original_size: tuple[int, int], bucket: tuple[
                      flip: bool) -> dict[str, torch.Tensor] | None:
     """Latents from a kohya npz when one exists and fits the bucket; None otherwise.
 
-    The npz holds one posterior draw (unscaled); it becomes ``mean`` with ``std = 0``
-    (SPEC §7.3 "kohya" mode). With flip_aug the flipped entry must exist too.
+    The npz holds one posterior draw (unscaled); it becomes ``mean`` with ``std = 0`` ("kohya"
+    mode). With flip_aug the flipped entry must exist too.
     """
     shape = (4, bucket[1] // 8, bucket[0] // 8)
     hw = (shape[1], shape[2])

@@ -1,4 +1,4 @@
-"""Decode an image into the 8-bit RGB pixels a bucket needs (SPEC §1.1, §3.3).
+"""Decode an image into the 8-bit RGB pixels a bucket needs.
 
 Conversions: palette, CMYK, 16-bit, LA/RGBA → RGB, transparency composited on white; EXIF
 orientation applied when asked. Then cover-resize, crop to the bucket, optional flip and
@@ -63,7 +63,7 @@ def to_rgb(im):
 
 
 def auto_interpolation(size: tuple[int, int], resized: tuple[int, int]) -> str:
-    """``area`` when shrinking on both axes, otherwise ``lanczos`` (SPEC §3.3)."""
+    """``area`` when shrinking on both axes, otherwise ``lanczos``."""
     return "area" if size[0] >= resized[0] and size[1] >= resized[1] else "lanczos"
 
 

@@ -1,4 +1,4 @@
-"""Find images and read their sizes from the file headers, without decoding (SPEC §1.1).
+"""Find images and read their sizes from the file headers, without decoding.
 
 Pillow's ``Image.open`` is lazy: it parses the header and stops, so a scan of thousands of
 files costs milliseconds each. EXIF orientation 5–8 swaps width and height when honoured.
@@ -212,7 +212,7 @@ class ScanItem:
 
 def scan_folder(root: str | Path, *, recursive: bool = False, caption_extension: str = ".caption",
                 tags_extension: str = ".txt", exif_transpose: bool = True) -> list[ScanItem]:
-    """Images under ``root`` with sizes from headers and their caption/tag sidecars (SPEC §1.2)."""
+    """Images under ``root`` with sizes from headers and their caption/tag sidecars."""
     from engine.data.captions import read_sidecar
 
     paths = find_images(root, recursive=recursive)

@@ -1,4 +1,4 @@
-"""BLIP captioning through transformers (SPEC §11.1).
+"""BLIP captioning through transformers.
 
 ``BlipForConditionalGeneration`` + ``BlipProcessor`` from a folder or hub id. The processor
 (squash to its size, bicubic, CLIP mean/std) runs on the prefetch thread; generation runs

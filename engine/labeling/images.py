@@ -1,4 +1,4 @@
-"""Pixels for the taggers (SPEC §11.2, §11.3) and a prefetching batch reader.
+"""Pixels for the taggers and a prefetching batch reader.
 
 Decoding goes through engine.data.images.open_rgb, so transparency is composited on white
 and EXIF orientation handled exactly as in training. numpy + Pillow only.

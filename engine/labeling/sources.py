@@ -1,4 +1,4 @@
-"""Find a labelling model: a local folder, or a Hugging Face hub id fetched when online (SPEC §11).
+"""Find a labelling model: a local folder, or a Hugging Face hub id fetched when online.
 
 A folder is checked for the files the model needs, so a wrong folder fails with a list of
 what is missing instead of a deep library traceback. A hub id is looked up in the local

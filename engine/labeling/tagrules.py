@@ -1,4 +1,4 @@
-"""Turn tagger scores into a tag line (SPEC §11.2): pure functions, no model, no numpy needed.
+"""Turn tagger scores into a tag line: pure functions, no model, no numpy needed.
 
 Name edits happen once, on the tag list (as kohya does): character expansion, underscores,
 replacements. Undesired and always-first tags are compared with the edited names. Then,

@@ -1,4 +1,4 @@
-"""WD14 tagger (SmilingWolf family, SPEC §11.2): ``model.onnx`` + ``selected_tags.csv``.
+"""WD14 tagger (SmilingWolf family): ``model.onnx`` + ``selected_tags.csv``.
 
 Runs through onnxruntime (CUDA provider when present). The input size comes from the
 graph (448 for the published models); a fixed batch dimension overrides the batch size.

@@ -4,7 +4,7 @@ A .ckpt is a pickle, and a pickle can run any code when loaded. We load with
 ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers.
 Old PyTorch-Lightning checkpoints (SD 1.x era) also reference Lightning classes (e.g.
 the ModelCheckpoint callback used as a dict key); those, and only those, are replaced by
-inert stubs (SPEC §8.5). Anything else is refused unless the user explicitly allows an
+inert stubs. Anything else is refused unless the user explicitly allows an
 unsafe pickle.
 """
 

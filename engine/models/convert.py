@@ -1,6 +1,6 @@
 """Key conversion between diffusers models and the original ("single file") SD layout.
 
-SPEC §8.1-8.2. Every mapping is generated from the diffusers key names and a few
+Every mapping is generated from the diffusers key names and a few
 architecture numbers (layers per block, number of blocks), never from a fixed table, so
 the same code converts real SD and the tiny test models. Conversions only rename, split
 (SD2 fused q/k/v) or reshape (VAE attention 1x1 convs); values are never changed, which
@@ -18,7 +18,7 @@ SD1_TEXT_PREFIX = "cond_stage_model.transformer."
 SD2_TEXT_PREFIX = "cond_stage_model.model."
 EMA_PREFIX = "model_ema."
 
-# Unused OpenCLIP tensors kept for other tools (SPEC §8.2): copied through or fabricated.
+# Unused OpenCLIP tensors kept for other tools: copied through or fabricated.
 OPENCLIP_LOGIT_SCALE = 4.6052  # ln(1/0.07), OpenCLIP's initial value
 
 
@@ -174,7 +174,7 @@ def adapt_text_keys(sd: Mapping, model_keys: Iterable[str]) -> dict:
     """Rename HF CLIP keys to the naming this model instance uses (with or without ``text_model.``).
 
     transformers >= 5.6 builds ``CLIPTextModel`` without the ``text_model.`` level while a
-    model loaded from an old folder (or older transformers) keeps it (SPEC §8.2 pitfall).
+    model loaded from an old folder (or older transformers) keeps it.
     """
     wants_prefix = any(k.startswith("text_model.") for k in model_keys)
     out = {}
@@ -298,7 +298,7 @@ def text_sd2_from_original(part: Mapping, num_layers: int) -> tuple[dict, dict]:
 
 def diffusers_to_original(unet_sd: Mapping, vae_sd: Mapping, text_sd: Mapping, *, v2: bool,
                           text_extras: Mapping | None = None) -> dict:
-    """Three diffusers state dicts -> one original-layout state dict (SPEC §8.1)."""
+    """Three diffusers state dicts -> one original-layout state dict."""
     out: dict = {}
     for k, orig in unet_key_map(unet_sd.keys()).items():
         out[orig] = unet_sd[k]

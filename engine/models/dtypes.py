@@ -1,6 +1,6 @@
 """Which floating-point types a device can train in, with a fix when it cannot.
 
-accelerate silently ignores fp16 mixed precision on a CPU (DESIGN §5), and bf16 needs an
+accelerate silently ignores fp16 mixed precision on a CPU, and bf16 needs an
 Ampere-or-newer GPU; we say so up front and name the setting to use instead.
 """
 

@@ -1,4 +1,4 @@
-"""NovelAI-style hypernetworks (SPEC §10), compatible with AUTOMATIC1111 and kohya's old files.
+"""NovelAI-style hypernetworks, compatible with AUTOMATIC1111 and kohya's old files.
 
 A hypernetwork holds, per context width ``d``, a *pair* of residual MLPs: index 0 transforms
 the input of an attention's ``to_k``, index 1 the input of its ``to_v``:

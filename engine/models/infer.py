@@ -139,7 +139,7 @@ def infer_text_config(hf_sd: Mapping, *, v2: bool, metadata: Mapping[str, str] |
 
 
 def sd2_text_layers(part: Mapping, metadata: Mapping[str, str] | None = None) -> int:
-    """How many OpenCLIP resblocks the HF model uses: SD2 skips the last one (SPEC §8.2).
+    """How many OpenCLIP resblocks the HF model uses: SD2 skips the last one.
 
     Real SD2 files hold 24 resblocks and use 23. Files we write keep that convention
     (one extra resblock); ``sdft.text_config`` says the exact count when present.

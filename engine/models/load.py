@@ -1,7 +1,7 @@
 """Load a base model from a diffusers folder, a single .safetensors/.ckpt, or a hub id.
 
 Everything comes back in fp32 on the CPU, with a report of what was detected and from
-where (SPEC §8.4). Single files load with no network: the models are built from configs
+where. Single files load with no network: the models are built from configs
 inferred from the tensor shapes (real SD files match the built-in configs exactly).
 """
 

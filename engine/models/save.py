@@ -1,6 +1,6 @@
 """Save a model: one file in the original SD layout (.safetensors / .ckpt) or a diffusers folder.
 
-SPEC §8.5. The models passed in are never modified (casting works on copies of the
+The models passed in are never modified (casting works on copies of the
 tensors). Writes are atomic (a crash leaves the old file or none) and files get mode 0644.
 """
 
@@ -167,7 +167,7 @@ def save_model(path, *, unet, text_encoder, vae, v2: bool, v_parameterization: b
                global_step: int = 0, text_extras: Mapping | None = None,
                scheduler_overrides: Mapping | None = None, scheduler_config: Mapping | None = None,
                tokenizer=None) -> Path:
-    """Write the model; returns the path written. See SPEC §8.5 for formats and metadata.
+    """Write the model; returns the path written.
 
     A diffusers folder holds every part in one dtype (``precision``) and loads with
     ``StableDiffusionPipeline.from_pretrained(folder)`` alone, on new and old transformers.

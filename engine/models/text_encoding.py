@@ -1,4 +1,4 @@
-"""Captions to U-Net conditioning, as NovelAI / kohya train SD (SPEC §5.2-5.5).
+"""Captions to U-Net conditioning, as NovelAI / kohya train SD.
 
 * 75 / 150 / 225 tokens: the caption is padded to N + 2 ids and cut into chunks of 77,
   each with its own BOS/EOS; every chunk goes through CLIP on its own and the states are
@@ -70,7 +70,7 @@ def _final_layer_norm(text_encoder) -> torch.nn.Module:
 
 
 def recombine(states: torch.Tensor, chunks: int) -> torch.Tensor:
-    """(B, n·77, ...) per-chunk states → (B, 77) or (B, 75n + 2, ...) (SPEC §5.3).
+    """(B, n·77, ...) per-chunk states → (B, 77) or (B, 75n + 2, ...).
 
     Keeps chunk 0's BOS state, positions 1…75 of every chunk, and the last chunk's final
     state. Works on encoder states (B, n·77, D) and on weights (B, n·77) alike.
@@ -86,7 +86,7 @@ def recombine(states: torch.Tensor, chunks: int) -> torch.Tensor:
 
 
 class PromptEncoder:
-    """Tokenize and encode captions exactly as training does (SPEC §5.2-5.4).
+    """Tokenize and encode captions exactly as training does.
 
     ``warn`` receives user-facing warnings (clip skip on SD2, truncated weighted captions);
     without it they go to Python's ``warnings``.
@@ -128,7 +128,7 @@ class PromptEncoder:
         self._truncation_warnings = 0
         self.bos = tokenizer.bos_token_id
         self.eos = tokenizer.eos_token_id
-        # SD1 pads with EOS, SD2 with "!" (id 0); the tokenizer says which (SPEC §5.1).
+        # SD1 pads with EOS, SD2 with "!" (id 0); the tokenizer says which.
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         if v2 and clip_skip > 1:
             self.warn(
@@ -155,7 +155,7 @@ class PromptEncoder:
         """Positions per caption after recombination: 77, 152 or 227."""
         return CHUNK_LEN if self.chunks == 1 else CHUNK_TEXT * self.chunks + 2
 
-    # -- tokenization (SPEC §5.2, §5.4) ---------------------------------------------
+    # -- tokenization ---------------------------------------------
     def tokenize(self, captions: list[str]) -> TokenBatch:
         """Captions → ids (B, n, 77) [and weights (B, n, 77) when weighted]."""
         if isinstance(captions, str):
@@ -207,7 +207,7 @@ class PromptEncoder:
             f"(model.max_token_length): {preview!r}.{more}"
         )
 
-    # -- encoding (SPEC §5.3, §5.4) --------------------------------------------------
+    # -- encoding --------------------------------------------------
     def encode(self, tokens: TokenBatch, device, dtype: torch.dtype | None = None) -> torch.Tensor:
         """TokenBatch → states (B, 77 or 75n + 2, D), in ``dtype`` when given."""
         batch = tokens.ids.shape[0]
@@ -258,7 +258,7 @@ def encode_prompts_for_sampling(
     device,
     dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample prompts and their negatives through the training encoder (SPEC §5.5).
+    """Sample prompts and their negatives through the training encoder.
 
     Returns ``(prompt_embeds, negative_prompt_embeds)`` of equal shape (B, 77|152|227, D),
     to pass as precomputed embeddings to a diffusers pipeline. A missing negative is the

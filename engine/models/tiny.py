@@ -84,7 +84,7 @@ def tiny_text_config(spec: TinySpec) -> dict:
 
 
 def scheduler_config(v_prediction: bool) -> dict:
-    """SD's training schedule (SPEC §6.1): DDPM, scaled_linear 0.00085-0.012, 1000 steps."""
+    """SD's training schedule: DDPM, scaled_linear 0.00085-0.012, 1000 steps."""
     return dict(
         num_train_timesteps=1000,
         beta_start=0.00085,

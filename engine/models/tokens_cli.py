@@ -1,6 +1,6 @@
 """``sdft tokens "TEXT"``: how CLIP reads a caption (count, cut, chunk layout).
 
-Uses the exact layout the trainer uses (SPEC §5.2), so a user can check a caption before
+Uses the exact layout the trainer uses, so a user can check a caption before
 training: how many tokens it has, which words fall past ``max_token_length`` and are never
 seen, and how the ids split into chunks of 77. No torch is imported.
 """

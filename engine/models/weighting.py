@@ -1,4 +1,4 @@
-"""AUTOMATIC1111's attention syntax for weighted captions (SPEC §5.4). No torch here.
+"""AUTOMATIC1111's attention syntax for weighted captions. No torch here.
 
 ``(x)`` multiplies the weight of ``x`` by 1.1, ``[x]`` divides it by 1.1, ``(x:1.3)`` sets a
 factor of 1.3; brackets nest (factors multiply); a bracket left open applies up to the end
@@ -116,8 +116,8 @@ def strip_weight_syntax(text: str) -> str:
 def has_comma_inside_brackets(text: str) -> bool:
     """True when a ``,`` sits inside ``( )`` / ``[ ]``.
 
-    Tag shuffling and dropout split captions on commas, which tears such groups apart
-    (SPEC §5.4): the pre-flight check warns about these captions.
+    Tag shuffling and dropout split captions on commas, which tears such groups apart: the
+    pre-flight check warns about these captions.
     """
     depth = 0
     escaped = False

@@ -1,4 +1,4 @@
-"""When and where models and states are saved, with kohya's names (SPEC §8.5).
+"""When and where models and states are saved, with kohya's names.
 
 ``checkpoints/<name>-<epoch:06d>.<ext>``, ``<name>-step<step:08d>.<ext>`` and the final
 ``<name>.<ext>``; rotation per ``save.last_n_*``. Only the main process writes.
@@ -46,7 +46,7 @@ class Checkpointer:
         t = self.trainer
         name = self.cfg.train.output_name
         ext = EXTENSIONS[self.cfg.save.format]
-        if t.hypernetwork is not None:   # hypernetwork mode saves only the hypernetwork (SPEC §10)
+        if t.hypernetwork is not None:   # hypernetwork mode saves only the hypernetwork
             ext = "." + self.cfg.hypernetwork.save_format
         if kind == "epoch":
             return f"{name}-{t.epoch:06d}{ext}"
@@ -87,7 +87,7 @@ class Checkpointer:
         return str(path)
 
     def _save_hypernetwork(self, path: Path) -> None:
-        """train.mode = "hypernetwork": the A1111 .pt / .safetensors file (SPEC §10)."""
+        """train.mode = "hypernetwork": the A1111 .pt / .safetensors file."""
         from engine.models.hypernetwork import save_hypernetwork
 
         t = self.trainer

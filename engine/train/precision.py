@@ -1,4 +1,4 @@
-"""Device and precision decisions, made once and explained to the user (DESIGN §5)."""
+"""Device and precision decisions, made once and explained to the user."""
 
 from __future__ import annotations
 

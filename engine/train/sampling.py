@@ -1,4 +1,4 @@
-"""Preview images during training, encoded with the training text encoder (SPEC §5.5).
+"""Preview images during training, encoded with the training text encoder.
 
 kohya samples through a different prompt encoder than it trains with; sdft passes the
 training encoder's embeddings (same chunking, clip skip, padding) to the pipeline, so a

@@ -1,4 +1,4 @@
-"""The fine-tuning loop: setup, loop, teardown (SPEC §6, §9; DESIGN §5).
+"""The fine-tuning loop: setup, loop, teardown.
 
 Read top to bottom: :meth:`Trainer.setup` loads everything once, :meth:`Trainer.loop`
 runs optimizer steps, :meth:`Trainer.finish` saves. The objective itself lives in
@@ -246,7 +246,7 @@ class Trainer:
             self.model.vae.to("cpu")
 
     def _setup_hypernetwork(self, unet) -> None:
-        """Hypernetwork mode (SPEC §10): an fp32 hypernetwork hooked into the frozen U-Net's
+        """Hypernetwork mode: an fp32 hypernetwork hooked into the frozen U-Net's
         attention (after the kernel choice, which it wraps). The U-Net's forward still runs
         with grad enabled, so gradients flow through it to the hypernetwork."""
         from engine.models.hypernetwork import hypernetwork_for_unet, install_hypernetwork
@@ -526,7 +526,7 @@ class Trainer:
         return z * self.latent_scale
 
     def compute_loss(self, batch, generator: torch.Generator) -> torch.Tensor:
-        """The training objective for one micro-batch (SPEC §6.2)."""
+        """The training objective for one micro-batch."""
         t_cfg = self.cfg.train
         x0 = self.latents_of(batch, generator)
         noise_opts, loss_opts = self.noise_options, self.loss_options

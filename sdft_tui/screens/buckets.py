@@ -1,4 +1,4 @@
-"""Step 3: aspect-ratio buckets, recomputed live from the engine's own bucket code (SPEC §3)."""
+"""Step 3: aspect-ratio buckets, recomputed live from the engine's own bucket code."""
 
 from __future__ import annotations
 

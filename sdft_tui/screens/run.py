@@ -4,7 +4,7 @@
 ``RunControl``; ``WatchScreen`` follows another process's ``events.jsonl`` read-only. Both feed
 the same ``RunFigures`` and draw the same panes, so ``sdft watch`` shows what the live screen
 shows. Events arrive through the bridge (coalesced messages); the panes repaint on a timer at a
-few Hz, whatever the step rate (DESIGN §3).
+few Hz, whatever the step rate.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Built-in model configurations (SPEC §8.3), shipped as JSON so nothing is downloaded.
+"""Built-in model configurations, shipped as JSON so nothing is downloaded.
 
 Three families: ``sd1`` (SD 1.x), ``sd2-base`` (SD 2.x 512 px, epsilon) and ``sd2-768-v``
 (SD 2.x 768 px, v-prediction). Each has ``unet``, ``vae``, ``text_encoder`` (a transformers
@@ -43,7 +43,7 @@ def builtin_config(family: str, component: str) -> dict:
 
 
 def scheduler_config(v2: bool, v_parameterization: bool, **overrides) -> dict:
-    """SD's noise schedule with the given prediction type (SPEC §6.1, §8.3)."""
+    """SD's noise schedule with the given prediction type."""
     cfg = builtin_config(family_for(v2, False), "scheduler")
     cfg["prediction_type"] = "v_prediction" if v_parameterization else "epsilon"
     cfg.update(overrides)
