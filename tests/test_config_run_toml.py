@@ -59,7 +59,7 @@ def test_valid_file_loads_with_typed_values(dataset_dir):
     config, _doc, warnings = load_run_file(write(dataset_dir, GOOD))
     assert config.model.clip_skip == 2
     assert config.train.max_train_steps == 10
-    assert config.optimizer.learning_rate == 2e-6          # default from SPEC §2.2
+    assert config.optimizer.learning_rate == 2e-6          # the schema default
     assert config.run_dir() == dataset_dir / "runs" / "sdft-run"
     assert len(config.datasets.datasets) == 1
     assert not [w for w in warnings if w.severity == "error"]

@@ -1,4 +1,4 @@
-"""TrainingData: from a run's dataset tables to bucketed batches (SPEC §1–§4, §7).
+"""TrainingData: from a run's dataset tables to bucketed batches.
 
 ``from_config`` reads metadata, sizes and buckets (no pixels). ``prepare_latents`` fills the
 latent cache. ``epoch_plan(epoch)`` is a pure function of (seed, epoch); ``load_batch``
@@ -40,7 +40,7 @@ class DataItem:
     index: int
     key: str
     path: Path
-    caption: str                  # caption joined with tags (SPEC §1.4), before per-sample processing
+    caption: str                  # caption joined with tags, before per-sample processing
     tags: str | None
     size: tuple[int, int]
     bucket: tuple[int, int]
@@ -66,7 +66,7 @@ class BatchRef:
 
 @dataclass
 class Batch:
-    latents: torch.Tensor | None  # (B, 4, h, w) unscaled z (SPEC §7.3)
+    latents: torch.Tensor | None  # (B, 4, h, w) unscaled z
     pixels: torch.Tensor | None   # (B, 3, H, W) in [-1, 1] when not cached
     captions: list[str]
     keys: list[str]
@@ -168,7 +168,7 @@ class TrainingData:
 
     @property
     def bucket_info(self) -> dict:
-        """SPEC §3.5 over all datasets (repeats counted)."""
+        """Bucket statistics (kohya's bucket_info) over all datasets, repeats counted."""
         active = [it for it in self.items if it.index not in self._excluded]
         return bucket_info([Assignment(it.size, it.bucket, it.resized) for it in active],
                            [it.repeats for it in active],
@@ -188,7 +188,7 @@ class TrainingData:
 
     @property
     def tag_frequency(self) -> dict[str, dict[str, int]]:
-        """Per metadata file name: tag → number of images carrying it (SPEC §1.4)."""
+        """Per metadata file name: tag → number of images carrying it."""
         by_file: dict[str, list] = {}
         for it in self.items:
             by_file.setdefault(it.metadata_file.name, []).append(it.tags)
@@ -200,7 +200,7 @@ class TrainingData:
     # ------------------------------------------------------------ latents
 
     def prepare_latents(self, vae, device, dtype=torch.float32, progress=None, *, vae_id: str | None = None) -> None:
-        """Fill the latent cache for every cacheable item (SPEC §7). Bad images are skipped and reported."""
+        """Fill the latent cache for every cacheable item. Bad images are skipped and reported."""
         if self.cache_mode == "none":
             self._prepared = True
             return

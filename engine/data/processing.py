@@ -1,4 +1,4 @@
-"""Per-sample caption processing (SPEC §4) and the per-sample random generator (SPEC §3.4).
+"""Per-sample caption processing and the per-sample random generator.
 
 Every random choice of a sample (flip, crop offset, caption shuffle/dropout, wildcard,
 latent draw) comes from one generator seeded by ``(seed, epoch, batch position, item index)``,
@@ -48,14 +48,14 @@ class CaptionOptions:
 
 
 def warmup_steps(token_warmup_step: float, max_train_steps: int) -> int:
-    """``token_warmup_step < 1`` is a fraction of the run: converted once (SPEC §4.4b)."""
+    """``token_warmup_step < 1`` is a fraction of the run: converted once."""
     if token_warmup_step < 1:
         return int(math.floor(token_warmup_step * max_train_steps))
     return int(token_warmup_step)
 
 
 def _split_pieces(caption: str, o) -> tuple[list[str], list[str], list[str]]:
-    """(fixed, flexible, fixed suffix) pieces per SPEC §4.4a."""
+    """The caption in (fixed, flexible, fixed suffix) pieces: keep_tokens and the suffix stay put."""
     sep = o.caption_separator
     kts = o.keep_tokens_separator
     if kts and kts in caption:
@@ -76,7 +76,7 @@ def _split_pieces(caption: str, o) -> tuple[list[str], list[str], list[str]]:
 
 def process_caption(caption: str, options, rng: random.Random, *, epoch: int, step: int,
                     max_train_steps: int) -> str:
-    """One draw of a sample's caption (SPEC §4, steps 1–5 in order).
+    """One draw of a sample's caption (steps 1–5 in order).
 
     ``epoch`` is 1-based as in kohya; ``step`` is the exact global optimizer step.
     """

@@ -1,4 +1,4 @@
-"""Auto-captioning (BLIP) and auto-tagging (WD14, DeepDanbooru) — SPEC §11.
+"""Auto-captioning (BLIP) and auto-tagging (WD14, DeepDanbooru).
 
 Importing this package is cheap: torch, transformers and onnxruntime load only when a
 model is built. The CLI (``sdft caption`` / ``sdft tag``) lives in :mod:`engine.labeling.cli`.
@@ -21,7 +21,7 @@ Programmatic API (what the wizard's captions screen calls from a worker thread):
   (or a single-image re-caption); ``"append"`` adds (tags merged without duplicates).
 * Sidecars ``<stem>.caption`` / ``<stem>.txt`` are written atomically as each batch
   finishes; ``metadata_file=`` also (or with ``sidecars=False`` only) updates a kohya
-  metadata JSON, once at the end. ``clean=True`` applies SPEC §1.5 cleaning.
+  metadata JSON, once at the end. ``clean=True`` applies kohya's tag and caption cleanup.
 * ``LabelSummary``: ``done``, ``skipped``, ``failed`` [(path, reason)], ``written`` files,
   ``texts`` {path: text}, ``images_per_s``, ``device``, ``first_batch_s``, ``stopped``,
   ``warnings``, ``tags_per_image``, ``tag_frequency()``, ``to_dict()``.

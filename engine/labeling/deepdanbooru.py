@@ -1,9 +1,9 @@
-"""DeepDanbooru from an ONNX export (SPEC §11.3).
+"""DeepDanbooru from an ONNX export.
 
 A project folder holds ``tags.txt`` (one tag per line, aligned with the outputs, ratings
 included) and ``model.onnx``. The Keras original is not run here: export it once with
 :func:`export_keras_to_onnx` where TensorFlow and tf2onnx are installed (optional extra).
-Output is raw: underscores and ``rating:*`` tags are kept (clean them with SPEC §1.5).
+Output is raw: underscores and ``rating:*`` tags are kept (clean them with ``clean=True``).
 """
 
 from __future__ import annotations

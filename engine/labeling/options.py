@@ -1,8 +1,8 @@
 """Options and results of a labelling run (plain dataclasses, no heavy imports).
 
 The CLI builds these from its flags and the wizard from its form; both then call
-:func:`engine.labeling.runner.caption_images` / :func:`tag_images`. Defaults are kohya's
-(SPEC §11) except the write policy: sdft never overwrites an existing sidecar unasked.
+:func:`engine.labeling.runner.caption_images` / :func:`tag_images`. Defaults are kohya's except the
+write policy: sdft never overwrites an existing sidecar unasked.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class OutputOptions:
     sidecars: bool = True
     metadata_file: Path | None = None
     image_dir: Path | None = None      # root for new metadata keys (default: each image's folder)
-    clean: bool = False                # SPEC §1.5 cleaning before writing
+    clean: bool = False                # kohya-style cleanup before writing
 
 
 @dataclass
@@ -53,7 +53,7 @@ class RunOptions:
 
 @dataclass
 class CaptionOptions(RunOptions, OutputOptions):
-    """BLIP captioning (SPEC §11.1); kohya's defaults."""
+    """BLIP captioning; kohya's defaults."""
 
     model: str = DEFAULT_BLIP
     beam_search: bool = False
@@ -70,7 +70,7 @@ class CaptionOptions(RunOptions, OutputOptions):
 
 @dataclass
 class TagOptions(RunOptions, OutputOptions):
-    """WD14 (SPEC §11.2) or DeepDanbooru (SPEC §11.3) tagging."""
+    """WD14 or DeepDanbooru tagging."""
 
     tagger: str = "wd14"
     model: str | None = None           # None = DEFAULT_WD14 (DeepDanbooru needs a folder)

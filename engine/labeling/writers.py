@@ -1,8 +1,8 @@
-"""Write labels through the dataset layer: sidecars and/or the kohya metadata JSON (SPEC §1.2, §1.3).
+"""Write labels through the dataset layer: sidecars and/or the kohya metadata JSON.
 
 Policies: ``skip`` keeps existing text (and such images are not sent to the model),
 ``overwrite`` replaces it, ``append`` adds to it (captions via
-engine.data.captions.write_caption; tags merged without duplicates, SPEC §11.2
+engine.data.captions.write_caption; tags merged without duplicates,
 ``append_tags``). Sidecar writes are atomic per file; the metadata JSON is written
 atomically once per run (and on stop), keeping every other entry and key as it was.
 A label that ``overwrite`` replaces is copied first (engine.labeling.backups), so it can be
@@ -24,7 +24,7 @@ def sidecar_path(image: Path, extension: str) -> Path:
 
 
 def clean_text(text: str, field: str, separator: str) -> str:
-    """SPEC §1.5 cleaning of one produced text (tags re-joined with their separator)."""
+    """kohya-style cleaning of one produced text (tags re-joined with their separator)."""
     if field == "caption":
         return clean_caption(text)
     sep = separator.strip() or ","

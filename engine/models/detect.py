@@ -1,6 +1,6 @@
 """What kind of model a checkpoint holds: SD1 vs SD2, epsilon vs v, or something unsupported.
 
-SPEC §8.4. kohya never guesses (a v2 file without ``--v2`` just fails); we detect, and
+kohya never guesses (a v2 file without ``--v2`` just fails); we detect, and
 every answer comes with a report line naming where it came from and which setting
 overrides it, so a wrong guess is visible and fixable.
 """
@@ -161,7 +161,7 @@ def resolve_v_parameterization(
     scheduler_config: Mapping | None = None,
     forward_test: Callable[[], bool] | None = None,
 ) -> Detection:
-    """SPEC §8.4 order: setting, file metadata, diffusers scheduler config, SD1 -> eps, SD2 forward test."""
+    """In this order: setting, file metadata, diffusers scheduler config, SD1 -> eps, SD2 forward test."""
     def say(value: bool, source: str, where: str) -> Detection:
         kind = "v-prediction" if value else "epsilon prediction"
         return Detection(value, source, f"prediction: {kind}, from {where}; {V_HINT}")

@@ -1,7 +1,7 @@
 """CLIP's tokenizer, built offline from the BPE merge list shipped with sdft.
 
 SD1 and SD2 share CLIP's 49,408-entry vocabulary; they differ only in padding: SD1 pads
-with ``<|endoftext|>`` (49407), SD2 with ``"!"`` (id 0). SPEC §5.1.
+with ``<|endoftext|>`` (49407), SD2 with ``"!"`` (id 0).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def save_tokenizer(tokenizer, folder: str | Path) -> Path:
 def load_tokenizer(source: str | Path | None = None, v2: bool = False):
     """The model's own tokenizer when it has one (a folder), else the built-in vocabulary.
 
-    SPEC §5.1: ``model.tokenizer_dir`` or a diffusers folder's ``tokenizer/`` wins.
+    ``model.tokenizer_dir`` or a diffusers folder's ``tokenizer/`` wins.
     """
     if source is not None:
         from transformers import CLIPTokenizer
@@ -94,7 +94,7 @@ def load_tokenizer(source: str | Path | None = None, v2: bool = False):
 
 
 # ---------------------------------------------------------------------------------------
-# Token layout for 75 / 150 / 225 tokens (SPEC §5.2). Plain lists, no torch, so the
+# Token layout for 75 / 150 / 225 tokens. Plain lists, no torch, so the
 # health check, the wizard and `sdft tokens` share it with the training encoder.
 
 MAX_TOKEN_LENGTHS = (75, 150, 225)
@@ -113,19 +113,19 @@ def check_max_token_length(max_token_length: int) -> int:
 
 
 def embedding_length(max_token_length: int) -> int:
-    """Positions the U-Net sees after recombination: 77, 152 or 227 (SPEC §5.3)."""
+    """Positions the U-Net sees after recombination: 77, 152 or 227."""
     chunks = check_max_token_length(max_token_length)
     return CHUNK_LEN if chunks == 1 else CHUNK_TEXT * chunks + 2
 
 
 def pad_ids(text_ids: list[int], max_token_length: int, *, bos: int, eos: int, pad: int) -> list[int]:
-    """``[BOS] + first N text ids + [EOS] + PAD…``, length N + 2 (SPEC §5.2 step 1)."""
+    """``[BOS] + first N text ids + [EOS] + PAD…``, length N + 2."""
     kept = list(text_ids[:max_token_length])
     return [bos, *kept, eos] + [pad] * (max_token_length - len(kept))
 
 
 def chunk_ids(ids: list[int], *, eos: int, pad: int) -> list[list[int]]:
-    """Split N + 2 padded ids into chunks of 77, each with its own BOS/EOS (SPEC §5.2 step 2).
+    """Split N + 2 padded ids into chunks of 77, each with its own BOS/EOS.
 
     Chunk j is ``[ids[0]] + ids[1+75j : 76+75j] + [ids[-1]]``. With SD2's "!" padding
     (pad != eos) two fixes apply: a chunk full of text ends in EOS, and an empty chunk gets

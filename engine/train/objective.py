@@ -1,4 +1,4 @@
-"""The diffusion training objective as pure tensor functions (SPEC §6).
+"""The diffusion training objective as pure tensor functions.
 
 Noise, timesteps, noisy inputs, targets, element losses and loss weights. Everything
 here is deterministic given its ``generator``; the trainer seeds one per optimizer step,
@@ -37,7 +37,7 @@ def _rescale_zero_terminal_snr(cumprod: torch.Tensor) -> torch.Tensor:
 
 
 def snr_table(cumprod: torch.Tensor) -> torch.Tensor:
-    """SNR_t = ᾱ_t / (1 − ᾱ_t); computed after any rescale (SPEC §6.1, unlike kohya)."""
+    """SNR_t = ᾱ_t / (1 − ᾱ_t); computed after any rescale (unlike kohya)."""
     return cumprod / (1.0 - cumprod)
 
 
@@ -56,7 +56,7 @@ class NoiseOptions:
 
 
 def make_noise(x0: torch.Tensor, opts: NoiseOptions, generator: torch.Generator) -> torch.Tensor:
-    """ε ~ N(0, I) with noise offset, then multi-resolution noise (SPEC §6.2 step 2)."""
+    """ε ~ N(0, I) with noise offset, then multi-resolution noise."""
     b, c, h, w = x0.shape
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
     if opts.noise_offset:
@@ -86,14 +86,14 @@ def _add_multires_noise(noise: torch.Tensor, iterations: int, discount: float,
 
 
 def sample_timesteps(batch: int, min_timestep: int, max_timestep: int, generator: torch.Generator) -> torch.Tensor:
-    """Integers uniform in [min, max); all equal ``min`` when min == max (SPEC §6.2 step 3)."""
+    """Integers uniform in [min, max); all equal ``min`` when min == max."""
     if min_timestep == max_timestep:
         return torch.full((batch,), min_timestep, dtype=torch.long)
     return torch.randint(min_timestep, max_timestep, (batch,), generator=generator)
 
 
 def perturb_input_noise(noise: torch.Tensor, opts: NoiseOptions, generator: torch.Generator) -> torch.Tensor:
-    """Input perturbation: ε_in = ε + γ·ξ' (SPEC §6.2 step 4); ε itself stays the target."""
+    """Input perturbation: ε_in = ε + γ·ξ'; ε itself stays the target."""
     if not opts.ip_noise_gamma:
         return noise
     gamma = opts.ip_noise_gamma
@@ -114,7 +114,7 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cumprod: t
 
 def target_for(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cumprod: torch.Tensor,
                v_prediction: bool) -> torch.Tensor:
-    """ε, or v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 for v-prediction (SPEC §6.2 step 6)."""
+    """ε, or v = √ᾱ_t·ε − √(1−ᾱ_t)·x0 for v-prediction."""
     if not v_prediction:
         return noise
     a = _gather(cumprod, t)
@@ -136,7 +136,7 @@ class LossOptions:
 
 
 def huber_c_per_sample(t: torch.Tensor, opts: LossOptions, cumprod: torch.Tensor) -> torch.Tensor:
-    """Per-sample Huber c (SPEC §6.2 step 7)."""
+    """Per-sample Huber c."""
     if opts.huber_schedule == "constant":
         return torch.full(t.shape, opts.huber_c * opts.huber_scale, dtype=torch.float32, device=t.device)
     if opts.huber_schedule == "exponential":
@@ -164,7 +164,7 @@ def element_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, opts
 
 
 def loss_weights(t: torch.Tensor, snr: torch.Tensor, opts: LossOptions, v_prediction: bool) -> torch.Tensor:
-    """Per-sample weights, multiplied in SPEC order: min-SNR, v-like-ε, debiased."""
+    """Per-sample weights, multiplied in this order: min-SNR, v-like-ε, debiased."""
     s = snr.to(t.device)[t].float()
     w = torch.ones_like(s)
     if opts.min_snr_gamma:
@@ -183,6 +183,6 @@ def loss_weights(t: torch.Tensor, snr: torch.Tensor, opts: LossOptions, v_predic
 
 
 def reduce_loss(elements: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean over C,H,W, weighted, then mean over the batch (SPEC §6.2 step 8)."""
+    """Per-sample mean over C,H,W, weighted, then mean over the batch."""
     per_sample = elements.mean(dim=(1, 2, 3))
     return (per_sample * weights).mean()
