@@ -29,17 +29,27 @@ XFORMERS = ("xformers", "pip install xformers")
 def check_run_file(path: str | Path, *, resume: str | None = None) -> tuple[RunConfig | None, list[Problem]]:
     """Every problem of a run file at once: the schema's, then (on what the schema accepted)
     the preflight's. The config is None when the file has schema errors or cannot be parsed."""
-    from engine.config.run_toml import collect_run_text
     from engine.config.toml_text import read_config_text
 
     try:
         text, notes = read_config_text(path)
-        config, _document, problems = collect_run_text(text, file=str(path), base_dir=Path(path).parent,
-                                                       notes=notes)
+    except ConfigError as exc:
+        return None, list(exc.problems)
+    return check_run_text(text, file=str(path), base_dir=Path(path).parent, resume=resume, notes=notes)
+
+
+def check_run_text(text: str, *, file: str, base_dir: str | Path, resume: str | None = None,
+                   skip_data: bool = False, notes=()) -> tuple[RunConfig | None, list[Problem]]:
+    """:func:`check_run_file` for a run TOML not written yet (the wizard's Review step);
+    ``skip_data`` leaves out the images when their metadata file is still to be written."""
+    from engine.config.run_toml import collect_run_text
+
+    try:
+        config, _document, problems = collect_run_text(text, file=file, base_dir=base_dir, notes=notes)
     except ConfigError as exc:
         return None, list(exc.problems)
     found = list(problems.items)
-    checked = preflight(config, resume=resume, skip_data=_dataset_has_errors(found))
+    checked = preflight(config, resume=resume, skip_data=skip_data or _dataset_has_errors(found))
     flagged = {p.key for p in found if p.severity == "error"}
     found += [p for p in checked if p.key not in flagged]   # one message per bad key
     return (None if problems.has_errors else config), found
@@ -274,18 +284,10 @@ def _check_optimizer(config: RunConfig, problems: ProblemList, device, total_ste
 
 
 def _check_unused(config: RunConfig, problems: ProblemList) -> None:
-    o, s = config.optimizer, config.sample
-    if o.lr_scheduler == "constant" and o.lr_warmup_steps:
-        problems.warn("optimizer.lr_warmup_steps", "the constant schedule has no warm-up: this is ignored",
-                      'use lr_scheduler = "constant_with_warmup"')
-    if (s.every_n_steps or s.every_n_epochs or s.at_first) and not s.prompts:
-        problems.warn("sample.prompts", "samples are asked for (sample.every_n_steps/every_n_epochs/at_first) "
-                      "but there are no prompts: none are made", 'add prompts = ["a photo of ..."]')
+    from engine.preflight_inert import check_inert_options
+
+    check_inert_options(config, problems)   # keys that need another key to act
     hyper = config.hypernetwork
-    if config.train.mode == "hypernetwork":
-        if hyper.weights and not Path(config.resolve(hyper.weights)).is_file():
-            problems.add("hypernetwork.weights", f"no such file: {hyper.weights}",
-                         "a .pt or .safetensors hypernetwork, or remove it to start a new one")
-    elif hyper.weights or hyper.learning_rate is not None:
-        problems.warn("hypernetwork", 'the [hypernetwork] table is only used with train.mode = "hypernetwork"',
-                      "remove it, or set train.mode")
+    if config.train.mode == "hypernetwork" and hyper.weights and not Path(config.resolve(hyper.weights)).is_file():
+        problems.add("hypernetwork.weights", f"no such file: {hyper.weights}",
+                     "a .pt or .safetensors hypernetwork, or remove it to start a new one")

@@ -44,3 +44,23 @@ def test_entries_without_a_checksum_from_older_versions_are_still_reused(dataset
     again = TrainingData.from_config(cfg, log=lambda s: None)
     again.prepare_latents(vae, "cpu")
     assert again.cache_result.encoded == 0
+
+
+def test_verify_exists_trusts_the_files_and_full_checks_them(dataset, vae):  # noqa: F811
+    cfg = run_config(dataset, TOML)
+    first = TrainingData.from_config(cfg, log=lambda s: None)
+    first.prepare_latents(vae, "cpu")
+    victim = first._latents[0]
+    with safe_open(str(victim.file), "pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(victim.file))
+    tensors["mean"] = tensors["mean"] + 0.5
+    save_file(tensors, str(victim.file), metadata=meta)
+    trusting = run_config(dataset, TOML, cache={"verify": "exists"})
+    again = TrainingData.from_config(trusting, log=lambda s: None)
+    again.prepare_latents(vae, "cpu")
+    assert again.cache_result.encoded == 0, "exists: the file is used as it is"
+    assert torch.equal(load_file(str(victim.file))["mean"], tensors["mean"])
+    checking = TrainingData.from_config(cfg, log=lambda s: None)
+    checking.prepare_latents(vae, "cpu")
+    assert checking.cache_result.encoded == 1, "full: the checksum catches it"

@@ -1,4 +1,4 @@
-"""train.mode = "hypernetwork" end to end on tiny models (SPEC §10 with §6 and §9)."""
+"""train.mode = "hypernetwork" end to end on tiny models."""
 
 from __future__ import annotations
 
@@ -130,7 +130,8 @@ def test_stop_and_resume_in_hypernetwork_mode_is_exact(tmp_path, tiny_sd1):
 
 def test_sd2_bf16_gradient_checkpointing_plain_attention_and_ema(tmp_path, tiny_sd2):
     memory = '\n[memory]\nmixed_precision = "bf16"\ngradient_checkpointing = true\nattention = "math"\n'
-    config = make_run(tmp_path, tiny_sd2, steps=2, train_extra=MODE + "\nema = true", save_extra=memory)
+    config = make_run(tmp_path, tiny_sd2, steps=2, train_extra=MODE + "\nema = true",
+                      save_extra="use_ema = true\n" + memory)   # the saved hypernetwork holds the average
     sink = ListSink()
     result = run_training(config, sink=sink)
     assert result.status == "completed", result.message

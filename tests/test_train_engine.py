@@ -197,3 +197,12 @@ def test_a_crash_mid_run_leaves_a_resumable_state(tmp_path, tiny_sd1, monkeypatc
     second = ListSink()
     assert run_training(config, sink=second, resume="latest").status == "completed"
     assert {**losses(first), **losses(second)} == losses(straight)
+
+
+def test_state_on_stop_false_stops_without_writing_a_state(tmp_path, tiny_sd1):
+    config = make_run(tmp_path, tiny_sd1, steps=6)
+    config.write_text(config.read_text().replace("state_on_stop = true", "state_on_stop = false"))
+    control = RunControl()
+    result = run_training(config, sink=stop_at(control, 2), control=control)
+    assert result.status == "stopped" and result.state_path is None
+    assert not (tmp_path / "runs" / "t" / "state").exists() or not any((tmp_path / "runs" / "t" / "state").iterdir())

@@ -1,4 +1,4 @@
-"""Load, validate and save run TOML files (SPEC §2.2, DESIGN §4).
+"""Load, validate and save run TOML files.
 
 A run TOML describes a run completely. Loading reports every problem at once, each with
 its dotted key, file:line and a hint. Saving edits the tomlkit document in place, so the
@@ -22,11 +22,16 @@ from engine.config.schema import CONFIG_VERSION, SECTIONS, RunConfig
 DATASET_KEYS = ("general", "datasets")
 TOP_LEVEL_KEYS = ("config_version", "dataset_config", *DATASET_KEYS, *SECTIONS)
 
-# kohya options we refuse on purpose, with the reason (SPEC §2.2).
+# kohya options we refuse on purpose, with the reason.
 REJECTED_KEYS = {
     "dataset_class": "custom dataset classes are not supported; describe the data with [[datasets]] tables",
     "v_pred_like_loss": "kohya parses it but never applies it in fine_tune; remove it",
     "deepspeed": "use an accelerate config file for DeepSpeed (see README, Many GPUs)",
+    # kohya keeps DataLoader worker processes alive between epochs; sdft's loader threads
+    # always live for the whole run, so there is nothing to switch.
+    "persistent_workers": "not needed: sdft's loader threads always live for the whole run; remove the key",
+    "persistent_data_loader_workers": "not needed: sdft's loader threads always live for the whole run; "
+                                      "remove the key",
 }
 REJECTED_PREFIXES = {
     "zero_": "use an accelerate config file for DeepSpeed ZeRO (see README, Many GPUs)",

@@ -1,6 +1,6 @@
 """The run TOML's schema: one typed, documented dataclass per table.
 
-Key names follow kohya's ``fine_tune.py`` options (SPEC §2.2) so a kohya user can map one
+Key names follow kohya's ``fine_tune.py`` options so a kohya user can map one
 to the other. Each field's ``doc`` is shown by ``--check``, the wizard and the README. This
 module is pure Python (no torch) so the wizard can import it instantly.
 """
@@ -42,7 +42,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """[train]: length, output and the objective (SPEC §6)."""
+    """[train]: length, output and the objective."""
 
     mode: str = opt("full", '"full" fine-tunes the U-Net (and text encoder); "hypernetwork" trains only a hypernetwork.', choices=("full", "hypernetwork"))
     output_dir: str = opt("runs", "Folder that holds run folders; the run goes to <output_dir>/<output_name>/.")
@@ -113,7 +113,7 @@ class MemoryConfig:
 
 @dataclass
 class CacheConfig:
-    """[cache]: VAE latent cache (SPEC §7)."""
+    """[cache]: VAE latent cache."""
 
     latents: str = opt("disk", 'Cache VAE latents: "disk" (reused across runs), "memory" or "none".', choices=("disk", "memory", "none"))
     cache_dir: str | None = opt(None, "Latent cache folder; unset = <output_dir>/.latent-cache.")
@@ -134,7 +134,6 @@ class DataConfig:
     exif_transpose: bool = opt(True, "Honour EXIF orientation (false = kohya parity).")
     use_train_resolution: bool | str = opt(AUTO, "Use metadata train_resolution buckets: auto, true or false.")
     num_workers: int = opt(1, "Background threads loading the next step's batches (0 = load in the training thread).", min=0)
-    persistent_workers: bool = opt(False, "Accepted for kohya compatibility; sdft's loader threads live for the whole run.")
 
 
 @dataclass
@@ -170,7 +169,7 @@ class SaveConfig:
 
 @dataclass
 class SampleConfig:
-    """[sample]: preview images generated during training (SPEC §5.5)."""
+    """[sample]: preview images generated during training."""
 
     every_n_steps: int | None = opt(None, "Generate samples every N steps.", min=1)
     every_n_epochs: int | None = opt(None, "Generate samples every N epochs.", min=1)
@@ -199,7 +198,7 @@ class LoggingConfig:
 
 @dataclass
 class HypernetworkConfig:
-    """[hypernetwork]: only used with train.mode = "hypernetwork" (SPEC §10)."""
+    """[hypernetwork]: only used with train.mode = "hypernetwork"."""
 
     weights: str | None = opt(None, "Continue training this hypernetwork (.pt or .safetensors).")
     learning_rate: float | None = opt(None, "Hypernetwork learning rate (unset = optimizer.learning_rate).", min=0.0)

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules, from a small registry (DESIGN §5).
+"""Optimizers and learning-rate schedules, from a small registry.
 
 Each optimizer is a builder ``(param_groups, lr, args, device_type) -> torch.optim.Optimizer``.
 Optional packages (bitsandbytes, prodigyopt) are imported only when chosen, and a missing
@@ -120,7 +120,7 @@ SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_wi
 
 
 def warmup_steps(value: int | float, total_steps: int) -> int:
-    """An int is a step count; a float below 1 is a ratio of the total (SPEC §2.2)."""
+    """An int is a step count; a float below 1 is a ratio of the total."""
     if isinstance(value, float) and value < 1:
         return int(value * total_steps)
     return int(value)
@@ -139,6 +139,11 @@ _SCHEDULE_OPTIONS = {
 # The [optimizer] key that sets each of those options (lr_scheduler_args must not set them too).
 _OPTION_KEYS = {"num_warmup_steps": "lr_warmup_steps", "num_training_steps": "max_train_steps",
                 "num_cycles": "lr_scheduler_num_cycles", "power": "lr_scheduler_power"}
+
+
+def schedule_options(name: str) -> tuple[str, ...]:
+    """The [optimizer]-key options (num_warmup_steps, num_cycles, power) schedule ``name`` takes."""
+    return _SCHEDULE_OPTIONS.get(name, ())
 
 
 def scheduler_arg_names(name: str) -> list[str]:
