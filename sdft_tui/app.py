@@ -1,4 +1,4 @@
-"""The sdft wizard: a Textual app that turns a folder of images into a run TOML (DESIGN §2-§3).
+"""The sdft wizard: a Textual app that turns a folder of images into a run TOML.
 
 ``run_wizard(None)`` opens it on a new run, ``run_wizard(path)`` on an existing run file. Start-up
 imports no torch/diffusers/transformers: the GPU is probed with nvidia-smi in a thread and the
@@ -139,6 +139,10 @@ class SdftApp(PlainNotifications, App):
 
     def action_goto(self, name: str) -> None:
         if name not in STEP_NAMES or self.current_step() == name or self.training_screen() is not None:
+            return
+        empty = self.state.no_images_reason()
+        if empty and STEP_NAMES.index(name) > 0:   # the later steps would work on nothing
+            self.notify(empty, severity="warning", markup=False)
             return
         if isinstance(self.screen, HelpScreen):
             self.pop_screen()

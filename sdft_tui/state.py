@@ -134,7 +134,7 @@ HEALTH_LABELS = {
     "rejected": "cannot be bucketed", "duplicate": "exact duplicates", "too_small": "smaller than the smallest bucket",
     "heavy_upscale": "enlarged more than 2x (looks soft)", "no_caption": "no caption or tags",
     "too_long": "caption longer than max_token_length", "odd_mode": "pixel format converted",
-    "exif_rotated": "EXIF rotation",
+    "exif_rotated": "EXIF rotation", "not_utf8": "caption file not UTF-8 (read with replacement characters)",
 }
 
 PROBLEM_KINDS = {
@@ -186,7 +186,7 @@ class ModelGuess:
 def probe_model(source: str) -> ModelGuess:
     """Detect SD1/SD2 and v-prediction from a diffusers folder's configs or a .safetensors header.
 
-    The full detection (SPEC §8.4) runs when the engine loads the model; this is the quick look
+    The full detection runs when the engine loads the model; this is the quick look
     the options screen shows (and uses to pick SD2 numbers for the VRAM estimate).
     """
     if not source:
@@ -594,6 +594,20 @@ class WizardState:
     def usable_records(self) -> list[ImageRecord]:
         return [r for r in self.records if r.size is not None and r.error is None]
 
+    def no_images_reason(self) -> str | None:
+        """Why the later steps have nothing to work on, once a source was chosen: no images in
+        it, or none that can be read. None when there are images to train on (or no source yet)."""
+        if self.source is None or self.scan_error or self.usable_records():
+            return None
+        from engine.data.scan import image_extensions
+
+        kinds = " ".join(sorted(image_extensions()))
+        if not self.records:
+            return (f"No images in {self.source}: sdft reads {kinds} files"
+                    f"{'' if self.values.get('data.recursive') else ' (sub-folders only with data.recursive)'}. "
+                    "Add images or pick another folder.")
+        return f"None of the {len(self.records)} images in {self.source} can be read: see the list below."
+
     def bucket_report(self):
         """The engine's bucket report for the current settings (raises BucketError on bad limits)."""
         from engine.data.buckets import assign_sizes, bucket_report
@@ -775,6 +789,35 @@ class WizardState:
         save_document(doc, run_path)
         self.run_path = run_path
         return run_path
+
+    def full_check(self, run_path: Path | None = None) -> list:
+        """What ``sdft train --check`` says about the TOML as it would be written: the schema,
+        then the engine's preflight (model probe, prompts, optimizer and schedule, packages,
+        device). Images are checked from the written metadata; before a folder's metadata JSON
+        is saved, the dataset step's health check (the engine's own) stands for them. Slow on
+        first use (imports torch): call it from a worker."""
+        from engine.preflight import check_run_text
+
+        run_path = Path(run_path or self.default_run_path())
+        unsaved_metadata = self.metadata_file is None and self.image_dir is not None
+        _config, problems = check_run_text(self.render_toml(run_path), file=str(run_path),
+                                           base_dir=run_path.parent, skip_data=unsaved_metadata)
+        if unsaved_metadata:
+            problems = [p for p in problems if not (p.key.endswith("metadata_file") and "not found" in p.message)]
+        return problems
+
+    def free_run_path(self, wanted: Path) -> Path:
+        """``wanted`` or the first ``NAME-2.toml``, ``NAME-3.toml``, ... that does not exist."""
+        candidate, n = Path(wanted), 2
+        while candidate.exists():
+            candidate, n = wanted.with_name(f"{wanted.stem}-{n}{wanted.suffix}"), n + 1
+        return candidate
+
+    def would_replace(self, run_path: Path) -> bool:
+        """Saving to ``run_path`` would overwrite a file this session did not open or write."""
+        run_path = Path(run_path).expanduser()
+        mine = self.run_path is not None and Path(self.run_path).expanduser().resolve() == run_path.resolve()
+        return run_path.exists() and not mine
 
     def validate(self, run_path: Path | None = None) -> list:
         """Problems the engine reports for the TOML as it would be written (errors and warnings)."""

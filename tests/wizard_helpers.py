@@ -27,7 +27,7 @@ def make_dataset(root: Path, sizes=SIZES) -> Path:
     return folder
 
 
-WIZARD_GROUPS = ("scan", "tokens", "detect", "hardware")
+WIZARD_GROUPS = ("scan", "tokens", "detect", "hardware", "review-check", "train-check")
 
 
 async def settle(app, pilot, rounds: int = 400) -> None:

@@ -184,8 +184,10 @@ class DatasetScreen(WizardScreen):
             summary.update(Text(state.scan_error, style="bold red"))
             health.display = False
             return
+        empty = state.no_images_reason()
         if not state.records:
-            summary.update(Text("No dataset yet: pick a folder on the left or type a path.", style="dim"))
+            summary.update(Text(empty, style="bold yellow") if empty else
+                           Text("No dataset yet: pick a folder on the left or type a path.", style="dim"))
             health.display = False
             return
         health.display = True

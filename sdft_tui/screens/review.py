@@ -7,10 +7,12 @@ from pathlib import Path
 
 from rich.syntax import Syntax
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Button, Footer, Input, Static
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Footer, Input, Label, Static
+from textual.worker import get_current_worker
 
 from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
 
@@ -54,48 +56,113 @@ class ReviewScreen(WizardScreen):
         toml_text = self.state.render_toml(path)
         self.query_one("#toml", Static).update(
             Syntax(toml_text, "toml", theme="ansi_dark", line_numbers=True, word_wrap=False))
-        problems = self.state.validate(path)
-        box = self.query_one("#problems", Static)
-        if not problems:
-            box.update(Text("✓ the engine accepts this file", style="green"))
+        self._checked = None
+        self._show_problems(self.state.validate(path), pending=True)   # the schema's verdict, at once
+        self.full_check_worker(path)
+
+    @work(thread=True, exclusive=True, group="review-check")
+    def full_check_worker(self, path: Path) -> None:
+        """The engine's whole check (what `sdft train --check` runs), off the UI thread."""
+        try:
+            problems = self.state.full_check(path)
+        except Exception as exc:  # noqa: BLE001 - a broken check must not take the wizard down
+            self.app.call_from_thread(self.notify, f"the full check failed: {exc}", severity="warning",
+                                      markup=False)
             return
+        if get_current_worker().is_cancelled:
+            return
+        self.app.call_from_thread(self._checked_for, path, problems)
+
+    def _checked_for(self, path: Path, problems: list) -> None:
+        if path != self.run_path():
+            return   # the path changed since: a newer check is on its way
+        self._checked = (path, problems)
+        self._show_problems(problems, pending=False)
+
+    def _show_problems(self, problems: list, *, pending: bool) -> None:
+        box = self.query_one("#problems", Static)
+        serious = [p for p in problems if p.severity in ("error", "warning")]
+        notes = [p for p in problems if p.severity not in ("error", "warning")]
         text = Text()
-        for p in problems[:6]:
-            style = "red" if p.severity == "error" else "yellow"
+        if not serious and not pending:
+            text.append("✓ sdft train --check accepts this file\n", style="green")
+        for p in serious[:6]:
             line = f" (line {p.line})" if p.line else ""
-            text.append(f"{p.severity}: {p.key}{line}: {p.message}", style=style)
+            text.append(f"{p.severity}: {p.key}{line}: {p.message}", style="red" if p.severity == "error" else "yellow")
             if p.hint:
                 text.append(f" — {p.hint}", style="dim")
             text.append("\n")
-        if len(problems) > 6:
-            text.append(f"… and {len(problems) - 6} more\n")
+        if len(serious) > 6:
+            text.append(f"… and {len(serious) - 6} more\n")
+        for p in notes[:2] if not serious else ():
+            text.append(f"{p.message}\n", style="dim")   # what the check found: model kind, buckets
+        if pending:
+            text.append("checking the model, images, prompts and optimizer …", style="italic")
         box.update(text)
 
-    def _errors(self, path: Path) -> list:
-        return [p for p in self.state.validate(path) if p.severity == "error"]
+    # ---------------------------------------------------------------- saving
 
-    def action_save(self) -> Path | None:
+    def _save_then(self, after) -> None:
+        """Save, asking first when that would replace a file this session did not open; then
+        ``after(saved_path)``."""
         path = self.run_path()
+        if not self.state.would_replace(path):
+            self._save_to(path, after)
+            return
+        free = self.state.free_run_path(path)
+
+        def answered(choice: str | None) -> None:
+            if choice == "replace":
+                self._save_to(path, after)
+            elif choice == "rename":
+                with self.prevent(Input.Changed):
+                    self.query_one("#save-path", Input).value = str(free)
+                self._save_to(free, after)
+            else:
+                self.notify("not saved", markup=False)
+
+        self.app.push_screen(ReplaceFileScreen(path, free), answered)
+
+    def _save_to(self, path: Path, after) -> None:
         try:
             saved = self.state.save(path)
-        except Exception as exc:
-            self.notify(f"cannot save {path}: {exc}", severity="error")
-            return None
-        errors = self._errors(saved)
+        except Exception as exc:  # noqa: BLE001 - a full disk or a read-only folder: say so, keep the session
+            self.notify(f"cannot save {path}: {exc}", severity="error", markup=False)
+            return
         self.refresh_view()
+        after(saved)
+
+    def action_save(self) -> None:
+        self._save_then(self._saved)
+
+    def _saved(self, saved: Path) -> None:
+        errors = [p for p in self.state.validate(saved) if p.severity == "error"]
         if errors:
             self.notify(f"saved {saved.name}, but it has {len(errors)} problem(s) to fix before training",
-                        severity="warning")
+                        severity="warning", markup=False)
         else:
-            self.notify(f"saved {saved}")
-        return saved
+            self.notify(f"saved {saved}", markup=False)
 
     def action_train(self) -> None:
-        saved = self.action_save()
-        if saved is None:
-            return
-        if self._errors(saved):
-            self.notify("fix the problems above before training", severity="error")
+        self._save_then(self._check_then_train)
+
+    def _check_then_train(self, saved: Path) -> None:
+        self._saved(saved)
+        self.notify("checking the run file before training …", markup=False)
+        self.train_check_worker(saved)
+
+    @work(thread=True, exclusive=True, group="train-check")
+    def train_check_worker(self, saved: Path) -> None:
+        from engine.preflight import check_run_file
+
+        _config, problems = check_run_file(saved)
+        errors = [p for p in problems if p.severity == "error"]
+        self.app.call_from_thread(self._train_if_clean, saved, errors)
+
+    def _train_if_clean(self, saved: Path, errors: list) -> None:
+        if errors:
+            self._show_problems(errors, pending=False)
+            self.notify(f"fix the {len(errors)} problem(s) above before training", severity="error", markup=False)
             return
         if importlib.util.find_spec("sdft_tui.dashboard") is not None:
             from sdft_tui import dashboard
@@ -107,9 +174,8 @@ class ReviewScreen(WizardScreen):
         self.app.finish(saved, f"Run it with:\n  sdft train {saved}")
 
     def action_save_quit(self) -> None:
-        saved = self.action_save()
-        if saved is not None:
-            self.app.finish(saved, f"Saved {saved}\nTrain headless with:\n  sdft train {saved}")
+        self._save_then(lambda saved: self.app.finish(saved, f"Saved {saved}\nTrain headless with:\n"
+                                                             f"  sdft train {saved}"))
 
     @on(Button.Pressed, "#save")
     def _b_save(self) -> None:
@@ -122,3 +188,46 @@ class ReviewScreen(WizardScreen):
     @on(Button.Pressed, "#save-quit")
     def _b_quit(self) -> None:
         self.action_save_quit()
+
+
+class ReplaceFileScreen(ModalScreen):
+    """Saving over a run file this session did not open: replace it, save under a free name,
+    or cancel. Dismisses with "replace", "rename" or None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    ReplaceFileScreen { align: center middle; }
+    #replace-file-dialog { width: 72; max-width: 100%; height: auto; padding: 0 1;
+                           background: $panel; border: thick $warning; }
+    #replace-file-buttons { height: auto; margin-top: 1; }
+    #replace-file-buttons Button { margin-right: 2; }
+    """
+
+    def __init__(self, path: Path, free: Path):
+        super().__init__()
+        self.path, self.free = path, free
+
+    def compose(self):
+        with Vertical(id="replace-file-dialog"):
+            yield Label(Text(f"{self.path.name} already exists", style="bold"))
+            yield Static(Text(f"{self.path} was not opened in this session: saving would replace it. "
+                              f"Save as {self.free.name} instead, or replace it?"))
+            with Horizontal(id="replace-file-buttons"):
+                yield Button(Text(f"Save as {self.free.name}"), id="rename", variant="primary", compact=True)
+                yield Button("Replace it", id="replace", variant="warning", compact=True)
+                yield Button("Cancel (esc)", id="cancel", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#rename", Button).focus()   # the choice that loses nothing
+
+    @on(Button.Pressed, "#rename")
+    def _rename(self) -> None:
+        self.dismiss("rename")
+
+    @on(Button.Pressed, "#replace")
+    def _replace(self) -> None:
+        self.dismiss("replace")
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
