@@ -43,6 +43,17 @@ def read_sidecar(path: str | Path, *, strict: bool = False) -> str | None:
         return data.decode("utf-8-sig", errors="replace").strip()
 
 
+def sidecar_encoding_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not UTF-8 text (the first bad byte), or None when it is (or is absent)."""
+    try:
+        Path(path).read_bytes().decode("utf-8-sig")
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except UnicodeDecodeError as exc:
+        return f"byte 0x{exc.object[exc.start]:02x} at offset {exc.start} is not UTF-8"
+    return None
+
+
 def write_caption(path: str | Path, text: str, *, policy: str = "skip", separator: str = ", ") -> bool:
     """Write a sidecar honouring ``policy``; returns True when the file changed.
 

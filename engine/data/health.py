@@ -2,8 +2,8 @@
 
 Finds unreadable, truncated and empty files, images smaller than the smallest bucket or
 enlarged a lot, exact duplicates, images sharing one name (``foo.jpg`` beside ``foo.png``),
-missing captions, captions longer than the token limit, and image modes that get converted
-(CMYK, 16-bit, palette, alpha → composited on white).
+missing captions, captions longer than the token limit, caption or tags files that are not
+UTF-8, and image modes that get converted (CMYK, 16-bit, palette, alpha → composited on white).
 One bad file is a line in the report, never an exception. No torch at import time; token
 counts import the tokenizer lazily.
 """
@@ -36,7 +36,9 @@ ODD_MODES = {
 }
 SEVERITY = {"unreadable": "error", "truncated": "error", "zero_size": "error", "rejected": "error",
             "duplicate": "warning", "name_clash": "warning", "too_small": "warning", "heavy_upscale": "warning", "no_caption": "warning",
-            "too_long": "warning", "odd_mode": "info", "exif_rotated": "info"}
+            "too_long": "warning", "not_utf8": "warning", "odd_mode": "info", "exif_rotated": "info"}
+# Findings that mean the image cannot train at all (``sdft prepare`` leaves these out of the metadata).
+UNDECODABLE = frozenset({"unreadable", "truncated", "zero_size"})
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,12 @@ def _inspect(path: Path, exif_transpose: bool, decode: bool) -> _FileResult:
 def check_images(paths: Sequence[str | Path], *, captions: Sequence[str | None] | None = None,
                  settings: BucketSettings | None = None, max_token_length: int | None = 75, v2: bool = False,
                  upscale_limit: float = 2.0, exif_transpose: bool = True, decode: bool = True,
-                 workers: int | None = None) -> HealthReport:
-    """Check images (and their joined captions, aligned with ``paths``) for training problems."""
+                 workers: int | None = None,
+                 sidecar_extensions: Sequence[str] | None = (".caption", ".txt")) -> HealthReport:
+    """Check images (and their joined captions, aligned with ``paths``) for training problems.
+
+    ``sidecar_extensions``: the caption/tags files beside each image to check for UTF-8
+    (None when the captions come from a metadata file instead)."""
     paths = [Path(p) for p in paths]
     report = HealthReport(checked=len(paths))
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
@@ -147,7 +153,31 @@ def check_images(paths: Sequence[str | Path], *, captions: Sequence[str | None] 
         _check_sizes(results, settings, upscale_limit, report)
     if captions is not None:
         _check_captions(paths, captions, max_token_length, v2, report)
+    if sidecar_extensions:
+        _check_sidecar_encoding(paths, sidecar_extensions, report)
     return report
+
+
+def _check_sidecar_encoding(paths, extensions: Sequence[str], report: HealthReport) -> None:
+    """A caption file that is not UTF-8 would stop kohya (it reads strict UTF-8). sdft goes on
+    with the bytes that do not decode replaced by U+FFFD (the rest of the caption still trains),
+    and says so here, naming the file, so it can be re-saved as UTF-8."""
+    from engine.data.captions import sidecar_encoding_problem
+
+    seen: set[Path] = set()   # foo.jpg and foo.png share foo.caption: one finding
+    for path in paths:
+        stem = path.with_suffix("")
+        for ext in dict.fromkeys(e for e in extensions if e):
+            sidecar = stem.with_name(stem.name + ext)
+            if sidecar in seen:
+                continue
+            seen.add(sidecar)
+            problem = sidecar_encoding_problem(sidecar)
+            if problem:
+                report.issues.append(HealthIssue(
+                    str(sidecar), "not_utf8",
+                    f"not UTF-8 text ({problem}): sdft reads it with those bytes replaced by U+FFFD "
+                    "(the rest of the caption trains; kohya would stop with an error); re-save it as UTF-8"))
 
 
 def _check_sizes(results, settings: BucketSettings, upscale_limit: float, report: HealthReport) -> None:
