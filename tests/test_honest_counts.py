@@ -79,3 +79,65 @@ def test_a_run_stopped_at_an_epoch_end_reports_that_epoch(tmp_path, tiny_sd1):
     state = [e for e in events if isinstance(e, ModelSaved) and e.what == "state"][0]
     finished = [e for e in events if isinstance(e, RunFinished)][0]
     assert (state.step, state.epoch) == (3, 1) and (finished.step, finished.epoch) == (3, 1)
+
+
+def _folder_with_a_truncated_image(tmp_path):
+    from data_helpers import make_dataset
+
+    folder = tmp_path / "imgs"
+    paths = make_dataset(folder, [(64, 64), (96, 64), (64, 96)])
+    truncate(paths[1])
+    return folder, paths
+
+
+def test_prepare_check_leaves_undecodable_images_out_of_the_metadata(tmp_path, capsys):
+    from engine.data.cli import prepare_command
+
+    folder, paths = _folder_with_a_truncated_image(tmp_path)
+    out = tmp_path / "meta.json"
+    assert prepare_command([str(folder), "--check", "--out", str(out), "--max-token-length", "150"]) == 1
+    meta = json.loads(out.read_text(encoding="utf-8"))
+    assert sorted(meta) == ["img000.png", "img002.png"]
+    printed = capsys.readouterr().out
+    assert "2 images" in printed and "could not decode" in printed and "img001.png" in printed
+
+
+def test_prepare_without_check_decodes_nothing_and_keeps_every_readable_header(tmp_path):
+    from engine.data.cli import prepare_command
+
+    folder, _paths = _folder_with_a_truncated_image(tmp_path)
+    out = tmp_path / "meta.json"
+    assert prepare_command([str(folder), "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text(encoding="utf-8"))) == 3
+
+
+def test_a_caption_file_that_is_not_utf8_is_a_health_warning_naming_it(tmp_path):
+    from data_helpers import make_dataset
+    from engine.data.captions import read_sidecar
+    from engine.data.health import check_images
+    from sdft_tui.state import HEALTH_LABELS
+
+    paths = make_dataset(tmp_path, [(64, 64), (64, 64)])
+    latin1 = paths[0].with_suffix(".caption")
+    latin1.write_bytes("a café at night".encode("latin-1"))
+    report = check_images(paths, captions=[read_sidecar(latin1), "a photo"], max_token_length=None)
+    found = report.by_kind()["not_utf8"]
+    assert [i.path for i in found] == [str(latin1)]
+    assert found[0].severity == "warning" and "U+FFFD" in found[0].message and "0xe9 at offset 5" in found[0].message
+    assert read_sidecar(latin1) == "a caf\ufffd at night"   # what the message says sdft trains
+    assert "not_utf8" in HEALTH_LABELS
+    # captions taken from a metadata file: its sidecars are not what trains, so none are checked
+    quiet = check_images(paths, captions=["a", "b"], max_token_length=None, sidecar_extensions=None)
+    assert "not_utf8" not in quiet.by_kind()
+
+
+def test_prepare_check_names_a_tags_file_that_is_not_utf8(tmp_path, capsys):
+    from data_helpers import make_dataset
+    from engine.data.cli import prepare_command
+
+    folder = tmp_path / "imgs"
+    paths = make_dataset(folder, [(64, 64)])
+    paths[0].with_suffix(".txt").write_bytes(b"red, \xff\xfe blue")
+    assert prepare_command([str(folder), "--check", "--no-write", "--max-token-length", "150"]) == 0
+    printed = capsys.readouterr().out
+    assert "not_utf8 (warning): 1" in printed and "img000.txt" in printed

@@ -194,34 +194,58 @@ def _prepare_folder(folder: Path, args) -> int:
         except Exception as exc:
             print(f"sdft prepare: {out} exists but cannot be read ({exc}); move it away first", file=sys.stderr)
             return EXIT_USAGE
+    from engine.data.scan import find_images, name_clashes
+
+    try:
+        paths = find_images(folder, recursive=args.recursive)
+    except ScanError as exc:
+        print(f"sdft prepare: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report = None
+    if args.check or args.no_write:
+        # The check runs first, so the metadata leaves out what it could not decode (training
+        # would skip those images anyway). Every image found is checked, unreadable ones too.
+        from engine.data.captions import read_sidecar
+
+        captions = []
+        for path in paths:
+            stem = path.with_suffix("")
+            captions.append(join_caption_and_tags(read_sidecar(stem.with_name(stem.name + args.caption_extension)),
+                                                  read_sidecar(stem.with_name(stem.name + args.tags_extension))))
+        settings = BucketSettings(args.resolution, True, False, 256, 1024, 64)
+        report = _health_report(paths, captions, settings, args,
+                                sidecar_extensions=(args.caption_extension, args.tags_extension))
+    undecodable = _undecodable(report)
     try:
         meta = build_metadata(folder, recursive=args.recursive, caption_extension=args.caption_extension,
                               tags_extension=args.tags_extension, key_style=args.key_style, clean=args.clean,
-                              existing=existing)
+                              existing=existing, leave_out=undecodable)
     except (ScanError, ValueError) as exc:
         print(f"sdft prepare: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from engine.data.scan import find_images, name_clashes
-
-    paths = find_images(folder, recursive=args.recursive)
     _print_clashes(_console(stderr=args.json), name_clashes(paths))   # stdout holds only the JSON
     if not args.no_write:
         write_metadata_json(out, meta)
         with_caption = sum(1 for e in meta.values() if e.get("caption") or e.get("tags"))
-        console.print(f"wrote {out}: {len(meta)} images, {with_caption} with a caption or tags "
-                      f"(keys: {args.key_style})")
-    if not (args.check or args.no_write):
+        notes = _console(stderr=args.json)
+        notes.print(f"wrote {out}: {len(meta)} images, {with_caption} with a caption or tags "
+                    f"(keys: {args.key_style})")
+        if undecodable:
+            notes.print(f"left out of {out.name}: {len(undecodable)} image(s) the check could not decode:")
+            for path in sorted(undecodable):
+                notes.print(f"  {_rel(path, folder)}")
+    if report is None:
         return EXIT_OK
-    # Check every image found (unreadable ones are not in the metadata but must be reported).
-    from engine.data.captions import read_sidecar
+    return _print_report(report, args, console)
 
-    captions = []
-    for path in paths:
-        stem = path.with_suffix("")
-        captions.append(join_caption_and_tags(read_sidecar(stem.with_name(stem.name + args.caption_extension)),
-                                              read_sidecar(stem.with_name(stem.name + args.tags_extension))))
-    settings = BucketSettings(args.resolution, True, False, 256, 1024, 64)
-    return _print_health(paths, captions, settings, args, console)
+
+def _undecodable(report) -> set[Path]:
+    """Images the health check could not read or decode (they cannot train)."""
+    from engine.data.health import UNDECODABLE
+
+    if report is None:
+        return set()
+    return {Path(i.path) for i in report.issues if i.kind in UNDECODABLE}
 
 
 def _prepare_run(path: Path, args) -> int:
@@ -266,17 +290,26 @@ def _prepare_run(path: Path, args) -> int:
     return status
 
 
-def _print_health(paths, captions, settings, args, console, exif_transpose: bool = True) -> int:
+def _health_report(paths, captions, settings, args, exif_transpose: bool = True, sidecar_extensions=None):
     from engine.data.health import check_images
 
-    report = check_images(paths, captions=captions, settings=settings, max_token_length=args.max_token_length,
-                          exif_transpose=exif_transpose)
+    return check_images(paths, captions=captions, settings=settings, max_token_length=args.max_token_length,
+                        exif_transpose=exif_transpose, sidecar_extensions=sidecar_extensions)
+
+
+def _print_report(report, args, console) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
         for line in report.lines():
             console.print(line, markup=False)
     return EXIT_FOUND if report.errors else EXIT_OK
+
+
+def _print_health(paths, captions, settings, args, console, exif_transpose: bool = True) -> int:
+    # A run TOML's captions come from its metadata files, not from sidecars: none are checked.
+    report = _health_report(paths, captions, settings, args, exif_transpose=exif_transpose)
+    return _print_report(report, args, console)
 
 
 # ---------------------------------------------------------------- sdft cache

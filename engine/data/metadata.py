@@ -256,7 +256,7 @@ def make_key(image: Path, image_dir: Path, key_style: str, *, shares_name: bool 
 def build_metadata(image_dir: str | Path, *, recursive: bool = False, caption_extension: str = ".caption",
                    tags_extension: str = ".txt", key_style: str = "relative", exif_transpose: bool = True,
                    train_resolution: dict[Path, tuple[int, int]] | None = None, clean: bool = False,
-                   existing: dict[str, dict] | None = None) -> dict[str, dict]:
+                   existing: dict[str, dict] | None = None, leave_out: Iterable[Path] = ()) -> dict[str, dict]:
     """A folder of images + sidecars → kohya metadata dict (SPEC §1.3 writer).
 
     Entries get ``caption`` / ``tags`` when a sidecar exists, and always ``image_size``
@@ -264,13 +264,15 @@ def build_metadata(image_dir: str | Path, *, recursive: bool = False, caption_ex
     Images that share a name (``foo.jpg``, ``foo.png``) each get an entry from the same
     sidecars, keyed with their extension.
     ``existing`` entries (same key) are kept and updated, so hand edits survive.
+    ``leave_out``: images to omit although their header reads (a health check could not decode them).
     """
     from engine.data.captions import clean_caption, clean_tags, read_sidecar
 
     if key_style not in KEY_STYLES:
         raise ValueError(f"key_style must be one of {', '.join(KEY_STYLES)}, got {key_style!r}")
     image_dir = Path(image_dir)
-    paths = find_images(image_dir, recursive=recursive)
+    left_out = {Path(p).resolve() for p in leave_out}
+    paths = [p for p in find_images(image_dir, recursive=recursive) if p.resolve() not in left_out]
     if key_style == "stem" and recursive and any(p.parent != image_dir for p in paths):
         raise ValueError('key_style "stem" needs a flat folder (kohya resolves stems in image_dir only); '
                          'use "relative"')
