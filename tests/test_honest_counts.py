@@ -141,3 +141,15 @@ def test_prepare_check_names_a_tags_file_that_is_not_utf8(tmp_path, capsys):
     assert prepare_command([str(folder), "--check", "--no-write", "--max-token-length", "150"]) == 0
     printed = capsys.readouterr().out
     assert "not_utf8 (warning): 1" in printed and "img000.txt" in printed
+
+
+def test_a_live_encoded_image_that_cannot_be_decoded_is_left_out_before_training(tmp_path, tiny_sd1):
+    # cache.latents = "none": every batch is decoded live; a truncated image used to fail the run
+    config = make_run(tmp_path, tiny_sd1, steps=4, cache="none")
+    truncate(tmp_path / "images" / "im2.png")
+    result = run_training(config)
+    assert result.status == "completed", result.message
+    events = read_events(tmp_path / "runs" / "t" / "events.jsonl")
+    assert [e for e in events if isinstance(e, RunStarted)][0].num_images == 5
+    named = [e.text for e in events if isinstance(e, Message) and e.text.startswith("left out of training:")]
+    assert len(named) == 1 and "im2.png" in named[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,8 +201,13 @@ class TrainingData:
     # ------------------------------------------------------------ latents
 
     def prepare_latents(self, vae, device, dtype=torch.float32, progress=None, *, vae_id: str | None = None) -> None:
-        """Fill the latent cache for every cacheable item. Bad images are skipped and reported."""
+        """Fill the latent cache for every cacheable item. Bad images are skipped and reported;
+        live-encoded images are decoded once here, so one that cannot be is left out now rather
+        than failing the run when its batch comes."""
+        live_failed = self._check_live_images()
         if self.cache_mode == "none":
+            self._excluded = set(live_failed)
+            self._report_left_out(live_failed)
             self._prepared = True
             return
         from engine.data.cache import CacheJob, LatentCache, write_manifest
@@ -222,12 +228,37 @@ class TrainingData:
         result = cache.prepare(jobs, vae, device, dtype, vae_batch_size=getattr(self.cache_cfg, "vae_batch_size", 1),
                                vae_id=vae_id, progress=progress, log=self.log)
         self._latents = result.latents
-        self._excluded = set(result.failed)
-        self._report_left_out(result.failed)
+        failed = {**result.failed, **live_failed}
+        self._excluded = set(failed)
+        self._report_left_out(failed)
         if self.cache_mode == "disk" and self.cache_dir is not None:
             write_manifest(self.cache_dir, self.run_name, [c.key for c in result.latents.values() if not c.kohya])
         self._prepared = True
         self.cache_result = result
+
+    def _check_live_images(self) -> dict[int, str]:
+        """Item index -> why it cannot be decoded, for the images encoded live during training."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from engine.data.images import open_rgb
+
+        live = [it for it in self.items if self._is_live(it)]
+        if not live:
+            return {}
+
+        def problem(item: DataItem) -> str | None:
+            try:
+                open_rgb(item.path, exif_transpose=self.exif_transpose)
+            except Exception as exc:  # noqa: BLE001 - unreadable, truncated, unsupported: all left out
+                return str(exc) or type(exc).__name__
+            return None
+
+        failed: dict[int, str] = {}
+        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+            for item, why in zip(live, pool.map(problem, live)):
+                if why is not None:
+                    failed[item.index] = why
+        return failed
 
     def _report_left_out(self, failed: dict[int, str]) -> None:
         """Name every image caching rejected, one line each, then the count that trains."""
