@@ -46,3 +46,20 @@ def tiny_sd2(tmp_path_factory):
     from engine.models.tiny import TinySpec, save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "sd2", TinySpec("sd2"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault suite's figures (tests/test_fault_suite.py) on one line: each test records,
+    per fault, whether the run survived it and whether its losses and weights equal a straight
+    run's. Read from the test reports, so the line also counts faults run in xdist workers."""
+    cases = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            properties = dict(getattr(report, "user_properties", ()) or ())
+            if getattr(report, "when", None) == "call" and "fault_cases" in properties:
+                cases += properties["fault_cases"]
+    if cases:
+        survived = sum(bool(c["survived"]) for c in cases)
+        equal = sum(bool(c["equal"]) for c in cases)
+        terminalreporter.write_line(f"fault suite: {survived}/{len(cases)} faults survived, {equal}/{len(cases)} "
+                                    "with losses and weights bitwise equal to a straight run")
