@@ -208,4 +208,29 @@ def random_run_file(rng: random.Random, index: int, fixture: Path, model: Path, 
     dataset["subsets"] = [subset]
     doc["general"] = general
     doc["datasets"] = [dataset]
+    _drop_most_idle_keys(rng, doc)
     return tomlkit.dumps(doc)
+
+
+def _drop_most_idle_keys(rng: random.Random, doc: dict) -> None:
+    """Keys drawn independently often land without the key they need (huber_c without a Huber
+    loss), which --check refuses; keep about one in seven of them so the files also exercise
+    the combinations that act."""
+    from engine.config.problems import ProblemList
+    from engine.config.run_toml import collect_run_text
+    from engine.preflight_inert import check_inert_options
+
+    for _round in range(3):
+        config, _document, _schema = collect_run_text(tomlkit.dumps(doc), file="random.toml")
+        idle = ProblemList(file="random.toml")
+        check_inert_options(config, idle)
+        dropped = False
+        for problem in idle.items:
+            if rng.random() < 0.85:
+                section, *names = problem.key.split(".")
+                table = doc.get(section, {})
+                for name in names[:-1]:
+                    table = table.get(name, {})
+                dropped |= table.pop(names[-1], None) is not None
+        if not dropped:
+            return

@@ -81,7 +81,7 @@ def test_resume_state_must_exist_and_verify(tmp_path, tiny_sd1):
 
 def test_sample_prompts_parse_in_kohyas_forms(tmp_path, tiny_sd1):
     (tmp_path / "p.toml").write_text('[prompt]\nwidth = 64\n[[prompt.subset]]\nprompt = "a cat"\n')
-    path = make_run(tmp_path, tiny_sd1, save_extra='\n[sample]\nprompts = "p.toml"\n')
+    path = make_run(tmp_path, tiny_sd1, save_extra='\n[sample]\nevery_n_steps = 10\nprompts = "p.toml"\n')
     assert not _errors(path)
     (tmp_path / "p.toml").write_text('[prompt]\nwidth = 64\n[[prompt.subset]]\nprompt = "a cat"\n'
                                      'sample_sampler = "dpm_fancy"\n')

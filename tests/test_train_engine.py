@@ -101,7 +101,8 @@ def test_failure_is_reported_with_log(tmp_path, tiny_sd1):
     "train_text_encoder = true\nstop_text_encoder_training = 1\nema = true\nema_decay = 0.9",
 ])
 def test_recipe_options_train(tmp_path, tiny_sd1, extra):
-    config = make_run(tmp_path, tiny_sd1, steps=2, train_extra=extra)
+    save = "use_ema = true\n" if "ema = true" in extra else ""
+    config = make_run(tmp_path, tiny_sd1, steps=2, train_extra=extra, save_extra=save)
     sink = ListSink()
     result = run_training(config, sink=sink)
     assert result.status == "completed", result.message

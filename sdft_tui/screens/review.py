@@ -94,8 +94,9 @@ class ReviewScreen(WizardScreen):
             text.append("\n")
         if len(serious) > 6:
             text.append(f"… and {len(serious) - 6} more\n")
-        for p in notes[:2] if not serious else ():
-            text.append(f"{p.message}\n", style="dim")   # what the check found: model kind, buckets
+        for p in notes[:1] if not serious else ():
+            # what the check found (the model's kind), without its how-to-override part
+            text.append(p.message.split(";")[0] + "\n", style="dim")
         if pending:
             text.append("checking the model, images, prompts and optimizer …", style="italic")
         box.update(text)
