@@ -135,6 +135,7 @@ HEALTH_LABELS = {
     "heavy_upscale": "enlarged more than 2x (looks soft)", "no_caption": "no caption or tags",
     "too_long": "caption longer than max_token_length", "odd_mode": "pixel format converted",
     "exif_rotated": "EXIF rotation", "not_utf8": "caption file not UTF-8 (read with replacement characters)",
+    "name_clash": "images sharing one name (all train, one caption file)",
 }
 
 PROBLEM_KINDS = {

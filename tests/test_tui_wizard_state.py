@@ -146,3 +146,10 @@ def test_probe_model_reads_configs_without_torch(tiny_sd1, tiny_sd2):
     g2 = probe_model(str(tiny_sd2))
     assert g2.v_parameterization is True
     assert probe_model("").family is None
+
+
+def test_every_engine_health_kind_has_a_wizard_label():
+    from engine.data.health import SEVERITY
+    from sdft_tui.state import HEALTH_LABELS
+
+    assert set(SEVERITY) <= set(HEALTH_LABELS), sorted(set(SEVERITY) - set(HEALTH_LABELS))
