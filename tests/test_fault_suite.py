@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -169,7 +170,7 @@ class Cases:
     def finish(self, name: str, config: Path, survived: bool, details: str = "") -> None:
         """One fault, then a resume that ran to the end: compare the whole run folder."""
         run_dir = config.parent.joinpath(*RUN_DIR)
-        problems = differences(run_dir, self.straight_run(config)) if survived else ["did not complete"]
+        problems = differences(run_dir, self.straight_run(config)) if survived else ["did not resume and complete"]
         problems += [f"left {path}" for path in leftovers(run_dir)]
         self.add(name, survived, problems, details)
         self.check()
@@ -225,6 +226,7 @@ def run_chain(config: Path, faults: list[Fault], cases: Cases) -> None:
     events = run_dir / "events.jsonl"
     straight = cases.straight_run(config)
     left: list[Path] = []
+    resume_from = ""
     for number in range(len(faults) + 1):
         fault = faults[number] if number < len(faults) else None
         offset = events.stat().st_size if events.exists() else 0
@@ -238,10 +240,8 @@ def run_chain(config: Path, faults: list[Fault], cases: Cases) -> None:
         output, _ = process.communicate(timeout=300)
         planned = fault.exit_code if fault else 0
         went_on = reached and process.returncode == planned
-        if fault is not None and fault.signum in STOP_SIGNALS:
-            went_on = went_on and f"{fault.signum.name}: stopping at the next step" in output
         if number:
-            resumed = "resumed from" in output
+            resumed = f"resumed from {resume_from}" in output
             cleaned = all(f"removed {path}, left by an interrupted save" in output for path in left)
             survived = went_on and resumed and cleaned
             if fault is None:
@@ -249,9 +249,16 @@ def run_chain(config: Path, faults: list[Fault], cases: Cases) -> None:
                 return
             cases.add(faults[number - 1].name, survived, loss_differences(logged_losses(events, offset), straight),
                       output)
-        if not went_on:   # the chain cannot go on as planned
-            cases.add(fault.name, False, [f"exit {process.returncode}, planned {planned}"], output)
+        if not went_on:   # the chain cannot go on: its later faults count as not survived
+            for rest in faults[number:]:
+                cases.add(rest.name, False, [f"not reached: the process before exited {process.returncode}, "
+                                             f"planned {planned}"], output)
             cases.check()
+        resume_from = ""   # after a kill, any state; after a stop signal, the one the stop wrote
+        if fault.signum in STOP_SIGNALS:
+            said = re.search(r"stopped at step \d+; resume with: .* --resume (\S+)", output)
+            assert f"{fault.signum.name}: stopping at the next step" in output and said, output
+            resume_from = said.group(1)
         left = leftovers(run_dir)
         if fault.kill_writing:
             assert left, f"a kill while writing {fault.kill_writing} leaves its temporary file"
