@@ -244,6 +244,12 @@ def _safetensors_header(path: Path) -> dict:
 # ------------------------------------------------------------------ the state
 
 
+def _caption_rules(subset) -> dict:
+    """The subset settings that shape its caption text (for :func:`caption_as_trained`)."""
+    return {"separator": subset.caption_separator, "wildcard": subset.enable_wildcard,
+            "prefix": subset.caption_prefix, "suffix": subset.caption_suffix}
+
+
 @dataclass
 class WizardState:
     """Everything the wizard has chosen so far."""
@@ -266,6 +272,7 @@ class WizardState:
     user_set: set[str] = field(default_factory=set)  # keys the user typed or picked on a step
     metadata_beside_images: bool = False     # write the metadata JSON into the image folder (asked)
     preset_kept: dict[str, Any] = field(default_factory=dict)  # the last preset's values not applied
+    subset_caption_rules: dict[str, Any] = field(default_factory=dict)  # a loaded run's join, prefix, ...
 
     # ---------------------------------------------------------------- values
 
@@ -345,6 +352,7 @@ class WizardState:
             if ds.subsets:
                 sub = ds.subsets[0]
                 self.values["subset.num_repeats"] = sub.num_repeats
+                self.subset_caption_rules = {**_caption_rules(sub), "join": config.data.caption_tags_join}
                 self.metadata_file = sub.metadata_file
                 self.image_dir = sub.image_dir or sub.metadata_file.parent
         self.loaded_values = dict(self.values)
@@ -443,6 +451,7 @@ class WizardState:
                 self.values[f"dataset.{name}"] = getattr(ds, name)
             sub = blueprint.subsets[0]
             self.values["subset.num_repeats"] = sub.num_repeats
+            self.subset_caption_rules = _caption_rules(sub)
             self.metadata_file = sub.metadata_file
             self.image_dir = sub.image_dir or sub.metadata_file.parent
         if self.metadata_file is not None:
@@ -453,9 +462,10 @@ class WizardState:
     # ---------------------------------------------------------------- captions
 
     def joined_caption(self, record: ImageRecord) -> str:
-        from engine.data.captions import join_caption_and_tags
+        """The text this image trains with (the engine's join, the subset's prefix and suffix)."""
+        from engine.data.captions import caption_as_trained
 
-        return join_caption_and_tags(record.caption, record.tags, sep=",")
+        return caption_as_trained(record.caption, record.tags, **self.subset_caption_rules)
 
     def count_tokens(self) -> None:
         """Fill ``tokens`` for every record (imports the tokenizer: call from a worker)."""

@@ -153,3 +153,29 @@ def test_every_engine_health_kind_has_a_wizard_label():
     from sdft_tui.state import HEALTH_LABELS
 
     assert set(SEVERITY) <= set(HEALTH_LABELS), sorted(set(SEVERITY) - set(HEALTH_LABELS))
+
+
+def test_token_counts_count_the_caption_as_training_joins_it(tmp_path):
+    """The wizard's counts use the engine's join: caption_tags_join, the subset's separator,
+    prefix and suffix (a prefix of many tokens can push a caption over the limit)."""
+    import json
+
+    from engine.data.captions import caption_as_trained
+    from sdft_tui.state import WizardState
+
+    (tmp_path / "images").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "meta.json").write_text(json.dumps({"a": {"caption": "a cat", "tags": "red, blue"}}))
+    run = tmp_path / "run.toml"
+    run.write_text('[model]\npretrained_model_name_or_path = "m"\n[data]\ncaption_tags_join = " with "\n'
+                   '[[datasets]]\n  [[datasets.subsets]]\n  metadata_file = "meta.json"\n  image_dir = "images"\n'
+                   '  caption_prefix = "masterpiece, best quality"\n  caption_suffix = "by me"\n', encoding="utf-8")
+    state = WizardState()
+    state.load_source(run)
+    assert state.scan_error is None, state.scan_error
+    text = state.joined_caption(state.records[0])
+    assert text == "masterpiece, best quality a cat with red, blue by me"
+    assert text == caption_as_trained("a cat", "red, blue", join=" with ", prefix="masterpiece, best quality",
+                                      suffix="by me")

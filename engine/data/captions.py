@@ -108,6 +108,25 @@ def join_caption_and_tags(caption: str | None, tags: str | None, *, sep: str = "
     return caption + sep + tags
 
 
+def with_prefix_suffix(caption: str, prefix: str | None, suffix: str | None) -> str:
+    """A subset's ``caption_prefix`` / ``caption_suffix`` around a caption, space-separated as kohya does."""
+    if prefix:
+        caption = prefix + " " + caption
+    if suffix:
+        caption = caption + " " + suffix
+    return caption
+
+
+def caption_as_trained(caption: str | None, tags: str | None, *, join: str = "separator", separator: str = ",",
+                       wildcard: bool = False, prefix: str | None = None, suffix: str | None = None) -> str:
+    """The text an image trains with before its per-sample draws (dropout, shuffles, warm-up):
+    tags joined as ``data.caption_tags_join`` says, then the subset's prefix and suffix.
+    Token counts (the wizard, ``sdft prepare``, the health check) use this, so they count what
+    training encodes."""
+    joined = join_caption_and_tags(caption, tags, sep=join_separator(join, separator), wildcard=wildcard)
+    return with_prefix_suffix(joined, prefix, suffix)
+
+
 def split_tags(tags: str | None) -> list[str]:
     return [t.strip() for t in (tags or "").split(",") if t.strip()]
 

@@ -1,7 +1,9 @@
 """``sdft buckets``, ``sdft prepare`` and ``sdft cache``: dataset tools for the terminal.
 
-Each takes its own argv and returns an exit code (0 ok, 1 problems found, 2 bad usage or
-configuration). Output uses Rich; ``--json`` prints one JSON object for scripts.
+:func:`register` adds the three commands to the one ``sdft`` tree (see engine.commandline);
+``buckets_command(argv)`` and the others parse and run one of them from Python. Each returns
+an exit code (0 ok, 1 problems found, 2 bad usage or configuration). Output uses Rich;
+``--json`` prints one JSON object for scripts.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from engine.commandline import run_command
 from engine.console import styled
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
@@ -36,12 +39,32 @@ def _console(stderr: bool = False):
     return make_console(stderr=stderr)   # markup off: paths and captions print exactly
 
 
+def register(commands) -> None:
+    """Add ``buckets``, ``prepare`` and ``cache`` to the ``sdft`` tree."""
+    _add_buckets(commands)
+    _add_prepare(commands)
+    _add_cache(commands)
+
+
+def buckets_command(argv: list[str]) -> int:
+    return run_command(register, "buckets", argv)
+
+
+def prepare_command(argv: list[str]) -> int:
+    return run_command(register, "prepare", argv)
+
+
+def cache_command(argv: list[str]) -> int:
+    return run_command(register, "cache", argv)
+
+
 # ---------------------------------------------------------------- sdft buckets
 
 
-def buckets_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdft buckets", description="Show how the images of a folder fall into "
-                                "aspect-ratio buckets (kohya's 64-px bucketing), without decoding any image.")
+def _add_buckets(commands) -> None:
+    p = commands.add_parser("buckets", help="bucket histogram of an image folder",
+                            description="Show how the images of a folder fall into aspect-ratio buckets "
+                                        "(kohya's 64-px bucketing), without decoding any image.")
     p.add_argument("dir", help="image folder")
     p.add_argument("--resolution", type=_resolution, default=(512, 512), help="512 or W,H (default 512)")
     p.add_argument("--min-bucket-reso", type=int, default=256)
@@ -53,15 +76,14 @@ def buckets_parser() -> argparse.ArgumentParser:
     p.add_argument("--recursive", action="store_true", help="include sub-folders")
     p.add_argument("--no-exif", action="store_true", help="ignore EXIF orientation (kohya parity)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    return p
+    p.set_defaults(run=_buckets)
 
 
-def buckets_command(argv: list[str]) -> int:
+def _buckets(args) -> int:
     from engine.config.dataset import round_bucket_limits
     from engine.data.buckets import BucketError, BucketSettings, assign_sizes, bucket_report
     from engine.data.scan import ScanError, find_images, name_clashes, read_sizes
 
-    args = buckets_parser().parse_args(argv)
     d = args.bucket_reso_steps
     if d <= 0 or d % 8 or args.batch_size < 1:
         print("sdft buckets: --bucket-reso-steps must be a positive multiple of 8 and --batch-size ≥ 1",
@@ -149,9 +171,10 @@ def _print_histogram(report, readable, infos, settings, root) -> None:
 # ---------------------------------------------------------------- sdft prepare
 
 
-def prepare_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdft prepare", description="Build kohya metadata JSON from a folder of "
-                                "images + .caption/.txt sidecars, and check a dataset's health.")
+def _add_prepare(commands) -> None:
+    p = commands.add_parser("prepare", help="health check; write kohya metadata JSON from sidecars",
+                            description="Build kohya metadata JSON from a folder of images + .caption/.txt "
+                                        "sidecars, and check a dataset's health.")
     p.add_argument("target", help="image folder, or a run TOML to check")
     p.add_argument("--check", action="store_true", help="run the health check (always on for a run TOML)")
     p.add_argument("--out", help="metadata file to write (default: DIR/metadata.json)")
@@ -165,11 +188,10 @@ def prepare_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-token-length", type=int, default=75, choices=(75, 150, 225))
     p.add_argument("--no-write", action="store_true", help="only check; write nothing")
     p.add_argument("--json", action="store_true", help="print the health report as JSON")
-    return p
+    p.set_defaults(run=_prepare)
 
 
-def prepare_command(argv: list[str]) -> int:
-    args = prepare_parser().parse_args(argv)
+def _prepare(args) -> int:
     target = Path(args.target)
     if target.is_file() and target.suffix.lower() in (".toml", ".json"):
         return _prepare_run(target, args)
@@ -250,7 +272,7 @@ def _undecodable(report) -> set[Path]:
 
 def _prepare_run(path: Path, args) -> int:
     from engine.config.problems import ConfigError
-    from engine.data.captions import join_caption_and_tags, join_separator
+    from engine.data.captions import caption_as_trained
     from engine.data.metadata import MetadataError, read_metadata
 
     try:
@@ -258,7 +280,7 @@ def _prepare_run(path: Path, args) -> int:
 
         cfg = load_run_config(path)
     except ConfigError as exc:
-        from engine.cli import print_problems
+        from engine.console import print_problems
 
         print_problems(exc.problems)
         return EXIT_USAGE
@@ -274,15 +296,11 @@ def _prepare_run(path: Path, args) -> int:
                 console.print(styled(("error", "red"), f" {sub.key}: {exc}"))
                 status = EXIT_FOUND
                 continue
-            sep = join_separator(cfg.data.caption_tags_join, sub.caption_separator)
             for e in meta.entries:
                 paths.append(e.path)
-                text = join_caption_and_tags(e.caption, e.tags, sep=sep, wildcard=sub.enable_wildcard)
-                if sub.caption_prefix:
-                    text = sub.caption_prefix + " " + text
-                if sub.caption_suffix:
-                    text = text + " " + sub.caption_suffix
-                captions.append(text)
+                captions.append(caption_as_trained(e.caption, e.tags, join=cfg.data.caption_tags_join,
+                                                   separator=sub.caption_separator, wildcard=sub.enable_wildcard,
+                                                   prefix=sub.caption_prefix, suffix=sub.caption_suffix))
         console.print(styled((spec.key, "bold")))
         args.max_token_length = cfg.model.max_token_length
         status = max(status, _print_health(paths, captions, settings, args, console,
@@ -315,15 +333,15 @@ def _print_health(paths, captions, settings, args, console, exif_transpose: bool
 # ---------------------------------------------------------------- sdft cache
 
 
-def cache_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdft cache", description="Latent cache maintenance.")
+def _add_cache(commands) -> None:
+    p = commands.add_parser("cache", help="latent cache maintenance (prune)", description="Latent cache maintenance.")
     sub = p.add_subparsers(dest="action", required=True)
     prune = sub.add_parser("prune", help="delete cache entries no run uses any more")
     prune.add_argument("config", help="run TOML (names the cache folder)")
     prune.add_argument("--only-this-run", action="store_true",
                        help="keep only the entries this run used (forget other runs' manifests)")
     prune.add_argument("--dry-run", action="store_true", help="show what would be deleted")
-    return p
+    p.set_defaults(run=_cache)
 
 
 def _live_run_using(cache_dir: Path, runs_root: Path) -> str | None:
@@ -341,15 +359,14 @@ def _live_run_using(cache_dir: Path, runs_root: Path) -> str | None:
     return None
 
 
-def cache_command(argv: list[str]) -> int:
+def _cache(args) -> int:
     from engine.config.problems import ConfigError
     from engine.config.run_toml import load_run_config
 
-    args = cache_parser().parse_args(argv)
     try:
         cfg = load_run_config(args.config)
     except ConfigError as exc:
-        from engine.cli import print_problems
+        from engine.console import print_problems
 
         print_problems(exc.problems)
         return EXIT_USAGE

@@ -14,6 +14,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from engine.data.captions import with_prefix_suffix
+
 _CHOICE = re.compile(r"\{([^{}]+)\}")
 _OPEN, _CLOSE = "\x00", "\x01"
 
@@ -82,10 +84,7 @@ def process_caption(caption: str, options, rng: random.Random, *, epoch: int, st
     """
     o = options
     # 1. prefix / suffix
-    if o.caption_prefix:
-        caption = o.caption_prefix + " " + caption
-    if o.caption_suffix:
-        caption = caption + " " + o.caption_suffix
+    caption = with_prefix_suffix(caption, o.caption_prefix, o.caption_suffix)
     # 2. caption dropout
     dropped = False
     if o.caption_dropout_rate > 0 and rng.random() < o.caption_dropout_rate:
