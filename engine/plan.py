@@ -40,7 +40,7 @@ attention to the hypernetwork's outputs.
 Sources and calibration
 -----------------------
 The coefficients come from fake-tensor measurements of the diffusers SD1.5/SD2 U-Net (PyTorch
-``MemTracker`` + ``FakeTensorMode``; /work/shared/reference/performance-and-memory.md §5.2). The model
+``MemTracker`` + ``FakeTensorMode``). The model
 is checked against published SD1.x figures (tests/test_plan_vram.py reproduces each within 15 %):
 
 * ShivamShrirao/diffusers, ``examples/dreambooth/README.md`` (Tesla T4, SD-v1.4 U-Net only, 512²,

@@ -61,3 +61,16 @@ def test_messages_cite_no_internal_document():
              for path in sorted((root / package).rglob("*.py"))
              for line, text in _message_strings(path) if CITATION.search(text)]
     assert cited == []
+
+
+def test_no_source_file_cites_a_document_users_do_not_have():
+    """Comments and docstrings too: they cite docs/ (in the repository) or say the thing."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    internal = re.compile(r"\b(SPEC|DESIGN)(\.md)?\s*§|§\s*\d|/work/shared|\.\./shared/")
+    cited = [f"{path.relative_to(root)}:{number}" for package in ("engine", "sdft_tui", "tests")
+             for path in sorted((root / package).rglob("*.py")) if path != Path(__file__).resolve()
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if internal.search(line)]
+    assert cited == []

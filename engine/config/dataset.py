@@ -127,7 +127,8 @@ class DatasetSpec:
     key: str = ""
 
     def bucket_settings(self, default_resolution: tuple[int, int] = (512, 512)):
-        """The effective engine.data.buckets.BucketSettings once the resolution is known (§2.1 rounding)."""
+        """The effective engine.data.buckets.BucketSettings once the resolution is known (bucket
+        limits rounded to the step: min down, max up; docs/formats.md, "Aspect-ratio buckets")."""
         from engine.data.buckets import BucketSettings
 
         resolution = self.resolution or tuple(default_resolution)

@@ -2,7 +2,8 @@
 
 Functions take plain sizes and return plain tuples so the wizard, the CLI histogram and the
 training pipeline share one implementation. ``assign_sizes`` handles 100,000 images well
-under a second (numpy, vectorised over images; the result equals the scalar rule).
+under a second (numpy, vectorised over images; the result equals the scalar rule). The rules in
+words, with an example: docs/formats.md, "Aspect-ratio buckets".
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ class BucketError(ValueError):
     """An image that cannot be bucketed (e.g. a side shorter than the bucket step)."""
 
 
-# ---------------------------------------------------------------- §3.1 bucket list
+# ---------------------------------------------------------------- the bucket list
 
 
 def make_bucket_list(resolution: Size, min_b: int, max_b: int, d: int) -> list[Size]:
-    """kohya's predefined buckets for ``resolution`` (W, H); limits already rounded (§2.1)."""
+    """kohya's predefined buckets for ``resolution`` (W, H); limits already rounded
+    to the step (engine.config.dataset.round_bucket_limits)."""
     W, H = resolution
     if max_b < W or max_b < H or max_b < min_b:
         raise BucketError(f"max_bucket_reso {max_b} must be ≥ the resolution {W}x{H} and ≥ min_bucket_reso {min_b}")
@@ -42,7 +44,7 @@ def make_bucket_list(resolution: Size, min_b: int, max_b: int, d: int) -> list[S
     return sorted(buckets)
 
 
-# ---------------------------------------------------------------- §3.2 selection
+# ---------------------------------------------------------------- choosing a bucket
 
 
 def cover_resize(size: Size, bucket: Size) -> Size:
@@ -179,7 +181,7 @@ def assign_sizes(sizes: Sequence[Size], settings: BucketSettings,
 
 
 def _assign_nearest(sizes: list[Size], buckets: list[Size], where: list[int], out: list) -> None:
-    """Vectorised §3.2 default rule; float64 arithmetic equals Python's, argmin keeps the first tie."""
+    """Vectorised select_bucket rule; float64 arithmetic equals Python's, argmin keeps the first tie."""
     arr = np.asarray(sizes, dtype=np.int64)
     w = arr[:, 0].astype(np.float64)
     h = arr[:, 1].astype(np.float64)
@@ -203,7 +205,7 @@ def _assign_nearest(sizes: list[Size], buckets: list[Size], where: list[int], ou
             out[where[k]] = Assignment(size, bucket, cover_resize(size, bucket))
 
 
-# ---------------------------------------------------------------- §3.3 crop
+# ---------------------------------------------------------------- the crop
 
 
 def crop_offset(resized: Size, bucket: Size, *, random_crop: bool = False, rng: random.Random | None = None) -> Size:
@@ -216,7 +218,7 @@ def crop_offset(resized: Size, bucket: Size, *, random_crop: bool = False, rng: 
     return (ex // 2 if ex > 0 else 0, ey // 2 if ey > 0 else 0)
 
 
-# ---------------------------------------------------------------- §3.4 batching
+# ---------------------------------------------------------------- batching
 
 
 def batches_for(count: int, batch_size: int) -> int:
@@ -232,7 +234,7 @@ def steps_per_epoch(num_batches: int, grad_accum: int = 1, processes: int = 1) -
     return math.ceil(math.ceil(num_batches / grad_accum) / processes)
 
 
-# ---------------------------------------------------------------- §3.5 statistics + report
+# ---------------------------------------------------------------- statistics + report
 
 
 def mean_ar_error(assignments: Iterable[Assignment]) -> float:

@@ -1,4 +1,6 @@
-"""Caption and tag text: read sidecars, join caption + tags, clean, edit safely (SPEC §1.2, §1.4, §1.5).
+"""Caption and tag text: read sidecars, join caption + tags, clean, edit safely.
+
+How the joined text is processed further at each draw: docs/formats.md, "Caption processing".
 
 Nothing here overwrites a caption unless asked: edits take a policy (skip / overwrite /
 append) and every write is atomic (temp file + rename). No torch.
@@ -78,7 +80,7 @@ def write_caption(path: str | Path, text: str, *, policy: str = "skip", separato
     return True
 
 
-# ---------------------------------------------------------------- joining (SPEC §1.4)
+# ---------------------------------------------------------------- joining caption and tags
 
 
 def join_separator(mode: str, caption_separator: str = ",") -> str:
@@ -100,7 +102,7 @@ def join_caption_and_tags(caption: str | None, tags: str | None, *, sep: str = "
     if wildcard:
         tags = tags.replace("\n", sep)
         if not caption:
-            return tags          # kohya HEAD yields "" here (SPEC §12: data silently lost)
+            return tags          # kohya yields "" here, silently losing the tags
         lines = caption.split("\n")
         return "\n".join(line + sep + tags if line.strip() else line for line in lines)
     if not caption:
@@ -132,14 +134,14 @@ def split_tags(tags: str | None) -> list[str]:
 
 
 def tag_frequency(all_tags: Iterable[str | None]) -> dict[str, int]:
-    """Tag → number of images carrying it (lower-cased, once per image; SPEC §1.4)."""
+    """Tag → number of images carrying it (lower-cased, once per image), as in ``sdft.tag_frequency``."""
     counts: Counter[str] = Counter()
     for tags in all_tags:
         counts.update({t.lower() for t in split_tags(tags)})
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-# ---------------------------------------------------------------- cleaning (SPEC §1.5)
+# ---------------------------------------------------------------- cleaning (kohya's tag and caption cleanup)
 
 _W = r"[\w\-]+"
 HAIR_LENGTH = re.compile(r"(long|short|medium) hair")
@@ -156,7 +158,10 @@ _ONE_WORD = re.compile(rf"({_W}|hair ornament)")
 
 
 def clean_tags(tags: str) -> str:
-    """DeepDanbooru/WD14 tag cleanup (SPEC §1.5), on a ", "-separated string."""
+    """DeepDanbooru/WD14 tag cleanup as kohya does it, on a ", "-separated string: underscores to
+    spaces (``^_^`` kept); rating tags dropped; when "girls" or "boys" appears, each per-person
+    family (hair length, cut, eyes, sleeves, hair style, hair colour) that has several members is
+    dropped; a one-word tag is dropped when a longer tag ends with it."""
     tags = tags.replace("^_^", "\0").replace("_", " ").replace("\0", "^_^")
     cut = tags.find(", rating")
     if cut >= 0:
@@ -208,7 +213,7 @@ CAPTION_REPLACEMENTS: list[tuple[tuple[str, ...], str]] = [
 
 
 def clean_caption(caption: str) -> str:
-    """BLIP caption cleanup: the substitutions of SPEC §1.5 in order, each until stable."""
+    """BLIP caption cleanup: the substitutions of ``CAPTION_REPLACEMENTS`` in order, each until stable."""
     for sources, target in CAPTION_REPLACEMENTS:
         for source in sources:
             while source in caption:

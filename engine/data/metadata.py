@@ -1,4 +1,4 @@
-"""kohya's fine-tuning metadata (JSON object or JSONL), read with every key form (SPEC §1.3).
+"""kohya's fine-tuning metadata (JSON object or JSONL), read with every key form.
 
 Read: each image key resolves, first hit wins, as (1) an absolute path, (2) a path relative to
 ``image_dir`` then to the current folder, (3) a stem: ``image_dir/<key><ext>`` over the known
@@ -257,7 +257,7 @@ def build_metadata(image_dir: str | Path, *, recursive: bool = False, caption_ex
                    tags_extension: str = ".txt", key_style: str = "relative", exif_transpose: bool = True,
                    train_resolution: dict[Path, tuple[int, int]] | None = None, clean: bool = False,
                    existing: dict[str, dict] | None = None, leave_out: Iterable[Path] = ()) -> dict[str, dict]:
-    """A folder of images + sidecars → kohya metadata dict (SPEC §1.3 writer).
+    """A folder of images + sidecars → kohya metadata dict (what ``sdft prepare`` writes).
 
     Entries get ``caption`` / ``tags`` when a sidecar exists, and always ``image_size``
     (the size training sees, EXIF orientation applied). Unreadable images are left out.
