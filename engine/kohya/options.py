@@ -1,0 +1,264 @@
+"""Every option of kohya-ss/sd-scripts' ``fine_tune.py`` and where it goes in a run TOML.
+
+One row per option: its kind on kohya's command line (a flag or a value), kohya's default (a
+config file written by kohya's ``--output_config`` or its GUI holds every option; one at its
+default says nothing and is skipped), and its place in sdft: a dotted run-file key, a dataset
+table key (``general.*`` / ``subset.*``, used when no ``--dataset_config`` is given, as kohya
+builds its dataset from these options then), a conversion, or a refusal with its reason.
+``tests/test_from_kohya.py`` checks this table against the parser in kohya's source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+FLAG, VALUE, LIST = "flag", "value", "list"   # store_true / one value / nargs="*"
+
+
+@dataclass(frozen=True)
+class Opt:
+    kind: str
+    default: Any = None
+    to: str | Callable | None = None      # dotted key, or a function(value, options) -> {key: value}
+    refused: str | None = None            # why sdft does not take it
+    note: str | None = None               # said in the report next to where it went
+
+
+def refuse(reason: str, kind: str = VALUE, default: Any = None) -> Opt:
+    return Opt(kind, default, refused=reason)
+
+
+HUB = "uploading to or resuming from the Hugging Face hub is not part of sdft; upload the saved file yourself"
+DEEPSPEED = "use an accelerate config file for DeepSpeed (see README, Many GPUs)"
+DDP = "set it in accelerate's config (`accelerate config`); sdft runs under accelerate's defaults"
+LOGS = "sdft's console has no log levels: headless output goes to the terminal, tracebacks to sdft.log"
+NOT_YET = "not in sdft yet"
+
+
+def _true(key: str, value: Any = True) -> Callable:
+    return lambda _v, _all: {key: value}
+
+
+def _optimizer_type(value, _all) -> dict:
+    from engine.kohya.values import optimizer_name
+
+    return {"optimizer.type": optimizer_name(value)}
+
+
+def _sampler(value, _all) -> dict:
+    from engine.kohya.values import sampler_name
+
+    return {"sample.sampler": sampler_name(value)}
+
+
+def _scheduler(value, _all) -> dict:
+    from engine.kohya.values import scheduler_name
+
+    return {"optimizer.lr_scheduler": scheduler_name(value)}
+
+
+def _key_values(key: str) -> Callable:
+    from engine.kohya.values import parse_key_values
+
+    return lambda value, _all: {key: parse_key_values(value, key)}
+
+
+def _resolution(value, _all) -> dict:
+    from engine.kohya.values import parse_resolution
+
+    return {"general.resolution": parse_resolution(value)}
+
+
+def _crop_range(value, _all) -> dict:
+    from engine.kohya.values import parse_pair
+
+    return {"general.face_crop_aug_range": parse_pair(value, "face_crop_aug_range")}
+
+
+def _epoch_ratio(value, options) -> dict:
+    epochs = options.get("max_train_epochs")
+    if not epochs:
+        from engine.kohya.values import KohyaValueError
+
+        raise KohyaValueError("needs --max_train_epochs to become save.every_n_epochs (kohya divides the epochs "
+                              "by it); set save.every_n_epochs yourself")
+    return {"save.every_n_epochs": max(1, int(epochs) // int(value))}
+
+
+OPTIONS: dict[str, Opt] = {
+    # logging of kohya's own console
+    "console_log_level": refuse(LOGS), "console_log_file": refuse(LOGS), "console_log_simple": refuse(LOGS, FLAG),
+    # model
+    "v2": Opt(FLAG, to="model.v2"),
+    "v_parameterization": Opt(FLAG, to="model.v_parameterization"),
+    "pretrained_model_name_or_path": Opt(VALUE, to="model.pretrained_model_name_or_path"),
+    "tokenizer_cache_dir": Opt(VALUE, to="model.tokenizer_dir",
+                               note="sdft reads the tokenizer from this folder (it does not save one there)"),
+    "vae": Opt(VALUE, to="model.vae"),
+    "clip_skip": Opt(VALUE, to="model.clip_skip"),
+    "max_token_length": Opt(VALUE, to="model.max_token_length"),
+    # model card metadata
+    "metadata_title": Opt(VALUE, to="save.metadata.title"),
+    "metadata_author": Opt(VALUE, to="save.metadata.author"),
+    "metadata_description": Opt(VALUE, to="save.metadata.description"),
+    "metadata_license": Opt(VALUE, to="save.metadata.license"),
+    "metadata_tags": Opt(VALUE, to="save.metadata.tags"),
+    "metadata_usage_hint": Opt(VALUE, to="save.metadata.usage_hint"),
+    "metadata_trigger_phrase": Opt(VALUE, to="save.metadata.trigger_phrase"),
+    "metadata_thumbnail": refuse("sdft does not embed a thumbnail in saved models"),
+    "metadata_merged_from": refuse("describes merged models; a fine-tune has one base, recorded as sdft.base_model"),
+    "metadata_preprocessor": refuse("describes control-net style models; not used for a fine-tune"),
+    "metadata_is_negative_embedding": refuse("describes textual-inversion embeddings; not used for a fine-tune"),
+    # the dataset, as kohya builds it from options when there is no --dataset_config
+    "train_data_dir": Opt(VALUE, to="subset.image_dir"),
+    "in_json": Opt(VALUE, to="subset.metadata_file"),
+    "dataset_config": Opt(VALUE, to="dataset_config"),
+    "dataset_repeats": Opt(VALUE, 1, to="general.num_repeats"),
+    "train_batch_size": Opt(VALUE, 1, to="general.batch_size"),
+    "resolution": Opt(VALUE, to=_resolution),
+    "enable_bucket": Opt(FLAG, to="general.enable_bucket"),
+    "min_bucket_reso": Opt(VALUE, 256, to="general.min_bucket_reso"),
+    "max_bucket_reso": Opt(VALUE, 1024, to="general.max_bucket_reso"),
+    "bucket_reso_steps": Opt(VALUE, 64, to="general.bucket_reso_steps"),
+    "bucket_no_upscale": Opt(FLAG, to="general.bucket_no_upscale"),
+    "shuffle_caption": Opt(FLAG, to="general.shuffle_caption"),
+    "caption_separator": Opt(VALUE, ",", to="general.caption_separator"),
+    "keep_tokens": Opt(VALUE, 0, to="general.keep_tokens"),
+    "keep_tokens_separator": Opt(VALUE, "", to="general.keep_tokens_separator"),
+    "secondary_separator": Opt(VALUE, to="general.secondary_separator"),
+    "enable_wildcard": Opt(FLAG, to="general.enable_wildcard"),
+    "caption_prefix": Opt(VALUE, to="general.caption_prefix"),
+    "caption_suffix": Opt(VALUE, to="general.caption_suffix"),
+    "color_aug": Opt(FLAG, to="general.color_aug"),
+    "flip_aug": Opt(FLAG, to="general.flip_aug"),
+    "face_crop_aug_range": Opt(VALUE, to=_crop_range),
+    "random_crop": Opt(FLAG, to="general.random_crop"),
+    "resize_interpolation": Opt(VALUE, to="general.resize_interpolation"),
+    "token_warmup_min": Opt(VALUE, 1, to="general.token_warmup_min"),
+    "token_warmup_step": Opt(VALUE, 0, to="general.token_warmup_step"),
+    "alpha_mask": Opt(FLAG, to="subset.alpha_mask"),
+    "caption_dropout_rate": Opt(VALUE, 0.0, to="general.caption_dropout_rate"),
+    "caption_dropout_every_n_epochs": Opt(VALUE, 0, to="general.caption_dropout_every_n_epochs"),
+    "caption_tag_dropout_rate": Opt(VALUE, 0.0, to="general.caption_tag_dropout_rate"),
+    "caption_extension": Opt(VALUE, ".caption", to="data.caption_extension",
+                             note="read by sdft prepare / caption / tag; training reads the metadata file"),
+    "caption_extention": Opt(VALUE, to="data.caption_extension", note="kohya's old spelling"),
+    "cache_info": refuse("a DreamBooth-method option (kohya's image-size cache for folder datasets); "
+                         "the metadata method does not use it", FLAG),
+    "dataset_class": refuse("custom dataset classes are not supported; describe the data with [[datasets]] tables"),
+    "debug_dataset": refuse("`sdft buckets` and `sdft prepare` show what the dataset holds", FLAG),
+    # latents
+    "cache_latents": Opt(FLAG, to=_true("cache.latents", "memory")),
+    "cache_latents_to_disk": Opt(FLAG, to=_true("cache.latents", "disk")),
+    "vae_batch_size": Opt(VALUE, 1, to="cache.vae_batch_size"),
+    "skip_cache_check": Opt(FLAG, to=_true("cache.verify", "exists")),
+    "no_half_vae": Opt(FLAG, to=_true("memory.vae_dtype", "fp32"), note="fp32 is sdft's default VAE precision"),
+    # output and saving
+    "output_dir": Opt(VALUE, to="train.output_dir"),
+    "output_name": Opt(VALUE, to="train.output_name"),
+    "save_precision": Opt(VALUE, to="save.precision"),
+    "save_model_as": Opt(VALUE, to="save.format"),
+    "use_safetensors": Opt(FLAG, to=_true("save.format", "safetensors")),
+    "save_every_n_epochs": Opt(VALUE, to="save.every_n_epochs"),
+    "save_every_n_steps": Opt(VALUE, to="save.every_n_steps"),
+    "save_n_epoch_ratio": Opt(VALUE, to=_epoch_ratio),
+    "save_last_n_epochs": Opt(VALUE, to="save.last_n_epochs"),
+    "save_last_n_steps": Opt(VALUE, to="save.last_n_steps"),
+    "save_last_n_epochs_state": Opt(VALUE, to="save.last_n_states", note="sdft keeps the newest N states"),
+    "save_last_n_steps_state": Opt(VALUE, to="save.last_n_states", note="sdft keeps the newest N states"),
+    "save_state": Opt(FLAG, to="save.state"),
+    "save_state_on_train_end": Opt(FLAG, to="save.state_on_train_end"),
+    "resume": refuse("a kohya (accelerate) state folder has another layout; train in sdft, then "
+                     "`sdft train RUN.toml --resume latest` continues at the exact step"),
+    "huggingface_repo_id": refuse(HUB), "huggingface_repo_type": refuse(HUB), "huggingface_path_in_repo": refuse(HUB),
+    "huggingface_token": refuse(HUB), "huggingface_repo_visibility": refuse(HUB),
+    "save_state_to_huggingface": refuse(HUB, FLAG), "resume_from_huggingface": refuse(HUB, FLAG),
+    "async_upload": refuse(HUB, FLAG),
+    # length, precision, memory
+    "max_train_steps": Opt(VALUE, 1600, to="train.max_train_steps"),
+    "max_train_epochs": Opt(VALUE, to="train.max_train_epochs"),
+    "seed": Opt(VALUE, to="train.seed"),
+    "gradient_accumulation_steps": Opt(VALUE, 1, to="train.gradient_accumulation_steps"),
+    "gradient_checkpointing": Opt(FLAG, to="memory.gradient_checkpointing"),
+    "mixed_precision": Opt(VALUE, "no", to="memory.mixed_precision"),
+    "full_fp16": Opt(FLAG, to="memory.full_fp16"),
+    "full_bf16": Opt(FLAG, to="memory.full_bf16"),
+    "fp8_base": refuse("fp8 base weights are for LoRA-style training; sdft fine-tunes the weights themselves", FLAG),
+    "mem_eff_attn": Opt(FLAG, to=_true("memory.attention", "sdpa"),
+                        note="kohya's memory-efficient attention: PyTorch SDPA does the same job"),
+    "xformers": Opt(FLAG, to=_true("memory.attention", "xformers")),
+    "diffusers_xformers": Opt(FLAG, to=_true("memory.attention", "xformers")),
+    "sdpa": Opt(FLAG, to=_true("memory.attention", "sdpa")),
+    "torch_compile": refuse(f"{NOT_YET}: the U-Net is not compiled", FLAG),
+    "dynamo_backend": refuse(f"{NOT_YET}: the U-Net is not compiled", VALUE, "inductor"),
+    "lowram": refuse("sdft decides where models live; `sdft plan RUN.toml` shows the memory", FLAG),
+    "highvram": refuse("sdft decides where models live; `sdft plan RUN.toml` shows the memory", FLAG),
+    "max_data_loader_n_workers": Opt(VALUE, 8, to="data.num_workers",
+                                     note="background threads loading the next batches"),
+    "persistent_data_loader_workers": refuse("not needed: sdft's loader threads always live for the whole run",
+                                             FLAG),
+    "ddp_timeout": refuse(DDP), "ddp_gradient_as_bucket_view": refuse(DDP, FLAG), "ddp_static_graph": refuse(DDP, FLAG),
+    "deepspeed": refuse(DEEPSPEED, FLAG), "zero_stage": refuse(DEEPSPEED, VALUE, 2),
+    "offload_optimizer_device": refuse(DEEPSPEED), "offload_optimizer_nvme_path": refuse(DEEPSPEED),
+    "offload_param_device": refuse(DEEPSPEED), "offload_param_nvme_path": refuse(DEEPSPEED),
+    "zero3_init_flag": refuse(DEEPSPEED, FLAG), "zero3_save_16bit_model": refuse(DEEPSPEED, FLAG),
+    "fp16_master_weights_and_gradients": refuse(DEEPSPEED, FLAG),
+    # trackers
+    "logging_dir": Opt(VALUE, to="logging.logging_dir"),
+    "log_with": Opt(VALUE, to="logging.log_with"),
+    "log_prefix": Opt(VALUE, to="logging.log_prefix"),
+    "log_tracker_name": Opt(VALUE, to="logging.log_tracker_name"),
+    "wandb_run_name": Opt(VALUE, to="logging.wandb_run_name"),
+    "log_tracker_config": refuse(f"{NOT_YET}: tracker settings come from the [logging] keys"),
+    "wandb_api_key": refuse("put it in the environment (WANDB_API_KEY); a run file never holds secrets"),
+    "log_config": refuse("not needed: sdft always logs the run TOML to the trackers", FLAG),
+    # the objective
+    "train_text_encoder": Opt(FLAG, to="train.train_text_encoder"),
+    "noise_offset": Opt(VALUE, to="train.noise_offset"),
+    "noise_offset_random_strength": Opt(FLAG, to="train.noise_offset_random_strength"),
+    "adaptive_noise_scale": Opt(VALUE, to="train.adaptive_noise_scale"),
+    "multires_noise_iterations": Opt(VALUE, to="train.multires_noise_iterations"),
+    "multires_noise_discount": Opt(VALUE, 0.3, to="train.multires_noise_discount"),
+    "ip_noise_gamma": Opt(VALUE, to="train.ip_noise_gamma"),
+    "ip_noise_gamma_random_strength": Opt(FLAG, to="train.ip_noise_gamma_random_strength"),
+    "zero_terminal_snr": Opt(FLAG, to="train.zero_terminal_snr"),
+    "min_timestep": Opt(VALUE, to="train.min_timestep"),
+    "max_timestep": Opt(VALUE, to="train.max_timestep"),
+    "loss_type": Opt(VALUE, "l2", to="train.loss_type"),
+    "huber_schedule": Opt(VALUE, "snr", to="train.huber_schedule"),
+    "huber_c": Opt(VALUE, 0.1, to="train.huber_c"),
+    "huber_scale": Opt(VALUE, 1.0, to="train.huber_scale"),
+    "min_snr_gamma": Opt(VALUE, to="train.min_snr_gamma"),
+    "scale_v_pred_loss_like_noise_pred": Opt(FLAG, to="train.scale_v_pred_loss_like_noise_pred"),
+    "debiased_estimation_loss": Opt(FLAG, to="train.debiased_estimation_loss"),
+    "weighted_captions": Opt(FLAG, to="train.weighted_captions"),
+    "v_pred_like_loss": refuse("kohya parses it but never applies it in fine_tune"),
+    # samples
+    "sample_every_n_steps": Opt(VALUE, to="sample.every_n_steps"),
+    "sample_every_n_epochs": Opt(VALUE, to="sample.every_n_epochs"),
+    "sample_at_first": Opt(FLAG, to="sample.at_first"),
+    "sample_prompts": Opt(VALUE, to="sample.prompts"),
+    "sample_sampler": Opt(VALUE, "ddim", to=_sampler),
+    # the optimizer and its schedule
+    "optimizer_type": Opt(VALUE, "", to=_optimizer_type),
+    "use_8bit_adam": Opt(FLAG, to=_true("optimizer.type", "AdamW8bit")),
+    "use_lion_optimizer": Opt(FLAG, to=_true("optimizer.type", "Lion")),
+    "learning_rate": Opt(VALUE, 2e-6, to="optimizer.learning_rate"),
+    "learning_rate_te": Opt(VALUE, to="optimizer.learning_rate_te"),
+    "max_grad_norm": Opt(VALUE, 1.0, to="optimizer.max_grad_norm"),
+    "optimizer_args": Opt(LIST, to=_key_values("optimizer.args")),
+    "lr_scheduler": Opt(VALUE, "constant", to=_scheduler),
+    "lr_scheduler_args": Opt(LIST, to=_key_values("optimizer.lr_scheduler_args")),
+    "lr_scheduler_type": refuse(f"{NOT_YET}: custom schedule classes", VALUE, ""),
+    "lr_warmup_steps": Opt(VALUE, 0, to="optimizer.lr_warmup_steps"),
+    "lr_decay_steps": refuse(f"{NOT_YET}: decay steps (warmup_stable_decay)", VALUE, 0),
+    "lr_scheduler_num_cycles": Opt(VALUE, 1, to="optimizer.lr_scheduler_num_cycles"),
+    "lr_scheduler_power": Opt(VALUE, 1, to="optimizer.lr_scheduler_power"),
+    "lr_scheduler_timescale": refuse(f"{NOT_YET}: the inverse_sqrt schedule"),
+    "lr_scheduler_min_lr_ratio": refuse(f"{NOT_YET}: the cosine_with_min_lr schedule"),
+    "fused_backward_pass": refuse(f"{NOT_YET}: the fused backward pass (kohya: AdaFactor only)", FLAG),
+    # the converter itself
+    "config_file": Opt(VALUE, note="read by sdft from-kohya --config-file"),
+    "output_config": refuse("writes kohya's own config; `sdft from-kohya` writes the run TOML", FLAG),
+}

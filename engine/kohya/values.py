@@ -1,0 +1,92 @@
+"""kohya's option values in sdft's spelling: optimizer, scheduler and sampler names, ``k=v``
+argument lists, resolutions. sdft's own names come from the schema's choices."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import fields
+
+
+class KohyaValueError(ValueError):
+    """A value sdft cannot take as it is; the message says what to do."""
+
+
+def schema_choices(dotted: str) -> tuple:
+    from engine.config.schema import SECTIONS
+
+    section, name = dotted.split(".", 1)
+    field = next(f for f in fields(SECTIONS[section]) if f.name == name)
+    return tuple(c for c in field.metadata["choices"] if c is not None)
+
+
+def _pick(value: str, dotted: str, aliases: dict[str, str], what: str) -> str:
+    """kohya matches these names case-insensitively; sdft's choice of the same name, or a refusal."""
+    wanted = aliases.get(value.lower(), value.lower())
+    for choice in schema_choices(dotted):
+        if choice.lower() == wanted:
+            return choice
+    raise KohyaValueError(f"the {what} {value!r} is not in sdft yet; sdft has: {', '.join(schema_choices(dotted))}")
+
+
+def optimizer_name(value: str) -> str:
+    if not value:
+        return "AdamW"   # kohya's default when --optimizer_type is empty
+    return _pick(value, "optimizer.type", {"adamw8bit": "adamw8bit", "sgdnesterov": "sgdnesterov"}, "optimizer")
+
+
+def scheduler_name(value: str) -> str:
+    return _pick(value, "optimizer.lr_scheduler", {}, "learning-rate schedule")
+
+
+def sampler_name(value: str) -> str:
+    # kohya's k_ names are the same k-diffusion samplers under their diffusers names
+    return _pick(value, "sample.sampler", {"k_euler": "euler", "k_euler_a": "euler_a"}, "sampler")
+
+
+def parse_literal(text: str):
+    """A value as kohya's ``k=v`` lists read it: a Python literal, else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_key_values(items, option: str) -> dict:
+    """kohya's ``["weight_decay=0.01", "betas=0.9,0.999"]`` (or one string of them) as a table;
+    a tuple becomes a list (TOML has no tuples). A dict (from a config file) is taken as is."""
+    if isinstance(items, dict):
+        return dict(items)
+    if isinstance(items, str):
+        items = items.split()
+    table = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise KohyaValueError(f"{item!r} is not key=value (kohya's form: {option} weight_decay=0.01)")
+        value = parse_literal(text.strip())
+        table[key.strip()] = list(value) if isinstance(value, tuple) else value
+    return table
+
+
+def parse_resolution(value) -> int | list[int]:
+    """``"512"`` or ``"512,768"`` (kohya's width,height) as the dataset table writes it."""
+    if isinstance(value, (int, list)):
+        return value
+    parts = [p.strip() for p in str(value).split(",")]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise KohyaValueError(f"{value!r} is not a resolution (512 or 512,768)") from None
+    if len(numbers) == 1 or numbers[0] == numbers[1]:
+        return numbers[0]
+    return numbers[:2]
+
+
+def parse_pair(value, option: str) -> list[float]:
+    if isinstance(value, list):
+        return value
+    try:
+        low, high = (float(p) for p in str(value).split(","))
+    except ValueError:
+        raise KohyaValueError(f"{option}: {value!r} is not two numbers like 0.4,1.0") from None
+    return [low, high]
