@@ -199,7 +199,9 @@ def _check_data(config: RunConfig, problems: ProblemList, probe) -> int | None:
     if data.batches_per_epoch() == 0:
         problems.add("datasets", "the dataset yields no batches", "check the image folders and metadata files")
         return None
-    return data.max_train_steps
+    from engine.train.schedule import resolve_schedule
+
+    return resolve_schedule(config.train, data.batches_per_epoch()).total_steps
 
 
 def _check_resume(config: RunConfig, problems: ProblemList, resume: str | None) -> None:

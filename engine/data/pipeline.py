@@ -137,10 +137,6 @@ class TrainingData:
         data = cls(items, blueprint.datasets, settings, seed=seed, cache_mode=cfg.cache.latents,
                    cache_dir=cache_dir, cache_cfg=cfg.cache, exif_transpose=data_cfg.exif_transpose,
                    grad_accum=cfg.train.gradient_accumulation_steps, run_name=cfg.train.output_name, log=log)
-        if cfg.train.max_train_epochs:
-            data.max_train_steps = cfg.train.max_train_epochs * math.ceil(data.batches_per_epoch() / data.grad_accum)
-        else:
-            data.max_train_steps = cfg.train.max_train_steps
         live = sorted({it.subset.key for it in items if not it.subset.cacheable})
         if live and cfg.cache.latents != "none":
             log("random_crop/color_aug change pixels on every draw, so these subsets are encoded live "
@@ -150,6 +146,11 @@ class TrainingData:
             log(f"{len(items)} images in {len(info['buckets'])} buckets, mean aspect error "
                 f"{info.get('mean_img_ar_error', 0.0):.4f}")
         return data
+
+    def use_schedule(self, total_steps: int) -> None:
+        """The run's total optimizer steps, from engine.train.schedule (a fractional
+        ``token_warmup_step`` is a ratio of it)."""
+        self.max_train_steps = total_steps
 
     # ------------------------------------------------------------ facts
 

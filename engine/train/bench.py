@@ -51,7 +51,6 @@ def _cycled_plan(trainer, count: int) -> list:
 def time_engine(trainer, steps: int, warmup: int) -> tuple[float, int]:
     """Seconds and samples for ``steps`` steps of the real training loop (batch prefetching,
     caption processing, logging, control polling), after ``warmup`` untimed steps."""
-    trainer.schedule.total_steps = warmup + steps
     counted = {"samples": 0, "start": None}
     train_step, after_step = trainer.train_step, trainer.after_step
 
@@ -129,7 +128,7 @@ def run_bench(config_path: str | Path, steps: int = 20, warmup: int = 3) -> dict
     config.train.seed = config.train.seed or 0
     config.sample.prompts = None          # no sampling inside the timed loop
     config.save.every_n_steps = config.save.every_n_epochs = None
-    config.train.max_train_steps = 10 ** 9
+    config.train.max_train_steps, config.train.max_train_epochs = warmup + steps, None
     trainer = Trainer(config, config_text="", sink=ListSink(), control=RunControl())
     trainer.setup()
     trainer.checkpointer, trainer.sampler = Checkpointer(trainer), Sampler(trainer)

@@ -1,0 +1,31 @@
+"""How long a run trains: the one place steps and epochs are resolved.
+
+``max_train_epochs`` wins over ``max_train_steps``; an epoch is every batch of the dataset once,
+shared between the processes of a multi-GPU run and grouped by gradient accumulation. The data
+pipeline (a fractional ``token_warmup_step``), the learning-rate schedule, the loop and preflight
+all read the result instead of working it out again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Schedule:
+    batches_per_epoch: int       # micro-batches this process sees per epoch
+    steps_per_epoch: int
+    total_steps: int
+    total_epochs: int
+
+
+def resolve_schedule(train, batches_per_epoch: int, processes: int = 1) -> Schedule:
+    """The run's schedule from the ``[train]`` table, the dataset's batches per epoch (all
+    processes together) and the number of processes."""
+    if batches_per_epoch == 0:
+        raise ValueError("the dataset yields no batches: check the image folders and metadata files")
+    per_process = math.ceil(batches_per_epoch / processes)
+    steps_per_epoch = math.ceil(per_process / train.gradient_accumulation_steps)
+    total = train.max_train_epochs * steps_per_epoch if train.max_train_epochs else train.max_train_steps
+    return Schedule(per_process, steps_per_epoch, total, math.ceil(total / steps_per_epoch))
