@@ -55,15 +55,20 @@ def test_gradient_checkpointing_is_enabled_and_keeps_the_loss(tmp_path, tiny_sd1
 
 def test_ema_update_and_swap():
     p = torch.nn.Parameter(torch.zeros(2))
-    ema = EMA([p], decay=0.5)
+    ema = EMA([("p", p)], decay=0.5)
     with torch.no_grad():
         p.fill_(2.0)
-    ema.update(step=1)
-    torch.testing.assert_close(ema.shadow[0], torch.full((2,), 1.0))
+    ema.update(step=1)   # the warm-up's first update takes the trained weights as they are
+    torch.testing.assert_close(ema.shadow[0], torch.full((2,), 2.0))
+    with torch.no_grad():
+        p.fill_(4.0)
+    ema.update(step=3)   # by the third update the warm-up passed ema_decay: the cap applies
+    torch.testing.assert_close(ema.shadow[0], torch.full((2,), 3.0))
+    ema.load_state_dict({"p": torch.full((2,), 1.0)})
     ema.swap()
     torch.testing.assert_close(p.detach(), torch.full((2,), 1.0))
     ema.swap()
-    torch.testing.assert_close(p.detach(), torch.full((2,), 2.0))
+    torch.testing.assert_close(p.detach(), torch.full((2,), 4.0))
 
 
 def test_saving_from_ema_weights_differs_from_live_weights(tmp_path, tiny_sd1):

@@ -1,24 +1,59 @@
-"""Exponential moving average of the trained weights (kohya has none; users expect it)."""
+"""Exponential moving average of the trained weights (kohya has none; users expect it).
+
+The decay warms up as diffusers' ``EMAModel(use_ema_warmup=True)`` does, with its defaults
+(``inv_gamma = 1``, ``power = 2/3``): ``1 - (1 + n / inv_gamma) ** -power`` after ``n`` earlier
+updates, capped by ``train.ema_decay``. A flat 0.9999 from the first step would leave a 1,600-step
+run's average holding 0.9999 ** 1600, about 85%, of the weights it started from.
+
+The update count is a function of the global step, so a resumed run continues the same average
+with no extra state; the average is saved keyed by parameter name.
+"""
 
 from __future__ import annotations
 
 import torch
 
+WARMUP_INV_GAMMA = 1.0
+WARMUP_POWER = 2 / 3
+
+
+class EMAStateError(ValueError):
+    """A saved average that does not fit the parameters being trained."""
+
+
+def warmup_decay(update: int, cap: float, inv_gamma: float = WARMUP_INV_GAMMA,
+                 power: float = WARMUP_POWER) -> float:
+    """The decay of the ``update``-th update (1-based), as diffusers' ``EMAModel.get_decay``
+    computes it with warm-up on: 0 for the first (the average starts at the trained weights)."""
+    earlier = update - 1
+    if earlier <= 0:
+        return 0.0
+    return min(1 - (1 + earlier / inv_gamma) ** -power, cap)
+
 
 class EMA:
-    def __init__(self, parameters, decay: float = 0.9999, update_every: int = 1, cpu_offload: bool = False):
-        self.params = [p for p in parameters]
+    def __init__(self, named_parameters, decay: float = 0.9999, update_every: int = 1, cpu_offload: bool = False):
+        named = list(named_parameters)
+        self.names = [name for name, _p in named]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("EMA parameter names must be distinct")
+        self.params = [p for _name, p in named]
         self.decay = decay
         self.update_every = update_every
         device = torch.device("cpu") if cpu_offload else None
         self.shadow = [p.detach().to(device=device or p.device, dtype=torch.float32, copy=True) for p in self.params]
 
+    def decay_at(self, step: int) -> float:
+        """The decay applied at global step ``step`` (an update step)."""
+        return warmup_decay(step // self.update_every, self.decay)
+
     @torch.no_grad()
     def update(self, step: int) -> None:
         if step % self.update_every:
             return
+        weight = 1.0 - self.decay_at(step)
         for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach().to(s.device, torch.float32), 1.0 - self.decay)
+            s.lerp_(p.detach().to(s.device, torch.float32), weight)
 
     @torch.no_grad()
     def swap(self) -> None:
@@ -29,8 +64,28 @@ class EMA:
             s.copy_(live.to(s.device, torch.float32))
 
     def state_dict(self) -> dict:
-        return {f"{i}": s for i, s in enumerate(self.shadow)}
+        return dict(zip(self.names, self.shadow))
 
-    def load_state_dict(self, state: dict) -> None:
-        for i, s in enumerate(self.shadow):
-            s.copy_(state[f"{i}"])
+    def load_state_dict(self, state: dict) -> str | None:
+        """Restore a saved average. States of older sdft versions keyed it by position ("0",
+        "1", ...) and kept it without warm-up: those load by position when the count and shapes
+        fit (the note returned says so), else EMAStateError says what differs."""
+        if set(state) == set(self.names):
+            tensors, note = [state[name] for name in self.names], None
+        elif set(state) == {str(i) for i in range(len(self.names))}:
+            tensors = [state[str(i)] for i in range(len(self.names))]
+            note = ("the state's EMA comes from an older sdft (kept without decay warm-up, keyed by "
+                    "position); it continues with warm-up from here")
+        else:
+            missing = sorted(set(self.names) - set(state))[:3]
+            raise EMAStateError(
+                f"the state's EMA holds {len(state)} tensors that do not match the {len(self.names)} "
+                f"trained parameters (missing e.g. {', '.join(missing) or '-'}); resume without "
+                "train.ema, or start the run over")
+        for name, s, saved in zip(self.names, self.shadow, tensors):
+            if saved.shape != s.shape:
+                raise EMAStateError(f"the state's EMA of {name} has shape {tuple(saved.shape)}, the "
+                                    f"parameter {tuple(s.shape)}; start the run over or resume without train.ema")
+        for s, saved in zip(self.shadow, tensors):
+            s.copy_(saved)
+        return note

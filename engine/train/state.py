@@ -136,8 +136,10 @@ def read_counters(folder: Path) -> Counters:
     return Counters(**data)
 
 
-def load_state(folder: Path, *, trainables: dict, optimizer, scheduler, scaler=None, ema=None) -> Counters:
-    """Restore everything written by :func:`save_state` (after :func:`verify_state`)."""
+def load_state(folder: Path, *, trainables: dict, optimizer, scheduler, scaler=None, ema=None,
+               notes: list[str] | None = None) -> Counters:
+    """Restore everything written by :func:`save_state` (after :func:`verify_state`); what the
+    user should know about an older state goes to ``notes``."""
     verify_state(folder)
     for name, module in trainables.items():
         tensors = load_file(str(folder / f"{name}.safetensors"))
@@ -151,7 +153,9 @@ def load_state(folder: Path, *, trainables: dict, optimizer, scheduler, scaler=N
     if scaler is not None and (folder / "scaler.pt").exists():
         scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
     if ema is not None and (folder / "ema.safetensors").exists():
-        ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+        note = ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+        if note and notes is not None:
+            notes.append(note)
     rng_tensors = torch.load(folder / "rng.pt", weights_only=True)
     _restore_rng(json.loads((folder / "rng.json").read_text()), rng_tensors)
     return read_counters(folder)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 
@@ -32,6 +31,7 @@ from engine.train.optimizers import build_optimizer, build_scheduler
 from engine.train.precision import Precision, choose_device, decide_precision
 from engine.train.metrics import IntervalMeter, device_memory
 from engine.train.prefetch import Prefetcher
+from engine.train.schedule import resolve_schedule
 from engine.train.seeds import resolve_seed
 from engine.train.state import (
     Counters,
@@ -48,14 +48,6 @@ SMOOTHING = 0.98   # per-step decay of the smoothed loss shown in logs and the d
 
 class StopTraining(Exception):
     """Raised inside the loop when RunControl asks for a stop."""
-
-
-@dataclass
-class Schedule:
-    batches_per_epoch: int       # micro-batches this process sees per epoch
-    steps_per_epoch: int
-    total_steps: int
-    total_epochs: int
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
@@ -173,24 +165,9 @@ class Trainer:
         side = 768 if (self.model.v2 and self.v_prediction) else 512
         self.data = TrainingData.from_config(self.cfg, default_resolution=(side, side),
                                              log=lambda text: self.say(text))
-        self.schedule = self._compute_schedule()
-        # A fractional token_warmup_step is a ratio of the real total (all processes counted).
-        self.data.max_train_steps = self.schedule.total_steps
-
-    def _compute_schedule(self) -> Schedule:
-        t = self.cfg.train
-        world = self.accelerator.num_processes
-        batches = self.data.batches_per_epoch()
-        if batches == 0:
-            raise ValueError("the dataset yields no batches: check the image folders and metadata files")
-        per_process = math.ceil(batches / world)
-        steps_per_epoch = math.ceil(per_process / t.gradient_accumulation_steps)
-        if t.max_train_epochs:
-            total = t.max_train_epochs * steps_per_epoch
-        else:
-            total = t.max_train_steps
-        epochs = math.ceil(total / steps_per_epoch)
-        return Schedule(per_process, steps_per_epoch, total, epochs)
+        self.schedule = resolve_schedule(self.cfg.train, self.data.batches_per_epoch(),
+                                         self.accelerator.num_processes)
+        self.data.use_schedule(self.schedule.total_steps)
 
     def _build_text_encoder(self) -> None:
         from engine.models.text_encoding import PromptEncoder
@@ -277,20 +254,23 @@ class Trainer:
             unet.set_attn_processor(AttnProcessor())
 
     def trainable_parameters(self) -> list[dict]:
-        """Parameter groups: U-Net (learning_rate) and text encoder (learning_rate_te)."""
+        """Parameter groups: U-Net (learning_rate) and text encoder (learning_rate_te), each
+        with its parameters' names (the EMA is keyed by them)."""
         o = self.cfg.optimizer
         groups = []
+
+        def group(name: str, module, lr: float) -> dict:
+            named = [(f"{name}.{key}", p) for key, p in module.named_parameters() if p.requires_grad]
+            return {"params": [p for _key, p in named], "named": named, "lr": lr, "name": name}
+
         if self.cfg.train.mode == "full":
-            groups.append({"params": [p for p in self.model.unet.parameters() if p.requires_grad],
-                           "lr": o.learning_rate, "name": "unet"})
+            groups.append(group("unet", self.model.unet, o.learning_rate))
         if self.train_te:
             lr_te = o.learning_rate_te if o.learning_rate_te is not None else o.learning_rate
-            groups.append({"params": [p for p in self.model.text_encoder.parameters() if p.requires_grad],
-                           "lr": lr_te, "name": "text_encoder"})
+            groups.append(group("text_encoder", self.model.text_encoder, lr_te))
         if self.hypernetwork is not None:
             lr_h = self.cfg.hypernetwork.learning_rate
-            groups.append({"params": list(self.hypernetwork.parameters()),
-                           "lr": lr_h if lr_h is not None else o.learning_rate, "name": "hypernetwork"})
+            groups.append(group("hypernetwork", self.hypernetwork, lr_h if lr_h is not None else o.learning_rate))
         return groups
 
     def _build_optimizer(self) -> None:
@@ -300,7 +280,7 @@ class Trainer:
             raise ValueError("nothing to train: check train.mode and train.train_text_encoder")
         self.trained_params = [p for g in groups for p in g["params"]]
         self.lr_group_names = [g["name"] for g in groups]   # for the per-group learning rates logged
-        optimizer = build_optimizer(o.type, [{k: v for k, v in g.items() if k != "name"} for g in groups],
+        optimizer = build_optimizer(o.type, [{"params": g["params"], "lr": g["lr"]} for g in groups],
                                     o.learning_rate, o.args, self.device.type)
         self.lr_scheduler = build_scheduler(
             o.lr_scheduler, optimizer, total_steps=self.schedule.total_steps, warmup=o.lr_warmup_steps,
@@ -319,7 +299,8 @@ class Trainer:
         self.prompt_encoder.text_encoder = self.text_encoder
         self.ema = None
         if t.ema:
-            self.ema = EMA(self.trained_params, t.ema_decay, t.ema_update_every, t.ema_cpu_offload)
+            named = [pair for g in groups for pair in g["named"]]
+            self.ema = EMA(named, t.ema_decay, t.ema_update_every, t.ema_cpu_offload)
 
     # ================================================================ resume
 
@@ -378,8 +359,12 @@ class Trainer:
                 f"cannot resume from {folder}: changed since it was saved: {', '.join(changes)}. "
                 "Undo the change, or pass --allow-changed to continue anyway"
             )
+        notes: list[str] = []
         counters = load_state(folder, trainables=self._trainables(), optimizer=self.optimizer,
-                              scheduler=self.lr_scheduler, scaler=self.accelerator.scaler, ema=self.ema)
+                              scheduler=self.lr_scheduler, scaler=self.accelerator.scaler, ema=self.ema,
+                              notes=notes)
+        for note in notes:
+            self.say(note, "warning")
         self.seed = counters.seed
         self.global_step = counters.global_step
         self.epoch = counters.epoch
