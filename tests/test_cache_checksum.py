@@ -64,3 +64,16 @@ def test_verify_exists_trusts_the_files_and_full_checks_them(dataset, vae):  # n
     checking = TrainingData.from_config(cfg, log=lambda s: None)
     checking.prepare_latents(vae, "cpu")
     assert checking.cache_result.encoded == 1, "full: the checksum catches it"
+
+
+def test_a_float16_cache_is_not_served_to_a_float32_run(dataset, vae):  # noqa: F811
+    half = run_config(dataset, TOML, cache={"dtype": "float16"})
+    first = TrainingData.from_config(half, log=lambda s: None)
+    first.prepare_latents(vae, "cpu")
+    assert first.cache_result.encoded == len(first._latents)
+    full = TrainingData.from_config(run_config(dataset, TOML), log=lambda s: None)
+    full.prepare_latents(vae, "cpu")
+    assert full.cache_result.reused == 0, "the float32 run encodes its own entries"
+    again = TrainingData.from_config(run_config(dataset, TOML, cache={"dtype": "float16"}), log=lambda s: None)
+    again.prepare_latents(vae, "cpu")
+    assert again.cache_result.encoded == 0, "and the float16 ones stay for float16 runs"

@@ -156,9 +156,20 @@ alpha_mask = true
     warnings = " | ".join(p.message for p in problems.items if p.severity == "warning")
     assert "not a multiple of 64" in warnings
     assert "subset skipped" in warnings               # num_repeats 0 and the duplicate metadata file
-    assert "ignored" in warnings                      # validation_split
-    assert any(p.severity == "note" for p in problems.items)
+    assert any(p.severity == "note" and "validation_split at its default" in p.message for p in problems.items)
     assert [s.metadata_file.name for s in bp.datasets[0].subsets] == ["meta2.json"]
+
+
+def test_keys_for_features_sdft_lacks_are_refused_away_from_their_default(meta):
+    _bp, problems = load(meta, """
+[[datasets]]
+validation_split = 0.1
+network_multiplier = 0.5
+[[datasets.subsets]]
+metadata_file = "meta.json"
+""")
+    errors = {p.key.rsplit(".", 1)[-1]: p.message for p in problems.items if p.severity == "error"}
+    assert "no validation loss yet" in errors["validation_split"] and "LoRA" in errors["network_multiplier"]
 
 
 def test_json_dataset_file(meta):

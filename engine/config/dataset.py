@@ -72,7 +72,10 @@ SUBSET_ONLY: dict[str, tuple[str, Any]] = {
 FOREIGN_METHOD_KEYS = ("caption_extension", "class_tokens", "cache_info", "is_reg",
                        "conditioning_data_dir", "prior_loss_weight")
 FOREIGN_HINT = "not the metadata fine-tuning method; build a metadata file with `sdft prepare`"
-IGNORED_WITH_WARNING = ("network_multiplier", "validation_split", "validation_seed")
+# kohya dataset keys for other trainers or features sdft lacks: refused unless at their default
+NOT_IN_SDFT = {"network_multiplier": "it scales a LoRA network, and sdft fine-tunes the model itself",
+               "validation_split": "no validation loss yet; every image trains",
+               "validation_seed": "no validation loss yet; every image trains"}
 RATE_KEYS = ("caption_dropout_rate", "caption_tag_dropout_rate", "validation_split")
 NON_NEGATIVE = ("keep_tokens", "token_warmup_min", "caption_dropout_every_n_epochs", "token_warmup_step")
 
@@ -279,10 +282,13 @@ def _validate_table(table: Any, prefix: str, allowed: dict[str, tuple[str, Any]]
         if error:
             _report(problems, key, f"{error}, got {value!r}", _TYPE_HINTS.get(kind, ""))
             continue
-        if name in IGNORED_WITH_WARNING:
-            _report(problems, key, f"{name} is accepted for compatibility and ignored", "", "warning")
-            if name == "validation_split" and isinstance(value, int):
-                _report(problems, key, "an integer here is accepted (kohya would reject it)", "", "note")
+        if name in NOT_IN_SDFT:
+            # accepted at kohya's default (its GUI writes them out); any other value would do nothing
+            if value == DATASET_LEVEL[name][1]:
+                _report(problems, key, f"{name} at its default: nothing to do", "", "note")
+            else:
+                _report(problems, key, f"{name} is not in sdft: {NOT_IN_SDFT[name]}", f"remove {name}")
+                continue
         if name in RATE_KEYS and not 0 <= value <= 1:
             _report(problems, key, f"must be between 0 and 1, got {value!r}", "a probability: 0 = never, 1 = always")
             continue

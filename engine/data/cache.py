@@ -138,7 +138,7 @@ class ImageHashIndex:
             self.dirty = False
 
 
-def cache_key(image_sha256: str, job: CacheJob, vae_id: str, encode_dtype: str) -> str:
+def cache_key(image_sha256: str, job: CacheJob, vae_id: str, encode_dtype: str, store_dtype: str = "float32") -> str:
     fields = {
         "image": image_sha256,
         "bucket": list(job.bucket),
@@ -151,6 +151,8 @@ def cache_key(image_sha256: str, job: CacheJob, vae_id: str, encode_dtype: str) 
         "dtype": encode_dtype,
         "version": CACHE_VERSION,
     }
+    if store_dtype != "float32":   # float32 entries keep the keys they had before this field existed
+        fields["store"] = store_dtype
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -339,7 +341,7 @@ class LatentCache:
             if isinstance(digest, Exception):
                 result.failed[job.item] = f"cannot read: {digest}"
                 continue
-            key = cache_key(digest, job, vae_id, enc_name)
+            key = cache_key(digest, job, vae_id, enc_name, _dtype_name(self.store_dtype))
             if self.mode == "disk":
                 file = entry_path(self.cache_dir, key)
                 tensors, problem = load_entry(file, job.latent_shape, job.flip, self.verify)
