@@ -30,9 +30,9 @@ def test_fp16_mixed_precision_uses_a_grad_scaler(tmp_path, tiny_sd1):
     config, _doc, _w = load_run_file(path)
     trainer = Trainer(config, config_text="", sink=ListSink())
     trainer.setup()
-    assert trainer.accelerator.scaler is not None
-    assert next(trainer.model.unet.parameters()).dtype == torch.float32        # fp32 master weights
-    assert trainer.model.text_encoder.dtype == torch.float16                   # frozen parts in fp16
+    assert trainer.parts.accelerator.scaler is not None
+    assert next(trainer.parts.components.model.unet.parameters()).dtype == torch.float32        # fp32 master weights
+    assert trainer.parts.components.model.text_encoder.dtype == torch.float16                   # frozen parts in fp16
     sink = ListSink()
     result = run_training(path, sink=sink)
     assert result.status == "completed", result.message
@@ -56,7 +56,7 @@ def test_xformers_attention_is_installed_when_available(tmp_path, tiny_sd1):
     config, _doc, _w = load_run_file(path)
     trainer = Trainer(config, config_text="", sink=ListSink())
     trainer.setup()
-    names = {type(p).__name__ for p in trainer.model.unet.attn_processors.values()}
+    names = {type(p).__name__ for p in trainer.parts.components.model.unet.attn_processors.values()}
     assert any("XFormers" in name for name in names), names
     assert run_training(path, sink=ListSink()).status == "completed"
 
@@ -68,7 +68,7 @@ def test_adamw8bit_on_cuda(tmp_path, tiny_sd1):
     config, _doc, _w = load_run_file(path)
     trainer = Trainer(config, config_text="", sink=ListSink())
     trainer.setup()
-    assert "8bit" in type(trainer.optimizer.optimizer).__name__
+    assert "8bit" in type(trainer.parts.bundle.optimizer.optimizer).__name__
     assert run_training(path, sink=ListSink()).status == "completed"
 
 

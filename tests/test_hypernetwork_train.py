@@ -41,20 +41,20 @@ def test_only_the_hypernetwork_changes_and_samples_use_it(tmp_path, tiny_sd1):
     config = make_run(tmp_path, tiny_sd1, steps=3, train_extra=MODE, save_extra=extra)
     trainer, sink = trainer_for(config)
     trainer.setup()
-    assert trainer.hypernetwork.widths == (32, 64)
-    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-3]
-    assert all(isinstance(p, HypernetworkAttnProcessor) for p in trainer.unet.attn_processors.values())
-    assert not any(p.requires_grad for p in trainer.model.unet.parameters())
-    assert all(p.dtype == torch.float32 and p.requires_grad for p in trainer.hypernetwork.parameters())
-    start = {k: v.clone() for k, v in trainer.hypernetwork.flat_state().items()}
+    assert trainer.parts.components.hypernetwork.widths == (32, 64)
+    assert [g["lr"] for g in trainer.parts.bundle.optimizer.param_groups] == [1e-3]
+    assert all(isinstance(p, HypernetworkAttnProcessor) for p in trainer.parts.bundle.unet.attn_processors.values())
+    assert not any(p.requires_grad for p in trainer.parts.components.model.unet.parameters())
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in trainer.parts.components.hypernetwork.parameters())
+    start = {k: v.clone() for k, v in trainer.parts.components.hypernetwork.flat_state().items()}
     trainer.cfg.sample.every_n_steps = 3
     assert trainer.run() == "completed"
 
     base = load_model(str(tiny_sd1))
     for name, module in (("unet", base.unet), ("text_encoder", base.text_encoder)):
-        trained = getattr(trainer.model, name).state_dict()
+        trained = getattr(trainer.parts.components.model, name).state_dict()
         assert all(torch.equal(v, trained[k]) for k, v in module.state_dict().items()), name
-    end = trainer.hypernetwork.flat_state()
+    end = trainer.parts.components.hypernetwork.flat_state()
     assert any(not torch.equal(start[k], end[k]) for k in start)
 
     saved = [e.path for e in sink.of(ModelSaved)]
@@ -63,7 +63,7 @@ def test_only_the_hypernetwork_changes_and_samples_use_it(tmp_path, tiny_sd1):
     assert on_disk.step == 3 and on_disk.name == "t"
     assert all(torch.equal(end[k].cpu(), v) for k, v in on_disk.flat_state().items())
     assert len(sink.of(SampleSaved)) == 1           # sampled through the hooked U-Net
-    assert trainer.checkpointer.metadata()["sdft.learning_rate"] == "0.001"   # the hypernetwork's rate
+    assert trainer.checkpointer.metadata(trainer.context())["sdft.learning_rate"] == "0.001"   # the hypernetwork's rate
 
 
 def test_sampling_goes_through_the_hypernetwork(tmp_path, tiny_sd1):
@@ -71,15 +71,13 @@ def test_sampling_goes_through_the_hypernetwork(tmp_path, tiny_sd1):
                       save_extra='\n[sample]\nprompts = ["a red picture --w 64 --h 64 --s 2"]\n')
     trainer, _sink = trainer_for(config)
     trainer.setup()
-    from engine.train.checkpoints import Checkpointer
     from engine.train.sampling import Sampler
 
-    trainer.checkpointer = Checkpointer(trainer)
     calls = []
-    processor = next(iter(trainer.unet.attn_processors.values()))
+    processor = next(iter(trainer.parts.bundle.unet.attn_processors.values()))
     hook = processor.hypernetwork.pairs["32"][0].register_forward_hook(lambda *args: calls.append(1))
     try:
-        assert Sampler(trainer).sample()
+        assert Sampler(trainer.parts).sample(trainer.context())
     finally:
         hook.remove()
     assert calls
@@ -96,7 +94,7 @@ def test_continue_from_a_saved_safetensors_hypernetwork(tmp_path, tiny_sd1):
     trainer, sink = trainer_for(second)
     trainer.setup()
     previous = load_hypernetwork(result.model_path).flat_state()
-    now = trainer.hypernetwork.flat_state()
+    now = trainer.parts.components.hypernetwork.flat_state()
     assert previous.keys() == now.keys()
     assert all(torch.equal(previous[k], now[k].cpu()) for k in previous)
     assert any("loaded from" in e.text for e in sink.events if e.kind == "message")

@@ -36,9 +36,9 @@ def test_full_bf16_keeps_trained_weights_in_bf16(tmp_path, tiny_sd1):
     config = make_run(tmp_path, tiny_sd1, steps=1)
     config.write_text(config.read_text() + '\n[memory]\nmixed_precision = "bf16"\nfull_bf16 = true\n')
     trainer = setup_trainer(config)
-    assert next(trainer.model.unet.parameters()).dtype == torch.bfloat16
+    assert next(trainer.parts.components.model.unet.parameters()).dtype == torch.bfloat16
     plain = setup_trainer(make_run(tmp_path / "plain", tiny_sd1, steps=1))
-    assert next(plain.model.unet.parameters()).dtype == torch.float32
+    assert next(plain.parts.components.model.unet.parameters()).dtype == torch.float32
 
 
 def test_gradient_checkpointing_is_enabled_and_keeps_the_loss(tmp_path, tiny_sd1):
@@ -47,7 +47,7 @@ def test_gradient_checkpointing_is_enabled_and_keeps_the_loss(tmp_path, tiny_sd1
     path = make_run(tmp_path / "b", tiny_sd1, steps=2)
     path.write_text(path.read_text() + "\n[memory]\ngradient_checkpointing = true\n")
     trainer = setup_trainer(path)
-    assert trainer.model.unet.is_gradient_checkpointing
+    assert trainer.parts.components.model.unet.is_gradient_checkpointing
     checkpointed = ListSink()
     run_training(path, sink=checkpointed)
     torch.testing.assert_close(torch.tensor(first_losses(checkpointed)), torch.tensor(first_losses(base)))
@@ -125,8 +125,8 @@ def test_v_prediction_sd2_with_225_tokens_and_weighted_captions(tmp_path, tiny_s
     path.write_text(path.read_text().replace("max_token_length = 150", "max_token_length = 225")
                     .replace("clip_skip = 2", "clip_skip = 1"))
     trainer = setup_trainer(path)
-    assert trainer.v_prediction and trainer.model.v2
-    assert trainer.prompt_encoder.embedding_length == 227
+    assert trainer.parts.components.noise.v_prediction and trainer.parts.components.model.v2
+    assert trainer.parts.components.prompt_encoder.embedding_length == 227
     result = run_training(path, sink=ListSink())
     assert result.status == "completed", result.message
 
@@ -135,9 +135,9 @@ def test_text_encoder_trains_with_its_own_learning_rate(tmp_path, tiny_sd1):
     path = make_run(tmp_path, tiny_sd1, steps=1, train_extra="train_text_encoder = true",
                     optimizer_extra="learning_rate_te = 5e-5")
     trainer = setup_trainer(path)
-    rates = sorted(group["lr"] for group in trainer.optimizer.param_groups)
+    rates = sorted(group["lr"] for group in trainer.parts.bundle.optimizer.param_groups)
     assert rates == [5e-5, 1e-4]
-    assert any(p.requires_grad for p in trainer.model.text_encoder.parameters())
+    assert any(p.requires_grad for p in trainer.parts.components.model.text_encoder.parameters())
 
 
 def test_zero_terminal_snr_model_saves_a_rescaled_scheduler(tmp_path, tiny_sd2):

@@ -18,6 +18,8 @@ import torch
 
 from engine.control import RunControl
 from engine.events import ListSink
+from engine.train import forward
+from engine.train.context import RunParts, StepContext, StepHook
 
 # Dense bf16/fp16 tensor-core peaks (vendor datasheets), for MFU.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0, "3090": 71.0,
@@ -39,89 +41,87 @@ def _peak_tflops(device: torch.device) -> float | None:
     return None
 
 
-def _cycled_plan(trainer, count: int) -> list:
+def _cycled_plan(data, count: int) -> list:
     plan = []
     epoch = 1
     while len(plan) < count:
-        plan.extend(trainer.data.epoch_plan(epoch))
+        plan.extend(data.epoch_plan(epoch))
         epoch += 1
     return plan[:count]
 
 
-def time_engine(trainer, steps: int, warmup: int) -> tuple[float, int]:
-    """Seconds and samples for ``steps`` steps of the real training loop (batch prefetching,
-    caption processing, logging, control polling), after ``warmup`` untimed steps."""
-    counted = {"samples": 0, "start": None}
-    train_step, after_step = trainer.train_step, trainer.after_step
+class BenchTimer(StepHook):
+    """A step hook: the clock starts after ``warmup`` steps; counts the samples trained since."""
 
-    def counting_step(batches):
-        train_step(batches)
-        if counted["start"] is not None:
-            counted["samples"] += sum(len(b.captions) for b in batches)
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+        self.start: float | None = None
+        self.samples = 0
 
-    def timed_after_step():
-        after_step()
-        if trainer.global_step == warmup:
-            _sync(trainer.device)
-            counted["start"] = time.perf_counter()
-
-    trainer.train_step, trainer.after_step = counting_step, timed_after_step
-    try:
-        trainer.loop()
-    finally:
-        trainer.train_step, trainer.after_step = train_step, after_step
-    _sync(trainer.device)
-    return time.perf_counter() - counted["start"], counted["samples"]
+    def on_step(self, ctx: StepContext) -> None:
+        if self.start is not None:
+            self.samples += ctx.samples
+        if ctx.step == self.warmup:
+            _sync(ctx.parts.device)
+            self.start = time.perf_counter()
 
 
-def time_bare(trainer, steps: int, warmup: int) -> tuple[float, int]:
+def time_engine(trainer, warmup: int) -> tuple[float, int]:
+    """Seconds and samples of the real training loop (batch prefetching, caption processing,
+    logging, control polling) to the schedule's end, after ``warmup`` untimed steps."""
+    timer = BenchTimer(warmup)
+    trainer.loop(trainer.standard_hooks() + [timer])
+    _sync(trainer.parts.device)
+    return time.perf_counter() - timer.start, timer.samples
+
+
+def time_bare(parts: RunParts, steps: int, warmup: int) -> tuple[float, int]:
     """The same maths with nothing around it: pre-loaded latents and captions."""
-    plan = _cycled_plan(trainer, steps + warmup)
-    batches = [trainer.data.load_batch(ref, epoch=1, global_step=0, position=i) for i, ref in enumerate(plan)]
-    unet, optimizer = trainer.unet, trainer.optimizer
-    cumprod = trainer.cumprod
+    plan = _cycled_plan(parts.data, steps + warmup)
+    batches = [parts.data.load_batch(ref, epoch=1, global_step=0, position=i) for i, ref in enumerate(plan)]
+    unet, optimizer = parts.bundle.unet, parts.bundle.optimizer
+    cumprod, device = parts.components.noise.cumprod, parts.device
+    dtype = forward.unet_dtype(parts)
     samples = 0
     start = None
     for i, batch in enumerate(batches):
         if i == warmup:
-            _sync(trainer.device)
+            _sync(device)
             start = time.perf_counter()
             samples = 0
-        x0 = trainer.latents_of(batch)
+        x0 = forward.latents_of(parts, batch)
         noise = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (x0.shape[0],), device=trainer.device)
+        t = torch.randint(0, 1000, (x0.shape[0],), device=device)
         a = cumprod[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with trainer.accelerator.autocast():
+        with parts.accelerator.autocast():
             with torch.no_grad():
-                context = trainer.prompt_encoder(batch.captions, trainer.device)
-            pred = unet(noisy.to(trainer.unet_dtype), t, context.to(trainer.unet_dtype)).sample
+                context = parts.components.prompt_encoder(batch.captions, device)
+            pred = unet(noisy.to(dtype), t, context.to(dtype)).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
-        trainer.accelerator.backward(loss)
+        parts.accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         samples += x0.shape[0]
-    _sync(trainer.device)
+    _sync(device)
     return time.perf_counter() - start, samples
 
 
-def flops_per_sample(trainer) -> float | None:
+def flops_per_sample(parts: RunParts) -> float | None:
     from torch.utils.flop_counter import FlopCounterMode
 
-    ref = trainer.data.epoch_plan(1)[0]
-    batch = trainer.data.load_batch(ref, epoch=1, global_step=0, position=0)
+    ref = parts.data.epoch_plan(1)[0]
+    batch = parts.data.load_batch(ref, epoch=1, global_step=0, position=0)
     counter = FlopCounterMode(display=False)
     with counter:
-        loss = trainer.compute_loss(batch, torch.Generator().manual_seed(0))
-        trainer.accelerator.backward(loss)
-    trainer.optimizer.zero_grad(set_to_none=True)
+        loss = forward.compute_loss(parts, batch, torch.Generator().manual_seed(0))
+        parts.accelerator.backward(loss)
+    parts.bundle.optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops() / len(batch.captions)
 
 
 def run_bench(config_path: str | Path, steps: int = 20, warmup: int = 3) -> dict:
     from engine.config.run_toml import load_run_file
-    from engine.train.checkpoints import Checkpointer
-    from engine.train.sampling import Sampler
     from engine.train.trainer import Trainer
 
     config, document, _ = load_run_file(config_path)
@@ -131,12 +131,11 @@ def run_bench(config_path: str | Path, steps: int = 20, warmup: int = 3) -> dict
     config.train.max_train_steps, config.train.max_train_epochs = warmup + steps, None
     trainer = Trainer(config, config_text="", sink=ListSink(), control=RunControl())
     trainer.setup()
-    trainer.checkpointer, trainer.sampler = Checkpointer(trainer), Sampler(trainer)
-    device = trainer.device
+    device = trainer.parts.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    engine_s, engine_samples = time_engine(trainer, steps, warmup)
-    bare_s, bare_samples = time_bare(trainer, steps, warmup)
+    engine_s, engine_samples = time_engine(trainer, warmup)
+    bare_s, bare_samples = time_bare(trainer.parts, steps, warmup)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "steps": steps,
@@ -146,10 +145,10 @@ def run_bench(config_path: str | Path, steps: int = 20, warmup: int = 3) -> dict
         "bare_samples_per_s": bare_samples / bare_s,
         "engine_overhead": (engine_s / engine_samples) / (bare_s / bare_samples) - 1.0,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-        "mixed_precision": trainer.precision.mixed_precision,
+        "mixed_precision": trainer.parts.precision.mixed_precision,
     }
     if device.type == "cuda":
-        flops = flops_per_sample(trainer)
+        flops = flops_per_sample(trainer.parts)
         peak = _peak_tflops(device)
         result["flops_per_sample"] = flops
         result["mfu"] = flops * result["engine_samples_per_s"] / (peak * 1e12) if (flops and peak) else None

@@ -15,108 +15,131 @@ from pathlib import Path
 
 from engine import __version__
 from engine.events import ModelSaved
+from engine.train.context import RunParts, StepContext, StepHook
+from engine.train.state import save_state
 
 EXTENSIONS = {"safetensors": ".safetensors", "ckpt": ".ckpt", "diffusers": "", "diffusers_safetensors": ""}
 
 
-class Checkpointer:
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.cfg = trainer.cfg
-        self.folder = trainer.run_dir / "checkpoints"
+class Checkpointer(StepHook):
+    """Saves models and states on the ``save.*`` cadence (a step hook) and on request."""
+
+    def __init__(self, parts: RunParts):
+        self.parts = parts
+        self.cfg = parts.cfg
+        self.folder = parts.run_dir / "checkpoints"
         self.started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.last_model_path: str | None = None
+        self.last_state_path: str | None = None
 
     # ---- cadence
-    def on_step_end(self, step: int) -> None:
+    def on_step(self, ctx: StepContext) -> None:
         s = self.cfg.save
-        if s.every_n_steps and step % s.every_n_steps == 0 and step < self.trainer.schedule.total_steps:
-            self.save_model(kind="step")
+        if s.every_n_steps and ctx.step % s.every_n_steps == 0 and ctx.step < ctx.total_steps:
+            self.save_model(ctx, kind="step")
             if s.state:
-                self.trainer.write_state()
+                self.write_state(ctx)
 
-    def on_epoch_end(self, epoch: int) -> None:
+    def on_epoch(self, ctx: StepContext) -> None:
         s = self.cfg.save
-        if s.every_n_epochs and epoch % s.every_n_epochs == 0 and epoch < self.trainer.schedule.total_epochs:
-            self.save_model(kind="epoch")
+        if s.every_n_epochs and ctx.epoch % s.every_n_epochs == 0 and ctx.epoch < self.parts.schedule.total_epochs:
+            self.save_model(ctx, kind="epoch")
             if s.state:
-                self.trainer.write_state()
+                self.write_state(ctx)
 
     # ---- writing
-    def file_name(self, kind: str) -> str:
-        t = self.trainer
+    def file_name(self, ctx: StepContext, kind: str) -> str:
         name = self.cfg.train.output_name
         ext = EXTENSIONS[self.cfg.save.format]
-        if t.hypernetwork is not None:   # hypernetwork mode saves only the hypernetwork
+        if self.parts.components.hypernetwork is not None:   # hypernetwork mode saves only the hypernetwork
             ext = "." + self.cfg.hypernetwork.save_format
         if kind == "epoch":
-            return f"{name}-{t.epoch:06d}{ext}"
+            return f"{name}-{ctx.epoch:06d}{ext}"
         if kind in ("step", "manual"):
-            return f"{name}-step{t.global_step:08d}{ext}"
+            return f"{name}-step{ctx.step:08d}{ext}"
         return f"{name}{ext}"
 
-    def save_model(self, kind: str) -> str | None:
-        t = self.trainer
-        if not t.is_main:
+    def save_model(self, ctx: StepContext, kind: str) -> str | None:
+        p = self.parts
+        if not p.is_main:
             return None
         from engine.models.save import save_model
 
-        path = self.folder / self.file_name(kind)
-        unet = t.accelerator.unwrap_model(t.unet)
-        text_encoder = t.accelerator.unwrap_model(t.text_encoder)
-        use_ema = t.ema is not None and self.cfg.save.use_ema
+        path = self.folder / self.file_name(ctx, kind)
+        c, b = p.components, p.bundle
+        unet = p.accelerator.unwrap_model(b.unet)
+        text_encoder = p.accelerator.unwrap_model(b.text_encoder)
+        use_ema = b.ema is not None and self.cfg.save.use_ema
         if use_ema:
-            t.ema.swap()
+            b.ema.swap()
         try:
-            if t.hypernetwork is not None:
-                self._save_hypernetwork(path)
+            if c.hypernetwork is not None:
+                self._save_hypernetwork(ctx, path)
             else:
-                save_model(path, unet=unet, text_encoder=text_encoder, vae=t.model.vae, v2=t.model.v2,
-                           v_parameterization=t.v_prediction, fmt=self.cfg.save.format,
-                           precision=self.cfg.save.precision, metadata=self.metadata(),
-                           epoch=t.epoch, global_step=t.global_step,
-                           text_extras=getattr(t.model, "text_extras", None),
-                           scheduler_config=getattr(t.model, "scheduler_config", None),
-                           tokenizer=getattr(t.model, "tokenizer", None),
+                model = c.model
+                save_model(path, unet=unet, text_encoder=text_encoder, vae=model.vae, v2=model.v2,
+                           v_parameterization=c.noise.v_prediction, fmt=self.cfg.save.format,
+                           precision=self.cfg.save.precision, metadata=self.metadata(ctx),
+                           epoch=ctx.epoch, global_step=ctx.step,
+                           text_extras=getattr(model, "text_extras", None),
+                           scheduler_config=getattr(model, "scheduler_config", None),
+                           tokenizer=getattr(model, "tokenizer", None),
                            scheduler_overrides={"rescale_betas_zero_snr": True} if self.cfg.train.zero_terminal_snr else None)
         finally:
             if use_ema:
-                t.ema.swap()
-        t.last_model_path = str(path)
-        t.sink.emit(ModelSaved(path=str(path), what="model", step=t.global_step, epoch=t.event_epoch))
-        self.rotate_models(kind)
+                b.ema.swap()
+        self.last_model_path = str(path)
+        p.sink.emit(ModelSaved(path=str(path), what="model", step=ctx.step, epoch=ctx.event_epoch))
+        self.rotate_models(kind, ctx.step)
         return str(path)
 
-    def _save_hypernetwork(self, path: Path) -> None:
+    def write_state(self, ctx: StepContext, stopped: bool = False) -> str | None:
+        """A resumable state of this step (main process only); rotates older ones."""
+        p = self.parts
+        if not p.is_main:
+            return None
+        folder = p.run_dir / "state" / f"{self.cfg.train.output_name}-step{ctx.step:08d}-state"
+        b = p.bundle
+        save_state(folder, trainables=p.trainables(), optimizer=b.optimizer, scheduler=b.lr_scheduler,
+                   scaler=p.accelerator.scaler, ema=b.ema, counters=ctx.counters(stopped),
+                   config_text=p.config_text)
+        self.last_state_path = str(folder)
+        self.rotate_states()
+        p.sink.emit(ModelSaved(path=str(folder), what="state", step=ctx.step, epoch=ctx.event_epoch))
+        return str(folder)
+
+    def _save_hypernetwork(self, ctx: StepContext, path: Path) -> None:
         """train.mode = "hypernetwork": the A1111 .pt / .safetensors file."""
         from engine.models.hypernetwork import save_hypernetwork
 
-        t = self.trainer
-        save_hypernetwork(path, t.hypernetwork, fmt=self.cfg.hypernetwork.save_format,
-                          name=self.cfg.train.output_name, step=t.global_step,
-                          sd_checkpoint_name=t.model.base_name, metadata=self.metadata())
+        c = self.parts.components
+        save_hypernetwork(path, c.hypernetwork, fmt=self.cfg.hypernetwork.save_format,
+                          name=self.cfg.train.output_name, step=ctx.step,
+                          sd_checkpoint_name=c.model.base_name, metadata=self.metadata(ctx))
 
-    def metadata(self) -> dict[str, str]:
+    def metadata(self, ctx: StepContext) -> dict[str, str]:
         """sdft.* training metadata (the models layer adds modelspec.*)."""
-        t, cfg = self.trainer, self.cfg
+        p, cfg = self.parts, self.cfg
+        model, data = p.components.model, p.data
         meta = {
             "sdft.version": __version__,
-            "sdft.base_model": json.dumps({"name": t.model.base_name, "sha256": t.model.base_sha256}),
-            "sdft.v2": str(bool(t.model.v2)).lower(),
-            "sdft.v_parameterization": str(bool(t.v_prediction)).lower(),
+            "sdft.base_model": json.dumps({"name": model.base_name, "sha256": model.base_sha256}),
+            "sdft.v2": str(bool(model.v2)).lower(),
+            "sdft.v_parameterization": str(bool(p.components.noise.v_prediction)).lower(),
             "sdft.clip_skip": str(cfg.model.clip_skip),
             "sdft.max_token_length": str(cfg.model.max_token_length),
-            "sdft.global_step": str(t.global_step),
-            "sdft.epoch": str(t.epoch),
-            "sdft.train_text_encoder": str(bool(t.train_te)).lower(),
+            "sdft.global_step": str(ctx.step),
+            "sdft.epoch": str(ctx.epoch),
+            "sdft.train_text_encoder": str(bool(p.components.train_te)).lower(),
             "sdft.zero_terminal_snr": str(bool(cfg.train.zero_terminal_snr)).lower(),
             "sdft.optimizer": cfg.optimizer.type,
             "sdft.learning_rate": str(self._learning_rate()),
-            "sdft.mixed_precision": t.precision.mixed_precision,
-            "sdft.num_images": str(t.data.num_images),
-            "sdft.dataset_fingerprint": t.data.fingerprint,
-            "sdft.bucket_info": json.dumps(t.data.bucket_info),
-            "sdft.tag_frequency": json.dumps(t.data.tag_frequency),
-            **config_metadata(t.config_text),
+            "sdft.mixed_precision": p.precision.mixed_precision,
+            "sdft.num_images": str(data.num_images),
+            "sdft.dataset_fingerprint": data.fingerprint,
+            "sdft.bucket_info": json.dumps(data.bucket_info),
+            "sdft.tag_frequency": json.dumps(data.tag_frequency),
+            **config_metadata(p.config_text),
             "sdft.started": self.started,
             "sdft.finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "sdft.resolution": json.dumps(self._resolution()),
@@ -149,7 +172,7 @@ class Checkpointer:
         return None
 
     # ---- rotation
-    def rotate_models(self, kind: str) -> None:
+    def rotate_models(self, kind: str, step: int) -> None:
         s = self.cfg.save
         name = re.escape(self.cfg.train.output_name)
         if kind == "epoch" and s.last_n_epochs:
@@ -157,7 +180,7 @@ class Checkpointer:
             self._keep_newest(pattern, s.last_n_epochs)
         if kind == "step" and s.last_n_steps:
             pattern = re.compile(rf"^{name}-step(\d{{8}})(\.|$)")
-            cutoff = self.trainer.global_step - s.last_n_steps
+            cutoff = step - s.last_n_steps
             for path, number in self._matches(pattern):
                 if number <= cutoff:
                     _remove(path)
@@ -166,7 +189,7 @@ class Checkpointer:
         keep = self.cfg.save.last_n_states
         if keep:
             pattern = re.compile(rf"^{re.escape(self.cfg.train.output_name)}-step(\d{{8}})-state$")
-            folder = self.trainer.run_dir / "state"
+            folder = self.parts.run_dir / "state"
             self._keep_newest(pattern, keep, folder)
 
     def _matches(self, pattern, folder: Path | None = None):

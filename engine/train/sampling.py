@@ -50,62 +50,68 @@ def make_scheduler(name: str, base_config):
 
 
 class Sampler:
-    def __init__(self, trainer):
-        self.trainer = trainer
-        cfg = trainer.cfg
-        size = 768 if (trainer.model.v2 and trainer.v_prediction) else 512
-        self.prompts = load_prompts(cfg.sample.prompts, base_dir=cfg.base_dir, default_size=size)
-        self.folder = trainer.run_dir / "samples"
+    def __init__(self, parts):
+        self.parts = parts
+        cfg = parts.cfg
+        self.prompts = load_prompts(cfg.sample.prompts, base_dir=cfg.base_dir,
+                                    default_size=parts.components.default_side)
+        self.folder = parts.run_dir / "samples"
 
-    def sample(self) -> list[str]:
-        t = self.trainer
-        if not self.prompts or not t.is_main:
+    def sample(self, ctx) -> list[str]:
+        """Every prompt's image at this step (main process only); RNG states are preserved."""
+        p = self.parts
+        if not self.prompts or not p.is_main:
             return []
-        from diffusers import StableDiffusionPipeline
-
-        from engine.models.text_encoding import encode_prompts_for_sampling
-
-        unet = t.accelerator.unwrap_model(t.unet)
-        use_ema = t.ema is not None and t.cfg.sample.use_ema
+        b, model = p.bundle, p.components.model
+        unet = p.accelerator.unwrap_model(b.unet)
+        use_ema = b.ema is not None and p.cfg.sample.use_ema
         was_training = unet.training
         saved = []
-        vae = t.model.vae
-        vae.to(t.device)
+        vae = model.vae
+        vae.to(p.device)
         if use_ema:
-            t.ema.swap()
+            b.ema.swap()
         try:
             unet.eval()
             with preserved_rng(), torch.no_grad():
                 for index, prompt in enumerate(self.prompts):
-                    self.folder.mkdir(parents=True, exist_ok=True)
-                    scheduler = make_scheduler(prompt.sampler or t.cfg.sample.sampler, t.model.noise_scheduler.config)
-                    pipe = StableDiffusionPipeline(
-                        vae=vae, text_encoder=t.model.text_encoder, tokenizer=t.model.tokenizer, unet=unet,
-                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                        requires_safety_checker=False,
-                    )
-                    pipe.set_progress_bar_config(disable=True)
-                    dtype = next(unet.parameters()).dtype
-                    positive, negative = encode_prompts_for_sampling(
-                        t.prompt_encoder, [prompt.prompt], [prompt.negative], t.device, dtype)
-                    seed = prompt.seed if prompt.seed is not None else t.seed + index
-                    generator = torch.Generator(device="cpu").manual_seed(seed)
-                    with t.accelerator.autocast():
-                        image = pipe(
-                            prompt_embeds=positive, negative_prompt_embeds=negative,
-                            width=prompt.width, height=prompt.height,
-                            num_inference_steps=prompt.steps or t.cfg.sample.steps,
-                            guidance_scale=prompt.scale, generator=generator,
-                        ).images[0]
-                    path = self.folder / f"{t.cfg.train.output_name}_s{t.global_step:08d}_{index:02d}.png"
-                    with atomic_path(path) as tmp:
-                        image.save(tmp, format="PNG")
-                    saved.append(str(path))
-                    t.sink.emit(SampleSaved(path=str(path), prompt=prompt.prompt, step=t.global_step, index=index))
+                    saved.append(self._one(ctx, unet, index, prompt))
         finally:
             if use_ema:
-                t.ema.swap()
+                b.ema.swap()
             unet.train(was_training)
-            if not t.cfg.sample.prompts:
+            if not p.cfg.sample.prompts:
                 vae.to("cpu")
         return saved
+
+    def _one(self, ctx, unet, index: int, prompt) -> str:
+        from diffusers import StableDiffusionPipeline
+
+        from engine.models.text_encoding import encode_prompts_for_sampling
+
+        p, model, cfg = self.parts, self.parts.components.model, self.parts.cfg
+        self.folder.mkdir(parents=True, exist_ok=True)
+        scheduler = make_scheduler(prompt.sampler or cfg.sample.sampler, model.noise_scheduler.config)
+        pipe = StableDiffusionPipeline(
+            vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        dtype = next(unet.parameters()).dtype
+        positive, negative = encode_prompts_for_sampling(
+            p.components.prompt_encoder, [prompt.prompt], [prompt.negative], p.device, dtype)
+        seed = prompt.seed if prompt.seed is not None else ctx.seed + index
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        with p.accelerator.autocast():
+            image = pipe(
+                prompt_embeds=positive, negative_prompt_embeds=negative,
+                width=prompt.width, height=prompt.height,
+                num_inference_steps=prompt.steps or cfg.sample.steps,
+                guidance_scale=prompt.scale, generator=generator,
+            ).images[0]
+        path = self.folder / f"{cfg.train.output_name}_s{ctx.step:08d}_{index:02d}.png"
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG")
+        p.sink.emit(SampleSaved(path=str(path), prompt=prompt.prompt, step=ctx.step, index=index))
+        return str(path)

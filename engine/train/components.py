@@ -1,0 +1,155 @@
+"""What a run trains with, built once: the model, its prompt encoder and the noise tables.
+
+Small functions that each build one value; the Trainer calls them in order and keeps the
+results in a :class:`Components`, which nothing changes afterwards (the modules' weights
+change, of course, the references do not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from engine.train import objective as obj
+
+Say = Callable[..., None]   # say(text, level="info")
+
+
+@dataclass(frozen=True)
+class NoiseTables:
+    """The diffusion schedule on the device (each step only indexes it) and the options of the
+    objective, resolved for the model."""
+    cumprod: torch.Tensor
+    snr: torch.Tensor
+    noise_options: obj.NoiseOptions
+    loss_options: obj.LossOptions
+    latent_scale: float
+    v_prediction: bool
+
+
+@dataclass(frozen=True)
+class Components:
+    model: Any                  # engine.models.load.LoadedModel: unet, text_encoder, vae, tokenizer
+    prompt_encoder: Any         # engine.models.text_encoding.PromptEncoder
+    noise: NoiseTables
+    train_te: bool              # the text encoder trains too
+    hypernetwork: Any = None    # train.mode = "hypernetwork": the only trained module
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def default_side(self) -> int:
+        """SD 2.x v-prediction models are 768-pixel models; the rest 512."""
+        return 768 if (self.model.v2 and self.noise.v_prediction) else 512
+
+
+def load_base_model(cfg, device: torch.device, say: Say):
+    """The base model (fp32, CPU) and its noise tables; checks the options that need a
+    v-prediction model."""
+    from engine.models.load import load_model
+
+    m = cfg.model
+    model = load_model(
+        cfg.resolve(m.pretrained_model_name_or_path), v2=m.v2, v_parameterization=m.v_parameterization,
+        vae=cfg.resolve(m.vae), tokenizer_dir=cfg.resolve(m.tokenizer_dir),
+        allow_unsafe_pickle=m.allow_unsafe_pickle, use_ema=m.use_ema_weights,
+    )
+    for line in model.report:
+        say(line)
+    return model, noise_tables(cfg.train, model, device, say)
+
+
+def noise_tables(t, model, device: torch.device, say: Say) -> NoiseTables:
+    v_prediction = bool(model.v_parameterization)
+    if t.scale_v_pred_loss_like_noise_pred and not v_prediction:
+        raise ValueError("train.scale_v_pred_loss_like_noise_pred only applies to v-prediction models")
+    if t.zero_terminal_snr and not v_prediction:
+        say("zero_terminal_snr without v-prediction cannot learn the last timestep", "warning")
+    cumprod = obj.alphas_cumprod(zero_terminal_snr=t.zero_terminal_snr).float().to(device)
+    noise_options = obj.NoiseOptions(
+        t.noise_offset, t.noise_offset_random_strength, t.adaptive_noise_scale,
+        t.multires_noise_iterations, t.multires_noise_discount,
+        t.ip_noise_gamma, t.ip_noise_gamma_random_strength,
+    )
+    loss_options = obj.LossOptions(t.loss_type, t.huber_schedule, t.huber_c, t.huber_scale,
+                                   t.min_snr_gamma, t.scale_v_pred_loss_like_noise_pred,
+                                   t.debiased_estimation_loss)
+    scaling = getattr(model.vae.config, "scaling_factor", obj.LATENT_SCALE)
+    if abs(scaling - obj.LATENT_SCALE) > 1e-6:
+        say(f"the VAE's scaling_factor is {scaling}, not SD's 0.18215: using the VAE's", "warning")
+    return NoiseTables(cumprod, obj.snr_table(cumprod), noise_options, loss_options, scaling, v_prediction)
+
+
+def build_prompt_encoder(cfg, model, say: Say):
+    from engine.models.text_encoding import PromptEncoder
+
+    m = cfg.model
+    return PromptEncoder(model.tokenizer, model.text_encoder, max_token_length=m.max_token_length,
+                         clip_skip=m.clip_skip, v2=model.v2, weighted=cfg.train.weighted_captions,
+                         warn=lambda text: say(text, "warning"))
+
+
+def trains_text_encoder(cfg) -> bool:
+    return cfg.train.train_text_encoder and cfg.train.mode == "full"
+
+
+def prepare_modules(components: Components, cfg, precision, device: torch.device, seed, say: Say) -> Components:
+    """Attention kernels, what trains, dtypes and devices, gradient checkpointing; in
+    hypernetwork mode, the hypernetwork (returned in the new Components)."""
+    unet, te = components.model.unet, components.model.text_encoder
+    train_te = components.train_te
+    set_attention(unet, cfg.memory.attention, device, say)
+    full = cfg.train.mode == "full"
+    unet.requires_grad_(full)
+    unet.to(device, precision.trainable_dtype if full else precision.weight_dtype)
+    unet.train(full)
+    te.requires_grad_(train_te)
+    te.to(device, precision.trainable_dtype if train_te else precision.weight_dtype)
+    te.train(train_te)
+    hypernetwork = None
+    if cfg.train.mode == "hypernetwork":
+        hypernetwork = build_hypernetwork(cfg, unet, device, seed, say)
+    if cfg.memory.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if train_te:
+            te.gradient_checkpointing_enable()
+    if not cfg.sample.prompts:
+        # Cached latents need no VAE; live-encoded batches move it back when they come.
+        components.model.vae.to("cpu")
+    return Components(components.model, components.prompt_encoder, components.noise, train_te, hypernetwork)
+
+
+def build_hypernetwork(cfg, unet, device: torch.device, seed, say: Say):
+    """Hypernetwork mode: an fp32 hypernetwork hooked into the frozen U-Net's attention (after
+    the kernel choice, which it wraps). The U-Net's forward still runs with grad enabled, so
+    gradients flow through it to the hypernetwork."""
+    from engine.models.hypernetwork import hypernetwork_for_unet, install_hypernetwork
+
+    weights = cfg.resolve(cfg.hypernetwork.weights)
+    hypernetwork = hypernetwork_for_unet(unet, weights=weights, seed=seed, name=cfg.train.output_name,
+                                         warn=lambda text: say(text, "warning"))
+    hypernetwork.to(device, torch.float32).train()
+    install_hypernetwork(unet, hypernetwork)
+    source = f"loaded from {weights}" if weights else "new"
+    say(f"hypernetwork ({source}): widths {list(hypernetwork.widths)}, "
+        f"{sum(p.numel() for p in hypernetwork.parameters()):,} trainable parameters")
+    return hypernetwork
+
+
+def set_attention(unet, choice: str, device: torch.device, say: Say) -> None:
+    if choice == "xformers":
+        if device.type != "cuda":
+            say("xformers needs a CUDA GPU: using PyTorch SDPA attention instead", "warning")
+            return
+        try:
+            unet.enable_xformers_memory_efficient_attention()
+        except Exception as exc:  # noqa: BLE001 - any import/kernel failure falls back
+            say(f"xformers is not usable here ({exc}): using PyTorch SDPA attention instead", "warning")
+    elif choice == "math":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        unet.set_attn_processor(AttnProcessor())

@@ -1,0 +1,73 @@
+"""The optimizer side of a run, built once: parameter groups, optimizer, LR schedule, EMA, and
+the modules as the accelerator prepared them (wrapped for DDP on several GPUs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.train.components import Components
+from engine.train.ema import EMA
+from engine.train.optimizers import build_optimizer, build_scheduler
+
+
+@dataclass(frozen=True)
+class OptimizerBundle:
+    optimizer: Any
+    lr_scheduler: Any
+    ema: EMA | None
+    trained_params: list
+    lr_group_names: list[str]   # for the per-group learning rates logged
+    unet: Any                   # as prepared by the accelerator (the forward goes through it)
+    text_encoder: Any
+
+
+def parameter_groups(cfg, components: Components) -> list[dict]:
+    """U-Net (learning_rate), text encoder (learning_rate_te) or hypernetwork, each with its
+    parameters' names (the EMA is keyed by them)."""
+    o = cfg.optimizer
+
+    def group(name: str, module, lr: float) -> dict:
+        named = [(f"{name}.{key}", p) for key, p in module.named_parameters() if p.requires_grad]
+        return {"params": [p for _key, p in named], "named": named, "lr": lr, "name": name}
+
+    groups = []
+    if cfg.train.mode == "full":
+        groups.append(group("unet", components.model.unet, o.learning_rate))
+    if components.train_te:
+        lr_te = o.learning_rate_te if o.learning_rate_te is not None else o.learning_rate
+        groups.append(group("text_encoder", components.model.text_encoder, lr_te))
+    if components.hypernetwork is not None:
+        lr_h = cfg.hypernetwork.learning_rate
+        groups.append(group("hypernetwork", components.hypernetwork, lr_h if lr_h is not None else o.learning_rate))
+    return groups
+
+
+def build_bundle(cfg, components: Components, accelerator, total_steps: int) -> OptimizerBundle:
+    o, t = cfg.optimizer, cfg.train
+    groups = parameter_groups(cfg, components)
+    if not groups:
+        raise ValueError("nothing to train: check train.mode and train.train_text_encoder")
+    optimizer = build_optimizer(o.type, [{"params": g["params"], "lr": g["lr"]} for g in groups],
+                                o.learning_rate, o.args, accelerator.device.type)
+    lr_scheduler = build_scheduler(
+        o.lr_scheduler, optimizer, total_steps=total_steps, warmup=o.lr_warmup_steps,
+        num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power, args=o.lr_scheduler_args,
+    )
+    model = components.model
+    if components.hypernetwork is not None:
+        # Nothing trainable for DDP to wrap; the step averages the hypernetwork's grads.
+        unet, text_encoder = model.unet, model.text_encoder
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        modules = [model.unet] + ([model.text_encoder] if components.train_te else [])
+        prepared = accelerator.prepare(*modules, optimizer)
+        unet = prepared[0]
+        text_encoder = prepared[1] if components.train_te else model.text_encoder
+        optimizer = prepared[-1]
+    components.prompt_encoder.text_encoder = text_encoder
+    ema = None
+    if t.ema:
+        ema = EMA([pair for g in groups for pair in g["named"]], t.ema_decay, t.ema_update_every, t.ema_cpu_offload)
+    return OptimizerBundle(optimizer, lr_scheduler, ema, [p for g in groups for p in g["params"]],
+                           [g["name"] for g in groups], unet, text_encoder)
