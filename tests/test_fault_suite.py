@@ -54,12 +54,27 @@ KILL_STEPS = _draw_kill_steps()
 
 # A child `sdft train` whose writer kills its own process, with SIGKILL, in the middle of
 # one save: the bytes written so far stay in the temporary file; the rename never happens.
+# "events.jsonl:step N" instead kills it halfway through writing step N's line of the log.
 KILL_INSIDE_WRITE = """
-import os, signal, sys
+import json, os, signal, sys
 import safetensors.torch
+from engine import events
 from engine.train import state
 
 needle = os.environ["SDFT_FAULT_KILL_WRITING"]
+
+if needle.startswith("events.jsonl:step "):
+    step, emit = int(needle.rsplit(" ", 1)[1]), events.JsonlSink.emit
+
+    def emit_half(self, event):
+        if event.kind == "step" and event.step == step:
+            line = json.dumps(event.to_dict(), ensure_ascii=False)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line[: len(line) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return emit(self, event)
+
+    events.JsonlSink.emit = emit_half
 
 def killing(original):
     def save_file(tensors, filename, *args, **kwargs):
@@ -98,6 +113,13 @@ def logged_losses(events: Path, offset: int = 0) -> list[tuple[int, float]]:
         if data.get("event") == "step":
             out.append((data["step"], data["loss"]))
     return out
+
+
+def whole_lines_size(events: Path) -> int:
+    """Where the next process's events will start: after the last whole line (a partial line
+    left by a kill is cut off before the next run appends)."""
+    data = events.read_bytes() if events.exists() else b""
+    return data.rfind(b"\n") + 1
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -225,11 +247,11 @@ def run_chain(config: Path, faults: list[Fault], cases: Cases) -> None:
     run_dir = config.parent.joinpath(*RUN_DIR)
     events = run_dir / "events.jsonl"
     straight = cases.straight_run(config)
-    left: list[Path] = []
+    notices: list[str] = []
     resume_from = ""
     for number in range(len(faults) + 1):
         fault = faults[number] if number < len(faults) else None
-        offset = events.stat().st_size if events.exists() else 0
+        offset = whole_lines_size(events)
         process = start(config, *(["--resume", "latest"] if number else []),
                         kill_writing=fault.kill_writing if fault else None)
         reached = True
@@ -242,7 +264,7 @@ def run_chain(config: Path, faults: list[Fault], cases: Cases) -> None:
         went_on = reached and process.returncode == planned
         if number:
             resumed = f"resumed from {resume_from}" in output
-            cleaned = all(f"removed {path}, left by an interrupted save" in output for path in left)
+            cleaned = all(notice in output for notice in notices)
             survived = went_on and resumed and cleaned
             if fault is None:
                 cases.finish(faults[-1].name, config, survived, output)
@@ -259,9 +281,13 @@ def run_chain(config: Path, faults: list[Fault], cases: Cases) -> None:
             said = re.search(r"stopped at step \d+; resume with: .* --resume (\S+)", output)
             assert f"{fault.signum.name}: stopping at the next step" in output and said, output
             resume_from = said.group(1)
-        left = leftovers(run_dir)
-        if fault.kill_writing:
-            assert left, f"a kill while writing {fault.kill_writing} leaves its temporary file"
+        # What the next process must say it repaired: each leftover temporary file, a cut log line.
+        notices = [f"removed {path}, left by an interrupted save" for path in leftovers(run_dir)]
+        if fault.kill_writing and fault.kill_writing.startswith("events.jsonl"):
+            assert not events.read_bytes().endswith(b"\n"), "the kill leaves half a line in the log"
+            notices.append(f"{events} ended in a partial line")
+        elif fault.kill_writing:
+            assert notices, f"a kill while writing {fault.kill_writing} leaves its temporary file"
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -278,10 +304,11 @@ def test_kills_and_stop_signals_at_seeded_steps_each_then_resume(tmp_path, tiny_
     ], cases)
 
 
-def test_kills_during_a_model_save_and_a_state_save_then_resume(tmp_path, tiny_sd1, cases):
+def test_kills_while_saving_a_model_a_state_and_logging_a_step_then_resume(tmp_path, tiny_sd1, cases):
     run_chain(make_run(tmp_path, tiny_sd1, steps=STEPS, save_extra=SAVE), [
         Fault("SIGKILL during a model save", -signal.SIGKILL, kill_writing="checkpoints/.t-step00000003.safetensors."),
         Fault("SIGKILL during a state save", -signal.SIGKILL, kill_writing="t-step00000005-state.tmp/unet.safetensors"),
+        Fault("SIGKILL while logging a step", -signal.SIGKILL, kill_writing="events.jsonl:step 9"),
     ], cases)
 
 
