@@ -1,8 +1,13 @@
-"""Headless commands: ``sdft train``, ``demo``, ``bench``, ``plan`` and the tool commands.
+"""``sdft``: the one command line, for the wizard, the dashboard and every headless command.
 
-No Textual here: ``sdft_tui.cli`` handles the commands that open a screen and
-passes everything else to :func:`main`. Heavy imports happen inside each command, so
-``sdft --help`` is instant.
+``sdft`` opens the wizard, ``sdft RUN.toml`` opens it on that file, ``sdft train RUN.toml
+--tui`` and ``sdft watch RUN_DIR`` open the dashboard; those import ``sdft_tui`` (Textual)
+here, lazily, and nothing else in the engine does. Every other command is headless: it
+starts without Textual, works over a pipe or in CI, and imports what it needs inside the
+command, so ``sdft --help`` is instant.
+
+One argument tree (engine.commandline): train, demo, bench, plan and watch are defined
+here; the tool commands register themselves from the modules that implement them.
 
 Exit codes: 0 ok, 2 bad configuration or usage, 3 training failed, 130 stopped.
 """
@@ -14,46 +19,42 @@ import signal
 import sys
 from pathlib import Path
 
+from engine import commandline
+from engine.console import print_problems
+from engine.data import bench as data_bench
+from engine.data import cli as data_cli
+from engine.labeling import cli as labeling_cli
+from engine.models import convert_cli, tokens_cli
+
 EXIT_OK, EXIT_CONFIG, EXIT_FAILED, EXIT_STOPPED = 0, 2, 3, 130
 
-# Tool commands implemented next to their subject; each takes its own argv.
-DELEGATED = {
-    "buckets": ("engine.data.cli", "buckets_command", "bucket histogram of an image folder"),
-    "prepare": ("engine.data.cli", "prepare_command", "health check; write kohya metadata JSON from sidecars"),
-    "cache": ("engine.data.cli", "cache_command", "latent cache maintenance (prune)"),
-    "convert": ("engine.models.convert_cli", "convert_command", "convert a model between .safetensors, .ckpt and diffusers"),
-    "tokens": ("engine.models.tokens_cli", "tokens_command", "show how a caption is tokenized and chunked"),
-    "caption": ("engine.labeling.cli", "caption_command", "auto-caption images with BLIP"),
-    "tag": ("engine.labeling.cli", "tag_command", "auto-tag images with WD14 / DeepDanbooru"),
-}
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_STOPPED", "StopOnSignal", "build_parser",
+           "check_config", "main", "print_problems", "train_headless"]
+
+# Modules whose commands join the tree, in the order `sdft --help` lists them.
+COMMAND_MODULES = (data_cli, convert_cli, tokens_cli, labeling_cli, data_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine import __version__
+    parser, commands = commandline.new_tree()
 
-    parser = argparse.ArgumentParser(
-        prog="sdft",
-        description="Fine-tune Stable Diffusion 1.x/2.x on your own images. "
-                    "Run `sdft` alone for the wizard, or `sdft train RUN.toml` headless.",
-    )
-    parser.add_argument("--version", action="version", version=f"sdft {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    train = sub.add_parser("train", help="train from a run TOML (headless; --tui for the dashboard)")
+    train = commands.add_parser("train", help="train from a run TOML (headless; --tui for the dashboard)")
     train.add_argument("config", help="run TOML file")
     train.add_argument("--check", action="store_true", help="validate the file and exit (2 if it has errors)")
     train.add_argument("--resume", metavar="STATE", help='continue from a state folder, or "latest"')
     train.add_argument("--allow-changed", action="store_true", help="resume even if training options or data changed")
     train.add_argument("--tui", action="store_true", help="show the live dashboard")
     train.add_argument("--detached", action="store_true", help="keep running when the terminal goes away (SIGHUP)")
+    train.set_defaults(run=cmd_train)
 
-    demo = sub.add_parser("demo", help="generate a demo dataset and tiny model, then fine-tune it (~1 min on a CPU)")
+    demo = commands.add_parser("demo", help="generate a demo dataset and tiny model, then fine-tune it (~1 min on a CPU)")
     demo.add_argument("--dir", default="sdft-demo", help="folder for the demo (default: ./sdft-demo)")
     demo.add_argument("--steps", type=int, default=40, help="training steps (default 40)")
     demo.add_argument("--headless", action="store_true", help="train in the console, not the wizard")
     demo.add_argument("--force", action="store_true", help="regenerate the dataset, model and TOML")
+    demo.set_defaults(run=cmd_demo)
 
-    bench = sub.add_parser("bench", help="measure training speed and the engine's overhead over a bare loop")
+    bench = commands.add_parser("bench", help="measure training speed and the engine's overhead over a bare loop")
     bench.add_argument("config", nargs="?", help="run TOML (default: the demo's)")
     bench.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     bench.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
@@ -61,45 +62,71 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", action="store_true",
                        help="benchmark the data pipeline instead (scan 10k images, bucket 100k sizes, latent "
                             "caching vs a bare VAE loop); see `sdft bench --data --help`")
+    bench.set_defaults(run=cmd_bench)
 
-    plan = sub.add_parser("plan", help="estimate peak VRAM of a run TOML and suggest what fits")
+    plan = commands.add_parser("plan", help="estimate peak VRAM of a run TOML and suggest what fits")
     plan.add_argument("config", help="run TOML file")
     plan.add_argument("--vram", type=float, help="GPU memory to plan for, in GB (default: detected)")
+    plan.set_defaults(run=cmd_plan)
 
-    watch = sub.add_parser("watch", help="follow a run started elsewhere in the dashboard (read-only)")
+    watch = commands.add_parser("watch", help="follow a run started elsewhere in the dashboard (read-only)")
     watch.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (it holds events.jsonl), e.g. runs/my-run")
+    watch.set_defaults(run=cmd_watch)
 
-    for name, (_module, _func, help_text) in DELEGATED.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+    for module in COMMAND_MODULES:
+        module.register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from engine.quiet import quiet_libraries
-
-    quiet_libraries()
-    if argv[:1] == ["bench"] and "--data" in argv:
-        from engine.data.bench import data_bench
-
-        return data_bench([a for a in argv[1:] if a != "--data"])
-    if argv and argv[0] in DELEGATED:
-        module_name, func_name, _ = DELEGATED[argv[0]]
-        import importlib
-
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            print(f"sdft {argv[0]}: not available in this installation ({exc})", file=sys.stderr)
+    if not argv:
+        return open_wizard(None)
+    if argv[0].endswith(".toml") and len(argv) == 1:
+        if not Path(argv[0]).is_file():
+            print(f"sdft: {argv[0]} does not exist (create one with `sdft` or `sdft demo`)", file=sys.stderr)
             return EXIT_CONFIG
-        return getattr(module, func_name)(argv[1:])
+        return open_wizard(Path(argv[0]))
+    if argv[:1] == ["bench"] and "--data" in argv:
+        # `sdft bench --data ...` is the data pipeline's benchmark, its own (unlisted) command
+        argv = ["bench-data", *(a for a in argv[1:] if a != "--data")]
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_OK
-    return {"train": cmd_train, "demo": cmd_demo, "bench": cmd_bench, "plan": cmd_plan,
-            "watch": cmd_watch}[args.command](args)
+    if args.command not in ("watch", "demo"):   # those two may open a Textual screen
+        from engine.quiet import quiet_libraries
+
+        quiet_libraries()
+    return args.run(args)
+
+
+# ------------------------------------------------------------------ the screens (sdft_tui, imported lazily)
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _tui_missing(what: str, exc: ImportError, instead: str) -> int:
+    print(f"sdft: {what} is not available in this installation ({exc}); {instead}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def open_wizard(run_toml: Path | None, *, demo: bool = False) -> int:
+    """The wizard, on ``run_toml`` when given. Without a terminal to draw on (a pipe, CI,
+    cron) it prints the commands instead."""
+    if run_toml is None and not _interactive():
+        build_parser().print_help()
+        print("\nsdft: the wizard needs a terminal; run a TOML headless with `sdft train RUN.toml`.",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        from sdft_tui.app import run_wizard
+    except ImportError as exc:
+        return _tui_missing("the wizard", exc, "run a TOML headless with `sdft train RUN.toml`")
+    return run_wizard(run_toml, demo=demo)
 
 
 def cmd_watch(args) -> int:
@@ -107,27 +134,21 @@ def cmd_watch(args) -> int:
     try:
         from sdft_tui.dashboard import watch_run
     except ImportError as exc:
-        print(f"sdft watch: the dashboard is not available in this installation ({exc}); "
-              f"follow the run with `tail -f {Path(args.run_dir) / 'events.jsonl'}`", file=sys.stderr)
-        return EXIT_CONFIG
+        return _tui_missing("the dashboard", exc,
+                            f"follow the run with `tail -f {Path(args.run_dir) / 'events.jsonl'}`")
     return watch_run(Path(args.run_dir))
 
 
+def train_in_dashboard(args) -> int:
+    try:
+        from sdft_tui.dashboard import run_dashboard
+    except ImportError as exc:
+        return _tui_missing("the dashboard", exc, f"train headless with `sdft train {args.config}`")
+    return run_dashboard(Path(args.config), detached=args.detached, resume=args.resume,
+                         allow_changed=args.allow_changed)
+
+
 # ------------------------------------------------------------------ train
-
-
-def print_problems(problems, console=None) -> None:
-    """Each problem on its own line, exactly as written: keys like ``[[datasets]]`` and paths
-    like ``my [set1] images`` are never read as markup."""
-    from engine.console import make_console, styled
-
-    console = console or make_console(stderr=True)
-    for p in problems:
-        style = {"error": "bold red", "warning": "yellow"}.get(p.severity, "")
-        where = f"{p.location()}: " if p.location() else ""
-        console.print(styled(where, (p.severity, style), ": ", (p.key, "bold"), f": {p.message}"))
-        if p.hint:
-            console.print(f"    hint: {p.hint}")
 
 
 def check_config(path: str, resume: str | None = None) -> int:
@@ -190,8 +211,7 @@ def cmd_train(args) -> int:
     if args.check:
         return check_config(args.config, resume=args.resume)
     if args.tui:
-        print("sdft train --tui is handled by the sdft command (sdft_tui)", file=sys.stderr)
-        return EXIT_CONFIG
+        return train_in_dashboard(args)
     return train_headless(args.config, resume=args.resume, allow_changed=args.allow_changed,
                           detached=args.detached)
 
@@ -246,6 +266,11 @@ def cmd_demo(args) -> int:
     from engine.console import make_console, styled
     from engine.demo import prepare_demo
 
+    if not args.headless and _interactive() and _has_wizard():
+        return open_wizard(prepare_demo(args.dir, steps=args.steps, force=args.force), demo=True)
+    from engine.quiet import quiet_libraries
+
+    quiet_libraries()
     console = make_console()
     console.print(f"preparing the demo in {args.dir} (generated images + a tiny random model)...")
     toml_path = prepare_demo(args.dir, steps=args.steps, force=args.force)
@@ -256,6 +281,15 @@ def cmd_demo(args) -> int:
         console.print(styled(("demo finished.", "bold"), f" Fine-tuned model: {checkpoint}"))
         console.print(f"Edit {toml_path} and run `sdft train {toml_path}`, or run `sdft` for the wizard.")
     return code
+
+
+def _has_wizard() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("sdft_tui.app") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 # ------------------------------------------------------------------ bench and plan

@@ -37,6 +37,18 @@ def styled(*parts: str | tuple[str, str]) -> Text:
     return Text.assemble(*parts)
 
 
+def print_problems(problems, console: Console | None = None) -> None:
+    """Each configuration problem on its own line, exactly as written: keys like
+    ``[[datasets]]`` and paths like ``my [set1] images`` are never read as markup."""
+    console = console or make_console(stderr=True)
+    for p in problems:
+        style = {"error": "bold red", "warning": "yellow"}.get(p.severity, "")
+        where = f"{p.location()}: " if p.location() else ""
+        console.print(styled(where, (p.severity, style), ": ", (p.key, "bold"), f": {p.message}"))
+        if p.hint:
+            console.print(f"    hint: {p.hint}")
+
+
 def step_line(e: StepMetrics) -> str:
     memory = f"vram {format_bytes(e.vram_peak)}" if e.vram_peak is not None else f"ram {format_bytes(e.ram_used)}"
     grad = f" grad {e.grad_norm:.3f}" if e.grad_norm is not None else ""

@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import tempfile
 import time
 from pathlib import Path
+
+from engine.commandline import run_command
 
 TEMPLATE_SIZES = [(1536, 1024, "JPEG"), (1024, 1536, "JPEG"), (1200, 900, "PNG"), (800, 1200, "WEBP"),
                   (2048, 1152, "JPEG"), (640, 640, "PNG"), (1000, 1500, "JPEG"), (3000, 2000, "JPEG")]
@@ -167,8 +168,9 @@ def bench_cache(n: int = 48, *, vae_kind: str = "tiny", device: str | None = Non
             "rate": f"{n / p:,.1f} img/s vs {n / b:,.1f} img/s bare"}
 
 
-def data_bench(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="sdft bench-data", description=__doc__.split("\n\n")[0])
+def register(commands) -> None:
+    """Add ``bench-data`` to the ``sdft`` tree, unlisted: users reach it as ``sdft bench --data``."""
+    p = commands.add_parser("bench-data", description=__doc__.split("\n\n")[0])
     p.add_argument("--scan-images", type=int, default=10_000)
     p.add_argument("--bucket-sizes", type=int, default=100_000)
     p.add_argument("--cache-images", type=int, default=48)
@@ -178,7 +180,14 @@ def data_bench(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=("scan", "buckets", "cache"), action="append")
     p.add_argument("--workdir", help="folder for the synthetic files (default: system temp)")
     p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    p.set_defaults(run=_data_bench)
+
+
+def data_bench(argv: list[str] | None = None) -> int:
+    return run_command(register, "bench-data", argv)
+
+
+def _data_bench(args) -> int:
     only = set(args.only or ("scan", "buckets", "cache"))
     workdir = Path(args.workdir) if args.workdir else None
     rows = []

@@ -6,6 +6,8 @@ terminal, plain lines in a pipe, then a summary: done, skipped, failed, images/s
 tags the tags per image and the most frequent tags. Ctrl-C stops after the current batch
 (everything finished is already written); a second Ctrl-C aborts.
 
+:func:`register` adds both commands to the one ``sdft`` tree (see engine.commandline).
+
 Exit codes: 0 ok, 1 some images failed, 2 bad usage / model / configuration, 130 stopped.
 """
 
@@ -17,6 +19,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.commandline import run_command
 from engine.console import make_console, styled
 
 EXIT_OK, EXIT_FAILED_IMAGES, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
@@ -52,11 +55,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
-def caption_parser() -> argparse.ArgumentParser:
+def register(commands) -> None:
+    """Add ``caption`` and ``tag`` to the ``sdft`` tree."""
+    _add_caption(commands)
+    _add_tag(commands)
+
+
+def _add_caption(commands) -> None:
     from engine.labeling.options import DEFAULT_BLIP
 
-    p = argparse.ArgumentParser(prog="sdft caption", description="Write a BLIP caption (<image>.caption) for "
-                                "every image that has none.")
+    p = commands.add_parser("caption", help="auto-caption images with BLIP",
+                            description="Write a BLIP caption (<image>.caption) for every image that has none.")
     _common(p)
     p.add_argument("--beam-search", action="store_true", help="beam search instead of nucleus sampling")
     p.add_argument("--num-beams", type=int, default=1, help="beams for --beam-search (default 1)")
@@ -68,13 +77,13 @@ def caption_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-extension", default=None, help="caption sidecar extension (default .caption)")
     p.add_argument("--prefix", default="", help="text put before every caption")
     p.add_argument("--suffix", default="", help="text put after every caption")
-    p.set_defaults(model_default=DEFAULT_BLIP)
-    return p
+    p.set_defaults(model_default=DEFAULT_BLIP, run=_caption)
 
 
-def tag_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdft tag", description="Write Danbooru-style tags (<image>.txt) with a "
-                                "WD14 tagger (default) or DeepDanbooru.")
+def _add_tag(commands) -> None:
+    p = commands.add_parser("tag", help="auto-tag images with WD14 / DeepDanbooru",
+                            description="Write Danbooru-style tags (<image>.txt) with a WD14 tagger (default) "
+                                        "or DeepDanbooru.")
     _common(p)
     p.add_argument("--tagger", choices=("wd14", "deepdanbooru"), default="wd14")
     p.add_argument("--thresh", type=float, default=None, help="threshold (WD14 0.35, DeepDanbooru 0.5)")
@@ -94,7 +103,7 @@ def tag_parser() -> argparse.ArgumentParser:
     p.add_argument("--tags-extension", "--caption-extension", dest="tags_extension", default=None,
                    help="tag sidecar extension (default .txt)")
     p.add_argument("--frequency", action="store_true", help="print the tag frequency table")
-    return p
+    p.set_defaults(run=_tag)
 
 
 # ---------------------------------------------------------------- targets
@@ -213,7 +222,14 @@ def _outputs(args, target: Target) -> dict:
 
 
 def caption_command(argv: list[str]) -> int:
-    args = caption_parser().parse_args(argv)
+    return run_command(register, "caption", argv)
+
+
+def tag_command(argv: list[str]) -> int:
+    return run_command(register, "tag", argv)
+
+
+def _caption(args) -> int:
     from engine.labeling.options import CaptionOptions
 
     def build(target: Target, data: dict) -> CaptionOptions:
@@ -227,8 +243,7 @@ def caption_command(argv: list[str]) -> int:
     return _run("caption", args, build)
 
 
-def tag_command(argv: list[str]) -> int:
-    args = tag_parser().parse_args(argv)
+def _tag(args) -> int:
     from engine.labeling.options import TagOptions
     from engine.labeling.tagrules import split_list
 

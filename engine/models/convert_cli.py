@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from engine.commandline import run_command
+
 TO_CHOICES = ("safetensors", "ckpt", "diffusers")
 PRECISION_CHOICES = ("fp16", "bf16", "fp32")
 _SAVE_PRECISION = {"fp16": "fp16", "bf16": "bf16", "fp32": "float", "float32": "fp32", "float16": "fp16",
@@ -19,9 +21,10 @@ _RECOMPUTED = ("modelspec.architecture", "modelspec.prediction_type", "modelspec
                "sdft.vae_config", "sdft.text_config", "sdft.scheduler_config")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sdft convert",
+def register(commands) -> None:
+    """Add ``convert`` to the ``sdft`` tree (see engine.commandline)."""
+    p = commands.add_parser(
+        "convert", help="convert a model between .safetensors, .ckpt and diffusers",
         description="Convert a Stable Diffusion 1.x/2.x model between a single .safetensors/.ckpt file "
                     "(original SD layout, for AUTOMATIC1111/ComfyUI) and a diffusers folder. No network.",
     )
@@ -39,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-ema", action="store_true", help="write the EMA U-Net when the input has one")
     p.add_argument("--allow-unsafe-pickle", action="store_true",
                    help="load a .ckpt whose pickle needs more than tensors (can run code: only for files you trust)")
-    return p
+    p.set_defaults(run=_convert)
 
 
 def output_format(out: Path, to: str | None) -> str:
@@ -57,9 +60,12 @@ def output_format(out: Path, to: str | None) -> str:
 
 def convert_command(argv: list[str] | None = None) -> int:
     """Run ``sdft convert``; returns the process exit code."""
+    return run_command(register, "convert", argv)
+
+
+def _convert(args) -> int:
     from engine.models.errors import ModelLoadError
 
-    args = build_parser().parse_args(argv)
     out = Path(args.output)
     fmt = output_format(out, args.to)
     try:

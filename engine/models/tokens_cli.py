@@ -7,11 +7,11 @@ seen, and how the ids split into chunks of 77. No torch is imported.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any
 
+from engine.commandline import run_command
 from engine.models.tokenizer import (
     CHUNK_TEXT,
     MAX_TOKEN_LENGTHS,
@@ -103,9 +103,10 @@ def _span_text(text: str, ids: list[int], offsets, tokenizer, start: int, stop: 
     return tokenizer.decode(ids[start:stop]).strip()
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sdft tokens",
+def register(commands) -> None:
+    """Add ``tokens`` to the ``sdft`` tree (see engine.commandline)."""
+    parser = commands.add_parser(
+        "tokens", help="show how a caption is tokenized and chunked",
         description="Show how CLIP tokenizes a caption: the token count, where it is cut, and the chunk layout.",
     )
     parser.add_argument("text", help='the caption ("-" reads it from standard input)')
@@ -117,16 +118,18 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weighted", action="store_true", help="read A1111 attention syntax: (x), [x], (x:1.3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--tokenizer-dir", metavar="DIR", help="a tokenizer folder (default: built-in CLIP vocabulary)")
-    return parser
+    parser.set_defaults(run=_tokens)
 
 
 def tokens_command(argv: list[str] | None = None) -> int:
-    """Entry point for ``sdft tokens``; returns the exit code (0 ok, 2 usage error)."""
-    parser = _build_parser()
+    """``sdft tokens`` from Python; returns the exit code (0 ok, 2 usage error)."""
     try:
-        args = parser.parse_args(argv)
+        return run_command(register, "tokens", argv)
     except SystemExit as exit_:  # argparse already printed the reason
         return int(exit_.code or 0)
+
+
+def _tokens(args) -> int:
     text = sys.stdin.read().strip("\n") if args.text == "-" else args.text
     try:
         tokenizer = _tokenizer(args.tokenizer_dir, args.v2)
