@@ -18,7 +18,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -71,6 +71,7 @@ class Batch:
     pixels: torch.Tensor | None   # (B, 3, H, W) in [-1, 1] when not cached
     captions: list[str]
     keys: list[str]
+    tokens: Any = None            # the captions' TokenBatch, when the loader tokenized them already
 
 
 class TrainingData:

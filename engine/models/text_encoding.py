@@ -13,6 +13,7 @@ There is no ``torch.no_grad`` here: the trainer decides (the text encoder may be
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -126,6 +127,9 @@ class PromptEncoder:
         self.weight_normalization = weight_normalization
         self._warn = warn
         self._truncation_warnings = 0
+        # The training loop tokenizes on its batch-loading thread while sampling may tokenize
+        # on the training thread: one at a time (a fast tokenizer is not safe to share).
+        self._tokenizing = threading.Lock()
         self.bos = tokenizer.bos_token_id
         self.eos = tokenizer.eos_token_id
         # SD1 pads with EOS, SD2 with "!" (id 0); the tokenizer says which.
@@ -157,7 +161,11 @@ class PromptEncoder:
 
     # -- tokenization ---------------------------------------------
     def tokenize(self, captions: list[str]) -> TokenBatch:
-        """Captions → ids (B, n, 77) [and weights (B, n, 77) when weighted]."""
+        """Captions → ids (B, n, 77) [and weights (B, n, 77) when weighted]. Thread-safe."""
+        with self._tokenizing:
+            return self._tokenize(captions)
+
+    def _tokenize(self, captions: list[str]) -> TokenBatch:
         if isinstance(captions, str):
             captions = [captions]
         captions = list(captions)

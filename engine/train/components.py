@@ -7,8 +7,9 @@ change, of course, the references do not).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -153,3 +154,15 @@ def set_attention(unet, choice: str, device: torch.device, say: Say) -> None:
         from diffusers.models.attention_processor import AttnProcessor
 
         unet.set_attn_processor(AttnProcessor())
+
+
+def cache_latents(data, vae, accelerator, precision, progress) -> None:
+    """Encode the cacheable images once (the main process writes the cache, the others read
+    it after); ``progress(done, total)`` may raise to stop."""
+    vae.requires_grad_(False).eval()
+    vae.to(accelerator.device, precision.vae_dtype)
+    if accelerator.is_main_process:
+        data.prepare_latents(vae, accelerator.device, precision.vae_dtype, progress=progress)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        data.prepare_latents(vae, accelerator.device, precision.vae_dtype, progress=None)

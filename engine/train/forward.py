@@ -33,6 +33,13 @@ def latents_of(parts: RunParts, batch, generator: torch.Generator | None = None)
     return z * parts.components.noise.latent_scale
 
 
+def tokens_of(parts: RunParts, batch):
+    """The batch's tokens: tokenized by the loader thread already, or now."""
+    if batch.tokens is not None:
+        return batch.tokens
+    return parts.components.prompt_encoder.tokenize(batch.captions)
+
+
 def unet_dtype(parts: RunParts) -> torch.dtype:
     return next(parts.components.model.unet.parameters()).dtype
 
@@ -50,8 +57,8 @@ def compute_loss(parts: RunParts, batch, generator: torch.Generator) -> torch.Te
     dtype = unet_dtype(parts)
     with parts.accelerator.autocast():
         with nullcontext() if c.train_te else torch.no_grad():
-            context = c.prompt_encoder(batch.captions, device, parts.precision.weight_dtype
-                                       if not c.train_te else None)
+            context = c.prompt_encoder.encode(tokens_of(parts, batch), device, parts.precision.weight_dtype
+                                              if not c.train_te else None)
         pred = unet(noisy.to(dtype), timesteps, context.to(dtype)).sample
     target = obj.target_for(x0, noise, timesteps, tables.cumprod, tables.v_prediction)
     elements = obj.element_loss(pred, target, timesteps, tables.loss_options, tables.cumprod)

@@ -3,7 +3,7 @@ a hook too, in checkpoints.py). Each reads a StepContext; none receives the Trai
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from engine.events import StatusChanged, StepMetrics, StepProgress
 from engine.train.context import RunParts, StepContext, StepHook, StopTraining

@@ -1,4 +1,5 @@
-"""Device and precision decisions, made once and explained to the user."""
+"""Device and precision decisions, made once and explained to the user, and the accelerator
+started with them."""
 
 from __future__ import annotations
 
@@ -55,3 +56,28 @@ def decide_precision(memory, device: torch.device) -> Precision:
         vae_dtype = torch.float32
         notes.append("vae_dtype fp16 is not available on a CPU: encoding in fp32")
     return Precision(device, mixed, weight_dtype, trainable, vae_dtype, tuple(notes))
+
+
+def start_accelerator(cfg, say):
+    """The run's accelerate ``Accelerator`` and its Precision; precision notes go to ``say``."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    device = choose_device(cfg.memory.device)
+    precision = decide_precision(cfg.memory, device)
+    for note in precision.notes:
+        say(note, "warning")
+    # accelerate keeps one global state per process; a second run in the same process
+    # (the wizard, the dashboard, tests) may use another precision, so start afresh.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    # With clip skip, a trained text encoder's last layers get no gradient: DDP must know.
+    skips_layers = cfg.train.train_text_encoder and cfg.model.clip_skip > 1
+    accelerator = Accelerator(
+        mixed_precision=precision.mixed_precision, cpu=device.type == "cpu",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=skips_layers)],
+    )
+    if device.type == "cuda" and cfg.memory.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return accelerator, precision

@@ -29,3 +29,13 @@ def resolve_schedule(train, batches_per_epoch: int, processes: int = 1) -> Sched
     steps_per_epoch = math.ceil(per_process / train.gradient_accumulation_steps)
     total = train.max_train_epochs * steps_per_epoch if train.max_train_epochs else train.max_train_steps
     return Schedule(per_process, steps_per_epoch, total, math.ceil(total / steps_per_epoch))
+
+
+def process_share(plan: list, processes: int, rank: int) -> list:
+    """One process's batches of an epoch's plan: every processes-th batch, padded (the first
+    batches again) so all processes take the same number of steps."""
+    if processes == 1:
+        return plan
+    per_rank = math.ceil(len(plan) / processes)
+    padded = plan + plan[: per_rank * processes - len(plan)]
+    return padded[rank::processes]

@@ -11,7 +11,8 @@ through an event sink and a :class:`~engine.control.RunControl`.
 from __future__ import annotations
 
 import hashlib
-import math
+import queue
+import threading
 from contextlib import nullcontext
 
 import torch
@@ -24,18 +25,25 @@ from engine.train.checkpoints import Checkpointer
 from engine.train.components import (
     Components,
     build_prompt_encoder,
+    cache_latents,
     load_base_model,
     prepare_modules,
     trains_text_encoder,
 )
-from engine.train.context import RunParts, StepContext, StepHook, StopTraining, event_epoch
+from engine.train.context import (
+    RunParts,
+    StepContext,
+    StepHook,
+    StopTraining,
+    event_epoch,
+)
 from engine.train.hooks import ControlHook, MetricsHook, SampleHook
 from engine.train.metrics import IntervalMeter
 from engine.train.optimizer_bundle import build_bundle
-from engine.train.precision import choose_device, decide_precision
+from engine.train.precision import start_accelerator
 from engine.train.prefetch import Prefetcher
 from engine.train.resume import parts_math_hash, restore
-from engine.train.schedule import resolve_schedule
+from engine.train.schedule import process_share, resolve_schedule
 from engine.train.seeds import resolve_seed
 
 SMOOTHING = 0.98   # per-step decay of the smoothed loss shown in logs and the dashboard
@@ -65,44 +73,32 @@ class Trainer:
         self.parts: RunParts | None = None
         self.checkpointer: Checkpointer | None = None
         self.meter = IntervalMeter(0)
+        self._thread = threading.get_ident()   # the training thread
+        self._deferred: queue.SimpleQueue = queue.SimpleQueue()
 
     # ================================================================ setup
 
     def say(self, text: str, level: str = "info") -> None:
+        """A message to the sink; from the batch-loading thread (a tokenizer warning), it waits
+        for the training thread's next step, so sinks are only called from one thread."""
+        if threading.get_ident() != self._thread:
+            self._deferred.put(Message(level=level, text=text))
+            return
         self.sink.emit(Message(level=level, text=text))
+
+    def _say_deferred(self) -> None:
+        while not self._deferred.empty():
+            self.sink.emit(self._deferred.get())
 
     def _phase(self, name: str, done: int, total: int) -> None:
         self.sink.emit(PhaseProgress(name=name, done=done, total=total))
-
-    def _start_accelerator(self):
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-        from accelerate.utils import DistributedDataParallelKwargs
-
-        cfg = self.cfg
-        device = choose_device(cfg.memory.device)
-        precision = decide_precision(cfg.memory, device)
-        for note in precision.notes:
-            self.say(note, "warning")
-        # accelerate keeps one global state per process; a second run in the same process
-        # (the wizard, the dashboard, tests) may use another precision, so start afresh.
-        AcceleratorState._reset_state(reset_partial_state=False)
-        # With clip skip, a trained text encoder's last layers get no gradient: DDP must know.
-        skips_layers = cfg.train.train_text_encoder and cfg.model.clip_skip > 1
-        accelerator = Accelerator(
-            mixed_precision=precision.mixed_precision, cpu=device.type == "cpu",
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=skips_layers)],
-        )
-        if device.type == "cuda" and cfg.memory.allow_tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        return accelerator, precision
 
     def setup(self) -> None:
         from engine.data.pipeline import TrainingData
 
         cfg = self.cfg
-        accelerator, precision = self._start_accelerator()
+        self._thread = threading.get_ident()   # setup and the loop run on the training thread
+        accelerator, precision = start_accelerator(cfg, self.say)
         self._phase("loading model", 0, 1)
         model, noise = load_base_model(cfg, accelerator.device, self.say)
         self._phase("loading model", 1, 1)
@@ -111,7 +107,7 @@ class Trainer:
         schedule = resolve_schedule(cfg.train, data.batches_per_epoch(), accelerator.num_processes)
         data.use_schedule(schedule.total_steps)   # a fractional token_warmup_step is a ratio of it
         components = Components(model, build_prompt_encoder(cfg, model, self.say), noise, trains_text_encoder(cfg))
-        self._cache_latents(data, model.vae, accelerator, precision)
+        cache_latents(data, model.vae, accelerator, precision, self._latents_progress)
         components = prepare_modules(components, cfg, precision, accelerator.device, self.seed, self.say)
         bundle = build_bundle(cfg, components, accelerator, schedule.total_steps)
         self.parts = RunParts(cfg, self.config_text, self.run_dir, self.sink, accelerator, precision,
@@ -124,21 +120,11 @@ class Trainer:
                 self.batches_done, self.loss_avg = counters.batches_done, counters.loss_avg
         self.math_hash = parts_math_hash(self.parts, cfg.train.seed)
 
-    def _cache_latents(self, data, vae, accelerator, precision) -> None:
-        vae.requires_grad_(False).eval()
-        vae.to(accelerator.device, precision.vae_dtype)
-
-        def progress(done: int, total: int) -> None:
-            self._phase("caching latents", done, total)
-            if self.control.stop_requested:
-                # Latents written so far stay in the cache; the next run reuses them.
-                raise StopTraining(self.control.stop_reason)
-
-        if accelerator.is_main_process:
-            data.prepare_latents(vae, accelerator.device, precision.vae_dtype, progress=progress)
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            data.prepare_latents(vae, accelerator.device, precision.vae_dtype, progress=None)
+    def _latents_progress(self, done: int, total: int) -> None:
+        self._phase("caching latents", done, total)
+        if self.control.stop_requested:
+            # Latents written so far stay in the cache; the next run reuses them.
+            raise StopTraining(self.control.stop_reason)
 
     # ================================================================ the loop
 
@@ -195,15 +181,17 @@ class Trainer:
 
     def loop(self, hooks: list[StepHook]) -> None:
         s, accum = self.parts.schedule, self.cfg.train.gradient_accumulation_steps
+        world, rank = self.parts.accelerator.num_processes, self.parts.accelerator.process_index
         self.meter = IntervalMeter(self.global_step)
         with Prefetcher(self.load_group, self.cfg.data.num_workers) as prefetch:
             while self.global_step < s.total_steps:
                 epoch = self.epoch + 1  # data epochs are 1-based
-                plan = self._process_share(self.parts.data.epoch_plan(epoch))
+                plan = process_share(self.parts.data.epoch_plan(epoch), world, rank)
                 position = self.batches_done
                 while position < len(plan) and self.global_step < s.total_steps:
                     group = plan[position:position + accum]
                     batches = prefetch.get((epoch, position), group, epoch, self.global_step, position)
+                    self._say_deferred()
                     following = position + len(group)
                     if following < len(plan):   # the next step's batches load while this one trains
                         prefetch.request((epoch, following), plan[following:following + accum], epoch,
@@ -223,20 +211,15 @@ class Trainer:
 
     def load_group(self, group: list, epoch: int, step: int, position: int) -> list:
         """The micro-batches of one optimizer step (a pure function: safe to run early)."""
-        world, rank = self.parts.accelerator.num_processes, self.parts.accelerator.process_index
+        p = self.parts
+        world, rank = p.accelerator.num_processes, p.accelerator.process_index
         # Per-sample randomness is seeded by the batch's place in the whole epoch's plan, so
-        # each process draws its own flips, crops and caption shuffles (see _process_share).
-        return [self.parts.data.load_batch(ref, epoch=epoch, global_step=step, position=(position + i) * world + rank)
-                for i, ref in enumerate(group)]
-
-    def _process_share(self, plan: list) -> list:
-        """This process's batches: every world-th batch, padded so all ranks step together."""
-        world, rank = self.parts.accelerator.num_processes, self.parts.accelerator.process_index
-        if world == 1:
-            return plan
-        per_rank = math.ceil(len(plan) / world)
-        padded = plan + plan[: per_rank * world - len(plan)]
-        return padded[rank::world]
+        # each process draws its own flips, crops and caption shuffles (see schedule.process_share).
+        batches = [p.data.load_batch(ref, epoch=epoch, global_step=step, position=(position + i) * world + rank)
+                   for i, ref in enumerate(group)]
+        for batch in batches:   # tokenized here too, so the training thread only encodes
+            batch.tokens = p.components.prompt_encoder.tokenize(batch.captions)
+        return batches
 
     def train_step(self, batches: list) -> None:
         """One optimizer step over loaded micro-batches (gradient accumulation)."""
@@ -315,4 +298,4 @@ class Trainer:
             self.say(f"stopped at step {self.global_step}; resume with: sdft train {config} --resume {path}")
 
 
-__all__ = ["Trainer", "StopTraining", "resolve_seed", "step_seed"]
+__all__ = ["StopTraining", "Trainer", "resolve_seed", "step_seed"]
