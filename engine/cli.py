@@ -23,6 +23,7 @@ from engine import commandline
 from engine.console import print_problems
 from engine.data import bench as data_bench
 from engine.data import cli as data_cli
+from engine.kohya import cli as kohya_cli
 from engine.labeling import cli as labeling_cli
 from engine.models import convert_cli, tokens_cli
 
@@ -32,7 +33,7 @@ __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_STOPPED", "StopOnSigna
            "check_config", "main", "print_problems", "train_headless"]
 
 # Modules whose commands join the tree, in the order `sdft --help` lists them.
-COMMAND_MODULES = (data_cli, convert_cli, tokens_cli, labeling_cli, data_bench)
+COMMAND_MODULES = (data_cli, convert_cli, tokens_cli, labeling_cli, kohya_cli, data_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,3 +70,15 @@ def test_a_tool_command_parses_the_same_through_main_and_its_module(capsys):
     through_main = capsys.readouterr().out
     assert tokens_command(["a red cat", "--json"]) == 0
     assert capsys.readouterr().out == through_main and '"token_count": 3' in through_main
+
+
+def test_sdft_help_lists_every_registered_command():
+    """A command a module registers is reachable as `sdft NAME` and listed (bench-data, reached
+    as `sdft bench --data`, is the one unlisted)."""
+    from engine.cli import build_parser
+
+    help_text = build_parser().format_help()
+    for name in ("train", "demo", "bench", "plan", "watch", "buckets", "prepare", "cache", "convert", "tokens",
+                 "caption", "tag", "from-kohya"):
+        assert f"    {name}" in help_text, name
+    assert "bench-data" not in help_text

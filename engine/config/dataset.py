@@ -129,23 +129,6 @@ class DatasetSpec:
     bucket_reso_steps: int = 64
     key: str = ""
 
-    def bucket_settings(self, default_resolution: tuple[int, int] = (512, 512)):
-        """The effective engine.data.buckets.BucketSettings once the resolution is known (bucket
-        limits rounded to the step: min down, max up; docs/formats.md, "Aspect-ratio buckets")."""
-        from engine.data.buckets import BucketSettings
-
-        resolution = self.resolution or tuple(default_resolution)
-        d = self.bucket_reso_steps
-        min_b, max_b = round_bucket_limits(self.min_bucket_reso, self.max_bucket_reso, d)
-        return BucketSettings(
-            resolution=(int(resolution[0]), int(resolution[1])),
-            enable_bucket=self.enable_bucket,
-            no_upscale=self.bucket_no_upscale and self.enable_bucket,
-            min_bucket_reso=min_b,
-            max_bucket_reso=max_b,
-            bucket_reso_steps=d,
-        )
-
 
 @dataclass
 class DatasetBlueprint:
@@ -568,17 +551,3 @@ def single_folder_blueprint(metadata_file: str | Path, image_dir: str | Path | N
     blueprint = parse_dataset_tables({"datasets": [dataset]}, problems=problems, base_dir=Path.cwd())
     problems.raise_if_errors()
     return blueprint
-
-
-def build_metadata(image_dir: str | Path, **kwargs: Any) -> dict:
-    """A folder of images + sidecars → kohya metadata dict (see engine.data.metadata)."""
-    from engine.data.metadata import build_metadata as _build
-
-    return _build(image_dir, **kwargs)
-
-
-def write_metadata(path: str | Path, metadata: dict, **kwargs: Any) -> Path:
-    """Write kohya metadata JSON atomically (see engine.data.metadata)."""
-    from engine.data.metadata import write_metadata_json
-
-    return write_metadata_json(path, metadata, **kwargs)

@@ -15,6 +15,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from engine.config.dataset import round_bucket_limits
+
 Size = tuple[int, int]
 
 
@@ -111,6 +113,17 @@ class BucketSettings:
     min_bucket_reso: int = 256
     max_bucket_reso: int = 1024
     bucket_reso_steps: int = 64
+
+    @classmethod
+    def of_dataset(cls, spec, default_resolution: Size = (512, 512)) -> "BucketSettings":
+        """The settings of one ``[[datasets]]`` table (an engine.config.dataset.DatasetSpec) once
+        the resolution is known: the bucket limits rounded to the step, min down and max up."""
+        resolution = spec.resolution or tuple(default_resolution)
+        d = spec.bucket_reso_steps
+        min_b, max_b = round_bucket_limits(spec.min_bucket_reso, spec.max_bucket_reso, d)
+        return cls(resolution=(int(resolution[0]), int(resolution[1])), enable_bucket=spec.enable_bucket,
+                   no_upscale=spec.bucket_no_upscale and spec.enable_bucket, min_bucket_reso=min_b,
+                   max_bucket_reso=max_b, bucket_reso_steps=d)
 
     @property
     def area(self) -> int:

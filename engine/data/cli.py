@@ -272,6 +272,7 @@ def _undecodable(report) -> set[Path]:
 
 def _prepare_run(path: Path, args) -> int:
     from engine.config.problems import ConfigError
+    from engine.data.buckets import BucketSettings
     from engine.data.captions import caption_as_trained
     from engine.data.metadata import MetadataError, read_metadata
 
@@ -287,7 +288,7 @@ def _prepare_run(path: Path, args) -> int:
     console = _console()
     status = EXIT_OK
     for spec in cfg.datasets.datasets:
-        settings = spec.bucket_settings(args.resolution)
+        settings = BucketSettings.of_dataset(spec, args.resolution)
         paths, captions = [], []
         for sub in spec.subsets:
             try:

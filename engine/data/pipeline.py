@@ -111,7 +111,7 @@ class TrainingData:
         items: list[DataItem] = []
         settings: list[BucketSettings] = []
         for di, spec in enumerate(blueprint.datasets):
-            s = spec.bucket_settings(tuple(default_resolution))
+            s = BucketSettings.of_dataset(spec, tuple(default_resolution))
             problems.extend(check_resolution(spec, s.resolution))
             if spec.bucket_no_upscale and not spec.enable_bucket:
                 log(f"{spec.key}: bucket_no_upscale needs enable_bucket; ignored")
