@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.control import RunControl
-from engine.events import CallbackSink, read_events
+from engine.events import CallbackSink
 from engine.train.runner import run_training
 from test_write_failures import inject_disk_full
 from train_helpers import make_run

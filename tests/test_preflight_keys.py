@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from engine.train.runner import run_training
 from preflight_helpers import PROMPT, _candidates, make_fixture, schema_keys
 
 import typing
-from dataclasses import fields, is_dataclass
+from dataclasses import fields
 
 from engine.config.schema import SECTIONS
 

@@ -9,7 +9,6 @@ fails the test, with its text, so --check can be fixed.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 

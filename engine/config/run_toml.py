@@ -16,7 +16,7 @@ import tomlkit
 
 from engine import atomic
 from engine.config.lines import key_lines
-from engine.config.problems import ConfigError, ProblemList, current_spelling, did_you_mean
+from engine.config.problems import ProblemList, current_spelling, did_you_mean
 from engine.config.schema import CONFIG_VERSION, SECTIONS, RunConfig
 
 DATASET_KEYS = ("general", "datasets")
