@@ -88,6 +88,6 @@ def test_a_message_from_the_loading_thread_waits_for_the_training_thread(tmp_pat
     worker.start()
     worker.join()
     assert len(trainer.sink.events) == before
-    trainer._say_deferred()
+    trainer.say.flush()
     last = trainer.sink.events[-1]
     assert isinstance(last, Message) and (last.level, last.text) == ("warning", "from the loader")

@@ -44,8 +44,12 @@ class Components:
 
     @property
     def default_side(self) -> int:
-        """SD 2.x v-prediction models are 768-pixel models; the rest 512."""
-        return 768 if (self.model.v2 and self.noise.v_prediction) else 512
+        return default_side(self.model, self.noise)
+
+
+def default_side(model, noise: NoiseTables) -> int:
+    """The model's native image side: SD 2.x v-prediction models are 768-pixel models; the rest 512."""
+    return 768 if (model.v2 and noise.v_prediction) else 512
 
 
 def load_base_model(cfg, device: torch.device, say: Say):

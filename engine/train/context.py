@@ -7,6 +7,8 @@ at each step boundary, and act through the parts (save a file, emit an event).
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,32 @@ from engine.train.components import Components
 from engine.train.optimizer_bundle import OptimizerBundle
 from engine.train.schedule import Schedule
 from engine.train.state import Counters
+
+
+class TrainingThreadSay:
+    """``say(text, level)`` for the run: from the batch-loading thread (a tokenizer warning)
+    a message waits until the training thread calls :meth:`flush`, so sinks are only ever
+    called from one thread."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.pending: queue.SimpleQueue = queue.SimpleQueue()
+        self.bind()
+
+    def bind(self) -> None:
+        """The calling thread is the training thread from now on."""
+        self.thread = threading.get_ident()
+
+    def __call__(self, text: str, level: str = "info") -> None:
+        message = Message(level=level, text=text)
+        if threading.get_ident() != self.thread:
+            self.pending.put(message)
+        else:
+            self.sink.emit(message)
+
+    def flush(self) -> None:
+        while not self.pending.empty():
+            self.sink.emit(self.pending.get())
 
 
 class StopTraining(Exception):

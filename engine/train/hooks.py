@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.events import StatusChanged, StepMetrics, StepProgress
+from engine.events import RunStarted, StatusChanged, StepMetrics, StepProgress
 from engine.train.context import RunParts, StepContext, StepHook, StopTraining
 from engine.train.metrics import device_memory
 
@@ -75,3 +75,15 @@ class ControlHook(StepHook):
         if control.stop_requested:
             self.sink.emit(StatusChanged(status="stopping"))
             raise StopTraining(control.stop_reason)
+
+
+def run_started(parts: RunParts, start_step: int) -> RunStarted:
+    """The event that opens a run: its schedule, data and device."""
+    s, cfg = parts.schedule, parts.cfg
+    batch_sizes = [getattr(d, "batch_size", 1) for d in getattr(cfg.datasets, "datasets", [])]
+    return RunStarted(
+        run_dir=str(parts.run_dir), total_steps=s.total_steps, total_epochs=s.total_epochs,
+        steps_per_epoch=s.steps_per_epoch, num_images=parts.data.num_images,
+        batch_size=max(batch_sizes) if batch_sizes else 1, device=str(parts.device),
+        start_step=start_step, model=parts.components.model.source,
+    )

@@ -52,6 +52,21 @@ class IntervalMeter:
         return out
 
 
+SMOOTHING = 0.98   # per-step decay of the smoothed loss shown in logs and the dashboard
+
+
+def interval_figures(meter: IntervalMeter, accelerator, loss_avg: float | None) -> tuple[dict | None, float | None]:
+    """A logging interval's figures, the loss averaged over processes (the interval's one
+    GPU->CPU sync), and the smoothed loss brought up to date."""
+    m = meter.collect()
+    if m is None:
+        return None, loss_avg
+    m["loss"] = accelerator.reduce(m["loss"].detach().float(), reduction="mean").item()
+    decay = SMOOTHING ** m["steps"]
+    loss_avg = m["loss"] if loss_avg is None else decay * loss_avg + (1 - decay) * m["loss"]
+    return m, loss_avg
+
+
 def device_memory(device: torch.device) -> dict:
     if device.type == "cuda":
         return {

@@ -11,21 +11,20 @@ through an event sink and a :class:`~engine.control.RunControl`.
 from __future__ import annotations
 
 import hashlib
-import queue
-import threading
 from contextlib import nullcontext
 
 import torch
 
 from engine.config.schema import RunConfig
 from engine.control import RunControl
-from engine.events import Message, PhaseProgress, RunStarted, StatusChanged
+from engine.events import PhaseProgress, StatusChanged
 from engine.train import forward
 from engine.train.checkpoints import Checkpointer
 from engine.train.components import (
     Components,
     build_prompt_encoder,
     cache_latents,
+    default_side,
     load_base_model,
     prepare_modules,
     trains_text_encoder,
@@ -35,18 +34,17 @@ from engine.train.context import (
     StepContext,
     StepHook,
     StopTraining,
+    TrainingThreadSay,
     event_epoch,
 )
-from engine.train.hooks import ControlHook, MetricsHook, SampleHook
-from engine.train.metrics import IntervalMeter
+from engine.train.hooks import ControlHook, MetricsHook, SampleHook, run_started
+from engine.train.metrics import IntervalMeter, interval_figures
 from engine.train.optimizer_bundle import build_bundle
 from engine.train.precision import start_accelerator
 from engine.train.prefetch import Prefetcher
 from engine.train.resume import parts_math_hash, restore
 from engine.train.schedule import process_share, resolve_schedule
 from engine.train.seeds import resolve_seed
-
-SMOOTHING = 0.98   # per-step decay of the smoothed loss shown in logs and the dashboard
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
@@ -73,22 +71,9 @@ class Trainer:
         self.parts: RunParts | None = None
         self.checkpointer: Checkpointer | None = None
         self.meter = IntervalMeter(0)
-        self._thread = threading.get_ident()   # the training thread
-        self._deferred: queue.SimpleQueue = queue.SimpleQueue()
+        self.say = TrainingThreadSay(sink)
 
     # ================================================================ setup
-
-    def say(self, text: str, level: str = "info") -> None:
-        """A message to the sink; from the batch-loading thread (a tokenizer warning), it waits
-        for the training thread's next step, so sinks are only called from one thread."""
-        if threading.get_ident() != self._thread:
-            self._deferred.put(Message(level=level, text=text))
-            return
-        self.sink.emit(Message(level=level, text=text))
-
-    def _say_deferred(self) -> None:
-        while not self._deferred.empty():
-            self.sink.emit(self._deferred.get())
 
     def _phase(self, name: str, done: int, total: int) -> None:
         self.sink.emit(PhaseProgress(name=name, done=done, total=total))
@@ -97,12 +82,12 @@ class Trainer:
         from engine.data.pipeline import TrainingData
 
         cfg = self.cfg
-        self._thread = threading.get_ident()   # setup and the loop run on the training thread
+        self.say.bind()   # setup and the loop run on the training thread
         accelerator, precision = start_accelerator(cfg, self.say)
         self._phase("loading model", 0, 1)
         model, noise = load_base_model(cfg, accelerator.device, self.say)
         self._phase("loading model", 1, 1)
-        side = 768 if (model.v2 and noise.v_prediction) else 512
+        side = default_side(model, noise)
         data = TrainingData.from_config(cfg, default_resolution=(side, side), log=lambda text: self.say(text))
         schedule = resolve_schedule(cfg.train, data.batches_per_epoch(), accelerator.num_processes)
         data.use_schedule(schedule.total_steps)   # a fractional token_warmup_step is a ratio of it
@@ -139,14 +124,8 @@ class Trainer:
 
     def run(self) -> str:
         """Train to the end or to a stop; returns "completed" or "stopped"."""
-        p, s = self.parts, self.parts.schedule
-        batch_sizes = [getattr(d, "batch_size", 1) for d in getattr(self.cfg.datasets, "datasets", [])]
-        self.sink.emit(RunStarted(
-            run_dir=str(self.run_dir), total_steps=s.total_steps, total_epochs=s.total_epochs,
-            steps_per_epoch=s.steps_per_epoch, num_images=p.data.num_images,
-            batch_size=max(batch_sizes) if batch_sizes else 1, device=str(p.device),
-            start_step=self.global_step, model=p.components.model.source,
-        ))
+        p = self.parts
+        self.sink.emit(run_started(p, self.global_step))
         self.sink.emit(StatusChanged(status="running"))
         hooks = self.standard_hooks()
         if self.cfg.sample.at_first and self.global_step == 0:
@@ -191,7 +170,7 @@ class Trainer:
                 while position < len(plan) and self.global_step < s.total_steps:
                     group = plan[position:position + accum]
                     batches = prefetch.get((epoch, position), group, epoch, self.global_step, position)
-                    self._say_deferred()
+                    self.say.flush()
                     following = position + len(group)
                     if following < len(plan):   # the next step's batches load while this one trains
                         prefetch.request((epoch, following), plan[following:following + accum], epoch,
@@ -262,18 +241,12 @@ class Trainer:
             self.say(f"text encoder frozen after step {stop_at} (train.stop_text_encoder_training)")
 
     def _figures_if_due(self) -> dict | None:
-        """On a logging step, the interval's figures with the loss averaged over processes (the
-        interval's one GPU->CPU sync), and the smoothed loss brought up to date."""
+        """The logging interval's figures on a logging step (the smoothed loss updated), else None."""
         every, total = self.cfg.logging.every_n_steps, self.parts.schedule.total_steps
         if not (self.global_step % every == 0 or self.global_step == total):
             return None
-        m = self.meter.collect()
-        if m is None:
-            return None
-        m["loss"] = self.parts.accelerator.reduce(m["loss"].detach().float(), reduction="mean").item()
-        decay = SMOOTHING ** m["steps"]
-        self.loss_avg = m["loss"] if self.loss_avg is None else decay * self.loss_avg + (1 - decay) * m["loss"]
-        return m
+        figures, self.loss_avg = interval_figures(self.meter, self.parts.accelerator, self.loss_avg)
+        return figures
 
     # ================================================================ teardown
 
