@@ -155,8 +155,8 @@ DATASET_VALUES = {
     "batch_size": ([1, 2, 3], [0]), "resolution": ([64, 64, 96, [64, 96], 100, 72], [0, "64"]),
     "enable_bucket": ([True, False], []), "bucket_no_upscale": ([True, False], []),
     "min_bucket_reso": ([32, 64, 70], [4096]), "max_bucket_reso": ([128, 160, 200], [16]),
-    "bucket_reso_steps": ([64, 32, 8], [12, 0]), "network_multiplier": ([1.0], []),
-    "validation_split": ([0.0, 0.5], [2.0]), "validation_seed": ([1], []),
+    "bucket_reso_steps": ([64, 32, 8], [12, 0]), "network_multiplier": ([1.0], [0.5]),
+    "validation_split": ([0.0], [0.5, 2.0]), "validation_seed": ([], [1]),   # refused away from the default
     "num_repeats": ([1, 2], [0]), "keep_tokens": ([0, 1], [-1]), "token_warmup_min": ([1, 2], []),
     "caption_dropout_every_n_epochs": ([0, 1], []), "token_warmup_step": ([0, 0.5, 2], []),
     "caption_dropout_rate": ([0.0, 0.2], [1.5]), "caption_tag_dropout_rate": ([0.0, 0.3], []),
@@ -202,6 +202,7 @@ def random_run_file(rng: random.Random, index: int, fixture: Path, model: Path, 
         doc["data"] = {**doc.get("data", {}), "caption_extention": ".txt"}   # kohya's old spelling: a note
     general = _dataset_table(rng, {**DATASET_LEVEL, **SUBSET_LEVEL}, share, "general", bad)
     general.setdefault("resolution", 64)
+    general.setdefault("min_bucket_reso", 64)   # kohya's 256 is above the fixture's 64 px resolution
     dataset = _dataset_table(rng, {**DATASET_LEVEL, **SUBSET_LEVEL}, share / 2, "dataset", bad)
     subset = _dataset_table(rng, {**SUBSET_LEVEL, **SUBSET_ONLY, "caption_extention": None}, share / 2, "subset", bad)
     subset.update(rng.choice(SUBSETS[1] if "subset.files" in bad else SUBSETS[0]))
