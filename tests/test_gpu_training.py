@@ -31,8 +31,8 @@ def test_fp16_mixed_precision_uses_a_grad_scaler(tmp_path, tiny_sd1):
     trainer = Trainer(config, config_text="", sink=ListSink())
     trainer.setup()
     assert trainer.parts.accelerator.scaler is not None
-    assert next(trainer.parts.components.model.unet.parameters()).dtype == torch.float32        # fp32 master weights
-    assert trainer.parts.components.model.text_encoder.dtype == torch.float16                   # frozen parts in fp16
+    assert next(trainer.parts.components.model.unet.parameters()).dtype == torch.float32  # fp32 master weights
+    assert trainer.parts.components.model.text_encoder.dtype == torch.float16  # frozen parts in fp16
     sink = ListSink()
     result = run_training(path, sink=sink)
     assert result.status == "completed", result.message

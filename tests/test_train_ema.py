@@ -130,7 +130,8 @@ def test_an_ema_run_resumes_exactly_and_an_older_state_resumes_with_a_note(tmp_p
     tensors = load_file(str(state / "ema.safetensors"))
     from diffusers import UNet2DConditionModel
 
-    order = [f"unet.{name}" for name, _p in UNet2DConditionModel.from_pretrained(tiny_sd1, subfolder="unet").named_parameters()]
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd1, subfolder="unet")
+    order = [f"unet.{name}" for name, _p in unet.named_parameters()]
     assert set(order) == set(tensors)
     save_file({str(i): tensors[k] for i, k in enumerate(order)}, str(state / "ema.safetensors"))
     manifest = json.loads((state / "manifest.json").read_text())

@@ -72,7 +72,7 @@ class TrainConfig:
     debiased_estimation_loss: bool = opt(False, "Debiased estimation loss weighting.")
     weighted_captions: bool = opt(False, "Read (word:1.2) / [word] emphasis in captions (AUTOMATIC1111 syntax).")
     ema: bool = opt(False, "Keep an exponential moving average of the trained weights.")
-    ema_decay: float = opt(0.9999, "EMA decay per update.", min=0.0, max=1.0)
+    ema_decay: float = opt(0.9999, "EMA decay per update, reached after a warm-up (diffusers' schedule: 1 - (1 + n) ** -2/3 after n updates).", min=0.0, max=1.0)
     ema_update_every: int = opt(1, "Update the EMA every N optimizer steps.", min=1)
     ema_cpu_offload: bool = opt(False, "Keep the EMA weights in CPU memory (saves VRAM).")
     resume: str | None = opt(None, 'Resume from a state folder, or "latest".')

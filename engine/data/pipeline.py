@@ -79,7 +79,7 @@ class TrainingData:
 
     def __init__(self, items: list[DataItem], datasets: list[DatasetSpec], settings: list[BucketSettings], *,
                  seed: int, cache_mode: str = "disk", cache_dir: Path | None = None, cache_cfg=None,
-                 exif_transpose: bool = True, max_train_steps: int = 1600, grad_accum: int = 1,
+                 exif_transpose: bool = True, max_train_steps: int = 1600,
                  run_name: str = "run", log: Callable[[str], None] = print):
         self.items = items
         self.datasets = datasets
@@ -89,8 +89,7 @@ class TrainingData:
         self.cache_dir = cache_dir
         self.cache_cfg = cache_cfg
         self.exif_transpose = exif_transpose
-        self.max_train_steps = max_train_steps
-        self.grad_accum = grad_accum
+        self.max_train_steps = max_train_steps   # the run's, once use_schedule() gives it
         self.run_name = run_name
         self.log = log
         self.latent_sampling = getattr(cache_cfg, "latent_sampling", "sample")
@@ -137,7 +136,7 @@ class TrainingData:
                 cache_dir = Path(cfg.base_dir) / cache_dir
         data = cls(items, blueprint.datasets, settings, seed=seed, cache_mode=cfg.cache.latents,
                    cache_dir=cache_dir, cache_cfg=cfg.cache, exif_transpose=data_cfg.exif_transpose,
-                   grad_accum=cfg.train.gradient_accumulation_steps, run_name=cfg.train.output_name, log=log)
+                   run_name=cfg.train.output_name, log=log)
         live = sorted({it.subset.key for it in items if not it.subset.cacheable})
         if live and cfg.cache.latents != "none":
             log("random_crop/color_aug change pixels on every draw, so these subsets are encoded live "

@@ -84,7 +84,7 @@ class Checkpointer(StepHook):
                            text_extras=getattr(model, "text_extras", None),
                            scheduler_config=getattr(model, "scheduler_config", None),
                            tokenizer=getattr(model, "tokenizer", None),
-                           scheduler_overrides={"rescale_betas_zero_snr": True} if self.cfg.train.zero_terminal_snr else None)
+                           scheduler_overrides=self._scheduler_overrides())
         finally:
             if use_ema:
                 b.ema.swap()
@@ -92,6 +92,9 @@ class Checkpointer(StepHook):
         p.sink.emit(ModelSaved(path=str(path), what="model", step=ctx.step, epoch=ctx.event_epoch))
         self.rotate_models(kind, ctx.step)
         return str(path)
+
+    def _scheduler_overrides(self) -> dict | None:
+        return {"rescale_betas_zero_snr": True} if self.cfg.train.zero_terminal_snr else None
 
     def write_state(self, ctx: StepContext, stopped: bool = False) -> str | None:
         """A resumable state of this step (main process only); rotates older ones."""
