@@ -249,7 +249,8 @@ def _check_optimizer(config: RunConfig, problems: ProblemList, device, total_ste
     """Build the optimizer and schedule as training does, on one dummy parameter, and step once."""
     import torch
 
-    from engine.train.optimizers import OptionalPackageMissing, build_optimizer, build_scheduler
+    from engine.train.lr_schedules import schedule_for
+    from engine.train.optimizers import OptionalPackageMissing, build_optimizer
 
     o = config.optimizer
     on = device if device is not None else torch.device("cpu")
@@ -272,9 +273,7 @@ def _check_optimizer(config: RunConfig, problems: ProblemList, device, total_ste
     if optimizer is None:   # the schedule is still checked, on a plain optimizer
         optimizer = torch.optim.SGD([param], lr=o.learning_rate)
     try:
-        scheduler = build_scheduler(o.lr_scheduler, optimizer, total_steps=total_steps, warmup=o.lr_warmup_steps,
-                                    num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power,
-                                    args=o.lr_scheduler_args)
+        scheduler = schedule_for(o, optimizer, total_steps)
         optimizer.step()
         scheduler.step()
     except Exception as exc:  # noqa: BLE001

@@ -45,8 +45,14 @@ def _sampling(config: RunConfig) -> bool:
     return bool(s.prompts) and bool(s.every_n_steps or s.every_n_epochs or s.at_first)
 
 
+def schedule_options_of(config: RunConfig) -> tuple[str, ...]:
+    from engine.train.lr_schedules import schedule_options
+
+    return schedule_options(config.optimizer.lr_scheduler)
+
+
 def _schedule_takes(option: str) -> Callable[[RunConfig], bool]:
-    from engine.train.optimizers import schedule_options
+    from engine.train.lr_schedules import schedule_options
 
     return lambda c: option in schedule_options(c.optimizer.lr_scheduler)
 
@@ -92,6 +98,13 @@ RULES = (
           'lr_scheduler = "cosine_with_restarts"', 'set lr_scheduler = "cosine_with_restarts"'),
     Needs(("optimizer.lr_scheduler_power",), _schedule_takes("power"),
           'lr_scheduler = "polynomial"', 'set lr_scheduler = "polynomial"'),
+    Needs(("optimizer.lr_decay_steps",), _schedule_takes("num_decay_steps"),
+          'lr_scheduler = "warmup_stable_decay"', 'set lr_scheduler = "warmup_stable_decay"'),
+    Needs(("optimizer.lr_scheduler_min_lr_ratio",),
+          lambda c: bool({"min_lr_rate", "min_lr_ratio"} & set(schedule_options_of(c))),
+          'lr_scheduler = "cosine_with_min_lr" or "warmup_stable_decay"', 'set lr_scheduler = "cosine_with_min_lr"'),
+    Needs(("optimizer.lr_scheduler_timescale",), _schedule_takes("timescale"),
+          'lr_scheduler = "inverse_sqrt"', 'set lr_scheduler = "inverse_sqrt"'),
     Needs(("train.max_train_steps",), lambda c: c.train.max_train_epochs is None,
           "no train.max_train_epochs (epochs decide the length when both are set)",
           "remove one of max_train_steps and max_train_epochs"),

@@ -41,6 +41,9 @@ CASES = {
     "optimizer.lr_warmup_steps": (10, {"optimizer": {"lr_scheduler": "constant_with_warmup"}}),
     "optimizer.lr_scheduler_num_cycles": (3, {"optimizer": {"lr_scheduler": "cosine_with_restarts"}}),
     "optimizer.lr_scheduler_power": (2.0, {"optimizer": {"lr_scheduler": "polynomial"}}),
+    "optimizer.lr_decay_steps": (20, {"optimizer": {"lr_scheduler": "warmup_stable_decay"}}),
+    "optimizer.lr_scheduler_min_lr_ratio": (0.1, {"optimizer": {"lr_scheduler": "cosine_with_min_lr"}}),
+    "optimizer.lr_scheduler_timescale": (500, {"optimizer": {"lr_scheduler": "inverse_sqrt"}}),
     "train.max_train_steps": (500, {}),   # acts once max_train_epochs is gone (set below)
     "cache.cache_dir": ("latents", {"cache": {"latents": "disk"}}),
     "cache.verify": ("exists", {"cache": {"latents": "disk"}}),

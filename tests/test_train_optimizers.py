@@ -7,7 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from engine.train.optimizers import OPTIMIZERS, SCHEDULERS, OptionalPackageMissing, build_optimizer, build_scheduler, warmup_steps
+from engine.train.lr_schedules import SCHEDULERS, ScheduleInputs, build_scheduler, steps_of
+from engine.train.optimizers import OPTIMIZERS, OptionalPackageMissing, build_optimizer
 
 
 def _model():
@@ -42,7 +43,9 @@ def test_bad_optimizer_args_are_explained():
 def test_scheduler_builds_and_steps(name):
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    scheduler = build_scheduler(name, optimizer, total_steps=10, warmup=2)
+    extra = {"cosine_with_min_lr": {"min_lr_ratio": 0.1}, "warmup_stable_decay": {"decay": 3}}.get(name, {})
+    args = {"step_rules": "1:5,0.1"} if name == "piecewise_constant" else None
+    scheduler = build_scheduler(name, optimizer, ScheduleInputs(10, warmup=2, **extra), args)
     rates = []
     for _ in range(10):
         rates.append(scheduler.get_last_lr()[0])
@@ -50,15 +53,17 @@ def test_scheduler_builds_and_steps(name):
         scheduler.step()
     if name == "constant":
         assert rates == [1.0] * 10
-    elif name != "constant":
+    elif name == "piecewise_constant":
+        assert rates[:5] == [1.0] * 5 and rates[5:] == [pytest.approx(0.1)] * 5
+    else:
         assert rates[0] == 0.0 and rates[2] == pytest.approx(1.0)   # warm-up over 2 steps
     if name in ("linear", "cosine", "polynomial"):
         assert rates[-1] < rates[3]
 
 
 def test_warmup_ratio():
-    assert warmup_steps(0.1, 200) == 20
-    assert warmup_steps(5, 200) == 5
+    assert steps_of(0.1, 200) == 20
+    assert steps_of(5, 200) == 5
 
 
 def test_lion_moves_by_sign():
@@ -89,17 +94,59 @@ def _rates(scheduler, optimizer, steps):
 ])
 def test_scheduler_args_reach_the_schedule(name, args, check):
     optimizer = torch.optim.SGD(_model().parameters(), lr=1.0)
-    default = _rates(build_scheduler(name, optimizer, total_steps=10), optimizer, 10)
+    default = _rates(build_scheduler(name, optimizer, ScheduleInputs(10)), optimizer, 10)
     optimizer = torch.optim.SGD(_model().parameters(), lr=1.0)
-    changed = _rates(build_scheduler(name, optimizer, total_steps=10, args=args), optimizer, 10)
+    changed = _rates(build_scheduler(name, optimizer, ScheduleInputs(10), args), optimizer, 10)
     assert check(changed) and changed != default
 
 
 def test_scheduler_args_outside_the_schedule_name_the_valid_keys():
     optimizer = torch.optim.SGD(_model().parameters(), lr=1.0)
     with pytest.raises(ValueError, match="has no option 'lr_end'.*num_cycles, last_epoch"):
-        build_scheduler("cosine", optimizer, total_steps=10, args={"lr_end": 0.1})
+        build_scheduler("cosine", optimizer, ScheduleInputs(10), {"lr_end": 0.1})
     with pytest.raises(ValueError, match="set by optimizer.lr_scheduler_power"):
-        build_scheduler("polynomial", optimizer, total_steps=10, args={"power": 2.0})
+        build_scheduler("polynomial", optimizer, ScheduleInputs(10), {"power": 2.0})
     with pytest.raises(ValueError, match="do not fit the constant schedule"):
-        build_scheduler("constant", optimizer, total_steps=10, args={"last_epoch": 5})   # needs initial_lr
+        build_scheduler("constant", optimizer, ScheduleInputs(10), {"last_epoch": 5})   # needs initial_lr
+
+
+# kohya's get_scheduler_fix passes these schedules their [optimizer] options like this (num_cycles
+# halved for the two transformers cosines); the learning rate at a few steps, by kohya's formulas.
+def _kohya_lr(name, step, total=100, warmup=10, decay=20, cycles=1, min_ratio=0.1, timescale=None):
+    import math
+
+    if step < warmup:   # the warm-up of warmup_stable_decay starts at the floor
+        ramp = step / max(1, warmup)
+        return ramp * (1 - min_ratio) + min_ratio if name == "warmup_stable_decay" else ramp
+    if name == "inverse_sqrt":
+        t = timescale or warmup or 10_000
+        return 1 / math.sqrt((step + t - warmup) / t)
+    if name == "cosine_with_min_lr":
+        progress = (step - warmup) / max(1, total - warmup)
+        factor = 0.5 * (1 + math.cos(math.pi * (cycles / 2) * 2.0 * progress))
+        return factor * (1 - min_ratio) + min_ratio
+    if name == "warmup_stable_decay":
+        stable = total - warmup - decay
+        if step < warmup + stable:
+            return 1.0
+        progress = (step - warmup - stable) / max(1, decay)
+        value = 0.5 * (1.0 + math.cos(math.pi * (cycles / 2) * 2.0 * progress))
+        return (1.0 - min_ratio) * value + min_ratio
+    raise ValueError(name)
+
+
+@pytest.mark.parametrize("name", ["inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay"])
+def test_kohyas_added_schedules_follow_kohyas_formulas(name):
+    optimizer = torch.optim.SGD(_model().parameters(), lr=1.0)
+    given = ScheduleInputs(100, warmup=10, decay=0.2, min_lr_ratio=0.1)   # decay as a ratio: 20 steps
+    rates = _rates(build_scheduler(name, optimizer, given), optimizer, 100)
+    for step in (0, 5, 10, 30, 79, 80, 90, 99):
+        assert rates[step] == pytest.approx(_kohya_lr(name, step), abs=1e-6), (name, step)
+
+
+def test_schedules_that_need_a_key_say_which():
+    optimizer = torch.optim.SGD(_model().parameters(), lr=1.0)
+    with pytest.raises(ValueError, match="needs optimizer.lr_scheduler_min_lr_ratio"):
+        build_scheduler("cosine_with_min_lr", optimizer, ScheduleInputs(100))
+    with pytest.raises(ValueError, match="are more than the run's 100 steps"):
+        build_scheduler("warmup_stable_decay", optimizer, ScheduleInputs(100, warmup=60, decay=60))

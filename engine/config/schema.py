@@ -90,10 +90,16 @@ class OptimizerConfig:
     max_grad_norm: float = opt(1.0, "Clip the gradient norm to this; 0 = off.", min=0.0)
     lr_scheduler: str = opt("constant", "Learning-rate schedule.",
                             choices=("constant", "constant_with_warmup", "linear", "cosine",
-                                     "cosine_with_restarts", "polynomial"))
+                                     "cosine_with_restarts", "polynomial", "piecewise_constant", "inverse_sqrt",
+                                     "cosine_with_min_lr", "warmup_stable_decay"))
     lr_warmup_steps: int | float = opt(0, "Warm-up steps, or a fraction (< 1) of the total steps.", min=0)
     lr_scheduler_num_cycles: int = opt(1, "Restarts for cosine_with_restarts.", min=1)
     lr_scheduler_power: float = opt(1.0, "Power for the polynomial schedule.", min=0.0)
+    lr_decay_steps: int | float = opt(0, "Decay steps of warmup_stable_decay, or a fraction (< 1) of the total.", min=0)
+    lr_scheduler_min_lr_ratio: float | None = opt(None, "cosine_with_min_lr / warmup_stable_decay: the lowest "
+                                                  "learning rate as a fraction of learning_rate.", min=0.0, max=1.0)
+    lr_scheduler_timescale: int | None = opt(None, "inverse_sqrt: the decay timescale in steps (default: the "
+                                             "warm-up steps, or 10,000).", min=1)
     lr_scheduler_args: dict = opt(None, "Extra scheduler keyword arguments.", factory=dict)
 
 

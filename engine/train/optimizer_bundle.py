@@ -8,7 +8,8 @@ from typing import Any
 
 from engine.train.components import Components
 from engine.train.ema import EMA
-from engine.train.optimizers import build_optimizer, build_scheduler
+from engine.train.lr_schedules import schedule_for
+from engine.train.optimizers import build_optimizer
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,7 @@ def build_bundle(cfg, components: Components, accelerator, total_steps: int) -> 
         raise ValueError("nothing to train: check train.mode and train.train_text_encoder")
     optimizer = build_optimizer(o.type, [{"params": g["params"], "lr": g["lr"]} for g in groups],
                                 o.learning_rate, o.args, accelerator.device.type)
-    lr_scheduler = build_scheduler(
-        o.lr_scheduler, optimizer, total_steps=total_steps, warmup=o.lr_warmup_steps,
-        num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power, args=o.lr_scheduler_args,
-    )
+    lr_scheduler = schedule_for(o, optimizer, total_steps)
     model = components.model
     if components.hypernetwork is not None:
         # Nothing trainable for DDP to wrap; the step averages the hypernetwork's grads.

@@ -1,0 +1,133 @@
+"""Learning-rate schedules, built as kohya's ``get_scheduler_fix`` builds them.
+
+Each schedule takes some of the ``[optimizer]`` keys (warm-up, cycles, power, decay steps, the
+minimum-LR ratio, the timescale); ``lr_scheduler_args`` add any other keyword the schedule
+function takes. The classic six come from diffusers (what sdft always used, so their numbers are
+unchanged); piecewise_constant from diffusers too; inverse_sqrt, cosine_with_min_lr and
+warmup_stable_decay from transformers, as kohya takes them. kohya halves num_cycles for the last
+two (their cosine counts half-waves); so does sdft.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+DIFFUSERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+             "piecewise_constant")
+TRANSFORMERS = ("inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+SCHEDULERS = DIFFUSERS + TRANSFORMERS
+
+# The options each schedule takes from [optimizer] keys, as kohya passes them.
+_SCHEDULE_OPTIONS = {
+    "constant": (),
+    "piecewise_constant": (),
+    "constant_with_warmup": ("num_warmup_steps",),
+    "linear": ("num_warmup_steps", "num_training_steps"),
+    "cosine": ("num_warmup_steps", "num_training_steps"),
+    "cosine_with_restarts": ("num_warmup_steps", "num_training_steps", "num_cycles"),
+    "polynomial": ("num_warmup_steps", "num_training_steps", "power"),
+    "inverse_sqrt": ("num_warmup_steps", "timescale"),
+    "cosine_with_min_lr": ("num_warmup_steps", "num_training_steps", "num_cycles", "min_lr_rate"),
+    "warmup_stable_decay": ("num_warmup_steps", "num_stable_steps", "num_decay_steps", "num_cycles", "min_lr_ratio"),
+}
+# The [optimizer] key behind each option (lr_scheduler_args must not set them too).
+OPTION_KEYS = {"num_warmup_steps": "lr_warmup_steps", "num_training_steps": "max_train_steps",
+               "num_cycles": "lr_scheduler_num_cycles", "power": "lr_scheduler_power",
+               "timescale": "lr_scheduler_timescale", "num_decay_steps": "lr_decay_steps",
+               "num_stable_steps": "lr_decay_steps", "min_lr_rate": "lr_scheduler_min_lr_ratio",
+               "min_lr_ratio": "lr_scheduler_min_lr_ratio"}
+
+
+@dataclass(frozen=True)
+class ScheduleInputs:
+    """The [optimizer] keys a schedule reads, with the run's total steps."""
+
+    total_steps: int
+    warmup: int | float = 0
+    num_cycles: int = 1
+    power: float = 1.0
+    decay: int | float = 0
+    min_lr_ratio: float | None = None
+    timescale: int | None = None
+
+    @classmethod
+    def of(cls, optimizer_config, total_steps: int) -> ScheduleInputs:
+        o = optimizer_config
+        return cls(total_steps, o.lr_warmup_steps, o.lr_scheduler_num_cycles, o.lr_scheduler_power,
+                   o.lr_decay_steps, o.lr_scheduler_min_lr_ratio, o.lr_scheduler_timescale)
+
+
+def steps_of(value: int | float, total_steps: int) -> int:
+    """An int is a step count; a float below 1 is a ratio of the total (warm-up, decay)."""
+    if isinstance(value, float) and value < 1:
+        return int(value * total_steps)
+    return int(value)
+
+
+def schedule_options(name: str) -> tuple[str, ...]:
+    """The [optimizer]-key options schedule ``name`` takes."""
+    return _SCHEDULE_OPTIONS.get(name, ())
+
+
+def _function(name: str):
+    if name in DIFFUSERS:
+        from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+    else:
+        from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+    return TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)]
+
+
+def scheduler_arg_names(name: str) -> list[str]:
+    """The keys ``optimizer.lr_scheduler_args`` may hold for schedule ``name``."""
+    params = inspect.signature(_function(name)).parameters
+    taken = set(_SCHEDULE_OPTIONS[name]) | {"min_lr"} if name == "cosine_with_min_lr" else set(_SCHEDULE_OPTIONS[name])
+    return [p for p in params if p != "optimizer" and p not in taken]
+
+
+def _options(name: str, given: ScheduleInputs) -> dict:
+    total = given.total_steps
+    warmup = steps_of(given.warmup, total)
+    decay = steps_of(given.decay, total)
+    if name == "cosine_with_min_lr" and given.min_lr_ratio is None:
+        raise ValueError("the cosine_with_min_lr schedule needs optimizer.lr_scheduler_min_lr_ratio "
+                         "(the floor as a fraction of the learning rate, e.g. 0.1)")
+    if name == "warmup_stable_decay" and warmup + decay > total:
+        raise ValueError(f"optimizer.lr_warmup_steps ({warmup}) + optimizer.lr_decay_steps ({decay}) are more "
+                         f"than the run's {total} steps")
+    values = {"num_warmup_steps": warmup, "num_training_steps": total, "power": given.power,
+              "num_cycles": given.num_cycles / 2 if name in TRANSFORMERS else given.num_cycles,
+              "timescale": given.timescale, "num_decay_steps": decay, "num_stable_steps": total - warmup - decay,
+              "min_lr_rate": given.min_lr_ratio, "min_lr_ratio": given.min_lr_ratio or 0.0}
+    return {key: values[key] for key in _SCHEDULE_OPTIONS[name]}
+
+
+def build_scheduler(name: str, optimizer, given: ScheduleInputs, args: dict | None = None):
+    """A LambdaLR-style schedule over exactly ``given.total_steps`` optimizer steps.
+
+    ``args`` (``optimizer.lr_scheduler_args``) go to the schedule function as keyword arguments,
+    as in kohya: e.g. ``{ lr_end = 1e-7 }`` for polynomial, ``{ step_rules = "1:10,0.1" }`` for
+    piecewise_constant. A key the schedule does not take is a ValueError naming the valid ones.
+    """
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown lr_scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    kwargs = _options(name, given)
+    valid = scheduler_arg_names(name)
+    for key, value in (args or {}).items():
+        if key in kwargs:
+            raise ValueError(f"optimizer.lr_scheduler_args: {key} is set by optimizer.{OPTION_KEYS[key]}; "
+                             "set it there instead")
+        if key not in valid:
+            raise ValueError(f"optimizer.lr_scheduler_args: the {name} schedule has no option {key!r}; "
+                             f"its options: {', '.join(valid)}")
+        kwargs[key] = value
+    try:
+        return _function(name)(optimizer, **kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"optimizer.lr_scheduler_args do not fit the {name} schedule: {exc!r}") from None
+
+
+def schedule_for(optimizer_config, optimizer, total_steps: int):
+    """The run's schedule from its [optimizer] table (training and --check build it this way)."""
+    return build_scheduler(optimizer_config.lr_scheduler, optimizer,
+                           ScheduleInputs.of(optimizer_config, total_steps), optimizer_config.lr_scheduler_args)
