@@ -91,6 +91,12 @@ RULES = (
     Needs(("optimizer.learning_rate_te", "train.stop_text_encoder_training"),
           lambda c: c.train.train_text_encoder and c.train.mode == "full", "a trained text encoder",
           "set train.train_text_encoder = true"),
+    # a schedule class takes only lr_scheduler_args (kohya refuses a warm-up beside it too)
+    Needs(("optimizer.lr_scheduler", "optimizer.lr_warmup_steps", "optimizer.lr_scheduler_num_cycles",
+           "optimizer.lr_scheduler_power", "optimizer.lr_decay_steps", "optimizer.lr_scheduler_min_lr_ratio",
+           "optimizer.lr_scheduler_timescale"), lambda c: not c.optimizer.lr_scheduler_type,
+          "optimizer.lr_scheduler_type unset (the class given there is the schedule)",
+          "remove optimizer.lr_scheduler_type"),
     Needs(("optimizer.lr_warmup_steps",), _schedule_takes("num_warmup_steps"),
           "a schedule with a warm-up (the constant schedule has none)",
           'use lr_scheduler = "constant_with_warmup" (or linear, cosine, ...)'),

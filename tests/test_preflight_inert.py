@@ -41,6 +41,7 @@ CASES = {
     "optimizer.lr_warmup_steps": (10, {"optimizer": {"lr_scheduler": "constant_with_warmup"}}),
     "optimizer.lr_scheduler_num_cycles": (3, {"optimizer": {"lr_scheduler": "cosine_with_restarts"}}),
     "optimizer.lr_scheduler_power": (2.0, {"optimizer": {"lr_scheduler": "polynomial"}}),
+    "optimizer.lr_scheduler": ("cosine", {}),
     "optimizer.lr_decay_steps": (20, {"optimizer": {"lr_scheduler": "warmup_stable_decay"}}),
     "optimizer.lr_scheduler_min_lr_ratio": (0.1, {"optimizer": {"lr_scheduler": "cosine_with_min_lr"}}),
     "optimizer.lr_scheduler_timescale": (500, {"optimizer": {"lr_scheduler": "inverse_sqrt"}}),
@@ -54,6 +55,7 @@ CASES = {
 }
 # what turns each rule's settings off in the refused case, where the defaults do not
 IDLE = {
+    "optimizer.lr_scheduler": {"optimizer": {"lr_scheduler_type": "StepLR"}},
     "train.max_train_steps": {"train": {"max_train_epochs": 2}},
     "cache.cache_dir": {"cache": {"latents": "memory"}},
     "cache.verify": {"cache": {"latents": "none"}},

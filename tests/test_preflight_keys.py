@@ -75,6 +75,7 @@ VALUES = {
     "optimizer.lr_scheduler_num_cycles": (2, {"optimizer": {"lr_scheduler": "cosine_with_restarts"}}),
     "optimizer.lr_scheduler_power": (3.0, {"optimizer": {"lr_scheduler": "polynomial"}}),
     "optimizer.lr_scheduler_args": ({"lr_end": 1e-5}, {"optimizer": {"lr_scheduler": "polynomial"}}),
+    "optimizer.lr_scheduler_type": ("torch.optim.lr_scheduler.ConstantLR", {}),   # a third of the LR, 5 steps
     "optimizer.lr_decay_steps": (2, {"optimizer": {"lr_scheduler": "warmup_stable_decay"}}),
     "optimizer.lr_scheduler_min_lr_ratio": (0.5, {"optimizer": {"lr_scheduler": "warmup_stable_decay",
                                                                 "lr_decay_steps": 2}}),

@@ -150,3 +150,23 @@ def test_schedules_that_need_a_key_say_which():
         build_scheduler("cosine_with_min_lr", optimizer, ScheduleInputs(100))
     with pytest.raises(ValueError, match="are more than the run's 100 steps"):
         build_scheduler("warmup_stable_decay", optimizer, ScheduleInputs(100, warmup=60, decay=60))
+
+
+def test_a_schedule_class_by_torch_name_or_module_path():
+    from types import SimpleNamespace
+
+    from engine.train.lr_schedules import schedule_for
+
+    def config(type_name, args):
+        return SimpleNamespace(lr_scheduler_type=type_name, lr_scheduler_args=args)
+
+    optimizer = torch.optim.SGD(_model().parameters(), lr=1.0)
+    rates = _rates(schedule_for(config("StepLR", {"step_size": 2, "gamma": 0.5}), optimizer, 10), optimizer, 6)
+    assert rates == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    optimizer = torch.optim.SGD(_model().parameters(), lr=1.0)
+    scheduler = schedule_for(config("torch.optim.lr_scheduler.ConstantLR", {"factor": 0.5}), optimizer, 10)
+    assert scheduler.get_last_lr() == [0.5]
+    with pytest.raises(ValueError, match="cannot find 'NoSuchLR'"):
+        schedule_for(config("NoSuchLR", {}), optimizer, 10)
+    with pytest.raises(ValueError, match="do not fit StepLR"):
+        schedule_for(config("StepLR", {"bogus": 1}), optimizer, 10)

@@ -101,6 +101,8 @@ class OptimizerConfig:
     lr_scheduler_timescale: int | None = opt(None, "inverse_sqrt: the decay timescale in steps (default: the "
                                              "warm-up steps, or 10,000).", min=1)
     lr_scheduler_args: dict = opt(None, "Extra scheduler keyword arguments.", factory=dict)
+    lr_scheduler_type: str | None = opt(None, "A schedule class instead of lr_scheduler: a torch.optim.lr_scheduler "
+                                        "name (e.g. OneCycleLR) or module.Class, built with lr_scheduler_args.")
 
 
 @dataclass

@@ -250,7 +250,7 @@ OPTIONS: dict[str, Opt] = {
     "optimizer_args": Opt(LIST, to=_key_values("optimizer.args")),
     "lr_scheduler": Opt(VALUE, "constant", to=_scheduler),
     "lr_scheduler_args": Opt(LIST, to=_key_values("optimizer.lr_scheduler_args")),
-    "lr_scheduler_type": refuse(f"{NOT_YET}: custom schedule classes", VALUE, ""),
+    "lr_scheduler_type": Opt(VALUE, "", to="optimizer.lr_scheduler_type"),
     "lr_warmup_steps": Opt(VALUE, 0, to="optimizer.lr_warmup_steps"),
     "lr_decay_steps": Opt(VALUE, 0, to="optimizer.lr_decay_steps"),
     "lr_scheduler_num_cycles": Opt(VALUE, 1, to="optimizer.lr_scheduler_num_cycles"),

@@ -127,7 +127,27 @@ def build_scheduler(name: str, optimizer, given: ScheduleInputs, args: dict | No
         raise ValueError(f"optimizer.lr_scheduler_args do not fit the {name} schedule: {exc!r}") from None
 
 
+def custom_scheduler(type_name: str, optimizer, args: dict | None = None):
+    """``lr_scheduler_type``, as kohya reads it: a class of torch.optim.lr_scheduler, or
+    ``module.Class``, called with the optimizer and ``lr_scheduler_args``."""
+    import importlib
+
+    module_name, _, class_name = type_name.rpartition(".")
+    try:
+        module = importlib.import_module(module_name or "torch.optim.lr_scheduler")
+        cls = getattr(module, class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"optimizer.lr_scheduler_type: cannot find {type_name!r} ({exc}); give a "
+                         "torch.optim.lr_scheduler class name or module.Class") from None
+    try:
+        return cls(optimizer, **(args or {}))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"optimizer.lr_scheduler_args do not fit {type_name}: {exc}") from None
+
+
 def schedule_for(optimizer_config, optimizer, total_steps: int):
     """The run's schedule from its [optimizer] table (training and --check build it this way)."""
+    if optimizer_config.lr_scheduler_type:
+        return custom_scheduler(optimizer_config.lr_scheduler_type, optimizer, optimizer_config.lr_scheduler_args)
     return build_scheduler(optimizer_config.lr_scheduler, optimizer,
                            ScheduleInputs.of(optimizer_config, total_steps), optimizer_config.lr_scheduler_args)
