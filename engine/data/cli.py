@@ -335,14 +335,19 @@ def _print_health(paths, captions, settings, args, console, exif_transpose: bool
 
 
 def _add_cache(commands) -> None:
-    p = commands.add_parser("cache", help="latent cache maintenance (prune)", description="Latent cache maintenance.")
+    p = commands.add_parser("cache", help="latent cache: encode now, prune", description="Latent cache maintenance.")
     sub = p.add_subparsers(dest="action", required=True)
     prune = sub.add_parser("prune", help="delete cache entries no run uses any more")
     prune.add_argument("config", help="run TOML (names the cache folder)")
     prune.add_argument("--only-this-run", action="store_true",
                        help="keep only the entries this run used (forget other runs' manifests)")
     prune.add_argument("--dry-run", action="store_true", help="show what would be deleted")
-    p.set_defaults(run=_cache)
+    prune.set_defaults(run=_cache)
+    encode = sub.add_parser("encode", help="encode the run's latents now, train later",
+                            description="Encode every latent the run would cache at its start (its model, "
+                                        "dataset and cache settings), so training starts without waiting.")
+    encode.add_argument("config", help="run TOML")
+    encode.set_defaults(run=_cache_encode)
 
 
 def _live_run_using(cache_dir: Path, runs_root: Path) -> str | None:
@@ -358,6 +363,26 @@ def _live_run_using(cache_dir: Path, runs_root: Path) -> str | None:
         if holder is not None:
             return f"{folder} is in use by {holder.describe()}"
     return None
+
+
+def _cache_encode(args) -> int:
+    from engine.config.problems import ConfigError
+    from engine.console import print_problems
+    from engine.runlock import RunFolderBusy
+    from engine.train.encode import encode_latents
+
+    console = _console()
+    try:
+        result = encode_latents(args.config, lambda line: console.print(line))
+    except ConfigError as exc:
+        print_problems(exc.problems)
+        return EXIT_USAGE
+    except (ValueError, RunFolderBusy) as exc:
+        print(f"sdft cache encode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    console.print(f"latents: {result.encoded} encoded, {result.reused} already cached, {result.imported} imported "
+                  f"from kohya .npz, {len(result.failed)} image(s) could not be read")
+    return EXIT_OK
 
 
 def _cache(args) -> int:
