@@ -810,12 +810,18 @@ class WizardState:
         from engine.preflight import check_run_text
 
         run_path = Path(run_path or self.default_run_path())
-        unsaved_metadata = self.metadata_file is None and self.image_dir is not None
         _config, problems = check_run_text(self.render_toml(run_path), file=str(run_path),
-                                           base_dir=run_path.parent, skip_data=unsaved_metadata)
-        if unsaved_metadata:
-            problems = [p for p in problems if not (p.key.endswith("metadata_file") and "not found" in p.message)]
-        return problems
+                                           base_dir=run_path.parent, skip_data=self._metadata_unsaved())
+        return self._without_unsaved_metadata(problems)
+
+    def _metadata_unsaved(self) -> bool:
+        """A folder dataset: its metadata JSON is written on save, so until then it is missing."""
+        return self.metadata_file is None and self.image_dir is not None
+
+    def _without_unsaved_metadata(self, problems: list) -> list:
+        if not self._metadata_unsaved():
+            return problems
+        return [p for p in problems if not (p.key.endswith("metadata_file") and "not found" in p.message)]
 
     def free_run_path(self, wanted: Path) -> Path:
         """``wanted`` or the first ``NAME-2.toml``, ``NAME-3.toml``, ... that does not exist."""
@@ -840,11 +846,7 @@ class WizardState:
         try:
             _config, _doc, warnings = parse_run_text(text, file=str(run_path), base_dir=run_path.parent)
         except ConfigError as exc:
-            problems = list(exc.problems)
-            if self.metadata_file is None and self.image_dir is not None:
-                # The metadata JSON is written on save; until then "not found" is expected.
-                problems = [p for p in problems if not (p.key.endswith("metadata_file") and "not found" in p.message)]
-            return problems
+            return self._without_unsaved_metadata(list(exc.problems))
         return list(warnings)
 
 

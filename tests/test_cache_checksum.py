@@ -11,17 +11,25 @@ from engine.data.pipeline import TrainingData
 from test_data_pipeline import TOML, dataset, vae  # noqa: F401 - shared fixtures
 
 
-def test_a_garbled_but_finite_entry_is_re_encoded_with_a_warning_naming_its_image(dataset, vae):  # noqa: F811
-    cfg = run_config(dataset, TOML)
+def _cache_and_garble_first_entry(cfg, encoder, garble):
+    """Cache every latent, then change the first entry's ``mean`` in place, keeping its metadata
+    (checksum included). Returns (the first data, the entry, its metadata, the garbled tensors)."""
     first = TrainingData.from_config(cfg, log=lambda s: None)
-    first.prepare_latents(vae, "cpu")
+    first.prepare_latents(encoder, "cpu")
     victim = first._latents[0]
     with safe_open(str(victim.file), "pt") as fh:
         meta = fh.metadata()
-    assert len(meta["sdft.tensors_sha256"]) == 64
     tensors = load_file(str(victim.file))
-    tensors["mean"] = tensors["mean"] * 1.5 + 0.25          # finite, right shape: only the checksum sees it
+    tensors["mean"] = garble(tensors["mean"])
     save_file(tensors, str(victim.file), metadata=meta)
+    return first, victim, meta, tensors
+
+
+def test_a_garbled_but_finite_entry_is_re_encoded_with_a_warning_naming_its_image(dataset, vae):  # noqa: F811
+    cfg = run_config(dataset, TOML)
+    # finite, right shape: only the checksum sees it
+    first, victim, meta, tensors = _cache_and_garble_first_entry(cfg, vae, lambda mean: mean * 1.5 + 0.25)
+    assert len(meta["sdft.tensors_sha256"]) == 64
     lines = []
     again = TrainingData.from_config(cfg, log=lines.append)
     again.prepare_latents(vae, "cpu")
@@ -48,14 +56,7 @@ def test_entries_without_a_checksum_from_older_versions_are_still_reused(dataset
 
 def test_verify_exists_trusts_the_files_and_full_checks_them(dataset, vae):  # noqa: F811
     cfg = run_config(dataset, TOML)
-    first = TrainingData.from_config(cfg, log=lambda s: None)
-    first.prepare_latents(vae, "cpu")
-    victim = first._latents[0]
-    with safe_open(str(victim.file), "pt") as fh:
-        meta = fh.metadata()
-    tensors = load_file(str(victim.file))
-    tensors["mean"] = tensors["mean"] + 0.5
-    save_file(tensors, str(victim.file), metadata=meta)
+    _first, victim, _meta, tensors = _cache_and_garble_first_entry(cfg, vae, lambda mean: mean + 0.5)
     trusting = run_config(dataset, TOML, cache={"verify": "exists"})
     again = TrainingData.from_config(trusting, log=lambda s: None)
     again.prepare_latents(vae, "cpu")

@@ -81,7 +81,9 @@ def _function(name: str):
 def scheduler_arg_names(name: str) -> list[str]:
     """The keys ``optimizer.lr_scheduler_args`` may hold for schedule ``name``."""
     params = inspect.signature(_function(name)).parameters
-    taken = set(_SCHEDULE_OPTIONS[name]) | {"min_lr"} if name == "cosine_with_min_lr" else set(_SCHEDULE_OPTIONS[name])
+    taken = set(_SCHEDULE_OPTIONS[name])
+    if name == "cosine_with_min_lr":
+        taken.add("min_lr")   # the floor is given as a ratio (lr_scheduler_min_lr_ratio), as kohya does
     return [p for p in params if p != "optimizer" and p not in taken]
 
 
