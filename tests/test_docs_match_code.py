@@ -95,7 +95,7 @@ def test_the_event_table_lists_every_kind_with_its_fields_in_order():
 
 
 def test_the_cache_key_table_lists_every_hashed_field(monkeypatch):
-    from engine.data import cache
+    from engine.data import cache, cache_keys
 
     hashed = {}
 
@@ -103,7 +103,7 @@ def test_the_cache_key_table_lists_every_hashed_field(monkeypatch):
         hashed.update(obj)
         return json.dumps(obj, **kwargs)
 
-    monkeypatch.setattr(cache, "json", type("J", (), {"dumps": staticmethod(capture)}))
+    monkeypatch.setattr(cache_keys, "json", type("J", (), {"dumps": staticmethod(capture)}))
     job = cache.CacheJob(0, Path("x.png"), (64, 64), (64, 64), (64, 64), (0, 0), "area", False)
     cache.cache_key("0" * 64, job, "vae", "float32", "float16")   # float16 storage adds its field
     table = [_names(row[0])[0] for row in _table_rows("formats.md", "## The latent cache key")]

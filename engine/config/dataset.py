@@ -3,7 +3,9 @@
 The tables ``[general]`` and ``[[datasets]]`` (each with ``[[datasets.subsets]]``) are accepted
 unchanged, inline in a run TOML or in their own file (``dataset_config = "file.toml"``, or a
 ``.json`` with the same shape). Values merge per field: subset → dataset → general → default.
-Every problem is collected at once with its dotted key, file:line and a hint.
+Every problem is collected at once with its dotted key, file:line and a hint. The key tables
+and the check of one table's values are in dataset_keys.py; the resolved shapes in
+dataset_specs.py (both re-exported here).
 
 Pure Python: the wizard imports this before any torch is loaded.
 """
@@ -12,292 +14,30 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config.problems import Problem, ProblemList, current_spelling, did_you_mean
-
-INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")
-
-# Key kinds: "int", "number" (float or int), "bool", "str", plus special checkers below.
-_INT, _NUM, _BOOL, _STR = "int", "number", "bool", "str"
-
-# Keys allowed in [general] and [[datasets]] only (never in a subset).
-DATASET_LEVEL: dict[str, tuple[str, Any]] = {
-    "batch_size": (_INT, 1),
-    "resolution": ("resolution", None),
-    "enable_bucket": (_BOOL, False),
-    "bucket_no_upscale": (_BOOL, False),
-    "min_bucket_reso": (_INT, 256),
-    "max_bucket_reso": (_INT, 1024),
-    "bucket_reso_steps": (_INT, 64),
-    "network_multiplier": (_NUM, 1.0),
-    "validation_split": (_NUM, 0.0),
-    "validation_seed": (_INT, None),
-}
-
-# Keys allowed at every level (subset → dataset → general → default).
-SUBSET_LEVEL: dict[str, tuple[str, Any]] = {
-    "num_repeats": (_INT, 1),
-    "keep_tokens": (_INT, 0),
-    "token_warmup_min": (_INT, 1),
-    "caption_dropout_every_n_epochs": (_INT, 0),
-    "token_warmup_step": (_NUM, 0),
-    "caption_dropout_rate": (_NUM, 0.0),
-    "caption_tag_dropout_rate": (_NUM, 0.0),
-    "shuffle_caption": (_BOOL, False),
-    "enable_wildcard": (_BOOL, False),
-    "flip_aug": (_BOOL, False),
-    "color_aug": (_BOOL, False),
-    "random_crop": (_BOOL, False),
-    "caption_separator": (_STR, ","),
-    "keep_tokens_separator": (_STR, ""),
-    "secondary_separator": (_STR, None),
-    "caption_prefix": (_STR, None),
-    "caption_suffix": (_STR, None),
-    "resize_interpolation": ("interpolation", None),
-    "face_crop_aug_range": ("range2", None),
-    "custom_attributes": ("table", None),
-}
-
-# Keys allowed only inside a subset.
-SUBSET_ONLY: dict[str, tuple[str, Any]] = {
-    "metadata_file": (_STR, None),
-    "image_dir": (_STR, None),
-    "alpha_mask": (_BOOL, False),
-}
-
-# DreamBooth / ControlNet keys: a different kohya training method.
-FOREIGN_METHOD_KEYS = ("caption_extension", "class_tokens", "cache_info", "is_reg",
-                       "conditioning_data_dir", "prior_loss_weight")
-FOREIGN_HINT = "not the metadata fine-tuning method; build a metadata file with `sdft prepare`"
-# kohya dataset keys for other trainers or features sdft lacks: refused unless at their default
-NOT_IN_SDFT = {"network_multiplier": "it scales a LoRA network, and sdft fine-tunes the model itself",
-               "validation_split": "no validation loss yet; every image trains",
-               "validation_seed": "no validation loss yet; every image trains"}
-RATE_KEYS = ("caption_dropout_rate", "caption_tag_dropout_rate", "validation_split")
-NON_NEGATIVE = ("keep_tokens", "token_warmup_min", "caption_dropout_every_n_epochs", "token_warmup_step")
-
-
-@dataclass
-class SubsetSpec:
-    """One ``[[datasets.subsets]]`` table with every value resolved (merge order applied)."""
-
-    metadata_file: Path
-    image_dir: Path | None = None
-    num_repeats: int = 1
-    keep_tokens: int = 0
-    token_warmup_min: int = 1
-    caption_dropout_every_n_epochs: int = 0
-    token_warmup_step: float = 0
-    caption_dropout_rate: float = 0.0
-    caption_tag_dropout_rate: float = 0.0
-    shuffle_caption: bool = False
-    enable_wildcard: bool = False
-    flip_aug: bool = False
-    color_aug: bool = False
-    random_crop: bool = False
-    caption_separator: str = ","
-    keep_tokens_separator: str = ""
-    secondary_separator: str | None = None
-    caption_prefix: str | None = None
-    caption_suffix: str | None = None
-    resize_interpolation: str | None = None
-    face_crop_aug_range: tuple[float, float] | None = None
-    custom_attributes: dict | None = None
-    alpha_mask: bool = False
-    key: str = ""                       # dotted key, e.g. "datasets[0].subsets[1]"
-
-    @property
-    def cacheable(self) -> bool:
-        """random_crop / color_aug change pixels per draw, so latents cannot be cached."""
-        return not (self.random_crop or self.color_aug)
-
-
-@dataclass
-class DatasetSpec:
-    """One ``[[datasets]]`` table: bucketing and batch settings plus its subsets."""
-
-    subsets: list[SubsetSpec] = field(default_factory=list)
-    batch_size: int = 1
-    resolution: tuple[int, int] | None = None    # None = from the model (512, or 768 for 768-v)
-    enable_bucket: bool = False
-    bucket_no_upscale: bool = False
-    min_bucket_reso: int = 256
-    max_bucket_reso: int = 1024
-    bucket_reso_steps: int = 64
-    key: str = ""
-
-
-@dataclass
-class DatasetBlueprint:
-    """Every dataset of a run, resolved; ``source`` is the file it came from (or None)."""
-
-    datasets: list[DatasetSpec] = field(default_factory=list)
-    source: str | None = None
-
-    @property
-    def subsets(self) -> list[SubsetSpec]:
-        return [s for d in self.datasets for s in d.subsets]
-
-
-def round_bucket_limits(min_b: int, max_b: int, d: int) -> tuple[int, int]:
-    """min rounded down, max rounded up to multiples of the step."""
-    if d <= 0:
-        return min_b, max_b
-    return (min_b // d) * d, -((-max_b) // d) * d
-
-
-# ---------------------------------------------------------------- problems with lines
-
-
-def _line_for(problems: ProblemList, key: str) -> int | None:
-    """Line of ``key`` or of its nearest parent table (a missing key has no line of its own)."""
-    probe = key
-    while probe:
-        if probe in problems.line_of:
-            return problems.line_of[probe]
-        if "." in probe:
-            probe = probe.rsplit(".", 1)[0]
-        elif "[" in probe:
-            probe = probe.rsplit("[", 1)[0]
-        else:
-            break
-    return None
-
-
-def _report(problems: ProblemList, key: str, message: str, hint: str = "", severity: str = "error") -> None:
-    problems.items.append(Problem(key, message, hint, problems.file, _line_for(problems, key), severity))
-
-
-# ---------------------------------------------------------------- type checks
-
-
-def _check_value(kind: str, value: Any) -> str | None:
-    """An error text when ``value`` does not fit ``kind``, else None."""
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    is_num = (is_int or isinstance(value, float)) and not isinstance(value, bool)
-    if kind == _INT:
-        return None if is_int else "must be an integer"
-    if kind == _NUM:
-        if not is_num:
-            return "must be a number"
-        return None if math.isfinite(value) else "must be a finite number"
-    if kind == _BOOL:
-        return None if isinstance(value, bool) else "must be true or false"
-    if kind == _STR:
-        return None if isinstance(value, str) else "must be a string"
-    if kind == "resolution":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return None if value > 0 else "must be positive"
-        if (isinstance(value, (list, tuple)) and len(value) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-            return None if all(v > 0 for v in value) else "must be positive"
-        return "must be an integer or two integers [width, height]"
-    if kind == "interpolation":
-        if value in INTERPOLATIONS:
-            return None
-        return "must be one of " + ", ".join(INTERPOLATIONS)
-    if kind == "range2":
-        ok = (isinstance(value, (list, tuple)) and len(value) == 2
-              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
-        return None if ok else "must be two numbers [low, high]"
-    if kind == "table":
-        return None if isinstance(value, dict) else "must be a table"
-    raise AssertionError(kind)
-
-
-_TYPE_HINTS = {
-    _INT: "write a whole number without quotes, e.g. 2",
-    _NUM: "write a number without quotes, e.g. 0.1",
-    _BOOL: "write true or false without quotes",
-    _STR: 'write a quoted string, e.g. ","',
-    "resolution": "e.g. resolution = 512 or resolution = [768, 512]",
-    "interpolation": 'e.g. resize_interpolation = "lanczos"',
-    "range2": "e.g. face_crop_aug_range = [2.0, 4.0]",
-    "table": "write it as an inline table { name = value }",
-}
-
-
-def _normalise(kind: str, value: Any) -> Any:
-    if kind == "resolution":
-        return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-    if kind == "range2":
-        return (float(value[0]), float(value[1]))
-    if kind == "table":
-        return dict(value)
-    return value
-
-
-def _validate_table(table: Any, prefix: str, allowed: dict[str, tuple[str, Any]], level: str,
-                    problems: ProblemList, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Type-check one table; returns the good values (normalised). Records every problem."""
-    good: dict[str, Any] = {}
-    if not isinstance(table, dict):
-        _report(problems, prefix, f"must be a table, got {table!r}", "write it as [[datasets]] / [[datasets.subsets]] tables of key = value lines")
-        return good
-    known_everywhere = {**DATASET_LEVEL, **SUBSET_LEVEL, **SUBSET_ONLY}
-    for name, value in table.items():
-        key = f"{prefix}.{name}"
-        if name in skip:
-            continue
-        name = current_spelling(name, table, key, lambda *a: _report(problems, *a))
-        if name is None:
-            continue
-        if name in FOREIGN_METHOD_KEYS:
-            _report(problems, key, f"{name} belongs to kohya's DreamBooth/ControlNet method", FOREIGN_HINT)
-            continue
-        if name not in allowed:
-            if name in SUBSET_ONLY:
-                _report(problems, key, f"{name} is only allowed inside [[datasets.subsets]]",
-                        "move it into a [[datasets.subsets]] table")
-            elif name in DATASET_LEVEL and level == "subset":
-                _report(problems, key, f"{name} is a dataset-level key, not allowed in a subset",
-                        "move it to the [[datasets]] table or to [general]")
-            elif name in known_everywhere:
-                _report(problems, key, f"{name} is not allowed here", "[general] holds defaults, [[datasets]] dataset-level keys, [[datasets.subsets]] per-folder keys")
-            else:
-                _report(problems, key, "unknown key", did_you_mean(name, allowed))
-            continue
-        kind, _default = allowed[name]
-        error = _check_value(kind, value)
-        if error:
-            _report(problems, key, f"{error}, got {value!r}", _TYPE_HINTS.get(kind, ""))
-            continue
-        if name in NOT_IN_SDFT:
-            # accepted at kohya's default (its GUI writes them out); any other value would do nothing
-            if value == DATASET_LEVEL[name][1]:
-                _report(problems, key, f"{name} at its default: nothing to do", "", "note")
-            else:
-                _report(problems, key, f"{name} is not in sdft: {NOT_IN_SDFT[name]}", f"remove {name}")
-                continue
-        if name in RATE_KEYS and not 0 <= value <= 1:
-            _report(problems, key, f"must be between 0 and 1, got {value!r}", "a probability: 0 = never, 1 = always")
-            continue
-        if name == "batch_size" and value < 1:
-            _report(problems, key, f"must be at least 1, got {value!r}", "use batch_size = 1 or more")
-            continue
-        if name in NON_NEGATIVE and value < 0:
-            _report(problems, key, f"must not be negative, got {value!r}", "use 0 to switch it off")
-            continue
-        if name in ("min_bucket_reso", "max_bucket_reso") and value <= 0:
-            _report(problems, key, f"must be positive, got {value!r}", "e.g. 256 / 1024")
-            continue
-        if name == "bucket_reso_steps":
-            if value <= 0 or value % 8:
-                _report(problems, key, f"must be a positive multiple of 8, got {value!r}",
-                        "latents are 1/8 of the image size; 64 is the usual value")
-                continue
-            if value % 64:
-                _report(problems, key, f"{value} is not a multiple of 64 (kohya's fine_tune refuses it)",
-                        "sdft accepts it; use 64 for kohya parity", "warning")
-        if name == "face_crop_aug_range" and value[0] > value[1]:
-            _report(problems, key, f"low must not exceed high, got {value!r}", "e.g. [2.0, 4.0]")
-            continue
-        good[name] = _normalise(kind, value)
-    return good
-
+from engine.config.dataset_keys import (  # noqa: F401 - re-exported: the tables' one public home
+    DATASET_LEVEL,
+    FOREIGN_HINT,
+    FOREIGN_METHOD_KEYS,
+    INTERPOLATIONS,
+    NON_NEGATIVE,
+    NOT_IN_SDFT,
+    RATE_KEYS,
+    SUBSET_LEVEL,
+    SUBSET_ONLY,
+)
+from engine.config.dataset_keys import report as _report
+from engine.config.dataset_keys import validate_table as _validate_table
+from engine.config.dataset_specs import (  # noqa: F401 - re-exported
+    DatasetBlueprint,
+    DatasetSpec,
+    SubsetSpec,
+    check_resolution,
+    round_bucket_limits,
+)
+from engine.config.problems import Problem, ProblemList, did_you_mean
 
 # ---------------------------------------------------------------- parse
 
@@ -438,18 +178,6 @@ def _note_resolution(spec: DatasetSpec, prefix: str, levels: list[dict], problem
     _report(problems, key, f"{w}x{h} is not a multiple of 64: {what}",
             "SD models are trained at multiples of 64 (512, 768)", "note")
 
-
-def check_resolution(spec: DatasetSpec, resolution: tuple[int, int]) -> list[str]:
-    """The same limit checks once a model-derived resolution is known (messages, empty = fine)."""
-    if not spec.enable_bucket or spec.bucket_no_upscale:
-        return []
-    min_b, max_b = round_bucket_limits(spec.min_bucket_reso, spec.max_bucket_reso, spec.bucket_reso_steps)
-    out = []
-    if min_b > min(resolution):
-        out.append(f"{spec.key}: min_bucket_reso {min_b} is larger than the resolution's short side {min(resolution)}")
-    if max_b < max(resolution):
-        out.append(f"{spec.key}: max_bucket_reso {max_b} is smaller than the resolution's long side {max(resolution)}")
-    return out
 
 
 def _parse_subset(raw: Any, prefix: str, levels: list[dict], problems: ProblemList, base_dir: Path) -> SubsetSpec | None:

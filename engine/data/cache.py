@@ -1,54 +1,41 @@
 """Content-addressed latent cache and kohya ``.npz`` import.
 
 An entry's key hashes everything that changes the latent: the image bytes, bucket, resize,
-crop, flip, interpolation, the VAE's weights and the encode dtype. So a second run encodes
-only what changed, and an edited image gets a new entry instead of a stale one (kohya #931).
-Files are ``<cache_dir>/<key[:2]>/<key>.safetensors`` with ``mean``/``std`` (and flipped
-twins); ``index.json`` remembers image hashes by path + size + mtime.
+crop, flip, interpolation, the VAE's weights and the encode dtype (cache_keys.py). So a second
+run encodes only what changed, and an edited image gets a new entry instead of a stale one
+(kohya #931). Files are ``<cache_dir>/<key[:2]>/<key>.safetensors`` with ``mean``/``std`` (and
+flipped twins), checked by cache_entries.py; kohya's ``.npz`` files are imported by
+kohya_npz.py; manifests and pruning are cache_prune.py.
 
 Decoding and resizing run in a thread pool ahead of the VAE, so the encoder never waits.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-import numpy as np
 import torch
 
-from engine import atomic
-
-CACHE_VERSION = "1"
-INDEX_NAME = "index.json"
-MANIFEST_DIR = "runs"
-
-
-@dataclass(frozen=True)
-class CacheJob:
-    """One image as it enters one bucket: everything that decides its pixels."""
-
-    item: int
-    path: Path
-    size: tuple[int, int]
-    bucket: tuple[int, int]
-    resized: tuple[int, int]
-    offset: tuple[int, int]
-    interpolation: str
-    flip: bool                      # also encode the mirrored image (flip_aug)
-    exif_transpose: bool = True
-    kohya_npz: bool = True          # False: a kohya <name>.npz may belong to another image of that name
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (4, self.bucket[1] // 8, self.bucket[0] // 8)
+# re-exported: engine.data.cache stays the one import for the cache's public names
+from engine.data.cache_entries import check_latents, load_entry, tensors_sha256, write_entry  # noqa: F401
+from engine.data.cache_keys import (  # noqa: F401
+    CACHE_VERSION,
+    INDEX_NAME,
+    CacheJob,
+    ImageHashIndex,
+    cache_key,
+    entry_path,
+    file_sha256,
+    vae_identity,
+)
+from engine.data.cache_prune import MANIFEST_DIR, prune_cache, referenced_keys, write_manifest  # noqa: F401
+from engine.data.kohya_npz import import_kohya_npz, kohya_npz_candidates  # noqa: F401
 
 
 @dataclass
@@ -75,212 +62,6 @@ class CacheResult:
     encoded: int = 0
     reused: int = 0
     imported: int = 0
-
-
-# ---------------------------------------------------------------- identities
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
-def vae_identity(vae) -> str:
-    """sha256 over the VAE's tensors in sorted-name order (names, shapes, dtypes and bytes)."""
-    h = hashlib.sha256()
-    state = vae.state_dict()
-    for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-class ImageHashIndex:
-    """``index.json``: path → size, mtime_ns, sha256, so unchanged images are not re-hashed."""
-
-    def __init__(self, cache_dir: Path | None):
-        self.file = cache_dir / INDEX_NAME if cache_dir else None
-        self.entries: dict[str, dict] = {}
-        self.dirty = False
-        self.lock = threading.Lock()
-        if self.file and self.file.is_file():
-            try:
-                data = json.loads(self.file.read_text(encoding="utf-8"))
-                self.entries = dict(data.get("images", {}))
-            except (OSError, ValueError):
-                self.entries = {}
-
-    def sha256(self, path: Path) -> str:
-        key = str(Path(path).resolve())
-        st = os.stat(path)
-        with self.lock:
-            hit = self.entries.get(key)
-        if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
-            return hit["sha256"]
-        digest = file_sha256(path)
-        with self.lock:
-            self.entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-            self.dirty = True
-        return digest
-
-    def save(self) -> None:
-        if self.file and self.dirty:
-            atomic.write_text(self.file, json.dumps({"version": 1, "images": self.entries}, indent=1, sort_keys=True))
-            self.dirty = False
-
-
-def cache_key(image_sha256: str, job: CacheJob, vae_id: str, encode_dtype: str, store_dtype: str = "float32") -> str:
-    fields = {
-        "image": image_sha256,
-        "bucket": list(job.bucket),
-        "resized": list(job.resized),
-        "crop": list(job.offset),
-        "flip": bool(job.flip),
-        "interpolation": job.interpolation,
-        "exif_transpose": bool(job.exif_transpose),
-        "vae": vae_id,
-        "dtype": encode_dtype,
-        "version": CACHE_VERSION,
-    }
-    if store_dtype != "float32":   # float32 entries keep the keys they had before this field existed
-        fields["store"] = store_dtype
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
-
-
-def entry_path(cache_dir: Path, key: str) -> Path:
-    return cache_dir / key[:2] / f"{key}.safetensors"
-
-
-# ---------------------------------------------------------------- verification
-
-
-def check_latents(tensors: dict[str, torch.Tensor], shape: tuple[int, int, int], flip: bool) -> str | None:
-    """None when the entry is usable: right shape, floating point, finite."""
-    names = ["mean", "std"] + (["mean_flipped", "std_flipped"] if flip else [])
-    for name in names:
-        t = tensors.get(name)
-        if t is None:
-            return f"missing tensor {name!r}"
-        if tuple(t.shape) != shape:
-            return f"{name} has shape {tuple(t.shape)}, expected {shape}"
-        if not t.is_floating_point():
-            return f"{name} is not floating point"
-        if not bool(torch.isfinite(t).all()):
-            return f"{name} has non-finite values"
-    return None
-
-
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """A checksum of an entry's stored arrays (names, dtypes, shapes and bytes, in name order):
-    finite but garbled values (a bad disk, a partial copy) fail it where range checks pass."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def load_entry(file: Path, shape: tuple[int, int, int], flip: bool, verify: str) -> tuple[dict | None, str | None]:
-    """(tensors, None) for a usable entry; (None, why) when it is broken and must be
-    re-encoded; (None, None) when there is none. ``verify = "exists"`` trusts the file."""
-    if not file.is_file():
-        return None, None
-    if verify == "exists":
-        return {}, None
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(file))
-        with safe_open(str(file), framework="pt") as fh:
-            expected = (fh.metadata() or {}).get("sdft.tensors_sha256")
-    except Exception as exc:  # noqa: BLE001 - any unreadable entry is simply encoded again
-        return None, f"unreadable ({type(exc).__name__})"
-    problem = check_latents(tensors, shape, flip)
-    if problem is None and expected is not None and tensors_sha256(tensors) != expected:
-        problem = "its checksum does not match its contents"
-    return (None, problem) if problem else (tensors, None)
-
-
-# ---------------------------------------------------------------- kohya npz
-
-
-def _npz_latent(data, base: str, latent_hw: tuple[int, int]) -> np.ndarray | None:
-    h, w = latent_hw
-    for name in (base, f"{base}_{h}x{w}"):
-        if name in data.files:
-            return data[name]
-    return None
-
-
-def kohya_npz_candidates(image: Path, original_size: tuple[int, int]) -> list[Path]:
-    """Files kohya may have written for ``image``, in preference order (all eras)."""
-    stem = image.with_suffix("")
-    w, h = original_size
-    return [
-        stem.with_name(stem.name + ".npz"),                                   # 2022-12 … 2024-07 (+ preferred at HEAD)
-        stem.with_name(f"{stem.name}_{w:04d}x{h:04d}_sd.npz"),                # HEAD, LoRA scripts
-        stem.with_name(f"{stem.name}_{w:04d}x{h:04d}_sdxl.npz"),              # HEAD, fine_tune.py
-    ]
-
-
-def _older_than(cache_file: Path, image: Path) -> bool:
-    try:
-        return cache_file.stat().st_mtime < image.stat().st_mtime
-    except OSError:
-        return True
-
-
-def import_kohya_npz(image: Path, original_size: tuple[int, int], bucket: tuple[int, int],
-                     flip: bool) -> dict[str, torch.Tensor] | None:
-    """Latents from a kohya npz when one exists and fits the bucket; None otherwise.
-
-    The npz holds one posterior draw (unscaled); it becomes ``mean`` with ``std = 0`` ("kohya"
-    mode). With flip_aug the flipped entry must exist too.
-    """
-    shape = (4, bucket[1] // 8, bucket[0] // 8)
-    hw = (shape[1], shape[2])
-    for file in kohya_npz_candidates(image, original_size):
-        if not file.is_file():
-            continue
-        if _older_than(file, image):
-            continue  # the image was edited after kohya cached it: the latent is stale (kohya #931)
-        try:
-            with np.load(file, allow_pickle=False) as data:
-                latents = _npz_latent(data, "latents", hw)
-                if latents is None:
-                    latents = data["arr_0"] if "arr_0" in data.files else None
-                flipped = _npz_latent(data, "latents_flipped", hw)
-                if latents is not None and flipped is None and flip:
-                    # Dec-2022 era: the mirrored latent sits in <stem>_flip.npz
-                    flip_file = file.with_name(file.stem + "_flip.npz")
-                    if flip_file.is_file():
-                        with np.load(flip_file, allow_pickle=False) as fdata:
-                            flipped = fdata["arr_0"] if "arr_0" in fdata.files else None
-        except Exception:
-            continue
-        if latents is None:
-            continue
-        tensors = {"mean": torch.from_numpy(np.asarray(latents, dtype=np.float32).copy())}
-        tensors["std"] = torch.zeros_like(tensors["mean"])
-        if flip:
-            if flipped is None:
-                continue
-            tensors["mean_flipped"] = torch.from_numpy(np.asarray(flipped, dtype=np.float32).copy())
-            tensors["std_flipped"] = torch.zeros_like(tensors["mean_flipped"])
-        if check_latents(tensors, shape, flip) is None:
-            return tensors
-    return None
 
 
 # ---------------------------------------------------------------- encoding
@@ -488,7 +269,7 @@ class LatentCache:
                     "sdft.encode_dtype": _dtype_name(dtype),
                     "sdft.tensors_sha256": tensors_sha256(tensors),
                 }
-                writes.append(writer.submit(_write_entry, file, tensors, meta))
+                writes.append(writer.submit(write_entry, file, tensors, meta))
                 result.latents[job.item] = CachedLatent(key, file=file)
             else:
                 result.latents[job.item] = CachedLatent(key, tensors=tensors)
@@ -511,12 +292,6 @@ def jobs_path(todo, item: int) -> str:
     return str(item)
 
 
-def _write_entry(file: Path, tensors: dict, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    with atomic.atomic_path(file) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
 
 def _place(module, device, dtype) -> None:
     """Move only when needed (diffusers warns on every dtype cast)."""
@@ -537,41 +312,3 @@ def _module_placement(module) -> dict:
         return {}
 
 
-# ---------------------------------------------------------------- manifests and pruning
-
-
-def write_manifest(cache_dir: Path, run_name: str, keys: Iterable[str]) -> Path:
-    """Record which entries a run uses, so ``sdft cache prune`` knows what is still needed."""
-    file = Path(cache_dir) / MANIFEST_DIR / f"{run_name}.json"
-    atomic.write_text(file, json.dumps({"keys": sorted(set(keys))}, indent=0))
-    return file
-
-
-def referenced_keys(cache_dir: Path, only: str | None = None) -> set[str]:
-    keys: set[str] = set()
-    folder = Path(cache_dir) / MANIFEST_DIR
-    if not folder.is_dir():
-        return keys
-    for file in folder.glob("*.json"):
-        if only is not None and file.stem != only:
-            continue
-        try:
-            keys.update(json.loads(file.read_text(encoding="utf-8")).get("keys", []))
-        except (OSError, ValueError):
-            continue
-    return keys
-
-
-def prune_cache(cache_dir: str | Path, keep: set[str], *, dry_run: bool = False) -> tuple[int, int]:
-    """Delete entries whose key is not in ``keep``: (files, bytes) removed."""
-    cache_dir = Path(cache_dir)
-    files = bytes_ = 0
-    for file in cache_dir.glob("??/*.safetensors"):
-        if file.stem in keep:
-            continue
-        size = file.stat().st_size
-        if not dry_run:
-            file.unlink(missing_ok=True)
-        files += 1
-        bytes_ += size
-    return files, bytes_
