@@ -26,28 +26,33 @@ class ModelProbe:
     v2: bool | None = None
     v_prediction: bool | None = None
     text_layers: int | None = None     # layers of the text encoder (clip_skip must not exceed them)
+    context_dim: int | None = None     # the U-Net's cross-attention width (768 SD1, 1024 SD2)
+    kind: str = ""                     # "diffusers folder", "single file", ...: what was looked at
+    error: str | None = None           # why the model cannot be used, when it cannot
     lines: list[str] = field(default_factory=list)
+
+    @property
+    def family(self) -> str | None:
+        return None if self.v2 is None else "sd2" if self.v2 else "sd1"
+
+    @property
+    def small(self) -> bool:
+        """A text width other than SD's 768/1024: a tiny test model (the demo's)."""
+        return self.context_dim is not None and self.context_dim not in (768, 1024)
+
+    def label(self) -> str:
+        """One line for the wizard, e.g. "SD 2.x, v-prediction (diffusers folder)"."""
+        if self.error or self.v2 is None:
+            return self.error or self.kind or "not detected"
+        name = "SD 2.x" if self.v2 else "SD 1.x"
+        pred = {True: ", v-prediction", False: ", epsilon", None: ""}[self.v_prediction]
+        kind = f"cross_attention_dim {self.context_dim}: a small test model" if self.small else self.kind
+        return name + pred + (f" ({kind})" if kind else "")
 
     @property
     def default_side(self) -> int:
         """The resolution training falls back to: 768 for SD 2.x 768-v, else 512."""
         return 768 if self.v2 and self.v_prediction else 512
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """Stands in for a tensor in the detection rules, which only look at names and shapes."""
-
-    shape: tuple
-
-
-def _safetensors_header(path: Path) -> tuple[dict[str, _Shape], dict[str, str]]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        metadata = dict(f.metadata() or {})
-        shapes = {k: _Shape(tuple(f.get_slice(k).get_shape())) for k in f.keys()}
-    return shapes, metadata
 
 
 def probe_model(config, problems: ProblemList) -> ModelProbe:
@@ -71,6 +76,7 @@ def probe_model(config, problems: ProblemList) -> ModelProbe:
         elif path.is_file() and is_safetensors(path):
             _probe_safetensors(path, config, probe)
         elif path.is_file():
+            probe.kind = "pickle checkpoint: detected when loading"
             probe.lines.append(f"{path.name}: a pickle checkpoint; SD 1.x/2.x and v-prediction are detected "
                                "when it loads")
         elif load._HUB_ID.match(str(source)) and not str(source).lower().endswith(load.SINGLE_FILE_EXT):
@@ -84,6 +90,21 @@ def probe_model(config, problems: ProblemList) -> ModelProbe:
         return probe
     for line in probe.lines:
         problems.add(MODEL_KEY, line, "", "note")
+    return probe
+
+
+def look_at_model(source: str, base_dir: Path | str = ".") -> ModelProbe:
+    """The wizard's quick look at a model: the probe ``--check`` runs, on the model alone."""
+    from engine.config.schema import RunConfig
+
+    if not (source or "").strip():
+        return ModelProbe(kind="no model chosen")
+    config = RunConfig(base_dir=str(base_dir))
+    config.model.pretrained_model_name_or_path = source.strip()
+    problems = ProblemList(file="")
+    probe = probe_model(config, problems)
+    errors = [p.message for p in problems.items if p.severity == "error"]
+    probe.error = errors[0] if errors else None
     return probe
 
 
@@ -121,6 +142,8 @@ def _probe_folder(folder: Path, config, probe: ModelProbe) -> None:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{folder}: a config.json cannot be read: {exc}") from None
     check_supported_folder(folder, ucfg)
+    probe.kind = "diffusers folder"
+    probe.context_dim = ucfg.get("cross_attention_dim")
     probe.text_layers = tcfg.get("num_hidden_layers")
     detected, why = detect_v2_folder(ucfg.get("cross_attention_dim", 768), tcfg.get("hidden_act", ""))
     v2 = resolve_v2(config.model.v2, detected, why)
@@ -133,13 +156,18 @@ def _probe_folder(folder: Path, config, probe: ModelProbe) -> None:
 def _probe_safetensors(path: Path, config, probe: ModelProbe) -> None:
     from engine.models.detect import check_supported, detect_v2_single_file, resolve_v2, resolve_v_parameterization
     from engine.models.errors import ModelLoadError
+    from engine.models.safetensors_header import HeaderError, read_header
 
     try:
-        shapes, metadata = _safetensors_header(path)
-    except Exception as exc:  # SafetensorError, OSError: a bad or truncated header
+        header = read_header(path)
+    except (OSError, HeaderError) as exc:
         raise ModelLoadError(f"{path}: cannot read it as safetensors ({exc}); download it again, or check "
                              "the path") from None
+    shapes, metadata = header.tensors, header.metadata
     check_supported(shapes, str(path))
+    probe.kind = "single file"
+    probe.context_dim = next((info.shape[-1] for name, info in shapes.items()
+                              if name.endswith("attn2.to_k.weight")), None)
     detected, why = detect_v2_single_file(shapes)
     if not detected:   # SD1's CLIP: count its layers (SD2's layer count depends on how it loads)
         found = {int(m.group(1)) for k in shapes if (m := _SD1_TEXT_LAYER.search(k))}
@@ -164,6 +192,7 @@ def _probe_prediction(config, probe: ModelProbe, found) -> None:
 def _probe_hub_id(repo_id: str, probe: ModelProbe) -> None:
     from engine.models.errors import ModelLoadError
 
+    probe.kind = "hub id: detected when loading"
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("SDFT_OFFLINE")
     if offline:   # the loader downloads nothing when offline (see engine.models.load)
         raise ModelLoadError(

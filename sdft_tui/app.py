@@ -22,7 +22,7 @@ from sdft_tui.screens.help import HelpScreen
 from sdft_tui.screens.options import OptionsScreen
 from sdft_tui.screens.review import ReviewScreen
 from sdft_tui.screens.wizard_base import STEPS
-from sdft_tui.state import WizardState
+from sdft_tui.session import WizardSession
 from sdft_tui.text import PlainNotifications
 
 STEP_NAMES = [name for name, _label in STEPS]
@@ -46,9 +46,9 @@ class SdftApp(PlainNotifications, App):
     ]
 
     def __init__(self, run_toml: Path | str | None = None, *, demo: bool = False, hardware=None,
-                 start_dir: Path | str | None = None, state: WizardState | None = None):
+                 start_dir: Path | str | None = None, state: WizardSession | None = None):
         super().__init__()
-        self.state = state or WizardState()
+        self.state = state or WizardSession()
         self.demo = demo
         self.run_toml = Path(run_toml) if run_toml else None
         self.start_dir = Path(start_dir) if start_dir else Path.cwd()
@@ -68,7 +68,7 @@ class SdftApp(PlainNotifications, App):
             if self.state.scan_error:
                 self.notify(self.state.scan_error, severity="error", timeout=10)
             if self.run_toml.parent.is_dir():
-                self.start_dir = self.state.image_dir or self.run_toml.parent
+                self.start_dir = self.state.index.image_dir or self.run_toml.parent
         self.push_screen("dataset")
         if self.demo:
             self.notify("The demo run: generated pictures and a tiny model. Look around, then F6 (Review) "
@@ -90,7 +90,7 @@ class SdftApp(PlainNotifications, App):
 
         self.state.hardware = info
         gpu = info.best_gpu
-        if gpu is not None and self.state.document is None and self.state.preset_applied is None:
+        if gpu is not None and self.state.draft.document is None and self.state.preset_applied is None:
             size = preset_for(gpu.total_bytes)
             replaced = self.state.apply_preset(size)
             self.notify(f"{gpu.name}: starting from the {size} GB preset" + "".join(f"\n{n}" for n in replaced),

@@ -147,9 +147,9 @@ def test_training_data_keeps_both_and_skips_their_kohya_npz(clash):
 
 def test_wizard_health_lists_the_clash(clash):
     """The wizard's dataset step shows the engine's findings: the clash is among them."""
-    from sdft_tui.state import WizardState
+    from sdft_tui.session import WizardSession
 
-    state = WizardState()
+    state = WizardSession()
     state.load_source(clash / "imgs")
     assert state.scan_error is None and len(state.records) == 4
     state.run_health_check()

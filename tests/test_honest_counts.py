@@ -115,7 +115,7 @@ def test_a_caption_file_that_is_not_utf8_is_a_health_warning_naming_it(tmp_path)
     from data_helpers import make_dataset
     from engine.data.captions import read_sidecar
     from engine.data.health import check_images
-    from sdft_tui.state import HEALTH_LABELS
+    from engine.data.health import KIND_LABELS as HEALTH_LABELS
 
     paths = make_dataset(tmp_path, [(64, 64), (64, 64)])
     latin1 = paths[0].with_suffix(".caption")

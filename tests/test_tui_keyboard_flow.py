@@ -14,7 +14,7 @@ from engine.config.run_toml import load_run_file
 from engine.data.buckets import BucketSettings, single_bucket_from_min_side
 from engine.hardware import HardwareInfo
 from sdft_tui.app import SdftApp
-from sdft_tui.state import WizardState
+from sdft_tui.session import WizardSession
 from tests.test_tui_polish import demo_like_run, run_app
 from tests.wizard_helpers import make_dataset, screen_text, settle
 
@@ -25,7 +25,7 @@ SIZE = (80, 24)
 def folder_app(tmp_path, **kwargs):
     """The wizard with a scanned folder of generated images (8 images, .caption and .txt sidecars)."""
     folder = make_dataset(tmp_path)
-    state = WizardState()
+    state = WizardSession()
     state.load_source(folder)
     return SdftApp(hardware=HardwareInfo(), start_dir=tmp_path, state=state, **kwargs), folder
 
@@ -242,7 +242,7 @@ def test_a_long_health_line_wraps_instead_of_being_cut(tmp_path):
     folder.mkdir()
     name = "a very long file name of a picture taken on the beach in the summer 0001.png"
     Image.new("RGB", (512, 512)).save(folder / name)
-    state = WizardState()
+    state = WizardSession()
     state.load_source(folder)
     app = SdftApp(hardware=HardwareInfo(), start_dir=tmp_path, state=state)
 
@@ -320,18 +320,18 @@ def test_the_dataset_step_says_what_txt_sidecars_hold_and_the_switch_sets_the_ru
 
 
 def test_a_run_file_reopened_keeps_its_sidecar_mode(tmp_path):
-    state = WizardState()
+    state = WizardSession()
     state.load_source(make_dataset(tmp_path))
     state.set_sidecar_mode("captions")
     run = state.save(tmp_path / "run.toml")
-    again = WizardState()
+    again = WizardSession()
     again.load_source(run)
-    assert again.sidecar_mode == "captions"
+    assert again.draft.sidecar_mode == "captions"
     assert again.render_toml(run) == run.read_text(encoding="utf-8")
 
 
 def test_the_metadata_json_goes_into_the_run_folder_unless_asked(tmp_path):
-    state = WizardState()
+    state = WizardSession()
     folder = make_dataset(tmp_path)
     state.load_source(folder)
     run = state.save(tmp_path / "runs" / "first.toml")
@@ -347,7 +347,7 @@ def test_the_metadata_json_goes_into_the_run_folder_unless_asked(tmp_path):
 
     assert len(read_metadata(subset.metadata_file, subset.image_dir).entries) == 8  # keys resolve
 
-    state.metadata_beside_images = True  # asked for: beside the images
+    state.project.metadata_beside_images = True  # asked for: beside the images
     state.save(tmp_path / "runs" / "second.toml")
     assert (folder / "sdft-metadata.json").exists()
 
@@ -362,7 +362,7 @@ def test_the_dataset_step_switches_where_the_metadata_goes(tmp_path):
         box.focus()
         await pilot.press("space")
         await pilot.pause()
-        assert app.state.metadata_beside_images and "in the image folder" in screen_text(app)
+        assert app.state.project.metadata_beside_images and "in the image folder" in screen_text(app)
         app.state.save(tmp_path / "run.toml")
         assert (folder / "sdft-metadata.json").exists()
 

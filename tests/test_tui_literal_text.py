@@ -119,7 +119,7 @@ def test_review_problems_and_save_toast_show_keys_hints_and_paths_exactly(tmp_pa
             target = folder / f"run [b] {size[0]}.toml"
             assert app.state.scan_error is None, app.state.scan_error
             # a subset key at dataset level: the engine's problem names the key and hints [[datasets.subsets]]
-            app.state.document["datasets"][0]["alpha_mask"] = True
+            app.state.draft.document["datasets"][0]["alpha_mask"] = True
             app.action_goto("review")
             await settle(app, pilot)
             problems = [p for p in app.state.validate(app.screen.run_path()) if p.key == "datasets[0].alpha_mask"]

@@ -283,14 +283,14 @@ def test_bulk_tag_edits_go_to_the_tags_of_an_image_that_has_both(tmp_path):
     """A metadata entry with a caption and tags: "Add tag(s)" changes the tags, not the sentence."""
     import json
 
-    from sdft_tui.state import WizardState
+    from sdft_tui.session import WizardSession
 
     run = demo_like_run(tmp_path)
     meta = json.loads((tmp_path / "metadata.json").read_text(encoding="utf-8"))
     for entry in meta.values():
         entry["tags"] = "circle, red"
     (tmp_path / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
-    state = WizardState()
+    state = WizardSession()
     state.load_source(run)
     assert state.bulk_edit([0, 1], "add_tag", "round") == 2
     assert state.records[0].tags == "circle, red, round" and state.records[0].caption == "a shape 0"

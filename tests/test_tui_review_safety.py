@@ -8,13 +8,13 @@ from __future__ import annotations
 from engine.hardware import HardwareInfo
 from sdft_tui.app import SdftApp
 from sdft_tui.screens.review import ReplaceFileScreen
-from sdft_tui.state import WizardState
+from sdft_tui.session import WizardSession
 from tests.test_tui_polish import run_app
 from tests.wizard_helpers import make_dataset, screen_text, settle
 
 
 def folder_app(tmp_path, model) -> SdftApp:
-    state = WizardState()
+    state = WizardSession()
     state.load_source(make_dataset(tmp_path))
     state.set("model.pretrained_model_name_or_path", str(model))
     state.set("train.seed", 3)
@@ -56,7 +56,7 @@ def test_review_runs_the_full_check_and_train_refuses_what_it_finds(tmp_path, ti
 
 def test_saving_over_a_file_this_session_did_not_open_asks_first(tmp_path, tiny_sd1):
     app = folder_app(tmp_path, tiny_sd1)
-    target = app.state.default_run_path()
+    target = app.state.project.default_run_path()
     target.write_text("# hand-written, keep me\n", encoding="utf-8")
 
     async def scenario(pilot):

@@ -11,7 +11,7 @@ from engine import hardware
 from engine.hardware import Capabilities, GpuInfo, HardwareInfo
 from engine.plan import PRESETS
 from sdft_tui.app import SdftApp
-from sdft_tui.state import WizardState
+from sdft_tui.session import WizardSession
 from tests.wizard_helpers import make_dataset, screen_text, settle
 
 CPU_ONLY = HardwareInfo(source="test", packages=frozenset({"bitsandbytes", "xformers"}))
@@ -25,7 +25,7 @@ def _cannot_run(values: dict, caps: Capabilities) -> dict:
 
 
 def test_new_wizard_defaults_run_on_a_machine_without_cuda_or_bitsandbytes():
-    state = WizardState()
+    state = WizardSession()
     state.hardware = HardwareInfo(source="test", packages=frozenset())
     assert state.get("optimizer.type") not in CANNOT_RUN
     assert state.get("memory.mixed_precision") not in CANNOT_RUN
@@ -112,7 +112,7 @@ def test_the_preset_says_what_it_replaced_and_suggestions_skip_what_cannot_run(t
 
 def test_with_cuda_and_bitsandbytes_the_presets_stay_as_written(tmp_path):
     """The filter only removes what cannot run: a full GPU box gets the 12 GB preset unchanged."""
-    state = WizardState()
+    state = WizardSession()
     state.hardware = HardwareInfo(gpus=[GpuInfo(0, "GPU", 12 * 2**30)], packages=frozenset({"bitsandbytes"}))
     assert state.apply_preset(12) == []
     assert state.get("optimizer.type") == "AdamW8bit" and state.get("memory.mixed_precision") == "fp16"

@@ -9,14 +9,16 @@ import pytest
 
 from engine.config.run_toml import load_run_file, parse_run_text
 from engine.data.buckets import assign_sizes, bucket_info
-from sdft_tui.state import WizardState, probe_model, transform_text
+from engine.preflight_model import look_at_model as probe_model
+from engine.project.labels import transform_text
+from sdft_tui.session import WizardSession
 from tests.wizard_helpers import make_dataset
 
 
 @pytest.fixture
 def scanned(tmp_path):
     folder = make_dataset(tmp_path)
-    state = WizardState()
+    state = WizardSession()
     state.load_source(folder)
     assert state.scan_error is None
     return state, folder
@@ -62,7 +64,7 @@ def test_bulk_edit_is_one_undo_step(scanned):
     state.undo()
     assert (folder / "img01.txt").read_text(encoding="utf-8").strip() == "tag1, solo, outdoors"
     assert not (folder / "img07.caption").exists()
-    assert state.undo_stack == []
+    assert state.labels.log == []
 
 
 def test_transform_text():
@@ -80,7 +82,7 @@ def test_histogram_matches_engine_bucket_plan(scanned, res, no_upscale, batch):
     state.set("dataset.bucket_no_upscale", no_upscale)
     state.set("dataset.batch_size", batch)
     report, assignments, records = state.bucket_report()
-    engine = bucket_info(assign_sizes([r.size for r in records], state.bucket_settings()))
+    engine = bucket_info(assign_sizes([r.size for r in records], state.draft.bucket_settings()))
     ours = {tuple(r.bucket): r.items for r in report.rows}
     theirs = {tuple(b["resolution"]): b["count"] for b in engine["buckets"].values()}
     assert ours == theirs
@@ -109,7 +111,7 @@ def test_editing_an_existing_file_keeps_comments_and_noop_is_identical(scanned, 
     path = state.save(tmp_path / "run.toml")
     text = path.read_text(encoding="utf-8").replace("[optimizer]", "# my tuned LR\n[optimizer]")
     path.write_text(text, encoding="utf-8")
-    again = WizardState()
+    again = WizardSession()
     again.load_source(path)
     assert again.scan_error is None and len(again.records) == 8
     assert again.render_toml(path) == text  # nothing changed: byte-identical
@@ -123,10 +125,10 @@ def test_editing_an_existing_file_keeps_comments_and_noop_is_identical(scanned, 
 
 def test_metadata_json_source_and_caption_edit(scanned, tmp_path):
     state, folder = scanned
-    state.metadata_beside_images = True  # a metadata JSON that opens on its own: beside its images
+    state.project.metadata_beside_images = True  # a metadata JSON that opens on its own: beside its images
     state.save(tmp_path / "run.toml")
     meta_path = folder / "sdft-metadata.json"
-    other = WizardState()
+    other = WizardSession()
     other.load_source(meta_path)
     assert other.scan_error is None and len(other.records) == 8
     other.set_text(0, "edited in metadata")
@@ -136,21 +138,31 @@ def test_metadata_json_source_and_caption_edit(scanned, tmp_path):
 
 
 def test_bad_source_reports_error(tmp_path):
-    state = WizardState()
+    state = WizardSession()
     state.load_source(tmp_path / "missing")
     assert state.scan_error and "missing" in state.scan_error
 
 
 def test_probe_model_reads_configs_without_torch(tiny_sd1, tiny_sd2):
+    """The wizard's model line is the engine's --check probe, and it imports no torch."""
+    import subprocess
+    import sys
+
     assert probe_model(str(tiny_sd1)).family == "sd1"
     g2 = probe_model(str(tiny_sd2))
-    assert g2.v_parameterization is True
-    assert probe_model("").family is None
+    assert g2.family == "sd2" and g2.v_prediction is True
+    assert g2.small and "small test model" in g2.label()
+    assert probe_model("").family is None and probe_model("").label() == "no model chosen"
+    assert "no such file" in probe_model(str(tiny_sd1 / "nope")).label()
+    code = ("import sys; from engine.preflight_model import look_at_model; "
+            f"p = look_at_model({str(tiny_sd2)!r}); print(p.family, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["sd2", "False"]
 
 
 def test_every_engine_health_kind_has_a_wizard_label():
     from engine.data.health import SEVERITY
-    from sdft_tui.state import HEALTH_LABELS
+    from engine.data.health import KIND_LABELS as HEALTH_LABELS
 
     assert set(SEVERITY) <= set(HEALTH_LABELS), sorted(set(SEVERITY) - set(HEALTH_LABELS))
 
@@ -161,7 +173,7 @@ def test_token_counts_count_the_caption_as_training_joins_it(tmp_path):
     import json
 
     from engine.data.captions import caption_as_trained
-    from sdft_tui.state import WizardState
+    from sdft_tui.session import WizardSession
 
     (tmp_path / "images").mkdir()
     from PIL import Image
@@ -172,7 +184,7 @@ def test_token_counts_count_the_caption_as_training_joins_it(tmp_path):
     run.write_text('[model]\npretrained_model_name_or_path = "m"\n[data]\ncaption_tags_join = " with "\n'
                    '[[datasets]]\n  [[datasets.subsets]]\n  metadata_file = "meta.json"\n  image_dir = "images"\n'
                    '  caption_prefix = "masterpiece, best quality"\n  caption_suffix = "by me"\n', encoding="utf-8")
-    state = WizardState()
+    state = WizardSession()
     state.load_source(run)
     assert state.scan_error is None, state.scan_error
     text = state.joined_caption(state.records[0])

@@ -64,7 +64,7 @@ def test_walk_the_whole_wizard(tmp_path):
             await _type(pilot, app.screen.query_one("#f-dataset-batch_size"), "2")
             hist = app.screen.query_one("#histogram")
             assert hist._report is not None and hist._report.batch_size == 2
-            assert app.state.resolution == (576, 576)
+            assert app.state.draft.resolution == (576, 576)
 
             # 4. options: model, steps, LR, optimizer; the VRAM estimate reacts
             await pilot.press("ctrl+n")

@@ -37,6 +37,16 @@ ODD_MODES = {
 SEVERITY = {"unreadable": "error", "truncated": "error", "zero_size": "error", "rejected": "error",
             "duplicate": "warning", "name_clash": "warning", "too_small": "warning", "heavy_upscale": "warning", "no_caption": "warning",
             "too_long": "warning", "not_utf8": "warning", "odd_mode": "info", "exif_rotated": "info"}
+# What each kind means, in a few words (the wizard's dataset step lists them so).
+KIND_LABELS = {
+    "unreadable": "cannot be read (skipped)", "truncated": "truncated file", "zero_size": "empty file",
+    "rejected": "cannot be bucketed", "duplicate": "exact duplicates", "too_small": "smaller than the smallest bucket",
+    "heavy_upscale": "enlarged more than 2x (looks soft)", "no_caption": "no caption or tags",
+    "too_long": "caption longer than max_token_length", "odd_mode": "pixel format converted",
+    "exif_rotated": "EXIF rotation", "not_utf8": "caption file not UTF-8 (read with replacement characters)",
+    "name_clash": "images sharing one name (all train, one caption file)",
+    "no_mask": "no loss mask", "bad_mask": "loss mask unusable", "empty_mask": "loss mask all zero",
+}
 # Findings that mean the image cannot train at all (``sdft prepare`` leaves these out of the metadata).
 UNDECODABLE = frozenset({"unreadable", "truncated", "zero_size"})
 

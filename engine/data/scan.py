@@ -11,7 +11,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 BASE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 OPTIONAL_EXTENSIONS = (".avif", ".jxl", ".heic", ".heif")
@@ -211,12 +211,20 @@ class ScanItem:
 
 
 def scan_folder(root: str | Path, *, recursive: bool = False, caption_extension: str = ".caption",
-                tags_extension: str = ".txt", exif_transpose: bool = True) -> list[ScanItem]:
-    """Images under ``root`` with sizes from headers and their caption/tag sidecars."""
+                tags_extension: str = ".txt", exif_transpose: bool = True,
+                progress: Callable[[int, int], None] | None = None) -> list[ScanItem]:
+    """Images under ``root`` with sizes from headers and their caption/tag sidecars.
+    ``progress(done, total)`` is called as the headers are read (every 64 images)."""
     from engine.data.captions import read_sidecar
 
     paths = find_images(root, recursive=recursive)
-    infos = read_sizes(paths, exif_transpose=exif_transpose)
+    infos: list[ImageInfo] = []
+    for start in range(0, len(paths), _PROGRESS_CHUNK):
+        infos.extend(read_sizes(paths[start:start + _PROGRESS_CHUNK], exif_transpose=exif_transpose))
+        if progress:
+            progress(len(infos), len(paths))
+    if progress and not paths:
+        progress(0, 0)
     items = []
     for info in infos:
         stem = info.path.with_suffix("")
@@ -224,3 +232,6 @@ def scan_folder(root: str | Path, *, recursive: bool = False, caption_extension:
         tags = read_sidecar(stem.with_name(stem.name + tags_extension)) if tags_extension else None
         items.append(ScanItem(info, caption, tags))
     return items
+
+
+_PROGRESS_CHUNK = 64

@@ -17,7 +17,6 @@ from typing import Any
 
 from engine.models.errors import ModelLoadError
 
-SAFETENSORS_EXT = (".safetensors",)
 LIGHTNING_PREFIXES = ("pytorch_lightning.", "lightning.pytorch.", "lightning_fabric.")
 # torch words this two ways depending on whether the module is known to be dangerous.
 _UNSUPPORTED_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
@@ -26,14 +25,9 @@ MAX_STUBS = 64
 
 def is_safetensors(path: Path) -> bool:
     """By extension, or by the header shape (8-byte length then '{') for odd names."""
-    if path.suffix.lower() in SAFETENSORS_EXT:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30)
+    from engine.models.safetensors_header import looks_like_safetensors
+
+    return looks_like_safetensors(path)
 
 
 def read_safetensors(path: Path) -> tuple[dict, dict[str, str]]:

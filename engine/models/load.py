@@ -330,20 +330,13 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
 
 def _stored_dtype(sub: Path) -> str | None:
     """The dtype of the first tensor in a diffusers component's safetensors file, if any."""
-    import json
-    import struct
+    from engine.models.safetensors_header import HeaderError, read_header
 
     for f in sorted(sub.glob("*.safetensors")):
         try:
-            with open(f, "rb") as fh:
-                n = struct.unpack("<Q", fh.read(8))[0]
-                header = json.loads(fh.read(n))
-        except (OSError, ValueError, struct.error):
+            return read_header(f).first_dtype()
+        except (OSError, HeaderError):
             return None
-        codes = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
-        for k, v in header.items():
-            if k != "__metadata__":
-                return codes.get(v.get("dtype"))
     return None
 
 

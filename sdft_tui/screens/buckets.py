@@ -108,7 +108,7 @@ class BucketsScreen(WizardScreen):
         histogram = self.query_one("#histogram", BucketHistogram)
         stats = self.query_one("#bucket-stats", Static)
         details = self.query_one("#bucket-list", Static)
-        if not self.state.usable_records():
+        if not self.state.index.usable():
             histogram.show(None)
             stats.update("")
             details.update("")
@@ -129,7 +129,7 @@ class BucketsScreen(WizardScreen):
                     f"{steps_per_epoch(report.total_batches, accum)} steps/epoch; ")
         text.append(f"partial batches: {report.partial_batches}", style="yellow" if report.partial_batches else "")
         text.append(f"; mean aspect error {report.mean_ar_error:.3f}")
-        single = single_bucket_from_min_side([r.size for r in records], self.state.bucket_settings())
+        single = single_bucket_from_min_side([r.size for r in records], self.state.draft.bucket_settings())
         if single is not None:
             text.append(f"\n{single.message}", style="bold yellow")
         stats.update(text)

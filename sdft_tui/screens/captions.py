@@ -168,8 +168,7 @@ class CaptionsScreen(WizardScreen):
     def _load_editor(self, record) -> None:
         which = self.field_of(record)
         self.query_one("#editor", TextArea).load_text(getattr(record, which) or "")
-        where = "metadata" if record.key is not None and self.state.metadata_file else \
-            self.state.sidecar_path(record, which).name
+        where = self.state.labels.where(record, which)
         # the keys first: a long file name may be cut at 80 columns, the keys must not
         redo = "^r re-caption" if which == "caption" else "f9 re-tag all"
         other = "tags" if which == "caption" else "caption"
@@ -206,16 +205,14 @@ class CaptionsScreen(WizardScreen):
         self._after_write()
 
     def action_undo(self) -> None:
-        before = len(self.state.undo_stack)
-        snap = self.state.undo()
-        if snap is None:
+        group = self.state.undo()   # a bulk edit or a labelling run is one step
+        if not group:
             self.notify("nothing to undo")
             return
-        restored = before - len(self.state.undo_stack)  # a bulk edit or a labeling run is one step
-        self.notify(f"restored {self.state.records[snap.index].path.name}" if restored == 1
-                    else f"restored {restored} captions/tags")
-        if restored == 1:
-            self.current = snap.index  # the cursor goes to the image that was restored
+        self.notify(f"restored {self.state.records[group[0].index].path.name}" if len(group) == 1
+                    else f"restored {len(group)} captions/tags")
+        if len(group) == 1:
+            self.current = group[0].index  # the cursor goes to the image that was restored
         self._after_write()
 
     def action_bulk_edit(self) -> None:
@@ -253,13 +250,11 @@ class CaptionsScreen(WizardScreen):
 
         state = self.state
         models = state.label_models
-        in_metadata = state.metadata_file is not None and any(r.key is not None for r in state.records)
-        out = dict(policy=policy, sidecars=not in_metadata, image_dir=state.image_dir,
-                   metadata_file=state.metadata_file if in_metadata else None)
+        out = dict(policy=policy, **state.labels.labelling_destination())
         if kind == "caption":
             extra = {"model": models.caption_model} if models.caption_model else {}
-            return CaptionOptions(caption_extension=state.caption_extension, **extra, **out)
-        return TagOptions(tagger=models.tagger, model=models.tag_model, tags_extension=state.tags_extension, **out)
+            return CaptionOptions(caption_extension=state.get("data.caption_extension"), **extra, **out)
+        return TagOptions(tagger=models.tagger, model=models.tag_model, tags_extension=state.get("data.tags_extension"), **out)
 
     def action_label_models(self, error: str | None = None) -> None:
         from sdft_tui.screens.label_models import LabelModelsScreen
@@ -330,7 +325,8 @@ class CaptionsScreen(WizardScreen):
         from engine.labeling import LabelError, caption_images, tag_images
 
         field = "caption" if kind == "caption" else "tags"
-        before = {id(r): getattr(r, field) for r in records}
+        position = {id(r): i for i, r in enumerate(self.state.records)}
+        before = self.state.labels.snapshot([position[id(r)] for r in records], field)
         run = caption_images if kind == "caption" else tag_images
 
         def progress(p) -> None:
@@ -340,13 +336,13 @@ class CaptionsScreen(WizardScreen):
             summary = run([r.path for r in records], self._label_options(kind, policy), progress=progress,
                           should_stop=lambda: self.label_stop)
         except LabelError as exc:  # the model cannot be loaded: the dialog shows why
-            self.app.call_from_thread(self._label_done, None, None, field, records, before)
+            self.app.call_from_thread(self._label_done, None, None, field, before)
             self.app.call_from_thread(self._label_failed, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - shown, never kills the wizard
-            self.app.call_from_thread(self._label_done, None, f"{type(exc).__name__}: {exc}", field, records, before)
+            self.app.call_from_thread(self._label_done, None, f"{type(exc).__name__}: {exc}", field, before)
             return
-        self.app.call_from_thread(self._label_done, summary, None, field, records, before)
+        self.app.call_from_thread(self._label_done, summary, None, field, before)
 
     def _label_progress(self, p) -> None:
         from textual.widgets import ProgressBar
@@ -354,19 +350,10 @@ class CaptionsScreen(WizardScreen):
         for bar in self.query("#label-progress").results(ProgressBar):
             bar.update(total=max(1, p.total + p.skipped), progress=p.skipped + p.done + p.failed)
 
-    def _label_done(self, summary, error: str | None, field: str, records: list, before: dict) -> None:
-        from sdft_tui.state import Snapshot
-
+    def _label_done(self, summary, error: str | None, field: str, before: dict) -> None:
         for bar in self.query("#label-progress"):
             bar.remove()
-        self._reread_labels(records, field)
-        marker = object()
-        index = {id(r): i for i, r in enumerate(self.state.records)}
-        for r in records:
-            if getattr(r, field) != before[id(r)] and id(r) in index:
-                snap = Snapshot(index[id(r)], field, before[id(r)])
-                snap.batch = marker  # type: ignore[attr-defined]
-                self.state.undo_stack.append(snap)
+        self.state.labels.reload_after(before, field)   # what the engine wrote; one undo step
         if error:
             self.notify(error, severity="error", timeout=10)
         elif summary is not None:
@@ -379,24 +366,6 @@ class CaptionsScreen(WizardScreen):
                         severity="warning" if summary.failed or summary.stopped else "information",
                         timeout=15 if summary.backups else None)
         self._after_write()
-
-    def _reread_labels(self, records: list, field: str) -> None:
-        """Load what the engine wrote back into the records (sidecars or metadata entries)."""
-        from engine.data.captions import read_sidecar
-
-        state = self.state
-        if state.metadata_file is not None and any(r.key is not None for r in records):
-            from engine.data.metadata import load_raw
-
-            raw, _ = load_raw(state.metadata_file)
-            for r in records:
-                value = raw.get(r.key, {}).get(field) if r.key is not None else None
-                setattr(r, field, value.strip() if isinstance(value, str) else None)
-        else:
-            for r in records:
-                setattr(r, field, read_sidecar(state.sidecar_path(r, field)))
-        for r in records:
-            r.tokens = None
 
     def action_recaption(self) -> None:
         if self.current is None:

@@ -10,13 +10,14 @@ from textual import on
 from textual.widgets import Checkbox, DirectoryTree, Footer, Input, Label, ProgressBar, Select, Static
 
 from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
-from sdft_tui.state import HEALTH_LABELS, PROBLEM_KINDS
+from engine.data.health import KIND_LABELS
+from engine.project.records import PROBLEM_KINDS
 from sdft_tui.widgets.health_list import HealthList, short_path
 from sdft_tui.widgets.on_off import OnOffCheckbox
 
 ACCEPTED_FILES = (".json", ".jsonl", ".toml")
 
-# What a .txt sidecar holds (WizardState.SIDECAR_MODES sets the run's data.*_extension keys)
+# What a .txt sidecar holds (WizardSession.SIDECAR_MODES sets the run's data.*_extension keys)
 SIDECAR_CHOICES = (("tags; captions: .caption", "tags"), ("captions; tags: .tags", "captions"))
 
 
@@ -46,12 +47,12 @@ class DatasetScreen(WizardScreen):
             with Vertical(id="dataset-right"):
                 yield Label("Image folder, metadata .json or .toml (enter scans):")
                 yield Input(placeholder="/path/to/images", id="path", compact=True)
-                yield FormRow(".txt sidecars", Select(self._sidecar_choices(), value=self.state.sidecar_mode,
+                yield FormRow(".txt sidecars", Select(self._sidecar_choices(), value=self.state.draft.sidecar_mode,
                                                       allow_blank=False, id="sidecar-mode", compact=True),
                               tooltip="What a .txt file beside an image holds; sets the run's "
                                       "data.caption_extension and data.tags_extension (and rescans).")
-                yield FormRow("Metadata JSON", OnOffCheckbox(_metadata_label(self.state.metadata_beside_images),
-                                                             self.state.metadata_beside_images,
+                yield FormRow("Metadata JSON", OnOffCheckbox(_metadata_label(self.state.project.metadata_beside_images),
+                                                             self.state.project.metadata_beside_images,
                                                              id="metadata-beside", compact=True),
                               tooltip="Where saving writes the folder's metadata JSON: beside the run file "
                                       "(your image folder is left as it is) or in the image folder.",
@@ -62,7 +63,7 @@ class DatasetScreen(WizardScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        source = self.state.source or self.state.image_dir
+        source = self.state.index.source or self.state.index.image_dir
         if source is not None:
             self.query_one("#path", Input).value = str(source)
         # The bar shows only while a scan or check runs (idle, an empty bar animates forever).
@@ -84,27 +85,27 @@ class DatasetScreen(WizardScreen):
             self.start_scan(value)
 
     def _sidecar_choices(self):
-        if self.state.sidecar_mode != "custom":
+        if self.state.draft.sidecar_mode != "custom":
             return SIDECAR_CHOICES
-        custom = f"{self.state.caption_extension} captions, {self.state.tags_extension} tags"
+        custom = f"{self.state.get('data.caption_extension')} captions, {self.state.get('data.tags_extension')} tags"
         return SIDECAR_CHOICES + ((custom, "custom"),)
 
     @on(Select.Changed, "#sidecar-mode")
     def _sidecar_mode_changed(self, event: Select.Changed) -> None:
-        if event.value in (Select.BLANK, "custom") or event.value == self.state.sidecar_mode:
+        if event.value in (Select.BLANK, "custom") or event.value == self.state.draft.sidecar_mode:
             return
         self.state.set_sidecar_mode(str(event.value))
         what = "captions" if event.value == "captions" else "tags"
-        if self.state.records and self.state.metadata_file is None and self.state.image_dir is not None:
+        if self.state.records and self.state.index.metadata_file is None and self.state.index.image_dir is not None:
             self.notify(f".txt sidecars are read as {what} now: scanning again")
-            self.start_scan(str(self.state.source or self.state.image_dir))
+            self.start_scan(str(self.state.index.source or self.state.index.image_dir))
         else:
             self.notify(f".txt sidecars are {what} from now on (labeling and sdft prepare use this)")
             self.refresh_view()
 
     @on(Checkbox.Changed, "#metadata-beside")
     def _metadata_place_changed(self, event: Checkbox.Changed) -> None:
-        self.state.metadata_beside_images = event.value
+        self.state.project.metadata_beside_images = event.value
         event.checkbox.label = _metadata_label(event.value)
         self.refresh_view()
 
@@ -174,12 +175,12 @@ class DatasetScreen(WizardScreen):
         summary = self.query_one("#summary", Static)
         health = self.query_one("#health", HealthList)
         # the metadata JSON's place matters only when saving writes one (a folder dataset)
-        self.query_one("#metadata-row").display = state.metadata_file is None
+        self.query_one("#metadata-row").display = state.index.metadata_file is None
         mode = self.query_one("#sidecar-mode", Select)
-        if mode.value != state.sidecar_mode:  # a run file opened or scanned sets the extensions
+        if mode.value != state.draft.sidecar_mode:  # a run file opened or scanned sets the extensions
             with mode.prevent(Select.Changed):
                 mode.set_options(self._sidecar_choices())
-                mode.value = state.sidecar_mode
+                mode.value = state.draft.sidecar_mode
         if state.scan_error:
             summary.update(Text(state.scan_error, style="bold red"))
             health.display = False
@@ -191,28 +192,28 @@ class DatasetScreen(WizardScreen):
             health.display = False
             return
         health.display = True
-        usable = len(state.usable_records())
+        usable = len(state.index.usable())
         with_caption = sum(1 for r in state.records if r.caption is not None or r.tags is not None)
         counted = [r.tokens for r in state.records if r.tokens is not None]
-        where = state.metadata_file or state.image_dir
+        where = state.index.metadata_file or state.index.image_dir
         text = Text()
         text.append(f"{len(state.records)} images", style="bold")
         text.append(f" ({usable} usable), {with_caption} captioned")
         if counted and max(counted):
             text.append(f", longest {max(counted)} tokens")
         text.append(f"\nfrom {where}", style="dim")
-        if state.metadata_file is None:
+        if state.index.metadata_file is None:
             text.append(f"\n.txt sidecars read as {_sidecars_read_as(state)}", style="dim")
         summary.update(text)
-        findings = {kind: (HEALTH_LABELS.get(kind) or PROBLEM_KINDS.get(kind) or kind,
-                           [(short_path(path, state.image_dir), message) for path, message in files])
+        findings = {kind: (KIND_LABELS.get(kind) or PROBLEM_KINDS.get(kind) or kind,
+                           [(short_path(path, state.index.image_dir), message) for path, message in files])
                     for kind, files in state.health().items()}
         health.show(findings, note="checking every image …" if state.health_report is None and findings else None)
 
 
 def _sidecars_read_as(state) -> str:
-    if state.sidecar_mode == "captions":
+    if state.draft.sidecar_mode == "captions":
         return "captions (tags from .tags)"
-    if state.sidecar_mode == "tags":
+    if state.draft.sidecar_mode == "tags":
         return "tags (captions from .caption)"
-    return f"set by the run file (captions {state.caption_extension}, tags {state.tags_extension})"
+    return f"set by the run file (captions {state.get('data.caption_extension')}, tags {state.get('data.tags_extension')})"

@@ -17,7 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from sdft_tui.screens.wizard_base import FormRow
-from sdft_tui.state import LabelModels
+from sdft_tui.session import LabelModels
 
 TAGGERS = (("WD14 (ONNX)", "wd14"), ("DeepDanbooru (ONNX)", "deepdanbooru"))
 

@@ -11,7 +11,8 @@ from textual.widgets.option_list import Option
 
 from sdft_tui.screens.buckets import FIELDS as BUCKET_FIELDS
 from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
-from sdft_tui.state import field_meta, probe_model
+from engine.preflight_model import look_at_model
+from engine.project.run_draft import field_meta
 from sdft_tui.text import literal
 from sdft_tui.widgets.on_off import OnOffCheckbox
 
@@ -279,7 +280,7 @@ class OptionsScreen(WizardScreen):
 
     @work(thread=True, exclusive=True, group="detect")
     def detect_model(self, source: str) -> None:
-        guess = probe_model(self.state.model_source(source))
+        guess = look_at_model(self.state.project.model_source(source))
         self.state.model_guess = guess
         self.app.call_from_thread(self.refresh_view)
 

@@ -14,6 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Label, Static
 from textual.worker import get_current_worker
 
+from engine.project.project import free_run_path
 from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
 
 
@@ -40,12 +41,12 @@ class ReviewScreen(WizardScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#save-path", Input).value = str(self.state.default_run_path())
+        self.query_one("#save-path", Input).value = str(self.state.project.default_run_path())
         self.refresh_view()
 
     def run_path(self) -> Path:
         text = self.query_one("#save-path", Input).value.strip()
-        return Path(text).expanduser() if text else self.state.default_run_path()
+        return Path(text).expanduser() if text else self.state.project.default_run_path()
 
     @on(Input.Changed, "#save-path")
     def _path_changed(self) -> None:
@@ -107,10 +108,10 @@ class ReviewScreen(WizardScreen):
         """Save, asking first when that would replace a file this session did not open; then
         ``after(saved_path)``."""
         path = self.run_path()
-        if not self.state.would_replace(path):
+        if not self.state.draft.would_replace(path):
             self._save_to(path, after)
             return
-        free = self.state.free_run_path(path)
+        free = free_run_path(path)
 
         def answered(choice: str | None) -> None:
             if choice == "replace":

@@ -1,0 +1,311 @@
+"""The run file being written: dotted values over a comment-preserving TOML document.
+
+Values are run-TOML dotted keys (``optimizer.learning_rate``). The kohya dataset keys a draft
+edits (batch size, resolution, bucket limits) are ``dataset.*`` and go to the first
+``[[datasets]]`` table; the subset's ``num_repeats`` is ``subset.num_repeats``. A draft opened
+from a file keeps that file's document, so its comments and unknown layout survive; only the
+values that changed are written into it (docs/run-file.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from engine.config import schema
+
+# Where a new draft starts: the schema's defaults, except a better first run (bucketing on).
+DATASET_DEFAULTS: dict[str, Any] = {
+    "dataset.batch_size": 1,
+    "dataset.resolution": 512,
+    "dataset.enable_bucket": True,
+    "dataset.bucket_no_upscale": False,
+    "dataset.min_bucket_reso": 256,
+    "dataset.max_bucket_reso": 1024,
+    "dataset.bucket_reso_steps": 64,
+    "subset.num_repeats": 1,
+}
+BUCKET_KEYS = ("enable_bucket", "bucket_no_upscale", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
+
+# The run keys a draft edits (the wizard's options step) and always carries.
+OPTION_KEYS = (
+    "model.pretrained_model_name_or_path", "model.v2", "model.v_parameterization", "model.clip_skip",
+    "model.max_token_length",
+    "train.mode", "train.output_dir", "train.output_name", "train.max_train_steps", "train.max_train_epochs",
+    "train.gradient_accumulation_steps", "train.train_text_encoder", "train.seed",
+    "optimizer.type", "optimizer.learning_rate", "optimizer.lr_scheduler", "optimizer.lr_warmup_steps",
+    "memory.mixed_precision", "memory.full_bf16", "memory.gradient_checkpointing", "memory.attention",
+    "cache.latents",
+    "save.format", "save.precision", "save.every_n_epochs",
+    "sample.every_n_steps", "sample.prompts",
+    "train.ema", "train.ema_cpu_offload",
+)
+DRAFT_OVERRIDES: dict[str, Any] = {"memory.gradient_checkpointing": True}
+
+# What a `.txt` sidecar holds: kohya's fine-tune recipe reads `.caption` captions and `.txt` tags;
+# DreamBooth-style folders hold captions in `.txt` (tags, if any, then go to `.tags`).
+SIDECAR_KEYS = ("data.caption_extension", "data.tags_extension")
+SIDECAR_MODES = {
+    "tags": {"data.caption_extension": ".caption", "data.tags_extension": ".txt"},
+    "captions": {"data.caption_extension": ".txt", "data.tags_extension": ".tags"},
+}
+DRAFT_KEYS = OPTION_KEYS + SIDECAR_KEYS
+
+# Written to a new file even at their defaults, so the file shows the choices that matter.
+ALWAYS_WRITTEN = {
+    "model.pretrained_model_name_or_path", "train.output_dir", "train.output_name", "train.max_train_steps",
+    "optimizer.type", "optimizer.learning_rate", "optimizer.lr_scheduler", "memory.mixed_precision",
+    "memory.gradient_checkpointing", "memory.attention", "cache.latents", "train.mode",
+}
+
+
+def _field(dotted: str):
+    section, name = dotted.split(".", 1)
+    for f in fields(schema.SECTIONS[section]):
+        if f.name == name:
+            return f
+    raise KeyError(dotted)
+
+
+def schema_default(dotted: str) -> Any:
+    """The schema's default for ``section.name``."""
+    f = _field(dotted)
+    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def field_meta(dotted: str) -> dict:
+    """The schema metadata (doc, choices, min, max) of a dotted key; {} for a dataset key."""
+    try:
+        return dict(_field(dotted).metadata)
+    except KeyError:
+        return {}
+
+
+def default_values() -> dict[str, Any]:
+    return {**{key: schema_default(key) for key in DRAFT_KEYS}, **DRAFT_OVERRIDES, **DATASET_DEFAULTS}
+
+
+def canonical_key(key: str) -> str:
+    """kohya's ``general.*`` dataset keys are the draft's ``dataset.*``."""
+    return "dataset." + key.split(".", 1)[1] if key.startswith("general.") else key
+
+
+@dataclass(frozen=True)
+class DatasetLink:
+    """Where the run's first subset reads its images and labels (paths as the draft sees them)."""
+
+    metadata_file: Path | None
+    image_dir: Path | None
+
+
+@dataclass(frozen=True)
+class DatasetTables:
+    """What a draft takes from a dataset table: its values and the first subset's link and
+    caption rules (how training joins and decorates the caption, engine.data.captions)."""
+
+    values: dict[str, Any]
+    link: DatasetLink
+    caption_rules: dict[str, Any]
+
+
+def dataset_tables(blueprint, caption_tags_join: str | None = None) -> DatasetTables | None:
+    """The first dataset and subset of a resolved blueprint (engine.config.dataset)."""
+    if blueprint is None or not blueprint.datasets:
+        return None
+    ds = blueprint.datasets[0]
+    values: dict[str, Any] = {"dataset.batch_size": ds.batch_size}
+    if ds.resolution is not None:
+        w, h = ds.resolution
+        values["dataset.resolution"] = w if w == h else [w, h]
+    values.update({f"dataset.{name}": getattr(ds, name) for name in BUCKET_KEYS})
+    if not ds.subsets:
+        return DatasetTables(values, DatasetLink(None, None), {})
+    sub = ds.subsets[0]
+    values["subset.num_repeats"] = sub.num_repeats
+    rules = {"separator": sub.caption_separator, "wildcard": sub.enable_wildcard,
+             "prefix": sub.caption_prefix, "suffix": sub.caption_suffix}
+    if caption_tags_join is not None:
+        rules["join"] = caption_tags_join
+    image_dir = sub.image_dir or (sub.metadata_file.parent if sub.metadata_file else None)
+    return DatasetTables(values, DatasetLink(sub.metadata_file, image_dir), rules)
+
+
+@dataclass
+class RunDraft:
+    """The values of a run file being written, and the document it was opened from."""
+
+    values: dict[str, Any] = field(default_factory=default_values)
+    path: Path | None = None                 # the file opened or last saved
+    document: Any = None                     # its tomlkit document (None: a new file)
+    loaded_values: dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- values
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(canonical_key(key), default)
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[canonical_key(key)] = value
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        res = self.values.get("dataset.resolution", 512)
+        return (int(res[0]), int(res[1])) if isinstance(res, (list, tuple)) else (int(res), int(res))
+
+    @property
+    def sidecar_mode(self) -> str:
+        """What a ``.txt`` sidecar is read as: "tags", "captions", or "custom" (other extensions)."""
+        current = {key: self.values.get(key, schema_default(key)) for key in SIDECAR_KEYS}
+        return next((mode for mode, exts in SIDECAR_MODES.items() if exts == current), "custom")
+
+    def bucket_settings(self):
+        """The engine's bucket settings for these values (limits rounded as training rounds them)."""
+        from engine.config.dataset import round_bucket_limits
+        from engine.data.buckets import BucketSettings
+
+        v = self.values
+        step = int(v["dataset.bucket_reso_steps"])
+        min_b, max_b = round_bucket_limits(int(v["dataset.min_bucket_reso"]), int(v["dataset.max_bucket_reso"]), step)
+        enable = bool(v["dataset.enable_bucket"])
+        return BucketSettings(resolution=self.resolution, enable_bucket=enable,
+                              no_upscale=bool(v["dataset.bucket_no_upscale"]) and enable,
+                              min_bucket_reso=min_b, max_bucket_reso=max_b, bucket_reso_steps=step)
+
+    def sections(self) -> schema.RunConfig:
+        """The draft's run values as a RunConfig, unvalidated and without datasets (for the
+        planner, which needs the values while the user is still typing them)."""
+        config = schema.RunConfig()
+        for key in DRAFT_KEYS:
+            section, name = key.split(".", 1)
+            if key in self.values:
+                setattr(getattr(config, section), name, self.values[key])
+        return config
+
+    # ---------------------------------------------------------------- files
+
+    def open(self, path: Path) -> DatasetTables | None:
+        """Fill the draft from a run file (its document is kept so comments survive)."""
+        from engine.config.run_toml import load_document, load_run_file
+
+        config, _document, _warnings = load_run_file(path)
+        self.path = Path(path)
+        self.document = load_document(path)
+        for key in DRAFT_KEYS:
+            section, name = key.split(".", 1)
+            self.values[key] = getattr(getattr(config, section), name)
+        tables = dataset_tables(config.datasets, config.data.caption_tags_join)
+        if tables is not None:
+            self.values.update(tables.values)
+        self.loaded_values = dict(self.values)
+        return tables
+
+    def render(self, run_path: Path, dataset: DatasetLink) -> str:
+        """The run TOML text as it will be written."""
+        return tomlkit.dumps(self._document(run_path, dataset))
+
+    def save(self, run_path: Path, dataset: DatasetLink) -> Path:
+        """Write the run TOML atomically; the draft now edits that file."""
+        from engine.config.run_toml import save_document
+
+        save_document(self._document(run_path, dataset), run_path)
+        self.path = run_path
+        return run_path
+
+    def validate(self, run_path: Path, dataset: DatasetLink) -> list:
+        """The schema's problems (errors and warnings) for the file as it would be written."""
+        from engine.config.problems import ConfigError
+        from engine.config.run_toml import parse_run_text
+
+        try:
+            _config, _doc, warnings = parse_run_text(self.render(run_path, dataset), file=str(run_path),
+                                                     base_dir=run_path.parent)
+        except ConfigError as exc:
+            return list(exc.problems)
+        return list(warnings)
+
+    def check(self, run_path: Path, dataset: DatasetLink, *, skip_data: bool = False) -> list:
+        """What ``sdft train --check`` says about the file as it would be written (imports torch)."""
+        from engine.preflight import check_run_text
+
+        _config, problems = check_run_text(self.render(run_path, dataset), file=str(run_path),
+                                           base_dir=run_path.parent, skip_data=skip_data)
+        return problems
+
+    def would_replace(self, run_path: Path) -> bool:
+        """Saving to ``run_path`` would overwrite a file this draft did not open or write."""
+        run_path = Path(run_path).expanduser()
+        mine = self.path is not None and Path(self.path).expanduser().resolve() == run_path.resolve()
+        return run_path.exists() and not mine
+
+    # ---------------------------------------------------------------- the document
+
+    def _document(self, run_path: Path, dataset: DatasetLink):
+        if self.values.get("train.seed") is None:
+            # Drawn once and written: a run started from this file resumes with the same seed.
+            from engine.train.seeds import new_seed
+
+            self.values["train.seed"] = new_seed()
+        if self.document is not None:
+            return self._edited_document()
+        return self._new_document(run_path, dataset)
+
+    def _edited_document(self):
+        from engine.config.run_toml import set_value
+
+        doc = tomlkit.parse(tomlkit.dumps(self.document))
+        changed = {k: v for k, v in self.values.items() if v != self.loaded_values.get(k)}
+        for key in DRAFT_KEYS:
+            if key in changed:
+                set_value(doc, key, changed[key])
+        datasets = doc.get("datasets")
+        if datasets:
+            table = datasets[0]
+            for key, value in changed.items():
+                if key.startswith("dataset."):
+                    table[key.split(".", 1)[1]] = value
+            subsets = table.get("subsets")
+            if subsets and "subset.num_repeats" in changed:
+                subsets[0]["num_repeats"] = changed["subset.num_repeats"]
+        return doc
+
+    def _new_document(self, run_path: Path, dataset: DatasetLink):
+        from engine.config.run_toml import set_value
+
+        doc = tomlkit.document()
+        doc.add(tomlkit.comment("sdft run file, written by the wizard. Train with: sdft train " + run_path.name))
+        doc.add(tomlkit.comment("Every key is documented in the README; `sdft train --check FILE` validates it."))
+        doc.add("config_version", schema.CONFIG_VERSION)
+        for key in DRAFT_KEYS:
+            value = self.values.get(key)
+            if value is None or (value == schema_default(key) and key not in ALWAYS_WRITTEN):
+                continue
+            set_value(doc, key, value)
+        table = tomlkit.table()
+        for key, value in self.values.items():
+            if key.startswith("dataset."):
+                table[key.split(".", 1)[1]] = value
+        subset = tomlkit.table()
+        subset["metadata_file"] = _relative(dataset.metadata_file, run_path) or "metadata.json"
+        if dataset.image_dir is not None:
+            subset["image_dir"] = _relative(dataset.image_dir, run_path)
+        subset["num_repeats"] = self.values["subset.num_repeats"]
+        subsets = tomlkit.aot()
+        subsets.append(subset)
+        table["subsets"] = subsets
+        datasets = tomlkit.aot()
+        datasets.append(table)
+        doc["datasets"] = datasets
+        return doc
+
+
+def _relative(path: Path | None, run_path: Path) -> str | None:
+    """A path as the run file writes it: relative to the file's folder when inside it."""
+    if path is None:
+        return None
+    try:
+        return Path(path).resolve().relative_to(run_path.parent.resolve()).as_posix()
+    except ValueError:
+        return str(Path(path).resolve())
