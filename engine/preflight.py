@@ -233,13 +233,37 @@ def _check_prompts(config: RunConfig, problems: ProblemList, probe) -> None:
     from engine.train.prompts import PromptError, load_prompts
 
     try:
-        load_prompts(config.sample.prompts, base_dir=config.base_dir, default_size=probe.default_side)
+        prompts = load_prompts(config.sample.prompts, base_dir=config.base_dir, default_size=probe.default_side)
     except FileNotFoundError as exc:
         problems.add("sample.prompts", str(exc), "give a .txt/.toml/.json file, or an inline list")
     except PromptError as exc:
         problem = Problem("sample.prompts", exc.reason, "sampling reads kohya's prompt syntax: see sdft's README",
                           exc.path or config.source_path, exc.line or problems.line_of.get("sample.prompts"))
         problems.items.append(problem)
+    else:
+        _check_samplers(config, prompts, problems)
+
+
+def _check_samplers(config: RunConfig, prompts, problems: ProblemList) -> None:
+    """What makes a sampler fail at the first sample: a missing package (lms: scipy), too few steps."""
+    from engine.registry.samplers import sampler_entry
+
+    default = sampler_entry(config.sample.sampler).name
+    for name in sorted({sampler_entry(p.sampler or default).name for p in prompts}):
+        entry = sampler_entry(name)
+        if entry.package and _missing(entry.package):
+            key = "sample.sampler" if name == default else "sample.prompts"
+            problems.add(key, f"the {entry.name} sampler needs the package '{entry.package[0]}', "
+                         "which is not installed", entry.package[1])
+    for number, p in enumerate(prompts, start=1):
+        entry, steps = sampler_entry(p.sampler or default), p.steps or config.sample.steps
+        if steps < entry.min_steps:
+            problems.add("sample.prompts" if p.steps else "sample.steps",
+                         f"prompt {number} ({p.prompt[:40]!r}) samples {steps} steps with {entry.name}, "
+                         f"which needs at least {entry.min_steps}",
+                         (f"--s {entry.min_steps} or more on that prompt" if p.steps else
+                          f"sample.steps = {entry.min_steps} or more") + ", or another sampler")
+            return
 
 
 # ---------------------------------------------------------------- optimizer and schedule

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from engine.registry.samplers import ACCEPTED_NAMES as SAMPLER_CHOICES
+from engine.registry.samplers import DEFAULT_SAMPLER
+
 CONFIG_VERSION = 1
 
 
@@ -183,7 +186,8 @@ class SampleConfig:
     every_n_epochs: int | None = opt(None, "Generate samples every N epochs.", min=1)
     at_first: bool = opt(False, "Also sample before the first step.")
     prompts: str | list | None = opt(None, "A prompts file (.txt/.toml/.json, kohya syntax) or a list of prompts.")
-    sampler: str = opt("ddim", "Sampler for previews.", choices=("ddim", "euler", "euler_a", "dpmsolver++", "pndm", "ddpm"))
+    sampler: str = opt(DEFAULT_SAMPLER, "Sampler for previews: kohya's names (a prompt's --ss wins).",
+                       choices=SAMPLER_CHOICES)
     steps: int = opt(20, "Default sampling steps (a prompt's --s wins).", min=1)
     use_ema: bool = opt(True, "Sample with the EMA weights when train.ema is on.")
 

@@ -39,8 +39,14 @@ def scheduler_name(value: str) -> str:
 
 
 def sampler_name(value: str) -> str:
-    # kohya's k_ names are the same k-diffusion samplers under their diffusers names
-    return _pick(value, "sample.sampler", {"k_euler": "euler", "k_euler_a": "euler_a"}, "sampler")
+    """Every kohya sampler (engine/registry/samplers.py); a k_ name becomes its plain spelling,
+    which builds the same scheduler."""
+    from engine.registry.samplers import sampler_entry
+
+    try:
+        return sampler_entry(value).name
+    except ValueError as exc:
+        raise KohyaValueError(str(exc)) from None
 
 
 def parse_literal(text: str):

@@ -1,33 +1,36 @@
 """Sample-prompt files in kohya's syntax, parsed without torch.
 
-``.txt``: one prompt per line, ``#`` comments, inline options ``--n`` negative, ``--w``/``--h``
-size (floored to a multiple of 8, at least 64), ``--d`` seed, ``--s`` steps, ``--l`` CFG scale,
-``--ss`` sampler. ``.json``: a list of objects (or of such lines). ``.toml``: ``[[prompt]]``
-tables, or kohya's form, a ``[prompt]`` table of defaults with ``[[prompt.subset]]`` tables
-(a subset's keys win). Objects use the keys prompt, negative_prompt, width, height, seed,
-sample_steps, scale, sample_sampler.
+``.txt``: one prompt per line, ``#`` comments, options after `` --`` as kohya's
+``line_to_prompt_dict`` reads them, the option names in any case (``--W 512``): ``--n`` negative,
+``--w``/``--h`` size (floored to a multiple of 8, at least 64), ``--d`` seed, ``--s`` steps (1 to
+1000), ``--l`` CFG scale, ``--ss`` sampler. ``.json``: a list of objects (or of such lines).
+``.toml``: ``[[prompt]]`` tables, or kohya's form, a ``[prompt]`` table of defaults with
+``[[prompt.subset]]`` tables (a subset's keys win). Objects use the keys prompt,
+negative_prompt, width, height, seed, sample_steps, scale, sample_sampler.
 
-Anything sdft would not use (an unknown option or key, an unknown sampler) is a
-:class:`PromptError` naming the file and line, so ``sdft train --check`` catches it.
+Anything sdft would not use (an unknown option or key, an unknown sampler, kohya's options for
+other model families) is a :class:`PromptError` naming the file and line, so
+``sdft train --check`` catches it where kohya would silently drop it.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config.schema import SampleConfig
+from engine.registry.samplers import sampler_entry as _sampler_entry
 
-# The sampler names are the [sample] sampler choices; kohya's k_ spellings mean the same.
-SAMPLERS: tuple[str, ...] = next(f for f in fields(SampleConfig) if f.name == "sampler").metadata["choices"]
-SAMPLER_ALIASES = {"k_euler": "euler", "k_euler_a": "euler_a"}
-# kohya options for other model families or ControlNet: accepted there, not usable here.
+# kohya options for other model families or ControlNet: kohya's parser takes them (and its
+# prompt tables their keys); SD 1.x/2.x sampling has no use for them.
 _KOHYA_ONLY = {"g": "guidance scale (FLUX)", "cn": "ControlNet image", "ctr": "CFG truncation (Lumina)",
                "rcfg": "renormalised CFG (Lumina)", "fs": "flow shift (SD3/FLUX)", "am": "network multiplier"}
+_KOHYA_ONLY_KEYS = {"guidance_scale": "g", "controlnet_image": "cn", "cfg_trunc_ratio": "ctr",
+                    "renorm_cfg": "rcfg", "flow_shift": "fs"}
+LINE_OPTIONS = ("n", "w", "h", "d", "s", "l", "ss")
 MAPPING_KEYS = ("prompt", "negative_prompt", "width", "height", "seed", "sample_steps", "scale",
                 "sample_sampler", "enum")
+MAX_STEPS = 1000   # kohya clamps a line's --s to 1..1000
 
 
 class PromptError(ValueError):
@@ -51,10 +54,6 @@ class SamplePrompt:
     sampler: str | None = None
 
 
-_OPTION = re.compile(r"\s--(n|w|h|d|s|l|ss)\s+", re.IGNORECASE)   # case as kohya
-_ANY_OPTION = re.compile(r"(?:^|\s)--([A-Za-z_]+)\b")
-
-
 def _size(value) -> int:
     return max(64, int(value) // 8 * 8)
 
@@ -63,41 +62,48 @@ def sampler_name(value) -> str | None:
     """A prompt's sampler in sdft's spelling; PromptError when sdft has no such sampler."""
     if value is None:
         return None
-    name = str(value).strip().lower()
-    name = SAMPLER_ALIASES.get(name, name)
-    if name not in SAMPLERS:
-        raise PromptError(f"unknown sampler {value!r}; use one of {', '.join(SAMPLERS)}")
-    return name
+    try:
+        return _sampler_entry(value).name
+    except ValueError as exc:
+        raise PromptError(str(exc)) from None
 
 
-def _unknown_options(text: str) -> None:
-    for name in _ANY_OPTION.findall(" " + text):
-        what = _KOHYA_ONLY.get(name.lower())
-        if what:
-            raise PromptError(f"option --{name} ({what}) does not apply to SD 1.x/2.x sampling; remove it")
-        raise PromptError(f"unknown option --{name}; options: --n --w --h --d --s --l --ss")
+def _line_options(line: str) -> tuple[str, dict[str, str]]:
+    """The prompt and its options by lower-case name, split as kohya splits (on " --")."""
+    prompt, *segments = line.split(" --")
+    options: dict[str, str] = {}
+    for segment in segments:
+        name, _, value = segment.partition(" ")   # kohya: the name right after "--"
+        key = name.lower()
+        if key in _KOHYA_ONLY:
+            raise PromptError(f"option --{name} ({_KOHYA_ONLY[key]}) does not apply to SD 1.x/2.x sampling; remove it")
+        if key not in LINE_OPTIONS:
+            shown = f"--{name}" if name else "' --' with no option name"
+            raise PromptError(f"unknown option {shown}; options: {' '.join('--' + o for o in LINE_OPTIONS)}")
+        if not value.strip() and key != "n":
+            raise PromptError(f"option --{name} needs a value, as in --{name} {_EXAMPLES[key]}")
+        options[key] = value.strip()     # a repeated option: the last one wins, as in kohya
+    return prompt.strip(), options
+
+
+_EXAMPLES = {"w": "512", "h": "512", "d": "42", "s": "28", "l": "7.5", "ss": "euler_a"}
 
 
 def parse_prompt_line(line: str, default_size: int = 512) -> SamplePrompt | None:
     line = line.strip()
     if not line or line.startswith("#"):
         return None
-    parts = _OPTION.split(" " + line)
-    fields_ = {"prompt": parts[0].strip()}
-    for key, value in zip(parts[1::2], parts[2::2]):
-        fields_[key.lower()] = value.strip()
-    for value in fields_.values():
-        _unknown_options(value)
+    prompt, options = _line_options(line)
     try:
         return SamplePrompt(
-            prompt=fields_["prompt"],
-            negative=fields_.get("n", ""),
-            width=_size(fields_.get("w", default_size)),
-            height=_size(fields_.get("h", default_size)),
-            seed=int(fields_["d"]) if "d" in fields_ else None,
-            steps=max(1, int(fields_["s"])) if "s" in fields_ else None,
-            scale=float(fields_.get("l", 7.5)),
-            sampler=sampler_name(fields_.get("ss")),
+            prompt=prompt,
+            negative=options.get("n", ""),
+            width=_size(options.get("w", default_size)),
+            height=_size(options.get("h", default_size)),
+            seed=int(options["d"]) if "d" in options else None,
+            steps=max(1, min(MAX_STEPS, int(options["s"]))) if "s" in options else None,
+            scale=float(options.get("l", 7.5)),
+            sampler=sampler_name(options.get("ss")),
         )
     except PromptError:
         raise
@@ -114,6 +120,10 @@ def _from_mapping(item, default_size: int) -> SamplePrompt:
     if not isinstance(item, dict):
         raise PromptError(f"a prompt must be a table or a string, got {item!r}")
     unknown = [k for k in item if k not in MAPPING_KEYS and k != "subset"]
+    for key in unknown:
+        if key in _KOHYA_ONLY_KEYS:
+            what = _KOHYA_ONLY[_KOHYA_ONLY_KEYS[key]]
+            raise PromptError(f"key {key!r} ({what}) does not apply to SD 1.x/2.x sampling; remove it")
     if unknown:
         raise PromptError(f"unknown key {unknown[0]!r}; keys: {', '.join(MAPPING_KEYS[:-1])}")
     if not str(item.get("prompt", "")).strip():
@@ -153,21 +163,37 @@ def _toml_prompts(text: str) -> list[tuple[dict, str]]:
             for i, sub in enumerate(subsets)]
 
 
+def _json_items(text: str) -> list[tuple[object, int]] | None:
+    """The items of a JSON list with the line each starts on; None when the text is no list."""
+    data = json.loads(text)      # first: a malformed file is reported with json's own line
+    if not isinstance(data, list):
+        return None
+    decoder, items = json.JSONDecoder(), []
+    at = text.index("[") + 1
+    for _ in data:
+        while text[at] in " \t\r\n,":
+            at += 1
+        item, end = decoder.raw_decode(text, at)
+        items.append((item, text.count("\n", 0, at) + 1))
+        at = end
+    return items
+
+
 def _read_file(path: Path, default_size: int) -> list[SamplePrompt]:
     text = path.read_text(encoding="utf-8-sig")
     out: list[SamplePrompt] = []
     if path.suffix.lower() == ".json":
         try:
-            items = json.loads(text)
+            items = _json_items(text)
         except json.JSONDecodeError as exc:
             raise PromptError(f"not valid JSON: {exc.msg}", path=str(path), line=exc.lineno) from None
-        if not isinstance(items, list):
+        if items is None:
             raise PromptError("a JSON prompts file holds a list of prompts", path=str(path), line=1)
-        for index, item in enumerate(items):
+        for index, (item, line) in enumerate(items):
             try:
                 out.append(_from_mapping(item, default_size))
             except PromptError as exc:
-                raise PromptError(f"prompt {index + 1}: {exc.reason}", path=str(path)) from None
+                raise PromptError(f"prompt {index + 1}: {exc.reason}", path=str(path), line=line) from None
         return out
     if path.suffix.lower() == ".toml":
         from engine.config.lines import key_lines

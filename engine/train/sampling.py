@@ -18,15 +18,6 @@ from engine.atomic import atomic_path
 from engine.events import SampleSaved
 from engine.train.prompts import load_prompts
 
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "dpmsolver++": "DPMSolverMultistepScheduler",
-    "pndm": "PNDMScheduler",
-    "ddpm": "DDPMScheduler",
-}
-
 
 @contextmanager
 def preserved_rng():
@@ -43,10 +34,14 @@ def preserved_rng():
 
 
 def make_scheduler(name: str, base_config):
+    """The diffusers scheduler of a sampler name (engine/registry/samplers.py) on the model's
+    training schedule; ValueError for a name the table lacks (the check refuses those first)."""
     import diffusers
 
-    cls = getattr(diffusers, SCHEDULERS.get(name, "DDIMScheduler"))
-    return cls.from_config(base_config)
+    from engine.registry.samplers import sampler_entry, scheduler_config
+
+    cls = getattr(diffusers, sampler_entry(name).scheduler)
+    return cls.from_config(scheduler_config(name, base_config))
 
 
 class Sampler:
