@@ -134,11 +134,18 @@ class Need:
     cuda: bool = False           # needs a CUDA GPU
 
 
+def _optimizer_needs() -> dict[tuple[str, object], Need]:
+    """Each optimizer's optional package and whether it is made for CUDA (engine/registry/optimizers.py)."""
+    from engine.registry.optimizers import CORE_PACKAGES, OPTIMIZERS
+
+    return {("optimizer.type", e.name): Need(None if e.package in CORE_PACKAGES else e.package,
+                                             e.pip if e.package not in CORE_PACKAGES else None, cuda=e.cuda)
+            for e in OPTIMIZERS if e.cuda or (e.package and e.package not in CORE_PACKAGES)}
+
+
 # (run-TOML key, value) -> what it needs. Choices not listed run anywhere.
 OPTION_NEEDS: dict[tuple[str, object], Need] = {
-    ("optimizer.type", "AdamW8bit"): Need("bitsandbytes", "bitsandbytes", cuda=True),
-    ("optimizer.type", "Lion8bit"): Need("bitsandbytes", "bitsandbytes", cuda=True),
-    ("optimizer.type", "Prodigy"): Need("prodigyopt", "prodigyopt"),
+    **_optimizer_needs(),
     ("memory.mixed_precision", "fp16"): Need(cuda=True),     # a CPU trains in bf16 instead
     ("memory.attention", "xformers"): Need("xformers", "xformers", cuda=True),  # else SDPA is used
 }

@@ -18,11 +18,10 @@ from pathlib import Path
 
 from engine.config.problems import ConfigError, Problem, ProblemList
 from engine.config.schema import RunConfig
+from engine.preflight_optimizer import check_optimizer
+from engine.registry.optimizers import needs_package
 
-# Optional packages: (import name, pip command).
-BITSANDBYTES = ("bitsandbytes", "pip install bitsandbytes")
-PACKAGES_FOR_OPTIMIZER = {"AdamW8bit": BITSANDBYTES, "Lion8bit": BITSANDBYTES,
-                          "Prodigy": ("prodigyopt", "pip install prodigyopt")}
+# Optional packages: (import name, pip command); an optimizer's comes from the registry.
 XFORMERS = ("xformers", "pip install xformers")
 
 
@@ -69,7 +68,7 @@ def preflight(config: RunConfig, *, resume: str | None = None, skip_data: bool =
         total_steps = _check_data(config, problems, probe) or total_steps
     _check_resume(config, problems, resume)
     _check_prompts(config, problems, probe)
-    _check_optimizer(config, problems, device, total_steps)
+    check_optimizer(config, problems, device, total_steps)
     _check_unused(config, problems)
     return problems.items
 
@@ -144,7 +143,7 @@ def _check_device(config: RunConfig, problems: ProblemList):
 
 def _check_packages(config: RunConfig, problems: ProblemList, device) -> None:
     needed = []
-    package = PACKAGES_FOR_OPTIMIZER.get(config.optimizer.type)
+    package = needs_package(config.optimizer.type)
     if package:
         needed.append(("optimizer.type", f"{config.optimizer.type} needs", package))
     if config.memory.attention == "xformers" and device is not None and device.type == "cuda":
@@ -264,45 +263,6 @@ def _check_samplers(config: RunConfig, prompts, problems: ProblemList) -> None:
                          (f"--s {entry.min_steps} or more on that prompt" if p.steps else
                           f"sample.steps = {entry.min_steps} or more") + ", or another sampler")
             return
-
-
-# ---------------------------------------------------------------- optimizer and schedule
-
-
-def _check_optimizer(config: RunConfig, problems: ProblemList, device, total_steps: int) -> None:
-    """Build the optimizer and schedule as training does, on one dummy parameter, and step once."""
-    import torch
-
-    from engine.train.lr_schedules import schedule_for
-    from engine.train.optimizers import OptionalPackageMissing, build_optimizer
-
-    o = config.optimizer
-    on = device if device is not None else torch.device("cpu")
-    param = torch.nn.Parameter(torch.zeros(8, device=on))
-    optimizer = None
-    package = PACKAGES_FOR_OPTIMIZER.get(o.type)
-    if not (package and _missing(package)):   # a missing package is reported by _check_packages
-        try:
-            optimizer = build_optimizer(o.type, [{"params": [param], "lr": o.learning_rate}], o.learning_rate,
-                                        o.args, on.type)
-            param.grad = torch.full_like(param, 0.01)
-            optimizer.step()
-        except OptionalPackageMissing as exc:
-            problems.add("optimizer.type", str(exc))
-            optimizer = None
-        except Exception as exc:  # noqa: BLE001 - any failure here is a failure at training start
-            problems.add("optimizer.args", f"{o.type} cannot be built with these arguments: {exc}",
-                         "optimizer.args holds the optimizer's keyword arguments, e.g. { weight_decay = 0.01 }")
-            optimizer = None
-    if optimizer is None:   # the schedule is still checked, on a plain optimizer
-        optimizer = torch.optim.SGD([param], lr=o.learning_rate)
-    try:
-        scheduler = schedule_for(o, optimizer, total_steps)
-        optimizer.step()
-        scheduler.step()
-    except Exception as exc:  # noqa: BLE001
-        problems.add("optimizer.lr_scheduler_args", str(exc).removeprefix("optimizer.lr_scheduler_args: "),
-                     f"the {o.lr_scheduler} schedule's keyword arguments")
 
 
 # ---------------------------------------------------------------- keys that do nothing in this combination

@@ -46,15 +46,15 @@ def _sampling(config: RunConfig) -> bool:
 
 
 def schedule_options_of(config: RunConfig) -> tuple[str, ...]:
-    from engine.train.lr_schedules import schedule_options
+    from engine.registry.schedulers import options_of
 
-    return schedule_options(config.optimizer.lr_scheduler)
+    return options_of(config.optimizer.lr_scheduler)
 
 
 def _schedule_takes(option: str) -> Callable[[RunConfig], bool]:
-    from engine.train.lr_schedules import schedule_options
+    from engine.registry.schedulers import options_of
 
-    return lambda c: option in schedule_options(c.optimizer.lr_scheduler)
+    return lambda c: option in options_of(c.optimizer.lr_scheduler)
 
 
 RULES = (

@@ -1,14 +1,13 @@
-"""Every optimizer and scheduler of the registry builds and steps."""
+"""Every LR schedule of the registry builds and steps; optimizer arguments and Lion (every optimizer
+builds and trains in test_optimizers_all.py)."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
 
 from engine.train.lr_schedules import SCHEDULERS, ScheduleInputs, build_scheduler, steps_of
-from engine.train.optimizers import OPTIMIZERS, OptionalPackageMissing, build_optimizer
+from engine.train.optimizers import build_optimizer
 
 
 def _model():
@@ -16,30 +15,12 @@ def _model():
     return torch.nn.Linear(8, 8)
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_optimizer_builds_and_steps(name):
-    needs = {"AdamW8bit": "bitsandbytes", "Lion8bit": "bitsandbytes", "Prodigy": "prodigyopt"}.get(name)
-    model = _model()
-    before = model.weight.detach().clone()
-    if needs and importlib.util.find_spec(needs) is None:
-        with pytest.raises(OptionalPackageMissing, match=f"pip install {needs}"):
-            build_optimizer(name, [{"params": model.parameters()}], 1e-2)
-        return
-    try:
-        optimizer = build_optimizer(name, [{"params": model.parameters()}], 1e-2)
-    except OptionalPackageMissing:
-        pytest.skip(f"{name}: optional package unusable here")
-    model(torch.randn(4, 8)).pow(2).mean().backward()
-    optimizer.step()
-    assert not torch.equal(before, model.weight)
-
-
 def test_bad_optimizer_args_are_explained():
     with pytest.raises(ValueError, match="optimizer.args"):
         build_optimizer("AdamW", [{"params": _model().parameters()}], 1e-3, {"not_an_arg": 1})
 
 
-@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("name", [s for s in SCHEDULERS if s != "adafactor"])   # Adafactor's: test_optimizers_all
 def test_scheduler_builds_and_steps(name):
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -67,10 +48,9 @@ def test_warmup_ratio():
 
 
 def test_lion_moves_by_sign():
-    from engine.train.optimizers import Lion
-
+    pytest.importorskip("lion_pytorch")
     p = torch.nn.Parameter(torch.zeros(3))
-    opt = Lion([p], lr=0.1)
+    opt = build_optimizer("Lion", [{"params": [p]}], 0.1)
     p.grad = torch.tensor([2.0, -0.5, 0.0])
     opt.step()
     torch.testing.assert_close(p.detach(), torch.tensor([-0.1, 0.1, 0.0]))

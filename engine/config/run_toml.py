@@ -140,6 +140,13 @@ def _build_dataclass(cls: type, table: dict, prefix: str, problems: ProblemList)
                 continue
             values[key] = _build_dataclass(hint, value, dotted, problems)
             continue
+        normalize = known[key].metadata.get("normalize")
+        if normalize is not None:
+            try:
+                value = normalize(value)
+            except ValueError as exc:
+                problems.add(dotted, str(exc), _field_hint(known[key]))
+                continue
         error = _type_error(value, hint)
         if error:
             problems.add(dotted, f"{error}, got {value!r}", _field_hint(known[key]))
@@ -186,7 +193,8 @@ def _type_error(value, hint) -> str | None:
 def _range_error(value, field) -> str | None:
     meta = field.metadata
     choices = meta.get("choices")
-    if choices and value not in choices and not isinstance(value, bool):
+    # a normaliser is the judge of its own values (optimizer.type: a choice or module.Class)
+    if choices and value not in choices and not isinstance(value, bool) and meta.get("normalize") is None:
         return "must be one of " + ", ".join(repr(c) for c in choices if c is not None)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if meta.get("min") is not None and value < meta["min"]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from engine.config.key_values import table_or_list
+from engine.registry import optimizers, schedulers
 from engine.registry.samplers import ACCEPTED_NAMES as SAMPLER_CHOICES
 from engine.registry.samplers import DEFAULT_SAMPLER
 
@@ -17,9 +19,11 @@ CONFIG_VERSION = 1
 
 
 def opt(default: Any = None, doc: str = "", *, choices: tuple | None = None, min: float | None = None,
-        max: float | None = None, factory: Any = None):
-    """A documented field. ``choices``/``min``/``max`` are checked by the validator."""
-    meta = {"doc": doc, "choices": choices, "min": min, "max": max}
+        max: float | None = None, factory: Any = None, normalize: Any = None):
+    """A documented field. ``choices``/``min``/``max`` are checked by the validator; ``normalize``
+    turns what the file says into the value kept (a ValueError is the key's problem), before the
+    checks: e.g. a name in any case into its registry spelling."""
+    meta = {"doc": doc, "choices": choices, "min": min, "max": max, "normalize": normalize}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -85,16 +89,17 @@ class TrainConfig:
 class OptimizerConfig:
     """[optimizer]: optimizer, learning rate and its schedule."""
 
-    type: str = opt("AdamW", "AdamW, AdamW8bit, Lion, Lion8bit, Adafactor, SGDNesterov or Prodigy.",
-                    choices=("AdamW", "AdamW8bit", "Lion", "Lion8bit", "Adafactor", "SGDNesterov", "Prodigy"))
+    type: str = opt(optimizers.DEFAULT, "Optimizer: kohya's --optimizer_type names in any case (AdamW, AdamW8bit, "
+                    "Lion, Prodigy, DAdaptAdam, Adafactor, AdamWScheduleFree, ...), or module.Class for any other.",
+                    choices=optimizers.NAMES, normalize=optimizers.canonical)
     learning_rate: float = opt(2e-6, "U-Net learning rate.", min=0.0)
     learning_rate_te: float | None = opt(None, "Text encoder learning rate (unset = learning_rate).", min=0.0)
-    args: dict = opt(None, "Extra optimizer keyword arguments, e.g. { weight_decay = 0.01 }.", factory=dict)
+    args: dict = opt(None, 'Extra optimizer keyword arguments: a table, e.g. { weight_decay = 0.01 }, or kohya\'s '
+                     'list ["weight_decay=0.01", "betas=0.9,0.999"].', factory=dict,
+                     normalize=table_or_list("optimizer.args"))
     max_grad_norm: float = opt(1.0, "Clip the gradient norm to this; 0 = off.", min=0.0)
-    lr_scheduler: str = opt("constant", "Learning-rate schedule.",
-                            choices=("constant", "constant_with_warmup", "linear", "cosine",
-                                     "cosine_with_restarts", "polynomial", "piecewise_constant", "inverse_sqrt",
-                                     "cosine_with_min_lr", "warmup_stable_decay"))
+    lr_scheduler: str = opt(schedulers.DEFAULT, "Learning-rate schedule (adafactor: only with Adafactor's "
+                            "relative_step).", choices=schedulers.NAMES)
     lr_warmup_steps: int | float = opt(0, "Warm-up steps, or a fraction (< 1) of the total steps.", min=0)
     lr_scheduler_num_cycles: int = opt(1, "Restarts for cosine_with_restarts.", min=1)
     lr_scheduler_power: float = opt(1.0, "Power for the polynomial schedule.", min=0.0)
@@ -103,7 +108,8 @@ class OptimizerConfig:
                                                   "learning rate as a fraction of learning_rate.", min=0.0, max=1.0)
     lr_scheduler_timescale: int | None = opt(None, "inverse_sqrt: the decay timescale in steps (default: the "
                                              "warm-up steps, or 10,000).", min=1)
-    lr_scheduler_args: dict = opt(None, "Extra scheduler keyword arguments.", factory=dict)
+    lr_scheduler_args: dict = opt(None, "Extra scheduler keyword arguments (a table, or kohya's key=value list).",
+                                  factory=dict, normalize=table_or_list("optimizer.lr_scheduler_args"))
     lr_scheduler_type: str | None = opt(None, "A schedule class instead of lr_scheduler: a torch.optim.lr_scheduler "
                                         "name (e.g. OneCycleLR) or module.Class, built with lr_scheduler_args.")
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.config.key_values import parse_literal
 from engine.kohya.options import FLAG, LIST, OPTIONS
-from engine.kohya.values import KohyaValueError, parse_literal
+from engine.kohya.values import KohyaValueError
 
 SCRIPTS = ("fine_tune.py",)
 DATASET_TABLES = ("general.", "subset.")

@@ -40,10 +40,44 @@ def _true(key: str, value: Any = True) -> Callable:
     return lambda _v, _all: {key: value}
 
 
-def _optimizer_type(value, _all) -> dict:
+def _optimizer_type(value, options) -> dict:
     from engine.kohya.values import optimizer_name
 
-    return {"optimizer.type": optimizer_name(value)}
+    name = optimizer_name(value)
+    return {"optimizer.type": name, **_adafactor_args(options)}
+
+
+def _optimizer_args(value, options) -> dict:
+    from engine.kohya.values import parse_key_values
+
+    return {"optimizer.args": parse_key_values(value, "optimizer_args"), **_adafactor_args(options)}
+
+
+def _optimizer_entry(options):
+    from engine.kohya.values import KohyaValueError, optimizer_name
+    from engine.registry.optimizers import find
+
+    try:
+        return find(optimizer_name(options.get("optimizer_type") or ""))
+    except KohyaValueError:
+        return None
+
+
+def _adafactor_args(options) -> dict:
+    """kohya's Adafactor: relative_step on unless given, transformers' defaults for the rest; sdft's
+    Adafactor defaults differ, so a converted file says kohya's in full."""
+    from engine.kohya.values import parse_key_values
+
+    entry = _optimizer_entry(options)
+    if entry is None or entry.name != "Adafactor":
+        return {}
+    given = parse_key_values(options.get("optimizer_args") or [], "optimizer_args")
+    return {"optimizer.args": {"scale_parameter": True, "relative_step": True, "warmup_init": False, **given}}
+
+
+def _adafactor_relative_step(options) -> bool:
+    args = _adafactor_args(options).get("optimizer.args")
+    return bool(args and (args["relative_step"] or args["warmup_init"]))
 
 
 def _sampler(value, _all) -> dict:
@@ -52,9 +86,15 @@ def _sampler(value, _all) -> dict:
     return {"sample.sampler": sampler_name(value)}
 
 
-def _scheduler(value, _all) -> dict:
-    from engine.kohya.values import scheduler_name
+def _scheduler(value, options) -> dict:
+    from engine.kohya.values import KohyaValueError, scheduler_name
 
+    entry = _optimizer_entry(options)
+    if entry is not None and entry.schedule_free:
+        raise KohyaValueError(f"kohya ignores the schedule with {entry.name}, a schedule-free optimizer (its "
+                              "warm-up is optimizer_args warmup_steps)")
+    if _adafactor_relative_step(options):
+        return {"optimizer.lr_scheduler": "adafactor"}   # kohya switches to it, whatever was asked
     return {"optimizer.lr_scheduler": scheduler_name(value)}
 
 
@@ -247,7 +287,7 @@ OPTIONS: dict[str, Opt] = {
     "learning_rate": Opt(VALUE, 2e-6, to="optimizer.learning_rate"),
     "learning_rate_te": Opt(VALUE, to="optimizer.learning_rate_te"),
     "max_grad_norm": Opt(VALUE, 1.0, to="optimizer.max_grad_norm"),
-    "optimizer_args": Opt(LIST, to=_key_values("optimizer.args")),
+    "optimizer_args": Opt(LIST, to=_optimizer_args),
     "lr_scheduler": Opt(VALUE, "constant", to=_scheduler),
     "lr_scheduler_args": Opt(LIST, to=_key_values("optimizer.lr_scheduler_args")),
     "lr_scheduler_type": Opt(VALUE, "", to="optimizer.lr_scheduler_type"),

@@ -3,7 +3,6 @@ argument lists, resolutions. sdft's own names come from the schema's choices."""
 
 from __future__ import annotations
 
-import ast
 from dataclasses import fields
 
 
@@ -29,9 +28,21 @@ def _pick(value: str, dotted: str, aliases: dict[str, str], what: str) -> str:
 
 
 def optimizer_name(value: str) -> str:
+    """kohya's --optimizer_type in sdft's spelling (engine/registry/optimizers.py, any case, as
+    kohya matches it); a name kohya looks up in torch.optim becomes torch.optim.NAME, module.Class
+    stays as it is."""
+    from engine.registry.optimizers import DEFAULT, find, is_class_path
+
     if not value:
-        return "AdamW"   # kohya's default when --optimizer_type is empty
-    return _pick(value, "optimizer.type", {"adamw8bit": "adamw8bit", "sgdnesterov": "sgdnesterov"}, "optimizer")
+        return DEFAULT   # kohya's default when --optimizer_type is empty
+    entry = find(value)
+    if entry is not None:
+        return entry.name
+    if is_class_path(value):
+        return value
+    if value.isidentifier():
+        return f"torch.optim.{value}"
+    raise KohyaValueError(f"the optimizer {value!r} is neither one of kohya's names nor module.Class")
 
 
 def scheduler_name(value: str) -> str:
@@ -49,29 +60,15 @@ def sampler_name(value: str) -> str:
         raise KohyaValueError(str(exc)) from None
 
 
-def parse_literal(text: str):
-    """A value as kohya's ``k=v`` lists read it: a Python literal, else the text itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def parse_key_values(items, option: str) -> dict:
-    """kohya's ``["weight_decay=0.01", "betas=0.9,0.999"]`` (or one string of them) as a table;
-    a tuple becomes a list (TOML has no tuples). A dict (from a config file) is taken as is."""
-    if isinstance(items, dict):
-        return dict(items)
-    if isinstance(items, str):
-        items = items.split()
-    table = {}
-    for item in items:
-        key, sep, text = str(item).partition("=")
-        if not sep or not key.strip():
-            raise KohyaValueError(f"{item!r} is not key=value (kohya's form: {option} weight_decay=0.01)")
-        value = parse_literal(text.strip())
-        table[key.strip()] = list(value) if isinstance(value, tuple) else value
-    return table
+    """kohya's ``["weight_decay=0.01", "betas=0.9,0.999"]`` as a table (engine/config/key_values.py,
+    which reads the run file's lists too)."""
+    from engine.config.key_values import parse_key_values as parse
+
+    try:
+        return parse(items, option)
+    except ValueError as exc:
+        raise KohyaValueError(str(exc)) from None
 
 
 def parse_resolution(value) -> int | list[int]:

@@ -85,7 +85,9 @@ def _add_tag(commands) -> None:
                             description="Write Danbooru-style tags (<image>.txt) with a WD14 tagger (default) "
                                         "or DeepDanbooru.")
     _common(p)
-    p.add_argument("--tagger", choices=("wd14", "deepdanbooru"), default="wd14")
+    from engine.registry.labelers import DEFAULT_TAGGER, TAGGERS
+
+    p.add_argument("--tagger", choices=TAGGERS, default=DEFAULT_TAGGER)
     p.add_argument("--thresh", type=float, default=None, help="threshold (WD14 0.35, DeepDanbooru 0.5)")
     p.add_argument("--general-threshold", type=float, default=None, help="WD14 general tags (default --thresh)")
     p.add_argument("--character-threshold", type=float, default=None, help="WD14 character tags (default --thresh)")

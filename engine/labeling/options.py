@@ -10,16 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_BLIP = "Salesforce/blip-image-captioning-large"
-DEFAULT_WD14 = "SmilingWolf/wd-v1-4-convnext-tagger-v2"
-WD14_MODELS = (
-    "SmilingWolf/wd-v1-4-convnext-tagger-v2", "SmilingWolf/wd-v1-4-convnextv2-tagger-v2",
-    "SmilingWolf/wd-v1-4-vit-tagger-v2", "SmilingWolf/wd-v1-4-swinv2-tagger-v2",
-    "SmilingWolf/wd-v1-4-moat-tagger-v2", "SmilingWolf/wd-vit-tagger-v3", "SmilingWolf/wd-swinv2-tagger-v3",
-    "SmilingWolf/wd-convnext-tagger-v3", "SmilingWolf/wd-vit-large-tagger-v3",
-    "SmilingWolf/wd-eva02-large-tagger-v3",
-)
-TAGGERS = ("wd14", "deepdanbooru")
+from engine.registry.labelers import TAGGERS, default_model  # noqa: F401 - TAGGERS: the runner reads it here
+
+DEFAULT_BLIP = default_model("blip")
+DEFAULT_WD14 = default_model("wd14")
 POLICIES = ("skip", "overwrite", "append")
 
 

@@ -34,22 +34,18 @@ LogFn = Callable[[str], None]
 
 def load_captioner(options: CaptionOptions):
     """A loaded BLIP captioner, to pass as ``model=`` to several :func:`caption_images` calls."""
-    from engine.labeling.blip import BlipCaptioner
+    from engine.registry.labelers import DEFAULT_CAPTIONER, load_class
 
-    return BlipCaptioner(options)
+    return load_class(DEFAULT_CAPTIONER)(options)   # BLIP, the one captioner
 
 
 def load_tagger(options: TagOptions):
-    """A loaded WD14 or DeepDanbooru tagger, reusable through ``model=``."""
-    if options.tagger == "wd14":
-        from engine.labeling.wd14 import Wd14Tagger
+    """A loaded WD14 or DeepDanbooru tagger (engine/registry/labelers.py), reusable through ``model=``."""
+    from engine.registry.labelers import load_class
 
-        return Wd14Tagger(options)
-    if options.tagger == "deepdanbooru":
-        from engine.labeling.deepdanbooru import DeepDanbooruTagger
-
-        return DeepDanbooruTagger(options)
-    raise LabelError(f"unknown tagger {options.tagger!r}; use one of {', '.join(TAGGERS)}")
+    if options.tagger not in TAGGERS:
+        raise LabelError(f"unknown tagger {options.tagger!r}; use one of {', '.join(TAGGERS)}")
+    return load_class(options.tagger)(options)
 
 
 def caption_images(paths: Iterable[str | Path], options: CaptionOptions | None = None, *,

@@ -5,7 +5,12 @@ minimum-LR ratio, the timescale); ``lr_scheduler_args`` add any other keyword th
 function takes. The classic six come from diffusers (what sdft always used, so their numbers are
 unchanged); piecewise_constant from diffusers too; inverse_sqrt, cosine_with_min_lr and
 warmup_stable_decay from transformers, as kohya takes them. kohya halves num_cycles for the last
-two (their cosine counts half-waves); so does sdft.
+two (their cosine counts half-waves); so does sdft. The names and the options each takes are in
+engine/registry/schedulers.py.
+
+Two optimizers decide the schedule, as in kohya: Adafactor with ``relative_step`` picks its own
+step size, which transformers' ``AdafactorSchedule`` (``lr_scheduler = "adafactor"``) only reports;
+a schedule-free optimizer has none (``constant`` only; its warm-up is its own ``warmup_steps``).
 """
 
 from __future__ import annotations
@@ -13,24 +18,12 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-DIFFUSERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
-             "piecewise_constant")
-TRANSFORMERS = ("inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
-SCHEDULERS = DIFFUSERS + TRANSFORMERS
+from engine.registry.schedulers import NAMES as SCHEDULERS
+from engine.registry.schedulers import names_from, options_of
 
-# The options each schedule takes from [optimizer] keys, as kohya passes them.
-_SCHEDULE_OPTIONS = {
-    "constant": (),
-    "piecewise_constant": (),
-    "constant_with_warmup": ("num_warmup_steps",),
-    "linear": ("num_warmup_steps", "num_training_steps"),
-    "cosine": ("num_warmup_steps", "num_training_steps"),
-    "cosine_with_restarts": ("num_warmup_steps", "num_training_steps", "num_cycles"),
-    "polynomial": ("num_warmup_steps", "num_training_steps", "power"),
-    "inverse_sqrt": ("num_warmup_steps", "timescale"),
-    "cosine_with_min_lr": ("num_warmup_steps", "num_training_steps", "num_cycles", "min_lr_rate"),
-    "warmup_stable_decay": ("num_warmup_steps", "num_stable_steps", "num_decay_steps", "num_cycles", "min_lr_ratio"),
-}
+DIFFUSERS = names_from("diffusers")
+TRANSFORMERS = names_from("transformers")
+
 # The [optimizer] key behind each option (lr_scheduler_args must not set them too).
 OPTION_KEYS = {"num_warmup_steps": "lr_warmup_steps", "num_training_steps": "max_train_steps",
                "num_cycles": "lr_scheduler_num_cycles", "power": "lr_scheduler_power",
@@ -50,12 +43,17 @@ class ScheduleInputs:
     decay: int | float = 0
     min_lr_ratio: float | None = None
     timescale: int | None = None
+    initial_lr: float = 0.0    # what the adafactor schedule reports before Adafactor's first step
 
     @classmethod
     def of(cls, optimizer_config, total_steps: int) -> ScheduleInputs:
         o = optimizer_config
         return cls(total_steps, o.lr_warmup_steps, o.lr_scheduler_num_cycles, o.lr_scheduler_power,
-                   o.lr_decay_steps, o.lr_scheduler_min_lr_ratio, o.lr_scheduler_timescale)
+                   o.lr_decay_steps, o.lr_scheduler_min_lr_ratio, o.lr_scheduler_timescale, o.learning_rate)
+
+
+class ScheduleMismatch(ValueError):
+    """The schedule does not go with the optimizer (optimizer.lr_scheduler is the key to change)."""
 
 
 def steps_of(value: int | float, total_steps: int) -> int:
@@ -67,7 +65,7 @@ def steps_of(value: int | float, total_steps: int) -> int:
 
 def schedule_options(name: str) -> tuple[str, ...]:
     """The [optimizer]-key options schedule ``name`` takes."""
-    return _SCHEDULE_OPTIONS.get(name, ())
+    return options_of(name)
 
 
 def _function(name: str):
@@ -81,7 +79,9 @@ def _function(name: str):
 def scheduler_arg_names(name: str) -> list[str]:
     """The keys ``optimizer.lr_scheduler_args`` may hold for schedule ``name``."""
     params = inspect.signature(_function(name)).parameters
-    taken = set(_SCHEDULE_OPTIONS[name])
+    if name == "adafactor":
+        return ["initial_lr"]   # what it reports before Adafactor's first step (default: learning_rate)
+    taken = set(options_of(name))
     if name == "cosine_with_min_lr":
         taken.add("min_lr")   # the floor is given as a ratio (lr_scheduler_min_lr_ratio), as kohya does
     return [p for p in params if p != "optimizer" and p not in taken]
@@ -101,7 +101,7 @@ def _options(name: str, given: ScheduleInputs) -> dict:
               "num_cycles": given.num_cycles / 2 if name in TRANSFORMERS else given.num_cycles,
               "timescale": given.timescale, "num_decay_steps": decay, "num_stable_steps": total - warmup - decay,
               "min_lr_rate": given.min_lr_ratio, "min_lr_ratio": given.min_lr_ratio or 0.0}
-    return {key: values[key] for key in _SCHEDULE_OPTIONS[name]}
+    return {key: values[key] for key in options_of(name)}
 
 
 def build_scheduler(name: str, optimizer, given: ScheduleInputs, args: dict | None = None):
@@ -113,6 +113,8 @@ def build_scheduler(name: str, optimizer, given: ScheduleInputs, args: dict | No
     """
     if name not in SCHEDULERS:
         raise ValueError(f"unknown lr_scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    if name == "adafactor":
+        return _adafactor_schedule(optimizer, given, args or {})
     kwargs = _options(name, given)
     valid = scheduler_arg_names(name)
     for key, value in (args or {}).items():
@@ -127,6 +129,21 @@ def build_scheduler(name: str, optimizer, given: ScheduleInputs, args: dict | No
         return _function(name)(optimizer, **kwargs)
     except (TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"optimizer.lr_scheduler_args do not fit the {name} schedule: {exc!r}") from None
+
+
+def _adafactor_schedule(optimizer, given: ScheduleInputs, args: dict):
+    from transformers.optimization import AdafactorSchedule
+
+    from engine.train.optimizers import uses_relative_step
+
+    if not uses_relative_step(optimizer):
+        raise ScheduleMismatch('the adafactor schedule reports the step size Adafactor picks itself: it needs '
+                               'optimizer.type = "Adafactor" with optimizer.args relative_step = true')
+    unknown = set(args) - {"initial_lr"}
+    if unknown:
+        raise ValueError(f"optimizer.lr_scheduler_args: the adafactor schedule has no option {sorted(unknown)[0]!r}; "
+                         "its options: initial_lr")
+    return AdafactorSchedule(optimizer, args.get("initial_lr", given.initial_lr))
 
 
 def custom_scheduler(type_name: str, optimizer, args: dict | None = None):
@@ -147,9 +164,30 @@ def custom_scheduler(type_name: str, optimizer, args: dict | None = None):
         raise ValueError(f"optimizer.lr_scheduler_args do not fit {type_name}: {exc}") from None
 
 
+def schedule_name(optimizer_config, optimizer) -> str | None:
+    """The schedule a run uses: its lr_scheduler, the one its optimizer forces (kohya's rules), or
+    None for an lr_scheduler_type class."""
+    from engine.train.optimizers import has_train_mode, uses_relative_step
+
+    o = optimizer_config
+    name = o.lr_scheduler_type or o.lr_scheduler
+    what = type(getattr(optimizer, "optimizer", optimizer)).__name__
+    if has_train_mode(optimizer) and name != "constant":
+        raise ScheduleMismatch(f"{what} is schedule-free: it takes no learning-rate schedule (kohya ignores "
+                               f"{name!r}); remove it, and give a warm-up as optimizer.args warmup_steps")
+    if uses_relative_step(optimizer):
+        if name not in ("constant", "adafactor") or o.lr_scheduler_type:
+            raise ScheduleMismatch(f"Adafactor with relative_step picks its own step size: the {name!r} schedule "
+                                   'cannot act on it; set optimizer.lr_scheduler = "adafactor" (kohya switches to '
+                                   "it), or relative_step = false for a schedule of your own")
+        return "adafactor"   # constant (the default) means "unset" here, as kohya replaces it
+    return None if o.lr_scheduler_type else name
+
+
 def schedule_for(optimizer_config, optimizer, total_steps: int):
     """The run's schedule from its [optimizer] table (training and --check build it this way)."""
-    if optimizer_config.lr_scheduler_type:
-        return custom_scheduler(optimizer_config.lr_scheduler_type, optimizer, optimizer_config.lr_scheduler_args)
-    return build_scheduler(optimizer_config.lr_scheduler, optimizer,
-                           ScheduleInputs.of(optimizer_config, total_steps), optimizer_config.lr_scheduler_args)
+    o = optimizer_config
+    name = schedule_name(o, optimizer)
+    if o.lr_scheduler_type:
+        return custom_scheduler(o.lr_scheduler_type, optimizer, o.lr_scheduler_args)
+    return build_scheduler(name, optimizer, ScheduleInputs.of(o, total_steps), o.lr_scheduler_args)

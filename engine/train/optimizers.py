@@ -1,116 +1,136 @@
-"""Optimizers and learning-rate schedules, from a small registry.
+"""Optimizers, built by name from the registry (engine/registry/optimizers.py).
 
-Each optimizer is a builder ``(param_groups, lr, args, device_type) -> torch.optim.Optimizer``.
-Optional packages (bitsandbytes, prodigyopt) are imported only when chosen, and a missing
-one gives a message that says what to install.
+Each builder is ``(entry, param_groups, lr, args, device_type) -> torch.optim.Optimizer`` and
+follows kohya-ss/sd-scripts' ``get_optimizer`` for its defaults. Optional packages are imported
+only when chosen; a missing one says what to install. ``optimizer.args`` are the class's keyword
+arguments (a table, or kohya's ``["key=value", ...]`` list, read by engine/config/key_values.py).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import functools
+import importlib
+from contextlib import contextmanager
+from typing import Iterable
 
 import torch
+
+from engine.registry.optimizers import OptimizerEntry, entry_for
 
 
 class OptionalPackageMissing(RuntimeError):
     pass
 
 
-def _require(module: str, install: str, purpose: str):
-    import importlib
-
+def import_class(path: str, purpose: str, install: str | None = None):
+    """``module.Class`` imported; a module that will not import is OptionalPackageMissing."""
+    module_name, _, class_name = path.rpartition(".")
     try:
-        return importlib.import_module(module)
+        module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise OptionalPackageMissing(
-            f"{purpose} needs the package '{module}', which is not installed: {exc}. "
-            f"Install it with: pip install {install}"
-        ) from None
+        how = f"Install it with: {install}" if install else "check the name and that its package is installed"
+        raise OptionalPackageMissing(f"{purpose} needs the module '{module_name}', which cannot be imported: "
+                                     f"{exc}. {how}") from None
+    try:
+        return getattr(module, class_name)
+    except AttributeError:
+        hint = " (an older version? upgrade it: " + install + ")" if install else ""
+        raise OptionalPackageMissing(f"{purpose}: the module '{module_name}' has no {class_name}{hint}") from None
 
 
-class Lion(torch.optim.Optimizer):
-    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): sign of an
-    interpolated momentum, decoupled weight decay. One state tensor per parameter."""
-
-    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                momentum = state["exp_avg"]
-                if group["weight_decay"]:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                update = momentum.mul(beta1).add_(p.grad, alpha=1 - beta1).sign_()
-                p.add_(update, alpha=-group["lr"])
-                momentum.mul_(beta2).add_(p.grad, alpha=1 - beta2)
-        return loss
+def _class(entry: OptimizerEntry):
+    return import_class(entry.cls, f"The {entry.name} optimizer", entry.install)
 
 
-def _adamw(groups, lr, args, device_type):
-    args = dict(args)
+def with_class(entry, groups, lr, args, device_type):
+    """The entry's class, called as kohya calls it: ``cls(params, lr=lr, **args)``."""
+    return _class(entry)(groups, lr=lr, **args)
+
+
+def custom_class(entry, groups, lr, args, device_type):
+    """``optimizer.type = "module.Class"``: any optimizer class, as kohya's ``--optimizer_type``."""
+    return import_class(entry.cls, f"optimizer.type = {entry.name!r}")(groups, lr=lr, **args)
+
+
+def adamw(entry, groups, lr, args, device_type):
     if device_type == "cuda" and "fused" not in args and "foreach" not in args:
-        args["fused"] = True  # one kernel for the whole update
+        args = {**args, "fused": True}   # one kernel for the whole update
     return torch.optim.AdamW(groups, lr=lr, **args)
 
 
-def _adamw8bit(groups, lr, args, device_type):
-    bnb = _require("bitsandbytes", "bitsandbytes (or sdft[bnb])", "AdamW8bit (use_8bit_adam)")
-    return bnb.optim.AdamW8bit(groups, lr=lr, **args)
+def nesterov(entry, groups, lr, args, device_type):
+    """SGD (torch's or bitsandbytes' 8-bit) with Nesterov momentum: 0.9 unless given, as kohya."""
+    return _class(entry)(groups, lr=lr, nesterov=True, **{"momentum": 0.9, **args})
 
 
-def _lion8bit(groups, lr, args, device_type):
-    bnb = _require("bitsandbytes", "bitsandbytes (or sdft[bnb])", "Lion8bit")
-    return bnb.optim.Lion8bit(groups, lr=lr, **args)
-
-
-def _lion(groups, lr, args, device_type):
-    return Lion(groups, lr=lr, **args)
-
-
-def _adafactor(groups, lr, args, device_type):
+def adafactor(entry, groups, lr, args, device_type):
+    """transformers' Adafactor. sdft's defaults are a fixed step size (relative_step, scale_parameter
+    and warmup_init off; kohya's default is relative_step on, which sdft from-kohya writes out).
+    warmup_init turns relative_step on, as in kohya; with relative_step Adafactor picks its own step
+    size, so no learning rate reaches it and the adafactor schedule reports it (lr_schedules.py)."""
     from transformers.optimization import Adafactor
 
     args = {"scale_parameter": False, "relative_step": False, "warmup_init": False, **args}
+    if args["warmup_init"]:
+        args["relative_step"] = True
+    if args["relative_step"]:
+        groups = [{k: v for k, v in g.items() if k != "lr"} for g in groups]
+        lr = None
     return Adafactor(groups, lr=lr, **args)
 
 
-def _sgd_nesterov(groups, lr, args, device_type):
-    args = {"momentum": 0.9, **args}
-    return torch.optim.SGD(groups, lr=lr, nesterov=True, **args)
-
-
-def _prodigy(groups, lr, args, device_type):
-    prodigyopt = _require("prodigyopt", "prodigyopt", "The Prodigy optimizer")
-    return prodigyopt.Prodigy(groups, lr=lr, **args)
-
-
-OPTIMIZERS: dict[str, Callable] = {
-    "AdamW": _adamw,
-    "AdamW8bit": _adamw8bit,
-    "Lion": _lion,
-    "Lion8bit": _lion8bit,
-    "Adafactor": _adafactor,
-    "SGDNesterov": _sgd_nesterov,
-    "Prodigy": _prodigy,
-}
+def _builder(entry: OptimizerEntry):
+    module, _, function = entry.builder.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def build_optimizer(name: str, param_groups: Iterable[dict], lr: float, args: dict | None = None,
                     device_type: str = "cpu") -> torch.optim.Optimizer:
+    """Optimizer ``name`` (any case, or ``module.Class``) over ``param_groups``; schedule-free
+    ones start in train mode, as kohya starts them."""
+    entry = entry_for(name)
     try:
-        builder = OPTIMIZERS[name]
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}") from None
-    try:
-        return builder(list(param_groups), lr, dict(args or {}), device_type)
+        optimizer = _builder(entry)(entry, list(param_groups), lr, dict(args or {}), device_type)
     except TypeError as exc:
-        raise ValueError(f"optimizer.args do not fit {name}: {exc}") from None
+        raise ValueError(f"optimizer.args do not fit {entry.name}: {exc}") from None
+    set_train_mode(optimizer, True)
+    return optimizer
+
+
+def uses_relative_step(optimizer) -> bool:
+    """Adafactor picking its own step size (it then needs the adafactor schedule)."""
+    inner = getattr(optimizer, "optimizer", optimizer)   # accelerate wraps it
+    return type(inner).__name__ == "Adafactor" and bool(inner.defaults.get("relative_step"))
+
+
+def has_train_mode(optimizer) -> bool:
+    """Schedule-free optimizers hold two sets of weights: train() for steps, eval() for using them."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return callable(getattr(inner, "train", None)) and callable(getattr(inner, "eval", None))
+
+
+def set_train_mode(optimizer, train: bool) -> None:
+    if has_train_mode(optimizer):
+        inner = getattr(optimizer, "optimizer", optimizer)
+        inner.train() if train else inner.eval()
+
+
+@contextmanager
+def evaluation_weights(optimizer):
+    """The weights to sample with or save: a schedule-free optimizer's eval() weights inside,
+    back to train() after (kohya switches around sampling and saving the same way)."""
+    set_train_mode(optimizer, False)
+    try:
+        yield
+    finally:
+        set_train_mode(optimizer, True)
+
+
+def with_evaluation_weights(method):
+    """For a method of a step hook holding ``self.parts`` (RunParts): it runs with the optimizer's
+    evaluation weights (sampling, saving a model or a state)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with evaluation_weights(self.parts.bundle.optimizer):
+            return method(self, *args, **kwargs)
+    return wrapper

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from engine.train.context import RunParts
+from engine.train.optimizers import set_train_mode
 from engine.train.state import (
     Counters,
     StateError,
@@ -64,6 +65,7 @@ def restore(parts: RunParts, resume: str, seed, allow_changed: bool) -> Counters
     b = parts.bundle
     counters = load_state(folder, trainables=parts.trainables(), optimizer=b.optimizer, scheduler=b.lr_scheduler,
                           scaler=parts.accelerator.scaler, ema=b.ema, notes=notes)
+    set_train_mode(b.optimizer, True)   # a schedule-free state was saved with its eval weights
     for note in notes:
         parts.say(note, "warning")
     if b.lr_scheduler.last_epoch != counters.global_step:

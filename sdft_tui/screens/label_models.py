@@ -16,10 +16,11 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
+from engine.registry.labelers import LABELERS
 from sdft_tui.screens.wizard_base import FormRow
 from sdft_tui.session import LabelModels
 
-TAGGERS = (("WD14 (ONNX)", "wd14"), ("DeepDanbooru (ONNX)", "deepdanbooru"))
+TAGGERS = tuple((e.label, e.name) for e in LABELERS if e.kind == "tags")
 
 
 def engine_defaults() -> tuple[str, str]:

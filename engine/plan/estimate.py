@@ -1,0 +1,314 @@
+"""VRAM planner, the estimate: the peak GPU memory of a training configuration.
+
+Pure Python (no torch): the wizard calls it on every keystroke of the options screen. The
+optimizers' coefficients are in engine/registry/optimizers.py.
+
+The model (first principles, per GPU, one process)
+--------------------------------------------------
+Symbols: ``N`` trained U-Net parameters (SD1.x 859.5 M, SD2.x 865.9 M), ``s = H·W / 512²`` for the
+largest bucket, ``B`` the micro-batch, ``b_w``/``b_g`` bytes per weight/gradient (4 with fp32 master
+weights, i.e. AMP or fp32; 2 with ``full_bf16``/``full_fp16``), ``b_opt`` optimizer-state bytes per
+parameter::
+
+    static = N·(b_w + b_opt)                      U-Net weights + optimizer states
+           + EMA on GPU: 4N                       (fp32 shadow copy; 0 with ema_cpu_offload)
+           + text encoder: frozen 2·N_te (fp16) / 4·N_te (fp32) | trained N_te·(b_w + b_g + b_opt)
+           + VAE when latents are not cached: N_vae·bytes(vae_dtype)
+    A_fwd  = a(precision, GC)·B·s + {AMP, no GC: 2N weight-cast cache | AMP+GC: 0.22 GB | bf16+GC: 0.1 GB}
+           + classic ("math") attention: B·(S_tot + 1.3·S_1) without GC
+    A_tail = B·s·(0.50 GB without GC | 0.18 GB with GC) [+ classic attention: 1.5·B·S_1, the backward of one
+             top-level layer's scores; the reference note adds it with GC only, we add it always so that
+             enabling checkpointing can never raise the estimate]
+    P_fb   = grads persist ? N·b_g + A_fwd : max(A_fwd, N·b_g + A_tail)
+    P_opt  = N·b_g + (torch AdamW/SGD "foreach" step transient: N·b_w | 0 for 8-bit, Adafactor, Lion, Prodigy)
+    peak   = ctx + frag·(static + max(P_fb, P_opt))      ctx = 0.5 GiB, frag = 1.05
+
+with ``a`` = 1.245 GB (AMP), 1.871 GB (fp32), 0.936 GB (pure bf16/fp16) per 512² sample without
+gradient checkpointing and 0.184 / 0.30 / 0.14 GB with it; ``b_opt`` = 8 (AdamW), 2.006 (bitsandbytes
+AdamW8bit/Lion8bit: tensors under 4096 elements stay 32-bit), 2.13 (SD1) / 1.89 (SD2) Adafactor
+(factored over the last two dims, which barely helps 3×3 convs), 4 (Lion, SGD with momentum),
+16 (Prodigy). Gradients persist with gradient accumulation > 1. ``S_1 = 6 B × heads × T²`` is one
+top-level classic attention score tensor (``T = H·W/64`` latent tokens; the fp32 softmax plus its
+fp16 copy) and ``S_tot = 5·S_1 + 5·6·heads₂·(T/4)²`` the five top-level and five second-level layers.
+xformers and SDPA (flash / memory-efficient kernels) keep no score matrices.
+
+Hypernetwork mode (``train.mode = "hypernetwork"``): the U-Net and text encoder are frozen
+(U-Net weights in the mixed-precision dtype, no weight-cast cache, no U-Net gradients or optimizer
+states); only the hypernetwork (per width d a pair of d→2d→d MLPs: 21.9 M params for SD1, 25.6 M for
+SD2) is trained in fp32. Activations are still stored because gradients flow back through every
+attention to the hypernetwork's outputs.
+
+Sources and calibration
+-----------------------
+The coefficients come from fake-tensor measurements of the diffusers SD1.5/SD2 U-Net (PyTorch
+``MemTracker`` + ``FakeTensorMode``). The model
+is checked against published SD1.x figures (tests/test_plan_vram.py reproduces each within 15 %):
+
+* ShivamShrirao/diffusers, ``examples/dreambooth/README.md`` (Tesla T4, SD-v1.4 U-Net only, 512²,
+  xformers, text encoder and VAE outputs cached then freed; nvidia-smi GiB, torch-1.12 era, so
+  gradients persist between steps and AdamW is the for-loop implementation):
+  fp16 bs1 GC 8-bit Adam **9.92 GiB**; fp32 bs1 GC 8-bit **10.08**; fp16 bs2 GC 8-bit **10.4**;
+  fp16 bs1 no-GC 8-bit **11.17**; fp32 bs1 no-GC 8-bit **11.17**; fp16 bs2 no-GC 8-bit **13.67**;
+  fp16 bs1 GC fp32 AdamW **15.79**; fp16 bs1 no-GC fp32 AdamW **17.7**.
+* kohya-ss/sd-scripts ``docs/fine_tune_README-en.md``: SD1.x full fine-tune fits **12 GB** at bs1 with
+  AdamW8bit, xformers, gradient checkpointing, fp16 and cached latents.
+* huggingface/diffusers ``examples/text_to_image/README.md``: SD-v1.4 full fine-tune with gradient
+  checkpointing, fp16 and EMA fits a single **24 GB** GPU.
+* CUDA context 0.3–0.4 GiB with lazy module loading plus cuBLAS/cuDNN workspaces (pytorch/pytorch
+  #107667, #109888) → 0.5 GiB; caching-allocator fragmentation ≈ 5 %.
+
+Accuracy: about ±10 % for fully specified configurations; keep a margin (``MARGIN``) until a dry run on
+the real GPU calibrates ``ctx``/``frag``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.registry import optimizers
+
+GB = 1e9
+GIB = 2**30
+
+N_UNET = {"sd1": 859.5e6, "sd2": 865.9e6}
+N_TE = {"sd1": 123.1e6, "sd2": 340.4e6}  # CLIP ViT-L/14 text tower | OpenCLIP ViT-H/14 text tower
+N_VAE = 83.65e6
+# Attention heads at the 64²-latent (top) and 32²-latent levels: SD1 uses 8 heads everywhere,
+# SD2 uses 64-wide heads (320/64 = 5, 640/64 = 10).
+HEADS = {"sd1": (8, 8), "sd2": (5, 10)}
+HYPERNET_WIDTHS = {"sd1": (320, 640, 768, 1280), "sd2": (320, 640, 1024, 1280)}
+
+CTX_BYTES = 0.5 * GIB
+FRAG = 1.05
+MARGIN = 0.10  # keep this share of the budget free: the model is ±10 %
+
+# Activation bytes per 512² sample: (precision kind, gradient checkpointing) -> bytes.
+ACT_PER_SAMPLE = {
+    ("amp", False): 1.245e9, ("fp32", False): 1.871e9, ("half", False): 0.936e9,
+    ("amp", True): 0.184e9, ("fp32", True): 0.30e9, ("half", True): 0.14e9,
+}
+TAIL_PER_SAMPLE = {False: 0.50e9, True: 0.18e9}
+
+# Optimizer-state bytes per trained parameter, the foreach flag and the state dtype: one entry per
+# optimizer in engine/registry/optimizers.py.
+ADAFACTOR = optimizers.ADAFACTOR_STATE_BYTES
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Everything the estimate depends on. Defaults = a plain sdft run (AdamW, AMP off, SDPA)."""
+
+    family: str = "sd1"                   # "sd1" | "sd2"
+    width: int = 512                       # largest bucket (the peak happens there)
+    height: int = 512
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"           # "no" | "fp16" | "bf16"
+    full_half: bool = False                # full_fp16 / full_bf16: weights and grads in 16 bit
+    gradient_checkpointing: bool = False
+    attention: str = "sdpa"               # "sdpa" | "xformers" | "math"
+    optimizer: str = "AdamW"
+    train_text_encoder: bool = False
+    max_token_length: int = 75
+    ema: bool = False
+    ema_cpu_offload: bool = False
+    cache_latents: str = "disk"           # "disk" | "memory" | "none"
+    vae_dtype: str = "fp32"
+    mode: str = "full"                    # "full" | "hypernetwork"
+    # Assumptions about the runtime (the defaults describe sdft's engine; tests override them to
+    # reproduce older published setups).
+    grads_persist: bool | None = None      # None: only with gradient accumulation
+    text_encoder_on_gpu: bool = True       # the frozen TE encodes captions every step
+    optimizer_foreach: bool | None = None  # None: the optimizer's default
+    ctx_bytes: float = CTX_BYTES
+    frag: float = FRAG
+
+    @classmethod
+    def from_config(cls, config, *, width: int | None = None, height: int | None = None,
+                    batch_size: int | None = None, family: str | None = None) -> "PlanOptions":
+        """Build from a RunConfig (engine.config.schema); resolution/batch come from its datasets
+        when not given (largest bucket side = max_bucket_reso is not assumed: the resolution is)."""
+        m, t = config.model, config.train
+        if family is None:
+            family = "sd2" if m.v2 is True else "sd1"
+        if width is None or height is None or batch_size is None:
+            w, h, b = _dataset_shape(config)
+            width = width or w
+            height = height or h
+            batch_size = batch_size or b
+        return cls(
+            family=family, width=width, height=height, batch_size=batch_size,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            mixed_precision=config.memory.mixed_precision,
+            full_half=bool(config.memory.full_fp16 or config.memory.full_bf16),
+            gradient_checkpointing=config.memory.gradient_checkpointing,
+            attention=config.memory.attention, optimizer=config.optimizer.type,
+            train_text_encoder=t.train_text_encoder, max_token_length=m.max_token_length,
+            ema=t.ema, ema_cpu_offload=t.ema_cpu_offload, cache_latents=config.cache.latents,
+            vae_dtype=config.memory.vae_dtype, mode=t.mode,
+        )
+
+
+def _dataset_shape(config) -> tuple[int, int, int]:
+    """(width, height, batch) of the first dataset of a RunConfig, 512²/1 when unknown."""
+    blueprint = getattr(config, "datasets", None)
+    for attr in ("datasets",):
+        items = getattr(blueprint, attr, None)
+        if items:
+            first = items[0]
+            params = getattr(first, "params", first)
+            res = getattr(params, "resolution", None) or (512, 512)
+            if isinstance(res, int):
+                res = (res, res)
+            return int(res[0]), int(res[1]), int(getattr(params, "batch_size", 1) or 1)
+    return 512, 512, 1
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Predicted peak VRAM. ``breakdown`` holds the parts (bytes) that add up to ``total_bytes``."""
+
+    total_bytes: float
+    breakdown: dict = field(default_factory=dict)
+    phase: str = ""  # where the peak happens: "forward", "backward" or "optimizer step"
+
+    @property
+    def gb(self) -> float:
+        return self.total_bytes / GB
+
+    def fits(self, budget_bytes: float, margin: float = MARGIN) -> bool:
+        return self.total_bytes <= budget_bytes * (1.0 - margin)
+
+
+def _precision_kind(o: PlanOptions) -> str:
+    if o.full_half:
+        return "half"
+    return "fp32" if o.mixed_precision == "no" else "amp"
+
+
+def _opt_bytes(o: PlanOptions) -> tuple[float, bool]:
+    """(state bytes per parameter, whether the step copies every parameter) of o.optimizer; a
+    module.Class the registry does not know counts as AdamW."""
+    entry = optimizers.find(o.optimizer)
+    if entry is None:
+        if not optimizers.is_class_path(o.optimizer):
+            raise ValueError(optimizers.unknown_message(o.optimizer))
+        return optimizers.UNKNOWN_STATE_BYTES, False
+    per = entry.state_bytes if entry.state_bytes is not None else ADAFACTOR[o.family]
+    foreach = entry.foreach if o.optimizer_foreach is None else (o.optimizer_foreach and entry.foreach)
+    return per, foreach
+
+
+def _states_in_param_dtype(name: str) -> bool:
+    entry = optimizers.find(name)
+    return entry is not None and entry.states_in_param_dtype
+
+
+def _classic_attention(o: PlanOptions) -> tuple[float, float]:
+    """(forward extra, backward-tail extra) bytes of classic attention score matrices."""
+    if o.attention != "math":
+        return 0.0, 0.0
+    tokens = (o.width // 8) * (o.height // 8)
+    h1, h2 = HEADS[o.family]
+    s1 = 6.0 * h1 * tokens**2
+    s_tot = 5 * s1 + 5 * 6.0 * h2 * (tokens / 4) ** 2
+    # Backward of a top-level layer materialises its score gradients with or without checkpointing.
+    tail = 1.5 * o.batch_size * s1
+    if o.gradient_checkpointing:
+        return 0.0, tail
+    return o.batch_size * (s_tot + 1.3 * s1), tail
+
+
+def hypernetwork_params(family: str) -> float:
+    """Trainable parameters of a NovelAI hypernetwork: per width d, a pair of d→2d→d MLPs."""
+    return sum(2 * (4 * d * d + 3 * d) for d in HYPERNET_WIDTHS[family])
+
+
+def estimate_peak_vram(options: Any) -> Estimate:
+    """Peak VRAM of one training step (bytes) with its breakdown; see the module docstring."""
+    o = options if isinstance(options, PlanOptions) else PlanOptions.from_config(options)
+    if o.family not in N_UNET:
+        raise ValueError(f"unknown model family {o.family!r}: use 'sd1' or 'sd2'")
+    n = N_UNET[o.family]
+    n_te = N_TE[o.family]
+    s = o.width * o.height / 512**2
+    b = max(1, int(o.batch_size))
+    kind = _precision_kind(o)
+    gc = bool(o.gradient_checkpointing)
+    half_bytes = 4 if o.mixed_precision == "no" else 2
+    per_opt, foreach = _opt_bytes(o)
+    parts: dict[str, float] = {}
+
+    if o.mode == "hypernetwork":
+        # Frozen U-Net in the compute dtype; only the fp32 hypernetwork trains.
+        n_h = hypernetwork_params(o.family)
+        parts["U-Net weights (frozen)"] = n * half_bytes
+        parts["hypernetwork + optimizer"] = n_h * (4 + per_opt)
+        grads = n_h * 4
+        act_kind = "fp32" if o.mixed_precision == "no" else "half"
+        cast_cache = 0.0
+        te_train = False
+        foreach_temp = n_h * 4 if foreach else 0.0
+    else:
+        b_w = 2 if o.full_half else 4
+        parts["U-Net weights"] = n * b_w
+        if o.full_half and _states_in_param_dtype(o.optimizer):
+            per_opt = per_opt / 2  # torch optimizers keep their states in the parameters' dtype
+        parts["optimizer states"] = n * per_opt
+        grads = n * b_w
+        act_kind = kind
+        cast_cache = 0.0
+        if kind == "amp":
+            cast_cache = 0.22e9 if gc else 2 * n  # autocast keeps an fp16 copy of each weight (no GC)
+        elif kind == "half" and gc:
+            cast_cache = 0.1e9
+        te_train = bool(o.train_text_encoder)
+        foreach_temp = n * b_w if foreach else 0.0
+        if o.ema and not o.ema_cpu_offload:
+            parts["EMA weights"] = 4 * n
+
+    chunks = max(1, o.max_token_length // 75)
+    if te_train:
+        parts["text encoder (trained)"] = n_te * (4 + 4 + per_opt)
+        grads += n_te * 4
+        te_act = b * chunks * 0.03e9  # CLIP-L activations per 77-token chunk: tens of MB (estimate)
+    else:
+        te_act = 0.0
+        if o.text_encoder_on_gpu:
+            parts["text encoder (frozen)"] = n_te * half_bytes
+    if o.cache_latents == "none":
+        parts["VAE (frozen)"] = N_VAE * (4 if o.vae_dtype == "fp32" else 2)
+
+    attn_fwd, attn_tail = _classic_attention(o)
+    a_fwd = ACT_PER_SAMPLE[(act_kind, gc)] * b * s + cast_cache + attn_fwd + te_act
+    a_tail = TAIL_PER_SAMPLE[gc] * b * s + attn_tail
+    persist = o.grads_persist if o.grads_persist is not None else o.gradient_accumulation_steps > 1
+    p_fb = grads + a_fwd if persist else max(a_fwd, grads + a_tail)
+    p_opt = grads + foreach_temp
+    static = sum(parts.values())
+    if p_opt > p_fb:
+        phase = "optimizer step"
+        parts["gradients"] = grads
+        parts["optimizer step temporaries"] = foreach_temp
+    elif persist:
+        phase = "backward"
+        parts["gradients"] = grads
+        parts["activations"] = a_fwd
+    elif a_fwd >= grads + a_tail:
+        phase = "forward"  # all activations stored, no gradients yet
+        parts["activations"] = a_fwd
+    else:
+        phase = "backward"  # end of backward: every gradient plus the last activations
+        parts["gradients"] = grads
+        parts["activations"] = a_tail
+    dynamic = max(p_fb, p_opt)
+    overhead = (o.frag - 1.0) * (static + dynamic)
+    parts["allocator fragmentation"] = overhead
+    parts["CUDA context"] = o.ctx_bytes
+    total = o.ctx_bytes + o.frag * (static + dynamic)
+    return Estimate(total_bytes=total, breakdown=parts, phase=phase)
+
+
+def fmt_gb(value: float) -> str:
+    return f"{value / GB:.1f} GB"

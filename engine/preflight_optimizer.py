@@ -1,0 +1,85 @@
+"""``--check`` of the [optimizer] table: the optimizer and its schedule built as training builds
+them (engine/train/optimizers.py, lr_schedules.py) on one dummy parameter and stepped once, with
+what kohya's ``get_optimizer`` says about the same choices (engine/registry/optimizers.py).
+
+torch is imported inside the check only: the wizard imports this module before training.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from engine.config.problems import ProblemList
+from engine.registry.optimizers import find, needs_package
+
+
+def check_optimizer(config, problems: ProblemList, device, total_steps: int) -> None:
+    """Build the optimizer and schedule on one dummy parameter and step once."""
+    import torch
+
+    o = config.optimizer
+    on = device if device is not None else torch.device("cpu")
+    param = torch.nn.Parameter(torch.zeros(8, device=on))
+    optimizer = _built_optimizer(o, problems, param, on.type)
+    if optimizer is None:   # the schedule is still checked, on a plain optimizer
+        optimizer = torch.optim.SGD([param], lr=o.learning_rate)
+    _check_schedule(o, problems, optimizer, total_steps)
+    _say_what_the_optimizer_does(o, problems, on.type, optimizer)
+
+
+def _built_optimizer(o, problems: ProblemList, param, device_type: str):
+    import torch
+
+    from engine.train.optimizers import OptionalPackageMissing, build_optimizer
+
+    package = needs_package(o.type)
+    if package and importlib.util.find_spec(package[0]) is None:
+        return None   # reported by the package check, with its pip command
+    try:
+        optimizer = build_optimizer(o.type, [{"params": [param], "lr": o.learning_rate}], o.learning_rate,
+                                    o.args, device_type)
+        param.grad = torch.full_like(param, 0.01)
+        optimizer.step()
+        return optimizer
+    except OptionalPackageMissing as exc:
+        problems.add("optimizer.type", str(exc), "give module.Class of an installed package, or one of sdft's "
+                     "names (docs/run-file.md, [optimizer])")
+    except Exception as exc:  # noqa: BLE001 - any failure here is a failure at training start
+        problems.add("optimizer.args", f"{o.type} cannot be built with these arguments: {exc}",
+                     "optimizer.args holds the optimizer's keyword arguments, e.g. { weight_decay = 0.01 }")
+    return None
+
+
+def _check_schedule(o, problems: ProblemList, optimizer, total_steps: int) -> None:
+    from engine.train.lr_schedules import ScheduleMismatch, schedule_for
+
+    try:
+        scheduler = schedule_for(o, optimizer, total_steps)
+        optimizer.step()
+        scheduler.step()
+    except ScheduleMismatch as exc:
+        problems.add("optimizer.lr_scheduler", str(exc))
+    except Exception as exc:  # noqa: BLE001
+        problems.add("optimizer.lr_scheduler_args", str(exc).removeprefix("optimizer.lr_scheduler_args: "),
+                     f"the {o.lr_scheduler} schedule's keyword arguments")
+
+
+def _say_what_the_optimizer_does(o, problems: ProblemList, device_type: str, optimizer) -> None:
+    """kohya's advice on the same choices, and what a CPU does with a paged optimizer."""
+    from engine.train.optimizers import uses_relative_step
+
+    entry = find(o.type)
+    if entry is None:
+        return
+    if entry.adaptive_lr and o.learning_rate <= 0.1:
+        problems.warn("optimizer.learning_rate", f"{entry.name} finds its own step size and multiplies it by "
+                      f"learning_rate = {o.learning_rate:g}, which makes it tiny",
+                      "set optimizer.learning_rate = 1.0 (kohya's advice for D-Adaptation and Prodigy)")
+    if entry.paged and device_type != "cuda":
+        problems.warn("optimizer.type", f"{entry.name} pages its states between GPU and CPU memory; on a CPU "
+                      "there is nothing to page: bitsandbytes runs it as the unpaged optimizer",
+                      "fine for a test run; on a GPU it pages")
+    if uses_relative_step(optimizer) and o.lr_scheduler == "constant" and not o.lr_scheduler_type:
+        problems.add("optimizer.lr_scheduler", "Adafactor with relative_step picks its own step size: the "
+                     "adafactor schedule reports it (kohya switches to it the same way)",
+                     'write optimizer.lr_scheduler = "adafactor" to say so', "note")
