@@ -273,3 +273,42 @@ def test_a_schedule_free_run_samples_and_saves_in_eval_mode_and_trains_in_train_
     kinds = [k for k, _m in modes]
     assert kinds == ["step", "step", "save", "sample", "step", "save"], kinds
     assert all(m is (k == "step") for k, m in modes), modes
+
+
+# ---------------------------------------------------------------- what --check says
+
+
+def _check(type_name, **optimizer):
+    from engine.config.problems import ProblemList
+    from engine.config.schema import RunConfig
+    from engine.preflight_optimizer import check_optimizer
+
+    config = RunConfig()
+    config.optimizer.type = type_name
+    for key, value in optimizer.items():
+        setattr(config.optimizer, key, value)
+    problems = ProblemList(file="run.toml")
+    check_optimizer(config, problems, torch.device("cpu"), 10)
+    return {(p.key, p.severity): p.message for p in problems.items}
+
+
+def test_check_says_what_a_cpu_does_with_a_paged_optimizer_and_what_kohya_advises():
+    pytest.importorskip("bitsandbytes")
+    said = _check("PagedAdamW8bit")
+    assert "nothing to page" in said[("optimizer.type", "warning")]
+    pytest.importorskip("prodigyopt")
+    assert "learning_rate = 1e-05" in _check("Prodigy", learning_rate=1e-5)[("optimizer.learning_rate", "warning")]
+    assert _check("Prodigy", learning_rate=1.0) == {}
+
+
+def test_check_refuses_a_schedule_the_optimizer_cannot_take():
+    pytest.importorskip("schedulefree")
+    said = _check("AdamWScheduleFree", lr_scheduler="cosine")
+    assert "schedule-free" in said[("optimizer.lr_scheduler", "error")]
+    said = _check("Adafactor", args={"relative_step": True})
+    assert "adafactor schedule" in said[("optimizer.lr_scheduler", "note")]
+    said = _check("Adafactor", args={"relative_step": True}, lr_scheduler="linear")
+    assert "relative_step" in said[("optimizer.lr_scheduler", "error")]
+    said = _check("AdamW", lr_scheduler="adafactor")
+    assert "relative_step" in said[("optimizer.lr_scheduler", "error")]
+    assert "cannot be imported" in _check("no_such_package.Opt")[("optimizer.type", "error")]
