@@ -51,6 +51,19 @@ def schedule_options_of(config: RunConfig) -> tuple[str, ...]:
     return options_of(config.optimizer.lr_scheduler)
 
 
+def _subsets(config: RunConfig) -> list:
+    return list(config.datasets.subsets) if config.datasets is not None else []
+
+
+def _has_masks(config: RunConfig) -> bool:
+    return any(s.mask_source for s in _subsets(config))
+
+
+def _has_validation(config: RunConfig) -> bool:
+    datasets = config.datasets.datasets if config.datasets is not None else []
+    return any(s.is_val for s in _subsets(config)) or any(d.validation_split > 0 for d in datasets)
+
+
 def _schedule_takes(option: str) -> Callable[[RunConfig], bool]:
     from engine.registry.schedulers import options_of
 
@@ -118,6 +131,12 @@ RULES = (
           'cache.latents = "disk"', 'set cache.latents = "disk"'),
     Needs(("cache.dtype",), lambda c: c.cache.latents != "none", "a latent cache", 'set cache.latents = "disk" '
           'or "memory"'),
+    Needs(("train.masked_loss",), _has_masks, "a mask source",
+          "set alpha_mask = true (the alpha channel) or conditioning_data_dir (a mask folder) in a "
+          "[[datasets.subsets]] table"),
+    Needs(("train.validate_every_n_steps", "train.validate_every_n_epochs", "train.max_validation_steps"),
+          _has_validation, "held-out images", "set validation_split in [general] or a [[datasets]] table, "
+          "or is_val = true in a [[datasets.subsets]] table"),
     Needs(tuple(f"hypernetwork.{f.name}" for f in fields(SECTIONS["hypernetwork"])),
           lambda c: c.train.mode == "hypernetwork", 'train.mode = "hypernetwork"',
           'set train.mode = "hypernetwork", or remove the [hypernetwork] keys'),
@@ -135,3 +154,20 @@ def check_inert_options(config: RunConfig, problems: ProblemList) -> None:
                 continue
             flagged.add(key)
             problems.add(key, f"has no effect without {rule.what}", f"{rule.hint}, or remove {key}")
+    _check_mask_keys(config, problems)
+
+
+def _check_mask_keys(config: RunConfig, problems: ProblemList) -> None:
+    """kohya reads a mask folder only with --masked_loss (its dataset refuses the key otherwise);
+    an alpha mask weights the loss whenever it is on (kohya's ``apply_masked_loss`` runs for any
+    batch with alpha masks), which is said, not refused."""
+    if config.train.masked_loss:
+        return
+    for sub in _subsets(config):
+        if sub.conditioning_data_dir is not None:
+            key = f"{sub.key}.conditioning_data_dir"
+            problems.add(key, "has no effect without train.masked_loss = true",
+                         f"set train.masked_loss = true, or remove {key}")
+        elif sub.alpha_mask:
+            problems.add(f"{sub.key}.alpha_mask", "weights the loss by the alpha channel (masked loss), "
+                         "as kohya does, even without train.masked_loss", "", "note")

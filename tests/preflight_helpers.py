@@ -29,8 +29,13 @@ def make_fixture(folder: Path, model: Path) -> Path:
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     meta, relative = {}, {}
+    masks = folder / "masks"           # one mask per image, left half zero (masked loss)
+    masks.mkdir(exist_ok=True)
     for i, (w, h) in enumerate([(64, 64), (96, 64), (64, 96), (80, 80)]):
         Image.new("RGB", (w, h), ((i * 60) % 255, 90, 140)).save(images / f"im{i}.png")
+        mask = Image.new("L", (w, h), 255)
+        mask.paste(0, (0, 0, w // 2, h))
+        mask.save(masks / f"im{i}.png")
         (images / f"im{i}.txt").write_text(f"tag{i}, red")
         meta[str(images / f"im{i}.png")] = {"caption": f"picture {i}", "tags": f"tag{i}, red, blue"}
         relative[f"im{i}"] = {"caption": f"picture {i}", "train_resolution": [64, 64]}
@@ -156,7 +161,7 @@ DATASET_VALUES = {
     "enable_bucket": ([True, False], []), "bucket_no_upscale": ([True, False], []),
     "min_bucket_reso": ([32, 64, 70], [4096]), "max_bucket_reso": ([128, 160, 200], [16]),
     "bucket_reso_steps": ([64, 32, 8], [12, 0]), "network_multiplier": ([1.0], [0.5]),
-    "validation_split": ([0.0], [0.5, 2.0]), "validation_seed": ([], [1]),   # refused away from the default
+    "validation_split": ([0.0, 0.25], [1.0, 2.0]), "validation_seed": ([3], ["3"]),
     "num_repeats": ([1, 2], [0]), "keep_tokens": ([0, 1], [-1]), "token_warmup_min": ([1, 2], []),
     "caption_dropout_every_n_epochs": ([0, 1], []), "token_warmup_step": ([0, 0.5, 2], []),
     "caption_dropout_rate": ([0.0, 0.2], [1.5]), "caption_tag_dropout_rate": ([0.0, 0.3], []),
@@ -166,7 +171,7 @@ DATASET_VALUES = {
     "secondary_separator": ([";;;"], []), "caption_prefix": (["masterpiece"], []),
     "caption_suffix": (["best quality"], []), "resize_interpolation": (["lanczos", "area"], ["sinc"]),
     "face_crop_aug_range": ([[2.0, 4.0]], [[4.0, 2.0]]), "custom_attributes": ([{"a": 1}], []),
-    "alpha_mask": ([False, True], []), "caption_extention": ([], [".txt"]),
+    "alpha_mask": ([False, True], []), "caption_extention": ([], [".txt"]), "is_val": ([False], []),
 }
 SUBSETS = ([{"metadata_file": "meta.json"}, {"metadata_file": "meta_rel.json", "image_dir": "images"}],
            [{"metadata_file": "meta_rel.json"},                   # relative keys without image_dir

@@ -156,20 +156,61 @@ alpha_mask = true
     warnings = " | ".join(p.message for p in problems.items if p.severity == "warning")
     assert "not a multiple of 64" in warnings
     assert "subset skipped" in warnings               # num_repeats 0 and the duplicate metadata file
-    assert any(p.severity == "note" and "validation_split at its default" in p.message for p in problems.items)
     assert [s.metadata_file.name for s in bp.datasets[0].subsets] == ["meta2.json"]
+    assert bp.datasets[0].validation_split == 0
 
 
 def test_keys_for_features_sdft_lacks_are_refused_away_from_their_default(meta):
     _bp, problems = load(meta, """
 [[datasets]]
-validation_split = 0.1
+validation_split = 1.0
 network_multiplier = 0.5
 [[datasets.subsets]]
 metadata_file = "meta.json"
 """)
     errors = {p.key.rsplit(".", 1)[-1]: p.message for p in problems.items if p.severity == "error"}
-    assert "no validation loss yet" in errors["validation_split"] and "LoRA" in errors["network_multiplier"]
+    assert "LoRA" in errors["network_multiplier"]
+    assert "nothing would be left to train" in errors["validation_split"]
+
+
+def test_validation_and_mask_keys_resolve(meta):
+    (meta / "masks").mkdir()
+    bp, problems = load(meta, """
+[general]
+validation_split = 0.25
+validation_seed = 9
+[[datasets]]
+[[datasets.subsets]]
+metadata_file = "meta.json"
+conditioning_data_dir = "masks"
+[[datasets.subsets]]
+metadata_file = "meta2.json"
+is_val = true
+alpha_mask = true
+""")
+    assert not problems.has_errors, problems.items
+    ds = bp.datasets[0]
+    assert (ds.validation_split, ds.validation_seed) == (0.25, 9)
+    first, second = ds.subsets
+    assert first.conditioning_data_dir == meta / "masks" and first.mask_source == "folder" and not first.is_val
+    assert second.is_val and second.mask_source == "alpha" and second.conditioning_data_dir is None
+
+
+def test_a_missing_mask_folder_and_two_mask_sources_are_refused(meta):
+    (meta / "masks").mkdir()
+    _bp, problems = load(meta, """
+[[datasets]]
+[[datasets.subsets]]
+metadata_file = "meta.json"
+conditioning_data_dir = "no-such-masks"
+[[datasets.subsets]]
+metadata_file = "meta2.json"
+conditioning_data_dir = "masks"
+alpha_mask = true
+""")
+    errors = {p.key: p.message for p in problems.items if p.severity == "error"}
+    assert "mask folder not found" in errors["datasets[0].subsets[0].conditioning_data_dir"]
+    assert "both give the mask" in errors["datasets[0].subsets[1].alpha_mask"]
 
 
 def test_json_dataset_file(meta):

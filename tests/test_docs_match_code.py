@@ -105,7 +105,7 @@ def test_the_cache_key_table_lists_every_hashed_field(monkeypatch):
 
     monkeypatch.setattr(cache_keys, "json", type("J", (), {"dumps": staticmethod(capture)}))
     job = cache.CacheJob(0, Path("x.png"), (64, 64), (64, 64), (64, 64), (0, 0), "area", False)
-    cache.cache_key("0" * 64, job, "vae", "float32", "float16")   # float16 storage adds its field
+    cache.cache_key("0" * 64, job, "vae", "float32", "float16", "alpha")   # float16 storage, a mask: their fields
     table = [_names(row[0])[0] for row in _table_rows("formats.md", "## The latent cache key")]
     assert sorted(table) == sorted(hashed)
 

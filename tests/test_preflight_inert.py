@@ -49,6 +49,10 @@ CASES = {
     "cache.cache_dir": ("latents", {"cache": {"latents": "disk"}}),
     "cache.verify": ("exists", {"cache": {"latents": "disk"}}),
     "cache.dtype": ("float16", {"cache": {"latents": "memory"}}),
+    "train.masked_loss": (True, {"subset": {"alpha_mask": True}}),
+    "train.validate_every_n_steps": (10, {"general": {"validation_split": 0.25}}),
+    "train.validate_every_n_epochs": (2, {"general": {"validation_split": 0.25}}),
+    "train.max_validation_steps": (4, {"subset": {"is_val": True}}),
     "hypernetwork.learning_rate": (1e-5, {"train": {"mode": "hypernetwork"}}),
     "hypernetwork.save_format": ("safetensors", {"train": {"mode": "hypernetwork"}}),
     "hypernetwork.weights": ("old.pt", {"train": {"mode": "hypernetwork"}}),
@@ -63,13 +67,33 @@ IDLE = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _dataset_folder(tmp_path_factory):
+    """A subset that resolves (so rules reading the dataset see it): "subset" keys go into it."""
+    global DATA
+    DATA = tmp_path_factory.mktemp("inert")
+    (DATA / "images").mkdir()
+    (DATA / "meta.json").write_text("{}")
+
+
 def _problems(sections: dict) -> list:
-    doc = {"model": {"pretrained_model_name_or_path": "m"}, **sections,
-           "datasets": [{"subsets": [{"image_dir": "images", "metadata_file": "meta.json"}]}]}
-    config, _document, _schema = collect_run_text(tomlkit.dumps(doc), file="run.toml")
+    sections = dict(sections)
+    subset = {"image_dir": "images", "metadata_file": "meta.json", **sections.pop("subset", {})}
+    doc = {"model": {"pretrained_model_name_or_path": "m"}, **sections, "datasets": [{"subsets": [subset]}]}
+    config, _document, _schema = collect_run_text(tomlkit.dumps(doc), file="run.toml", base_dir=DATA)
     problems = ProblemList(file="run.toml")
     check_inert_options(config, problems)
     return problems.items
+
+
+def test_a_mask_folder_needs_masked_loss_and_an_alpha_mask_says_it_acts_alone():
+    (DATA / "masks").mkdir(exist_ok=True)
+    folder = [p for p in _problems({"subset": {"conditioning_data_dir": "masks"}})
+              if p.key.endswith("conditioning_data_dir")]
+    assert folder and folder[0].severity == "error" and "train.masked_loss" in folder[0].message
+    assert not _problems({"subset": {"conditioning_data_dir": "masks"}, "train": {"masked_loss": True}})
+    alpha = [p for p in _problems({"subset": {"alpha_mask": True}}) if p.key.endswith("alpha_mask")]
+    assert [p.severity for p in alpha] == ["note"] and "even without train.masked_loss" in alpha[0].message
 
 
 def _with(sections: dict, key: str, value) -> dict:

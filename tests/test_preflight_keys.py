@@ -67,6 +67,10 @@ VALUES = {
     "train.ema_update_every": (2, {"train": {"ema": True}, "save": {"use_ema": True}}),
     "train.resume": ("latest", {}),
     "train.weighted_captions": (True, {"subset": {"caption_prefix": "(red:1.8)"}}),
+    "train.masked_loss": (True, {"subset": {"conditioning_data_dir": "{fixture}/masks"}}),
+    "train.validate_every_n_steps": (1, {"general": {"validation_split": 0.5}, "train": {"validate_every_n_epochs": 3}}),
+    "train.validate_every_n_epochs": (2, {"general": {"validation_split": 0.5}}),
+    "train.max_validation_steps": (1, {"general": {"validation_split": 0.5, "batch_size": 1}}),
     "optimizer.learning_rate_te": (1e-2, {"train": {"train_text_encoder": True}}),
     "optimizer.args": ({"weight_decay": 0.5}, {}),
     "optimizer.max_grad_norm": (1e-4, {}),
@@ -160,6 +164,7 @@ def _fingerprint(root: Path) -> dict:
     run = root / "runs" / "k" if (root / "runs" / "k").exists() else root
     events = [json.loads(line) for line in (next(root.rglob("events.jsonl"))).read_text().splitlines()]
     figures = [(e.get("loss"), e.get("lr"), e.get("grad_norm")) for e in events if e["event"] == "step"]
+    figures += [(e["step"], e["figures"]) for e in events if e["event"] == "validation"]
     messages = sorted(e["text"].replace(str(root), "<root>") for e in events if e["event"] == "message")
     files = {}
     for path in sorted(root.rglob("*")):

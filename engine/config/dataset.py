@@ -98,7 +98,7 @@ def _parse_dataset(raw: Any, prefix: str, general: dict, problems: ProblemList, 
     levels = [values, general]
     spec = DatasetSpec(key=prefix)
     for name in ("batch_size", "resolution", "enable_bucket", "bucket_no_upscale",
-                 "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps"):
+                 "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "validation_split", "validation_seed"):
         setattr(spec, name, _merged(name, levels, DATASET_LEVEL))
     _check_bucket_limits(spec, prefix, levels, problems)
     _note_resolution(spec, prefix, levels, problems)
@@ -203,16 +203,26 @@ def _parse_subset(raw: Any, prefix: str, levels: list[dict], problems: ProblemLi
             _report(problems, f"{prefix}.image_dir", f"image folder not found: {image_dir}",
                     "check the path (relative paths start at the TOML's folder)")
             ok = False
-    if values.get("alpha_mask"):
-        _report(problems, f"{prefix}.alpha_mask", "masked loss not used: alpha_mask is ignored",
-                "transparent areas are composited on white", "warning")
+    mask_dir = None
+    if "conditioning_data_dir" in values:
+        mask_dir = _resolve_path(values["conditioning_data_dir"], base_dir)
+        if not mask_dir.is_dir():
+            _report(problems, f"{prefix}.conditioning_data_dir", f"mask folder not found: {mask_dir}",
+                    "a folder with one mask image per image, named like the image (relative paths start at "
+                    "the TOML's folder)")
+            ok = False
+        elif values.get("alpha_mask"):
+            _report(problems, f"{prefix}.alpha_mask", "alpha_mask and conditioning_data_dir both give the mask",
+                    "keep one: the alpha channel or the mask folder")
+            ok = False
     if not ok or metadata_file is None:
         return None
     levels = [values, *levels]
-    sub = SubsetSpec(metadata_file=metadata_file, image_dir=image_dir, key=prefix)
+    sub = SubsetSpec(metadata_file=metadata_file, image_dir=image_dir, conditioning_data_dir=mask_dir, key=prefix)
     for name in SUBSET_LEVEL:
         setattr(sub, name, _merged(name, levels, SUBSET_LEVEL))
     sub.alpha_mask = bool(values.get("alpha_mask", False))
+    sub.is_val = bool(values.get("is_val", False))
     if sub.face_crop_aug_range is not None:
         _report(problems, f"{prefix}.face_crop_aug_range",
                 "face_crop_aug_range is ignored (needs face info in file names and no bucketing)", "", "warning")

@@ -7,8 +7,10 @@ Pure Python: the wizard imports this before any torch is loaded.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Any
 
+from engine.config.dataset_specs import DatasetSpec, SubsetSpec
 from engine.config.problems import Problem, ProblemList, current_spelling, did_you_mean
 
 INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")
@@ -16,59 +18,43 @@ INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic"
 # Key kinds: "int", "number" (float or int), "bool", "str", plus special checkers below.
 _INT, _NUM, _BOOL, _STR = "int", "number", "bool", "str"
 
+
+def _with_defaults(spec: type, kinds: dict[str, str], **extra: Any) -> dict[str, tuple[str, Any]]:
+    """name -> (kind, default): the defaults are the spec dataclass's own (written once, there);
+    ``extra`` gives those of keys the spec does not hold."""
+    defaults = {f.name: f.default for f in fields(spec)}
+    return {name: (kind, extra[name] if name in extra else defaults[name]) for name, kind in kinds.items()}
+
+
 # Keys allowed in [general] and [[datasets]] only (never in a subset).
-DATASET_LEVEL: dict[str, tuple[str, Any]] = {
-    "batch_size": (_INT, 1),
-    "resolution": ("resolution", None),
-    "enable_bucket": (_BOOL, False),
-    "bucket_no_upscale": (_BOOL, False),
-    "min_bucket_reso": (_INT, 256),
-    "max_bucket_reso": (_INT, 1024),
-    "bucket_reso_steps": (_INT, 64),
-    "network_multiplier": (_NUM, 1.0),
-    "validation_split": (_NUM, 0.0),
-    "validation_seed": (_INT, None),
-}
+DATASET_LEVEL: dict[str, tuple[str, Any]] = _with_defaults(DatasetSpec, {
+    "batch_size": _INT, "resolution": "resolution", "enable_bucket": _BOOL, "bucket_no_upscale": _BOOL,
+    "min_bucket_reso": _INT, "max_bucket_reso": _INT, "bucket_reso_steps": _INT,
+    "network_multiplier": _NUM, "validation_split": _NUM, "validation_seed": _INT,
+}, network_multiplier=1.0)
 
 # Keys allowed at every level (subset → dataset → general → default).
-SUBSET_LEVEL: dict[str, tuple[str, Any]] = {
-    "num_repeats": (_INT, 1),
-    "keep_tokens": (_INT, 0),
-    "token_warmup_min": (_INT, 1),
-    "caption_dropout_every_n_epochs": (_INT, 0),
-    "token_warmup_step": (_NUM, 0),
-    "caption_dropout_rate": (_NUM, 0.0),
-    "caption_tag_dropout_rate": (_NUM, 0.0),
-    "shuffle_caption": (_BOOL, False),
-    "enable_wildcard": (_BOOL, False),
-    "flip_aug": (_BOOL, False),
-    "color_aug": (_BOOL, False),
-    "random_crop": (_BOOL, False),
-    "caption_separator": (_STR, ","),
-    "keep_tokens_separator": (_STR, ""),
-    "secondary_separator": (_STR, None),
-    "caption_prefix": (_STR, None),
-    "caption_suffix": (_STR, None),
-    "resize_interpolation": ("interpolation", None),
-    "face_crop_aug_range": ("range2", None),
-    "custom_attributes": ("table", None),
-}
+SUBSET_LEVEL: dict[str, tuple[str, Any]] = _with_defaults(SubsetSpec, {
+    "num_repeats": _INT, "keep_tokens": _INT, "token_warmup_min": _INT, "caption_dropout_every_n_epochs": _INT,
+    "token_warmup_step": _NUM, "caption_dropout_rate": _NUM, "caption_tag_dropout_rate": _NUM,
+    "shuffle_caption": _BOOL, "enable_wildcard": _BOOL, "flip_aug": _BOOL, "color_aug": _BOOL,
+    "random_crop": _BOOL, "caption_separator": _STR, "keep_tokens_separator": _STR,
+    "secondary_separator": _STR, "caption_prefix": _STR, "caption_suffix": _STR,
+    "resize_interpolation": "interpolation", "face_crop_aug_range": "range2", "custom_attributes": "table",
+})
 
-# Keys allowed only inside a subset.
-SUBSET_ONLY: dict[str, tuple[str, Any]] = {
-    "metadata_file": (_STR, None),
-    "image_dir": (_STR, None),
-    "alpha_mask": (_BOOL, False),
-}
+# Keys allowed only inside a subset. conditioning_data_dir is kohya's mask folder (its ControlNet
+# subsets' key, which masked loss reads: one mask image per image, same stem); is_val marks a
+# subset held out for the validation loss (kohya has no such key; named after its is_reg).
+SUBSET_ONLY: dict[str, tuple[str, Any]] = _with_defaults(SubsetSpec, {
+    "metadata_file": _STR, "image_dir": _STR, "alpha_mask": _BOOL, "conditioning_data_dir": _STR, "is_val": _BOOL,
+}, metadata_file=None)
 
-# DreamBooth / ControlNet keys: a different kohya training method.
-FOREIGN_METHOD_KEYS = ("caption_extension", "class_tokens", "cache_info", "is_reg",
-                       "conditioning_data_dir", "prior_loss_weight")
+# DreamBooth keys: a different kohya training method.
+FOREIGN_METHOD_KEYS = ("caption_extension", "class_tokens", "cache_info", "is_reg", "prior_loss_weight")
 FOREIGN_HINT = "not the metadata fine-tuning method; build a metadata file with `sdft prepare`"
-# kohya dataset keys for other trainers or features sdft lacks: refused unless at their default
-NOT_IN_SDFT = {"network_multiplier": "it scales a LoRA network, and sdft fine-tunes the model itself",
-               "validation_split": "no validation loss yet; every image trains",
-               "validation_seed": "no validation loss yet; every image trains"}
+# kohya dataset keys for other trainers: refused unless at their default
+NOT_IN_SDFT = {"network_multiplier": "it scales a LoRA network, and sdft fine-tunes the model itself"}
 RATE_KEYS = ("caption_dropout_rate", "caption_tag_dropout_rate", "validation_split")
 NON_NEGATIVE = ("keep_tokens", "token_warmup_min", "caption_dropout_every_n_epochs", "token_warmup_step")
 
@@ -198,6 +184,10 @@ def validate_table(table: Any, prefix: str, allowed: dict[str, tuple[str, Any]],
                 continue
         if name in RATE_KEYS and not 0 <= value <= 1:
             report(problems, key, f"must be between 0 and 1, got {value!r}", "a probability: 0 = never, 1 = always")
+            continue
+        if name == "validation_split" and value >= 1:
+            report(problems, key, f"must be below 1, got {value!r} (nothing would be left to train)",
+                   "e.g. validation_split = 0.1 holds out a tenth of each subset's images")
             continue
         if name == "batch_size" and value < 1:
             report(problems, key, f"must be at least 1, got {value!r}", "use batch_size = 1 or more")

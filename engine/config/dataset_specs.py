@@ -36,13 +36,22 @@ class SubsetSpec:
     resize_interpolation: str | None = None
     face_crop_aug_range: tuple[float, float] | None = None
     custom_attributes: dict | None = None
-    alpha_mask: bool = False
+    alpha_mask: bool = False            # the image's alpha channel weights the loss (masked loss)
+    conditioning_data_dir: Path | None = None   # a mask image per image, same stem (masked loss)
+    is_val: bool = False                # held out: only the validation loss sees it
     key: str = ""                       # dotted key, e.g. "datasets[0].subsets[1]"
 
     @property
     def cacheable(self) -> bool:
         """random_crop / color_aug change pixels per draw, so latents cannot be cached."""
         return not (self.random_crop or self.color_aug)
+
+    @property
+    def mask_source(self) -> str | None:
+        """Where this subset's loss masks come from: "alpha", "folder", or None."""
+        if self.conditioning_data_dir is not None:
+            return "folder"
+        return "alpha" if self.alpha_mask else None
 
 
 @dataclass
@@ -57,6 +66,8 @@ class DatasetSpec:
     min_bucket_reso: int = 256
     max_bucket_reso: int = 1024
     bucket_reso_steps: int = 64
+    validation_split: float = 0.0                # share of each subset's images held out for validation
+    validation_seed: int | None = None           # which ones (None = the run's seed)
     key: str = ""
 
 

@@ -122,17 +122,22 @@ class LatentCache:
             if isinstance(digest, Exception):
                 result.failed[job.item] = f"cannot read: {digest}"
                 continue
-            key = cache_key(digest, job, vae_id, enc_name, _dtype_name(self.store_dtype))
+            try:
+                mask_id = self._mask_id(job, digest)
+            except OSError as exc:
+                result.failed[job.item] = f"cannot read its mask: {exc}"
+                continue
+            key = cache_key(digest, job, vae_id, enc_name, _dtype_name(self.store_dtype), mask_id)
             if self.mode == "disk":
                 file = entry_path(self.cache_dir, key)
-                tensors, problem = load_entry(file, job.latent_shape, job.flip, self.verify)
+                tensors, problem = load_entry(file, job.latent_shape, job.flip, self.verify, job.mask is not None)
                 if tensors is not None:
                     result.latents[job.item] = CachedLatent(key, file=file)
                     result.reused += 1
                     continue
                 if problem:
                     log(f"warning: the cached latent of {job.path} is damaged ({problem}); encoding it again")
-            if self.import_kohya and job.kohya_npz:
+            if self.import_kohya and job.kohya_npz and job.mask is None:   # sdft makes masked entries itself
                 imported = import_kohya_npz(job.path, job.size, job.bucket, job.flip)
                 if imported is not None:
                     result.latents[job.item] = CachedLatent(key, tensors=imported, kohya=True)
@@ -156,6 +161,11 @@ class LatentCache:
             raise
         self.index.save()
         return result
+
+    def _mask_id(self, job: CacheJob, image_sha256: str) -> str | None:
+        from engine.data.masks import mask_identity
+
+        return mask_identity(job.mask, image_sha256, self.index.sha256)
 
     def _safe_hash(self, path: Path):
         try:
@@ -184,9 +194,16 @@ class LatentCache:
         done = 0
 
         def decode(job: CacheJob):
+            """(pixels, latent-grid mask or None), or the exception that stopped it."""
+            from engine.data.masks import load_latent_mask
+
             try:
-                return load_pixels(job.path, job.resized, job.bucket, job.offset,
-                                   interpolation=job.interpolation, exif_transpose=job.exif_transpose)
+                pixels = load_pixels(job.path, job.resized, job.bucket, job.offset,
+                                     interpolation=job.interpolation, exif_transpose=job.exif_transpose)
+                mask = None if job.mask is None else load_latent_mask(
+                    job.mask, job.size, job.resized, job.bucket, job.offset, interpolation=job.interpolation,
+                    exif_transpose=job.exif_transpose)
+                return pixels, mask
             except Exception as exc:  # unreadable, truncated, wrong size
                 return exc
 
@@ -238,7 +255,7 @@ class LatentCache:
     def _encode_batch(self, good, vae, device, dtype, vae_id, result, writer, writes) -> None:
         from engine.data.images import to_tensor
 
-        arrays = [a for _, a in good]
+        arrays = [a for _, (a, _mask) in good]
         flip = good[0][0][0].flip
         pixels = to_tensor(arrays)
         if flip:
@@ -247,12 +264,14 @@ class LatentCache:
         mean = mean.to("cpu", self.store_dtype)
         std = std.to("cpu", self.store_dtype)
         n = len(good)
-        for i, ((job, key), _a) in enumerate(good):
+        for i, ((job, key), (_a, mask)) in enumerate(good):
             tensors = {"mean": mean[i].contiguous(), "std": std[i].contiguous()}
             if flip:
                 tensors["mean_flipped"] = mean[n + i].contiguous()
                 tensors["std_flipped"] = std[n + i].contiguous()
-            problem = check_latents(tensors, job.latent_shape, flip)
+            if mask is not None:
+                tensors["mask"] = mask   # float32 whatever cache.dtype: it weights the loss as it is
+            problem = check_latents(tensors, job.latent_shape, flip, mask is not None)
             if problem:
                 result.failed[job.item] = f"bad latent ({problem})"
                 continue
@@ -269,6 +288,8 @@ class LatentCache:
                     "sdft.encode_dtype": _dtype_name(dtype),
                     "sdft.tensors_sha256": tensors_sha256(tensors),
                 }
+                if job.mask is not None:
+                    meta["sdft.mask"] = str(job.mask.path)
                 writes.append(writer.submit(write_entry, file, tensors, meta))
                 result.latents[job.item] = CachedLatent(key, file=file)
             else:

@@ -10,8 +10,18 @@ import torch
 from engine import atomic
 
 
-def check_latents(tensors: dict[str, torch.Tensor], shape: tuple[int, int, int], flip: bool) -> str | None:
-    """None when the entry is usable: right shape, floating point, finite."""
+def check_latents(tensors: dict[str, torch.Tensor], shape: tuple[int, int, int], flip: bool,
+                  mask: bool = False) -> str | None:
+    """None when the entry is usable: right shape, floating point, finite (and with ``mask``, a
+    loss mask of shape (1, h, w) with values in [0, 1])."""
+    if mask:
+        m = tensors.get("mask")
+        if m is None:
+            return "missing tensor 'mask'"
+        if tuple(m.shape) != (1, *shape[1:]):
+            return f"mask has shape {tuple(m.shape)}, expected {(1, *shape[1:])}"
+        if not m.is_floating_point() or not bool(((m >= 0) & (m <= 1)).all()):
+            return "mask has values outside [0, 1]"
     names = ["mean", "std"] + (["mean_flipped", "std_flipped"] if flip else [])
     for name in names:
         t = tensors.get(name)
@@ -37,7 +47,8 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def load_entry(file: Path, shape: tuple[int, int, int], flip: bool, verify: str) -> tuple[dict | None, str | None]:
+def load_entry(file: Path, shape: tuple[int, int, int], flip: bool, verify: str,
+               mask: bool = False) -> tuple[dict | None, str | None]:
     """(tensors, None) for a usable entry; (None, why) when it is broken and must be
     re-encoded; (None, None) when there is none. ``verify = "exists"`` trusts the file."""
     if not file.is_file():
@@ -53,7 +64,7 @@ def load_entry(file: Path, shape: tuple[int, int, int], flip: bool, verify: str)
             expected = (fh.metadata() or {}).get("sdft.tensors_sha256")
     except Exception as exc:  # noqa: BLE001 - any unreadable entry is simply encoded again
         return None, f"unreadable ({type(exc).__name__})"
-    problem = check_latents(tensors, shape, flip)
+    problem = check_latents(tensors, shape, flip, mask)
     if problem is None and expected is not None and tensors_sha256(tensors) != expected:
         problem = "its checksum does not match its contents"
     return (None, problem) if problem else (tensors, None)

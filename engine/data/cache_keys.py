@@ -13,6 +13,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,6 +37,7 @@ class CacheJob:
     flip: bool                      # also encode the mirrored image (flip_aug)
     exif_transpose: bool = True
     kohya_npz: bool = True          # False: a kohya <name>.npz may belong to another image of that name
+    mask: Any = None                # engine.data.masks.MaskSource: its latent-grid mask joins the entry
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -100,7 +102,8 @@ class ImageHashIndex:
             self.dirty = False
 
 
-def cache_key(image_sha256: str, job: CacheJob, vae_id: str, encode_dtype: str, store_dtype: str = "float32") -> str:
+def cache_key(image_sha256: str, job: CacheJob, vae_id: str, encode_dtype: str, store_dtype: str = "float32",
+              mask_id: str | None = None) -> str:
     fields = {
         "image": image_sha256,
         "bucket": list(job.bucket),
@@ -115,6 +118,8 @@ def cache_key(image_sha256: str, job: CacheJob, vae_id: str, encode_dtype: str, 
     }
     if store_dtype != "float32":   # float32 entries keep the keys they had before this field existed
         fields["store"] = store_dtype
+    if mask_id is not None:        # an entry with a loss mask (masked loss); unmasked keys are unchanged
+        fields["mask"] = mask_id
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 

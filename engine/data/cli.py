@@ -289,7 +289,7 @@ def _prepare_run(path: Path, args) -> int:
     status = EXIT_OK
     for spec in cfg.datasets.datasets:
         settings = BucketSettings.of_dataset(spec, args.resolution)
-        paths, captions = [], []
+        paths, captions, masks = [], [], []
         for sub in spec.subsets:
             try:
                 meta = read_metadata(sub.metadata_file, sub.image_dir)
@@ -299,21 +299,35 @@ def _prepare_run(path: Path, args) -> int:
                 continue
             for e in meta.entries:
                 paths.append(e.path)
+                masks.append(_mask_of(e.path, sub))
                 captions.append(caption_as_trained(e.caption, e.tags, join=cfg.data.caption_tags_join,
                                                    separator=sub.caption_separator, wildcard=sub.enable_wildcard,
                                                    prefix=sub.caption_prefix, suffix=sub.caption_suffix))
         console.print(styled((spec.key, "bold")))
         args.max_token_length = cfg.model.max_token_length
         status = max(status, _print_health(paths, captions, settings, args, console,
-                                           exif_transpose=cfg.data.exif_transpose))
+                                           exif_transpose=cfg.data.exif_transpose,
+                                           masks=masks if any(m is not None for m in masks) else None))
     return status
 
 
-def _health_report(paths, captions, settings, args, exif_transpose: bool = True, sidecar_extensions=None):
+def _mask_of(image: Path, sub):
+    """The image's loss mask for the health check: its source, the MaskError saying it has
+    none, or None when the subset gives no masks (engine/data/masks.py)."""
+    from engine.data.masks import MaskError, mask_source
+
+    try:
+        return mask_source(image, sub)
+    except MaskError as exc:
+        return exc
+
+
+def _health_report(paths, captions, settings, args, exif_transpose: bool = True, sidecar_extensions=None,
+                   masks=None):
     from engine.data.health import check_images
 
     return check_images(paths, captions=captions, settings=settings, max_token_length=args.max_token_length,
-                        exif_transpose=exif_transpose, sidecar_extensions=sidecar_extensions)
+                        exif_transpose=exif_transpose, sidecar_extensions=sidecar_extensions, masks=masks)
 
 
 def _print_report(report, args, console) -> int:
@@ -325,9 +339,9 @@ def _print_report(report, args, console) -> int:
     return EXIT_FOUND if report.errors else EXIT_OK
 
 
-def _print_health(paths, captions, settings, args, console, exif_transpose: bool = True) -> int:
+def _print_health(paths, captions, settings, args, console, exif_transpose: bool = True, masks=None) -> int:
     # A run TOML's captions come from its metadata files, not from sidecars: none are checked.
-    report = _health_report(paths, captions, settings, args, exif_transpose=exif_transpose)
+    report = _health_report(paths, captions, settings, args, exif_transpose=exif_transpose, masks=masks)
     return _print_report(report, args, console)
 
 

@@ -49,6 +49,8 @@ KIND_LABELS = {
 }
 # Findings that mean the image cannot train at all (``sdft prepare`` leaves these out of the metadata).
 UNDECODABLE = frozenset({"unreadable", "truncated", "zero_size"})
+# Masked loss (engine/data/masks.py): a mask the run needs and lacks or cannot use, or one that is empty.
+SEVERITY.update({"no_mask": "error", "bad_mask": "error", "empty_mask": "warning"})
 
 
 @dataclass(frozen=True)
@@ -139,11 +141,13 @@ def check_images(paths: Sequence[str | Path], *, captions: Sequence[str | None] 
                  settings: BucketSettings | None = None, max_token_length: int | None = 75, v2: bool = False,
                  upscale_limit: float = 2.0, exif_transpose: bool = True, decode: bool = True,
                  workers: int | None = None,
-                 sidecar_extensions: Sequence[str] | None = (".caption", ".txt")) -> HealthReport:
+                 sidecar_extensions: Sequence[str] | None = (".caption", ".txt"),
+                 masks: Sequence | None = None) -> HealthReport:
     """Check images (and their joined captions, aligned with ``paths``) for training problems.
 
     ``sidecar_extensions``: the caption/tags files beside each image to check for UTF-8
-    (None when the captions come from a metadata file instead)."""
+    (None when the captions come from a metadata file instead). ``masks`` (masked loss), aligned
+    with ``paths``: each image's MaskSource, the MaskError that says it has none, or None."""
     paths = [Path(p) for p in paths]
     report = HealthReport(checked=len(paths))
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
@@ -165,7 +169,23 @@ def check_images(paths: Sequence[str | Path], *, captions: Sequence[str | None] 
         _check_captions(paths, captions, max_token_length, v2, report)
     if sidecar_extensions:
         _check_sidecar_encoding(paths, sidecar_extensions, report)
+    if masks is not None:
+        _check_masks(results, masks, exif_transpose, report)
     return report
+
+
+def _check_masks(results, masks, exif_transpose: bool, report: HealthReport) -> None:
+    """Each image's loss mask: there, readable, its image's size, not all zero."""
+    from engine.data.masks import MaskError, mask_problem
+
+    for r, source in zip(results, masks):
+        if isinstance(source, MaskError):
+            report.issues.append(HealthIssue(str(r.path), "no_mask", str(source)))
+        elif source is not None and r.size is not None:
+            problem = mask_problem(source, r.size, exif_transpose)
+            if problem:
+                kind = "empty_mask" if problem.startswith("empty mask") else "bad_mask"
+                report.issues.append(HealthIssue(str(r.path), kind, problem))
 
 
 def _check_sidecar_encoding(paths, extensions: Sequence[str], report: HealthReport) -> None:

@@ -11,6 +11,7 @@ Batches never mix cached latents and live pixels: subsets with ``random_crop`` o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -22,37 +23,17 @@ from typing import Any, Callable
 
 import torch
 
-from engine.config.dataset import DatasetSpec, SubsetSpec, check_resolution
-from engine.data.buckets import Assignment, BucketSettings, assign_sizes, bucket_info, crop_offset
-from engine.data.captions import join_caption_and_tags, join_separator, tag_frequency
-from engine.data.metadata import MetadataError, read_metadata
+from engine.config.dataset import DatasetSpec, check_resolution
+from engine.data.buckets import Assignment, BucketSettings, bucket_info, crop_offset
+from engine.data.captions import tag_frequency
+from engine.data.holdout import hold_out
+from engine.data.items import DataItem, dataset_items
 from engine.data.processing import process_caption, sample_rng, sample_seed
-from engine.data.scan import clash_index, name_clashes, read_sizes
+from engine.data.scan import clash_index, name_clashes
 
 
 class DataError(Exception):
     """The data cannot be used as configured; the message lists every problem."""
-
-
-@dataclass
-class DataItem:
-    """One image of one subset, with its bucket."""
-
-    index: int
-    key: str
-    path: Path
-    caption: str                  # caption joined with tags, before per-sample processing
-    tags: str | None
-    size: tuple[int, int]
-    bucket: tuple[int, int]
-    resized: tuple[int, int]
-    dataset: int
-    subset: SubsetSpec
-    metadata_file: Path
-
-    @property
-    def repeats(self) -> int:
-        return self.subset.num_repeats
 
 
 @dataclass(frozen=True)
@@ -72,6 +53,7 @@ class Batch:
     captions: list[str]
     keys: list[str]
     tokens: Any = None            # the captions' TokenBatch, when the loader tokenized them already
+    masks: torch.Tensor | None = None   # (B, 1, h, w) loss weights on the latent grid (masked loss)
 
 
 class TrainingData:
@@ -116,7 +98,7 @@ class TrainingData:
                 log(f"{spec.key}: bucket_no_upscale needs enable_bucket; ignored")
             if s.no_upscale and (spec.min_bucket_reso, spec.max_bucket_reso) != (256, 1024):
                 log(f"{spec.key}: min/max_bucket_reso are ignored with bucket_no_upscale")
-            ds_items, s = _dataset_items(di, spec, s, data_cfg, problems, log, start=len(items))
+            ds_items, s = dataset_items(di, spec, s, data_cfg, problems, log, start=len(items))
             items.extend(ds_items)
             settings.append(s)
         if problems:
@@ -129,6 +111,10 @@ class TrainingData:
         if seed is None:
             seed = random.randrange(2**31)
             log(f"no train.seed set: using {seed}")
+        hold_out(items, blueprint.datasets, seed, log)
+        if all(it.validation for it in items):
+            raise DataError("every image is held out for validation: nothing would train "
+                            "(lower validation_split, or unmark an is_val subset)")
         cache_dir = None
         if cfg.cache.latents == "disk":
             cache_dir = Path(cfg.cache.cache_dir) if cfg.cache.cache_dir else Path(cfg.train.output_dir) / ".latent-cache"
@@ -158,12 +144,20 @@ class TrainingData:
     def num_images(self) -> int:
         """Distinct images that train (repeats not counted; images left out while caching not
         counted either): the one count the console, run_started and saved models report."""
-        return sum(1 for it in self.items if it.index not in self._excluded)
+        return sum(1 for it in self.items if self._trains(it))
 
     @property
     def num_items(self) -> int:
         """Images × repeats: the samples of one epoch."""
-        return sum(it.repeats for it in self.items if it.index not in self._excluded)
+        return sum(it.repeats for it in self.items if self._trains(it))
+
+    @property
+    def num_validation_images(self) -> int:
+        """Images held out for the validation loss (never trained)."""
+        return sum(1 for it in self.items if it.validation and it.index not in self._excluded)
+
+    def _trains(self, item: DataItem) -> bool:
+        return item.index not in self._excluded and not item.validation
 
     def assignments(self) -> list[Assignment]:
         return [Assignment(it.size, it.bucket, it.resized) for it in self.items]
@@ -171,7 +165,7 @@ class TrainingData:
     @property
     def bucket_info(self) -> dict:
         """Bucket statistics (kohya's bucket_info) over all datasets, repeats counted."""
-        active = [it for it in self.items if it.index not in self._excluded]
+        active = [it for it in self.items if self._trains(it)]
         return bucket_info([Assignment(it.size, it.bucket, it.resized) for it in active],
                            [it.repeats for it in active],
                            enable_bucket=any(s.enable_bucket for s in self.settings))
@@ -185,7 +179,8 @@ class TrainingData:
                                  s.min_bucket_reso, s.max_bucket_reso, s.bucket_reso_steps]).encode())
         for it in self.items:
             h.update(json.dumps([it.dataset, it.key, list(it.size), list(it.bucket), list(it.resized),
-                                 it.caption, it.repeats, it.subset.key]).encode())
+                                 it.caption, it.repeats, it.subset.key]
+                                + (["validation"] if it.validation else [])).encode())
         return h.hexdigest()
 
     @property
@@ -223,7 +218,7 @@ class TrainingData:
             interpolation = it.subset.resize_interpolation or _auto_interp(it.size, it.resized)
             jobs.append(CacheJob(it.index, it.path, it.size, it.bucket, it.resized,
                                  crop_offset(it.resized, it.bucket), interpolation, it.subset.flip_aug,
-                                 self.exif_transpose, kohya_npz=it.path not in shares_name))
+                                 self.exif_transpose, kohya_npz=it.path not in shares_name, mask=it.mask))
         if isinstance(dtype, str):
             dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
         result = cache.prepare(jobs, vae, device, dtype, vae_batch_size=getattr(self.cache_cfg, "vae_batch_size", 1),
@@ -276,7 +271,7 @@ class TrainingData:
         """(dataset, bucket, live, member items with repeats) in a fixed order."""
         groups: dict[tuple[int, tuple[int, int], bool], list[int]] = {}
         for it in self.items:
-            if it.index in self._excluded:
+            if not self._trains(it):
                 continue
             groups.setdefault((it.dataset, it.bucket, self._is_live(it)), []).extend([it.index] * it.repeats)
         return [(d, b, live, members) for (d, b, live), members in sorted(groups.items())]
@@ -303,42 +298,102 @@ class TrainingData:
         """Tensors for one planned batch. ``epoch`` is 1-based; ``global_step`` the exact optimizer step."""
         if not ref.live and not self._prepared:
             raise RuntimeError("prepare_latents() must run before loading cached batches")
-        captions, keys, latents, pixels = [], [], [], []
+        samples, captions = [], []
         for j, idx in enumerate(ref.items):
             item = self.items[idx]
-            sub = item.subset
             rng = sample_rng(self.seed, epoch, position, j)
-            flipped = sub.flip_aug and rng.random() < 0.5
-            if ref.live:
-                pixels.append(self._live_pixels(item, rng, flipped))
-            else:
-                latents.append(self._latent(item, flipped, sample_seed(self.seed, epoch, position, j, salt="latent")))
-            captions.append(process_caption(item.caption, sub, rng, epoch=epoch, step=global_step,
+            flipped = item.subset.flip_aug and rng.random() < 0.5
+            offset = crop_offset(item.resized, item.bucket, random_crop=item.subset.random_crop, rng=rng)
+            samples.append(self._sample(item, ref.live, flipped, offset, rng,
+                                        sample_seed(self.seed, epoch, position, j, salt="latent")))
+            captions.append(process_caption(item.caption, item.subset, rng, epoch=epoch, step=global_step,
                                             max_train_steps=self.max_train_steps))
-            keys.append(item.key)
+        return self._batch(ref, samples, captions)
+
+    def validation_plan(self) -> list[BatchRef]:
+        """The held-out images once each, in fixed batches: (dataset, bucket) order, the dataset's
+        batch size (engine/train/validation.py evaluates them)."""
+        groups: dict[tuple[int, tuple[int, int], bool], list[int]] = {}
+        for it in self.items:
+            if it.validation and it.index not in self._excluded:
+                groups.setdefault((it.dataset, it.bucket, self._is_live(it)), []).append(it.index)
+        plan = []
+        for (d, bucket, live), members in sorted(groups.items()):
+            size = self.datasets[d].batch_size
+            plan += [BatchRef(d, bucket, tuple(members[i:i + size]), live) for i in range(0, len(members), size)]
+        return plan
+
+    def load_validation_batch(self, ref: BatchRef, seed: int) -> Batch:
+        """A validation batch, the same at every step: no flip, the centre crop, no colour change,
+        no caption dropout or warm-up; the latent draw and caption shuffle seeded by (seed, image)."""
+        if not ref.live and not self._prepared:
+            raise RuntimeError("prepare_latents() must run before loading cached batches")
+        samples, captions = [], []
+        for idx in ref.items:
+            item = self.items[idx]
+            rng = random.Random(sample_seed(seed, 0, -2, item.index, salt="validation"))
+            samples.append(self._sample(item, ref.live, False, crop_offset(item.resized, item.bucket), None,
+                                        sample_seed(seed, 0, -2, item.index, salt="validation-latent")))
+            steady = dataclasses.replace(item.subset, caption_dropout_rate=0.0, caption_tag_dropout_rate=0.0,
+                                         caption_dropout_every_n_epochs=0, token_warmup_step=0)
+            captions.append(process_caption(item.caption, steady, rng, epoch=1, step=self.max_train_steps,
+                                            max_train_steps=self.max_train_steps))
+        return self._batch(ref, samples, captions)
+
+    def _sample(self, item: DataItem, live: bool, flipped: bool, offset, rng, latent_seed: int):
+        """(latent or pixels, latent-grid mask or None) of one item."""
+        if live:
+            pixels = self._live_pixels(item, rng, flipped, offset)
+            mask = None if item.mask is None else self._mask(item, offset)
+        else:
+            tensors = self._entry(item).load()
+            pixels = self._latent(item, flipped, latent_seed, tensors)
+            mask = tensors.get("mask") if item.mask is not None else None
+        if mask is not None and flipped:
+            mask = mask.flip(-1)
+        return pixels, mask
+
+    def _batch(self, ref: BatchRef, samples: list, captions: list[str]) -> Batch:
+        """The batch of loaded samples; masks only when one of its images has one (the others
+        get ones, as in kohya), so a run without masks computes exactly what it did before."""
+        keys = [self.items[i].key for i in ref.items]
+        masks = None
+        if any(mask is not None for _x, mask in samples):
+            shape = (1, ref.bucket[1] // 8, ref.bucket[0] // 8)
+            masks = torch.stack([m if m is not None else torch.ones(shape) for _x, m in samples])
         if ref.live:
             from engine.data.images import to_tensor
 
-            return Batch(None, to_tensor(pixels), captions, keys)
-        return Batch(torch.stack(latents), None, captions, keys)
+            return Batch(None, to_tensor([x for x, _m in samples]), captions, keys, masks=masks)
+        return Batch(torch.stack([x for x, _m in samples]), None, captions, keys, masks=masks)
 
-    def _live_pixels(self, item: DataItem, rng: random.Random, flipped: bool):
+    def _live_pixels(self, item: DataItem, rng: random.Random | None, flipped: bool, offset):
         from engine.data.images import color_augment, load_pixels
 
         sub = item.subset
-        offset = crop_offset(item.resized, item.bucket, random_crop=sub.random_crop, rng=rng)
         interpolation = sub.resize_interpolation or _auto_interp(item.size, item.resized)
         arr = load_pixels(item.path, item.resized, item.bucket, offset, interpolation=interpolation,
                           flipped=flipped, exif_transpose=self.exif_transpose)
-        if sub.color_aug:
+        if sub.color_aug and rng is not None:
             arr = color_augment(arr, rng)
         return arr
 
-    def _latent(self, item: DataItem, flipped: bool, noise_seed: int) -> torch.Tensor:
+    def _mask(self, item: DataItem, offset) -> torch.Tensor:
+        from engine.data.masks import load_latent_mask
+
+        interpolation = item.subset.resize_interpolation or _auto_interp(item.size, item.resized)
+        return load_latent_mask(item.mask, item.size, item.resized, item.bucket, offset,
+                                interpolation=interpolation, exif_transpose=self.exif_transpose)
+
+    def _entry(self, item: DataItem):
         entry = self._latents.get(item.index)
         if entry is None:
             raise RuntimeError(f"{item.path}: no cached latent (prepare_latents() skipped it)")
-        tensors = entry.load()
+        return entry
+
+    def _latent(self, item: DataItem, flipped: bool, noise_seed: int, tensors: dict | None = None) -> torch.Tensor:
+        entry = self._entry(item)
+        tensors = tensors if tensors is not None else entry.load()
         suffix = "_flipped" if flipped else ""
         mean = tensors["mean" + suffix].float()
         std = tensors["std" + suffix].float()
@@ -355,65 +410,3 @@ def _auto_interp(size, resized) -> str:
     from engine.data.images import auto_interpolation
 
     return auto_interpolation(size, resized)
-
-
-def _dataset_items(di: int, spec: DatasetSpec, s: BucketSettings, data_cfg, problems: list[str],
-                   log: Callable[[str], None], start: int) -> tuple[list[DataItem], BucketSettings]:
-    """Read every subset's metadata, fill sizes, assign buckets (pinned train_resolution if chosen)."""
-    entries = []   # (subset, metadata_file, MetaEntry)
-    for sub in spec.subsets:
-        try:
-            meta = read_metadata(sub.metadata_file, sub.image_dir)
-        except MetadataError as exc:
-            problems.append(f"{sub.key}.metadata_file: {exc}")
-            continue
-        except (OSError, ValueError) as exc:
-            problems.append(f"{sub.key}.metadata_file: cannot read {sub.metadata_file}: {exc}")
-            continue
-        for w in meta.warnings:
-            log(f"{sub.metadata_file.name}: {w}")
-        if not meta.entries:
-            log(f"{sub.key}: metadata file {sub.metadata_file} is empty: subset skipped")
-            continue
-        entries.extend((sub, sub.metadata_file, e) for e in meta.entries)
-    missing = [e.path for _, _, e in entries if e.image_size is None]
-    infos = {info.path: info for info in read_sizes(missing, exif_transpose=data_cfg.exif_transpose)}
-    kept = []
-    for sub, mfile, e in entries:
-        size = e.image_size
-        if size is None:
-            info = infos[e.path]
-            if info.size is None:
-                log(f"skipped {e.path}: {info.error}")
-                continue
-            size = info.size
-        kept.append((sub, mfile, e, size))
-    use_pinned = data_cfg.use_train_resolution
-    have = [e.train_resolution is not None for _, _, e, _ in kept]
-    if use_pinned == "auto":
-        use_pinned = bool(kept) and all(have)
-    pinned = None
-    if use_pinned and any(have):
-        if spec.bucket_no_upscale:
-            problems.append(f"{spec.key}: bucket_no_upscale cannot be combined with pinned train_resolution buckets "
-                            "(set [data] use_train_resolution = false, or remove bucket_no_upscale)")
-            return [], s
-        bad = [e.key for _, _, e, _ in kept if e.train_resolution and (e.train_resolution[0] % 8 or e.train_resolution[1] % 8)]
-        if bad:
-            problems.append(f"{spec.key}: train_resolution must be multiples of 8: " + ", ".join(bad[:10]))
-            return [], s
-        pinned = [e.train_resolution for _, _, e, _ in kept]
-        s = BucketSettings(s.resolution, True, False, s.min_bucket_reso, s.max_bucket_reso, s.bucket_reso_steps)
-        log(f"{spec.key}: using the metadata's train_resolution buckets")
-    assignments = assign_sizes([size for *_, size in kept], s, pinned)
-    items = []
-    sep_mode = data_cfg.caption_tags_join
-    for (sub, mfile, e, size), a in zip(kept, assignments):
-        if a.bucket is None:
-            log(f"skipped {e.path}: {a.error}")
-            continue
-        sep = join_separator(sep_mode, sub.caption_separator)
-        caption = join_caption_and_tags(e.caption, e.tags, sep=sep, wildcard=sub.enable_wildcard)
-        items.append(DataItem(start + len(items), e.key, e.path, caption, e.tags, size, a.bucket, a.resized,
-                              di, sub, mfile))
-    return items, s

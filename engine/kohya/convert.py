@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config.key_values import parse_literal
-from engine.kohya.options import FLAG, LIST, OPTIONS
+from engine.kohya.options import FLAG, KNOWN, LIST
 from engine.kohya.values import KohyaValueError
 
 SCRIPTS = ("fine_tune.py",)
@@ -66,7 +66,7 @@ def parse_options(args: list[str]) -> tuple[dict[str, Any], list[Row]]:
             problems.append(Row(token, None, refused="not an option (kohya's options start with --)"))
             continue
         name, eq, text = token[2:].partition("=")
-        opt = OPTIONS.get(name)
+        opt = KNOWN.get(name)
         if opt is None:
             if not eq and i < len(args) and not args[i].startswith("--"):
                 text, i = args[i], i + 1      # its value, so it is not read as a stray word
@@ -118,13 +118,13 @@ def from_command(tokens: list[str]) -> Conversion:
 def from_config_file(path: str | Path) -> Conversion:
     options = {k: v for k, v in read_config_file(path).items() if not _is_default(k, v)}
     problems = [Row(k, v, refused="not an option of kohya's fine_tune.py") for k, v in options.items()
-                if k not in OPTIONS]
-    return convert({k: v for k, v in options.items() if k in OPTIONS}, problems)
+                if k not in KNOWN]
+    return convert({k: v for k, v in options.items() if k in KNOWN}, problems)
 
 
 def _is_default(name: str, value: Any) -> bool:
     """kohya's config files hold every option; one at kohya's default was not chosen."""
-    opt = OPTIONS.get(name)
+    opt = KNOWN.get(name)
     if opt is None:
         return False
     return value in (None, "", []) or value is False or (opt.default is not None and value == opt.default)
@@ -135,7 +135,7 @@ def convert(options: dict[str, Any], problems: list[Row] | None = None) -> Conve
     values: dict[str, Any] = {}
     with_dataset_file = "dataset_config" in options
     for name, raw in options.items():
-        opt = OPTIONS[name]
+        opt = KNOWN[name]
         row = Row(name, raw, note=opt.note)
         rows.append(row)
         if opt.refused:

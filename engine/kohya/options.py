@@ -302,3 +302,17 @@ OPTIONS: dict[str, Opt] = {
     "config_file": Opt(VALUE, note="read by sdft from-kohya --config-file"),
     "output_config": refuse("writes kohya's own config; `sdft from-kohya` writes the run TOML", FLAG),
 }
+
+# Options of kohya's other trainers (train_network.py, sdxl_train.py) that sdft has; a
+# fine_tune.py command line never holds them, but a command or config file moved over from
+# those scripts does. The test of OPTIONS against fine_tune.py's parser leaves these out.
+OTHER_SCRIPTS: dict[str, Opt] = {
+    "masked_loss": Opt(FLAG, to="train.masked_loss"),
+    "conditioning_data_dir": Opt(VALUE, to="subset.conditioning_data_dir"),
+    "validation_split": Opt(VALUE, 0.0, to="general.validation_split"),
+    "validation_seed": Opt(VALUE, to="general.validation_seed"),
+    "validate_every_n_steps": Opt(VALUE, to="train.validate_every_n_steps"),
+    "validate_every_n_epochs": Opt(VALUE, to="train.validate_every_n_epochs"),
+    "max_validation_steps": Opt(VALUE, to="train.max_validation_steps"),
+}
+KNOWN: dict[str, Opt] = {**OPTIONS, **OTHER_SCRIPTS}

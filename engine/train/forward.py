@@ -46,21 +46,29 @@ def unet_dtype(parts: RunParts) -> torch.dtype:
 
 def compute_loss(parts: RunParts, batch, generator: torch.Generator) -> torch.Tensor:
     """The training objective for one micro-batch."""
-    t_cfg, device = parts.cfg.train, parts.device
-    c, tables = parts.components, parts.components.noise
-    unet = parts.bundle.unet
+    t_cfg, tables = parts.cfg.train, parts.components.noise
     x0 = latents_of(parts, batch, generator)
     noise = obj.make_noise(x0, tables.noise_options, generator)
-    timesteps = obj.sample_timesteps(x0.shape[0], t_cfg.min_timestep, t_cfg.max_timestep, generator).to(device)
-    noisy = obj.add_noise(x0, obj.perturb_input_noise(noise, tables.noise_options, generator), timesteps,
-                          tables.cumprod)
+    timesteps = obj.sample_timesteps(x0.shape[0], t_cfg.min_timestep, t_cfg.max_timestep, generator).to(parts.device)
+    noise_in = obj.perturb_input_noise(noise, tables.noise_options, generator)
+    return losses_at(parts, batch, x0, noise, noise_in, timesteps).mean()
+
+
+def losses_at(parts: RunParts, batch, x0: torch.Tensor, noise: torch.Tensor, noise_in: torch.Tensor,
+              timesteps: torch.Tensor) -> torch.Tensor:
+    """Each sample's weighted loss, given its latent, noise (target and input) and timestep:
+    the U-Net's prediction against the target, masked (masked loss), then min-SNR and the other
+    weights. The training step and the validation loss (validation.py) both call this."""
+    c, tables = parts.components, parts.components.noise
+    noisy = obj.add_noise(x0, noise_in, timesteps, tables.cumprod)
     dtype = unet_dtype(parts)
     with parts.accelerator.autocast():
-        with nullcontext() if c.train_te else torch.no_grad():
-            context = c.prompt_encoder.encode(tokens_of(parts, batch), device, parts.precision.weight_dtype
+        with nullcontext() if c.train_te and torch.is_grad_enabled() else torch.no_grad():
+            context = c.prompt_encoder.encode(tokens_of(parts, batch), parts.device, parts.precision.weight_dtype
                                               if not c.train_te else None)
-        pred = unet(noisy.to(dtype), timesteps, context.to(dtype)).sample
+        pred = parts.bundle.unet(noisy.to(dtype), timesteps, context.to(dtype)).sample
     target = obj.target_for(x0, noise, timesteps, tables.cumprod, tables.v_prediction)
     elements = obj.element_loss(pred, target, timesteps, tables.loss_options, tables.cumprod)
+    elements = obj.apply_mask(elements, getattr(batch, "masks", None))
     weights = obj.loss_weights(timesteps, tables.snr, tables.loss_options, tables.v_prediction)
-    return obj.reduce_loss(elements, weights)
+    return obj.sample_losses(elements, weights)

@@ -182,7 +182,20 @@ def loss_weights(t: torch.Tensor, snr: torch.Tensor, opts: LossOptions, v_predic
     return w
 
 
+def apply_mask(elements: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+    """Masked loss: each element times its latent pixel's mask (B, 1, h, w), as kohya's
+    ``apply_masked_loss``; the mean over C,H,W stays over every pixel (kohya does not divide by
+    the mask's area). None leaves the elements as they are."""
+    if masks is None:
+        return elements
+    return elements * masks.to(elements.device, elements.dtype)
+
+
+def sample_losses(elements: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean over C,H,W, weighted."""
+    return elements.mean(dim=(1, 2, 3)) * weights
+
+
 def reduce_loss(elements: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Per-sample mean over C,H,W, weighted, then mean over the batch."""
-    per_sample = elements.mean(dim=(1, 2, 3))
-    return (per_sample * weights).mean()
+    return sample_losses(elements, weights).mean()

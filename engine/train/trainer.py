@@ -44,6 +44,7 @@ from engine.train.precision import start_accelerator
 from engine.train.prefetch import Prefetcher
 from engine.train.resume import parts_math_hash, restore
 from engine.train.schedule import process_share, resolve_schedule
+from engine.train.validation import ValidationHook
 from engine.train.seeds import resolve_seed
 
 
@@ -114,13 +115,14 @@ class Trainer:
     # ================================================================ the loop
 
     def standard_hooks(self) -> list[StepHook]:
-        """Metrics, checkpoints, sampling and control polling, in the order they act."""
+        """Metrics, the validation loss, checkpoints, sampling and control polling, in the order they act."""
         from engine.train.sampling import Sampler
 
         self.sampler = Sampler(self.parts)
         control = ControlHook(self.control, self.sink, self.checkpointer, self.sampler,
                               on_resumed=lambda: self.meter.restart_clock())
-        return [MetricsHook(self.parts), self.checkpointer, SampleHook(self.sampler), control]
+        validation = ValidationHook(self.parts, self.seed)
+        return [MetricsHook(self.parts), validation, self.checkpointer, SampleHook(self.sampler), control]
 
     def run(self) -> str:
         """Train to the end or to a stop; returns "completed" or "stopped"."""
