@@ -26,14 +26,14 @@ from engine.data import cli as data_cli
 from engine.kohya import cli as kohya_cli
 from engine.labeling import cli as labeling_cli
 from engine.models import convert_cli, tokens_cli
+from engine.train import samples_cli
+from engine.vocabulary import ExitCode, RunStatus
 
-EXIT_OK, EXIT_CONFIG, EXIT_FAILED, EXIT_STOPPED = 0, 2, 3, 130
-
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "EXIT_STOPPED", "StopOnSignal", "build_parser",
+__all__ = ["StopOnSignal", "build_parser",
            "check_config", "main", "print_problems", "train_headless"]
 
 # Modules whose commands join the tree, in the order `sdft --help` lists them.
-COMMAND_MODULES = (data_cli, convert_cli, tokens_cli, labeling_cli, kohya_cli, data_bench)
+COMMAND_MODULES = (data_cli, convert_cli, tokens_cli, labeling_cli, kohya_cli, data_bench, samples_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0].endswith(".toml") and len(argv) == 1:
         if not Path(argv[0]).is_file():
             print(f"sdft: {argv[0]} does not exist (create one with `sdft` or `sdft demo`)", file=sys.stderr)
-            return EXIT_CONFIG
+            return ExitCode.USAGE
         return open_wizard(Path(argv[0]))
     if argv[:1] == ["bench"] and "--data" in argv:
         # `sdft bench --data ...` is the data pipeline's benchmark, its own (unlisted) command
@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return EXIT_OK
-    if args.command not in ("watch", "demo"):   # those two may open a Textual screen
+        return ExitCode.OK
+    # watch and demo may open a Textual screen; samples reads images only (no torch to load)
+    if args.command not in ("watch", "demo", "samples"):
         from engine.quiet import quiet_libraries
 
         quiet_libraries()
@@ -112,7 +113,7 @@ def _interactive() -> bool:
 
 def _tui_missing(what: str, exc: ImportError, instead: str) -> int:
     print(f"sdft: {what} is not available in this installation ({exc}); {instead}", file=sys.stderr)
-    return EXIT_CONFIG
+    return ExitCode.USAGE
 
 
 def open_wizard(run_toml: Path | None, *, demo: bool = False) -> int:
@@ -122,7 +123,7 @@ def open_wizard(run_toml: Path | None, *, demo: bool = False) -> int:
         build_parser().print_help()
         print("\nsdft: the wizard needs a terminal; run a TOML headless with `sdft train RUN.toml`.",
               file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     try:
         from sdft_tui.app import run_wizard
     except ImportError as exc:
@@ -163,12 +164,12 @@ def check_config(path: str, resume: str | None = None) -> int:
     errors = sum(p.severity == "error" for p in problems)
     if errors:
         make_console(stderr=True).print(styled((f"{path}: {errors} error(s)", "bold red"), "; nothing was trained."))
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     subsets = sum(len(d.subsets) for d in getattr(config.datasets, "datasets", []))
     make_console().print(styled((f"{path} is valid", "green"),
                                 f": model {config.model.pretrained_model_name_or_path!r}, {subsets} subset(s), "
                                 f"run folder {config.run_dir()}"))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 class StopOnSignal:
@@ -230,7 +231,7 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
         load_run_file(config)  # fail fast, before torch loads, with every problem listed
     except ConfigError as exc:
         print_problems(exc.problems)
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     from engine.atomic import WriteFailed
     from engine.runlock import RunFolderBusy
     from engine.train.runner import run_training
@@ -242,22 +243,22 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
             result = run_training(config, sink=sink, control=control, resume=resume, allow_changed=allow_changed)
     except ConfigError as exc:
         print_problems(exc.problems)
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     except RunFolderBusy as exc:
         make_console(stderr=True).print(styled(("sdft train:", "bold red"), f" {exc}"))
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     except WriteFailed as exc:   # before the first step (config.toml, the event log): nothing trained yet
         make_console(stderr=True).print(styled(("sdft train:", "bold red"), f" {exc}; nothing was trained"))
-        return EXIT_FAILED
+        return ExitCode.FAILED
     finally:
         sink.close()
-    if result.status == "completed":
-        return EXIT_OK
-    if result.status == "stopped":
-        return EXIT_STOPPED
+    if result.status == RunStatus.COMPLETED:
+        return ExitCode.OK
+    if result.status == RunStatus.STOPPED:
+        return ExitCode.STOPPED
     if result.log_path:
         console.print(f"details: {result.log_path}")
-    return EXIT_FAILED
+    return ExitCode.FAILED
 
 
 # ------------------------------------------------------------------ demo
@@ -277,7 +278,7 @@ def cmd_demo(args) -> int:
     toml_path = prepare_demo(args.dir, steps=args.steps, force=args.force)
     console.print(f"run TOML: {toml_path}")
     code = train_headless(toml_path)
-    if code == EXIT_OK:
+    if code == ExitCode.OK:
         checkpoint = Path(args.dir) / "runs" / "demo" / "checkpoints" / "demo.safetensors"
         console.print(styled(("demo finished.", "bold"), f" Fine-tuned model: {checkpoint}"))
         console.print(f"Edit {toml_path} and run `sdft train {toml_path}`, or run `sdft` for the wizard.")
@@ -310,14 +311,14 @@ def cmd_plan(args) -> int:
         config, _doc, _warnings = load_run_file(args.config)
     except ConfigError as exc:
         print_problems(exc.problems)
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     try:
         from engine.plan import plan_report
     except ImportError:
         print("sdft plan: the VRAM planner is not available in this installation", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     print(plan_report(config, vram_gb=args.vram))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

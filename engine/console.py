@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from engine.units import format_bytes, format_duration
+from engine.vocabulary import RunStatus
 from engine.events import (
     Event,
     Message,
@@ -21,6 +22,7 @@ from engine.events import (
     PhaseProgress,
     RunFinished,
     RunStarted,
+    SampleGridSaved,
     SampleSaved,
     StepMetrics,
 )
@@ -137,13 +139,16 @@ class ConsoleSink:
     def _on_sample(self, e: SampleSaved) -> None:
         self.print(f"sample at step {e.step}: {e.path}")
 
+    def _on_sample_grid(self, e: SampleGridSaved) -> None:
+        self.print(f"sample grid at step {e.step} ({e.count} prompts): {e.path}")
+
     def _on_run_finished(self, e: RunFinished) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-        if e.status == "completed":
+        if e.status == RunStatus.COMPLETED:
             self.console.print(styled(("done", "bold green"), f" at step {e.step}. Model: {e.model_path}"))
-        elif e.status == "stopped":
+        elif e.status == RunStatus.STOPPED:
             self.console.print(styled(("stopped", "yellow"), f" at step {e.step}. State: {e.state_path or '-'}"))
         else:
             self.console.print(styled(("training failed:", "bold red"), f" {e.message}"))

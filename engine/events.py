@@ -129,6 +129,16 @@ class SampleSaved(Event):
 
 
 @dataclass(frozen=True)
+class SampleGridSaved(Event):
+    """One image of every prompt of a sampling point, after its single images."""
+
+    kind: ClassVar[str] = "sample_grid"
+    path: str
+    step: int
+    count: int              # how many prompts it shows
+
+
+@dataclass(frozen=True)
 class StatusChanged(Event):
     kind: ClassVar[str] = "status"
     status: str             # "running" | "paused" | "stopping"
@@ -148,7 +158,8 @@ class RunFinished(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (RunStarted, Message, PhaseProgress, StepMetrics, StepProgress, ValidationMetrics, ModelSaved, SampleSaved, StatusChanged, RunFinished)
+    for cls in (RunStarted, Message, PhaseProgress, StepMetrics, StepProgress, ValidationMetrics, ModelSaved, SampleSaved,
+                SampleGridSaved, StatusChanged, RunFinished)
 }
 
 

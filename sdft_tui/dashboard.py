@@ -21,7 +21,10 @@ from typing import Callable
 from textual.app import App
 from textual.binding import Binding
 
-from sdft_tui.screens.run import DashboardScreen, EngineHandle, RunScreen, WatchScreen
+from engine.vocabulary import RunStatus
+from sdft_tui.engine_handle import EngineHandle
+from sdft_tui.screens.dashboard_base import DashboardScreen
+from sdft_tui.screens.run import RunScreen, WatchScreen
 from sdft_tui.text import PlainNotifications
 
 EVENTS_FILE = "events.jsonl"
@@ -115,10 +118,10 @@ def run_dashboard(config_path, *, detached: bool = False, resume: str | None = N
 def outcome_summary(result, config_path) -> str | None:
     """One or two lines for the shell after the dashboard closed: what happened, what to run next."""
     status = getattr(result, "status", None)
-    if status == "completed":
+    if status == RunStatus.COMPLETED:
         model = getattr(result, "model_path", None)
         return "sdft: training completed" + (f"; model: {model}" if model else "")
-    if status == "stopped":
+    if status == RunStatus.STOPPED:
         state = getattr(result, "state_path", None)
         if state:
             return f"sdft: training stopped; resume with:\n  sdft train {config_path} --resume {state}"

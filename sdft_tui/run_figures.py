@@ -24,14 +24,12 @@ from engine.events import (
     StepMetrics,
     StepProgress,
 )
+from engine.vocabulary import RunStatus, phase_label
 
 # Weight of the exponential moving average drawn over the raw loss. Diffusion loss is very
 # noisy (it depends on the random timestep), so the trend needs a strong smoothing; the average
 # is debiased so the first points are not pulled towards zero.
 EMA_WEIGHT = 0.95
-
-# Phase names the engine uses, shown with friendlier words.
-PHASE_LABELS = {"loading": "loading the model", "caching": "caching latents", "sampling": "sampling"}
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,7 @@ class RunFigures:
         self.phase = e
         if self.started is None and self.status == "waiting":
             self.status = "preparing"
-        label = PHASE_LABELS.get(e.name, e.name)
+        label = phase_label(e.name)
         if e.total and e.done >= e.total and e.name not in self._phase_logged:
             self._phase_logged.add(e.name)
             self._log(e, f"{label}: done ({e.total})")
@@ -172,7 +170,7 @@ class RunFigures:
         self.finished = e
         self.status = e.status
         self.phase = None
-        level = {"completed": "success", "failed": "error"}.get(e.status, "warning")
+        level = {RunStatus.COMPLETED: "success", RunStatus.FAILED: "error"}.get(e.status, "warning")
         text = f"run {e.status} at step {e.step}"
         if e.message:
             text += f": {e.message}"

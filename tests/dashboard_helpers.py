@@ -3,13 +3,14 @@
 It behaves like the real loop where the dashboard can tell: runs on the calling thread (the TUI's
 worker), emits the same event kinds with fixed timestamps and figures (snapshots stay stable),
 polls RunControl at step boundaries (stop with a saved state, save now, sample now, pause), and
-can hold at a step until the test releases it, so keys can be pressed mid-run.
+can hold at a step until the test releases it, so keys can be pressed mid-run. Its phases and
+statuses are the engine's own words (engine.vocabulary), so the dashboard is tested in the
+dialect the real trainer speaks.
 """
 
 from __future__ import annotations
 
 import asyncio
-
 import math
 import threading
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from engine.events import (
     StatusChanged,
     StepMetrics,
 )
+from engine.vocabulary import ControlStatus, Phase, RunStatus
 
 T0 = 1_700_000_000.0   # fixed clock: the log shows offsets from here
 GIB = 2**30
@@ -101,9 +103,9 @@ class FakeEngine:
 
     def _run(self, sink, control) -> FakeResult:
         rd = str(self.run_dir)
-        sink.emit(PhaseProgress(name="loading", done=1, total=1, time=T0 + 1))
+        sink.emit(PhaseProgress(name=Phase.LOADING_MODEL, done=1, total=1, time=T0 + 1))
         for done in (0, 8, 16):
-            sink.emit(PhaseProgress(name="caching", done=done, total=16, time=T0 + 2 + done / 8))
+            sink.emit(PhaseProgress(name=Phase.CACHING_LATENTS, done=done, total=16, time=T0 + 2 + done / 8))
         sink.emit(RunStarted(run_dir=rd, total_steps=self.total_steps, total_epochs=self.total_steps // 10,
                              steps_per_epoch=10, num_images=16, batch_size=4,
                              device="cuda:0" if self.cuda else "cpu", model="tiny-sd1", time=T0 + 5))
@@ -114,9 +116,9 @@ class FakeEngine:
                 return self._stopped(sink, control, step - 1)
             if control.paused:
                 self.seen.append("pause")
-                sink.emit(StatusChanged(status="paused", time=self._t(step)))
+                sink.emit(StatusChanged(status=ControlStatus.PAUSED, time=self._t(step)))
                 control.wait_while_paused()
-                sink.emit(StatusChanged(status="running", time=self._t(step)))
+                sink.emit(StatusChanged(status=ControlStatus.RUNNING, time=self._t(step)))
                 if control.stop_requested:
                     return self._stopped(sink, control, step - 1)
             sink.emit(self._metrics(step))
@@ -137,20 +139,20 @@ class FakeEngine:
         model = f"{rd}/checkpoints/final.safetensors"
         sink.emit(ModelSaved(path=model, what="model", step=step, epoch=self.total_steps // 10,
                              time=self._t(step, 0.3)))
-        sink.emit(RunFinished(status="completed", step=step, epoch=self.total_steps // 10, model_path=model,
+        sink.emit(RunFinished(status=RunStatus.COMPLETED, step=step, epoch=self.total_steps // 10, model_path=model,
                               time=self._t(step, 0.4)))
         return FakeResult("completed", model_path=model, run_dir=rd)
 
     def _stopped(self, sink, control, step: int) -> FakeResult:
         self.seen.append("stop")
         rd = str(self.run_dir)
-        sink.emit(StatusChanged(status="stopping", time=self._t(step, 0.1)))
+        sink.emit(StatusChanged(status=ControlStatus.STOPPING, time=self._t(step, 0.1)))
         self.saving.set()
         if self.slow_save:
             self.save_gate.wait(30)
         state = f"{rd}/state/step-{step}"
         sink.emit(ModelSaved(path=state, what="state", step=step, epoch=1, time=self._t(step, 0.2)))
-        sink.emit(RunFinished(status="stopped", step=step, epoch=1, message=control.stop_reason,
+        sink.emit(RunFinished(status=RunStatus.STOPPED, step=step, epoch=1, message=control.stop_reason,
                               state_path=state, time=self._t(step, 0.3)))
         return FakeResult("stopped", state_path=state, run_dir=rd, message=control.stop_reason)
 
@@ -160,7 +162,7 @@ class FakeEngine:
         oom = self.ending == "oom"
         message = ("CUDA out of memory. Tried to allocate 2.00 GiB" if oom
                    else "caption file unreadable: data/cat.txt")
-        sink.emit(RunFinished(status="failed", step=step, epoch=1, message=message, out_of_memory=oom,
+        sink.emit(RunFinished(status=RunStatus.FAILED, step=step, epoch=1, message=message, out_of_memory=oom,
                               time=self._t(step, 0.1)))
         return FakeResult("failed", run_dir=str(self.run_dir), message=message)
 
@@ -204,7 +206,8 @@ async def settle(pilot, screen) -> None:
 def run_app(engine, scenario, *, size=(80, 24), config="run.toml"):
     """Run a DashboardApp on a RunScreen driven by ``engine``; ``scenario(app, pilot, screen)``."""
     from sdft_tui.dashboard import DashboardApp
-    from sdft_tui.screens.run import EngineHandle, RunScreen
+    from sdft_tui.engine_handle import EngineHandle
+    from sdft_tui.screens.run import RunScreen
 
     handle = EngineHandle()
     app = DashboardApp(lambda: RunScreen(config, engine=engine, handle=handle))

@@ -79,6 +79,6 @@ def test_sdft_help_lists_every_registered_command():
 
     help_text = build_parser().format_help()
     for name in ("train", "demo", "bench", "plan", "watch", "buckets", "prepare", "cache", "convert", "tokens",
-                 "caption", "tag", "from-kohya"):
+                 "caption", "tag", "from-kohya", "samples"):
         assert f"    {name}" in help_text, name
     assert "bench-data" not in help_text

@@ -14,7 +14,10 @@ from engine.events import JsonlSink, ListSink, RunFinished, StepMetrics, read_ev
 from sdft_tui.bridge import EventFollower, MessageSink
 from sdft_tui.dashboard import DashboardApp, finish_run, make_hangup_handler, run_dashboard
 from sdft_tui.run_figures import RunFigures, format_duration, format_offset
-from sdft_tui.screens.run import ConfirmScreen, EngineHandle, RunScreen, WatchScreen, exit_code_for
+from engine.vocabulary import exit_code_for
+from sdft_tui.engine_handle import EngineHandle
+from sdft_tui.screens.confirm import ConfirmScreen
+from sdft_tui.screens.run import RunScreen, WatchScreen
 from sdft_tui.widgets.loss_chart import plot_braille, sparkline
 
 
@@ -286,7 +289,7 @@ def test_out_of_memory_shows_what_to_change(tmp_path):
 
 
 def test_out_of_memory_advice_comes_from_the_planner(tmp_path):
-    from sdft_tui.screens.run import oom_advice
+    from engine.oom_advice import GENERIC_ADVICE, oom_advice
 
     toml = tmp_path / "run.toml"
     toml.write_text('config_version = 1\n[model]\npretrained_model_name_or_path = "m"\n'
@@ -294,11 +297,10 @@ def test_out_of_memory_advice_comes_from_the_planner(tmp_path):
                     '[[datasets]]\n  [[datasets.subsets]]\n  image_dir = "images"\n  metadata_file = "meta.json"\n')
     (tmp_path / "images").mkdir()
     (tmp_path / "meta.json").write_text("{}")
-    f = RunFigures()
-    f.apply(metrics(1, vram_total=8.0 * 2**30))
-    advice = oom_advice(toml, f)
+    advice = oom_advice(toml, 8.0 * 2**30)
     assert advice and any("->" in line for line in advice)    # planner lines: "x: 11.2 -> 7.9 GB"
     assert any("memory.gradient_checkpointing = true" in line for line in advice)
+    assert oom_advice(toml, None) == list(GENERIC_ADVICE)     # the card's size unknown: the usual list
 
 
 def test_sighup_stops_the_run_with_a_saved_state(tmp_path):

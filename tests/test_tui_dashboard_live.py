@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from dashboard_helpers import T0, screen_text, settle, wait_until
+from engine.vocabulary import Phase
 from engine.events import (
     JsonlSink,
     ModelSaved,
@@ -56,7 +57,7 @@ def test_a_resume_from_an_earlier_state_replaces_the_later_points():
     f = RunFigures()
     f.apply_all([started(), *[metrics(s, loss=s / 100) for s in range(1, 19)],
                  RunFinished(status="stopped", step=18, epoch=2, time=T0 + 19)])
-    f.apply_all([PhaseProgress(name="loading", done=0, total=1, time=T0 + 30)])
+    f.apply_all([PhaseProgress(name=Phase.LOADING_MODEL, done=0, total=1, time=T0 + 30)])
     assert f.running and f.finished is None and f.status == "preparing"
     f.apply_all([started(start_step=10, at=31), metrics(11, loss=0.5)])
     assert f.status == "running" and f.steps == list(range(1, 12)) and f.loss[-1] == 0.5
@@ -96,7 +97,7 @@ def test_watch_header_moves_every_step_stops_at_the_real_step_and_follows_the_re
             seen["stopped"] = header(app)
             seen["stopped outcome"] = screen.query_one("#outcome").display
             # `sdft train RUN.toml --resume latest` appends to the same events.jsonl
-            sink.emit(PhaseProgress(name="loading model", done=0, total=1, time=T0 + 60))
+            sink.emit(PhaseProgress(name=Phase.LOADING_MODEL, done=0, total=1, time=T0 + 60))
             sink.emit(started(start_step=18, at=61))
             sink.emit(StatusChanged(status="running", time=T0 + 61))
             sink.emit(progress(19))

@@ -11,7 +11,7 @@ import asyncio
 from dashboard_helpers import FakeEngine, run_app, screen_text, settle, wait_until
 from rich.console import Console
 from sdft_tui.dashboard import DashboardApp
-from sdft_tui.screens.run import ConfirmScreen
+from sdft_tui.screens.confirm import ConfirmScreen
 from sdft_tui.widgets.event_log import HangingLine
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from dashboard_helpers import screen_text
 from sdft_tui.dashboard import DashboardApp
-from sdft_tui.screens.run import EngineHandle, RunScreen
+from sdft_tui.engine_handle import EngineHandle
+from sdft_tui.screens.run import RunScreen
 
 
 @pytest.mark.slow

@@ -182,7 +182,8 @@ def bracket_engine(run_dir):
 
 def test_dashboard_log_samples_and_outcome_show_engine_text_exactly(tmp_path):
     from sdft_tui.dashboard import DashboardApp
-    from sdft_tui.screens.run import EngineHandle, RunScreen
+    from sdft_tui.engine_handle import EngineHandle
+    from sdft_tui.screens.run import RunScreen
 
     run_dir = tmp_path / FOLDER
     for size in ((80, 24), (160, 50)):

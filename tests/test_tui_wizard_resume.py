@@ -15,7 +15,8 @@ from dashboard_helpers import FakeEngine, screen_text, wait_until
 from engine.events import FanOut, RunStarted, StepMetrics, StepProgress, read_events
 from engine.hardware import HardwareInfo
 from sdft_tui.app import SdftApp
-from sdft_tui.screens.run import ConfirmScreen, RunScreen
+from sdft_tui.screens.confirm import ConfirmScreen
+from sdft_tui.screens.run import RunScreen
 from tests.wizard_helpers import make_dataset, settle
 
 STEPS, STOP_AT = 12, 10   # the default logging interval is 10: the stop lands on an interval's end

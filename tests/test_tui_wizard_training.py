@@ -8,7 +8,7 @@ import threading
 from dashboard_helpers import FakeEngine
 from sdft_tui.app import SdftApp
 from sdft_tui.dashboard import open_run_screen
-from sdft_tui.screens.run import ConfirmScreen
+from sdft_tui.screens.confirm import ConfirmScreen
 from tests.wizard_helpers import screen_text
 
 

@@ -128,7 +128,8 @@ def test_a_real_full_disk_ends_with_exit_3_no_traceback_and_the_last_state_named
 
 def test_a_failed_write_before_the_first_step_exits_3_naming_the_file(tmp_path, tiny_sd1, monkeypatch, capsys):
     from engine import atomic
-    from engine.cli import EXIT_FAILED, train_headless
+    from engine.cli import train_headless
+    from engine.vocabulary import ExitCode
 
     config = make_run(tmp_path, tiny_sd1, steps=1)
     real = atomic.write_text
@@ -139,6 +140,6 @@ def test_a_failed_write_before_the_first_step_exits_3_naming_the_file(tmp_path, 
         return real(target, text, *args)
 
     monkeypatch.setattr(atomic, "write_text", full_for_config_toml)
-    assert train_headless(config) == EXIT_FAILED
+    assert train_headless(config) == ExitCode.FAILED
     err = capsys.readouterr().err
     assert "could not write" in err and "config.toml" in err and "nothing was trained" in err, err

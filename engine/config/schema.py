@@ -78,8 +78,6 @@ class TrainConfig:
     scale_v_pred_loss_like_noise_pred: bool = opt(False, "v-prediction only: weight the loss like epsilon prediction.")
     debiased_estimation_loss: bool = opt(False, "Debiased estimation loss weighting.")
     weighted_captions: bool = opt(False, "Read (word:1.2) / [word] emphasis in captions (AUTOMATIC1111 syntax).")
-    ema: bool = opt(False, "Keep an exponential moving average of the trained weights.")
-    ema_decay: float = opt(0.9999, "EMA decay per update, reached after a warm-up (diffusers' schedule: 1 - (1 + n) ** -2/3 after n updates).", min=0.0, max=1.0)
     masked_loss: bool = opt(False, "Weight the loss per latent pixel by a mask: a subset's alpha channel "
                             "(alpha_mask) or its mask folder (conditioning_data_dir), as kohya's --masked_loss.")
     validate_every_n_steps: int | None = opt(None, "Validation loss every N steps, on the held-out images "
@@ -87,6 +85,8 @@ class TrainConfig:
     validate_every_n_epochs: int | None = opt(None, "Validation loss at the end of every N-th epoch (unset: "
                                               "every epoch, as kohya).", min=1)
     max_validation_steps: int | None = opt(None, "Validation batches evaluated each time (default: all).", min=1)
+    ema: bool = opt(False, "Keep an exponential moving average of the trained weights.")
+    ema_decay: float = opt(0.9999, "EMA decay per update, reached after a warm-up (diffusers' schedule: 1 - (1 + n) ** -2/3 after n updates).", min=0.0, max=1.0)
     ema_update_every: int = opt(1, "Update the EMA every N optimizer steps.", min=1)
     ema_cpu_offload: bool = opt(False, "Keep the EMA weights in CPU memory (saves VRAM).")
     resume: str | None = opt(None, 'Resume from a state folder, or "latest".')

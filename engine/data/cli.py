@@ -14,10 +14,10 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from engine.vocabulary import ExitCode
 from engine.commandline import run_command
 from engine.console import styled
 
-EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -88,7 +88,7 @@ def _buckets(args) -> int:
     if d <= 0 or d % 8 or args.batch_size < 1:
         print("sdft buckets: --bucket-reso-steps must be a positive multiple of 8 and --batch-size ≥ 1",
               file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     min_b, max_b = round_bucket_limits(args.min_bucket_reso, args.max_bucket_reso, d)
     settings = BucketSettings(args.resolution, True, args.no_upscale, min_b, max_b, d)
     try:
@@ -96,7 +96,7 @@ def _buckets(args) -> int:
         bucket_list = settings.bucket_list()
     except (ScanError, BucketError) as exc:
         print(f"sdft buckets: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     infos = read_sizes(paths, exif_transpose=not args.no_exif)
     readable = [i for i in infos if i.size is not None]
     assignments = assign_sizes([i.size for i in readable], settings)
@@ -122,10 +122,10 @@ def _buckets(args) -> int:
         for entry in out["rejected"]:
             entry["path"] = _rel(readable[entry["index"]].path, root)
         print(json.dumps(out, indent=2, ensure_ascii=False))
-        return EXIT_OK
+        return ExitCode.OK
     _print_histogram(report, readable, infos, settings, root)
     _print_clashes(_console(), clashes)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _print_clashes(console, clashes) -> None:
@@ -197,7 +197,7 @@ def _prepare(args) -> int:
         return _prepare_run(target, args)
     if not target.is_dir():
         print(f"sdft prepare: {target} is neither an image folder nor a run TOML", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     return _prepare_folder(target, args)
 
 
@@ -215,14 +215,14 @@ def _prepare_folder(folder: Path, args) -> int:
             existing, _ = load_raw(out)
         except Exception as exc:
             print(f"sdft prepare: {out} exists but cannot be read ({exc}); move it away first", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
     from engine.data.scan import find_images, name_clashes
 
     try:
         paths = find_images(folder, recursive=args.recursive)
     except ScanError as exc:
         print(f"sdft prepare: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     report = None
     if args.check or args.no_write:
         # The check runs first, so the metadata leaves out what it could not decode (training
@@ -244,7 +244,7 @@ def _prepare_folder(folder: Path, args) -> int:
                               existing=existing, leave_out=undecodable)
     except (ScanError, ValueError) as exc:
         print(f"sdft prepare: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     _print_clashes(_console(stderr=args.json), name_clashes(paths))   # stdout holds only the JSON
     if not args.no_write:
         write_metadata_json(out, meta)
@@ -257,7 +257,7 @@ def _prepare_folder(folder: Path, args) -> int:
             for path in sorted(undecodable):
                 notes.print(f"  {_rel(path, folder)}")
     if report is None:
-        return EXIT_OK
+        return ExitCode.OK
     return _print_report(report, args, console)
 
 
@@ -284,9 +284,9 @@ def _prepare_run(path: Path, args) -> int:
         from engine.console import print_problems
 
         print_problems(exc.problems)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     console = _console()
-    status = EXIT_OK
+    status = ExitCode.OK
     for spec in cfg.datasets.datasets:
         settings = BucketSettings.of_dataset(spec, args.resolution)
         paths, captions, masks = [], [], []
@@ -295,7 +295,7 @@ def _prepare_run(path: Path, args) -> int:
                 meta = read_metadata(sub.metadata_file, sub.image_dir)
             except MetadataError as exc:
                 console.print(styled(("error", "red"), f" {sub.key}: {exc}"))
-                status = EXIT_FOUND
+                status = ExitCode.FINDINGS
                 continue
             for e in meta.entries:
                 paths.append(e.path)
@@ -336,7 +336,7 @@ def _print_report(report, args, console) -> int:
     else:
         for line in report.lines():
             console.print(line, markup=False)
-    return EXIT_FOUND if report.errors else EXIT_OK
+    return ExitCode.FINDINGS if report.errors else ExitCode.OK
 
 
 def _print_health(paths, captions, settings, args, console, exif_transpose: bool = True, masks=None) -> int:
@@ -390,13 +390,13 @@ def _cache_encode(args) -> int:
         result = encode_latents(args.config, lambda line: console.print(line))
     except ConfigError as exc:
         print_problems(exc.problems)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except (ValueError, RunFolderBusy) as exc:
         print(f"sdft cache encode: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     console.print(f"latents: {result.encoded} encoded, {result.reused} already cached, {result.imported} imported "
                   f"from kohya .npz, {len(result.failed)} image(s) could not be read")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cache(args) -> int:
@@ -409,7 +409,7 @@ def _cache(args) -> int:
         from engine.console import print_problems
 
         print_problems(exc.problems)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     from engine.data.cache import MANIFEST_DIR, prune_cache, referenced_keys
 
     cache_dir = Path(cfg.cache.cache_dir) if cfg.cache.cache_dir else Path(cfg.train.output_dir) / ".latent-cache"
@@ -417,18 +417,18 @@ def _cache(args) -> int:
         cache_dir = Path(cfg.base_dir) / cache_dir
     if not cache_dir.is_dir():
         print(f"no latent cache at {cache_dir}")
-        return EXIT_OK
+        return ExitCode.OK
     only = cfg.train.output_name if args.only_this_run else None
     if only and not (cache_dir / MANIFEST_DIR / f"{only}.json").is_file():
         print(f"sdft cache prune: no record of run {only!r} in {cache_dir}; train it once first", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     from engine.runlock import RunFolderBusy, RunLock
 
     busy = None if args.dry_run else _live_run_using(cache_dir, Path(cfg.run_dir()).parent)
     if busy is not None:
         print(f"sdft cache prune: {busy}; pruning now would delete latents it is caching. "
               "Prune when it has finished.", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         # hold this run's folder while deleting, so its own training cannot start mid-prune
         holds = not args.dry_run and Path(cfg.run_dir()).is_dir()
@@ -441,7 +441,7 @@ def _cache(args) -> int:
                         manifest.unlink()
     except RunFolderBusy as exc:
         print(f"sdft cache prune: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {files} cache file(s), {size / 1e6:.1f} MB; {len(keep)} entries kept in {cache_dir}")
-    return EXIT_OK
+    return ExitCode.OK

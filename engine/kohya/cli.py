@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_USAGE = 0, 2
+from engine.vocabulary import ExitCode
+
 
 
 def register(commands) -> None:
@@ -37,16 +38,16 @@ def _from_kohya(args) -> int:
     err = make_console(stderr=True)
     if bool(args.config_file) == bool(args.command):
         err.print("sdft from-kohya: give the kohya command after -- or --config-file FILE (one of them)")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     out = Path(args.output)
     if out.exists() and not args.force:
         err.print(f"sdft from-kohya: {out} exists; pass --force to replace it or choose another -o")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         conversion = from_config_file(args.config_file) if args.config_file else from_command(args.command)
     except (OSError, ValueError) as exc:   # tomllib's errors are ValueErrors
         err.print(f"sdft from-kohya: cannot read {args.config_file}: {exc}")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     source = args.config_file or " ".join(args.command)
     atomic.write_text(out, render(conversion, source))
     _print_table(make_console(), report_lines(conversion))
@@ -54,7 +55,7 @@ def _from_kohya(args) -> int:
     make_console().print(styled(("wrote ", ""), (str(out), "bold"),
                                 f": {len(conversion.rows) - refused} option(s) converted, {refused} refused. "
                                 f"Next: sdft train {out} --check"))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _print_table(console, lines) -> None:

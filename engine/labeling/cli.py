@@ -21,8 +21,8 @@ from pathlib import Path
 
 from engine.commandline import run_command
 from engine.console import make_console, styled
+from engine.vocabulary import ExitCode
 
-EXIT_OK, EXIT_FAILED_IMAGES, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
 
 
 @dataclass
@@ -273,7 +273,7 @@ def _run(kind: str, args, build) -> int:
     err = make_console(stderr=True)
     if args.batch_size is not None and args.batch_size < 1:
         err.print(f"sdft {kind}: --batch-size must be at least 1")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         targets, data = resolve_targets(args.target, console=err)
         if args.metadata and len(targets) > 1:
@@ -281,7 +281,7 @@ def _run(kind: str, args, build) -> int:
         jobs = [(t, find_images(t.image_dir, recursive=args.recursive)) for t in targets]
     except (_Usage, ScanError) as exc:
         err.print(styled((f"sdft {kind}:", "bold red"), f" {exc}"))
-        return EXIT_USAGE
+        return ExitCode.USAGE
     total = LabelSummary()
     model = None
     # with --json, stdout holds only the JSON object: progress goes to stderr
@@ -296,7 +296,7 @@ def _run(kind: str, args, build) -> int:
             except LabelError as exc:
                 view.stop()
                 err.print(styled((f"sdft {kind}:", "bold red"), f" {exc}"))
-                return EXIT_USAGE
+                return ExitCode.USAGE
             _merge(total, summary)
             if summary.stopped:
                 break
@@ -304,8 +304,8 @@ def _run(kind: str, args, build) -> int:
         model.close()
     _print_summary(console, kind, total, args)
     if total.stopped:
-        return EXIT_STOPPED
-    return EXIT_FAILED_IMAGES if total.failed else EXIT_OK
+        return ExitCode.STOPPED
+    return ExitCode.FINDINGS if total.failed else ExitCode.OK
 
 
 class _LazyModel:

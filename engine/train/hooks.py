@@ -8,6 +8,7 @@ from collections.abc import Callable
 from engine.events import RunStarted, StatusChanged, StepMetrics, StepProgress
 from engine.train.context import RunParts, StepContext, StepHook, StopTraining
 from engine.train.metrics import device_memory
+from engine.vocabulary import ControlStatus
 
 
 class MetricsHook(StepHook):
@@ -67,13 +68,13 @@ class ControlHook(StepHook):
         if control.take_sample_request():
             self.sampler.sample(ctx)
         if control.paused:
-            self.sink.emit(StatusChanged(status="paused"))
+            self.sink.emit(StatusChanged(status=ControlStatus.PAUSED))
             control.wait_while_paused()
             if not control.stop_requested:
-                self.sink.emit(StatusChanged(status="running"))
+                self.sink.emit(StatusChanged(status=ControlStatus.RUNNING))
                 self.on_resumed()
         if control.stop_requested:
-            self.sink.emit(StatusChanged(status="stopping"))
+            self.sink.emit(StatusChanged(status=ControlStatus.STOPPING))
             raise StopTraining(control.stop_reason)
 
 

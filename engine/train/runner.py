@@ -17,6 +17,7 @@ from engine.config import run_toml
 from engine.control import RunControl
 from engine.events import FanOut, JsonlSink, Message, RunFinished
 from engine.train.trackers import open_trackers
+from engine.vocabulary import RunStatus
 
 
 @dataclass
@@ -131,15 +132,15 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
         out.emit(Message(level="warning", text=str(problem)))
     trainer = Trainer(config, config_text=text, sink=out, control=control, resume=resume,
                       allow_changed=allow_changed)
-    result = RunResult(status="failed", run_dir=str(run_dir), log_path=str(log_path))
+    result = RunResult(status=RunStatus.FAILED, run_dir=str(run_dir), log_path=str(log_path))
     try:
         trainer.setup()
         result.status = trainer.run()
-        result.message = "training finished" if result.status == "completed" else control.stop_reason
+        result.message = "training finished" if result.status == RunStatus.COMPLETED else control.stop_reason
     except StopTraining:   # stopped while preparing: no step was taken, so there is no state to save
-        result.status, result.message = "stopped", f"{control.stop_reason} before training started"
+        result.status, result.message = RunStatus.STOPPED, f"{control.stop_reason} before training started"
     except KeyboardInterrupt:
-        result.status, result.message = "stopped", "interrupted"
+        result.status, result.message = RunStatus.STOPPED, "interrupted"
     except Exception as exc:  # noqa: BLE001 - every failure becomes a clear result
         result.out_of_memory = isinstance(exc, torch.cuda.OutOfMemoryError)
         result.message = _describe(exc, result.out_of_memory)
@@ -218,9 +219,9 @@ def _append_to_log(log_path: Path, text: str) -> None:
 
 def _describe(exc: BaseException, out_of_memory: bool) -> str:
     if out_of_memory:
-        return ("out of GPU memory: enable memory.gradient_checkpointing, use optimizer.type = \"AdamW8bit\", "
-                "mixed_precision = \"bf16\"/\"fp16\", or lower the batch size or resolution "
-                "(`sdft plan RUN.toml` estimates what fits)")
+        from engine.oom_advice import oom_message
+
+        return oom_message()
     text = str(exc) or type(exc).__name__
     plain = (ValueError, RuntimeError, atomic.WriteFailed)   # their text says it all
     return text if isinstance(exc, plain) else f"{type(exc).__name__}: {text}"

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import random
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.atomic import atomic_path
-from engine.events import SampleSaved
+from engine.events import SampleGridSaved, SampleSaved
 from engine.train.optimizers import with_evaluation_weights
 from engine.train.prompts import load_prompts
 
@@ -79,7 +80,18 @@ class Sampler:
             unet.train(was_training)
             if not p.cfg.sample.prompts:
                 vae.to("cpu")
+        self._grid(ctx, saved)
         return saved
+
+    def _grid(self, ctx, saved: list[str]) -> None:
+        """Every prompt of this sampling point in one image beside the single ones (docs/run-folder.md)."""
+        from engine.train.sample_grid import Cell, grid_path, make_grid, save_grid
+
+        cells = [Cell(Path(path), f"{index + 1}: {prompt.prompt}")
+                 for index, (path, prompt) in enumerate(zip(saved, self.prompts))]
+        path = save_grid(make_grid(cells, title=f"step {ctx.step}"),
+                         grid_path(self.folder, self.parts.cfg.train.output_name, ctx.step))
+        self.parts.sink.emit(SampleGridSaved(path=str(path), step=ctx.step, count=len(cells)))
 
     def _one(self, ctx, unet, index: int, prompt) -> str:
         from diffusers import StableDiffusionPipeline

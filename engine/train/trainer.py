@@ -18,6 +18,7 @@ import torch
 from engine.config.schema import RunConfig
 from engine.control import RunControl
 from engine.events import PhaseProgress, StatusChanged
+from engine.vocabulary import ControlStatus, Phase, RunStatus
 from engine.train import forward
 from engine.train.checkpoints import Checkpointer
 from engine.train.components import (
@@ -85,9 +86,9 @@ class Trainer:
         cfg = self.cfg
         self.say.bind()   # setup and the loop run on the training thread
         accelerator, precision = start_accelerator(cfg, self.say)
-        self._phase("loading model", 0, 1)
+        self._phase(Phase.LOADING_MODEL, 0, 1)
         model, noise = load_base_model(cfg, accelerator.device, self.say)
-        self._phase("loading model", 1, 1)
+        self._phase(Phase.LOADING_MODEL, 1, 1)
         side = default_side(model, noise)
         data = TrainingData.from_config(cfg, default_resolution=(side, side), log=lambda text: self.say(text))
         schedule = resolve_schedule(cfg.train, data.batches_per_epoch(), accelerator.num_processes)
@@ -107,7 +108,7 @@ class Trainer:
         self.math_hash = parts_math_hash(self.parts, cfg.train.seed)
 
     def _latents_progress(self, done: int, total: int) -> None:
-        self._phase("caching latents", done, total)
+        self._phase(Phase.CACHING_LATENTS, done, total)
         if self.control.stop_requested:
             # Latents written so far stay in the cache; the next run reuses them.
             raise StopTraining(self.control.stop_reason)
@@ -128,7 +129,7 @@ class Trainer:
         """Train to the end or to a stop; returns "completed" or "stopped"."""
         p = self.parts
         self.sink.emit(run_started(p, self.global_step))
-        self.sink.emit(StatusChanged(status="running"))
+        self.sink.emit(StatusChanged(status=ControlStatus.RUNNING))
         hooks = self.standard_hooks()
         if self.cfg.sample.at_first and self.global_step == 0:
             self.sampler.sample(self.context())
@@ -136,12 +137,12 @@ class Trainer:
             self.loop(hooks)
         except StopTraining:
             self.finish_stopped()
-            return "stopped"
+            return RunStatus.STOPPED
         p.accelerator.wait_for_everyone()
         self.checkpointer.save_model(self.context(), kind="final")
         if self.cfg.save.state_on_train_end:
             self.checkpointer.write_state(self.context())
-        return "completed"
+        return RunStatus.COMPLETED
 
     @property
     def event_epoch(self) -> int:

@@ -3,382 +3,27 @@
 ``RunScreen`` runs the engine in a Textual thread worker and steers it only through
 ``RunControl``; ``WatchScreen`` follows another process's ``events.jsonl`` read-only. Both feed
 the same ``RunFigures`` and draw the same panes, so ``sdft watch`` shows what the live screen
-shows. Events arrive through the bridge (coalesced messages); the panes repaint on a timer at a
-few Hz, whatever the step rate.
+shows (sdft_tui/screens/dashboard_base.py).
 """
 
 from __future__ import annotations
 
-import sys
-import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 from rich.text import Text
-from textual import on, work
-from textual.app import ComposeResult
+from textual import work
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical
-from textual.message import Message
-from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Footer, Label, Static
+from textual.widgets import Static
 
 from engine.control import RunControl
 from engine.events import RunFinished
-from sdft_tui.bridge import EngineEvents, EventFollower, MessageSink
-from sdft_tui.run_figures import RunFigures, format_bytes, format_duration
-from sdft_tui.widgets.event_log import EventLog
-from sdft_tui.widgets.loss_chart import LossChart
-from sdft_tui.widgets.sample_view import SampleView
-from sdft_tui.widgets.throughput import Throughput
-from sdft_tui.widgets.vram_meter import VramMeter
-
-REPAINT_HZ = 4
-EXIT_CODES = {"completed": 0, "failed": 3, "stopped": 130}
-
-GENERIC_OOM_ADVICE = [
-    "enable gradient checkpointing (memory.gradient_checkpointing = true)",
-    "use 8-bit Adam (optimizer.type = \"AdamW8bit\")",
-    "lower the batch size or resolution (general.batch_size / .resolution)",  # fits 80 columns
-    "train in mixed precision (memory.mixed_precision = \"fp16\" or \"bf16\")",
-]
-
-Engine = Callable[..., Any]   # run_training(config_path, *, sink, control, log_path=None) -> RunResult
-
-
-def exit_code_for(status: str | None) -> int:
-    """0 completed, 3 failed, 130 stopped (like Ctrl+C in a shell)."""
-    return EXIT_CODES.get(status or "failed", 3)
-
-
-@dataclass
-class EngineHandle:
-    """What the UI, the worker thread and ``run_dashboard`` share about one engine run.
-
-    It outlives the screen: after the app has closed (a lost terminal), ``run_dashboard`` still
-    waits on ``done`` so the process never exits in the middle of a save.
-    """
-
-    control: RunControl = field(default_factory=RunControl)
-    log_path: Path | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    started: bool = False
-    result: Any = None
-    error: str | None = None
-    error_traceback: str | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.started and not self.done.is_set()
-
-    @property
-    def status(self) -> str | None:
-        if not self.done.is_set():
-            return None
-        if self.error is not None:
-            return "failed"
-        return getattr(self.result, "status", None) or "completed"
-
-    @property
-    def exit_code(self) -> int:
-        return exit_code_for(self.status) if self.done.is_set() else exit_code_for("stopped")
-
-
-class EngineDone(Message):
-    """The engine call returned (or raised); ``handle`` holds the outcome."""
-
-
-def default_engine() -> Engine:
-    """The real trainer, imported only when a run starts (it pulls in torch)."""
-    from engine.train.runner import run_training
-
-    return run_training
-
-
-def default_log_path(config_path) -> Path | None:
-    """<run dir>/sdft.log (the trainer's default), when the run TOML can be read; the engine reports a broken TOML."""
-    try:
-        from engine.config.run_toml import load_run_config
-
-        return Path(load_run_config(config_path).run_dir()) / "sdft.log"
-    except Exception:  # noqa: BLE001 - the engine will fail with the real message
-        return None
-
-
-def oom_advice(config_path, figures: RunFigures, limit: int = 4) -> list[str]:
-    """What to change after an out-of-memory error: the planner's suggestions for this config
-    and this card when both are known, otherwise the usual remedies."""
-    total = figures.last.vram_total if figures.last else None
-    if not total:
-        total = _cuda_total_memory()
-    if total and config_path is not None:
-        try:
-            from engine.config.run_toml import load_run_config
-            from engine.plan import suggest
-
-            suggestions = suggest(load_run_config(config_path), total)
-            lines = []
-            for s in suggestions[:limit]:
-                keys = ", ".join(f"{k} = {_toml_value(v)}" for k, v in s.config_changes.items())
-                lines.append(s.text + (f"  [{keys}]" if keys else ""))
-            if lines:
-                return lines
-        except Exception:  # noqa: BLE001 - advice is a courtesy; fall back to the generic list
-            pass
-    return list(GENERIC_OOM_ADVICE)
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value)
-
-
-def _cuda_total_memory() -> float | None:
-    torch = sys.modules.get("torch")   # only if the engine already imported it
-    try:
-        if torch is not None and torch.cuda.is_available():
-            return float(torch.cuda.get_device_properties(0).total_memory)
-    except Exception:  # noqa: BLE001
-        pass
-    return None
-
-
-class ConfirmScreen(ModalScreen[bool]):
-    """A yes/no question answered with y/n (or Enter/Escape): no mouse needed."""
-
-    BINDINGS = [
-        Binding("y", "answer(True)", "Yes"),
-        Binding("n,escape", "answer(False)", "No"),
-    ]
-    DEFAULT_CSS = """
-    ConfirmScreen { align: center middle; }
-    ConfirmScreen > Vertical {
-        width: 64; max-width: 95%; height: auto; border: thick $warning; background: $panel; padding: 1 2;
-    }
-    ConfirmScreen Label { width: 100%; margin-bottom: 1; }
-    ConfirmScreen Horizontal { height: auto; align: center middle; }
-    ConfirmScreen Button { margin: 0 1; min-width: 12; }
-    """
-
-    def __init__(self, question: str, yes: str = "Yes (y)", no: str = "No (n)") -> None:
-        super().__init__()
-        self.question, self.yes, self.no = question, yes, no
-
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Label(self.question)
-            with Horizontal():
-                yield Button(self.yes, variant="warning", id="yes")
-                yield Button(self.no, id="no")
-
-    def on_mount(self) -> None:
-        self.query_one("#no", Button).focus()
-
-    def action_answer(self, answer: bool) -> None:
-        self.dismiss(answer)
-
-    @on(Button.Pressed)
-    def _pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "yes")
-
-
-class DashboardScreen(Screen[int]):
-    """The panes and the repaint loop; subclasses decide where the events come from."""
-
-    CSS_PATH = "../styles/run.tcss"
-    BINDINGS = [
-        Binding("q", "quit_dashboard", "Quit"),
-        Binding("l", "toggle_log", "Log scale"),
-        Binding("w", "toggle_window", "Window"),
-        Binding("left_square_bracket", "sample(-1)", "Prev sample", show=False),
-        Binding("right_square_bracket", "sample(1)", "Next sample", show=False),
-    ]
-    title_prefix = "sdft"
-    empty_samples_hint = "no samples yet"
-
-    def __init__(self, *, name: str | None = None) -> None:
-        super().__init__(name=name)
-        self.figures = RunFigures()
-        self.sink = MessageSink(self)
-        self.painted_version = -1
-        self.run_label = ""
-        self.outcome_of: RunFinished | None = None   # the end the outcome panel shows
-
-    # ------------------------------------------------------------------ layout
-
-    def compose(self) -> ComposeResult:
-        yield Static(id="status-bar")
-        with Grid(id="panes"):
-            with Vertical(id="loss-pane", classes="pane"):
-                yield LossChart(self.figures, id="loss-chart")
-            with Vertical(id="side"):
-                with Vertical(id="progress-pane", classes="pane"):
-                    yield Throughput(self.figures, id="throughput")
-                with Vertical(id="memory-pane", classes="pane"):
-                    yield VramMeter(self.figures, id="vram")
-            with Vertical(id="events-pane", classes="pane"):
-                yield EventLog(self.figures, id="event-log")
-            with Vertical(id="samples-pane", classes="pane"):
-                yield SampleView(self.figures, id="samples", empty_hint=self.empty_samples_hint)
-        yield Static(id="outcome")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        titles = {"loss-pane": "Loss", "progress-pane": "Progress", "memory-pane": "Memory",
-                  "events-pane": "Events", "samples-pane": "Samples"}
-        for pane_id, title in titles.items():
-            self.query_one(f"#{pane_id}").border_title = title
-        self.query_one("#outcome").display = False
-        self.set_interval(1 / REPAINT_HZ, self.repaint)
-        self.repaint(force=True)
-
-    def on_unmount(self) -> None:
-        self.sink.close()
-
-    # ------------------------------------------------------------------ events in, pixels out
-
-    def on_engine_events(self, message: EngineEvents) -> None:
-        self.absorb(message.sink.drain())
-
-    def absorb(self, events) -> None:
-        """Apply events to the figures; the timer paints them (never per event)."""
-        self.figures.apply_all(events)
-        finished = self.figures.finished
-        if finished is not self.outcome_of:
-            self.outcome_of = finished
-            if finished is not None:
-                self.show_outcome()
-            else:   # the run started again (``sdft watch`` across a resume)
-                self.query_one("#outcome").display = False
-
-    def repaint(self, force: bool = False) -> None:
-        """Redraw the panes if anything changed since the last tick."""
-        if not force and self.figures.version == self.painted_version:
-            return
-        self.painted_version = self.figures.version
-        self.query_one("#status-bar", Static).update(self.status_line())
-        for widget_id in ("#loss-chart", "#vram"):
-            self.query_one(widget_id).refresh()
-        # the progress pane shrinks once the run is over (Throughput.compact), giving the memory
-        # pane the rows the outcome panel takes at 80x24
-        self.query_one("#throughput").refresh(layout=self.figures.finished is not None)
-        self.query_one("#event-log", EventLog).sync()
-        self.query_one("#samples", SampleView).sync()
-        self.refresh_bindings()
-
-    def status_line(self) -> Text:
-        f = self.figures
-        status = self.display_status()
-        style = {"completed": "bold green", "failed": "bold red", "stopped": "bold yellow",
-                 "paused": "bold yellow", "stopping": "bold yellow"}.get(status, "bold")
-        line = Text(no_wrap=True, overflow="ellipsis")
-        line.append(f"{self.title_prefix} · {self.run_label} · ")
-        line.append(status.upper(), style=style)
-        if f.total_steps:
-            line.append(f" · step {f.step}/{f.total_steps}")
-        if f.newest_step is not None:
-            epochs = f.started.total_epochs if f.started else 0
-            line.append(f" · epoch {f.epoch}" + (f"/{epochs}" if epochs else ""))
-            line.append(f" · elapsed {format_duration(f.elapsed_s)}")
-            if f.running and f.last is not None:
-                line.append(f" · ETA {format_duration(f.last.eta_s)}")
-        if f.started is not None and self.fits(line, f" · {f.started.device}"):
-            line.append(f" · {f.started.device}")   # also in the memory pane: the first to go at 80 columns
-        return line
-
-    def fits(self, line: Text, extra: str) -> bool:
-        """Whether ``extra`` still fits on the status bar after ``line`` (True before layout)."""
-        width = self.query_one("#status-bar").size.width - 2
-        return width <= 0 or line.cell_len + len(extra) <= width
-
-    def display_status(self) -> str:
-        return self.figures.status
-
-    # ------------------------------------------------------------------ outcome
-
-    def show_outcome(self) -> None:
-        outcome = self.query_one("#outcome", Static)
-        text, css_class = self.outcome_text()
-        outcome.update(text)
-        outcome.set_classes(css_class)
-        outcome.display = True
-
-    def outcome_text(self) -> tuple[Text, str]:
-        """What happened and what to do next, in as few lines as 80x24 allows (the panes above
-        keep their room; q to close is in the footer)."""
-        f = self.figures
-        end = f.finished
-        status = end.status if end else "failed"
-        text = Text()
-        if status == "completed":
-            text.append("Training completed", style="bold")
-            text.append(f" at step {end.step}.")
-            if end.model_path:
-                text.append(f"\nModel: {end.model_path}")
-        elif status == "stopped":
-            text.append("Training stopped", style="bold")
-            text.append(f" at step {end.step}" + (f": {end.message}" if end.message else "") + ".")
-            if end.model_path:
-                text.append(f"\nModel: {end.model_path}")
-            if end.state_path:
-                config = self.resume_config()
-                if config is not None:
-                    text.append(f"\nResume: sdft train {config} --resume {end.state_path}")
-                else:
-                    text.append(f"\nResumable state: {end.state_path}")
-        elif end is not None and end.out_of_memory:
-            text.append("Out of GPU memory", style="bold")
-            text.append(f" at step {end.step}" + (f": {end.message}" if end.message else "") + ".")
-            peak = f.last.vram_peak if f.last else None
-            if peak:
-                text.append(f" Peak so far {format_bytes(peak)}.")
-            text.append("\nTo fit, change in the run TOML (then resume or restart):")
-            for line in oom_advice(self.config_file(), f):
-                text.append(f"\n  • {line}")
-            self.append_log_path(text)
-        else:
-            text.append("Training failed", style="bold")
-            step = f" at step {end.step}" if end is not None else ""
-            message = end.message if end is not None and end.message else "no message"
-            text.append(f"{step}: {message}")
-            self.append_log_path(text)
-        return text, status if not (end and end.out_of_memory) else "failed"
-
-    def resume_config(self):
-        """The run file to name in the resume command (None: the state path alone is shown)."""
-        return None
-
-    def append_log_path(self, text: Text) -> None:
-        path = self.log_file()
-        text.append(f"\nLog: {path}" if path else "\nLog: none written (see the messages above)")
-
-    def config_file(self):
-        return None
-
-    def log_file(self):
-        return None
-
-    # ------------------------------------------------------------------ keys
-
-    def action_toggle_log(self) -> None:
-        chart = self.query_one(LossChart)
-        chart.log_scale = not chart.log_scale
-
-    def action_toggle_window(self) -> None:
-        chart = self.query_one(LossChart)
-        chart.whole_run = not chart.whole_run
-
-    def action_sample(self, delta: int) -> None:
-        self.query_one(SampleView).step(delta)
-
-    def action_quit_dashboard(self) -> None:
-        self.dismiss(0)
+from engine.vocabulary import ControlStatus, RunStatus, exit_code_for
+from sdft_tui.bridge import EventFollower
+from sdft_tui.engine_handle import Engine, EngineDone, EngineHandle, default_engine, default_log_path
+from sdft_tui.screens.confirm import ConfirmScreen
+from sdft_tui.screens.dashboard_base import DashboardScreen
 
 
 class RunScreen(DashboardScreen):
@@ -452,7 +97,7 @@ class RunScreen(DashboardScreen):
         if self.figures.finished is None:
             # The engine ended without its RunFinished event (it raised, or is a minimal engine).
             h = self.handle
-            status = h.status or "failed"
+            status = h.status or RunStatus.FAILED
             message = h.error or getattr(h.result, "message", "") or ""
             self.absorb([RunFinished(
                 status=status, step=self.figures.step, epoch=self.figures.last.epoch if self.figures.last else 0,
@@ -482,9 +127,9 @@ class RunScreen(DashboardScreen):
     def display_status(self) -> str:
         status = self.figures.status
         if self.figures.running:
-            if self.control.stop_requested and status not in ("stopping",):
-                return "stopping"
-            if self.control.paused and status == "running":
+            if self.control.stop_requested and status != ControlStatus.STOPPING:
+                return ControlStatus.STOPPING
+            if self.control.paused and status == ControlStatus.RUNNING:
                 return "pausing"
         return status
 

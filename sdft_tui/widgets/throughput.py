@@ -8,7 +8,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from sdft_tui.run_figures import PHASE_LABELS, RunFigures, format_duration
+from engine.vocabulary import phase_label
+from sdft_tui.run_figures import RunFigures, format_duration
 from sdft_tui.widgets.vram_meter import bar
 
 LABEL_WIDTH = 8
@@ -72,7 +73,7 @@ class Throughput(Widget):
             return text
         phase = f.phase
         if phase is not None:
-            name = PHASE_LABELS.get(phase.name, phase.name)
+            name = phase_label(phase.name)
             self._row(text, "phase", name)
             pbar_w = max(3, width - LABEL_WIDTH - 14)
             frac = phase.done / phase.total if phase.total else 0.0
