@@ -25,6 +25,7 @@ from engine.events import (
     SampleGridSaved,
     SampleSaved,
     StepMetrics,
+    ValidationMetrics,
 )
 
 
@@ -138,6 +139,10 @@ class ConsoleSink:
 
     def _on_sample(self, e: SampleSaved) -> None:
         self.print(f"sample at step {e.step}: {e.path}")
+
+    def _on_validation(self, e: ValidationMetrics) -> None:
+        figures = ", ".join(f"{name} {value:.4f}" for name, value in sorted(e.figures.items()))
+        self.print(f"validation at step {e.step}: {figures}", "cyan")
 
     def _on_sample_grid(self, e: SampleGridSaved) -> None:
         self.print(f"sample grid at step {e.step} ({e.count} prompts): {e.path}")

@@ -19,10 +19,12 @@ from engine.events import (
     PhaseProgress,
     RunFinished,
     RunStarted,
+    SampleGridSaved,
     SampleSaved,
     StatusChanged,
     StepMetrics,
     StepProgress,
+    ValidationMetrics,
 )
 from engine.vocabulary import RunStatus, phase_label
 
@@ -30,6 +32,15 @@ from engine.vocabulary import RunStatus, phase_label
 # noisy (it depends on the random timestep), so the trend needs a strong smoothing; the average
 # is debiased so the first points are not pulled towards zero.
 EMA_WEIGHT = 0.95
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One image the samples pane can show: a prompt's sample or a sampling point's grid."""
+
+    path: str
+    step: int
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,10 @@ class RunFigures:
         self.smooth: list[float] = []
         self.lr: list[float] = []
         self.samples: list[SampleSaved] = []
+        self.grids: list[SampleGridSaved] = []
+        self.pictures: list[Picture] = []           # samples and grids in the order they came
+        self.validation_steps: list[int] = []
+        self.validation_loss: list[float] = []
         self.saves: list[ModelSaved] = []
         self.log: list[LogLine] = []
         self._t0: float | None = None
@@ -145,6 +160,8 @@ class RunFigures:
         keep = sum(1 for s in self.steps if s <= step)
         for series in (self.steps, self.loss, self.smooth, self.lr):
             del series[keep:]
+        keep = sum(1 for s in self.validation_steps if s <= step)
+        del self.validation_steps[keep:], self.validation_loss[keep:]
         if self.last is not None and self.last.step > step:
             self.last = None
         if self.progress is not None and self.progress.step > step:
@@ -159,7 +176,26 @@ class RunFigures:
 
     def _on_sample(self, e: SampleSaved) -> None:
         self.samples.append(e)
+        self.pictures.append(Picture(e.path, e.step, e.prompt))
         self._log(e, f"sample at step {e.step}: {e.prompt}")
+
+    def _on_sample_grid(self, e: SampleGridSaved) -> None:
+        self.grids.append(e)
+        self.pictures.append(Picture(e.path, e.step, f"grid of the {e.count} prompts" if e.count != 1 else "grid of the prompt"))
+        self._log(e, f"sample grid at step {e.step}: {e.path}")
+
+    def _on_validation(self, e: ValidationMetrics) -> None:
+        loss = e.figures.get("loss")
+        if loss is None:
+            return
+        self.validation_steps.append(e.step)
+        self.validation_loss.append(loss)
+        self._log(e, f"validation loss at step {e.step}: {format_number(loss)}")
+
+    @property
+    def validation(self) -> tuple[int, float] | None:
+        """The newest validation loss and its step, None before the first."""
+        return (self.validation_steps[-1], self.validation_loss[-1]) if self.validation_loss else None
 
     def _on_status(self, e: StatusChanged) -> None:
         if self.finished is None:
@@ -233,6 +269,8 @@ class RunFigures:
             "vram_peak": m.vram_peak if m else None,
             "points": len(self.loss),
             "samples": [s.path for s in self.samples],
+            "grids": [g.path for g in self.grids],
+            "validation_loss": self.validation_loss[-1] if self.validation_loss else None,
             "saves": [s.path for s in self.saves],
         }
 
@@ -245,6 +283,8 @@ _HANDLERS = {
     StepProgress: RunFigures._on_progress,
     ModelSaved: RunFigures._on_saved,
     SampleSaved: RunFigures._on_sample,
+    SampleGridSaved: RunFigures._on_sample_grid,
+    ValidationMetrics: RunFigures._on_validation,
     StatusChanged: RunFigures._on_status,
     RunFinished: RunFigures._on_finished,
 }

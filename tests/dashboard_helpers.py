@@ -24,9 +24,11 @@ from engine.events import (
     PhaseProgress,
     RunFinished,
     RunStarted,
+    SampleGridSaved,
     SampleSaved,
     StatusChanged,
     StepMetrics,
+    ValidationMetrics,
 )
 from engine.vocabulary import ControlStatus, Phase, RunStatus
 
@@ -53,7 +55,8 @@ class FakeEngine:
 
     def __init__(self, run_dir: str | Path, *, total_steps: int = 40, ending: str = "complete",
                  hold_at: int | None = None, fail_at: int | None = None, cuda: bool = True,
-                 sample_every: int = 20, write_events: bool = True, slow_save: bool = False):
+                 sample_every: int = 20, write_events: bool = True, slow_save: bool = False,
+                 validate_every: int | None = None):
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps
         self.ending = ending
@@ -61,6 +64,7 @@ class FakeEngine:
         self.fail_at = fail_at if fail_at is not None else total_steps // 2
         self.cuda = cuda
         self.sample_every = sample_every
+        self.validate_every = validate_every
         self.write_events = write_events
         self.slow_save = slow_save              # hold the stop's state save until ``save_gate``
         self.save_gate = threading.Event()
@@ -130,6 +134,11 @@ class FakeEngine:
                 self.seen.append("sample")
                 sink.emit(SampleSaved(path=f"{rd}/samples/step-{step:06d}-0.png", prompt="a photo of a cat",
                                       step=step, time=self._t(step, 0.2)))
+                sink.emit(SampleGridSaved(path=f"{rd}/samples/t_s{step:08d}_grid.png", step=step, count=1,
+                                          time=self._t(step, 0.25)))
+            if self.validate_every and step % self.validate_every == 0:
+                sink.emit(ValidationMetrics(step=step, epoch=1 + (step - 1) // 10,
+                                            figures={"loss": round(loss_at(step) * 1.2, 6)}, time=self._t(step, 0.3)))
             if self.ending in ("fail", "raise", "oom") and step == self.fail_at:
                 return self._fail(sink, step)
             if self.hold_at is not None and step >= self.hold_at and not self.release.is_set():

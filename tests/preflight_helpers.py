@@ -172,6 +172,7 @@ DATASET_VALUES = {
     "caption_suffix": (["best quality"], []), "resize_interpolation": (["lanczos", "area"], ["sinc"]),
     "face_crop_aug_range": ([[2.0, 4.0]], [[4.0, 2.0]]), "custom_attributes": ([{"a": 1}], []),
     "alpha_mask": ([False, True], []), "caption_extention": ([], [".txt"]), "is_val": ([False], []),
+    "caption_from_filename": ([True, False], []),
 }
 SUBSETS = ([{"metadata_file": "meta.json"}, {"metadata_file": "meta_rel.json", "image_dir": "images"}],
            [{"metadata_file": "meta_rel.json"},                   # relative keys without image_dir

@@ -121,6 +121,18 @@ def _read_available(fd, chunks, timeout=0.2):
     return True
 
 
+def test_headless_runs_print_the_validation_loss_and_each_sample_grid():
+    from engine.events import SampleGridSaved, ValidationMetrics
+
+    console, out = terminal_console()
+    sink = ConsoleSink(console, interactive=False)
+    sink.emit(ValidationMetrics(step=40, epoch=2, figures={"loss": 0.123456}))
+    sink.emit(SampleGridSaved(path="runs/t/samples/t_s00000040_grid.png", step=40, count=3))
+    text = plain(out.getvalue())
+    assert "validation at step 40: loss 0.1235" in text
+    assert "sample grid at step 40 (3 prompts): runs/t/samples/t_s00000040_grid.png" in text
+
+
 def test_two_runs_at_once_in_terminals_both_print_their_resume_command(tmp_path, tiny_sd1):
     """The IndexError was seen under load: two runs on the two cores, each with a live display."""
     runs = []

@@ -119,3 +119,37 @@ def test_buckets_prints_bracketed_paths_exactly(tmp_path, capsys):
     assert buckets_command([str(folder)]) == 0
     out = capsys.readouterr().out
     assert "unreadable [broken].png" in out, out
+
+
+def test_prepare_clean_cleans_a_metadata_json_that_has_no_sidecars(tmp_path, capsys):
+    """kohya's clean_captions_and_tags.py IN OUT: here `sdft prepare META.json --clean [--out]`."""
+    meta = tmp_path / "meta.json"
+    original = {"a.png": {"caption": "a photo of  1girl ,  smile", "tags": "1girl, long_hair,  1girl,"},
+                "b.png": {"caption": "a tree"}, "c.png": {}}
+    meta.write_text(json.dumps(original), encoding="utf-8")
+    out = tmp_path / "clean.json"
+    assert prepare_command([str(meta), "--clean", "--out", str(out)]) == 0
+    cleaned = json.loads(out.read_text(encoding="utf-8"))
+    from engine.data.captions import clean_caption, clean_tags
+
+    assert cleaned["a.png"] == {"caption": clean_caption(original["a.png"]["caption"]),
+                                "tags": clean_tags(original["a.png"]["tags"])}
+    assert cleaned["a.png"] != original["a.png"] and cleaned["c.png"] == {}
+    assert json.loads(meta.read_text(encoding="utf-8")) == original          # --out leaves the input alone
+    text = capsys.readouterr().out
+    assert "1 of 3 entries changed" in text and "1 with neither caption nor tags" in text
+
+    # In place: the original is kept in a backup folder beside it, so nothing is lost.
+    assert prepare_command([str(meta), "--clean"]) == 0
+    assert json.loads(meta.read_text(encoding="utf-8")) == cleaned
+    kept = list((tmp_path / "sdft-label-backups").glob("*/meta.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text(encoding="utf-8")) == original
+    assert "the original is kept in" in capsys.readouterr().out
+
+
+def test_prepare_clean_refuses_a_broken_metadata_file_by_name(tmp_path, capsys):
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text('{"image_path": "a.png", "caption": "x"}\nnot json\n', encoding="utf-8")
+    assert prepare_command([str(meta), "--clean"]) == 2
+    err = capsys.readouterr().err
+    assert "meta.jsonl" in err and "line 2" in err

@@ -256,8 +256,12 @@ def test_a_schedule_free_run_samples_and_saves_in_eval_mode_and_trains_in_train_
         return real_save(*args, **kwargs)
 
     def one(self, ctx, unet, index, prompt):
+        from PIL import Image
+
         modes.append(("sample", mode()))
-        return str(tmp_path / f"sample{index}.png")
+        path = tmp_path / f"sample{index}.png"
+        Image.new("RGB", (8, 8)).save(path)     # the sampling point's grid reads it back
+        return str(path)
 
     monkeypatch.setattr(trainer_module, "build_bundle", build_bundle)
     monkeypatch.setattr(trainer_module.Trainer, "train_step", train_step)

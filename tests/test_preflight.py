@@ -65,6 +65,15 @@ def test_every_image_must_resolve(tmp_path, tiny_sd1):
     assert "image_dir" in " ".join(e.message + e.hint for e in errors) or "im0" in " ".join(e.message for e in errors)
 
 
+def test_bucket_limits_below_the_models_resolution_are_a_finding_not_a_crash(tmp_path, tiny_sd1):
+    """No dataset resolution: the model's side is used, and a max_bucket_reso under it has no
+    bucket list. --check (and training) report it; they once raised BucketError from deep inside."""
+    path = make_run(tmp_path, tiny_sd1)
+    path.write_text(path.read_text().replace("resolution = 64\n", "").replace("max_bucket_reso = 128", "max_bucket_reso = 64"))
+    errors = _errors(path)
+    assert any("max_bucket_reso 64 is smaller than the resolution" in e.message for e in errors), errors
+
+
 def test_resume_state_must_exist_and_verify(tmp_path, tiny_sd1):
     path = make_run(tmp_path, tiny_sd1, train_extra='resume = "no-such-state"')
     [error] = _errors(path, "train.resume")

@@ -4,16 +4,17 @@ on a real thread under Pilot (normal run, failure, OOM, user stop, keys, quit, S
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 
 import pytest
 
-from dashboard_helpers import T0, FakeEngine, run_app, screen_text, settle, wait_thread_event, wait_until
-from engine.events import JsonlSink, ListSink, RunFinished, StepMetrics, read_events
+from dashboard_helpers import T0, FakeEngine, loss_at, run_app, screen_text, settle, wait_thread_event, wait_until
+from engine.events import JsonlSink, ListSink, RunFinished, RunStarted, StepMetrics, read_events
 from sdft_tui.bridge import EventFollower, MessageSink
 from sdft_tui.dashboard import DashboardApp, finish_run, make_hangup_handler, run_dashboard
-from sdft_tui.run_figures import RunFigures, format_duration, format_offset
+from sdft_tui.run_figures import RunFigures, format_duration, format_number, format_offset
 from engine.vocabulary import exit_code_for
 from sdft_tui.engine_handle import EngineHandle
 from sdft_tui.screens.confirm import ConfirmScreen
@@ -438,13 +439,14 @@ def test_fast_steps_coalesce_and_no_point_is_lost(tmp_path):
     assert out["messages"] < 3000   # many events per message, whatever the step rate
 
 
-def test_sample_pane_browses_the_samples(tmp_path):
+def test_sample_pane_browses_the_samples_and_grids(tmp_path):
     from PIL import Image
 
     run_dir = tmp_path / "run"
     (run_dir / "samples").mkdir(parents=True)
     for step in (5, 10, 15):
         Image.new("RGB", (32, 32), (200, 40, 40)).save(run_dir / "samples" / f"step-{step:06d}-0.png")
+        Image.new("RGB", (32, 48), (40, 40, 200)).save(run_dir / "samples" / f"t_s{step:08d}_grid.png")
     engine = FakeEngine(run_dir, total_steps=15, sample_every=5)
     captions = []
 
@@ -456,15 +458,50 @@ def test_sample_pane_browses_the_samples(tmp_path):
         caption = screen.query_one("#sample-caption", Static)
         captions.append(str(caption.render()))
         await pilot.press("left_square_bracket")
-        await pilot.press("left_square_bracket")
         captions.append(str(caption.render()))
-        await pilot.press("right_square_bracket", "right_square_bracket")
+        await pilot.press(*["left_square_bracket"] * 4)
+        captions.append(str(caption.render()))
+        await pilot.press(*["right_square_bracket"] * 5)
         captions.append(str(caption.render()))
 
     run_app(engine, scenario, size=(100, 34))
-    assert captions[0].startswith("step 15 · 3/3") and "a photo of a cat" in captions[0]
-    assert captions[1].startswith("step 5 · 1/3") and "browsing" in captions[1]
-    assert captions[2].startswith("step 15 · 3/3") and "browsing" not in captions[2]
+    # Each sampling point shows its grid once it is written; its single images stay browsable.
+    assert captions[0].startswith("step 15 · 6/6") and "grid of the prompt" in captions[0]
+    assert captions[1].startswith("step 15 · 5/6") and "a photo of a cat" in captions[1] and "browsing" in captions[1]
+    assert captions[2].startswith("step 5 · 1/6") and "a photo of a cat" in captions[2]
+    assert captions[3].startswith("step 15 · 6/6") and "browsing" not in captions[3]
+
+
+def test_validation_loss_shows_beside_the_training_loss_and_in_the_log(tmp_path):
+    engine = FakeEngine(tmp_path / "run", total_steps=20, validate_every=10)
+    seen = {}
+
+    async def scenario(app, pilot, screen):
+        await wait_until(pilot, lambda: finished(screen))
+        await settle(pilot, screen)
+        seen["text"] = screen_text(app)
+        seen["figures"] = screen.figures
+
+    run_app(engine, scenario, size=(100, 34))
+    f = seen["figures"]
+    assert f.validation_steps == [10, 20]
+    assert f.validation == (20, pytest.approx(loss_at(20) * 1.2, abs=1e-6))
+    assert f"val {format_number(f.validation_loss[-1])} @20" in seen["text"]
+    assert any(line.text.startswith("validation loss at step 10:") for line in f.log)
+
+
+def test_a_resume_drops_the_validation_points_after_its_step():
+    f = RunFigures()
+    engine = FakeEngine("/nowhere", total_steps=20, write_events=False, validate_every=5)
+    sink = ListSink()
+    from engine.control import RunControl
+
+    engine(None, sink=sink, control=RunControl())
+    f.apply_all(sink.events)
+    assert f.validation_steps == [5, 10, 15, 20] and f.summary()["validation_loss"] == f.validation_loss[-1]
+    started = next(e for e in sink.events if isinstance(e, RunStarted))
+    f.apply(dataclasses.replace(started, start_step=10, time=T0 + 100))   # a resume from step 10
+    assert f.validation_steps == [5, 10] and len(f.validation_loss) == 2
 
 
 def test_open_run_screen_pushes_onto_another_app(tmp_path):

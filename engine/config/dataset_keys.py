@@ -41,6 +41,7 @@ SUBSET_LEVEL: dict[str, tuple[str, Any]] = _with_defaults(SubsetSpec, {
     "random_crop": _BOOL, "caption_separator": _STR, "keep_tokens_separator": _STR,
     "secondary_separator": _STR, "caption_prefix": _STR, "caption_suffix": _STR,
     "resize_interpolation": "interpolation", "face_crop_aug_range": "range2", "custom_attributes": "table",
+    "caption_from_filename": _BOOL,   # sdft's key (kohya has none): see engine/data/captions.py
 })
 
 # Keys allowed only inside a subset. conditioning_data_dir is kohya's mask folder (its ControlNet

@@ -36,6 +36,7 @@ class SubsetSpec:
     resize_interpolation: str | None = None
     face_crop_aug_range: tuple[float, float] | None = None
     custom_attributes: dict | None = None
+    caption_from_filename: bool = False  # an image with neither caption nor tags trains with its file name
     alpha_mask: bool = False            # the image's alpha channel weights the loss (masked loss)
     conditioning_data_dir: Path | None = None   # a mask image per image, same stem (masked loss)
     is_val: bool = False                # held out: only the validation loss sees it

@@ -83,6 +83,14 @@ def write_caption(path: str | Path, text: str, *, policy: str = "skip", separato
 # ---------------------------------------------------------------- joining caption and tags
 
 
+def caption_from_file_name(path: str | Path) -> str:
+    """The caption an image gets from its name when it has neither caption nor tags and its
+    subset sets ``caption_from_filename``: the stem, underscores as spaces, runs of spaces as one
+    ("red_fox  in_snow.png" -> "red fox in snow"). Nothing else is guessed, so what trains is
+    what the file is called (docs/run-file.md, the dataset keys)."""
+    return " ".join(Path(path).stem.replace("_", " ").split())
+
+
 def join_separator(mode: str, caption_separator: str = ",") -> str:
     """SEP for ``[data] caption_tags_join``: "separator", "comma_space" or a literal string."""
     if mode == "separator":
@@ -120,12 +128,16 @@ def with_prefix_suffix(caption: str, prefix: str | None, suffix: str | None) -> 
 
 
 def caption_as_trained(caption: str | None, tags: str | None, *, join: str = "separator", separator: str = ",",
-                       wildcard: bool = False, prefix: str | None = None, suffix: str | None = None) -> str:
+                       wildcard: bool = False, prefix: str | None = None, suffix: str | None = None,
+                       file_name: str | Path | None = None) -> str:
     """The text an image trains with before its per-sample draws (dropout, shuffles, warm-up):
-    tags joined as ``data.caption_tags_join`` says, then the subset's prefix and suffix.
-    Token counts (the wizard, ``sdft prepare``, the health check) use this, so they count what
-    training encodes."""
+    tags joined as ``data.caption_tags_join`` says (or, with neither, ``file_name`` through
+    :func:`caption_from_file_name` when its subset sets ``caption_from_filename``), then the
+    subset's prefix and suffix. Token counts (the wizard, ``sdft prepare``, the health check) use
+    this, so they count what training encodes."""
     joined = join_caption_and_tags(caption, tags, sep=join_separator(join, separator), wildcard=wildcard)
+    if not joined and file_name is not None:
+        joined = caption_from_file_name(file_name)
     return with_prefix_suffix(joined, prefix, suffix)
 
 

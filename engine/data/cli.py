@@ -1,4 +1,4 @@
-"""``sdft buckets``, ``sdft prepare`` and ``sdft cache``: dataset tools for the terminal.
+"""``sdft buckets``, ``sdft prepare`` and ``sdft cache`` (engine/data/cache_cli.py): dataset tools for the terminal.
 
 :func:`register` adds the three commands to the one ``sdft`` tree (see engine.commandline);
 ``buckets_command(argv)`` and the others parse and run one of them from Python. Each returns
@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 from engine.vocabulary import ExitCode
 from engine.commandline import run_command
 from engine.console import styled
+from engine.data.cache_cli import add_cache
 
 
 
@@ -43,7 +43,7 @@ def register(commands) -> None:
     """Add ``buckets``, ``prepare`` and ``cache`` to the ``sdft`` tree."""
     _add_buckets(commands)
     _add_prepare(commands)
-    _add_cache(commands)
+    add_cache(commands)
 
 
 def buckets_command(argv: list[str]) -> int:
@@ -175,12 +175,13 @@ def _add_prepare(commands) -> None:
     p = commands.add_parser("prepare", help="health check; write kohya metadata JSON from sidecars",
                             description="Build kohya metadata JSON from a folder of images + .caption/.txt "
                                         "sidecars, and check a dataset's health.")
-    p.add_argument("target", help="image folder, or a run TOML to check")
+    p.add_argument("target", help="image folder, a run TOML to check, or a metadata JSON to clean (with --clean)")
     p.add_argument("--check", action="store_true", help="run the health check (always on for a run TOML)")
     p.add_argument("--out", help="metadata file to write (default: DIR/metadata.json)")
     p.add_argument("--key-style", choices=("relative", "stem", "absolute"), default="relative",
                    help="image keys: relative (default), stem (kohya classic, flat folders), absolute")
-    p.add_argument("--clean", action="store_true", help="clean captions and tags (kohya's clean_captions_and_tags) while building")
+    p.add_argument("--clean", action="store_true", help="clean captions and tags (kohya's clean_captions_and_tags) while "
+                   "building; given a metadata JSON, clean its entries (written to --out, or in place with a backup)")
     p.add_argument("--recursive", action="store_true", help="include sub-folders")
     p.add_argument("--caption-extension", default=".caption")
     p.add_argument("--tags-extension", default=".txt")
@@ -193,6 +194,8 @@ def _add_prepare(commands) -> None:
 
 def _prepare(args) -> int:
     target = Path(args.target)
+    if args.clean and target.is_file() and _is_metadata_file(target):
+        return _clean_metadata(target, args)
     if target.is_file() and target.suffix.lower() in (".toml", ".json"):
         return _prepare_run(target, args)
     if not target.is_dir():
@@ -261,6 +264,61 @@ def _prepare_folder(folder: Path, args) -> int:
     return _print_report(report, args, console)
 
 
+def _is_metadata_file(path: Path) -> bool:
+    """A kohya metadata file (JSONL, or a JSON object of entries), not a dataset config JSON."""
+    import json
+
+    if path.suffix.lower() == ".jsonl":
+        return True
+    if path.suffix.lower() != ".json":
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return True    # let the metadata reader name what is wrong with it
+    return isinstance(data, dict) and not ({"general", "datasets"} & data.keys())
+
+
+def _clean_metadata(path: Path, args) -> int:
+    """kohya's clean_captions_and_tags on a metadata file that has no sidecars beside it.
+
+    Written to --out, or over the file itself after a copy of it is kept in
+    ``sdft-label-backups/`` beside it (engine/labeling/backups.py), so no caption is lost.
+    """
+    from engine.data.captions import clean_entry
+    from engine.data.metadata import MetadataError, load_raw, write_metadata_json
+    from engine.labeling.backups import LabelBackup
+
+    try:
+        raw, warnings = load_raw(path)
+    except (MetadataError, OSError, ValueError) as exc:
+        print(f"sdft prepare: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    notes = _console(stderr=args.json)
+    for warning in warnings:
+        notes.print(f"{path.name}: {warning}")
+    cleaned, changed, missing = {}, 0, 0
+    for key, entry in raw.items():
+        cleaned[key], lacks = clean_entry(entry)
+        changed += cleaned[key] != entry
+        missing += len(lacks) == 2
+    out = Path(args.out) if args.out else path
+    if args.no_write:
+        notes.print(f"{path}: {changed} of {len(raw)} entries would change; nothing written (--no-write)")
+        return ExitCode.OK
+    backup = None
+    if out.resolve() == path.resolve() and changed:
+        backup = LabelBackup(path.parent, reason="sdft prepare --clean")
+        backup.keep(path)
+    if changed or out != path:
+        write_metadata_json(out, cleaned)
+    notes.print(f"cleaned {path}: {changed} of {len(raw)} entries changed"
+                + (f", {missing} with neither caption nor tags" if missing else "") + f"; wrote {out}")
+    if backup is not None and backup.folder is not None:
+        notes.print(f"the original is kept in {backup.folder}")
+    return ExitCode.OK
+
+
 def _undecodable(report) -> set[Path]:
     """Images the health check could not read or decode (they cannot train)."""
     from engine.data.health import UNDECODABLE
@@ -302,7 +360,8 @@ def _prepare_run(path: Path, args) -> int:
                 masks.append(_mask_of(e.path, sub))
                 captions.append(caption_as_trained(e.caption, e.tags, join=cfg.data.caption_tags_join,
                                                    separator=sub.caption_separator, wildcard=sub.enable_wildcard,
-                                                   prefix=sub.caption_prefix, suffix=sub.caption_suffix))
+                                                   prefix=sub.caption_prefix, suffix=sub.caption_suffix,
+                                                   file_name=e.path if sub.caption_from_filename else None))
         console.print(styled((spec.key, "bold")))
         args.max_token_length = cfg.model.max_token_length
         status = max(status, _print_health(paths, captions, settings, args, console,
@@ -343,105 +402,3 @@ def _print_health(paths, captions, settings, args, console, exif_transpose: bool
     # A run TOML's captions come from its metadata files, not from sidecars: none are checked.
     report = _health_report(paths, captions, settings, args, exif_transpose=exif_transpose, masks=masks)
     return _print_report(report, args, console)
-
-
-# ---------------------------------------------------------------- sdft cache
-
-
-def _add_cache(commands) -> None:
-    p = commands.add_parser("cache", help="latent cache: encode now, prune", description="Latent cache maintenance.")
-    sub = p.add_subparsers(dest="action", required=True)
-    prune = sub.add_parser("prune", help="delete cache entries no run uses any more")
-    prune.add_argument("config", help="run TOML (names the cache folder)")
-    prune.add_argument("--only-this-run", action="store_true",
-                       help="keep only the entries this run used (forget other runs' manifests)")
-    prune.add_argument("--dry-run", action="store_true", help="show what would be deleted")
-    prune.set_defaults(run=_cache)
-    encode = sub.add_parser("encode", help="encode the run's latents now, train later",
-                            description="Encode every latent the run would cache at its start (its model, "
-                                        "dataset and cache settings), so training starts without waiting.")
-    encode.add_argument("config", help="run TOML")
-    encode.set_defaults(run=_cache_encode)
-
-
-def _live_run_using(cache_dir: Path, runs_root: Path) -> str | None:
-    """A live run that may be writing this cache: any locked run folder beside this run's
-    (they share ``<output_dir>/.latent-cache``) or named by one of the cache's manifests."""
-    from engine.data.cache import MANIFEST_DIR
-    from engine.runlock import read_holder
-
-    folders = {p for p in runs_root.iterdir() if p.is_dir()} if runs_root.is_dir() else set()
-    folders |= {runs_root / m.stem for m in (cache_dir / MANIFEST_DIR).glob("*.json")}
-    for folder in sorted(folders):
-        holder = read_holder(folder)
-        if holder is not None:
-            return f"{folder} is in use by {holder.describe()}"
-    return None
-
-
-def _cache_encode(args) -> int:
-    from engine.config.problems import ConfigError
-    from engine.console import print_problems
-    from engine.runlock import RunFolderBusy
-    from engine.train.encode import encode_latents
-
-    console = _console()
-    try:
-        result = encode_latents(args.config, lambda line: console.print(line))
-    except ConfigError as exc:
-        print_problems(exc.problems)
-        return ExitCode.USAGE
-    except (ValueError, RunFolderBusy) as exc:
-        print(f"sdft cache encode: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    console.print(f"latents: {result.encoded} encoded, {result.reused} already cached, {result.imported} imported "
-                  f"from kohya .npz, {len(result.failed)} image(s) could not be read")
-    return ExitCode.OK
-
-
-def _cache(args) -> int:
-    from engine.config.problems import ConfigError
-    from engine.config.run_toml import load_run_config
-
-    try:
-        cfg = load_run_config(args.config)
-    except ConfigError as exc:
-        from engine.console import print_problems
-
-        print_problems(exc.problems)
-        return ExitCode.USAGE
-    from engine.data.cache import MANIFEST_DIR, prune_cache, referenced_keys
-
-    cache_dir = Path(cfg.cache.cache_dir) if cfg.cache.cache_dir else Path(cfg.train.output_dir) / ".latent-cache"
-    if not cache_dir.is_absolute():
-        cache_dir = Path(cfg.base_dir) / cache_dir
-    if not cache_dir.is_dir():
-        print(f"no latent cache at {cache_dir}")
-        return ExitCode.OK
-    only = cfg.train.output_name if args.only_this_run else None
-    if only and not (cache_dir / MANIFEST_DIR / f"{only}.json").is_file():
-        print(f"sdft cache prune: no record of run {only!r} in {cache_dir}; train it once first", file=sys.stderr)
-        return ExitCode.USAGE
-    from engine.runlock import RunFolderBusy, RunLock
-
-    busy = None if args.dry_run else _live_run_using(cache_dir, Path(cfg.run_dir()).parent)
-    if busy is not None:
-        print(f"sdft cache prune: {busy}; pruning now would delete latents it is caching. "
-              "Prune when it has finished.", file=sys.stderr)
-        return ExitCode.USAGE
-    try:
-        # hold this run's folder while deleting, so its own training cannot start mid-prune
-        holds = not args.dry_run and Path(cfg.run_dir()).is_dir()
-        with RunLock(cfg.run_dir(), "sdft cache prune") if holds else nullcontext():
-            keep = referenced_keys(cache_dir, only)
-            files, size = prune_cache(cache_dir, keep, dry_run=args.dry_run)
-            if only and not args.dry_run:
-                for manifest in (cache_dir / MANIFEST_DIR).glob("*.json"):
-                    if manifest.stem != only:
-                        manifest.unlink()
-    except RunFolderBusy as exc:
-        print(f"sdft cache prune: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb} {files} cache file(s), {size / 1e6:.1f} MB; {len(keep)} entries kept in {cache_dir}")
-    return ExitCode.OK

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from engine.config.dataset import DatasetSpec, SubsetSpec
 from engine.data.buckets import BucketSettings, assign_sizes
-from engine.data.captions import join_caption_and_tags, join_separator
+from engine.data.captions import caption_from_file_name, join_caption_and_tags, join_separator
 from engine.data.metadata import MetadataError, read_metadata
 from engine.data.scan import read_sizes
 
@@ -94,6 +94,8 @@ def dataset_items(di: int, spec: DatasetSpec, s: BucketSettings, data_cfg, probl
             continue
         sep = join_separator(sep_mode, sub.caption_separator)
         caption = join_caption_and_tags(e.caption, e.tags, sep=sep, wildcard=sub.enable_wildcard)
+        if not caption and sub.caption_from_filename:
+            caption = caption_from_file_name(e.path)
         items.append(DataItem(start + len(items), e.key, e.path, caption, e.tags, size, a.bucket, a.resized,
                               di, sub, mfile))
     attach_masks(items, problems, log)

@@ -93,7 +93,10 @@ class TrainingData:
         settings: list[BucketSettings] = []
         for di, spec in enumerate(blueprint.datasets):
             s = BucketSettings.of_dataset(spec, tuple(default_resolution))
-            problems.extend(check_resolution(spec, s.resolution))
+            limits = check_resolution(spec, s.resolution)
+            if limits:   # no bucket list exists for these limits: report them, assign nothing
+                problems.extend(limits)
+                continue
             if spec.bucket_no_upscale and not spec.enable_bucket:
                 log(f"{spec.key}: bucket_no_upscale needs enable_bucket; ignored")
             if s.no_upscale and (spec.min_bucket_reso, spec.max_bucket_reso) != (256, 1024):

@@ -144,6 +144,7 @@ class LossChart(Widget):
 
     COMPONENT_CLASSES = {
         "loss-chart--raw", "loss-chart--smooth", "loss-chart--axis", "loss-chart--lr", "loss-chart--title",
+        "loss-chart--val",
     }
     DEFAULT_CSS = """
     LossChart { height: 1fr; min-height: 6; text-wrap: nowrap; text-overflow: clip; }
@@ -152,6 +153,7 @@ class LossChart(Widget):
     LossChart > .loss-chart--axis { color: $text-muted; }
     LossChart > .loss-chart--lr { color: $success; }
     LossChart > .loss-chart--title { color: $text; }
+    LossChart > .loss-chart--val { color: $accent; text-style: bold; }
     """
 
     log_scale: reactive[bool] = reactive(False)
@@ -224,6 +226,11 @@ class LossChart(Widget):
                      style=self.get_component_rich_style("loss-chart--smooth"))
         if f.last is not None:
             title.append(f"  avg {format_number(f.last.loss_avg)}", style=self.get_component_rich_style("loss-chart--axis"))
+        if f.validation is not None:
+            step, loss = f.validation
+            title.append("  val ", style=self.get_component_rich_style("loss-chart--title"))
+            title.append(format_number(loss), style=self.get_component_rich_style("loss-chart--val"))
+            title.append(f" @{step}", style=self.get_component_rich_style("loss-chart--axis"))
         if self.log_scale:
             title.append("  (log scale)", style=self.get_component_rich_style("loss-chart--axis"))
         return title

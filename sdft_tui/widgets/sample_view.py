@@ -1,8 +1,9 @@
-"""Latest sample images with their prompts.
+"""Latest sample images with their prompts, and each sampling point's grid.
 
-Shows one sample at a time (the newest by default); ``[`` and ``]`` (bound on the run screen)
-step through the samples of the run. The picture is drawn by the shared ``ImageView`` widget;
-if that widget cannot be imported the pane still shows the prompt and the file path.
+Shows one picture at a time (the newest by default: after a sampling point, its grid of every
+prompt); ``[`` and ``]`` (bound on the run screen) step through the run's samples and grids.
+The picture is drawn by the shared ``ImageView`` widget; if that widget cannot be imported the
+pane still shows the caption and the file path.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class SampleView(Vertical):
         super().__init__(**kwargs)
         self.figures = figures
         self.empty_hint = empty_hint   # the live screen adds its key; a read-only watch has none
-        self.selected: int | None = None   # index into figures.samples; None follows the newest
+        self.selected: int | None = None   # index into figures.pictures; None follows the newest
         self._caption_key: tuple | None = None
         self._image_path: str | None = None
 
@@ -52,8 +53,8 @@ class SampleView(Vertical):
         yield Static(self.empty_hint, id="sample-caption")
 
     def step(self, delta: int) -> None:
-        """Move through the samples; reaching the newest one follows new samples again."""
-        n = len(self.figures.samples)
+        """Move through the pictures; reaching the newest one follows new pictures again."""
+        n = len(self.figures.pictures)
         if not n:
             return
         current = n - 1 if self.selected is None else self.selected
@@ -62,18 +63,18 @@ class SampleView(Vertical):
         self.sync()
 
     def sync(self) -> None:
-        samples = self.figures.samples
-        if not samples:
+        pictures = self.figures.pictures
+        if not pictures:
             return
-        index = len(samples) - 1 if self.selected is None else self.selected
-        sample = samples[index]
-        if sample.path != self._image_path:   # decoding an image is the costly part: only on change
-            self._image_path = sample.path
-            self.query_one("#sample-image").set_image(sample.path)
-        key = (index, len(samples))
+        index = len(pictures) - 1 if self.selected is None else self.selected
+        picture = pictures[index]
+        if picture.path != self._image_path:   # decoding an image is the costly part: only on change
+            self._image_path = picture.path
+            self.query_one("#sample-image").set_image(picture.path)
+        key = (index, len(pictures))
         if key == self._caption_key:
             return
         self._caption_key = key
         follow = "" if self.selected is None else "  (browsing: ] back to newest)"
         self.query_one("#sample-caption", Static).update(
-            literal(f"step {sample.step} · {index + 1}/{len(samples)}{follow}\n{sample.prompt}"))
+            literal(f"step {picture.step} · {index + 1}/{len(pictures)}{follow}\n{picture.caption}"))
