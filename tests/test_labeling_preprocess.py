@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from PIL import Image
 
-from engine.labeling.images import Prefetcher, deepdanbooru_pixels, wd14_pixels
+from engine.labeling.images import deepdanbooru_pixels, read_batches, wd14_pixels
 
 
 def test_wd14_pads_wide_image_on_white_centred_and_flips_to_bgr():
@@ -67,7 +69,7 @@ def test_deepdanbooru_shrinks_keeping_aspect():
 def test_transparency_is_composited_on_white(tmp_path):
     path = tmp_path / "t.png"
     Image.new("RGBA", (2, 2), (255, 0, 0, 0)).save(path)
-    batches = list(Prefetcher([path], 1, lambda im: wd14_pixels(im, 2), np.stack))
+    batches = list(read_batches([path], 1, lambda im: wd14_pixels(im, 2), np.stack))
     np.testing.assert_array_equal(batches[0].inputs[0], np.full((2, 2, 3), 255.0))
 
 
@@ -80,7 +82,7 @@ def test_prefetcher_batches_in_order_and_reports_bad_files(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     order = paths[:2] + [bad] + paths[2:]
-    batches = list(Prefetcher(order, 2, lambda im: np.asarray(im)[0, 0, 0], list, depth=1))
+    batches = list(read_batches(order, 2, lambda im: np.asarray(im)[0, 0, 0], list, depth=1))
     assert [b.paths for b in batches] == [paths[:2], [paths[2]], paths[3:]]
     assert [b.inputs for b in batches] == [[0, 1], [2], [3, 4]]
     assert batches[1].failed[0][0] == bad and batches[1].failed[0][1]
@@ -92,6 +94,7 @@ def test_prefetcher_close_stops_the_thread(tmp_path):
         p = tmp_path / f"{i}.png"
         Image.new("RGB", (3, 3)).save(p)
         paths.append(p)
-    with Prefetcher(paths, 1, lambda im: 0, list, depth=1) as prefetch:
-        next(iter(prefetch))
-    assert not prefetch.thread.is_alive()
+    batches = read_batches(paths, 1, lambda im: 0, list, depth=1)
+    next(batches)
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("sdft-label-prefetch")]

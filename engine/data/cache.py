@@ -28,14 +28,13 @@ from engine.data.cache_keys import (  # noqa: F401
     CACHE_VERSION,
     INDEX_NAME,
     CacheJob,
-    ImageHashIndex,
     cache_key,
     entry_path,
-    file_sha256,
     vae_identity,
 )
 from engine.data.cache_prune import MANIFEST_DIR, prune_cache, referenced_keys, write_manifest  # noqa: F401
 from engine.data.kohya_npz import import_kohya_npz, kohya_npz_candidates  # noqa: F401
+from engine.hashcache import HashIndex, file_sha256  # noqa: F401
 
 
 @dataclass
@@ -105,7 +104,7 @@ class LatentCache:
         self.store_dtype = torch.float16 if store_dtype == "float16" else torch.float32
         self.verify = verify
         self.import_kohya = import_kohya
-        self.index = ImageHashIndex(self.cache_dir if mode == "disk" else None)
+        self.index = HashIndex(self.cache_dir / INDEX_NAME if mode == "disk" else None)
 
     def prepare(self, jobs: list[CacheJob], vae, device, dtype: torch.dtype, *, vae_batch_size: int = 1,
                 vae_id: str | None = None, progress: Callable[[int, int], None] | None = None,

@@ -1,23 +1,20 @@
 """What names a latent cache entry: the job (everything that decides an image's pixels in
 its bucket), the image and VAE identities, the key that hashes them, and the entry's path.
 
-``index.json`` remembers image hashes by path + size + mtime, so unchanged images are not
-re-hashed. The key's fields are listed in docs/formats.md ("The latent cache key").
+``index.json`` (engine.hashcache.HashIndex) remembers image hashes by path + size + mtime,
+so unchanged images are not re-hashed. The key's fields are listed in docs/formats.md ("The latent cache key").
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine import atomic
 
 CACHE_VERSION = "1"
 INDEX_NAME = "index.json"
@@ -44,17 +41,6 @@ class CacheJob:
         return (4, self.bucket[1] // 8, self.bucket[0] // 8)
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
 def vae_identity(vae) -> str:
     """sha256 over the VAE's tensors in sorted-name order (names, shapes, dtypes and bytes)."""
     h = hashlib.sha256()
@@ -66,40 +52,6 @@ def vae_identity(vae) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-class ImageHashIndex:
-    """``index.json``: path → size, mtime_ns, sha256, so unchanged images are not re-hashed."""
-
-    def __init__(self, cache_dir: Path | None):
-        self.file = cache_dir / INDEX_NAME if cache_dir else None
-        self.entries: dict[str, dict] = {}
-        self.dirty = False
-        self.lock = threading.Lock()
-        if self.file and self.file.is_file():
-            try:
-                data = json.loads(self.file.read_text(encoding="utf-8"))
-                self.entries = dict(data.get("images", {}))
-            except (OSError, ValueError):
-                self.entries = {}
-
-    def sha256(self, path: Path) -> str:
-        key = str(Path(path).resolve())
-        st = os.stat(path)
-        with self.lock:
-            hit = self.entries.get(key)
-        if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
-            return hit["sha256"]
-        digest = file_sha256(path)
-        with self.lock:
-            self.entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-            self.dirty = True
-        return digest
-
-    def save(self) -> None:
-        if self.file and self.dirty:
-            atomic.write_text(self.file, json.dumps({"version": 1, "images": self.entries}, indent=1, sort_keys=True))
-            self.dirty = False
 
 
 def cache_key(image_sha256: str, job: CacheJob, vae_id: str, encode_dtype: str, store_dtype: str = "float32",

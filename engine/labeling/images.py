@@ -3,15 +3,13 @@
 Decoding goes through engine.data.images.open_rgb, so transparency is composited on white
 and EXIF orientation handled exactly as in training. numpy + Pillow only.
 
-:class:`Prefetcher` decodes and preprocesses the next batches on a background thread while
+:func:`read_batches` decodes and preprocesses the next batches on a background thread while
 the model works on the current one, so the device does not wait for JPEG decoding. A file
 that cannot be read becomes a failure entry of its batch, never an exception.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -19,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from engine.data.images import open_rgb
+from engine.prefetch import read_ahead
 
 
 def wd14_pixels(im, size: int) -> np.ndarray:
@@ -93,63 +92,10 @@ def read_batch(paths: Sequence[Path], prepare_one: Callable[[Any], Any], prepare
     return batch
 
 
-class Prefetcher:
-    """Iterate preprocessed batches, built ``depth`` batches ahead on a daemon thread.
-
-    Stop early with :meth:`close` (also done by the context manager); the thread then
-    exits at its next queue put. Exceptions in the thread are re-raised in the consumer.
-    """
-
-    _END = object()
-
-    def __init__(self, paths: Sequence[Path], batch_size: int, prepare_one, prepare_batch, *,
-                 depth: int = 2, exif_transpose: bool = True):
-        self.chunks = [list(paths[i:i + batch_size]) for i in range(0, len(paths), max(1, batch_size))]
-        self.prepare_one, self.prepare_batch = prepare_one, prepare_batch
-        self.exif_transpose = exif_transpose
-        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._work, name="sdft-label-prefetch", daemon=True)
-        self.thread.start()
-
-    def _put(self, item) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _work(self) -> None:
-        try:
-            for chunk in self.chunks:
-                if self.stop.is_set():
-                    return
-                batch = read_batch(chunk, self.prepare_one, self.prepare_batch, exif_transpose=self.exif_transpose)
-                if not self._put(batch):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            self._put(exc)
-            return
-        self._put(self._END)
-
-    def __iter__(self) -> Iterator[Batch]:
-        while True:
-            item = self.queue.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
+def read_batches(paths: Sequence[Path], batch_size: int, prepare_one, prepare_batch, *,
+                 depth: int = 2, exif_transpose: bool = True) -> Iterator[Batch]:
+    """Preprocessed batches of ``paths`` in order, ``depth`` batches decoded ahead on a
+    background thread (engine.prefetch.read_ahead); closing the iterator stops it."""
+    chunks = [list(paths[i:i + batch_size]) for i in range(0, len(paths), max(1, batch_size))]
+    return read_ahead(lambda chunk: read_batch(chunk, prepare_one, prepare_batch, exif_transpose=exif_transpose),
+                      chunks, depth, name="sdft-label-prefetch")

@@ -12,11 +12,12 @@ This module runs on whatever thread calls it (the CLI's main thread, or a wizard
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Callable, Iterable
 
 from engine.data.captions import SidecarEncodingError
-from engine.labeling.images import Prefetcher, describe_error
+from engine.labeling.images import describe_error, read_batches
 from engine.labeling.options import (
     CaptionOptions,
     LabelError,
@@ -108,54 +109,15 @@ def run_labelling(paths: Iterable[str | Path], writer: LabelWriter, factory, opt
         summary.warnings.append(note)
         log(note)
     start = time.perf_counter()
-    first = True
     try:
-        with Prefetcher(todo, labeller.batch_size, labeller.prepare_one, labeller.prepare_batch,
-                        depth=max(1, opts.prefetch_batches), exif_transpose=opts.exif_transpose) as batches:
+        batches = read_batches(todo, labeller.batch_size, labeller.prepare_one, labeller.prepare_batch,
+                               depth=max(1, opts.prefetch_batches), exif_transpose=opts.exif_transpose)
+        with closing(batches):
             for batch in batches:
                 for path, reason in batch.failed:
                     summary.failed.append((str(path), reason))
                     log(f"skipped {path}: {reason}")
-                last_path = last_text = ""
-                if batch.paths:
-                    t0 = time.perf_counter()
-                    try:
-                        texts = labeller.run(batch.inputs)
-                    except LabelError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one batch
-                        if first:
-                            raise LabelError(f"the model failed on the first batch: {describe_error(exc)}") from exc
-                        reason = f"model failed on this batch: {describe_error(exc)}"
-                        summary.failed.extend((str(p), reason) for p in batch.paths)
-                        log(f"{len(batch.paths)} image(s) not labelled: {reason}")
-                        texts = None
-                    if texts is not None:
-                        if first:
-                            summary.first_batch_s = time.perf_counter() - t0
-                            if summary.device == "cpu":
-                                per_image = summary.first_batch_s / len(batch.paths)
-                                note = cpu_estimate(per_image, len(todo) - len(batch.paths) - len(batch.failed))
-                                summary.warnings.append(note)
-                                log(note)
-                        first = False
-                        for path, text in zip(batch.paths, texts):
-                            if not text.strip():
-                                # nothing above the thresholds / an empty caption: no empty file
-                                summary.done += 1
-                                summary.texts[str(path)] = ""
-                                log(f"no text for {path}: nothing written")
-                                continue
-                            try:
-                                final, changed = writer.write(path, text)
-                            except SidecarEncodingError as exc:   # the old file is kept as it is
-                                summary.failed.append((str(path), str(exc)))
-                                log(f"skipped {path}: {exc}")
-                                continue
-                            summary.texts[str(path)] = final
-                            summary.written.extend(changed)
-                            summary.done += 1
-                            last_path, last_text = str(path), final
+                last_path, last_text = _label_batch(batch, labeller, writer, summary, len(todo), log)
                 elapsed = time.perf_counter() - start
                 report(last_path, last_text, rate=summary.done / elapsed if elapsed > 0 else 0.0)
                 if should_stop and should_stop():
@@ -170,6 +132,52 @@ def run_labelling(paths: Iterable[str | Path], writer: LabelWriter, factory, opt
         summary.seconds = time.perf_counter() - start
         summary.images_per_s = summary.done / summary.seconds if summary.seconds > 0 else 0.0
     return summary
+
+
+def _label_batch(batch, labeller, writer: LabelWriter, summary: LabelSummary, total: int,
+                 log: LogFn) -> tuple[str, str]:
+    """Run the model on one decoded batch and write its labels; the last (path, text) written."""
+    if not batch.paths:
+        return "", ""
+    first = summary.first_batch_s is None
+    t0 = time.perf_counter()
+    try:
+        texts = labeller.run(batch.inputs)
+    except LabelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one batch
+        if first:
+            raise LabelError(f"the model failed on the first batch: {describe_error(exc)}") from exc
+        reason = f"model failed on this batch: {describe_error(exc)}"
+        summary.failed.extend((str(p), reason) for p in batch.paths)
+        log(f"{len(batch.paths)} image(s) not labelled: {reason}")
+        return "", ""
+    if first:
+        summary.first_batch_s = time.perf_counter() - t0
+        if summary.device == "cpu":
+            per_image = summary.first_batch_s / len(batch.paths)
+            note = cpu_estimate(per_image, total - len(batch.paths) - len(batch.failed))
+            summary.warnings.append(note)
+            log(note)
+    last = ("", "")
+    for path, text in zip(batch.paths, texts):
+        if not text.strip():
+            # nothing above the thresholds / an empty caption: no empty file
+            summary.done += 1
+            summary.texts[str(path)] = ""
+            log(f"no text for {path}: nothing written")
+            continue
+        try:
+            final, changed = writer.write(path, text)
+        except SidecarEncodingError as exc:   # the old file is kept as it is
+            summary.failed.append((str(path), str(exc)))
+            log(f"skipped {path}: {exc}")
+            continue
+        summary.texts[str(path)] = final
+        summary.written.extend(changed)
+        summary.done += 1
+        last = (str(path), final)
+    return last
 
 
 def label_one(path: str | Path, model, *, exif_transpose: bool = True) -> str:

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine import atomic
+from engine.hashcache import file_sha256
 
 STATE_VERSION = 1
 
@@ -38,14 +39,6 @@ class Counters:
     dataset_fingerprint: str
     loss_avg: float | None = None
     stopped: bool = False
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def rng_states() -> dict:

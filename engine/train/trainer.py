@@ -42,7 +42,7 @@ from engine.train.hooks import ControlHook, MetricsHook, SampleHook, run_started
 from engine.train.metrics import IntervalMeter, interval_figures
 from engine.train.optimizer_bundle import build_bundle
 from engine.train.precision import start_accelerator
-from engine.train.prefetch import Prefetcher
+from engine.prefetch import Prefetcher
 from engine.train.resume import parts_math_hash, restore
 from engine.train.schedule import process_share, resolve_schedule
 from engine.train.validation import ValidationHook
