@@ -174,17 +174,7 @@ def _load_single_file(path: Path, *, v2, v_parameterization, vae, allow_unsafe_p
     del sd
 
     # EMA: LDM checkpoints may carry an EMA copy of the U-Net (model_ema.*).
-    unet_part = parts["unet"]
-    ema = cv.ema_unet_part(parts["ema"], unet_part.keys()) if parts["ema"] else {}
-    if ema:
-        if use_ema:
-            unet_part = ema
-            report.append("EMA weights present: training the EMA U-Net (model.use_ema_weights = true)")
-        else:
-            report.append("EMA weights present: training the regular U-Net; set model.use_ema_weights = "
-                          "true to train the EMA weights instead")
-    elif use_ema:
-        report.append("model.use_ema_weights is set but the file has no EMA weights: using the regular U-Net")
+    unet_part, has_ema = _choose_unet_weights(parts, use_ema, report)
 
     # Provisional family for config inference: a file's metadata may already say v.
     hint_v = v_parameterization if isinstance(v_parameterization, bool) else (
@@ -209,6 +199,40 @@ def _load_single_file(path: Path, *, v2, v_parameterization, vae, allow_unsafe_p
         vae_model = _vae_from_original_part(parts["vae"], v2=is_v2, v_param=hint_v, metadata=metadata,
                                             path=str(path))
 
+    text_encoder, extras = _text_encoder_from_parts(parts, is_v2=is_v2, metadata=metadata, path=path)
+
+    vd = resolve_v_parameterization(
+        v_parameterization, v2=is_v2, metadata=metadata,
+        forward_test=lambda: a1111_v_test(unet, int(ucfg["cross_attention_dim"])),
+    )
+    report.append(vd.line)
+    if is_v2 and vd.value and UNET_CONFIG_META not in metadata:
+        _use_768_v_attention(unet)
+    if "global_step" in info:
+        report.append(f"checkpoint global_step: {info['global_step']}")
+    return dict(unet=unet, vae=vae_model, text_encoder=text_encoder, v2=is_v2, v_parameterization=vd.value,
+                metadata=dict(metadata), text_extras=extras, has_ema=has_ema, source_dtype=source_dtype,
+                scheduler_config=_recorded_scheduler(metadata))
+
+
+def _choose_unet_weights(parts: dict, use_ema: bool, report: list[str]) -> tuple[dict, bool]:
+    """The U-Net weights to train (the EMA copy when asked and present) and whether one exists."""
+    unet_part = parts["unet"]
+    ema = cv.ema_unet_part(parts["ema"], unet_part.keys()) if parts["ema"] else {}
+    if ema:
+        if use_ema:
+            report.append("EMA weights present: training the EMA U-Net (model.use_ema_weights = true)")
+            return ema, True
+        report.append("EMA weights present: training the regular U-Net; set model.use_ema_weights = "
+                      "true to train the EMA weights instead")
+    elif use_ema:
+        report.append("model.use_ema_weights is set but the file has no EMA weights: using the regular U-Net")
+    return unet_part, bool(ema)
+
+
+def _text_encoder_from_parts(parts: dict, *, is_v2: bool, metadata: dict, path: Path):
+    """The CLIP text encoder of an original-layout file (SD1's ViT-L or SD2's OpenCLIP) and the
+    extras SD2's conversion keeps (its projection)."""
     extras: dict = {}
     if is_v2:
         tpart = parts["text_sd2"]
@@ -235,20 +259,7 @@ def _load_single_file(path: Path, *, v2, v_parameterization, vae, allow_unsafe_p
         raise ModelLoadError(f"{path}: the text encoder is incomplete (missing {exc})") from exc
     tctor = _text_ctor(tcfg)
     tstate = cv.adapt_text_keys(tstate, _meta_model_keys(tctor).keys())
-    text_encoder = _build(tctor, tstate, "text encoder", str(path))
-
-    vd = resolve_v_parameterization(
-        v_parameterization, v2=is_v2, metadata=metadata,
-        forward_test=lambda: a1111_v_test(unet, int(ucfg["cross_attention_dim"])),
-    )
-    report.append(vd.line)
-    if is_v2 and vd.value and UNET_CONFIG_META not in metadata:
-        _use_768_v_attention(unet)
-    if "global_step" in info:
-        report.append(f"checkpoint global_step: {info['global_step']}")
-    return dict(unet=unet, vae=vae_model, text_encoder=text_encoder, v2=is_v2, v_parameterization=vd.value,
-                metadata=dict(metadata), text_extras=extras, has_ema=bool(ema), source_dtype=source_dtype,
-                scheduler_config=_recorded_scheduler(metadata))
+    return _build(tctor, tstate, "text encoder", str(path)), extras
 
 
 def _recorded_scheduler(metadata: Mapping) -> dict | None:

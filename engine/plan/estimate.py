@@ -284,30 +284,31 @@ def estimate_peak_vram(options: Any) -> Estimate:
     a_fwd = ACT_PER_SAMPLE[(act_kind, gc)] * b * s + cast_cache + attn_fwd + te_act
     a_tail = TAIL_PER_SAMPLE[gc] * b * s + attn_tail
     persist = o.grads_persist if o.grads_persist is not None else o.gradient_accumulation_steps > 1
-    p_fb = grads + a_fwd if persist else max(a_fwd, grads + a_tail)
-    p_opt = grads + foreach_temp
     static = sum(parts.values())
-    if p_opt > p_fb:
-        phase = "optimizer step"
-        parts["gradients"] = grads
-        parts["optimizer step temporaries"] = foreach_temp
-    elif persist:
-        phase = "backward"
-        parts["gradients"] = grads
-        parts["activations"] = a_fwd
-    elif a_fwd >= grads + a_tail:
-        phase = "forward"  # all activations stored, no gradients yet
-        parts["activations"] = a_fwd
-    else:
-        phase = "backward"  # end of backward: every gradient plus the last activations
-        parts["gradients"] = grads
-        parts["activations"] = a_tail
-    dynamic = max(p_fb, p_opt)
+    phase, peak_parts, dynamic = _peak_phase(grads, a_fwd, a_tail, foreach_temp, persist)
+    parts.update(peak_parts)
     overhead = (o.frag - 1.0) * (static + dynamic)
     parts["allocator fragmentation"] = overhead
     parts["CUDA context"] = o.ctx_bytes
     total = o.ctx_bytes + o.frag * (static + dynamic)
     return Estimate(total_bytes=total, breakdown=parts, phase=phase)
+
+
+def _peak_phase(grads: float, a_fwd: float, a_tail: float, foreach_temp: float,
+                persist: bool) -> tuple[str, dict[str, float], float]:
+    """Where in the step memory peaks, what is live then, and how much: the forward pass (all
+    activations), the end of backward (every gradient plus the last activations) or the
+    optimizer step (gradients plus foreach temporaries)."""
+    p_fb = grads + a_fwd if persist else max(a_fwd, grads + a_tail)
+    p_opt = grads + foreach_temp
+    dynamic = max(p_fb, p_opt)
+    if p_opt > p_fb:
+        return "optimizer step", {"gradients": grads, "optimizer step temporaries": foreach_temp}, dynamic
+    if persist:
+        return "backward", {"gradients": grads, "activations": a_fwd}, dynamic
+    if a_fwd >= grads + a_tail:
+        return "forward", {"activations": a_fwd}, dynamic
+    return "backward", {"gradients": grads, "activations": a_tail}, dynamic
 
 
 def fmt_gb(value: float) -> str:
