@@ -87,7 +87,7 @@ class Trainer:
         self.say.bind()   # setup and the loop run on the training thread
         accelerator, precision = start_accelerator(cfg, self.say)
         self._phase(Phase.LOADING_MODEL, 0, 1)
-        model, noise = load_base_model(cfg, accelerator.device, self.say)
+        model, noise = self.load_base(accelerator.device)
         self._phase(Phase.LOADING_MODEL, 1, 1)
         side = default_side(model, noise)
         data = TrainingData.from_config(cfg, default_resolution=(side, side), log=lambda text: self.say(text))
@@ -106,6 +106,10 @@ class Trainer:
                 self.seed, self.global_step, self.epoch = counters.seed, counters.global_step, counters.epoch
                 self.batches_done, self.loss_avg = counters.batches_done, counters.loss_avg
         self.math_hash = parts_math_hash(self.parts, cfg.train.seed)
+
+    def load_base(self, device: torch.device):
+        """The base model and its noise tables (``sdft bench`` overrides it to reuse one built model)."""
+        return load_base_model(self.cfg, device, self.say)
 
     def _latents_progress(self, done: int, total: int) -> None:
         self._phase(Phase.CACHING_LATENTS, done, total)
