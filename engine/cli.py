@@ -57,9 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure training speed and the engine's overhead over a bare loop")
     bench.add_argument("config", nargs="?", help="run TOML (default: the demo's)")
-    bench.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
-    bench.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
+    bench.add_argument("--steps", type=int, help="timed steps (default 20; per cell with --matrix/--gpu-report: 5)")
+    bench.add_argument("--warmup", type=int, help="untimed warm-up steps (default 3; --matrix 2 per cell)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--json-out", metavar="FILE", help="also write the figures to FILE as JSON")
+    bench.add_argument("--matrix", action="store_true",
+                       help="time each speed and memory option (attention, checkpointing, compile, channels_last, "
+                            "precision, optimizer, batch size) on the run file, one at a time: one table of steps/s, "
+                            "samples/s, peak memory and the VRAM planner's prediction")
+    bench.add_argument("--axis", action="append", metavar="KEY=V1,V2",
+                       help="with --matrix, time only these options (repeatable), e.g. memory.attention=sdpa,math")
+    bench.add_argument("--gpu-report", metavar="OUT_DIR",
+                       help="build a random-weight SD 1.5-size model (no download), time batch 1/4/8 x fp16/bf16 x "
+                            "SDPA/xformers x AdamW/AdamW8bit x checkpointing at 512 px within --budget, and write "
+                            "OUT_DIR/gpu-report.md and .json (samples/s, MFU, peak VRAM measured and predicted)")
+    bench.add_argument("--budget", type=float, metavar="SECONDS",
+                       help="start no cell that would end past this many seconds (--gpu-report default: 480)")
+    # The report's model and image side, for trying its code path on a CPU (tests use them too).
+    bench.add_argument("--report-model", choices=("sd1", "tiny"), default="sd1", help=argparse.SUPPRESS)
+    bench.add_argument("--report-resolution", type=int, default=512, help=argparse.SUPPRESS)
     bench.add_argument("--data", action="store_true",
                        help="benchmark the data pipeline instead (scan 10k images, bucket 100k sizes, latent "
                             "caching vs a bare VAE loop); see `sdft bench --data --help`")
@@ -298,7 +314,7 @@ def _has_wizard() -> bool:
 
 
 def cmd_bench(args) -> int:
-    from engine.train.bench import bench_command
+    from engine.train.bench_commands import bench_command
 
     return bench_command(args)
 

@@ -10,7 +10,6 @@ utilisation (FLOPs per sample counted by torch's FLOP counter over one training 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -21,24 +20,19 @@ from engine.events import ListSink
 from engine.train import forward
 from engine.train.context import RunParts, StepContext, StepHook
 
-# Dense bf16/fp16 tensor-core peaks (vendor datasheets), for MFU.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0, "3090": 71.0,
-               "A10": 125.0, "T4": 65.0, "V100": 125.0}
-
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _peak_tflops(device: torch.device) -> float | None:
+def _peak_tflops(device: torch.device, memory) -> float | None:
+    from engine.train.gpu_peaks import compute_dtype, peak_tflops
+
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, value in PEAK_TFLOPS.items():
-        if key in name:
-            return value
-    return None
+    dtype = compute_dtype(memory.mixed_precision, memory.full_bf16, memory.allow_tf32)
+    return peak_tflops(torch.cuda.get_device_name(device), dtype)[0]
 
 
 def _cycled_plan(data, count: int) -> list:
@@ -51,28 +45,49 @@ def _cycled_plan(data, count: int) -> list:
 
 
 class BenchTimer(StepHook):
-    """A step hook: the clock starts after ``warmup`` steps; counts the samples trained since."""
+    """A step hook: the clock starts after ``warmup`` steps; counts the samples trained since,
+    and the optimizer steps the fp16 gradient scaler skipped (an overflow: no update was made)."""
 
     def __init__(self, warmup: int):
         self.warmup = warmup
         self.start: float | None = None
+        self.seconds = 0.0
         self.samples = 0
+        self.steps = 0
+        self.skipped_steps = 0
+
+    def begin(self) -> None:
+        self.start = time.perf_counter()
 
     def on_step(self, ctx: StepContext) -> None:
         if self.start is not None:
             self.samples += ctx.samples
+            self.steps += 1
+            self.skipped_steps += bool(getattr(ctx.parts.accelerator, "optimizer_step_was_skipped", False))
         if ctx.step == self.warmup:
             _sync(ctx.parts.device)
-            self.start = time.perf_counter()
+            self.begin()
+
+    def end(self, device: torch.device) -> None:
+        _sync(device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def run_timed(trainer, warmup: int) -> BenchTimer:
+    """The real training loop (batch prefetching, caption processing, logging, control polling)
+    to the schedule's end, timed after ``warmup`` untimed steps."""
+    timer = BenchTimer(warmup)
+    if warmup == 0:
+        timer.begin()
+    trainer.loop(trainer.standard_hooks() + [timer])
+    timer.end(trainer.parts.device)
+    return timer
 
 
 def time_engine(trainer, warmup: int) -> tuple[float, int]:
-    """Seconds and samples of the real training loop (batch prefetching, caption processing,
-    logging, control polling) to the schedule's end, after ``warmup`` untimed steps."""
-    timer = BenchTimer(warmup)
-    trainer.loop(trainer.standard_hooks() + [timer])
-    _sync(trainer.parts.device)
-    return time.perf_counter() - timer.start, timer.samples
+    """Seconds and samples of the real training loop after ``warmup`` untimed steps."""
+    timer = run_timed(trainer, warmup)
+    return timer.seconds, timer.samples
 
 
 def time_bare(parts: RunParts, steps: int, warmup: int) -> tuple[float, int]:
@@ -120,22 +135,39 @@ def flops_per_sample(parts: RunParts) -> float | None:
     return counter.get_total_flops() / len(batch.captions)
 
 
-def run_bench(config_path: str | Path, steps: int = 20, warmup: int = 3) -> dict:
-    from engine.config.run_toml import load_run_file
-    from engine.train.trainer import Trainer
-
-    config, document, _ = load_run_file(config_path)
+def for_timing(config, steps: int, warmup: int):
+    """A run config set up to be timed: ``warmup + steps`` steps, nothing saved or sampled."""
     config.train.seed = config.train.seed or 0
     config.sample.prompts = None          # no sampling inside the timed loop
     config.save.every_n_steps = config.save.every_n_epochs = None
     config.train.max_train_steps, config.train.max_train_epochs = warmup + steps, None
+    return config
+
+
+def say_to_stderr(text: str) -> None:
+    import sys
+
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_bench(config_path: str | Path, steps: int = 20, warmup: int = 3, progress=None) -> dict:
+    from engine.config.run_toml import load_run_file
+    from engine.train.trainer import Trainer
+
+    say = progress or (lambda _text: None)
+    config, document, _ = load_run_file(config_path)
+    config = for_timing(config, steps, warmup)
+    say(f"sdft bench: loading {config.model.pretrained_model_name_or_path} and the data of {config_path}")
     trainer = Trainer(config, config_text="", sink=ListSink(), control=RunControl())
     trainer.setup()
     device = trainer.parts.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    say(f"sdft bench: timing the engine's loop on {device.type}: {warmup} warm-up + {steps} timed steps")
     engine_s, engine_samples = time_engine(trainer, warmup)
+    say(f"sdft bench: engine {steps / engine_s:.3f} steps/s; timing the bare loop ({warmup} + {steps} steps)")
     bare_s, bare_samples = time_bare(trainer.parts, steps, warmup)
+    say(f"sdft bench: bare loop {steps / bare_s:.3f} steps/s")
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "steps": steps,
@@ -148,36 +180,10 @@ def run_bench(config_path: str | Path, steps: int = 20, warmup: int = 3) -> dict
         "mixed_precision": trainer.parts.precision.mixed_precision,
     }
     if device.type == "cuda":
+        say("sdft bench: counting the FLOPs of one training step")
         flops = flops_per_sample(trainer.parts)
-        peak = _peak_tflops(device)
+        peak = _peak_tflops(device, config.memory)
         result["flops_per_sample"] = flops
         result["mfu"] = flops * result["engine_samples_per_s"] / (peak * 1e12) if (flops and peak) else None
     return result
 
-
-def bench_command(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    config = args.config
-    if config is None:
-        from engine.demo import prepare_demo
-
-        config = prepare_demo("sdft-demo")
-    result = run_bench(config, steps=args.steps, warmup=args.warmup)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    table = Table(title=f"sdft bench: {config} on {result['device']}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_row("engine steps/s", f"{result['engine_steps_per_s']:.3f}")
-    table.add_row("engine samples/s", f"{result['engine_samples_per_s']:.3f}")
-    table.add_row("bare loop samples/s", f"{result['bare_samples_per_s']:.3f}")
-    table.add_row("engine overhead", f"{result['engine_overhead'] * 100:+.1f}%")
-    if result.get("peak_memory_bytes"):
-        table.add_row("peak memory", f"{result['peak_memory_bytes'] / 2**30:.2f} GiB")
-    if result.get("mfu") is not None:
-        table.add_row("model FLOP utilisation", f"{result['mfu'] * 100:.1f}%")
-    Console().print(table)
-    return 0

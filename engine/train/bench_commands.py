@@ -1,0 +1,124 @@
+"""`sdft bench` on the console: the plain bench, `--matrix` and `--gpu-report`. Progress lines go to
+stderr as the bench works, so `--json` keeps stdout to one JSON object. Nothing heavy is imported
+until a command runs (`sdft bench --help` stays instant)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from engine.vocabulary import ExitCode
+
+# Timed and warm-up steps when the command line does not say: (steps, warmup).
+DEFAULT_STEPS = {"plain": (20, 3), "matrix": (5, 2), "gpu-report": (5, 3)}
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _steps(args, kind: str) -> tuple[int, int]:
+    steps, warmup = DEFAULT_STEPS[kind]
+    return (args.steps if args.steps is not None else steps), (args.warmup if args.warmup is not None else warmup)
+
+
+def _run_file(args):
+    if args.config is not None:
+        return args.config
+    from engine.demo import prepare_demo
+
+    return prepare_demo("sdft-demo")
+
+
+def bench_command(args) -> int:
+    if getattr(args, "gpu_report", None):
+        return gpu_report_command(args)
+    if getattr(args, "matrix", False) or getattr(args, "axis", None):
+        return matrix_command(args)
+    return plain_command(args)
+
+
+def plain_command(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from engine.train.bench import run_bench
+
+    config = _run_file(args)
+    steps, warmup = _steps(args, "plain")
+    result = run_bench(config, steps=steps, warmup=warmup, progress=say)
+    if args.json_out:
+        from engine.train.bench_report import write_json
+
+        write_json(result, args.json_out)
+    if args.json:
+        print(json.dumps(result))
+        return ExitCode.OK
+    table = Table(title=f"sdft bench: {config} on {result['device']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("engine steps/s", f"{result['engine_steps_per_s']:.3f}")
+    table.add_row("engine samples/s", f"{result['engine_samples_per_s']:.3f}")
+    table.add_row("bare loop samples/s", f"{result['bare_samples_per_s']:.3f}")
+    table.add_row("engine overhead", f"{result['engine_overhead'] * 100:+.1f}%")
+    if result.get("peak_memory_bytes"):
+        table.add_row("peak memory", f"{result['peak_memory_bytes'] / 2**30:.2f} GiB")
+    if result.get("mfu") is not None:
+        table.add_row("model FLOP utilisation", f"{result['mfu'] * 100:.1f}%")
+    Console().print(table)
+    return ExitCode.OK
+
+
+def _axes(args):
+    """The axes --axis names (each KEY=V1,V2), else None for the default ones."""
+    from engine.train.bench_cells import parse_axis
+
+    return tuple(parse_axis(text) for text in args.axis) if args.axis else None
+
+
+def matrix_command(args) -> int:
+    from engine.config.problems import ConfigError
+    from engine.console import print_problems
+
+    try:
+        axes = _axes(args)
+    except ValueError as exc:
+        say(f"sdft bench: {exc}")
+        return ExitCode.USAGE
+    from engine.train.bench_matrix import MatrixPlan, run_matrix
+    from engine.train.bench_report import print_table, write_json
+
+    steps, warmup = _steps(args, "matrix")
+    plan = MatrixPlan(_run_file(args), steps=steps, warmup=warmup, budget_s=args.budget)
+    if axes:
+        plan.axes = axes
+    try:
+        report = run_matrix(plan, progress=say)
+    except ConfigError as exc:
+        print_problems(exc.problems)
+        return ExitCode.USAGE
+    if args.json_out:
+        say(f"sdft bench: figures written to {write_json(report, args.json_out)}")
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        print_table(report)
+    return ExitCode.OK
+
+
+def gpu_report_command(args) -> int:
+    try:
+        axes = _axes(args)
+    except ValueError as exc:
+        say(f"sdft bench: {exc}")
+        return ExitCode.USAGE
+    from engine.train.gpu_report import ReportSize, gpu_report
+
+    steps, warmup = _steps(args, "gpu-report")
+    size = ReportSize(model=args.report_model, resolution=args.report_resolution)
+    budget = args.budget if args.budget is not None else 480.0
+    report = gpu_report(args.gpu_report, size=size, steps=steps, warmup=warmup, budget_s=budget, axes=axes,
+                        progress=say)
+    if args.json:
+        print(json.dumps(report, default=str))
+    return ExitCode.OK
