@@ -79,6 +79,21 @@ def test_gpu_peaks_match_the_variant_and_say_unknown_otherwise():
 # ---------------------------------------------------------------- timing cells (tiny model, CPU)
 
 
+def test_each_cell_trains_its_own_copy_of_the_model():
+    import torch
+
+    from engine.train.bench_matrix import ModelStore
+    from engine.train.gpu_report import random_model
+
+    store = ModelStore(random_model("tiny"))
+    first, second = (store.fresh(lambda: None, torch.device("cpu")) for _ in range(2))
+    with torch.no_grad():
+        next(first.unet.parameters()).add_(1.0)
+    pristine, copy = next(store.model.unet.parameters()), next(second.unet.parameters())
+    assert torch.equal(pristine, copy) and pristine.data_ptr() != copy.data_ptr()
+    assert first.text_encoder is not second.text_encoder and first.vae is second.vae   # the frozen VAE is shared
+
+
 def test_plain_bench_says_what_it_is_doing(tmp_path, tiny_sd1):
     from engine.train.bench import run_bench
 

@@ -110,7 +110,7 @@ def random_model(kind: str, seed: int = 0):
 
 
 def write_report_run(folder: Path, size: ReportSize, images_count: int) -> Path:
-    """Generated square images (as many as the largest batch), their metadata and the run TOML."""
+    """``images_count`` generated square images, their metadata and the run TOML."""
     from PIL import Image, ImageDraw
 
     from engine import atomic
@@ -158,7 +158,8 @@ def gpu_report(out_dir: str | Path, *, size: ReportSize = ReportSize(), steps: i
     out = Path(out_dir)
     axes = axes or report_axes(size)
     batches = [int(v) for key, values in axes if key == BATCH_KEY for v in values]
-    run_file = write_report_run(out / "work", size, max(batches, default=1))
+    # Four batches per epoch at the largest batch size, so the loader prefetches as in a real run.
+    run_file = write_report_run(out / "work", size, 4 * max(batches, default=1))
     say(f"sdft bench --gpu-report: building a random-weight {MODEL_LABELS[size.model]} model (no download)...")
     model = random_model(size.model)
     unet_params = sum(p.numel() for p in model.unet.parameters())
