@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine.config.problems import ConfigError, Problem, ProblemList
 from engine.config.schema import RunConfig
+from engine.preflight_speed import check_speed_options
 from engine.preflight_optimizer import check_optimizer
 from engine.registry.optimizers import needs_package
 
@@ -63,6 +64,7 @@ def preflight(config: RunConfig, *, resume: str | None = None, skip_data: bool =
     _check_model_options(config, problems, probe)
     device = _check_device(config, problems)
     _check_packages(config, problems, device)
+    check_speed_options(config, problems, device)
     total_steps = config.train.max_train_steps
     if not skip_data:
         total_steps = _check_data(config, problems, probe) or total_steps

@@ -137,6 +137,8 @@ RULES = (
     Needs(("train.validate_every_n_steps", "train.validate_every_n_epochs", "train.max_validation_steps"),
           _has_validation, "held-out images", "set validation_split in [general] or a [[datasets]] table, "
           "or is_val = true in a [[datasets.subsets]] table"),
+    Needs(("memory.dynamo_backend",), lambda c: c.memory.torch_compile, "memory.torch_compile = true",
+          "set memory.torch_compile = true"),
     Needs(tuple(f"hypernetwork.{f.name}" for f in fields(SECTIONS["hypernetwork"])),
           lambda c: c.train.mode == "hypernetwork", 'train.mode = "hypernetwork"',
           'set train.mode = "hypernetwork", or remove the [hypernetwork] keys'),

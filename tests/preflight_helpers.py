@@ -86,6 +86,7 @@ SPECIAL = {
     "logging.logging_dir": ([None, None, "logs"], []),
     "logging.log_with": ([None, None, None, "tensorboard", "wandb", "all"], ["mlflow"]),
     "hypernetwork.weights": ([None], ["no-such-hypernetwork.pt"]),
+    "memory.dynamo_backend": (["eager", "aot_eager", "inductor"], ["turbo"]),
 }
 
 
@@ -204,6 +205,9 @@ def random_run_file(rng: random.Random, index: int, fixture: Path, model: Path, 
         if table:
             doc[name] = table
     doc["train"]["output_name"] = f"run{index:03d}"
+    memory = doc.get("memory", {})
+    if memory.get("torch_compile") and memory.get("dynamo_backend", "inductor") == "inductor":
+        memory["dynamo_backend"] = "eager"   # inductor builds C++ for minutes per file on a CPU
     if "data.caption_extention" in bad or rng.random() < 0.05:
         doc["data"] = {**doc.get("data", {}), "caption_extention": ".txt"}   # kohya's old spelling: a note
     general = _dataset_table(rng, {**DATASET_LEVEL, **SUBSET_LEVEL}, share, "general", bad)

@@ -117,6 +117,13 @@ ONLY_ELSEWHERE = {
     "model.allow_unsafe_pickle": "a .ckpt needing full unpickling: tests/test_models_errors.py",
     "memory.device": 'cuda is refused without a GPU (tests/test_preflight.py::test_cuda_only_choices...)',
     "memory.allow_tf32": "TF32 matmuls exist only on CUDA (Ampere+)",
+    "memory.cudnn_benchmark": "cuDNN autotuning exists only on CUDA; the flag it sets is checked in "
+                              "tests/test_speed_options.py::test_backend_flags_switch_tf32_and_cudnn_autotuning_on_cuda_only",
+    "memory.channels_last": "a memory layout: the same numbers up to rounding; the NHWC weights are checked in "
+                            "tests/test_speed_options.py::test_channels_last_stores_the_unets_convolutions_nhwc",
+    "memory.torch_compile": "compiled kernels: the same numbers; inductor builds C++ for minutes on a CPU, so "
+                            "tests/test_speed_options.py traces the U-Net with the eager backend",
+    "memory.dynamo_backend": "needs memory.torch_compile (refused without it: tests/test_speed_options.py)",
     "memory.attention": "xformers/sdpa/math: kernels, same numbers up to rounding; xformers warns on a CPU "
                         "(tests/test_preflight.py::test_cuda_only_choices_on_a_cpu_say_what_happens_instead)",
     "memory.gradient_checkpointing": "recomputes activations: same numbers, less memory (tests/test_train_engine.py)",

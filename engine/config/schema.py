@@ -133,6 +133,14 @@ class MemoryConfig:
     vae_dtype: str = opt("fp32", "Precision of VAE encodes (fp32 avoids NaN latents).", choices=("fp32", "fp16", "bf16"))
     device: str = opt("auto", 'Where to train: "auto" (CUDA when present), "cuda" or "cpu".', choices=("auto", "cuda", "cpu"))
     allow_tf32: bool = opt(True, "Use TF32 matrix maths on Ampere and newer GPUs.")
+    cudnn_benchmark: bool = opt(True, "On CUDA, let cuDNN time its convolution kernels once per image shape and "
+                                "keep the fastest (the first step of each bucket is slower).")
+    channels_last: bool = opt(False, "Keep the U-Net's tensors channels-last (NHWC): faster convolutions on "
+                              "recent GPUs in fp16/bf16; the same losses within float rounding.")
+    torch_compile: bool = opt(False, "Compile the U-Net with torch.compile (kohya's --torch_compile): a slower "
+                              "start (a minute or more), then faster steps; the same losses within rounding.")
+    dynamo_backend: str = opt("inductor", "The torch.compile backend (kohya's --dynamo_backend): inductor, "
+                              "cudagraphs, aot_eager, eager, or any name torch._dynamo.list_backends() gives.")
 
 
 @dataclass

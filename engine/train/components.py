@@ -122,6 +122,10 @@ def prepare_modules(components: Components, cfg, precision, device: torch.device
         unet.enable_gradient_checkpointing()
         if train_te:
             te.gradient_checkpointing_enable()
+    if cfg.memory.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if cfg.memory.torch_compile:
+        compile_unet(unet, cfg.memory.dynamo_backend, say)
     if not cfg.sample.prompts:
         # Cached latents need no VAE; live-encoded batches move it back when they come.
         components.model.vae.to("cpu")
@@ -158,6 +162,17 @@ def set_attention(unet, choice: str, device: torch.device, say: Say) -> None:
         from diffusers.models.attention_processor import AttnProcessor
 
         unet.set_attn_processor(AttnProcessor())
+
+
+def compile_unet(unet, backend: str, say: Say) -> None:
+    """torch.compile the U-Net in place (``nn.Module.compile``): the module, its parameters and
+    its state-dict names stay the same, so the optimizer, EMA, saves and resume see no
+    difference. Graphs are built on first use, once per bucket shape (and once more for sampling
+    without gradients)."""
+    backend = backend.lower()
+    unet.compile(backend=backend)
+    say(f"the U-Net is compiled with torch.compile (backend {backend}): the first steps of each bucket "
+        "shape take longer while it builds")
 
 
 def cache_latents(data, vae, accelerator, precision, progress) -> None:

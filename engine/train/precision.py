@@ -77,7 +77,16 @@ def start_accelerator(cfg, say):
         mixed_precision=precision.mixed_precision, cpu=device.type == "cpu",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=skips_layers)],
     )
-    if device.type == "cuda" and cfg.memory.allow_tf32:
+    set_backend_flags(cfg.memory, device)
+    return accelerator, precision
+
+
+def set_backend_flags(memory, device: torch.device) -> None:
+    """CUDA's speed switches that change no result beyond rounding: TF32 matrix maths (Ampere
+    and newer) and cuDNN's per-shape kernel autotuning. Nothing to switch on a CPU."""
+    if device.type != "cuda":
+        return
+    if memory.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return accelerator, precision
+    torch.backends.cudnn.benchmark = bool(memory.cudnn_benchmark)
