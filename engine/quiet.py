@@ -28,5 +28,22 @@ def quiet_libraries() -> None:
 
         diffusers.utils.logging.set_verbosity_error()
         diffusers.utils.logging.disable_progress_bar()
+        _keep_diffusers_off_bitsandbytes()
     except (ImportError, AttributeError):
         pass
+
+
+def _keep_diffusers_off_bitsandbytes() -> None:
+    """diffusers imports bitsandbytes with its model classes whenever it is installed, for
+    loading 4/8-bit quantized models, which sdft never does (its 8-bit optimizers import
+    bitsandbytes themselves when chosen). That import costs about a second of every start and
+    prints a CPU-kernel notice; telling diffusers the package is absent skips both. It must run
+    before diffusers.models is imported, and only changes what diffusers believes."""
+    import sys
+
+    if "diffusers.quantizers" in sys.modules:
+        return  # too late: the models are already imported
+    from diffusers.utils import import_utils
+
+    if hasattr(import_utils, "_bitsandbytes_available"):
+        import_utils._bitsandbytes_available = False

@@ -133,3 +133,27 @@ def test_no_arguments_without_a_terminal_prints_help_not_a_broken_wizard():
     result = subprocess.run(SDFT, capture_output=True, text=True, env=ENV, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2
     assert "sdft train" in result.stdout and "needs a terminal" in result.stderr
+
+
+def test_every_commands_help_imports_nothing_heavy():
+    # one process walks every command of the tree: `sdft CMD --help` must stay instant on a
+    # GPU box too, so none of torch, Textual, diffusers or transformers may load for it
+    code = (
+        "import argparse, contextlib, io, sys\n"
+        "from engine.cli import build_parser, main\n"
+        "parser = build_parser()\n"
+        "sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))\n"
+        "names = sorted(sub.choices)\n"
+        "for name in names:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            main([name, '--help'])\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "    heavy = [m for m in ('torch', 'textual', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "    assert not heavy, (name, heavy)\n"
+        "print(len(names))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip()) >= 15
