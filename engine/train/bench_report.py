@@ -102,7 +102,8 @@ def footnote(report: dict, bullet: str = "") -> str:
              f"{_num(report.get('load_average_start'), '.2f')} at the start, "
              f"{_num(report.get('load_average_end'), '.2f')} at the end; {report.get('seconds', 0):.0f} s in all."]
     if "process RSS" in memory:
-        lines.append("peak memory is the process's peak resident memory while training (a CPU run); the planner "
+        lines.append("peak memory is the process's peak resident memory while training (a CPU run: it includes "
+                     "the model kept for the next cells, and what the allocator kept of earlier cells); the planner "
                      "predicts GPU memory and is compared with CUDA runs only.")
     if "cuda" in memory:
         lines.append("peak memory/reserved: torch.cuda.max_memory_allocated/reserved while training; planner error "
