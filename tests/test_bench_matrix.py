@@ -163,3 +163,24 @@ def test_the_budget_stops_cells_and_lists_them_as_not_run(tmp_path):
     assert statuses[("no", True)][0] == "not run" and statuses[("fp16", False)][0] == "skipped"
     markdown = (tmp_path / "report" / "gpu-report.md").read_text()
     assert "No cell ran." in markdown and "past the time budget of 0 s" in markdown
+
+
+def test_bench_warns_when_other_processes_keep_the_machine_busy(monkeypatch, capsys):
+    import types
+
+    import engine.busy as busy
+    from engine.train import bench_commands
+
+    busy_use = busy.OtherCpuUse(other_cores=1.6, cpus=2, window_s=0.5, load_average_1m=2.1)
+    monkeypatch.setattr(busy, "measure_other_cpu_use", lambda window_s: busy_use)
+    monkeypatch.setattr(busy.CpuUseWindow, "finish", lambda self: busy_use)
+    monkeypatch.setattr(bench_commands, "plain_command", lambda args: 0)
+    assert bench_commands.bench_command(types.SimpleNamespace(gpu_report=None, matrix=False, axis=None)) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: the machine was busy while measuring") == 2 and "1.6 of 2 CPUs" in err
+
+    quiet = busy.OtherCpuUse(other_cores=0.05, cpus=2, window_s=0.5, load_average_1m=0.1)
+    monkeypatch.setattr(busy, "measure_other_cpu_use", lambda window_s: quiet)
+    monkeypatch.setattr(busy.CpuUseWindow, "finish", lambda self: quiet)
+    bench_commands.bench_command(types.SimpleNamespace(gpu_report=None, matrix=False, axis=None))
+    assert "busy" not in capsys.readouterr().err

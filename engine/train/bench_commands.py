@@ -31,11 +31,24 @@ def _run_file(args):
 
 
 def bench_command(args) -> int:
+    from engine.busy import CpuUseWindow, measure_other_cpu_use
+    from engine.threads import apply_thread_policy
+
+    say(f"sdft bench: {apply_thread_policy().describe()}")   # the same threads a run uses
+    before = measure_other_cpu_use(0.5)     # say it at once: the user may want to wait
+    if before is not None and before.warning():
+        say(f"sdft bench: warning: {before.warning()}")
+    window = CpuUseWindow()
     if getattr(args, "gpu_report", None):
-        return gpu_report_command(args)
-    if getattr(args, "matrix", False) or getattr(args, "axis", None):
-        return matrix_command(args)
-    return plain_command(args)
+        code = gpu_report_command(args)
+    elif getattr(args, "matrix", False) or getattr(args, "axis", None):
+        code = matrix_command(args)
+    else:
+        code = plain_command(args)
+    during = window.finish()
+    if during is not None and during.warning():
+        say(f"sdft bench: warning: {during.warning()}")
+    return code
 
 
 def plain_command(args) -> int:

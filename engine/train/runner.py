@@ -16,6 +16,7 @@ from engine import atomic
 from engine.config import run_toml
 from engine.control import RunControl
 from engine.events import FanOut, JsonlSink, Message, RunFinished
+from engine.threads import apply_thread_policy
 from engine.train.trackers import open_trackers
 from engine.vocabulary import RunStatus
 
@@ -130,6 +131,9 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
                                                "which ended without releasing it"))
     for problem in warnings:
         out.emit(Message(level="warning", text=str(problem)))
+    threads = apply_thread_policy()    # before any torch work (engine/threads.py says why)
+    if threads.changed:
+        out.emit(Message(level="info", text=threads.describe()))
     trainer = Trainer(config, config_text=text, sink=out, control=control, resume=resume,
                       allow_changed=allow_changed)
     result = RunResult(status=RunStatus.FAILED, run_dir=str(run_dir), log_path=str(log_path))
