@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from engine.threads import usable_cpus   # one notion of the CPUs this process may use
+
 # Others using this much of a core or more makes a timing untrustworthy; on large machines a
 # tenth of the CPUs (a timing that uses few threads tolerates some company).
 BUSY_MIN_CORES = 0.5
@@ -43,13 +45,6 @@ def process_ticks(proc_pid_stat: str) -> int:
     The command name may hold spaces and parentheses, so fields are counted after the last ')'."""
     rest = proc_pid_stat.rsplit(")", 1)[1].split()
     return int(rest[11]) + int(rest[12])   # fields 14 and 15 of the whole line
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
