@@ -34,15 +34,20 @@ def bench_command(args) -> int:
     from engine.busy import CpuUseWindow, measure_other_cpu_use
     from engine.threads import apply_thread_policy
 
+    try:
+        axes = _axes(args)          # a mistyped --axis is said before anything is measured
+    except ValueError as exc:
+        say(f"sdft bench: {exc}")
+        return ExitCode.USAGE
     say(f"sdft bench: {apply_thread_policy().describe()}")   # the same threads a run uses
     before = measure_other_cpu_use(0.5)     # say it at once: the user may want to wait
     if before is not None and before.warning():
         say(f"sdft bench: warning: {before.warning()}")
     window = CpuUseWindow()
     if getattr(args, "gpu_report", None):
-        code = gpu_report_command(args)
+        code = gpu_report_command(args, axes)
     elif getattr(args, "matrix", False) or getattr(args, "axis", None):
-        code = matrix_command(args)
+        code = matrix_command(args, axes)
     else:
         code = plain_command(args)
     during = window.finish()
@@ -89,15 +94,10 @@ def _axes(args):
     return tuple(parse_axis(text) for text in args.axis) if args.axis else None
 
 
-def matrix_command(args) -> int:
+def matrix_command(args, axes) -> int:
     from engine.config.problems import ConfigError
     from engine.console import print_problems
 
-    try:
-        axes = _axes(args)
-    except ValueError as exc:
-        say(f"sdft bench: {exc}")
-        return ExitCode.USAGE
     from engine.train.bench_matrix import MatrixPlan, run_matrix
     from engine.train.bench_report import print_table, write_json
 
@@ -119,12 +119,7 @@ def matrix_command(args) -> int:
     return ExitCode.OK
 
 
-def gpu_report_command(args) -> int:
-    try:
-        axes = _axes(args)
-    except ValueError as exc:
-        say(f"sdft bench: {exc}")
-        return ExitCode.USAGE
+def gpu_report_command(args, axes) -> int:
     from engine.train.gpu_report import ReportSize, gpu_report
 
     steps, warmup = _steps(args, "gpu-report")
