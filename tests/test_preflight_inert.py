@@ -37,6 +37,7 @@ CASES = {
     "sample.prompts": (["a cat"], {"sample": {"at_first": True}}),
     "save.last_n_steps": (2, {"save": {"every_n_steps": 10}}),
     "save.last_n_epochs": (2, {"save": {"every_n_epochs": 1}}),
+    "save.every_n_epochs": (2, {}),       # acts once n_epoch_ratio is gone (set below)
     "optimizer.learning_rate_te": (1e-6, {"train": {"train_text_encoder": True}}),
     "train.stop_text_encoder_training": (10, {"train": {"train_text_encoder": True}}),
     "optimizer.lr_warmup_steps": (10, {"optimizer": {"lr_scheduler": "constant_with_warmup"}}),
@@ -62,6 +63,7 @@ CASES = {
 IDLE = {
     "optimizer.lr_scheduler": {"optimizer": {"lr_scheduler_type": "StepLR"}},
     "train.max_train_steps": {"train": {"max_train_epochs": 2}},
+    "save.every_n_epochs": {"save": {"n_epoch_ratio": 3}},
     "cache.cache_dir": {"cache": {"latents": "memory"}},
     "cache.verify": {"cache": {"latents": "none"}},
     "cache.dtype": {"cache": {"latents": "none"}},

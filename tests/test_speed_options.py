@@ -57,6 +57,30 @@ def test_torch_compile_traces_the_unet_and_keeps_the_losses(tmp_path, tiny_sd1, 
     assert losses == plain_losses
 
 
+def test_each_bucket_shape_gets_a_static_graph(tmp_path, tiny_sd1):
+    # a symbolic-size graph after the second bucket is what inductor failed to build; a probe
+    # backend sees the inputs each graph is built for
+    from torch._dynamo import register_backend
+
+    seen = []
+
+    @register_backend(name="sdft_shape_probe")
+    def probe(gm, example_inputs):
+        values = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
+        seen.append([v for v in values if isinstance(v, (torch.Tensor, torch.SymInt))])
+        return gm.forward
+
+    path = make_run(tmp_path, tiny_sd1, steps=3)    # at 96 px the images fall into more than one bucket
+    text = path.read_text().replace("resolution = 64\n", "resolution = 96\n")
+    path.write_text(text + '\n[memory]\ntorch_compile = true\ndynamo_backend = "sdft_shape_probe"\n')
+    assert run_training(path, sink=ListSink()).status == "completed"
+    symbolic = [v for graph in seen for v in graph
+                if isinstance(v, torch.SymInt) or any(isinstance(size, torch.SymInt) for size in v.shape)]
+    assert seen and not symbolic, "a graph was built with symbolic sizes"
+    latents = {tuple(v.shape) for graph in seen for v in graph if v.dim() == 4 and v.shape[:2] == (2, 4)}
+    assert len(latents) >= 2, latents               # a static graph for each bucket met
+
+
 def test_a_compiled_run_saves_the_same_weight_names(tmp_path, tiny_sd1):
     from safetensors import safe_open
 

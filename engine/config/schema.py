@@ -188,6 +188,8 @@ class SaveConfig:
     format: str = opt("safetensors", "Model format.", choices=("safetensors", "ckpt", "diffusers", "diffusers_safetensors"))
     precision: str = opt("fp16", "Precision of saved models.", choices=("fp16", "bf16", "float"))
     every_n_epochs: int | None = opt(None, "Save a model every N epochs.", min=1)
+    n_epoch_ratio: int | None = opt(None, "Save about N models over the run instead: every (epochs of the run "
+                                    "// N) epochs, at least every epoch (kohya's save_n_epoch_ratio).", min=1)
     every_n_steps: int | None = opt(None, "Save a model every N steps.", min=1)
     last_n_epochs: int | None = opt(None, "Keep only the last N per-epoch models.", min=1)
     last_n_steps: int | None = opt(None, "Keep only per-step models of the last N steps.", min=1)

@@ -116,16 +116,6 @@ def _crop_range(value, _all) -> dict:
     return {"general.face_crop_aug_range": parse_pair(value, "face_crop_aug_range")}
 
 
-def _epoch_ratio(value, options) -> dict:
-    epochs = options.get("max_train_epochs")
-    if not epochs:
-        from engine.kohya.values import KohyaValueError
-
-        raise KohyaValueError("needs --max_train_epochs to become save.every_n_epochs (kohya divides the epochs "
-                              "by it); set save.every_n_epochs yourself")
-    return {"save.every_n_epochs": max(1, int(epochs) // int(value))}
-
-
 OPTIONS: dict[str, Opt] = {
     # logging of kohya's own console
     "console_log_level": refuse(LOGS), "console_log_file": refuse(LOGS), "console_log_simple": refuse(LOGS, FLAG),
@@ -202,7 +192,7 @@ OPTIONS: dict[str, Opt] = {
     "use_safetensors": Opt(FLAG, to=_true("save.format", "safetensors")),
     "save_every_n_epochs": Opt(VALUE, to="save.every_n_epochs"),
     "save_every_n_steps": Opt(VALUE, to="save.every_n_steps"),
-    "save_n_epoch_ratio": Opt(VALUE, to=_epoch_ratio),
+    "save_n_epoch_ratio": Opt(VALUE, to="save.n_epoch_ratio"),
     "save_last_n_epochs": Opt(VALUE, to="save.last_n_epochs"),
     "save_last_n_steps": Opt(VALUE, to="save.last_n_steps"),
     "save_last_n_epochs_state": Opt(VALUE, to="save.last_n_states", note="sdft keeps the newest N states"),

@@ -94,6 +94,11 @@ def _add_tag(commands) -> None:
     rating = p.add_mutually_exclusive_group()
     rating.add_argument("--use-rating-tags", action="store_true", help="put the rating tag first")
     rating.add_argument("--use-rating-tags-as-last-tag", action="store_true", help="put the rating tag last")
+    quality = p.add_mutually_exclusive_group()
+    quality.add_argument("--use-quality-tags", action="store_true",
+                         help="kohya's quality tag first: refused, the WD14 models have no Quality category")
+    quality.add_argument("--use-quality-tags-as-last-tag", action="store_true",
+                         help="kohya's quality tag last: refused, as --use-quality-tags")
     p.add_argument("--character-tags-first", action="store_true", help="character tags before general tags")
     p.add_argument("--always-first-tags", default="", help="comma list moved to the front when present")
     p.add_argument("--undesired-tags", default="", help="comma list of tags never written")
@@ -245,9 +250,22 @@ def _caption(args) -> int:
     return _run("caption", args, build)
 
 
+# kohya reads a quality tag only from taggers that ship a tag_mapping.json with a "Quality"
+# category; every WD14 model (v1.4 and v3) ships selected_tags.csv, whose categories are rating,
+# general and character, so the option would change nothing.
+QUALITY_REFUSAL = ("--use-quality-tags needs a tagger whose labels have a Quality category; the WD14 "
+                   "taggers (v1.4 and v3) have rating, general and character tags only, so there is no "
+                   "quality tag to add. Remove the option (kohya's script does nothing with it for these "
+                   "models either).")
+
+
 def _tag(args) -> int:
     from engine.labeling.options import TagOptions
     from engine.labeling.tagrules import split_list
+
+    if args.use_quality_tags or args.use_quality_tags_as_last_tag:
+        make_console(stderr=True).print(styled(("sdft tag:", "bold red"), f" {QUALITY_REFUSAL}"))
+        return ExitCode.USAGE
 
     def build(target: Target, data: dict) -> TagOptions:
         sep = args.caption_separator

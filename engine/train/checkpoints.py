@@ -17,6 +17,7 @@ from engine import __version__
 from engine.events import ModelSaved
 from engine.train.context import RunParts, StepContext, StepHook
 from engine.train.optimizers import with_evaluation_weights
+from engine.train.schedule import epochs_between_saves
 from engine.train.state import save_state
 
 EXTENSIONS = {"safetensors": ".safetensors", "ckpt": ".ckpt", "diffusers": "", "diffusers_safetensors": ""}
@@ -42,10 +43,10 @@ class Checkpointer(StepHook):
                 self.write_state(ctx)
 
     def on_epoch(self, ctx: StepContext) -> None:
-        s = self.cfg.save
-        if s.every_n_epochs and ctx.epoch % s.every_n_epochs == 0 and ctx.epoch < self.parts.schedule.total_epochs:
+        every = epochs_between_saves(self.cfg.save, self.parts.schedule)
+        if every and ctx.epoch % every == 0 and ctx.epoch < self.parts.schedule.total_epochs:
             self.save_model(ctx, kind="epoch")
-            if s.state:
+            if self.cfg.save.state:
                 self.write_state(ctx)
 
     # ---- writing

@@ -164,13 +164,23 @@ def set_attention(unet, choice: str, device: torch.device, say: Say) -> None:
         unet.set_attn_processor(AttnProcessor())
 
 
+RECOMPILE_LIMIT = 64    # bucket shapes of a run (about 30 at 768 px), with and without gradients
+
+
 def compile_unet(unet, backend: str, say: Say) -> None:
     """torch.compile the U-Net in place (``nn.Module.compile``): the module, its parameters and
     its state-dict names stay the same, so the optimizer, EMA, saves and resume see no
     difference. Graphs are built on first use, once per bucket shape (and once more for sampling
-    without gradients)."""
+    without gradients).
+
+    Shapes are static (``dynamic=False``): torch would otherwise turn the second bucket into a
+    graph with symbolic sizes, which inductor fails to build for this U-Net ("cannot determine
+    truth value of Relational"). A graph per bucket needs more than torch's 8 recompiles."""
+    import torch._dynamo.config as dynamo_config
+
     backend = backend.lower()
-    unet.compile(backend=backend)
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    unet.compile(backend=backend, dynamic=False)
     say(f"the U-Net is compiled with torch.compile (backend {backend}): the first steps of each bucket "
         "shape take longer while it builds")
 

@@ -31,6 +31,14 @@ def resolve_schedule(train, batches_per_epoch: int, processes: int = 1) -> Sched
     return Schedule(per_process, steps_per_epoch, total, math.ceil(total / steps_per_epoch))
 
 
+def epochs_between_saves(save, schedule: Schedule) -> int | None:
+    """Epochs between model saves: ``save.n_epoch_ratio`` spreads about N saves over the run
+    (kohya's floor(epochs / N), at least 1) and replaces ``save.every_n_epochs``."""
+    if save.n_epoch_ratio:
+        return max(1, schedule.total_epochs // save.n_epoch_ratio)
+    return save.every_n_epochs
+
+
 def process_share(plan: list, processes: int, rank: int) -> list:
     """One process's batches of an epoch's plan: every processes-th batch, padded (the first
     batches again) so all processes take the same number of steps."""
