@@ -92,6 +92,7 @@ VALUES = {
     "data.use_train_resolution": (False, {"subset": {"metadata_file": "meta_rel.json", "image_dir": "images"}}),
     "save.every_n_steps": (1, {}),
     "save.every_n_epochs": (1, {}),
+    "save.n_epoch_ratio": (8, {"train": {"max_train_steps": 8}}),   # floor(epochs / 8) = 1: every epoch
     "save.last_n_steps": (1, {"save": {"every_n_steps": 1}}),
     "save.last_n_epochs": (1, {"save": {"every_n_epochs": 1}, "train": {"max_train_steps": 8}}),
     "save.state": (True, {"save": {"every_n_steps": 1}}),
