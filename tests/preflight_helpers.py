@@ -83,6 +83,7 @@ SPECIAL = {
     "sample.steps": ([1, 2], [0]),
     "sample.every_n_steps": ([None, 1], [0]),
     "save.every_n_steps": ([None, 1], [0]),
+    "save.n_epoch_ratio": ([None, None, None, 3], [0]),   # mostly unset: it refuses every_n_epochs beside it
     "logging.logging_dir": ([None, None, "logs"], []),
     "logging.log_with": ([None, None, None, "tensorboard", "wandb", "all"], ["mlflow"]),
     "hypernetwork.weights": ([None], ["no-such-hypernetwork.pt"]),

@@ -136,3 +136,22 @@ def test_sdft_samples_loads_no_torch(sampled_run):
             "assert code == 0, code; assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_samples_decode_with_a_vae_dtype_other_than_the_unets(tmp_path, tiny_sd1):
+    # memory.vae_dtype = "bf16" beside a float32 U-Net and no autocast (a CPU run without mixed
+    # precision) stopped the run at its first sample with a dtype error; found by
+    # tests/test_preflight_property.py
+    from train_helpers import make_run
+
+    from engine.events import ListSink, SampleSaved
+    from engine.train.runner import run_training
+
+    path = make_run(tmp_path, tiny_sd1, steps=1)
+    path.write_text(path.read_text() + '\n[memory]\nvae_dtype = "bf16"\n\n[sample]\nevery_n_steps = 1\n'
+                    'steps = 1\nprompts = ["a red cat --w 64 --h 64 --d 1"]\n')
+    sink = ListSink()
+    result = run_training(path, sink=sink)
+    assert result.status == "completed", result.message
+    (saved,) = sink.of(SampleSaved)
+    assert Image.open(saved.path).size == (64, 64)

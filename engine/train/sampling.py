@@ -113,14 +113,24 @@ class Sampler:
         seed = prompt.seed if prompt.seed is not None else ctx.seed + index
         generator = torch.Generator(device="cpu").manual_seed(seed)
         with p.accelerator.autocast():
-            image = pipe(
+            latents = pipe(
                 prompt_embeds=positive, negative_prompt_embeds=negative,
                 width=prompt.width, height=prompt.height,
                 num_inference_steps=prompt.steps or cfg.sample.steps,
-                guidance_scale=prompt.scale, generator=generator,
-            ).images[0]
+                guidance_scale=prompt.scale, generator=generator, output_type="latent",
+            ).images
+            image = _decode(model.vae, pipe.image_processor, latents)
         path = self.folder / f"{cfg.train.output_name}_s{ctx.step:08d}_{index:02d}.png"
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG")
         p.sink.emit(SampleSaved(path=str(path), prompt=prompt.prompt, step=ctx.step, index=index))
         return str(path)
+
+
+@torch.no_grad()
+def _decode(vae, image_processor, latents):
+    """Latents to a PIL image in the VAE's own dtype: ``memory.vae_dtype`` may differ from the
+    U-Net's, and the pipeline would decode in the U-Net's (a dtype error without autocast)."""
+    dtype = next(vae.parameters()).dtype
+    pixels = vae.decode(latents.to(dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return image_processor.postprocess(pixels.float(), output_type="pil")[0]
