@@ -32,19 +32,25 @@ def _cell(grid, column: int, row: int, size: tuple[int, int], cell: tuple[int, i
 @pytest.fixture(scope="module")
 def sampled_run(tmp_path_factory, tiny_sd1):
     """A 2-step tiny run sampling two prompts (64x64 and 64x96) at steps 1 and 2."""
+    folder = tmp_path_factory.mktemp("grids")
+    sink = _train(folder, tiny_sd1, 2, '[sample]\nevery_n_steps = 1\nsteps = 2\n'
+                  'prompts = ["a red cat --w 64 --h 64 --d 1", "ein Hund, 犬 --w 64 --h 96 --d 2"]\n')
+    return folder / "runs" / "t", sink
+
+
+def _train(folder, model, steps: int, extra: str):
+    """A tiny run with ``extra`` tables appended, trained to completion; its event sink."""
     from train_helpers import make_run
 
     from engine.events import ListSink
     from engine.train.runner import run_training
 
-    folder = tmp_path_factory.mktemp("grids")
-    path = make_run(folder, tiny_sd1, steps=2)
-    path.write_text(path.read_text() + '\n[sample]\nevery_n_steps = 1\nsteps = 2\n'
-                    'prompts = ["a red cat --w 64 --h 64 --d 1", "ein Hund, 犬 --w 64 --h 96 --d 2"]\n')
+    path = make_run(folder, model, steps=steps)
+    path.write_text(path.read_text() + "\n" + extra)
     sink = ListSink()
     result = run_training(path, sink=sink)
     assert result.status == "completed", result.message
-    return folder / "runs" / "t", sink
+    return sink
 
 
 def test_each_sampling_point_writes_a_grid_of_its_prompts(sampled_run):
@@ -142,16 +148,9 @@ def test_samples_decode_with_a_vae_dtype_other_than_the_unets(tmp_path, tiny_sd1
     # memory.vae_dtype = "bf16" beside a float32 U-Net and no autocast (a CPU run without mixed
     # precision) stopped the run at its first sample with a dtype error; found by
     # tests/test_preflight_property.py
-    from train_helpers import make_run
+    from engine.events import SampleSaved
 
-    from engine.events import ListSink, SampleSaved
-    from engine.train.runner import run_training
-
-    path = make_run(tmp_path, tiny_sd1, steps=1)
-    path.write_text(path.read_text() + '\n[memory]\nvae_dtype = "bf16"\n\n[sample]\nevery_n_steps = 1\n'
-                    'steps = 1\nprompts = ["a red cat --w 64 --h 64 --d 1"]\n')
-    sink = ListSink()
-    result = run_training(path, sink=sink)
-    assert result.status == "completed", result.message
+    sink = _train(tmp_path, tiny_sd1, 1, '[memory]\nvae_dtype = "bf16"\n\n[sample]\nevery_n_steps = 1\n'
+                  'steps = 1\nprompts = ["a red cat --w 64 --h 64 --d 1"]\n')
     (saved,) = sink.of(SampleSaved)
     assert Image.open(saved.path).size == (64, 64)
