@@ -144,6 +144,10 @@ class SdftApp(PlainNotifications, App):
         if empty and STEP_NAMES.index(name) > 0:   # the later steps would work on nothing
             self.notify(empty, severity="warning", markup=False)
             return
+        unfinished = getattr(self.screen, "unfinished_edit", lambda: None)()
+        if unfinished:   # leaving would drop what the user typed there without a word
+            self.notify(unfinished, severity="warning", markup=False)
+            return
         if isinstance(self.screen, HelpScreen):
             self.pop_screen()
         self.switch_screen(name)

@@ -19,7 +19,7 @@ from engine.project.dataset_index import DatasetIndex
 from engine.project.labels import Edit
 from engine.project.project import Project
 from engine.project.records import PROBLEM_KINDS, ImageRecord, record_problems
-from engine.project.run_draft import DATASET_DEFAULTS, SIDECAR_MODES, canonical_key
+from engine.project.run_draft import DATASET_DEFAULTS, SIDECAR_MODES, canonical_key, value_problem
 
 # Token counts and the health check both load the CLIP tokenizer from worker threads; two threads
 # importing transformers' lazy modules at once fail with "cannot import name 'CLIPTokenizer'".
@@ -86,6 +86,10 @@ class WizardSession:
     def apply(self, changes: dict[str, Any]) -> None:
         for key, value in changes.items():
             self.draft.set(key, value)
+
+    def value_problem(self, key: str, value: Any) -> str | None:
+        """What --check would say about ``key = value`` on its own (engine.project.run_draft)."""
+        return value_problem(key, value)
 
     def set_by_user(self, key: str, value: Any) -> None:
         """A value the user chose on a step: a preset keeps it when the step is an earlier one."""

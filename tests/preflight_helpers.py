@@ -211,11 +211,11 @@ def random_run_file(rng: random.Random, index: int, fixture: Path, model: Path, 
         memory["dynamo_backend"] = "eager"   # inductor builds C++ for minutes per file on a CPU
     if "data.caption_extention" in bad or rng.random() < 0.05:
         doc["data"] = {**doc.get("data", {}), "caption_extention": ".txt"}   # kohya's old spelling: a note
-    general = _dataset_table(rng, {**DATASET_LEVEL, **SUBSET_LEVEL}, share, "general", bad)
+    general = _dataset_table(rng, DATASET_LEVEL + SUBSET_LEVEL, share, "general", bad)
     general.setdefault("resolution", 64)
     general.setdefault("min_bucket_reso", 64)   # kohya's 256 is above the fixture's 64 px resolution
-    dataset = _dataset_table(rng, {**DATASET_LEVEL, **SUBSET_LEVEL}, share / 2, "dataset", bad)
-    subset = _dataset_table(rng, {**SUBSET_LEVEL, **SUBSET_ONLY, "caption_extention": None}, share / 2, "subset", bad)
+    dataset = _dataset_table(rng, DATASET_LEVEL + SUBSET_LEVEL, share / 2, "dataset", bad)
+    subset = _dataset_table(rng, (*SUBSET_LEVEL, *SUBSET_ONLY, "caption_extention"), share / 2, "subset", bad)
     subset.update(rng.choice(SUBSETS[1] if "subset.files" in bad else SUBSETS[0]))
     dataset["subsets"] = [subset]
     doc["general"] = general

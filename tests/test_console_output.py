@@ -168,7 +168,7 @@ def test_two_runs_at_once_in_terminals_both_print_their_resume_command(tmp_path,
 def test_token_view_and_labelling_summary_print_brackets_as_they_are(capsys):
     from argparse import Namespace
 
-    from engine.labeling.cli import _print_summary
+    from engine.labeling.terminal import print_summary
     from engine.labeling.options import LabelSummary
     from engine.models.tokens_cli import tokens_command
 
@@ -177,5 +177,5 @@ def test_token_view_and_labelling_summary_print_brackets_as_they_are(capsys):
     assert shown.count("a [set1] cat, [red] hat [/]") >= 1 and "[set1]" in shown.split("Chunks")[1]
     summary = LabelSummary(failed=[("my [set1] images/a.png", "cannot decode [b]it[/b]")], stopped=True)
     console, out = terminal_console()
-    _print_summary(console, "tag", summary, Namespace(json=False, frequency=False))
+    print_summary(console, "tag", summary, Namespace(json=False, frequency=False))
     assert "failed my [set1] images/a.png: cannot decode [b]it[/b]" in plain(out.getvalue())

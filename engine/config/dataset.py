@@ -19,12 +19,11 @@ from typing import Any
 
 from engine.config.dataset_keys import (  # noqa: F401 - re-exported: the tables' one public home
     DATASET_LEVEL,
+    FILE_KEYS,
     FOREIGN_HINT,
     FOREIGN_METHOD_KEYS,
     INTERPOLATIONS,
-    NON_NEGATIVE,
     NOT_IN_SDFT,
-    RATE_KEYS,
     SUBSET_LEVEL,
     SUBSET_ONLY,
 )
@@ -69,7 +68,7 @@ def parse_dataset_tables(tables: dict, *, problems: ProblemList, base_dir: str |
             hint = FOREIGN_HINT if name in FOREIGN_METHOD_KEYS else did_you_mean(name, ("general", "datasets"))
             _report(problems, name, "unknown top-level key in a dataset config", hint)
     general = _validate_table(tables.get("general", {}), "general",
-                              {**DATASET_LEVEL, **SUBSET_LEVEL}, "general", problems)
+                              DATASET_LEVEL + SUBSET_LEVEL, "general", problems)
     datasets = tables.get("datasets", [])
     if not isinstance(datasets, list):
         _report(problems, "datasets", "must be an array of tables", "write each dataset as [[datasets]]")
@@ -83,23 +82,23 @@ def parse_dataset_tables(tables: dict, *, problems: ProblemList, base_dir: str |
     return blueprint
 
 
-def _merged(name: str, levels: list[dict], allowed: dict) -> Any:
+def _merged(name: str, levels: list[dict], default: Any) -> Any:
+    """The first level that sets ``name`` (subset, dataset, general), else ``default``."""
     for values in levels:
         if name in values:
             return values[name]
-    return allowed[name][1]
+    return default
 
 
 def _parse_dataset(raw: Any, prefix: str, general: dict, problems: ProblemList, base_dir: Path) -> DatasetSpec | None:
     if not isinstance(raw, dict):
         _report(problems, prefix, "must be a table", "write it as [[datasets]]")
         return None
-    values = _validate_table(raw, prefix, {**DATASET_LEVEL, **SUBSET_LEVEL}, "dataset", problems, skip=("subsets",))
+    values = _validate_table(raw, prefix, DATASET_LEVEL + SUBSET_LEVEL, "dataset", problems, skip=("subsets",))
     levels = [values, general]
     spec = DatasetSpec(key=prefix)
-    for name in ("batch_size", "resolution", "enable_bucket", "bucket_no_upscale",
-                 "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "validation_split", "validation_seed"):
-        setattr(spec, name, _merged(name, levels, DATASET_LEVEL))
+    for name in DATASET_LEVEL:
+        setattr(spec, name, _merged(name, levels, getattr(spec, name)))
     _check_bucket_limits(spec, prefix, levels, problems)
     _note_resolution(spec, prefix, levels, problems)
 
@@ -184,7 +183,7 @@ def _parse_subset(raw: Any, prefix: str, levels: list[dict], problems: ProblemLi
     if not isinstance(raw, dict):
         _report(problems, prefix, "must be a table", "write it as [[datasets.subsets]]")
         return None
-    values = _validate_table(raw, prefix, {**SUBSET_LEVEL, **SUBSET_ONLY}, "subset", problems)
+    values = _validate_table(raw, prefix, SUBSET_LEVEL + SUBSET_ONLY, "subset", problems)
     ok = True
     if "metadata_file" not in raw:
         _report(problems, f"{prefix}.metadata_file", "a subset without metadata_file", FOREIGN_HINT)
@@ -220,7 +219,7 @@ def _parse_subset(raw: Any, prefix: str, levels: list[dict], problems: ProblemLi
     levels = [values, *levels]
     sub = SubsetSpec(metadata_file=metadata_file, image_dir=image_dir, conditioning_data_dir=mask_dir, key=prefix)
     for name in SUBSET_LEVEL:
-        setattr(sub, name, _merged(name, levels, SUBSET_LEVEL))
+        setattr(sub, name, _merged(name, levels, getattr(sub, name)))
     sub.alpha_mask = bool(values.get("alpha_mask", False))
     sub.is_val = bool(values.get("is_val", False))
     if sub.face_crop_aug_range is not None:

@@ -1,7 +1,8 @@
 """The resolved shapes of kohya's dataset tables: one subset, one dataset, a run's datasets.
 
 Parsing and validating the tables is engine/config/dataset.py; the key tables and their
-checks are engine/config/dataset_keys.py. Pure Python.
+placement checks are engine/config/dataset_keys.py; each file key is declared here, as a field
+checked by engine/config/fields.py. Pure Python.
 """
 
 from __future__ import annotations
@@ -9,37 +10,89 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.config.fields import opt, required
+
+
+INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")
+
+
+def _path(value):
+    """A path key: the file's text as a Path (resolved against the TOML's folder later)."""
+    return Path(value) if isinstance(value, str) else value
+
+
+def _resolution(value):
+    """``512`` (square) or ``[width, height]``, positive, as (width, height)."""
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if whole(value):
+        sides = (value, value)
+    elif isinstance(value, (list, tuple)) and len(value) == 2 and all(whole(v) for v in value):
+        sides = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"must be an integer or two integers [width, height], got {value!r}")
+    if min(sides) <= 0:
+        raise ValueError(f"must be positive, got {value!r}")
+    return sides
+
+
+def _low_high(value):
+    """``[low, high]``: two numbers, low not above high."""
+    if not (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"must be two numbers [low, high], got {value!r}")
+    if value[0] > value[1]:
+        raise ValueError(f"low must not exceed high, got {value!r}")
+    return (float(value[0]), float(value[1]))
+
+
+# Each file key is a field declared with opt(): its type, default, bounds and help are checked by
+# engine/config/fields.py, the same checker as the run file's. Where each key may stand is
+# engine/config/dataset_keys.py; ``key`` and ``subsets`` are filled in by the parser.
+
 
 @dataclass
 class SubsetSpec:
     """One ``[[datasets.subsets]]`` table with every value resolved (merge order applied)."""
 
-    metadata_file: Path
-    image_dir: Path | None = None
-    num_repeats: int = 1
-    keep_tokens: int = 0
-    token_warmup_min: int = 1
-    caption_dropout_every_n_epochs: int = 0
-    token_warmup_step: float = 0
-    caption_dropout_rate: float = 0.0
-    caption_tag_dropout_rate: float = 0.0
-    shuffle_caption: bool = False
-    enable_wildcard: bool = False
-    flip_aug: bool = False
-    color_aug: bool = False
-    random_crop: bool = False
-    caption_separator: str = ","
-    keep_tokens_separator: str = ""
-    secondary_separator: str | None = None
-    caption_prefix: str | None = None
-    caption_suffix: str | None = None
-    resize_interpolation: str | None = None
-    face_crop_aug_range: tuple[float, float] | None = None
-    custom_attributes: dict | None = None
-    caption_from_filename: bool = False  # an image with neither caption nor tags trains with its file name
-    alpha_mask: bool = False            # the image's alpha channel weights the loss (masked loss)
-    conditioning_data_dir: Path | None = None   # a mask image per image, same stem (masked loss)
-    is_val: bool = False                # held out: only the validation loss sees it
+    metadata_file: Path = required("The subset's metadata JSON (captions and tags per image): build one with "
+                                   "`sdft prepare`.", normalize=_path)
+    image_dir: Path | None = opt(None, "Folder of the images; unset: the metadata's keys are full paths.",
+                                 normalize=_path)
+    num_repeats: int = opt(1, "Times each image is seen per epoch (below 1: the subset is skipped).")
+    keep_tokens: int = opt(0, "Leading caption tags kept in place when shuffling or dropping tags.", min=0)
+    token_warmup_min: int = opt(1, "Tags shown at the start of the token warm-up.", min=0)
+    caption_dropout_every_n_epochs: int = opt(0, "Drop every caption in each N-th epoch; 0 = never.", min=0)
+    token_warmup_step: float = opt(0, "Steps until all tags are shown (below 1: a fraction of the run); 0 = off.",
+                                   min=0)
+    caption_dropout_rate: float = opt(0.0, "Chance that an image trains with an empty caption: 0 = never, "
+                                      "1 = always.", min=0.0, max=1.0)
+    caption_tag_dropout_rate: float = opt(0.0, "Chance that each tag (after keep_tokens) is dropped: 0 = never, "
+                                          "1 = always.", min=0.0, max=1.0)
+    shuffle_caption: bool = opt(False, "Shuffle the caption's tags each time it is drawn.")
+    enable_wildcard: bool = opt(False, "Pick one line of a multi-line caption at random ({a|b} also picks).")
+    flip_aug: bool = opt(False, "Mirror images at random (doubles the cached latents).")
+    color_aug: bool = opt(False, "Jitter the hue at random (latents are then not cached).")
+    random_crop: bool = opt(False, "Crop at a random place instead of the centre (latents are then not cached).")
+    caption_separator: str = opt(",", 'What separates tags in a caption, e.g. ",".')
+    keep_tokens_separator: str = opt("", 'Tags before this mark stay in place, e.g. "|||"; empty = off.')
+    secondary_separator: str | None = opt(None, 'Joins tags that shuffle and drop as one, e.g. ";;;".')
+    caption_prefix: str | None = opt(None, 'Text put before every caption, e.g. "masterpiece".')
+    caption_suffix: str | None = opt(None, 'Text put after every caption, e.g. "best quality".')
+    resize_interpolation: str | None = opt(None, 'How images are resized, e.g. "lanczos"; unset: area when '
+                                           "shrinking, Lanczos when enlarging.", choices=INTERPOLATIONS)
+    face_crop_aug_range: tuple[float, float] | None = opt(None, "Face crop scale range [low, high], e.g. "
+                                                          "[2.0, 4.0] (needs face info in file names).",
+                                                          normalize=_low_high)
+    custom_attributes: dict | None = opt(None, "Free values passed along with the subset: an inline table "
+                                         "{ name = value }.")
+    caption_from_filename: bool = opt(False, "An image with neither caption nor tags trains with its file name "
+                                      "(sdft's key; kohya has none).")
+    alpha_mask: bool = opt(False, "The image's alpha channel weights the loss (masked loss).")
+    conditioning_data_dir: Path | None = opt(None, "A folder with a mask image per image, same stem (masked "
+                                             "loss; kohya's key for it).", normalize=_path)
+    is_val: bool = opt(False, "Held out: only the validation loss sees this subset (sdft's key).")
     key: str = ""                       # dotted key, e.g. "datasets[0].subsets[1]"
 
     @property
@@ -60,15 +113,19 @@ class DatasetSpec:
     """One ``[[datasets]]`` table: bucketing and batch settings plus its subsets."""
 
     subsets: list[SubsetSpec] = field(default_factory=list)
-    batch_size: int = 1
-    resolution: tuple[int, int] | None = None    # None = from the model (512, or 768 for 768-v)
-    enable_bucket: bool = False
-    bucket_no_upscale: bool = False
-    min_bucket_reso: int = 256
-    max_bucket_reso: int = 1024
-    bucket_reso_steps: int = 64
-    validation_split: float = 0.0                # share of each subset's images held out for validation
-    validation_seed: int | None = None           # which ones (None = the run's seed)
+    batch_size: int = opt(1, "Images per micro-batch.", min=1)
+    resolution: tuple[int, int] | None = opt(None, "Training size: 512, or [width, height]; unset: from the model "
+                                             "(512, or 768 for 768-v).", normalize=_resolution)
+    enable_bucket: bool = opt(False, "Aspect-ratio buckets in bucket_reso_steps steps within the resolution's area.")
+    bucket_no_upscale: bool = opt(False, "Never enlarge an image to fit a bucket.")
+    min_bucket_reso: int = opt(256, "Shortest bucket side, e.g. 256.", min=1)
+    max_bucket_reso: int = opt(1024, "Longest bucket side, e.g. 1024.", min=1)
+    bucket_reso_steps: int = opt(64, "Bucket sides are multiples of this (of 8; 64 is the usual value).")
+    validation_split: float = opt(0.0, "Share of each subset's images held out for the validation loss, e.g. 0.1.",
+                                  min=0.0, max=1.0)
+    validation_seed: int | None = opt(None, "Which images are held out (unset: the run's seed).")
+    # kohya's LoRA key: accepted at its default only (dataset_keys.NOT_IN_SDFT says why)
+    network_multiplier: float = opt(1.0, "kohya's LoRA strength per dataset; sdft accepts only 1.0.")
     key: str = ""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import tomlkit
 
 from engine import atomic
+from engine.config.fields import check_value
 from engine.config.lines import key_lines
 from engine.config.problems import ProblemList, current_spelling, did_you_mean
 from engine.config.schema import CONFIG_VERSION, SECTIONS, RunConfig
@@ -140,74 +141,12 @@ def _build_dataclass(cls: type, table: dict, prefix: str, problems: ProblemList)
                 continue
             values[key] = _build_dataclass(hint, value, dotted, problems)
             continue
-        normalize = known[key].metadata.get("normalize")
-        if normalize is not None:
-            try:
-                value = normalize(value)
-            except ValueError as exc:
-                problems.add(dotted, str(exc), _field_hint(known[key]))
-                continue
-        error = _type_error(value, hint)
-        if error:
-            problems.add(dotted, f"{error}, got {value!r}", _field_hint(known[key]))
+        value, problem = check_value(known[key], hint, value)
+        if problem:
+            problems.add(dotted, *problem)
             continue
-        range_error = _range_error(value, known[key])
-        if range_error:
-            problems.add(dotted, f"{range_error}, got {value!r}", _field_hint(known[key]))
-            continue
-        values[key] = float(value) if hint is float and isinstance(value, int) else value
+        values[key] = value
     return cls(**values)
-
-
-def _type_name(hint) -> str:
-    args = typing.get_args(hint)
-    if args:
-        return " or ".join(_type_name(a) for a in args if a is not type(None))
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
-            dict: "a table", list: "a list"}.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def _matches(value, hint) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is Any:
-        return True
-    if origin is not None:
-        return isinstance(value, origin)
-    return isinstance(value, hint)
-
-
-def _type_error(value, hint) -> str | None:
-    return None if _matches(value, hint) else f"must be {_type_name(hint)}"
-
-
-def _range_error(value, field) -> str | None:
-    meta = field.metadata
-    choices = meta.get("choices")
-    # a normaliser is the judge of its own values (optimizer.type: a choice or module.Class)
-    if choices and value not in choices and not isinstance(value, bool) and meta.get("normalize") is None:
-        return "must be one of " + ", ".join(repr(c) for c in choices if c is not None)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if meta.get("min") is not None and value < meta["min"]:
-            return f"must be at least {meta['min']}"
-        if meta.get("max") is not None and value > meta["max"]:
-            return f"must be at most {meta['max']}"
-    if isinstance(value, str) and value == "auto" and choices is None:
-        return None
-    return None
-
-
-def _field_hint(field) -> str:
-    return field.metadata.get("doc", "")
 
 
 def _check_cross_field(config: RunConfig, problems: ProblemList) -> None:

@@ -10,23 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from engine.config.fields import opt
 from engine.config.key_values import table_or_list
 from engine.registry import optimizers, schedulers
 from engine.registry.samplers import ACCEPTED_NAMES as SAMPLER_CHOICES
 from engine.registry.samplers import DEFAULT_SAMPLER
 
 CONFIG_VERSION = 1
-
-
-def opt(default: Any = None, doc: str = "", *, choices: tuple | None = None, min: float | None = None,
-        max: float | None = None, factory: Any = None, normalize: Any = None):
-    """A documented field. ``choices``/``min``/``max`` are checked by the validator; ``normalize``
-    turns what the file says into the value kept (a ValueError is the key's problem), before the
-    checks: e.g. a name in any case into its registry spelling."""
-    meta = {"doc": doc, "choices": choices, "min": min, "max": max, "normalize": normalize}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 AUTO = "auto"

@@ -163,31 +163,30 @@ def _typed(key: str, value: Any) -> Any:
     """A command-line text in the type the run file's key takes (config files are typed already)."""
     if not isinstance(value, str):
         return list(value) if isinstance(value, tuple) else value
-    if _kind_of(key) == "str":
+    if _holds_text(key):
         return value          # a path or a caption prefix stays text, even "123"
     parsed = parse_literal(value)
     return list(parsed) if isinstance(parsed, tuple) else parsed
 
 
-def _kind_of(key: str) -> str | None:
-    if key == "dataset_config":
-        return "str"
-    if key.startswith(DATASET_TABLES):
-        from engine.config.dataset import DATASET_LEVEL, SUBSET_LEVEL, SUBSET_ONLY
+def _holds_text(key: str) -> bool:
+    """Does the run file's ``key`` (dotted; dataset keys as general.x / datasets.x) hold text?"""
+    from engine.config.fields import is_text
 
-        kind = {**DATASET_LEVEL, **SUBSET_LEVEL, **SUBSET_ONLY}.get(key.split(".", 1)[1], (None,))[0]
-        return "str" if kind in ("str", "interpolation") else kind
+    if key == "dataset_config":
+        return True
+    if key.startswith(DATASET_TABLES):
+        from engine.config.dataset import FILE_KEYS
+
+        declared = FILE_KEYS.get(key.split(".", 1)[1])
+        return declared is not None and is_text(declared[1])
     from engine.config.schema import SECTIONS
 
     section, *names = key.split(".")
     cls = SECTIONS[section]
     for name in names[:-1]:
         cls = typing.get_type_hints(cls)[name]
-    hint = typing.get_type_hints(cls)[names[-1]]
-    args = typing.get_args(hint) or (hint,)
-    if str in args and not ({int, float} & set(args)):
-        return "str"
-    return None
+    return is_text(typing.get_type_hints(cls)[names[-1]])
 
 
 def _show(value: Any) -> str:

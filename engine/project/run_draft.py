@@ -9,6 +9,7 @@ values that changed are written into it (docs/run-file.md).
 
 from __future__ import annotations
 
+import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,15 @@ ALWAYS_WRITTEN = {
 }
 
 
+DATASET_SECTIONS = ("dataset", "subset", "general")
+
+
 def _field(dotted: str):
     section, name = dotted.split(".", 1)
+    if section in DATASET_SECTIONS:
+        from engine.config.dataset_keys import FILE_KEYS
+
+        return FILE_KEYS[name][0]
     for f in fields(schema.SECTIONS[section]):
         if f.name == name:
             return f
@@ -77,11 +85,25 @@ def schema_default(dotted: str) -> Any:
 
 
 def field_meta(dotted: str) -> dict:
-    """The schema metadata (doc, choices, min, max) of a dotted key; {} for a dataset key."""
+    """The declared metadata (doc, choices, min, max) of a dotted run or dataset key; {} if unknown."""
     try:
         return dict(_field(dotted).metadata)
     except KeyError:
         return {}
+
+
+def value_problem(dotted: str, value: Any) -> str | None:
+    """What ``--check`` says about ``dotted = value`` on its own (type, bounds, choices, the key's
+    meaning), or None when it fits: the wizard asks before it takes a typed value."""
+    section, name = canonical_key(dotted).split(".", 1)
+    if section in DATASET_SECTIONS:
+        from engine.config.dataset_keys import key_problem
+
+        return key_problem(name, value, section)
+    from engine.config.fields import check_value
+
+    _kept, problem = check_value(_field(dotted), typing.get_type_hints(schema.SECTIONS[section])[name], value)
+    return problem[0] if problem else None
 
 
 def default_values() -> dict[str, Any]:

@@ -11,6 +11,11 @@ from engine.project.dataset_index import DatasetIndex
 from engine.project.run_draft import RunDraft, dataset_tables
 
 
+METADATA_SUFFIXES = (".json", ".jsonl")
+# the files open_dataset_source opens (besides a folder): the wizard's file picker shows these
+OPENABLE_SUFFIXES = (*METADATA_SUFFIXES, ".toml")
+
+
 @dataclass(frozen=True)
 class OpenedSource:
     index: DatasetIndex
@@ -26,7 +31,7 @@ def open_dataset_source(path: Path, draft: RunDraft, *, recursive: bool = False,
                                          recursive=recursive, progress=progress)
         return OpenedSource(index)
     suffix = path.suffix.lower()
-    if suffix in (".json", ".jsonl"):
+    if suffix in METADATA_SUFFIXES:
         return OpenedSource(DatasetIndex.from_metadata(path, path.parent, progress=progress))
     if suffix == ".toml":
         return _open_toml(path, draft, progress)

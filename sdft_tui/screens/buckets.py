@@ -7,33 +7,36 @@ from textual import on
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Checkbox, Footer, Input, Static
 
+from engine.project.run_draft import field_meta
 from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
 from sdft_tui.widgets.bucket_histogram import BucketHistogram
 from sdft_tui.widgets.on_off import OnOffCheckbox
 
-FIELDS = (  # (value key, label, tooltip)
-    ("dataset.resolution", "Resolution", "Training area: 512 or WxH (e.g. 640x448); the buckets keep this area."),
-    ("dataset.min_bucket_reso", "Min bucket side", "Smallest bucket side (rounded down to the step)."),
-    ("dataset.max_bucket_reso", "Max bucket side", "Largest bucket side (rounded up to the step)."),
-    ("dataset.bucket_reso_steps", "Bucket step", "Bucket sides are multiples of this (64 for kohya's fine_tune)."),
-    ("dataset.batch_size", "Batch size", "Images per batch; a bucket's last batch may be partial."),
-    ("subset.num_repeats", "Repeats", "Each image appears this many times per epoch."),
+FIELDS = (  # (value key, label); each tooltip is the engine's help for the key
+    ("dataset.resolution", "Resolution"),
+    ("dataset.min_bucket_reso", "Min bucket side"),
+    ("dataset.max_bucket_reso", "Max bucket side"),
+    ("dataset.bucket_reso_steps", "Bucket step"),
+    ("dataset.batch_size", "Batch size"),
+    ("subset.num_repeats", "Repeats"),
 )
+RESOLUTION_TEXT = "Here: 512, or WxH such as 640x448."
+
+
+def _tooltip(key: str) -> str:
+    doc = field_meta(key).get("doc", "")
+    return f"{doc} {RESOLUTION_TEXT}" if key == "dataset.resolution" else doc
 
 
 def parse_resolution(text: str):
-    """'512' -> 512, '640x448' / '640,448' -> [640, 448]; ValueError otherwise."""
+    """'512' -> 512, '640x448' / '640,448' -> [640, 448]; ValueError when it is neither shape
+    (the values themselves are the engine's to judge)."""
     t = text.lower().replace(" ", "").replace(",", "x")
     if "x" in t:
         w, h = t.split("x", 1)
         w, h = int(w), int(h)
-        if w <= 0 or h <= 0:
-            raise ValueError(text)
         return w if w == h else [w, h]
-    v = int(t)
-    if v <= 0:
-        raise ValueError(text)
-    return v
+    return int(t)
 
 
 def format_resolution(value) -> str:
@@ -50,8 +53,8 @@ class BucketsScreen(WizardScreen):
         yield StepBar(self.STEP)
         with Horizontal(id="buckets-body"):
             with Vertical(id="bucket-form"):
-                for key, label, tip in FIELDS:
-                    yield FormRow(label, Input(id=_wid(key), compact=True), tooltip=tip)
+                for key, label in FIELDS:
+                    yield FormRow(label, Input(id=_wid(key), compact=True), tooltip=_tooltip(key))
                 yield OnOffCheckbox("Bucketing", id="enable_bucket", compact=True)
                 yield OnOffCheckbox("No upscale", id="no_upscale", compact=True)
             with Vertical(id="bucket-view"):
@@ -71,8 +74,9 @@ class BucketsScreen(WizardScreen):
 
     def _load_fields(self) -> None:
         v = self.state.values
-        for key, _label, _tip in FIELDS:
+        for key, label in FIELDS:
             widget = self.query_one("#" + _wid(key), Input)
+            self.accept(widget, label, _tooltip(key))
             text = format_resolution(v[key]) if key == "dataset.resolution" else str(v[key])
             if widget.value != text:
                 with widget.prevent(Input.Changed):
@@ -84,17 +88,22 @@ class BucketsScreen(WizardScreen):
 
     @on(Input.Changed)
     def _field_changed(self, event: Input.Changed) -> None:
-        key = next((k for k, _l, _t in FIELDS if _wid(k) == event.input.id), None)
+        key, label = next(((k, lab) for k, lab in FIELDS if _wid(k) == event.input.id), (None, None))
         if key is None:
             return
         try:
             value = parse_resolution(event.value) if key == "dataset.resolution" else int(event.value)
-            if isinstance(value, int) and value < 1:
-                raise ValueError
         except ValueError:
-            event.input.add_class("invalid")
+            self.reject(event.input, label, "write 512, or WxH such as 640x448" if key == "dataset.resolution"
+                        else f"write a whole number, e.g. {self.state.get(key)}")
+            self.refresh_view()
             return
-        event.input.remove_class("invalid")
+        problem = self.state.value_problem(key, value)
+        if problem:
+            self.reject(event.input, label, problem)
+            self.refresh_view()
+            return
+        self.accept(event.input, label, _tooltip(key))
         self.state.set_by_user(key, value)
         self.refresh_view()
 
@@ -108,6 +117,11 @@ class BucketsScreen(WizardScreen):
         histogram = self.query_one("#histogram", BucketHistogram)
         stats = self.query_one("#bucket-stats", Static)
         details = self.query_one("#bucket-list", Static)
+        if self.rejected:   # the preview would show the old value: say what is wrong instead
+            histogram.show(None, error=self.unfinished_edit())
+            stats.update("")
+            details.update("")
+            return
         if not self.state.index.usable():
             histogram.show(None)
             stats.update("")

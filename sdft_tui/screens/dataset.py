@@ -12,10 +12,9 @@ from textual.widgets import Checkbox, DirectoryTree, Footer, Input, Label, Progr
 from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
 from engine.data.health import KIND_LABELS
 from engine.project.records import PROBLEM_KINDS
+from engine.project.sources import OPENABLE_SUFFIXES
 from sdft_tui.widgets.health_list import HealthList, short_path
 from sdft_tui.widgets.on_off import OnOffCheckbox
-
-ACCEPTED_FILES = (".json", ".jsonl", ".toml")
 
 # What a .txt sidecar holds (WizardSession.SIDECAR_MODES sets the run's data.*_extension keys)
 SIDECAR_CHOICES = (("tags; captions: .caption", "tags"), ("captions; tags: .tags", "captions"))
@@ -30,7 +29,7 @@ class DatasetTree(DirectoryTree):
 
     def filter_paths(self, paths):
         return [p for p in paths if not p.name.startswith(".")
-                and (p.is_dir() or p.suffix.lower() in ACCEPTED_FILES)]
+                and (p.is_dir() or p.suffix.lower() in OPENABLE_SUFFIXES)]
 
 
 class DatasetScreen(WizardScreen):

@@ -183,6 +183,7 @@ class OptionsScreen(WizardScreen):
                     text = inline or _text(value)
                     if widget.value != text:
                         widget.value = text
+                    self.accept(widget, field_label(key), field_meta(key).get("doc") or None)
 
     def _kind(self, wid: str):
         for key, _label, kind, _c in FIELDS:
@@ -195,9 +196,10 @@ class OptionsScreen(WizardScreen):
         key, kind = self._kind(event.input.id or "")
         if key is None or event.input.disabled:
             return
+        label, tooltip = field_label(key), field_meta(key).get("doc") or None
         text = event.value.strip()
         if text == _text(self.state.get(key)).strip():
-            event.input.remove_class("invalid")
+            self.accept(event.input, label, tooltip)
             return  # the field was only (re)loaded: keep the value as the file has it (e.g. a list)
         try:
             if kind in ("int?", "text?") and text == "":
@@ -209,9 +211,13 @@ class OptionsScreen(WizardScreen):
             else:
                 value = text
         except ValueError:
-            event.input.add_class("invalid")
+            self.reject(event.input, label, "write a whole number" if kind.startswith("int") else "write a number")
             return
-        event.input.remove_class("invalid")
+        problem = self.state.value_problem(key, value)
+        if problem:
+            self.reject(event.input, label, problem)
+            return
+        self.accept(event.input, label, tooltip)
         self._set(key, value)
         if key == "model.pretrained_model_name_or_path":
             self.detect_model(text)

@@ -64,9 +64,31 @@ class WizardScreen(Screen):
         Binding("ctrl+b", "app.prev_step", "Back", priority=True),
     ]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rejected: dict[str, str] = {}   # field label -> why the text typed there was not taken
+
     @property
     def state(self):
         return self.app.state
+
+    def reject(self, field: Widget, label: str, why: str) -> None:
+        """The text in ``field`` is not a value the run can take: mark it; the step cannot be left."""
+        field.add_class("invalid")
+        field.tooltip = f"{label}: {why}"
+        self.rejected[label] = why
+
+    def accept(self, field: Widget, label: str, tooltip: str | None = None) -> None:
+        field.remove_class("invalid")
+        field.tooltip = tooltip
+        self.rejected.pop(label, None)
+
+    def unfinished_edit(self) -> str | None:
+        """Why this step cannot be left yet (a field holds text the run file did not take), or None."""
+        if not self.rejected:
+            return None
+        label, why = next(iter(self.rejected.items()))
+        return f"{label}: {why}. Fix it, or type the old value back, before leaving this step."
 
     def on_screen_resume(self) -> None:
         self.refresh_view()

@@ -25,7 +25,9 @@ class BucketHistogram(Widget):
         self.refresh(layout=True)
 
     def get_content_height(self, container, viewport, width: int) -> int:
-        if self._report is None or self._error:
+        if self._error:   # a long message wraps: room for all of it
+            return max(2, -(-len(self._error) // max(1, width)))
+        if self._report is None:
             return 2
         return max(2, len(self._report.rows) + 1)
 
