@@ -2,7 +2,9 @@
 
 transformers, diffusers and bitsandbytes log notices at import (optional backends they
 cannot find, progress bars for tiny writes) that mean nothing to an sdft user; real
-problems still surface as exceptions, which sdft turns into clear messages.
+problems still surface as exceptions, which sdft turns into clear messages. It also trims
+what diffusers imports (engine/import_trim.py), since it is the one call made before any
+model is loaded.
 """
 
 from __future__ import annotations
@@ -26,24 +28,10 @@ def quiet_libraries() -> None:
     try:
         import diffusers
 
+        from engine.import_trim import trim_diffusers
+
         diffusers.utils.logging.set_verbosity_error()
         diffusers.utils.logging.disable_progress_bar()
-        _keep_diffusers_off_bitsandbytes()
+        trim_diffusers()   # before any model class is imported: see engine/import_trim.py
     except (ImportError, AttributeError):
         pass
-
-
-def _keep_diffusers_off_bitsandbytes() -> None:
-    """diffusers imports bitsandbytes with its model classes whenever it is installed, for
-    loading 4/8-bit quantized models, which sdft never does (its 8-bit optimizers import
-    bitsandbytes themselves when chosen). That import costs about a second of every start and
-    prints a CPU-kernel notice; telling diffusers the package is absent skips both. It must run
-    before diffusers.models is imported, and only changes what diffusers believes."""
-    import sys
-
-    if "diffusers.quantizers" in sys.modules:
-        return  # too late: the models are already imported
-    from diffusers.utils import import_utils
-
-    if hasattr(import_utils, "_bitsandbytes_available"):
-        import_utils._bitsandbytes_available = False

@@ -147,3 +147,23 @@ def test_from_kohya_maps_torch_compile_and_dynamo_backend():
     conversion = from_command(["python", "fine_tune.py", "--torch_compile", "--dynamo_backend=eager"])
     assert conversion.document["memory"] == {"torch_compile": True, "dynamo_backend": "eager"}
     assert not conversion.refused
+
+
+def test_adamw_is_fused_on_the_cpu_unless_the_args_choose():
+    from engine.train.optimizers import build_optimizer
+
+    def group_flags(args):
+        p = torch.nn.Parameter(torch.ones(3))
+        return build_optimizer("AdamW", [{"params": [p]}], 1e-3, args, "cpu").param_groups[0]
+
+    assert group_flags({})["fused"] is True
+    assert not group_flags({"fused": False})["fused"]
+    assert group_flags({"foreach": True})["foreach"] and not group_flags({"foreach": True})["fused"]
+
+
+def test_fused_adamw_trains_like_the_per_tensor_one(tmp_path, tiny_sd1, plain_losses):
+    path = make_run(tmp_path, tiny_sd1, steps=3, optimizer_extra="args = { fused = false }")
+    sink = ListSink()
+    assert run_training(path, sink=sink).status == "completed"
+    per_tensor = [e.loss for e in sink.of(StepMetrics)]
+    assert per_tensor == pytest.approx(plain_losses, rel=1e-5)
