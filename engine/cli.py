@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    owns_process = argv is None   # the console script; a caller passing argv keeps its own collector
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         return open_wizard(None)
@@ -112,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return ExitCode.OK
+    if owns_process and args.command == "train" and not args.tui:
+        from engine.start_up_gc import pause_collector
+
+        pause_collector()   # resumed before the first step: engine/start_up_gc.py
     # watch and demo may open a Textual screen; samples reads images only (no torch to load)
     if args.command not in ("watch", "demo", "samples"):
         from engine.quiet import quiet_libraries

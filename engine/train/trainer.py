@@ -131,7 +131,10 @@ class Trainer:
 
     def run(self) -> str:
         """Train to the end or to a stop; returns "completed" or "stopped"."""
+        from engine.start_up_gc import resume_collector
+
         p = self.parts
+        resume_collector()   # start-up is over (engine/start_up_gc.py)
         self.sink.emit(run_started(p, self.global_step))
         self.sink.emit(StatusChanged(status=ControlStatus.RUNNING))
         hooks = self.standard_hooks()
