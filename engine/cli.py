@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure training speed and the engine's overhead over a bare loop")
     bench.add_argument("config", nargs="?", help="run TOML (default: the demo's)")
-    bench.add_argument("--steps", type=int, help="timed steps (default 20; per cell with --matrix/--gpu-report: 5)")
+    bench.add_argument("--steps", type=int, help="timed steps (default 20; per cell with --matrix/--gpu-report: 5, "
+                                                 "--gpu-smoke: 30)")
     bench.add_argument("--warmup", type=int, help="untimed warm-up steps (default 3; --matrix 2 per cell)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--json-out", metavar="FILE", help="also write the figures to FILE as JSON")
@@ -71,8 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="build a random-weight SD 1.5-size model (no download), time batch 1/4/8 x fp16/bf16 x "
                             "SDPA/xformers x AdamW/AdamW8bit x checkpointing at 512 px within --budget, and write "
                             "OUT_DIR/gpu-report.md and .json (samples/s, MFU, peak VRAM measured and predicted)")
+    bench.add_argument("--gpu-smoke", metavar="OUT_DIR",
+                       help="train a random-weight SD 1.5-size model (no download) 30 steps in fp16, bf16 and "
+                            "full_bf16 with AdamW, AdamW8bit and Adafactor, fused backward pass off and on; check "
+                            "that losses are finite, weights moved and peak VRAM is within 10%% of the planner; "
+                            "write OUT_DIR/gpu-smoke.md and .json (exit 1 if a check failed)")
     bench.add_argument("--budget", type=float, metavar="SECONDS",
-                       help="start no cell that would end past this many seconds (--gpu-report default: 480)")
+                       help="start no cell that would end past this many seconds since the command started "
+                            "(--gpu-report and --gpu-smoke default: 390, so the whole command fits 7 minutes)")
     # The report's model and image side, for trying its code path on a CPU (tests use them too).
     bench.add_argument("--report-model", choices=("sd1", "tiny"), default="sd1", help=argparse.SUPPRESS)
     bench.add_argument("--report-resolution", type=int, default=512, help=argparse.SUPPRESS)

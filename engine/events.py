@@ -39,6 +39,7 @@ class RunStarted(Event):
     device: str
     start_step: int = 0
     model: str = ""
+    attention: str = ""     # the attention kernel that runs (memory.attention, unless xformers fell back)
 
 
 @dataclass(frozen=True)

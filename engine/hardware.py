@@ -17,7 +17,10 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-NVIDIA_SMI_QUERY = ["--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"]
+NVIDIA_SMI_QUERY = ["--query-gpu=index,name,memory.total,compute_cap", "--format=csv,noheader,nounits"]
+# Drivers older than about 510 do not know compute_cap: asked again without it.
+NVIDIA_SMI_QUERY_OLD = ["--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"]
+BF16_CAPABILITY = (8, 0)   # Ampere and newer have bf16 tensor cores; older GPUs only emulate bf16
 
 
 @dataclass(frozen=True)
@@ -25,10 +28,17 @@ class GpuInfo:
     index: int
     name: str
     total_bytes: int
+    compute_capability: tuple[int, int] | None = None   # None: the driver did not say
 
     @property
     def total_gib(self) -> float:
         return self.total_bytes / 2**30
+
+    @property
+    def bf16(self) -> bool:
+        """bf16 in hardware (compute capability 8.0 or newer). Unknown counts as no: fp16 runs on
+        every GPU, while bf16 on an older one is emulated and many times slower."""
+        return self.compute_capability is not None and self.compute_capability >= BF16_CAPABILITY
 
 
 @dataclass(frozen=True)
@@ -54,21 +64,29 @@ class HardwareInfo:
         return f"{gpu.name}, {gpu.total_gib:.1f} GiB{extra}"
 
 
-def parse_nvidia_smi_csv(text: str) -> list[GpuInfo]:
-    """Parse ``index, name, memory.total`` lines (MiB, no units/header); bad lines are skipped."""
+def parse_nvidia_smi_csv(text: str, with_capability: bool = False) -> list[GpuInfo]:
+    """Parse ``index, name, memory.total[, compute_cap]`` lines (MiB, no units/header); bad lines
+    are skipped, and a capability that is not a number is unknown."""
     gpus = []
+    tail = 2 if with_capability else 1
     for line in text.splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) < 3:
+        if len(parts) < 2 + tail:
             continue
         try:
             index = int(parts[0])
-            mib = float(parts[-1].split()[0])
+            mib = float(parts[-tail].split()[0])
         except (ValueError, IndexError):
             continue
-        name = ",".join(parts[1:-1]).strip()
-        gpus.append(GpuInfo(index, name, int(mib * 2**20)))
+        name = ",".join(parts[1:-tail]).strip()
+        capability = _capability(parts[-1]) if with_capability else None
+        gpus.append(GpuInfo(index, name, int(mib * 2**20), capability))
     return gpus
+
+
+def _capability(text: str) -> tuple[int, int] | None:
+    major, dot, minor = text.strip().partition(".")
+    return (int(major), int(minor)) if dot and major.isdigit() and minor.isdigit() else None
 
 
 def probe_gpus_nvidia_smi(timeout: float = 5.0) -> tuple[list[GpuInfo], str]:
@@ -76,13 +94,17 @@ def probe_gpus_nvidia_smi(timeout: float = 5.0) -> tuple[list[GpuInfo], str]:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return [], "nvidia-smi not found"
+    with_capability = True
     try:
         done = subprocess.run([exe, *NVIDIA_SMI_QUERY], capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0 and "compute_cap" in (done.stderr + done.stdout):
+            with_capability = False
+            done = subprocess.run([exe, *NVIDIA_SMI_QUERY_OLD], capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError) as exc:
         return [], f"nvidia-smi failed: {exc}"
     if done.returncode != 0:
         return [], f"nvidia-smi failed: {(done.stderr or done.stdout).strip()[:200]}"
-    gpus = parse_nvidia_smi_csv(done.stdout)
+    gpus = parse_nvidia_smi_csv(done.stdout, with_capability)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() != "":
         keep = {v.strip() for v in visible.split(",")}
@@ -132,6 +154,7 @@ class Need:
     package: str | None = None   # import name of an optional package
     pip: str | None = None       # what to install
     cuda: bool = False           # needs a CUDA GPU
+    bf16: bool = False           # needs bf16 in hardware: a CPU, or a GPU of compute capability 8.0+
 
 
 def _optimizer_needs() -> dict[tuple[str, object], Need]:
@@ -147,6 +170,8 @@ def _optimizer_needs() -> dict[tuple[str, object], Need]:
 OPTION_NEEDS: dict[tuple[str, object], Need] = {
     **_optimizer_needs(),
     ("memory.mixed_precision", "fp16"): Need(cuda=True),     # a CPU trains in bf16 instead
+    ("memory.mixed_precision", "bf16"): Need(bf16=True),     # an older GPU trains in fp16 instead
+    ("memory.full_bf16", True): Need(bf16=True),
     ("memory.attention", "xformers"): Need("xformers", "xformers", cuda=True),  # else SDPA is used
 }
 OPTIONAL_PACKAGES = tuple(sorted({n.package for n in OPTION_NEEDS.values() if n.package}))
@@ -164,16 +189,21 @@ def installed_packages(names=OPTIONAL_PACKAGES) -> frozenset:
     return frozenset(n for n in names if package_installed(n))
 
 
+BF16_WORDS = "a GPU with bf16 (compute capability 8.0 or newer: RTX 30xx, A100 and later)"
+
+
 @dataclass(frozen=True)
 class Capabilities:
-    """What this machine can run: a CUDA GPU or not, and which optional packages are installed."""
+    """What this machine can run: a CUDA GPU or not, bf16 in hardware (a CPU has it; a GPU from
+    compute capability 8.0), and which optional packages are installed."""
 
     cuda: bool
     packages: frozenset = frozenset()
+    bf16: bool = True
 
     def why_not(self, key: str, value) -> str | None:
         """Why ``key = value`` cannot run here (with what to install), or None when it can."""
-        need = OPTION_NEEDS.get((key, value)) if isinstance(value, str) else None
+        need = OPTION_NEEDS.get((key, value)) if isinstance(value, (str, bool)) else None
         if need is None:
             return None
         missing = []
@@ -181,7 +211,10 @@ class Capabilities:
             missing.append(f"the package {need.package} (pip install {need.pip})")
         if need.cuda and not self.cuda:
             missing.append("a CUDA GPU")
-        return f"{value} needs " + " and ".join(missing) if missing else None
+        if need.bf16 and not self.bf16:
+            missing.append(BF16_WORDS)
+        what = value if isinstance(value, str) else f"{key} = {str(value).lower()}"
+        return f"{what} needs " + " and ".join(missing) if missing else None
 
     def runs(self, key: str, value) -> bool:
         return self.why_not(key, value) is None
@@ -193,7 +226,8 @@ def capabilities(hardware: HardwareInfo | None = None) -> Capabilities:
     if hardware is None:
         hardware = probe_hardware()
     packages = hardware.packages if hardware.packages is not None else installed_packages()
-    return Capabilities(cuda=hardware.best_gpu is not None, packages=frozenset(packages))
+    gpu = hardware.best_gpu
+    return Capabilities(cuda=gpu is not None, packages=frozenset(packages), bf16=gpu is None or gpu.bf16)
 
 
 @dataclass(frozen=True)
@@ -214,11 +248,19 @@ def probe_torch_device(prefer: str = "auto") -> DeviceInfo:
     if prefer in ("auto", "cuda") and torch.cuda.is_available():
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
-        return DeviceInfo("cuda", props.name, int(props.total_memory), bool(torch.cuda.is_bf16_supported()))
+        return DeviceInfo("cuda", props.name, int(props.total_memory), cuda_has_bf16(index))
     note = "" if prefer == "cpu" else "CUDA is not available to torch (CPU build, no driver, or no GPU)"
     if prefer == "cuda":
         note = "memory.device = \"cuda\" but " + note[0].lower() + note[1:]
     return DeviceInfo("cpu", _cpu_name(), ram_bytes(), True, note)
+
+
+def cuda_has_bf16(device=None) -> bool:
+    """bf16 in the GPU's hardware. ``torch.cuda.is_bf16_supported()`` also counts emulation, which
+    every CUDA GPU offers and which runs many times slower than fp16 on cards before Ampere."""
+    import torch
+
+    return torch.cuda.get_device_capability(device) >= BF16_CAPABILITY
 
 
 def _cpu_name() -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engine.config.problems import ConfigError, Problem, ProblemList
 from engine.config.schema import RunConfig
+from engine.preflight_precision import check_precision
 from engine.preflight_speed import check_speed_options
 from engine.preflight_optimizer import check_optimizer
 from engine.registry.optimizers import needs_package
@@ -65,6 +66,7 @@ def preflight(config: RunConfig, *, resume: str | None = None, skip_data: bool =
     device = _check_device(config, problems)
     _check_packages(config, problems, device)
     check_speed_options(config, problems, device)
+    check_precision(config, problems)
     total_steps = config.train.max_train_steps
     if not skip_data:
         total_steps = _check_data(config, problems, probe) or total_steps

@@ -142,6 +142,8 @@ RULES = (
           "or is_val = true in a [[datasets.subsets]] table"),
     Needs(("memory.dynamo_backend",), lambda c: c.memory.torch_compile, "memory.torch_compile = true",
           "set memory.torch_compile = true"),
+    Needs(("memory.stochastic_rounding",), lambda c: c.memory.full_bf16, "bf16 weights (only they are rounded)",
+          "set memory.full_bf16 = true"),
     Needs(tuple(f"hypernetwork.{f.name}" for f in fields(SECTIONS["hypernetwork"])),
           lambda c: c.train.mode == "hypernetwork", 'train.mode = "hypernetwork"',
           'set train.mode = "hypernetwork", or remove the [hypernetwork] keys'),

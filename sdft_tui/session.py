@@ -221,8 +221,6 @@ class WizardSession:
         # a value the user set on Buckets (or the opened file set) stays; the screen says so
         self.preset_kept = {key: value for key, value in values.items() if self.kept_from_earlier_step(key)}
         self.apply({key: value for key, value in values.items() if key not in self.preset_kept})
-        if not values.get("memory.full_bf16"):
-            self.set("memory.full_bf16", False)
         self.preset_applied = size_gb
         return notes
 

@@ -83,11 +83,18 @@ def test_the_metadata_form_builds_kohyas_dataset_tables(tmp_path):
     assert row.went == ['memory.attention = "sdpa"'] and "SDPA" in row.note
 
 
+def test_the_fused_backward_pass_maps_to_the_memory_option():
+    conversion = from_command(["--fused_backward_pass", "--optimizer_type", "AdaFactor", "--full_bf16",
+                               "--mixed_precision", "bf16"])
+    assert not conversion.refused
+    assert conversion.document["memory"]["fused_backward_pass"] is True
+
+
 def test_refusals_say_why_and_unknown_options_are_named():
-    conversion = from_command(["--resume", "state-dir", "--fused_backward_pass", "--optimizer_type", "Adam-8bit",
+    conversion = from_command(["--resume", "state-dir", "--optimizer_type", "Adam-8bit",
                                "--huggingface_repo_id", "me/x", "--bogus", "3", "--learning_rate=1e-5"])
     why = {r.option: r.refused for r in conversion.refused}
-    assert "another layout" in why["resume"] and "not in sdft yet" in why["fused_backward_pass"]
+    assert "another layout" in why["resume"]
     assert "Adam-8bit" in why["optimizer_type"] and "module.Class" in why["optimizer_type"]
     assert "hub" in why["huggingface_repo_id"] and why["bogus"] == "not an option of kohya's fine_tune.py"
     assert "3" not in why, "an unknown option's value is not read as another option"

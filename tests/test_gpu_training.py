@@ -42,8 +42,10 @@ def test_fp16_mixed_precision_uses_a_grad_scaler(tmp_path, tiny_sd1):
 
 
 def test_bf16_and_full_bf16(tmp_path, tiny_sd2):
-    if not torch.cuda.is_bf16_supported():
-        pytest.skip("this GPU has no bf16")
+    from engine.hardware import cuda_has_bf16
+
+    if not cuda_has_bf16():
+        pytest.skip("this GPU has no bf16 hardware")
     path = gpu_run(tmp_path, tiny_sd2, 'mixed_precision = "bf16"\nfull_bf16 = true\ngradient_checkpointing = true')
     result = run_training(path, sink=ListSink())
     assert result.status == "completed", result.message
@@ -77,3 +79,100 @@ def test_bench_reports_mfu_and_peak_memory(tmp_path, tiny_sd1):
 
     figures = run_bench(gpu_run(tmp_path, tiny_sd1, 'mixed_precision = "bf16"'), steps=5, warmup=2)
     assert figures["peak_memory_bytes"] > 0 and figures["flops_per_sample"] > 0
+
+
+# ---------------------------------------------------------------- the hot path (docs/precision.md)
+
+
+def _bf16_or_skip():
+    from engine.hardware import cuda_has_bf16
+
+    if not cuda_has_bf16():
+        pytest.skip("this GPU has no bf16 hardware")
+
+
+def test_steady_steps_make_no_host_sync_and_batches_arrive_pinned(tmp_path, tiny_sd1):
+    _bf16_or_skip()
+    path = gpu_run(tmp_path, tiny_sd1, 'mixed_precision = "bf16"\nfull_bf16 = true', steps=6)
+    path.write_text(path.read_text().replace("[logging]\nevery_n_steps = 1", "[logging]\nevery_n_steps = 100"))
+    config, _doc, _w = load_run_file(path)
+    trainer = Trainer(config, config_text="", sink=ListSink())
+    trainer.setup()
+    pinned = []
+    step = trainer.train_step
+
+    def strict(batches):
+        pinned.extend(b.latents.is_pinned() for b in batches)
+        if trainer.global_step < 2:      # first steps: cuDNN autotuning and lazy inits may sync
+            return step(batches)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return step(batches)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    trainer.train_step = strict
+    trainer.loop(trainer.standard_hooks())
+    assert trainer.global_step == 6 and all(pinned)
+
+
+def test_fused_backward_on_a_gpu_tracks_the_unfused_run(tmp_path, tiny_sd1):
+    _bf16_or_skip()
+    runs = {}
+    for fused in (False, True):
+        path = gpu_run(tmp_path / str(fused), tiny_sd1, f'mixed_precision = "bf16"\nfused_backward_pass = {str(fused).lower()}',
+                       optimizer="max_grad_norm = 0.0", steps=4)
+        sink = ListSink()
+        assert run_training(path, sink=sink).status == "completed"
+        runs[fused] = torch.tensor([e.loss for e in sink.of(StepMetrics)])
+    # the same arithmetic; GPU kernels may pick other reduction orders between runs
+    torch.testing.assert_close(runs[True], runs[False], rtol=1e-4, atol=1e-5)
+
+
+def test_ema_offloaded_through_pinned_memory_equals_the_gpu_average():
+    from engine.train.ema import EMA
+
+    params = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in (1000, 5000)]
+    on_gpu = EMA([(f"p{i}", p) for i, p in enumerate(params)], decay=0.9)
+    offloaded = EMA([(f"p{i}", p) for i, p in enumerate(params)], decay=0.9, cpu_offload=True)
+    assert offloaded.offloaded and all(s.is_pinned() for s in offloaded.shadow)
+    for step in range(1, 5):
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn_like(p))
+        on_gpu.update(step)
+        offloaded.update(step)
+    for a, b in zip(on_gpu.state_dict().values(), offloaded.state_dict().values()):
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0)
+
+
+def test_a_skipped_fp16_step_leaves_the_learning_rate_schedule_where_it_was(tmp_path, tiny_sd1):
+    path = gpu_run(tmp_path, tiny_sd1, 'mixed_precision = "fp16"',
+                   optimizer='lr_scheduler = "linear"\nmax_grad_norm = 0.0', steps=4)
+    config, _doc, _w = load_run_file(path)
+    trainer = Trainer(config, config_text="", sink=ListSink())
+    trainer.setup()
+    compute = trainer.compute_loss
+
+    def overflow_first(batch, generator):   # a finite loss whose fp16 gradients overflow
+        loss = compute(batch, generator)
+        return loss * 1e30 if trainer.global_step == 0 else loss
+
+    trainer.compute_loss = overflow_first
+    trainer.loop(trainer.standard_hooks())
+    schedule = trainer.parts.bundle.lr_scheduler
+    schedule.settle()
+    assert schedule.skipped == 1 and schedule.scheduler.last_epoch == 3   # 4 steps, 1 skipped
+
+
+def test_xformers_is_proven_by_a_real_call_and_reported(tmp_path, tiny_sd1):
+    if importlib.util.find_spec("xformers") is None:
+        pytest.skip("xformers is not installed")
+    from engine.events import RunStarted
+    from engine.train.components import prove_xformers
+
+    prove_xformers(torch.device("cuda"))
+    sink = ListSink()
+    path = gpu_run(tmp_path, tiny_sd1, 'mixed_precision = "fp16"\nattention = "xformers"')
+    assert run_training(path, sink=sink).status == "completed"
+    assert sink.of(RunStarted)[0].attention == "xformers"

@@ -19,6 +19,45 @@ def test_parse_nvidia_smi_csv():
     assert "H100" in info.summary() and "+1 more" in info.summary()
 
 
+def test_compute_capability_says_whether_bf16_is_in_hardware():
+    gpus = hardware.parse_nvidia_smi_csv("0, Tesla T4, 15360, 7.5\n1, NVIDIA A100-SXM4-80GB, 81920, 8.0\n"
+                                         "2, Odd, GPU, 1024, [N/A]\n", with_capability=True)
+    assert [(g.name, g.compute_capability, g.bf16) for g in gpus] == [
+        ("Tesla T4", (7, 5), False), ("NVIDIA A100-SXM4-80GB", (8, 0), True), ("Odd,GPU", None, False)]
+    assert hardware.capabilities(hardware.HardwareInfo(gpus=gpus[:1], packages=frozenset())).bf16 is False
+    assert hardware.capabilities(hardware.HardwareInfo(gpus=gpus[1:2], packages=frozenset())).bf16 is True
+    assert hardware.capabilities(hardware.HardwareInfo(packages=frozenset())).bf16 is True   # a CPU has bf16
+
+
+def test_an_old_driver_without_compute_cap_is_asked_again(monkeypatch):
+    calls = []
+
+    class Done:
+        def __init__(self, query):
+            old = "compute_cap" not in query
+            self.returncode = 0 if old else 2
+            self.stdout = "0, Quadro P5000, 16384\n" if old else ""
+            self.stderr = "" if old else 'Field "compute_cap" is not a valid field to query.'
+
+    def run(args, **kwargs):
+        calls.append(args[1])
+        return Done(args[1])
+
+    monkeypatch.setattr(hardware.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(hardware.subprocess, "run", run)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    gpus, note = hardware.probe_gpus_nvidia_smi()
+    assert len(calls) == 2 and [g.name for g in gpus] == ["Quadro P5000"] and note == ""
+    assert gpus[0].compute_capability is None and not gpus[0].bf16
+
+
+def test_bf16_choices_need_bf16_hardware():
+    old_gpu = hardware.Capabilities(cuda=True, packages=frozenset(), bf16=False)
+    assert "compute capability 8.0" in old_gpu.why_not("memory.mixed_precision", "bf16")
+    assert old_gpu.why_not("memory.full_bf16", True).startswith("memory.full_bf16 = true needs a GPU with bf16")
+    assert old_gpu.runs("memory.full_bf16", False) and old_gpu.runs("memory.mixed_precision", "fp16")
+
+
 def test_missing_nvidia_smi_falls_back(monkeypatch):
     monkeypatch.setattr(hardware.shutil, "which", lambda name: None)
     info = hardware.probe_hardware()
@@ -30,7 +69,7 @@ def test_missing_nvidia_smi_falls_back(monkeypatch):
 def test_cuda_visible_devices_filters(monkeypatch):
     class Done:
         returncode = 0
-        stdout = "0, A, 1000\n1, B, 2000\n"
+        stdout = "0, A, 1000, 7.5\n1, B, 2000, 8.6\n"
         stderr = ""
 
     monkeypatch.setattr(hardware.shutil, "which", lambda name: "/usr/bin/nvidia-smi")

@@ -11,11 +11,13 @@ from engine.plan import (
     GIB, PRESETS, PlanOptions, apply_preset_to_options, budget_for_preset, estimate_peak_vram,
     hypernetwork_params, preset_for, suggest,
 )
+from engine.plan.learning import updates_round_away
+from engine.plan.presets import WITHOUT_BF16
 
 # ShivamShrirao/diffusers examples/dreambooth/README.md, Tesla T4, SD-v1.4, 512², xformers, U-Net
 # only (TE/VAE freed), torch-1.12 era: gradients persist, for-loop AdamW, ~0.8 GiB context. nvidia-smi GiB.
 T4 = dict(attention="xformers", text_encoder_on_gpu=False, grads_persist=True, optimizer_foreach=False,
-          ctx_bytes=0.8 * GIB)
+          ctx_bytes=0.8 * GIB, cudnn_benchmark=False)
 T4_ROWS = [  # (mixed_precision, batch, gradient checkpointing, optimizer, published GiB)
     ("fp16", 1, True, "AdamW8bit", 9.92),
     ("no", 1, True, "AdamW8bit", 10.08),
@@ -38,12 +40,12 @@ def test_reproduces_published_t4_table_within_15_percent(mp, batch, gc, opt, pub
 def test_kohya_12gb_claim_and_diffusers_24gb_claim():
     # kohya docs: SD1.x fine-tune fits 12 GB at bs1, AdamW8bit, xformers, GC, fp16, cached latents.
     kohya = estimate_peak_vram(PlanOptions(mixed_precision="fp16", gradient_checkpointing=True,
-                                           optimizer="AdamW8bit", attention="xformers"))
+                                           optimizer="AdamW8bit", attention="xformers", cudnn_benchmark=False))
     assert kohya.total_bytes < 12e9
     assert kohya.total_bytes == pytest.approx(10.0e9, rel=0.15)
     # diffusers text_to_image README: bs1, GC, fp16, EMA on GPU fits a single 24 GB GPU.
     diffusers = estimate_peak_vram(PlanOptions(mixed_precision="fp16", gradient_checkpointing=True, ema=True,
-                                               cache_latents="none", vae_dtype="fp16"))
+                                               cache_latents="none", vae_dtype="fp16", cudnn_benchmark=False))
     assert 18e9 < diffusers.total_bytes < 24e9
 
 
@@ -154,6 +156,7 @@ MACHINES = {
     "no-cuda-no-packages": dict(cuda=False, packages=frozenset()),
     "gpu-without-bitsandbytes": dict(cuda=True, packages=frozenset({"xformers"})),
     "gpu-without-xformers": dict(cuda=True, packages=frozenset({"bitsandbytes"})),
+    "gpu-without-bf16": dict(cuda=True, packages=frozenset({"bitsandbytes", "xformers"}), bf16=False),
 }
 
 
@@ -170,9 +173,10 @@ def test_presets_pick_only_what_runs_here_and_still_fit_their_card(size, machine
         assert values["optimizer.type"] != "AdamW8bit"
     if not caps.cuda:
         assert values["memory.mixed_precision"] != "fp16"
-    # a note names each replacement and what to install
+    # a note names each replacement and what to install (a GPU without bf16: one note for the set)
     replaced = {k for k in PRESETS[size] if PRESETS[size][k] != values[k]}
-    assert len(notes) == len(replaced)
+    without_bf16 = not caps.bf16 and any(PRESETS[size][k] != v for k, v in WITHOUT_BF16.get(size, {}).items())
+    assert len(notes) == len(replaced - set(WITHOUT_BF16.get(size, {}) if without_bf16 else ())) + without_bf16
     if "optimizer.type" in replaced and "bitsandbytes" not in caps.packages:
         assert any("pip install bitsandbytes" in n for n in notes)
     est = estimate_peak_vram(apply_preset_to_options(PlanOptions(), values))
@@ -208,3 +212,71 @@ def test_a_suggestion_that_cannot_run_offers_its_runnable_alternative():
     assert any(t.startswith("use the Adafactor optimizer: ") for t in texts), texts
     assert any(t.startswith("use bf16 mixed precision: ") for t in texts), texts
     assert not any("AdamW8bit" in t or "fp16" in t for t in texts), texts
+
+
+# ------------------------------------------------------------------ settings that learn
+
+
+def _learns(values: dict, lr: float = 5e-6) -> bool:
+    return updates_round_away(bool(values.get("memory.full_bf16")), values.get("memory.stochastic_rounding", True),
+                              lr, values.get("optimizer.type", "AdamW")) is None
+
+
+@pytest.mark.parametrize("machine", sorted(MACHINES))
+@pytest.mark.parametrize("size", sorted(PRESETS))
+def test_every_preset_learns_at_fine_tune_learning_rates(size, machine):
+    from engine.hardware import Capabilities
+    from engine.plan import preset_values
+
+    values, _notes = preset_values(size, Capabilities(**MACHINES[machine]))
+    assert _learns(values)
+    if values.get("memory.fused_backward_pass"):   # and is a combination the run file takes
+        assert values["memory.mixed_precision"] != "fp16"
+
+
+def test_the_8gb_preset_fits_an_8gb_card_with_sample_previews_with_or_without_bf16():
+    from engine.hardware import Capabilities
+    from engine.plan import preset_values
+
+    bf16, _ = preset_values(8, Capabilities(cuda=True, packages=frozenset({"bitsandbytes"})))
+    old, notes = preset_values(8, Capabilities(cuda=True, packages=frozenset({"bitsandbytes"}), bf16=False))
+    assert bf16["memory.full_bf16"] and bf16["memory.fused_backward_pass"]
+    assert old["memory.mixed_precision"] == "no" and not old["memory.full_bf16"] and old["memory.fused_backward_pass"]
+    assert "no bf16 on this GPU" in notes[0]
+    assert estimate_peak_vram(replace(apply_preset_to_options(PlanOptions(), bf16), sample=True)).fits(
+        budget_for_preset(8))
+    assert estimate_peak_vram(apply_preset_to_options(PlanOptions(), old)).fits(budget_for_preset(8))
+
+
+def test_no_suggestion_picks_a_setting_that_cannot_learn():
+    for base in _grid():
+        for o in (base, replace(base, stochastic_rounding=False, batch_size=4)):
+            for s in suggest(o, 6 * GIB):
+                after = replace(o, **s.changes)
+                assert updates_round_away(after.full_half, after.stochastic_rounding, 5e-6, after.optimizer) is None, s.text
+
+
+def test_the_fused_backward_pass_drops_the_gradients_from_the_peak():
+    o = PlanOptions(mixed_precision="bf16", gradient_checkpointing=True, optimizer="AdamW8bit")
+    plain, fused = estimate_peak_vram(o), estimate_peak_vram(replace(o, fused_backward_pass=True))
+    saved = plain.total_bytes - fused.total_bytes
+    assert 0.8 * 4 * 859.5e6 < saved < 1.1 * 4 * 859.5e6     # about the fp32 gradients
+    assert "gradients" not in fused.breakdown or fused.breakdown["gradients"] < 0.2e9
+
+
+def test_fused_adamw_has_no_step_temporary_and_bf16_rounding_keeps_fp32_states():
+    adamw = estimate_peak_vram(PlanOptions(mixed_precision="fp16", gradient_checkpointing=True))
+    assert adamw.breakdown.get("optimizer step temporaries", 0.0) == 0.0
+    rounded = estimate_peak_vram(PlanOptions(mixed_precision="bf16", full_half=True))
+    nearest = estimate_peak_vram(PlanOptions(mixed_precision="bf16", full_half=True, stochastic_rounding=False))
+    assert rounded.breakdown["optimizer states"] == 2 * nearest.breakdown["optimizer states"]
+
+
+def test_sampling_previews_keep_the_vae_and_can_set_the_peak():
+    o = PlanOptions(mixed_precision="bf16", full_half=True, fused_backward_pass=True, gradient_checkpointing=True,
+                    optimizer="AdamW8bit")
+    sampled = estimate_peak_vram(replace(o, sample=True))
+    assert sampled.breakdown["VAE (frozen)"] == pytest.approx(83.65e6 * 4)
+    assert sampled.phase == "sampling" and sampled.total_bytes > estimate_peak_vram(o).total_bytes
+    assert estimate_peak_vram(replace(o, cudnn_benchmark=True)).breakdown["cuDNN autotune workspace"] > 0
+    assert "cuDNN autotune workspace" not in estimate_peak_vram(replace(o, cudnn_benchmark=False)).breakdown

@@ -16,6 +16,7 @@ PROMPTS = {"sample": {"prompts": ["a cat"], "every_n_steps": 5}}
 # key -> (a value that is not its default, the settings that make it act)
 CASES = {
     "memory.dynamo_backend": ("eager", {"memory": {"torch_compile": True}}),
+    "memory.stochastic_rounding": (False, {"memory": {"mixed_precision": "bf16", "full_bf16": True}}),
     "train.noise_offset_random_strength": (True, {"train": {"noise_offset": 0.1}}),
     "train.adaptive_noise_scale": (0.01, {"train": {"noise_offset": 0.1}}),
     "train.multires_noise_discount": (0.5, {"train": {"multires_noise_iterations": 6}}),

@@ -85,6 +85,7 @@ VALUES = {
                                                                 "lr_decay_steps": 2}}),
     "optimizer.lr_scheduler_timescale": (3, {"optimizer": {"lr_scheduler": "inverse_sqrt", "lr_warmup_steps": 1}}),
     "memory.full_bf16": (True, {"memory": {"mixed_precision": "bf16"}}),
+    "memory.stochastic_rounding": (False, {"memory": {"mixed_precision": "bf16", "full_bf16": True}}),
     "memory.vae_dtype": ("bf16", {}),
     "cache.cache_dir": ("{fixture}/latents", {}),
     "cache.latent_sampling": ("mean", {}),
@@ -129,6 +130,8 @@ ONLY_ELSEWHERE = {
     "memory.attention": "xformers/sdpa/math: kernels, same numbers up to rounding; xformers warns on a CPU "
                         "(tests/test_preflight.py::test_cuda_only_choices_on_a_cpu_say_what_happens_instead)",
     "memory.gradient_checkpointing": "recomputes activations: same numbers, less memory (tests/test_train_engine.py)",
+    "memory.fused_backward_pass": "steps each weight inside backward: the same numbers, bit for bit, with its "
+                                  "gradients freed early (tests/test_fused_backward.py)",
     "memory.mixed_precision": "fp16 becomes bf16 on a CPU, with a warning (tests/test_preflight.py)",
     "train.ema_cpu_offload": "where the EMA copy lives: memory only",
     "cache.vae_batch_size": "images per VAE call while caching: speed only (tests/test_data_pipeline.py)",

@@ -166,6 +166,7 @@ def _check_cross_field(config: RunConfig, problems: ProblemList) -> None:
         problems.add("memory.full_fp16", "needs mixed_precision = \"fp16\"", 'set memory.mixed_precision = "fp16"')
     if m.full_bf16 and m.mixed_precision != "bf16":
         problems.add("memory.full_bf16", "needs mixed_precision = \"bf16\"", 'set memory.mixed_precision = "bf16"')
+    _check_fused_backward(config, problems)
     if isinstance(o.lr_warmup_steps, float) and not o.lr_warmup_steps < 1:
         problems.add("optimizer.lr_warmup_steps", f"a fractional warm-up must be below 1, got {o.lr_warmup_steps}",
                      "use an integer number of steps, or a ratio such as 0.05")
@@ -185,6 +186,30 @@ def _check_cross_field(config: RunConfig, problems: ProblemList) -> None:
     if t.mode == "hypernetwork" and t.train_text_encoder:
         problems.add("train.train_text_encoder", "hypernetwork mode keeps the text encoder frozen",
                      'set train_text_encoder = false or train.mode = "full"')
+
+
+def _check_fused_backward(config: RunConfig, problems: ProblemList) -> None:
+    """What a fused backward pass cannot do (engine/train/weight_update.py says why each)."""
+    from engine.registry.optimizers import find
+
+    if not config.memory.fused_backward_pass:
+        return
+    key, t, m = "memory.fused_backward_pass", config.train, config.memory
+    if t.gradient_accumulation_steps > 1:
+        problems.add(key, "cannot accumulate gradients: each weight is stepped as soon as its gradient is "
+                     "ready, so the gradients of several micro-batches would all have to be kept, and the pass "
+                     "would save nothing", "set train.gradient_accumulation_steps = 1 (raise the batch size "
+                     "instead), or turn the fused backward pass off")
+    if m.mixed_precision == "fp16":
+        problems.add(key, "cannot run with fp16: fp16's gradient scaler skips a whole step when any gradient "
+                     "overflows, and here weights are already stepped before the last gradient exists",
+                     'use mixed_precision = "bf16" (or "no"), or turn the fused backward pass off')
+    entry = find(config.optimizer.type)
+    if entry is None or not entry.per_parameter:
+        problems.add(key, f"needs an optimizer that updates each weight from its own gradient alone; "
+                     f"{config.optimizer.type} looks across all weights in each step",
+                     "use AdamW, AdamW8bit, Adafactor, Lion or SGDNesterov (or their 8-bit and paged "
+                     "versions)")
 
 
 def _load_datasets(data: dict, problems: ProblemList, base_dir: Path):

@@ -287,7 +287,7 @@ OPTIONS: dict[str, Opt] = {
     "lr_scheduler_power": Opt(VALUE, 1, to="optimizer.lr_scheduler_power"),
     "lr_scheduler_timescale": Opt(VALUE, to="optimizer.lr_scheduler_timescale"),
     "lr_scheduler_min_lr_ratio": Opt(VALUE, to="optimizer.lr_scheduler_min_lr_ratio"),
-    "fused_backward_pass": refuse(f"{NOT_YET}: the fused backward pass (kohya: AdaFactor only)", FLAG),
+    "fused_backward_pass": Opt(FLAG, to="memory.fused_backward_pass"),
     # the converter itself
     "config_file": Opt(VALUE, note="read by sdft from-kohya --config-file"),
     "output_config": refuse("writes kohya's own config; `sdft from-kohya` writes the run TOML", FLAG),

@@ -219,7 +219,7 @@ class PromptEncoder:
     def encode(self, tokens: TokenBatch, device, dtype: torch.dtype | None = None) -> torch.Tensor:
         """TokenBatch → states (B, 77 or 75n + 2, D), in ``dtype`` when given."""
         batch = tokens.ids.shape[0]
-        ids = tokens.ids.to(device).reshape(batch * self.chunks, CHUNK_LEN)
+        ids = tokens.ids.to(device, non_blocking=True).reshape(batch * self.chunks, CHUNK_LEN)  # pinned on a GPU
         if self.clip_skip == 1:
             states = self.text_encoder(ids).last_hidden_state
         else:
@@ -229,7 +229,7 @@ class PromptEncoder:
 
         if tokens.weights is not None:
             weights = recombine(tokens.weights.reshape(batch, self.chunks * CHUNK_LEN), self.chunks)
-            states = self._apply_weights(states, weights.to(device=states.device))
+            states = self._apply_weights(states, weights.to(device=states.device, non_blocking=True))
         if dtype is not None:
             states = states.to(dtype)
         return states

@@ -79,6 +79,23 @@ N_VAE = 83.65e6
 HEADS = {"sd1": (8, 8), "sd2": (5, 10)}
 HYPERNET_WIDTHS = {"sd1": (320, 640, 768, 1280), "sd2": (320, 640, 1024, 1280)}
 
+# The largest single tensor a fused backward pass steps at a time (a 3x3 conv of 1280 -> 1280
+# channels; the text encoders' token embeddings when they train).
+LARGEST_PARAM = {"sd1": 14.75e6, "sd2": 14.75e6}
+LARGEST_TE_PARAM = {"sd1": 37.9e6, "sd2": 50.6e6}
+# bf16 weights written back with stochastic rounding (engine/train/weight_update.py): the fp32
+# copies of a piece (parameter, gradient, random bits: 12 bytes an element), 2^25 elements a piece.
+ROUNDING_PIECE = 2 ** 25
+# Sampling previews (measured with torch's MemTracker on the CPU, SD1.5 configs, 512²): the VAE
+# decoder's activations 0.81 GB in fp32 (half in 16 bit); the U-Net's forward without gradients
+# 0.07 GB per image in 16 bit, two images for classifier-free guidance.
+VAE_DECODE_PER_SAMPLE = 0.81e9
+UNET_SAMPLING_PER_IMAGE = 0.07e9
+# cuDNN autotuning (memory.cudnn_benchmark) leaves the chosen algorithms' workspaces and the
+# candidates' cached blocks behind: an allowance, not a measurement yet (sdft bench --gpu-smoke
+# compares the planner with the GPU's peak).
+CUDNN_BENCHMARK_BYTES = 0.3e9
+
 CTX_BYTES = 0.5 * GIB
 FRAG = 1.05
 MARGIN = 0.10  # keep this share of the budget free: the model is ±10 %
@@ -116,6 +133,10 @@ class PlanOptions:
     cache_latents: str = "disk"           # "disk" | "memory" | "none"
     vae_dtype: str = "fp32"
     mode: str = "full"                    # "full" | "hypernetwork"
+    fused_backward_pass: bool = False      # each weight stepped in backward: gradients never all exist
+    stochastic_rounding: bool = True       # bf16 weights stepped on fp32 copies (fp32 optimizer states)
+    sample: bool = False                   # sample previews: the VAE stays on the GPU, and sampling peaks
+    cudnn_benchmark: bool = True           # cuDNN autotuning's workspaces
     # Assumptions about the runtime (the defaults describe sdft's engine; tests override them to
     # reproduce older published setups).
     grads_persist: bool | None = None      # None: only with gradient accumulation
@@ -147,6 +168,9 @@ class PlanOptions:
             train_text_encoder=t.train_text_encoder, max_token_length=m.max_token_length,
             ema=t.ema, ema_cpu_offload=t.ema_cpu_offload, cache_latents=config.cache.latents,
             vae_dtype=config.memory.vae_dtype, mode=t.mode,
+            fused_backward_pass=config.memory.fused_backward_pass,
+            stochastic_rounding=config.memory.stochastic_rounding,
+            sample=bool(config.sample.prompts), cudnn_benchmark=config.memory.cudnn_benchmark,
         )
 
 
@@ -234,58 +258,38 @@ def estimate_peak_vram(options: Any) -> Estimate:
     n_te = N_TE[o.family]
     s = o.width * o.height / 512**2
     b = max(1, int(o.batch_size))
-    kind = _precision_kind(o)
     gc = bool(o.gradient_checkpointing)
     half_bytes = 4 if o.mixed_precision == "no" else 2
     per_opt, foreach = _opt_bytes(o)
     parts: dict[str, float] = {}
-
-    if o.mode == "hypernetwork":
-        # Frozen U-Net in the compute dtype; only the fp32 hypernetwork trains.
-        n_h = hypernetwork_params(o.family)
-        parts["U-Net weights (frozen)"] = n * half_bytes
-        parts["hypernetwork + optimizer"] = n_h * (4 + per_opt)
-        grads = n_h * 4
-        act_kind = "fp32" if o.mixed_precision == "no" else "half"
-        cast_cache = 0.0
-        te_train = False
-        foreach_temp = n_h * 4 if foreach else 0.0
-    else:
-        b_w = 2 if o.full_half else 4
-        parts["U-Net weights"] = n * b_w
-        if o.full_half and _states_in_param_dtype(o.optimizer):
-            per_opt = per_opt / 2  # torch optimizers keep their states in the parameters' dtype
-        parts["optimizer states"] = n * per_opt
-        grads = n * b_w
-        act_kind = kind
-        cast_cache = 0.0
-        if kind == "amp":
-            cast_cache = 0.22e9 if gc else 2 * n  # autocast keeps an fp16 copy of each weight (no GC)
-        elif kind == "half" and gc:
-            cast_cache = 0.1e9
-        te_train = bool(o.train_text_encoder)
-        foreach_temp = n * b_w if foreach else 0.0
-        if o.ema and not o.ema_cpu_offload:
-            parts["EMA weights"] = 4 * n
+    trained = _trained(o, n, per_opt, foreach, parts)
 
     chunks = max(1, o.max_token_length // 75)
+    te_train = o.mode == "full" and bool(o.train_text_encoder)
+    te_act = 0.0
     if te_train:
         parts["text encoder (trained)"] = n_te * (4 + 4 + per_opt)
-        grads += n_te * 4
+        trained.grads += n_te * 4
         te_act = b * chunks * 0.03e9  # CLIP-L activations per 77-token chunk: tens of MB (estimate)
-    else:
-        te_act = 0.0
-        if o.text_encoder_on_gpu:
-            parts["text encoder (frozen)"] = n_te * half_bytes
-    if o.cache_latents == "none":
-        parts["VAE (frozen)"] = N_VAE * (4 if o.vae_dtype == "fp32" else 2)
+    elif o.text_encoder_on_gpu:
+        parts["text encoder (frozen)"] = n_te * half_bytes
+    vae_bytes = 4 if o.vae_dtype == "fp32" else 2
+    if o.cache_latents == "none" or o.sample:
+        parts["VAE (frozen)"] = N_VAE * vae_bytes
+    if o.cudnn_benchmark:
+        parts["cuDNN autotune workspace"] = CUDNN_BENCHMARK_BYTES
+    if o.fused_backward_pass and o.mode == "full":
+        trained = _fused(o, trained, te_train)
 
     attn_fwd, attn_tail = _classic_attention(o)
-    a_fwd = ACT_PER_SAMPLE[(act_kind, gc)] * b * s + cast_cache + attn_fwd + te_act
+    a_fwd = ACT_PER_SAMPLE[(trained.act_kind, gc)] * b * s + trained.cast_cache + attn_fwd + te_act
     a_tail = TAIL_PER_SAMPLE[gc] * b * s + attn_tail
     persist = o.grads_persist if o.grads_persist is not None else o.gradient_accumulation_steps > 1
+    if o.fused_backward_pass:
+        persist = False
+    sampling = _sampling_bytes(o, s, vae_bytes) if o.sample else 0.0
     static = sum(parts.values())
-    phase, peak_parts, dynamic = _peak_phase(grads, a_fwd, a_tail, foreach_temp, persist)
+    phase, peak_parts, dynamic = _peak_phase(trained.grads, a_fwd, a_tail, trained.step_temp, persist, sampling)
     parts.update(peak_parts)
     overhead = (o.frag - 1.0) * (static + dynamic)
     parts["allocator fragmentation"] = overhead
@@ -294,16 +298,74 @@ def estimate_peak_vram(options: Any) -> Estimate:
     return Estimate(total_bytes=total, breakdown=parts, phase=phase)
 
 
-def _peak_phase(grads: float, a_fwd: float, a_tail: float, foreach_temp: float,
-                persist: bool) -> tuple[str, dict[str, float], float]:
+@dataclass
+class _Trained:
+    """What the trained weights add beyond the static parts: gradients at their peak, the optimizer
+    step's temporaries, the activation kind and autocast's weight-cast cache."""
+    grads: float
+    step_temp: float
+    act_kind: str
+    cast_cache: float = 0.0
+
+
+def _trained(o: PlanOptions, n: float, per_opt: float, foreach: bool, parts: dict) -> _Trained:
+    """The trained weights' static parts (into ``parts``) and their dynamic figures."""
+    half_bytes = 4 if o.mixed_precision == "no" else 2
+    if o.mode == "hypernetwork":
+        # Frozen U-Net in the compute dtype; only the fp32 hypernetwork trains.
+        n_h = hypernetwork_params(o.family)
+        parts["U-Net weights (frozen)"] = n * half_bytes
+        parts["hypernetwork + optimizer"] = n_h * (4 + per_opt)
+        return _Trained(n_h * 4, n_h * 4 if foreach else 0.0, "fp32" if o.mixed_precision == "no" else "half")
+    kind = _precision_kind(o)
+    b_w = 2 if o.full_half else 4
+    rounded = o.full_half and o.stochastic_rounding
+    parts["U-Net weights"] = n * b_w
+    if o.full_half and not rounded and _states_in_param_dtype(o.optimizer):
+        per_opt = per_opt / 2  # torch optimizers keep their states in the parameters' dtype
+    parts["optimizer states"] = n * per_opt
+    step_temp = n * b_w if foreach else 0.0
+    if rounded:   # steps on fp32 copies, a piece at a time (foreach temporaries then per piece too)
+        step_temp = ROUNDING_PIECE * (12 + (4 if foreach else 0))
+    cast_cache = 0.0
+    if kind == "amp":
+        cast_cache = 0.22e9 if o.gradient_checkpointing else 2 * n  # autocast keeps an fp16 copy of each weight
+    elif kind == "half" and o.gradient_checkpointing:
+        cast_cache = 0.1e9
+    if o.ema and not o.ema_cpu_offload:
+        parts["EMA weights"] = 4 * n
+    return _Trained(n * b_w, step_temp, kind, cast_cache)
+
+
+def _fused(o: PlanOptions, trained: _Trained, te_train: bool) -> _Trained:
+    """A fused backward pass: one weight's gradient is stepped while the next accumulates, so
+    gradients take two of the largest tensors at most, and the step's temporaries one."""
+    largest = max(LARGEST_PARAM[o.family], LARGEST_TE_PARAM[o.family] if te_train else 0.0)
+    b_g = 2 if o.full_half else 4
+    rounded = o.full_half and o.stochastic_rounding
+    temp = largest * 12 if rounded else (largest * b_g if trained.step_temp else 0.0)
+    return _Trained(2 * largest * b_g, temp, trained.act_kind, trained.cast_cache)
+
+
+def _sampling_bytes(o: PlanOptions, s: float, vae_bytes: int) -> float:
+    """The peak of sampling a preview at the largest bucket's size: the VAE decoder's activations,
+    or the U-Net's without gradients (two images: classifier-free guidance), whichever is larger."""
+    unet_bytes = 2 if o.mixed_precision != "no" or o.full_half else 4
+    return max(VAE_DECODE_PER_SAMPLE * s * vae_bytes / 4, UNET_SAMPLING_PER_IMAGE * 2 * s * unet_bytes / 2)
+
+
+def _peak_phase(grads: float, a_fwd: float, a_tail: float, step_temp: float, persist: bool,
+                sampling: float = 0.0) -> tuple[str, dict[str, float], float]:
     """Where in the step memory peaks, what is live then, and how much: the forward pass (all
-    activations), the end of backward (every gradient plus the last activations) or the
-    optimizer step (gradients plus foreach temporaries)."""
+    activations), the end of backward (every gradient plus the last activations), the optimizer
+    step (gradients plus its temporaries) or sampling a preview (no gradients then)."""
     p_fb = grads + a_fwd if persist else max(a_fwd, grads + a_tail)
-    p_opt = grads + foreach_temp
-    dynamic = max(p_fb, p_opt)
+    p_opt = grads + step_temp
+    dynamic = max(p_fb, p_opt, sampling)
+    if sampling > max(p_fb, p_opt):
+        return "sampling", {"sampling (VAE decode)": sampling}, dynamic
     if p_opt > p_fb:
-        return "optimizer step", {"gradients": grads, "optimizer step temporaries": foreach_temp}, dynamic
+        return "optimizer step", {"gradients": grads, "optimizer step temporaries": step_temp}, dynamic
     if persist:
         return "backward", {"gradients": grads, "activations": a_fwd}, dynamic
     if a_fwd >= grads + a_tail:

@@ -29,6 +29,13 @@ def _state_bytes(name: str) -> float:
     return entry.state_bytes if entry.state_bytes is not None else 2.0   # Adafactor: about 2
 
 
+def _can_fuse(o: PlanOptions) -> bool:
+    """A fused backward pass applies (engine/config/run_toml.py refuses the rest, with reasons)."""
+    entry = optimizers.find(o.optimizer)
+    return (o.mode == "full" and not o.fused_backward_pass and o.gradient_accumulation_steps == 1
+            and o.mixed_precision != "fp16" and entry is not None and entry.per_parameter)
+
+
 # Single changes, least intrusive first: (text, PlanOptions changes, run-TOML changes, applies-if).
 _CHANGES = [
     ("use SDPA attention instead of math", {"attention": "sdpa"}, {"memory.attention": "sdpa"},
@@ -45,9 +52,14 @@ _CHANGES = [
      lambda o: o.mixed_precision == "no"),
     ("stop training the text encoder", {"train_text_encoder": False}, {"train.train_text_encoder": False},
      lambda o: o.train_text_encoder and o.mode == "full"),
-    ("keep weights in bf16 (full_bf16)", {"mixed_precision": "bf16", "full_half": True},
-     {"memory.mixed_precision": "bf16", "memory.full_bf16": True, "memory.full_fp16": False},
-     lambda o: not o.full_half and o.mode == "full"),
+    ("step each weight inside backward (fused_backward_pass)", {"fused_backward_pass": True},
+     {"memory.fused_backward_pass": True}, _can_fuse),
+    # bf16 weights only with stochastic rounding: rounded to nearest they do not learn (learning.py)
+    ("keep weights in bf16 with stochastic rounding (full_bf16)",
+     {"mixed_precision": "bf16", "full_half": True, "stochastic_rounding": True},
+     {"memory.mixed_precision": "bf16", "memory.full_bf16": True, "memory.full_fp16": False,
+      "memory.stochastic_rounding": True},
+     lambda o: not o.full_half and o.mode == "full" and not (o.fused_backward_pass and o.mixed_precision == "fp16")),
 ]
 
 

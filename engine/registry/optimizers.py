@@ -27,6 +27,9 @@ class OptimizerEntry:
     pip: str | None = None              # what `pip install` takes to get it
     state_bytes: float | None = 8.0     # optimizer states per trained fp32 parameter (None: Adafactor's rule)
     foreach: bool = False               # its default step allocates a temporary copy of every parameter
+    per_parameter: bool = False         # a weight's update needs only its own gradient and state, so a
+                                        # part of the model can be stepped alone (fused backward pass,
+                                        # bf16 rounding in pieces: engine/train/weight_update.py)
     states_in_param_dtype: bool = False  # states take the parameters' dtype (halved with full_bf16)
     cuda: bool = False                  # made for a CUDA GPU: presets and suggestions avoid it without one
     paged: bool = False                 # bitsandbytes' paged states (CPU<->GPU); a CPU has nothing to page
@@ -42,7 +45,7 @@ class OptimizerEntry:
 
 
 _T = "engine.train.optimizers:"
-BNB = dict(package="bitsandbytes", pip="bitsandbytes", cuda=True)
+BNB = dict(package="bitsandbytes", pip="bitsandbytes", cuda=True, per_parameter=True)
 DADAPT = dict(package="dadaptation", pip="dadaptation", adaptive_lr=True, states_in_param_dtype=True)
 SCHEDULEFREE = dict(package="schedulefree", pip="schedulefree", schedule_free=True, states_in_param_dtype=True)
 
@@ -50,8 +53,8 @@ SCHEDULEFREE = dict(package="schedulefree", pip="schedulefree", schedule_free=Tr
 # step each on a parameter and count its state tensors); bitsandbytes keeps one fp32 absmax per
 # 2048-value block on CUDA (hence 2.006 / 1.006; tensors under 4096 values stay 32-bit).
 OPTIMIZERS: tuple[OptimizerEntry, ...] = (
-    OptimizerEntry("AdamW", _T + "adamw", "torch.optim.AdamW", foreach=True, states_in_param_dtype=True,
-                   doc="torch's AdamW (fused on CUDA)"),
+    OptimizerEntry("AdamW", _T + "adamw", "torch.optim.AdamW", states_in_param_dtype=True, per_parameter=True,
+                   doc="torch's AdamW (fused: one kernel, no temporary copy)"),
     OptimizerEntry("AdamW8bit", _T + "with_class", "bitsandbytes.optim.AdamW8bit", state_bytes=2.006, instead="Adafactor", **BNB,
                    doc="8-bit AdamW (bitsandbytes)"),
     OptimizerEntry("PagedAdamW", _T + "with_class", "bitsandbytes.optim.PagedAdamW", paged=True, instead="AdamW", **BNB,
@@ -61,13 +64,13 @@ OPTIMIZERS: tuple[OptimizerEntry, ...] = (
     OptimizerEntry("PagedAdamW32bit", _T + "with_class", "bitsandbytes.optim.PagedAdamW32bit", paged=True, instead="AdamW", **BNB,
                    doc="32-bit paged AdamW (bitsandbytes)"),
     OptimizerEntry("Lion", _T + "with_class", "lion_pytorch.Lion", package="lion_pytorch", pip="lion-pytorch",
-                   state_bytes=4.0, states_in_param_dtype=True, doc="Lion (lion-pytorch, as kohya)"),
+                   state_bytes=4.0, states_in_param_dtype=True, per_parameter=True, doc="Lion (lion-pytorch, as kohya)"),
     OptimizerEntry("Lion8bit", _T + "with_class", "bitsandbytes.optim.Lion8bit", state_bytes=1.006, instead="Lion", **BNB,
                    doc="8-bit Lion (bitsandbytes)"),
     OptimizerEntry("PagedLion8bit", _T + "with_class", "bitsandbytes.optim.PagedLion8bit", state_bytes=1.006, instead="Lion",
                    paged=True, **BNB, doc="8-bit paged Lion (bitsandbytes)"),
     OptimizerEntry("SGDNesterov", _T + "nesterov", "torch.optim.SGD", state_bytes=4.0, foreach=True,
-                   states_in_param_dtype=True, doc="SGD with Nesterov momentum (0.9 unless given)"),
+                   states_in_param_dtype=True, per_parameter=True, doc="SGD with Nesterov momentum (0.9 unless given)"),
     OptimizerEntry("SGDNesterov8bit", _T + "nesterov", "bitsandbytes.optim.SGD8bit", state_bytes=1.006, instead="SGDNesterov", **BNB,
                    doc="8-bit SGD with Nesterov momentum (bitsandbytes)"),
     OptimizerEntry("DAdaptation", _T + "with_class", "dadaptation.experimental.DAdaptAdamPreprint",
@@ -84,7 +87,7 @@ OPTIMIZERS: tuple[OptimizerEntry, ...] = (
                    state_bytes=16.0, adaptive_lr=True, states_in_param_dtype=True,
                    doc="Prodigy (prodigyopt): adapts its step size"),
     OptimizerEntry("Adafactor", _T + "adafactor", "transformers.optimization.Adafactor", state_bytes=None,
-                   doc="transformers' Adafactor; relative_step = true pairs it with the adafactor schedule"),
+                   per_parameter=True, doc="transformers' Adafactor; relative_step = true pairs it with the adafactor schedule"),
     OptimizerEntry("RAdamScheduleFree", _T + "with_class", "schedulefree.RAdamScheduleFree", foreach=True,
                    **SCHEDULEFREE),
     OptimizerEntry("AdamWScheduleFree", _T + "with_class", "schedulefree.AdamWScheduleFree", foreach=True,

@@ -46,24 +46,32 @@ def _cycled_plan(data, count: int) -> list:
 
 class BenchTimer(StepHook):
     """A step hook: the clock starts after ``warmup`` steps; counts the samples trained since,
-    and the optimizer steps the fp16 gradient scaler skipped (an overflow: no update was made)."""
+    and the optimizer steps the fp16 gradient scaler skipped (an overflow: no update was made),
+    as the learning-rate schedule counted them (engine/train/lr_steps.py)."""
 
-    def __init__(self, warmup: int):
+    def __init__(self, warmup: int, schedule=None):
         self.warmup = warmup
+        self.schedule = schedule
         self.start: float | None = None
         self.seconds = 0.0
         self.samples = 0
         self.steps = 0
         self.skipped_steps = 0
 
+    def _skipped_so_far(self) -> int:
+        if self.schedule is None:
+            return 0
+        self.schedule.settle()
+        return self.schedule.skipped
+
     def begin(self) -> None:
+        self.skipped_steps = -self._skipped_so_far()
         self.start = time.perf_counter()
 
     def on_step(self, ctx: StepContext) -> None:
         if self.start is not None:
             self.samples += ctx.samples
             self.steps += 1
-            self.skipped_steps += bool(getattr(ctx.parts.accelerator, "optimizer_step_was_skipped", False))
         if ctx.step == self.warmup:
             _sync(ctx.parts.device)
             self.begin()
@@ -71,12 +79,13 @@ class BenchTimer(StepHook):
     def end(self, device: torch.device) -> None:
         _sync(device)
         self.seconds = time.perf_counter() - self.start
+        self.skipped_steps += self._skipped_so_far()
 
 
 def run_timed(trainer, warmup: int) -> BenchTimer:
     """The real training loop (batch prefetching, caption processing, logging, control polling)
     to the schedule's end, timed after ``warmup`` untimed steps."""
-    timer = BenchTimer(warmup)
+    timer = BenchTimer(warmup, trainer.parts.bundle.lr_scheduler)
     if warmup == 0:
         timer.begin()
     trainer.loop(trainer.standard_hooks() + [timer])
@@ -178,6 +187,7 @@ def run_bench(config_path: str | Path, steps: int = 20, warmup: int = 3, progres
         "engine_overhead": (engine_s / engine_samples) / (bare_s / bare_samples) - 1.0,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "mixed_precision": trainer.parts.precision.mixed_precision,
+        "attention": trainer.parts.components.attention,
     }
     if device.type == "cuda":
         say("sdft bench: counting the FLOPs of one training step")

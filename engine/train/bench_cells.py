@@ -130,22 +130,24 @@ def base_value(config, key: str):
     return getattr(getattr(config, section), name, None)
 
 
-def machine_problem(key: str, value, cuda: bool, packages: frozenset) -> str | None:
+def machine_problem(key: str, value, cuda: bool, packages: frozenset, bf16: bool = True) -> str | None:
     """Why ``key = value`` cannot be timed here: a package is missing, or the trainer would
-    replace it with something else on this device."""
-    from engine.hardware import OPTION_NEEDS
+    replace it with something else on this device (fp16 on a CPU, bf16 on a GPU without it)."""
+    from engine.hardware import BF16_WORDS, OPTION_NEEDS
 
     if not cuda and (key, value) in REPLACED_ON_CPU:
         return f"{value} needs a CUDA GPU ({REPLACED_ON_CPU[key, value]})"
-    need = OPTION_NEEDS.get((key, value)) if isinstance(value, str) else None
+    need = OPTION_NEEDS.get((key, value)) if isinstance(value, (str, bool)) else None
     if need is not None and need.package and need.package not in packages:
         return f"{value} needs the package {need.package} (pip install {need.pip})"
+    if need is not None and need.bf16 and not bf16:
+        return f"{key} = {_show(value)} needs {BF16_WORDS} (this one would train in fp16 instead)"
     return None
 
 
-def cell_problem(cell: Cell, cuda: bool, packages: frozenset) -> str | None:
+def cell_problem(cell: Cell, cuda: bool, packages: frozenset, bf16: bool = True) -> str | None:
     for key, value in cell.changes.items():
-        reason = schema_key_problem(key) or machine_problem(key, value, cuda, packages)
+        reason = schema_key_problem(key) or machine_problem(key, value, cuda, packages, bf16)
         if reason:
             return reason
     return None

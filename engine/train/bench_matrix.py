@@ -166,6 +166,7 @@ def release(trainer) -> None:
     """Drop what the cell's Trainer holds (modules, optimizer, accelerator, compiled graphs)."""
     parts = getattr(trainer, "parts", None)
     if parts is not None:
+        trainer.close()
         parts.accelerator.free_memory()
         if getattr(parts.cfg.memory, "torch_compile", False):
             torch._dynamo.reset()   # compiled graphs keep their module alive
@@ -202,7 +203,8 @@ def time_cell(config, store: ModelStore, book: FlopsBook, warmup: int) -> dict:
         with PeakMemory(device) as memory:
             timer = run_timed(trainer, warmup)
         figures = {"steps_per_s": timer.steps / timer.seconds, "samples_per_s": timer.samples / timer.seconds,
-                   "timed_steps": timer.steps, "skipped_optimizer_steps": timer.skipped_steps, **memory.figures()}
+                   "timed_steps": timer.steps, "skipped_optimizer_steps": timer.skipped_steps, **memory.figures(),
+                   **attention_figures(config, trainer)}
         figures.update(planner_figures(config, trainer.parts.bundle.unet, figures["peak_reserved_bytes"]))
         flops = book.flops(config, trainer.parts)
         figures["flops_per_sample"] = flops
@@ -210,6 +212,15 @@ def time_cell(config, store: ModelStore, book: FlopsBook, warmup: int) -> dict:
         return figures
     finally:
         release(trainer)
+
+
+def attention_figures(config, trainer) -> dict:
+    """The attention kernel that ran, and a note when it is not the one the cell asked for (xformers
+    that failed its start-up call): its figures are then SDPA's, never labelled xformers."""
+    asked, ran = config.memory.attention, trainer.parts.components.attention
+    note = "" if ran == asked else (f"{asked} was asked for but could not run here: {ran} ran "
+                                    "(the run's log says why)")
+    return {"attention": ran, "attention_note": note}
 
 
 def _load_average() -> float | None:
@@ -271,12 +282,13 @@ def run_matrix(plan: MatrixPlan, *, progress: Callable[[str], None] | None = Non
     """Time every cell of ``plan``; returns the report (JSON-ready). ``progress`` gets a line as each
     cell starts and ends; ``on_cell`` the report so far after each cell; ``started`` is when the
     budget's clock started (default: now)."""
-    from engine.hardware import installed_packages
+    from engine.hardware import cuda_has_bf16, installed_packages
 
     started = time.perf_counter() if started is None else started
     say = progress or (lambda _text: None)
     cells, data, _base = plan_cells(plan)
     path, cuda, packages = Path(plan.config_path), torch.cuda.is_available(), installed_packages()
+    bf16 = not cuda or cuda_has_bf16()
     store, book, longest = store or ModelStore(), FlopsBook(), 0.0
     report = {"device": device_name(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
               "run_file": str(path), "steps": plan.steps, "warmup": plan.warmup, "budget_s": plan.budget_s,
@@ -284,7 +296,7 @@ def run_matrix(plan: MatrixPlan, *, progress: Callable[[str], None] | None = Non
     interrupted = False
     for number, cell in enumerate(cells, 1):
         tag = f"[{number}/{len(cells)}] {cell.label}"
-        reason = bench_cells.cell_problem(cell, cuda, packages)
+        reason = bench_cells.cell_problem(cell, cuda, packages, bf16)
         config = None
         if reason is None:
             config, reason = bench_cells.cell_config(data, cell, file=str(path), base_dir=path.parent)

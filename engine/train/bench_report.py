@@ -34,6 +34,8 @@ def _cell_notes(cell: dict) -> list[str]:
     if cell["status"] != "ran":
         return [f"{cell['status']}: {cell['reason']}"]
     notes = []
+    if cell.get("attention_note"):
+        notes.append(cell["attention_note"])
     if cell.get("skipped_optimizer_steps"):
         notes.append(f"{cell['skipped_optimizer_steps']} of {cell['timed_steps']} timed steps skipped by the fp16 "
                      "gradient scaler")

@@ -37,6 +37,7 @@ class Components:
     noise: NoiseTables
     train_te: bool              # the text encoder trains too
     hypernetwork: Any = None    # train.mode = "hypernetwork": the only trained module
+    attention: str = "sdpa"     # the attention kernel that runs (xformers may have fallen back)
 
     @property
     def tokenizer(self):
@@ -107,7 +108,7 @@ def prepare_modules(components: Components, cfg, precision, device: torch.device
     hypernetwork mode, the hypernetwork (returned in the new Components)."""
     unet, te = components.model.unet, components.model.text_encoder
     train_te = components.train_te
-    set_attention(unet, cfg.memory.attention, device, say)
+    attention = set_attention(unet, cfg.memory.attention, device, say)
     full = cfg.train.mode == "full"
     unet.requires_grad_(full)
     unet.to(device, precision.trainable_dtype if full else precision.weight_dtype)
@@ -129,7 +130,8 @@ def prepare_modules(components: Components, cfg, precision, device: torch.device
     if not cfg.sample.prompts:
         # Cached latents need no VAE; live-encoded batches move it back when they come.
         components.model.vae.to("cpu")
-    return Components(components.model, components.prompt_encoder, components.noise, train_te, hypernetwork)
+    return Components(components.model, components.prompt_encoder, components.noise, train_te, hypernetwork,
+                      attention)
 
 
 def build_hypernetwork(cfg, unet, device: torch.device, seed, say: Say):
@@ -149,19 +151,37 @@ def build_hypernetwork(cfg, unet, device: torch.device, seed, say: Say):
     return hypernetwork
 
 
-def set_attention(unet, choice: str, device: torch.device, say: Say) -> None:
+def set_attention(unet, choice: str, device: torch.device, say: Say) -> str:
+    """Install the attention kernel ``choice`` asks for and return the one that runs: xformers
+    falls back to SDPA (with the reason said) on a CPU, or when its kernels fail a real call."""
     if choice == "xformers":
         if device.type != "cuda":
             say("xformers needs a CUDA GPU: using PyTorch SDPA attention instead", "warning")
-            return
+            return "sdpa"
         try:
+            prove_xformers(device)
             unet.enable_xformers_memory_efficient_attention()
         except Exception as exc:  # noqa: BLE001 - any import/kernel failure falls back
             say(f"xformers is not usable here ({exc}): using PyTorch SDPA attention instead", "warning")
-    elif choice == "math":
+            return "sdpa"
+        return "xformers"
+    if choice == "math":
         from diffusers.models.attention_processor import AttnProcessor
 
         unet.set_attn_processor(AttnProcessor())
+    return choice
+
+
+def prove_xformers(device: torch.device) -> None:
+    """One forward and backward pass of xformers' attention on the GPU, in the 16-bit dtype
+    training uses: an installed xformers built for another torch or CUDA imports fine and fails
+    only here (diffusers' own check runs the forward alone)."""
+    import xformers.ops
+
+    dtype = torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+    q = torch.randn(1, 64, 2, 40, device=device, dtype=dtype, requires_grad=True)
+    xformers.ops.memory_efficient_attention(q, q, q).float().sum().backward()
+    torch.cuda.synchronize(device)
 
 
 RECOMPILE_LIMIT = 64    # bucket shapes of a run (about 30 at 768 px), with and without gradients

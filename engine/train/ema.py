@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from engine.train.weight_update import pieces_of
+
 WARMUP_INV_GAMMA = 1.0
 WARMUP_POWER = 2 / 3
 
@@ -31,6 +33,11 @@ def warmup_decay(update: int, cap: float, inv_gamma: float = WARMUP_INV_GAMMA,
     return min(1 - (1 + earlier / inv_gamma) ** -power, cap)
 
 
+# Shadow tensors updated together: one foreach kernel per piece instead of one per tensor; with
+# the average in CPU memory a piece is also what is staged on the GPU at a time (about 256 MB).
+PIECE_ELEMENTS = 1 << 26
+
+
 class EMA:
     def __init__(self, named_parameters, decay: float = 0.9999, update_every: int = 1, cpu_offload: bool = False):
         named = list(named_parameters)
@@ -40,8 +47,14 @@ class EMA:
         self.params = [p for _name, p in named]
         self.decay = decay
         self.update_every = update_every
+        # Offloaded from a GPU: the average lives in pinned memory, so the copies to and from the
+        # GPU are queued like kernels instead of stopping the CPU (as diffusers' --offload_ema).
+        self.offloaded = cpu_offload and any(p.device.type == "cuda" for p in self.params)
         device = torch.device("cpu") if cpu_offload else None
         self.shadow = [p.detach().to(device=device or p.device, dtype=torch.float32, copy=True) for p in self.params]
+        if self.offloaded:
+            self.shadow = [s.pin_memory() for s in self.shadow]
+        self.pieces = pieces_of(list(zip(self.shadow, self.params)), PIECE_ELEMENTS, size=lambda pair: pair[0].numel())
 
     def decay_at(self, step: int) -> float:
         """The decay applied at global step ``step`` (an update step)."""
@@ -52,18 +65,33 @@ class EMA:
         if step % self.update_every:
             return
         weight = 1.0 - self.decay_at(step)
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach().to(s.device, torch.float32), weight)
+        for piece in self.pieces:
+            shadows = [s for s, _p in piece]
+            live = [p.detach() if p.dtype == torch.float32 else p.detach().float() for _s, p in piece]
+            if not self.offloaded:
+                torch._foreach_lerp_(shadows, live, weight)
+                continue
+            staged = [s.to(p.device, non_blocking=True) for s, p in zip(shadows, live)]
+            torch._foreach_lerp_(staged, live, weight)
+            for s, done in zip(shadows, staged):
+                s.copy_(done, non_blocking=True)
+
+    def _settled(self) -> None:
+        """Before the CPU reads an offloaded average: the queued copies back have arrived."""
+        if self.offloaded:
+            torch.cuda.synchronize()
 
     @torch.no_grad()
     def swap(self) -> None:
         """Exchange live and EMA weights (call twice to restore): samples/saves from EMA."""
+        self._settled()
         for s, p in zip(self.shadow, self.params):
             live = p.detach().clone()
             p.copy_(s.to(p.device, p.dtype))
             s.copy_(live.to(s.device, torch.float32))
 
     def state_dict(self) -> dict:
+        self._settled()
         return dict(zip(self.names, self.shadow))
 
     def load_state_dict(self, state: dict) -> str | None:

@@ -19,16 +19,17 @@ def latents_of(parts: RunParts, batch, generator: torch.Generator | None = None)
     drawn from the step's generator, so live runs resume exactly too."""
     device = parts.device
     if batch.latents is not None:
-        z = batch.latents.to(device, torch.float32)
+        z = batch.latents.to(device, non_blocking=True).float()   # pinned by the loader on a GPU
     else:
         vae = parts.components.model.vae
         if next(vae.parameters()).device != device:
             vae.to(device)
         with torch.no_grad():
-            pixels = batch.pixels.to(device, parts.precision.vae_dtype)
+            pixels = batch.pixels.to(device, non_blocking=True).to(parts.precision.vae_dtype)
             posterior = vae.encode(pixels).latent_dist
             mean, std = posterior.mean.float(), posterior.std.float()
-        xi = torch.randn(mean.shape, generator=generator) if generator is not None else torch.randn(mean.shape)
+        on = generator.device if generator is not None else mean.device
+        xi = torch.randn(mean.shape, generator=generator, device=on)
         z = mean + std * xi.to(mean.device)
     return z * parts.components.noise.latent_scale
 

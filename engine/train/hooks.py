@@ -86,5 +86,5 @@ def run_started(parts: RunParts, start_step: int) -> RunStarted:
         run_dir=str(parts.run_dir), total_steps=s.total_steps, total_epochs=s.total_epochs,
         steps_per_epoch=s.steps_per_epoch, num_images=parts.data.num_images,
         batch_size=max(batch_sizes) if batch_sizes else 1, device=str(parts.device),
-        start_step=start_step, model=parts.components.model.source,
+        start_step=start_step, model=parts.components.model.source, attention=parts.components.attention,
     )

@@ -56,29 +56,40 @@ class NoiseOptions:
 
 
 def make_noise(x0: torch.Tensor, opts: NoiseOptions, generator: torch.Generator) -> torch.Tensor:
-    """ε ~ N(0, I) with noise offset, then multi-resolution noise."""
+    """ε ~ N(0, I) with noise offset, then multi-resolution noise, drawn on the generator's device
+    (the training device: no copy, and no read back to the host)."""
     b, c, h, w = x0.shape
-    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
+    on = generator.device
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32, device=on)
     if opts.noise_offset:
-        offset = torch.tensor(opts.noise_offset, dtype=torch.float32)
+        offset = torch.tensor(opts.noise_offset, dtype=torch.float32, device=on)
         if opts.noise_offset_random_strength:
-            offset = offset * torch.rand((), generator=generator)
+            offset = offset * torch.rand((), generator=generator, device=on)
         if opts.adaptive_noise_scale is not None:
-            mean = x0.float().mean(dim=(2, 3), keepdim=True).abs().cpu()
+            mean = x0.float().mean(dim=(2, 3), keepdim=True).abs().to(on)
             offset = torch.clamp(offset + opts.adaptive_noise_scale * mean, min=0.0)
-        noise = noise + offset * torch.randn((b, c, 1, 1), generator=generator)
+        noise = noise + offset * torch.randn((b, c, 1, 1), generator=generator, device=on)
     if opts.multires_noise_iterations:
         noise = _add_multires_noise(noise, opts.multires_noise_iterations, opts.multires_noise_discount, generator)
     return noise.to(x0.device)
 
 
+def host_generator(generator: torch.Generator) -> torch.Generator:
+    """A CPU generator for draws whose value Python needs (a layer's size): the generator itself on
+    a CPU; on a GPU one seeded alike, so no draw waits for the device."""
+    if generator.device.type == "cpu":
+        return generator
+    return torch.Generator().manual_seed(generator.initial_seed())
+
+
 def _add_multires_noise(noise: torch.Tensor, iterations: int, discount: float,
                         generator: torch.Generator) -> torch.Tensor:
     b, c, h, w = noise.shape
+    host = host_generator(generator)
     for i in range(iterations):
-        r = 2.0 + 2.0 * torch.rand((), generator=generator).item()
+        r = 2.0 + 2.0 * torch.rand((), generator=host).item()
         size = (max(1, math.floor(h / r ** i)), max(1, math.floor(w / r ** i)))
-        layer = torch.randn((b, c, *size), generator=generator)
+        layer = torch.randn((b, c, *size), generator=generator, device=generator.device)
         noise = noise + discount ** i * F.interpolate(layer, size=(h, w), mode="bilinear", align_corners=False)
         if min(size) == 1:
             break
@@ -86,20 +97,21 @@ def _add_multires_noise(noise: torch.Tensor, iterations: int, discount: float,
 
 
 def sample_timesteps(batch: int, min_timestep: int, max_timestep: int, generator: torch.Generator) -> torch.Tensor:
-    """Integers uniform in [min, max); all equal ``min`` when min == max."""
+    """Integers uniform in [min, max); all equal ``min`` when min == max. On the generator's device."""
     if min_timestep == max_timestep:
-        return torch.full((batch,), min_timestep, dtype=torch.long)
-    return torch.randint(min_timestep, max_timestep, (batch,), generator=generator)
+        return torch.full((batch,), min_timestep, dtype=torch.long, device=generator.device)
+    return torch.randint(min_timestep, max_timestep, (batch,), generator=generator, device=generator.device)
 
 
 def perturb_input_noise(noise: torch.Tensor, opts: NoiseOptions, generator: torch.Generator) -> torch.Tensor:
     """Input perturbation: ε_in = ε + γ·ξ'; ε itself stays the target."""
     if not opts.ip_noise_gamma:
         return noise
+    on = generator.device
     gamma = opts.ip_noise_gamma
     if opts.ip_noise_gamma_random_strength:
-        gamma = gamma * torch.rand((), generator=generator).item()
-    return noise + gamma * torch.randn(noise.shape, generator=generator).to(noise.device)
+        gamma = gamma * torch.rand((), generator=generator, device=on)
+    return noise + (gamma * torch.randn(noise.shape, generator=generator, device=on)).to(noise.device)
 
 
 def _gather(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -188,7 +200,7 @@ def apply_mask(elements: torch.Tensor, masks: torch.Tensor | None) -> torch.Tens
     the mask's area). None leaves the elements as they are."""
     if masks is None:
         return elements
-    return elements * masks.to(elements.device, elements.dtype)
+    return elements * masks.to(elements.device, non_blocking=True).to(elements.dtype)
 
 
 def sample_losses(elements: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -8,14 +8,18 @@ from typing import Any
 
 from engine.train.components import Components
 from engine.train.ema import EMA
+from engine.registry.optimizers import entry_for
 from engine.train.lr_schedules import schedule_for
+from engine.train.lr_steps import ScheduleOnTakenSteps
 from engine.train.optimizers import build_optimizer
+from engine.train.weight_update import FUSED_ONE_PROCESS, weight_update_for
 
 
 @dataclass(frozen=True)
 class OptimizerBundle:
     optimizer: Any
-    lr_scheduler: Any
+    lr_scheduler: Any           # lr_steps.ScheduleOnTakenSteps: advances on taken steps only
+    update: Any                 # weight_update.WeightUpdate: how the optimizer's step reaches the weights
     ema: EMA | None
     trained_params: list
     lr_group_names: list[str]   # for the per-group learning rates logged
@@ -67,5 +71,10 @@ def build_bundle(cfg, components: Components, accelerator, total_steps: int) -> 
     ema = None
     if t.ema:
         ema = EMA([pair for g in groups for pair in g["named"]], t.ema_decay, t.ema_update_every, t.ema_cpu_offload)
-    return OptimizerBundle(optimizer, lr_scheduler, ema, [p for g in groups for p in g["params"]],
+    trained = [p for g in groups for p in g["params"]]
+    if cfg.memory.fused_backward_pass and accelerator.num_processes > 1:
+        raise ValueError(FUSED_ONE_PROCESS)
+    update = weight_update_for(cfg.memory, entry_for(o.type), optimizer, trained, o.max_grad_norm,
+                               accelerator.clip_grad_norm_, accelerator.scaler)
+    return OptimizerBundle(optimizer, ScheduleOnTakenSteps(lr_scheduler), update, ema, trained,
                            [g["name"] for g in groups], unet, text_encoder)

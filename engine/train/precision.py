@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.hardware import cuda_has_bf16
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -38,10 +40,10 @@ def decide_precision(memory, device: torch.device) -> Precision:
         # accelerate silently ignores fp16 on a CPU; bf16 autocast is what a CPU can do.
         mixed = "bf16"
         notes.append("mixed_precision fp16 is not available on a CPU: using bf16 instead")
-    if device.type == "cuda" and mixed == "bf16" and not torch.cuda.is_bf16_supported():
-        raise RuntimeError(
-            "mixed_precision = \"bf16\" but this GPU has no bf16 support: use \"fp16\" (with gradient scaling)"
-        )
+    full_bf16 = memory.full_bf16
+    if device.type == "cuda" and mixed == "bf16" and not cuda_has_bf16(device):
+        mixed, full_bf16, why = _without_bf16(memory)
+        notes.append(why)
     if memory.full_fp16:
         raise RuntimeError(
             "memory.full_fp16 is not supported: fp16 master weights need a patched gradient scaler "
@@ -50,12 +52,29 @@ def decide_precision(memory, device: torch.device) -> Precision:
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed]
     if device.type == "cpu":
         weight_dtype = torch.float32 if mixed == "no" else torch.bfloat16
-    trainable = torch.bfloat16 if memory.full_bf16 else torch.float32
+    trainable = torch.bfloat16 if full_bf16 else torch.float32
     vae_dtype = DTYPES[memory.vae_dtype]
     if device.type == "cpu" and vae_dtype == torch.float16:
         vae_dtype = torch.float32
         notes.append("vae_dtype fp16 is not available on a CPU: encoding in fp32")
+    if device.type == "cuda" and vae_dtype == torch.bfloat16 and not cuda_has_bf16(device):
+        vae_dtype = torch.float32
+        notes.append("vae_dtype bf16 needs a GPU with bf16 (compute capability 8.0 or newer): encoding in fp32")
     return Precision(device, mixed, weight_dtype, trainable, vae_dtype, tuple(notes))
+
+
+def _without_bf16(memory) -> tuple[str, bool, str]:
+    """What a GPU without bf16 runs instead of bf16: fp16 with gradient scaling, fp32 weights (full
+    precision with a fused backward pass, which fp16's scaler cannot follow), and the note saying so."""
+    from engine.hardware import BF16_WORDS
+
+    mixed = "no" if memory.fused_backward_pass else "fp16"
+    why = f"mixed_precision bf16 needs {BF16_WORDS}; this one would only emulate it, many times slower: "
+    why += ("training in fp32 (the fused backward pass cannot run under fp16's gradient scaler)"
+            if mixed == "no" else "using fp16 with gradient scaling instead")
+    if memory.full_bf16:
+        why += "; full_bf16 is off, so the weights are fp32 (more memory: sdft plan says how much)"
+    return mixed, False, why
 
 
 def start_accelerator(cfg, say):

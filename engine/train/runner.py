@@ -156,6 +156,7 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
         elif isinstance(exc, atomic.WriteFailed):
             result.message += f"; {_what_was_kept(trainer, config)}"
         _append_to_log(log_path, traceback.format_exc())
+    trainer.close()
     result.model_path = trainer.last_model_path
     result.state_path = trainer.last_state_path
     result.global_step = trainer.global_step

@@ -119,7 +119,7 @@ class Sampler:
                 num_inference_steps=prompt.steps or cfg.sample.steps,
                 guidance_scale=prompt.scale, generator=generator, output_type="latent",
             ).images
-            image = _decode(model.vae, pipe.image_processor, latents)
+        image = _decode(model.vae, pipe.image_processor, latents)   # outside autocast: in memory.vae_dtype
         path = self.folder / f"{cfg.train.output_name}_s{ctx.step:08d}_{index:02d}.png"
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG")

@@ -141,7 +141,7 @@ def load_state(folder: Path, *, trainables: dict, optimizer, scheduler, scaler=N
                 module[key].data.copy_(value)
         else:
             module.load_state_dict(tensors)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
+    load_optimizer_state(optimizer, torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     if scaler is not None and (folder / "scaler.pt").exists():
         scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
@@ -152,6 +152,24 @@ def load_state(folder: Path, *, trainables: dict, optimizer, scheduler, scaler=N
     rng_tensors = torch.load(folder / "rng.pt", weights_only=True)
     _restore_rng(json.loads((folder / "rng.json").read_text()), rng_tensors)
     return read_counters(folder)
+
+
+def load_optimizer_state(optimizer, saved: dict) -> None:
+    """``optimizer.load_state_dict``, keeping each state tensor in the dtype it was saved in: torch
+    casts floating states to their parameter's dtype, but bf16 weights keep fp32 states (they are
+    stepped on fp32 copies, engine/train/weight_update.py) and a bf16 copy would not resume exactly."""
+    optimizer.load_state_dict(saved)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    params = [p for group in inner.param_groups for p in group["params"]]
+    for index, state in saved.get("state", {}).items():
+        live = inner.state.get(params[index]) if isinstance(index, int) and index < len(params) else None
+        if not live:
+            continue
+        for key, value in state.items():
+            current = live.get(key)
+            if (torch.is_tensor(value) and torch.is_tensor(current) and value.is_floating_point()
+                    and current.dtype != value.dtype):
+                live[key] = value.to(device=current.device, dtype=value.dtype)
 
 
 def find_latest_state(state_root: Path, skipped: list[str] | None = None) -> Path | None:

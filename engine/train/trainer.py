@@ -47,6 +47,7 @@ from engine.train.resume import parts_math_hash, restore
 from engine.train.schedule import process_share, resolve_schedule
 from engine.train.validation import ValidationHook
 from engine.train.seeds import resolve_seed
+from engine.train.transfer import pin_batch
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
@@ -208,37 +209,47 @@ class Trainer:
                    for i, ref in enumerate(group)]
         for batch in batches:   # tokenized here too, so the training thread only encodes
             batch.tokens = p.components.prompt_encoder.tokenize(batch.captions)
+            if p.device.type == "cuda":
+                pin_batch(batch)    # so the training thread's copies do not wait (transfer.py)
         return batches
 
     def train_step(self, batches: list) -> None:
         """One optimizer step over loaded micro-batches (gradient accumulation)."""
         accelerator, b = self.parts.accelerator, self.parts.bundle
-        accum, o = self.cfg.train.gradient_accumulation_steps, self.cfg.optimizer
+        accum = self.cfg.train.gradient_accumulation_steps
+        b.update.begin(self.global_step, self.seed)
+        # A fused backward pass changes the weights during backward (weight_update.py).
+        self.consistent = not b.update.steps_in_backward
         for micro, batch in enumerate(batches):
-            generator = torch.Generator().manual_seed(
-                step_seed(self.seed, self.global_step, micro, accelerator.process_index))
             sync = nullcontext() if micro == len(batches) - 1 else accelerator.no_sync(b.unet)
             with sync:
-                loss = self.compute_loss(batch, generator)
+                loss = self.compute_loss(batch, self.step_generator(micro))
                 accelerator.backward(loss / accum)
             self.meter.add_micro(loss.detach(), len(batch.captions))
         if self.parts.components.hypernetwork is not None and accelerator.num_processes > 1:
             for param in b.trained_params:   # no DDP wrapper in hypernetwork mode: average by hand
                 if param.grad is not None:
                     param.grad = accelerator.reduce(param.grad, reduction="mean")
-        grad_norm = accelerator.clip_grad_norm_(b.trained_params, o.max_grad_norm) if o.max_grad_norm > 0 else None
+        b.lr_scheduler.settle()   # earlier fp16 steps' skip flags, before this step uses the rate
         # From here to the end of the step the weights, optimizer and counters change together:
         # a failure inside leaves no consistent state to save (see save_after_failure).
         self.consistent = False
-        b.optimizer.step()
-        b.lr_scheduler.step()
+        outcome = b.update.finish()
+        b.lr_scheduler.step_after(outcome)
         b.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
-        self.meter.end_step(grad_norm)
+        self.meter.end_step(outcome.grad_norm)
         if b.ema is not None:
             b.ema.update(self.global_step)
         self._maybe_stop_text_encoder()
         self.consistent = True
+
+    def step_generator(self, micro: int) -> torch.Generator:
+        """The micro-batch's generator, on the training device: noise and timesteps are drawn
+        where they are used (no copy, no wait), from a seed that is a pure function of the step."""
+        p = self.parts
+        seed = step_seed(self.seed, self.global_step, micro, p.accelerator.process_index)
+        return torch.Generator(device=p.device).manual_seed(seed)
 
     def compute_loss(self, batch, generator: torch.Generator) -> torch.Tensor:
         return forward.compute_loss(self.parts, batch, generator)
@@ -272,6 +283,12 @@ class Trainer:
             return self.checkpointer.write_state(self.context(), stopped=True)
         except Exception:  # noqa: BLE001 - the original failure is what the user must see
             return None
+
+    def close(self) -> None:
+        """Take out what the run installed on the model (the fused backward pass's hooks), so the
+        modules can be reused (sdft bench runs many cells on one model)."""
+        if self.parts is not None:
+            self.parts.bundle.update.close()
 
     def finish_stopped(self) -> None:
         self.parts.accelerator.wait_for_everyone()

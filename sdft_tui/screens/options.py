@@ -31,6 +31,7 @@ FIELDS = (
     ("train.gradient_accumulation_steps", "Grad accumulation", "int", None),
     ("memory.mixed_precision", "Mixed precision", "select", None),
     ("memory.full_bf16", "Weights in bf16", "bool", None),
+    ("memory.fused_backward_pass", "Fused backward", "bool", None),
     ("memory.gradient_checkpointing", "Grad checkpointing", "bool", None),
     ("memory.attention", "Attention", "select", None),
     ("model.clip_skip", "CLIP skip", "int", None),
