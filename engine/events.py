@@ -9,6 +9,7 @@ never stops training.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -177,6 +178,18 @@ class EventSink(Protocol):
     def emit(self, event: Event) -> None: ...
 
 
+def strict_json(value):
+    """``value`` with every NaN or infinite float as None, so strict JSON readers take each line
+    (a diverged run's last losses are such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 class JsonlSink:
     """Appends one JSON object per event to ``events.jsonl`` and flushes, so
     ``sdft watch`` and ``tail -f`` see each event at once.
@@ -199,7 +212,7 @@ class JsonlSink:
         return open(self.path, "a", encoding="utf-8")
 
     def emit(self, event: Event) -> None:
-        line = json.dumps(event.to_dict(), ensure_ascii=False)
+        line = json.dumps(strict_json(event.to_dict()), ensure_ascii=False, allow_nan=False)
         callback = None
         with self._lock:
             if self.on_gone is not None and os.fstat(self._file.fileno()).st_nlink == 0:

@@ -71,6 +71,7 @@ def _say_what_the_optimizer_does(o, problems: ProblemList, device_type: str, opt
     entry = find(o.type)
     if entry is None:
         return
+    _check_usual_learning_rate(o, problems, entry, optimizer)
     if entry.adaptive_lr and o.learning_rate <= 0.1:
         problems.warn("optimizer.learning_rate", f"{entry.name} finds its own step size and multiplies it by "
                       f"learning_rate = {o.learning_rate:g}, which makes it tiny",
@@ -83,3 +84,23 @@ def _say_what_the_optimizer_does(o, problems: ProblemList, device_type: str, opt
         problems.add("optimizer.lr_scheduler", "Adafactor with relative_step picks its own step size: the "
                      "adafactor schedule reports it (kohya switches to it the same way)",
                      'write optimizer.lr_scheduler = "adafactor" to say so', "note")
+
+
+def _check_usual_learning_rate(o, problems: ProblemList, entry, optimizer) -> None:
+    """A learning rate outside the optimizer's usual range (engine/registry/optimizers.py): above it
+    a run diverges, below it nothing is learned (an adaptive optimizer's low end is said above)."""
+    from engine.train.optimizers import uses_relative_step
+
+    if entry.lr_range is None or uses_relative_step(optimizer):
+        return
+    low, high = entry.lr_range
+    for key, lr in (("optimizer.learning_rate", o.learning_rate), ("optimizer.learning_rate_te", o.learning_rate_te)):
+        if lr is None:
+            continue
+        if lr > high:
+            problems.warn(key, f"{lr:g} is above {entry.name}'s usual range ({low:g} to {high:g}): the run is "
+                          "likely to diverge (sdft stops it at the first NaN)", f"SD fine-tunes use 1e-6 to 2e-5 "
+                          f"with Adam-type optimizers; try {min(high, 1e-5) if not entry.adaptive_lr else 1.0:g}")
+        elif lr < low and not entry.adaptive_lr:
+            problems.warn(key, f"{lr:g} is below {entry.name}'s usual range ({low:g} to {high:g}): the weights "
+                          "will barely change", "SD fine-tunes use 1e-6 to 2e-5 with Adam-type optimizers")

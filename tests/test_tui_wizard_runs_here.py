@@ -116,3 +116,31 @@ def test_with_cuda_and_bitsandbytes_the_presets_stay_as_written(tmp_path):
     state.hardware = HardwareInfo(gpus=[GpuInfo(0, "GPU", 12 * 2**30)], packages=frozenset({"bitsandbytes"}))
     assert state.apply_preset(12) == []
     assert state.get("optimizer.type") == "AdamW8bit" and state.get("memory.mixed_precision") == "fp16"
+
+
+T4 = HardwareInfo(gpus=[GpuInfo(0, "Tesla T4", 15 * 2**30, (7, 5))], source="test", packages=frozenset({"bitsandbytes"}))
+RTX3060 = HardwareInfo(gpus=[GpuInfo(0, "NVIDIA GeForce RTX 3060", 12 * 2**30, (8, 6))], source="test",
+                       packages=frozenset({"bitsandbytes"}))
+
+
+def test_presets_pick_bf16_only_on_a_gpu_that_has_it():
+    for hw, has_bf16 in ((T4, False), (RTX3060, True)):
+        state = WizardSession()
+        state.hardware = hw
+        for size in sorted(PRESETS):
+            notes = state.apply_preset(size)
+            assert state.cannot_run_here() == [], (hw.best_gpu.name, size)
+            uses_bf16 = state.get("memory.mixed_precision") == "bf16" or state.get("memory.full_bf16")
+            assert uses_bf16 == (has_bf16 and PRESETS[size]["memory.mixed_precision"] == "bf16"), size
+            if not has_bf16 and PRESETS[size]["memory.mixed_precision"] == "bf16":
+                assert any("compute capability 8.0" in note for note in notes)
+        state.apply_preset(8)
+        assert state.get("memory.fused_backward_pass") is True
+        assert state.get("memory.mixed_precision") == ("bf16" if has_bf16 else "no")
+
+
+def test_a_bf16_choice_on_an_older_gpu_says_what_it_needs():
+    state = WizardSession()
+    state.hardware = T4
+    state.set("memory.mixed_precision", "bf16")
+    assert any("compute capability 8.0" in reason for reason in state.cannot_run_here())

@@ -18,6 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# Usual learning rates for a full fine-tune of SD (kohya's docs and the peers' presets: 1e-6 to 2e-5
+# for Adam-type optimizers, LoRA-level rates up to 1e-4), with room on both sides: outside it a run
+# learns nothing or diverges. Lion takes 3-10x less than Adam; adaptive optimizers take a multiplier.
+ADAM_LR = (1e-7, 1e-3)
+LION_LR = (1e-8, 3e-4)
+SGD_LR = (1e-6, 1.0)
+ADAPTIVE_LR = (0.1, 10.0)
+
+
 @dataclass(frozen=True)
 class OptimizerEntry:
     name: str
@@ -37,6 +46,7 @@ class OptimizerEntry:
     adaptive_lr: bool = False           # finds its own step size: learning_rate is a multiplier near 1.0
     aliases: tuple[str, ...] = ()       # other names kohya accepts for it
     instead: str | None = None          # the nearest in memory that runs on any machine (the planner's pick)
+    lr_range: tuple[float, float] | None = ADAM_LR   # usual learning rates (--check warns outside; None: no rule)
     doc: str = ""
 
     @property
@@ -46,7 +56,8 @@ class OptimizerEntry:
 
 _T = "engine.train.optimizers:"
 BNB = dict(package="bitsandbytes", pip="bitsandbytes", cuda=True, per_parameter=True)
-DADAPT = dict(package="dadaptation", pip="dadaptation", adaptive_lr=True, states_in_param_dtype=True)
+DADAPT = dict(package="dadaptation", pip="dadaptation", adaptive_lr=True, states_in_param_dtype=True,
+              lr_range=ADAPTIVE_LR)
 SCHEDULEFREE = dict(package="schedulefree", pip="schedulefree", schedule_free=True, states_in_param_dtype=True)
 
 # kohya's --optimizer_type list, in the order of its help text. State bytes: measured (the tests
@@ -64,14 +75,18 @@ OPTIMIZERS: tuple[OptimizerEntry, ...] = (
     OptimizerEntry("PagedAdamW32bit", _T + "with_class", "bitsandbytes.optim.PagedAdamW32bit", paged=True, instead="AdamW", **BNB,
                    doc="32-bit paged AdamW (bitsandbytes)"),
     OptimizerEntry("Lion", _T + "with_class", "lion_pytorch.Lion", package="lion_pytorch", pip="lion-pytorch",
-                   state_bytes=4.0, states_in_param_dtype=True, per_parameter=True, doc="Lion (lion-pytorch, as kohya)"),
-    OptimizerEntry("Lion8bit", _T + "with_class", "bitsandbytes.optim.Lion8bit", state_bytes=1.006, instead="Lion", **BNB,
+                   state_bytes=4.0, states_in_param_dtype=True, per_parameter=True, lr_range=LION_LR,
+                   doc="Lion (lion-pytorch, as kohya)"),
+    OptimizerEntry("Lion8bit", _T + "with_class", "bitsandbytes.optim.Lion8bit", state_bytes=1.006, instead="Lion",
+                   lr_range=LION_LR, **BNB,
                    doc="8-bit Lion (bitsandbytes)"),
     OptimizerEntry("PagedLion8bit", _T + "with_class", "bitsandbytes.optim.PagedLion8bit", state_bytes=1.006, instead="Lion",
-                   paged=True, **BNB, doc="8-bit paged Lion (bitsandbytes)"),
+                   paged=True, lr_range=LION_LR, **BNB, doc="8-bit paged Lion (bitsandbytes)"),
     OptimizerEntry("SGDNesterov", _T + "nesterov", "torch.optim.SGD", state_bytes=4.0, foreach=True,
-                   states_in_param_dtype=True, per_parameter=True, doc="SGD with Nesterov momentum (0.9 unless given)"),
-    OptimizerEntry("SGDNesterov8bit", _T + "nesterov", "bitsandbytes.optim.SGD8bit", state_bytes=1.006, instead="SGDNesterov", **BNB,
+                   states_in_param_dtype=True, per_parameter=True, lr_range=SGD_LR,
+                   doc="SGD with Nesterov momentum (0.9 unless given)"),
+    OptimizerEntry("SGDNesterov8bit", _T + "nesterov", "bitsandbytes.optim.SGD8bit", state_bytes=1.006, instead="SGDNesterov",
+                   lr_range=SGD_LR, **BNB,
                    doc="8-bit SGD with Nesterov momentum (bitsandbytes)"),
     OptimizerEntry("DAdaptation", _T + "with_class", "dadaptation.experimental.DAdaptAdamPreprint",
                    state_bytes=12.0, aliases=("DAdaptAdamPreprint",), **DADAPT,
@@ -84,7 +99,7 @@ OPTIMIZERS: tuple[OptimizerEntry, ...] = (
     OptimizerEntry("DAdaptLion", _T + "with_class", "dadaptation.DAdaptLion", state_bytes=8.0, **DADAPT),
     OptimizerEntry("DAdaptSGD", _T + "with_class", "dadaptation.DAdaptSGD", state_bytes=12.0, **DADAPT),
     OptimizerEntry("Prodigy", _T + "with_class", "prodigyopt.Prodigy", package="prodigyopt", pip="prodigyopt",
-                   state_bytes=16.0, adaptive_lr=True, states_in_param_dtype=True,
+                   state_bytes=16.0, adaptive_lr=True, states_in_param_dtype=True, lr_range=ADAPTIVE_LR,
                    doc="Prodigy (prodigyopt): adapts its step size"),
     OptimizerEntry("Adafactor", _T + "adafactor", "transformers.optimization.Adafactor", state_bytes=None,
                    per_parameter=True, doc="transformers' Adafactor; relative_step = true pairs it with the adafactor schedule"),
@@ -93,7 +108,7 @@ OPTIMIZERS: tuple[OptimizerEntry, ...] = (
     OptimizerEntry("AdamWScheduleFree", _T + "with_class", "schedulefree.AdamWScheduleFree", foreach=True,
                    **SCHEDULEFREE),
     OptimizerEntry("SGDScheduleFree", _T + "with_class", "schedulefree.SGDScheduleFree", state_bytes=4.0,
-                   **SCHEDULEFREE),
+                   lr_range=SGD_LR, **SCHEDULEFREE),
 )
 
 NAMES: tuple[str, ...] = tuple(e.name for e in OPTIMIZERS)

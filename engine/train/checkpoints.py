@@ -16,6 +16,7 @@ from pathlib import Path
 from engine import __version__
 from engine.events import ModelSaved
 from engine.train.context import RunParts, StepContext, StepHook
+from engine.train.divergence import checked
 from engine.train.optimizers import with_evaluation_weights
 from engine.train.schedule import epochs_between_saves
 from engine.train.state import save_state
@@ -61,6 +62,7 @@ class Checkpointer(StepHook):
             return f"{name}-step{ctx.step:08d}{ext}"
         return f"{name}{ext}"
 
+    @checked    # never a model with NaN weights (engine/train/divergence.py)
     @with_evaluation_weights
     def save_model(self, ctx: StepContext, kind: str) -> str | None:
         p = self.parts
@@ -99,6 +101,7 @@ class Checkpointer(StepHook):
     def _scheduler_overrides(self) -> dict | None:
         return {"rescale_betas_zero_snr": True} if self.cfg.train.zero_terminal_snr else None
 
+    @checked
     @with_evaluation_weights   # a schedule-free state holds its eval weights; resume turns train() back on
     def write_state(self, ctx: StepContext, stopped: bool = False) -> str | None:
         """A resumable state of this step (main process only); rotates older ones."""

@@ -63,6 +63,7 @@ class RunParts:
     bundle: OptimizerBundle
     data: Any                   # engine.data.pipeline.TrainingData
     schedule: Schedule
+    watch: Any = None           # engine.train.divergence.DivergenceWatch (None in bench's bare loops)
 
     @property
     def device(self):

@@ -19,6 +19,7 @@ class ScheduleOnTakenSteps:
         self.scheduler = scheduler
         self.pending: list = []     # device flags, True where that step was skipped
         self.skipped = 0            # steps the scaler skipped, among those settled
+        self.skipped_in_a_row = 0   # the latest settled steps that were all skipped (divergence.py)
 
     def step_after(self, outcome) -> None:
         """After an optimizer step: advance, or note its skip flag to settle later."""
@@ -33,11 +34,13 @@ class ScheduleOnTakenSteps:
         for skipped in pending:
             if skipped is None or not bool(skipped):
                 self.scheduler.step()
+                self.skipped_in_a_row = 0
             else:
                 self.skipped += 1
+                self.skipped_in_a_row += 1
 
     def __getattr__(self, name: str):
-        if name in ("scheduler", "pending", "skipped"):     # not set yet (copying, unpickling)
+        if name in ("scheduler", "pending", "skipped", "skipped_in_a_row"):     # not set yet (copying, unpickling)
             raise AttributeError(name)
         self.settle()
         return getattr(self.scheduler, name)

@@ -103,6 +103,7 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
     """The run itself, with the folder held: events, the resolved config, the Trainer."""
     import torch
 
+    from engine.train.divergence import Diverged
     from engine.train.trainer import StopTraining, Trainer
 
     log_path = Path(log_path) if log_path else run_dir / "sdft.log"
@@ -145,6 +146,9 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
         result.status, result.message = RunStatus.STOPPED, f"{control.stop_reason} before training started"
     except KeyboardInterrupt:
         result.status, result.message = RunStatus.STOPPED, "interrupted"
+    except Diverged as exc:   # nothing is written after it: the weights are not finite
+        result.message = f"{exc} {_after_divergence(run_dir, config, config_path, exc.first_step)}"
+        _append_to_log(log_path, traceback.format_exc())
     except Exception as exc:  # noqa: BLE001 - every failure becomes a clear result
         result.out_of_memory = isinstance(exc, torch.cuda.OutOfMemoryError)
         result.message = _describe(exc, result.out_of_memory)
@@ -209,6 +213,25 @@ def _what_was_kept(trainer, config) -> str:
     if trainer.global_step == 0 and config.cache.latents == "disk":
         return "kept: the latents cached so far; the next run reuses them"
     return "no resumable state had been written, so the run starts over after you free some space"
+
+
+def _after_divergence(run_dir: Path, config, config_path: Path, first_bad: int | None) -> str:
+    """Where a diverged run can go on from: its newest state before the first bad step."""
+    from engine.train.state import read_counters
+
+    good = []
+    for folder in (run_dir / "state").glob("*-state"):
+        try:
+            step = read_counters(folder).global_step
+        except (OSError, ValueError, TypeError):
+            continue
+        if first_bad is None or step < first_bad:
+            good.append((step, folder))
+    if not good:
+        return "No state from before it exists: lower optimizer.learning_rate and start again."
+    step, folder = max(good)
+    return (f"The last good state is step {step}: lower optimizer.learning_rate, then "
+            f"sdft train {config_path} --resume {folder} --allow-changed")
 
 
 def _append_to_log(log_path: Path, text: str) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from engine.atomic import atomic_path
 from engine.events import SampleGridSaved, SampleSaved
+from engine.train.divergence import checked
 from engine.train.optimizers import with_evaluation_weights
 from engine.train.prompts import load_prompts
 
@@ -54,6 +55,7 @@ class Sampler:
                                     default_size=parts.components.default_side)
         self.folder = parts.run_dir / "samples"
 
+    @checked
     @with_evaluation_weights
     def sample(self, ctx) -> list[str]:
         """Every prompt's image at this step (main process only); RNG states are preserved."""

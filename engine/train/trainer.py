@@ -30,6 +30,7 @@ from engine.train.components import (
     prepare_modules,
     trains_text_encoder,
 )
+from engine.train.divergence import DivergenceWatch
 from engine.train.context import (
     RunParts,
     StepContext,
@@ -98,8 +99,9 @@ class Trainer:
         cache_latents(data, model.vae, accelerator, precision, self._latents_progress)
         components = prepare_modules(components, cfg, precision, accelerator.device, self.seed, self.say)
         bundle = build_bundle(cfg, components, accelerator, schedule.total_steps)
+        watch = DivergenceWatch(cfg, precision.mixed_precision, bundle, accelerator.device, accelerator.scaler)
         self.parts = RunParts(cfg, self.config_text, self.run_dir, self.sink, accelerator, precision,
-                              components, bundle, data, schedule)
+                              components, bundle, data, schedule, watch)
         self.checkpointer = Checkpointer(self.parts)
         if self.resume:
             counters = restore(self.parts, self.resume, self.seed, self.allow_changed)
@@ -220,12 +222,14 @@ class Trainer:
         b.update.begin(self.global_step, self.seed)
         # A fused backward pass changes the weights during backward (weight_update.py).
         self.consistent = not b.update.steps_in_backward
+        step_loss = 0.0
         for micro, batch in enumerate(batches):
             sync = nullcontext() if micro == len(batches) - 1 else accelerator.no_sync(b.unet)
             with sync:
                 loss = self.compute_loss(batch, self.step_generator(micro))
                 accelerator.backward(loss / accum)
             self.meter.add_micro(loss.detach(), len(batch.captions))
+            step_loss = step_loss + loss.detach()
         if self.parts.components.hypernetwork is not None and accelerator.num_processes > 1:
             for param in b.trained_params:   # no DDP wrapper in hypernetwork mode: average by hand
                 if param.grad is not None:
@@ -238,6 +242,7 @@ class Trainer:
         b.lr_scheduler.step_after(outcome)
         b.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
+        self.parts.watch.note(self.global_step, step_loss, outcome.grad_norm)   # read at the next check
         self.meter.end_step(outcome.grad_norm)
         if b.ema is not None:
             b.ema.update(self.global_step)
@@ -266,6 +271,7 @@ class Trainer:
         every, total = self.cfg.logging.every_n_steps, self.parts.schedule.total_steps
         if not (self.global_step % every == 0 or self.global_step == total):
             return None
+        self.parts.watch.check(self.global_step)   # a diverged run stops before it logs NaN figures
         figures, self.loss_avg = interval_figures(self.meter, self.parts.accelerator, self.loss_avg)
         return figures
 

@@ -25,6 +25,7 @@ from engine.events import ValidationMetrics
 from engine.train import forward
 from engine.train import objective as obj
 from engine.train.context import RunParts, StepContext, StepHook
+from engine.train.divergence import checked
 
 NUM_VALIDATION_TIMESTEPS = 4   # kohya's NUM_VALIDATION_TIMESTEPS
 
@@ -114,6 +115,7 @@ class ValidationHook(StepHook):
         if self.active and (ctx.epoch % every == 0 if every else True):
             self.validate(ctx)
 
+    @checked
     def validate(self, ctx: StepContext) -> None:
         if self.last_step == ctx.step:
             return
