@@ -42,11 +42,15 @@ class Counters:
 
 
 def rng_states() -> dict:
+    """The global generators' states. sdft's own randomness comes from generators seeded per step
+    and per sample, so these matter only to code that draws from the global generators (an
+    optimizer class a run names, ``module.Class``): a resume then continues their stream too. The
+    CUDA state is the current device's alone, so a state resumes on any number of GPUs."""
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
     }
 
 
@@ -64,7 +68,8 @@ def _restore_rng(meta: dict, tensors: dict) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(tensors["torch"])
     if torch.cuda.is_available() and tensors.get("cuda"):
-        torch.cuda.set_rng_state_all(tensors["cuda"])
+        # the first saved state (older sdft saved one per visible GPU) onto this process's device
+        torch.cuda.set_rng_state(tensors["cuda"][0])
 
 
 def save_state(folder: Path, *, trainables: dict[str, torch.nn.Module | dict], optimizer, scheduler,

@@ -47,7 +47,7 @@ from engine.prefetch import Prefetcher
 from engine.train.resume import parts_math_hash, restore
 from engine.train.schedule import process_share, resolve_schedule
 from engine.train.validation import ValidationHook
-from engine.train.seeds import resolve_seed
+from engine.train.seeds import resolve_seed, seed_global_generators
 from engine.train.transfer import pin_batch
 
 
@@ -87,6 +87,8 @@ class Trainer:
 
         cfg = self.cfg
         self.say.bind()   # setup and the loop run on the training thread
+        if self.seed is not None:
+            seed_global_generators(self.seed)
         accelerator, precision = start_accelerator(cfg, self.say)
         self._phase(Phase.LOADING_MODEL, 0, 1)
         model, noise = self.load_base(accelerator.device)
