@@ -36,16 +36,22 @@ def job(tmp_path):
 
 
 def _prepare(cache_dir, job, vae, dtype=torch.float32, store="float32"):
+    """Prepare one job; a changed job must get a new key, so it is encoded quietly: an old entry
+    found under the same key and rejected (wrong shape, no flipped half) is logged as damaged."""
     cache = LatentCache(cache_dir, mode="disk", store_dtype=store)
     vae = copy.deepcopy(vae)     # encoding casts the VAE to the encode dtype in place
-    return cache.prepare([job], vae, torch.device("cpu"), dtype, log=lambda _text: None, workers=1)
+    said: list[str] = []
+    result = cache.prepare([job], vae, torch.device("cpu"), dtype, log=said.append, workers=1)
+    assert not [line for line in said if "damaged" in line], said
+    return result
 
 
 CHANGES = {
     "crop": dict(offset=(0, 0)),
     "flip": dict(flip=True),
     "interpolation": dict(interpolation="lanczos"),
-    "resolution": dict(bucket=(128, 64), resized=(128, 85), offset=(0, 10)),
+    # another bucket and resize, the same crop offset: only the geometry fields tell them apart
+    "resolution": dict(bucket=(128, 96), resized=(144, 96)),
     "exif": dict(exif_transpose=False),
 }
 
