@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train from a run TOML (headless; --tui for the dashboard)")
     train.add_argument("config", help="run TOML file")
     train.add_argument("--check", action="store_true", help="validate the file and exit (2 if it has errors)")
-    train.add_argument("--resume", metavar="STATE", help='continue from a state folder, or "latest"')
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", metavar="STATE", help='continue from a state folder, or "latest"')
+    start.add_argument("--restart", action="store_true",
+                       help="start over in a run folder that holds an earlier run (kept in its earlier/ folder)")
     train.add_argument("--allow-changed", action="store_true", help="resume even if training options or data changed")
     train.add_argument("--tui", action="store_true", help="show the live dashboard")
     train.add_argument("--detached", action="store_true", help="keep running when the terminal goes away (SIGHUP)")
@@ -168,19 +171,19 @@ def train_in_dashboard(args) -> int:
     except ImportError as exc:
         return _tui_missing("the dashboard", exc, f"train headless with `sdft train {args.config}`")
     return run_dashboard(Path(args.config), detached=args.detached, resume=args.resume,
-                         allow_changed=args.allow_changed)
+                         allow_changed=args.allow_changed, restart=args.restart)
 
 
 # ------------------------------------------------------------------ train
 
 
-def check_config(path: str, resume: str | None = None) -> int:
+def check_config(path: str, resume: str | None = None, restart: bool = False) -> int:
     """`sdft train --check`: every problem training would hit before its first step, at once
     (the schema, then engine.preflight); exit 2 when any is an error."""
     from engine.console import make_console, styled
     from engine.preflight import check_run_file
 
-    config, problems = check_run_file(path, resume=resume)
+    config, problems = check_run_file(path, resume=resume, restart=restart)
     print_problems(problems)
     errors = sum(p.severity == "error" for p in problems)
     if errors:
@@ -232,15 +235,15 @@ class StopOnSignal:
 
 def cmd_train(args) -> int:
     if args.check:
-        return check_config(args.config, resume=args.resume)
+        return check_config(args.config, resume=args.resume, restart=args.restart)
     if args.tui:
         return train_in_dashboard(args)
     return train_headless(args.config, resume=args.resume, allow_changed=args.allow_changed,
-                          detached=args.detached)
+                          detached=args.detached, restart=args.restart)
 
 
 def train_headless(config: str | Path, *, resume: str | None = None, allow_changed: bool = False,
-                   detached: bool = False) -> int:
+                   detached: bool = False, restart: bool = False) -> int:
     from engine.config.problems import ConfigError
     from engine.console import ConsoleSink, make_console, styled
     from engine.control import RunControl
@@ -261,7 +264,8 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
     sink = ConsoleSink(console)
     try:
         with StopOnSignal(control, console, detached=detached):
-            result = run_training(config, sink=sink, control=control, resume=resume, allow_changed=allow_changed)
+            result = run_training(config, sink=sink, control=control, resume=resume, allow_changed=allow_changed,
+                                  restart=restart)
     except ConfigError as exc:
         print_problems(exc.problems)
         return ExitCode.USAGE
@@ -298,7 +302,7 @@ def cmd_demo(args) -> int:
     console.print(f"preparing the demo in {args.dir} (generated images + a tiny random model)...")
     toml_path = prepare_demo(args.dir, steps=args.steps, force=args.force)
     console.print(f"run TOML: {toml_path}")
-    code = train_headless(toml_path)
+    code = train_headless(toml_path, restart=True)   # a second demo starts over; the first is kept (earlier/)
     if code == ExitCode.OK:
         checkpoint = Path(args.dir) / "runs" / "demo" / "checkpoints" / "demo.safetensors"
         console.print(styled(("demo finished.", "bold"), f" Fine-tuned model: {checkpoint}"))

@@ -26,7 +26,8 @@ from engine.registry.optimizers import needs_package
 XFORMERS = ("xformers", "pip install xformers")
 
 
-def check_run_file(path: str | Path, *, resume: str | None = None) -> tuple[RunConfig | None, list[Problem]]:
+def check_run_file(path: str | Path, *, resume: str | None = None,
+                   restart: bool | None = False) -> tuple[RunConfig | None, list[Problem]]:
     """Every problem of a run file at once: the schema's, then (on what the schema accepted)
     the preflight's. The config is None when the file has schema errors or cannot be parsed."""
     from engine.config.toml_text import read_config_text
@@ -35,11 +36,13 @@ def check_run_file(path: str | Path, *, resume: str | None = None) -> tuple[RunC
         text, notes = read_config_text(path)
     except ConfigError as exc:
         return None, list(exc.problems)
-    return check_run_text(text, file=str(path), base_dir=Path(path).parent, resume=resume, notes=notes)
+    return check_run_text(text, file=str(path), base_dir=Path(path).parent, resume=resume, restart=restart,
+                          notes=notes)
 
 
 def check_run_text(text: str, *, file: str, base_dir: str | Path, resume: str | None = None,
-                   skip_data: bool = False, notes=()) -> tuple[RunConfig | None, list[Problem]]:
+                   restart: bool | None = False, skip_data: bool = False,
+                   notes=()) -> tuple[RunConfig | None, list[Problem]]:
     """:func:`check_run_file` for a run TOML not written yet (the wizard's Review step);
     ``skip_data`` leaves out the images when their metadata file is still to be written."""
     from engine.config.run_toml import collect_run_text
@@ -49,14 +52,16 @@ def check_run_text(text: str, *, file: str, base_dir: str | Path, resume: str | 
     except ConfigError as exc:
         return None, list(exc.problems)
     found = list(problems.items)
-    checked = preflight(config, resume=resume, skip_data=skip_data or _dataset_has_errors(found))
+    checked = preflight(config, resume=resume, restart=restart, skip_data=skip_data or _dataset_has_errors(found))
     flagged = {p.key for p in found if p.severity == "error"}
     found += [p for p in checked if p.key not in flagged]   # one message per bad key
     return (None if problems.has_errors else config), found
 
 
-def preflight(config: RunConfig, *, resume: str | None = None, skip_data: bool = False) -> list[Problem]:
-    """Problems training would hit before its first step (errors, warnings and notes)."""
+def preflight(config: RunConfig, *, resume: str | None = None, restart: bool | None = False,
+              skip_data: bool = False) -> list[Problem]:
+    """Problems training would hit before its first step (errors, warnings and notes).
+    ``restart``: ``--restart`` was given; None when the caller asks the user itself (the wizard)."""
     from engine.preflight_model import probe_model
 
     problems = ProblemList(file=config.source_path, line_of=_line_map(config.source_path))
@@ -68,6 +73,7 @@ def preflight(config: RunConfig, *, resume: str | None = None, skip_data: bool =
     total_steps = config.train.max_train_steps
     if not skip_data:
         total_steps = _check_data(config, problems, probe) or total_steps
+    _check_history(config, problems, resume, restart)
     _check_resume(config, problems, resume)
     _check_prompts(config, problems, probe)
     check_optimizer(config, problems, device, total_steps)
@@ -203,6 +209,29 @@ def _check_data(config: RunConfig, problems: ProblemList, probe) -> int | None:
     from engine.train.schedule import resolve_schedule
 
     return resolve_schedule(config.train, data.batches_per_epoch()).total_steps
+
+
+def _check_history(config: RunConfig, problems: ProblemList, resume: str | None, restart: bool | None) -> None:
+    """A start without --resume would lose an earlier run in the folder: refuse, naming both
+    ways on (docs/run-folder.md, "Starting again")."""
+    from engine.run_history import run_history
+    from engine.runlock import read_holder
+
+    if resume or config.train.resume or read_holder(config.run_dir()) is not None:
+        return   # a live run holds the folder: training refuses with who holds it
+    history = run_history(config.run_dir())
+    if history is None:
+        return
+    source = config.source_path or "RUN.toml"
+    if restart:
+        problems.add("train.output_name", f"{history.describe()}: --restart keeps it in "
+                     f"{history.run_dir / 'earlier'}/ and starts at step 0", "", "note")
+    elif restart is None:
+        problems.add("train.output_name", f"{history.describe()}", "training asks whether to resume it or "
+                     "start over", "note")
+    else:
+        problems.add("train.output_name", f"{history.describe()}; a start without --resume would lose it",
+                     history.ways_on(source))
 
 
 def _check_resume(config: RunConfig, problems: ProblemList, resume: str | None) -> None:

@@ -111,7 +111,7 @@ class Checkpointer(StepHook):
                    scaler=p.accelerator.scaler, ema=b.ema, counters=ctx.counters(stopped),
                    config_text=p.config_text)
         self.last_state_path = str(folder)
-        self.rotate_states()
+        self.rotate_states(keep_also=folder)
         p.sink.emit(ModelSaved(path=str(folder), what="state", step=ctx.step, epoch=ctx.event_epoch))
         return str(folder)
 
@@ -192,12 +192,15 @@ class Checkpointer(StepHook):
                 if number <= cutoff:
                     _remove(path)
 
-    def rotate_states(self) -> None:
+    def rotate_states(self, keep_also: Path | None = None) -> None:
+        """Keep the newest ``save.last_n_states`` states, and always ``keep_also``: the state
+        just written, which a stop names in its resume command even when older runs of the
+        folder left states of higher steps."""
         keep = self.cfg.save.last_n_states
         if keep:
             pattern = re.compile(rf"^{re.escape(self.cfg.train.output_name)}-step(\d{{8}})-state$")
             folder = self.parts.run_dir / "state"
-            self._keep_newest(pattern, keep, folder)
+            self._keep_newest(pattern, keep, folder, spare=keep_also)
 
     def _matches(self, pattern, folder: Path | None = None):
         folder = folder or self.folder
@@ -210,10 +213,11 @@ class Checkpointer(StepHook):
                 found.append((path, int(match.group(1))))
         return sorted(found, key=lambda item: item[1])
 
-    def _keep_newest(self, pattern, keep: int, folder: Path | None = None) -> None:
+    def _keep_newest(self, pattern, keep: int, folder: Path | None = None, spare: Path | None = None) -> None:
         matches = self._matches(pattern, folder)
         for path, _number in matches[:-keep]:
-            _remove(path)
+            if path != spare:
+                _remove(path)
 
 
 def _remove(path: Path) -> None:

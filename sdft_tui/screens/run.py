@@ -43,12 +43,13 @@ class RunScreen(DashboardScreen):
 
     def __init__(self, config_path, *, engine: Engine | None = None, handle: EngineHandle | None = None,
                  log_path: Path | str | None = None, resume: str | None = None, allow_changed: bool = False,
-                 name: str | None = None) -> None:
+                 restart: bool = False, name: str | None = None) -> None:
         super().__init__(name=name)
         self.config_path = Path(config_path)
         self.engine = engine
-        # sdft train's --resume / --allow-changed, passed on only when given
-        self.engine_options = {k: v for k, v in (("resume", resume), ("allow_changed", allow_changed)) if v}
+        # sdft train's --resume / --allow-changed / --restart, passed on only when given
+        self.engine_options = {k: v for k, v in (("resume", resume), ("allow_changed", allow_changed),
+                                                 ("restart", restart)) if v}
         self.handle = handle or EngineHandle()
         if log_path is not None:
             self.handle.log_path = Path(log_path)
