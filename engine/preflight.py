@@ -73,7 +73,8 @@ def preflight(config: RunConfig, *, resume: str | None = None, restart: bool | N
     total_steps = config.train.max_train_steps
     if not skip_data:
         total_steps = _check_data(config, problems, probe) or total_steps
-    _check_history(config, problems, resume, restart)
+    if _check_run_folder(config, problems):
+        _check_history(config, problems, resume, restart)
     _check_resume(config, problems, resume)
     _check_prompts(config, problems, probe)
     check_optimizer(config, problems, device, total_steps)
@@ -209,6 +210,21 @@ def _check_data(config: RunConfig, problems: ProblemList, probe) -> int | None:
     from engine.train.schedule import resolve_schedule
 
     return resolve_schedule(config.train, data.batches_per_epoch()).total_steps
+
+
+def _check_run_folder(config: RunConfig, problems: ProblemList) -> bool:
+    """The run folder can be made where the file says: no file stands in its path. False when
+    one does (the error names it)."""
+    run_dir = config.run_dir()
+    for place in (run_dir, *run_dir.parents):
+        if place.is_dir():
+            return True
+        if place.exists() or place.is_symlink():
+            key = "train.output_name" if place == run_dir else "train.output_dir"
+            problems.add(key, f"{place} is a file, not a folder: the run folder {run_dir} cannot be made there",
+                         "point train.output_dir at a folder (it is made when missing), or move the file")
+            return False
+    return True
 
 
 def _check_history(config: RunConfig, problems: ProblemList, resume: str | None, restart: bool | None) -> None:

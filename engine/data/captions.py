@@ -8,12 +8,14 @@ append) and every write is atomic (temp file + rename). No torch.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 from engine import atomic
+from engine.data.scan import lies_within
 
 POLICIES = ("skip", "overwrite", "append")
 
@@ -22,13 +24,19 @@ class SidecarEncodingError(ValueError):
     """A sidecar that is not UTF-8, met where its text would be written back (append)."""
 
 
-def read_sidecar(path: str | Path, *, strict: bool = False) -> str | None:
+def read_sidecar(path: str | Path, *, strict: bool = False, within: str | Path | None = None,
+                 outside: list[Path] | None = None) -> str | None:
     """UTF-8 text (BOM stripped), whitespace-stripped; None when the file does not exist.
 
     Undecodable bytes become U+FFFD for reading; ``strict`` raises SidecarEncodingError
     instead, for callers that write the text back (appending to a lossy copy would
-    destroy the original characters).
+    destroy the original characters). ``within``: the dataset folder; a sidecar that is a link
+    leading outside it is not read (None), and listed in ``outside`` when given.
     """
+    if within is not None and os.path.lexists(path) and not lies_within(path, within):
+        if outside is not None:
+            outside.append(Path(path))
+        return None
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -134,6 +135,14 @@ def _print_clashes(console, clashes) -> None:
         console.print("note: " + clash.note(), markup=False)
 
 
+def _print_outside(console, outside: list[Path], folder: Path) -> None:
+    """Images and sidecars that are links leading out of the dataset folder: not read."""
+    if outside:
+        console.print(styled(("not read", "yellow"), f": {len(outside)} file(s) are links leading outside {folder}:"))
+        for path in sorted(set(outside)):
+            console.print(f"  {_rel(path, folder)} -> {os.path.realpath(path)}")
+
+
 def _rel(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -221,6 +230,7 @@ def _prepare_folder(folder: Path, args) -> int:
             return ExitCode.USAGE
     from engine.data.scan import find_images, name_clashes
 
+    outside: list[Path] = []   # links leading out of the folder: named, not read
     try:
         paths = find_images(folder, recursive=args.recursive)
     except ScanError as exc:
@@ -235,8 +245,9 @@ def _prepare_folder(folder: Path, args) -> int:
         captions = []
         for path in paths:
             stem = path.with_suffix("")
-            captions.append(join_caption_and_tags(read_sidecar(stem.with_name(stem.name + args.caption_extension)),
-                                                  read_sidecar(stem.with_name(stem.name + args.tags_extension))))
+            captions.append(join_caption_and_tags(
+                read_sidecar(stem.with_name(stem.name + args.caption_extension), within=folder),
+                read_sidecar(stem.with_name(stem.name + args.tags_extension), within=folder)))
         settings = BucketSettings(args.resolution, True, False, 256, 1024, 64)
         report = _health_report(paths, captions, settings, args,
                                 sidecar_extensions=(args.caption_extension, args.tags_extension))
@@ -244,11 +255,12 @@ def _prepare_folder(folder: Path, args) -> int:
     try:
         meta = build_metadata(folder, recursive=args.recursive, caption_extension=args.caption_extension,
                               tags_extension=args.tags_extension, key_style=args.key_style, clean=args.clean,
-                              existing=existing, leave_out=undecodable)
+                              existing=existing, leave_out=undecodable, outside=outside)
     except (ScanError, ValueError) as exc:
         print(f"sdft prepare: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     _print_clashes(_console(stderr=args.json), name_clashes(paths))   # stdout holds only the JSON
+    _print_outside(_console(stderr=args.json), outside, folder)
     if not args.no_write:
         write_metadata_json(out, meta)
         with_caption = sum(1 for e in meta.values() if e.get("caption") or e.get("tags"))
@@ -355,6 +367,8 @@ def _prepare_run(path: Path, args) -> int:
                 console.print(styled(("error", "red"), f" {sub.key}: {exc}"))
                 status = ExitCode.FINDINGS
                 continue
+            for warning in meta.warnings:   # keys naming images outside image_dir among them
+                console.print(styled(("warning", "yellow"), f" {sub.key}: {warning}"))
             for e in meta.entries:
                 paths.append(e.path)
                 masks.append(_mask_of(e.path, sub))
