@@ -76,7 +76,7 @@ def preflight(config: RunConfig, *, resume: str | None = None, restart: bool | N
     if _check_run_folder(config, problems):
         _check_history(config, problems, resume, restart)
     _check_resume(config, problems, resume)
-    _check_prompts(config, problems, probe)
+    _check_prompts(config, problems, probe, total_steps)
     check_optimizer(config, problems, device, total_steps)
     _check_unused(config, problems)
     return problems.items
@@ -275,7 +275,7 @@ def _check_resume(config: RunConfig, problems: ProblemList, resume: str | None) 
     problems.add(key, f"resumes from {folder} at step {counters.global_step}", "", "note")
 
 
-def _check_prompts(config: RunConfig, problems: ProblemList, probe) -> None:
+def _check_prompts(config: RunConfig, problems: ProblemList, probe, total_steps: int | None = None) -> None:
     from engine.train.prompts import PromptError, load_prompts
 
     try:
@@ -288,6 +288,7 @@ def _check_prompts(config: RunConfig, problems: ProblemList, probe) -> None:
         problems.items.append(problem)
     else:
         _check_samplers(config, prompts, problems)
+        _check_sampling_cost(config, prompts, problems, probe, total_steps)
 
 
 def _check_samplers(config: RunConfig, prompts, problems: ProblemList) -> None:
@@ -310,6 +311,27 @@ def _check_samplers(config: RunConfig, prompts, problems: ProblemList) -> None:
                          (f"--s {entry.min_steps} or more on that prompt" if p.steps else
                           f"sample.steps = {entry.min_steps} or more") + ", or another sampler")
             return
+
+
+def _check_sampling_cost(config: RunConfig, prompts, problems: ProblemList, probe, total_steps: int | None) -> None:
+    """Say when previews would take longer than training: each image is ``steps`` U-Net passes
+    (two with guidance) at its size; each training step about three (forward and backward) per
+    image of the batch at the training size. A rough ratio of work, not of seconds."""
+    s = config.sample
+    if not prompts or not total_steps or not s.every_n_steps:
+        return   # per-epoch sampling is rarer than per-step by far: left out
+    datasets = getattr(config.datasets, "datasets", None) or []
+    side = probe.default_side or 512
+    width, height = (datasets[0].resolution if datasets and datasets[0].resolution else (side, side))
+    batch = (datasets[0].batch_size if datasets else 1) * config.train.gradient_accumulation_steps
+    points = total_steps // s.every_n_steps
+    per_point = sum((p.steps or s.steps) * (2 if p.scale != 1 else 1) * p.width * p.height for p in prompts)
+    training = total_steps * batch * 3 * width * height
+    ratio = points * per_point / training
+    if ratio > 1:
+        problems.warn("sample.prompts", f"sampling {len(prompts)} prompt(s) at {points} point(s) is about "
+                      f"{ratio:,.0f}x the work of the {total_steps} training steps",
+                      "sample less often (sample.every_n_steps), fewer prompts, or fewer steps (--s)")
 
 
 # ---------------------------------------------------------------- keys that do nothing in this combination

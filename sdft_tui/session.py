@@ -133,8 +133,12 @@ class WizardSession:
         return self.project.caption_as_trained(record)
 
     def count_tokens(self) -> None:
-        """Fill ``tokens`` for every record (imports the tokenizer: call from a worker)."""
-        texts = [self.joined_caption(r) for r in self.records]
+        """Fill ``tokens`` for every record (imports the tokenizer: call from a worker); a caption
+        is cut where training cuts it first, so a huge one costs no more than training reads."""
+        from engine.data.captions import caption_char_limit
+
+        limit = caption_char_limit(225)
+        texts = [self.joined_caption(r)[:limit] for r in self.records]
         with TOKENIZER_LOCK:
             from engine.models.tokenizer import count_tokens
 

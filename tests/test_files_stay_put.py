@@ -66,9 +66,10 @@ def test_build_metadata_lists_links_it_did_not_follow(tmp_path):
     images.mkdir()
     Image.new("RGB", (64, 64)).save(images / "a.png")
     os.symlink(_outside_secret(tmp_path), images / "a.txt")
-    outside = []
-    meta = build_metadata(images, outside=outside)
-    assert "tags" not in meta["a.png"] and outside == [images / "a.txt"]
+    not_read = []
+    meta = build_metadata(images, not_read=not_read)
+    assert "tags" not in meta["a.png"] and [path for path, _why in not_read] == [images / "a.txt"]
+    assert "outside" in not_read[0][1]
 
 
 def test_metadata_keys_outside_the_image_folder_are_counted_and_named(tmp_path, tiny_sd1, capsys):

@@ -114,7 +114,12 @@ def key_problem(name: str, value: Any, level: str = "dataset") -> str | None:
 
 
 def _report_misplaced(problems: ProblemList, key: str, name: str, level: str, allowed: tuple[str, ...]) -> None:
-    if name in FOREIGN_METHOD_KEYS:
+    if name == "caption_extension":   # kohya's DreamBooth sidecar key; sdft reads metadata files
+        written = key.rsplit(".", 1)[-1]
+        report(problems, key, f"{written} is not needed with a metadata file: the captions come from "
+               "metadata_file", "delete it (`sdft prepare` reads .caption sidecars when it builds the metadata "
+               "file; `--caption-extension` picks another extension)")
+    elif name in FOREIGN_METHOD_KEYS:
         report(problems, key, f"{name} belongs to kohya's DreamBooth/ControlNet method", FOREIGN_HINT)
     elif name in SUBSET_ONLY:
         report(problems, key, f"{name} is only allowed inside [[datasets.subsets]]",

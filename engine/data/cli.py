@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -135,12 +134,12 @@ def _print_clashes(console, clashes) -> None:
         console.print("note: " + clash.note(), markup=False)
 
 
-def _print_outside(console, outside: list[Path], folder: Path) -> None:
-    """Images and sidecars that are links leading out of the dataset folder: not read."""
-    if outside:
-        console.print(styled(("not read", "yellow"), f": {len(outside)} file(s) are links leading outside {folder}:"))
-        for path in sorted(set(outside)):
-            console.print(f"  {_rel(path, folder)} -> {os.path.realpath(path)}")
+def _print_not_read(console, not_read: list[tuple[Path, str]], folder: Path) -> None:
+    """Images and sidecars prepare did not read (links out of the folder, FIFOs, huge files)."""
+    if not_read:
+        console.print(styled(("not read", "yellow"), f": {len(dict(not_read))} file(s) in {folder}:"))
+        for path, why in sorted(dict(not_read).items()):
+            console.print(f"  {_rel(path, folder)}: {why}")
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -230,7 +229,7 @@ def _prepare_folder(folder: Path, args) -> int:
             return ExitCode.USAGE
     from engine.data.scan import find_images, name_clashes
 
-    outside: list[Path] = []   # links leading out of the folder: named, not read
+    not_read: list[tuple[Path, str]] = []   # links out of the folder, FIFOs, huge sidecars: named
     try:
         paths = find_images(folder, recursive=args.recursive)
     except ScanError as exc:
@@ -255,12 +254,12 @@ def _prepare_folder(folder: Path, args) -> int:
     try:
         meta = build_metadata(folder, recursive=args.recursive, caption_extension=args.caption_extension,
                               tags_extension=args.tags_extension, key_style=args.key_style, clean=args.clean,
-                              existing=existing, leave_out=undecodable, outside=outside)
+                              existing=existing, leave_out=undecodable, not_read=not_read)
     except (ScanError, ValueError) as exc:
         print(f"sdft prepare: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     _print_clashes(_console(stderr=args.json), name_clashes(paths))   # stdout holds only the JSON
-    _print_outside(_console(stderr=args.json), outside, folder)
+    _print_not_read(_console(stderr=args.json), not_read, folder)
     if not args.no_write:
         write_metadata_json(out, meta)
         with_caption = sum(1 for e in meta.values() if e.get("caption") or e.get("tags"))

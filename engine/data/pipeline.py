@@ -101,7 +101,8 @@ class TrainingData:
                 log(f"{spec.key}: bucket_no_upscale needs enable_bucket; ignored")
             if s.no_upscale and (spec.min_bucket_reso, spec.max_bucket_reso) != (256, 1024):
                 log(f"{spec.key}: min/max_bucket_reso are ignored with bucket_no_upscale")
-            ds_items, s = dataset_items(di, spec, s, data_cfg, problems, log, start=len(items))
+            ds_items, s = dataset_items(di, spec, s, data_cfg, problems, log, start=len(items),
+                                        max_token_length=cfg.model.max_token_length)
             items.extend(ds_items)
             settings.append(s)
         if problems:
