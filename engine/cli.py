@@ -177,13 +177,13 @@ def train_in_dashboard(args) -> int:
 # ------------------------------------------------------------------ train
 
 
-def check_config(path: str, resume: str | None = None, restart: bool = False) -> int:
+def check_config(path: str, resume: str | None = None, restart: bool = False, allow_changed: bool = False) -> int:
     """`sdft train --check`: every problem training would hit before its first step, at once
     (the schema, then engine.preflight); exit 2 when any is an error."""
     from engine.console import make_console, styled
     from engine.preflight import check_run_file
 
-    config, problems = check_run_file(path, resume=resume, restart=restart)
+    config, problems = check_run_file(path, resume=resume, restart=restart, allow_changed=allow_changed)
     print_problems(problems)
     errors = sum(p.severity == "error" for p in problems)
     if errors:
@@ -235,7 +235,7 @@ class StopOnSignal:
 
 def cmd_train(args) -> int:
     if args.check:
-        return check_config(args.config, resume=args.resume, restart=args.restart)
+        return check_config(args.config, resume=args.resume, restart=args.restart, allow_changed=args.allow_changed)
     if args.tui:
         return train_in_dashboard(args)
     return train_headless(args.config, resume=args.resume, allow_changed=args.allow_changed,

@@ -26,8 +26,8 @@ from engine.registry.optimizers import needs_package
 XFORMERS = ("xformers", "pip install xformers")
 
 
-def check_run_file(path: str | Path, *, resume: str | None = None,
-                   restart: bool | None = False) -> tuple[RunConfig | None, list[Problem]]:
+def check_run_file(path: str | Path, *, resume: str | None = None, restart: bool | None = False,
+                   allow_changed: bool = False) -> tuple[RunConfig | None, list[Problem]]:
     """Every problem of a run file at once: the schema's, then (on what the schema accepted)
     the preflight's. The config is None when the file has schema errors or cannot be parsed."""
     from engine.config.toml_text import read_config_text
@@ -37,11 +37,11 @@ def check_run_file(path: str | Path, *, resume: str | None = None,
     except ConfigError as exc:
         return None, list(exc.problems)
     return check_run_text(text, file=str(path), base_dir=Path(path).parent, resume=resume, restart=restart,
-                          notes=notes)
+                          allow_changed=allow_changed, notes=notes)
 
 
 def check_run_text(text: str, *, file: str, base_dir: str | Path, resume: str | None = None,
-                   restart: bool | None = False, skip_data: bool = False,
+                   restart: bool | None = False, allow_changed: bool = False, skip_data: bool = False,
                    notes=()) -> tuple[RunConfig | None, list[Problem]]:
     """:func:`check_run_file` for a run TOML not written yet (the wizard's Review step);
     ``skip_data`` leaves out the images when their metadata file is still to be written."""
@@ -52,14 +52,15 @@ def check_run_text(text: str, *, file: str, base_dir: str | Path, resume: str | 
     except ConfigError as exc:
         return None, list(exc.problems)
     found = list(problems.items)
-    checked = preflight(config, resume=resume, restart=restart, skip_data=skip_data or _dataset_has_errors(found))
+    checked = preflight(config, resume=resume, restart=restart, allow_changed=allow_changed,
+                        skip_data=skip_data or _dataset_has_errors(found))
     flagged = {p.key for p in found if p.severity == "error"}
     found += [p for p in checked if p.key not in flagged]   # one message per bad key
     return (None if problems.has_errors else config), found
 
 
 def preflight(config: RunConfig, *, resume: str | None = None, restart: bool | None = False,
-              skip_data: bool = False) -> list[Problem]:
+              allow_changed: bool = False, skip_data: bool = False) -> list[Problem]:
     """Problems training would hit before its first step (errors, warnings and notes).
     ``restart``: ``--restart`` was given; None when the caller asks the user itself (the wizard)."""
     from engine.preflight_model import probe_model
@@ -70,12 +71,13 @@ def preflight(config: RunConfig, *, resume: str | None = None, restart: bool | N
     device = _check_device(config, problems)
     _check_packages(config, problems, device)
     check_speed_options(config, problems, device)
-    total_steps = config.train.max_train_steps
+    total_steps, data = config.train.max_train_steps, None
     if not skip_data:
-        total_steps = _check_data(config, problems, probe) or total_steps
+        steps, data = _check_data(config, problems, probe, resume)
+        total_steps = steps or total_steps
     if _check_run_folder(config, problems):
         _check_history(config, problems, resume, restart)
-    _check_resume(config, problems, resume)
+    _check_resume(config, problems, resume, data, _resume_math(config, probe, device), allow_changed)
     _check_prompts(config, problems, probe, total_steps)
     check_optimizer(config, problems, device, total_steps)
     _check_unused(config, problems)
@@ -169,19 +171,22 @@ def _check_packages(config: RunConfig, problems: ProblemList, device) -> None:
 # ---------------------------------------------------------------- data, resume, prompts
 
 
-def _check_data(config: RunConfig, problems: ProblemList, probe) -> int | None:
+def _check_data(config: RunConfig, problems: ProblemList, probe, resume: str | None = None):
     """Every image of every subset, read as training reads it (metadata, sizes, buckets).
-    Returns the run's optimizer steps when the data is usable."""
+    Returns (the run's optimizer steps, the TrainingData) when the data is usable, else (None, None)."""
     from engine.data.pipeline import DataError, TrainingData
 
     blueprint = config.datasets
     if blueprint is None:
-        return None
+        return None, None
     data_problems = ProblemList(file=blueprint.source or config.source_path,
                                 line_of=_line_map(blueprint.source) if blueprint.source else problems.line_of)
     quiet = copy.copy(config)
     quiet.train = copy.copy(config.train)
-    quiet.train.seed = 0   # no "using seed ..." message; the seed changes no check
+    from engine.train.runner import seed_in_effect
+
+    # the seed training will use (it picks held-out images); 0 for a new run: no "using seed" message
+    quiet.train.seed = seed_in_effect(config, resume) or 0
     said: list[str] = []
     side = probe.default_side
     try:
@@ -197,7 +202,7 @@ def _check_data(config: RunConfig, problems: ProblemList, probe) -> int | None:
             else:
                 data_problems.add("datasets", line, "check the image folders and metadata files")
         problems.items.extend(data_problems.items)
-        return None
+        return None, None
     for text in said:
         if text.startswith("skipped "):
             data_problems.warn("datasets", text, "this image is left out of training")
@@ -206,10 +211,10 @@ def _check_data(config: RunConfig, problems: ProblemList, probe) -> int | None:
     problems.items.extend(data_problems.items)
     if data.batches_per_epoch() == 0:
         problems.add("datasets", "the dataset yields no batches", "check the image folders and metadata files")
-        return None
+        return None, None
     from engine.train.schedule import resolve_schedule
 
-    return resolve_schedule(config.train, data.batches_per_epoch()).total_steps
+    return resolve_schedule(config.train, data.batches_per_epoch()).total_steps, data
 
 
 def _check_run_folder(config: RunConfig, problems: ProblemList) -> bool:
@@ -250,7 +255,26 @@ def _check_history(config: RunConfig, problems: ProblemList, resume: str | None,
                      history.ways_on(source))
 
 
-def _check_resume(config: RunConfig, problems: ProblemList, resume: str | None) -> None:
+def _resume_math(config: RunConfig, probe, device):
+    """The training-maths hash a resume compares with its state's (engine/train/resume.py), as
+    a function of the state's seed; None when the check cannot know it (no device, no probe)."""
+    if device is None or probe.v_prediction is None:
+        return None
+    from engine.train.precision import decide_precision
+    from engine.train.resume import math_hash
+
+    try:
+        mixed = decide_precision(config.memory, device).mixed_precision
+    except RuntimeError:
+        return None   # reported by the device check
+    return lambda seed: math_hash(config, probe.v_prediction, mixed, seed)
+
+
+def _check_resume(config: RunConfig, problems: ProblemList, resume: str | None, data=None, math=None,
+                  allow_changed: bool = False) -> None:
+    """The state a resume takes, and what training will say of it: the same verdict
+    (engine/train/resume_check.py) on the seed, the maths, the base model and the data."""
+    from engine.train.resume_check import compare, describe_inputs, read_inputs
     from engine.train.state import StateError, find_state_folder, read_counters, verify_state
 
     value = resume or config.train.resume
@@ -273,6 +297,17 @@ def _check_resume(config: RunConfig, problems: ProblemList, resume: str | None) 
         problems.add(key, str(exc), "pick another state folder, or remove train.resume to start afresh")
         return
     problems.add(key, f"resumes from {folder} at step {counters.global_step}", "", "note")
+    if data is None:
+        return
+    seed = config.train.seed if config.train.seed is not None else counters.seed
+    verdict = compare(counters, read_inputs(folder), seed=seed, math_hash=math(counters.seed) if math else None,
+                      now=describe_inputs(config, data))
+    if verdict.refusals and not allow_changed:
+        problems.add(key, verdict.refusal_message(folder), "or start over with --restart")
+    elif verdict.refusals:
+        problems.warn(key, f"resuming with --allow-changed although {', '.join(verdict.refusals)} changed")
+    for note in verdict.notes:
+        problems.warn(key, note)
 
 
 def _check_prompts(config: RunConfig, problems: ProblemList, probe, total_steps: int | None = None) -> None:

@@ -126,7 +126,11 @@ def outcome_summary(result, config_path) -> str | None:
         if state:
             return f"sdft: training stopped; resume with:\n  sdft train {config_path} --resume {state}"
         return "sdft: training stopped (no resumable state was saved)"
-    return None   # failures are reported by finish_run
+    if status == RunStatus.FAILED:   # the dashboard showed why; it is gone now, so say it again
+        log = getattr(result, "log_path", None)
+        return f"sdft: training failed: {getattr(result, 'message', '') or 'see the log'}" + (
+            f"\n  details: {log}" if log else "")
+    return None   # an engine that raised is reported by finish_run
 
 
 def finish_run(handle: EngineHandle, *, detached: bool) -> int:

@@ -60,6 +60,10 @@ def _cache_encode(args) -> int:
     console = _console()
     try:
         result = encode_latents(args.config, lambda line: console.print(line))
+    except KeyboardInterrupt:   # the entries written so far stay (the cache's index is saved too)
+        print("sdft cache encode: interrupted; the latents encoded so far are kept in the cache, and the next "
+              "`sdft cache encode` or training run reuses them", file=sys.stderr)
+        return ExitCode.STOPPED
     except ConfigError as exc:
         print_problems(exc.problems)
         return ExitCode.USAGE

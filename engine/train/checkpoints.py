@@ -18,6 +18,7 @@ from engine.events import ModelSaved
 from engine.train.context import RunParts, StepContext, StepHook
 from engine.train.optimizers import with_evaluation_weights
 from engine.train.schedule import epochs_between_saves
+from engine.train.resume_check import INPUTS_FILE, inputs_text
 from engine.train.state import save_state
 
 EXTENSIONS = {"safetensors": ".safetensors", "ckpt": ".ckpt", "diffusers": "", "diffusers_safetensors": ""}
@@ -109,7 +110,7 @@ class Checkpointer(StepHook):
         b = p.bundle
         save_state(folder, trainables=p.trainables(), optimizer=b.optimizer, scheduler=b.lr_scheduler,
                    scaler=p.accelerator.scaler, ema=b.ema, counters=ctx.counters(stopped),
-                   config_text=p.config_text)
+                   config_text=p.config_text, texts={INPUTS_FILE: inputs_text(self.cfg, p.data)})
         self.last_state_path = str(folder)
         self.rotate_states(keep_also=folder)
         p.sink.emit(ModelSaved(path=str(folder), what="state", step=ctx.step, epoch=ctx.event_epoch))

@@ -59,7 +59,7 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
 
     config_path = Path(config_path)
     config, document, warnings = run_toml.load_run_file(config_path)
-    warnings = warnings + _preflight(config, resume, restart)
+    warnings = warnings + _preflight(config, resume, restart, allow_changed)
     control = control or RunControl()
     seed = seed_in_effect(config, resume)
     if seed is None and is_distributed():
@@ -72,12 +72,12 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
                          took_over=lock.took_over if lock else None, restart=restart)
 
 
-def _preflight(config, resume: str | None, restart: bool) -> list:
+def _preflight(config, resume: str | None, restart: bool, allow_changed: bool) -> list:
     """What `sdft train --check` finds beyond the schema, before anything is cached or loaded:
     errors raise ConfigError; warnings are returned for the event log."""
     from engine.preflight import preflight, raise_if_errors
 
-    problems = preflight(config, resume=resume, restart=restart)
+    problems = preflight(config, resume=resume, restart=restart, allow_changed=allow_changed)
     raise_if_errors(problems)
     return [p for p in problems if p.severity == "warning"]
 
@@ -147,8 +147,9 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
         trainer.setup()
         result.status = trainer.run()
         result.message = "training finished" if result.status == RunStatus.COMPLETED else control.stop_reason
-    except StopTraining:   # stopped while preparing: no step was taken, so there is no state to save
-        result.status, result.message = RunStatus.STOPPED, f"{control.stop_reason} before training started"
+    except StopTraining as exc:   # stopped while preparing: no step was taken, so there is no state to save
+        said = str(exc) if str(exc) != control.stop_reason else ""   # e.g. what caching kept
+        result.status, result.message = RunStatus.STOPPED, said or f"{control.stop_reason} before training started"
     except KeyboardInterrupt:
         result.status, result.message = RunStatus.STOPPED, "interrupted"
     except Exception as exc:  # noqa: BLE001 - every failure becomes a clear result
