@@ -302,7 +302,11 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
             f"{folder}: the diffusers folder lacks {', '.join(p + '/' for p in missing)}{hint}. "
             "A base model needs unet/, vae/ and text_encoder/ with config.json and weights; "
             "copy the missing parts from the original model")
-    ucfg = json.loads((folder / "unet" / "config.json").read_text("utf-8"))
+    from engine.models.config_check import check_component_config
+
+    ucfg = check_component_config(folder, "unet")   # a bad value is named before diffusers builds it
+    for component in needed[1:]:
+        check_component_config(folder, component)
     check_supported_folder(folder, ucfg)
     sub = "unet"
     if use_ema and (folder / "unet_ema" / "config.json").is_file():
@@ -318,8 +322,11 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
         text_encoder = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", dtype=torch.float32)
         vae_model = (load_vae(vae, allow_unsafe_pickle=allow_unsafe_pickle, report=report) if vae is not None
                      else AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=torch.float32))
-    except (OSError, EnvironmentError, ValueError) as exc:
-        raise ModelLoadError(f"{folder}: a component could not be loaded: {str(exc)[:400]}") from exc
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - diffusers/transformers fail many ways on a bad folder
+        raise ModelLoadError(f"{folder}: a component could not be loaded: {type(exc).__name__}: "
+                             f"{str(exc)[:400]}") from exc
     if vae is not None:
         report.append(f"VAE: from {vae} (model.vae)")
     ctx = int(unet.config.cross_attention_dim)
