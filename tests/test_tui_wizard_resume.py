@@ -15,7 +15,7 @@ from dashboard_helpers import FakeEngine, screen_text, wait_until
 from engine.events import FanOut, RunStarted, StepMetrics, StepProgress, read_events
 from engine.hardware import HardwareInfo
 from sdft_tui.app import SdftApp
-from sdft_tui.screens.confirm import ConfirmScreen
+from sdft_tui.screens.confirm import ChoiceScreen
 from sdft_tui.screens.run import RunScreen
 from tests.wizard_helpers import make_dataset, settle
 
@@ -101,7 +101,7 @@ def test_a_wizard_run_stopped_with_x_resumes_exactly(tmp_path, tiny_sd1, monkeyp
             assert isinstance(screen, RunScreen), screen_text(app)
             assert await asyncio.to_thread(hold.held.wait, 300), "the run did not reach the stop step"
             await pilot.press("x")
-            seen["asked"] = isinstance(app.screen, ConfirmScreen)
+            seen["asked"] = isinstance(app.screen, ChoiceScreen)
             await pilot.press("y")
             await pilot.pause()
             hold.release.set()

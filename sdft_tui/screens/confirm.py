@@ -64,9 +64,10 @@ class ChoiceScreen(ModalScreen[str | None]):
     ChoiceScreen Button { margin: 0 1 0 0; }
     """
 
-    def __init__(self, question: str, answers: list[tuple[str, str]]) -> None:
+    def __init__(self, question: str, answers: list[tuple[str, str]], keys: dict[str, str] | None = None) -> None:
         super().__init__()
         self.question, self.answers = question, answers   # answers: (id, button label), first is the default
+        self.keys = keys or {}                             # key -> answer id, e.g. {"y": "stop"}
 
     def compose(self) -> ComposeResult:
         from rich.text import Text
@@ -83,6 +84,11 @@ class ChoiceScreen(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+    def on_key(self, event) -> None:
+        if event.key in self.keys:
+            event.stop()
+            self.dismiss(self.keys[event.key])
 
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
