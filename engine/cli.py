@@ -166,6 +166,19 @@ def cmd_watch(args) -> int:
 
 
 def train_in_dashboard(args) -> int:
+    from engine.config.problems import ConfigError
+    from engine.config.run_toml import load_run_file
+    from engine.preflight import check_history
+
+    try:   # fail fast, as headless does: the dashboard would only show it and close
+        config, _document, _warnings = load_run_file(args.config)
+    except ConfigError as exc:
+        print_problems(exc.problems)
+        return ExitCode.USAGE
+    refused = [p for p in check_history(config, resume=args.resume, restart=args.restart) if p.severity == "error"]
+    if refused:
+        print_problems(refused)
+        return ExitCode.USAGE
     try:
         from sdft_tui.dashboard import run_dashboard
     except ImportError as exc:
@@ -306,7 +319,8 @@ def cmd_demo(args) -> int:
     if code == ExitCode.OK:
         checkpoint = Path(args.dir) / "runs" / "demo" / "checkpoints" / "demo.safetensors"
         console.print(styled(("demo finished.", "bold"), f" Fine-tuned model: {checkpoint}"))
-        console.print(f"Edit {toml_path} and run `sdft train {toml_path}`, or run `sdft` for the wizard.")
+        console.print(f"Edit {toml_path} and train it again with `sdft train {toml_path} --restart` (the run so far "
+                      "is kept in its earlier/ folder), or run `sdft` for the wizard.")
     return code
 
 

@@ -232,6 +232,14 @@ def _check_run_folder(config: RunConfig, problems: ProblemList) -> bool:
     return True
 
 
+def check_history(config: RunConfig, *, resume: str | None = None, restart: bool | None = False) -> list[Problem]:
+    """:func:`preflight`'s question about an earlier run in the run folder on its own, without
+    loading anything (``sdft train --tui`` asks it before the dashboard opens)."""
+    problems = ProblemList(file=config.source_path, line_of=_line_map(config.source_path))
+    _check_history(config, problems, resume, restart)
+    return problems.items
+
+
 def _check_history(config: RunConfig, problems: ProblemList, resume: str | None, restart: bool | None) -> None:
     """A start without --resume would lose an earlier run in the folder: refuse, naming both
     ways on (docs/run-folder.md, "Starting again")."""

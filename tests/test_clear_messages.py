@@ -20,7 +20,7 @@ def test_caption_extention_is_said_to_be_not_needed_with_a_metadata_file(tmp_pat
     code, out = _check(config, capsys)
     assert code == 2
     assert "caption_extention is not needed with a metadata file" in out and "delete it" in out
-    assert "build a metadata file" not in out
+    assert "build a metadata file" not in out and "rename it" not in out
 
 
 def test_a_run_file_naming_itself_as_dataset_config_is_told_so(tmp_path, tiny_sd1, capsys):

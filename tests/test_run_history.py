@@ -93,3 +93,10 @@ def test_a_stop_keeps_the_state_it_names_even_when_older_states_have_higher_step
     assert result.state_path and json.loads((tmp_path / "runs" / "t" / "state" / "t-step00000002-state" /
                                              "counters.json").read_text())["global_step"] == 2
     assert (state_root / "t-step00000002-state").is_dir(), "the stop's state was deleted by the rotation"
+
+
+def test_tui_refuses_the_same_start_before_the_dashboard_opens(trained_once, capsys):
+    _folder, config = trained_once
+    assert main(["train", str(config), "--tui"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume latest" in err and "--restart" in err

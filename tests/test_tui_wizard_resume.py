@@ -164,9 +164,11 @@ def test_train_tui_resume_latest_reaches_the_dashboard(tmp_path, monkeypatch):
         return self.return_code
 
     monkeypatch.setattr(DashboardApp, "run", headless_run)
-    config = tmp_path / "run.toml"
+    from train_helpers import make_run
+
+    config = make_run(tmp_path, tmp_path / "model")   # read before the dashboard opens, as headless does
     assert cli.main(["train", str(config), "--tui", "--resume", "latest", "--allow-changed"]) == 0
-    assert engine.calls == [{"config_path": str(config), "log_path": None, "resume": "latest",
-                             "allow_changed": True}]
+    assert engine.calls == [{"config_path": str(config), "log_path": tmp_path / "runs" / "t" / "sdft.log",
+                             "resume": "latest", "allow_changed": True}]
     assert cli.main(["train", str(config), "--tui"]) == 0
     assert "resume" not in engine.calls[-1]

@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.config.dataset_specs import INTERPOLATIONS, DatasetSpec, SubsetSpec  # noqa: F401 - re-exported
 from engine.config.fields import check_value
-from engine.config.problems import Problem, ProblemList, current_spelling, did_you_mean
+from engine.config.problems import DEPRECATED_SPELLINGS, Problem, ProblemList, current_spelling, did_you_mean
 
 # Keys allowed in [general] and [[datasets]] only (never in a subset).
 DATASET_LEVEL = ("batch_size", "resolution", "enable_bucket", "bucket_no_upscale", "min_bucket_reso",
@@ -89,6 +89,9 @@ def validate_table(table: Any, prefix: str, allowed: tuple[str, ...], level: str
     for name, value in table.items():
         key = f"{prefix}.{name}"
         if name in skip:
+            continue
+        if DEPRECATED_SPELLINGS.get(name, name) not in allowed:   # refused either way: no "rename it" note
+            _report_misplaced(problems, key, DEPRECATED_SPELLINGS.get(name, name), level, allowed)
             continue
         name = current_spelling(name, table, key, lambda *a: report(problems, *a))
         if name is None:

@@ -327,6 +327,8 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
     except Exception as exc:  # noqa: BLE001 - diffusers/transformers fail many ways on a bad folder
         raise ModelLoadError(f"{folder}: a component could not be loaded: {type(exc).__name__}: "
                              f"{str(exc)[:400]}") from exc
+    for component, model in ((sub, unet), ("text_encoder", text_encoder), ("vae", None if vae else vae_model)):
+        _all_weights_loaded(folder / component, model)
     if vae is not None:
         report.append(f"VAE: from {vae} (model.vae)")
     ctx = int(unet.config.cross_attention_dim)
@@ -384,6 +386,18 @@ def _download_hub(repo_id: str) -> Path:
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+def _all_weights_loaded(component: Path, model) -> None:
+    """diffusers leaves the tensors a weights file lacks on the meta device, and training fails
+    later with "Cannot copy out of meta tensor": name the file instead."""
+    if model is None:
+        return
+    missing = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    if missing:
+        raise ModelLoadError(f"{component}: its weights file lacks {len(missing)} of the model's tensors (such as "
+                             f"{missing[0]}): the weights do not belong to this config.json; copy the folder "
+                             "again from the original model")
 
 
 def load_model(source: str, *, v2="auto", v_parameterization="auto", vae: str | None = None,

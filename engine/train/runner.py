@@ -79,7 +79,8 @@ def _preflight(config, resume: str | None, restart: bool, allow_changed: bool) -
 
     problems = preflight(config, resume=resume, restart=restart, allow_changed=allow_changed)
     raise_if_errors(problems)
-    return [p for p in problems if p.severity == "warning"]
+    # the resume's notes (a data edit) are said by the trainer as it restores the state
+    return [p for p in problems if p.severity == "warning" and p.key != "train.resume"]
 
 
 def _folder_deleted(run_dir: Path, out: FanOut, control: RunControl) -> None:

@@ -176,11 +176,10 @@ class DashboardScreen(Screen[int]):
                 text.append(f"\nModel: {end.model_path}{self._step_of(end.model_path, end.step)}")
             if end.state_path:
                 config = self.resume_config()
-                step = self._step_of(end.state_path, end.step)
-                if config is not None:
-                    text.append(f"\nResume: sdft train {config} --resume {end.state_path}{step}")
+                if config is not None:   # a command to copy whole: the state's folder name holds its step
+                    text.append(f"\nResume: sdft train {config} --resume {end.state_path}")
                 else:
-                    text.append(f"\nResumable state: {end.state_path}{step}")
+                    text.append(f"\nResumable state: {end.state_path}{self._step_of(end.state_path, end.step)}")
         elif end is not None and end.out_of_memory:
             text.append("Out of GPU memory", style="bold")
             text.append(f" at step {end.step}" + (f": {end.message}" if end.message else "") + ".")
