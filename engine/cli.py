@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train from a run TOML (headless; --tui for the dashboard)")
     train.add_argument("config", help="run TOML file")
     train.add_argument("--check", action="store_true", help="validate the file and exit (2 if it has errors)")
-    train.add_argument("--resume", metavar="STATE", help='continue from a state folder, or "latest"')
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", metavar="STATE", help='continue from a state folder, or "latest"')
+    start.add_argument("--restart", action="store_true",
+                       help="start over in a run folder that holds an earlier run (kept in its earlier/ folder)")
     train.add_argument("--allow-changed", action="store_true", help="resume even if training options or data changed")
     train.add_argument("--tui", action="store_true", help="show the live dashboard")
     train.add_argument("--detached", action="store_true", help="keep running when the terminal goes away (SIGHUP)")
@@ -170,24 +173,37 @@ def cmd_watch(args) -> int:
 
 
 def train_in_dashboard(args) -> int:
+    from engine.config.problems import ConfigError
+    from engine.config.run_toml import load_run_file
+    from engine.preflight import check_history
+
+    try:   # fail fast, as headless does: the dashboard would only show it and close
+        config, _document, _warnings = load_run_file(args.config)
+    except ConfigError as exc:
+        print_problems(exc.problems)
+        return ExitCode.USAGE
+    refused = [p for p in check_history(config, resume=args.resume, restart=args.restart) if p.severity == "error"]
+    if refused:
+        print_problems(refused)
+        return ExitCode.USAGE
     try:
         from sdft_tui.dashboard import run_dashboard
     except ImportError as exc:
         return _tui_missing("the dashboard", exc, f"train headless with `sdft train {args.config}`")
     return run_dashboard(Path(args.config), detached=args.detached, resume=args.resume,
-                         allow_changed=args.allow_changed)
+                         allow_changed=args.allow_changed, restart=args.restart)
 
 
 # ------------------------------------------------------------------ train
 
 
-def check_config(path: str, resume: str | None = None) -> int:
+def check_config(path: str, resume: str | None = None, restart: bool = False, allow_changed: bool = False) -> int:
     """`sdft train --check`: every problem training would hit before its first step, at once
     (the schema, then engine.preflight); exit 2 when any is an error."""
     from engine.console import make_console, styled
     from engine.preflight import check_run_file
 
-    config, problems = check_run_file(path, resume=resume)
+    config, problems = check_run_file(path, resume=resume, restart=restart, allow_changed=allow_changed)
     print_problems(problems)
     errors = sum(p.severity == "error" for p in problems)
     if errors:
@@ -239,15 +255,15 @@ class StopOnSignal:
 
 def cmd_train(args) -> int:
     if args.check:
-        return check_config(args.config, resume=args.resume)
+        return check_config(args.config, resume=args.resume, restart=args.restart, allow_changed=args.allow_changed)
     if args.tui:
         return train_in_dashboard(args)
     return train_headless(args.config, resume=args.resume, allow_changed=args.allow_changed,
-                          detached=args.detached)
+                          detached=args.detached, restart=args.restart)
 
 
 def train_headless(config: str | Path, *, resume: str | None = None, allow_changed: bool = False,
-                   detached: bool = False) -> int:
+                   detached: bool = False, restart: bool = False) -> int:
     from engine.config.problems import ConfigError
     from engine.console import ConsoleSink, make_console, styled
     from engine.control import RunControl
@@ -268,7 +284,8 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
     sink = ConsoleSink(console)
     try:
         with StopOnSignal(control, console, detached=detached):
-            result = run_training(config, sink=sink, control=control, resume=resume, allow_changed=allow_changed)
+            result = run_training(config, sink=sink, control=control, resume=resume, allow_changed=allow_changed,
+                                  restart=restart)
     except ConfigError as exc:
         print_problems(exc.problems)
         return ExitCode.USAGE
@@ -305,11 +322,12 @@ def cmd_demo(args) -> int:
     console.print(f"preparing the demo in {args.dir} (generated images + a tiny random model)...")
     toml_path = prepare_demo(args.dir, steps=args.steps, force=args.force)
     console.print(f"run TOML: {toml_path}")
-    code = train_headless(toml_path)
+    code = train_headless(toml_path, restart=True)   # a second demo starts over; the first is kept (earlier/)
     if code == ExitCode.OK:
         checkpoint = Path(args.dir) / "runs" / "demo" / "checkpoints" / "demo.safetensors"
         console.print(styled(("demo finished.", "bold"), f" Fine-tuned model: {checkpoint}"))
-        console.print(f"Edit {toml_path} and run `sdft train {toml_path}`, or run `sdft` for the wizard.")
+        console.print(f"Edit {toml_path} and train it again with `sdft train {toml_path} --restart` (the run so far "
+                      "is kept in its earlier/ folder), or run `sdft` for the wizard.")
     return code
 
 

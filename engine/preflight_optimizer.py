@@ -45,9 +45,42 @@ def _built_optimizer(o, problems: ProblemList, param, device_type: str):
         problems.add("optimizer.type", str(exc), "give module.Class of an installed package, or one of sdft's "
                      "names (docs/run-file.md, [optimizer])")
     except Exception as exc:  # noqa: BLE001 - any failure here is a failure at training start
-        problems.add("optimizer.args", f"{o.type} cannot be built with these arguments: {exc}",
-                     "optimizer.args holds the optimizer's keyword arguments, e.g. { weight_decay = 0.01 }")
+        guilty = _guilty_arguments(o, param, device_type)
+        for name in guilty:
+            value = o.args[name]
+            problems.add(f"optimizer.args.{name}", f"{o.type} cannot be built with {name} = {value!r} "
+                         f"({type(value).__name__}): {exc}", _argument_hint(value))
+        if not guilty:
+            problems.add("optimizer.args", f"{o.type} cannot be built with these arguments: {exc}",
+                         "optimizer.args holds the optimizer's keyword arguments, e.g. { weight_decay = 0.01 }")
     return None
+
+
+def _guilty_arguments(o, param, device_type: str) -> list[str]:
+    """The arguments of ``optimizer.args`` that fail on their own (each tried alone on the dummy
+    parameter), so a wrong-typed one is named instead of only the class's complaint."""
+    import torch
+
+    from engine.train.optimizers import build_optimizer
+
+    guilty = []
+    for name, value in (o.args or {}).items():
+        try:
+            optimizer = build_optimizer(o.type, [{"params": [param], "lr": o.learning_rate}], o.learning_rate,
+                                        {name: value}, device_type)
+            param.grad = torch.full_like(param, 0.01)
+            optimizer.step()
+        except Exception:  # noqa: BLE001 - this argument alone breaks it
+            guilty.append(name)
+    return guilty
+
+
+def _argument_hint(value) -> str:
+    if isinstance(value, str):
+        return "a number or true/false is written without quotes, e.g. weight_decay = 0.01"
+    if isinstance(value, list):
+        return "a pair is written as a list of numbers, e.g. betas = [0.9, 0.999]"
+    return "the value the optimizer's class takes for this argument (its documentation lists them)"
 
 
 def _check_schedule(o, problems: ProblemList, optimizer, total_steps: int) -> None:

@@ -169,6 +169,10 @@ class RunFigures:
         self._ema, self._ema_n = 0.0, 0
         self.smooth[:] = [self._smoothed(loss) for loss in self.loss]
 
+    def saved_step(self, path: str) -> int | None:
+        """The step a saved model or state was written at (its ``saved`` event), or None."""
+        return next((e.step for e in reversed(self.saves) if e.path == path), None)
+
     def _on_saved(self, e: ModelSaved) -> None:
         self.saves.append(e)
         what = "resumable state" if e.what == "state" else "model"

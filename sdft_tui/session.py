@@ -54,6 +54,7 @@ class WizardSession:
     preset_kept: dict[str, Any] = field(default_factory=dict)  # the last preset's values not applied
     label_models: LabelModels = field(default_factory=LabelModels.from_env)
     user_set: set[str] = field(default_factory=set)  # keys the user typed or picked on a step
+    saved_render: str | None = None         # the run file as last opened or saved (unsaved changes differ)
 
     # ---------------------------------------------------------------- values
 
@@ -119,6 +120,7 @@ class WizardSession:
         except Exception as exc:  # shown on the dataset screen; the user picks another path
             expected = type(exc).__name__ in _EXPECTED_LOAD_ERRORS or str(exc).startswith(str(path))
             self.scan_error = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+        self.mark_saved()
 
     def no_images_reason(self) -> str | None:
         """Why the later steps have nothing to work on, once a source was chosen."""
@@ -133,8 +135,12 @@ class WizardSession:
         return self.project.caption_as_trained(record)
 
     def count_tokens(self) -> None:
-        """Fill ``tokens`` for every record (imports the tokenizer: call from a worker)."""
-        texts = [self.joined_caption(r) for r in self.records]
+        """Fill ``tokens`` for every record (imports the tokenizer: call from a worker); a caption
+        is cut where training cuts it first, so a huge one costs no more than training reads."""
+        from engine.data.captions import caption_char_limit
+
+        limit = caption_char_limit(225)
+        texts = [self.joined_caption(r)[:limit] for r in self.records]
         with TOKENIZER_LOCK:
             from engine.models.tokenizer import count_tokens
 
@@ -230,7 +236,25 @@ class WizardSession:
         return self.project.render(run_path)
 
     def save(self, run_path: Path | None = None) -> Path:
-        return self.project.save(run_path)
+        saved = self.project.save(run_path)
+        self.mark_saved()
+        return saved
+
+    def mark_saved(self) -> None:
+        """The run file as it is now counts as saved (just opened or written)."""
+        try:
+            self.saved_render = self.render_toml()
+        except Exception:  # noqa: BLE001 - nothing to render yet: nothing to lose either
+            self.saved_render = None
+
+    def run_file_unsaved(self) -> bool:
+        """Whether the options differ from the run file as last opened or saved."""
+        if self.index.source is None:
+            return False   # nothing chosen yet
+        try:
+            return self.render_toml() != self.saved_render
+        except Exception:  # noqa: BLE001
+            return False
 
     def validate(self, run_path: Path | None = None) -> list:
         return self.project.validate(run_path)

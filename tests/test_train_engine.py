@@ -7,6 +7,7 @@ import torch
 
 from engine.control import RunControl
 from engine.events import CallbackSink, FanOut, ListSink, ModelSaved, RunFinished, RunStarted, StepMetrics
+from engine.config.problems import ConfigError
 from engine.train.runner import run_training
 from train_helpers import make_broken_model, make_run
 
@@ -82,8 +83,9 @@ def test_resume_refuses_changed_training_options(tmp_path, tiny_sd1):
     config = make_run(tmp_path, tiny_sd1, steps=4)
     run_training(config, sink=stop_at(control, 1), control=control)
     changed = make_run(tmp_path, tiny_sd1, steps=4, optimizer_extra='lr_scheduler = "cosine"')
-    result = run_training(changed, sink=ListSink(), resume="latest")
-    assert result.status == "failed" and "--allow-changed" in result.message
+    with pytest.raises(ConfigError) as refused:   # the check before training refuses it (exit 2), as --check does
+        run_training(changed, sink=ListSink(), resume="latest")
+    assert "training options" in str(refused.value) and "--allow-changed" in str(refused.value)
 
 
 def test_failure_is_reported_with_log(tmp_path, tiny_sd1):

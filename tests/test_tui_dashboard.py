@@ -17,7 +17,7 @@ from sdft_tui.dashboard import DashboardApp, finish_run, make_hangup_handler, ru
 from sdft_tui.run_figures import RunFigures, format_duration, format_number, format_offset
 from engine.vocabulary import exit_code_for
 from sdft_tui.engine_handle import EngineHandle
-from sdft_tui.screens.confirm import ConfirmScreen
+from sdft_tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from sdft_tui.screens.run import RunScreen, WatchScreen
 from sdft_tui.widgets.loss_chart import plot_braille, sparkline
 
@@ -193,7 +193,7 @@ def test_keys_reach_run_control_and_stop_saves_a_state(tmp_path):
         await pilot.press("p")
         assert not control.paused
         await pilot.press("x")                        # stop asks first
-        assert isinstance(app.screen, ConfirmScreen)
+        assert isinstance(app.screen, ChoiceScreen)
         await pilot.press("n")
         assert not control.stop_requested and app.screen is screen
         await pilot.press("x")

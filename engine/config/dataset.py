@@ -37,6 +37,7 @@ from engine.config.dataset_specs import (  # noqa: F401 - re-exported
     round_bucket_limits,
 )
 from engine.config.problems import Problem, ProblemList, did_you_mean
+from engine.user_files import file_problem
 
 # ---------------------------------------------------------------- parse
 
@@ -191,9 +192,12 @@ def _parse_subset(raw: Any, prefix: str, levels: list[dict], problems: ProblemLi
     metadata_file = None
     if "metadata_file" in values:
         metadata_file = _resolve_path(values["metadata_file"], base_dir)
-        if not metadata_file.is_file():
+        if not metadata_file.exists():
             _report(problems, f"{prefix}.metadata_file", f"metadata file not found: {metadata_file}",
                     "check the path (relative paths start at the TOML's folder); build one with `sdft prepare`")
+            ok = False
+        elif refused := file_problem(metadata_file, "metadata file"):
+            _report(problems, f"{prefix}.metadata_file", *refused)
             ok = False
     image_dir = None
     if "image_dir" in values:

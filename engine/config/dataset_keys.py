@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.config.dataset_specs import INTERPOLATIONS, DatasetSpec, SubsetSpec  # noqa: F401 - re-exported
 from engine.config.fields import check_value
-from engine.config.problems import Problem, ProblemList, current_spelling, did_you_mean
+from engine.config.problems import DEPRECATED_SPELLINGS, Problem, ProblemList, current_spelling, did_you_mean
 
 # Keys allowed in [general] and [[datasets]] only (never in a subset).
 DATASET_LEVEL = ("batch_size", "resolution", "enable_bucket", "bucket_no_upscale", "min_bucket_reso",
@@ -90,6 +90,9 @@ def validate_table(table: Any, prefix: str, allowed: tuple[str, ...], level: str
         key = f"{prefix}.{name}"
         if name in skip:
             continue
+        if DEPRECATED_SPELLINGS.get(name, name) not in allowed:   # refused either way: no "rename it" note
+            _report_misplaced(problems, key, DEPRECATED_SPELLINGS.get(name, name), level, allowed)
+            continue
         name = current_spelling(name, table, key, lambda *a: report(problems, *a))
         if name is None:
             continue
@@ -114,7 +117,12 @@ def key_problem(name: str, value: Any, level: str = "dataset") -> str | None:
 
 
 def _report_misplaced(problems: ProblemList, key: str, name: str, level: str, allowed: tuple[str, ...]) -> None:
-    if name in FOREIGN_METHOD_KEYS:
+    if name == "caption_extension":   # kohya's DreamBooth sidecar key; sdft reads metadata files
+        written = key.rsplit(".", 1)[-1]
+        report(problems, key, f"{written} is not needed with a metadata file: the captions come from "
+               "metadata_file", "delete it (`sdft prepare` reads .caption sidecars when it builds the metadata "
+               "file; `--caption-extension` picks another extension)")
+    elif name in FOREIGN_METHOD_KEYS:
         report(problems, key, f"{name} belongs to kohya's DreamBooth/ControlNet method", FOREIGN_HINT)
     elif name in SUBSET_ONLY:
         report(problems, key, f"{name} is only allowed inside [[datasets.subsets]]",

@@ -16,6 +16,21 @@ from engine.registry import optimizers, schedulers
 from engine.registry.samplers import ACCEPTED_NAMES as SAMPLER_CHOICES
 from engine.registry.samplers import DEFAULT_SAMPLER
 
+
+def plain_file_name(value: Any) -> Any:
+    """``train.output_name`` names one folder inside output_dir and the model files in it, so it
+    is a plain file name: a path there would put the run (and its model) somewhere else."""
+    if not isinstance(value, str):
+        return value   # the type check names it
+    if value.strip() in ("", ".", ".."):
+        raise ValueError(f"must be a file name, got {value!r}: it names the run folder inside output_dir and "
+                         "the saved models")
+    if any(sep in value for sep in ("/", "\\", "\0")):
+        raise ValueError(f"must be a plain file name without / or \\, got {value!r}: put folders in "
+                         "train.output_dir, so the run stays where output_dir says")
+    return value
+
+
 CONFIG_VERSION = 1
 
 
@@ -43,7 +58,8 @@ class TrainConfig:
 
     mode: str = opt("full", '"full" fine-tunes the U-Net (and text encoder); "hypernetwork" trains only a hypernetwork.', choices=("full", "hypernetwork"))
     output_dir: str = opt("runs", "Folder that holds run folders; the run goes to <output_dir>/<output_name>/.")
-    output_name: str = opt("sdft-run", "Name of the run folder and of the saved model files.")
+    output_name: str = opt("sdft-run", "Name of the run folder and of the saved model files.",
+                           normalize=plain_file_name)
     max_train_steps: int = opt(1600, "Optimizer steps to train for (ignored when max_train_epochs is set).", min=1)
     max_train_epochs: int | None = opt(None, "Epochs to train for; wins over max_train_steps.", min=1)
     seed: int | None = opt(None, "Random seed; unset = a random one, written into the run's config.toml.", min=0)

@@ -134,6 +134,14 @@ def _print_clashes(console, clashes) -> None:
         console.print("note: " + clash.note(), markup=False)
 
 
+def _print_not_read(console, not_read: list[tuple[Path, str]], folder: Path) -> None:
+    """Images and sidecars prepare did not read (links out of the folder, FIFOs, huge files)."""
+    if not_read:
+        console.print(styled(("not read", "yellow"), f": {len(dict(not_read))} file(s) in {folder}:"))
+        for path, why in sorted(dict(not_read).items()):
+            console.print(f"  {_rel(path, folder)}: {why}")
+
+
 def _rel(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -221,6 +229,7 @@ def _prepare_folder(folder: Path, args) -> int:
             return ExitCode.USAGE
     from engine.data.scan import find_images, name_clashes
 
+    not_read: list[tuple[Path, str]] = []   # links out of the folder, FIFOs, huge sidecars: named
     try:
         paths = find_images(folder, recursive=args.recursive)
     except ScanError as exc:
@@ -235,8 +244,9 @@ def _prepare_folder(folder: Path, args) -> int:
         captions = []
         for path in paths:
             stem = path.with_suffix("")
-            captions.append(join_caption_and_tags(read_sidecar(stem.with_name(stem.name + args.caption_extension)),
-                                                  read_sidecar(stem.with_name(stem.name + args.tags_extension))))
+            captions.append(join_caption_and_tags(
+                read_sidecar(stem.with_name(stem.name + args.caption_extension), within=folder),
+                read_sidecar(stem.with_name(stem.name + args.tags_extension), within=folder)))
         settings = BucketSettings(args.resolution, True, False, 256, 1024, 64)
         report = _health_report(paths, captions, settings, args,
                                 sidecar_extensions=(args.caption_extension, args.tags_extension))
@@ -244,11 +254,12 @@ def _prepare_folder(folder: Path, args) -> int:
     try:
         meta = build_metadata(folder, recursive=args.recursive, caption_extension=args.caption_extension,
                               tags_extension=args.tags_extension, key_style=args.key_style, clean=args.clean,
-                              existing=existing, leave_out=undecodable)
+                              existing=existing, leave_out=undecodable, not_read=not_read)
     except (ScanError, ValueError) as exc:
         print(f"sdft prepare: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     _print_clashes(_console(stderr=args.json), name_clashes(paths))   # stdout holds only the JSON
+    _print_not_read(_console(stderr=args.json), not_read, folder)
     if not args.no_write:
         write_metadata_json(out, meta)
         with_caption = sum(1 for e in meta.values() if e.get("caption") or e.get("tags"))
@@ -355,6 +366,8 @@ def _prepare_run(path: Path, args) -> int:
                 console.print(styled(("error", "red"), f" {sub.key}: {exc}"))
                 status = ExitCode.FINDINGS
                 continue
+            for warning in meta.warnings:   # keys naming images outside image_dir among them
+                console.print(styled(("warning", "yellow"), f" {sub.key}: {warning}"))
             for e in meta.entries:
                 paths.append(e.path)
                 masks.append(_mask_of(e.path, sub))

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from engine.config.dataset import DatasetSpec, SubsetSpec
 from engine.data.buckets import BucketSettings, assign_sizes
-from engine.data.captions import caption_from_file_name, join_caption_and_tags, join_separator
+from engine.data.captions import caption_char_limit, caption_from_file_name, join_caption_and_tags, join_separator
 from engine.data.metadata import MetadataError, read_metadata
 from engine.data.scan import read_sizes
 
@@ -38,8 +38,10 @@ class DataItem:
 
 
 def dataset_items(di: int, spec: DatasetSpec, s: BucketSettings, data_cfg, problems: list[str],
-                   log: Callable[[str], None], start: int) -> tuple[list[DataItem], BucketSettings]:
-    """Read every subset's metadata, fill sizes, assign buckets (pinned train_resolution if chosen)."""
+                   log: Callable[[str], None], start: int,
+                   max_token_length: int = 225) -> tuple[list[DataItem], BucketSettings]:
+    """Read every subset's metadata, fill sizes, assign buckets (pinned train_resolution if chosen);
+    captions are cut at the characters ``max_token_length`` tokens can take (named in ``log``)."""
     entries = []   # (subset, metadata_file, MetaEntry)
     for sub in spec.subsets:
         try:
@@ -86,7 +88,8 @@ def dataset_items(di: int, spec: DatasetSpec, s: BucketSettings, data_cfg, probl
         s = BucketSettings(s.resolution, True, False, s.min_bucket_reso, s.max_bucket_reso, s.bucket_reso_steps)
         log(f"{spec.key}: using the metadata's train_resolution buckets")
     assignments = assign_sizes([size for *_, size in kept], s, pinned)
-    items = []
+    items, cut = [], []
+    limit = caption_char_limit(max_token_length)
     sep_mode = data_cfg.caption_tags_join
     for (sub, mfile, e, size), a in zip(kept, assignments):
         if a.bucket is None:
@@ -96,8 +99,15 @@ def dataset_items(di: int, spec: DatasetSpec, s: BucketSettings, data_cfg, probl
         caption = join_caption_and_tags(e.caption, e.tags, sep=sep, wildcard=sub.enable_wildcard)
         if not caption and sub.caption_from_filename:
             caption = caption_from_file_name(e.path)
+        if len(caption) > limit:
+            cut.append(e.path.name)
+            caption = caption[:limit]
         items.append(DataItem(start + len(items), e.key, e.path, caption, e.tags, size, a.bucket, a.resized,
                               di, sub, mfile))
+    if cut:
+        shown = ", ".join(cut[:5]) + (f" and {len(cut) - 5} more" if len(cut) > 5 else "")
+        log(f"{spec.key}: {len(cut)} caption(s) over {limit:,} characters are cut there before tokenizing "
+            f"(training reads at most {max_token_length} tokens): {shown}")
     attach_masks(items, problems, log)
     return items, s
 

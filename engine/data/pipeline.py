@@ -62,7 +62,7 @@ class TrainingData:
     def __init__(self, items: list[DataItem], datasets: list[DatasetSpec], settings: list[BucketSettings], *,
                  seed: int, cache_mode: str = "disk", cache_dir: Path | None = None, cache_cfg=None,
                  exif_transpose: bool = True, max_train_steps: int = 1600,
-                 run_name: str = "run", log: Callable[[str], None] = print):
+                 run_dir: str | Path = "run", log: Callable[[str], None] = print):
         self.items = items
         self.datasets = datasets
         self.settings = settings
@@ -72,7 +72,7 @@ class TrainingData:
         self.cache_cfg = cache_cfg
         self.exif_transpose = exif_transpose
         self.max_train_steps = max_train_steps   # the run's, once use_schedule() gives it
-        self.run_name = run_name
+        self.run_dir = Path(run_dir)   # names this run's manifest in a shared cache
         self.log = log
         self.latent_sampling = getattr(cache_cfg, "latent_sampling", "sample")
         self._latents: dict = {}          # item index -> CachedLatent
@@ -101,7 +101,8 @@ class TrainingData:
                 log(f"{spec.key}: bucket_no_upscale needs enable_bucket; ignored")
             if s.no_upscale and (spec.min_bucket_reso, spec.max_bucket_reso) != (256, 1024):
                 log(f"{spec.key}: min/max_bucket_reso are ignored with bucket_no_upscale")
-            ds_items, s = dataset_items(di, spec, s, data_cfg, problems, log, start=len(items))
+            ds_items, s = dataset_items(di, spec, s, data_cfg, problems, log, start=len(items),
+                                        max_token_length=cfg.model.max_token_length)
             items.extend(ds_items)
             settings.append(s)
         if problems:
@@ -125,7 +126,7 @@ class TrainingData:
                 cache_dir = Path(cfg.base_dir) / cache_dir
         data = cls(items, blueprint.datasets, settings, seed=seed, cache_mode=cfg.cache.latents,
                    cache_dir=cache_dir, cache_cfg=cfg.cache, exif_transpose=data_cfg.exif_transpose,
-                   run_name=cfg.train.output_name, log=log)
+                   run_dir=cfg.run_dir(), log=log)
         live = sorted({it.subset.key for it in items if not it.subset.cacheable})
         if live and cfg.cache.latents != "none":
             log("random_crop/color_aug change pixels on every draw, so these subsets are encoded live "
@@ -209,7 +210,7 @@ class TrainingData:
             self._report_left_out(live_failed)
             self._prepared = True
             return
-        from engine.data.cache import CacheJob, LatentCache, write_manifest
+        from engine.data.cache import CacheJob, LatentCache, register_run, write_manifest
 
         cache = LatentCache(self.cache_dir, mode=self.cache_mode, store_dtype=getattr(self.cache_cfg, "dtype", "float32"),
                             verify=getattr(self.cache_cfg, "verify", "full"))
@@ -224,6 +225,8 @@ class TrainingData:
                                  self.exif_transpose, kohya_npz=it.path not in shares_name, mask=it.mask))
         if isinstance(dtype, str):
             dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        if self.cache_mode == "disk" and self.cache_dir is not None:
+            register_run(self.cache_dir, self.run_dir)   # before the first write: prune now sees this run
         result = cache.prepare(jobs, vae, device, dtype, vae_batch_size=getattr(self.cache_cfg, "vae_batch_size", 1),
                                vae_id=vae_id, progress=progress, log=self.log)
         self._latents = result.latents
@@ -231,7 +234,7 @@ class TrainingData:
         self._excluded = set(failed)
         self._report_left_out(failed)
         if self.cache_mode == "disk" and self.cache_dir is not None:
-            write_manifest(self.cache_dir, self.run_name, [c.key for c in result.latents.values() if not c.kohya])
+            write_manifest(self.cache_dir, self.run_dir, [c.key for c in result.latents.values() if not c.kohya])
         self._prepared = True
         self.cache_result = result
 

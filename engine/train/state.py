@@ -73,9 +73,11 @@ def _restore_rng(meta: dict, tensors: dict) -> None:
 
 
 def save_state(folder: Path, *, trainables: dict[str, torch.nn.Module | dict], optimizer, scheduler,
-               scaler=None, ema=None, counters: Counters, config_text: str) -> Path:
+               scaler=None, ema=None, counters: Counters, config_text: str,
+               texts: dict[str, str] | None = None) -> Path:
     """Write a complete state folder atomically; returns its final path. A failed write
-    names its file (``atomic.writing``), so a full disk says which part did not fit."""
+    names its file (``atomic.writing``), so a full disk says which part did not fit.
+    ``texts``: more files by name (the run's inputs, engine/train/resume_check.py)."""
     with atomic.atomic_dir(folder) as tmp:
         def put(name: str, write) -> None:
             with atomic.writing(tmp / name):
@@ -98,6 +100,8 @@ def save_state(folder: Path, *, trainables: dict[str, torch.nn.Module | dict], o
         put("counters.json", lambda path: path.write_text(
             json.dumps({"version": STATE_VERSION, **asdict(counters)}, indent=2)))
         put("config.toml", lambda path: path.write_text(config_text, encoding="utf-8"))
+        for name, text in (texts or {}).items():
+            put(name, lambda path, text=text: path.write_text(text, encoding="utf-8"))
         manifest = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         put("manifest.json", lambda path: path.write_text(json.dumps(manifest, indent=2)))
     return folder

@@ -118,9 +118,10 @@ class Trainer:
 
     def _latents_progress(self, done: int, total: int) -> None:
         self._phase(Phase.CACHING_LATENTS, done, total)
-        if self.control.stop_requested:
-            # Latents written so far stay in the cache; the next run reuses them.
-            raise StopTraining(self.control.stop_reason)
+        if self.control.stop_requested:   # at the next entry: what was encoded stays for the next run
+            raise StopTraining(f"{self.control.stop_reason} while caching latents, before training started: the "
+                               f"{done} of {total} latents encoded so far are kept in the cache, and the next "
+                               "run reuses them")
 
     # ================================================================ the loop
 
@@ -128,7 +129,7 @@ class Trainer:
         """Metrics, the validation loss, checkpoints, sampling and control polling, in the order they act."""
         from engine.train.sampling import Sampler
 
-        self.sampler = Sampler(self.parts)
+        self.sampler = Sampler(self.parts, should_stop=lambda: self.control.stop_requested)
         control = ControlHook(self.control, self.sink, self.checkpointer, self.sampler,
                               on_resumed=lambda: self.meter.restart_clock())
         validation = ValidationHook(self.parts, self.seed)

@@ -22,7 +22,7 @@ from engine.events import RunFinished
 from engine.vocabulary import ControlStatus, RunStatus, exit_code_for
 from sdft_tui.bridge import EventFollower
 from sdft_tui.engine_handle import Engine, EngineDone, EngineHandle, default_engine, default_log_path
-from sdft_tui.screens.confirm import ConfirmScreen
+from sdft_tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from sdft_tui.screens.dashboard_base import DashboardScreen
 
 
@@ -43,12 +43,13 @@ class RunScreen(DashboardScreen):
 
     def __init__(self, config_path, *, engine: Engine | None = None, handle: EngineHandle | None = None,
                  log_path: Path | str | None = None, resume: str | None = None, allow_changed: bool = False,
-                 name: str | None = None) -> None:
+                 restart: bool = False, name: str | None = None) -> None:
         super().__init__(name=name)
         self.config_path = Path(config_path)
         self.engine = engine
-        # sdft train's --resume / --allow-changed, passed on only when given
-        self.engine_options = {k: v for k, v in (("resume", resume), ("allow_changed", allow_changed)) if v}
+        # sdft train's --resume / --allow-changed / --restart, passed on only when given
+        self.engine_options = {k: v for k, v in (("resume", resume), ("allow_changed", allow_changed),
+                                                 ("restart", restart)) if v}
         self.handle = handle or EngineHandle()
         if log_path is not None:
             self.handle.log_path = Path(log_path)
@@ -155,13 +156,21 @@ class RunScreen(DashboardScreen):
         if not self.handle.running or self.control.stop_requested:
             return
 
-        def answered(yes: bool | None) -> None:
-            if yes and self.handle.running:
-                self.control.request_stop("stopped from the dashboard", save_state=True)
-                self.note("stop requested: saving a resumable state", "warning")
+        def answered(answer: str | None) -> None:
+            if answer not in ("stop", "save_stop") or not self.handle.running:
+                return
+            if answer == "save_stop":   # the model of this very step, beside the resumable state
+                self.control.request_save()
+            self.control.request_stop("stopped from the dashboard", save_state=True)
+            self.note("stop requested: saving " + ("the model and " if answer == "save_stop" else "")
+                      + "a resumable state", "warning")
 
-        self.app.push_screen(ConfirmScreen(
-            "Stop training now? A resumable state is saved first, so you can continue later."), answered)
+        self.app.push_screen(ChoiceScreen(
+            "Stop training now? A resumable state is saved first, so you can continue later. Save the model "
+            "of this step too, to use it now?",
+            [("save_stop", "Save model + stop (s)"), ("stop", "Stop (y)"), ("cancel", "Keep training (n)")],
+            keys={"s": "save_stop", "y": "stop", "n": "cancel"}),
+            answered)
 
     def action_save_now(self) -> None:
         if self.handle.running:
