@@ -137,14 +137,8 @@ class WizardSession:
     def count_tokens(self) -> None:
         """Fill ``tokens`` for every record (imports the tokenizer: call from a worker); a caption
         is cut where training cuts it first, so a huge one costs no more than training reads."""
-        from engine.data.captions import caption_char_limit
-
-        limit = caption_char_limit(225)
-        texts = [self.joined_caption(r)[:limit] for r in self.records]
         with TOKENIZER_LOCK:
-            from engine.models.tokenizer import count_tokens
-
-            counts = count_tokens(texts, v2=self._v2()) if texts else []
+            counts = self.project.token_counts(self.records, v2=self._v2())
         for record, n in zip(self.records, counts):
             record.tokens = n
 

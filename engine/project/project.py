@@ -57,6 +57,17 @@ class Project:
 
         return caption_as_trained(record.caption, record.tags, **self.caption_rules)
 
+    def token_counts(self, records, v2: bool) -> list[int]:
+        """Each record's token count as training tokenizes its caption (imports the tokenizer: call
+        from a worker). The caption is cut where training cuts it first, so a huge one costs no
+        more here than training reads."""
+        from engine.data.captions import caption_char_limit
+        from engine.models.tokenizer import count_tokens
+
+        limit = caption_char_limit(225)
+        texts = [self.caption_as_trained(r)[:limit] for r in records]
+        return count_tokens(texts, v2=v2) if texts else []
+
     def bucket_report(self):
         """The engine's bucket report for the draft's settings (raises on bad limits)."""
         return self.index.bucket_report(self.draft.bucket_settings(), int(self.draft.get("dataset.batch_size")),
