@@ -47,15 +47,16 @@ def gpu_count_wanted(value: str, visible: int) -> int:
     return count
 
 
-def launch_plan(train_args: list[str], processes: int, multi_node: dict, p2p_ok: bool | None) -> Launch:
-    """The accelerate launch command that runs ``engine.cli train`` with ``train_args`` in
-    ``processes`` processes; ``p2p_ok`` False (GeForce cards without peer-to-peer) adds
-    NCCL_P2P_DISABLE=1, as NCCL otherwise hangs or crawls on them."""
+def launch_plan(train_args: list[str], processes: int, multi_node: dict, p2p_ok: bool | None,
+                command: str = "train") -> Launch:
+    """The accelerate launch command that runs ``engine.cli COMMAND`` (train, or bench) with
+    ``train_args`` in ``processes`` processes; ``p2p_ok`` False (GeForce cards without
+    peer-to-peer) adds NCCL_P2P_DISABLE=1, as NCCL otherwise hangs or crawls on them."""
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
     for name, flag in MULTI_NODE.items():
         if multi_node.get(name) is not None:
             argv += [flag, str(multi_node[name])]
-    argv += ["-m", "engine.cli", "train", *train_args]
+    argv += ["-m", "engine.cli", command, *train_args]
     env, notes = {}, []
     if p2p_ok is False and "NCCL_P2P_DISABLE" not in os.environ:
         env["NCCL_P2P_DISABLE"] = "1"
@@ -92,10 +93,40 @@ def parse_p2p_matrix(text: str) -> bool | None:
     return all(c == "OK" for c in cells)
 
 
-def run_launch(plan: Launch) -> int:
-    """Start the processes and wait; the launcher's exit code (130 when Ctrl-C stopped them)."""
+def run_launch(plan: Launch, run_dir, say=print) -> int:
+    """Start the processes and wait; the launcher's exit code.
+
+    The launcher runs in a session of its own, so a Ctrl-C in the terminal reaches this process
+    alone: the first asks the run to stop through its control.json (every process agrees on the
+    step and the main one writes the state, however long that takes); a second interrupts the
+    launcher (no state). torch's launcher, hit by the terminal's Ctrl-C itself, would kill
+    processes still writing their state after 30 s. SIGTERM and SIGHUP stop as the first Ctrl-C."""
+    import signal
+
+    from engine.control_file import send_request
+
     env = {**os.environ, **plan.env}
+    process = subprocess.Popen(plan.argv, env=env, start_new_session=True)
+    asked = {"stop": False}
+
+    def stop(reason: str) -> None:
+        if not asked["stop"]:
+            asked["stop"] = True
+            send_request(run_dir, "stop", by=reason)
+            say(f"sdft train: {reason}: every process stops at the next step and a resumable state is saved "
+                "(Ctrl-C again to abort without saving)")
+        else:
+            say("sdft train: aborting without saving")
+            os.killpg(process.pid, signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, lambda signum, _frame: stop(signal.Signals(signum).name))
+                for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM))}
     try:
-        return subprocess.run(plan.argv, env=env).returncode
-    except KeyboardInterrupt:    # the launcher passes the Ctrl-C on; its processes save and stop
-        return 130
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:
+                stop("Ctrl-C")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -116,7 +116,7 @@ class RunFigures:
         self.started = e
         self.status = "running" if self.status in ("waiting", "preparing") else self.status
         resumed = f", resumed at step {e.start_step}" if e.start_step else ""
-        self._log(e, f"started on {e.device}: {e.num_images} images, batch {e.batch_size}, "
+        self._log(e, f"started on {e.where}: {e.num_images} images, {e.batch_words}, "
                      f"{e.total_steps} steps in {e.total_epochs} epochs{resumed}")
 
     def _on_message(self, e: Message) -> None:

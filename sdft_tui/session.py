@@ -49,6 +49,7 @@ class WizardSession:
     scan_error: str | None = None
     model_guess: ModelProbe = field(default_factory=lambda: ModelProbe(kind="no model chosen"))
     hardware: Any = None                    # engine.hardware.HardwareInfo once probed
+    gpus: int = 1                           # GPUs to train on (sdft train --gpus): not in the run file
     health_report: Any = None               # engine.data.health.HealthReport once checked
     preset_applied: int | None = None
     preset_kept: dict[str, Any] = field(default_factory=dict)  # the last preset's values not applied
@@ -196,7 +197,12 @@ class WizardSession:
         w, h = self.project.largest_bucket()
         family = self.model_guess.family or ("sd2" if self.get("model.v2") is True else "sd1")
         return PlanOptions.from_config(self.draft.sections(), width=w, height=h,
-                                       batch_size=int(self.get("dataset.batch_size")), family=family)
+                                       batch_size=int(self.get("dataset.batch_size")), family=family,
+                                       processes=self.gpus)
+
+    def gpu_count(self) -> int:
+        """GPUs the probe found (0 before it answers, or without one)."""
+        return len(getattr(self.hardware, "gpus", None) or [])
 
     def capabilities(self):
         """What can run here (engine.hardware): before the probe answers, as if there were no GPU."""

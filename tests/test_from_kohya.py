@@ -44,6 +44,17 @@ def test_every_option_of_kohyas_parser_is_mapped_or_refused_with_a_reason():
             assert len(opt.refused) > 20, name   # a reason, not a word
 
 
+def test_the_readme_counts_what_maps_and_what_is_refused():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"(\d+) map to a run-file key \(`config_file` is read\), (\d+) are refused", " ".join(readme.split()))
+    assert found, "README's Coming from kohya names the counts"
+    mapped = sum(1 for o in OPTIONS.values() if not o.refused)    # config_file among them: it is read
+    assert (int(found.group(1)), int(found.group(2))) == (mapped, len(OPTIONS) - mapped)
+
+
 def test_kohyas_documented_command_converts_to_a_file_check_accepts(tmp_path, tiny_sd1):
     pytest.importorskip("bitsandbytes", reason="--use_8bit_adam needs bitsandbytes (in the dev extra)")
     from engine.preflight import check_run_file
@@ -83,6 +94,15 @@ def test_the_metadata_form_builds_kohyas_dataset_tables(tmp_path):
     assert row.went == ['memory.attention = "sdpa"'] and "SDPA" in row.note
 
 
+def test_the_ddp_options_map_to_the_multi_gpu_keys():
+    conversion = from_command(["--ddp_timeout", "90", "--ddp_gradient_as_bucket_view", "--ddp_static_graph"])
+    assert not conversion.refused
+    assert conversion.document["train"] == {"ddp_timeout": 90, "ddp_gradient_as_bucket_view": True,
+                                            "ddp_static_graph": True}
+    why = {r.option: r.refused for r in from_command(["--deepspeed"]).refused}
+    assert "--gpus N" in why["deepspeed"] and "accelerate config" not in why["deepspeed"]
+
+
 def test_the_fused_backward_pass_maps_to_the_memory_option():
     conversion = from_command(["--fused_backward_pass", "--optimizer_type", "AdaFactor", "--full_bf16",
                                "--mixed_precision", "bf16"])
@@ -120,7 +140,7 @@ def test_a_sectioned_config_file_skips_kohyas_defaults(tmp_path):
     assert doc["dataset_config"] == "d.toml"
     why = {r.option: r.refused for r in conversion.refused}
     assert "dataset TOML" in why["resolution"], "kohya ignores dataset options beside --dataset_config"
-    assert "accelerate" in why["ddp_timeout"]
+    assert "ddp_timeout" not in why and "ddp_timeout" not in doc.get("train", {}), "0 is kohya's default wait"
 
 
 def test_the_command_writes_the_file_and_prints_the_table(tmp_path, capsys):

@@ -141,7 +141,8 @@ def test_the_shell_keeps_the_outcome_after_the_dashboard_closes(tmp_path, monkey
 
 
 def test_watch_does_not_offer_the_sample_key(tmp_path):
-    """A read-only watch cannot take a sample: its empty samples pane must not say `n: sample now`."""
+    """A watch of a run that is not training cannot take a sample: its empty samples pane must not say
+    `n: sample now`."""
     from sdft_tui.screens.run import WatchScreen
 
     (tmp_path / "events.jsonl").write_text("", encoding="utf-8")

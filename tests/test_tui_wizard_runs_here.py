@@ -144,3 +144,51 @@ def test_a_bf16_choice_on_an_older_gpu_says_what_it_needs():
     state.hardware = T4
     state.set("memory.mixed_precision", "bf16")
     assert any("compute capability 8.0" in reason for reason in state.cannot_run_here())
+
+
+FOUR_GPUS = HardwareInfo(gpus=[GpuInfo(i, "NVIDIA A100-SXM4-80GB", 80 * 2**30, (8, 0)) for i in range(4)],
+                         source="test", packages=frozenset({"bitsandbytes"}))
+
+
+def test_with_several_gpus_the_options_step_plans_per_gpu_and_the_command_takes_them(tmp_path):
+    from sdft_tui.screens.review import train_command
+
+    folder = make_dataset(tmp_path)
+    seen = {}
+
+    async def go():
+        app = SdftApp(hardware=FOUR_GPUS, start_dir=tmp_path)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            app.state.load_source(folder)
+            await pilot.press("f5")
+            await settle(app, pilot)
+            screen = app.screen
+            assert screen.query_one("#gpus-row").display
+            screen.query_one("#gpus").value = 4
+            await settle(app, pilot)
+            seen["vram"] = str(screen.query_one("#vram").render())
+            seen["gpus"] = app.state.gpus
+
+    asyncio.run(go())
+    assert seen["gpus"] == 4 and "per GPU x4" in seen["vram"]
+    run = tmp_path / "run.toml"
+    assert train_command(run, 4) == f"sdft train {run} --gpus 4"
+    assert train_command(run, 1) == f"sdft train {run}"
+
+
+def test_one_gpu_shows_no_gpu_choice(tmp_path):
+    folder = make_dataset(tmp_path)
+    seen = {}
+
+    async def go():
+        app = SdftApp(hardware=GPU_NO_BNB, start_dir=tmp_path)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            app.state.load_source(folder)
+            await pilot.press("f5")
+            await settle(app, pilot)
+            seen["shown"] = app.screen.query_one("#gpus-row").display
+
+    asyncio.run(go())
+    assert seen["shown"] is False

@@ -168,6 +168,10 @@ def _check_cross_field(config: RunConfig, problems: ProblemList) -> None:
     if m.full_bf16 and m.mixed_precision != "bf16":
         problems.add("memory.full_bf16", "needs mixed_precision = \"bf16\"", 'set memory.mixed_precision = "bf16"')
     _check_fused_backward(config, problems)
+    if t.ddp_static_graph and t.stop_text_encoder_training:
+        problems.add("train.ddp_static_graph", "cannot stay static: train.stop_text_encoder_training freezes the "
+                     "text encoder mid-run, which changes the graph DDP was told never changes",
+                     "remove one of the two")
     if isinstance(o.lr_warmup_steps, float) and not o.lr_warmup_steps < 1:
         problems.add("optimizer.lr_warmup_steps", f"a fractional warm-up must be below 1, got {o.lr_warmup_steps}",
                      "use an integer number of steps, or a ratio such as 0.05")

@@ -30,8 +30,8 @@ def refuse(reason: str, kind: str = VALUE, default: Any = None) -> Opt:
 
 
 HUB = "uploading to or resuming from the Hugging Face hub is not part of sdft; upload the saved file yourself"
-DEEPSPEED = "use an accelerate config file for DeepSpeed (see README, Many GPUs)"
-DDP = "set it in accelerate's config (`accelerate config`); sdft runs under accelerate's defaults"
+DEEPSPEED = ("sdft has no DeepSpeed path: train on several GPUs with `sdft train RUN.toml --gpus N` (data "
+             "parallel), and fit memory with memory.fused_backward_pass and bf16 weights (README, Many GPUs)")
 LOGS = "sdft's console has no log levels: headless output goes to the terminal, tracebacks to sdft.log"
 NOT_YET = "not in sdft yet"
 
@@ -228,7 +228,9 @@ OPTIONS: dict[str, Opt] = {
                                      note="background threads loading the next batches"),
     "persistent_data_loader_workers": refuse("not needed: sdft's loader threads always live for the whole run",
                                              FLAG),
-    "ddp_timeout": refuse(DDP), "ddp_gradient_as_bucket_view": refuse(DDP, FLAG), "ddp_static_graph": refuse(DDP, FLAG),
+    "ddp_timeout": Opt(VALUE, 0, to="train.ddp_timeout"),   # 0 or unset: the default wait, as in kohya
+    "ddp_gradient_as_bucket_view": Opt(FLAG, to="train.ddp_gradient_as_bucket_view"),
+    "ddp_static_graph": Opt(FLAG, to="train.ddp_static_graph"),
     "deepspeed": refuse(DEEPSPEED, FLAG), "zero_stage": refuse(DEEPSPEED, VALUE, 2),
     "offload_optimizer_device": refuse(DEEPSPEED), "offload_optimizer_nvme_path": refuse(DEEPSPEED),
     "offload_param_device": refuse(DEEPSPEED), "offload_param_nvme_path": refuse(DEEPSPEED),

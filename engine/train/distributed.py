@@ -1,12 +1,9 @@
 """Several processes, one run (docs/many-gpus.md).
 
 Two things make N processes train the run one process would:
-- **One global batch, split.** An epoch is planned at the global micro-batch (the dataset's batch
-  size times the processes), exactly as one process would plan it, and each process takes its
-  contiguous part of every global batch (:func:`rank_part`). Every random draw (noise, timesteps,
-  crops, flips, caption shuffles) is keyed by the global batch and the sample's place in it, never
-  by the process, and each process's loss is weighted by its share, so the gradient the processes
-  average is the one process's gradient over the same samples.
+- **One global batch, split** (engine/data/parts.py). Every random draw (noise, timesteps, crops,
+  flips, caption shuffles) is keyed by the global batch and the sample's place in it, never by the
+  process: a process draws for the whole global batch and keeps its rows (:func:`rows_of`).
 - **One decision per step.** Stop, save-now, sample-now and pause reach one process (the dashboard
   runs in the main one; a signal may hit any one); :class:`ControlAgreement` combines every
   process's requests in one small collective per step over a CPU (gloo) side group, so all act on
@@ -16,29 +13,45 @@ Two things make N processes train the run one process would:
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from dataclasses import dataclass
 
-import torch
+# torch is imported inside the functions: the runner imports this module before any training
 
 DEFAULT_TIMEOUT_MINUTES = 60   # caching shares, a preview on the main process: a wait may be long
 
 
-def rank_part(count: int, processes: int, rank: int) -> tuple[int, int]:
-    """The items ``[start, end)`` of a global batch of ``count`` that process ``rank`` trains:
-    contiguous, the first ``count % processes`` processes one more. Empty when there are fewer
-    items than processes (that process then runs a weightless copy of an item, see
-    :func:`part_weight`, so the gradient averaging still meets every process)."""
-    base, extra = divmod(count, processes)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
+def is_distributed() -> bool:
+    """Started by torchrun or accelerate launch with more than one process (their environment)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def part_weight(trained: int, count: int, processes: int) -> float:
-    """What a process's mean loss is multiplied by so that the average over processes (what the
-    gradient averaging computes) is the mean over the whole global batch: its share of the items
-    times the number of processes. 1.0 when the batch splits evenly; 0.0 for an empty part."""
-    return trained * processes / count
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch, or a plain single process: the one that writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def use_local_gpu() -> None:
+    """In a process of a multi-GPU run, make its own GPU (LOCAL_RANK) the current one before any
+    CUDA work: the checks before training would otherwise all open a context on GPU 0."""
+    import torch
+
+    if is_distributed() and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def ddp_timeout_minutes(train) -> float:
+    """How long a process waits for the others (kohya's ``--ddp_timeout``, in minutes)."""
+    value = getattr(train, "ddp_timeout", None)
+    return float(value) if value else DEFAULT_TIMEOUT_MINUTES
+
+
+def rows_of(tensor, part: tuple[int, int, int]):
+    """This process's rows of a tensor drawn for the whole global batch (``part`` = start, end,
+    count, as ``Batch.part``)."""
+    start, end, count = part
+    return tensor if (start, end) == (0, count) else tensor[start:end]
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class ControlAgreement:
     def _combined(self, flags: list[int]) -> list[int]:
         if self.group is None:
             return flags
+        import torch
         import torch.distributed as dist
 
         tensor = torch.tensor(flags, dtype=torch.int32)
@@ -77,16 +91,33 @@ class ControlAgreement:
                  int(control.take_sample_request()), int(control.paused)]
         return Agreed(*(bool(v) for v in self._combined(local)))
 
-    def hold_while_paused(self, control, poll_s: float = 0.2) -> bool:
-        """Wait together until the pause ends; True when a stop ended it."""
+    def stop_agreed(self, stop: bool) -> bool:
+        """Whether any process asks for a stop (all of them wait here for the others)."""
+        return bool(self._combined([int(stop)])[0])
+
+    def hold_while_paused(self, control, poll_s: float = 0.2, on_poll=None) -> bool:
+        """Wait together until the pause ends; True when a stop ended it. ``on_poll`` runs at each
+        look (the main process reads sdft watch's requests there)."""
         while True:
             if self.group is None:
                 control.wait_while_paused(poll_s)
             else:
                 time.sleep(poll_s)
+            if on_poll is not None:
+                on_poll()
             stop, paused = self._combined([int(control.stop_requested), int(control.paused)])
             if stop or not paused:
                 return bool(stop)
+
+    def from_main(self, value):
+        """The main process's ``value`` in every process (a small object: a folder's path)."""
+        if self.group is None:
+            return value
+        import torch.distributed as dist
+
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0, group=self.group)
+        return holder[0]
 
     def barrier(self) -> None:
         if self.group is not None:

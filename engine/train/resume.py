@@ -36,11 +36,12 @@ def parts_math_hash(parts: RunParts, seed) -> str:
     return math_hash(parts.cfg, parts.components.noise.v_prediction, parts.precision.mixed_precision, seed)
 
 
-def restore(parts: RunParts, resume: str, seed, allow_changed: bool) -> Counters | None:
+def restore(parts: RunParts, resume: str, seed, allow_changed: bool, agreement) -> Counters | None:
     """Load the state ``resume`` names into the parts; its counters, or None to start at step 0."""
     skipped: list[str] = []
     run_dir = parts.run_dir
     folder = find_state_folder(resume, run_dir, parts.cfg.base_dir, skipped)
+    folder = agreement.from_main(folder)   # the main process verified it (state.verify_state)
     for reason in skipped:
         parts.say(f"skipped a newer state that does not verify: {reason}", "warning")
     if folder is None and skipped:

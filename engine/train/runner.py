@@ -7,7 +7,6 @@ outcome (done, stopped, failed, out of memory) into a RunResult and a RunFinishe
 
 from __future__ import annotations
 
-import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from engine.config import run_toml
 from engine.control import RunControl
 from engine.events import FanOut, JsonlSink, Message, RunFinished
 from engine.threads import apply_thread_policy
+from engine.train.distributed import is_distributed, is_main_process, use_local_gpu
 from engine.train.trackers import open_trackers
 from engine.vocabulary import RunStatus
 
@@ -58,6 +58,7 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
     quiet_libraries()
 
     config_path = Path(config_path)
+    use_local_gpu()
     config, document, warnings = run_toml.load_run_file(config_path)
     warnings = warnings + _preflight(config, resume, restart, allow_changed)
     control = control or RunControl()
@@ -204,15 +205,6 @@ def seed_in_effect(config, resume: str | None) -> int | None:
         return read_counters(folder).seed if folder is not None else None
     except (OSError, ValueError, TypeError, KeyError):
         return None   # a bad state folder: the trainer reports it with its own message
-
-
-def is_distributed() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun / accelerate launch, or a plain single process."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _what_was_kept(trainer, config) -> str:

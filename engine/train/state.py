@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from engine import atomic
 from engine.hashcache import file_sha256
+from engine.train.distributed import is_main_process
 
 STATE_VERSION = 1
 
@@ -114,6 +115,8 @@ def verify_state(folder: Path) -> None:
     """Every file of the state is there and matches its checksum, else StateError. A state
     checked once in this process is not hashed again (a full model's state is gigabytes)."""
     manifest_path = folder / "manifest.json"
+    if not is_main_process():
+        return   # one hash of every file is enough: the other processes take the main one's folder (resume.py)
     if not manifest_path.is_file():
         raise StateError(f"{folder} is not a complete sdft state (no manifest.json); pick another state folder")
     seen = (str(folder.resolve()), manifest_path.stat().st_mtime_ns)

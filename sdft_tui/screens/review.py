@@ -183,6 +183,10 @@ class ReviewScreen(WizardScreen):
             self.notify("not started: the earlier run is untouched", markup=False)
 
     def _open_run(self, saved: Path, **start) -> None:
+        if self.state.gpus > 1:   # several processes run from the terminal; the dashboard trains in this one
+            self.app.finish(saved, f"Train on {self.state.gpus} GPUs with:\n  {train_command(saved, self.state.gpus)}\n"
+                                   "and follow (and steer) it from another terminal with `sdft watch RUN_DIR`")
+            return
         if importlib.util.find_spec("sdft_tui.dashboard") is not None:
             from sdft_tui import dashboard
 
@@ -194,7 +198,7 @@ class ReviewScreen(WizardScreen):
 
     def action_save_quit(self) -> None:
         self._save_then(lambda saved: self.app.finish(saved, f"Saved {saved}\nTrain headless with:\n"
-                                                             f"  {train_command(saved)}"))
+                                                             f"  {train_command(saved, self.state.gpus)}"))
 
     @on(Button.Pressed, "#save")
     def _b_save(self) -> None:
@@ -209,9 +213,15 @@ class ReviewScreen(WizardScreen):
         self.action_save_quit()
 
 
-def train_command(saved: Path) -> str:
+def train_command(saved: Path, gpus: int = 1) -> str:
     """The command that trains ``saved`` from here: with --resume latest when its run folder
-    holds a state (a plain start would be refused), with --restart when it holds only events."""
+    holds a state (a plain start would be refused), with --restart when it holds only events;
+    with --gpus N for several GPUs."""
+    command = train_command_alone(saved)
+    return command.replace(f"sdft train {saved}", f"sdft train {saved} --gpus {gpus}", 1) if gpus > 1 else command
+
+
+def train_command_alone(saved: Path) -> str:
     from engine.config.run_toml import load_run_config
     from engine.run_history import run_history
 

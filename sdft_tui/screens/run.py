@@ -229,10 +229,20 @@ class RunScreen(DashboardScreen):
 
 
 class WatchScreen(DashboardScreen):
-    """Read-only dashboard following ``events.jsonl`` of a run started elsewhere."""
+    """The dashboard of a run started elsewhere: it follows ``events.jsonl`` and steers the run
+    through ``RUN_DIR/control.json`` (engine/control_file.py), which its main process reads at
+    every step, so x, s, n and p act as on the run's own dashboard."""
 
     title_prefix = "sdft watch"
     POLL_S = 0.25
+
+    BINDINGS = [
+        Binding("x", "stop", "Stop"),
+        Binding("s", "save_now", "Save"),
+        Binding("n", "sample_now", "Sample"),
+        Binding("p", "pause", "Pause"),
+        Binding("p", "resume", "Resume"),   # shown instead of Pause while paused (check_action)
+    ]
 
     def __init__(self, events_path, *, name: str | None = None) -> None:
         super().__init__(name=name)
@@ -260,9 +270,59 @@ class WatchScreen(DashboardScreen):
         if self.figures.version == 0:
             line = Text(f"{self.title_prefix} · {self.run_label} · waiting for {self.events_path}",
                         no_wrap=True, overflow="ellipsis")
-        if self.fits(line, " · read-only"):   # at 80 columns the figures come first
-            line.append(" · read-only", style="italic")
         return line
+
+    @property
+    def live(self) -> bool:
+        """The run is training (or preparing) and can take a request."""
+        return self.figures.finished is None and self.figures.status in ("preparing", "running", "paused")
+
+    def check_action(self, action: str, parameters):
+        if action in ("stop", "save_now", "sample_now", "pause", "resume"):
+            if not self.live:
+                return False
+            paused = self.figures.status == "paused"
+            if (action == "pause" and paused) or (action == "resume" and not paused):
+                return False
+        return True
+
+    def send(self, request: str, said: str) -> None:
+        import os
+
+        from engine.control_file import send_request
+
+        try:
+            send_request(self.run_dir, request, by=f"sdft watch (pid {os.getpid()})")
+        except OSError as exc:
+            self.notify(f"could not write {self.run_dir / 'control.json'}: {exc}", severity="error")
+            return
+        self.figures.note(f"{said} (the run acts at its next step)", "info")
+        self.repaint()
+
+    def action_stop(self) -> None:
+        def answered(answer: str | None) -> None:
+            if answer == "save_stop":
+                self.send("save", "save requested")
+            if answer in ("stop", "save_stop"):
+                self.send("stop", "stop requested: the run saves a resumable state")
+
+        self.app.push_screen(ChoiceScreen(
+            "Stop the run now? It saves a resumable state first, so you can continue later. Save the model "
+            "of this step too?",
+            [("save_stop", "Save model + stop (s)"), ("stop", "Stop (y)"), ("cancel", "Keep training (n)")],
+            keys={"s": "save_stop", "y": "stop", "n": "cancel"}), answered)
+
+    def action_save_now(self) -> None:
+        self.send("save", "save requested")
+
+    def action_sample_now(self) -> None:
+        self.send("sample", "sample requested")
+
+    def action_pause(self) -> None:
+        self.send("pause", "pause requested")
+
+    def action_resume(self) -> None:
+        self.send("resume", "resume requested")
 
     def config_file(self):
         path = self.run_dir / "config.toml"
