@@ -23,7 +23,7 @@ def repeats_and_tokens(name: str) -> tuple[int, str] | None:
     return (repeats, tokens) if repeats >= 1 else None
 
 
-def layout_subsets(train_dir: Path, reg_dir: Path | None = None) -> list[dict]:
+def layout_subsets(train_dir: Path | None, reg_dir: Path | None = None) -> list[dict]:
     """The subset tables of a layout (sorted by folder name; regularization folders last), with
     paths as given. Sub-folders kohya skips are left out."""
     tables = []

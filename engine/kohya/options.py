@@ -31,7 +31,12 @@ def refuse(reason: str, kind: str = VALUE, default: Any = None) -> Opt:
 
 HUB = "uploading to or resuming from the Hugging Face hub is not part of sdft; upload the saved file yourself"
 DEEPSPEED = "use an accelerate config file for DeepSpeed (see README, Many GPUs)"
-DDP = "set it in accelerate's config (`accelerate config`); sdft runs under accelerate's defaults"
+# kohya builds its DDP wrapper with these in code; they are not accelerate settings either.
+DDP = ("kohya sets it in its own code, not in accelerate's config; sdft starts DDP itself when it runs on "
+       "several GPUs (`sdft train RUN.toml --gpus N`, or accelerate launch)")
+DDP_TIMEOUT = f"{DDP}, with PyTorch's default timeout: there is no key for it yet"
+DDP_BUCKETS = f"{DDP} and lays out the gradient buckets itself: there is no key for it yet"
+DDP_STATIC = f"{DDP}, without a static graph: there is no key for it yet"
 LOGS = "sdft's console has no log levels: headless output goes to the terminal, tracebacks to sdft.log"
 NOT_YET = "not in sdft yet"
 
@@ -96,6 +101,19 @@ def _scheduler(value, options) -> dict:
     if _adafactor_relative_step(options):
         return {"optimizer.lr_scheduler": "adafactor"}   # kohya switches to it, whatever was asked
     return {"optimizer.lr_scheduler": scheduler_name(value)}
+
+
+def _prior_loss_weight(value, _all) -> dict:
+    from engine.kohya.values import KohyaValueError
+
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise KohyaValueError(f"{value!r} is not a number") from None
+    if weight != 1.0:
+        raise KohyaValueError(f"sdft weighs regularization images' loss like the others (1.0, kohya's default); "
+                              f"{value} is not in sdft yet")
+    return {}   # 1.0 is what sdft does: nothing to write
 
 
 def _key_values(key: str) -> Callable:
@@ -228,7 +246,8 @@ OPTIONS: dict[str, Opt] = {
                                      note="background threads loading the next batches"),
     "persistent_data_loader_workers": refuse("not needed: sdft's loader threads always live for the whole run",
                                              FLAG),
-    "ddp_timeout": refuse(DDP), "ddp_gradient_as_bucket_view": refuse(DDP, FLAG), "ddp_static_graph": refuse(DDP, FLAG),
+    "ddp_timeout": refuse(DDP_TIMEOUT), "ddp_gradient_as_bucket_view": refuse(DDP_BUCKETS, FLAG),
+    "ddp_static_graph": refuse(DDP_STATIC, FLAG),
     "deepspeed": refuse(DEEPSPEED, FLAG), "zero_stage": refuse(DEEPSPEED, VALUE, 2),
     "offload_optimizer_device": refuse(DEEPSPEED), "offload_optimizer_nvme_path": refuse(DEEPSPEED),
     "offload_param_device": refuse(DEEPSPEED), "offload_param_nvme_path": refuse(DEEPSPEED),
@@ -297,6 +316,13 @@ OPTIONS: dict[str, Opt] = {
 # fine_tune.py command line never holds them, but a command or config file moved over from
 # those scripts does. The test of OPTIONS against fine_tune.py's parser leaves these out.
 OTHER_SCRIPTS: dict[str, Opt] = {
+    # train_db.py's own (engine/kohya/dreambooth.py reads reg_data_dir and the text encoder's)
+    "reg_data_dir": refuse("regularization images are train_db.py's: fine_tune.py has none (convert the "
+                           "train_db.py command, or write is_reg = true subsets)"),
+    "prior_loss_weight": Opt(VALUE, 1.0, to=_prior_loss_weight),
+    "no_token_padding": refuse("kohya's DreamBooth option to leave captions unpadded, as Diffusers' DreamBooth "
+                               "script does; sdft pads every caption to its token chunks, as fine_tune.py", FLAG),
+    "stop_text_encoder_training": Opt(VALUE, to="train.stop_text_encoder_training"),
     "masked_loss": Opt(FLAG, to="train.masked_loss"),
     "conditioning_data_dir": Opt(VALUE, to="subset.conditioning_data_dir"),
     "validation_split": Opt(VALUE, 0.0, to="general.validation_split"),
@@ -306,3 +332,12 @@ OTHER_SCRIPTS: dict[str, Opt] = {
     "max_validation_steps": Opt(VALUE, to="train.max_validation_steps"),
 }
 KNOWN: dict[str, Opt] = {**OPTIONS, **OTHER_SCRIPTS}
+
+# Options whose value is a secret: never written, not even in the converted file's header.
+SECRETS = ("huggingface_token", "wandb_api_key")
+
+
+def is_secret(name: str) -> bool:
+    """A token, key or password, by its option name (kohya's two, and any other spelled so)."""
+    name = name.lower()
+    return name in SECRETS or name.endswith(("_token", "api_key", "apikey", "password", "secret"))
