@@ -80,7 +80,8 @@ def test_the_guis_own_keys_are_translated_as_the_gui_does(tmp_path):
 def test_every_key_of_a_gui_config_is_converted_left_out_or_refused(tmp_path):
     fields = {**DREAMBOOTH, "model_list": "custom", "sd3_checkbox": False, "t5xxl": "", "num_processes": 2,
               "multi_gpu": True, "dynamo_backend": "inductor", "dynamo_mode": "max-autotune", "noise_offset_type":
-              "Original", "a_future_gui_key": 1, "learning_rate_te1": 1e-5, "save_as_bool": False}
+              "Original", "a_future_gui_key": 1, "learning_rate_te1": 1e-5, "save_as_bool": False,
+              "train_inpainting": False}
     conversion = _gui(tmp_path, fields)
     lines = {line[0]: line[1:] for line in report_lines(conversion)}
     for key in fields:

@@ -215,7 +215,7 @@ def _converted(name: str, raw: Any, options: dict, values: dict, with_dataset_fi
         row.dropped = "kohya ignores it when --dataset_config is given: set it in the dataset TOML"
         return row
     if not targets:
-        row.dropped = "what sdft does anyway: nothing to write"
+        row.dropped = opt.note or "what sdft does anyway: nothing to write"
     for key, value in targets.items():
         values[key] = value
         row.went.append(f"{key} = {_show(value)}")

@@ -19,8 +19,8 @@ from typing import Any
 from engine.kohya import gui_keys as keys
 from engine.kohya.options import FLAG, KNOWN
 from engine.kohya.scripts import FINE_TUNE, TRAIN_DB, NotConvertible, Script, recognise, refusal_of
+from engine.kohya.report import AT_DEFAULT, EMPTY, ZERO_UNSET
 
-EMPTY = "empty: the GUI leaves the option out (not set)"
 
 def read_config(path: str | Path) -> tuple[str, dict]:
     """("json", data) for a GUI config, ("toml", data) for kohya's config file: by the content, so
@@ -124,6 +124,9 @@ def gui_options(data: dict, script: Script, base: Path) -> GuiRead:
             rows.append(Row(key, value, label=key, dropped=keys.FAMILY_NOTE))
         elif key in keys.GUI_ONLY:
             rows.append(Row(key, value, label=key, dropped=keys.GUI_ONLY[key]))
+        elif key in keys.OFF_ONLY:
+            rows.append(Row(key, value, label=key, refused=keys.OFF_ONLY[key]) if value else
+                        Row(key, value, label=key, dropped=f"off ({keys.OFF_ONLY[key]})"))
         elif key not in DERIVED:
             rows.append(Row(key, value, label=key, refused="not a kohya_ss GUI setting sdft knows: nothing is "
                                                            "done with it"))
@@ -140,11 +143,11 @@ def _take(name: str, value: Any, options: dict) -> str | None:
     opt = KNOWN[name]
     if opt.kind != FLAG and value == 0 and not isinstance(value, bool) and (
             opt.default is None or name in keys.ZERO_IS_UNSET):
-        return "0: the GUI leaves the option out (not set)"
+        return ZERO_UNSET
     if name in ("optimizer_args", "lr_scheduler_args") and isinstance(value, str):
         value = value.replace('"', "").split()   # the GUI's own splitting
     if is_default(name, value):
-        return EMPTY if value in (None, "", []) else "kohya's default"
+        return EMPTY if value in (None, "", []) else AT_DEFAULT
     options[name] = True if opt.kind == FLAG else value
     return None
 

@@ -41,10 +41,11 @@ def data_fields(read) -> None:
     if images:
         options["train_data_dir"] = images
         read.labels["train_data_dir"] = "image_folder"
-    if rebuilds and images and not latent and not _exists(in_json, read.base):
+    if rebuilds and images and not latent:
+        # the GUI rewrites in_json from image_folder's caption files before each run: read those
         extension = options.get("caption_extension") or ".caption"
         options["caption_extension"] = extension
-        note = (f"the GUI builds {in_json} from the {extension} files before each run (create_caption); "
+        note = (f"the GUI writes {in_json} from the {extension} files before each run (create_caption); "
                 "sdft reads them directly: a folder subset")
         read.rows.append(Row("create_caption", True, label="create_caption", dropped=note))
         return
@@ -53,8 +54,8 @@ def data_fields(read) -> None:
         read.labels["in_json"] = "train_dir + " + ("latent" if latent else "caption") + "_metadata_filename"
     if rebuilds and in_json:
         read.rows.append(Row("create_caption", True, label="create_caption", dropped=(
-            f"the GUI refreshes {in_json} from the caption files before each run; `sdft prepare {images} --out "
-            f"{in_json}` does the same")))
+            f"the GUI refreshes the caption file it builds {in_json} from before each run; `sdft prepare {images} "
+            f"--out {in_json}` rebuilds it")))
 
 
 def length(read) -> None:
@@ -139,10 +140,6 @@ def _folder(text: Any, base: Path) -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
-
-
-def _exists(text: str | None, base: Path) -> bool:
-    return bool(text) and any(p.is_file() for p in (Path(text), base / text))
 
 
 def _whole(value: Any) -> int:

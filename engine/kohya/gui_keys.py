@@ -62,6 +62,10 @@ GUI_ONLY = {
     "use_wandb": "the GUI's old W&B switch (read as log_with = \"wandb\" when on)",
 }
 
+# Switches for what sdft does not have: left out when off, refused when on.
+OFF_ONLY = {"train_inpainting": "inpainting training (kohya's --train_inpainting, random masks per step) is not in "
+                                "sdft"}
+
 # In a GUI file, 0 for these means "not set": the GUI leaves them out of kohya's options then.
 ZERO_IS_UNSET = ("max_train_steps", "vae_batch_size", "max_timestep", "multires_noise_iterations", "clip_skip",
                  "stop_text_encoder_training")

@@ -319,7 +319,8 @@ OTHER_SCRIPTS: dict[str, Opt] = {
     # train_db.py's own (engine/kohya/dreambooth.py reads reg_data_dir and the text encoder's)
     "reg_data_dir": refuse("regularization images are train_db.py's: fine_tune.py has none (convert the "
                            "train_db.py command, or write is_reg = true subsets)"),
-    "prior_loss_weight": Opt(VALUE, 1.0, to=_prior_loss_weight),
+    "prior_loss_weight": Opt(VALUE, 1.0, to=_prior_loss_weight,
+                             note="1.0, kohya's default: sdft weighs regularization images' loss like the others"),
     "no_token_padding": refuse("kohya's DreamBooth option to leave captions unpadded, as Diffusers' DreamBooth "
                                "script does; sdft pads every caption to its token chunks, as fine_tune.py", FLAG),
     "stop_text_encoder_training": Opt(VALUE, to="train.stop_text_encoder_training"),

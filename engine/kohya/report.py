@@ -15,6 +15,11 @@ if typing.TYPE_CHECKING:
     from engine.kohya.convert import Conversion, Row
 
 REDACTED = "<redacted>"
+# Why a GUI config's field is left out when it was never chosen (a GUI file holds every field).
+AT_DEFAULT = "kohya's default"
+EMPTY = "empty: the GUI leaves the option out (not set)"
+ZERO_UNSET = "0: the GUI leaves the option out (not set)"
+UNCHOSEN = (AT_DEFAULT, EMPTY, ZERO_UNSET)
 NOT_WRITTEN = "its value is written nowhere, not even in the file's header"
 
 
@@ -63,7 +68,10 @@ def render(conversion: Conversion, source: str | list[str]) -> str:
     lines = textwrap.wrap(shown, width=94, break_long_words=False, break_on_hyphens=False)
     header = "# Converted by `sdft from-kohya` from:\n" + "".join(f"#   {line}\n" for line in lines)
     header += f"# as kohya's {conversion.script}\n"
-    dropped = [f"#   {name_of(r)}: {r.dropped}\n" for r in conversion.dropped]
+    plain = [r for r in conversion.dropped if r.dropped in UNCHOSEN]
+    dropped = [f"#   {name_of(r)}: {r.dropped}\n" for r in conversion.dropped if r not in plain]
+    if plain:   # a GUI config holds every field: those at a default or empty are counted, not listed
+        dropped.append(f"#   and {len(plain)} setting(s) at kohya's default or empty (the table lists them)\n")
     if dropped:
         header += "# Left out (kohya ignores them, or sdft does that anyway):\n" + "".join(dropped)
     refused = [f"#   {name_of(r)}: {r.refused}\n" for r in conversion.refused]
