@@ -195,6 +195,25 @@ def test_a_run_on_folder_subsets_passes_check_and_trains(tmp_path, tiny_sd1):
     assert result.status == "completed", result.message
 
 
+def test_sdft_prepare_checks_a_run_files_folder_subsets(tmp_path, capsys):
+    import json
+
+    from engine.data.cli import prepare_command
+
+    for i, image in enumerate(_folder(tmp_path / "dog", 3)):
+        if i:
+            image.with_suffix(".txt").write_text("sks dog " + "word " * 120, encoding="utf-8")
+    run = tmp_path / "run.toml"
+    run.write_text('[data]\ncaption_extension = ".txt"\n[model]\nmax_token_length = 75\n' + GENERAL +
+                   '[[datasets]]\n[[datasets.subsets]]\nimage_dir = "dog"\nclass_tokens = "sks dog"\n')
+    assert prepare_command([str(run), "--json"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("\n{") + 1:])   # after the dataset's name and the notes
+    long = [issue for issue in report["issues"] if issue["kind"] == "too_long"]
+    assert sorted(issue["path"].rsplit("/", 1)[1] for issue in long) == ["im1.png", "im2.png"], \
+        "the captions are read as training reads them: the files, else the class tokens"
+
+
 @pytest.mark.parametrize("extension", [".caption", ".txt"])
 def test_sdft_prepare_writes_the_dataset_toml_of_kohyas_folders(tmp_path, capsys, extension):
     import tomllib

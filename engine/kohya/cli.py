@@ -73,7 +73,7 @@ def _print_table(console, lines) -> None:
     from rich.text import Text
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    table.add_column("kohya option", no_wrap=True)
+    table.add_column("kohya setting", no_wrap=True)
     table.add_column("in the run TOML", overflow="fold")
     table.add_column("why / note", style="dim")
     for option, went, why in lines:

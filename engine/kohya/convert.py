@@ -187,18 +187,16 @@ def convert(options: dict[str, Any], problems: list[Row] | None = None, *, scrip
         rows += found
     with_dataset_file = "dataset_config" in options
     for name, raw in options.items():
-        rows.append(_converted(name, raw, options, values, with_dataset_file, script))
+        rows.append(_converted(name, raw, options, values, with_dataset_file))
     _drop_ignored(values, rows)
     mark_secrets(rows)
     return Conversion(_document(values), rows, script.name)
 
 
-def _converted(name: str, raw: Any, options: dict, values: dict, with_dataset_file: bool, script: Script) -> Row:
+def _converted(name: str, raw: Any, options: dict, values: dict, with_dataset_file: bool) -> Row:
     """One option's row; what it sets is added to ``values``."""
     opt = KNOWN[name]
     row = Row(name, raw, note=opt.note)
-    if script.folders and opt.to == "data.caption_extension":
-        row.note = "the caption files the folder subsets read (kohya's default for them)"
     if opt.refused:
         row.refused = opt.refused
         return row

@@ -190,7 +190,8 @@ OPTIONS: dict[str, Opt] = {
     "caption_dropout_every_n_epochs": Opt(VALUE, 0, to="general.caption_dropout_every_n_epochs"),
     "caption_tag_dropout_rate": Opt(VALUE, 0.0, to="general.caption_tag_dropout_rate"),
     "caption_extension": Opt(VALUE, ".caption", to="data.caption_extension",
-                             note="read by sdft prepare / caption / tag; training reads the metadata file"),
+                             note="the caption files folder subsets read (unless they set their own), and those "
+                                  "sdft prepare / caption / tag use"),
     "caption_extention": Opt(VALUE, to="data.caption_extension", note="kohya's old spelling"),
     "cache_info": refuse("a DreamBooth-method option (kohya's image-size cache for folder datasets); "
                          "the metadata method does not use it", FLAG),
