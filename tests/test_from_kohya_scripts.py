@@ -84,3 +84,25 @@ def test_a_gui_config_for_another_method_is_refused_the_same_way(tmp_path, field
     path.write_text(json.dumps({"pretrained_model_name_or_path": "m", "optimizer": "AdamW", **fields}))
     with pytest.raises(NotConvertible, match=f"for {says}"):
         from_config_file(path)
+
+
+def test_a_config_file_of_train_db_is_told_by_its_options(tmp_path, monkeypatch):
+    _layout(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    written = tmp_path / "config_dreambooth.toml"   # the kohya_ss GUI's TOML for train_db.py, in short
+    written.write_text('train_data_dir = "img"\nreg_data_dir = "reg"\nepoch = 3\nnoise_offset_type = "Original"\n'
+                       'learning_rate = 1e-6\ntypo_optoin = 2\n', encoding="utf-8")
+    conversion = from_config_file(written)
+    assert conversion.script == "train_db.py"
+    assert len(conversion.document["datasets"][0]["subsets"]) == 3
+    lines = {line[0]: line[1:] for line in report_lines(conversion)}
+    assert "it holds reg_data_dir" in lines["train_db.py"][1]
+    assert lines["--epoch"] == ("left out", "a kohya_ss GUI field, which kohya ignores in a config file")
+    assert lines["--typo_optoin"] == ("refused", "not an option of kohya's train_db.py")
+
+    folders_only = tmp_path / "folders.toml"
+    folders_only.write_text('train_data_dir = "img"\n', encoding="utf-8")
+    assert from_config_file(folders_only).script == "train_db.py", "N_name folders and no in_json"
+    metadata = tmp_path / "metadata.toml"
+    metadata.write_text('train_data_dir = "img"\nin_json = "meta.json"\n', encoding="utf-8")
+    assert from_config_file(metadata).script == "fine_tune.py"

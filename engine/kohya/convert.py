@@ -19,7 +19,7 @@ from typing import Any
 
 from engine.config.key_values import parse_literal
 from engine.kohya.options import FLAG, KNOWN, LIST
-from engine.kohya.scripts import FINE_TUNE, Script, recognise
+from engine.kohya.scripts import FINE_TUNE, TRAIN_DB, Script, recognise
 from engine.kohya.values import KohyaValueError
 
 DATASET_TABLES = ("general.", "subset.")
@@ -145,19 +145,45 @@ def from_command(tokens: list[str]) -> Conversion:
 
 
 def from_config_file(path: str | Path) -> Conversion:
-    """kohya's config TOML (its script unknown: fine_tune.py's options), or a kohya_ss GUI JSON."""
+    """kohya's config TOML (its script told by its options), or a kohya_ss GUI JSON."""
     from engine.kohya.gui import from_gui_config, read_config
 
     path = Path(path)
     kind, data = read_config(path)
     if kind == "json":
         return from_gui_config(data, path)
-    script = Script(FINE_TUNE)
     options = {k: v for k, v in flat_options(data).items() if not is_default(k, v)}
+    script = script_of_options(options, path.parent)
     known = known_to(script)
-    problems = [Row(k, v, refused=f"not an option of kohya's {script.name}") for k, v in options.items()
-                if k not in known]
-    return convert({k: v for k, v in options.items() if k in known}, problems, script=script, base=path.parent)
+    problems = [_unknown_in_file(k, v, script) for k, v in options.items() if k not in known]
+    rows = [Row(script.name, None, label=script.name, note=script.note)] if script.note else []
+    return convert({k: v for k, v in options.items() if k in known}, rows + problems, script=script,
+                   base=path.parent)
+
+
+def script_of_options(options: dict[str, Any], base: Path) -> Script:
+    """A config file does not name its script: train_db.py when it holds train_db.py's own options,
+    or reads kohya's N_name folders without a metadata file; else fine_tune.py."""
+    from engine.data.kohya_folders import is_layout
+    from engine.kohya.dreambooth import OWN_OPTIONS
+
+    own = sorted(k for k in OWN_OPTIONS if k in options)
+    folder = options.get("train_data_dir")
+    layout = bool(folder) and "in_json" not in options and any(
+        is_layout(p) for p in (Path(str(folder)), base / str(folder)))
+    if not (own or layout):
+        return Script(FINE_TUNE)
+    why = f"it holds {', '.join(own)}" if own else f"{folder} holds kohya's N_name folders"
+    return Script(TRAIN_DB, folders=True, note=f"read as train_db.py's options: {why}")
+
+
+def _unknown_in_file(name: str, value: Any, script: Script) -> Row:
+    """kohya ignores keys of a config file it does not know; the kohya_ss GUI writes a few of its own."""
+    from engine.kohya.gui import is_gui_field
+
+    if is_gui_field(name):
+        return Row(name, value, dropped="a kohya_ss GUI field, which kohya ignores in a config file")
+    return Row(name, value, refused=f"not an option of kohya's {script.name}")
 
 
 def _script_rows(script: Script) -> list[Row]:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 FOLDERS = ("train_data_dir", "reg_data_dir")
+# train_db.py's options that fine_tune.py has not
+OWN_OPTIONS = ("reg_data_dir", "prior_loss_weight", "no_token_padding", "stop_text_encoder_training")
 
 
 def folder_rows(options: dict[str, Any], base: Path) -> tuple[list, dict[str, Any]]:

@@ -82,6 +82,12 @@ def script_of(data: dict) -> str:
     return FINE_TUNE if any(k in data for k in keys.FINE_TUNE_KEYS) else TRAIN_DB
 
 
+def is_gui_field(key: str) -> bool:
+    """One of the kohya_ss GUI's own fields (not a kohya option)."""
+    return (key in keys.RENAMED or key in keys.GUI_ONLY or key in keys.OFF_ONLY or key in DERIVED
+            or key in keys.FAMILY_SWITCHES or keys.is_family_key(key))
+
+
 def gui_value(value: Any) -> Any:
     """A GUI field as a kohya option value: text stripped, "" and None unset, 1.0 as 1."""
     if isinstance(value, str):
