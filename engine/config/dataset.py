@@ -1,4 +1,6 @@
-"""kohya's dataset TOML (fine-tuning / metadata method), parsed and validated.
+"""kohya's dataset TOML, parsed and validated: subsets of the fine-tuning method (a metadata file)
+and of the DreamBooth method (a folder of images and caption files, docs/formats.md "Folder
+datasets").
 
 The tables ``[general]`` and ``[[datasets]]`` (each with ``[[datasets.subsets]]``) are accepted
 unchanged, inline in a run TOML or in their own file (``dataset_config = "file.toml"``, or a
