@@ -48,6 +48,10 @@ def test_files_that_are_not_gui_configs_say_what_they_are(tmp_path):
     odd.write_text("this is = = not toml", encoding="utf-8")
     with pytest.raises(ValueError, match="neither a kohya config TOML .* nor a kohya_ss GUI config"):
         from_config_file(odd)
+    listed = tmp_path / "list.json"
+    listed.write_text('[{"optimizer": "AdamW"}]', encoding="utf-8")
+    with pytest.raises(ValueError, match="holds a JSON list; a kohya_ss GUI config is a JSON object"):
+        from_config_file(listed)
     with pytest.raises(ValueError, match="dataset config"):
         _gui(tmp_path, {"datasets": [{"subsets": [{"image_dir": "x"}]}]})
     with pytest.raises(ValueError, match="metadata file"):

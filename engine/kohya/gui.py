@@ -28,6 +28,11 @@ def read_config(path: str | Path) -> tuple[str, dict]:
     import tomllib
 
     text = Path(path).read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):   # a TOML table header, or a JSON list
+        try:
+            return "json", json.loads(text)
+        except json.JSONDecodeError:
+            pass
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
