@@ -88,13 +88,34 @@ def _check_schedule(o, problems: ProblemList, optimizer, total_steps: int) -> No
 
     try:
         scheduler = schedule_for(o, optimizer, total_steps)
-        optimizer.step()
-        scheduler.step()
     except ScheduleMismatch as exc:
         problems.add("optimizer.lr_scheduler", str(exc))
+        return
     except Exception as exc:  # noqa: BLE001
         problems.add("optimizer.lr_scheduler_args", str(exc).removeprefix("optimizer.lr_scheduler_args: "),
                      f"the {o.lr_scheduler} schedule's keyword arguments")
+        return
+    try:
+        optimizer.step()   # at the learning rate the schedule gives the first step
+        scheduler.step()
+    except Exception as exc:  # noqa: BLE001 - the optimizer's own step fails there
+        _report_step_failure(o, problems, optimizer, exc)
+
+
+def _report_step_failure(o, problems: ProblemList, optimizer, exc: Exception) -> None:
+    """The optimizer fails at a step of the schedule: name the cause. D-Adaptation's SGD divides by
+    the learning rate's share of the gradient, so it breaks when a warm-up starts at 0."""
+    failure = f"{type(exc).__name__}: {exc}"
+    at_zero = all(group["lr"] == 0 for group in optimizer.param_groups)
+    if at_zero and o.lr_warmup_steps:
+        problems.add("optimizer.lr_warmup_steps", f"{o.type} fails when its learning rate is 0, as the "
+                     f"{o.lr_scheduler} schedule's warm-up makes it at the first step ({failure}, inside the "
+                     "optimizer's package; kohya's runs stop there the same way)",
+                     f"{o.type} sets its own step size and needs no warm-up: use lr_warmup_steps = 0, or an "
+                     "optimizer that takes a warm-up (DAdaptAdam, Prodigy)")
+    else:
+        problems.add("optimizer.type", f"{o.type} fails at the first step of the {o.lr_scheduler} schedule: "
+                     f"{failure}", "choose another optimizer or schedule")
 
 
 def _say_what_the_optimizer_does(o, problems: ProblemList, device_type: str, optimizer) -> None:

@@ -82,7 +82,8 @@ def test_the_metadata_form_builds_kohyas_dataset_tables(tmp_path):
         "python fine_tune.py --pretrained_model_name_or_path=model.ckpt --in_json meta_lat.json "
         "--train_data_dir=train_data --shuffle_caption --train_batch_size=2 --resolution=512,768 "
         "--dataset_repeats 3 --caption_prefix 123 --optimizer_args weight_decay=0.01 betas=0.9,0.999 "
-        "--lr_scheduler_args power=2 --use_lion_optimizer --mem_eff_attn --sample_sampler k_euler_a"))
+        "--lr_scheduler_args power=2 --use_lion_optimizer --mem_eff_attn --sample_sampler k_euler_a "
+        "--sample_prompts prompts.txt --sample_every_n_steps 100"))
     doc = conversion.document
     assert doc["datasets"] == [{"subsets": [{"metadata_file": "meta_lat.json", "image_dir": "train_data"}]}]
     assert doc["general"] == {"shuffle_caption": True, "batch_size": 2, "resolution": [512, 768],
@@ -138,8 +139,9 @@ def test_a_sectioned_config_file_skips_kohyas_defaults(tmp_path):
     assert doc["optimizer"] == {"learning_rate": 1e-5, "type": "AdamW", "args": {"weight_decay": 0.1},
                                 "lr_scheduler": "cosine", "lr_warmup_steps": 100}
     assert doc["dataset_config"] == "d.toml"
+    left_out = {r.option: r.dropped for r in conversion.dropped}
+    assert "dataset TOML" in left_out["resolution"], "kohya ignores dataset options beside --dataset_config"
     why = {r.option: r.refused for r in conversion.refused}
-    assert "dataset TOML" in why["resolution"], "kohya ignores dataset options beside --dataset_config"
     assert "ddp_timeout" not in why and "ddp_timeout" not in doc.get("train", {}), "0 is kohya's default wait"
 
 

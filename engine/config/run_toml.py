@@ -91,14 +91,20 @@ def build_run_config(data: dict, problems: ProblemList, *, base_dir: Path) -> Ru
             problems.add(key, "this kohya option is not supported", reason)
         else:
             problems.add(key, "unknown top-level key", did_you_mean(key, TOP_LEVEL_KEYS))
+    build_sections(config, data, problems)
+    _check_cross_field(config, problems)
+    config.datasets = _load_datasets(data, problems, base_dir)
+    return config
+
+
+def build_sections(config: RunConfig, data: dict, problems: ProblemList) -> RunConfig:
+    """Fill ``config``'s run tables ([model], [train], ...) from plain data; datasets untouched."""
     for name, cls in SECTIONS.items():
         table = data.get(name, {})
         if not isinstance(table, dict):
             problems.add(name, f"must be a table ([{name}]), got {type(table).__name__}", f"write it as [{name}] followed by key = value lines")
             continue
         setattr(config, name, _build_dataclass(cls, table, name, problems))
-    _check_cross_field(config, problems)
-    config.datasets = _load_datasets(data, problems, base_dir)
     return config
 
 

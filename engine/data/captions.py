@@ -147,14 +147,29 @@ def with_prefix_suffix(caption: str, prefix: str | None, suffix: str | None) -> 
     return caption
 
 
+def caption_file_text(text: str | None, *, wildcard: bool = False) -> str | None:
+    """What a folder subset trains with from its caption file's text, as kohya's DreamBooth method
+    reads it: the first non-empty line (every one, joined by newlines, with ``enable_wildcard``);
+    None for no file or an empty one."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        return None
+    return "\n".join(lines) if wildcard else lines[0]
+
+
 def caption_as_trained(caption: str | None, tags: str | None, *, join: str = "separator", separator: str = ",",
                        wildcard: bool = False, prefix: str | None = None, suffix: str | None = None,
-                       file_name: str | Path | None = None) -> str:
+                       file_name: str | Path | None = None, caption_file: bool = False,
+                       class_tokens: str | None = None) -> str:
     """The text an image trains with before its per-sample draws (dropout, shuffles, warm-up):
     tags joined as ``data.caption_tags_join`` says (or, with neither, ``file_name`` through
     :func:`caption_from_file_name` when its subset sets ``caption_from_filename``), then the
-    subset's prefix and suffix. Token counts (the wizard, ``sdft prepare``, the health check) use
-    this, so they count what training encodes."""
+    subset's prefix and suffix. ``caption_file``: ``caption`` is a folder subset's caption file,
+    read by :func:`caption_file_text`, else ``class_tokens``. Token counts (the wizard, ``sdft
+    prepare``, the health check) use this, so they count what training encodes."""
+    if caption_file:
+        caption = caption_file_text(caption, wildcard=wildcard)
+        caption = (class_tokens or "") if caption is None else caption
     joined = join_caption_and_tags(caption, tags, sep=join_separator(join, separator), wildcard=wildcard)
     if not joined and file_name is not None:
         joined = caption_from_file_name(file_name)
