@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from engine.control import RunControl
 from engine.events import FanOut, ListSink
 from engine.train.runner import run_training
 from test_train_engine import losses, stop_at
-from train_helpers import make_run
+from train_helpers import make_run, same_model_files
 
 NOISY = 'type = "tests.noisy_optimizer.NoisySGD"\nmax_grad_norm = 0.0'
 
@@ -32,8 +31,7 @@ def test_an_optimizer_drawing_from_the_global_generator_resumes_exactly(tmp_path
     resumed = run_training(split, sink=second, resume="latest")
     assert resumed.status == "completed"
     assert {**losses(first), **losses(second)} == losses(straight)
-    a, b = load_file(done.model_path), load_file(resumed.model_path)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_model_files(done.model_path, resumed.model_path)
 
 
 def test_a_state_with_one_cuda_state_per_gpu_restores_without_those_gpus(monkeypatch):

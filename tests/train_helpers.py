@@ -84,3 +84,12 @@ def make_broken_model(tiny: Path, folder: Path) -> Path:
     for weights in (broken / "unet").glob("*.safetensors"):
         save_file({"not_a_unet.weight": torch.zeros(4)}, str(weights))
     return broken
+
+
+def same_model_files(a, b) -> bool:
+    """Two saved single-file models hold the same tensors, bit for bit."""
+    import torch
+    from safetensors.torch import load_file
+
+    first, second = load_file(str(a)), load_file(str(b))
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

@@ -26,17 +26,32 @@ from sdft_tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from sdft_tui.screens.dashboard_base import DashboardScreen
 
 
+# The keys that steer a run, the same on its own dashboard and in `sdft watch`.
+STEERING = [
+    Binding("x", "stop", "Stop"),
+    Binding("s", "save_now", "Save"),
+    Binding("n", "sample_now", "Sample"),
+    Binding("p", "pause", "Pause"),
+    Binding("p", "resume", "Resume"),   # shown instead of Pause while paused (check_action)
+]
+
+
+def stop_question() -> ChoiceScreen:
+    """The stop key's question: "save_stop", "stop" or "cancel"."""
+    return ChoiceScreen(
+        "Stop training now? A resumable state is saved first, so you can continue later. Save the model "
+        "of this step too, to use it now?",
+        [("save_stop", "Save model + stop (s)"), ("stop", "Stop (y)"), ("cancel", "Keep training (n)")],
+        keys={"s": "save_stop", "y": "stop", "n": "cancel"})
+
+
 class RunScreen(DashboardScreen):
     """Runs ``engine`` (the real trainer by default) in a thread worker and steers it."""
 
     empty_samples_hint = "no samples yet (n: sample now)"
 
     BINDINGS = [
-        Binding("x", "stop", "Stop"),
-        Binding("s", "save_now", "Save"),
-        Binding("n", "sample_now", "Sample"),
-        Binding("p", "pause", "Pause"),
-        Binding("p", "resume", "Resume"),   # shown instead of Pause while paused (check_action)
+        *STEERING,
         # inside the wizard the app's ctrl+q stands aside for this one (SdftApp.check_action)
         Binding("ctrl+q", "quit_dashboard", "Quit", show=False, priority=True),
     ]
@@ -165,12 +180,7 @@ class RunScreen(DashboardScreen):
             self.note("stop requested: saving " + ("the model and " if answer == "save_stop" else "")
                       + "a resumable state", "warning")
 
-        self.app.push_screen(ChoiceScreen(
-            "Stop training now? A resumable state is saved first, so you can continue later. Save the model "
-            "of this step too, to use it now?",
-            [("save_stop", "Save model + stop (s)"), ("stop", "Stop (y)"), ("cancel", "Keep training (n)")],
-            keys={"s": "save_stop", "y": "stop", "n": "cancel"}),
-            answered)
+        self.app.push_screen(stop_question(), answered)
 
     def action_save_now(self) -> None:
         if self.handle.running:
@@ -236,13 +246,7 @@ class WatchScreen(DashboardScreen):
     title_prefix = "sdft watch"
     POLL_S = 0.25
 
-    BINDINGS = [
-        Binding("x", "stop", "Stop"),
-        Binding("s", "save_now", "Save"),
-        Binding("n", "sample_now", "Sample"),
-        Binding("p", "pause", "Pause"),
-        Binding("p", "resume", "Resume"),   # shown instead of Pause while paused (check_action)
-    ]
+    BINDINGS = STEERING
 
     def __init__(self, events_path, *, name: str | None = None) -> None:
         super().__init__(name=name)
@@ -306,11 +310,7 @@ class WatchScreen(DashboardScreen):
             if answer in ("stop", "save_stop"):
                 self.send("stop", "stop requested: the run saves a resumable state")
 
-        self.app.push_screen(ChoiceScreen(
-            "Stop the run now? It saves a resumable state first, so you can continue later. Save the model "
-            "of this step too?",
-            [("save_stop", "Save model + stop (s)"), ("stop", "Stop (y)"), ("cancel", "Keep training (n)")],
-            keys={"s": "save_stop", "y": "stop", "n": "cancel"}), answered)
+        self.app.push_screen(stop_question(), answered)
 
     def action_save_now(self) -> None:
         self.send("save", "save requested")
