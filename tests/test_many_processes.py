@@ -216,3 +216,71 @@ def test_bench_measures_the_scaling_of_two_processes(tmp_path, tiny_sd1, capsys)
     slow = scaling_figures({"engine_samples_per_s": 10.0}, {"engine_samples_per_s": 12.0}, 2)
     assert slow["efficiency"] == 0.6 and "wait for each other" in slow["warning"]
     assert "warning" not in scaling_figures({"engine_samples_per_s": 10.0}, {"engine_samples_per_s": 19.0}, 2)
+
+
+# ---------------------------------------------------------------- sharded (memory.sharding, FSDP)
+
+
+def _sharded(path: Path, mode: str, extra: str = "") -> Path:
+    path.write_text(path.read_text() + f'\n[memory]\nsharding = "{mode}"\n' + extra)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["full", "grad_op"])
+def test_sharded_training_on_two_processes_is_the_one_process_run(tmp_path, tiny_sd1, mode):
+    one = _run_file(tmp_path / "one", tiny_sd1, 1)
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(one)], cwd=one.parent, env=ENV,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:]
+    two = _sharded(_run_file(tmp_path / "two", tiny_sd1, 2), mode)
+    sharded = _train(two, 2)
+    assert sharded.returncode == 0, sharded.stdout[-3000:]
+    expected, got = _losses(_events(one)), _losses(_events(two))
+    assert got.keys() == expected.keys()
+    for step, loss in expected.items():
+        assert got[step] == pytest.approx(loss, rel=1e-5), step
+    model = lambda path: load_file(str(path.parent / "runs" / "run" / "checkpoints" / "run.safetensors"))  # noqa: E731
+    a, b = model(one), model(two)
+    for key, tensor in a.items():
+        torch.testing.assert_close(b[key].float(), tensor.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_sharded_run_with_ema_previews_and_states_resumes_sharded_and_on_one_process(tmp_path, tiny_sd1):
+    extra = ("\n[sample]\nevery_n_steps = 3\nsteps = 1\nprompts = [\"a red square --w 64 --h 64 --d 1\"]\n")
+    straight = _sharded(_run_file(tmp_path / "straight", tiny_sd1, 2, steps=6), "full")
+    straight.write_text(straight.read_text().replace("[train]\n", "[train]\nema = true\nema_decay = 0.9\n", 1)
+                        .replace("[save]\n", "[save]\nuse_ema = true\n") + extra)
+    first = _train(straight, 2)
+    assert first.returncode == 0, first.stdout[-3000:]
+    samples = sorted((straight.parent / "runs" / "run" / "samples").glob("*.png"))
+    assert len(samples) >= 2, "every process took part in sampling; the main one wrote"
+    # the same run, stopped at step 3 and resumed sharded on two processes
+    split = _sharded(_run_file(tmp_path / "split", tiny_sd1, 2, steps=6), "full")
+    split.write_text(split.read_text().replace("[train]\n", "[train]\nema = true\nema_decay = 0.9\n", 1)
+                     .replace("[save]\n", "[save]\nuse_ema = true\nevery_n_steps = 3\nstate = true\n") + extra)
+    assert _train(split, 2).returncode == 0
+    state = split.parent / "runs" / "run" / "state" / "run-step00000003-state"
+    assert state.is_dir()
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    again = resumed_dir / "run.toml"
+    again.write_text(split.read_text().replace('image_dir = "images"', f'image_dir = "{split.parent / "images"}"')
+                     .replace('metadata_file = "meta.json"', f'metadata_file = "{split.parent / "meta.json"}"'))
+    resumed = subprocess.Popen(launch_plan([str(again), "--resume", str(state)], 2, {}, None).argv, cwd=resumed_dir,
+                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, out[-3000:]
+    expected = _losses(_events(straight))
+    got = {**{k: v for k, v in _losses(_events(split)).items() if k <= 3}, **_losses(_events(again))}
+    for step, loss in expected.items():
+        assert got[step] == pytest.approx(loss, rel=1e-5), step
+    # the sharded state resumes on one unsharded process at twice the batch: the same run goes on
+    one_dir = tmp_path / "one"
+    one_dir.mkdir()
+    one = one_dir / "run.toml"
+    one.write_text(again.read_text().replace("batch_size = 2", "batch_size = 4").replace('sharding = "full"', 'sharding = "none"'))
+    single = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(one), "--resume", str(state)],
+                            cwd=one_dir, env=ENV, capture_output=True, text=True, timeout=900)
+    assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-2000:]
+    for step, loss in _losses(_events(one)).items():
+        assert loss == pytest.approx(expected[step], rel=1e-5), step

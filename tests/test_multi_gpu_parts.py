@@ -125,7 +125,7 @@ def test_ddp_settings_reach_the_accelerator(monkeypatch, tmp_path):
 def test_deepspeed_and_fsdp_configs_are_refused_with_what_to_use(kind):
     from engine.train.precision import refuse_unsupported_launch
 
-    with pytest.raises(RuntimeError, match="--gpus N"):
+    with pytest.raises(RuntimeError, match="--gpus N.*memory.sharding"):
         refuse_unsupported_launch(types.SimpleNamespace(distributed_type=f"DistributedType.{kind}"))
 
 
@@ -183,3 +183,31 @@ def test_gpus_without_gpus_and_tui_with_gpus_are_refused(tmp_path, tiny_sd1, mon
     assert "none is visible" in " ".join(capsys.readouterr().err.split())
     assert main(["train", str(path), "--gpus", "2", "--tui"]) == 2
     assert "sdft watch RUN_DIR" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("memory, optimizer, words", [
+    ('mixed_precision = "fp16"\n', "AdamW", "gradient scaler"),
+    ('mixed_precision = "bf16"\nfull_bf16 = true\n', "AdamW", "stochastic rounding"),
+    ("fused_backward_pass = true\n", "AdamW", "fused backward pass"),
+    ("", "AdamW8bit", "kernels take whole tensors"),
+])
+def test_what_sharding_cannot_do_yet_is_refused_with_the_reason(tmp_path, tiny_sd1, memory, optimizer, words):
+    from engine.config.problems import ConfigError
+    from engine.config.run_toml import load_run_file
+    from train_helpers import make_run
+
+    path = make_run(tmp_path, tiny_sd1, optimizer_extra=f'type = "{optimizer}"')
+    path.write_text(path.read_text() + '\n[memory]\nsharding = "full"\n' + memory)
+    with pytest.raises(ConfigError) as caught:
+        load_run_file(path)
+    assert any(p.key == "memory.sharding" and words in p.message and p.hint for p in caught.value.problems)
+
+
+def test_sharded_modules_are_sharded_by_unit_smallest_first(tiny_sd1):
+    from engine.models.load import load_model
+    from engine.train.sharding import units_of
+
+    unet = load_model(str(tiny_sd1)).unet
+    units = units_of(unet)
+    assert units[0] is unet.down_blocks[0].resnets[0] and units[-1] is unet.up_blocks[-1]
+    assert all(units.index(block) > units.index(block.resnets[-1]) for block in unet.down_blocks)

@@ -299,3 +299,15 @@ def test_sdft_plan_takes_a_gpu_count(tmp_path):
 
     report = plan_report(RunConfig(), vram_gb=80, processes=4)
     assert "on each of 4 GPUs" in report and "NCCL communicators" in report
+
+
+def test_sharding_divides_weights_grads_and_states_by_the_gpus():
+    o = PlanOptions(mixed_precision="bf16", gradient_checkpointing=True, optimizer="AdamW", processes=4)
+    ddp, full, grad_op = (estimate_peak_vram(replace(o, sharding=mode)) for mode in ("none", "full", "grad_op"))
+    assert full.breakdown["optimizer states"] == pytest.approx(ddp.breakdown["optimizer states"] / 4)
+    assert full.breakdown["U-Net weights"] == pytest.approx(ddp.breakdown["U-Net weights"] / 4)
+    assert full.total_bytes < grad_op.total_bytes < ddp.total_bytes
+    # AdamW in fp32 weights: about 16 GB on one GPU, under 8 GB each on 4 with full sharding
+    assert ddp.total_bytes > 14e9 and full.total_bytes < 8e9
+    assert estimate_peak_vram(replace(o, processes=1, sharding="full")).total_bytes == estimate_peak_vram(
+        replace(o, processes=1)).total_bytes      # one process: nothing to share

@@ -130,6 +130,8 @@ ONLY_ELSEWHERE = {
     "memory.attention": "xformers/sdpa/math: kernels, same numbers up to rounding; xformers warns on a CPU "
                         "(tests/test_preflight.py::test_cuda_only_choices_on_a_cpu_say_what_happens_instead)",
     "memory.gradient_checkpointing": "recomputes activations: same numbers, less memory (tests/test_train_engine.py)",
+    "memory.sharding": "several processes only: splits weights, gradients and states across them, the same "
+                       "numbers (tests/test_many_processes.py::test_sharded_training_on_two_processes_is_the_one_process_run)",
     "train.ddp_timeout": "several processes only: how long one waits for the others "
                          "(tests/test_multi_gpu_parts.py::test_ddp_settings_reach_the_accelerator)",
     "train.ddp_gradient_as_bucket_view": "several processes only: where DDP keeps the gradients, memory alone "

@@ -174,6 +174,7 @@ def _check_cross_field(config: RunConfig, problems: ProblemList) -> None:
     if m.full_bf16 and m.mixed_precision != "bf16":
         problems.add("memory.full_bf16", "needs mixed_precision = \"bf16\"", 'set memory.mixed_precision = "bf16"')
     _check_fused_backward(config, problems)
+    _check_sharding(config, problems)
     if t.ddp_static_graph and t.stop_text_encoder_training:
         problems.add("train.ddp_static_graph", "cannot stay static: train.stop_text_encoder_training freezes the "
                      "text encoder mid-run, which changes the graph DDP was told never changes",
@@ -223,6 +224,35 @@ def _check_fused_backward(config: RunConfig, problems: ProblemList) -> None:
                      f"{config.optimizer.type} looks across all weights in each step",
                      "use AdamW, AdamW8bit, Adafactor, Lion or SGDNesterov (or their 8-bit and paged "
                      "versions)")
+
+
+def _check_sharding(config: RunConfig, problems: ProblemList) -> None:
+    """What sharded training (memory.sharding, engine/train/sharding.py) cannot do yet, with why."""
+    from engine.registry.optimizers import find
+
+    m, key = config.memory, "memory.sharding"
+    if m.sharding == "none":
+        return
+    reasons = []
+    if m.mixed_precision == "fp16":
+        reasons.append(("fp16's gradient scaler does not work on shards", 'use mixed_precision = "bf16" (or "no")'))
+    if m.full_bf16:
+        reasons.append(("bf16 weights are written back with stochastic rounding, which does not work on shards "
+                        "yet", "keep fp32 weights: the optimizer states and gradients are sharded anyway"))
+    if m.fused_backward_pass:
+        reasons.append(("the fused backward pass steps a weight before its gradient is reduced across GPUs",
+                        "turn one of them off"))
+    entry = find(config.optimizer.type)
+    if entry is not None and entry.package == "bitsandbytes":
+        reasons.append((f"{entry.name}'s kernels take whole tensors, not shards",
+                        "use AdamW, Adafactor, Lion or SGDNesterov: their states are sharded too"))
+    if config.train.mode == "hypernetwork":
+        reasons.append(("a hypernetwork is small: there is nothing worth sharding", 'set memory.sharding = "none"'))
+    if config.train.ema and config.train.ema_cpu_offload:
+        reasons.append(("the average of sharded weights stays sharded on the GPUs (each holds its share)",
+                        "remove train.ema_cpu_offload"))
+    for message, hint in reasons:
+        problems.add(key, message, hint)
 
 
 def _load_datasets(data: dict, problems: ProblemList, base_dir: Path):

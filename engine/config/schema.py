@@ -151,6 +151,10 @@ class MemoryConfig:
     stochastic_rounding: bool = opt(True, "bf16 weights (full_bf16) take each update rounded up or down at random "
                                     "in proportion, so updates far below a bf16 step add up; off rounds to "
                                     "nearest, which drops most updates at fine-tune learning rates.")
+    sharding: str = opt("none", "Several GPUs: split the trained weights, their gradients and the optimizer "
+                        "states across the GPUs (PyTorch FSDP): full keeps only each GPU's share between layers too "
+                        "(least memory), grad_op keeps a block's weights gathered from forward to backward (faster).",
+                        choices=("none", "full", "grad_op"))
     fused_backward_pass: bool = opt(False, "Step each weight inside the backward pass as soon as its gradient "
                                     "is ready (kohya's --fused_backward_pass): the model's gradients never "
                                     "all exist at once (1.7 GB less for SD1.5 in bf16). Clips each weight's "

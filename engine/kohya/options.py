@@ -30,8 +30,9 @@ def refuse(reason: str, kind: str = VALUE, default: Any = None) -> Opt:
 
 
 HUB = "uploading to or resuming from the Hugging Face hub is not part of sdft; upload the saved file yourself"
-DEEPSPEED = ("sdft has no DeepSpeed path: train on several GPUs with `sdft train RUN.toml --gpus N` (data "
-             "parallel), and fit memory with memory.fused_backward_pass and bf16 weights (README, Many GPUs)")
+DEEPSPEED = ("sdft has no DeepSpeed path: train on several GPUs with `sdft train RUN.toml --gpus N`, split the "
+             "weights and optimizer states across them with memory.sharding = \"full\" (ZeRO-3 alike), or fit one "
+             "GPU with memory.fused_backward_pass and bf16 weights (README, Many GPUs)")
 LOGS = "sdft's console has no log levels: headless output goes to the terminal, tracebacks to sdft.log"
 NOT_YET = "not in sdft yet"
 

@@ -98,6 +98,9 @@ CUDNN_BENCHMARK_BYTES = 0.3e9
 
 # Several processes: NCCL's communicators, streams and staging buffers on each GPU (an allowance).
 NCCL_BYTES = 0.25e9
+# memory.sharding gathers one unit at a time (engine/train/sharding.py units_of): the largest, a
+# resnet or attention of the 1280-channel blocks (counted on the built-in configs).
+SHARD_UNIT_PARAMS = {"sd1": 49.2e6, "sd2": 49.2e6}
 
 CTX_BYTES = 0.5 * GIB
 FRAG = 1.05
@@ -141,6 +144,7 @@ class PlanOptions:
     sample: bool = False                   # sample previews: the VAE stays on the GPU, and sampling peaks
     cudnn_benchmark: bool = True           # cuDNN autotuning's workspaces
     processes: int = 1                     # GPUs training together (DDP): the figure is per GPU
+    sharding: str = "none"                 # memory.sharding: "full" | "grad_op" split weights, grads, states
     ddp_bucket_view: bool = True           # train.ddp_gradient_as_bucket_view: no second copy of the gradients
     # Assumptions about the runtime (the defaults describe sdft's engine; tests override them to
     # reproduce older published setups).
@@ -176,7 +180,7 @@ class PlanOptions:
             fused_backward_pass=config.memory.fused_backward_pass,
             stochastic_rounding=config.memory.stochastic_rounding,
             sample=bool(config.sample.prompts), cudnn_benchmark=config.memory.cudnn_benchmark,
-            processes=processes, ddp_bucket_view=t.ddp_gradient_as_bucket_view,
+            processes=processes, ddp_bucket_view=t.ddp_gradient_as_bucket_view, sharding=config.memory.sharding,
         )
 
 
@@ -286,6 +290,8 @@ def estimate_peak_vram(options: Any) -> Estimate:
         parts["cuDNN autotune workspace"] = CUDNN_BENCHMARK_BYTES
     if o.fused_backward_pass and o.mode == "full":
         trained = _fused(o, trained, te_train)
+    if o.processes > 1 and o.sharding != "none" and o.mode == "full":
+        trained = _sharded(o, parts, trained)
     if o.processes > 1:
         parts.update(_ddp(o, trained.grads))
 
@@ -355,12 +361,29 @@ def _fused(o: PlanOptions, trained: _Trained, te_train: bool) -> _Trained:
     return _Trained(2 * largest * b_g, temp, trained.act_kind, trained.cast_cache)
 
 
+def _sharded(o: PlanOptions, parts: dict, trained: _Trained) -> _Trained:
+    """memory.sharding: each GPU holds 1/P of the weights, gradients and optimizer states, plus the
+    gathered weights of the unit at work and the next (full) or of the whole forward (grad_op)."""
+    p = o.processes
+    for key in ("U-Net weights", "optimizer states", "text encoder (trained)", "EMA weights"):
+        if key in parts:
+            parts[key] = parts[key] / p
+    b_w = 2 if o.full_half else 4
+    unit = SHARD_UNIT_PARAMS.get(o.family, SHARD_UNIT_PARAMS["sd1"])
+    if o.sharding == "grad_op":
+        parts["gathered weights (forward to backward)"] = N_UNET[o.family] * b_w
+    else:
+        parts["gathered weights (two units)"] = 2 * unit * b_w
+    # a unit's whole gradient exists until it is reduce-scattered
+    return _Trained(trained.grads / p + unit * b_w, trained.step_temp / p, trained.act_kind, trained.cast_cache)
+
+
 def _ddp(o: PlanOptions, grads: float) -> dict[str, float]:
     """What several processes add on each GPU: DDP's averaging buckets, a second copy of every
     gradient unless the gradients are views into them (train.ddp_gradient_as_bucket_view, sdft's
     default), and NCCL's communicators and buffers (an allowance, calibrated by none yet)."""
     extra = {"NCCL communicators and buffers": NCCL_BYTES}
-    if not o.ddp_bucket_view:
+    if not o.ddp_bucket_view and o.sharding == "none":
         extra["DDP gradient buckets"] = grads
     return extra
 

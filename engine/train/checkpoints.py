@@ -17,6 +17,7 @@ from engine import __version__
 from engine.events import ModelSaved
 from engine.train.context import RunParts, StepContext, StepHook
 from engine.train.divergence import checked
+from engine.train.optimizer_bundle import shards
 from engine.train.optimizers import with_evaluation_weights
 from engine.train.schedule import epochs_between_saves
 from engine.train.resume_check import INPUTS_FILE, inputs_text
@@ -66,8 +67,11 @@ class Checkpointer(StepHook):
     @checked    # never a model with NaN weights (engine/train/divergence.py)
     @with_evaluation_weights
     def save_model(self, ctx: StepContext, kind: str) -> str | None:
+        """The model of this step (the main process writes; with sharding every process first
+        takes part in gathering the weights)."""
         p = self.parts
-        if not p.is_main:
+        sharded = shards(self.cfg, p.accelerator)
+        if not p.is_main and not sharded:
             return None
         from engine.models.save import save_model
 
@@ -79,7 +83,11 @@ class Checkpointer(StepHook):
         if use_ema:
             b.ema.swap()
         try:
-            if c.hypernetwork is not None:
+            if sharded:
+                unet, text_encoder = (whole_module(m) for m in (unet, text_encoder))
+            if not p.is_main:
+                pass   # it took part in gathering; the main process writes
+            elif c.hypernetwork is not None:
                 self._save_hypernetwork(ctx, path)
             else:
                 model = c.model
@@ -94,6 +102,8 @@ class Checkpointer(StepHook):
         finally:
             if use_ema:
                 b.ema.swap()
+        if not p.is_main:
+            return None
         self.last_model_path = str(path)
         p.sink.emit(ModelSaved(path=str(path), what="model", step=ctx.step, epoch=ctx.event_epoch))
         self.rotate_models(kind, ctx.step)
@@ -105,14 +115,18 @@ class Checkpointer(StepHook):
     @checked
     @with_evaluation_weights   # a schedule-free state holds its eval weights; resume turns train() back on
     def write_state(self, ctx: StepContext, stopped: bool = False) -> str | None:
-        """A resumable state of this step (main process only); rotates older ones."""
+        """A resumable state of this step (the main process writes it; with sharding every process
+        first takes part in gathering it); rotates older ones."""
         p = self.parts
+        b = p.bundle
+        trainables, optimizer, ema = p.trainables(), b.optimizer, b.ema
+        if shards(self.cfg, p.accelerator):
+            trainables, optimizer, ema = whole_state(trainables, optimizer, ema)
         if not p.is_main:
             return None
         folder = p.run_dir / "state" / f"{self.cfg.train.output_name}-step{ctx.step:08d}-state"
-        b = p.bundle
-        save_state(folder, trainables=p.trainables(), optimizer=b.optimizer, scheduler=b.lr_scheduler,
-                   scaler=p.accelerator.scaler, ema=b.ema, counters=ctx.counters(stopped),
+        save_state(folder, trainables=trainables, optimizer=optimizer, scheduler=b.lr_scheduler,
+                   scaler=p.accelerator.scaler, ema=ema, counters=ctx.counters(stopped),
                    config_text=p.config_text, texts={INPUTS_FILE: inputs_text(self.cfg, p.data)})
         self.last_state_path = str(folder)
         self.rotate_states(keep_also=folder)
@@ -246,3 +260,35 @@ def config_metadata(config_text: str) -> dict[str, str]:
                                        "the run folder's config.toml holds it (compare sdft.config_sha256)")
     return meta
 
+
+
+class Snapshot:
+    """A state dict already taken (gathered from shards), for save_state's ``state_dict()`` calls."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def state_dict(self) -> dict:
+        return self.state
+
+
+def whole_module(module):
+    """A sharded module as a whole one on the main process (None elsewhere); others as they are."""
+    from engine.train.sharding import full_state, is_sharded, whole_copy
+
+    if module is None or not is_sharded(module):
+        return module
+    state = full_state(module)       # every process gathers; the main one gets the tensors
+    return whole_copy(module, state) if state else None
+
+
+def whole_state(trainables: dict, optimizer, ema):
+    """A sharded run's state gathered whole (every process takes part): trained modules, the
+    optimizer and the EMA, as save_state takes them."""
+    from engine.train.sharding import full_optimizer_state, full_state
+
+    modules = list(trainables.values())
+    whole = {name: full_state(module) for name, module in trainables.items()}
+    taken = Snapshot(full_optimizer_state(modules, optimizer))
+    averaged = Snapshot(ema.state_dict()) if ema is not None else None
+    return whole, taken, averaged

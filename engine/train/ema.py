@@ -91,8 +91,10 @@ class EMA:
             s.copy_(live.to(s.device, torch.float32))
 
     def state_dict(self) -> dict:
+        """The average by parameter name, whole (a sharded run's shards are gathered: every process
+        calls this)."""
         self._settled()
-        return dict(zip(self.names, self.shadow))
+        return {name: s.full_tensor() if hasattr(s, "full_tensor") else s for name, s in zip(self.names, self.shadow)}
 
     def load_state_dict(self, state: dict) -> str | None:
         """Restore a saved average. States of older sdft versions keyed it by position ("0",
@@ -115,5 +117,9 @@ class EMA:
                 raise EMAStateError(f"the state's EMA of {name} has shape {tuple(saved.shape)}, the "
                                     f"parameter {tuple(s.shape)}; start the run over or resume without train.ema")
         for s, saved in zip(self.shadow, tensors):
+            if hasattr(s, "full_tensor"):   # a sharded run: this process's shard of the whole average
+                from engine.train.sharding import shard_like
+
+                saved = shard_like(s, saved)
             s.copy_(saved)
         return note

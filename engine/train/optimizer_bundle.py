@@ -59,9 +59,26 @@ def parameter_groups(cfg, components: Components, scale: float = 1.0) -> list[di
     return groups
 
 
+def trained_modules(components: Components) -> list:
+    """The U-Net and, when it trains, the text encoder (a hypernetwork run has neither)."""
+    model = components.model
+    return [model.unet] + ([model.text_encoder] if components.train_te else [])
+
+
+def shards(cfg, accelerator) -> bool:
+    """memory.sharding applies: several processes (one has nothing to share with)."""
+    return cfg.memory.sharding != "none" and accelerator.num_processes > 1
+
+
 def build_bundle(cfg, components: Components, accelerator, total_steps: int) -> OptimizerBundle:
     o, t = cfg.optimizer, cfg.train
     scale = lr_scale(cfg, accelerator.num_processes)
+    sharded = shards(cfg, accelerator)
+    if sharded:   # before the groups: sharding replaces the parameters with their shards
+        from engine.train.sharding import shard
+
+        for module in trained_modules(components):
+            shard(module, cfg.memory.sharding)
     groups = parameter_groups(cfg, components, scale)
     if not groups:
         raise ValueError("nothing to train: check train.mode and train.train_text_encoder")
@@ -69,12 +86,13 @@ def build_bundle(cfg, components: Components, accelerator, total_steps: int) -> 
                                 o.learning_rate * scale, o.args, accelerator.device.type)
     lr_scheduler = schedule_for(o, optimizer, total_steps)
     model = components.model
-    if components.hypernetwork is not None:
-        # Nothing trainable for DDP to wrap; the step averages the hypernetwork's grads.
+    if components.hypernetwork is not None or sharded:
+        # Nothing trainable for DDP to wrap (the step averages a hypernetwork's gradients), or the
+        # shards reduce their own gradients.
         unet, text_encoder = model.unet, model.text_encoder
         optimizer = accelerator.prepare(optimizer)
     else:
-        modules = [model.unet] + ([model.text_encoder] if components.train_te else [])
+        modules = trained_modules(components)
         prepared = accelerator.prepare(*modules, optimizer)
         unet = prepared[0]
         text_encoder = prepared[1] if components.train_te else model.text_encoder

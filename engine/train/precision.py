@@ -109,14 +109,16 @@ def start_accelerator(cfg, say):
 
 
 def refuse_unsupported_launch(accelerator) -> None:
-    """sdft trains data-parallel (one whole model per GPU); an accelerate config that asks for
-    DeepSpeed or FSDP would wrap the model in ways its step, saves and resume do not follow."""
+    """sdft wraps the model itself (DDP, or FSDP for memory.sharding); an accelerate config that
+    asks for DeepSpeed or accelerate's FSDP would wrap it in ways its step, saves and resume do not
+    follow."""
     kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
     if kind in ("DEEPSPEED", "FSDP", "MEGATRON_LM"):
         raise RuntimeError(f"this accelerate configuration asks for {kind}, which sdft does not train with: "
-                           "run `sdft train RUN.toml --gpus N` (data parallel, one whole model per GPU) and fit "
-                           "memory with memory.fused_backward_pass and bf16 weights; `accelerate config` "
-                           "should say multi-GPU without DeepSpeed or FSDP")
+                           "run `sdft train RUN.toml --gpus N` with accelerate's plain multi-GPU setting, and "
+                           "split the weights and optimizer states across the GPUs with memory.sharding = "
+                           '"full" (sdft shards with PyTorch FSDP itself), or fit one GPU with '
+                           "memory.fused_backward_pass and bf16 weights")
 
 
 def set_backend_flags(memory, device: torch.device) -> None:

@@ -18,6 +18,7 @@ import torch
 from engine.atomic import atomic_path
 from engine.events import SampleGridSaved, SampleSaved
 from engine.train.divergence import checked
+from engine.train.optimizer_bundle import shards
 from engine.train.optimizers import with_evaluation_weights
 from engine.train.prompts import load_prompts
 
@@ -59,9 +60,11 @@ class Sampler:
     @checked
     @with_evaluation_weights
     def sample(self, ctx) -> list[str]:
-        """Every prompt's image at this step (main process only); RNG states are preserved."""
+        """Every prompt's image at this step (the main process samples and writes; with sharding every
+        process runs the sampler, as each holds a share of the weights); RNG states are preserved."""
         p = self.parts
-        if not self.prompts or not p.is_main:
+        sharded = shards(p.cfg, p.accelerator)
+        if not self.prompts or not (p.is_main or sharded):
             return []
         b, model = p.bundle, p.components.model
         unet = p.accelerator.unwrap_model(b.unet)
@@ -76,7 +79,7 @@ class Sampler:
             unet.eval()
             with preserved_rng(), torch.no_grad():
                 for index, prompt in enumerate(self.prompts):
-                    if self.should_stop():
+                    if not sharded and self.should_stop():   # sharded: the others would wait for it
                         p.say(f"sampling stopped after {index} of {len(self.prompts)} image(s): a stop was requested")
                         break
                     saved.append(self._one(ctx, unet, index, prompt))
@@ -86,9 +89,9 @@ class Sampler:
             unet.train(was_training)
             if not p.cfg.sample.prompts:
                 vae.to("cpu")
-        if saved:
+        if saved and p.is_main:
             self._grid(ctx, saved)
-        return saved
+        return saved if p.is_main else []
 
     def _grid(self, ctx, saved: list[str]) -> None:
         """Every prompt of this sampling point in one image beside the single ones (docs/run-folder.md)."""
@@ -128,6 +131,8 @@ class Sampler:
             ).images
         image = _decode(model.vae, pipe.image_processor, latents)   # outside autocast: in memory.vae_dtype
         path = self.folder / f"{cfg.train.output_name}_s{ctx.step:08d}_{index:02d}.png"
+        if not p.is_main:
+            return str(path)
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG")
         p.sink.emit(SampleSaved(path=str(path), prompt=prompt.prompt, step=ctx.step, index=index))

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from engine import atomic
 from engine.hashcache import file_sha256
 from engine.train.distributed import is_main_process
+from engine.train.sharding import is_sharded, load_full_optimizer_state, load_full_state
 
 STATE_VERSION = 1
 
@@ -152,8 +153,13 @@ def load_state(folder: Path, *, trainables: dict, optimizer, scheduler, scaler=N
             for key, value in tensors.items():
                 module[key].data.copy_(value)
         else:
-            module.load_state_dict(tensors)
-    load_optimizer_state(optimizer, torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
+            load_module_state(module, tensors)
+    saved = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+    modules = [m for m in trainables.values() if not isinstance(m, dict)]
+    if modules and (by_name(saved) or is_sharded(modules[0])):
+        load_full_optimizer_state(modules, optimizer, saved if by_name(saved) else named(saved, modules))
+    else:
+        load_optimizer_state(optimizer, saved)
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     if scaler is not None and (folder / "scaler.pt").exists():
         scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
@@ -164,6 +170,29 @@ def load_state(folder: Path, *, trainables: dict, optimizer, scheduler, scaler=N
     rng_tensors = torch.load(folder / "rng.pt", weights_only=True)
     _restore_rng(json.loads((folder / "rng.json").read_text()), rng_tensors)
     return read_counters(folder)
+
+
+def load_module_state(module, tensors: dict) -> None:
+    if is_sharded(module):   # a sharded run: each process keeps its shards (engine/train/sharding.py)
+        load_full_state(module, tensors)
+    else:
+        module.load_state_dict(tensors)
+
+
+def by_name(saved: dict) -> bool:
+    """An optimizer state keyed by parameter name (a sharded run's) rather than by position."""
+    return any(isinstance(key, str) for key in saved.get("state", {}))
+
+
+def named(saved: dict, modules: list) -> dict:
+    """A state keyed by position (an unsharded run's), keyed by parameter name instead, so a
+    sharded run can take it: positions follow the trained parameters in module order."""
+    from engine.train.sharding import joined_names
+
+    names = joined_names(modules)
+    return {"state": {names[index]: value for index, value in saved["state"].items()},
+            "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
+                             for group in saved["param_groups"]]}
 
 
 def load_optimizer_state(optimizer, saved: dict) -> None:

@@ -43,7 +43,7 @@ from engine.train.context import (
 )
 from engine.train.hooks import ControlHook, MetricsHook, SampleHook, run_started
 from engine.train.metrics import IntervalMeter, interval_figures
-from engine.train.optimizer_bundle import build_bundle, lr_scale
+from engine.train.optimizer_bundle import build_bundle, lr_scale, shards, trained_modules
 from engine.train.precision import start_accelerator
 from engine.prefetch import Prefetcher
 from engine.train.resume import parts_math_hash, restore
@@ -265,8 +265,16 @@ class Trainer:
 
     def _no_sync_unless(self, last: bool):
         """Gradients are averaged across processes once per optimizer step, on the last micro-batch:
-        the U-Net's and a trained text encoder's alike."""
-        if last or self.parts.accelerator.num_processes == 1:
+        the U-Net's and a trained text encoder's alike (sharded ones reduce theirs the same way)."""
+        if self.parts.accelerator.num_processes == 1:
+            return nullcontext()
+        if shards(self.cfg, self.parts.accelerator):
+            from engine.train.sharding import requires_sync
+
+            for module in trained_modules(self.parts.components):
+                requires_sync(module, last)
+            return nullcontext()
+        if last:
             return nullcontext()
         stack = ExitStack()
         b = self.parts.bundle

@@ -132,7 +132,10 @@ class WeightUpdate:
         """Undo anything installed on the parameters (a bench reuses one model for many runs)."""
 
     def _clipped_norm(self):
-        return self.clip(self.params, self.max_grad_norm) if self.max_grad_norm > 0 else None
+        if self.max_grad_norm <= 0:
+            return None
+        norm = self.clip(self.params, self.max_grad_norm)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm   # sharded: one number
 
 
 class AllAtOnce(WeightUpdate):

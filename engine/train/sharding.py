@@ -1,0 +1,123 @@
+"""Sharded training: the trained weights, their gradients and the optimizer states split across the
+GPUs of a run (``memory.sharding``, PyTorch's FSDP2 ``fully_shard``; docs/many-gpus.md).
+
+A run that does not fit one GPU with a whole copy of its optimizer states fits N of them with a
+share each. ``full`` keeps only each GPU's share of the weights between layers as well (the least
+memory: each block's weights are gathered for its forward and again for its backward);
+``grad_op`` keeps a block's gathered weights from its forward to its backward (faster, more
+memory). The rest of sdft sees ordinary modules; where it needs whole tensors (a saved model or
+state, a resume) every process takes part in gathering them and the main one writes, so this
+module holds every place where sharding changes what happens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+OPTIONS = ("none", "full", "grad_op")
+
+
+def is_sharded(module) -> bool:
+    """Whether ``module``'s parameters are shards (DTensors) of a sharded model."""
+    return any(hasattr(p, "full_tensor") for p in module.parameters())
+
+
+def shard(module, mode: str) -> None:
+    """Shard ``module`` in place, smallest units first (FSDP2 takes them bottom-up), then the whole."""
+    from torch.distributed.fsdp import fully_shard
+
+    reshard = mode == "full"
+    for unit in units_of(module):
+        fully_shard(unit, reshard_after_forward=reshard)
+    fully_shard(module, reshard_after_forward=reshard)
+
+
+def units_of(module) -> list:
+    """What is gathered at a time, in the order to shard it: each resnet and attention of a U-Net's
+    down, mid and up blocks, then the blocks (their samplers); a text encoder's layers. Units of at
+    most ~49 M parameters for SD 1.5 (its up blocks hold up to 258 M): the gathered weights of the
+    unit at work and the next stay small (engine/plan/estimate.py counts them)."""
+    blocks = [*(getattr(module, "down_blocks", None) or []),
+              *([module.mid_block] if getattr(module, "mid_block", None) is not None else []),
+              *(getattr(module, "up_blocks", None) or [])]
+    found = []
+    for block in blocks:
+        for name in ("resnets", "attentions"):
+            found += list(getattr(block, name, None) or [])
+        found.append(block)
+    encoder = getattr(getattr(module, "text_model", None), "encoder", None)
+    found += list(getattr(encoder, "layers", None) or [])
+    return found
+
+
+def requires_sync(module, sync: bool) -> None:
+    """Gradient accumulation: a sharded module reduces its gradients only on the last micro-batch."""
+    module.set_requires_gradient_sync(sync)
+
+
+def local(value):
+    """A whole tensor from a sharded one (every process must call it: it gathers), else itself."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+def full_state(module) -> dict:
+    """The module's whole state dict on the CPU (a collective: every process calls it; the main
+    process gets the tensors, the others an empty dict)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state(module, state: dict) -> None:
+    """Load a whole state dict (read by every process) into the sharded module."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+
+
+def full_optimizer_state(modules: list, optimizer) -> dict:
+    """The optimizer's state dict with whole tensors, keyed as an unsharded run keys it (collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return get_optimizer_state_dict(_joined(modules), inner,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state(modules: list, optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    inner = getattr(optimizer, "optimizer", optimizer)
+    set_optimizer_state_dict(_joined(modules), inner, state, options=StateDictOptions(full_state_dict=True))
+
+
+def joined_names(modules: list) -> list[str]:
+    """The trained parameters' names as the optimizer's state dict keys them, in their order."""
+    return [name for name, p in _joined(modules).named_parameters() if p.requires_grad]
+
+
+def _joined(modules: list):
+    """The trained modules as one (the state-dict helpers take one model)."""
+    if len(modules) == 1:
+        return modules[0]
+    return torch.nn.ModuleList(modules)
+
+
+def whole_copy(module, state: dict):
+    """An unsharded copy of ``module`` on the CPU holding ``state`` (the main process writes a
+    saved model from it)."""
+    config = getattr(module, "config", None)
+    if hasattr(type(module), "from_config"):
+        copy = type(module).from_config(config)
+    else:
+        copy = type(module)(config)
+    copy.load_state_dict(state)
+    return copy
+
+
+def shard_like(reference, whole: torch.Tensor) -> torch.Tensor:
+    """This process's shard of ``whole``, laid out as the sharded tensor ``reference``."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(whole.to(reference.device, reference.dtype), reference.device_mesh,
+                             reference.placements)
