@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure training speed and the engine's overhead over a bare loop")
     bench.add_argument("config", nargs="?", help="run TOML (default: the demo's)")
     bench.add_argument("--steps", type=int, help="timed steps (default 20; per cell with --matrix/--gpu-report: 5, "
-                                                 "--gpu-smoke: 30)")
+                                                 "--gpu-smoke: 30); with --learning, training steps per model")
     bench.add_argument("--warmup", type=int, help="untimed warm-up steps (default 3; --matrix 2 per cell)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--json-out", metavar="FILE", help="also write the figures to FILE as JSON")
@@ -77,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "full_bf16 with AdamW, AdamW8bit and Adafactor, fused backward pass off and on; check "
                             "that losses are finite, weights moved and peak VRAM is within 10%% of the planner; "
                             "write OUT_DIR/gpu-smoke.md and .json (exit 1 if a check failed)")
+    bench.add_argument("--learning", metavar="OUT_DIR", nargs="?", const="sdft-learning",
+                       help="does training learn? train tiny random SD1, SD2 and SD2-v models from scratch on "
+                            "generated concepts (about 5 minutes on 2 CPU cores); write OUT_DIR/learning.md, .json "
+                            "and .png: validation-loss curves and prompt adherence against chance "
+                            "(default OUT_DIR: sdft-learning; docs/learning-bench.md)")
+    bench.add_argument("--family", action="append", choices=("sd1", "sd2", "sd2-v"),
+                       help="with --learning, only this model family (repeatable); with --score, the family "
+                            "the scored file was trained from")
+    bench.add_argument("--score", metavar="MODEL_FILE",
+                       help="with --learning OUT_DIR: score a model another trainer saved from OUT_DIR/models/FAMILY "
+                            "with the same evaluator (validation loss and adherence)")
+    bench.add_argument("--label", help="with --score, the trainer's name in the scores file (default: the file's name)")
     bench.add_argument("--budget", type=float, metavar="SECONDS",
                        help="start no cell that would end past this many seconds since the command started "
                             "(--gpu-report and --gpu-smoke default: 390, so the whole command fits 7 minutes)")
