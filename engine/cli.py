@@ -85,10 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--family", action="append", choices=("sd1", "sd2", "sd2-v"),
                        help="with --learning, only this model family (repeatable); with --score, the family "
                             "the scored file was trained from")
-    bench.add_argument("--score", metavar="MODEL_FILE",
+    bench.add_argument("--score", metavar="MODEL",
                        help="with --learning OUT_DIR: score a model another trainer saved from OUT_DIR/models/FAMILY "
-                            "with the same evaluator (validation loss and adherence)")
+                            "(a single file or a diffusers folder) with the same evaluator (validation loss and "
+                            "adherence)")
     bench.add_argument("--label", help="with --score, the trainer's name in the scores file (default: the file's name)")
+    bench.add_argument("--seed", type=int, default=0,
+                       help="with --learning, the seed of the drawn images, the random models and training (default 0)")
     bench.add_argument("--budget", type=float, metavar="SECONDS",
                        help="start no cell that would end past this many seconds since the command started "
                             "(--gpu-report and --gpu-smoke default: 390, so the whole command fits 7 minutes)")

@@ -23,7 +23,7 @@ from engine.bench.scoring import SamplingPlan
 
 
 class LearningBenchError(RuntimeError):
-    """A benchmark run that could not finish (a training that failed, files that are missing)."""
+    """A training the benchmark started did not complete (bad input raises ValueError instead)."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def _report(settings: LearningSettings, dataset, rows: list[dict], started: floa
 
     return {"report": "sdft bench --learning", "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {_cpu_count()} CPUs, torch {torch.__version__}, "
-                       f"{torch.get_num_threads()} threads",
+                       f"{torch.get_num_threads()} torch thread{'s' if torch.get_num_threads() != 1 else ''}",
             "settings": asdict(settings), "concepts": [c.caption for c in dataset.concepts],
             "images": {"train": len(dataset.train), "held_out": len(dataset.held_out), "side": dataset.side},
             "families": rows, "seconds": time.perf_counter() - started}
@@ -141,10 +141,10 @@ def score_trained_file(out_dir: str | Path, trained: str | Path, family_name: st
     out, family = Path(out_dir), family_named(family_name)
     model_dir = out / "models" / family.name
     if not (model_dir / "model_index.json").is_file():
-        raise LearningBenchError(f"{model_dir} is missing: run `sdft bench --learning {out} --family {family.name}` "
-                                 "first (it builds the model and the images the other trainer must use)")
-    if not Path(trained).is_file():
-        raise LearningBenchError(f"--score {trained}: no such file")
+        raise ValueError(f"{model_dir} is missing: run `sdft bench --learning {out} --family {family.name}` first "
+                         "(it builds the model and the images the other trainer must use)")
+    if not Path(trained).exists():
+        raise ValueError(f"--score {trained}: no such file or folder (the model the other trainer saved)")
     try:
         sampling = SamplingPlan(**json.loads((out / "learning.json").read_text(encoding="utf-8"))["settings"]["sampling"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -43,8 +43,8 @@ def report_markdown(report: dict) -> str:
     images = report["images"]
     lines = [
         "# sdft learning benchmark", "",
-        f"- measured {report['date']} on {report['machine']}; `sdft bench --learning` took "
-        f"{report['seconds']:.0f} s",
+        f"- measured {report['date']} on {report['machine']}: `sdft bench --learning`, "
+        f"{report['seconds']:.0f} s after start-up",
         f"- data: {count} concepts, {images['train']} training and {images['held_out']} held-out images of "
         f"{images['side']}x{images['side']} px (`data/`)",
         f"- recipe, the same for every family: a random-weight tiny model trained from scratch, "

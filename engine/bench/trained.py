@@ -18,21 +18,38 @@ class TrainedModelError(ValueError):
 
 
 def load_trained(base_folder: str | Path, trained: str | Path | None = None):
-    """The base model (a LoadedModel, fp32 on the CPU) with ``trained``'s U-Net, text encoder
-    and VAE weights; ``trained`` None gives the untrained base."""
+    """The base model (a LoadedModel, fp32 on the CPU) with the U-Net, text encoder and VAE
+    weights of ``trained``: a single file, or a diffusers folder (what diffusers' training
+    scripts save); ``trained`` None gives the untrained base."""
     from engine.models.load import load_model
 
     model = load_model(str(base_folder), hash_file=False)
-    if trained is not None:
+    if trained is not None and Path(trained).is_dir():
+        _copy_weights_onto(model, load_model(str(trained), hash_file=False), Path(trained))
+    elif trained is not None:
         _read_weights_onto(model, Path(trained))
-    for module in (model.unet, model.text_encoder, model.vae):
-        module.eval()
     return model
+
+
+def _copy_weights_onto(model, other, path: Path) -> None:
+    _load_strictly(path, model, {"U-Net": other.unet.state_dict(), "text encoder": other.text_encoder.state_dict(),
+                                 "VAE": other.vae.state_dict()})
+
+
+def _load_strictly(path: Path, model, states: dict) -> None:
+    """Each part's tensors into the base model's module; a missing, extra or misshapen one is an error."""
+    for name, module in (("U-Net", model.unet), ("text encoder", model.text_encoder), ("VAE", model.vae)):
+        try:
+            module.load_state_dict({k: v.float() for k, v in states[name].items()}, strict=True)
+        except RuntimeError as exc:
+            raise TrainedModelError(f"{path}: its {name} does not fit the base model {model.source}: "
+                                    f"{str(exc)[:300]}") from exc
 
 
 def _read_weights_onto(model, path: Path) -> None:
     from engine.models import convert as cv
     from engine.models.checkpoint_io import read_state_dict
+    from engine.models.errors import ModelLoadError
     from engine.models.load import text_state_from_parts
 
     sd, metadata, _ = read_state_dict(path)
@@ -46,12 +63,7 @@ def _read_weights_onto(model, path: Path) -> None:
                                               sd2_layers=model.text_encoder.config.num_hidden_layers)
         text = cv.adapt_text_keys(text, model.text_encoder.state_dict().keys())
         vae = cv.vae_from_original(parts["vae"], model.vae.state_dict())
-    except (cv.ConversionError, ValueError) as exc:
-        raise TrainedModelError(f"{path} does not fit the base model {model.source}: {exc}") from exc
-    for name, module, state in (("U-Net", model.unet, unet), ("text encoder", model.text_encoder, text),
-                                ("VAE", model.vae, vae)):
-        try:
-            module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        except RuntimeError as exc:
-            raise TrainedModelError(f"{path}: its {name} does not fit the base model {model.source}: "
-                                    f"{str(exc)[:300]}") from exc
+    except (cv.ConversionError, ModelLoadError) as exc:
+        raise TrainedModelError(f"{path} does not fit the base model {model.source} "
+                                f"({'SD2' if model.v2 else 'SD1'}): {exc}") from exc
+    _load_strictly(path, model, {"U-Net": unet, "text encoder": text, "VAE": vae})

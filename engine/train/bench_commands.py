@@ -179,7 +179,10 @@ def learning_command(args) -> int:
     if args.steps is not None and args.steps < 1:
         say("sdft bench --learning: --steps must be 1 or more")
         return ExitCode.USAGE
-    settings = LearningSettings(families=families, recipe=Recipe(steps=args.steps or Recipe().steps))
+    if args.seed < 0:
+        say("sdft bench --learning: --seed must be 0 or more")
+        return ExitCode.USAGE
+    settings = LearningSettings(families=families, recipe=Recipe(steps=args.steps or Recipe().steps, seed=args.seed))
     try:
         if args.score:
             if args.learning is None or not args.family or len(families) != 1:
