@@ -182,7 +182,9 @@ def learning_command(args) -> int:
     if args.seed < 0:
         say("sdft bench --learning: --seed must be 0 or more")
         return ExitCode.USAGE
-    settings = LearningSettings(families=families, recipe=Recipe(steps=args.steps or Recipe().steps, seed=args.seed))
+    steps = args.steps or Recipe().steps
+    recipe = Recipe(steps=steps, validate_every=min(Recipe().validate_every, steps), seed=args.seed)
+    settings = LearningSettings(families=families, recipe=recipe)
     try:
         if args.score:
             if args.learning is None or not args.family or len(families) != 1:
