@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("learning-bench")]
 
 CI = LearningSettings(concepts=CI_CONCEPT_NAMES, per_concept=4, held_out=1, families=("sd1",),
                       recipe=Recipe(steps=200, batch_size=6, learning_rate=1e-3, validate_every=100),
-                      sampling=SamplingPlan(samples_per_concept=6))
+                      sampling=SamplingPlan(samples_per_concept=6, steps=12))
 SD1 = family_named("sd1")        # epsilon prediction, CLIP skip 2: both breakable
 CHANCE = 1 / len(CI_CONCEPT_NAMES)
 
@@ -112,9 +112,3 @@ def test_a_flipped_guidance_sign_scores_worse(bench, normal, monkeypatch):
     monkeypatch.setattr(StableDiffusionPipeline, "guidance_scale", property(lambda pipe: -pipe._guidance_scale))
     assert _sdft_adherence(row, dataset) <= trained["adherence_sdft"]["accuracy"] - 0.25
 
-
-def test_the_breakages_leave_the_normal_model_alone(bench, normal):
-    """The sampling breakages above were undone: the cached model scores as it did (same seed)."""
-    _out, dataset = bench
-    row, trained = normal
-    assert _sdft_adherence(row, dataset) == trained["adherence_sdft"]["accuracy"]
