@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from engine.bench.concepts import CI_CONCEPT_NAMES
+from engine.bench.health import findings
 from engine.bench.learning import LearningSettings, prepare, score, train_family
 from engine.bench.model import family_named
 from engine.bench.runs import Recipe
@@ -62,6 +63,8 @@ def test_a_model_trained_by_sdft_learns_its_captions(bench, normal):
     assert trained["adherence_sdft"]["accuracy"] >= 0.8 > CHANCE
     assert trained["adherence_diffusers"]["accuracy"] >= 2 * CHANCE   # the saved model, in diffusers' own pipeline
     assert untrained["adherence_sdft"]["accuracy"] < 0.5
+    assert findings(trained, untrained) == []                       # healthy by the benchmark's own limits
+    assert findings(untrained) != []
 
 
 def test_a_swapped_target_trains_a_model_that_scores_worse(bench, normal, monkeypatch):
@@ -81,6 +84,7 @@ def test_a_swapped_target_trains_a_model_that_scores_worse(bench, normal, monkey
     assert broken["validation_loss"] > 1.5 * trained["validation_loss"]
     # Its samples may still sit nearest the prompted concept, but far off every image.
     assert broken["adherence_sdft"]["sample_distance"] > 2 * trained["adherence_sdft"]["sample_distance"]
+    assert any("is the prediction type read right?" in text for text in findings(broken))
 
 
 def test_a_clip_layer_changed_at_sampling_only_scores_worse(bench, normal, monkeypatch):
@@ -110,5 +114,7 @@ def test_a_flipped_guidance_sign_scores_worse(bench, normal, monkeypatch):
     _out, dataset = bench
     row, trained = normal
     monkeypatch.setattr(StableDiffusionPipeline, "guidance_scale", property(lambda pipe: -pipe._guidance_scale))
-    assert _sdft_adherence(row, dataset) <= trained["adherence_sdft"]["accuracy"] - 0.25
+    broken = score(_model_dir(row), row["model_path"], dataset, SD1, CI.sampling, samplers=("sdft",))
+    assert broken["adherence_sdft"]["accuracy"] <= trained["adherence_sdft"]["accuracy"] - 0.25
+    assert any(text.startswith("adherence through sdft's sampler") for text in findings(broken))
 

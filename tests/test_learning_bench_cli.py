@@ -14,8 +14,10 @@ def test_the_command_writes_the_report_the_data_and_the_models_another_trainer_n
     from engine.cli import main
 
     out = tmp_path / "learning"
-    assert main(["bench", "--learning", str(out), "--family", "sd2-v", "--steps", "3", "--json"]) == 0
+    # Three steps learn nothing: the command says how the result falls short and exits 1.
+    assert main(["bench", "--learning", str(out), "--family", "sd2-v", "--steps", "3", "--json"]) == 1
     captured = capsys.readouterr()
+    assert "warning: SD2 768-v (v-prediction): adherence through sdft's sampler is" in captured.err
     report = json.loads(captured.out)
     (row,) = report["families"]
     assert row["family"] == "sd2-v" and row["curve"] == [[3, pytest.approx(row["curve"][0][1])]]
@@ -25,9 +27,10 @@ def test_the_command_writes_the_report_the_data_and_the_models_another_trainer_n
                  "models/sd2-v/model_index.json", "runs/sd2-v.toml"):
         assert (out / name).is_file(), name
     assert "| SD2 768-v (v-prediction) |" in (out / "learning.md").read_text()
+    assert "**Not healthy**" in (out / "learning.md").read_text()
 
     model = row["model_path"]
-    assert main(["bench", "--learning", str(out), "--family", "sd2-v", "--score", model, "--label", "again"]) == 0
+    assert main(["bench", "--learning", str(out), "--family", "sd2-v", "--score", model, "--label", "again"]) == 1
     again = json.loads((out / "scores-again-sd2-v.json").read_text())
     # The same file scored twice by the same evaluator: the same figures.
     assert again["validation_loss"] == row["trained"]["validation_loss"]

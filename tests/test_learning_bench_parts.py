@@ -243,7 +243,7 @@ def _report(families=("sd1",)) -> dict:
             "concepts": ["a red circle", "a blue square"], "images": {"train": 4, "held_out": 2, "side": 64},
             "families": [{"family": f, "label": family_named(f).label, "curve": [[50, 0.5], [100, 0.3]],
                           "train_seconds": 50.0, "untrained": {**scores, "validation_loss": 1.1},
-                          "trained": scores} for f in families]}
+                          "trained": scores, "findings": []} for f in families]}
 
 
 def test_the_report_is_a_table_per_family_and_per_prompt(tmp_path):
@@ -253,10 +253,30 @@ def test_the_report_is_a_table_per_family_and_per_prompt(tmp_path):
     assert "| SD1 (epsilon, CLIP skip 2) | 1.1000 -> **0.3000** | **75% (3/4)** | 75% (3/4) |" in text
     assert "| a blue square | 1/2 | 1/2 |" in text
     assert "chance is 1/2 = 50%" in text
+    assert "Healthy: every family is within the limits" in text
+    unhealthy = _report()
+    unhealthy["families"][0]["findings"] = ["adherence through sdft's sampler is 20%, below 50% (chance 50%)"]
+    assert "- SD1 (epsilon, CLIP skip 2): adherence through sdft's sampler is 20%" in report_markdown(unhealthy)
     md, js, png = write_report(tmp_path, _report())
     assert json.loads(js.read_text())["families"][0]["trained"]["validation_loss"] == 0.3
     assert md.read_text().startswith("# sdft learning benchmark")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_result_is_healthy_only_within_every_limit():
+    from engine.bench.health import findings
+
+    good = {"validation_loss": 0.3, "adherence_sdft": {"accuracy": 0.9, "chance": 0.125, "sample_distance": 2.5},
+            "adherence_diffusers": {"accuracy": 0.8, "chance": 0.125, "sample_distance": 2.5}}
+    assert findings(good, {"validation_loss": 1.1}) == []
+    assert findings({**good, "validation_loss": 1.0}, {"validation_loss": 1.1}) == [
+        "validation loss fell only to 91% of the untrained model's (at most 85%)"]
+    assert findings({**good, "validation_loss": 1.0}) == []          # nothing to compare it with
+    weak = {**good, "adherence_diffusers": {"accuracy": 0.25, "chance": 0.125, "sample_distance": 12.0}}
+    assert findings(weak) == [
+        "adherence through diffusers' pipeline is 25%, below 50% (chance 12.5%)",
+        "samples through diffusers' pipeline lie 12.0x as far from the data as held-out images (at most 5): "
+        "is the prediction type read right?"]
 
 
 def test_round_ticks_cover_the_range():

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.bench.concepts import CONCEPTS, concepts_named, write_concept_dataset
+from engine.bench.health import findings
 from engine.bench.model import FAMILIES, build_bench_model, family_named
 from engine.bench.runs import Recipe, write_kohya_dataset, write_run_file
 from engine.bench.scoring import SamplingPlan
@@ -105,6 +106,7 @@ def run_learning_bench(out_dir: str | Path, settings: LearningSettings = Learnin
         say(f"sdft bench --learning: {family.label}: scoring the untrained and the trained model")
         row["untrained"] = score(Path(row["model_dir"]), None, dataset, family, settings.sampling, samplers=("sdft",))
         row["trained"] = score(Path(row["model_dir"]), row["model_path"], dataset, family, settings.sampling)
+        row["findings"] = findings(row["trained"], row["untrained"])
         rows.append(row)
         write_report(out, _report(settings, dataset, rows, started))   # a stopped bench keeps what it measured
     report = _report(settings, dataset, rows, started)
@@ -151,6 +153,7 @@ def score_trained_file(out_dir: str | Path, trained: str | Path, family_name: st
         sampling = SamplingPlan()   # the bench's own report is gone: its default plan
     dataset = read_concept_dataset(out / "data")
     scores = score(model_dir, trained, dataset, family, sampling)
-    result = {"label": label, "family": family.name, "file": str(trained), "sampling": asdict(sampling), **scores}
+    result = {"label": label, "family": family.name, "file": str(trained), "sampling": asdict(sampling), **scores,
+              "findings": findings(scores)}
     write_json(result, out / f"scores-{label}-{family.name}.json")
     return result

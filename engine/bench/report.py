@@ -36,6 +36,14 @@ def _per_concept(report: dict) -> list[str]:
     return lines
 
 
+def _verdict(rows: list[dict]) -> list[str]:
+    """Healthy, or each way it is not (engine/bench/health.py; docs/learning-bench.md)."""
+    problems = [f"- {row['label']}: {text}" for row in rows for text in row.get("findings", [])]
+    if not problems:
+        return ["Healthy: every family is within the limits of docs/learning-bench.md.", ""]
+    return ["**Not healthy** (the limits are in docs/learning-bench.md):", "", *problems, ""]
+
+
 def report_markdown(report: dict) -> str:
     s = report["settings"]
     recipe, sampling = s["recipe"], s["sampling"]
@@ -54,13 +62,14 @@ def report_markdown(report: dict) -> str:
         "lower is better",
         f"- adherence: {sampling['samples_per_concept']} samples per prompt ({sampling['sampler']}, "
         f"{sampling['steps']} steps, guidance {sampling['guidance_scale']:g}), each given to the concept of "
-        f"the nearest training latent; chance is 1/{count} = {100 / count:.0f}%",
+        f"the nearest training latent; chance is 1/{count} = {100 / count:.3g}%",
         "- sample distance: the samples' mean distance to the nearest training latent over the held-out "
         "images' (about 1: as close as unseen images of the concepts; guidance pushes it above)", "",
         "| model family | validation loss, untrained -> trained | adherence, sdft's sampler | "
         "adherence, diffusers' pipeline | adherence untrained | sample distance | train + score time |",
         "|---|---|---|---|---|---|---|",
         *(_family_row(row) for row in report["families"]), "",
+        *_verdict(report["families"]),
         "Samples that landed on their prompt's concept, per prompt (trained model, sdft's sampler):", "",
         *_per_concept(report), "",
         "learning.png draws each run's own validation loss as it trained (sdft's `validate_every_n_steps`, "

@@ -195,10 +195,13 @@ def learning_command(args) -> int:
             label = args.label or Path(args.score).stem
             report = score_trained_file(args.learning, args.score, families[0], label)
             say(f"sdft bench --learning: {label} ({families[0]}): {learning_summary(report)}")
+            unhealthy = _say_findings(label, report["findings"])
         else:
             report = run_learning_bench(args.learning, settings, say=say)
+            unhealthy = False
             for row in report["families"]:
                 say(f"  {row['label']}: {learning_summary(row['trained'], row['untrained'])}")
+                unhealthy |= _say_findings(row["label"], row["findings"])
     except ConfigError as exc:
         from engine.console import print_problems
 
@@ -212,7 +215,14 @@ def learning_command(args) -> int:
         return ExitCode.USAGE
     if args.json:
         print(json.dumps(report, default=str))
-    return ExitCode.OK
+    return ExitCode.FINDINGS if unhealthy else ExitCode.OK
+
+
+def _say_findings(label: str, findings: list[str]) -> bool:
+    """Each way a result is unhealthy (engine/bench/health.py), as a warning; True if there were any."""
+    for text in findings:
+        say(f"sdft bench --learning: warning: {label}: {text}")
+    return bool(findings)
 
 
 def learning_summary(trained: dict, untrained: dict | None = None) -> str:
@@ -222,4 +232,4 @@ def learning_summary(trained: dict, untrained: dict | None = None) -> str:
         loss = f"{untrained['validation_loss']:.4f} -> {loss}"
     sdft, pipe = trained["adherence_sdft"], trained["adherence_diffusers"]
     return (f"validation loss {loss}; adherence {sdft['accuracy'] * 100:.0f}% (sdft's sampler), "
-            f"{pipe['accuracy'] * 100:.0f}% (diffusers' pipeline), chance {sdft['chance'] * 100:.0f}%")
+            f"{pipe['accuracy'] * 100:.0f}% (diffusers' pipeline), chance {sdft['chance'] * 100:.3g}%")
