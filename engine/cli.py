@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
 from engine import commandline
+from engine.launch import MULTI_NODE
 from engine.console import print_problems
 from engine.data import bench as data_bench
 from engine.data import cli as data_cli
@@ -42,10 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train from a run TOML (headless; --tui for the dashboard)")
     train.add_argument("config", help="run TOML file")
     train.add_argument("--check", action="store_true", help="validate the file and exit (2 if it has errors)")
-    train.add_argument("--resume", metavar="STATE", help='continue from a state folder, or "latest"')
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", metavar="STATE", help='continue from a state folder, or "latest"')
+    start.add_argument("--restart", action="store_true",
+                       help="start over in a run folder that holds an earlier run (kept in its earlier/ folder)")
     train.add_argument("--allow-changed", action="store_true", help="resume even if training options or data changed")
     train.add_argument("--tui", action="store_true", help="show the live dashboard")
     train.add_argument("--detached", action="store_true", help="keep running when the terminal goes away (SIGHUP)")
+    gpus = train.add_argument_group("several GPUs (docs/many-gpus.md)")
+    gpus.add_argument("--gpus", metavar="N", help='train on N GPUs (or "all"): one process each, through '
+                      "accelerate's launcher; the same run as one process at N times the batch size")
+    for name in MULTI_NODE:
+        gpus.add_argument("--" + name.replace("_", "-"), dest=name, metavar="VALUE",
+                          help=f"with --gpus on several machines: accelerate launch's --{name}")
     train.set_defaults(run=cmd_train)
 
     demo = commands.add_parser("demo", help="generate a demo dataset and tiny model, then fine-tune it (~1 min on a CPU)")
@@ -92,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--label", help="with --score, the trainer's name in the scores file (default: the file's name)")
     bench.add_argument("--seed", type=int, default=0,
                        help="with --learning, the seed of the drawn images, the random models and training (default 0)")
+    bench.add_argument("--gpus", metavar="N", help='time 1 and N processes (one per GPU, or "all") and report the '
+                       "scaling efficiency, warning below 80%% per GPU")
     bench.add_argument("--budget", type=float, metavar="SECONDS",
                        help="start no cell that would end past this many seconds since the command started "
                             "(--gpu-report and --gpu-smoke default: 390, so the whole command fits 7 minutes)")
@@ -106,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="estimate peak VRAM of a run TOML and suggest what fits")
     plan.add_argument("config", help="run TOML file")
     plan.add_argument("--vram", type=float, help="GPU memory to plan for, in GB (default: detected)")
+    plan.add_argument("--gpus", type=int, default=1, metavar="N",
+                      help="GPUs training together (sdft train --gpus N): the estimate is per GPU")
     plan.set_defaults(run=cmd_plan)
 
     watch = commands.add_parser("watch", help="follow a run started elsewhere in the dashboard (read-only)")
@@ -185,24 +200,37 @@ def cmd_watch(args) -> int:
 
 
 def train_in_dashboard(args) -> int:
+    from engine.config.problems import ConfigError
+    from engine.config.run_toml import load_run_file
+    from engine.preflight import check_history
+
+    try:   # fail fast, as headless does: the dashboard would only show it and close
+        config, _document, _warnings = load_run_file(args.config)
+    except ConfigError as exc:
+        print_problems(exc.problems)
+        return ExitCode.USAGE
+    refused = [p for p in check_history(config, resume=args.resume, restart=args.restart) if p.severity == "error"]
+    if refused:
+        print_problems(refused)
+        return ExitCode.USAGE
     try:
         from sdft_tui.dashboard import run_dashboard
     except ImportError as exc:
         return _tui_missing("the dashboard", exc, f"train headless with `sdft train {args.config}`")
     return run_dashboard(Path(args.config), detached=args.detached, resume=args.resume,
-                         allow_changed=args.allow_changed)
+                         allow_changed=args.allow_changed, restart=args.restart)
 
 
 # ------------------------------------------------------------------ train
 
 
-def check_config(path: str, resume: str | None = None) -> int:
+def check_config(path: str, resume: str | None = None, restart: bool = False, allow_changed: bool = False) -> int:
     """`sdft train --check`: every problem training would hit before its first step, at once
     (the schema, then engine.preflight); exit 2 when any is an error."""
     from engine.console import make_console, styled
     from engine.preflight import check_run_file
 
-    config, problems = check_run_file(path, resume=resume)
+    config, problems = check_run_file(path, resume=resume, restart=restart, allow_changed=allow_changed)
     print_problems(problems)
     errors = sum(p.severity == "error" for p in problems)
     if errors:
@@ -226,6 +254,7 @@ class StopOnSignal:
         if hasattr(signal, "SIGHUP"):
             self.signals.append(signal.SIGHUP)
         self.detached = detached
+        self.first_at = 0.0
 
     def __enter__(self):
         for sig in self.signals:
@@ -235,9 +264,17 @@ class StopOnSignal:
                 self.previous[sig] = signal.signal(sig, self.handle)
         return self
 
+    # One Ctrl-C reaches a process of a multi-GPU run twice (from the terminal, and passed on by the
+    # launcher) within milliseconds; a person pressing again takes longer than this.
+    SAME_PRESS_S = 1.0
+
     def handle(self, signum, _frame):
+        now = time.monotonic()
         if self.control.stop_requested and signum == signal.SIGINT:
+            if now - self.first_at < self.SAME_PRESS_S:
+                return
             raise KeyboardInterrupt
+        self.first_at = now
         name = signal.Signals(signum).name
         self.control.request_stop(f"{name} received")
         try:
@@ -253,16 +290,95 @@ class StopOnSignal:
 
 
 def cmd_train(args) -> int:
+    if getattr(args, "gpus", None) and not args.check:
+        return train_on_gpus(args)
     if args.check:
-        return check_config(args.config, resume=args.resume)
+        return check_config(args.config, resume=args.resume, restart=args.restart, allow_changed=args.allow_changed)
     if args.tui:
         return train_in_dashboard(args)
     return train_headless(args.config, resume=args.resume, allow_changed=args.allow_changed,
-                          detached=args.detached)
+                          detached=args.detached, restart=args.restart)
+
+
+def train_on_gpus(args) -> int:
+    """``--gpus N``: the same ``sdft train`` in N processes, started by accelerate's launcher."""
+    from engine.console import make_console, styled
+    from engine.hardware import probe_gpus_nvidia_smi
+    from engine.launch import LaunchError, gpu_count_wanted, launch_plan, peer_to_peer_ok
+
+    console = make_console(stderr=True)
+    if args.tui:
+        console.print(styled(("sdft train:", "bold red"), " --tui with --gpus: the processes train headless; follow "
+                             "and steer the run from another terminal with `sdft watch RUN_DIR`"))
+        return ExitCode.USAGE
+    gpus, note = probe_gpus_nvidia_smi()
+    try:
+        count = gpu_count_wanted(args.gpus, len(gpus))
+    except LaunchError as exc:
+        console.print(styled(("sdft train:", "bold red"), f" {exc}" + (f" ({note})" if note and not gpus else "")))
+        return ExitCode.USAGE
+    plan = launch_plan(train_arguments(args), count, {name: getattr(args, name) for name in MULTI_NODE},
+                       peer_to_peer_ok() if count > 1 else None)
+    for line in plan.notes:
+        console.print(styled(("sdft train:", "yellow"), f" {line}"))
+    console.print(f"sdft train: starting {count} processes (one per GPU) through accelerate launch")
+    return run_processes(plan, args.config)
+
+
+def run_processes(plan, config) -> int:
+    """Run a launch plan (engine/launch.py) of ``sdft train CONFIG`` and return the run's exit code."""
+    from engine.config.problems import ConfigError
+    from engine.config.run_toml import load_run_file
+    from engine.launch import run_launch
+
+    try:
+        run_dir = load_run_file(config)[0].run_dir()
+    except ConfigError as exc:
+        print_problems(exc.problems)
+        return ExitCode.USAGE
+    started = time.time()
+    code = run_launch(plan, run_dir)
+    return launched_exit_code(run_dir, code, started)
+
+
+def launched_exit_code(run_dir: Path, launcher_code: int, since: float) -> int:
+    """The run's own exit code (0, 3, 130) from the end it wrote to events.jsonl after ``since``:
+    the launcher's code says only whether a process did not exit 0. The launcher's code when the
+    run wrote no end (a bad file: 2; a crash)."""
+    from engine.events import RunFinished, read_events
+    from engine.vocabulary import exit_code_for
+
+    events = Path(run_dir) / "events.jsonl"
+    try:
+        finished = [e for e in read_events(events) if isinstance(e, RunFinished) and e.time >= since] \
+            if events.is_file() else []
+    except OSError:
+        finished = []
+    return int(exit_code_for(finished[-1].status)) if finished else launcher_code
+
+
+def train_arguments(args) -> list[str]:
+    """``sdft train``'s arguments for each launched process: the same, less the launch options."""
+    out = [str(args.config)]
+    if args.resume:
+        out += ["--resume", args.resume]
+    for flag in ("restart", "allow_changed", "tui", "detached"):
+        if getattr(args, flag):
+            out.append("--" + flag.replace("_", "-"))
+    return out
+
+
+def stopped_exit_code() -> int:
+    """130 for a stopped run; 0 in a process of a multi-process run, because torch's launcher takes
+    any other code for a crash and kills the other processes, which may still be writing the state.
+    ``sdft train --gpus`` reads the run's own ending and exits 130 (launched_exit_code)."""
+    from engine.train.distributed import is_distributed
+
+    return ExitCode.OK if is_distributed() else ExitCode.STOPPED
 
 
 def train_headless(config: str | Path, *, resume: str | None = None, allow_changed: bool = False,
-                   detached: bool = False) -> int:
+                   detached: bool = False, restart: bool = False) -> int:
     from engine.config.problems import ConfigError
     from engine.console import ConsoleSink, make_console, styled
     from engine.control import RunControl
@@ -283,7 +399,8 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
     sink = ConsoleSink(console)
     try:
         with StopOnSignal(control, console, detached=detached):
-            result = run_training(config, sink=sink, control=control, resume=resume, allow_changed=allow_changed)
+            result = run_training(config, sink=sink, control=control, resume=resume, allow_changed=allow_changed,
+                                  restart=restart)
     except ConfigError as exc:
         print_problems(exc.problems)
         return ExitCode.USAGE
@@ -298,7 +415,7 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
     if result.status == RunStatus.COMPLETED:
         return ExitCode.OK
     if result.status == RunStatus.STOPPED:
-        return ExitCode.STOPPED
+        return stopped_exit_code()
     if result.log_path:
         console.print(f"details: {result.log_path}")
     return ExitCode.FAILED
@@ -320,11 +437,12 @@ def cmd_demo(args) -> int:
     console.print(f"preparing the demo in {args.dir} (generated images + a tiny random model)...")
     toml_path = prepare_demo(args.dir, steps=args.steps, force=args.force)
     console.print(f"run TOML: {toml_path}")
-    code = train_headless(toml_path)
+    code = train_headless(toml_path, restart=True)   # a second demo starts over; the first is kept (earlier/)
     if code == ExitCode.OK:
         checkpoint = Path(args.dir) / "runs" / "demo" / "checkpoints" / "demo.safetensors"
         console.print(styled(("demo finished.", "bold"), f" Fine-tuned model: {checkpoint}"))
-        console.print(f"Edit {toml_path} and run `sdft train {toml_path}`, or run `sdft` for the wizard.")
+        console.print(f"Edit {toml_path} and train it again with `sdft train {toml_path} --restart` (the run so far "
+                      "is kept in its earlier/ folder), or run `sdft` for the wizard.")
     return code
 
 
@@ -360,7 +478,7 @@ def cmd_plan(args) -> int:
     except ImportError:
         print("sdft plan: the VRAM planner is not available in this installation", file=sys.stderr)
         return ExitCode.USAGE
-    print(plan_report(config, vram_gb=args.vram))
+    print(plan_report(config, vram_gb=args.vram, processes=max(1, args.gpus)))
     return ExitCode.OK
 
 

@@ -121,8 +121,8 @@ class ConsoleSink:
             self.phase_task, self.phase_name = None, None
 
     def _on_run_started(self, e: RunStarted) -> None:
-        self.print(f"training {e.num_images} images on {e.device}: {e.total_steps} steps, {e.total_epochs} epochs "
-                   f"({e.steps_per_epoch} steps/epoch) -> {e.run_dir}", "bold")
+        self.print(f"training {e.num_images} images on {e.where}, {e.batch_words}: {e.total_steps} steps, "
+                   f"{e.total_epochs} epochs ({e.steps_per_epoch} steps/epoch) -> {e.run_dir}", "bold")
         if self.interactive:
             progress = self._ensure_progress()
             self.task = progress.add_task("training", total=e.total_steps, completed=e.start_step, info="")

@@ -22,7 +22,8 @@ IMAGE_COUNT = 36
 
 RUN_TOML = """\
 # sdft demo run: a tiny random Stable Diffusion 1.x model fine-tuned on generated shapes.
-# Edit anything here and run it again with:  sdft train {toml_name}
+# Edit anything here and train it again with:  sdft train {toml_name} --restart
+# (--restart keeps the earlier run in runs/demo/earlier/; --resume latest continues a stopped one)
 config_version = 1
 
 [model]

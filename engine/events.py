@@ -41,6 +41,21 @@ class RunStarted(Event):
     start_step: int = 0
     model: str = ""
     attention: str = ""     # the attention kernel that runs (memory.attention, unless xformers fell back)
+    processes: int = 1      # processes (GPUs) training together; batch_size is each one's
+    global_batch: int = 0   # samples per optimizer step, all processes: batch x processes x accumulation
+
+    @property
+    def where(self) -> str:
+        """The device, or the processes of a multi-GPU run: "cuda:0", "4 processes (cuda)"."""
+        if self.processes <= 1:
+            return self.device
+        return f"{self.processes} processes ({self.device.split(':')[0]})"
+
+    @property
+    def batch_words(self) -> str:
+        if self.processes <= 1:
+            return f"batch {self.batch_size}"
+        return f"batch {self.batch_size} each, {self.global_batch} per step"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from engine.registry.optimizers import needs_package
 XFORMERS = ("xformers", "pip install xformers")
 
 
-def check_run_file(path: str | Path, *, resume: str | None = None) -> tuple[RunConfig | None, list[Problem]]:
+def check_run_file(path: str | Path, *, resume: str | None = None, restart: bool | None = False,
+                   allow_changed: bool = False) -> tuple[RunConfig | None, list[Problem]]:
     """Every problem of a run file at once: the schema's, then (on what the schema accepted)
     the preflight's. The config is None when the file has schema errors or cannot be parsed."""
     from engine.config.toml_text import read_config_text
@@ -36,11 +37,13 @@ def check_run_file(path: str | Path, *, resume: str | None = None) -> tuple[RunC
         text, notes = read_config_text(path)
     except ConfigError as exc:
         return None, list(exc.problems)
-    return check_run_text(text, file=str(path), base_dir=Path(path).parent, resume=resume, notes=notes)
+    return check_run_text(text, file=str(path), base_dir=Path(path).parent, resume=resume, restart=restart,
+                          allow_changed=allow_changed, notes=notes)
 
 
 def check_run_text(text: str, *, file: str, base_dir: str | Path, resume: str | None = None,
-                   skip_data: bool = False, notes=()) -> tuple[RunConfig | None, list[Problem]]:
+                   restart: bool | None = False, allow_changed: bool = False, skip_data: bool = False,
+                   notes=()) -> tuple[RunConfig | None, list[Problem]]:
     """:func:`check_run_file` for a run TOML not written yet (the wizard's Review step);
     ``skip_data`` leaves out the images when their metadata file is still to be written."""
     from engine.config.run_toml import collect_run_text
@@ -50,14 +53,17 @@ def check_run_text(text: str, *, file: str, base_dir: str | Path, resume: str | 
     except ConfigError as exc:
         return None, list(exc.problems)
     found = list(problems.items)
-    checked = preflight(config, resume=resume, skip_data=skip_data or _dataset_has_errors(found))
+    checked = preflight(config, resume=resume, restart=restart, allow_changed=allow_changed,
+                        skip_data=skip_data or _dataset_has_errors(found))
     flagged = {p.key for p in found if p.severity == "error"}
     found += [p for p in checked if p.key not in flagged]   # one message per bad key
     return (None if problems.has_errors else config), found
 
 
-def preflight(config: RunConfig, *, resume: str | None = None, skip_data: bool = False) -> list[Problem]:
-    """Problems training would hit before its first step (errors, warnings and notes)."""
+def preflight(config: RunConfig, *, resume: str | None = None, restart: bool | None = False,
+              allow_changed: bool = False, skip_data: bool = False) -> list[Problem]:
+    """Problems training would hit before its first step (errors, warnings and notes).
+    ``restart``: ``--restart`` was given; None when the caller asks the user itself (the wizard)."""
     from engine.preflight_model import probe_model
 
     problems = ProblemList(file=config.source_path, line_of=_line_map(config.source_path))
@@ -67,11 +73,14 @@ def preflight(config: RunConfig, *, resume: str | None = None, skip_data: bool =
     _check_packages(config, problems, device)
     check_speed_options(config, problems, device)
     check_precision(config, problems)
-    total_steps = config.train.max_train_steps
+    total_steps, data = config.train.max_train_steps, None
     if not skip_data:
-        total_steps = _check_data(config, problems, probe) or total_steps
-    _check_resume(config, problems, resume)
-    _check_prompts(config, problems, probe)
+        steps, data = _check_data(config, problems, probe, resume)
+        total_steps = steps or total_steps
+    if _check_run_folder(config, problems):
+        _check_history(config, problems, resume, restart)
+    _check_resume(config, problems, resume, data, _resume_math(config, probe, device), allow_changed)
+    _check_prompts(config, problems, probe, total_steps)
     check_optimizer(config, problems, device, total_steps)
     _check_unused(config, problems)
     return problems.items
@@ -164,19 +173,22 @@ def _check_packages(config: RunConfig, problems: ProblemList, device) -> None:
 # ---------------------------------------------------------------- data, resume, prompts
 
 
-def _check_data(config: RunConfig, problems: ProblemList, probe) -> int | None:
+def _check_data(config: RunConfig, problems: ProblemList, probe, resume: str | None = None):
     """Every image of every subset, read as training reads it (metadata, sizes, buckets).
-    Returns the run's optimizer steps when the data is usable."""
+    Returns (the run's optimizer steps, the TrainingData) when the data is usable, else (None, None)."""
     from engine.data.pipeline import DataError, TrainingData
 
     blueprint = config.datasets
     if blueprint is None:
-        return None
+        return None, None
     data_problems = ProblemList(file=blueprint.source or config.source_path,
                                 line_of=_line_map(blueprint.source) if blueprint.source else problems.line_of)
     quiet = copy.copy(config)
     quiet.train = copy.copy(config.train)
-    quiet.train.seed = 0   # no "using seed ..." message; the seed changes no check
+    from engine.train.runner import seed_in_effect
+
+    # the seed training will use (it picks held-out images); 0 for a new run: no "using seed" message
+    quiet.train.seed = seed_in_effect(config, resume) or 0
     said: list[str] = []
     side = probe.default_side
     try:
@@ -192,7 +204,7 @@ def _check_data(config: RunConfig, problems: ProblemList, probe) -> int | None:
             else:
                 data_problems.add("datasets", line, "check the image folders and metadata files")
         problems.items.extend(data_problems.items)
-        return None
+        return None, None
     for text in said:
         if text.startswith("skipped "):
             data_problems.warn("datasets", text, "this image is left out of training")
@@ -201,13 +213,78 @@ def _check_data(config: RunConfig, problems: ProblemList, probe) -> int | None:
     problems.items.extend(data_problems.items)
     if data.batches_per_epoch() == 0:
         problems.add("datasets", "the dataset yields no batches", "check the image folders and metadata files")
-        return None
+        return None, None
     from engine.train.schedule import resolve_schedule
 
-    return resolve_schedule(config.train, data.batches_per_epoch()).total_steps
+    return resolve_schedule(config.train, data.batches_per_epoch()).total_steps, data
 
 
-def _check_resume(config: RunConfig, problems: ProblemList, resume: str | None) -> None:
+def _check_run_folder(config: RunConfig, problems: ProblemList) -> bool:
+    """The run folder can be made where the file says: no file stands in its path. False when
+    one does (the error names it)."""
+    run_dir = config.run_dir()
+    for place in (run_dir, *run_dir.parents):
+        if place.is_dir():
+            return True
+        if place.exists() or place.is_symlink():
+            key = "train.output_name" if place == run_dir else "train.output_dir"
+            problems.add(key, f"{place} is a file, not a folder: the run folder {run_dir} cannot be made there",
+                         "point train.output_dir at a folder (it is made when missing), or move the file")
+            return False
+    return True
+
+
+def check_history(config: RunConfig, *, resume: str | None = None, restart: bool | None = False) -> list[Problem]:
+    """:func:`preflight`'s question about an earlier run in the run folder on its own, without
+    loading anything (``sdft train --tui`` asks it before the dashboard opens)."""
+    problems = ProblemList(file=config.source_path, line_of=_line_map(config.source_path))
+    _check_history(config, problems, resume, restart)
+    return problems.items
+
+
+def _check_history(config: RunConfig, problems: ProblemList, resume: str | None, restart: bool | None) -> None:
+    """A start without --resume would lose an earlier run in the folder: refuse, naming both
+    ways on (docs/run-folder.md, "Starting again")."""
+    from engine.run_history import run_history
+    from engine.runlock import read_holder
+
+    if resume or config.train.resume or read_holder(config.run_dir()) is not None:
+        return   # a live run holds the folder: training refuses with who holds it
+    history = run_history(config.run_dir())
+    if history is None:
+        return
+    source = config.source_path or "RUN.toml"
+    if restart:
+        problems.add("train.output_name", f"{history.describe()}: --restart keeps it in "
+                     f"{history.run_dir / 'earlier'}/ and starts at step 0", "", "note")
+    elif restart is None:
+        problems.add("train.output_name", f"{history.describe()}", "training asks whether to resume it or "
+                     "start over", "note")
+    else:
+        problems.add("train.output_name", f"{history.describe()}; a start without --resume would lose it",
+                     history.ways_on(source))
+
+
+def _resume_math(config: RunConfig, probe, device):
+    """The training-maths hash a resume compares with its state's (engine/train/resume.py), as
+    a function of the state's seed; None when the check cannot know it (no device, no probe)."""
+    if device is None or probe.v_prediction is None:
+        return None
+    from engine.train.precision import decide_precision
+    from engine.train.resume import math_hash
+
+    try:
+        mixed = decide_precision(config.memory, device).mixed_precision
+    except RuntimeError:
+        return None   # reported by the device check
+    return lambda seed: math_hash(config, probe.v_prediction, mixed, seed)
+
+
+def _check_resume(config: RunConfig, problems: ProblemList, resume: str | None, data=None, math=None,
+                  allow_changed: bool = False) -> None:
+    """The state a resume takes, and what training will say of it: the same verdict
+    (engine/train/resume_check.py) on the seed, the maths, the base model and the data."""
+    from engine.train.resume_check import compare, describe_inputs, read_inputs
     from engine.train.state import StateError, find_state_folder, read_counters, verify_state
 
     value = resume or config.train.resume
@@ -230,9 +307,20 @@ def _check_resume(config: RunConfig, problems: ProblemList, resume: str | None) 
         problems.add(key, str(exc), "pick another state folder, or remove train.resume to start afresh")
         return
     problems.add(key, f"resumes from {folder} at step {counters.global_step}", "", "note")
+    if data is None:
+        return
+    seed = config.train.seed if config.train.seed is not None else counters.seed
+    verdict = compare(counters, read_inputs(folder), seed=seed, math_hash=math(counters.seed) if math else None,
+                      now=describe_inputs(config, data))
+    if verdict.refusals and not allow_changed:
+        problems.add(key, verdict.refusal_message(folder), "or start over with --restart")
+    elif verdict.refusals:
+        problems.warn(key, f"resuming with --allow-changed although {', '.join(verdict.refusals)} changed")
+    for note in verdict.notes:
+        problems.warn(key, note)
 
 
-def _check_prompts(config: RunConfig, problems: ProblemList, probe) -> None:
+def _check_prompts(config: RunConfig, problems: ProblemList, probe, total_steps: int | None = None) -> None:
     from engine.train.prompts import PromptError, load_prompts
 
     try:
@@ -245,6 +333,7 @@ def _check_prompts(config: RunConfig, problems: ProblemList, probe) -> None:
         problems.items.append(problem)
     else:
         _check_samplers(config, prompts, problems)
+        _check_sampling_cost(config, prompts, problems, probe, total_steps)
 
 
 def _check_samplers(config: RunConfig, prompts, problems: ProblemList) -> None:
@@ -267,6 +356,27 @@ def _check_samplers(config: RunConfig, prompts, problems: ProblemList) -> None:
                          (f"--s {entry.min_steps} or more on that prompt" if p.steps else
                           f"sample.steps = {entry.min_steps} or more") + ", or another sampler")
             return
+
+
+def _check_sampling_cost(config: RunConfig, prompts, problems: ProblemList, probe, total_steps: int | None) -> None:
+    """Say when previews would take longer than training: each image is ``steps`` U-Net passes
+    (two with guidance) at its size; each training step about three (forward and backward) per
+    image of the batch at the training size. A rough ratio of work, not of seconds."""
+    s = config.sample
+    if not prompts or not total_steps or not s.every_n_steps:
+        return   # per-epoch sampling is rarer than per-step by far: left out
+    datasets = getattr(config.datasets, "datasets", None) or []
+    side = probe.default_side or 512
+    width, height = (datasets[0].resolution if datasets and datasets[0].resolution else (side, side))
+    batch = (datasets[0].batch_size if datasets else 1) * config.train.gradient_accumulation_steps
+    points = total_steps // s.every_n_steps
+    per_point = sum((p.steps or s.steps) * (2 if p.scale != 1 else 1) * p.width * p.height for p in prompts)
+    training = total_steps * batch * 3 * width * height
+    ratio = points * per_point / training
+    if ratio > 1:
+        problems.warn("sample.prompts", f"sampling {len(prompts)} prompt(s) at {points} point(s) is about "
+                      f"{ratio:,.0f}x the work of the {total_steps} training steps",
+                      "sample less often (sample.every_n_steps), fewer prompts, or fewer steps (--s)")
 
 
 # ---------------------------------------------------------------- keys that do nothing in this combination

@@ -19,7 +19,7 @@ from engine.config.schema import SECTIONS, RunConfig
 class Needs(NamedTuple):
     keys: tuple[str, ...]                 # dotted keys this rule watches
     works: Callable[[RunConfig], bool]    # whether they act with the rest of the file
-    what: str                             # what they need, for the message
+    what: str | Callable[[RunConfig], str]   # what they need, for the message (may name the file's values)
     hint: str
 
 
@@ -114,7 +114,7 @@ RULES = (
           "optimizer.lr_scheduler_type unset (the class given there is the schedule)",
           "remove optimizer.lr_scheduler_type"),
     Needs(("optimizer.lr_warmup_steps",), _schedule_takes("num_warmup_steps"),
-          "a schedule with a warm-up (the constant schedule has none)",
+          lambda c: f"a schedule with a warm-up (the {c.optimizer.lr_scheduler} schedule has none)",
           'use lr_scheduler = "constant_with_warmup" (or linear, cosine, ...)'),
     Needs(("optimizer.lr_scheduler_num_cycles",), _schedule_takes("num_cycles"),
           'lr_scheduler = "cosine_with_restarts"', 'set lr_scheduler = "cosine_with_restarts"'),
@@ -160,7 +160,8 @@ def check_inert_options(config: RunConfig, problems: ProblemList) -> None:
             if key in flagged or _value(config, key) == _default(key):
                 continue
             flagged.add(key)
-            problems.add(key, f"has no effect without {rule.what}", f"{rule.hint}, or remove {key}")
+            what = rule.what(config) if callable(rule.what) else rule.what
+            problems.add(key, f"has no effect without {what}", f"{rule.hint}, or remove {key}")
     _check_mask_keys(config, problems)
 
 

@@ -76,9 +76,7 @@ def probe_model(config, problems: ProblemList) -> ModelProbe:
         elif path.is_file() and is_safetensors(path):
             _probe_safetensors(path, config, probe)
         elif path.is_file():
-            probe.kind = "pickle checkpoint: detected when loading"
-            probe.lines.append(f"{path.name}: a pickle checkpoint; SD 1.x/2.x and v-prediction are detected "
-                               "when it loads")
+            _probe_pickle(path, config, probe)
         elif load._HUB_ID.match(str(source)) and not str(source).lower().endswith(load.SINGLE_FILE_EXT):
             _probe_hub_id(str(source), probe)
         else:
@@ -123,6 +121,7 @@ def _check_optional_path(config, problems, key, value, *, folder_ok, file_ok) ->
 
 
 def _probe_folder(folder: Path, config, probe: ModelProbe) -> None:
+    from engine.models.config_check import check_component_config
     from engine.models.detect import check_supported_folder, detect_v2_folder, resolve_v2, resolve_v_parameterization
     from engine.models.errors import ModelLoadError
 
@@ -134,13 +133,17 @@ def _probe_folder(folder: Path, config, probe: ModelProbe) -> None:
     if missing:
         raise ModelLoadError(f"{folder}: the diffusers folder lacks {', '.join(p + '/' for p in missing)}; "
                              "a base model needs unet/, vae/ and text_encoder/ with config.json and weights")
+    ucfg = check_component_config(folder, "unet")
+    tcfg = check_component_config(folder, "text_encoder")
+    for component in needed:
+        if component == "vae":
+            check_component_config(folder, "vae")
+        _check_component_weights(folder / component, config)
     try:
-        ucfg = json.loads((folder / "unet" / "config.json").read_text("utf-8"))
-        tcfg = json.loads((folder / "text_encoder" / "config.json").read_text("utf-8"))
         sched_path = folder / "scheduler" / "scheduler_config.json"
         sched = json.loads(sched_path.read_text("utf-8")) if sched_path.is_file() else None
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{folder}: a config.json cannot be read: {exc}") from None
+        raise ModelLoadError(f"{sched_path}: cannot be read: {exc}") from None
     check_supported_folder(folder, ucfg)
     probe.kind = "diffusers folder"
     probe.context_dim = ucfg.get("cross_attention_dim")
@@ -153,19 +156,56 @@ def _probe_folder(folder: Path, config, probe: ModelProbe) -> None:
                                                                  scheduler_config=sched))
 
 
-def _probe_safetensors(path: Path, config, probe: ModelProbe) -> None:
-    from engine.models.detect import check_supported, detect_v2_single_file, resolve_v2, resolve_v_parameterization
+def _check_component_weights(component: Path, config) -> None:
+    """Each weights file of a diffusers component, read as training reads it: a safetensors
+    header's layout, a pickle (``.bin``) by the weights-only unpickler (engine/models/checkpoint_io.py)."""
+    for weights in sorted(component.glob("*.safetensors")):
+        _checked_header(weights)
+    for weights in sorted(component.glob("*.bin")):
+        _scanned_pickle(weights, config)
+
+
+def _checked_header(path: Path):
+    from engine.models.checkpoint_io import unreadable_safetensors
     from engine.models.errors import ModelLoadError
-    from engine.models.safetensors_header import HeaderError, read_header
+    from engine.models.safetensors_header import HeaderError, check_layout
 
     try:
-        header = read_header(path)
+        return check_layout(path)
     except (OSError, HeaderError) as exc:
-        raise ModelLoadError(f"{path}: cannot read it as safetensors ({exc}); download it again, or check "
-                             "the path") from None
-    shapes, metadata = header.tensors, header.metadata
+        raise ModelLoadError(unreadable_safetensors(path, exc)) from None
+
+
+def _scanned_pickle(path: Path, config):
+    """The tensors of a pickle checkpoint, or None when only the (allowed) unsafe unpickler
+    reads it; --check never runs a pickle's code."""
+    from engine.models.checkpoint_io import scan_state_dict
+
+    return scan_state_dict(path, allow_unsafe_pickle=config.model.allow_unsafe_pickle)
+
+
+def _probe_pickle(path: Path, config, probe: ModelProbe) -> None:
+    scanned = _scanned_pickle(path, config)
+    if scanned is None:
+        probe.kind = "pickle checkpoint: loaded as an unsafe pickle, as allowed"
+        probe.lines.append(f"{path.name}: needs the unsafe unpickler (model.allow_unsafe_pickle = true); --check "
+                           "does not run it, so SD 1.x/2.x and v-prediction are detected when it loads")
+        return
+    tensors, metadata, _info = scanned
+    _probe_shapes(path, tensors, metadata, config, probe, "pickle checkpoint")
+
+
+def _probe_safetensors(path: Path, config, probe: ModelProbe) -> None:
+    header = _checked_header(path)
+    _probe_shapes(path, header.tensors, header.metadata, config, probe, "single file")
+
+
+def _probe_shapes(path: Path, shapes, metadata, config, probe: ModelProbe, kind: str) -> None:
+    """SD 1.x/2.x, v-prediction and the text encoder's depth from a file's tensor shapes."""
+    from engine.models.detect import check_supported, detect_v2_single_file, resolve_v2, resolve_v_parameterization
+
     check_supported(shapes, str(path))
-    probe.kind = "single file"
+    probe.kind = kind
     probe.context_dim = next((info.shape[-1] for name, info in shapes.items()
                               if name.endswith("attn2.to_k.weight")), None)
     detected, why = detect_v2_single_file(shapes)

@@ -45,9 +45,42 @@ def _built_optimizer(o, problems: ProblemList, param, device_type: str):
         problems.add("optimizer.type", str(exc), "give module.Class of an installed package, or one of sdft's "
                      "names (docs/run-file.md, [optimizer])")
     except Exception as exc:  # noqa: BLE001 - any failure here is a failure at training start
-        problems.add("optimizer.args", f"{o.type} cannot be built with these arguments: {exc}",
-                     "optimizer.args holds the optimizer's keyword arguments, e.g. { weight_decay = 0.01 }")
+        guilty = _guilty_arguments(o, param, device_type)
+        for name in guilty:
+            value = o.args[name]
+            problems.add(f"optimizer.args.{name}", f"{o.type} cannot be built with {name} = {value!r} "
+                         f"({type(value).__name__}): {exc}", _argument_hint(value))
+        if not guilty:
+            problems.add("optimizer.args", f"{o.type} cannot be built with these arguments: {exc}",
+                         "optimizer.args holds the optimizer's keyword arguments, e.g. { weight_decay = 0.01 }")
     return None
+
+
+def _guilty_arguments(o, param, device_type: str) -> list[str]:
+    """The arguments of ``optimizer.args`` that fail on their own (each tried alone on the dummy
+    parameter), so a wrong-typed one is named instead of only the class's complaint."""
+    import torch
+
+    from engine.train.optimizers import build_optimizer
+
+    guilty = []
+    for name, value in (o.args or {}).items():
+        try:
+            optimizer = build_optimizer(o.type, [{"params": [param], "lr": o.learning_rate}], o.learning_rate,
+                                        {name: value}, device_type)
+            param.grad = torch.full_like(param, 0.01)
+            optimizer.step()
+        except Exception:  # noqa: BLE001 - this argument alone breaks it
+            guilty.append(name)
+    return guilty
+
+
+def _argument_hint(value) -> str:
+    if isinstance(value, str):
+        return "a number or true/false is written without quotes, e.g. weight_decay = 0.01"
+    if isinstance(value, list):
+        return "a pair is written as a list of numbers, e.g. betas = [0.9, 0.999]"
+    return "the value the optimizer's class takes for this argument (its documentation lists them)"
 
 
 def _check_schedule(o, problems: ProblemList, optimizer, total_steps: int) -> None:
@@ -55,13 +88,34 @@ def _check_schedule(o, problems: ProblemList, optimizer, total_steps: int) -> No
 
     try:
         scheduler = schedule_for(o, optimizer, total_steps)
-        optimizer.step()
-        scheduler.step()
     except ScheduleMismatch as exc:
         problems.add("optimizer.lr_scheduler", str(exc))
+        return
     except Exception as exc:  # noqa: BLE001
         problems.add("optimizer.lr_scheduler_args", str(exc).removeprefix("optimizer.lr_scheduler_args: "),
                      f"the {o.lr_scheduler} schedule's keyword arguments")
+        return
+    try:
+        optimizer.step()   # at the learning rate the schedule gives the first step
+        scheduler.step()
+    except Exception as exc:  # noqa: BLE001 - the optimizer's own step fails there
+        _report_step_failure(o, problems, optimizer, exc)
+
+
+def _report_step_failure(o, problems: ProblemList, optimizer, exc: Exception) -> None:
+    """The optimizer fails at a step of the schedule: name the cause. D-Adaptation's SGD divides by
+    the learning rate's share of the gradient, so it breaks when a warm-up starts at 0."""
+    failure = f"{type(exc).__name__}: {exc}"
+    at_zero = all(group["lr"] == 0 for group in optimizer.param_groups)
+    if at_zero and o.lr_warmup_steps:
+        problems.add("optimizer.lr_warmup_steps", f"{o.type} fails when its learning rate is 0, as the "
+                     f"{o.lr_scheduler} schedule's warm-up makes it at the first step ({failure}, inside the "
+                     "optimizer's package; kohya's runs stop there the same way)",
+                     f"{o.type} sets its own step size and needs no warm-up: use lr_warmup_steps = 0, or an "
+                     "optimizer that takes a warm-up (DAdaptAdam, Prodigy)")
+    else:
+        problems.add("optimizer.type", f"{o.type} fails at the first step of the {o.lr_scheduler} schedule: "
+                     f"{failure}", "choose another optimizer or schedule")
 
 
 def _say_what_the_optimizer_does(o, problems: ProblemList, device_type: str, optimizer) -> None:

@@ -17,10 +17,11 @@ from textual.binding import Binding
 
 from sdft_tui.screens.buckets import BucketsScreen
 from sdft_tui.screens.captions import CaptionsScreen
+from sdft_tui.screens.confirm import ChoiceScreen
 from sdft_tui.screens.dataset import DatasetScreen
 from sdft_tui.screens.help import HelpScreen
 from sdft_tui.screens.options import OptionsScreen
-from sdft_tui.screens.review import ReviewScreen
+from sdft_tui.screens.review import ReviewScreen, train_command
 from sdft_tui.screens.wizard_base import STEPS
 from sdft_tui.session import WizardSession
 from sdft_tui.text import PlainNotifications
@@ -135,7 +136,49 @@ class SdftApp(PlainNotifications, App):
         if dashboard is not None:
             dashboard.action_quit_dashboard()  # asks, stops cleanly, waits for the save
             return
-        self.exit()
+        unsaved = self.unsaved_work()
+        if not unsaved:
+            self.exit()
+            return
+        if isinstance(self.screen, ChoiceScreen):
+            return   # a question is open: answer it first
+        self.push_screen(ChoiceScreen(f"Unsaved: {' and '.join(unsaved)}. Save before quitting?",
+                                      [("save", "Save and quit"), ("discard", "Quit without saving"),
+                                       ("cancel", "Cancel (esc)")]), self._quit_answered)
+
+    def unsaved_work(self) -> list[str]:
+        """What quitting now would lose: an edit in the caption editor, options not in the run file."""
+        out = []
+        captions = self._captions_screen()
+        if captions is not None and captions.pending_edit():
+            out.append(captions.pending_edit())
+        if self.state.run_file_unsaved():
+            out.append("changes to the run file")
+        return out
+
+    def _captions_screen(self):
+        try:
+            screen = self.get_screen("captions")
+        except KeyError:
+            return None
+        return screen if screen.is_mounted else None
+
+    def _quit_answered(self, answer: str | None) -> None:
+        if answer == "discard":
+            self.exit()
+        elif answer == "save":
+            captions = self._captions_screen()
+            if captions is not None:
+                captions.save_pending_edit()
+            if not self.state.run_file_unsaved():
+                self.exit()
+                return
+            try:
+                saved = self.state.save()
+            except Exception as exc:  # noqa: BLE001 - a full disk or a read-only folder: stay, say why
+                self.notify(f"cannot save the run file: {exc}", severity="error", markup=False)
+                return
+            self.finish(saved, f"Saved {saved}\nTrain headless with:\n  {train_command(saved)}")
 
     def action_goto(self, name: str) -> None:
         if name not in STEP_NAMES or self.current_step() == name or self.training_screen() is not None:
@@ -148,6 +191,7 @@ class SdftApp(PlainNotifications, App):
         if unfinished:   # leaving would drop what the user typed there without a word
             self.notify(unfinished, severity="warning", markup=False)
             return
+        getattr(self.screen, "save_pending_edit", lambda: False)()   # the caption being edited is kept
         if isinstance(self.screen, HelpScreen):
             self.pop_screen()
         self.switch_screen(name)

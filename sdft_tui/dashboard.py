@@ -87,17 +87,17 @@ def make_hangup_handler(app: DashboardApp, *, detached: bool):
 
 
 def run_dashboard(config_path, *, detached: bool = False, resume: str | None = None,
-                  allow_changed: bool = False, engine=None) -> int:
+                  allow_changed: bool = False, restart: bool = False, engine=None) -> int:
     """Train ``config_path`` with the dashboard; returns 0 completed / 3 failed / 130 stopped.
 
-    ``resume`` and ``allow_changed`` are ``sdft train``'s ``--resume`` and ``--allow-changed``;
+    ``resume``, ``allow_changed`` and ``restart`` are ``sdft train``'s options of those names;
     ``engine`` replaces the real trainer (tests)."""
     from sdft_tui.widgets.graphics import prepare_graphics
 
     prepare_graphics()  # sample images in Kitty/Sixel where the terminal can show them
     handle = EngineHandle()
     app = DashboardApp(lambda: RunScreen(config_path, engine=engine, handle=handle, resume=resume,
-                                         allow_changed=allow_changed))
+                                         allow_changed=allow_changed, restart=restart))
     previous = _install_sighup(make_hangup_handler(app, detached=detached))
     try:
         app.run()
@@ -126,7 +126,11 @@ def outcome_summary(result, config_path) -> str | None:
         if state:
             return f"sdft: training stopped; resume with:\n  sdft train {config_path} --resume {state}"
         return "sdft: training stopped (no resumable state was saved)"
-    return None   # failures are reported by finish_run
+    if status == RunStatus.FAILED:   # the dashboard showed why; it is gone now, so say it again
+        log = getattr(result, "log_path", None)
+        return f"sdft: training failed: {getattr(result, 'message', '') or 'see the log'}" + (
+            f"\n  details: {log}" if log else "")
+    return None   # an engine that raised is reported by finish_run
 
 
 def finish_run(handle: EngineHandle, *, detached: bool) -> int:
@@ -161,9 +165,11 @@ def watch_run(run_dir) -> int:
     return 0
 
 
-def open_run_screen(app: App, config_path, *, engine=None, on_close: Callable[[int], None] | None = None) -> RunScreen:
-    """Push the run screen onto ``app`` (the wizard); ``on_close`` gets the exit code."""
-    screen = RunScreen(config_path, engine=engine)
+def open_run_screen(app: App, config_path, *, engine=None, on_close: Callable[[int], None] | None = None,
+                    resume: str | None = None, restart: bool = False) -> RunScreen:
+    """Push the run screen onto ``app`` (the wizard); ``on_close`` gets the exit code. ``resume``
+    and ``restart`` are the answer to "the folder holds an earlier run" (sdft train's options)."""
+    screen = RunScreen(config_path, engine=engine, resume=resume, restart=restart)
     app.last_run = screen   # the wizard reports its outcome in the terminal when it closes
     app.push_screen(screen, callback=on_close)
     return screen

@@ -116,7 +116,7 @@ class RunFigures:
         self.started = e
         self.status = "running" if self.status in ("waiting", "preparing") else self.status
         resumed = f", resumed at step {e.start_step}" if e.start_step else ""
-        self._log(e, f"started on {e.device}: {e.num_images} images, batch {e.batch_size}, "
+        self._log(e, f"started on {e.where}: {e.num_images} images, {e.batch_words}, "
                      f"{e.total_steps} steps in {e.total_epochs} epochs{resumed}")
 
     def _on_message(self, e: Message) -> None:
@@ -168,6 +168,10 @@ class RunFigures:
             self.progress = None
         self._ema, self._ema_n = 0.0, 0
         self.smooth[:] = [self._smoothed(loss) for loss in self.loss]
+
+    def saved_step(self, path: str) -> int | None:
+        """The step a saved model or state was written at (its ``saved`` event), or None."""
+        return next((e.step for e in reversed(self.saves) if e.path == path), None)
 
     def _on_saved(self, e: ModelSaved) -> None:
         self.saves.append(e)

@@ -49,11 +49,13 @@ class WizardSession:
     scan_error: str | None = None
     model_guess: ModelProbe = field(default_factory=lambda: ModelProbe(kind="no model chosen"))
     hardware: Any = None                    # engine.hardware.HardwareInfo once probed
+    gpus: int = 1                           # GPUs to train on (sdft train --gpus): not in the run file
     health_report: Any = None               # engine.data.health.HealthReport once checked
     preset_applied: int | None = None
     preset_kept: dict[str, Any] = field(default_factory=dict)  # the last preset's values not applied
     label_models: LabelModels = field(default_factory=LabelModels.from_env)
     user_set: set[str] = field(default_factory=set)  # keys the user typed or picked on a step
+    saved_render: str | None = None         # the run file as last opened or saved (unsaved changes differ)
 
     # ---------------------------------------------------------------- values
 
@@ -119,6 +121,7 @@ class WizardSession:
         except Exception as exc:  # shown on the dataset screen; the user picks another path
             expected = type(exc).__name__ in _EXPECTED_LOAD_ERRORS or str(exc).startswith(str(path))
             self.scan_error = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+        self.mark_saved()
 
     def no_images_reason(self) -> str | None:
         """Why the later steps have nothing to work on, once a source was chosen."""
@@ -133,12 +136,10 @@ class WizardSession:
         return self.project.caption_as_trained(record)
 
     def count_tokens(self) -> None:
-        """Fill ``tokens`` for every record (imports the tokenizer: call from a worker)."""
-        texts = [self.joined_caption(r) for r in self.records]
+        """Fill ``tokens`` for every record (imports the tokenizer: call from a worker); a caption
+        is cut where training cuts it first, so a huge one costs no more than training reads."""
         with TOKENIZER_LOCK:
-            from engine.models.tokenizer import count_tokens
-
-            counts = count_tokens(texts, v2=self._v2()) if texts else []
+            counts = self.project.token_counts(self.records, v2=self._v2())
         for record, n in zip(self.records, counts):
             record.tokens = n
 
@@ -196,7 +197,12 @@ class WizardSession:
         w, h = self.project.largest_bucket()
         family = self.model_guess.family or ("sd2" if self.get("model.v2") is True else "sd1")
         return PlanOptions.from_config(self.draft.sections(), width=w, height=h,
-                                       batch_size=int(self.get("dataset.batch_size")), family=family)
+                                       batch_size=int(self.get("dataset.batch_size")), family=family,
+                                       processes=self.gpus)
+
+    def gpu_count(self) -> int:
+        """GPUs the probe found (0 before it answers, or without one)."""
+        return len(getattr(self.hardware, "gpus", None) or [])
 
     def capabilities(self):
         """What can run here (engine.hardware): before the probe answers, as if there were no GPU."""
@@ -230,7 +236,25 @@ class WizardSession:
         return self.project.render(run_path)
 
     def save(self, run_path: Path | None = None) -> Path:
-        return self.project.save(run_path)
+        saved = self.project.save(run_path)
+        self.mark_saved()
+        return saved
+
+    def mark_saved(self) -> None:
+        """The run file as it is now counts as saved (just opened or written)."""
+        try:
+            self.saved_render = self.render_toml()
+        except Exception:  # noqa: BLE001 - nothing to render yet: nothing to lose either
+            self.saved_render = None
+
+    def run_file_unsaved(self) -> bool:
+        """Whether the options differ from the run file as last opened or saved."""
+        if self.index.source is None:
+            return False   # nothing chosen yet
+        try:
+            return self.render_toml() != self.saved_render
+        except Exception:  # noqa: BLE001
+            return False
 
     def validate(self, run_path: Path | None = None) -> list:
         return self.project.validate(run_path)

@@ -1,5 +1,5 @@
 """One validator: the dataset tables' keys are declared and checked like the run file's keys, and
-they stand where kohya's fine-tuning method lets them stand."""
+they stand where kohya's fine-tuning and DreamBooth methods let them stand."""
 
 from __future__ import annotations
 
@@ -27,26 +27,36 @@ KOHYA_SUBSET_ASCENDABLE = {"color_aug": bool, "face_crop_aug_range": "[float, fl
                            "resize_interpolation": str, "caption_dropout_every_n_epochs": int,
                            "caption_dropout_rate": float, "caption_tag_dropout_rate": float}
 KOHYA_FT_SUBSET_DISTINCT = {"metadata_file": str, "image_dir": str, "alpha_mask": bool}
+# ... and the DreamBooth method's (train_db.py's sanitizer): sdft reads folder subsets too
+KOHYA_DB_SUBSET_ASCENDABLE = {"caption_extension": str, "class_tokens": str, "cache_info": bool}
+KOHYA_DB_SUBSET_DISTINCT = {"image_dir": str, "is_reg": bool, "alpha_mask": bool}
 SDFT_OWN = {"caption_from_filename", "is_val", "conditioning_data_dir"}   # documented in docs/formats.md
 SAMPLE = {int: 2, float: 0.25, bool: True, str: "lanczos", dict: {"a": 1}}
 
 
-def test_placement_matches_kohyas_fine_tuning_schema():
-    ascendable_in_subsets = set(KOHYA_SUBSET_ASCENDABLE)
+def test_placement_matches_kohyas_fine_tuning_and_dreambooth_schemas():
+    ascendable_in_subsets = set(KOHYA_SUBSET_ASCENDABLE) | set(KOHYA_DB_SUBSET_ASCENDABLE)
     dataset_only = set(KOHYA_DATASET_ASCENDABLE) - ascendable_in_subsets
     assert set(DATASET_LEVEL) == dataset_only
     assert set(SUBSET_LEVEL) - SDFT_OWN == ascendable_in_subsets
-    assert set(SUBSET_ONLY) - SDFT_OWN == set(KOHYA_FT_SUBSET_DISTINCT)
+    assert set(SUBSET_ONLY) - SDFT_OWN == set(KOHYA_FT_SUBSET_DISTINCT) | set(KOHYA_DB_SUBSET_DISTINCT)
     assert set(FILE_KEYS) == set(DATASET_LEVEL) | set(SUBSET_LEVEL) | set(SUBSET_ONLY)
 
 
-@pytest.mark.parametrize("name", sorted({**KOHYA_DATASET_ASCENDABLE, **KOHYA_SUBSET_ASCENDABLE,
-                                         **KOHYA_FT_SUBSET_DISTINCT}))
+KOHYA_KEYS = {**KOHYA_DATASET_ASCENDABLE, **KOHYA_SUBSET_ASCENDABLE, **KOHYA_FT_SUBSET_DISTINCT,
+              **KOHYA_DB_SUBSET_ASCENDABLE, **KOHYA_DB_SUBSET_DISTINCT}
+
+
+@pytest.mark.parametrize("name", sorted(KOHYA_KEYS))
 def test_every_value_kohya_accepts_is_accepted(name):
-    kind = {**KOHYA_DATASET_ASCENDABLE, **KOHYA_SUBSET_ASCENDABLE, **KOHYA_FT_SUBSET_DISTINCT}[name]
+    kind = KOHYA_KEYS[name]
     values = {"int or [w, h]": [512, [768, 512]], "[float, float]": [[2.0, 4.0]]}.get(kind, [SAMPLE.get(kind)])
     if name == "network_multiplier":
         values = [1.0]                     # sdft fine-tunes the model: only kohya's default does nothing
+    if name == "cache_info":
+        values = [False]                   # sdft reads sizes from the headers: only kohya's default does nothing
+    if name == "caption_extension":
+        values = [".txt", ".caption"]      # appended to the image's name: with the dot, as kohya's users write it
     for value in values:
         kept, problem = check_value(*FILE_KEYS[name], value)
         assert problem is None, (name, value, problem)

@@ -86,6 +86,7 @@ flip_aug = "yes"
   [[datasets.subsets]]
   metadata_file = "missing.json"
   keep_tokens = 1.5
+  class_tokens = "sks dog"
 """
     bp, problems = load(meta, text)
     errors = {p.key: p for p in problems.items if p.severity == "error"}
@@ -96,12 +97,11 @@ flip_aug = "yes"
         "datasets[0].bucket_reso_steps": 7,
         "datasets[0].resolution": 8,
         "datasets[0].flip_aug": 9,
-        "datasets[0].subsets[0].metadata_file": 11,   # missing: the subset's header line
-        "datasets[0].subsets[0].class_tokens": 13,
-        "datasets[0].subsets[0].caption_dropout_rate": 14,
+        "datasets[0].subsets[0].caption_dropout_rate": 14,   # subsets[0] is a folder subset: class_tokens fits
         "datasets[0].subsets[0].batch_size": 15,
         "datasets[0].subsets[1].metadata_file": 18,
         "datasets[0].subsets[1].keep_tokens": 19,
+        "datasets[0].subsets[1].class_tokens": 20,   # a folder subset's key beside a metadata file
     }
     assert set(errors) == set(expected)
     for key, line in expected.items():
@@ -109,8 +109,8 @@ flip_aug = "yes"
         assert errors[key].file.endswith("ds.toml")
         assert errors[key].hint, key
     assert 'did you mean "shuffle_caption"' in errors["general.shuffle_captions"].hint
-    assert "sdft prepare" in errors["datasets[0].subsets[0].class_tokens"].hint
-    assert "sdft prepare" in errors["datasets[0].subsets[0].metadata_file"].hint
+    assert "drop metadata_file" in errors["datasets[0].subsets[1].class_tokens"].hint
+    assert "sdft prepare" in errors["datasets[0].subsets[1].metadata_file"].hint
     assert "only allowed inside" in errors["general.metadata_file"].message
     assert "dataset-level" in errors["datasets[0].subsets[0].batch_size"].message
     # problems.file is restored for the caller (the run TOML)

@@ -97,7 +97,9 @@ def test_cache_reuse_after_editing_one_image(dataset, vae):
     data.prepare_latents(vae, "cpu")
     assert data.cache_result.encoded == 7
     cache_dir = data.cache_dir
-    assert (cache_dir / "index.json").is_file() and (cache_dir / "runs" / "sdft-run.json").is_file()
+    from engine.data.cache_prune import manifest_path
+
+    assert (cache_dir / "index.json").is_file() and manifest_path(cache_dir, cfg.run_dir()).is_file()
     again = TrainingData.from_config(cfg, log=lambda s: None)
     again.prepare_latents(vae, "cpu")
     assert (again.cache_result.encoded, again.cache_result.reused) == (0, 7)

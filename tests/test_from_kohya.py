@@ -44,6 +44,17 @@ def test_every_option_of_kohyas_parser_is_mapped_or_refused_with_a_reason():
             assert len(opt.refused) > 20, name   # a reason, not a word
 
 
+def test_the_readme_counts_what_maps_and_what_is_refused():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"(\d+) map to a run-file key \(`config_file` is read\), (\d+) are refused", " ".join(readme.split()))
+    assert found, "README's Coming from kohya names the counts"
+    mapped = sum(1 for o in OPTIONS.values() if not o.refused)    # config_file among them: it is read
+    assert (int(found.group(1)), int(found.group(2))) == (mapped, len(OPTIONS) - mapped)
+
+
 def test_kohyas_documented_command_converts_to_a_file_check_accepts(tmp_path, tiny_sd1):
     pytest.importorskip("bitsandbytes", reason="--use_8bit_adam needs bitsandbytes (in the dev extra)")
     from engine.preflight import check_run_file
@@ -71,7 +82,8 @@ def test_the_metadata_form_builds_kohyas_dataset_tables(tmp_path):
         "python fine_tune.py --pretrained_model_name_or_path=model.ckpt --in_json meta_lat.json "
         "--train_data_dir=train_data --shuffle_caption --train_batch_size=2 --resolution=512,768 "
         "--dataset_repeats 3 --caption_prefix 123 --optimizer_args weight_decay=0.01 betas=0.9,0.999 "
-        "--lr_scheduler_args power=2 --use_lion_optimizer --mem_eff_attn --sample_sampler k_euler_a"))
+        "--lr_scheduler_args power=2 --use_lion_optimizer --mem_eff_attn --sample_sampler k_euler_a "
+        "--sample_prompts prompts.txt --sample_every_n_steps 100"))
     doc = conversion.document
     assert doc["datasets"] == [{"subsets": [{"metadata_file": "meta_lat.json", "image_dir": "train_data"}]}]
     assert doc["general"] == {"shuffle_caption": True, "batch_size": 2, "resolution": [512, 768],
@@ -81,6 +93,15 @@ def test_the_metadata_form_builds_kohyas_dataset_tables(tmp_path):
     assert doc["optimizer"]["type"] == "Lion" and doc["sample"]["sampler"] == "euler_a"
     row = next(r for r in conversion.rows if r.option == "mem_eff_attn")
     assert row.went == ['memory.attention = "sdpa"'] and "SDPA" in row.note
+
+
+def test_the_ddp_options_map_to_the_multi_gpu_keys():
+    conversion = from_command(["--ddp_timeout", "90", "--ddp_gradient_as_bucket_view", "--ddp_static_graph"])
+    assert not conversion.refused
+    assert conversion.document["train"] == {"ddp_timeout": 90, "ddp_gradient_as_bucket_view": True,
+                                            "ddp_static_graph": True}
+    why = {r.option: r.refused for r in from_command(["--deepspeed"]).refused}
+    assert "--gpus N" in why["deepspeed"] and "accelerate config" not in why["deepspeed"]
 
 
 def test_the_fused_backward_pass_maps_to_the_memory_option():
@@ -118,9 +139,10 @@ def test_a_sectioned_config_file_skips_kohyas_defaults(tmp_path):
     assert doc["optimizer"] == {"learning_rate": 1e-5, "type": "AdamW", "args": {"weight_decay": 0.1},
                                 "lr_scheduler": "cosine", "lr_warmup_steps": 100}
     assert doc["dataset_config"] == "d.toml"
+    left_out = {r.option: r.dropped for r in conversion.dropped}
+    assert "dataset TOML" in left_out["resolution"], "kohya ignores dataset options beside --dataset_config"
     why = {r.option: r.refused for r in conversion.refused}
-    assert "dataset TOML" in why["resolution"], "kohya ignores dataset options beside --dataset_config"
-    assert "accelerate" in why["ddp_timeout"]
+    assert "ddp_timeout" not in why and "ddp_timeout" not in doc.get("train", {}), "0 is kohya's default wait"
 
 
 def test_the_command_writes_the_file_and_prints_the_table(tmp_path, capsys):

@@ -56,13 +56,13 @@ DEEPSPEED = ["--deepspeed", "--zero_stage", "2", "--offload_optimizer_device", "
              "--fp16_master_weights_and_gradients"]
 
 
-def test_every_deepspeed_option_is_refused_with_the_pointer_to_accelerates_config():
+def test_every_deepspeed_option_is_refused_with_what_to_use_instead():
     conversion = from_command(DEEPSPEED + ["--learning_rate=1e-5"])
     why = {r.option: r.refused for r in conversion.refused}
     names = {a.lstrip("-") for a in DEEPSPEED if a.startswith("--")}
     assert set(why) == names, sorted(names ^ set(why))
     for name, reason in why.items():
-        assert "accelerate config" in reason, (name, reason)
+        assert "--gpus N" in reason and "accelerate config" not in reason, (name, reason)
     assert {k: v for k, v in conversion.document.items() if k != "config_version"} == {
         "optimizer": {"learning_rate": 1e-5}}
     assert "--deepspeed:" in render(conversion, "fine_tune.py ...")

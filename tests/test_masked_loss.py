@@ -121,13 +121,13 @@ def _masked_dataset(folder, *, alpha_values, mask_values=None):
         Image.fromarray(mask, "L").save(masks / path.name)
 
 
-def _run(folder, model, *, subset_extra="", train_extra="", steps=3):
+def _run(folder, model, *, subset_extra="", train_extra="", steps=3, restart=False):
     config = make_run(folder, model, steps=steps, train_extra=train_extra)
     if subset_extra:
         config.write_text(config.read_text().replace('metadata_file = "meta.json"\n',
                                                      f'metadata_file = "meta.json"\n  {subset_extra}\n'))
     sink = ListSink()
-    result = run_training(config, sink=sink)
+    result = run_training(config, sink=sink, restart=restart)   # restart: again in the same folder
     assert result.status == "completed", result.message
     return sink
 
@@ -153,18 +153,22 @@ def test_alpha_masks_and_a_mask_folder_train_the_same_and_survive_the_cache(tmp_
     assert _losses(runs["alpha"]) != _losses(plain)
     # the second run reads every latent and mask from the cache: the same losses
     folder = tmp_path / "folder"
-    again = _run(folder, tiny_sd1, subset_extra='conditioning_data_dir = "masks"', train_extra="masked_loss = true")
+    again = _run(folder, tiny_sd1, subset_extra='conditioning_data_dir = "masks"', train_extra="masked_loss = true",
+                 restart=True)
     assert _losses(again) == _losses(runs["folder"])
     from safetensors.torch import load_file
 
     entries = list((folder / "runs" / ".latent-cache").glob("??/*.safetensors"))
     assert entries and all("mask" in load_file(str(e)) for e in entries)
     # a changed mask is a new entry (the key holds the mask file's hash), not a stale one
-    manifest = json.loads((folder / "runs" / ".latent-cache" / "runs" / "t.json").read_text())["keys"]
+    from engine.data.cache_prune import manifest_path
+
+    manifest_file = manifest_path(folder / "runs" / ".latent-cache", folder / "runs" / "t")
+    manifest = json.loads(manifest_file.read_text())["keys"]
     _masked_dataset(folder, alpha_values=(0, 255), mask_values=(255, 0))
-    flipped = _run(folder, tiny_sd1, subset_extra='conditioning_data_dir = "masks"', train_extra="masked_loss = true")
-    assert not set(manifest) & set(json.loads((folder / "runs" / ".latent-cache" / "runs" / "t.json")
-                                              .read_text())["keys"])
+    flipped = _run(folder, tiny_sd1, subset_extra='conditioning_data_dir = "masks"', train_extra="masked_loss = true",
+                   restart=True)
+    assert not set(manifest) & set(json.loads(manifest_file.read_text())["keys"])
     assert _losses(flipped) != _losses(runs["folder"])
 
 

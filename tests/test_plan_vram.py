@@ -280,3 +280,22 @@ def test_sampling_previews_keep_the_vae_and_can_set_the_peak():
     assert sampled.phase == "sampling" and sampled.total_bytes > estimate_peak_vram(o).total_bytes
     assert estimate_peak_vram(replace(o, cudnn_benchmark=True)).breakdown["cuDNN autotune workspace"] > 0
     assert "cuDNN autotune workspace" not in estimate_peak_vram(replace(o, cudnn_benchmark=False)).breakdown
+
+
+def test_several_gpus_add_ncclbuffers_and_a_gradient_copy_only_without_bucket_views():
+    o = PlanOptions(mixed_precision="fp16", gradient_checkpointing=True, optimizer="AdamW8bit", attention="xformers")
+    one = estimate_peak_vram(o).total_bytes
+    views = estimate_peak_vram(replace(o, processes=2))
+    copies = estimate_peak_vram(replace(o, processes=2, ddp_bucket_view=False))
+    assert 0.2e9 < views.total_bytes - one < 0.35e9                 # NCCL's allowance
+    assert copies.breakdown["DDP gradient buckets"] == pytest.approx(4 * 859.5e6)
+    # kohya's recipe under DDP without views needs about 13.6 GB: no longer "fits 12 GB"
+    assert copies.total_bytes > 13e9 and one < 12e9
+
+
+def test_sdft_plan_takes_a_gpu_count(tmp_path):
+    from engine.config.schema import RunConfig
+    from engine.plan import plan_report
+
+    report = plan_report(RunConfig(), vram_gb=80, processes=4)
+    assert "on each of 4 GPUs" in report and "NCCL communicators" in report

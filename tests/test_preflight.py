@@ -99,7 +99,7 @@ def test_sample_prompts_parse_in_kohyas_forms(tmp_path, tiny_sd1):
 
 
 @pytest.mark.parametrize("extra, key, says", [
-    ("args = { bogus = 1 }", "optimizer.args", "bogus"),
+    ("args = { bogus = 1 }", "optimizer.args.bogus", "bogus"),   # the argument at fault is named
     ('lr_scheduler = "cosine"\nlr_scheduler_args = { lr_end = 0.1 }', "optimizer.lr_scheduler_args", "no option 'lr_end'"),
     ("lr_scheduler_args = { last_epoch = 4 }", "optimizer.lr_scheduler_args", "initial_lr"),
     ('type = "Prodigy"', "optimizer.type", "pip install prodigyopt"),

@@ -130,6 +130,12 @@ ONLY_ELSEWHERE = {
     "memory.attention": "xformers/sdpa/math: kernels, same numbers up to rounding; xformers warns on a CPU "
                         "(tests/test_preflight.py::test_cuda_only_choices_on_a_cpu_say_what_happens_instead)",
     "memory.gradient_checkpointing": "recomputes activations: same numbers, less memory (tests/test_train_engine.py)",
+    "train.ddp_timeout": "several processes only: how long one waits for the others "
+                         "(tests/test_multi_gpu_parts.py::test_ddp_settings_reach_the_accelerator)",
+    "train.ddp_gradient_as_bucket_view": "several processes only: where DDP keeps the gradients, memory alone "
+                                         "(tests/test_multi_gpu_parts.py::test_ddp_settings_reach_the_accelerator)",
+    "train.ddp_static_graph": "several processes only: DDP's bookkeeping, the same numbers "
+                              "(tests/test_multi_gpu_parts.py::test_ddp_settings_reach_the_accelerator)",
     "memory.fused_backward_pass": "steps each weight inside backward: the same numbers, bit for bit, with its "
                                   "gradients freed early (tests/test_fused_backward.py)",
     "memory.mixed_precision": "fp16 becomes bf16 on a CPU, with a warning (tests/test_preflight.py)",

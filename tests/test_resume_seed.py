@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from engine.control import RunControl
 from engine.events import CallbackSink, FanOut, ListSink, StepMetrics
+from engine.config.problems import ConfigError
 from engine.train.runner import run_training
 from engine.train.state import find_latest_state, read_counters
 from train_helpers import make_run
@@ -48,7 +51,8 @@ def test_a_seed_changed_in_the_file_is_named_when_resume_refuses(tmp_path, tiny_
     control = RunControl()
     run_training(config, sink=_stop_at(control, 1), control=control)
     config.write_text(config.read_text().replace("seed = 7", "seed = 8"))
-    result = run_training(config, sink=ListSink(), resume="latest")
-    assert result.status == "failed"
-    assert "train.seed (the state was trained with 7, the file says 8)" in result.message
-    assert "training options" not in result.message     # nothing else changed
+    with pytest.raises(ConfigError) as refused:   # refused before training starts, as --check refuses it
+        run_training(config, sink=ListSink(), resume="latest")
+    message = str(refused.value)
+    assert "train.seed (the state was trained with 7, the file says 8)" in message
+    assert "training options" not in message     # nothing else changed

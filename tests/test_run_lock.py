@@ -78,8 +78,9 @@ def test_second_sdft_train_on_a_running_folder_refuses_and_leaves_it_intact(tmp_
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
     assert (run_dir / LOCK_NAME).read_text().strip(), "a killed run leaves its record"
-    taken = subprocess.run([*SDFT, "train", str(make_run(tmp_path, tiny_sd1, steps=1, name="short.toml"))],
-                           capture_output=True, text=True, env=ENV, timeout=240)
+    # the killed run's steps are its history: a new start in its folder says --restart
+    taken = subprocess.run([*SDFT, "train", str(make_run(tmp_path, tiny_sd1, steps=1, name="short.toml")),
+                            "--restart"], capture_output=True, text=True, env=ENV, timeout=240)
     assert taken.returncode == 0, taken.stdout + taken.stderr
     assert f"took over {run_dir} from sdft train (PID {first.pid}" in taken.stdout
 

@@ -7,6 +7,7 @@ import torch
 
 from engine.control import RunControl
 from engine.events import CallbackSink, FanOut, ListSink, ModelSaved, RunFinished, RunStarted, StepMetrics
+from engine.config.problems import ConfigError
 from engine.train.runner import run_training
 from train_helpers import make_broken_model, make_run
 
@@ -82,8 +83,9 @@ def test_resume_refuses_changed_training_options(tmp_path, tiny_sd1):
     config = make_run(tmp_path, tiny_sd1, steps=4)
     run_training(config, sink=stop_at(control, 1), control=control)
     changed = make_run(tmp_path, tiny_sd1, steps=4, optimizer_extra='lr_scheduler = "cosine"')
-    result = run_training(changed, sink=ListSink(), resume="latest")
-    assert result.status == "failed" and "--allow-changed" in result.message
+    with pytest.raises(ConfigError) as refused:   # the check before training refuses it (exit 2), as --check does
+        run_training(changed, sink=ListSink(), resume="latest")
+    assert "training options" in str(refused.value) and "--allow-changed" in str(refused.value)
 
 
 def test_failure_is_reported_with_log(tmp_path, tiny_sd1):
@@ -147,12 +149,12 @@ def test_background_batch_loading_changes_nothing_but_time(tmp_path, tiny_sd1):
     assert losses(inline) == losses(threaded) and len(losses(inline)) == 4
 
 
-def test_each_process_draws_its_own_noise():
+def test_each_micro_batch_of_each_step_has_its_own_seed():
     from engine.train.trainer import step_seed
 
-    seeds = {step_seed(7, step, micro, rank) for step in range(50) for micro in range(4) for rank in range(8)}
-    assert len(seeds) == 50 * 4 * 8
-    assert step_seed(7, 3, 0, 0) == step_seed(7, 3, 0, 0)
+    seeds = {step_seed(7, step, micro) for step in range(50) for micro in range(4)}
+    assert len(seeds) == 50 * 4
+    assert step_seed(7, 3, 0) == step_seed(7, 3, 0) != step_seed(8, 3, 0)
 
 
 def test_live_encoded_subsets_train_and_resume_exactly(tmp_path, tiny_sd1):

@@ -16,10 +16,10 @@ def test_steps_are_the_total_and_epochs_round_up():
     assert (s.batches_per_epoch, s.steps_per_epoch, s.total_steps, s.total_epochs) == (6, 6, 10, 2)
 
 
-def test_epochs_win_over_steps_and_count_accumulation_and_processes():
-    s = resolve_schedule(train(steps=5, epochs=3, accum=2), batches_per_epoch=7, processes=2)
-    # 7 batches over 2 processes: 4 each (padded); 2 optimizer steps per epoch
-    assert (s.batches_per_epoch, s.steps_per_epoch, s.total_steps, s.total_epochs) == (4, 2, 6, 3)
+def test_epochs_win_over_steps_and_count_accumulation():
+    s = resolve_schedule(train(steps=5, epochs=3, accum=2), batches_per_epoch=7)
+    # 7 global batches (every process takes a part of each); 4 optimizer steps per epoch
+    assert (s.batches_per_epoch, s.steps_per_epoch, s.total_steps, s.total_epochs) == (7, 4, 12, 3)
 
 
 def test_a_dataset_without_batches_is_refused():

@@ -17,7 +17,7 @@ from sdft_tui.dashboard import DashboardApp, finish_run, make_hangup_handler, ru
 from sdft_tui.run_figures import RunFigures, format_duration, format_number, format_offset
 from engine.vocabulary import exit_code_for
 from sdft_tui.engine_handle import EngineHandle
-from sdft_tui.screens.confirm import ConfirmScreen
+from sdft_tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from sdft_tui.screens.run import RunScreen, WatchScreen
 from sdft_tui.widgets.loss_chart import plot_braille, sparkline
 
@@ -193,7 +193,7 @@ def test_keys_reach_run_control_and_stop_saves_a_state(tmp_path):
         await pilot.press("p")
         assert not control.paused
         await pilot.press("x")                        # stop asks first
-        assert isinstance(app.screen, ConfirmScreen)
+        assert isinstance(app.screen, ChoiceScreen)
         await pilot.press("n")
         assert not control.stop_requested and app.screen is screen
         await pilot.press("x")
@@ -381,14 +381,14 @@ def test_watch_shows_the_same_figures_as_the_live_screen(tmp_path):
             watched["log"] = [line.render() for line in screen.figures.log]
             watched["panes"] = {w: str(screen.query_one(w).render()) for w in ("#throughput", "#vram", "#loss-chart")}
             watched["text"] = screen_text(app)
-            await pilot.press("x")              # read-only: no control keys
+            await pilot.press("x")              # the run is over: no control keys
             await pilot.press("q")
             await pilot.pause()
     asyncio.run(main())
     assert watched["summary"] == live["summary"]
     assert watched["log"] == live["log"]
     assert watched["panes"] == live["panes"]
-    assert "read-only" in watched["text"] and "Out of GPU memory at step 33" in watched["text"]
+    assert "Out of GPU memory at step 33" in watched["text"] and "Stop" not in watched["text"].splitlines()[-1]
     assert app.return_code == 0
 
 

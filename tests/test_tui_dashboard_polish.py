@@ -11,7 +11,7 @@ import asyncio
 from dashboard_helpers import FakeEngine, run_app, screen_text, settle, wait_until
 from rich.console import Console
 from sdft_tui.dashboard import DashboardApp
-from sdft_tui.screens.confirm import ConfirmScreen
+from sdft_tui.screens.confirm import ChoiceScreen
 from sdft_tui.widgets.event_log import HangingLine
 
 
@@ -27,7 +27,7 @@ def test_memory_pane_stays_readable_at_80x24_after_a_stop(tmp_path):
     async def scenario(app, pilot, screen):
         await wait_until(pilot, lambda: engine.held.is_set())
         await pilot.press("x")
-        assert isinstance(app.screen, ConfirmScreen)
+        assert isinstance(app.screen, ChoiceScreen)
         await pilot.press("y")
         await wait_until(pilot, lambda: screen.figures.finished is not None and screen.handle.done.is_set())
         await settle(pilot, screen)
@@ -141,7 +141,8 @@ def test_the_shell_keeps_the_outcome_after_the_dashboard_closes(tmp_path, monkey
 
 
 def test_watch_does_not_offer_the_sample_key(tmp_path):
-    """A read-only watch cannot take a sample: its empty samples pane must not say `n: sample now`."""
+    """A watch of a run that is not training cannot take a sample: its empty samples pane must not say
+    `n: sample now`."""
     from sdft_tui.screens.run import WatchScreen
 
     (tmp_path / "events.jsonl").write_text("", encoding="utf-8")

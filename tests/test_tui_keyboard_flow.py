@@ -367,3 +367,29 @@ def test_the_dataset_step_switches_where_the_metadata_goes(tmp_path):
         assert (folder / "sdft-metadata.json").exists()
 
     run_app(app, scenario, SIZE)
+
+
+# ---------------------------------------------------------------- kohya's N_name folders
+
+
+def test_kohyas_folders_open_as_folder_subsets_and_no_metadata_file_is_offered(tmp_path):
+    from PIL import Image
+
+    for name in ("5_sks dog", "2_sks cat"):
+        (tmp_path / "img" / name).mkdir(parents=True)
+        Image.new("RGB", (512, 512)).save(tmp_path / "img" / name / "a.png")
+    (tmp_path / "img" / "5_sks dog" / "a.caption").write_text("sks dog, running", encoding="utf-8")
+    state = WizardSession()
+    state.load_source(tmp_path / "img")
+    app = SdftApp(hardware=HardwareInfo(), start_dir=tmp_path, state=state)
+
+    async def scenario(pilot):
+        await settle(app, pilot)
+        text = " ".join(screen_text(app).split())
+        assert "2 images" in text and "2 folder subsets (kohya's DreamBooth method)" in text
+        assert not app.screen.query_one("#metadata-row").display, "folder subsets train as they are"
+
+    run_app(app, scenario, (100, 30))
+    written = state.project.render(tmp_path / "run.toml")
+    assert 'image_dir = "img/2_sks cat"' in written and 'class_tokens = "sks dog"' in written
+    assert "metadata_file" not in written

@@ -301,23 +301,32 @@ def test_bulk_tag_edits_go_to_the_tags_of_an_image_that_has_both(tmp_path):
     assert state.records[0].tags == "circle, red" and state.records[1].tags == "circle, red"
 
 
-def test_moving_to_another_image_says_an_unsaved_edit_is_dropped(tmp_path):
+def test_moving_to_another_image_saves_the_edit_and_undo_brings_the_old_one_back(tmp_path):
+    import json
+
     run = demo_like_run(tmp_path)
     app = SdftApp(run, hardware=HardwareInfo(), start_dir=tmp_path)
+
+    def captions():
+        return sorted(e["caption"] for e in json.loads((tmp_path / "metadata.json").read_text()).values())
 
     async def scenario(pilot):
         await pilot.press("f3")
         await settle(app, pilot)
-        app.screen.query_one("#editor").load_text("a new caption never saved")
+        app.screen.query_one("#editor").load_text("a new caption")
         table = app.screen.query_one("#captions")
         table.focus()
         await pilot.press("down")
         await pilot.pause()
-        assert any("unsaved edit of" in n.message for n in app._notifications)
+        assert "a new caption" in captions(), "moving on keeps the edit"
+        assert any("saved the caption of" in n.message and "ctrl+u" in n.message for n in app._notifications)
         count = len(app._notifications)
-        await pilot.press("down")                 # nothing typed: no warning
+        await pilot.press("down")                 # nothing typed: nothing saved, no toast
         await pilot.pause()
         assert len(app._notifications) == count
+        await pilot.press("ctrl+u")
+        await pilot.pause()
+        assert "a new caption" not in captions() and "a shape 0" in captions()
 
     run_app(app, scenario)
 

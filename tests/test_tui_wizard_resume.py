@@ -15,7 +15,7 @@ from dashboard_helpers import FakeEngine, screen_text, wait_until
 from engine.events import FanOut, RunStarted, StepMetrics, StepProgress, read_events
 from engine.hardware import HardwareInfo
 from sdft_tui.app import SdftApp
-from sdft_tui.screens.confirm import ConfirmScreen
+from sdft_tui.screens.confirm import ChoiceScreen
 from sdft_tui.screens.run import RunScreen
 from tests.wizard_helpers import make_dataset, settle
 
@@ -101,7 +101,7 @@ def test_a_wizard_run_stopped_with_x_resumes_exactly(tmp_path, tiny_sd1, monkeyp
             assert isinstance(screen, RunScreen), screen_text(app)
             assert await asyncio.to_thread(hold.held.wait, 300), "the run did not reach the stop step"
             await pilot.press("x")
-            seen["asked"] = isinstance(app.screen, ConfirmScreen)
+            seen["asked"] = isinstance(app.screen, ChoiceScreen)
             await pilot.press("y")
             await pilot.pause()
             hold.release.set()
@@ -164,9 +164,11 @@ def test_train_tui_resume_latest_reaches_the_dashboard(tmp_path, monkeypatch):
         return self.return_code
 
     monkeypatch.setattr(DashboardApp, "run", headless_run)
-    config = tmp_path / "run.toml"
+    from train_helpers import make_run
+
+    config = make_run(tmp_path, tmp_path / "model")   # read before the dashboard opens, as headless does
     assert cli.main(["train", str(config), "--tui", "--resume", "latest", "--allow-changed"]) == 0
-    assert engine.calls == [{"config_path": str(config), "log_path": None, "resume": "latest",
-                             "allow_changed": True}]
+    assert engine.calls == [{"config_path": str(config), "log_path": tmp_path / "runs" / "t" / "sdft.log",
+                             "resume": "latest", "allow_changed": True}]
     assert cli.main(["train", str(config), "--tui"]) == 0
     assert "resume" not in engine.calls[-1]

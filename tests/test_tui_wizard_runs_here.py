@@ -24,6 +24,25 @@ def _cannot_run(values: dict, caps: Capabilities) -> dict:
     return {k: v for k, v in values.items() if caps.why_not(k, v)}
 
 
+def _on_options_step(tmp_path, hardware, act) -> dict:
+    """Open the wizard on a dataset with ``hardware``, go to the Options step, run ``act(app, screen)``
+    there (a coroutine function) and return what it recorded."""
+    folder = make_dataset(tmp_path)
+    seen: dict = {}
+
+    async def go():
+        app = SdftApp(hardware=hardware, start_dir=tmp_path)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            app.state.load_source(folder)
+            await pilot.press("f5")
+            await settle(app, pilot)
+            await act(app, pilot, seen)
+
+    asyncio.run(go())
+    return seen
+
+
 def test_new_wizard_defaults_run_on_a_machine_without_cuda_or_bitsandbytes():
     state = WizardSession()
     state.hardware = HardwareInfo(source="test", packages=frozenset())
@@ -34,32 +53,25 @@ def test_new_wizard_defaults_run_on_a_machine_without_cuda_or_bitsandbytes():
 
 @pytest.mark.parametrize("hw", [CPU_ONLY, GPU_NO_BNB], ids=["no-cuda", "gpu-without-bitsandbytes"])
 def test_every_preset_in_the_wizard_picks_only_what_runs(tmp_path, hw):
-    folder = make_dataset(tmp_path)
-
-    async def go():
-        app = SdftApp(hardware=hw, start_dir=tmp_path)
-        async with app.run_test(size=(100, 40)) as pilot:
-            await pilot.pause()
-            app.state.load_source(folder)
-            await pilot.press("f5")
+    async def every_preset(app, pilot, seen):
+        screen = app.screen
+        for size in sorted(PRESETS):
+            screen.apply_preset(size)
             await settle(app, pilot)
-            screen = app.screen
-            for size in sorted(PRESETS):
-                screen.apply_preset(size)
-                await settle(app, pilot)
-                caps = app.state.capabilities()
-                assert _cannot_run(app.state.values, caps) == {}, size
-                assert app.state.get("optimizer.type") != "AdamW8bit"
-                if not caps.cuda:
-                    assert app.state.get("memory.mixed_precision") != "fp16"
-                # the fields on screen show what the state holds
-                assert screen.query_one("#o-optimizer-type").value == app.state.get("optimizer.type")
-                # whatever the list offers, applying it keeps the file runnable here
-                for suggestion in screen._suggestions.values():
-                    assert _cannot_run(suggestion.config_changes, caps) == {}, suggestion.text
-                    assert not set(suggestion.config_changes.values()) & CANNOT_RUN, suggestion.text
+            caps = app.state.capabilities()
+            assert _cannot_run(app.state.values, caps) == {}, size
+            assert app.state.get("optimizer.type") != "AdamW8bit"
+            if not caps.cuda:
+                assert app.state.get("memory.mixed_precision") != "fp16"
+            # the fields on screen show what the state holds
+            assert screen.query_one("#o-optimizer-type").value == app.state.get("optimizer.type")
+            # whatever the list offers, applying it keeps the file runnable here
+            for suggestion in screen._suggestions.values():
+                assert _cannot_run(suggestion.config_changes, caps) == {}, suggestion.text
+                assert not set(suggestion.config_changes.values()) & CANNOT_RUN, suggestion.text
+            seen[size] = True
 
-    asyncio.run(go())
+    assert len(_on_options_step(tmp_path, hw, every_preset)) == len(PRESETS)
 
 
 def test_the_preset_says_what_it_replaced_and_suggestions_skip_what_cannot_run(tmp_path, monkeypatch):
@@ -144,3 +156,31 @@ def test_a_bf16_choice_on_an_older_gpu_says_what_it_needs():
     state.hardware = T4
     state.set("memory.mixed_precision", "bf16")
     assert any("compute capability 8.0" in reason for reason in state.cannot_run_here())
+
+
+FOUR_GPUS = HardwareInfo(gpus=[GpuInfo(i, "NVIDIA A100-SXM4-80GB", 80 * 2**30, (8, 0)) for i in range(4)],
+                         source="test", packages=frozenset({"bitsandbytes"}))
+
+
+def test_with_several_gpus_the_options_step_plans_per_gpu_and_the_command_takes_them(tmp_path):
+    from sdft_tui.screens.review import train_command
+
+    async def choose_four(app, pilot, seen):
+        screen = app.screen
+        seen["shown"] = screen.query_one("#gpus-row").display
+        screen.query_one("#gpus").value = 4
+        await settle(app, pilot)
+        seen["vram"], seen["gpus"] = str(screen.query_one("#vram").render()), app.state.gpus
+
+    seen = _on_options_step(tmp_path, FOUR_GPUS, choose_four)
+    assert seen["shown"] and seen["gpus"] == 4 and "per GPU x4" in seen["vram"]
+    run = tmp_path / "run.toml"
+    assert train_command(run, 4) == f"sdft train {run} --gpus 4"
+    assert train_command(run, 1) == f"sdft train {run}"
+
+
+def test_one_gpu_shows_no_gpu_choice(tmp_path):
+    async def look(app, pilot, seen):
+        seen["shown"] = app.screen.query_one("#gpus-row").display
+
+    assert _on_options_step(tmp_path, GPU_NO_BNB, look)["shown"] is False

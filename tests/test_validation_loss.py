@@ -147,7 +147,7 @@ def test_from_kohya_maps_the_validation_and_masked_loss_options():
     from engine.kohya.convert import from_command
 
     conversion = from_command(shlex.split(
-        "accelerate launch train_network.py --pretrained_model_name_or_path=m.safetensors --in_json meta.json "
+        "accelerate launch fine_tune.py --pretrained_model_name_or_path=m.safetensors --in_json meta.json "
         "--train_data_dir=imgs --masked_loss --conditioning_data_dir=masks --validation_split=0.1 "
         "--validation_seed=3 --validate_every_n_steps=50 --validate_every_n_epochs 2 --max_validation_steps=4"))
     doc = conversion.document

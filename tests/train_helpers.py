@@ -71,12 +71,25 @@ def make_run(folder: Path, model: Path, *, steps: int = 4, cache: str = "disk", 
 
 
 def make_broken_model(tiny: Path, folder: Path) -> Path:
-    """A copy of a tiny diffusers model whose U-Net weights are garbage: it passes every check
-    that reads headers and configs (sdft train --check) and fails when training loads it."""
+    """A copy of a tiny diffusers model whose U-Net weights file is sound but holds tensors of
+    another model: it passes every check that reads headers and configs (sdft train --check) and
+    fails when training loads the weights into the U-Net."""
     import shutil
+
+    import torch
+    from safetensors.torch import save_file
 
     broken = folder / "broken-model"
     shutil.copytree(tiny, broken)
     for weights in (broken / "unet").glob("*.safetensors"):
-        weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+        save_file({"not_a_unet.weight": torch.zeros(4)}, str(weights))
     return broken
+
+
+def same_model_files(a, b) -> bool:
+    """Two saved single-file models hold the same tensors, bit for bit."""
+    import torch
+    from safetensors.torch import load_file
+
+    first, second = load_file(str(a)), load_file(str(b))
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

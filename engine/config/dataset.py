@@ -1,4 +1,6 @@
-"""kohya's dataset TOML (fine-tuning / metadata method), parsed and validated.
+"""kohya's dataset TOML, parsed and validated: subsets of the fine-tuning method (a metadata file)
+and of the DreamBooth method (a folder of images and caption files, docs/formats.md "Folder
+datasets").
 
 The tables ``[general]`` and ``[[datasets]]`` (each with ``[[datasets.subsets]]``) are accepted
 unchanged, inline in a run TOML or in their own file (``dataset_config = "file.toml"``, or a
@@ -20,6 +22,7 @@ from typing import Any
 from engine.config.dataset_keys import (  # noqa: F401 - re-exported: the tables' one public home
     DATASET_LEVEL,
     FILE_KEYS,
+    FOLDER_KEYS,
     FOREIGN_HINT,
     FOREIGN_METHOD_KEYS,
     INTERPOLATIONS,
@@ -28,6 +31,7 @@ from engine.config.dataset_keys import (  # noqa: F401 - re-exported: the tables
     SUBSET_ONLY,
 )
 from engine.config.dataset_keys import report as _report
+from engine.config.dataset_keys import report_folder_key
 from engine.config.dataset_keys import validate_table as _validate_table
 from engine.config.dataset_specs import (  # noqa: F401 - re-exported
     DatasetBlueprint,
@@ -37,6 +41,7 @@ from engine.config.dataset_specs import (  # noqa: F401 - re-exported
     round_bucket_limits,
 )
 from engine.config.problems import Problem, ProblemList, did_you_mean
+from engine.user_files import file_problem
 
 # ---------------------------------------------------------------- parse
 
@@ -79,6 +84,10 @@ def parse_dataset_tables(tables: dict, *, problems: ProblemList, base_dir: str |
         spec = _parse_dataset(raw, f"datasets[{di}]", general, problems, base_dir)
         if spec is not None:
             blueprint.datasets.append(spec)
+    if not any(_is_folder_table(s) for d in datasets if isinstance(d, dict) for s in d.get("subsets") or []):
+        for name in FOLDER_KEYS:   # [general] holds defaults for folder subsets, and there are none
+            if name in general:
+                report_folder_key(problems, f"general.{name}")
     return blueprint
 
 
@@ -94,7 +103,10 @@ def _parse_dataset(raw: Any, prefix: str, general: dict, problems: ProblemList, 
     if not isinstance(raw, dict):
         _report(problems, prefix, "must be a table", "write it as [[datasets]]")
         return None
-    values = _validate_table(raw, prefix, DATASET_LEVEL + SUBSET_LEVEL, "dataset", problems, skip=("subsets",))
+    subsets = raw.get("subsets", [])
+    has_folders = isinstance(subsets, list) and any(_is_folder_table(s) for s in subsets)
+    allowed = DATASET_LEVEL + _for_method(SUBSET_LEVEL, has_folders)
+    values = _validate_table(raw, prefix, allowed, "dataset", problems, skip=("subsets",))
     levels = [values, general]
     spec = DatasetSpec(key=prefix)
     for name in DATASET_LEVEL:
@@ -102,12 +114,11 @@ def _parse_dataset(raw: Any, prefix: str, general: dict, problems: ProblemList, 
     _check_bucket_limits(spec, prefix, levels, problems)
     _note_resolution(spec, prefix, levels, problems)
 
-    subsets = raw.get("subsets", [])
     if not isinstance(subsets, list) or not subsets:
         _report(problems, f"{prefix}.subsets", "a dataset needs at least one [[datasets.subsets]] table",
-                "add [[datasets.subsets]] with metadata_file (and image_dir)")
+                "add [[datasets.subsets]] with image_dir (images with caption files) or metadata_file")
         return spec
-    seen_metadata: set[Path] = set()
+    seen: set[tuple[Path, bool]] = set()
     for si, sraw in enumerate(subsets):
         sub = _parse_subset(sraw, f"{prefix}.subsets[{si}]", levels, problems, base_dir)
         if sub is None:
@@ -116,15 +127,26 @@ def _parse_dataset(raw: Any, prefix: str, general: dict, problems: ProblemList, 
             _report(problems, f"{sub.key}.num_repeats", f"num_repeats = {sub.num_repeats} < 1: subset skipped",
                     "use num_repeats = 1 or more to train on it", "warning")
             continue
-        resolved = sub.metadata_file.resolve()
-        if resolved in seen_metadata:
-            _report(problems, f"{sub.key}.metadata_file",
-                    f"{sub.metadata_file} is already used by another subset of this dataset: subset skipped",
-                    "raise num_repeats of the first subset instead", "warning")
+        source = (sub.source.resolve(), sub.is_reg)
+        if source in seen:
+            what = "image folder" if sub.is_folder else "metadata file"
+            key = "image_dir" if sub.is_folder else "metadata_file"
+            _report(problems, f"{sub.key}.{key}", f"{sub.source} is already used by another subset of this dataset "
+                    f"(the same {what}): subset skipped", "raise num_repeats of the first subset instead", "warning")
             continue
-        seen_metadata.add(resolved)
+        seen.add(source)
         spec.subsets.append(sub)
     return spec
+
+
+def _is_folder_table(raw: Any) -> bool:
+    """A subset table without metadata_file reads its folder (kohya's DreamBooth method)."""
+    return isinstance(raw, dict) and "metadata_file" not in raw
+
+
+def _for_method(names: tuple[str, ...], folder: bool) -> tuple[str, ...]:
+    """The keys a table may hold: one that reads only metadata files takes no folder keys."""
+    return names if folder else tuple(k for k in names if k not in FOLDER_KEYS)
 
 
 def _check_bucket_limits(spec: DatasetSpec, prefix: str, levels: list[dict], problems: ProblemList) -> None:
@@ -183,18 +205,16 @@ def _parse_subset(raw: Any, prefix: str, levels: list[dict], problems: ProblemLi
     if not isinstance(raw, dict):
         _report(problems, prefix, "must be a table", "write it as [[datasets.subsets]]")
         return None
-    values = _validate_table(raw, prefix, SUBSET_LEVEL + SUBSET_ONLY, "subset", problems)
+    folder = _is_folder_table(raw)
+    values = _validate_table(raw, prefix, _for_method(SUBSET_LEVEL + SUBSET_ONLY, folder), "subset", problems)
     ok = True
-    if "metadata_file" not in raw:
-        _report(problems, f"{prefix}.metadata_file", "a subset without metadata_file", FOREIGN_HINT)
+    if folder and "image_dir" not in raw:
+        _report(problems, f"{prefix}.image_dir", "a subset needs image_dir (a folder of images with caption files) "
+                "or metadata_file (a kohya metadata JSON)", "add image_dir, or build a metadata file with "
+                "`sdft prepare` and add metadata_file")
         ok = False
-    metadata_file = None
-    if "metadata_file" in values:
-        metadata_file = _resolve_path(values["metadata_file"], base_dir)
-        if not metadata_file.is_file():
-            _report(problems, f"{prefix}.metadata_file", f"metadata file not found: {metadata_file}",
-                    "check the path (relative paths start at the TOML's folder); build one with `sdft prepare`")
-            ok = False
+    metadata_file = _existing_file(values, prefix, base_dir, problems) if not folder else None
+    ok = ok and (folder or metadata_file is not None)
     image_dir = None
     if "image_dir" in values:
         image_dir = _resolve_path(values["image_dir"], base_dir)
@@ -202,30 +222,55 @@ def _parse_subset(raw: Any, prefix: str, levels: list[dict], problems: ProblemLi
             _report(problems, f"{prefix}.image_dir", f"image folder not found: {image_dir}",
                     "check the path (relative paths start at the TOML's folder)")
             ok = False
-    mask_dir = None
-    if "conditioning_data_dir" in values:
-        mask_dir = _resolve_path(values["conditioning_data_dir"], base_dir)
-        if not mask_dir.is_dir():
-            _report(problems, f"{prefix}.conditioning_data_dir", f"mask folder not found: {mask_dir}",
-                    "a folder with one mask image per image, named like the image (relative paths start at "
-                    "the TOML's folder)")
-            ok = False
-        elif values.get("alpha_mask"):
-            _report(problems, f"{prefix}.alpha_mask", "alpha_mask and conditioning_data_dir both give the mask",
-                    "keep one: the alpha channel or the mask folder")
-            ok = False
-    if not ok or metadata_file is None:
+    mask_dir, mask_ok = _mask_folder(values, prefix, base_dir, problems)
+    if not (ok and mask_ok) or (folder and image_dir is None):
         return None
     levels = [values, *levels]
     sub = SubsetSpec(metadata_file=metadata_file, image_dir=image_dir, conditioning_data_dir=mask_dir, key=prefix)
     for name in SUBSET_LEVEL:
         setattr(sub, name, _merged(name, levels, getattr(sub, name)))
-    sub.alpha_mask = bool(values.get("alpha_mask", False))
-    sub.is_val = bool(values.get("is_val", False))
+    for name in ("alpha_mask", "is_val", "is_reg"):
+        setattr(sub, name, bool(values.get(name, False)))
+    if sub.is_val and sub.is_reg:
+        _report(problems, f"{prefix}.is_reg", "is_val and is_reg both given: a subset either is held out for the "
+                "validation loss or trains as regularization images", "keep one of them")
+        return None
     if sub.face_crop_aug_range is not None:
         _report(problems, f"{prefix}.face_crop_aug_range",
                 "face_crop_aug_range is ignored (needs face info in file names and no bucketing)", "", "warning")
     return sub
+
+
+def _existing_file(values: dict, prefix: str, base_dir: Path, problems: ProblemList) -> Path | None:
+    """The subset's metadata file, when it exists and may be read (else its problem is reported)."""
+    if "metadata_file" not in values:
+        return None   # a wrong type, reported by the table's check
+    metadata_file = _resolve_path(values["metadata_file"], base_dir)
+    if not metadata_file.exists():
+        _report(problems, f"{prefix}.metadata_file", f"metadata file not found: {metadata_file}",
+                "check the path (relative paths start at the TOML's folder); build one with `sdft prepare`")
+        return None
+    if refused := file_problem(metadata_file, "metadata file"):
+        _report(problems, f"{prefix}.metadata_file", *refused)
+        return None
+    return metadata_file
+
+
+def _mask_folder(values: dict, prefix: str, base_dir: Path, problems: ProblemList) -> tuple[Path | None, bool]:
+    """(the subset's mask folder or None, whether its mask settings are usable)."""
+    if "conditioning_data_dir" not in values:
+        return None, True
+    mask_dir = _resolve_path(values["conditioning_data_dir"], base_dir)
+    if not mask_dir.is_dir():
+        _report(problems, f"{prefix}.conditioning_data_dir", f"mask folder not found: {mask_dir}",
+                "a folder with one mask image per image, named like the image (relative paths start at "
+                "the TOML's folder)")
+        return None, False
+    if values.get("alpha_mask"):
+        _report(problems, f"{prefix}.alpha_mask", "alpha_mask and conditioning_data_dir both give the mask",
+                "keep one: the alpha channel or the mask folder")
+        return None, False
+    return mask_dir, True
 
 
 def load_dataset_file(path: str | Path, problems: ProblemList) -> DatasetBlueprint:

@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.config.dataset_specs import INTERPOLATIONS, DatasetSpec, SubsetSpec  # noqa: F401 - re-exported
 from engine.config.fields import check_value
-from engine.config.problems import Problem, ProblemList, current_spelling, did_you_mean
+from engine.config.problems import DEPRECATED_SPELLINGS, Problem, ProblemList, current_spelling, did_you_mean
 
 # Keys allowed in [general] and [[datasets]] only (never in a subset).
 DATASET_LEVEL = ("batch_size", "resolution", "enable_bucket", "bucket_no_upscale", "min_bucket_reso",
@@ -28,12 +28,17 @@ SUBSET_LEVEL = (
     "color_aug", "random_crop", "caption_separator", "keep_tokens_separator", "secondary_separator",
     "caption_prefix", "caption_suffix", "resize_interpolation", "face_crop_aug_range", "custom_attributes",
     "caption_from_filename",   # sdft's key (kohya has none): see engine/data/captions.py
+    "caption_extension", "class_tokens", "cache_info",   # folder subsets only (FOLDER_KEYS)
 )
 
 # Keys allowed only inside a subset. conditioning_data_dir is kohya's mask folder (its ControlNet
 # subsets' key, which masked loss reads: one mask image per image, same stem); is_val marks a
 # subset held out for the validation loss (kohya has no such key; named after its is_reg).
-SUBSET_ONLY = ("metadata_file", "image_dir", "alpha_mask", "conditioning_data_dir", "is_val")
+SUBSET_ONLY = ("metadata_file", "image_dir", "alpha_mask", "conditioning_data_dir", "is_val", "is_reg")
+
+# Keys of a folder subset (image_dir without metadata_file: kohya's DreamBooth method). A subset
+# or dataset table that reads a metadata file may not hold them (kohya's schema refuses them there).
+FOLDER_KEYS = ("caption_extension", "class_tokens", "cache_info", "is_reg")
 
 
 def _declared(spec: type, names: tuple[str, ...]) -> dict[str, tuple[Field, Any]]:
@@ -46,11 +51,14 @@ def _declared(spec: type, names: tuple[str, ...]) -> dict[str, tuple[Field, Any]
 FILE_KEYS: dict[str, tuple[Field, Any]] = {**_declared(DatasetSpec, DATASET_LEVEL),
                                            **_declared(SubsetSpec, SUBSET_LEVEL + SUBSET_ONLY)}
 
-# DreamBooth keys: a different kohya training method.
-FOREIGN_METHOD_KEYS = ("caption_extension", "class_tokens", "cache_info", "is_reg", "prior_loss_weight")
-FOREIGN_HINT = "not the metadata fine-tuning method; build a metadata file with `sdft prepare`"
-# kohya dataset keys for other trainers: refused unless at their default
-NOT_IN_SDFT = {"network_multiplier": "it scales a LoRA network, and sdft fine-tunes the model itself"}
+# kohya command options sometimes written into a dataset table, where kohya does not read them.
+FOREIGN_METHOD_KEYS = ("prior_loss_weight",)
+FOREIGN_HINT = ("prior_loss_weight is a train_db.py command option, not a dataset key; sdft weighs is_reg "
+                "images' loss like the others (kohya's default 1.0): delete it")
+# kohya dataset keys that do nothing in sdft: accepted at their default only
+NOT_IN_SDFT = {"network_multiplier": "it scales a LoRA network, and sdft fine-tunes the model itself",
+               "cache_info": "sdft reads the image sizes from the file headers at every start (milliseconds "
+                             "per image), so there is no size cache to keep"}
 
 
 # ---------------------------------------------------------------- problems with lines
@@ -90,6 +98,9 @@ def validate_table(table: Any, prefix: str, allowed: tuple[str, ...], level: str
         key = f"{prefix}.{name}"
         if name in skip:
             continue
+        if DEPRECATED_SPELLINGS.get(name, name) not in allowed:   # refused either way: no "rename it" note
+            _report_misplaced(problems, key, DEPRECATED_SPELLINGS.get(name, name), level, allowed)
+            continue
         name = current_spelling(name, table, key, lambda *a: report(problems, *a))
         if name is None:
             continue
@@ -113,9 +124,24 @@ def key_problem(name: str, value: Any, level: str = "dataset") -> str | None:
     return next((p.message for p in problems.items if p.severity == "error"), None)
 
 
+def report_folder_key(problems: ProblemList, key: str) -> None:
+    """A folder subset's key in a table that reads a metadata file: kohya refuses it there."""
+    written = key.rsplit(".", 1)[-1]
+    if DEPRECATED_SPELLINGS.get(written, written) == "caption_extension":
+        report(problems, key, f"{written} is not needed with a metadata file: the captions come from "
+               "metadata_file", "delete it (`sdft prepare` reads .caption sidecars when it builds the metadata "
+               "file; `--caption-extension` picks another extension)")
+    else:
+        report(problems, key, f"{written} is a folder subset's key (image_dir without metadata_file, kohya's "
+               "DreamBooth method), and the subsets it applies to read metadata files",
+               "delete it, or drop metadata_file so the subset reads the caption files in image_dir")
+
+
 def _report_misplaced(problems: ProblemList, key: str, name: str, level: str, allowed: tuple[str, ...]) -> None:
-    if name in FOREIGN_METHOD_KEYS:
-        report(problems, key, f"{name} belongs to kohya's DreamBooth/ControlNet method", FOREIGN_HINT)
+    if name in FOLDER_KEYS:   # left out of `allowed` by a table that reads a metadata file
+        report_folder_key(problems, key)
+    elif name in FOREIGN_METHOD_KEYS:
+        report(problems, key, f"{name} is not a dataset key", FOREIGN_HINT)
     elif name in SUBSET_ONLY:
         report(problems, key, f"{name} is only allowed inside [[datasets.subsets]]",
                "move it into a [[datasets.subsets]] table")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config.fields import opt, required
+from engine.config.fields import opt
 
 
 INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")
@@ -37,6 +37,14 @@ def _resolution(value):
     return sides
 
 
+def _extension(value):
+    """A caption file's extension as kohya appends it to the image's name: ".txt", with the dot."""
+    if isinstance(value, str) and value and not value.startswith("."):
+        raise ValueError(f"must start with a dot, got {value!r}: kohya appends it to the image's name as it is, "
+                         f"so a.png would look for a{value}; write \".{value}\"")
+    return value
+
+
 def _low_high(value):
     """``[low, high]``: two numbers, low not above high."""
     if not (isinstance(value, (list, tuple)) and len(value) == 2
@@ -56,10 +64,11 @@ def _low_high(value):
 class SubsetSpec:
     """One ``[[datasets.subsets]]`` table with every value resolved (merge order applied)."""
 
-    metadata_file: Path = required("The subset's metadata JSON (captions and tags per image): build one with "
-                                   "`sdft prepare`.", normalize=_path)
-    image_dir: Path | None = opt(None, "Folder of the images; unset: the metadata's keys are full paths.",
-                                 normalize=_path)
+    metadata_file: Path | None = opt(None, "The subset's metadata JSON (captions and tags per image): build one "
+                                     "with `sdft prepare`; unset: a folder subset (image_dir with caption files).",
+                                     normalize=_path)
+    image_dir: Path | None = opt(None, "Folder of the images; with a metadata file and unset: its keys are full "
+                                 "paths.", normalize=_path)
     num_repeats: int = opt(1, "Times each image is seen per epoch (below 1: the subset is skipped).")
     keep_tokens: int = opt(0, "Leading caption tags kept in place when shuffling or dropping tags.", min=0)
     token_warmup_min: int = opt(1, "Tags shown at the start of the token warm-up.", min=0)
@@ -93,7 +102,28 @@ class SubsetSpec:
     conditioning_data_dir: Path | None = opt(None, "A folder with a mask image per image, same stem (masked "
                                              "loss; kohya's key for it).", normalize=_path)
     is_val: bool = opt(False, "Held out: only the validation loss sees this subset (sdft's key).")
+    # A folder subset (kohya's DreamBooth method): image_dir without metadata_file, docs/formats.md
+    caption_extension: str | None = opt(None, 'Folder subsets: the caption file beside each image, e.g. ".txt" '
+                                        "(unset: [data] caption_extension, kohya's --caption_extension).",
+                                        normalize=_extension)
+    class_tokens: str | None = opt(None, 'Folder subsets: the caption of an image without a caption file, e.g. '
+                                   '"sks dog" (kohya\'s class tokens).')
+    is_reg: bool = opt(False, "Folder subsets: regularization images, repeated to match the training images of "
+                       "an epoch as kohya's train_db.py does.")
+    cache_info: bool = opt(False, "kohya's image-size cache for folder subsets; sdft reads sizes from the image "
+                           "headers at every start, so only false is accepted.")
     key: str = ""                       # dotted key, e.g. "datasets[0].subsets[1]"
+
+    @property
+    def is_folder(self) -> bool:
+        """A folder subset: images and caption files in image_dir, no metadata file (kohya's
+        DreamBooth method)."""
+        return self.metadata_file is None
+
+    @property
+    def source(self) -> Path:
+        """Where the subset's list of images comes from: its metadata file, or its folder."""
+        return self.image_dir if self.metadata_file is None else self.metadata_file
 
     @property
     def cacheable(self) -> bool:

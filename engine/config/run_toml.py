@@ -19,6 +19,7 @@ from engine.config.fields import check_value
 from engine.config.lines import key_lines
 from engine.config.problems import ProblemList, current_spelling, did_you_mean
 from engine.config.schema import CONFIG_VERSION, SECTIONS, RunConfig
+from engine.user_files import file_problem
 
 DATASET_KEYS = ("general", "datasets")
 TOP_LEVEL_KEYS = ("config_version", "dataset_config", *DATASET_KEYS, *SECTIONS)
@@ -90,14 +91,20 @@ def build_run_config(data: dict, problems: ProblemList, *, base_dir: Path) -> Ru
             problems.add(key, "this kohya option is not supported", reason)
         else:
             problems.add(key, "unknown top-level key", did_you_mean(key, TOP_LEVEL_KEYS))
+    build_sections(config, data, problems)
+    _check_cross_field(config, problems)
+    config.datasets = _load_datasets(data, problems, base_dir)
+    return config
+
+
+def build_sections(config: RunConfig, data: dict, problems: ProblemList) -> RunConfig:
+    """Fill ``config``'s run tables ([model], [train], ...) from plain data; datasets untouched."""
     for name, cls in SECTIONS.items():
         table = data.get(name, {})
         if not isinstance(table, dict):
             problems.add(name, f"must be a table ([{name}]), got {type(table).__name__}", f"write it as [{name}] followed by key = value lines")
             continue
         setattr(config, name, _build_dataclass(cls, table, name, problems))
-    _check_cross_field(config, problems)
-    config.datasets = _load_datasets(data, problems, base_dir)
     return config
 
 
@@ -167,6 +174,10 @@ def _check_cross_field(config: RunConfig, problems: ProblemList) -> None:
     if m.full_bf16 and m.mixed_precision != "bf16":
         problems.add("memory.full_bf16", "needs mixed_precision = \"bf16\"", 'set memory.mixed_precision = "bf16"')
     _check_fused_backward(config, problems)
+    if t.ddp_static_graph and t.stop_text_encoder_training:
+        problems.add("train.ddp_static_graph", "cannot stay static: train.stop_text_encoder_training freezes the "
+                     "text encoder mid-run, which changes the graph DDP was told never changes",
+                     "remove one of the two")
     if isinstance(o.lr_warmup_steps, float) and not o.lr_warmup_steps < 1:
         problems.add("optimizer.lr_warmup_steps", f"a fractional warm-up must be below 1, got {o.lr_warmup_steps}",
                      "use an integer number of steps, or a ratio such as 0.05")
@@ -180,9 +191,11 @@ def _check_cross_field(config: RunConfig, problems: ProblemList) -> None:
         problems.add("train.scale_v_pred_loss_like_noise_pred", "only applies to v-prediction models",
                      "remove it, or set model.v_parameterization = true")
     prompts = config.sample.prompts
-    if isinstance(prompts, str) and not Path(config.resolve(prompts)).is_file():
+    if isinstance(prompts, str) and not Path(config.resolve(prompts)).exists():
         problems.add("sample.prompts", f"prompts file {prompts!r} not found (looked beside this file and in the "
                      "current folder)", "give a .txt/.toml/.json file, or an inline list: prompts = [\"a cat --w 512\"]")
+    elif isinstance(prompts, str) and (refused := file_problem(config.resolve(prompts), "prompts file")):
+        problems.add("sample.prompts", *refused)
     if t.mode == "hypernetwork" and t.train_text_encoder:
         problems.add("train.train_text_encoder", "hypernetwork mode keeps the text encoder frozen",
                      'set train_text_encoder = false or train.mode = "full"')
@@ -228,6 +241,11 @@ def _load_datasets(data: dict, problems: ProblemList, base_dir: Path):
         path = Path(reference)
         if not path.is_absolute():
             path = base_dir / path if (base_dir / path).exists() else Path.cwd() / path
+        if problems.file and path.exists() and path.resolve() == Path(problems.file).resolve():
+            problems.add("dataset_config", f"names this run file itself ({reference!r})",
+                         "point it at a kohya dataset TOML, or delete it and put [general] / [[datasets]] "
+                         "tables in this file")
+            return None
         return dataset.load_dataset_file(path, problems)
     if not has_inline:
         problems.add("datasets", "no dataset given", "add [[datasets]] with [[datasets.subsets]] tables, or dataset_config = \"file.toml\"")

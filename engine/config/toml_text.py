@@ -17,13 +17,18 @@ _DUPLICATE = re.compile(r'Key "(?P<key>[^"]+)" already exists')
 
 
 def read_config_text(path: str | Path, key: str = "<file>") -> tuple[str, list[Problem]]:
-    """(text, notes) of a config file; ConfigError when it cannot be read as UTF-8 text."""
+    """(text, notes) of a config file; ConfigError when it cannot be read as UTF-8 text, or is
+    not a regular file of a config file's size (engine/user_files.py)."""
+    from engine.user_files import FileRefused, read_bytes
+
     path = Path(path)
     file = str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_bytes(path, "dataset config" if key == "dataset_config" else "run file")
     except FileNotFoundError:
         raise ConfigError([Problem(key, "file not found", "check the path", file)]) from None
+    except FileRefused as exc:
+        raise ConfigError([Problem(key, f"the file {exc.reason}", exc.hint, file)]) from None
     except OSError as exc:
         raise ConfigError([Problem(key, f"cannot read the file: {exc}", "", file)]) from None
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(raw) >= 4 and (raw[1:4:2] == b"\0\0" or raw[0:3:2] == b"\0\0")):

@@ -32,7 +32,13 @@ from engine.data.cache_keys import (  # noqa: F401
     entry_path,
     vae_identity,
 )
-from engine.data.cache_prune import MANIFEST_DIR, prune_cache, referenced_keys, write_manifest  # noqa: F401
+from engine.data.cache_prune import (  # noqa: F401 - the cache's one import point
+    MANIFEST_DIR,
+    prune_cache,
+    referenced_keys,
+    register_run,
+    write_manifest,
+)
 from engine.data.kohya_npz import import_kohya_npz, kohya_npz_candidates  # noqa: F401
 from engine.hashcache import HashIndex, file_sha256  # noqa: F401
 

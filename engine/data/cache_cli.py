@@ -35,13 +35,15 @@ def add_cache(commands) -> None:
 
 
 def _live_run_using(cache_dir: Path, runs_root: Path) -> str | None:
-    """A live run that may be writing this cache: any locked run folder beside this run's
-    (they share ``<output_dir>/.latent-cache``) or named by one of the cache's manifests."""
-    from engine.data.cache import MANIFEST_DIR
+    """A live run that may be writing this cache: any run registered on it, wherever its
+    output_dir is, or a locked run folder beside this run's (they share
+    ``<output_dir>/.latent-cache``; an older sdft's manifest names only the run)."""
+    from engine.data.cache_prune import registered_runs
     from engine.runlock import read_holder
 
     folders = {p for p in runs_root.iterdir() if p.is_dir()} if runs_root.is_dir() else set()
-    folders |= {runs_root / m.stem for m in (cache_dir / MANIFEST_DIR).glob("*.json")}
+    for manifest, run_dir in registered_runs(cache_dir).items():
+        folders.add(run_dir if run_dir is not None else runs_root / manifest.stem)
     for folder in sorted(folders):
         holder = read_holder(folder)
         if holder is not None:
@@ -58,6 +60,10 @@ def _cache_encode(args) -> int:
     console = _console()
     try:
         result = encode_latents(args.config, lambda line: console.print(line))
+    except KeyboardInterrupt:   # the entries written so far stay (the cache's index is saved too)
+        print("sdft cache encode: interrupted; the latents encoded so far are kept in the cache, and the next "
+              "`sdft cache encode` or training run reuses them", file=sys.stderr)
+        return ExitCode.STOPPED
     except ConfigError as exc:
         print_problems(exc.problems)
         return ExitCode.USAGE
@@ -80,7 +86,7 @@ def _cache(args) -> int:
 
         print_problems(exc.problems)
         return ExitCode.USAGE
-    from engine.data.cache import MANIFEST_DIR, prune_cache, referenced_keys
+    from engine.data.cache_prune import manifest_path, prune_cache, referenced_keys, registered_runs
 
     cache_dir = Path(cfg.cache.cache_dir) if cfg.cache.cache_dir else Path(cfg.train.output_dir) / ".latent-cache"
     if not cache_dir.is_absolute():
@@ -88,9 +94,10 @@ def _cache(args) -> int:
     if not cache_dir.is_dir():
         print(f"no latent cache at {cache_dir}")
         return ExitCode.OK
-    only = cfg.train.output_name if args.only_this_run else None
-    if only and not (cache_dir / MANIFEST_DIR / f"{only}.json").is_file():
-        print(f"sdft cache prune: no record of run {only!r} in {cache_dir}; train it once first", file=sys.stderr)
+    only = manifest_path(cache_dir, cfg.run_dir()) if args.only_this_run else None
+    if only and not only.is_file():
+        print(f"sdft cache prune: no record of run {cfg.run_dir()} in {cache_dir}; train it once first",
+              file=sys.stderr)
         return ExitCode.USAGE
     from engine.runlock import RunFolderBusy, RunLock
 
@@ -106,8 +113,8 @@ def _cache(args) -> int:
             keep = referenced_keys(cache_dir, only)
             files, size = prune_cache(cache_dir, keep, dry_run=args.dry_run)
             if only and not args.dry_run:
-                for manifest in (cache_dir / MANIFEST_DIR).glob("*.json"):
-                    if manifest.stem != only:
+                for manifest in registered_runs(cache_dir):
+                    if manifest != only:
                         manifest.unlink()
     except RunFolderBusy as exc:
         print(f"sdft cache prune: {exc}", file=sys.stderr)

@@ -8,12 +8,14 @@ append) and every write is atomic (temp file + rename). No torch.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 from engine import atomic
+from engine.data.scan import lies_within
 
 POLICIES = ("skip", "overwrite", "append")
 
@@ -22,18 +24,31 @@ class SidecarEncodingError(ValueError):
     """A sidecar that is not UTF-8, met where its text would be written back (append)."""
 
 
-def read_sidecar(path: str | Path, *, strict: bool = False) -> str | None:
+def read_sidecar(path: str | Path, *, strict: bool = False, within: str | Path | None = None,
+                 not_read: list[tuple[Path, str]] | None = None) -> str | None:
     """UTF-8 text (BOM stripped), whitespace-stripped; None when the file does not exist.
 
     Undecodable bytes become U+FFFD for reading; ``strict`` raises SidecarEncodingError
     instead, for callers that write the text back (appending to a lossy copy would
-    destroy the original characters).
+    destroy the original characters). A sidecar that is not a regular file of a caption's size
+    (a FIFO, a device, a huge file: engine/user_files.py), or with ``within`` (the dataset
+    folder) a link leading outside it, is not read: None, and (path, why) in ``not_read``.
     """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
+    from engine.user_files import FileRefused, read_bytes
+
+    reason = None
+    if within is not None and os.path.lexists(path) and not lies_within(path, within):
+        reason = f"a link to {os.path.realpath(path)}, outside {within}"
+    else:
+        try:
+            data = read_bytes(path, "caption file")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except FileRefused as exc:
+            reason = exc.reason
+    if reason is not None:
+        if not_read is not None:
+            not_read.append((Path(path), reason))
         return None
     try:
         return data.decode("utf-8-sig").strip()
@@ -46,11 +61,16 @@ def read_sidecar(path: str | Path, *, strict: bool = False) -> str | None:
 
 
 def sidecar_encoding_problem(path: str | Path) -> str | None:
-    """Why ``path`` is not UTF-8 text (the first bad byte), or None when it is (or is absent)."""
+    """Why ``path`` is not UTF-8 text (the first bad byte), or None when it is (or is absent).
+    A sidecar sdft does not read at all (a FIFO, a device, over the size limit) says that."""
+    from engine.user_files import FileRefused, read_bytes
+
     try:
-        Path(path).read_bytes().decode("utf-8-sig")
-    except (FileNotFoundError, IsADirectoryError):
+        read_bytes(path, "caption file").decode("utf-8-sig")
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except FileRefused as exc:
+        return f"not read: it {exc.reason}"
     except UnicodeDecodeError as exc:
         return f"byte 0x{exc.object[exc.start]:02x} at offset {exc.start} is not UTF-8"
     return None
@@ -127,18 +147,44 @@ def with_prefix_suffix(caption: str, prefix: str | None, suffix: str | None) -> 
     return caption
 
 
+def caption_file_text(text: str | None, *, wildcard: bool = False) -> str | None:
+    """What a folder subset trains with from its caption file's text, as kohya's DreamBooth method
+    reads it: the first non-empty line (every one, joined by newlines, with ``enable_wildcard``);
+    None for no file or an empty one."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        return None
+    return "\n".join(lines) if wildcard else lines[0]
+
+
 def caption_as_trained(caption: str | None, tags: str | None, *, join: str = "separator", separator: str = ",",
                        wildcard: bool = False, prefix: str | None = None, suffix: str | None = None,
-                       file_name: str | Path | None = None) -> str:
+                       file_name: str | Path | None = None, caption_file: bool = False,
+                       class_tokens: str | None = None) -> str:
     """The text an image trains with before its per-sample draws (dropout, shuffles, warm-up):
     tags joined as ``data.caption_tags_join`` says (or, with neither, ``file_name`` through
     :func:`caption_from_file_name` when its subset sets ``caption_from_filename``), then the
-    subset's prefix and suffix. Token counts (the wizard, ``sdft prepare``, the health check) use
-    this, so they count what training encodes."""
+    subset's prefix and suffix. ``caption_file``: ``caption`` is a folder subset's caption file,
+    read by :func:`caption_file_text`, else ``class_tokens``. Token counts (the wizard, ``sdft
+    prepare``, the health check) use this, so they count what training encodes."""
+    if caption_file:
+        caption = caption_file_text(caption, wildcard=wildcard)
+        caption = (class_tokens or "") if caption is None else caption
     joined = join_caption_and_tags(caption, tags, sep=join_separator(join, separator), wildcard=wildcard)
     if not joined and file_name is not None:
         joined = caption_from_file_name(file_name)
     return with_prefix_suffix(joined, prefix, suffix)
+
+
+# A CLIP token covers a word piece of at most a few dozen characters, so a caption's first
+# max_token_length tokens lie well inside max_token_length * 64 characters; cutting there first
+# keeps a 10 MB caption from costing minutes of tokenizing at every draw (docs/formats.md).
+CHARS_PER_TOKEN = 64
+
+
+def caption_char_limit(max_token_length: int) -> int:
+    """The characters of a caption training reads: more can never reach the token limit."""
+    return max_token_length * CHARS_PER_TOKEN
 
 
 def split_tags(tags: str | None) -> list[str]:

@@ -134,6 +134,14 @@ def _print_clashes(console, clashes) -> None:
         console.print("note: " + clash.note(), markup=False)
 
 
+def _print_not_read(console, not_read: list[tuple[Path, str]], folder: Path) -> None:
+    """Images and sidecars prepare did not read (links out of the folder, FIFOs, huge files)."""
+    if not_read:
+        console.print(styled(("not read", "yellow"), f": {len(dict(not_read))} file(s) in {folder}:"))
+        for path, why in sorted(dict(not_read).items()):
+            console.print(f"  {_rel(path, folder)}: {why}")
+
+
 def _rel(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -175,9 +183,14 @@ def _add_prepare(commands) -> None:
     p = commands.add_parser("prepare", help="health check; write kohya metadata JSON from sidecars",
                             description="Build kohya metadata JSON from a folder of images + .caption/.txt "
                                         "sidecars, and check a dataset's health.")
-    p.add_argument("target", help="image folder, a run TOML to check, or a metadata JSON to clean (with --clean)")
-    p.add_argument("--check", action="store_true", help="run the health check (always on for a run TOML)")
-    p.add_argument("--out", help="metadata file to write (default: DIR/metadata.json)")
+    p.add_argument("target", help="image folder, kohya's DreamBooth folder of N_name sub-folders, a run TOML to "
+                   "check, or a metadata JSON to clean (with --clean)")
+    p.add_argument("--check", action="store_true", help="run the health check (always on for a run TOML and a "
+                   "folder of N_name sub-folders)")
+    p.add_argument("--out", help="metadata file to write (default: DIR/metadata.json); for N_name sub-folders the "
+                   "dataset TOML (default: DIR/dataset.toml)")
+    p.add_argument("--reg-dir", help="with N_name sub-folders: kohya's reg_data_dir, whose N_name sub-folders are "
+                   "regularization subsets")
     p.add_argument("--key-style", choices=("relative", "stem", "absolute"), default="relative",
                    help="image keys: relative (default), stem (kohya classic, flat folders), absolute")
     p.add_argument("--clean", action="store_true", help="clean captions and tags (kohya's clean_captions_and_tags) while "
@@ -201,6 +214,16 @@ def _prepare(args) -> int:
     if not target.is_dir():
         print(f"sdft prepare: {target} is neither an image folder nor a run TOML", file=sys.stderr)
         return ExitCode.USAGE
+    from engine.data.kohya_folders import is_layout
+
+    if is_layout(target):
+        from engine.data.layout_cli import prepare_layout
+
+        return prepare_layout(target, args)
+    if args.reg_dir:
+        print(f"sdft prepare: --reg-dir goes with a folder of kohya's N_name sub-folders, and {target} holds "
+              "images itself", file=sys.stderr)
+        return ExitCode.USAGE
     return _prepare_folder(target, args)
 
 
@@ -221,6 +244,7 @@ def _prepare_folder(folder: Path, args) -> int:
             return ExitCode.USAGE
     from engine.data.scan import find_images, name_clashes
 
+    not_read: list[tuple[Path, str]] = []   # links out of the folder, FIFOs, huge sidecars: named
     try:
         paths = find_images(folder, recursive=args.recursive)
     except ScanError as exc:
@@ -235,8 +259,9 @@ def _prepare_folder(folder: Path, args) -> int:
         captions = []
         for path in paths:
             stem = path.with_suffix("")
-            captions.append(join_caption_and_tags(read_sidecar(stem.with_name(stem.name + args.caption_extension)),
-                                                  read_sidecar(stem.with_name(stem.name + args.tags_extension))))
+            captions.append(join_caption_and_tags(
+                read_sidecar(stem.with_name(stem.name + args.caption_extension), within=folder),
+                read_sidecar(stem.with_name(stem.name + args.tags_extension), within=folder)))
         settings = BucketSettings(args.resolution, True, False, 256, 1024, 64)
         report = _health_report(paths, captions, settings, args,
                                 sidecar_extensions=(args.caption_extension, args.tags_extension))
@@ -244,11 +269,12 @@ def _prepare_folder(folder: Path, args) -> int:
     try:
         meta = build_metadata(folder, recursive=args.recursive, caption_extension=args.caption_extension,
                               tags_extension=args.tags_extension, key_style=args.key_style, clean=args.clean,
-                              existing=existing, leave_out=undecodable)
+                              existing=existing, leave_out=undecodable, not_read=not_read)
     except (ScanError, ValueError) as exc:
         print(f"sdft prepare: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     _print_clashes(_console(stderr=args.json), name_clashes(paths))   # stdout holds only the JSON
+    _print_not_read(_console(stderr=args.json), not_read, folder)
     if not args.no_write:
         write_metadata_json(out, meta)
         with_caption = sum(1 for e in meta.values() if e.get("caption") or e.get("tags"))
@@ -332,7 +358,8 @@ def _prepare_run(path: Path, args) -> int:
     from engine.config.problems import ConfigError
     from engine.data.buckets import BucketSettings
     from engine.data.captions import caption_as_trained
-    from engine.data.metadata import MetadataError, read_metadata
+    from engine.data.metadata import MetadataError
+    from engine.data.subset_source import read_subset
 
     try:
         from engine.config.run_toml import load_run_config
@@ -349,12 +376,14 @@ def _prepare_run(path: Path, args) -> int:
         settings = BucketSettings.of_dataset(spec, args.resolution)
         paths, captions, masks = [], [], []
         for sub in spec.subsets:
-            try:
-                meta = read_metadata(sub.metadata_file, sub.image_dir)
+            try:   # a folder subset's captions as training reads them (engine/data/subset_source.py)
+                meta = read_subset(sub, caption_extension=cfg.data.caption_extension, recursive=cfg.data.recursive)
             except MetadataError as exc:
                 console.print(styled(("error", "red"), f" {sub.key}: {exc}"))
                 status = ExitCode.FINDINGS
                 continue
+            for warning in meta.warnings:   # keys naming images outside image_dir among them
+                console.print(styled(("warning", "yellow"), f" {sub.key}: {warning}"))
             for e in meta.entries:
                 paths.append(e.path)
                 masks.append(_mask_of(e.path, sub))
@@ -399,6 +428,6 @@ def _print_report(report, args, console) -> int:
 
 
 def _print_health(paths, captions, settings, args, console, exif_transpose: bool = True, masks=None) -> int:
-    # A run TOML's captions come from its metadata files, not from sidecars: none are checked.
+    # A run TOML's captions are read as training reads them (above): no sidecar is checked again.
     report = _health_report(paths, captions, settings, args, exif_transpose=exif_transpose, masks=masks)
     return _print_report(report, args, console)

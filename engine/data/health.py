@@ -36,7 +36,8 @@ ODD_MODES = {
 }
 SEVERITY = {"unreadable": "error", "truncated": "error", "zero_size": "error", "rejected": "error",
             "duplicate": "warning", "name_clash": "warning", "too_small": "warning", "heavy_upscale": "warning", "no_caption": "warning",
-            "too_long": "warning", "not_utf8": "warning", "odd_mode": "info", "exif_rotated": "info"}
+            "too_long": "warning", "not_utf8": "warning", "odd_mode": "info", "exif_rotated": "info",
+            "caption_cut": "warning", "refused_file": "warning"}
 # What each kind means, in a few words (the wizard's dataset step lists them so).
 KIND_LABELS = {
     "unreadable": "cannot be read (skipped)", "truncated": "truncated file", "zero_size": "empty file",
@@ -45,6 +46,8 @@ KIND_LABELS = {
     "too_long": "caption longer than max_token_length", "odd_mode": "pixel format converted",
     "exif_rotated": "EXIF rotation", "not_utf8": "caption file not UTF-8 (read with replacement characters)",
     "name_clash": "images sharing one name (all train, one caption file)",
+    "caption_cut": "caption cut before tokenizing (far over the token limit)",
+    "refused_file": "caption file not read (not a regular file, or too large)",
     "no_mask": "no loss mask", "bad_mask": "loss mask unusable", "empty_mask": "loss mask all zero",
 }
 # Findings that mean the image cannot train at all (``sdft prepare`` leaves these out of the metadata).
@@ -203,7 +206,10 @@ def _check_sidecar_encoding(paths, extensions: Sequence[str], report: HealthRepo
                 continue
             seen.add(sidecar)
             problem = sidecar_encoding_problem(sidecar)
-            if problem:
+            if problem and problem.startswith("not read"):
+                report.issues.append(HealthIssue(str(sidecar), "refused_file", f"{problem}; the image trains "
+                                                 "without this caption file: replace it with a text file"))
+            elif problem:
                 report.issues.append(HealthIssue(
                     str(sidecar), "not_utf8",
                     f"not UTF-8 text ({problem}): sdft reads it with those bytes replaced by U+FFFD "
@@ -231,13 +237,21 @@ def _check_sizes(results, settings: BucketSettings, upscale_limit: float, report
 
 
 def _check_captions(paths, captions, max_token_length, v2, report) -> None:
+    from engine.data.captions import caption_char_limit
+
     longest = []
+    limit = caption_char_limit(max_token_length or 225)
     for path, caption in zip(paths, captions):
         if not caption or not caption.strip():
             report.issues.append(HealthIssue(str(path), "no_caption", "no caption or tags: trains unconditionally"))
             longest.append("")
-        else:
-            longest.append(max(caption.split("\n"), key=len))
+            continue
+        if len(caption) > limit:   # cut as training cuts it, before the tokenizer sees it
+            report.issues.append(HealthIssue(str(path), "caption_cut", f"a caption of {len(caption):,} characters: "
+                                             f"training reads its first {limit:,} (at most {max_token_length or 225} "
+                                             "tokens); shorten it"))
+            caption = caption[:limit]
+        longest.append(max(caption.split("\n"), key=len))
     if not max_token_length:
         return
     counts = count_tokens(longest, v2)

@@ -1,7 +1,8 @@
 """Which images are held out for the validation loss: every image of an ``is_val`` subset, and
 ``validation_split`` of each other subset's images, picked by a seeded shuffle (kohya's
 ``split_train_val``: shuffled with ``validation_seed``, else the run's seed; the first
-``ceil(n·(1 − split))`` train, the rest validate). Held-out images never train."""
+``ceil(n·(1 − split))`` train, the rest validate). Held-out images never train; regularization
+images (``is_reg``) are never held out, as in kohya."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def hold_out(items: list, datasets: list, seed: int, log: Callable[[str], None])
         sub, spec = members[0].subset, datasets[members[0].dataset]
         if sub.is_val:
             chosen = members
+        elif sub.is_reg:
+            continue
         else:
             count = validation_count(len(members), spec.validation_split)
             if not count:

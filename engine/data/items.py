@@ -9,9 +9,11 @@ from typing import Any, Callable
 
 from engine.config.dataset import DatasetSpec, SubsetSpec
 from engine.data.buckets import BucketSettings, assign_sizes
-from engine.data.captions import caption_from_file_name, join_caption_and_tags, join_separator
-from engine.data.metadata import MetadataError, read_metadata
+from engine.data.captions import caption_char_limit, caption_from_file_name, join_caption_and_tags, join_separator
+from engine.data.metadata import MetadataError
+from engine.data.regularization import balance_regularization
 from engine.data.scan import read_sizes
+from engine.data.subset_source import read_subset
 
 
 @dataclass
@@ -28,34 +30,39 @@ class DataItem:
     resized: tuple[int, int]
     dataset: int
     subset: SubsetSpec
-    metadata_file: Path
+    metadata_file: Path           # its subset's source: the metadata file, or a folder subset's folder
     mask: Any = None              # engine.data.masks.MaskSource: its loss mask (masked loss), or None
     validation: bool = False      # held out for the validation loss: never trains
+    reg_repeats: int | None = None   # a regularization image's repeats (engine/data/regularization.py)
 
     @property
     def repeats(self) -> int:
-        return self.subset.num_repeats
+        return self.subset.num_repeats if self.reg_repeats is None else self.reg_repeats
 
 
 def dataset_items(di: int, spec: DatasetSpec, s: BucketSettings, data_cfg, problems: list[str],
-                   log: Callable[[str], None], start: int) -> tuple[list[DataItem], BucketSettings]:
-    """Read every subset's metadata, fill sizes, assign buckets (pinned train_resolution if chosen)."""
-    entries = []   # (subset, metadata_file, MetaEntry)
+                   log: Callable[[str], None], start: int,
+                   max_token_length: int = 225) -> tuple[list[DataItem], BucketSettings]:
+    """Read every subset's metadata, fill sizes, assign buckets (pinned train_resolution if chosen);
+    captions are cut at the characters ``max_token_length`` tokens can take (named in ``log``)."""
+    entries = []   # (subset, its source, MetaEntry)
     for sub in spec.subsets:
+        key = f"{sub.key}.{'image_dir' if sub.is_folder else 'metadata_file'}"
         try:
-            meta = read_metadata(sub.metadata_file, sub.image_dir)
+            meta = read_subset(sub, caption_extension=data_cfg.caption_extension, recursive=data_cfg.recursive)
         except MetadataError as exc:
-            problems.append(f"{sub.key}.metadata_file: {exc}")
+            problems.append(f"{key}: {exc}")
             continue
         except (OSError, ValueError) as exc:
-            problems.append(f"{sub.key}.metadata_file: cannot read {sub.metadata_file}: {exc}")
+            problems.append(f"{key}: cannot read {sub.source}: {exc}")
             continue
         for w in meta.warnings:
-            log(f"{sub.metadata_file.name}: {w}")
+            log(f"{sub.source.name}: {w}")
         if not meta.entries:
-            log(f"{sub.key}: metadata file {sub.metadata_file} is empty: subset skipped")
+            what = "image folder" if sub.is_folder else "metadata file"
+            log(f"{sub.key}: {what} {sub.source} is empty: subset skipped")
             continue
-        entries.extend((sub, sub.metadata_file, e) for e in meta.entries)
+        entries.extend((sub, sub.source, e) for e in meta.entries)
     missing = [e.path for _, _, e in entries if e.image_size is None]
     infos = {info.path: info for info in read_sizes(missing, exif_transpose=data_cfg.exif_transpose)}
     kept = []
@@ -86,7 +93,8 @@ def dataset_items(di: int, spec: DatasetSpec, s: BucketSettings, data_cfg, probl
         s = BucketSettings(s.resolution, True, False, s.min_bucket_reso, s.max_bucket_reso, s.bucket_reso_steps)
         log(f"{spec.key}: using the metadata's train_resolution buckets")
     assignments = assign_sizes([size for *_, size in kept], s, pinned)
-    items = []
+    items, cut = [], []
+    limit = caption_char_limit(max_token_length)
     sep_mode = data_cfg.caption_tags_join
     for (sub, mfile, e, size), a in zip(kept, assignments):
         if a.bucket is None:
@@ -96,8 +104,18 @@ def dataset_items(di: int, spec: DatasetSpec, s: BucketSettings, data_cfg, probl
         caption = join_caption_and_tags(e.caption, e.tags, sep=sep, wildcard=sub.enable_wildcard)
         if not caption and sub.caption_from_filename:
             caption = caption_from_file_name(e.path)
+        if len(caption) > limit:
+            cut.append(e.path.name)
+            caption = caption[:limit]
         items.append(DataItem(start + len(items), e.key, e.path, caption, e.tags, size, a.bucket, a.resized,
                               di, sub, mfile))
+    if cut:
+        shown = ", ".join(cut[:5]) + (f" and {len(cut) - 5} more" if len(cut) > 5 else "")
+        log(f"{spec.key}: {len(cut)} caption(s) over {limit:,} characters are cut there before tokenizing "
+            f"(training reads at most {max_token_length} tokens): {shown}")
+    items = balance_regularization(items, spec, log)
+    for position, item in enumerate(items):   # left-out regularization images leave no gap
+        item.index = start + position
     attach_masks(items, problems, log)
     return items, s
 

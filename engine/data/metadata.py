@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from engine import atomic
-from engine.data.scan import clash_index, find_images, image_extensions, read_sizes
+from engine.data.scan import clash_index, find_images, image_extensions, lies_within, read_sizes
 
 KEY_STYLES = ("relative", "stem", "absolute")
 
@@ -72,8 +72,13 @@ def _pairs_keep_duplicates(pairs: list[tuple[str, Any]]) -> dict:
 
 def load_raw(path: str | Path) -> tuple[dict[str, dict], list[str]]:
     """key → entry dict, in file order, plus warnings. JSON object or JSONL by suffix/content."""
+    from engine.user_files import FileRefused, read_text
+
     path = Path(path)
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = read_text(path, "metadata file")
+    except FileRefused as exc:
+        raise MetadataError(path, [f"the file {exc.reason} ({exc.hint})"]) from None
     warnings: list[str] = []
     if path.suffix.lower() == ".jsonl":
         raw: dict[str, dict] = {}
@@ -220,6 +225,11 @@ def read_metadata(path: str | Path, image_dir: str | Path | None = None, *, cwd:
         if e.path in seen:
             warnings.append(f"{e.key!r} and {seen[e.path]!r} name the same image")
         seen[e.path] = e.key
+    outside = [e.key for e in entries if image_dir is not None and not lies_within(e.path, image_dir)]
+    if outside:
+        shown = ", ".join(repr(k) for k in outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+        warnings.append(f"{len(outside)} key(s) name images outside {image_dir}: {shown}; they train (kohya's "
+                        "--full_path writes absolute keys), so check each is meant")
     return MetadataFile(path, entries, warnings)
 
 
@@ -256,7 +266,8 @@ def make_key(image: Path, image_dir: Path, key_style: str, *, shares_name: bool 
 def build_metadata(image_dir: str | Path, *, recursive: bool = False, caption_extension: str = ".caption",
                    tags_extension: str = ".txt", key_style: str = "relative", exif_transpose: bool = True,
                    train_resolution: dict[Path, tuple[int, int]] | None = None, clean: bool = False,
-                   existing: dict[str, dict] | None = None, leave_out: Iterable[Path] = ()) -> dict[str, dict]:
+                   existing: dict[str, dict] | None = None, leave_out: Iterable[Path] = (),
+                   not_read: list[tuple[Path, str]] | None = None) -> dict[str, dict]:
     """A folder of images + sidecars → kohya metadata dict (what ``sdft prepare`` writes).
 
     Entries get ``caption`` / ``tags`` when a sidecar exists, and always ``image_size``
@@ -265,6 +276,8 @@ def build_metadata(image_dir: str | Path, *, recursive: bool = False, caption_ex
     sidecars, keyed with their extension.
     ``existing`` entries (same key) are kept and updated, so hand edits survive.
     ``leave_out``: images to omit although their header reads (a health check could not decode them).
+    Images and sidecars that are links leading outside ``image_dir``, and sidecars that are not
+    regular files of a caption's size, are not read; ``not_read`` lists them (path, why).
     """
     from engine.data.captions import clean_caption, clean_tags, read_sidecar
 
@@ -272,7 +285,10 @@ def build_metadata(image_dir: str | Path, *, recursive: bool = False, caption_ex
         raise ValueError(f"key_style must be one of {', '.join(KEY_STYLES)}, got {key_style!r}")
     image_dir = Path(image_dir)
     left_out = {Path(p).resolve() for p in leave_out}
-    paths = [p for p in find_images(image_dir, recursive=recursive) if p.resolve() not in left_out]
+    outside: list[Path] = []
+    paths = [p for p in find_images(image_dir, recursive=recursive, outside=outside) if p.resolve() not in left_out]
+    if not_read is not None:
+        not_read.extend((p, f"a link to {os.path.realpath(p)}, outside {image_dir}") for p in outside)
     if key_style == "stem" and recursive and any(p.parent != image_dir for p in paths):
         raise ValueError('key_style "stem" needs a flat folder (kohya resolves stems in image_dir only); '
                          'use "relative"')
@@ -289,8 +305,9 @@ def build_metadata(image_dir: str | Path, *, recursive: bool = False, caption_ex
             entry = {k: v for k, v in (existing or {}).get(make_key(info.path, image_dir, "stem"), {}).items()
                      if k not in ("image_size", "train_resolution")}
         stem = info.path.with_suffix("")
-        caption = read_sidecar(stem.with_name(stem.name + caption_extension)) if caption_extension else None
-        tags = read_sidecar(stem.with_name(stem.name + tags_extension)) if tags_extension else None
+        sidecar = {"within": image_dir, "not_read": not_read}
+        caption = read_sidecar(stem.with_name(stem.name + caption_extension), **sidecar) if caption_extension else None
+        tags = read_sidecar(stem.with_name(stem.name + tags_extension), **sidecar) if tags_extension else None
         if caption is not None:
             entry["caption"] = clean_caption(caption) if clean else caption
         if tags is not None:

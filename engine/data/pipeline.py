@@ -29,6 +29,7 @@ from engine.data.captions import tag_frequency
 from engine.data.holdout import hold_out
 from engine.data.items import DataItem, dataset_items
 from engine.data.processing import process_caption, sample_rng, sample_seed
+from engine.data.parts import part_weight
 from engine.data.scan import clash_index, name_clashes
 
 
@@ -54,6 +55,8 @@ class Batch:
     keys: list[str]
     tokens: Any = None            # the captions' TokenBatch, when the loader tokenized them already
     masks: torch.Tensor | None = None   # (B, 1, h, w) loss weights on the latent grid (masked loss)
+    part: tuple[int, int, int] = (0, 0, 0)   # (start, end, count): this process's rows of the global batch
+    weight: float = 1.0           # its mean loss's weight in the average over processes (distributed.py)
 
 
 class TrainingData:
@@ -62,7 +65,7 @@ class TrainingData:
     def __init__(self, items: list[DataItem], datasets: list[DatasetSpec], settings: list[BucketSettings], *,
                  seed: int, cache_mode: str = "disk", cache_dir: Path | None = None, cache_cfg=None,
                  exif_transpose: bool = True, max_train_steps: int = 1600,
-                 run_name: str = "run", log: Callable[[str], None] = print):
+                 run_dir: str | Path = "run", log: Callable[[str], None] = print):
         self.items = items
         self.datasets = datasets
         self.settings = settings
@@ -72,12 +75,13 @@ class TrainingData:
         self.cache_cfg = cache_cfg
         self.exif_transpose = exif_transpose
         self.max_train_steps = max_train_steps   # the run's, once use_schedule() gives it
-        self.run_name = run_name
+        self.run_dir = Path(run_dir)   # names this run's manifest in a shared cache
         self.log = log
         self.latent_sampling = getattr(cache_cfg, "latent_sampling", "sample")
         self._latents: dict = {}          # item index -> CachedLatent
         self._excluded: set[int] = set()  # items that failed caching
         self._prepared = cache_mode == "none"
+        self.processes = 1                # use_processes: the global batch is the batch size times this
 
     # ------------------------------------------------------------ construction
 
@@ -101,7 +105,8 @@ class TrainingData:
                 log(f"{spec.key}: bucket_no_upscale needs enable_bucket; ignored")
             if s.no_upscale and (spec.min_bucket_reso, spec.max_bucket_reso) != (256, 1024):
                 log(f"{spec.key}: min/max_bucket_reso are ignored with bucket_no_upscale")
-            ds_items, s = dataset_items(di, spec, s, data_cfg, problems, log, start=len(items))
+            ds_items, s = dataset_items(di, spec, s, data_cfg, problems, log, start=len(items),
+                                        max_token_length=cfg.model.max_token_length)
             items.extend(ds_items)
             settings.append(s)
         if problems:
@@ -125,7 +130,7 @@ class TrainingData:
                 cache_dir = Path(cfg.base_dir) / cache_dir
         data = cls(items, blueprint.datasets, settings, seed=seed, cache_mode=cfg.cache.latents,
                    cache_dir=cache_dir, cache_cfg=cfg.cache, exif_transpose=data_cfg.exif_transpose,
-                   run_name=cfg.train.output_name, log=log)
+                   run_dir=cfg.run_dir(), log=log)
         live = sorted({it.subset.key for it in items if not it.subset.cacheable})
         if live and cfg.cache.latents != "none":
             log("random_crop/color_aug change pixels on every draw, so these subsets are encoded live "
@@ -175,10 +180,11 @@ class TrainingData:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over what decides batches: items, sizes, buckets, captions, options, batch sizes."""
+        """sha256 over what decides batches: items, sizes, buckets, captions, options, global batch
+        sizes (the same run on another number of processes keeps its fingerprint)."""
         h = hashlib.sha256()
-        for spec, s in zip(self.datasets, self.settings):
-            h.update(json.dumps([spec.batch_size, list(s.resolution), s.enable_bucket, s.no_upscale,
+        for d, (spec, s) in enumerate(zip(self.datasets, self.settings)):
+            h.update(json.dumps([self.global_batch_size(d), list(s.resolution), s.enable_bucket, s.no_upscale,
                                  s.min_bucket_reso, s.max_bucket_reso, s.bucket_reso_steps]).encode())
         for it in self.items:
             h.update(json.dumps([it.dataset, it.key, list(it.size), list(it.bucket), list(it.resized),
@@ -199,20 +205,54 @@ class TrainingData:
 
     # ------------------------------------------------------------ latents
 
-    def prepare_latents(self, vae, device, dtype=torch.float32, progress=None, *, vae_id: str | None = None) -> None:
+    def prepare_latents(self, vae, device, dtype=torch.float32, progress=None, *, vae_id: str | None = None,
+                        main: bool = True) -> None:
         """Fill the latent cache for every cacheable item. Bad images are skipped and reported;
         live-encoded images are decoded once here, so one that cannot be is left out now rather
-        than failing the run when its batch comes."""
+        than failing the run when its batch comes. ``main``: this process registers the run on the
+        disk cache and writes its manifest (the other processes of a run only read)."""
         live_failed = self._check_live_images()
         if self.cache_mode == "none":
             self._excluded = set(live_failed)
             self._report_left_out(live_failed)
             self._prepared = True
             return
-        from engine.data.cache import CacheJob, LatentCache, write_manifest
+        from engine.data.cache import register_run, write_manifest
 
-        cache = LatentCache(self.cache_dir, mode=self.cache_mode, store_dtype=getattr(self.cache_cfg, "dtype", "float32"),
-                            verify=getattr(self.cache_cfg, "verify", "full"))
+        on_disk = self.cache_mode == "disk" and self.cache_dir is not None
+        if on_disk and main:
+            register_run(self.cache_dir, self.run_dir)   # before the first write: prune now sees this run
+        result = self._latent_cache().prepare(self._cache_jobs(), vae, device, _torch_dtype(dtype),
+                                              vae_batch_size=getattr(self.cache_cfg, "vae_batch_size", 1),
+                                              vae_id=vae_id, progress=progress, log=self.log)
+        self._latents = result.latents
+        failed = {**result.failed, **live_failed}
+        self._excluded = set(failed)
+        self._report_left_out(failed)
+        if on_disk and main:
+            write_manifest(self.cache_dir, self.run_dir, [c.key for c in result.latents.values() if not c.kohya])
+        self._prepared = True
+        self.cache_result = result
+
+    def encode_share(self, vae, device, dtype, progress, rank: int, processes: int) -> None:
+        """A multi-process run's first caching pass: this process encodes every ``processes``-th
+        image into the disk cache (kohya shares caching the same way); prepare_latents then reads
+        them all. Images that fail are reported by that second pass."""
+        jobs = [job for n, job in enumerate(self._cache_jobs()) if n % processes == rank]
+        self._latent_cache().prepare(jobs, vae, device, _torch_dtype(dtype),
+                                     vae_batch_size=getattr(self.cache_cfg, "vae_batch_size", 1),
+                                     progress=progress, log=lambda _text: None)
+
+    def _latent_cache(self):
+        from engine.data.cache import LatentCache
+
+        return LatentCache(self.cache_dir, mode=self.cache_mode, store_dtype=getattr(self.cache_cfg, "dtype", "float32"),
+                           verify=getattr(self.cache_cfg, "verify", "full"))
+
+    def _cache_jobs(self) -> list:
+        """Every cacheable item as the cache encodes it."""
+        from engine.data.cache import CacheJob
+
         shares_name = clash_index(it.path for it in self.items)
         jobs = []
         for it in self.items:
@@ -222,18 +262,7 @@ class TrainingData:
             jobs.append(CacheJob(it.index, it.path, it.size, it.bucket, it.resized,
                                  crop_offset(it.resized, it.bucket), interpolation, it.subset.flip_aug,
                                  self.exif_transpose, kohya_npz=it.path not in shares_name, mask=it.mask))
-        if isinstance(dtype, str):
-            dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-        result = cache.prepare(jobs, vae, device, dtype, vae_batch_size=getattr(self.cache_cfg, "vae_batch_size", 1),
-                               vae_id=vae_id, progress=progress, log=self.log)
-        self._latents = result.latents
-        failed = {**result.failed, **live_failed}
-        self._excluded = set(failed)
-        self._report_left_out(failed)
-        if self.cache_mode == "disk" and self.cache_dir is not None:
-            write_manifest(self.cache_dir, self.run_name, [c.key for c in result.latents.values() if not c.kohya])
-        self._prepared = True
-        self.cache_result = result
+        return jobs
 
     def _check_live_images(self) -> dict[int, str]:
         """Item index -> why it cannot be decoded, for the images encoded live during training."""
@@ -279,17 +308,27 @@ class TrainingData:
             groups.setdefault((it.dataset, it.bucket, self._is_live(it)), []).extend([it.index] * it.repeats)
         return [(d, b, live, members) for (d, b, live), members in sorted(groups.items())]
 
+    def use_processes(self, processes: int) -> None:
+        """Plan at the global batch: each dataset's batch size times the processes of the run, so N
+        processes train the batches one process at N times the batch would (engine/train/distributed.py)."""
+        self.processes = processes
+
+    def global_batch_size(self, dataset: int) -> int:
+        return self.datasets[dataset].batch_size * getattr(self, "processes", 1)
+
     def batches_per_epoch(self) -> int:
-        return sum(math.ceil(len(m) / self.datasets[d].batch_size) for d, _b, _l, m in self._groups())
+        """Global batches per epoch (every process takes a part of each)."""
+        return sum(math.ceil(len(m) / self.global_batch_size(d)) for d, _b, _l, m in self._groups())
 
     def epoch_plan(self, epoch: int) -> list[BatchRef]:
-        """Shuffle each bucket, slice into batches, shuffle the batch list: a function of (seed, epoch)."""
+        """Shuffle each bucket, slice into global batches, shuffle the batch list: a function of
+        (seed, epoch) and the global batch size alone, whatever the number of processes."""
         rng = random.Random(sample_seed(self.seed, epoch, -1, -1, salt="plan"))
         plan: list[BatchRef] = []
         for d, bucket, live, members in self._groups():
             members = list(members)
             rng.shuffle(members)
-            size = self.datasets[d].batch_size
+            size = self.global_batch_size(d)
             for i in range(0, len(members), size):
                 plan.append(BatchRef(d, bucket, tuple(members[i:i + size]), live))
         rng.shuffle(plan)
@@ -297,13 +336,21 @@ class TrainingData:
 
     # ------------------------------------------------------------ batches
 
-    def load_batch(self, ref: BatchRef, *, epoch: int, global_step: int, position: int) -> Batch:
-        """Tensors for one planned batch. ``epoch`` is 1-based; ``global_step`` the exact optimizer step."""
+    def load_batch(self, ref: BatchRef, *, epoch: int, global_step: int, position: int,
+                   part: tuple[int, int] | None = None) -> Batch:
+        """Tensors for the items ``[start, end)`` (``part``; default all) of the global batch ``ref``
+        at ``position`` in the epoch's plan. ``epoch`` is 1-based; ``global_step`` the exact optimizer
+        step. Each sample's randomness is keyed by (position, its place in the global batch), so a
+        process draws for its items what one process would. An empty part loads the first item,
+        whose loss then weighs nothing (engine/train/distributed.py)."""
         if not ref.live and not self._prepared:
             raise RuntimeError("prepare_latents() must run before loading cached batches")
+        count = len(ref.items)
+        start, end = part if part is not None else (0, count)
+        places = range(start, end) if end > start else range(0, 1)
         samples, captions = [], []
-        for j, idx in enumerate(ref.items):
-            item = self.items[idx]
+        for j in places:
+            item = self.items[ref.items[j]]
             rng = sample_rng(self.seed, epoch, position, j)
             flipped = item.subset.flip_aug and rng.random() < 0.5
             offset = crop_offset(item.resized, item.bucket, random_crop=item.subset.random_crop, rng=rng)
@@ -311,7 +358,11 @@ class TrainingData:
                                         sample_seed(self.seed, epoch, position, j, salt="latent")))
             captions.append(process_caption(item.caption, item.subset, rng, epoch=epoch, step=global_step,
                                             max_train_steps=self.max_train_steps))
-        return self._batch(ref, samples, captions)
+        shown = BatchRef(ref.dataset, ref.bucket, tuple(ref.items[j] for j in places), ref.live)
+        batch = self._batch(shown, samples, captions)
+        batch.part = (places.start, places.stop, count)
+        batch.weight = 1.0 if part is None else part_weight(end - start, count, self.processes)
+        return batch
 
     def validation_plan(self) -> list[BatchRef]:
         """The held-out images once each, in fixed batches: (dataset, bucket) order, the dataset's
@@ -407,6 +458,12 @@ class TrainingData:
             noise_seed = int(entry.key[:15], 16) + (1 if flipped else 0)
         gen = torch.Generator().manual_seed(noise_seed)
         return mean + std * torch.randn(mean.shape, generator=gen)
+
+
+def _torch_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, str):
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    return dtype
 
 
 def _auto_interp(size, resized) -> str:

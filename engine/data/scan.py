@@ -64,9 +64,17 @@ class ImageInfo:
         return self.orientation not in (0, 1)
 
 
+def lies_within(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path``, every link followed, is inside ``root``. A dataset reads nothing a link
+    leads to outside its folder (a caption symlinked to ~/.ssh/id_rsa would be copied into
+    metadata.json and trained on)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+
+
 def find_images(root: str | Path, *, recursive: bool = False, extensions: Iterable[str] | None = None,
-                skip_dirs: Iterable[str] = CACHE_DIR_NAMES) -> list[Path]:
-    """Sorted image paths under ``root`` (images sharing a name are all listed: see :func:`name_clashes`)."""
+                skip_dirs: Iterable[str] = CACHE_DIR_NAMES, outside: list[Path] | None = None) -> list[Path]:
+    """Sorted image paths under ``root`` (images sharing a name are all listed: see :func:`name_clashes`).
+    Links that lead outside ``root`` are left out, and listed in ``outside`` when given."""
     root = Path(root)
     if not root.is_dir():
         raise ScanError(f"image folder not found: {root}")
@@ -81,6 +89,11 @@ def find_images(root: str | Path, *, recursive: bool = False, extensions: Iterab
     else:
         with os.scandir(root) as entries:
             found = [Path(e.path) for e in entries if _is_image(e.name, exts) and e.is_file()]
+    escaping = [p for p in found if not lies_within(p, root)]
+    if escaping:
+        if outside is not None:
+            outside.extend(escaping)
+        found = [p for p in found if p not in set(escaping)]
     found.sort()
     return found
 
@@ -217,7 +230,7 @@ def scan_folder(root: str | Path, *, recursive: bool = False, caption_extension:
     ``progress(done, total)`` is called as the headers are read (every 64 images)."""
     from engine.data.captions import read_sidecar
 
-    paths = find_images(root, recursive=recursive)
+    paths = find_images(root, recursive=recursive)   # links out of the folder are not read
     infos: list[ImageInfo] = []
     for start in range(0, len(paths), _PROGRESS_CHUNK):
         infos.extend(read_sizes(paths[start:start + _PROGRESS_CHUNK], exif_transpose=exif_transpose))
@@ -228,8 +241,8 @@ def scan_folder(root: str | Path, *, recursive: bool = False, caption_extension:
     items = []
     for info in infos:
         stem = info.path.with_suffix("")
-        caption = read_sidecar(stem.with_name(stem.name + caption_extension)) if caption_extension else None
-        tags = read_sidecar(stem.with_name(stem.name + tags_extension)) if tags_extension else None
+        caption = read_sidecar(stem.with_name(stem.name + caption_extension), within=root) if caption_extension else None
+        tags = read_sidecar(stem.with_name(stem.name + tags_extension), within=root) if tags_extension else None
         items.append(ScanItem(info, caption, tags))
     return items
 

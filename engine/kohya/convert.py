@@ -1,11 +1,13 @@
-"""A kohya ``fine_tune.py`` command line or ``--config_file`` TOML, turned into a run TOML.
+"""A kohya command line or config file, turned into a run TOML.
 
 :func:`from_command` takes the command as typed (``accelerate launch [its flags] fine_tune.py
---opt=value ...``, ``python fine_tune.py ...`` or just the options); :func:`from_config_file`
-takes kohya's config TOML, flat or sectioned as the kohya_ss GUI writes it (kohya reads every
-table's keys as options). Both give a :class:`Conversion`: the run document and one row per
-option saying where it went or why it was refused. Options are described in
-:mod:`engine.kohya.options`.
+--opt=value ...``, ``python train_db.py ...`` or just the options); :func:`from_config_file`
+takes kohya's config TOML, flat or sectioned (kohya reads every table's keys as options), or a
+kohya_ss GUI config JSON, found by its content (engine/kohya/gui.py). The script is recognised
+by its name (engine/kohya/scripts.py). Both give a :class:`Conversion`: the run document and one
+row per option saying where it went, why it was dropped (kohya ignores it) or why it was
+refused. Options are described in :mod:`engine.kohya.options`; how a conversion is shown and
+written is engine/kohya/report.py.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 
 from engine.config.key_values import parse_literal
 from engine.kohya.options import FLAG, KNOWN, LIST
+from engine.kohya.scripts import FINE_TUNE, TRAIN_DB, Script, recognise
 from engine.kohya.values import KohyaValueError
 
-SCRIPTS = ("fine_tune.py",)
 DATASET_TABLES = ("general.", "subset.")
+# fine_tune.py's options that train_db.py has not (it reads folders, and always trains the text encoder)
+NOT_IN_TRAIN_DB = ("in_json", "dataset_repeats", "diffusers_xformers", "train_text_encoder")
 
 
 @dataclass
@@ -30,32 +34,48 @@ class Row:
     went: list[str] = field(default_factory=list)   # "model.v2 = true", ...
     refused: str | None = None
     note: str | None = None
+    dropped: str | None = None    # left out on purpose: kohya ignores it, or it is what sdft does anyway
+    label: str | None = None      # how the input names it, when not --option (a GUI key, the script)
 
 
 @dataclass
 class Conversion:
     document: dict
     rows: list[Row]
+    script: str = FINE_TUNE
 
     @property
     def refused(self) -> list[Row]:
         return [r for r in self.rows if r.refused]
 
+    @property
+    def dropped(self) -> list[Row]:
+        return [r for r in self.rows if r.dropped and not r.refused]
+
 
 # ---------------------------------------------------------------- reading
 
 
-def kohya_arguments(tokens: list[str]) -> list[str]:
-    """The options after the script: drops ``accelerate launch`` and its own flags, ``python``
-    and the script path. Tokens with no script are taken as options already."""
+def split_command(tokens: list[str]) -> tuple[str | None, list[str]]:
+    """(the script's name or None, the options after it): drops ``accelerate launch`` and its own
+    flags, ``python`` and the script path. Tokens with no script are taken as options already."""
     for index, token in enumerate(tokens):
-        if Path(token).name in SCRIPTS or token.endswith(".py"):
-            return tokens[index + 1:]
-    return list(tokens)
+        if token.endswith(".py"):
+            return token, tokens[index + 1:]
+    return None, list(tokens)
 
 
-def parse_options(args: list[str]) -> tuple[dict[str, Any], list[Row]]:
+def known_to(script: Script) -> dict:
+    """The options ``script`` takes (kohya's other trainers' options that sdft has are taken too)."""
+    if script.folders:
+        return {k: v for k, v in KNOWN.items() if k not in NOT_IN_TRAIN_DB}
+    return KNOWN
+
+
+def parse_options(args: list[str], script: Script | None = None) -> tuple[dict[str, Any], list[Row]]:
     """kohya's argv as {option: text, True for flags, [texts] for lists}; rows for what is not one."""
+    script = script or Script(FINE_TUNE)
+    known = known_to(script)
     options: dict[str, Any] = {}
     problems: list[Row] = []
     i = 0
@@ -66,11 +86,11 @@ def parse_options(args: list[str]) -> tuple[dict[str, Any], list[Row]]:
             problems.append(Row(token, None, refused="not an option (kohya's options start with --)"))
             continue
         name, eq, text = token[2:].partition("=")
-        opt = KNOWN.get(name)
+        opt = known.get(name)
         if opt is None:
             if not eq and i < len(args) and not args[i].startswith("--"):
                 text, i = args[i], i + 1      # its value, so it is not read as a stray word
-            problems.append(Row(name, text or None, refused="not an option of kohya's fine_tune.py"))
+            problems.append(Row(name, text or None, refused=f"not an option of kohya's {script.name}"))
             continue
         if opt.kind == FLAG:
             options[name] = True
@@ -92,9 +112,16 @@ def parse_options(args: list[str]) -> tuple[dict[str, Any], list[Row]]:
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """kohya's ``--config_file`` TOML: keys at the top or inside any table are options."""
-    import tomllib
+    from engine.kohya.gui import read_config
 
-    data = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
+    kind, data = read_config(path)
+    if kind != "toml":
+        raise ValueError(f"{path} is JSON, and kohya's --config_file is a TOML; a kohya_ss GUI config converts "
+                         "with: sdft from-kohya --config-file FILE")
+    return flat_options(data)
+
+
+def flat_options(data: dict) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
@@ -108,55 +135,132 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def from_command(tokens: list[str]) -> Conversion:
-    options, problems = parse_options(kohya_arguments(tokens))
+    name, args = split_command(tokens)
+    script = recognise(name) if name else Script(FINE_TUNE)
+    options, problems = parse_options(args, script)
     if "config_file" in options:   # kohya: the file first, the command line wins
-        merged = {k: v for k, v in read_config_file(options["config_file"]).items() if not _is_default(k, v)}
+        merged = {k: v for k, v in read_config_file(options["config_file"]).items() if not is_default(k, v)}
         options = {**merged, **options}
-    return convert(options, problems)
+    return convert(options, _script_rows(script) + problems, script=script)
 
 
 def from_config_file(path: str | Path) -> Conversion:
-    options = {k: v for k, v in read_config_file(path).items() if not _is_default(k, v)}
-    problems = [Row(k, v, refused="not an option of kohya's fine_tune.py") for k, v in options.items()
-                if k not in KNOWN]
-    return convert({k: v for k, v in options.items() if k in KNOWN}, problems)
+    """kohya's config TOML (its script told by its options), or a kohya_ss GUI JSON."""
+    from engine.kohya.gui import from_gui_config, read_config
+
+    path = Path(path)
+    kind, data = read_config(path)
+    if kind == "json":
+        return from_gui_config(data, path)
+    options = {k: v for k, v in flat_options(data).items() if not is_default(k, v)}
+    script = script_of_options(options, path.parent)
+    known = known_to(script)
+    problems = [_unknown_in_file(k, v, script) for k, v in options.items() if k not in known]
+    rows = [Row(script.name, None, label=script.name, note=script.note)] if script.note else []
+    return convert({k: v for k, v in options.items() if k in known}, rows + problems, script=script,
+                   base=path.parent)
 
 
-def _is_default(name: str, value: Any) -> bool:
+def script_of_options(options: dict[str, Any], base: Path) -> Script:
+    """A config file does not name its script: train_db.py when it holds train_db.py's own options,
+    or reads kohya's N_name folders without a metadata file; else fine_tune.py."""
+    from engine.data.kohya_folders import is_layout
+    from engine.kohya.dreambooth import OWN_OPTIONS
+
+    own = sorted(k for k in OWN_OPTIONS if k in options)
+    folder = options.get("train_data_dir")
+    layout = bool(folder) and "in_json" not in options and any(
+        is_layout(p) for p in (Path(str(folder)), base / str(folder)))
+    if not (own or layout):
+        return Script(FINE_TUNE)
+    why = f"it holds {', '.join(own)}" if own else f"{folder} holds kohya's N_name folders"
+    return Script(TRAIN_DB, folders=True, note=f"read as train_db.py's options: {why}")
+
+
+def _unknown_in_file(name: str, value: Any, script: Script) -> Row:
+    """kohya ignores keys of a config file it does not know; the kohya_ss GUI writes a few of its own."""
+    from engine.kohya.gui import is_gui_field
+
+    if is_gui_field(name):
+        return Row(name, value, dropped="a kohya_ss GUI field, which kohya ignores in a config file")
+    return Row(name, value, refused=f"not an option of kohya's {script.name}")
+
+
+def _script_rows(script: Script) -> list[Row]:
+    return [Row(script.name, None, label=script.name, note=script.note)] if script.note else []
+
+
+def is_default(name: str, value: Any) -> bool:
     """kohya's config files hold every option; one at kohya's default was not chosen."""
     opt = KNOWN.get(name)
     if opt is None:
         return False
+    if isinstance(value, str) and opt.default is not None and not isinstance(opt.default, str):
+        value = parse_literal(value)   # a GUI's "1" for kohya's 1
     return value in (None, "", []) or value is False or (opt.default is not None and value == opt.default)
 
 
-def convert(options: dict[str, Any], problems: list[Row] | None = None) -> Conversion:
+def convert(options: dict[str, Any], problems: list[Row] | None = None, *, script: Script | None = None,
+            base: Path | None = None) -> Conversion:
+    script = script or Script(FINE_TUNE)
     rows = list(problems or [])
     values: dict[str, Any] = {}
+    options = dict(options)
+    if script.folders:
+        from engine.kohya.dreambooth import folder_rows
+
+        found, values = folder_rows(options, base or Path.cwd())
+        rows += found
     with_dataset_file = "dataset_config" in options
     for name, raw in options.items():
-        opt = KNOWN[name]
-        row = Row(name, raw, note=opt.note)
-        rows.append(row)
-        if opt.refused:
-            row.refused = opt.refused
-            continue
-        if name == "config_file":
-            row.went = ["(read)"]
-            continue
-        try:
-            targets = opt.to(raw, options) if callable(opt.to) else {opt.to: raw}
-            targets = {key: _typed(key, value) for key, value in targets.items()}
-        except KohyaValueError as exc:
-            row.refused = str(exc)
-            continue
-        if with_dataset_file and any(key.startswith(DATASET_TABLES) for key in targets):
-            row.refused = "kohya ignores it when --dataset_config is given: set it in the dataset TOML"
-            continue
-        for key, value in targets.items():
-            values[key] = value
-            row.went.append(f"{key} = {_show(value)}")
-    return Conversion(_document(values), rows)
+        rows.append(_converted(name, raw, options, values, with_dataset_file))
+    _drop_ignored(values, rows)
+    mark_secrets(rows)
+    return Conversion(_document(values), rows, script.name)
+
+
+def _converted(name: str, raw: Any, options: dict, values: dict, with_dataset_file: bool) -> Row:
+    """One option's row; what it sets is added to ``values``."""
+    opt = KNOWN[name]
+    row = Row(name, raw, note=opt.note)
+    if opt.refused:
+        row.refused = opt.refused
+        return row
+    if name == "config_file":
+        row.went = ["(read)"]
+        return row
+    try:
+        targets = opt.to(raw, options) if callable(opt.to) else {opt.to: raw}
+        targets = {key: _typed(key, value) for key, value in targets.items()}
+    except KohyaValueError as exc:
+        row.refused = str(exc)
+        return row
+    if with_dataset_file and any(key.startswith(DATASET_TABLES) for key in targets):
+        row.dropped = "kohya ignores it when --dataset_config is given: set it in the dataset TOML"
+        return row
+    if not targets:
+        row.dropped = opt.note or "what sdft does anyway: nothing to write"
+    for key, value in targets.items():
+        values[key] = value
+        row.went.append(f"{key} = {_show(value)}")
+    return row
+
+
+def _drop_ignored(values: dict[str, Any], rows: list[Row]) -> None:
+    """Leave out what kohya would ignore (engine/kohya/ignored.py), saying so on its row."""
+    from engine.kohya.ignored import ignored_values
+
+    for key, why in ignored_values(values).items():
+        del values[key]
+        for row in rows:
+            kept = [w for w in row.went if not w.startswith(f"{key} = ")]
+            if len(kept) == len(row.went):
+                continue
+            row.went = kept
+            if kept:
+                row.note = f"{key} left out: {why}"
+            else:
+                row.dropped = why
 
 
 def _typed(key: str, value: Any) -> Any:
@@ -200,12 +304,13 @@ def _show(value: Any) -> str:
 
 
 def _document(values: dict[str, Any]) -> dict:
-    """Nested run-file tables from dotted keys; general.* / subset.* become kohya's dataset tables."""
+    """Nested run-file tables from dotted keys; general.* / subset.* become kohya's dataset tables,
+    and ``datasets.subsets`` (train_db.py's folders) its subsets."""
     doc: dict[str, Any] = {"config_version": 1}
     general = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("general.")}
     subset = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("subset.")}
     for key, value in values.items():
-        if key.startswith(DATASET_TABLES):
+        if key.startswith(DATASET_TABLES) or key == "datasets.subsets":
             continue
         if key == "dataset_config":
             doc["dataset_config"] = value
@@ -217,37 +322,13 @@ def _document(values: dict[str, Any]) -> dict:
         table[last] = value
     if general:
         doc["general"] = general
-    if subset or general:
-        doc["datasets"] = [{"subsets": [subset]}]
+    subsets = values.get("datasets.subsets") or ([subset] if subset or general else [])
+    if subsets:
+        doc["datasets"] = [{"subsets": subsets}]
     return doc
 
 
-def render(conversion: Conversion, source: str) -> str:
-    """The run TOML text, headed by where it came from."""
-    import tomlkit
-
-    import textwrap
-
-    text = tomlkit.dumps(conversion.document)
-    lines = textwrap.wrap(source, width=94, break_long_words=False, break_on_hyphens=False)
-    header = "# Converted by `sdft from-kohya` from:\n" + "".join(f"#   {line}\n" for line in lines)
-    refused = [f"#   --{r.option}: {r.refused}\n" for r in conversion.refused]
-    if refused:
-        header += "# Refused (not in this file):\n" + "".join(refused)
-    return header + "# Check it with: sdft train THIS.toml --check\n\n" + text
-
-
-def report_lines(conversion: Conversion) -> list[tuple[str, str, str]]:
-    """(option, where it went or "refused", why / note) per option, refused ones last."""
-    rows = sorted(conversion.rows, key=lambda r: r.refused is not None)
-    out = []
-    for r in rows:
-        if r.refused:
-            out.append((f"--{r.option}", "refused", r.refused))
-        else:
-            out.append((f"--{r.option}", "; ".join(r.went), r.note or ""))
-    return out
-
+from engine.kohya.report import mark_secrets, render, report_lines  # noqa: E402 - render, report_lines re-exported
 
 __all__ = ["Conversion", "Row", "from_command", "from_config_file", "convert", "render", "report_lines",
-           "kohya_arguments", "parse_options", "read_config_file"]
+           "split_command", "parse_options", "read_config_file", "is_default"]

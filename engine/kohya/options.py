@@ -30,8 +30,8 @@ def refuse(reason: str, kind: str = VALUE, default: Any = None) -> Opt:
 
 
 HUB = "uploading to or resuming from the Hugging Face hub is not part of sdft; upload the saved file yourself"
-DEEPSPEED = "use an accelerate config file for DeepSpeed (see README, Many GPUs)"
-DDP = "set it in accelerate's config (`accelerate config`); sdft runs under accelerate's defaults"
+DEEPSPEED = ("sdft has no DeepSpeed path: train on several GPUs with `sdft train RUN.toml --gpus N` (data "
+             "parallel), and fit memory with memory.fused_backward_pass and bf16 weights (README, Many GPUs)")
 LOGS = "sdft's console has no log levels: headless output goes to the terminal, tracebacks to sdft.log"
 NOT_YET = "not in sdft yet"
 
@@ -96,6 +96,19 @@ def _scheduler(value, options) -> dict:
     if _adafactor_relative_step(options):
         return {"optimizer.lr_scheduler": "adafactor"}   # kohya switches to it, whatever was asked
     return {"optimizer.lr_scheduler": scheduler_name(value)}
+
+
+def _prior_loss_weight(value, _all) -> dict:
+    from engine.kohya.values import KohyaValueError
+
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise KohyaValueError(f"{value!r} is not a number") from None
+    if weight != 1.0:
+        raise KohyaValueError(f"sdft weighs regularization images' loss like the others (1.0, kohya's default); "
+                              f"{value} is not in sdft yet")
+    return {}   # 1.0 is what sdft does: nothing to write
 
 
 def _key_values(key: str) -> Callable:
@@ -172,7 +185,8 @@ OPTIONS: dict[str, Opt] = {
     "caption_dropout_every_n_epochs": Opt(VALUE, 0, to="general.caption_dropout_every_n_epochs"),
     "caption_tag_dropout_rate": Opt(VALUE, 0.0, to="general.caption_tag_dropout_rate"),
     "caption_extension": Opt(VALUE, ".caption", to="data.caption_extension",
-                             note="read by sdft prepare / caption / tag; training reads the metadata file"),
+                             note="the caption files folder subsets read (unless they set their own), and those "
+                                  "sdft prepare / caption / tag use"),
     "caption_extention": Opt(VALUE, to="data.caption_extension", note="kohya's old spelling"),
     "cache_info": refuse("a DreamBooth-method option (kohya's image-size cache for folder datasets); "
                          "the metadata method does not use it", FLAG),
@@ -228,7 +242,9 @@ OPTIONS: dict[str, Opt] = {
                                      note="background threads loading the next batches"),
     "persistent_data_loader_workers": refuse("not needed: sdft's loader threads always live for the whole run",
                                              FLAG),
-    "ddp_timeout": refuse(DDP), "ddp_gradient_as_bucket_view": refuse(DDP, FLAG), "ddp_static_graph": refuse(DDP, FLAG),
+    "ddp_timeout": Opt(VALUE, 0, to="train.ddp_timeout"),   # 0 or unset: the default wait, as in kohya
+    "ddp_gradient_as_bucket_view": Opt(FLAG, to="train.ddp_gradient_as_bucket_view"),
+    "ddp_static_graph": Opt(FLAG, to="train.ddp_static_graph"),
     "deepspeed": refuse(DEEPSPEED, FLAG), "zero_stage": refuse(DEEPSPEED, VALUE, 2),
     "offload_optimizer_device": refuse(DEEPSPEED), "offload_optimizer_nvme_path": refuse(DEEPSPEED),
     "offload_param_device": refuse(DEEPSPEED), "offload_param_nvme_path": refuse(DEEPSPEED),
@@ -297,6 +313,14 @@ OPTIONS: dict[str, Opt] = {
 # fine_tune.py command line never holds them, but a command or config file moved over from
 # those scripts does. The test of OPTIONS against fine_tune.py's parser leaves these out.
 OTHER_SCRIPTS: dict[str, Opt] = {
+    # train_db.py's own (engine/kohya/dreambooth.py reads reg_data_dir and the text encoder's)
+    "reg_data_dir": refuse("regularization images are train_db.py's: fine_tune.py has none (convert the "
+                           "train_db.py command, or write is_reg = true subsets)"),
+    "prior_loss_weight": Opt(VALUE, 1.0, to=_prior_loss_weight,
+                             note="1.0, kohya's default: sdft weighs regularization images' loss like the others"),
+    "no_token_padding": refuse("kohya's DreamBooth option to leave captions unpadded, as Diffusers' DreamBooth "
+                               "script does; sdft pads every caption to its token chunks, as fine_tune.py", FLAG),
+    "stop_text_encoder_training": Opt(VALUE, to="train.stop_text_encoder_training"),
     "masked_loss": Opt(FLAG, to="train.masked_loss"),
     "conditioning_data_dir": Opt(VALUE, to="subset.conditioning_data_dir"),
     "validation_split": Opt(VALUE, 0.0, to="general.validation_split"),
@@ -306,3 +330,12 @@ OTHER_SCRIPTS: dict[str, Opt] = {
     "max_validation_steps": Opt(VALUE, to="train.max_validation_steps"),
 }
 KNOWN: dict[str, Opt] = {**OPTIONS, **OTHER_SCRIPTS}
+
+# Options whose value is a secret: never written, not even in the converted file's header.
+SECRETS = ("huggingface_token", "wandb_api_key")
+
+
+def is_secret(name: str) -> bool:
+    """A token, key or password, by its option name (kohya's two, and any other spelled so)."""
+    name = name.lower()
+    return name in SECRETS or name.endswith(("_token", "api_key", "apikey", "password", "secret"))

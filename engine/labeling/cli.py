@@ -146,7 +146,8 @@ def resolve_targets(target: str, *, console=None) -> tuple[list[Target], dict]:
         for si, subset in enumerate(dataset.subsets):
             if subset.image_dir is None:
                 continue
-            targets.append(Target(Path(subset.image_dir), Path(subset.metadata_file), f"datasets[{di}].subsets[{si}]"))
+            metadata = Path(subset.metadata_file) if subset.metadata_file is not None else None   # a folder subset
+            targets.append(Target(Path(subset.image_dir), metadata, f"datasets[{di}].subsets[{si}]"))
     if not targets:
         raise _Usage(f"{path}: no subset has an image_dir to label")
     data = {"caption_extension": config.data.caption_extension, "tags_extension": config.data.tags_extension}

@@ -30,19 +30,31 @@ def is_safetensors(path: Path) -> bool:
     return looks_like_safetensors(path)
 
 
+def unreadable_safetensors(path: Path, exc: Exception) -> str:
+    """The one message for a .safetensors file that cannot be read (header, layout or data)."""
+    try:
+        size = f" ({path.stat().st_size:,} bytes)"
+    except OSError:
+        size = ""
+    return (f"{path}: cannot read it as safetensors ({str(exc).removeprefix(f'{path}: ')}). The file{size} is "
+            "damaged, truncated or not a safetensors file: download it again, or check the path")
+
+
 def read_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
     from safetensors import safe_open
 
+    from engine.models.safetensors_header import HeaderError, check_layout
+
+    try:
+        check_layout(path)   # the rules --check applies: dtypes, shapes, offsets
+    except HeaderError as exc:
+        raise ModelLoadError(unreadable_safetensors(path, exc)) from exc
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # SafetensorError, OSError: bad header, truncated data
-        size = path.stat().st_size
-        raise ModelLoadError(
-            f"{path}: cannot read it as safetensors ({exc}). The file ({size:,} bytes) is "
-            "truncated or not a safetensors file: download it again, or check the path"
-        ) from exc
+        raise ModelLoadError(unreadable_safetensors(path, exc)) from exc
     return tensors, metadata
 
 
@@ -63,15 +75,22 @@ def _lightning_stub(qualified: str):
     return Stub
 
 
-def _torch_load_restricted(path: Path) -> Any:
-    """torch.load(weights_only=True), stubbing Lightning globals one by one as they are met."""
+def _torch_load_restricted(path: Path, mmap: bool = False) -> Any:
+    """torch.load(weights_only=True), stubbing Lightning globals one by one as they are met.
+    ``mmap``: tensor data is mapped, not read (``--check``); a file in the legacy, non-zip
+    format cannot be mapped and is read."""
     import torch
 
     stubs: list = []
     while True:
         try:
             with torch.serialization.safe_globals(stubs):
-                return torch.load(path, map_location="cpu", weights_only=True)
+                try:
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+                except RuntimeError as exc:
+                    if not (mmap and "mmap" in str(exc)):
+                        raise
+                    return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             m = _UNSUPPORTED_GLOBAL.search(str(exc))
             if m and m.group(1).startswith(LIGHTNING_PREFIXES) and len(stubs) < MAX_STUBS:
@@ -81,12 +100,15 @@ def _torch_load_restricted(path: Path) -> Any:
             raise
 
 
-def read_torch_checkpoint(path: Path, allow_unsafe_pickle: bool = False, report: list[str] | None = None) -> Any:
-    """Load a pickled checkpoint safely; explain a refusal."""
+def read_torch_checkpoint(path: Path, allow_unsafe_pickle: bool = False, report: list[str] | None = None,
+                          scan: bool = False) -> Any:
+    """Load a pickled checkpoint safely; explain a refusal. ``scan`` (``--check``): map the
+    tensor data instead of reading it, and never run the unsafe unpickler: a file that needs it
+    (and is allowed to) gives None."""
     import torch
 
     try:
-        return _torch_load_restricted(path)
+        return _torch_load_restricted(path, mmap=scan)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         m = _UNSUPPORTED_GLOBAL.search(text)
@@ -100,6 +122,8 @@ def read_torch_checkpoint(path: Path, allow_unsafe_pickle: bool = False, report:
                 "tool you trust, or, only if you trust where the file came from, pass "
                 "--allow-unsafe-pickle (model.allow_unsafe_pickle = true)"
             ) from exc
+        if scan:
+            return None   # --check runs no code from the file; training will, as allowed
         if report is not None:
             report.append(f"warning: {path.name} was loaded as an UNSAFE pickle (it needs {what}) "
                           "because you allowed it")
@@ -115,14 +139,27 @@ def read_torch_checkpoint(path: Path, allow_unsafe_pickle: bool = False, report:
 def read_state_dict(path: Path, *, allow_unsafe_pickle: bool = False,
                     report: list[str] | None = None) -> tuple[dict, dict[str, str], dict]:
     """(tensors, metadata strings, extra info such as global_step) from a single file."""
-    import torch
-
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     if is_safetensors(path):
         tensors, metadata = read_safetensors(path)
         return tensors, metadata, {}
     obj = read_torch_checkpoint(path, allow_unsafe_pickle, report)
+    return _state_dict_of(obj, path)
+
+
+def scan_state_dict(path: Path, *, allow_unsafe_pickle: bool = False) -> tuple[dict, dict[str, str], dict] | None:
+    """:func:`read_state_dict` of a pickled checkpoint for ``--check``: unpickled by the
+    weights-only unpickler with the tensor data mapped, not read, and no model built; None when
+    only the (allowed) unsafe unpickler could read it, which ``--check`` never runs."""
+    obj = read_torch_checkpoint(path, allow_unsafe_pickle, scan=True)
+    return None if obj is None else _state_dict_of(obj, path)
+
+
+def _state_dict_of(obj, path: Path) -> tuple[dict, dict[str, str], dict]:
+    """(tensors, metadata, info) of an unpickled checkpoint; ModelLoadError when it is none."""
+    import torch
+
     if not isinstance(obj, dict):
         raise ModelLoadError(f"{path}: holds a {type(obj).__name__}, not a state dict; not a checkpoint")
     info = {k: obj[k] for k in ("epoch", "global_step") if isinstance(obj.get(k), int)}

@@ -309,7 +309,11 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
             f"{folder}: the diffusers folder lacks {', '.join(p + '/' for p in missing)}{hint}. "
             "A base model needs unet/, vae/ and text_encoder/ with config.json and weights; "
             "copy the missing parts from the original model")
-    ucfg = json.loads((folder / "unet" / "config.json").read_text("utf-8"))
+    from engine.models.config_check import check_component_config
+
+    ucfg = check_component_config(folder, "unet")   # a bad value is named before diffusers builds it
+    for component in needed[1:]:
+        check_component_config(folder, component)
     check_supported_folder(folder, ucfg)
     sub = "unet"
     if use_ema and (folder / "unet_ema" / "config.json").is_file():
@@ -325,8 +329,13 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
         text_encoder = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", dtype=torch.float32)
         vae_model = (load_vae(vae, allow_unsafe_pickle=allow_unsafe_pickle, report=report) if vae is not None
                      else AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=torch.float32))
-    except (OSError, EnvironmentError, ValueError) as exc:
-        raise ModelLoadError(f"{folder}: a component could not be loaded: {str(exc)[:400]}") from exc
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - diffusers/transformers fail many ways on a bad folder
+        raise ModelLoadError(f"{folder}: a component could not be loaded: {type(exc).__name__}: "
+                             f"{str(exc)[:400]}") from exc
+    for component, model in ((sub, unet), ("text_encoder", text_encoder), ("vae", None if vae else vae_model)):
+        _all_weights_loaded(folder / component, model)
     if vae is not None:
         report.append(f"VAE: from {vae} (model.vae)")
     ctx = int(unet.config.cross_attention_dim)
@@ -384,6 +393,18 @@ def _download_hub(repo_id: str) -> Path:
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+def _all_weights_loaded(component: Path, model) -> None:
+    """diffusers leaves the tensors a weights file lacks on the meta device, and training fails
+    later with "Cannot copy out of meta tensor": name the file instead."""
+    if model is None:
+        return
+    missing = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    if missing:
+        raise ModelLoadError(f"{component}: its weights file lacks {len(missing)} of the model's tensors (such as "
+                             f"{missing[0]}): the weights do not belong to this config.json; copy the folder "
+                             "again from the original model")
 
 
 def load_model(source: str, *, v2="auto", v_parameterization="auto", vae: str | None = None,

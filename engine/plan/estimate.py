@@ -96,6 +96,9 @@ UNET_SAMPLING_PER_IMAGE = 0.07e9
 # compares the planner with the GPU's peak).
 CUDNN_BENCHMARK_BYTES = 0.3e9
 
+# Several processes: NCCL's communicators, streams and staging buffers on each GPU (an allowance).
+NCCL_BYTES = 0.25e9
+
 CTX_BYTES = 0.5 * GIB
 FRAG = 1.05
 MARGIN = 0.10  # keep this share of the budget free: the model is ±10 %
@@ -137,6 +140,8 @@ class PlanOptions:
     stochastic_rounding: bool = True       # bf16 weights stepped on fp32 copies (fp32 optimizer states)
     sample: bool = False                   # sample previews: the VAE stays on the GPU, and sampling peaks
     cudnn_benchmark: bool = True           # cuDNN autotuning's workspaces
+    processes: int = 1                     # GPUs training together (DDP): the figure is per GPU
+    ddp_bucket_view: bool = True           # train.ddp_gradient_as_bucket_view: no second copy of the gradients
     # Assumptions about the runtime (the defaults describe sdft's engine; tests override them to
     # reproduce older published setups).
     grads_persist: bool | None = None      # None: only with gradient accumulation
@@ -147,7 +152,7 @@ class PlanOptions:
 
     @classmethod
     def from_config(cls, config, *, width: int | None = None, height: int | None = None,
-                    batch_size: int | None = None, family: str | None = None) -> "PlanOptions":
+                    batch_size: int | None = None, family: str | None = None, processes: int = 1) -> "PlanOptions":
         """Build from a RunConfig (engine.config.schema); resolution/batch come from its datasets
         when not given (largest bucket side = max_bucket_reso is not assumed: the resolution is)."""
         m, t = config.model, config.train
@@ -171,6 +176,7 @@ class PlanOptions:
             fused_backward_pass=config.memory.fused_backward_pass,
             stochastic_rounding=config.memory.stochastic_rounding,
             sample=bool(config.sample.prompts), cudnn_benchmark=config.memory.cudnn_benchmark,
+            processes=processes, ddp_bucket_view=t.ddp_gradient_as_bucket_view,
         )
 
 
@@ -280,6 +286,8 @@ def estimate_peak_vram(options: Any) -> Estimate:
         parts["cuDNN autotune workspace"] = CUDNN_BENCHMARK_BYTES
     if o.fused_backward_pass and o.mode == "full":
         trained = _fused(o, trained, te_train)
+    if o.processes > 1:
+        parts.update(_ddp(o, trained.grads))
 
     attn_fwd, attn_tail = _classic_attention(o)
     a_fwd = ACT_PER_SAMPLE[(trained.act_kind, gc)] * b * s + trained.cast_cache + attn_fwd + te_act
@@ -345,6 +353,16 @@ def _fused(o: PlanOptions, trained: _Trained, te_train: bool) -> _Trained:
     rounded = o.full_half and o.stochastic_rounding
     temp = largest * 12 if rounded else (largest * b_g if trained.step_temp else 0.0)
     return _Trained(2 * largest * b_g, temp, trained.act_kind, trained.cast_cache)
+
+
+def _ddp(o: PlanOptions, grads: float) -> dict[str, float]:
+    """What several processes add on each GPU: DDP's averaging buckets, a second copy of every
+    gradient unless the gradients are views into them (train.ddp_gradient_as_bucket_view, sdft's
+    default), and NCCL's communicators and buffers (an allowance, calibrated by none yet)."""
+    extra = {"NCCL communicators and buffers": NCCL_BYTES}
+    if not o.ddp_bucket_view:
+        extra["DDP gradient buckets"] = grads
+    return extra
 
 
 def _sampling_bytes(o: PlanOptions, s: float, vae_bytes: int) -> float:

@@ -9,15 +9,16 @@ from engine.plan.presets import PRESETS, budget_for_preset
 from engine.plan.suggestions import suggest
 
 
-def plan_report(config, *, vram_gb: float | None = None, hardware=None) -> str:
+def plan_report(config, *, vram_gb: float | None = None, hardware=None, processes: int = 1) -> str:
     """`sdft plan RUN.toml`: the estimate, its parts, and what to change if it does not fit.
 
     The budget is ``vram_gb`` when given, else the largest detected GPU; with neither, the
-    estimate is shown with the presets it fits.
+    estimate is shown with the presets it fits. ``processes``: GPUs training together (per GPU).
     """
-    options = PlanOptions.from_config(config)
+    options = PlanOptions.from_config(config, processes=processes)
     estimate = estimate_peak_vram(options)
-    lines = [f"Estimated peak VRAM: {fmt_gb(estimate.total_bytes)} (at the {estimate.phase}) for a full-size "
+    where = f" on each of {processes} GPUs" if processes > 1 else ""
+    lines = [f"Estimated peak VRAM: {fmt_gb(estimate.total_bytes)} (at the {estimate.phase}){where} for a full-size "
              f"{options.family.upper()} model, {options.width}x{options.height}, batch {options.batch_size}"]
     for part, value in sorted(estimate.breakdown.items(), key=lambda item: -item[1]):
         if value > 0:

@@ -25,6 +25,9 @@ class DatasetIndex:
     image_dir: Path | None = None
     metadata_file: Path | None = None     # the metadata the records came from (None: a folder)
     records: list[ImageRecord] = field(default_factory=list)
+    # folder subsets (kohya's DreamBooth method) the records came from, as their subset tables: the
+    # run file trains them as they are, so no metadata file is written for them
+    folder_subsets: list[dict] = field(default_factory=list)
 
     # ---------------------------------------------------------------- building
 
@@ -39,6 +42,29 @@ class DatasetIndex:
                                orientation=i.info.orientation, mode=i.info.mode, caption=i.caption, tags=i.tags)
                    for i in items]
         return cls(source=folder, image_dir=folder, records=records)
+
+    @classmethod
+    def from_folder_subsets(cls, subsets: list, tables: list[dict], *, caption_extension: str,
+                            recursive: bool = False, source: Path | None = None,
+                            progress: Progress | None = None) -> "DatasetIndex":
+        """Records of folder subsets (engine.config.dataset's SubsetSpec, with the tables that
+        describe them): every image with its caption file's text, as training finds it."""
+        from engine.data.scan import find_images, read_sizes
+        from engine.data.subset_source import caption_file
+
+        records = []
+        for sub in subsets:
+            images = find_images(sub.image_dir, recursive=recursive)
+            extension = sub.caption_extension or caption_extension
+            for info in read_sizes(images):
+                records.append(ImageRecord(path=info.path, size=info.size, error=info.error,
+                                           orientation=info.orientation, mode=info.mode,
+                                           caption=caption_file(info.path, extension, within=sub.image_dir),
+                                           caption_extension=extension, class_tokens=sub.class_tokens))
+            if progress:
+                progress(len(records), len(records))
+        first = subsets[0].image_dir if subsets else None
+        return cls(source=source or first, image_dir=first, records=records, folder_subsets=list(tables))
 
     @classmethod
     def from_metadata(cls, path: Path, image_dir: Path | None = None, *, source: Path | None = None,

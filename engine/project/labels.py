@@ -41,6 +41,11 @@ class LabelStore:
         return self.index.metadata_file is not None and record.key is not None
 
     def sidecar_path(self, record: ImageRecord, which: str) -> Path:
+        """Where ``which`` text of ``record`` lives; a folder subset's caption, in its own caption file."""
+        if which == "caption" and record.caption_file:
+            from engine.data.subset_source import caption_file_path
+
+            return caption_file_path(record.path, record.caption_extension)
         stem = record.path.with_suffix("")
         return stem.with_name(stem.name + self.extensions[which])
 

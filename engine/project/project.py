@@ -55,7 +55,21 @@ class Project:
         subset's prefix and suffix (the same function training uses)."""
         from engine.data.captions import caption_as_trained
 
-        return caption_as_trained(record.caption, record.tags, **self.caption_rules)
+        rules = dict(self.caption_rules)
+        if record.caption_file:   # a folder subset's image: its own subset's class tokens
+            rules.update(caption_file=True, class_tokens=record.class_tokens)
+        return caption_as_trained(record.caption, record.tags, **rules)
+
+    def token_counts(self, records, v2: bool) -> list[int]:
+        """Each record's token count as training tokenizes its caption (imports the tokenizer: call
+        from a worker). The caption is cut where training cuts it first, so a huge one costs no
+        more here than training reads."""
+        from engine.data.captions import caption_char_limit
+        from engine.models.tokenizer import count_tokens
+
+        limit = caption_char_limit(225)
+        texts = [self.caption_as_trained(r)[:limit] for r in records]
+        return count_tokens(texts, v2=v2) if texts else []
 
     def bucket_report(self):
         """The engine's bucket report for the draft's settings (raises on bad limits)."""
@@ -99,7 +113,7 @@ class Project:
     @property
     def metadata_unsaved(self) -> bool:
         """A folder dataset: its metadata JSON is written on save, so until then it is missing."""
-        return self.index.metadata_file is None and self.index.image_dir is not None
+        return self.index.metadata_file is None and self.index.image_dir is not None and not self.index.folder_subsets
 
     def render(self, run_path: Path | None = None) -> str:
         run_path = self._path(run_path)
@@ -130,6 +144,8 @@ class Project:
         return Path(run_path or self.default_run_path())
 
     def _link(self, run_path: Path) -> DatasetLink:
+        if self.index.folder_subsets:   # they train as they are: no metadata file
+            return DatasetLink(None, self.index.image_dir, tuple(self.index.folder_subsets))
         meta = self.index.metadata_file
         if meta is None and self.index.image_dir is not None:
             meta = self.metadata_target(run_path)

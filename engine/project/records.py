@@ -19,6 +19,15 @@ class ImageRecord:
     mode: str = ""
     key: str | None = None          # metadata key when the dataset came from a metadata file
     tokens: int | None = None       # CLIP tokens of the text as trained (filled by a token count)
+    # a folder subset's image: ``caption`` is the text of its caption file (this extension), and
+    # class_tokens what it trains with when that file is missing or empty
+    caption_extension: str | None = None
+    class_tokens: str | None = None
+
+    @property
+    def caption_file(self) -> bool:
+        """A folder subset's image (kohya's DreamBooth method): see caption_extension."""
+        return self.caption_extension is not None
 
     @property
     def usable(self) -> bool:
@@ -55,7 +64,7 @@ def record_problems(r: ImageRecord, max_tokens: int, min_side: int) -> list[str]
     if r.error or r.size is None:
         return ["unreadable"]
     kinds = []
-    if r.caption is None and r.tags is None:
+    if r.caption is None and r.tags is None and not r.class_tokens:
         kinds.append("no_caption")
     elif not (r.caption or "").strip() and not (r.tags or "").strip():
         kinds.append("empty_caption")

@@ -118,10 +118,25 @@ def canonical_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class DatasetLink:
-    """Where the run's first subset reads its images and labels (paths as the draft sees them)."""
+    """Where the run's first subset reads its images and labels (paths as the draft sees them).
+    A first dataset of folder subsets gives them all instead: their specs and the tables a new run
+    file writes for them (image_dir as a path)."""
 
     metadata_file: Path | None
     image_dir: Path | None
+    folder_subsets: tuple[dict, ...] = ()
+    subsets: tuple = ()
+
+
+def folder_subset_table(sub) -> dict:
+    """The table that describes a folder subset (engine.config.dataset's SubsetSpec) in a run file."""
+    table: dict[str, Any] = {"image_dir": sub.image_dir, "num_repeats": sub.num_repeats}
+    for name in ("caption_extension", "class_tokens"):
+        if getattr(sub, name):
+            table[name] = getattr(sub, name)
+    if sub.is_reg:
+        table["is_reg"] = True
+    return table
 
 
 @dataclass(frozen=True)
@@ -152,6 +167,9 @@ def dataset_tables(blueprint, caption_tags_join: str | None = None) -> DatasetTa
              "prefix": sub.caption_prefix, "suffix": sub.caption_suffix}
     if caption_tags_join is not None:
         rules["join"] = caption_tags_join
+    if all(s.is_folder for s in ds.subsets):
+        link = DatasetLink(None, sub.image_dir, tuple(folder_subset_table(s) for s in ds.subsets), tuple(ds.subsets))
+        return DatasetTables(values, link, rules)
     image_dir = sub.image_dir or (sub.metadata_file.parent if sub.metadata_file else None)
     return DatasetTables(values, DatasetLink(sub.metadata_file, image_dir), rules)
 
@@ -250,11 +268,12 @@ class RunDraft:
         return list(warnings)
 
     def check(self, run_path: Path, dataset: DatasetLink, *, skip_data: bool = False) -> list:
-        """What ``sdft train --check`` says about the file as it would be written (imports torch)."""
+        """What ``sdft train --check`` says about the file as it would be written (imports torch);
+        an earlier run in its folder is a note, since the wizard asks what to do with it."""
         from engine.preflight import check_run_text
 
         _config, problems = check_run_text(self.render(run_path, dataset), file=str(run_path),
-                                           base_dir=run_path.parent, skip_data=skip_data)
+                                           base_dir=run_path.parent, skip_data=skip_data, restart=None)
         return problems
 
     def would_replace(self, run_path: Path) -> bool:
@@ -310,18 +329,28 @@ class RunDraft:
         for key, value in self.values.items():
             if key.startswith("dataset."):
                 table[key.split(".", 1)[1]] = value
-        subset = tomlkit.table()
-        subset["metadata_file"] = _relative(dataset.metadata_file, run_path) or "metadata.json"
-        if dataset.image_dir is not None:
-            subset["image_dir"] = _relative(dataset.image_dir, run_path)
-        subset["num_repeats"] = self.values["subset.num_repeats"]
-        subsets = tomlkit.aot()
-        subsets.append(subset)
-        table["subsets"] = subsets
+        table["subsets"] = self._subset_tables(run_path, dataset)
         datasets = tomlkit.aot()
         datasets.append(table)
         doc["datasets"] = datasets
         return doc
+
+
+    def _subset_tables(self, run_path: Path, dataset: DatasetLink):
+        """The subsets of a new run file: the folder subsets as they are, or one metadata subset;
+        the first takes the draft's num_repeats."""
+        subsets = tomlkit.aot()
+        for table in dataset.folder_subsets or ({},):
+            subset = tomlkit.table()
+            if not dataset.folder_subsets:
+                subset["metadata_file"] = _relative(dataset.metadata_file, run_path) or "metadata.json"
+                if dataset.image_dir is not None:
+                    subset["image_dir"] = _relative(dataset.image_dir, run_path)
+            for name, value in table.items():
+                subset[name] = _relative(value, run_path) if name == "image_dir" else value
+            subsets.append(subset)
+        subsets[0]["num_repeats"] = self.values["subset.num_repeats"]
+        return subsets
 
 
 def _relative(path: Path | None, run_path: Path) -> str | None:

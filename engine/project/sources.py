@@ -25,6 +25,10 @@ class OpenedSource:
 def open_dataset_source(path: Path, draft: RunDraft, *, recursive: bool = False,
                         progress: Callable[[int, int], None] | None = None) -> OpenedSource:
     """Read ``path``; a dataset or run TOML also fills ``draft`` (a run TOML opens in it)."""
+    from engine.data.kohya_folders import is_layout
+
+    if path.is_dir() and is_layout(path):
+        return _open_layout(path, draft, recursive, progress)
     if path.is_dir():
         index = DatasetIndex.from_folder(path, caption_extension=draft.get("data.caption_extension"),
                                          tags_extension=draft.get("data.tags_extension"),
@@ -56,12 +60,38 @@ def _open_toml(path: Path, draft: RunDraft, progress) -> OpenedSource:
         draft.values.update(tables.values)
     rules = tables.caption_rules if tables is not None else {}
     link = tables.link if tables is not None else None
+    if link is not None and link.folder_subsets:
+        index = DatasetIndex.from_folder_subsets(link.subsets, list(link.folder_subsets),
+                                                 caption_extension=draft.get("data.caption_extension"),
+                                                 recursive=bool(draft.get("data.recursive", False)), source=path,
+                                                 progress=progress)
+        return OpenedSource(index, rules)
     if link is None or link.metadata_file is None:
         if progress:
             progress(0, 0)
         return OpenedSource(DatasetIndex(source=path, image_dir=link.image_dir if link else None), rules)
     index = DatasetIndex.from_metadata(link.metadata_file, link.image_dir, source=path, progress=progress)
     return OpenedSource(index, rules)
+
+
+def _open_layout(path: Path, draft: RunDraft, recursive: bool, progress) -> OpenedSource:
+    """kohya's DreamBooth folder of ``N_name`` sub-folders, opened as the dataset tables it stands for
+    (engine/data/kohya_folders.py), its captions read with the draft's caption extension (the
+    subsets take [data] caption_extension, which the run file writes)."""
+    from engine.config.dataset import parse_dataset_tables
+    from engine.config.problems import ProblemList
+    from engine.data.kohya_folders import layout_dataset
+
+    problems = ProblemList(file=str(path))
+    blueprint = parse_dataset_tables(layout_dataset(path), problems=problems, base_dir=path)
+    problems.raise_if_errors()
+    tables = dataset_tables(blueprint)
+    # the folders say the repeats; the draft's bucket settings stay (no file chose others)
+    draft.set("subset.num_repeats", tables.values["subset.num_repeats"])
+    index = DatasetIndex.from_folder_subsets(tables.link.subsets, list(tables.link.folder_subsets),
+                                             caption_extension=draft.get("data.caption_extension"),
+                                             recursive=recursive, source=path, progress=progress)
+    return OpenedSource(index, tables.caption_rules)
 
 
 def is_run_file(path: Path) -> bool:

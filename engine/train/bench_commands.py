@@ -1,5 +1,6 @@
-"""`sdft bench` on the console: the plain bench, `--matrix`, `--gpu-report`, `--gpu-smoke` and `--learning`. Progress lines go to
-stderr as the bench works, so `--json` keeps stdout to one JSON object. Nothing heavy is imported
+"""`sdft bench` on the console: the plain bench, `--matrix`, `--gpu-report`, `--gpu-smoke`, `--gpus`
+and `--learning`. Progress lines go to stderr as the bench works, so `--json` keeps stdout to one
+JSON object. Nothing heavy is imported
 until a command runs (`sdft bench --help` stays instant)."""
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def bench_command(args) -> int:
     window = CpuUseWindow()
     if getattr(args, "learning", None) or getattr(args, "score", None):
         code = learning_command(args)
+    elif getattr(args, "gpus", None):
+        code = scaling_command(args)
     elif getattr(args, "gpu_report", None):
         code = gpu_report_command(args, axes)
     elif getattr(args, "gpu_smoke", None):
@@ -64,6 +67,36 @@ def bench_command(args) -> int:
     return code
 
 
+def scaling_command(args) -> int:
+    from engine.hardware import probe_gpus_nvidia_smi
+    from engine.launch import LaunchError, gpu_count_wanted, peer_to_peer_ok
+
+    gpus, _note = probe_gpus_nvidia_smi()
+    try:
+        count = gpu_count_wanted(args.gpus, len(gpus))
+    except LaunchError as exc:
+        say(f"sdft bench: {exc}")
+        return ExitCode.USAGE
+    return show_scaling(args, count, peer_to_peer_ok() if count > 1 else None)
+
+
+def show_scaling(args, processes: int, p2p_ok) -> int:
+    from engine.train.bench_scaling import scaling_report
+
+    steps, warmup = _steps(args, "plain")
+    report = scaling_report(_run_file(args), processes, steps, warmup, p2p_ok=p2p_ok, progress=say)
+    if args.json:
+        print(json.dumps(report))
+        return ExitCode.OK
+    one, many = report["one"], report["many"]
+    print(f"1 process:  {one['engine_samples_per_s']:.2f} samples/s")
+    print(f"{processes} processes: {many['engine_samples_per_s']:.2f} samples/s "
+          f"({report['efficiency']:.0%} of {processes}x one process)")
+    for line in report["notes"] + ([report["warning"]] if "warning" in report else []):
+        say(f"sdft bench: warning: {line}")
+    return ExitCode.OK
+
+
 def plain_command(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -73,6 +106,10 @@ def plain_command(args) -> int:
     config = _run_file(args)
     steps, warmup = _steps(args, "plain")
     result = run_bench(config, steps=steps, warmup=warmup, progress=say)
+    from engine.train.distributed import is_main_process
+
+    if not is_main_process():   # one of `sdft bench --gpus N`'s processes: the main one reports
+        return ExitCode.OK
     if args.json_out:
         from engine.train.bench_report import write_json
 

@@ -19,6 +19,7 @@ from engine.train.context import RunParts, StepContext, StepHook
 from engine.train.divergence import checked
 from engine.train.optimizers import with_evaluation_weights
 from engine.train.schedule import epochs_between_saves
+from engine.train.resume_check import INPUTS_FILE, inputs_text
 from engine.train.state import save_state
 
 EXTENSIONS = {"safetensors": ".safetensors", "ckpt": ".ckpt", "diffusers": "", "diffusers_safetensors": ""}
@@ -112,9 +113,9 @@ class Checkpointer(StepHook):
         b = p.bundle
         save_state(folder, trainables=p.trainables(), optimizer=b.optimizer, scheduler=b.lr_scheduler,
                    scaler=p.accelerator.scaler, ema=b.ema, counters=ctx.counters(stopped),
-                   config_text=p.config_text)
+                   config_text=p.config_text, texts={INPUTS_FILE: inputs_text(self.cfg, p.data)})
         self.last_state_path = str(folder)
-        self.rotate_states()
+        self.rotate_states(keep_also=folder)
         p.sink.emit(ModelSaved(path=str(folder), what="state", step=ctx.step, epoch=ctx.event_epoch))
         return str(folder)
 
@@ -195,12 +196,15 @@ class Checkpointer(StepHook):
                 if number <= cutoff:
                     _remove(path)
 
-    def rotate_states(self) -> None:
+    def rotate_states(self, keep_also: Path | None = None) -> None:
+        """Keep the newest ``save.last_n_states`` states, and always ``keep_also``: the state
+        just written, which a stop names in its resume command even when older runs of the
+        folder left states of higher steps."""
         keep = self.cfg.save.last_n_states
         if keep:
             pattern = re.compile(rf"^{re.escape(self.cfg.train.output_name)}-step(\d{{8}})-state$")
             folder = self.parts.run_dir / "state"
-            self._keep_newest(pattern, keep, folder)
+            self._keep_newest(pattern, keep, folder, spare=keep_also)
 
     def _matches(self, pattern, folder: Path | None = None):
         folder = folder or self.folder
@@ -213,10 +217,11 @@ class Checkpointer(StepHook):
                 found.append((path, int(match.group(1))))
         return sorted(found, key=lambda item: item[1])
 
-    def _keep_newest(self, pattern, keep: int, folder: Path | None = None) -> None:
+    def _keep_newest(self, pattern, keep: int, folder: Path | None = None, spare: Path | None = None) -> None:
         matches = self._matches(pattern, folder)
         for path, _number in matches[:-keep]:
-            _remove(path)
+            if path != spare:
+                _remove(path)
 
 
 def _remove(path: Path) -> None:

@@ -205,13 +205,29 @@ def compile_unet(unet, backend: str, say: Say) -> None:
         "shape take longer while it builds")
 
 
-def cache_latents(data, vae, accelerator, precision, progress) -> None:
-    """Encode the cacheable images once (the main process writes the cache, the others read
-    it after); ``progress(done, total)`` may raise to stop."""
+def cache_latents(data, vae, accelerator, precision, progress, agreement) -> None:
+    """Encode the cacheable images once; ``progress(done, total)`` may raise StopTraining to stop.
+    Several processes share the encoding of a disk cache (each every N-th image), agree on a stop
+    (``agreement``, engine/train/distributed.py) so none waits for one that left, then each reads
+    the whole cache. A memory cache is each process's own."""
+    from engine.train.context import StopTraining
+
     vae.requires_grad_(False).eval()
     vae.to(accelerator.device, precision.vae_dtype)
-    if accelerator.is_main_process:
-        data.prepare_latents(vae, accelerator.device, precision.vae_dtype, progress=progress)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        data.prepare_latents(vae, accelerator.device, precision.vae_dtype, progress=None)
+    device, dtype, main = accelerator.device, precision.vae_dtype, accelerator.is_main_process
+    if accelerator.num_processes == 1:
+        data.prepare_latents(vae, device, dtype, progress=progress)
+        return
+    stopped = None
+    try:
+        if data.cache_mode == "disk":
+            data.encode_share(vae, device, dtype, progress, accelerator.process_index, accelerator.num_processes)
+        else:
+            data.prepare_latents(vae, device, dtype, progress=progress, main=main)
+    except StopTraining as exc:
+        stopped = exc
+    if agreement.stop_agreed(stopped is not None):
+        raise stopped or StopTraining("another process was stopped while caching latents; the latents encoded "
+                                      "so far are kept in the cache")
+    if data.cache_mode == "disk":   # every share is written: each process reads them all
+        data.prepare_latents(vae, device, dtype, progress=progress if main else None, main=main)

@@ -19,6 +19,7 @@ def encode_latents(config_path: str | Path, say: Callable[[str], None], progress
     from engine.data.pipeline import TrainingData
     from engine.runlock import RunLock
     from engine.train.components import cache_latents, default_side, load_base_model
+    from engine.train.distributed import ControlAgreement
     from engine.train.precision import start_accelerator
 
     cfg = load_run_config(config_path)
@@ -30,5 +31,5 @@ def encode_latents(config_path: str | Path, say: Callable[[str], None], progress
         model, noise = load_base_model(cfg, accelerator.device, say)
         side = default_side(model, noise)
         data = TrainingData.from_config(cfg, default_resolution=(side, side), log=say)
-        cache_latents(data, model.vae, accelerator, precision, progress)
+        cache_latents(data, model.vae, accelerator, precision, progress, ControlAgreement())
         return data.cache_result

@@ -12,6 +12,7 @@ import torch
 
 from engine.train import objective as obj
 from engine.train.context import RunParts
+from engine.train.distributed import rows_of
 
 
 def latents_of(parts: RunParts, batch, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -29,8 +30,9 @@ def latents_of(parts: RunParts, batch, generator: torch.Generator | None = None)
             posterior = vae.encode(pixels).latent_dist
             mean, std = posterior.mean.float(), posterior.std.float()
         on = generator.device if generator is not None else mean.device
-        xi = torch.randn(mean.shape, generator=generator, device=on)
-        z = mean + std * xi.to(mean.device)
+        count = getattr(batch, "part", (0, 0, 0))[2] or mean.shape[0]
+        xi = torch.randn((count, *mean.shape[1:]), generator=generator, device=on)   # the global batch's draw
+        z = mean + std * rows_of(xi, _part(batch, count)).to(mean.device)
     return z * parts.components.noise.latent_scale
 
 
@@ -46,13 +48,55 @@ def unet_dtype(parts: RunParts) -> torch.dtype:
 
 
 def compute_loss(parts: RunParts, batch, generator: torch.Generator) -> torch.Tensor:
-    """The training objective for one micro-batch."""
+    """The training objective for one micro-batch: its mean loss, weighted by the batch's share of
+    the global batch when several processes share it (engine/data/parts.py)."""
+    return weighted_mean(sample_losses(parts, batch, generator), batch)
+
+
+def sample_losses(parts: RunParts, batch, generator: torch.Generator) -> torch.Tensor:
+    """Each sample's loss. Noise and timesteps are drawn for the whole global batch, as one process
+    would draw them, and this process keeps its rows."""
     t_cfg, tables = parts.cfg.train, parts.components.noise
     x0 = latents_of(parts, batch, generator)
-    noise = obj.make_noise(x0, tables.noise_options, generator)
-    timesteps = obj.sample_timesteps(x0.shape[0], t_cfg.min_timestep, t_cfg.max_timestep, generator).to(parts.device)
+    count = getattr(batch, "part", (0, 0, 0))[2] or x0.shape[0]
+    part = _part(batch, count)
+    means = global_means(parts, x0, part) if tables.noise_options.adaptive_noise_scale is not None else None
+    noise = obj.make_noise(x0, tables.noise_options, generator, count, means)
+    timesteps = obj.sample_timesteps(count, t_cfg.min_timestep, t_cfg.max_timestep, generator).to(parts.device)
     noise_in = obj.perturb_input_noise(noise, tables.noise_options, generator)
-    return losses_at(parts, batch, x0, noise, noise_in, timesteps).mean()
+    noise, noise_in, timesteps = (rows_of(t, part) for t in (noise, noise_in, timesteps))
+    return losses_at(parts, batch, x0, noise, noise_in, timesteps)
+
+
+def weighted_mean(losses: torch.Tensor, batch) -> torch.Tensor:
+    weight = getattr(batch, "weight", 1.0)
+    mean = losses.mean()
+    return mean if weight == 1.0 else mean * weight
+
+
+def _part(batch, count: int) -> tuple[int, int, int]:
+    part = getattr(batch, "part", None)
+    return part if part and part[2] else (0, count, count)
+
+
+def global_means(parts: RunParts, x0: torch.Tensor, part: tuple[int, int, int]) -> torch.Tensor | None:
+    """Adaptive noise's per-sample latent means for the whole global batch: this process's own when
+    it holds the whole batch (None: make_noise takes them from x0), else gathered from every process
+    (one small collective per micro-batch, only with adaptive_noise_scale on several processes)."""
+    start, end, count = part
+    if (start, end) == (0, count):
+        return None
+    from engine.data.parts import rank_part
+
+    accelerator = parts.accelerator
+    world = accelerator.num_processes
+    width = -(-count // world)
+    local = x0.float().mean(dim=(2, 3), keepdim=True).abs()[: end - start]
+    padded = torch.zeros((width, *local.shape[1:]), device=local.device)
+    padded[: local.shape[0]] = local
+    gathered = accelerator.gather(padded)
+    rows = [gathered[r * width: r * width + (e - s)] for r in range(world) for s, e in [rank_part(count, world, r)]]
+    return torch.cat(rows)
 
 
 def losses_at(parts: RunParts, batch, x0: torch.Tensor, noise: torch.Tensor, noise_in: torch.Tensor,

@@ -30,7 +30,7 @@ class MetricsHook(StepHook):
             loss=m["loss"], loss_avg=ctx.loss_avg, lr=scheduler.get_last_lr()[0],
             lrs=dict(zip(p.bundle.lr_group_names, scheduler.get_last_lr())),
             grad_norm=m["grad_norm"], it_per_s=m["it_per_s"],
-            samples_per_s=m["samples_per_s"] * p.accelerator.num_processes,
+            samples_per_s=m["samples_per_s"],   # global samples: every process counts its global batches
             eta_s=remaining / m["it_per_s"] if m["it_per_s"] > 0 else 0.0,
             elapsed_s=ctx.elapsed_s, **device_memory(p.device),
         ))
@@ -54,37 +54,52 @@ class SampleHook(StepHook):
 
 
 class ControlHook(StepHook):
-    """RunControl's requests at a step boundary: save, sample, pause, stop (raises StopTraining)."""
+    """RunControl's requests at a step boundary, agreed by every process of the run (one small
+    collective, engine/train/distributed.py): save, sample, pause, stop (raises StopTraining)."""
 
-    def __init__(self, control, sink, checkpointer, sampler, on_resumed: Callable[[], None]):
-        self.control, self.sink = control, sink
+    def __init__(self, control, agreement, sink, checkpointer, sampler, on_resumed: Callable[[], None],
+                 requests=None):
+        self.control, self.agreement, self.sink = control, agreement, sink
         self.checkpointer, self.sampler = checkpointer, sampler
         self.on_resumed = on_resumed   # the loop restarts its speed clock after a pause
+        self.requests = requests       # engine.control_file.ControlFileReader: sdft watch's requests (main process)
 
     def on_step(self, ctx: StepContext) -> None:
-        control = self.control
-        if control.take_save_request():
+        self._take_requests()
+        agreed = self.agreement.agree(self.control)
+        if agreed.save:
             self.checkpointer.save_model(ctx, kind="manual")
-        if control.take_sample_request():
+        if agreed.sample:
             self.sampler.sample(ctx)
-        if control.paused:
+        stop = agreed.stop
+        if agreed.pause and not stop:
             self.sink.emit(StatusChanged(status=ControlStatus.PAUSED))
-            control.wait_while_paused()
-            if not control.stop_requested:
+            stop = self.agreement.hold_while_paused(self.control, on_poll=self._take_requests)
+            if not stop:
                 self.sink.emit(StatusChanged(status=ControlStatus.RUNNING))
                 self.on_resumed()
-        if control.stop_requested:
+        if stop:
+            if not self.control.stop_requested:   # another process's stop: this one's record says so too
+                self.control.request_stop("stopped by another process of the run")
             self.sink.emit(StatusChanged(status=ControlStatus.STOPPING))
-            raise StopTraining(control.stop_reason)
+            raise StopTraining(self.control.stop_reason)
+
+
+    def _take_requests(self) -> None:
+        if self.requests is not None:
+            self.requests.apply(self.control)
 
 
 def run_started(parts: RunParts, start_step: int) -> RunStarted:
     """The event that opens a run: its schedule, data and device."""
     s, cfg = parts.schedule, parts.cfg
     batch_sizes = [getattr(d, "batch_size", 1) for d in getattr(cfg.datasets, "datasets", [])]
+    batch = max(batch_sizes) if batch_sizes else 1
+    processes = parts.accelerator.num_processes
     return RunStarted(
         run_dir=str(parts.run_dir), total_steps=s.total_steps, total_epochs=s.total_epochs,
         steps_per_epoch=s.steps_per_epoch, num_images=parts.data.num_images,
-        batch_size=max(batch_sizes) if batch_sizes else 1, device=str(parts.device),
+        batch_size=batch, device=str(parts.device),
         start_step=start_step, model=parts.components.model.source, attention=parts.components.attention,
+        processes=processes, global_batch=batch * processes * cfg.train.gradient_accumulation_steps,
     )

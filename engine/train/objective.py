@@ -55,20 +55,25 @@ class NoiseOptions:
     ip_noise_gamma_random_strength: bool = False
 
 
-def make_noise(x0: torch.Tensor, opts: NoiseOptions, generator: torch.Generator) -> torch.Tensor:
-    """ε ~ N(0, I) with noise offset, then multi-resolution noise, drawn on the generator's device
-    (the training device: no copy, and no read back to the host)."""
+def make_noise(x0: torch.Tensor, opts: NoiseOptions, generator: torch.Generator, count: int | None = None,
+               means: torch.Tensor | None = None) -> torch.Tensor:
+    """ε ~ N(0, I) with noise offset, then multi-resolution noise, for ``count`` samples (default
+    x0's; a process of a multi-process run draws for the whole global batch and keeps its rows,
+    engine/train/distributed.py), on the generator's device. Adaptive noise scales each offset by
+    its latent's mean: ``means`` gives all ``count`` of them when x0 holds only some."""
     b, c, h, w = x0.shape
+    count = b if count is None else count
     on = generator.device
-    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32, device=on)
+    noise = torch.randn((count, c, h, w), generator=generator, dtype=torch.float32, device=on)
     if opts.noise_offset:
         offset = torch.tensor(opts.noise_offset, dtype=torch.float32, device=on)
         if opts.noise_offset_random_strength:
             offset = offset * torch.rand((), generator=generator, device=on)
         if opts.adaptive_noise_scale is not None:
-            mean = x0.float().mean(dim=(2, 3), keepdim=True).abs().to(on)
-            offset = torch.clamp(offset + opts.adaptive_noise_scale * mean, min=0.0)
-        noise = noise + offset * torch.randn((b, c, 1, 1), generator=generator, device=on)
+            if means is None:
+                means = x0.float().mean(dim=(2, 3), keepdim=True).abs()
+            offset = torch.clamp(offset + opts.adaptive_noise_scale * means.to(on), min=0.0)
+        noise = noise + offset * torch.randn((count, c, 1, 1), generator=generator, device=on)
     if opts.multires_noise_iterations:
         noise = _add_multires_noise(noise, opts.multires_noise_iterations, opts.multires_noise_discount, generator)
     return noise.to(x0.device)

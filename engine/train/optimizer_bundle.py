@@ -27,14 +27,25 @@ class OptimizerBundle:
     text_encoder: Any
 
 
-def parameter_groups(cfg, components: Components) -> list[dict]:
+def lr_scale(cfg, processes: int) -> float:
+    """``optimizer.scale_lr``: the learning rates times the global batch (the largest dataset batch
+    size x processes x accumulation), or its square root; 1 for "none"."""
+    if cfg.optimizer.scale_lr == "none":
+        return 1.0
+    datasets = getattr(cfg.datasets, "datasets", None) or []
+    batch = max((d.batch_size for d in datasets), default=1)
+    size = batch * processes * cfg.train.gradient_accumulation_steps
+    return float(size) if cfg.optimizer.scale_lr == "linear" else size ** 0.5
+
+
+def parameter_groups(cfg, components: Components, scale: float = 1.0) -> list[dict]:
     """U-Net (learning_rate), text encoder (learning_rate_te) or hypernetwork, each with its
-    parameters' names (the EMA is keyed by them)."""
+    parameters' names (the EMA is keyed by them); ``scale`` multiplies every rate (lr_scale)."""
     o = cfg.optimizer
 
     def group(name: str, module, lr: float) -> dict:
         named = [(f"{name}.{key}", p) for key, p in module.named_parameters() if p.requires_grad]
-        return {"params": [p for _key, p in named], "named": named, "lr": lr, "name": name}
+        return {"params": [p for _key, p in named], "named": named, "lr": lr * scale, "name": name}
 
     groups = []
     if cfg.train.mode == "full":
@@ -50,11 +61,12 @@ def parameter_groups(cfg, components: Components) -> list[dict]:
 
 def build_bundle(cfg, components: Components, accelerator, total_steps: int) -> OptimizerBundle:
     o, t = cfg.optimizer, cfg.train
-    groups = parameter_groups(cfg, components)
+    scale = lr_scale(cfg, accelerator.num_processes)
+    groups = parameter_groups(cfg, components, scale)
     if not groups:
         raise ValueError("nothing to train: check train.mode and train.train_text_encoder")
     optimizer = build_optimizer(o.type, [{"params": g["params"], "lr": g["lr"]} for g in groups],
-                                o.learning_rate, o.args, accelerator.device.type)
+                                o.learning_rate * scale, o.args, accelerator.device.type)
     lr_scheduler = schedule_for(o, optimizer, total_steps)
     model = components.model
     if components.hypernetwork is not None:

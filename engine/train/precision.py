@@ -79,9 +79,13 @@ def _without_bf16(memory) -> tuple[str, bool, str]:
 
 def start_accelerator(cfg, say):
     """The run's accelerate ``Accelerator`` and its Precision; precision notes go to ``say``."""
+    import datetime
+
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    from engine.train.distributed import ddp_timeout_minutes
 
     device = choose_device(cfg.memory.device)
     precision = decide_precision(cfg.memory, device)
@@ -92,12 +96,27 @@ def start_accelerator(cfg, say):
     AcceleratorState._reset_state(reset_partial_state=False)
     # With clip skip, a trained text encoder's last layers get no gradient: DDP must know.
     skips_layers = cfg.train.train_text_encoder and cfg.model.clip_skip > 1
-    accelerator = Accelerator(
-        mixed_precision=precision.mixed_precision, cpu=device.type == "cpu",
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=skips_layers)],
-    )
+    t = cfg.train
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=skips_layers,
+                                        gradient_as_bucket_view=t.ddp_gradient_as_bucket_view,
+                                        static_graph=t.ddp_static_graph)
+    waits = InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=ddp_timeout_minutes(t)))
+    accelerator = Accelerator(mixed_precision=precision.mixed_precision, cpu=device.type == "cpu",
+                              kwargs_handlers=[ddp, waits])
+    refuse_unsupported_launch(accelerator)
     set_backend_flags(cfg.memory, device)
     return accelerator, precision
+
+
+def refuse_unsupported_launch(accelerator) -> None:
+    """sdft trains data-parallel (one whole model per GPU); an accelerate config that asks for
+    DeepSpeed or FSDP would wrap the model in ways its step, saves and resume do not follow."""
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind in ("DEEPSPEED", "FSDP", "MEGATRON_LM"):
+        raise RuntimeError(f"this accelerate configuration asks for {kind}, which sdft does not train with: "
+                           "run `sdft train RUN.toml --gpus N` (data parallel, one whole model per GPU) and fit "
+                           "memory with memory.fused_backward_pass and bf16 weights; `accelerate config` "
+                           "should say multi-GPU without DeepSpeed or FSDP")
 
 
 def set_backend_flags(memory, device: torch.device) -> None:

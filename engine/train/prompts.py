@@ -180,7 +180,12 @@ def _json_items(text: str) -> list[tuple[object, int]] | None:
 
 
 def _read_file(path: Path, default_size: int) -> list[SamplePrompt]:
-    text = path.read_text(encoding="utf-8-sig")
+    from engine.user_files import FileRefused, read_text
+
+    try:
+        text = read_text(path, "prompts file")
+    except FileRefused as exc:
+        raise PromptError(f"the file {exc.reason} ({exc.hint})", path=str(path)) from None
     out: list[SamplePrompt] = []
     if path.suffix.lower() == ".json":
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engine.train.context import RunParts
 from engine.train.optimizers import set_train_mode
+from engine.train.resume_check import compare, describe_inputs, read_inputs
 from engine.train.state import (
     Counters,
     StateError,
@@ -35,11 +36,12 @@ def parts_math_hash(parts: RunParts, seed) -> str:
     return math_hash(parts.cfg, parts.components.noise.v_prediction, parts.precision.mixed_precision, seed)
 
 
-def restore(parts: RunParts, resume: str, seed, allow_changed: bool) -> Counters | None:
+def restore(parts: RunParts, resume: str, seed, allow_changed: bool, agreement) -> Counters | None:
     """Load the state ``resume`` names into the parts; its counters, or None to start at step 0."""
     skipped: list[str] = []
     run_dir = parts.run_dir
     folder = find_state_folder(resume, run_dir, parts.cfg.base_dir, skipped)
+    folder = agreement.from_main(folder)   # the main process verified it (state.verify_state)
     for reason in skipped:
         parts.say(f"skipped a newer state that does not verify: {reason}", "warning")
     if folder is None and skipped:
@@ -49,18 +51,14 @@ def restore(parts: RunParts, resume: str, seed, allow_changed: bool) -> Counters
         parts.say("train.resume = \"latest\" but no saved state was found: starting from step 0", "warning")
         return None
     saved = read_counters(folder)
-    changes = []
-    if saved.seed != seed:   # only when the file sets a seed: else the runner reused the state's
-        changes.append(f"train.seed (the state was trained with {saved.seed}, the file says {seed})")
-    if saved.config_hash != parts_math_hash(parts, saved.seed):
-        changes.append("training options (objective, optimizer, precision, prompts)")
-    if saved.dataset_fingerprint != parts.data.fingerprint:
-        changes.append("the dataset (images, captions or buckets)")
-    if changes and not allow_changed:
-        raise ValueError(
-            f"cannot resume from {folder}: changed since it was saved: {', '.join(changes)}. "
-            "Undo the change, or pass --allow-changed to continue anyway"
-        )
+    verdict = compare(saved, read_inputs(folder), seed=seed, math_hash=parts_math_hash(parts, saved.seed),
+                      now=describe_inputs(parts.cfg, parts.data))
+    if verdict.refusals and not allow_changed:
+        raise ValueError(verdict.refusal_message(folder))
+    if verdict.refusals:
+        parts.say(f"resuming with --allow-changed although {', '.join(verdict.refusals)} changed", "warning")
+    for note in verdict.notes:   # a data edit: the run goes on, and says so
+        parts.say(note, "warning")
     notes: list[str] = []
     b = parts.bundle
     counters = load_state(folder, trainables=parts.trainables(), optimizer=b.optimizer, scheduler=b.lr_scheduler,

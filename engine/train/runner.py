@@ -7,7 +7,6 @@ outcome (done, stopped, failed, out of memory) into a RunResult and a RunFinishe
 
 from __future__ import annotations
 
-import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from engine.config import run_toml
 from engine.control import RunControl
 from engine.events import FanOut, JsonlSink, Message, RunFinished
 from engine.threads import apply_thread_policy
+from engine.train.distributed import is_distributed, is_main_process, use_local_gpu
 from engine.train.trackers import open_trackers
 from engine.vocabulary import RunStatus
 
@@ -43,12 +43,14 @@ def resolved_config_text(document, seed: int, source: Path) -> str:
 
 def run_training(config_path: str | Path, *, sink=None, control: RunControl | None = None,
                  log_path: str | Path | None = None, resume: str | None = None,
-                 allow_changed: bool = False) -> RunResult:
+                 allow_changed: bool = False, restart: bool = False) -> RunResult:
     """Train as the run TOML says. Never raises for training failures: see the result.
 
-    Configuration errors (:class:`~engine.config.problems.ConfigError`) and a run folder
+    Configuration errors (:class:`~engine.config.problems.ConfigError`, among them a folder
+    holding an earlier run when neither ``resume`` nor ``restart`` is given) and a run folder
     held by another live process (:class:`~engine.runlock.RunFolderBusy`) are raised, since
-    nothing has started yet and the caller shows them (exit code 2 headless).
+    nothing has started yet and the caller shows them (exit code 2 headless). ``restart``
+    moves an earlier run in the folder aside (docs/run-folder.md, "Starting again").
     """
     from engine.quiet import quiet_libraries
     from engine.train.seeds import resolve_seed
@@ -56,8 +58,9 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
     quiet_libraries()
 
     config_path = Path(config_path)
+    use_local_gpu()
     config, document, warnings = run_toml.load_run_file(config_path)
-    warnings = warnings + _preflight(config, resume)
+    warnings = warnings + _preflight(config, resume, restart, allow_changed)
     control = control or RunControl()
     seed = seed_in_effect(config, resume)
     if seed is None and is_distributed():
@@ -67,17 +70,18 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
     with _owner_of(run_dir) as lock:  # raises RunFolderBusy before the folder is touched
         return _train_in(run_dir, config, document, warnings, config_path=config_path, sink=sink,
                          control=control, log_path=log_path, resume=resume, allow_changed=allow_changed,
-                         took_over=lock.took_over if lock else None)
+                         took_over=lock.took_over if lock else None, restart=restart)
 
 
-def _preflight(config, resume: str | None) -> list:
+def _preflight(config, resume: str | None, restart: bool, allow_changed: bool) -> list:
     """What `sdft train --check` finds beyond the schema, before anything is cached or loaded:
     errors raise ConfigError; warnings are returned for the event log."""
     from engine.preflight import preflight, raise_if_errors
 
-    problems = preflight(config, resume=resume)
+    problems = preflight(config, resume=resume, restart=restart, allow_changed=allow_changed)
     raise_if_errors(problems)
-    return [p for p in problems if p.severity == "warning"]
+    # the resume's notes (a data edit) are said by the trainer as it restores the state
+    return [p for p in problems if p.severity == "warning" and p.key != "train.resume"]
 
 
 def _folder_deleted(run_dir: Path, out: FanOut, control: RunControl) -> None:
@@ -99,7 +103,7 @@ def _owner_of(run_dir: Path):
 
 
 def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, sink, control: RunControl,
-              log_path, resume: str | None, allow_changed: bool, took_over) -> RunResult:
+              log_path, resume: str | None, allow_changed: bool, took_over, restart: bool = False) -> RunResult:
     """The run itself, with the folder held: events, the resolved config, the Trainer."""
     import torch
 
@@ -110,9 +114,11 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
     text = resolved_config_text(document, config.train.seed, config_path)
     jsonl = trackers = None
     out = FanOut()
+    earlier = None
     if is_main_process():  # other processes of a multi-GPU run stay silent and write nothing
         trackers = open_trackers(config, text)   # TensorBoard / W&B; ConfigError if one cannot run here
         run_dir.mkdir(parents=True, exist_ok=True)
+        earlier = _keep_earlier_run(run_dir) if restart and not (resume or config.train.resume) else None
         events_path = run_dir / "events.jsonl"
         if not (resume or config.train.resume):
             events_path.unlink(missing_ok=True)  # a fresh run starts a fresh event log
@@ -127,6 +133,8 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
             trackers.report = out.emit
             out.add(trackers)
         atomic.write_text(run_dir / "config.toml", text)
+    if earlier is not None:
+        out.emit(Message(level="info", text=f"started over: the earlier run is kept in {earlier}"))
     if took_over is not None:
         out.emit(Message(level="warning", text=f"took over {run_dir} from {took_over.describe()}, "
                                                "which ended without releasing it"))
@@ -142,8 +150,9 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
         trainer.setup()
         result.status = trainer.run()
         result.message = "training finished" if result.status == RunStatus.COMPLETED else control.stop_reason
-    except StopTraining:   # stopped while preparing: no step was taken, so there is no state to save
-        result.status, result.message = RunStatus.STOPPED, f"{control.stop_reason} before training started"
+    except StopTraining as exc:   # stopped while preparing: no step was taken, so there is no state to save
+        said = str(exc) if str(exc) != control.stop_reason else ""   # e.g. what caching kept
+        result.status, result.message = RunStatus.STOPPED, said or f"{control.stop_reason} before training started"
     except KeyboardInterrupt:
         result.status, result.message = RunStatus.STOPPED, "interrupted"
     except Diverged as exc:   # nothing is written after it: the weights are not finite
@@ -174,6 +183,13 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
     return result
 
 
+def _keep_earlier_run(run_dir: Path) -> Path | None:
+    """--restart: the earlier run moved aside, before the new one writes (engine/run_history.py)."""
+    from engine.run_history import move_aside, run_history
+
+    return move_aside(run_dir) if run_history(run_dir) is not None else None
+
+
 def seed_in_effect(config, resume: str | None) -> int | None:
     """The file's seed; when the file sets none and the run resumes, the seed the state was
     trained with (the run goes on exactly as it started); None means draw a new one."""
@@ -189,15 +205,6 @@ def seed_in_effect(config, resume: str | None) -> int | None:
         return read_counters(folder).seed if folder is not None else None
     except (OSError, ValueError, TypeError, KeyError):
         return None   # a bad state folder: the trainer reports it with its own message
-
-
-def is_distributed() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun / accelerate launch, or a plain single process."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _what_was_kept(trainer, config) -> str:

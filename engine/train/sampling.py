@@ -48,8 +48,9 @@ def make_scheduler(name: str, base_config):
 
 
 class Sampler:
-    def __init__(self, parts):
+    def __init__(self, parts, should_stop=lambda: False):
         self.parts = parts
+        self.should_stop = should_stop   # a stop interrupts sampling at the next image
         cfg = parts.cfg
         self.prompts = load_prompts(cfg.sample.prompts, base_dir=cfg.base_dir,
                                     default_size=parts.components.default_side)
@@ -75,6 +76,9 @@ class Sampler:
             unet.eval()
             with preserved_rng(), torch.no_grad():
                 for index, prompt in enumerate(self.prompts):
+                    if self.should_stop():
+                        p.say(f"sampling stopped after {index} of {len(self.prompts)} image(s): a stop was requested")
+                        break
                     saved.append(self._one(ctx, unet, index, prompt))
         finally:
             if use_ema:
@@ -82,7 +86,8 @@ class Sampler:
             unet.train(was_training)
             if not p.cfg.sample.prompts:
                 vae.to("cpu")
-        self._grid(ctx, saved)
+        if saved:
+            self._grid(ctx, saved)
         return saved
 
     def _grid(self, ctx, saved: list[str]) -> None:

@@ -1,7 +1,8 @@
 """How long a run trains: the one place steps and epochs are resolved.
 
-``max_train_epochs`` wins over ``max_train_steps``; an epoch is every batch of the dataset once,
-shared between the processes of a multi-GPU run and grouped by gradient accumulation. The data
+``max_train_epochs`` wins over ``max_train_steps``; an epoch is every global batch of the dataset
+once (the processes of a multi-GPU run each train a part of every one), grouped by gradient
+accumulation. The data
 pipeline (a fractional ``token_warmup_step``), the learning-rate schedule, the loop and preflight
 all read the result instead of working it out again.
 """
@@ -14,21 +15,20 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Schedule:
-    batches_per_epoch: int       # micro-batches this process sees per epoch
+    batches_per_epoch: int       # global micro-batches per epoch (each process trains a part of each)
     steps_per_epoch: int
     total_steps: int
     total_epochs: int
 
 
-def resolve_schedule(train, batches_per_epoch: int, processes: int = 1) -> Schedule:
-    """The run's schedule from the ``[train]`` table, the dataset's batches per epoch (all
-    processes together) and the number of processes."""
+def resolve_schedule(train, batches_per_epoch: int) -> Schedule:
+    """The run's schedule from the ``[train]`` table and the dataset's global batches per epoch
+    (every process takes a part of each: engine/data/parts.py)."""
     if batches_per_epoch == 0:
         raise ValueError("the dataset yields no batches: check the image folders and metadata files")
-    per_process = math.ceil(batches_per_epoch / processes)
-    steps_per_epoch = math.ceil(per_process / train.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(batches_per_epoch / train.gradient_accumulation_steps)
     total = train.max_train_epochs * steps_per_epoch if train.max_train_epochs else train.max_train_steps
-    return Schedule(per_process, steps_per_epoch, total, math.ceil(total / steps_per_epoch))
+    return Schedule(batches_per_epoch, steps_per_epoch, total, math.ceil(total / steps_per_epoch))
 
 
 def epochs_between_saves(save, schedule: Schedule) -> int | None:
@@ -39,11 +39,3 @@ def epochs_between_saves(save, schedule: Schedule) -> int | None:
     return save.every_n_epochs
 
 
-def process_share(plan: list, processes: int, rank: int) -> list:
-    """One process's batches of an epoch's plan: every processes-th batch, padded (the first
-    batches again) so all processes take the same number of steps."""
-    if processes == 1:
-        return plan
-    per_rank = math.ceil(len(plan) / processes)
-    padded = plan + plan[: per_rank * processes - len(plan)]
-    return padded[rank::processes]

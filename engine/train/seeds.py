@@ -1,6 +1,6 @@
 """The run's seed: the file's, or one drawn once and then kept for the run's whole life.
 
-No torch here, so the wizard can draw the seed it writes into a new run file.
+No torch at import, so the wizard can draw the seed it writes into a new run file.
 """
 
 from __future__ import annotations
@@ -15,3 +15,17 @@ def new_seed() -> int:
 
 def resolve_seed(seed: int | None) -> int:
     return seed if seed is not None else new_seed()
+
+
+def seed_global_generators(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (all devices) with the run's seed, as
+    kohya's ``set_seed`` does: code that draws from them (an optimizer class the run names) then
+    repeats from run to run, and a resume restores where they were (engine/train/state.py)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from engine import atomic
 from engine.hashcache import file_sha256
+from engine.train.distributed import is_main_process
 
 STATE_VERSION = 1
 
@@ -42,11 +43,15 @@ class Counters:
 
 
 def rng_states() -> dict:
+    """The global generators' states. sdft's own randomness comes from generators seeded per step
+    and per sample, so these matter only to code that draws from the global generators (an
+    optimizer class a run names, ``module.Class``): a resume then continues their stream too. The
+    CUDA state is the current device's alone, so a state resumes on any number of GPUs."""
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
     }
 
 
@@ -64,13 +69,16 @@ def _restore_rng(meta: dict, tensors: dict) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(tensors["torch"])
     if torch.cuda.is_available() and tensors.get("cuda"):
-        torch.cuda.set_rng_state_all(tensors["cuda"])
+        # the first saved state (older sdft saved one per visible GPU) onto this process's device
+        torch.cuda.set_rng_state(tensors["cuda"][0])
 
 
 def save_state(folder: Path, *, trainables: dict[str, torch.nn.Module | dict], optimizer, scheduler,
-               scaler=None, ema=None, counters: Counters, config_text: str) -> Path:
+               scaler=None, ema=None, counters: Counters, config_text: str,
+               texts: dict[str, str] | None = None) -> Path:
     """Write a complete state folder atomically; returns its final path. A failed write
-    names its file (``atomic.writing``), so a full disk says which part did not fit."""
+    names its file (``atomic.writing``), so a full disk says which part did not fit.
+    ``texts``: more files by name (the run's inputs, engine/train/resume_check.py)."""
     with atomic.atomic_dir(folder) as tmp:
         def put(name: str, write) -> None:
             with atomic.writing(tmp / name):
@@ -93,6 +101,8 @@ def save_state(folder: Path, *, trainables: dict[str, torch.nn.Module | dict], o
         put("counters.json", lambda path: path.write_text(
             json.dumps({"version": STATE_VERSION, **asdict(counters)}, indent=2)))
         put("config.toml", lambda path: path.write_text(config_text, encoding="utf-8"))
+        for name, text in (texts or {}).items():
+            put(name, lambda path, text=text: path.write_text(text, encoding="utf-8"))
         manifest = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         put("manifest.json", lambda path: path.write_text(json.dumps(manifest, indent=2)))
     return folder
@@ -105,6 +115,8 @@ def verify_state(folder: Path) -> None:
     """Every file of the state is there and matches its checksum, else StateError. A state
     checked once in this process is not hashed again (a full model's state is gigabytes)."""
     manifest_path = folder / "manifest.json"
+    if not is_main_process():
+        return   # one hash of every file is enough: the other processes take the main one's folder (resume.py)
     if not manifest_path.is_file():
         raise StateError(f"{folder} is not a complete sdft state (no manifest.json); pick another state folder")
     seen = (str(folder.resolve()), manifest_path.stat().st_mtime_ns)

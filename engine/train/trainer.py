@@ -11,12 +11,13 @@ through an event sink and a :class:`~engine.control.RunControl`.
 from __future__ import annotations
 
 import hashlib
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import torch
 
 from engine.config.schema import RunConfig
 from engine.control import RunControl
+from engine.control_file import ControlFileReader
 from engine.events import PhaseProgress, StatusChanged
 from engine.vocabulary import ControlStatus, Phase, RunStatus
 from engine.train import forward
@@ -30,6 +31,7 @@ from engine.train.components import (
     prepare_modules,
     trains_text_encoder,
 )
+from engine.train.distributed import ControlAgreement, ddp_timeout_minutes
 from engine.train.divergence import DivergenceWatch
 from engine.train.context import (
     RunParts,
@@ -41,20 +43,22 @@ from engine.train.context import (
 )
 from engine.train.hooks import ControlHook, MetricsHook, SampleHook, run_started
 from engine.train.metrics import IntervalMeter, interval_figures
-from engine.train.optimizer_bundle import build_bundle
+from engine.train.optimizer_bundle import build_bundle, lr_scale
 from engine.train.precision import start_accelerator
 from engine.prefetch import Prefetcher
 from engine.train.resume import parts_math_hash, restore
-from engine.train.schedule import process_share, resolve_schedule
+from engine.data.parts import rank_part
+from engine.train.schedule import resolve_schedule
 from engine.train.validation import ValidationHook
-from engine.train.seeds import resolve_seed
+from engine.train.seeds import resolve_seed, seed_global_generators
 from engine.train.transfer import pin_batch
 
 
-def step_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
-    """Seed of the generator for one micro-batch of one process: a pure function, so resume is
-    exact, and distinct per process, so GPUs draw independent noise and timesteps."""
-    digest = hashlib.blake2b(f"{seed}/{step}/{micro}/{rank}".encode(), digest_size=8).digest()
+def step_seed(seed: int, step: int, micro: int) -> int:
+    """Seed of the generator for one micro-batch: a pure function, so resume is exact, and the same
+    in every process of a run, which draw for the whole global batch (engine/data/parts.py). (The
+    "/0" is where a process number once was: single-process runs draw as they always did.)"""
+    digest = hashlib.blake2b(f"{seed}/{step}/{micro}/0".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % (2 ** 63)
 
 
@@ -76,6 +80,7 @@ class Trainer:
         self.checkpointer: Checkpointer | None = None
         self.meter = IntervalMeter(0)
         self.say = TrainingThreadSay(sink)
+        self.agreement = ControlAgreement()   # one process until setup knows better
 
     # ================================================================ setup
 
@@ -87,24 +92,31 @@ class Trainer:
 
         cfg = self.cfg
         self.say.bind()   # setup and the loop run on the training thread
+        if self.seed is not None:
+            seed_global_generators(self.seed)
         accelerator, precision = start_accelerator(cfg, self.say)
         self._phase(Phase.LOADING_MODEL, 0, 1)
         model, noise = self.load_base(accelerator.device)
         self._phase(Phase.LOADING_MODEL, 1, 1)
         side = default_side(model, noise)
         data = TrainingData.from_config(cfg, default_resolution=(side, side), log=lambda text: self.say(text))
-        schedule = resolve_schedule(cfg.train, data.batches_per_epoch(), accelerator.num_processes)
+        data.use_processes(accelerator.num_processes)   # plan at the global batch (engine/data/parts.py)
+        schedule = resolve_schedule(cfg.train, data.batches_per_epoch())
         data.use_schedule(schedule.total_steps)   # a fractional token_warmup_step is a ratio of it
         components = Components(model, build_prompt_encoder(cfg, model, self.say), noise, trains_text_encoder(cfg))
-        cache_latents(data, model.vae, accelerator, precision, self._latents_progress)
+        self.agreement = ControlAgreement(accelerator.num_processes, ddp_timeout_minutes(cfg.train))
+        cache_latents(data, model.vae, accelerator, precision, self._latents_progress, self.agreement)
         components = prepare_modules(components, cfg, precision, accelerator.device, self.seed, self.say)
         bundle = build_bundle(cfg, components, accelerator, schedule.total_steps)
+        scale = lr_scale(cfg, accelerator.num_processes)
+        if scale != 1.0:
+            self.say(f"learning rates x{scale:g} for the global batch (optimizer.scale_lr = {cfg.optimizer.scale_lr!r})")
         watch = DivergenceWatch(cfg, precision.mixed_precision, bundle, accelerator.device, accelerator.scaler)
         self.parts = RunParts(cfg, self.config_text, self.run_dir, self.sink, accelerator, precision,
                               components, bundle, data, schedule, watch)
         self.checkpointer = Checkpointer(self.parts)
         if self.resume:
-            counters = restore(self.parts, self.resume, self.seed, self.allow_changed)
+            counters = restore(self.parts, self.resume, self.seed, self.allow_changed, self.agreement)
             if counters is not None:
                 self.seed, self.global_step, self.epoch = counters.seed, counters.global_step, counters.epoch
                 self.batches_done, self.loss_avg = counters.batches_done, counters.loss_avg
@@ -116,9 +128,10 @@ class Trainer:
 
     def _latents_progress(self, done: int, total: int) -> None:
         self._phase(Phase.CACHING_LATENTS, done, total)
-        if self.control.stop_requested:
-            # Latents written so far stay in the cache; the next run reuses them.
-            raise StopTraining(self.control.stop_reason)
+        if self.control.stop_requested:   # at the next entry: what was encoded stays for the next run
+            raise StopTraining(f"{self.control.stop_reason} while caching latents, before training started: the "
+                               f"{done} of {total} latents encoded so far are kept in the cache, and the next "
+                               "run reuses them")
 
     # ================================================================ the loop
 
@@ -126,9 +139,10 @@ class Trainer:
         """Metrics, the validation loss, checkpoints, sampling and control polling, in the order they act."""
         from engine.train.sampling import Sampler
 
-        self.sampler = Sampler(self.parts)
-        control = ControlHook(self.control, self.sink, self.checkpointer, self.sampler,
-                              on_resumed=lambda: self.meter.restart_clock())
+        self.sampler = Sampler(self.parts, should_stop=lambda: self.control.stop_requested)
+        requests = ControlFileReader(self.run_dir) if self.parts.is_main else None
+        control = ControlHook(self.control, self.agreement, self.sink, self.checkpointer, self.sampler,
+                              on_resumed=lambda: self.meter.restart_clock(), requests=requests)
         validation = ValidationHook(self.parts, self.seed)
         return [MetricsHook(self.parts), validation, self.checkpointer, SampleHook(self.sampler), control]
 
@@ -173,12 +187,11 @@ class Trainer:
 
     def loop(self, hooks: list[StepHook]) -> None:
         s, accum = self.parts.schedule, self.cfg.train.gradient_accumulation_steps
-        world, rank = self.parts.accelerator.num_processes, self.parts.accelerator.process_index
         self.meter = IntervalMeter(self.global_step)
         with Prefetcher(self.load_group, self.cfg.data.num_workers) as prefetch:
             while self.global_step < s.total_steps:
                 epoch = self.epoch + 1  # data epochs are 1-based
-                plan = process_share(self.parts.data.epoch_plan(epoch), world, rank)
+                plan = self.parts.data.epoch_plan(epoch)   # global batches: every process takes a part
                 position = self.batches_done
                 while position < len(plan) and self.global_step < s.total_steps:
                     group = plan[position:position + accum]
@@ -191,7 +204,7 @@ class Trainer:
                     self.train_step(batches)
                     position = following
                     self.batches_done = position
-                    ctx = self.context(sum(len(b.captions) for b in batches), self._figures_if_due())
+                    ctx = self.context(sum(b.part[2] for b in batches), self._figures_if_due())
                     for hook in hooks:
                         hook.on_step(ctx)
                 if self.global_step >= s.total_steps and self.batches_done < s.batches_per_epoch:
@@ -205,9 +218,10 @@ class Trainer:
         """The micro-batches of one optimizer step (a pure function: safe to run early)."""
         p = self.parts
         world, rank = p.accelerator.num_processes, p.accelerator.process_index
-        # Per-sample randomness is seeded by the batch's place in the whole epoch's plan, so
-        # each process draws its own flips, crops and caption shuffles (see schedule.process_share).
-        batches = [p.data.load_batch(ref, epoch=epoch, global_step=step, position=(position + i) * world + rank)
+        # Each process loads its part of every global batch; per-sample randomness is keyed by the
+        # batch's place in the epoch's plan and the sample's in the batch (engine/data/parts.py).
+        batches = [p.data.load_batch(ref, epoch=epoch, global_step=step, position=position + i,
+                                     part=rank_part(len(ref.items), world, rank) if world > 1 else None)
                    for i, ref in enumerate(group)]
         for batch in batches:   # tokenized here too, so the training thread only encodes
             batch.tokens = p.components.prompt_encoder.tokenize(batch.captions)
@@ -224,11 +238,11 @@ class Trainer:
         self.consistent = not b.update.steps_in_backward
         step_loss = 0.0
         for micro, batch in enumerate(batches):
-            sync = nullcontext() if micro == len(batches) - 1 else accelerator.no_sync(b.unet)
-            with sync:
+            with self._no_sync_unless(micro == len(batches) - 1):
                 loss = self.compute_loss(batch, self.step_generator(micro))
                 accelerator.backward(loss / accum)
-            self.meter.add_micro(loss.detach(), len(batch.captions))
+            # the loss is weighted by this process's share: the mean over processes is the global batch's
+            self.meter.add_micro(loss.detach(), batch.part[2])
             step_loss = step_loss + loss.detach()
         if self.parts.components.hypernetwork is not None and accelerator.num_processes > 1:
             for param in b.trained_params:   # no DDP wrapper in hypernetwork mode: average by hand
@@ -249,12 +263,23 @@ class Trainer:
         self._maybe_stop_text_encoder()
         self.consistent = True
 
+    def _no_sync_unless(self, last: bool):
+        """Gradients are averaged across processes once per optimizer step, on the last micro-batch:
+        the U-Net's and a trained text encoder's alike."""
+        if last or self.parts.accelerator.num_processes == 1:
+            return nullcontext()
+        stack = ExitStack()
+        b = self.parts.bundle
+        stack.enter_context(self.parts.accelerator.no_sync(b.unet))
+        if self.parts.components.train_te:
+            stack.enter_context(self.parts.accelerator.no_sync(b.text_encoder))
+        return stack
+
     def step_generator(self, micro: int) -> torch.Generator:
         """The micro-batch's generator, on the training device: noise and timesteps are drawn
-        where they are used (no copy, no wait), from a seed that is a pure function of the step."""
-        p = self.parts
-        seed = step_seed(self.seed, self.global_step, micro, p.accelerator.process_index)
-        return torch.Generator(device=p.device).manual_seed(seed)
+        where they are used (no copy, no wait), from a seed that is a pure function of the step and
+        the same in every process (each draws for the whole global batch and keeps its rows)."""
+        return torch.Generator(device=self.parts.device).manual_seed(step_seed(self.seed, self.global_step, micro))
 
     def compute_loss(self, batch, generator: torch.Generator) -> torch.Tensor:
         return forward.compute_loss(self.parts, batch, generator)
@@ -297,11 +322,14 @@ class Trainer:
             self.parts.bundle.update.close()
 
     def finish_stopped(self) -> None:
-        self.parts.accelerator.wait_for_everyone()
+        """Every process stopped at this step (the agreement); the main one writes the state while
+        the others wait, so none leaves while it is being written."""
         if self.control.save_state_on_stop and self.cfg.save.state_on_stop:
             path = self.checkpointer.write_state(self.context(), stopped=True)
             config = self.cfg.source_path or "RUN.toml"
-            self.say(f"stopped at step {self.global_step}; resume with: sdft train {config} --resume {path}")
+            if path:
+                self.say(f"stopped at step {self.global_step}; resume with: sdft train {config} --resume {path}")
+        self.agreement.barrier()
 
 
 __all__ = ["StopTraining", "Trainer", "resolve_seed", "step_seed"]

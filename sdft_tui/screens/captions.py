@@ -144,12 +144,7 @@ class CaptionsScreen(WizardScreen):
         preview = self.query_one("#preview", ImageView)
         if index == self.current and index is not None:
             return
-        if self.current is not None and self.current < len(self.state.records):
-            left = self.state.records[self.current]
-            if editor.text.strip() != left.edit_text.strip():
-                # moving on drops the editor's text: say so (the file still has the old one)
-                self.notify(f"unsaved edit of {left.path.name} dropped (ctrl+s saves before moving on)",
-                            severity="warning")
+        self.save_pending_edit()   # moving on keeps what was typed (ctrl+u undoes it)
         self.current = index
         self.field_override = None
         if index is None:
@@ -181,8 +176,7 @@ class CaptionsScreen(WizardScreen):
             return
         record = self.state.records[self.current]
         which = self.field_of(record)
-        if self.query_one("#editor", TextArea).text.strip() != (getattr(record, which) or "").strip():
-            self.notify(f"unsaved edit of the {which} dropped (ctrl+s saves before switching)", severity="warning")
+        self.save_pending_edit()
         self.field_override = "tags" if which == "caption" else "caption"
         self._load_editor(record)
 
@@ -190,6 +184,42 @@ class CaptionsScreen(WizardScreen):
 
     def action_focus_filter(self) -> None:
         self.query_one("#filter", Input).focus()
+
+    def pending_edit(self) -> str | None:
+        """What the editor holds that is not saved yet ("the caption of a.png"), or None."""
+        if self.current is None or self.current >= len(self.state.records) or not self.is_mounted:
+            return None
+        record = self.state.records[self.current]
+        which = self.field_of(record)
+        if self.query_one("#editor", TextArea).text.strip() == (getattr(record, which) or "").strip():
+            return None
+        return f"the {which} of {record.path.name}"
+
+    def save_pending_edit(self) -> bool:
+        """Save what the editor holds before it is left (another image, the other field, another
+        step, quitting): work is never dropped, and ctrl+u undoes the save. True when it saved."""
+        what = self.pending_edit()
+        if what is None:
+            return False
+        record_index = self.current
+        which = self.field_of(self.state.records[record_index])
+        try:
+            self.state.set_text(record_index, self.query_one("#editor", TextArea).text, which)
+        except OSError as exc:
+            self.notify(f"cannot write {what}: {exc}", severity="error", markup=False)
+            return False
+        self.notify(f"saved {what} (ctrl+u undoes)", markup=False)
+        self._refresh_row(record_index)
+        self.app.count_tokens()
+        return True
+
+    def _refresh_row(self, index: int) -> None:
+        """The table row of one image after its text was written (the cursor stays where it is)."""
+        table = self.query_one("#captions", DataTable)
+        record = self.state.records[index]
+        if index in self.shown:
+            table.update_cell(str(index), "caption", literal(self.state.joined_caption(record).replace("\n", " ⏎ ")))
+            table.update_cell(str(index), "tags", str(record.tag_count()))
 
     def action_save_caption(self) -> None:
         if self.current is None:
@@ -402,7 +432,7 @@ class CaptionsScreen(WizardScreen):
         self.field_override = None if record.edit_field == "caption" else "caption"
         self._load_editor(record)            # a new caption goes to the caption, whatever was shown
         self.query_one("#editor", TextArea).load_text(text)
-        self.notify("new caption in the editor: ctrl+s saves it, or pick another image to discard it")
+        self.notify("new caption in the editor: ctrl+s saves it (so does moving on; ctrl+u undoes)")
 
     def on_unmount(self) -> None:
         model = getattr(self, "_captioner", None)

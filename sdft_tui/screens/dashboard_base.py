@@ -142,6 +142,14 @@ class DashboardScreen(Screen[int]):
 
     # ------------------------------------------------------------------ outcome
 
+    def _step_of(self, path: str, end_step: int) -> str:
+        """" (step N)" for a saved file, and whether it is older than the end: a model saved
+        before a stop is not the model of the stop's step."""
+        step = self.figures.saved_step(path)
+        if step is None:
+            return ""
+        return f" (step {step}, before the stop at {end_step})" if step < end_step else f" (step {step})"
+
     def show_outcome(self) -> None:
         outcome = self.query_one("#outcome", Static)
         text, css_class = self.outcome_text()
@@ -160,18 +168,18 @@ class DashboardScreen(Screen[int]):
             text.append("Training completed", style="bold")
             text.append(f" at step {end.step}.")
             if end.model_path:
-                text.append(f"\nModel: {end.model_path}")
+                text.append(f"\nModel: {end.model_path}{self._step_of(end.model_path, end.step)}")
         elif status == RunStatus.STOPPED:
             text.append("Training stopped", style="bold")
             text.append(f" at step {end.step}" + (f": {end.message}" if end.message else "") + ".")
             if end.model_path:
-                text.append(f"\nModel: {end.model_path}")
+                text.append(f"\nModel: {end.model_path}{self._step_of(end.model_path, end.step)}")
             if end.state_path:
                 config = self.resume_config()
-                if config is not None:
+                if config is not None:   # a command to copy whole: the state's folder name holds its step
                     text.append(f"\nResume: sdft train {config} --resume {end.state_path}")
                 else:
-                    text.append(f"\nResumable state: {end.state_path}")
+                    text.append(f"\nResumable state: {end.state_path}{self._step_of(end.state_path, end.step)}")
         elif end is not None and end.out_of_memory:
             text.append("Out of GPU memory", style="bold")
             text.append(f" at step {end.step}" + (f": {end.message}" if end.message else "") + ".")

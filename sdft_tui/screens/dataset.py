@@ -174,7 +174,7 @@ class DatasetScreen(WizardScreen):
         summary = self.query_one("#summary", Static)
         health = self.query_one("#health", HealthList)
         # the metadata JSON's place matters only when saving writes one (a folder dataset)
-        self.query_one("#metadata-row").display = state.index.metadata_file is None
+        self.query_one("#metadata-row").display = state.index.metadata_file is None and not state.index.folder_subsets
         mode = self.query_one("#sidecar-mode", Select)
         if mode.value != state.draft.sidecar_mode:  # a run file opened or scanned sets the extensions
             with mode.prevent(Select.Changed):
@@ -194,14 +194,19 @@ class DatasetScreen(WizardScreen):
         usable = len(state.index.usable())
         with_caption = sum(1 for r in state.records if r.caption is not None or r.tags is not None)
         counted = [r.tokens for r in state.records if r.tokens is not None]
-        where = state.index.metadata_file or state.index.image_dir
+        where = state.index.metadata_file or (state.index.source if state.index.folder_subsets else state.index.image_dir)
         text = Text()
         text.append(f"{len(state.records)} images", style="bold")
         text.append(f" ({usable} usable), {with_caption} captioned")
         if counted and max(counted):
             text.append(f", longest {max(counted)} tokens")
         text.append(f"\nfrom {where}", style="dim")
-        if state.index.metadata_file is None:
+        if state.index.folder_subsets:
+            count = len(state.index.folder_subsets)
+            text.append(f"\n{count} folder subset{'s' if count > 1 else ''} (kohya's DreamBooth method): captions "
+                        "from each image's caption file, else the folder's class tokens; no metadata file",
+                        style="dim")
+        elif state.index.metadata_file is None:
             text.append(f"\n.txt sidecars read as {_sidecars_read_as(state)}", style="dim")
         summary.update(text)
         findings = {kind: (KIND_LABELS.get(kind) or PROBLEM_KINDS.get(kind) or kind,

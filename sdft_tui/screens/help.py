@@ -19,14 +19,15 @@ Five steps turn a folder of images into a run file (`sdft train FILE` replays it
 | **ctrl+p** | command palette (every action, presets) |
 | **tab / shift+tab** | move between fields |
 | **F1** | this help (escape closes) |
-| **ctrl+q** | quit without saving |
+| **ctrl+q** | quit (asks first when something is not saved) |
 
 1. **Dataset**: pick a folder (tree or typed path, enter scans). A kohya metadata `.json`/`.jsonl`
    or a dataset/run `.toml` works too. The health check lists problems by kind with their files.
 2. **Captions**: the table shows each image's caption (caption + tags as training joins them),
    tag and token counts against `max_token_length`, problems. Type in the filter
    (`problem:too_long` filters by kind). Edit the selected caption below the table and save it
-   with **ctrl+s** (atomic write); **ctrl+k** switches the editor between the caption and the
+   with **ctrl+s** (atomic write; moving to another image or step saves it too, and **ctrl+u**
+   undoes that); **ctrl+k** switches the editor between the caption and the
    tags of an image that has both; **ctrl+u** undoes the last save or bulk edit; **ctrl+e** opens
    bulk edits (find/replace, add/remove a tag, prefix) on the rows shown.
    Auto-labeling: **F7** captions the images without a caption (BLIP), **F8** captions all of

@@ -120,6 +120,7 @@ class OptionsScreen(WizardScreen):
     def __init__(self):
         super().__init__()
         self.target_gb: int | None = None  # a preset's card size when no GPU was detected
+        self._gpu_choices = 1               # the GPU counts the GPUs select offers
         # the state value each field shows: a field is reloaded only when its value changed since,
         # so a preset or a step change never replaces text the user is typing (even half-typed)
         self._shown: dict[str, object] = {}
@@ -130,6 +131,10 @@ class OptionsScreen(WizardScreen):
         yield OptionList(id="suggestions", compact=True)
         yield FormRow("Preset", Select(PRESET_CHOICES, prompt="choose a card size", id="preset", compact=True),
                       id="preset-row")
+        # shown once the probe finds several GPUs: the estimate is per GPU, the command gets --gpus
+        yield FormRow("GPUs", Select([("1", 1)], value=1, allow_blank=False, id="gpus", compact=True),
+                      id="gpus-row", tooltip="GPUs to train on: `sdft train RUN.toml --gpus N` (one process "
+                                             "each, N times the batch per step); the estimate is per GPU")
         form = VerticalScroll(id="options-form")
         form.can_focus = False  # its fields are the Tab stops; it scrolls to the focused one
         with form:
@@ -230,6 +235,10 @@ class OptionsScreen(WizardScreen):
             if event.value is not Select.BLANK:
                 self.apply_preset(int(event.value))
             return
+        if event.select.id == "gpus":
+            self.state.gpus = int(event.value)
+            self.refresh_view()
+            return
         key, _kind = self._kind(event.select.id or "")
         if key is None or event.value is Select.BLANK:
             return
@@ -309,9 +318,21 @@ class OptionsScreen(WizardScreen):
             return budget_for_preset(self.target_gb), f"{label}; planning for {_a_card(self.target_gb)}"
         return None, label
 
+    def _show_gpu_choice(self) -> None:
+        count = self.state.gpu_count()
+        row = self.query_one("#gpus-row")
+        row.display = count > 1
+        if count > 1 and self._gpu_choices != count:   # the probe answered: offer each count
+            choice = self.query_one("#gpus", Select)
+            with choice.prevent(Select.Changed):
+                choice.set_options([(str(n), n) for n in range(1, count + 1)])
+                choice.value = min(self.state.gpus, count)
+            self._gpu_choices = count
+
     def refresh_view(self) -> None:
         from engine.plan import GB, N_UNET, estimate_peak_vram, suggest
 
+        self._show_gpu_choice()
         vram = self.query_one("#vram", Static)
         suggestions = self.query_one("#suggestions", OptionList)
         info = self.query_one("#model-info", Static)
@@ -330,7 +351,8 @@ class OptionsScreen(WizardScreen):
         text.append("VRAM ", style="bold")
         # engine.plan models a full-size U-Net whatever the base model is: say so, and say it
         # loudly for a small test model (the demo's), whose real need is a small fraction of it.
-        text.append(f"~{est.gb:.1f} GB peak, {options.width}x{options.height} "
+        per_gpu = f" per GPU x{options.processes}" if options.processes > 1 else ""
+        text.append(f"~{est.gb:.1f} GB peak{per_gpu}, {options.width}x{options.height} "
                     f"b{options.batch_size}, full-size {options.family.upper()}")
         self._suggestions = {}
         suggestions.clear_options()

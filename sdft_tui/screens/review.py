@@ -15,6 +15,7 @@ from textual.widgets import Button, Footer, Input, Label, Static
 from textual.worker import get_current_worker
 
 from engine.project.project import free_run_path
+from sdft_tui.screens.confirm import ChoiceScreen
 from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
 
 
@@ -156,28 +157,48 @@ class ReviewScreen(WizardScreen):
     @work(thread=True, exclusive=True, group="train-check")
     def train_check_worker(self, saved: Path) -> None:
         from engine.preflight import check_run_file
+        from engine.run_history import run_history
 
-        _config, problems = check_run_file(saved)
+        config, problems = check_run_file(saved, restart=None)   # an earlier run: asked below
         errors = [p for p in problems if p.severity == "error"]
-        self.app.call_from_thread(self._train_if_clean, saved, errors)
+        history = run_history(config.run_dir()) if config is not None else None
+        self.app.call_from_thread(self._train_if_clean, saved, errors, history)
 
-    def _train_if_clean(self, saved: Path, errors: list) -> None:
+    def _train_if_clean(self, saved: Path, errors: list, history=None) -> None:
         if errors:
             self._show_problems(errors, pending=False)
             self.notify(f"fix the {len(errors)} problem(s) above before training", severity="error", markup=False)
+            return
+        if history is None:
+            self._open_run(saved)
+            return
+        self.app.push_screen(EarlierRunScreen(history), lambda answer: self._answered_earlier(saved, answer))
+
+    def _answered_earlier(self, saved: Path, answer: str | None) -> None:
+        if answer == "resume":
+            self._open_run(saved, resume="latest")
+        elif answer == "restart":
+            self._open_run(saved, restart=True)
+        else:
+            self.notify("not started: the earlier run is untouched", markup=False)
+
+    def _open_run(self, saved: Path, **start) -> None:
+        if self.state.gpus > 1:   # several processes run from the terminal; the dashboard trains in this one
+            self.app.finish(saved, f"Train on {self.state.gpus} GPUs with:\n  {train_command(saved, self.state.gpus)}\n"
+                                   "and follow (and steer) it from another terminal with `sdft watch RUN_DIR`")
             return
         if importlib.util.find_spec("sdft_tui.dashboard") is not None:
             from sdft_tui import dashboard
 
             opener = getattr(dashboard, "open_run_screen", None)
             if opener is not None:
-                opener(self.app, saved)
+                opener(self.app, saved, **start)
                 return
-        self.app.finish(saved, f"Run it with:\n  sdft train {saved}")
+        self.app.finish(saved, f"Run it with:\n  {train_command(saved)}")
 
     def action_save_quit(self) -> None:
         self._save_then(lambda saved: self.app.finish(saved, f"Saved {saved}\nTrain headless with:\n"
-                                                             f"  sdft train {saved}"))
+                                                             f"  {train_command(saved, self.state.gpus)}"))
 
     @on(Button.Pressed, "#save")
     def _b_save(self) -> None:
@@ -190,6 +211,42 @@ class ReviewScreen(WizardScreen):
     @on(Button.Pressed, "#save-quit")
     def _b_quit(self) -> None:
         self.action_save_quit()
+
+
+def train_command(saved: Path, gpus: int = 1) -> str:
+    """The command that trains ``saved`` from here: with --resume latest when its run folder
+    holds a state (a plain start would be refused), with --restart when it holds only events;
+    with --gpus N for several GPUs."""
+    command = train_command_alone(saved)
+    return command.replace(f"sdft train {saved}", f"sdft train {saved} --gpus {gpus}", 1) if gpus > 1 else command
+
+
+def train_command_alone(saved: Path) -> str:
+    from engine.config.run_toml import load_run_config
+    from engine.run_history import run_history
+
+    try:
+        history = run_history(load_run_config(saved).run_dir())
+    except Exception:  # noqa: BLE001 - an unreadable file: the plain command reports it
+        history = None
+    if history is None:
+        return f"sdft train {saved}"
+    if history.states:
+        return f"sdft train {saved} --resume latest   (or --restart to start over)"
+    return f"sdft train {saved} --restart   (the earlier run is kept in its earlier/ folder)"
+
+
+class EarlierRunScreen(ChoiceScreen):
+    """Train was pressed on a run file whose folder holds an earlier run: resume it, start
+    over (keeping it in earlier/), or cancel; the same question ``sdft train`` asks."""
+
+    def __init__(self, history) -> None:
+        newest = history.newest_state
+        answers = [("restart", "Start over (esc: cancel)")]
+        if newest is not None:
+            answers.insert(0, ("resume", f"Resume at step {newest[0]}"))
+        super().__init__(f"{history.describe()}.\nResume it, or start over at step 0? Starting over keeps the "
+                         f"earlier run in {history.run_dir / 'earlier'}/.", answers)
 
 
 class ReplaceFileScreen(ModalScreen):

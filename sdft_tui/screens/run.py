@@ -22,8 +22,27 @@ from engine.events import RunFinished
 from engine.vocabulary import ControlStatus, RunStatus, exit_code_for
 from sdft_tui.bridge import EventFollower
 from sdft_tui.engine_handle import Engine, EngineDone, EngineHandle, default_engine, default_log_path
-from sdft_tui.screens.confirm import ConfirmScreen
+from sdft_tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from sdft_tui.screens.dashboard_base import DashboardScreen
+
+
+# The keys that steer a run, the same on its own dashboard and in `sdft watch`.
+STEERING = [
+    Binding("x", "stop", "Stop"),
+    Binding("s", "save_now", "Save"),
+    Binding("n", "sample_now", "Sample"),
+    Binding("p", "pause", "Pause"),
+    Binding("p", "resume", "Resume"),   # shown instead of Pause while paused (check_action)
+]
+
+
+def stop_question() -> ChoiceScreen:
+    """The stop key's question: "save_stop", "stop" or "cancel"."""
+    return ChoiceScreen(
+        "Stop training now? A resumable state is saved first, so you can continue later. Save the model "
+        "of this step too, to use it now?",
+        [("save_stop", "Save model + stop (s)"), ("stop", "Stop (y)"), ("cancel", "Keep training (n)")],
+        keys={"s": "save_stop", "y": "stop", "n": "cancel"})
 
 
 class RunScreen(DashboardScreen):
@@ -32,23 +51,20 @@ class RunScreen(DashboardScreen):
     empty_samples_hint = "no samples yet (n: sample now)"
 
     BINDINGS = [
-        Binding("x", "stop", "Stop"),
-        Binding("s", "save_now", "Save"),
-        Binding("n", "sample_now", "Sample"),
-        Binding("p", "pause", "Pause"),
-        Binding("p", "resume", "Resume"),   # shown instead of Pause while paused (check_action)
+        *STEERING,
         # inside the wizard the app's ctrl+q stands aside for this one (SdftApp.check_action)
         Binding("ctrl+q", "quit_dashboard", "Quit", show=False, priority=True),
     ]
 
     def __init__(self, config_path, *, engine: Engine | None = None, handle: EngineHandle | None = None,
                  log_path: Path | str | None = None, resume: str | None = None, allow_changed: bool = False,
-                 name: str | None = None) -> None:
+                 restart: bool = False, name: str | None = None) -> None:
         super().__init__(name=name)
         self.config_path = Path(config_path)
         self.engine = engine
-        # sdft train's --resume / --allow-changed, passed on only when given
-        self.engine_options = {k: v for k, v in (("resume", resume), ("allow_changed", allow_changed)) if v}
+        # sdft train's --resume / --allow-changed / --restart, passed on only when given
+        self.engine_options = {k: v for k, v in (("resume", resume), ("allow_changed", allow_changed),
+                                                 ("restart", restart)) if v}
         self.handle = handle or EngineHandle()
         if log_path is not None:
             self.handle.log_path = Path(log_path)
@@ -155,13 +171,16 @@ class RunScreen(DashboardScreen):
         if not self.handle.running or self.control.stop_requested:
             return
 
-        def answered(yes: bool | None) -> None:
-            if yes and self.handle.running:
-                self.control.request_stop("stopped from the dashboard", save_state=True)
-                self.note("stop requested: saving a resumable state", "warning")
+        def answered(answer: str | None) -> None:
+            if answer not in ("stop", "save_stop") or not self.handle.running:
+                return
+            if answer == "save_stop":   # the model of this very step, beside the resumable state
+                self.control.request_save()
+            self.control.request_stop("stopped from the dashboard", save_state=True)
+            self.note("stop requested: saving " + ("the model and " if answer == "save_stop" else "")
+                      + "a resumable state", "warning")
 
-        self.app.push_screen(ConfirmScreen(
-            "Stop training now? A resumable state is saved first, so you can continue later."), answered)
+        self.app.push_screen(stop_question(), answered)
 
     def action_save_now(self) -> None:
         if self.handle.running:
@@ -220,10 +239,14 @@ class RunScreen(DashboardScreen):
 
 
 class WatchScreen(DashboardScreen):
-    """Read-only dashboard following ``events.jsonl`` of a run started elsewhere."""
+    """The dashboard of a run started elsewhere: it follows ``events.jsonl`` and steers the run
+    through ``RUN_DIR/control.json`` (engine/control_file.py), which its main process reads at
+    every step, so x, s, n and p act as on the run's own dashboard."""
 
     title_prefix = "sdft watch"
     POLL_S = 0.25
+
+    BINDINGS = STEERING
 
     def __init__(self, events_path, *, name: str | None = None) -> None:
         super().__init__(name=name)
@@ -251,9 +274,55 @@ class WatchScreen(DashboardScreen):
         if self.figures.version == 0:
             line = Text(f"{self.title_prefix} · {self.run_label} · waiting for {self.events_path}",
                         no_wrap=True, overflow="ellipsis")
-        if self.fits(line, " · read-only"):   # at 80 columns the figures come first
-            line.append(" · read-only", style="italic")
         return line
+
+    @property
+    def live(self) -> bool:
+        """The run is training (or preparing) and can take a request."""
+        return self.figures.finished is None and self.figures.status in ("preparing", "running", "paused")
+
+    def check_action(self, action: str, parameters):
+        if action in ("stop", "save_now", "sample_now", "pause", "resume"):
+            if not self.live:
+                return False
+            paused = self.figures.status == "paused"
+            if (action == "pause" and paused) or (action == "resume" and not paused):
+                return False
+        return True
+
+    def send(self, request: str, said: str) -> None:
+        import os
+
+        from engine.control_file import send_request
+
+        try:
+            send_request(self.run_dir, request, by=f"sdft watch (pid {os.getpid()})")
+        except OSError as exc:
+            self.notify(f"could not write {self.run_dir / 'control.json'}: {exc}", severity="error")
+            return
+        self.figures.note(f"{said} (the run acts at its next step)", "info")
+        self.repaint()
+
+    def action_stop(self) -> None:
+        def answered(answer: str | None) -> None:
+            if answer == "save_stop":
+                self.send("save", "save requested")
+            if answer in ("stop", "save_stop"):
+                self.send("stop", "stop requested: the run saves a resumable state")
+
+        self.app.push_screen(stop_question(), answered)
+
+    def action_save_now(self) -> None:
+        self.send("save", "save requested")
+
+    def action_sample_now(self) -> None:
+        self.send("sample", "sample requested")
+
+    def action_pause(self) -> None:
+        self.send("pause", "pause requested")
+
+    def action_resume(self) -> None:
+        self.send("resume", "resume requested")
 
     def config_file(self):
         path = self.run_dir / "config.toml"

@@ -69,7 +69,9 @@ class VramMeter(Widget):
                 text.append(f"{name:<{LABEL_WIDTH}}", style=label_style)
                 text.append(bar(frac, bar_w), style=self.get_component_rich_style(style))
                 text.append(f" {figure:>8}\n", style=label_style)
-            text.append(f"{'total':<{LABEL_WIDTH}}{format_bytes(total)} on {device}", style=label_style)
+            started = self.figures.started
+            where = f"per GPU ({device} of {started.processes})" if started and started.processes > 1 else f"on {device}"
+            text.append(f"{'total':<{LABEL_WIDTH}}{format_bytes(total)} {where}", style=label_style)
             return text
         ram_total = getattr(m, "ram_total", None)
         used = format_bytes(m.ram_used)

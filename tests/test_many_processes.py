@@ -1,0 +1,218 @@
+"""Many processes, one run (docs/many-gpus.md), tested with real processes on the CPU (gloo), as
+accelerate's launcher starts them for `sdft train --gpus N`:
+- 1, 2 and 4 processes with the same global batch train the same run (losses and weights);
+- a run stopped on 2 processes resumes on 1 and continues the same run;
+- each way to stop (a request through control.json as sdft watch sends it, Ctrl-C to the process
+  group, SIGTERM or SIGHUP to one process) stops every process at the same step with one state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.launch import launch_plan
+from train_helpers import make_dataset, make_run
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _run_file(folder: Path, model: Path, processes: int, global_batch: int = 4, steps: int = 6,
+              name: str = "run") -> Path:
+    if not (folder / "meta.json").exists():
+        make_dataset(folder, count=10)
+    path = make_run(folder, model, steps=steps, name=f"{name}.toml", optimizer_extra="max_grad_norm = 1.0",
+                    save_extra='precision = "float"\n')
+    text = path.read_text().replace("batch_size = 2", f"batch_size = {global_batch // processes}")
+    text = text.replace('output_name = "t"', f'output_name = "{name}"')
+    path.write_text(text.replace("shuffle_caption = true", "shuffle_caption = true\nflip_aug = true"))
+    return path
+
+
+def _launch(path: Path, processes: int, *extra: str, session: bool = False) -> subprocess.Popen:
+    plan = launch_plan([str(path), *extra], processes, {}, None)
+    return subprocess.Popen(plan.argv, cwd=path.parent, env={**ENV, **plan.env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=session)
+
+
+def _events(path: Path, name: str = "run") -> list[dict]:
+    events = path.parent / "runs" / name / "events.jsonl"
+    return [json.loads(line) for line in events.read_text().splitlines()] if events.exists() else []
+
+
+def _losses(events: list[dict]) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in events if e["event"] == "step"}
+
+
+def _train(path: Path, processes: int, *extra: str) -> subprocess.CompletedProcess:
+    process = _launch(path, processes, *extra)
+    out, _ = process.communicate(timeout=900)
+    return subprocess.CompletedProcess(process.args, process.returncode, out)
+
+
+def test_one_two_and_four_processes_train_the_same_run(tmp_path, tiny_sd1):
+    runs = {}
+    for processes in (1, 2, 4):
+        path = _run_file(tmp_path / f"p{processes}", tiny_sd1, processes)
+        done = _train(path, processes) if processes > 1 else subprocess.run(
+            [sys.executable, "-m", "engine.cli", "train", str(path)], cwd=path.parent, env=ENV,
+            capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:]
+        events = _events(path)
+        runs[processes] = (_losses(events), load_file(str(path.parent / "runs" / "run" / "checkpoints" / "run.safetensors")))
+    one_losses, one_weights = runs[1]
+    assert sorted(one_losses) == list(range(1, 7))
+    for processes in (2, 4):
+        losses, weights = runs[processes]
+        assert losses.keys() == one_losses.keys()
+        for step, loss in one_losses.items():    # the same batches, noise and timesteps; sums in another order
+            assert loss == pytest.approx(losses[step], rel=1e-5), (processes, step)
+        for key, tensor in one_weights.items():
+            torch.testing.assert_close(weights[key].float(), tensor.float(), rtol=1e-4, atol=1e-5)
+
+
+def _stop_when(path: Path, step: int, act, timeout: float = 600) -> None:
+    """Call ``act()`` once the run has logged ``step``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(e["event"] == "step" and e["step"] >= step for e in _events(path)):
+            act()
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the run never reached step {step}")
+
+
+def _ranks(launcher: subprocess.Popen) -> dict[int, int]:
+    """{rank: pid} of the launcher's training processes."""
+    import psutil
+
+    found = {}
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            rank = child.environ().get("RANK")
+        except psutil.Error:
+            continue
+        if rank is not None and "engine.cli" in " ".join(child.cmdline()):
+            found[int(rank)] = child.pid
+    return found
+
+
+def _wait_for_ranks(launcher: subprocess.Popen, count: int) -> dict[int, int]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ranks = _ranks(launcher)
+        if len(ranks) == count:
+            return ranks
+        time.sleep(0.1)
+    raise AssertionError("the training processes did not start")
+
+
+STOPS = {
+    "control-file": lambda launcher, path: _send(path, "stop"),
+    "ctrl-c-to-accelerate-launch": lambda launcher, path: os.killpg(os.getpgid(launcher.pid), signal.SIGINT),
+    "sigterm-to-rank-1": lambda launcher, path: os.kill(_ranks(launcher)[1], signal.SIGTERM),
+    "sighup-to-rank-0": lambda launcher, path: os.kill(_ranks(launcher)[0], signal.SIGHUP),
+}
+
+
+def _send(path: Path, request: str) -> None:
+    from engine.control_file import send_request
+
+    send_request(path.parent / "runs" / "run", request, by="the test")
+
+
+@pytest.mark.parametrize("way", sorted(STOPS))
+def test_every_way_to_stop_stops_every_process_at_one_step_and_resumes_on_one_process(tmp_path, tiny_sd1, way):
+    path = _run_file(tmp_path, tiny_sd1, 2, steps=40)
+    launcher = _launch(path, 2, session=True)
+    _wait_for_ranks(launcher, 2)
+    _stop_when(path, 2, lambda: STOPS[way](launcher, path))
+    out, _ = launcher.communicate(timeout=600)
+    # a stop is not a crash to torch's launcher; hit by Ctrl-C itself it reports 130
+    assert launcher.returncode == (130 if way == "ctrl-c-to-accelerate-launch" else 0), out[-3000:]
+    events = _events(path)
+    finished = [e for e in events if e["event"] == "run_finished"]
+    assert len(finished) == 1 and finished[0]["status"] == "stopped", out[-3000:]
+    stopped_at = finished[0]["step"]
+    states = sorted((path.parent / "runs" / "run" / "state").glob("*-state"))
+    assert [s.name for s in states] == [f"run-step{stopped_at:08d}-state"], out[-3000:]
+    assert stopped_at < 40
+    assert "Traceback" not in out, out[-3000:]
+    # the same run, resumed on one process at twice the batch: it continues where both stopped
+    one = path.read_text().replace("batch_size = 2", "batch_size = 4").replace("max_train_steps = 40", "max_train_steps = " + str(stopped_at + 2))
+    path.write_text(one)
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(path), "--resume", "latest"],
+                          cwd=path.parent, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "changed since" not in done.stdout + done.stderr
+    assert max(_losses(_events(path))) == stopped_at + 2
+
+
+def test_a_stopped_multi_process_run_resumes_on_one_process_as_the_same_run(tmp_path, tiny_sd1):
+    straight = _run_file(tmp_path / "straight", tiny_sd1, 1, steps=6)
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(straight)], cwd=straight.parent, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:]
+    path = _run_file(tmp_path / "split", tiny_sd1, 2, steps=6)
+    path.write_text(path.read_text().replace("[save]\n", "[save]\nevery_n_steps = 3\nstate = true\n"))
+    first = _train(path, 2)
+    assert first.returncode == 0, first.stdout[-3000:]
+    state = path.parent / "runs" / "run" / "state" / "run-step00000003-state"
+    assert state.is_dir()
+    one = path.read_text().replace("batch_size = 2", "batch_size = 4").replace('output_name = "run"', 'output_name = "one"')
+    resumed_path = path.parent / "one.toml"
+    resumed_path.write_text(one)
+    resumed = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(resumed_path), "--resume", str(state)],
+                             cwd=path.parent, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    expected = _losses(_events(straight))
+    got = {**{k: v for k, v in _losses(_events(path)).items() if k <= 3}, **_losses(_events(resumed_path, "one"))}
+    assert got.keys() == expected.keys()
+    for step, loss in expected.items():
+        assert got[step] == pytest.approx(loss, rel=1e-5), step
+
+
+def test_ctrl_c_to_sdft_train_gpus_stops_every_process_and_exits_130(tmp_path, tiny_sd1):
+    # `sdft train --gpus` on a terminal: the launcher runs in its own session, so the terminal's
+    # Ctrl-C reaches sdft alone, which asks the run to stop through control.json
+    path = _run_file(tmp_path, tiny_sd1, 2, steps=40)
+    code = ("import sys; from engine.cli import run_processes; from engine.launch import launch_plan; "
+            f"sys.exit(run_processes(launch_plan([{str(path)!r}], 2, {{}}, None), {str(path)!r}))")
+    wrapper = subprocess.Popen([sys.executable, "-c", code], cwd=path.parent, env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _stop_when(path, 2, lambda: os.killpg(os.getpgid(wrapper.pid), signal.SIGINT))
+    out, _ = wrapper.communicate(timeout=600)
+    assert wrapper.returncode == 130, out[-3000:]
+    assert "every process stops at the next step" in out and "Traceback" not in out, out[-3000:]
+    finished = [e for e in _events(path) if e["event"] == "run_finished"]
+    states = sorted((path.parent / "runs" / "run" / "state").glob("*-state"))
+    assert len(finished) == 1 and [s.name for s in states] == [f"run-step{finished[0]['step']:08d}-state"]
+
+
+def test_bench_measures_the_scaling_of_two_processes(tmp_path, tiny_sd1, capsys):
+    import types
+
+    from engine.train import bench_commands
+
+    path = _run_file(tmp_path, tiny_sd1, 1, steps=4)
+    args = types.SimpleNamespace(config=str(path), steps=3, warmup=1, json=True)
+    assert bench_commands.show_scaling(args, 2, None) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["processes"] == 2 and report["one"]["engine_samples_per_s"] > 0
+    assert report["many"]["engine_samples_per_s"] > 0 and 0 < report["efficiency"] < 2
+    from engine.train.bench_scaling import scaling_figures   # the warning rule, on figures a slow link gives
+
+    slow = scaling_figures({"engine_samples_per_s": 10.0}, {"engine_samples_per_s": 12.0}, 2)
+    assert slow["efficiency"] == 0.6 and "wait for each other" in slow["warning"]
+    assert "warning" not in scaling_figures({"engine_samples_per_s": 10.0}, {"engine_samples_per_s": 19.0}, 2)

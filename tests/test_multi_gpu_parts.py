@@ -1,0 +1,185 @@
+"""The pieces of a multi-GPU run that one process can check (docs/many-gpus.md): how a global
+batch splits, the launcher's command, the control file sdft watch writes, the DDP settings, shared
+caching, learning-rate scaling and the refusals."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+from engine.control import RunControl
+from engine.control_file import ControlFileReader, send_request
+from engine.data.parts import part_weight, rank_part
+from engine.launch import LaunchError, gpu_count_wanted, launch_plan, parse_p2p_matrix
+
+
+def test_a_global_batch_splits_into_contiguous_parts_that_cover_it_once():
+    for count in range(1, 12):
+        for processes in (1, 2, 3, 4):
+            parts = [rank_part(count, processes, r) for r in range(processes)]
+            assert parts[0][0] == 0 and parts[-1][1] == count
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            sizes = [e - s for s, e in parts]
+            assert max(sizes) - min(sizes) <= 1
+            # the weights make the average over processes the mean over the global batch
+            assert sum(part_weight(n, count, processes) for n in sizes) == pytest.approx(processes)
+
+
+def test_the_launcher_runs_sdft_train_in_n_processes_and_passes_multi_node_options():
+    plan = launch_plan(["run.toml", "--resume", "latest"], 4,
+                       {"num_machines": 2, "machine_rank": 1, "main_process_ip": "10.0.0.1",
+                        "main_process_port": None}, p2p_ok=False)
+    argv = plan.argv
+    assert argv[1:5] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"] and argv[5] == "4"
+    assert argv[argv.index("--num_machines") + 1] == "2" and argv[argv.index("--machine_rank") + 1] == "1"
+    assert "--main_process_port" not in argv
+    assert argv[-5:] == ["engine.cli", "train", "run.toml", "--resume", "latest"]
+    assert plan.env == {"NCCL_P2P_DISABLE": "1"} and "cannot reach each other" in plan.notes[0]
+    assert launch_plan(["r.toml"], 2, {}, p2p_ok=True).env == {}
+
+
+def test_gpu_counts_are_checked_against_what_the_machine_shows():
+    assert gpu_count_wanted("all", 4) == 4 and gpu_count_wanted("2", 4) == 2
+    with pytest.raises(LaunchError, match="none is visible"):
+        gpu_count_wanted("2", 0)
+    with pytest.raises(LaunchError, match="shows 2 GPU"):
+        gpu_count_wanted("4", 2)
+    with pytest.raises(LaunchError, match="a number of GPUs or 'all'"):
+        gpu_count_wanted("two", 2)
+
+
+def test_peer_to_peer_is_read_from_nvidia_smi_topo():
+    geforce = "        GPU0    GPU1\n GPU0   X       NS\n GPU1   NS      X\n\nLegend:\n  X = Self\n  OK = Status Ok\n"
+    nvlink = "        GPU0    GPU1\n GPU0   X       OK\n GPU1   OK      X\n"
+    assert parse_p2p_matrix(geforce) is False and parse_p2p_matrix(nvlink) is True
+    assert parse_p2p_matrix("        GPU0\n GPU0   X\n") is None
+
+
+def test_a_request_in_control_json_reaches_the_run_once(tmp_path):
+    send_request(tmp_path, "stop", by="an old watch")          # left by an earlier run: not replayed
+    reader = ControlFileReader(tmp_path)
+    control = RunControl()
+    assert reader.apply(control) is None and not control.stop_requested
+    send_request(tmp_path, "save", by="sdft watch (pid 1)")
+    assert reader.apply(control) == "save" and control.take_save_request()
+    assert reader.apply(control) is None                       # once
+    send_request(tmp_path, "pause", by="x")
+    reader.apply(control)
+    assert control.paused
+    send_request(tmp_path, "resume", by="x")
+    reader.apply(control)
+    assert not control.paused
+    send_request(tmp_path, "stop", by="sdft watch (pid 7)")
+    reader.apply(control)
+    assert control.stop_requested and control.stop_reason == "stop requested by sdft watch (pid 7)"
+    with pytest.raises(ValueError, match="unknown request"):
+        send_request(tmp_path, "explode", by="x")
+    assert json.loads((tmp_path / "control.json").read_text())["seq"] == 5
+
+
+def test_a_run_stops_at_a_request_from_another_process(tmp_path, tiny_sd1):
+    from engine.events import CallbackSink, FanOut, ListSink, StepMetrics
+    from engine.train.runner import run_training
+    from train_helpers import make_run
+
+    path = make_run(tmp_path, tiny_sd1, steps=20)
+    run_dir = tmp_path / "runs" / "t"
+
+    def on_event(event):
+        if isinstance(event, StepMetrics) and event.step == 2:
+            send_request(run_dir, "stop", by="the test")
+
+    sink = ListSink()
+    result = run_training(path, sink=FanOut([sink, CallbackSink(on_event)]))
+    assert result.status == "stopped" and result.global_step == 2
+    assert result.state_path and "step00000002" in result.state_path
+    assert "stop requested by the test" in result.message
+
+
+def test_ddp_settings_reach_the_accelerator(monkeypatch, tmp_path):
+    import accelerate
+
+    from engine.config.schema import RunConfig
+    from engine.train import precision
+
+    seen = {}
+
+    class Captured:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+            self.distributed_type = "DistributedType.MULTI_GPU"
+
+    monkeypatch.setattr(accelerate, "Accelerator", Captured)
+    cfg = RunConfig()
+    cfg.memory.device = "cpu"
+    cfg.train.ddp_timeout = 90
+    precision.start_accelerator(cfg, lambda *a: None)
+    ddp, waits = seen["kwargs_handlers"]
+    assert ddp.gradient_as_bucket_view is True and ddp.static_graph is False
+    assert waits.timeout.total_seconds() == 90 * 60
+
+
+@pytest.mark.parametrize("kind", ["DEEPSPEED", "FSDP"])
+def test_deepspeed_and_fsdp_configs_are_refused_with_what_to_use(kind):
+    from engine.train.precision import refuse_unsupported_launch
+
+    with pytest.raises(RuntimeError, match="--gpus N"):
+        refuse_unsupported_launch(types.SimpleNamespace(distributed_type=f"DistributedType.{kind}"))
+
+
+def test_each_process_encodes_its_share_of_a_disk_cache(tmp_path, tiny_sd1):
+    import torch
+
+    from engine.config.run_toml import load_run_file
+    from engine.data.pipeline import TrainingData
+    from engine.models.load import load_model
+    from train_helpers import make_run
+
+    config, _doc, _warnings = load_run_file(make_run(tmp_path, tiny_sd1))
+    data = TrainingData.from_config(config, default_resolution=(64, 64), log=lambda _t: None)
+    vae = load_model(str(tiny_sd1)).vae
+    entries = lambda: sorted(data.cache_dir.rglob("*.safetensors"))   # noqa: E731
+    data.encode_share(vae, torch.device("cpu"), torch.float32, None, rank=0, processes=2)
+    assert len(entries()) == 3                       # 6 images: every other one
+    data.encode_share(vae, torch.device("cpu"), torch.float32, None, rank=1, processes=2)
+    assert len(entries()) == 6
+    said = []
+    data.log = said.append
+    data.prepare_latents(vae, torch.device("cpu"), torch.float32, main=False)
+    assert data.cache_result.reused == 6 and data.cache_result.encoded == 0
+
+
+def test_learning_rates_can_scale_with_the_global_batch():
+    from engine.train.optimizer_bundle import lr_scale
+
+    cfg = types.SimpleNamespace(optimizer=types.SimpleNamespace(scale_lr="none"),
+                                train=types.SimpleNamespace(gradient_accumulation_steps=2),
+                                datasets=types.SimpleNamespace(datasets=[types.SimpleNamespace(batch_size=4)]))
+    assert lr_scale(cfg, 2) == 1.0
+    cfg.optimizer.scale_lr = "linear"
+    assert lr_scale(cfg, 2) == 16.0
+    cfg.optimizer.scale_lr = "sqrt"
+    assert lr_scale(cfg, 2) == 4.0
+
+
+def test_a_stopped_process_of_a_multi_process_run_exits_0_for_the_launcher(monkeypatch):
+    from engine.cli import stopped_exit_code
+
+    assert stopped_exit_code() == 130
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert stopped_exit_code() == 0
+
+
+def test_gpus_without_gpus_and_tui_with_gpus_are_refused(tmp_path, tiny_sd1, monkeypatch, capsys):
+    from engine import hardware
+    from engine.cli import main
+    from train_helpers import make_run
+
+    path = make_run(tmp_path, tiny_sd1)
+    monkeypatch.setattr(hardware, "probe_gpus_nvidia_smi", lambda timeout=5.0: ([], "nvidia-smi not found"))
+    assert main(["train", str(path), "--gpus", "2"]) == 2
+    assert "none is visible" in " ".join(capsys.readouterr().err.split())
+    assert main(["train", str(path), "--gpus", "2", "--tui"]) == 2
+    assert "sdft watch RUN_DIR" in " ".join(capsys.readouterr().err.split())
