@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure training speed and the engine's overhead over a bare loop")
     bench.add_argument("config", nargs="?", help="run TOML (default: the demo's)")
     bench.add_argument("--steps", type=int, help="timed steps (default 20; per cell with --matrix/--gpu-report: 5, "
-                                                 "--gpu-smoke: 30)")
+                                                 "--gpu-smoke: 30); with --learning, training steps per model")
     bench.add_argument("--warmup", type=int, help="untimed warm-up steps (default 3; --matrix 2 per cell)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--json-out", metavar="FILE", help="also write the figures to FILE as JSON")
@@ -88,6 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
                             "full_bf16 with AdamW, AdamW8bit and Adafactor, fused backward pass off and on; check "
                             "that losses are finite, weights moved and peak VRAM is within 10%% of the planner; "
                             "write OUT_DIR/gpu-smoke.md and .json (exit 1 if a check failed)")
+    bench.add_argument("--learning", metavar="OUT_DIR", nargs="?", const="sdft-learning",
+                       help="does training learn? train tiny random SD1, SD2 and SD2-v models from scratch on "
+                            "generated concepts (about 5 minutes on 2 CPU cores); write OUT_DIR/learning.md, .json "
+                            "and .png: validation-loss curves and prompt adherence against chance "
+                            "(default OUT_DIR: sdft-learning; docs/learning-bench.md)")
+    bench.add_argument("--family", action="append", choices=("sd1", "sd2", "sd2-v"),
+                       help="with --learning, only this model family (repeatable); with --score, the family "
+                            "the scored file was trained from")
+    bench.add_argument("--score", metavar="MODEL",
+                       help="with --learning OUT_DIR: score a model another trainer saved from OUT_DIR/models/FAMILY "
+                            "(a single file or a diffusers folder) with the same evaluator (validation loss and "
+                            "adherence)")
+    bench.add_argument("--label", help="with --score, the trainer's name in the scores file (default: the file's name)")
+    bench.add_argument("--seed", type=int, default=0,
+                       help="with --learning, the seed of the drawn images, the random models and training (default 0)")
     bench.add_argument("--gpus", metavar="N", help='time 1 and N processes (one per GPU, or "all") and report the '
                        "scaling efficiency, warning below 80%% per GPU")
     bench.add_argument("--budget", type=float, metavar="SECONDS",

@@ -233,6 +233,20 @@ def _choose_unet_weights(parts: dict, use_ema: bool, report: list[str]) -> tuple
 def _text_encoder_from_parts(parts: dict, *, is_v2: bool, metadata: dict, path: Path):
     """The CLIP text encoder of an original-layout file (SD1's ViT-L or SD2's OpenCLIP) and the
     extras SD2's conversion keeps (its projection)."""
+    tstate, extras = text_state_from_parts(parts, is_v2=is_v2, metadata=metadata, path=path)
+    try:
+        tcfg = infer_text_config(tstate, v2=is_v2, metadata=metadata)
+    except (KeyError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: the text encoder is incomplete (missing {exc})") from exc
+    tctor = _text_ctor(tcfg)
+    tstate = cv.adapt_text_keys(tstate, _meta_model_keys(tctor).keys())
+    return _build(tctor, tstate, "text encoder", str(path)), extras
+
+
+def text_state_from_parts(parts: dict, *, is_v2: bool, metadata: Mapping, path: Path,
+                          sd2_layers: int | None = None) -> tuple[dict, dict]:
+    """The text encoder's tensors in transformers' names (no ``text_model.``) and SD2's extras.
+    ``sd2_layers``: the resblocks an SD2 text encoder uses, when the caller knows (else inferred)."""
     extras: dict = {}
     if is_v2:
         tpart = parts["text_sd2"]
@@ -242,8 +256,7 @@ def _text_encoder_from_parts(parts: dict, *, is_v2: bool, metadata: dict, path: 
                 "remove the setting (auto) or set model.v2 = false")
         if "token_embedding.weight" not in tpart:
             raise ModelLoadError(f"{path}: SD2 text encoder is incomplete (no {cv.SD2_TEXT_PREFIX}token_embedding.weight)")
-        n_layers = sd2_text_layers(tpart, metadata)
-        tstate, extras = cv.text_sd2_from_original(tpart, n_layers)
+        tstate, extras = cv.text_sd2_from_original(tpart, sd2_layers or sd2_text_layers(tpart, metadata))
     else:
         if not parts["text_sd1"]:
             raise ModelLoadError(
@@ -253,13 +266,7 @@ def _text_encoder_from_parts(parts: dict, *, is_v2: bool, metadata: dict, path: 
                   if not k.endswith("position_ids")}
     if "embeddings.token_embedding.weight" not in tstate:
         raise ModelLoadError(f"{path}: the text encoder is incomplete (no token embedding)")
-    try:
-        tcfg = infer_text_config(tstate, v2=is_v2, metadata=metadata)
-    except (KeyError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: the text encoder is incomplete (missing {exc})") from exc
-    tctor = _text_ctor(tcfg)
-    tstate = cv.adapt_text_keys(tstate, _meta_model_keys(tctor).keys())
-    return _build(tctor, tstate, "text encoder", str(path)), extras
+    return tstate, extras
 
 
 def _recorded_scheduler(metadata: Mapping) -> dict | None:

@@ -58,7 +58,7 @@ def _unwrap(module):
     return module
 
 
-def _final_layer_norm(text_encoder) -> torch.nn.Module:
+def final_layer_norm(text_encoder) -> torch.nn.Module:
     """CLIP's final LayerNorm: on the model in transformers 5, under ``text_model`` in 4.x."""
     model = _unwrap(text_encoder)
     for owner in (model, getattr(model, "text_model", None)):
@@ -224,7 +224,7 @@ class PromptEncoder:
             states = self.text_encoder(ids).last_hidden_state
         else:
             hidden = self.text_encoder(ids, output_hidden_states=True).hidden_states
-            states = _final_layer_norm(self.text_encoder)(hidden[-self.clip_skip])
+            states = final_layer_norm(self.text_encoder)(hidden[-self.clip_skip])
         states = recombine(states.reshape(batch, self.chunks * CHUNK_LEN, -1), self.chunks)
 
         if tokens.weights is not None:

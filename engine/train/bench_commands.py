@@ -1,5 +1,6 @@
-"""`sdft bench` on the console: the plain bench, `--matrix` and `--gpu-report`. Progress lines go to
-stderr as the bench works, so `--json` keeps stdout to one JSON object. Nothing heavy is imported
+"""`sdft bench` on the console: the plain bench, `--matrix`, `--gpu-report`, `--gpu-smoke`, `--gpus`
+and `--learning`. Progress lines go to stderr as the bench works, so `--json` keeps stdout to one
+JSON object. Nothing heavy is imported
 until a command runs (`sdft bench --help` stays instant)."""
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def bench_command(args) -> int:
     if before is not None and before.warning():
         say(f"sdft bench: warning: {before.warning()}")
     window = CpuUseWindow()
-    if getattr(args, "gpus", None):
+    if getattr(args, "learning", None) or getattr(args, "score", None):
+        code = learning_command(args)
+    elif getattr(args, "gpus", None):
         code = scaling_command(args)
     elif getattr(args, "gpu_report", None):
         code = gpu_report_command(args, axes)
@@ -199,3 +202,71 @@ def gpu_smoke_command(args) -> int:
     if args.json:
         print(json.dumps(report, default=str))
     return ExitCode.FINDINGS if smoke_failed(report) else ExitCode.OK
+
+
+def learning_command(args) -> int:
+    """`--learning [OUT_DIR]`, or `--learning OUT_DIR --score FILE --family F`: engine/bench/learning.py."""
+    from pathlib import Path
+
+    from engine.bench.learning import LearningBenchError, LearningSettings, run_learning_bench, score_trained_file
+    from engine.bench.runs import Recipe
+    from engine.config.problems import ConfigError
+
+    families = tuple(dict.fromkeys(args.family)) if args.family else LearningSettings().families
+    if args.steps is not None and args.steps < 1:
+        say("sdft bench --learning: --steps must be 1 or more")
+        return ExitCode.USAGE
+    if args.seed < 0:
+        say("sdft bench --learning: --seed must be 0 or more")
+        return ExitCode.USAGE
+    steps = args.steps or Recipe().steps
+    recipe = Recipe(steps=steps, validate_every=min(Recipe().validate_every, steps), seed=args.seed)
+    settings = LearningSettings(families=families, recipe=recipe)
+    try:
+        if args.score:
+            if args.learning is None or not args.family or len(families) != 1:
+                say("sdft bench --score FILE needs --learning OUT_DIR (the folder a learning bench wrote) and one "
+                    "--family (sd1, sd2 or sd2-v), e.g. sdft bench --learning sdft-learning --family sd1 --score "
+                    "kohya.safetensors")
+                return ExitCode.USAGE
+            label = args.label or Path(args.score).stem
+            report = score_trained_file(args.learning, args.score, families[0], label)
+            say(f"sdft bench --learning: {label} ({families[0]}): {learning_summary(report)}")
+            unhealthy = _say_findings(label, report["findings"])
+        else:
+            report = run_learning_bench(args.learning, settings, say=say)
+            unhealthy = False
+            for row in report["families"]:
+                say(f"  {row['label']}: {learning_summary(row['trained'], row['untrained'])}")
+                unhealthy |= _say_findings(row["label"], row["findings"])
+    except ConfigError as exc:
+        from engine.console import print_problems
+
+        print_problems(exc.problems)
+        return ExitCode.USAGE
+    except LearningBenchError as exc:
+        say(f"sdft bench --learning: {exc}")
+        return ExitCode.FAILED
+    except ValueError as exc:   # a damaged or missing OUT_DIR, a file that does not fit the model
+        say(f"sdft bench --learning: {exc}")
+        return ExitCode.USAGE
+    if args.json:
+        print(json.dumps(report, default=str))
+    return ExitCode.FINDINGS if unhealthy else ExitCode.OK
+
+
+def _say_findings(label: str, findings: list[str]) -> bool:
+    """Each way a result is unhealthy (engine/bench/health.py), as a warning; True if there were any."""
+    for text in findings:
+        say(f"sdft bench --learning: warning: {label}: {text}")
+    return bool(findings)
+
+
+def learning_summary(trained: dict, untrained: dict | None = None) -> str:
+    """One line: validation loss and adherence of a scored model (from the untrained one when given)."""
+    loss = f"{trained['validation_loss']:.4f}"
+    if untrained is not None:
+        loss = f"{untrained['validation_loss']:.4f} -> {loss}"
+    sdft, pipe = trained["adherence_sdft"], trained["adherence_diffusers"]
+    return (f"validation loss {loss}; adherence {sdft['accuracy'] * 100:.0f}% (sdft's sampler), "
+            f"{pipe['accuracy'] * 100:.0f}% (diffusers' pipeline), chance {sdft['chance'] * 100:.3g}%")

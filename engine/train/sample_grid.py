@@ -33,11 +33,13 @@ def grid_path(folder: Path, output_name: str, step: int) -> Path:
     return Path(folder) / f"{output_name}_s{step:08d}_grid.png"
 
 
-def _font():
+def label_font(size: int = 11):
+    """Pillow's own font at ``size`` pixels (no font file needed); the fixed bitmap font where
+    Pillow cannot scale it."""
     from PIL import ImageFont
 
     try:
-        return ImageFont.load_default(size=11)   # Pillow >= 10.1 with FreeType: a scalable font
+        return ImageFont.load_default(size=size)   # Pillow >= 10.1 with FreeType: a scalable font
     except TypeError:
         return ImageFont.load_default()
 
@@ -78,7 +80,7 @@ def make_grid(cells: list[Cell], *, title: str = "", columns: int | None = None)
     top = LABEL_HEIGHT + GAP if title else 0
     width = GAP + columns * (cell_w + GAP)
     grid = Image.new("RGB", (width, top + GAP + rows * (cell_h + GAP)), BACKGROUND)
-    draw, font = ImageDraw.Draw(grid), _font()
+    draw, font = ImageDraw.Draw(grid), label_font()
     if title:
         _draw_label(draw, (GAP, GAP), title, font, width - 2 * GAP)
     for n, (cell, picture) in enumerate(zip(cells, pictures)):

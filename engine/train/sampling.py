@@ -104,31 +104,17 @@ class Sampler:
         self.parts.sink.emit(SampleGridSaved(path=str(path), step=ctx.step, count=len(cells)))
 
     def _one(self, ctx, unet, index: int, prompt) -> str:
-        from diffusers import StableDiffusionPipeline
-
-        from engine.models.text_encoding import encode_prompts_for_sampling
-
         p, model, cfg = self.parts, self.parts.components.model, self.parts.cfg
         self.folder.mkdir(parents=True, exist_ok=True)
         scheduler = make_scheduler(prompt.sampler or cfg.sample.sampler, model.noise_scheduler.config)
-        pipe = StableDiffusionPipeline(
-            vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=unet,
-            scheduler=scheduler, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        dtype = next(unet.parameters()).dtype
-        positive, negative = encode_prompts_for_sampling(
-            p.components.prompt_encoder, [prompt.prompt], [prompt.negative], p.device, dtype)
+        pipe = preview_pipeline(model, unet, scheduler)
         seed = prompt.seed if prompt.seed is not None else ctx.seed + index
         generator = torch.Generator(device="cpu").manual_seed(seed)
         with p.accelerator.autocast():
-            latents = pipe(
-                prompt_embeds=positive, negative_prompt_embeds=negative,
-                width=prompt.width, height=prompt.height,
-                num_inference_steps=prompt.steps or cfg.sample.steps,
-                guidance_scale=prompt.scale, generator=generator, output_type="latent",
-            ).images
+            latents = guided_latents(
+                pipe, p.components.prompt_encoder, [prompt.prompt], [prompt.negative], device=p.device,
+                width=prompt.width, height=prompt.height, steps=prompt.steps or cfg.sample.steps,
+                guidance_scale=prompt.scale, generator=generator)
         image = _decode(model.vae, pipe.image_processor, latents)   # outside autocast: in memory.vae_dtype
         path = self.folder / f"{cfg.train.output_name}_s{ctx.step:08d}_{index:02d}.png"
         if not p.is_main:
@@ -137,6 +123,33 @@ class Sampler:
             image.save(tmp, format="PNG")
         p.sink.emit(SampleSaved(path=str(path), prompt=prompt.prompt, step=ctx.step, index=index))
         return str(path)
+
+
+def preview_pipeline(model, unet, scheduler):
+    """diffusers' pipeline around the model's parts and ``unet`` (the trained one, maybe unwrapped)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def guided_latents(pipe, prompt_encoder, prompts: list[str], negatives: list[str | None], *, device,
+                   width: int, height: int, steps: int, guidance_scale: float, generator) -> torch.Tensor:
+    """Latents of ``prompts`` (one each) with classifier-free guidance against ``negatives`` (None:
+    the empty caption), both encoded by the training encoder (``prompt_encoder``: same chunking,
+    clip skip and padding as training). The learning benchmark scores these (engine/bench)."""
+    from engine.models.text_encoding import encode_prompts_for_sampling
+
+    dtype = next(pipe.unet.parameters()).dtype
+    positive, negative = encode_prompts_for_sampling(prompt_encoder, prompts, negatives, device, dtype)
+    return pipe(
+        prompt_embeds=positive, negative_prompt_embeds=negative, width=width, height=height,
+        num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator, output_type="latent",
+    ).images
 
 
 @torch.no_grad()
