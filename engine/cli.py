@@ -15,7 +15,6 @@ Exit codes: 0 ok, 2 bad configuration or usage, 3 training failed, 130 stopped.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,19 +22,19 @@ from pathlib import Path
 from engine import commandline
 from engine.launch import MULTI_NODE
 from engine.console import print_problems
-from engine.data import bench as data_bench
+from engine.bench import data as data_bench
 from engine.data import cli as data_cli
 from engine.kohya import cli as kohya_cli
 from engine.labeling import cli as labeling_cli
 from engine.models import convert_cli, tokens_cli
-from engine.train import samples_cli
+from engine.train import cache_cli, samples_cli
 from engine.vocabulary import ExitCode, RunStatus
 
-__all__ = ["StopOnSignal", "build_parser",
+__all__ = ["build_parser",
            "check_config", "main", "print_problems", "train_headless"]
 
 # Modules whose commands join the tree, in the order `sdft --help` lists them.
-COMMAND_MODULES = (data_cli, convert_cli, tokens_cli, labeling_cli, kohya_cli, data_bench, samples_cli)
+COMMAND_MODULES = (data_cli, cache_cli, convert_cli, tokens_cli, labeling_cli, kohya_cli, data_bench, samples_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,7 +201,7 @@ def cmd_watch(args) -> int:
 def train_in_dashboard(args) -> int:
     from engine.config.problems import ConfigError
     from engine.config.run_toml import load_run_file
-    from engine.preflight import check_history
+    from engine.preflight.checks import check_history
 
     try:   # fail fast, as headless does: the dashboard would only show it and close
         config, _document, _warnings = load_run_file(args.config)
@@ -226,9 +225,9 @@ def train_in_dashboard(args) -> int:
 
 def check_config(path: str, resume: str | None = None, restart: bool = False, allow_changed: bool = False) -> int:
     """`sdft train --check`: every problem training would hit before its first step, at once
-    (the schema, then engine.preflight); exit 2 when any is an error."""
+    (the schema, then engine.preflight.checks); exit 2 when any is an error."""
     from engine.console import make_console, styled
-    from engine.preflight import check_run_file
+    from engine.preflight.checks import check_run_file
 
     config, problems = check_run_file(path, resume=resume, restart=restart, allow_changed=allow_changed)
     print_problems(problems)
@@ -243,50 +242,20 @@ def check_config(path: str, resume: str | None = None, restart: bool = False, al
     return ExitCode.OK
 
 
-class StopOnSignal:
-    """Ctrl-C (and SIGTERM, and SIGHUP unless detached) stop at the next step with a saved
-    state; a second Ctrl-C aborts at once."""
+def stop_on_signals(control, console, detached: bool = False):
+    """The stop-signal policy (engine/stop_signals.py) for a headless run: a stop request at the
+    next step, with a resumable state."""
+    from engine.stop_signals import AGAIN_TO_ABORT, StopSignals
 
-    def __init__(self, control, console, detached: bool = False):
-        self.control, self.console = control, console
-        self.previous = {}
-        self.signals = [signal.SIGINT, signal.SIGTERM]
-        if hasattr(signal, "SIGHUP"):
-            self.signals.append(signal.SIGHUP)
-        self.detached = detached
-        self.first_at = 0.0
-
-    def __enter__(self):
-        for sig in self.signals:
-            if sig == getattr(signal, "SIGHUP", None) and self.detached:
-                self.previous[sig] = signal.signal(sig, signal.SIG_IGN)
-            else:
-                self.previous[sig] = signal.signal(sig, self.handle)
-        return self
-
-    # One Ctrl-C reaches a process of a multi-GPU run twice (from the terminal, and passed on by the
-    # launcher) within milliseconds; a person pressing again takes longer than this.
-    SAME_PRESS_S = 1.0
-
-    def handle(self, signum, _frame):
-        now = time.monotonic()
-        if self.control.stop_requested and signum == signal.SIGINT:
-            if now - self.first_at < self.SAME_PRESS_S:
-                return
-            raise KeyboardInterrupt
-        self.first_at = now
-        name = signal.Signals(signum).name
-        self.control.request_stop(f"{name} received")
+    def on_stop(name: str) -> None:
+        control.request_stop(f"{name} received")
         try:
-            self.console.print(f"{name}: stopping at the next step and saving a resumable state "
-                               "(Ctrl-C again to abort without saving)", style="yellow")
+            console.print(f"{name}: stopping at the next step and saving a resumable state ({AGAIN_TO_ABORT})",
+                          style="yellow")
         except Exception:  # noqa: BLE001 - the terminal may be gone (SIGHUP)
             pass
 
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        return False
+    return StopSignals(on_stop, detached=detached)
 
 
 def cmd_train(args) -> int:
@@ -393,12 +362,12 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
         return ExitCode.USAGE
     from engine.atomic import WriteFailed
     from engine.runlock import RunFolderBusy
-    from engine.train.runner import run_training
+    from engine.runner import run_training
 
     control = RunControl()
     sink = ConsoleSink(console)
     try:
-        with StopOnSignal(control, console, detached=detached):
+        with stop_on_signals(control, console, detached=detached):
             result = run_training(config, sink=sink, control=control, resume=resume, allow_changed=allow_changed,
                                   restart=restart)
     except ConfigError as exc:
@@ -459,7 +428,7 @@ def _has_wizard() -> bool:
 
 
 def cmd_bench(args) -> int:
-    from engine.train.bench_commands import bench_command
+    from engine.bench.commands import bench_command
 
     return bench_command(args)
 

@@ -2,7 +2,7 @@
 
 :mod:`engine.cli` builds the whole tree; each module that owns commands (``engine.data.cli``,
 ``engine.labeling.cli``, ``engine.models.tokens_cli``, ``engine.models.convert_cli``,
-``engine.data.bench``) adds them with its ``register(commands)``, each command's parser
+``engine.bench.data``) adds them with its ``register(commands)``, each command's parser
 carrying the function that runs it (``run``). A module's own ``X_command(argv)`` parses
 through a tree holding only its commands, so ``sdft X ...`` and ``X_command([...])`` read
 the same options the same way, with the same usage and error lines.

@@ -1,9 +1,7 @@
 """Probe the machine: GPUs (name, memory), system RAM and CPU count.
 
 ``probe_gpus_nvidia_smi`` asks ``nvidia-smi`` and never imports torch, so the wizard can call it
-(from a worker thread) at start-up and stay fast. ``probe_torch_device`` is for the engine, which
-has torch loaded anyway: it reports the device training will really use, with bf16 support.
-Without a GPU everything falls back to the CPU with a clear reason.
+(from a worker thread) at start-up and stay fast. Without a GPU everything falls back to the CPU with a clear reason.
 
 ``capabilities`` says which run-file choices can run on this machine (CUDA, optional packages),
 without importing torch or the packages: the planner's presets and suggestions use it.
@@ -230,47 +228,9 @@ def capabilities(hardware: HardwareInfo | None = None) -> Capabilities:
     return Capabilities(cuda=gpu is not None, packages=frozenset(packages), bf16=gpu is None or gpu.bf16)
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    """The device training will use, as torch sees it."""
-
-    device: str            # "cuda" | "cpu" | "mps"
-    name: str
-    total_bytes: int | None
-    bf16: bool
-    note: str = ""
-
-
-def probe_torch_device(prefer: str = "auto") -> DeviceInfo:
-    """Ask torch (imported here, lazily) which device training would use."""
-    import torch
-
-    if prefer in ("auto", "cuda") and torch.cuda.is_available():
-        index = torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(index)
-        return DeviceInfo("cuda", props.name, int(props.total_memory), cuda_has_bf16(index))
-    note = "" if prefer == "cpu" else "CUDA is not available to torch (CPU build, no driver, or no GPU)"
-    if prefer == "cuda":
-        note = "memory.device = \"cuda\" but " + note[0].lower() + note[1:]
-    return DeviceInfo("cpu", _cpu_name(), ram_bytes(), True, note)
-
-
 def cuda_has_bf16(device=None) -> bool:
     """bf16 in the GPU's hardware. ``torch.cuda.is_bf16_supported()`` also counts emulation, which
     every CUDA GPU offers and which runs many times slower than fp16 on cards before Ampere."""
     import torch
 
     return torch.cuda.get_device_capability(device) >= BF16_CAPABILITY
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "CPU"

@@ -104,29 +104,19 @@ def run_launch(plan: Launch, run_dir, say=print) -> int:
     import signal
 
     from engine.control_file import send_request
+    from engine.stop_signals import AGAIN_TO_ABORT, StopSignals
 
     env = {**os.environ, **plan.env}
     process = subprocess.Popen(plan.argv, env=env, start_new_session=True)
-    asked = {"stop": False}
 
-    def stop(reason: str) -> None:
-        if not asked["stop"]:
-            asked["stop"] = True
-            send_request(run_dir, "stop", by=reason)
-            say(f"sdft train: {reason}: every process stops at the next step and a resumable state is saved "
-                "(Ctrl-C again to abort without saving)")
-        else:
-            say("sdft train: aborting without saving")
-            os.killpg(process.pid, signal.SIGINT)
+    def stop(name: str) -> None:
+        send_request(run_dir, "stop", by=name)
+        say(f"sdft train: {name}: every process stops at the next step and a resumable state is saved "
+            f"({AGAIN_TO_ABORT})")
 
-    previous = {sig: signal.signal(sig, lambda signum, _frame: stop(signal.Signals(signum).name))
-                for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM))}
-    try:
-        while True:
-            try:
-                return process.wait()
-            except KeyboardInterrupt:
-                stop("Ctrl-C")
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def abort() -> None:
+        say("sdft train: aborting without saving")
+        os.killpg(process.pid, signal.SIGINT)
+
+    with StopSignals(stop, on_abort=abort):
+        return process.wait()

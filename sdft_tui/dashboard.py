@@ -6,14 +6,14 @@
   ``events.jsonl``; opening or closing it never touches the run.
 * ``open_run_screen(app, config_path)`` — the wizard's review screen starts a run in its own app.
 
-Life over SSH: when the terminal goes away (SIGHUP) the run stops cleanly, saving a resumable
-state, and the process waits for that save before it exits; a ``detached`` run instead keeps
-training without a screen (follow it with ``sdft watch``).
+Life over SSH: when the terminal goes away (SIGHUP), or on SIGTERM, the run stops cleanly, saving
+a resumable state, and the process waits for that save before it exits; a ``detached`` run keeps
+training without a screen when the terminal goes (follow it with ``sdft watch``). The policy is
+the one of every long command (engine/stop_signals.py).
 """
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -61,29 +61,33 @@ class DashboardApp(PlainNotifications, App[int]):
         else:
             self.exit(0, return_code=0)
 
-    def hangup(self, *, detached: bool) -> None:
-        """The terminal is gone: nobody can answer a question, so act at once.
+    def stop_for_signal(self, name: str) -> None:
+        """SIGTERM, or SIGHUP when the terminal is gone: nobody can answer a question, so act at
+        once: ask the engine to stop with a resumable state; the app closes and
+        ``run_dashboard`` waits for the save."""
+        self.hung_up = name == "SIGHUP"
+        screen = self.dashboard
+        if isinstance(screen, RunScreen) and screen.handle.running:
+            screen.control.request_stop(f"{name} received" + (" (terminal lost)" if self.hung_up else ""),
+                                        save_state=True)
+        self.exit(None, return_code=0)
 
-        Not detached: ask the engine to stop with a resumable state; the app closes and
-        ``run_dashboard`` waits for the save. Detached: close the screen, training goes on.
-        """
+    def let_go(self) -> None:
+        """A detached run lost its terminal: close the screen, training goes on."""
         self.hung_up = True
         screen = self.dashboard
         if isinstance(screen, RunScreen) and screen.handle.running:
-            if detached:
-                screen.stop_on_close = False
-            else:
-                screen.control.request_stop("terminal lost (SIGHUP)", save_state=True)
+            screen.stop_on_close = False
         self.exit(None, return_code=0)
 
 
-def make_hangup_handler(app: DashboardApp, *, detached: bool):
-    """A SIGHUP handler bound to ``app`` (tests call it directly)."""
+def dashboard_signals(app: DashboardApp, *, detached: bool):
+    """The stop-signal policy (engine/stop_signals.py) bound to ``app``; Ctrl-C is a key here
+    (the quit question), so a SIGINT comes from ``kill`` and stops like SIGTERM."""
+    from engine.stop_signals import StopSignals
 
-    def handler(signum=None, frame=None) -> None:
-        app.hangup(detached=detached)
-
-    return handler
+    return StopSignals(app.stop_for_signal, on_abort=lambda: app.stop_for_signal("SIGINT"),
+                       detached=detached, on_detach=app.let_go)
 
 
 def run_dashboard(config_path, *, detached: bool = False, resume: str | None = None,
@@ -98,15 +102,13 @@ def run_dashboard(config_path, *, detached: bool = False, resume: str | None = N
     handle = EngineHandle()
     app = DashboardApp(lambda: RunScreen(config_path, engine=engine, handle=handle, resume=resume,
                                          allow_changed=allow_changed, restart=restart))
-    previous = _install_sighup(make_hangup_handler(app, detached=detached))
-    try:
-        app.run()
-    except Exception as exc:  # noqa: BLE001 - a dead terminal can break the UI; the run matters more
-        _say(f"sdft: the dashboard closed unexpectedly ({exc!r}); waiting for the run to finish")
-        if not detached and not handle.control.stop_requested:
-            handle.control.request_stop("the dashboard crashed", save_state=True)
-    finally:
-        _restore_sighup(previous)
+    with dashboard_signals(app, detached=detached):
+        try:
+            app.run()
+        except Exception as exc:  # noqa: BLE001 - a dead terminal can break the UI; the run matters more
+            _say(f"sdft: the dashboard closed unexpectedly ({exc!r}); waiting for the run to finish")
+            if not detached and not handle.control.stop_requested:
+                handle.control.request_stop("the dashboard crashed", save_state=True)
     code = finish_run(handle, detached=detached)
     if handle.done.is_set():
         summary = outcome_summary(handle.result, config_path)
@@ -182,23 +184,6 @@ def report_last_run(screen: RunScreen | None) -> str | None:
         return None
     finish_run(screen.handle, detached=False)
     return outcome_summary(screen.handle.result, screen.config_path)
-
-
-def _install_sighup(handler):
-    if not hasattr(signal, "SIGHUP"):
-        return None
-    try:
-        return signal.signal(signal.SIGHUP, handler)
-    except ValueError:   # not the main thread (embedded use): no handler, no harm
-        return None
-
-
-def _restore_sighup(previous) -> None:
-    if previous is not None and hasattr(signal, "SIGHUP"):
-        try:
-            signal.signal(signal.SIGHUP, previous)
-        except ValueError:
-            pass
 
 
 def _say(text: str) -> None:

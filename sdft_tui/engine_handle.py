@@ -56,7 +56,7 @@ class EngineDone(Message):
 
 def default_engine() -> Engine:
     """The real trainer, imported only when a run starts (it pulls in torch)."""
-    from engine.train.runner import run_training
+    from engine.runner import run_training
 
     return run_training
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.preflight_model import ModelProbe
+from engine.preflight.model import ModelProbe
 from engine.project.dataset_index import DatasetIndex
 from engine.project.labels import Edit
 from engine.project.project import Project

@@ -1,4 +1,4 @@
-"""A scripted stand-in for engine.train.runner.run_training, for the dashboard tests.
+"""A scripted stand-in for engine.runner.run_training, for the dashboard tests.
 
 It behaves like the real loop where the dashboard can tell: runs on the calling thread (the TUI's
 worker), emits the same event kinds with fixed timestamps and figures (snapshots stay stable),

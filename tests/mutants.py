@@ -35,7 +35,7 @@ class Mutant:
 
 
 MUTANTS = (
-    Mutant("rng-restore", "resume restores the global generators", "engine/train/state.py",
+    Mutant("rng-restore", "resume restores the global generators", "engine/train/saves/state.py",
            '    torch.set_rng_state(tensors["torch"])\n', "    pass\n",
            ("tests/test_resume_global_rng.py",)),
     Mutant("cache-key-vae", "a latent made by another VAE is not reused", "engine/data/cache_keys.py",
@@ -55,7 +55,7 @@ MUTANTS = (
            "        yield tmp\n        os.chmod(tmp, mode)\n        os.replace(tmp, target)\n",
            "        yield target\n        tmp.unlink(missing_ok=True)\n", ("tests/test_atomic_visibility.py",)),
     Mutant("bucket-nearest-aspect", "an image goes to the bucket nearest its aspect ratio", "engine/data/buckets.py",
-           "        best = np.argmin(err, axis=1)\n", "        best = np.argmax(err, axis=1)\n",
+           "        best = np.argmin(np.abs(", "        best = np.argmax(np.abs(",
            ("tests/test_data_buckets.py",)),
     Mutant("keep-tokens", "shuffled captions keep their first keep_tokens tags in place",
            "engine/data/processing.py", "    return pieces[:k], pieces[k:], []\n", "    return [], pieces, []\n",
@@ -90,7 +90,7 @@ MUTANTS = (
     Mutant("divergence", "a run whose loss goes NaN stops", "engine/train/divergence.py",
            "        self.first_bad = torch.where(bad & (first < 0), torch.full_like(first, step), first)\n", "",
            ("tests/test_divergence.py::test_the_watch_notes_on_the_device_and_reads_only_when_checked",)),
-    Mutant("inert-keys", "a key that would do nothing is refused", "engine/preflight_inert.py",
+    Mutant("inert-keys", "a key that would do nothing is refused", "engine/preflight/inert.py",
            "        if rule.works(config):\n            continue\n", "        continue\n",
            ("tests/test_preflight_inert.py",)),
 )

@@ -230,7 +230,7 @@ def _drop_most_idle_keys(rng: random.Random, doc: dict) -> None:
     the combinations that act."""
     from engine.config.problems import ProblemList
     from engine.config.run_toml import collect_run_text
-    from engine.preflight_inert import check_inert_options
+    from engine.preflight.inert import check_inert_options
 
     for _round in range(3):
         config, _document, _schema = collect_run_text(tomlkit.dumps(doc), file="random.toml")

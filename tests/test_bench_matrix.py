@@ -22,7 +22,7 @@ RAN_FIELDS = ("steps_per_s", "samples_per_s", "peak_memory_bytes", "memory_kind"
 
 
 def test_one_at_a_time_varies_each_axis_from_the_run_file():
-    from engine.train.bench_cells import one_at_a_time
+    from engine.bench.speed_cells import one_at_a_time
 
     axes = (("memory.attention", ("sdpa", "math")), ("datasets.batch_size", (1, 4)))
     cells = one_at_a_time(axes, {"memory.attention": "sdpa", "datasets.batch_size": 4})
@@ -31,7 +31,7 @@ def test_one_at_a_time_varies_each_axis_from_the_run_file():
 
 
 def test_every_combination_comes_nearest_the_first_first():
-    from engine.train.bench_cells import every_combination
+    from engine.bench.speed_cells import every_combination
 
     cells = every_combination((("a.x", (1, 2)), ("a.y", (False, True)), ("a.z", ("p", "q"))))
     assert len(cells) == 8 and cells[0].changes == {"a.x": 1, "a.y": False, "a.z": "p"}
@@ -40,7 +40,7 @@ def test_every_combination_comes_nearest_the_first_first():
 
 
 def test_cells_that_cannot_run_here_say_why():
-    from engine.train.bench_cells import Cell, cell_problem
+    from engine.bench.speed_cells import Cell, cell_problem
 
     cpu_no_packages = dict(cuda=False, packages=frozenset())
     assert "no run-file key memory.warp_drive" in cell_problem(Cell({"memory.warp_drive": True}), **cpu_no_packages)
@@ -53,7 +53,7 @@ def test_cells_that_cannot_run_here_say_why():
 
 
 def test_axis_arguments_are_typed():
-    from engine.train.bench_cells import parse_axis
+    from engine.bench.speed_cells import parse_axis
 
     assert parse_axis("memory.gradient_checkpointing=off,on") == ("memory.gradient_checkpointing", (False, True))
     assert parse_axis("datasets.batch_size=1,8") == ("datasets.batch_size", (1, 8))
@@ -62,7 +62,7 @@ def test_axis_arguments_are_typed():
 
 
 def test_gpu_peaks_match_the_variant_and_say_unknown_otherwise():
-    from engine.train.gpu_peaks import compute_dtype, peak_tflops
+    from engine.bench.gpu_peaks import compute_dtype, peak_tflops
 
     assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16")[0] == 989.5
     assert peak_tflops("NVIDIA H100 PCIe", "bf16")[0] == 756.0
@@ -82,8 +82,8 @@ def test_gpu_peaks_match_the_variant_and_say_unknown_otherwise():
 def test_each_cell_trains_its_own_copy_of_the_model():
     import torch
 
-    from engine.train.bench_matrix import ModelStore
-    from engine.train.gpu_report import random_model
+    from engine.bench.speed_matrix import ModelStore
+    from engine.bench.gpu_report import random_model
 
     store = ModelStore(random_model("tiny"))
     first, second = (store.fresh(lambda: None, torch.device("cpu")) for _ in range(2))
@@ -95,7 +95,7 @@ def test_each_cell_trains_its_own_copy_of_the_model():
 
 
 def test_plain_bench_says_what_it_is_doing(tmp_path, tiny_sd1):
-    from engine.train.bench import run_bench
+    from engine.bench.speed import run_bench
 
     lines: list[str] = []
     run_bench(make_run(tmp_path, tiny_sd1, steps=2), steps=1, warmup=1, progress=lines.append)
@@ -131,7 +131,7 @@ def test_matrix_command_prints_progress_a_table_and_a_json_copy(tmp_path, tiny_s
 
 
 def test_gpu_report_runs_its_matrix_with_the_tiny_model_on_a_cpu(tmp_path):
-    from engine.train.gpu_report import ReportSize, gpu_report
+    from engine.bench.gpu_report import ReportSize, gpu_report
 
     lines: list[str] = []
     report = gpu_report(tmp_path / "report", size=ReportSize("tiny", resolution=64, batch_sizes=(1,)),
@@ -153,7 +153,7 @@ def test_gpu_report_runs_its_matrix_with_the_tiny_model_on_a_cpu(tmp_path):
 
 
 def test_the_budget_stops_cells_and_lists_them_as_not_run(tmp_path):
-    from engine.train.gpu_report import ReportSize, gpu_report
+    from engine.bench.gpu_report import ReportSize, gpu_report
 
     axes = (("memory.mixed_precision", ("no", "fp16")), ("memory.gradient_checkpointing", (False, True)))
     report = gpu_report(tmp_path / "report", size=ReportSize("tiny", resolution=64, batch_sizes=(1,)),
@@ -169,7 +169,7 @@ def test_bench_warns_when_other_processes_keep_the_machine_busy(monkeypatch, cap
     import types
 
     import engine.busy as busy
-    from engine.train import bench_commands
+    from engine.bench import commands as bench_commands
 
     busy_use = busy.OtherCpuUse(other_cores=1.6, cpus=2, window_s=0.5, load_average_1m=2.1)
     monkeypatch.setattr(busy, "measure_other_cpu_use", lambda window_s: busy_use)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine.events import ListSink, StepMetrics
-from engine.train.runner import run_training
+from engine.runner import run_training
 from train_helpers import make_run
 
 STEPS, LR = 30, "5e-5"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine.data.cli import cache_command
+from engine.train.cache_cli import cache_command
 from engine.events import ListSink
-from engine.train.runner import run_training
+from engine.runner import run_training
 from train_helpers import make_run
 
 

@@ -6,7 +6,7 @@ import hashlib
 
 from safetensors import safe_open
 
-from engine.train.checkpoints import CONFIG_METADATA_LIMIT, config_metadata
+from engine.train.saves.checkpoints import CONFIG_METADATA_LIMIT, config_metadata
 from train_helpers import make_run
 
 
@@ -24,7 +24,7 @@ def test_config_over_the_limit_keeps_only_its_sha256():
 
 
 def test_a_trained_model_with_a_huge_commented_run_file_stays_small(tmp_path, tiny_sd1):
-    from engine.train.runner import run_training
+    from engine.runner import run_training
 
     config = make_run(tmp_path, tiny_sd1, steps=1)
     config.write_text("# " + "comment " * 20_000 + "\n" + config.read_text())   # ~160 KB of comments

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from data_helpers import make_dataset, make_image
-from engine.data.cli import buckets_command, cache_command, prepare_command
+from engine.data.cli import buckets_command, prepare_command
+from engine.train.cache_cli import cache_command
 
 ROOT = Path(__file__).parents[1]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.dataset import load_dataset_file, parse_dataset_tables, single_folder_blueprint
+from engine.config.dataset import load_dataset_file, parse_dataset_tables
 from engine.config.problems import ConfigError, ProblemList
 
 
@@ -227,15 +227,6 @@ def test_inline_tables_use_callers_lines(meta):
                          problems=problems, base_dir=meta)
     p = problems.items[0]
     assert (p.key, p.file, p.line) == ("datasets[0].subsets[0].is_reg", "run.toml", 7)
-
-
-def test_single_folder_blueprint(meta):
-    bp = single_folder_blueprint(meta / "meta.json", meta / "imgs", resolution=(256, 256), batch_size=2,
-                                 flip_aug=True)
-    ds = bp.datasets[0]
-    assert ds.resolution == (256, 256) and ds.batch_size == 2 and ds.subsets[0].flip_aug
-    with pytest.raises(ConfigError):
-        single_folder_blueprint(meta / "nope.json", None)
 
 
 def test_no_torch_imported():

@@ -12,7 +12,7 @@ import pytest
 from data_helpers import make_dataset, make_image, run_config, write_meta
 from engine.data.cli import buckets_command, prepare_command
 from engine.data.health import check_images
-from engine.data.metadata import build_metadata, entries_to_metadata, read_metadata, write_metadata_json
+from engine.data.metadata import build_metadata, read_metadata, write_metadata_json
 from engine.data.scan import find_images, name_clashes
 
 TOML = """
@@ -75,7 +75,6 @@ def test_metadata_keys_stay_unique_and_share_the_sidecar(clash, style):
     back = read_metadata(clash / "meta.json", imgs)
     assert sorted(e.path.name for e in back.entries) == ["foo.jpg", "foo.png", "img000.png", "img001.png"]
     assert not back.warnings
-    assert len(entries_to_metadata(back.entries, imgs, "stem")) == 4
 
 
 def test_kohya_stem_key_naming_two_images_trains_both(clash):

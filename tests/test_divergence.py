@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from engine.events import ListSink, ModelSaved, RunFinished
-from engine.preflight import check_run_file
+from engine.preflight.checks import check_run_file
 from engine.train.divergence import SKIPPED_IN_A_ROW, Diverged, DivergenceWatch
-from engine.train.runner import run_training
+from engine.runner import run_training
 from train_helpers import make_run
 
 

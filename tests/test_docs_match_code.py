@@ -114,7 +114,7 @@ def test_a_run_writes_only_what_formats_md_describes(tmp_path, tiny_sd1):
     """A real one-step run: its events, state files, model and cache metadata keys."""
     from safetensors import safe_open
 
-    from engine.train.runner import run_training
+    from engine.runner import run_training
 
     config = make_run(tmp_path, tiny_sd1, steps=1, save_extra="state_on_train_end = true")
     result = run_training(config)

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from engine.control import RunControl
 from engine.events import CallbackSink
-from engine.train.runner import run_training
+from engine.runner import run_training
 from test_write_failures import inject_disk_full
 from train_helpers import make_run
 
@@ -59,7 +59,7 @@ KILL_INSIDE_WRITE = """
 import json, os, signal, sys
 import safetensors.torch
 from engine import events
-from engine.train import state
+from engine.train.saves import state
 
 needle = os.environ["SDFT_FAULT_KILL_WRITING"]
 

@@ -178,8 +178,8 @@ caption_extension = ".txt"
 
 
 def test_a_run_on_folder_subsets_passes_check_and_trains(tmp_path, tiny_sd1):
-    from engine.preflight import check_run_file
-    from engine.train.runner import run_training
+    from engine.preflight.checks import check_run_file
+    from engine.runner import run_training
     from train_helpers import make_run
 
     for i, image in enumerate(_folder(tmp_path / "10_dog", 3)):

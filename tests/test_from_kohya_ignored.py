@@ -25,7 +25,7 @@ def _check(tmp_path, tiny_sd1, conversion, source: str):
     """--check of a converted file on the tiny model and train_helpers' data."""
     import tomlkit
 
-    from engine.preflight import check_run_file
+    from engine.preflight.checks import check_run_file
     from train_helpers import make_dataset
 
     make_dataset(tmp_path)
@@ -73,7 +73,7 @@ def test_real_problems_stay_for_check_to_name(tmp_path, tiny_sd1):
 
 
 def test_a_run_files_warm_up_message_names_its_schedule(tmp_path, tiny_sd1):
-    from engine.preflight import check_run_file
+    from engine.preflight.checks import check_run_file
     from train_helpers import make_run
 
     run = make_run(tmp_path, tiny_sd1, optimizer_extra='type = "Adafactor"\nlr_scheduler = "adafactor"\n'
@@ -117,7 +117,7 @@ def test_the_ddp_options_map_to_sdfts_multi_gpu_keys(option, value):
 
 def test_dadapt_sgd_at_a_warm_ups_zero_learning_rate_names_the_real_cause(tmp_path, tiny_sd1):
     pytest.importorskip("dadaptation")
-    from engine.preflight import check_run_file
+    from engine.preflight.checks import check_run_file
     from train_helpers import make_run
 
     run = make_run(tmp_path, tiny_sd1, optimizer_extra='type = "DAdaptSGD"\nlr_scheduler = "cosine"\n'

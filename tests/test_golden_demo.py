@@ -19,7 +19,7 @@ import torch
 
 from engine.demo import prepare_demo
 from engine.events import ListSink, StepMetrics
-from engine.train.runner import run_training
+from engine.runner import run_training
 
 GOLDEN = Path(__file__).parent / "data" / "golden_demo_losses.json"
 STEPS = 6

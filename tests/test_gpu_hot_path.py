@@ -14,7 +14,7 @@ import torch
 from engine.config.run_toml import load_run_file
 from engine.events import ListSink, RunStarted
 from engine.train.lr_steps import ScheduleOnTakenSteps
-from engine.train.runner import run_training
+from engine.runner import run_training
 from engine.train.trainer import Trainer
 from engine.train.weight_update import AllAtOnce
 from train_helpers import make_run
@@ -209,8 +209,8 @@ def test_the_run_says_which_attention_ran(tmp_path, tiny_sd1):
 
 
 def test_the_bench_labels_a_cell_by_the_attention_that_ran():
-    from engine.train.bench_matrix import attention_figures
-    from engine.train.bench_report import _cell_notes
+    from engine.bench.speed_matrix import attention_figures
+    from engine.bench.speed_report import _cell_notes
 
     config = types.SimpleNamespace(memory=types.SimpleNamespace(attention="xformers"))
     trainer = types.SimpleNamespace(parts=types.SimpleNamespace(components=types.SimpleNamespace(attention="sdpa")))

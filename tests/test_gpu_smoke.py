@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from engine.train.gpu_smoke import check_cell, smoke_cells
+from engine.bench.gpu_smoke import check_cell, smoke_cells
 
 
 def test_the_cells_are_every_precision_optimizer_and_fused_choice_that_the_run_file_takes():
@@ -53,10 +53,10 @@ def test_gpu_smoke_runs_every_cell_with_the_tiny_model_on_a_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_a_cell_whose_bf16_weights_round_to_nearest_fails_the_moved_check(tmp_path):
-    from engine.train.bench_cells import Cell, cell_config
-    from engine.train.bench_matrix import ModelStore
-    from engine.train.gpu_report import ReportSize, random_model, write_report_run
-    from engine.train.gpu_smoke import _smoke_toml, run_cell
+    from engine.bench.speed_cells import Cell, cell_config
+    from engine.bench.speed_matrix import ModelStore
+    from engine.bench.gpu_report import ReportSize, random_model, write_report_run
+    from engine.bench.gpu_smoke import _smoke_toml, run_cell
 
     run_file = write_report_run(tmp_path, ReportSize("tiny", resolution=64), 4)
     data = _smoke_toml(run_file, steps=3, learning_rate=1e-5)
@@ -74,7 +74,7 @@ def test_a_cell_whose_bf16_weights_round_to_nearest_fails_the_moved_check(tmp_pa
 
 
 def test_gpu_slices_count_their_budget_from_the_process_start():
-    from engine.train import bench_commands
+    from engine.bench import commands as bench_commands
 
     started = bench_commands.process_started()
     assert started <= time.perf_counter()
@@ -82,7 +82,7 @@ def test_gpu_slices_count_their_budget_from_the_process_start():
 
 
 def test_a_budget_counted_from_an_earlier_start_leaves_every_cell_unrun(tmp_path):
-    from engine.train.gpu_report import ReportSize, gpu_report
+    from engine.bench.gpu_report import ReportSize, gpu_report
 
     axes = (("memory.mixed_precision", ("no",)),)
     report = gpu_report(tmp_path / "report", size=ReportSize("tiny", resolution=64, batch_sizes=(1,)), steps=1,

@@ -12,7 +12,7 @@ import torch
 
 from engine.config.run_toml import load_run_file
 from engine.events import ListSink, StepMetrics
-from engine.train.runner import run_training
+from engine.runner import run_training
 from engine.train.trainer import Trainer
 from train_helpers import make_run
 
@@ -75,7 +75,7 @@ def test_adamw8bit_on_cuda(tmp_path, tiny_sd1):
 
 
 def test_bench_reports_mfu_and_peak_memory(tmp_path, tiny_sd1):
-    from engine.train.bench import run_bench
+    from engine.bench.speed import run_bench
 
     figures = run_bench(gpu_run(tmp_path, tiny_sd1, 'mixed_precision = "bf16"'), steps=5, warmup=2)
     assert figures["peak_memory_bytes"] > 0 and figures["flops_per_sample"] > 0

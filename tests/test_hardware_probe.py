@@ -91,13 +91,6 @@ def test_probe_hardware_does_not_import_torch():
     assert out.stdout.strip() == "[]"
 
 
-def test_probe_torch_device_reports_something():
-    info = hardware.probe_torch_device()
-    assert info.device in ("cuda", "cpu")
-    if info.device == "cpu":
-        assert info.note
-
-
 def test_capabilities_say_what_a_choice_needs_and_how_to_get_it(monkeypatch):
     caps = hardware.Capabilities(cuda=False, packages=frozenset())
     assert caps.why_not("optimizer.type", "AdamW") is None

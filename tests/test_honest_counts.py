@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from engine.events import Message, ModelSaved, RunFinished, RunStarted, StepMetrics, read_events
-from engine.train.runner import run_training
+from engine.runner import run_training
 from train_helpers import make_run
 
 

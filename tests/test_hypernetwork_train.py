@@ -10,7 +10,7 @@ from engine.config import run_toml  # noqa: E402
 from engine.control import RunControl  # noqa: E402
 from engine.events import CallbackSink, FanOut, ListSink, ModelSaved, RunStarted, SampleSaved, StepMetrics  # noqa: E402
 from engine.models.hypernetwork import HypernetworkAttnProcessor, load_hypernetwork  # noqa: E402
-from engine.train.runner import run_training  # noqa: E402
+from engine.runner import run_training  # noqa: E402
 from train_helpers import make_run  # noqa: E402
 
 MODE = 'mode = "hypernetwork"'

@@ -97,8 +97,8 @@ def _two_steps(text: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(CONVERTS))
 def test_each_input_converts_passes_check_and_trains(corpus, monkeypatch, name):
-    from engine.preflight import check_run_file
-    from engine.train.runner import run_training
+    from engine.preflight.checks import check_run_file
+    from engine.runner import run_training
 
     monkeypatch.chdir(corpus)
     kind, script, _datasets = CONVERTS[name]

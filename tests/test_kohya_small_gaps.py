@@ -23,7 +23,7 @@ def test_the_ratio_is_kohyas_floor_of_epochs_over_n_and_at_least_one(epochs, rat
 
 
 def test_a_run_with_a_ratio_saves_at_those_epochs(tmp_path, tiny_sd1):
-    from engine.train.runner import run_training
+    from engine.runner import run_training
     from train_helpers import make_run
 
     # 6 images in 3 buckets, batch 2: 3 steps an epoch; 4 epochs, ratio 3 -> every 4 // 3 = 1 epoch
@@ -36,7 +36,7 @@ def test_a_run_with_a_ratio_saves_at_those_epochs(tmp_path, tiny_sd1):
 
 
 def test_from_kohya_keeps_the_ratio_without_max_train_epochs_and_check_accepts_it(tmp_path, tiny_sd1):
-    from engine.preflight import check_run_file
+    from engine.preflight.checks import check_run_file
     from train_helpers import make_run
 
     conversion = from_command(["--save_n_epoch_ratio", "5", "--max_train_steps", "40"])

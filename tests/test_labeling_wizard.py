@@ -86,7 +86,7 @@ def test_caption_missing_tag_all_undo_and_recaption(tmp_path, monkeypatch):
 
 
 def test_caption_all_and_tag_all_ask_before_replacing_and_keep_what_they_replaced(tmp_path, monkeypatch):
-    from engine.labeling.backups import BACKUP_DIR_NAME, restore_backup
+    from engine.data.label_backups import BACKUP_DIR_NAME, restore_backup
 
     folder = make_dataset(tmp_path)
     hand = {i: (folder / f"img{i:02d}.caption").read_text() for i in (0, 2, 4, 6)}

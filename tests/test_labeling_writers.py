@@ -144,7 +144,7 @@ def test_hub_id_offline_error_says_how_to_pass_a_folder(tmp_path, monkeypatch):
 
 
 def test_overwrite_keeps_each_replaced_label_and_it_can_be_restored(tmp_path, wd14):
-    from engine.labeling.backups import BACKUP_DIR_NAME, restore_backup
+    from engine.data.label_backups import BACKUP_DIR_NAME, restore_backup
 
     folder = tmp_path / "img"
     images = [solid_image(folder / f"{i}.png") for i in range(2)] + [solid_image(folder / "sub" / "2.png")]
@@ -175,7 +175,7 @@ def test_overwrite_keeps_each_replaced_label_and_it_can_be_restored(tmp_path, wd
 
 
 def test_overwrite_in_a_metadata_file_keeps_the_file_as_it_was(tmp_path, wd14):
-    from engine.labeling.backups import restore_backup
+    from engine.data.label_backups import restore_backup
 
     folder = tmp_path / "img"
     a = solid_image(folder / "a.png")

@@ -247,7 +247,7 @@ def _report(families=("sd1",)) -> dict:
 
 
 def test_the_report_is_a_table_per_family_and_per_prompt(tmp_path):
-    from engine.bench.report import report_markdown, write_report
+    from engine.bench.learning_report import report_markdown, write_report
 
     text = report_markdown(_report(("sd1", "sd2-v")))
     assert "| SD1 (epsilon, CLIP skip 2) | 1.1000 -> **0.3000** | **75% (3/4)** | 75% (3/4) |" in text

@@ -203,7 +203,7 @@ def test_ctrl_c_to_sdft_train_gpus_stops_every_process_and_exits_130(tmp_path, t
 def test_bench_measures_the_scaling_of_two_processes(tmp_path, tiny_sd1, capsys):
     import types
 
-    from engine.train import bench_commands
+    from engine.bench import commands as bench_commands
 
     path = _run_file(tmp_path, tiny_sd1, 1, steps=4)
     args = types.SimpleNamespace(config=str(path), steps=3, warmup=1, json=True)
@@ -211,7 +211,7 @@ def test_bench_measures_the_scaling_of_two_processes(tmp_path, tiny_sd1, capsys)
     report = json.loads(capsys.readouterr().out)
     assert report["processes"] == 2 and report["one"]["engine_samples_per_s"] > 0
     assert report["many"]["engine_samples_per_s"] > 0 and 0 < report["efficiency"] < 2
-    from engine.train.bench_scaling import scaling_figures   # the warning rule, on figures a slow link gives
+    from engine.bench.scaling import scaling_figures   # the warning rule, on figures a slow link gives
 
     slow = scaling_figures({"engine_samples_per_s": 10.0}, {"engine_samples_per_s": 12.0}, 2)
     assert slow["efficiency"] == 0.6 and "wait for each other" in slow["warning"]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from engine.events import ListSink, StepMetrics
 from engine.train import objective as obj
-from engine.train.runner import run_training
+from engine.runner import run_training
 from train_helpers import make_run
 
 
@@ -29,7 +29,7 @@ def test_an_all_ones_mask_gives_the_unmasked_loss_bit_for_bit():
     elements = torch.rand((3, 4, 8, 6), generator=gen)
     weights = torch.rand((3,), generator=gen)
     ones = torch.ones((3, 1, 8, 6))
-    assert torch.equal(obj.reduce_loss(obj.apply_mask(elements, ones), weights), obj.reduce_loss(elements, weights))
+    assert torch.equal(obj.sample_losses(obj.apply_mask(elements, ones), weights).mean(), obj.sample_losses(elements, weights).mean())
     assert obj.apply_mask(elements, None) is elements
 
 
@@ -39,13 +39,13 @@ def test_a_half_mask_gives_the_masked_half_no_weight():
     weights = torch.ones(2)
     half = torch.ones((2, 1, 8, 8))
     half[..., :4] = 0.0
-    masked = obj.reduce_loss(obj.apply_mask(elements, half), weights)
+    masked = obj.sample_losses(obj.apply_mask(elements, half), weights).mean()
     # the mean stays over every pixel (kohya does not divide by the mask's area)
     expected = (elements[..., 4:].sum(dim=(1, 2, 3)) / elements[0].numel()).mean()
     assert torch.allclose(masked, expected)
     changed = elements.clone()
     changed[..., :4] = 1000.0                         # anything under the zero half
-    assert torch.equal(obj.reduce_loss(obj.apply_mask(changed, half), weights), masked)
+    assert torch.equal(obj.sample_losses(obj.apply_mask(changed, half), weights).mean(), masked)
 
 
 # ---------------------------------------------------------------- the mask's pixels
@@ -222,7 +222,7 @@ def test_prepare_on_a_run_file_checks_its_masks(tmp_path, tiny_sd1):
 
 
 def test_check_names_the_image_whose_mask_is_missing(tmp_path, tiny_sd1):
-    from engine.preflight import check_run_file
+    from engine.preflight.checks import check_run_file
 
     config = make_run(tmp_path, tiny_sd1)
     _masked_dataset(tmp_path, alpha_values=(0, 255))

@@ -132,14 +132,3 @@ def test_separate_vae_override(tmp_path, files):
     m = load_model(str(path), vae=str(vae_file))
     assert_same_weights(other, m.vae)
     assert any("model.vae" in line for line in m.report)
-
-
-def test_training_dtype_checks():
-    from engine.models.dtypes import check_training_dtype
-
-    with pytest.raises(ModelLoadError, match='"bf16"'):
-        check_training_dtype("fp16", "cpu")
-    with pytest.raises(ModelLoadError, match="not a choice"):
-        check_training_dtype("fp8", "cpu")
-    check_training_dtype("bf16", "cpu")
-    check_training_dtype("no", "cpu")

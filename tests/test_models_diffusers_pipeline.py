@@ -156,7 +156,7 @@ def test_zero_terminal_snr_needs_a_scheduler_that_takes_it():
 
 def test_training_diffusers_save_generates(tmp_path):
     from engine.events import ListSink, ModelSaved
-    from engine.train.runner import run_training
+    from engine.runner import run_training
     from train_helpers import make_run
 
     source = pndm_source(tmp_path / "src")

@@ -81,7 +81,7 @@ def test_a_request_in_control_json_reaches_the_run_once(tmp_path):
 
 def test_a_run_stops_at_a_request_from_another_process(tmp_path, tiny_sd1):
     from engine.events import CallbackSink, FanOut, ListSink, StepMetrics
-    from engine.train.runner import run_training
+    from engine.runner import run_training
     from train_helpers import make_run
 
     path = make_run(tmp_path, tiny_sd1, steps=20)

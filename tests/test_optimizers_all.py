@@ -152,7 +152,7 @@ def test_a_missing_package_is_named_with_its_pip_command(monkeypatch, tmp_path, 
     # --check names it too, before building anything
     from engine.config.problems import ProblemList
     from engine.config.schema import RunConfig
-    from engine.preflight import _check_packages
+    from engine.preflight.checks import _check_packages
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == package else object())
     config = RunConfig()
@@ -227,7 +227,7 @@ def test_a_schedule_free_run_samples_and_saves_in_eval_mode_and_trains_in_train_
     import engine.models.save as save_module
     import engine.train.sampling as sampling
     from engine.train import trainer as trainer_module
-    from engine.train.runner import run_training
+    from engine.runner import run_training
     from train_helpers import make_run
 
     modes: list[tuple[str, bool]] = []
@@ -285,7 +285,7 @@ def test_a_schedule_free_run_samples_and_saves_in_eval_mode_and_trains_in_train_
 def _check(type_name, **optimizer):
     from engine.config.problems import ProblemList
     from engine.config.schema import RunConfig
-    from engine.preflight_optimizer import check_optimizer
+    from engine.preflight.optimizer import check_optimizer
 
     config = RunConfig()
     config.optimizer.type = type_name

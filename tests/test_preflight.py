@@ -1,4 +1,4 @@
-"""engine.preflight: what `sdft train --check` resolves beyond the schema, short of loading weights."""
+"""engine.preflight.checks: what `sdft train --check` resolves beyond the schema, short of loading weights."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.events import PhaseProgress
-from engine.preflight import check_run_file
+from engine.preflight.checks import check_run_file
 from train_helpers import make_run
 
 
@@ -138,7 +138,7 @@ def test_training_refuses_what_check_refuses_before_caching(tmp_path, tiny_sd1):
     import importlib.util
 
     from engine.config.problems import ConfigError
-    from engine.train.runner import run_training
+    from engine.runner import run_training
 
     if importlib.util.find_spec("bitsandbytes"):
         pytest.skip("bitsandbytes is installed here")
@@ -164,7 +164,7 @@ def test_check_cli_lists_preflight_errors_and_exits_2(tmp_path, tiny_sd1):
 
 
 def test_importing_preflight_loads_no_torch():
-    code = "import sys, engine.preflight, engine.preflight_model; print('torch' in sys.modules)"
+    code = "import sys, engine.preflight.checks, engine.preflight.model; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False", out.stderr

@@ -10,7 +10,7 @@ import tomlkit
 
 from engine.config.problems import ProblemList
 from engine.config.run_toml import collect_run_text
-from engine.preflight_inert import RULES, check_inert_options
+from engine.preflight.inert import RULES, check_inert_options
 
 PROMPTS = {"sample": {"prompts": ["a cat"], "every_n_steps": 5}}
 # key -> (a value that is not its default, the settings that make it act)
@@ -131,7 +131,7 @@ def test_refused_alone_accepted_with_what_it_needs(key):
 
 
 def test_defaults_written_out_are_never_refused():
-    from engine.preflight_inert import _default
+    from engine.preflight.inert import _default
 
     written = {}
     for key in CASES:

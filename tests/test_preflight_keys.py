@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from engine.preflight import check_run_file
-from engine.train.runner import run_training
+from engine.preflight.checks import check_run_file
+from engine.runner import run_training
 from preflight_helpers import PROMPT, _candidates, make_fixture, schema_keys
 
 import typing

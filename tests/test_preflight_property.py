@@ -16,8 +16,8 @@ import pytest
 
 from engine.control import RunControl
 from engine.events import RunStarted
-from engine.preflight import check_run_file
-from engine.train.runner import run_training
+from engine.preflight.checks import check_run_file
+from engine.runner import run_training
 from preflight_helpers import make_fixture, random_run_file
 
 FILES = 200

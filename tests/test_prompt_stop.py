@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from engine.control import RunControl
 from engine.events import CallbackSink, FanOut, ListSink, PhaseProgress, SampleSaved
-from engine.train.runner import run_training
+from engine.runner import run_training
 from train_helpers import make_run
 
 

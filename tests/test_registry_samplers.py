@@ -92,7 +92,7 @@ def test_every_sampler_makes_an_image_in_a_tiny_run(tmp_path, tiny_sd1):
     from train_helpers import make_run
 
     from engine.events import ListSink, SampleSaved
-    from engine.train.runner import run_training
+    from engine.runner import run_training
 
     path = make_run(tmp_path, tiny_sd1, steps=1)
     lines = [f"p{i} --w 64 --h 64 --s {max(2, sampler_entry(name).min_steps)} --d {i} --ss {name}"
@@ -113,7 +113,7 @@ def test_the_check_names_the_package_a_sampler_needs(tmp_path, tiny_sd1, monkeyp
     """lms imports scipy when it is built: --check says so before a run fails at its first sample."""
     from train_helpers import make_run
 
-    from engine import preflight
+    from engine.preflight import checks as preflight
 
     path = make_run(tmp_path, tiny_sd1, steps=1)
     ss, sampler = (" --ss k_lms", "ddim") if where == "sample.prompts" else ("", "lms")
@@ -132,7 +132,7 @@ def test_the_check_names_the_package_a_sampler_needs(tmp_path, tiny_sd1, monkeyp
 def test_the_check_refuses_too_few_steps_for_pndm(tmp_path):
     from train_helpers import make_run
 
-    from engine import preflight
+    from engine.preflight import checks as preflight
 
     path = make_run(tmp_path, tmp_path / "model", steps=1)
     plain = path.read_text()

@@ -12,7 +12,7 @@ HEAVY = ("torch", "diffusers", "transformers", "bitsandbytes", "textual", "onnxr
 
 
 @pytest.mark.parametrize("module", ["engine.registry.optimizers", "engine.registry.schedulers",
-                                    "engine.registry.labelers", "engine.plan", "engine.preflight_optimizer"])
+                                    "engine.registry.labelers", "engine.plan", "engine.preflight.optimizer"])
 def test_a_registry_imports_without_torch(module):
     code = (f"import sys, {module}\n"
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")

@@ -14,7 +14,7 @@ from PIL import Image
 from engine.cli import main
 from engine.config.problems import ConfigError
 from engine.events import ListSink
-from engine.train.runner import run_training
+from engine.runner import run_training
 from train_helpers import make_run
 
 SAVE = "every_n_steps = 2\nstate = true\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from engine.events import ListSink, read_events
-from engine.train.runner import run_training
+from engine.runner import run_training
 from train_helpers import make_run
 
 SAVE = "every_n_steps = 1\nstate = true\nstate_on_train_end = true\nlast_n_states = 3\n"

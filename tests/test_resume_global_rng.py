@@ -1,4 +1,4 @@
-"""The state restores the global generators (engine/train/state.py): a run whose optimizer draws
+"""The state restores the global generators (engine/train/saves/state.py): a run whose optimizer draws
 from torch's global generator, stopped and resumed, ends with the weights of an uninterrupted run.
 A state saved on a machine with more GPUs restores onto this process's device alone."""
 
@@ -9,7 +9,7 @@ import torch
 
 from engine.control import RunControl
 from engine.events import FanOut, ListSink
-from engine.train.runner import run_training
+from engine.runner import run_training
 from test_train_engine import losses, stop_at
 from train_helpers import make_run, same_model_files
 
@@ -35,7 +35,7 @@ def test_an_optimizer_drawing_from_the_global_generator_resumes_exactly(tmp_path
 
 
 def test_a_state_with_one_cuda_state_per_gpu_restores_without_those_gpus(monkeypatch):
-    from engine.train import state
+    from engine.train.saves import state
 
     restored = []
     saved = state.rng_states()

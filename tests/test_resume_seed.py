@@ -7,8 +7,8 @@ import pytest
 from engine.control import RunControl
 from engine.events import CallbackSink, FanOut, ListSink, StepMetrics
 from engine.config.problems import ConfigError
-from engine.train.runner import run_training
-from engine.train.state import find_latest_state, read_counters
+from engine.runner import run_training
+from engine.train.saves.state import find_latest_state, read_counters
 from train_helpers import make_run
 
 

@@ -10,7 +10,7 @@ import pytest
 from engine.cli import main
 from engine.config.problems import ConfigError
 from engine.events import read_events
-from engine.train.runner import run_training
+from engine.runner import run_training
 from train_helpers import make_run
 
 SAVE = "every_n_steps = 2\nstate = true\nlast_n_states = 1\n"

@@ -86,7 +86,7 @@ def test_second_sdft_train_on_a_running_folder_refuses_and_leaves_it_intact(tmp_
 
 
 def test_cache_prune_refuses_while_a_run_sharing_the_cache_is_live(tmp_path, capsys):
-    from engine.data.cli import cache_command
+    from engine.train.cache_cli import cache_command
 
     run = tmp_path / "mine.toml"
     run.write_text('[model]\npretrained_model_name_or_path = "m"\n[train]\noutput_dir = "out"\n'

@@ -43,7 +43,7 @@ def _train(folder, model, steps: int, extra: str):
     from train_helpers import make_run
 
     from engine.events import ListSink
-    from engine.train.runner import run_training
+    from engine.runner import run_training
 
     path = make_run(folder, model, steps=steps)
     path.write_text(path.read_text() + "\n" + extra)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from engine.data.cache_prune import manifest_path, referenced_keys, register_run, write_manifest
-from engine.data.cli import cache_command
+from engine.train.cache_cli import cache_command
 from test_run_lock import ENV, HOLD
 
 
@@ -73,7 +73,7 @@ def test_registering_keeps_the_keys_a_run_used_before(tmp_path, resumed_keys):
 
 def test_training_registers_on_the_cache_before_its_first_entry(tmp_path, tiny_sd1, monkeypatch):
     from engine.data import cache as cache_module
-    from engine.train.runner import run_training
+    from engine.runner import run_training
     from train_helpers import make_run
 
     config = make_run(tmp_path, tiny_sd1, steps=1)

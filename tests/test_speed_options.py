@@ -10,9 +10,9 @@ import torch
 
 from engine.config.run_toml import load_run_file
 from engine.events import ListSink, StepMetrics
-from engine.preflight import check_run_file
+from engine.preflight.checks import check_run_file
 from engine.train.precision import set_backend_flags
-from engine.train.runner import run_training
+from engine.runner import run_training
 from engine.train.trainer import Trainer
 from train_helpers import make_run
 
@@ -114,7 +114,7 @@ def test_check_refuses_a_backend_without_torch_compile(tmp_path, tiny_sd1):
 
 
 def test_check_says_inductor_on_a_cpu_needs_a_compiler(tmp_path, tiny_sd1, monkeypatch):
-    import engine.preflight_speed as speed
+    import engine.preflight.speed as speed
 
     warned = check(tmp_path / "a", tiny_sd1, "torch_compile = true\n")
     assert any(p.key == "memory.torch_compile" and p.severity == "warning" and "minutes" in p.message

@@ -6,9 +6,7 @@ import pytest
 
 from engine.models.weighting import (
     Segment,
-    has_comma_inside_brackets,
     parse_weighted_caption,
-    strip_weight_syntax,
     weighted_token_ids,
 )
 from tests.text_helpers import tokenizer
@@ -59,14 +57,6 @@ def test_round_and_square_nest_independently():
 def test_equal_weights_merge():
     assert parse_weighted_caption("(a)(b) c") == [Segment("ab", pytest.approx(1.1)), Segment(" c", 1.0)]
     assert [s.text for s in parse_weighted_caption("a (b:1) c")] == ["a b c"]
-
-
-def test_strip_and_comma_check():
-    assert strip_weight_syntax("1girl, (smile:1.2), [hat]") == "1girl, smile, hat"
-    assert has_comma_inside_brackets("a, (b, c)")
-    assert has_comma_inside_brackets("[x, y")
-    assert not has_comma_inside_brackets("a, (b), c")
-    assert not has_comma_inside_brackets(r"a \(b, c\)")
 
 
 def test_weighted_token_ids_per_segment():

@@ -11,7 +11,7 @@ import pytest
 from engine.config.problems import ConfigError
 from engine.config.run_toml import load_run_file
 from engine.events import ListSink, Message, RunStarted, StepMetrics, ValidationMetrics, read_events
-from engine.train.runner import run_training
+from engine.runner import run_training
 from engine.train.trackers import TrackerPlan, TrackerSink, plan_trackers, tracker_problems
 from tests.train_helpers import make_run
 

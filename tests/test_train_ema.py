@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from engine.events import ListSink, Message
 from engine.train.ema import EMA, EMAStateError, warmup_decay
-from engine.train.runner import run_training
-from engine.train.state import file_sha256, find_latest_state
+from engine.runner import run_training
+from engine.train.saves.state import file_sha256, find_latest_state
 from train_helpers import make_run
 
 

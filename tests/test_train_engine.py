@@ -8,7 +8,7 @@ import torch
 from engine.control import RunControl
 from engine.events import CallbackSink, FanOut, ListSink, ModelSaved, RunFinished, RunStarted, StepMetrics
 from engine.config.problems import ConfigError
-from engine.train.runner import run_training
+from engine.runner import run_training
 from train_helpers import make_broken_model, make_run
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from engine.config.run_toml import load_run_file
 from engine.events import ListSink, Message, StepMetrics
-from engine.train.bench import BenchTimer, run_bench
+from engine.bench.speed import BenchTimer, run_bench
 from engine.train.context import StepHook
 from engine.train.trainer import Trainer
 from train_helpers import make_run

@@ -122,4 +122,4 @@ def test_loss_weights():
 
 def test_reduce_is_weighted_mean_of_per_sample_means():
     elements = torch.stack([torch.full((4, 2, 2), 1.0), torch.full((4, 2, 2), 3.0)])
-    assert obj.reduce_loss(elements, torch.tensor([1.0, 0.5])).item() == pytest.approx((1 + 1.5) / 2)
+    assert obj.sample_losses(elements, torch.tensor([1.0, 0.5])).mean().item() == pytest.approx((1 + 1.5) / 2)

@@ -7,7 +7,7 @@ import torch
 from engine.config.run_toml import load_run_file
 from engine.events import ListSink, Message, ModelSaved, SampleSaved, StepMetrics
 from engine.train.ema import EMA
-from engine.train.runner import run_training
+from engine.runner import run_training
 from engine.train.trainer import Trainer
 from train_helpers import make_run
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.events import ListSink, StepMetrics, StepProgress, read_events
-from engine.train.runner import run_training
+from engine.runner import run_training
 from train_helpers import make_run
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import signal
 import threading
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from dashboard_helpers import T0, FakeEngine, loss_at, run_app, screen_text, settle, wait_thread_event, wait_until
 from engine.events import JsonlSink, ListSink, RunFinished, RunStarted, StepMetrics, read_events
 from sdft_tui.bridge import EventFollower, MessageSink
-from sdft_tui.dashboard import DashboardApp, finish_run, make_hangup_handler, run_dashboard
+from sdft_tui.dashboard import DashboardApp, dashboard_signals, finish_run, run_dashboard
 from sdft_tui.run_figures import RunFigures, format_duration, format_number, format_offset
 from engine.vocabulary import exit_code_for
 from sdft_tui.engine_handle import EngineHandle
@@ -304,16 +305,17 @@ def test_out_of_memory_advice_comes_from_the_planner(tmp_path):
     assert oom_advice(toml, None) == list(GENERIC_ADVICE)     # the card's size unknown: the usual list
 
 
-def test_sighup_stops_the_run_with_a_saved_state(tmp_path):
+@pytest.mark.parametrize("name", ["SIGHUP", "SIGTERM", "SIGINT"])
+def test_a_stop_signal_stops_the_run_with_a_saved_state(tmp_path, name):
     engine = FakeEngine(tmp_path / "run", total_steps=100, hold_at=5)
 
     async def scenario(app, pilot, screen):
         await wait_thread_event(engine.held)
-        make_hangup_handler(app, detached=False)()     # what the SIGHUP handler runs
+        dashboard_signals(app, detached=False).handle(getattr(signal, name))   # what the handler runs
         await pilot.pause()
 
     app, handle = run_app(engine, scenario)
-    assert handle.control.stop_requested and "SIGHUP" in handle.control.stop_reason
+    assert handle.control.stop_requested and name in handle.control.stop_reason
     assert finish_run(handle, detached=False) == 130     # waits for the engine's save
     assert "stop" in engine.seen and handle.result.state_path
 
@@ -323,7 +325,7 @@ def test_sighup_leaves_a_detached_run_training(tmp_path):
 
     async def scenario(app, pilot, screen):
         await wait_thread_event(engine.held)
-        make_hangup_handler(app, detached=True)()
+        dashboard_signals(app, detached=True).handle(signal.SIGHUP)
         await pilot.pause()
         assert app._exit_renderables is not None or app.return_code is not None   # the UI is closing
         assert not screen.control.stop_requested

@@ -38,7 +38,7 @@ class HoldAt:
 
 
 def held_trainer(hold: HoldAt):
-    from engine.train.runner import run_training
+    from engine.runner import run_training
 
     def engine(config_path, *, sink, control, log_path=None, **options):
         return run_training(config_path, sink=FanOut([sink, hold]), control=control, log_path=log_path, **options)

@@ -9,7 +9,7 @@ import pytest
 
 from engine.config.run_toml import load_run_file, parse_run_text
 from engine.data.buckets import assign_sizes, bucket_info
-from engine.preflight_model import look_at_model as probe_model
+from engine.preflight.model import look_at_model as probe_model
 from engine.project.labels import transform_text
 from sdft_tui.session import WizardSession
 from tests.wizard_helpers import make_dataset
@@ -154,7 +154,7 @@ def test_probe_model_reads_configs_without_torch(tiny_sd1, tiny_sd2):
     assert g2.small and "small test model" in g2.label()
     assert probe_model("").family is None and probe_model("").label() == "no model chosen"
     assert "no such file" in probe_model(str(tiny_sd1 / "nope")).label()
-    code = ("import sys; from engine.preflight_model import look_at_model; "
+    code = ("import sys; from engine.preflight.model import look_at_model; "
             f"p = look_at_model({str(tiny_sd2)!r}); print(p.family, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["sd2", "False"]

@@ -11,7 +11,7 @@ import pytest
 from engine.control import RunControl
 from engine.data.holdout import validation_count
 from engine.events import FanOut, ListSink, RunStarted, StepMetrics, ValidationMetrics
-from engine.train.runner import run_training
+from engine.runner import run_training
 from train_helpers import make_run
 
 def _with_split(path, train_extra: str = "validate_every_n_steps = 2\n", split: str = "validation_split = 0.34"):

@@ -51,7 +51,7 @@ def test_the_fake_engine_speaks_only_the_vocabulary(tmp_path, ending):
 
 
 def test_a_real_runs_events_use_only_the_vocabulary(tmp_path, tiny_sd1):
-    from engine.train.runner import run_training
+    from engine.runner import run_training
 
     config = make_run(tmp_path, tiny_sd1, steps=2)
     result = run_training(config, sink=ListSink(), control=RunControl())

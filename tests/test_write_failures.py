@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from engine.events import ListSink
-from engine.train import state as state_module
-from engine.train.runner import run_training
+from engine.train.saves import state as state_module
+from engine.runner import run_training
 from train_helpers import make_run
 
 SAVE_EVERY_STEP = "every_n_steps = 1\nstate = true\nlast_n_states = 3\n"

@@ -65,7 +65,7 @@ def validation_curve(events_path: Path) -> list[tuple[int, float]]:
 
 def train_family(out_dir: Path, dataset, family, settings: LearningSettings, say) -> dict:
     """Build the family's model, train it with sdft; the run's figures (no scores yet)."""
-    from engine.train.runner import run_training
+    from engine.runner import run_training
     from engine.vocabulary import RunStatus
 
     model_dir = out_dir / "models" / family.name
@@ -94,7 +94,7 @@ def score(model_dir: Path, trained, dataset, family, sampling: SamplingPlan, sam
 
 def run_learning_bench(out_dir: str | Path, settings: LearningSettings = LearningSettings(), say=print) -> dict:
     """The whole benchmark; writes OUT_DIR/learning.{md,json,png} and returns the report."""
-    from engine.bench.report import write_report
+    from engine.bench.learning_report import write_report
 
     started = time.perf_counter()
     out = Path(out_dir)
@@ -138,7 +138,7 @@ def score_trained_file(out_dir: str | Path, trained: str | Path, family_name: st
     import json
 
     from engine.bench.concepts import read_concept_dataset
-    from engine.bench.report import write_json
+    from engine.bench.learning_report import write_json
 
     out, family = Path(out_dir), family_named(family_name)
     model_dir = out / "models" / family.name

@@ -314,22 +314,3 @@ def load_dataset_file(path: str | Path, problems: ProblemList) -> DatasetBluepri
         return blueprint
     finally:
         problems.file, problems.line_of = saved_file, saved_lines
-
-
-def single_folder_blueprint(metadata_file: str | Path, image_dir: str | Path | None, *,
-                            resolution: tuple[int, int] | None = None, batch_size: int = 1,
-                            enable_bucket: bool = True, **subset_options: Any) -> DatasetBlueprint:
-    """One dataset with one subset, the shape ``in_json`` + ``train_data_dir`` had in kohya.
-
-    Used by the demo and the wizard; values are validated as if they came from a TOML.
-    """
-    problems = ProblemList(file="<generated>")
-    subset = {"metadata_file": str(metadata_file), **subset_options}
-    if image_dir is not None:
-        subset["image_dir"] = str(image_dir)
-    dataset: dict[str, Any] = {"batch_size": batch_size, "enable_bucket": enable_bucket, "subsets": [subset]}
-    if resolution is not None:
-        dataset["resolution"] = list(resolution)
-    blueprint = parse_dataset_tables({"datasets": [dataset]}, problems=problems, base_dir=Path.cwd())
-    problems.raise_if_errors()
-    return blueprint

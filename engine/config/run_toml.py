@@ -284,12 +284,6 @@ def _load_datasets(data: dict, problems: ProblemList, base_dir: Path):
     return dataset.parse_dataset_tables(tables, problems=problems, base_dir=base_dir)
 
 
-def _problem(file: str, key: str, message: str, hint: str, line: int | None = None):
-    from engine.config.problems import Problem
-
-    return Problem(key or "<file>", message, hint, file, line)
-
-
 # ---------------------------------------------------------------- saving
 
 

@@ -7,7 +7,7 @@ module is pure Python (no torch) so the wizard can import it instantly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.config.fields import opt
@@ -325,8 +325,3 @@ class RunConfig:
         if not out.is_absolute():
             out = Path(self.base_dir) / out
         return out / self.train.output_name
-
-
-def field_docs(section: type) -> dict[str, str]:
-    """Field name -> one-line doc, for help screens and --check output."""
-    return {f.name: f.metadata.get("doc", "") for f in fields(section)}

@@ -58,17 +58,6 @@ def cover_resize(size: Size, bucket: Size) -> Size:
     return (int(math.floor(w * scale + 0.5)), int(math.floor(h * scale + 0.5)))
 
 
-def select_bucket(size: Size, buckets: Sequence[Size]) -> tuple[Size, Size]:
-    """(bucket, resized) for the default rule: exact match, else nearest aspect (first on ties)."""
-    w, h = size
-    if (w, h) in buckets:
-        return (w, h), (w, h)
-    ar = w / h
-    best = min(range(len(buckets)), key=lambda i: (abs(buckets[i][0] / buckets[i][1] - ar), i))
-    bucket = tuple(buckets[best])
-    return bucket, cover_resize(size, bucket)
-
-
 def _rts(x: float, d: int) -> int:
     r = int(math.floor(x + 0.5))
     return r - r % d
@@ -188,34 +177,35 @@ def assign_sizes(sizes: Sequence[Size], settings: BucketSettings,
                 out[i] = Assignment(sizes[i], None, None, str(exc))
         return out  # type: ignore[return-value]
     buckets = settings.bucket_list()
-    if rest:
-        _assign_nearest([sizes[i] for i in rest], buckets, rest, out)
+    for i, assignment in zip(rest, nearest_buckets([sizes[i] for i in rest], buckets)):
+        out[i] = assignment
     return out  # type: ignore[return-value]
 
 
-def _assign_nearest(sizes: list[Size], buckets: list[Size], where: list[int], out: list) -> None:
-    """Vectorised select_bucket rule; float64 arithmetic equals Python's, argmin keeps the first tie."""
+def nearest_buckets(sizes: list[Size], buckets: list[Size]) -> list[Assignment]:
+    """kohya's default rule, vectorised: an image whose size is a bucket keeps it; any other goes
+    to the bucket of nearest aspect ratio (the first on ties) and is resized to cover it.
+    float64 arithmetic equals Python's, and argmin keeps the first tie, so the choice is kohya's
+    image for image (tests/test_data_buckets.py checks it against the rule written plainly)."""
+    out: list[Assignment] = []
+    if not sizes:
+        return out
     arr = np.asarray(sizes, dtype=np.int64)
-    w = arr[:, 0].astype(np.float64)
-    h = arr[:, 1].astype(np.float64)
-    ar = w / h
+    ar = arr[:, 0].astype(np.float64) / arr[:, 1].astype(np.float64)
     barr = np.asarray(buckets, dtype=np.int64)
     bar = barr[:, 0].astype(np.float64) / barr[:, 1].astype(np.float64)
-    exact_lookup = {b: i for i, b in enumerate(buckets)}
+    exact = set(map(tuple, buckets))
     chunk = 65536
     for start in range(0, len(sizes), chunk):
-        sl = slice(start, start + chunk)
-        err = np.abs(bar[None, :] - ar[sl, None])
-        best = np.argmin(err, axis=1)
-        for j, b in enumerate(best.tolist()):
-            k = start + j
-            size = sizes[k]
-            exact = exact_lookup.get(size)
-            if exact is not None:
-                out[where[k]] = Assignment(size, size, size)
-                continue
-            bucket = buckets[b]
-            out[where[k]] = Assignment(size, bucket, cover_resize(size, bucket))
+        best = np.argmin(np.abs(bar[None, :] - ar[start:start + chunk, None]), axis=1)
+        for size, b in zip(sizes[start:start + chunk], best.tolist()):
+            size = tuple(size)
+            if size in exact:
+                out.append(Assignment(size, size, size))
+            else:
+                bucket = tuple(buckets[b])
+                out.append(Assignment(size, bucket, cover_resize(size, bucket)))
+    return out
 
 
 # ---------------------------------------------------------------- the crop
@@ -236,11 +226,6 @@ def crop_offset(resized: Size, bucket: Size, *, random_crop: bool = False, rng: 
 
 def batches_for(count: int, batch_size: int) -> int:
     return -(-count // batch_size) if count > 0 else 0
-
-
-def slice_batches(items: Sequence, batch_size: int) -> list[list]:
-    """Consecutive slices, the last one smaller; nothing dropped."""
-    return [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
 def steps_per_epoch(num_batches: int, grad_accum: int = 1, processes: int = 1) -> int:

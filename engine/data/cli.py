@@ -1,6 +1,7 @@
-"""``sdft buckets``, ``sdft prepare`` and ``sdft cache`` (engine/data/cache_cli.py): dataset tools for the terminal.
+"""``sdft buckets`` and ``sdft prepare``: dataset tools for the terminal (``sdft cache`` is
+engine/train/cache_cli.py).
 
-:func:`register` adds the three commands to the one ``sdft`` tree (see engine.commandline);
+:func:`register` adds the two commands to the one ``sdft`` tree (see engine.commandline);
 ``buckets_command(argv)`` and the others parse and run one of them from Python. Each returns
 an exit code (0 ok, 1 problems found, 2 bad usage or configuration). Output uses Rich;
 ``--json`` prints one JSON object for scripts.
@@ -16,7 +17,6 @@ from pathlib import Path
 from engine.vocabulary import ExitCode
 from engine.commandline import run_command
 from engine.console import styled
-from engine.data.cache_cli import add_cache
 
 
 
@@ -40,10 +40,9 @@ def _console(stderr: bool = False):
 
 
 def register(commands) -> None:
-    """Add ``buckets``, ``prepare`` and ``cache`` to the ``sdft`` tree."""
+    """Add ``buckets`` and ``prepare`` to the ``sdft`` tree."""
     _add_buckets(commands)
     _add_prepare(commands)
-    add_cache(commands)
 
 
 def buckets_command(argv: list[str]) -> int:
@@ -53,9 +52,6 @@ def buckets_command(argv: list[str]) -> int:
 def prepare_command(argv: list[str]) -> int:
     return run_command(register, "prepare", argv)
 
-
-def cache_command(argv: list[str]) -> int:
-    return run_command(register, "cache", argv)
 
 
 # ---------------------------------------------------------------- sdft buckets
@@ -309,11 +305,11 @@ def _clean_metadata(path: Path, args) -> int:
     """kohya's clean_captions_and_tags on a metadata file that has no sidecars beside it.
 
     Written to --out, or over the file itself after a copy of it is kept in
-    ``sdft-label-backups/`` beside it (engine/labeling/backups.py), so no caption is lost.
+    ``sdft-label-backups/`` beside it (engine/data/label_backups.py), so no caption is lost.
     """
     from engine.data.captions import clean_entry
     from engine.data.metadata import MetadataError, load_raw, write_metadata_json
-    from engine.labeling.backups import LabelBackup
+    from engine.data.label_backups import LabelBackup
 
     try:
         raw, warnings = load_raw(path)

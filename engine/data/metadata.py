@@ -331,22 +331,3 @@ def write_metadata_json(path: str | Path, metadata: dict[str, dict], *, overwrit
     else:
         atomic.write_text(path, json.dumps(metadata, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
     return path
-
-
-def entries_to_metadata(entries: Iterable[MetaEntry], image_dir: Path, key_style: str = "relative") -> dict[str, dict]:
-    """MetaEntry list → writable dict (used for round trips and key-style conversion)."""
-    entries = list(entries)
-    clashing = clash_index(e.path for e in entries)
-    out = {}
-    for e in entries:
-        entry = dict(e.extra)
-        if e.caption is not None:
-            entry["caption"] = e.caption
-        if e.tags is not None:
-            entry["tags"] = e.tags
-        if e.image_size is not None:
-            entry["image_size"] = list(e.image_size)
-        if e.train_resolution is not None:
-            entry["train_resolution"] = list(e.train_resolution)
-        out[make_key(e.path, image_dir, key_style, shares_name=e.path in clashing)] = entry
-    return out

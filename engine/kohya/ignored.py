@@ -2,7 +2,7 @@
 
 Tools write every setting out: the kohya_ss GUI saves a sampler without prompts, a multires
 discount without multires noise, a torch.compile backend without torch.compile. kohya ignores
-them; sdft's ``--check`` refuses a key that does nothing (engine/preflight_inert.py). So the
+them; sdft's ``--check`` refuses a key that does nothing (engine/preflight/inert.py). So the
 converter asks that same check which converted keys would do nothing, and drops them, saying
 why, unless kohya would stop at them too (then the file keeps them and ``--check`` says what to
 do). Bucket settings without ``--enable_bucket`` are ignored by kohya as well.
@@ -27,7 +27,7 @@ def ignored_values(values: dict[str, Any]) -> dict[str, str]:
     config = _run_config(values)
     if config is not None:
         from engine.config.problems import ProblemList
-        from engine.preflight_inert import check_inert_options
+        from engine.preflight.inert import check_inert_options
 
         problems = ProblemList()
         check_inert_options(config, problems)

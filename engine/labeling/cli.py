@@ -14,7 +14,6 @@ Exit codes: 0 ok, 1 some images failed, 2 bad usage / model / configuration, 130
 from __future__ import annotations
 
 import argparse
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,24 +190,25 @@ class _Usage(Exception):
 
 
 class _StopFlag:
-    """First Ctrl-C: stop after the current batch. Second: abort."""
+    """The stop-signal policy (engine/stop_signals.py) for labelling: stop after the current
+    batch (every label written so far is kept); Ctrl-C again aborts."""
 
     def __init__(self, console):
-        self.console, self.stop, self.previous = console, False, None
+        from engine.stop_signals import StopSignals
+
+        self.console, self.stop = console, False
+        self.signals = StopSignals(self.request)
+
+    def request(self, name: str) -> None:
+        self.stop = True
+        self.console.print(f"{name}: stopping after this batch (Ctrl-C again to abort)", style="yellow")
 
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self._handle)
+        self.signals.__enter__()
         return self
 
-    def _handle(self, _signum, _frame):
-        if self.stop:
-            raise KeyboardInterrupt
-        self.stop = True
-        self.console.print("stopping after this batch (Ctrl-C again to abort)", style="yellow")
-
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
-        return False
+        return self.signals.__exit__(*exc)
 
     def __call__(self) -> bool:
         return self.stop

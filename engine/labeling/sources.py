@@ -9,25 +9,14 @@ download it elsewhere and pass the folder.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Sequence
 
 from engine.labeling.options import LabelError
+from engine.models.hub import download_advice, is_offline
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def is_offline() -> bool:
-    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set (read now, not at import of huggingface_hub)."""
-    truthy = {"1", "ON", "YES", "TRUE"}
-    return any(os.environ.get(name, "").upper() in truthy for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def how_to_get(repo_id: str, flag: str = "--model") -> str:
-    return (f"on a machine with internet run `hf download {repo_id} --local-dir ./{repo_id.split('/')[-1]}`, "
-            f"copy the folder here and pass it with {flag} FOLDER")
 
 
 def check_folder(folder: Path, required: Sequence[str | tuple[str, ...]], what: str, flag: str = "--model") -> Path:
@@ -76,7 +65,7 @@ def _from_hub(repo_id: str, allow_patterns, what: str, flag: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise LabelError(f"{what} model {repo_id!r} is a hub id but huggingface_hub is not installed; "
-                         f"{how_to_get(repo_id, flag)}") from None
+                         f"{download_advice(repo_id, flag)}") from None
     patterns = list(allow_patterns) if allow_patterns else None
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
@@ -84,10 +73,10 @@ def _from_hub(repo_id: str, allow_patterns, what: str, flag: str) -> Path:
         pass
     if is_offline():
         raise LabelError(f"{what} model {repo_id!r} is not in the local hub cache and this machine is offline "
-                         f"(HF_HUB_OFFLINE is set): {how_to_get(repo_id, flag)}")
+                         f"(HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): {download_advice(repo_id, flag)}")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # noqa: BLE001 - network down, unknown repo, gated repo...
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise LabelError(f"cannot download {what} model {repo_id!r} ({reason}); check the id, or "
-                         f"{how_to_get(repo_id, flag)}") from None
+                         f"{download_advice(repo_id, flag)}") from None

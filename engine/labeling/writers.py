@@ -5,7 +5,7 @@ Policies: ``skip`` keeps existing text (and such images are not sent to the mode
 engine.data.captions.write_caption; tags merged without duplicates,
 ``append_tags``). Sidecar writes are atomic per file; the metadata JSON is written
 atomically once per run (and on stop), keeping every other entry and key as it was.
-A label that ``overwrite`` replaces is copied first (engine.labeling.backups), so it can be
+A label that ``overwrite`` replaces is copied first (engine.data.label_backups), so it can be
 put back after the run.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.data.captions import clean_caption, clean_tags, read_sidecar, write_caption
-from engine.labeling.backups import LabelBackup
+from engine.data.label_backups import LabelBackup
 from engine.labeling.options import POLICIES, LabelError
 from engine.labeling.tagrules import merge_tags
 

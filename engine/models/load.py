@@ -371,11 +371,10 @@ def _stored_dtype(sub: Path) -> str | None:
 
 
 def _download_hub(repo_id: str) -> Path:
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("SDFT_OFFLINE"):
-        raise ModelLoadError(
-            f"{repo_id!r} is not a local file or folder, and looks like a Hugging Face hub id, but "
-            "sdft is offline (HF_HUB_OFFLINE is set). Download the model elsewhere and set "
-            "model.pretrained_model_name_or_path to the .safetensors file or diffusers folder")
+    from engine.models.hub import is_offline, offline_model_message
+
+    if is_offline():
+        raise ModelLoadError(offline_model_message(repo_id))
     try:
         from huggingface_hub import snapshot_download
 

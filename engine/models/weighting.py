@@ -108,33 +108,6 @@ def _as_float(number: str) -> float | None:
         return None
 
 
-def strip_weight_syntax(text: str) -> str:
-    """The caption text without attention syntax (what the text encoder reads)."""
-    return "".join(segment.text for segment in parse_weighted_caption(text))
-
-
-def has_comma_inside_brackets(text: str) -> bool:
-    """True when a ``,`` sits inside ``( )`` / ``[ ]``.
-
-    Tag shuffling and dropout split captions on commas, which tears such groups apart: the
-    pre-flight check warns about these captions.
-    """
-    depth = 0
-    escaped = False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char in "([":
-            depth += 1
-        elif char in ")]" and depth:
-            depth -= 1
-        elif char == "," and depth:
-            return True
-    return False
-
-
 @dataclass(frozen=True)
 class WeightedTokens:
     """Text token ids (no BOS/EOS) with one weight per token, already cut to the limit."""

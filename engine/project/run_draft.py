@@ -270,7 +270,7 @@ class RunDraft:
     def check(self, run_path: Path, dataset: DatasetLink, *, skip_data: bool = False) -> list:
         """What ``sdft train --check`` says about the file as it would be written (imports torch);
         an earlier run in its folder is a note, since the wizard asks what to do with it."""
-        from engine.preflight import check_run_text
+        from engine.preflight.checks import check_run_text
 
         _config, problems = check_run_text(self.render(run_path, dataset), file=str(run_path),
                                            base_dir=run_path.parent, skip_data=skip_data, restart=None)

@@ -3,7 +3,7 @@
 Each entry: kohya's name, the library whose schedule function ``engine/train/lr_schedules.py``
 calls (the classic six and piecewise_constant from diffusers, as sdft always built them; the
 three kohya added later from transformers, as kohya takes them), and the options it takes from
-``[optimizer]`` keys (``engine/train/lr_schedules.py`` maps them; ``engine/preflight_inert.py``
+``[optimizer]`` keys (``engine/train/lr_schedules.py`` maps them; ``engine/preflight/inert.py``
 refuses the keys a schedule does not take). ``adafactor`` is transformers' ``AdafactorSchedule``,
 which only reports the step size Adafactor picks itself (``relative_step = true``).
 """

@@ -17,7 +17,7 @@ from engine.events import Message
 from engine.train.components import Components
 from engine.train.optimizer_bundle import OptimizerBundle
 from engine.train.schedule import Schedule
-from engine.train.state import Counters
+from engine.train.saves.state import Counters
 
 
 class TrainingThreadSay:

@@ -63,11 +63,6 @@ def steps_of(value: int | float, total_steps: int) -> int:
     return int(value)
 
 
-def schedule_options(name: str) -> tuple[str, ...]:
-    """The [optimizer]-key options schedule ``name`` takes."""
-    return options_of(name)
-
-
 def _function(name: str):
     if name in DIFFUSERS:
         from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType

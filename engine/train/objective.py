@@ -211,8 +211,3 @@ def apply_mask(elements: torch.Tensor, masks: torch.Tensor | None) -> torch.Tens
 def sample_losses(elements: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Per-sample mean over C,H,W, weighted."""
     return elements.mean(dim=(1, 2, 3)) * weights
-
-
-def reduce_loss(elements: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean over C,H,W, weighted, then mean over the batch."""
-    return sample_losses(elements, weights).mean()

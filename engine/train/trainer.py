@@ -21,7 +21,7 @@ from engine.control_file import ControlFileReader
 from engine.events import PhaseProgress, StatusChanged
 from engine.vocabulary import ControlStatus, Phase, RunStatus
 from engine.train import forward
-from engine.train.checkpoints import Checkpointer
+from engine.train.saves.checkpoints import Checkpointer
 from engine.train.components import (
     Components,
     build_prompt_encoder,
@@ -46,7 +46,7 @@ from engine.train.metrics import IntervalMeter, interval_figures
 from engine.train.optimizer_bundle import build_bundle, lr_scale, shards, trained_modules
 from engine.train.precision import start_accelerator
 from engine.prefetch import Prefetcher
-from engine.train.resume import parts_math_hash, restore
+from engine.train.saves.resume import parts_math_hash, restore
 from engine.data.parts import rank_part
 from engine.train.schedule import resolve_schedule
 from engine.train.validation import ValidationHook

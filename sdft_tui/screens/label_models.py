@@ -114,7 +114,7 @@ class ReplaceLabelsScreen(ModalScreen):
 
     def compose(self):
         what = "captions" if self.field == "caption" else "tag lists"
-        from engine.labeling.backups import BACKUP_DIR_NAME
+        from engine.data.label_backups import BACKUP_DIR_NAME
 
         with Vertical(id="replace-dialog"):
             yield Label(Text(f"Replace {self.labelled} existing {what}?", style="bold"))

@@ -11,7 +11,7 @@ from textual.widgets.option_list import Option
 
 from sdft_tui.screens.buckets import FIELDS as BUCKET_FIELDS
 from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
-from engine.preflight_model import look_at_model
+from engine.preflight.model import look_at_model
 from engine.project.run_draft import field_meta
 from sdft_tui.text import literal
 from sdft_tui.widgets.on_off import OnOffCheckbox

@@ -156,7 +156,7 @@ class ReviewScreen(WizardScreen):
 
     @work(thread=True, exclusive=True, group="train-check")
     def train_check_worker(self, saved: Path) -> None:
-        from engine.preflight import check_run_file
+        from engine.preflight.checks import check_run_file
         from engine.run_history import run_history
 
         config, problems = check_run_file(saved, restart=None)   # an earlier run: asked below

@@ -83,8 +83,8 @@ def check_cell(losses: list[float], moved: float, prediction_error: float | None
 def run_cell(config, store) -> tuple[dict, dict]:
     """Train one cell from the store's pristine model: its figures and its checks."""
     from engine.events import StepMetrics
-    from engine.train.bench import run_timed
-    from engine.train.bench_matrix import PeakMemory, StoreTrainer, planner_figures, release
+    from engine.bench.speed import run_timed
+    from engine.bench.speed_matrix import PeakMemory, StoreTrainer, planner_figures, release
 
     trainer = StoreTrainer(config, store=store)
     try:
@@ -109,9 +109,9 @@ def gpu_smoke(out_dir: str | Path, *, model: str = "sd1", resolution: int = 512,
     import torch
 
     from engine.hardware import cuda_has_bf16, installed_packages
-    from engine.train.bench_cells import Cell, cell_config, cell_problem
-    from engine.train.bench_matrix import ModelStore, collect_garbage, device_name, one_line
-    from engine.train.gpu_report import MODEL_LABELS, ReportSize, random_model, write_report_run
+    from engine.bench.speed_cells import Cell, cell_config, cell_problem
+    from engine.bench.speed_matrix import ModelStore, collect_garbage, device_name, one_line
+    from engine.bench.gpu_report import MODEL_LABELS, ReportSize, random_model, write_report_run
 
     started = time.perf_counter() if started is None else started
     say = progress or (lambda _text: None)
@@ -168,7 +168,7 @@ def smoke_failed(report: dict) -> bool:
 
 def write_smoke_outputs(out: Path, report: dict) -> tuple[Path, Path]:
     from engine import atomic
-    from engine.train.bench_report import write_json
+    from engine.bench.speed_report import write_json
 
     md_path = out / "gpu-smoke.md"
     atomic.write_text(md_path, smoke_markdown(report))
@@ -176,7 +176,7 @@ def write_smoke_outputs(out: Path, report: dict) -> tuple[Path, Path]:
 
 
 def smoke_markdown(report: dict) -> str:
-    from engine.train.bench_report import fmt_bytes
+    from engine.bench.speed_report import fmt_bytes
 
     def mark(value) -> str:
         return "n/a" if value is None else ("yes" if value else "**no**")

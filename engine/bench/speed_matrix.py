@@ -1,12 +1,12 @@
 """`sdft bench --matrix`: time a run file under each speed and memory option, one cell at a time.
 
-Each cell is the run file with a few keys changed (engine.train.bench_cells), trained by the real
+Each cell is the run file with a few keys changed (engine.bench.speed_cells), trained by the real
 Trainer for ``warmup + steps`` steps and timed by a step hook, as plain `sdft bench` times it. The
 model is built or loaded once and each cell trains a fresh copy of it, so cells differ only in
 what they change. Per cell: steps/s, samples/s, peak memory (CUDA: torch's peak allocated and
 reserved bytes; CPU: the process's peak resident memory), the VRAM planner's prediction and its
 error (CUDA, full-size SD U-Nets: the planner models those only), FLOPs per sample and the model
-FLOP utilisation (engine.train.gpu_peaks). A cell that cannot run here is skipped with the reason,
+FLOP utilisation (engine.bench.gpu_peaks). A cell that cannot run here is skipped with the reason,
 one that raises is listed as failed with the error, and with a time budget the cells that would
 end past it are listed as not run.
 """
@@ -25,9 +25,9 @@ import torch
 
 from engine.control import RunControl
 from engine.events import ListSink
-from engine.train import bench_cells
-from engine.train.bench import flops_per_sample, for_timing, run_timed
-from engine.train.bench_cells import Cell
+from engine.bench import speed_cells
+from engine.bench.speed import flops_per_sample, for_timing, run_timed
+from engine.bench.speed_cells import Cell
 from engine.train.trainer import Trainer
 
 
@@ -138,7 +138,7 @@ class FlopsBook:
         self.per_batch: dict[int, float] = {}
 
     def flops(self, config, parts) -> float | None:
-        batch = bench_cells.base_value(config, bench_cells.BATCH_KEY)
+        batch = speed_cells.base_value(config, speed_cells.BATCH_KEY)
         m = config.memory
         countable = not m.gradient_checkpointing and m.attention != "xformers" and not getattr(m, "torch_compile", False)
         if batch not in self.per_batch and countable:
@@ -147,7 +147,7 @@ class FlopsBook:
 
 
 def mfu_figures(config, device: torch.device, flops: float | None, samples_per_s: float) -> dict:
-    from engine.train.gpu_peaks import compute_dtype, peak_tflops
+    from engine.bench.gpu_peaks import compute_dtype, peak_tflops
 
     if flops is None:
         return {"mfu": None, "mfu_note": "no FLOP count at this batch size (counted without checkpointing, "
@@ -237,7 +237,7 @@ def device_name() -> str:
 
 
 def _result_line(cell: Cell) -> str:
-    from engine.train.bench_report import fmt_bytes
+    from engine.bench.speed_report import fmt_bytes
 
     f = cell.figures
     if cell.status != "ran":
@@ -254,7 +254,7 @@ class MatrixPlan:
     """What a matrix times: the run file, its axes, and how many steps per cell."""
 
     config_path: Path
-    axes: tuple = bench_cells.MATRIX_AXES
+    axes: tuple = speed_cells.MATRIX_AXES
     every_combination: bool = False
     steps: int = 5
     warmup: int = 2
@@ -271,10 +271,10 @@ def plan_cells(plan: MatrixPlan):
     base, document, problems = collect_run_text(text, file=str(path), base_dir=path.parent, notes=notes)
     problems.raise_if_errors()
     if plan.every_combination:
-        return bench_cells.every_combination(plan.axes), document.unwrap(), base
-    values = {key: bench_cells.base_value(base, key) for key, _values in plan.axes
-              if bench_cells.schema_key_problem(key) is None}
-    return bench_cells.one_at_a_time(plan.axes, values), document.unwrap(), base
+        return speed_cells.every_combination(plan.axes), document.unwrap(), base
+    values = {key: speed_cells.base_value(base, key) for key, _values in plan.axes
+              if speed_cells.schema_key_problem(key) is None}
+    return speed_cells.one_at_a_time(plan.axes, values), document.unwrap(), base
 
 
 def run_matrix(plan: MatrixPlan, *, progress: Callable[[str], None] | None = None, store: ModelStore | None = None,
@@ -296,10 +296,10 @@ def run_matrix(plan: MatrixPlan, *, progress: Callable[[str], None] | None = Non
     interrupted = False
     for number, cell in enumerate(cells, 1):
         tag = f"[{number}/{len(cells)}] {cell.label}"
-        reason = bench_cells.cell_problem(cell, cuda, packages, bf16)
+        reason = speed_cells.cell_problem(cell, cuda, packages, bf16)
         config = None
         if reason is None:
-            config, reason = bench_cells.cell_config(data, cell, file=str(path), base_dir=path.parent)
+            config, reason = speed_cells.cell_config(data, cell, file=str(path), base_dir=path.parent)
         if interrupted:
             cell.status, cell.reason = "not run", "interrupted (Ctrl-C)"
         elif reason:

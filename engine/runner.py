@@ -53,7 +53,7 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
     moves an earlier run in the folder aside (docs/run-folder.md, "Starting again").
     """
     from engine.quiet import quiet_libraries
-    from engine.train.seeds import resolve_seed
+    from engine.train.seeds import resolve_seed, seed_in_effect
 
     quiet_libraries()
 
@@ -76,7 +76,7 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
 def _preflight(config, resume: str | None, restart: bool, allow_changed: bool) -> list:
     """What `sdft train --check` finds beyond the schema, before anything is cached or loaded:
     errors raise ConfigError; warnings are returned for the event log."""
-    from engine.preflight import preflight, raise_if_errors
+    from engine.preflight.checks import preflight, raise_if_errors
 
     problems = preflight(config, resume=resume, restart=restart, allow_changed=allow_changed)
     raise_if_errors(problems)
@@ -190,26 +190,9 @@ def _keep_earlier_run(run_dir: Path) -> Path | None:
     return move_aside(run_dir) if run_history(run_dir) is not None else None
 
 
-def seed_in_effect(config, resume: str | None) -> int | None:
-    """The file's seed; when the file sets none and the run resumes, the seed the state was
-    trained with (the run goes on exactly as it started); None means draw a new one."""
-    if config.train.seed is not None:
-        return config.train.seed
-    value = resume or config.train.resume
-    if not value:
-        return None
-    from engine.train.state import find_state_folder, read_counters
-
-    try:
-        folder = find_state_folder(value, config.run_dir(), config.base_dir)
-        return read_counters(folder).seed if folder is not None else None
-    except (OSError, ValueError, TypeError, KeyError):
-        return None   # a bad state folder: the trainer reports it with its own message
-
-
 def _what_was_kept(trainer, config) -> str:
     """After a failed write: what the user still has, so they know what a retry costs."""
-    from engine.train.state import read_counters
+    from engine.train.saves.state import read_counters
 
     if trainer.last_state_path:
         try:
@@ -224,7 +207,7 @@ def _what_was_kept(trainer, config) -> str:
 
 def _after_divergence(run_dir: Path, config, config_path: Path, first_bad: int | None) -> str:
     """Where a diverged run can go on from: its newest state before the first bad step."""
-    from engine.train.state import read_counters
+    from engine.train.saves.state import read_counters
 
     good = []
     for folder in (run_dir / "state").glob("*-state"):

@@ -1,6 +1,7 @@
 """``sdft cache encode`` and ``sdft cache prune``: the latent cache from the terminal.
 
-Registered in the ``sdft`` tree by engine/data/cli.py; each action returns an exit code.
+Registered in the ``sdft`` tree by engine/cli.py; each action returns an exit code. It sits in the
+training package because encoding runs the training's own latent pass (engine/train/encode.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from engine.commandline import run_command
 from engine.vocabulary import ExitCode
 
 
@@ -18,7 +20,8 @@ def _console():
     return make_console()   # markup off: paths print exactly
 
 
-def add_cache(commands) -> None:
+def register(commands) -> None:
+    """Add ``cache`` (encode, prune) to the ``sdft`` tree."""
     p = commands.add_parser("cache", help="latent cache: encode now, prune", description="Latent cache maintenance.")
     sub = p.add_subparsers(dest="action", required=True)
     prune = sub.add_parser("prune", help="delete cache entries no run uses any more")
@@ -32,6 +35,10 @@ def add_cache(commands) -> None:
                                         "dataset and cache settings), so training starts without waiting.")
     encode.add_argument("config", help="run TOML")
     encode.set_defaults(run=_cache_encode)
+
+
+def cache_command(argv: list[str]) -> int:
+    return run_command(register, "cache", argv)
 
 
 def _live_run_using(cache_dir: Path, runs_root: Path) -> str | None:

@@ -58,7 +58,7 @@ class LabelBackup:
                  "back into the dataset folder, e.g.", "",
                  f'  cp -a "{self.folder}/." "{self.root.resolve()}/"', "",
                  f"(then delete {MANIFEST} and {RESTORE_NOTE} there), or in Python:", "",
-                 f'  from engine.labeling.backups import restore_backup; restore_backup("{self.folder}")',
+                 f'  from engine.data.label_backups import restore_backup; restore_backup("{self.folder}")',
                  "", "Files:"]
         lines += [f"  {rel} -> {original}" for rel, original in self.files.items()]
         atomic.write_text(self.folder / RESTORE_NOTE, "\n".join(lines) + "\n")

@@ -20,8 +20,8 @@ from engine.train.divergence import checked
 from engine.train.optimizer_bundle import shards
 from engine.train.optimizers import with_evaluation_weights
 from engine.train.schedule import epochs_between_saves
-from engine.train.resume_check import INPUTS_FILE, inputs_text
-from engine.train.state import save_state
+from engine.train.saves.resume_check import INPUTS_FILE, inputs_text
+from engine.train.saves.state import save_state
 
 EXTENSIONS = {"safetensors": ".safetensors", "ckpt": ".ckpt", "diffusers": "", "diffusers_safetensors": ""}
 

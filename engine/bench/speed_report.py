@@ -1,5 +1,5 @@
 """How `sdft bench --matrix` and `--gpu-report` show a matrix: a console table, a markdown table
-and a JSON copy. Torch-free: it reads the report dict engine.train.bench_matrix returns."""
+and a JSON copy. Torch-free: it reads the report dict engine.bench.speed_matrix returns."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def footnote(report: dict, bullet: str = "") -> str:
 def markdown_table(report: dict, timed: bool = True) -> str:
     """The cells that ran (``timed``) or the others, one column per key any cell changes ('-': as
     in the run file), then the figures (or why there are none)."""
-    from engine.train.bench_cells import short_name
+    from engine.bench.speed_cells import short_name
 
     cells = [(n, c) for n, c in enumerate(report["cells"], 1) if (c["status"] == "ran") == timed]
     if not cells:

@@ -1,6 +1,6 @@
 """`sdft bench RUN.toml --gpus N`: does training speed up with more GPUs? (docs/many-gpus.md)
 
-The plain bench (engine/train/bench.py) runs once in this process on one GPU, then in N processes
+The plain bench (engine/bench/speed.py) runs once in this process on one GPU, then in N processes
 started by accelerate's launcher, each at the run file's batch size (so N times the global batch).
 Scaling efficiency is the N-process samples/s over N times the one-process figure; below 80 % per
 GPU the GPUs spend their time waiting for each other (a slow link, no peer-to-peer, a tiny batch)
@@ -21,7 +21,7 @@ LOW_EFFICIENCY = 0.80
 def scaling_report(config: str | Path, processes: int, steps: int, warmup: int, *, p2p_ok=None,
                    progress=None) -> dict:
     from engine.launch import launch_plan
-    from engine.train.bench import run_bench
+    from engine.bench.speed import run_bench
 
     say = progress or (lambda _text: None)
     say(f"sdft bench --gpus {processes}: timing 1 process")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from engine.train.context import RunParts
 from engine.train.optimizers import set_train_mode
-from engine.train.resume_check import compare, describe_inputs, read_inputs
-from engine.train.state import (
+from engine.train.saves.resume_check import compare, describe_inputs, read_inputs
+from engine.train.saves.state import (
     Counters,
     StateError,
     find_state_folder,

@@ -79,7 +79,7 @@ def save_state(folder: Path, *, trainables: dict[str, torch.nn.Module | dict], o
                texts: dict[str, str] | None = None) -> Path:
     """Write a complete state folder atomically; returns its final path. A failed write
     names its file (``atomic.writing``), so a full disk says which part did not fit.
-    ``texts``: more files by name (the run's inputs, engine/train/resume_check.py)."""
+    ``texts``: more files by name (the run's inputs, engine/train/saves/resume_check.py)."""
     with atomic.atomic_dir(folder) as tmp:
         def put(name: str, write) -> None:
             with atomic.writing(tmp / name):

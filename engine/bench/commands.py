@@ -81,7 +81,7 @@ def scaling_command(args) -> int:
 
 
 def show_scaling(args, processes: int, p2p_ok) -> int:
-    from engine.train.bench_scaling import scaling_report
+    from engine.bench.scaling import scaling_report
 
     steps, warmup = _steps(args, "plain")
     report = scaling_report(_run_file(args), processes, steps, warmup, p2p_ok=p2p_ok, progress=say)
@@ -101,7 +101,7 @@ def plain_command(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from engine.train.bench import run_bench
+    from engine.bench.speed import run_bench
 
     config = _run_file(args)
     steps, warmup = _steps(args, "plain")
@@ -111,7 +111,7 @@ def plain_command(args) -> int:
     if not is_main_process():   # one of `sdft bench --gpus N`'s processes: the main one reports
         return ExitCode.OK
     if args.json_out:
-        from engine.train.bench_report import write_json
+        from engine.bench.speed_report import write_json
 
         write_json(result, args.json_out)
     if args.json:
@@ -135,7 +135,7 @@ def plain_command(args) -> int:
 
 def _axes(args):
     """The axes --axis names (each KEY=V1,V2), else None for the default ones."""
-    from engine.train.bench_cells import parse_axis
+    from engine.bench.speed_cells import parse_axis
 
     return tuple(parse_axis(text) for text in args.axis) if args.axis else None
 
@@ -144,8 +144,8 @@ def matrix_command(args, axes) -> int:
     from engine.config.problems import ConfigError
     from engine.console import print_problems
 
-    from engine.train.bench_matrix import MatrixPlan, run_matrix
-    from engine.train.bench_report import print_table, write_json
+    from engine.bench.speed_matrix import MatrixPlan, run_matrix
+    from engine.bench.speed_report import print_table, write_json
 
     steps, warmup = _steps(args, "matrix")
     plan = MatrixPlan(_run_file(args), steps=steps, warmup=warmup, budget_s=args.budget)
@@ -181,7 +181,7 @@ def _budget(args) -> float:
 
 
 def gpu_report_command(args, axes) -> int:
-    from engine.train.gpu_report import ReportSize, gpu_report
+    from engine.bench.gpu_report import ReportSize, gpu_report
 
     steps, warmup = _steps(args, "gpu-report")
     size = ReportSize(model=args.report_model, resolution=args.report_resolution)
@@ -193,7 +193,7 @@ def gpu_report_command(args, axes) -> int:
 
 
 def gpu_smoke_command(args) -> int:
-    from engine.train.gpu_smoke import gpu_smoke, smoke_failed
+    from engine.bench.gpu_smoke import gpu_smoke, smoke_failed
 
     steps, _warmup = _steps(args, "gpu-smoke")
     report = gpu_smoke(args.gpu_smoke, model=args.report_model, resolution=args.report_resolution, steps=steps,

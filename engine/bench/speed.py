@@ -27,7 +27,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _peak_tflops(device: torch.device, memory) -> float | None:
-    from engine.train.gpu_peaks import compute_dtype, peak_tflops
+    from engine.bench.gpu_peaks import compute_dtype, peak_tflops
 
     if device.type != "cuda":
         return None
@@ -151,12 +151,6 @@ def for_timing(config, steps: int, warmup: int):
     config.save.every_n_steps = config.save.every_n_epochs = None
     config.train.max_train_steps, config.train.max_train_epochs = warmup + steps, None
     return config
-
-
-def say_to_stderr(text: str) -> None:
-    import sys
-
-    print(text, file=sys.stderr, flush=True)
 
 
 def run_bench(config_path: str | Path, steps: int = 20, warmup: int = 3, progress=None) -> dict:

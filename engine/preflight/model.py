@@ -233,11 +233,9 @@ def _probe_hub_id(repo_id: str, probe: ModelProbe) -> None:
     from engine.models.errors import ModelLoadError
 
     probe.kind = "hub id: detected when loading"
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("SDFT_OFFLINE")
-    if offline:   # the loader downloads nothing when offline (see engine.models.load)
-        raise ModelLoadError(
-            f"{repo_id!r} is not a local file or folder and looks like a Hugging Face hub id, but sdft is "
-            "offline (HF_HUB_OFFLINE is set). Download the model elsewhere and point "
-            "model.pretrained_model_name_or_path to the .safetensors file or diffusers folder")
+    from engine.models.hub import is_offline, offline_model_message
+
+    if is_offline():   # the loader downloads nothing when offline (see engine.models.load)
+        raise ModelLoadError(offline_model_message(repo_id))
     probe.lines.append(f"{repo_id}: a Hugging Face hub id, downloaded (or taken from the cache) when "
                        "training starts")

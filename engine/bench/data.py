@@ -1,6 +1,6 @@
 """Data-pipeline benchmarks on synthetic data: scanning, bucketing, latent caching.
 
-``python -m engine.data.bench`` (or ``data_bench(argv)``) prints one table:
+``python -m engine.bench.data`` (or ``data_bench(argv)``) prints one table:
 
 - scan: find + header-read N images (copies of a few real-sized JPEG/PNG/WebP files);
 - bucketing: assign 100,000 random sizes to kohya's 512 buckets;

@@ -5,7 +5,7 @@ The model is built in memory with SD 1.5's architecture (engine/models/configs/s
 weights, so nothing is downloaded; a few generated 512x512 images are cached as latents once. Then
 every combination of batch 1/4/8, fp16/bf16, SDPA/xformers, AdamW/AdamW8bit and gradient
 checkpointing on/off is trained by the real Trainer for a few warm-up and timed steps
-(engine.train.bench_matrix), nearest the first combination first, until the time budget (390 s
+(engine.bench.speed_matrix), nearest the first combination first, until the time budget (390 s
 from the command's start by default, so the whole command fits a 7-minute slice) would run out; the rest are listed as not run. ``OUT_DIR`` gets gpu-report.md and
 gpu-report.json, rewritten after every cell so a slice that ends early still leaves its figures.
 
@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.train.bench_cells import BATCH_KEY
+from engine.bench.speed_cells import BATCH_KEY
 
 REPORT_TOML = """\
 # sdft bench --gpu-report: a random-weight {label} model built in memory (this path is not read).
@@ -151,7 +151,7 @@ def gpu_report(out_dir: str | Path, *, size: ReportSize = ReportSize(), steps: i
                budget_s: float | None = 390.0, axes=None, progress=None, started: float | None = None) -> dict:
     """Build the model, run the matrix within ``budget_s`` (counted from ``started``: the command's
     start, default this call's), write OUT_DIR/gpu-report.md and .json; returns the report."""
-    from engine.train.bench_matrix import MatrixPlan, ModelStore, run_matrix
+    from engine.bench.speed_matrix import MatrixPlan, ModelStore, run_matrix
 
     started = time.perf_counter() if started is None else started
     say = progress or (lambda _text: None)
@@ -179,7 +179,7 @@ def gpu_report(out_dir: str | Path, *, size: ReportSize = ReportSize(), steps: i
 
 def write_outputs(out: Path, report: dict) -> tuple[Path, Path]:
     from engine import atomic
-    from engine.train.bench_report import write_json
+    from engine.bench.speed_report import write_json
 
     md_path = out / "gpu-report.md"
     atomic.write_text(md_path, report_markdown(report))
@@ -187,7 +187,7 @@ def write_outputs(out: Path, report: dict) -> tuple[Path, Path]:
 
 
 def report_markdown(report: dict) -> str:
-    from engine.train.bench_report import footnote, markdown_table
+    from engine.bench.speed_report import footnote, markdown_table
 
     cells = report["cells"]
     counts = {status: sum(c["status"] == status for c in cells) for status in ("ran", "skipped", "failed", "not run")}

@@ -10,7 +10,7 @@ run as it is now (docs/run-folder.md, "Resume"):
   names what changed (changed images are encoded again), since the run is then no longer
   bit-identical to an uninterrupted one.
 
-Training (engine/train/resume.py) and ``--check --resume`` (engine/preflight.py) both ask
+Training (engine/train/saves/resume.py) and ``--check --resume`` (engine/preflight/checks.py) both ask
 :func:`compare`, so the check says exactly what training will. No torch here.
 """
 

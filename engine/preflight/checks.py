@@ -18,9 +18,9 @@ from pathlib import Path
 
 from engine.config.problems import ConfigError, Problem, ProblemList
 from engine.config.schema import RunConfig
-from engine.preflight_precision import check_precision
-from engine.preflight_speed import check_speed_options
-from engine.preflight_optimizer import check_optimizer
+from engine.preflight.precision import check_precision
+from engine.preflight.speed import check_speed_options
+from engine.preflight.optimizer import check_optimizer
 from engine.registry.optimizers import needs_package
 
 # Optional packages: (import name, pip command); an optimizer's comes from the registry.
@@ -64,7 +64,7 @@ def preflight(config: RunConfig, *, resume: str | None = None, restart: bool | N
               allow_changed: bool = False, skip_data: bool = False) -> list[Problem]:
     """Problems training would hit before its first step (errors, warnings and notes).
     ``restart``: ``--restart`` was given; None when the caller asks the user itself (the wizard)."""
-    from engine.preflight_model import probe_model
+    from engine.preflight.model import probe_model
 
     problems = ProblemList(file=config.source_path, line_of=_line_map(config.source_path))
     probe = probe_model(config, problems)
@@ -185,7 +185,7 @@ def _check_data(config: RunConfig, problems: ProblemList, probe, resume: str | N
                                 line_of=_line_map(blueprint.source) if blueprint.source else problems.line_of)
     quiet = copy.copy(config)
     quiet.train = copy.copy(config.train)
-    from engine.train.runner import seed_in_effect
+    from engine.train.seeds import seed_in_effect
 
     # the seed training will use (it picks held-out images); 0 for a new run: no "using seed" message
     quiet.train.seed = seed_in_effect(config, resume) or 0
@@ -266,12 +266,12 @@ def _check_history(config: RunConfig, problems: ProblemList, resume: str | None,
 
 
 def _resume_math(config: RunConfig, probe, device):
-    """The training-maths hash a resume compares with its state's (engine/train/resume.py), as
+    """The training-maths hash a resume compares with its state's (engine/train/saves/resume.py), as
     a function of the state's seed; None when the check cannot know it (no device, no probe)."""
     if device is None or probe.v_prediction is None:
         return None
     from engine.train.precision import decide_precision
-    from engine.train.resume import math_hash
+    from engine.train.saves.resume import math_hash
 
     try:
         mixed = decide_precision(config.memory, device).mixed_precision
@@ -283,9 +283,9 @@ def _resume_math(config: RunConfig, probe, device):
 def _check_resume(config: RunConfig, problems: ProblemList, resume: str | None, data=None, math=None,
                   allow_changed: bool = False) -> None:
     """The state a resume takes, and what training will say of it: the same verdict
-    (engine/train/resume_check.py) on the seed, the maths, the base model and the data."""
-    from engine.train.resume_check import compare, describe_inputs, read_inputs
-    from engine.train.state import StateError, find_state_folder, read_counters, verify_state
+    (engine/train/saves/resume_check.py) on the seed, the maths, the base model and the data."""
+    from engine.train.saves.resume_check import compare, describe_inputs, read_inputs
+    from engine.train.saves.state import StateError, find_state_folder, read_counters, verify_state
 
     value = resume or config.train.resume
     if not value:
@@ -383,7 +383,7 @@ def _check_sampling_cost(config: RunConfig, prompts, problems: ProblemList, prob
 
 
 def _check_unused(config: RunConfig, problems: ProblemList) -> None:
-    from engine.preflight_inert import check_inert_options
+    from engine.preflight.inert import check_inert_options
 
     check_inert_options(config, problems)   # keys that need another key to act
     hyper = config.hypernetwork

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.train.bench_report import write_json
+from engine.bench.speed_report import write_json
 
 __all__ = ["report_markdown", "write_json", "write_report"]
 

@@ -1,0 +1,1 @@
+"""Checks that run before training: --check and the start of every run (docs/architecture.md)."""
