@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, ClassVar, Iterable, Protocol
+from typing import IO, Any, Callable, ClassVar, Iterable, Protocol, TypeVar
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Event:
     kind: ClassVar[str] = "event"
     time: float = field(default_factory=time.time, kw_only=True)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"event": self.kind, **asdict(self)}
 
 
@@ -180,7 +180,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
-def event_from_dict(data: dict) -> Event | None:
+def event_from_dict(data: dict[str, Any]) -> Event | None:
     """Rebuild an event read from events.jsonl; unknown kinds (newer sdft) give None."""
     cls = EVENT_TYPES.get(data.get("event", ""))
     if cls is None:
@@ -193,7 +193,7 @@ class EventSink(Protocol):
     def emit(self, event: Event) -> None: ...
 
 
-def strict_json(value):
+def strict_json(value: object) -> object:
     """``value`` with every NaN or infinite float as None, so strict JSON readers take each line
     (a diverged run's last losses are such numbers)."""
     if isinstance(value, float):
@@ -222,7 +222,7 @@ class JsonlSink:
         self._lock = threading.Lock()
         self._file = self._open()
 
-    def _open(self):
+    def _open(self) -> IO[str]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         return open(self.path, "a", encoding="utf-8")
 
@@ -278,16 +278,19 @@ class CallbackSink:
         self.callback(event)
 
 
+E = TypeVar("E", bound=Event)
+
+
 class ListSink:
     """Keeps every event (tests, and the TUI's history)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.events: list[Event] = []
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
 
-    def of(self, cls: type[Event]) -> list:
+    def of(self, cls: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, cls)]
 
 
@@ -311,7 +314,7 @@ class FanOut:
 
 def read_events(path: str | Path) -> list[Event]:
     """Every event of an events.jsonl (a half-written last line is skipped)."""
-    out = []
+    out: list[Event] = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
             event = event_from_dict(json.loads(line))

@@ -65,6 +65,8 @@ class RunStatus(StrEnum):
 
 def exit_code_for(status: str | None) -> ExitCode:
     """The exit code of a run that ended with ``status``; a run with no status failed."""
+    if status is None:
+        return ExitCode.FAILED
     try:
         return RunStatus(status).exit_code
     except ValueError:

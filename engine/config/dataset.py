@@ -25,7 +25,6 @@ from engine.config.dataset_keys import (  # noqa: F401 - re-exported: the tables
     FOLDER_KEYS,
     FOREIGN_HINT,
     FOREIGN_METHOD_KEYS,
-    INTERPOLATIONS,
     NOT_IN_SDFT,
     SUBSET_LEVEL,
     SUBSET_ONLY,
@@ -34,6 +33,7 @@ from engine.config.dataset_keys import report as _report
 from engine.config.dataset_keys import report_folder_key
 from engine.config.dataset_keys import validate_table as _validate_table
 from engine.config.dataset_specs import (  # noqa: F401 - re-exported
+    INTERPOLATIONS,
     DatasetBlueprint,
     DatasetSpec,
     SubsetSpec,
@@ -58,7 +58,7 @@ def _resolve_path(raw: str, base_dir: Path) -> Path:
     return cwd if cwd.exists() else first
 
 
-def parse_dataset_tables(tables: dict, *, problems: ProblemList, base_dir: str | Path = ".") -> DatasetBlueprint:
+def parse_dataset_tables(tables: object, *, problems: ProblemList, base_dir: str | Path = ".") -> DatasetBlueprint:
     """``{"general": {...}, "datasets": [...]}`` → DatasetBlueprint; problems collected, not raised.
 
     The caller raises with ``problems.raise_if_errors()`` once everything else is checked.
@@ -91,7 +91,7 @@ def parse_dataset_tables(tables: dict, *, problems: ProblemList, base_dir: str |
     return blueprint
 
 
-def _merged(name: str, levels: list[dict], default: Any) -> Any:
+def _merged(name: str, levels: list[dict[str, Any]], default: Any) -> Any:
     """The first level that sets ``name`` (subset, dataset, general), else ``default``."""
     for values in levels:
         if name in values:
@@ -99,7 +99,7 @@ def _merged(name: str, levels: list[dict], default: Any) -> Any:
     return default
 
 
-def _parse_dataset(raw: Any, prefix: str, general: dict, problems: ProblemList, base_dir: Path) -> DatasetSpec | None:
+def _parse_dataset(raw: Any, prefix: str, general: dict[str, Any], problems: ProblemList, base_dir: Path) -> DatasetSpec | None:
     if not isinstance(raw, dict):
         _report(problems, prefix, "must be a table", "write it as [[datasets]]")
         return None
@@ -149,7 +149,7 @@ def _for_method(names: tuple[str, ...], folder: bool) -> tuple[str, ...]:
     return names if folder else tuple(k for k in names if k not in FOLDER_KEYS)
 
 
-def _check_bucket_limits(spec: DatasetSpec, prefix: str, levels: list[dict], problems: ProblemList) -> None:
+def _check_bucket_limits(spec: DatasetSpec, prefix: str, levels: list[dict[str, Any]], problems: ProblemList) -> None:
     d = spec.bucket_reso_steps
     if d <= 0 or d % 8:
         return
@@ -180,7 +180,7 @@ def _check_bucket_limits(spec: DatasetSpec, prefix: str, levels: list[dict], pro
                     f"use max_bucket_reso ≥ {max(w, h)}")
 
 
-def _note_resolution(spec: DatasetSpec, prefix: str, levels: list[dict], problems: ProblemList) -> None:
+def _note_resolution(spec: DatasetSpec, prefix: str, levels: list[dict[str, Any]], problems: ProblemList) -> None:
     """A resolution that is not a multiple of 64 is used as kohya uses it; say how."""
     if spec.resolution is None or not any(side % 64 for side in spec.resolution):
         return
@@ -201,7 +201,7 @@ def _note_resolution(spec: DatasetSpec, prefix: str, levels: list[dict], problem
 
 
 
-def _parse_subset(raw: Any, prefix: str, levels: list[dict], problems: ProblemList, base_dir: Path) -> SubsetSpec | None:
+def _parse_subset(raw: Any, prefix: str, levels: list[dict[str, Any]], problems: ProblemList, base_dir: Path) -> SubsetSpec | None:
     if not isinstance(raw, dict):
         _report(problems, prefix, "must be a table", "write it as [[datasets.subsets]]")
         return None
@@ -241,7 +241,7 @@ def _parse_subset(raw: Any, prefix: str, levels: list[dict], problems: ProblemLi
     return sub
 
 
-def _existing_file(values: dict, prefix: str, base_dir: Path, problems: ProblemList) -> Path | None:
+def _existing_file(values: dict[str, Any], prefix: str, base_dir: Path, problems: ProblemList) -> Path | None:
     """The subset's metadata file, when it exists and may be read (else its problem is reported)."""
     if "metadata_file" not in values:
         return None   # a wrong type, reported by the table's check
@@ -256,7 +256,7 @@ def _existing_file(values: dict, prefix: str, base_dir: Path, problems: ProblemL
     return metadata_file
 
 
-def _mask_folder(values: dict, prefix: str, base_dir: Path, problems: ProblemList) -> tuple[Path | None, bool]:
+def _mask_folder(values: dict[str, Any], prefix: str, base_dir: Path, problems: ProblemList) -> tuple[Path | None, bool]:
     """(the subset's mask folder or None, whether its mask settings are usable)."""
     if "conditioning_data_dir" not in values:
         return None, True

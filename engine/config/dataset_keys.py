@@ -41,14 +41,14 @@ SUBSET_ONLY = ("metadata_file", "image_dir", "alpha_mask", "conditioning_data_di
 FOLDER_KEYS = ("caption_extension", "class_tokens", "cache_info", "is_reg")
 
 
-def _declared(spec: type, names: tuple[str, ...]) -> dict[str, tuple[Field, Any]]:
+def _declared(spec: type, names: tuple[str, ...]) -> dict[str, tuple[Field[Any], Any]]:
     hints = typing.get_type_hints(spec)
     by_name = {f.name: f for f in fields(spec)}
     return {name: (by_name[name], hints[name]) for name in names}
 
 
 # name -> (its dataclass field, its type hint): what validate_table checks a value against
-FILE_KEYS: dict[str, tuple[Field, Any]] = {**_declared(DatasetSpec, DATASET_LEVEL),
+FILE_KEYS: dict[str, tuple[Field[Any], Any]] = {**_declared(DatasetSpec, DATASET_LEVEL),
                                            **_declared(SubsetSpec, SUBSET_LEVEL + SUBSET_ONLY)}
 
 # kohya command options sometimes written into a dataset table, where kohya does not read them.
@@ -94,6 +94,7 @@ def validate_table(table: Any, prefix: str, allowed: tuple[str, ...], level: str
     if not isinstance(table, dict):
         report(problems, prefix, f"must be a table, got {table!r}", "write it as [[datasets]] / [[datasets.subsets]] tables of key = value lines")
         return good
+    name: str   # a TOML table's keys are strings
     for name, value in table.items():
         key = f"{prefix}.{name}"
         if name in skip:
@@ -101,9 +102,10 @@ def validate_table(table: Any, prefix: str, allowed: tuple[str, ...], level: str
         if DEPRECATED_SPELLINGS.get(name, name) not in allowed:   # refused either way: no "rename it" note
             _report_misplaced(problems, key, DEPRECATED_SPELLINGS.get(name, name), level, allowed)
             continue
-        name = current_spelling(name, table, key, lambda *a: report(problems, *a))
-        if name is None:
+        spelled = current_spelling(name, table, key, lambda *a: report(problems, *a))
+        if spelled is None:
             continue
+        name = spelled
         if name not in allowed:
             _report_misplaced(problems, key, name, level, allowed)
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeGuard
 
 from engine.config.fields import opt
 
@@ -16,14 +17,14 @@ from engine.config.fields import opt
 INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")
 
 
-def _path(value):
+def _path(value: object) -> object:
     """A path key: the file's text as a Path (resolved against the TOML's folder later)."""
     return Path(value) if isinstance(value, str) else value
 
 
-def _resolution(value):
+def _resolution(value: object) -> tuple[int, int]:
     """``512`` (square) or ``[width, height]``, positive, as (width, height)."""
-    def whole(v):
+    def whole(v: object) -> TypeGuard[int]:
         return isinstance(v, int) and not isinstance(v, bool)
 
     if whole(value):
@@ -37,7 +38,7 @@ def _resolution(value):
     return sides
 
 
-def _extension(value):
+def _extension(value: object) -> object:
     """A caption file's extension as kohya appends it to the image's name: ".txt", with the dot."""
     if isinstance(value, str) and value and not value.startswith("."):
         raise ValueError(f"must start with a dot, got {value!r}: kohya appends it to the image's name as it is, "
@@ -45,7 +46,7 @@ def _extension(value):
     return value
 
 
-def _low_high(value):
+def _low_high(value: object) -> tuple[float, float]:
     """``[low, high]``: two numbers, low not above high."""
     if not (isinstance(value, (list, tuple)) and len(value) == 2
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
@@ -94,7 +95,7 @@ class SubsetSpec:
     face_crop_aug_range: tuple[float, float] | None = opt(None, "Face crop scale range [low, high], e.g. "
                                                           "[2.0, 4.0] (needs face info in file names).",
                                                           normalize=_low_high)
-    custom_attributes: dict | None = opt(None, "Free values passed along with the subset: an inline table "
+    custom_attributes: dict[str, Any] | None = opt(None, "Free values passed along with the subset: an inline table "
                                          "{ name = value }.")
     caption_from_filename: bool = opt(False, "An image with neither caption nor tags trains with its file name "
                                       "(sdft's key; kohya has none).")
@@ -123,7 +124,10 @@ class SubsetSpec:
     @property
     def source(self) -> Path:
         """Where the subset's list of images comes from: its metadata file, or its folder."""
-        return self.image_dir if self.metadata_file is None else self.metadata_file
+        if self.metadata_file is not None:
+            return self.metadata_file
+        assert self.image_dir is not None, "the parser refuses a folder subset without image_dir"
+        return self.image_dir
 
     @property
     def cacheable(self) -> bool:

@@ -14,11 +14,25 @@ import types
 import typing
 from dataclasses import MISSING, Field, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar, overload
+
+T = TypeVar("T")
+# What a key's normaliser takes (the file's value, any TOML type) and gives (the value kept).
+Normalizer = Callable[[Any], Any]
 
 
-def opt(default: Any = None, doc: str = "", *, choices: tuple | None = None, min: float | None = None,
-        max: float | None = None, factory: Any = None, normalize: Any = None):
+# Typed as dataclasses.field is: the value stands for the field's default, so a checker sees a
+# default that does not fit the key's type hint.
+@overload
+def opt(default: T, doc: str = "", *, choices: tuple[object, ...] | None = None, min: float | None = None,
+        max: float | None = None, factory: None = None, normalize: Normalizer | None = None) -> T: ...
+@overload
+def opt(default: None = None, doc: str = "", *, choices: tuple[object, ...] | None = None,
+        min: float | None = None, max: float | None = None, factory: Callable[[], T],
+        normalize: Normalizer | None = None) -> T: ...
+def opt(default: object = None, doc: str = "", *, choices: tuple[object, ...] | None = None,
+        min: float | None = None, max: float | None = None, factory: Callable[[], object] | None = None,
+        normalize: Normalizer | None = None) -> object:
     """A documented field. ``choices``/``min``/``max`` are checked by ``check_value``; ``normalize``
     turns what the file says into the value kept (a ValueError is the key's problem), before the
     checks: e.g. a name in any case into its registry spelling. ``default=MISSING``: required."""
@@ -28,12 +42,13 @@ def opt(default: Any = None, doc: str = "", *, choices: tuple | None = None, min
     return field(default=default, metadata=meta)
 
 
-def required(doc: str = "", *, normalize: Any = None):
-    """A documented field without a default (the dataclass must be built with it)."""
+def required(doc: str = "", *, normalize: Normalizer | None = None) -> Any:
+    """A documented field without a default (the dataclass must be built with it). Any: it has no
+    default for a checker to compare with the key's type."""
     return opt(MISSING, doc, normalize=normalize)
 
 
-def check_value(spec: Field, hint: Any, value: Any) -> tuple[Any, tuple[str, str] | None]:
+def check_value(spec: Field[Any], hint: Any, value: Any) -> tuple[Any, tuple[str, str] | None]:
     """(the value to keep, None), or (None, (message, hint)) when ``value`` does not fit the field
     declared by ``spec`` with type ``hint``. The message ends with what the file said."""
     normalize = spec.metadata.get("normalize")
@@ -50,13 +65,14 @@ def check_value(spec: Field, hint: Any, value: Any) -> tuple[Any, tuple[str, str
     return value, None
 
 
-def field_doc(spec: Field) -> str:
-    return spec.metadata.get("doc", "")
+def field_doc(spec: Field[Any]) -> str:
+    doc: str = spec.metadata.get("doc", "")
+    return doc
 
 
 def is_text(hint: Any) -> bool:
     """Does the key hold text (a name, a path) and never a number? ``"123"`` then stays a string."""
-    args = typing.get_args(hint) or (hint,)
+    args = typing.get_args(hint) if _is_union(hint) else (hint,)   # dict[str, Any] holds no text
     return bool({str, Path} & set(args)) and not ({int, float} & set(args))
 
 
@@ -97,7 +113,7 @@ def _type_error(value: Any, hint: Any) -> str | None:
     return None
 
 
-def _range_error(value: Any, spec: Field) -> str | None:
+def _range_error(value: Any, spec: Field[Any]) -> str | None:
     meta = spec.metadata
     choices = meta.get("choices")
     # a normaliser is the judge of its own values (optimizer.type: a choice or module.Class)

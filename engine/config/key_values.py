@@ -10,9 +10,10 @@ TOML having no tuples. The run file's ``optimizer.args`` / ``lr_scheduler_args``
 from __future__ import annotations
 
 import ast
+from typing import Any, Callable, Iterable
 
 
-def parse_literal(text: str):
+def parse_literal(text: str) -> Any:
     """A value as kohya's ``k=v`` lists read it: a Python literal, else the text itself."""
     try:
         return ast.literal_eval(text)
@@ -20,14 +21,14 @@ def parse_literal(text: str):
         return text
 
 
-def parse_key_values(items, option: str) -> dict:
+def parse_key_values(items: dict[str, Any] | str | Iterable[object], option: str) -> dict[str, Any]:
     """kohya's list (or one space-separated string of them) as a table; a table is taken as is.
     A ValueError names ``option`` and the item that is not ``key=value``."""
     if isinstance(items, dict):
         return dict(items)
     if isinstance(items, str):
         items = items.split()
-    table = {}
+    table: dict[str, Any] = {}
     for item in items:
         key, sep, text = str(item).partition("=")
         if not sep or not key.strip():
@@ -37,8 +38,8 @@ def parse_key_values(items, option: str) -> dict:
     return table
 
 
-def table_or_list(option: str):
+def table_or_list(option: str) -> Callable[[object], object]:
     """The schema's normaliser for an arguments key: a table, or kohya's list of ``key=value``."""
-    def normalise(value):
+    def normalise(value: object) -> object:
         return parse_key_values(value, option) if isinstance(value, list) else value
     return normalise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,14 @@ class ConfigError(Exception):
         return [p for p in self.problems if p.severity == "error"]
 
 
+# Where a checker reports what it finds: (dotted key, message, hint, severity).
+Report = Callable[[str, str, str, str], None]
+
 # kohya's old spellings, read as the current key (kohya keeps them for compatibility).
 DEPRECATED_SPELLINGS = {"caption_extention": "caption_extension"}
 
 
-def current_spelling(name: str, table: dict, dotted: str, report) -> str | None:
+def current_spelling(name: str, table: Mapping[str, Any], dotted: str, report: Report) -> str | None:
     """The key ``name`` stands for, reporting a deprecated spelling through ``report(key, message,
     hint, severity)``; None when both spellings are given (an error, reported)."""
     new = DEPRECATED_SPELLINGS.get(name)

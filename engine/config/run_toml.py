@@ -10,7 +10,7 @@ from __future__ import annotations
 import typing
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, TypeVar
 
 import tomlkit
 
@@ -20,6 +20,17 @@ from engine.config.lines import key_lines
 from engine.config.problems import ProblemList, current_spelling, did_you_mean
 from engine.config.schema import CONFIG_VERSION, SECTIONS, RunConfig
 from engine.user_files import file_problem
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    from engine.config.dataset_specs import DatasetBlueprint
+    from engine.config.problems import Problem
+
+Section = TypeVar("Section", bound="DataclassInstance")
+# What parsing a run file gives: the config, the tomlkit document (edited and saved back with
+# its comments) and the problems found.
+Parsed = tuple[RunConfig, tomlkit.TOMLDocument, list["Problem"]]
 
 DATASET_KEYS = ("general", "datasets")
 TOP_LEVEL_KEYS = ("config_version", "dataset_config", *DATASET_KEYS, *SECTIONS)
@@ -50,7 +61,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     return config
 
 
-def load_run_file(path: str | Path):
+def load_run_file(path: str | Path) -> Parsed:
     """(RunConfig, tomlkit document, warnings) for a run TOML file."""
     from engine.config.toml_text import read_config_text
 
@@ -59,14 +70,16 @@ def load_run_file(path: str | Path):
     return parse_run_text(text, file=str(path), base_dir=path.parent, notes=notes)
 
 
-def parse_run_text(text: str, *, file: str = "<string>", base_dir: str | Path = ".", notes=()):
+def parse_run_text(text: str, *, file: str = "<string>", base_dir: str | Path = ".",
+                   notes: Iterable[Problem] = ()) -> Parsed:
     config, document, problems = collect_run_text(text, file=file, base_dir=base_dir, notes=notes)
     problems.raise_if_errors()
     warnings = [p for p in problems.items if p.severity != "error"]
     return config, document, warnings
 
 
-def collect_run_text(text: str, *, file: str = "<string>", base_dir: str | Path = ".", notes=()):
+def collect_run_text(text: str, *, file: str = "<string>", base_dir: str | Path = ".",
+                     notes: Iterable[Problem] = ()) -> tuple[RunConfig, tomlkit.TOMLDocument, ProblemList]:
     """(RunConfig, document, ProblemList) without raising for schema errors: a bad value is left
     at its default, so later checks can run on the rest. ConfigError when the TOML cannot be parsed."""
     from engine.config.toml_text import parse_toml
@@ -79,7 +92,7 @@ def collect_run_text(text: str, *, file: str = "<string>", base_dir: str | Path 
     return config, document, problems
 
 
-def build_run_config(data: dict, problems: ProblemList, *, base_dir: Path) -> RunConfig:
+def build_run_config(data: dict[str, Any], problems: ProblemList, *, base_dir: Path) -> RunConfig:
     """Turn plain TOML data into a RunConfig, recording every problem in ``problems``."""
     config = RunConfig(base_dir=str(base_dir))
     _check_version(data, problems)
@@ -97,7 +110,7 @@ def build_run_config(data: dict, problems: ProblemList, *, base_dir: Path) -> Ru
     return config
 
 
-def build_sections(config: RunConfig, data: dict, problems: ProblemList) -> RunConfig:
+def build_sections(config: RunConfig, data: dict[str, Any], problems: ProblemList) -> RunConfig:
     """Fill ``config``'s run tables ([model], [train], ...) from plain data; datasets untouched."""
     for name, cls in SECTIONS.items():
         table = data.get(name, {})
@@ -108,7 +121,7 @@ def build_sections(config: RunConfig, data: dict, problems: ProblemList) -> RunC
     return config
 
 
-def _check_version(data: dict, problems: ProblemList) -> None:
+def _check_version(data: dict[str, Any], problems: ProblemList) -> None:
     version = data.get("config_version", CONFIG_VERSION)
     if not isinstance(version, int) or isinstance(version, bool):
         problems.add("config_version", f"must be an integer, got {version!r}", f"use config_version = {CONFIG_VERSION}")
@@ -127,13 +140,13 @@ def _rejection(key: str) -> str | None:
     return None
 
 
-def _build_dataclass(cls: type, table: dict, prefix: str, problems: ProblemList):
+def _build_dataclass(cls: type[Section], table: dict[str, Any], prefix: str, problems: ProblemList) -> Section:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     values: dict[str, Any] = {}
-    for key, value in table.items():
-        dotted = f"{prefix}.{key}"
-        key = current_spelling(key, table, dotted, problems.add)
+    for written, value in table.items():
+        dotted = f"{prefix}.{written}"
+        key = current_spelling(written, table, dotted, problems.add)
         if key is None:
             continue
         if key not in known:
@@ -142,7 +155,7 @@ def _build_dataclass(cls: type, table: dict, prefix: str, problems: ProblemList)
                          reason or did_you_mean(key, known))
             continue
         hint = hints[key]
-        if is_dataclass(hint):
+        if isinstance(hint, type) and is_dataclass(hint):
             if not isinstance(value, dict):
                 problems.add(dotted, f"must be a table, got {value!r}", f"write it as [{dotted}]")
                 continue
@@ -255,7 +268,7 @@ def _check_sharding(config: RunConfig, problems: ProblemList) -> None:
         problems.add(key, message, hint)
 
 
-def _load_datasets(data: dict, problems: ProblemList, base_dir: Path):
+def _load_datasets(data: dict[str, Any], problems: ProblemList, base_dir: Path) -> DatasetBlueprint | None:
     from engine.config import dataset
 
     has_inline = any(key in data for key in DATASET_KEYS)
@@ -294,7 +307,7 @@ def load_document(path: str | Path) -> tomlkit.TOMLDocument:
     return parse_toml(text, str(path))
 
 
-def set_value(document, dotted: str, value) -> None:
+def set_value(document: tomlkit.TOMLDocument, dotted: str, value: object) -> None:
     """Set ``a.b.c`` in a tomlkit document, creating tables; keeps comments elsewhere."""
     parts = dotted.split(".")
     table = document
@@ -311,10 +324,10 @@ def set_value(document, dotted: str, value) -> None:
     table[parts[-1]] = value
 
 
-def save_document(document, path: str | Path) -> None:
+def save_document(document: tomlkit.TOMLDocument, path: str | Path) -> None:
     """Write a tomlkit document atomically; an unedited document round-trips byte-identical."""
     atomic.write_text(path, tomlkit.dumps(document))
 
 
-def dump_document(document) -> str:
+def dump_document(document: tomlkit.TOMLDocument) -> str:
     return tomlkit.dumps(document)

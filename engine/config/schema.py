@@ -8,13 +8,17 @@ module is pure Python (no torch) so the wizard can import it instantly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
+from engine.config.dataset_specs import DatasetBlueprint
 from engine.config.fields import opt
 from engine.config.key_values import table_or_list
 from engine.registry import optimizers, schedulers
 from engine.registry.samplers import ACCEPTED_NAMES as SAMPLER_CHOICES
 from engine.registry.samplers import DEFAULT_SAMPLER
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def plain_file_name(value: Any) -> Any:
@@ -116,7 +120,7 @@ class OptimizerConfig:
                     choices=optimizers.NAMES, normalize=optimizers.canonical)
     learning_rate: float = opt(2e-6, "U-Net learning rate.", min=0.0)
     learning_rate_te: float | None = opt(None, "Text encoder learning rate (unset = learning_rate).", min=0.0)
-    args: dict = opt(None, 'Extra optimizer keyword arguments: a table, e.g. { weight_decay = 0.01 }, or kohya\'s '
+    args: dict[str, Any] = opt(None, 'Extra optimizer keyword arguments: a table, e.g. { weight_decay = 0.01 }, or kohya\'s '
                      'list ["weight_decay=0.01", "betas=0.9,0.999"].', factory=dict,
                      normalize=table_or_list("optimizer.args"))
     max_grad_norm: float = opt(1.0, "Clip the gradient norm to this; 0 = off.", min=0.0)
@@ -134,7 +138,7 @@ class OptimizerConfig:
                                                   "learning rate as a fraction of learning_rate.", min=0.0, max=1.0)
     lr_scheduler_timescale: int | None = opt(None, "inverse_sqrt: the decay timescale in steps (default: the "
                                              "warm-up steps, or 10,000).", min=1)
-    lr_scheduler_args: dict = opt(None, "Extra scheduler keyword arguments (a table, or kohya's key=value list).",
+    lr_scheduler_args: dict[str, Any] = opt(None, "Extra scheduler keyword arguments (a table, or kohya's key=value list).",
                                   factory=dict, normalize=table_or_list("optimizer.lr_scheduler_args"))
     lr_scheduler_type: str | None = opt(None, "A schedule class instead of lr_scheduler: a torch.optim.lr_scheduler "
                                         "name (e.g. OneCycleLR) or module.Class, built with lr_scheduler_args.")
@@ -239,7 +243,7 @@ class SampleConfig:
     every_n_steps: int | None = opt(None, "Generate samples every N steps.", min=1)
     every_n_epochs: int | None = opt(None, "Generate samples every N epochs.", min=1)
     at_first: bool = opt(False, "Also sample before the first step.")
-    prompts: str | list | None = opt(None, "A prompts file (.txt/.toml/.json, kohya syntax) or a list of prompts.")
+    prompts: str | list[str] | None = opt(None, "A prompts file (.txt/.toml/.json, kohya syntax) or a list of prompts.")
     sampler: str = opt(DEFAULT_SAMPLER, "Sampler for previews: kohya's names (a prompt's --ss wins).",
                        choices=SAMPLER_CHOICES)
     steps: int = opt(20, "Default sampling steps (a prompt's --s wins).", min=1)
@@ -300,12 +304,16 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     hypernetwork: HypernetworkConfig = field(default_factory=HypernetworkConfig)
     config_version: int = CONFIG_VERSION
-    # The kohya-compatible dataset tables, resolved (engine.config.dataset.DatasetBlueprint).
-    datasets: Any = None
+    # The kohya-compatible dataset tables, resolved.
+    datasets: DatasetBlueprint | None = None
     # Where the file came from: relative paths inside it resolve against its folder.
     source_path: str | None = None
     base_dir: str = "."
 
+    @overload
+    def resolve(self, value: str) -> str: ...
+    @overload
+    def resolve(self, value: None) -> None: ...
     def resolve(self, value: str | None) -> str | None:
         """A path from the file, relative to the file's folder when it exists there;
         otherwise unchanged (an absolute path, a path relative to the CWD, or a hub id)."""
@@ -318,7 +326,7 @@ class RunConfig:
             return str(candidate)
         return value
 
-    def run_dir(self):
+    def run_dir(self) -> Path:
         from pathlib import Path
 
         out = Path(self.train.output_dir)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.config.problems import ConfigError, Problem
 
 SAVE_AS_UTF8 = "save it as UTF-8 (in most editors: Save As, encoding UTF-8)"
+if TYPE_CHECKING:
+    from tomlkit import TOMLDocument
+
 _DUPLICATE = re.compile(r'Key "(?P<key>[^"]+)" already exists')
 
 
@@ -47,7 +51,7 @@ def read_config_text(path: str | Path, key: str = "<file>") -> tuple[str, list[P
     return text, notes
 
 
-def parse_toml(text: str, file: str):
+def parse_toml(text: str, file: str) -> TOMLDocument:
     """A tomlkit document; ConfigError with the line (both lines for a duplicate key)."""
     import tomlkit
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from engine.project.records import ImageRecord
+
+if TYPE_CHECKING:
+    from engine.config.dataset_specs import SubsetSpec
+    from engine.data.buckets import Assignment, BucketReport, BucketSettings
 
 Progress = Callable[[int, int], None]
 
@@ -27,7 +31,7 @@ class DatasetIndex:
     records: list[ImageRecord] = field(default_factory=list)
     # folder subsets (kohya's DreamBooth method) the records came from, as their subset tables: the
     # run file trains them as they are, so no metadata file is written for them
-    folder_subsets: list[dict] = field(default_factory=list)
+    folder_subsets: list[dict[str, Any]] = field(default_factory=list)
 
     # ---------------------------------------------------------------- building
 
@@ -44,7 +48,7 @@ class DatasetIndex:
         return cls(source=folder, image_dir=folder, records=records)
 
     @classmethod
-    def from_folder_subsets(cls, subsets: list, tables: list[dict], *, caption_extension: str,
+    def from_folder_subsets(cls, subsets: Sequence[SubsetSpec], tables: Sequence[dict[str, Any]], *, caption_extension: str,
                             recursive: bool = False, source: Path | None = None,
                             progress: Progress | None = None) -> "DatasetIndex":
         """Records of folder subsets (engine.config.dataset's SubsetSpec, with the tables that
@@ -52,9 +56,9 @@ class DatasetIndex:
         from engine.data.scan import find_images, read_sizes
         from engine.data.subset_source import caption_file
 
-        records = []
+        records: list[ImageRecord] = []
         for sub in subsets:
-            images = find_images(sub.image_dir, recursive=recursive)
+            images = find_images(sub.source, recursive=recursive)   # a folder subset's source: its image_dir
             extension = sub.caption_extension or caption_extension
             for info in read_sizes(images):
                 records.append(ImageRecord(path=info.path, size=info.size, error=info.error,
@@ -80,7 +84,7 @@ class DatasetIndex:
         records = []
         for n, e in enumerate(meta.entries):
             info = infos.get(e.path)
-            size = tuple(e.image_size) if e.image_size else (info.size if info else None)
+            size = e.image_size or (info.size if info else None)
             records.append(ImageRecord(path=e.path, size=size, caption=e.caption, tags=e.tags, key=e.key,
                                        error=info.error if info else None))
             if progress and n % 64 == 0:
@@ -108,7 +112,8 @@ class DatasetIndex:
                     "Add images or pick another folder.")
         return f"None of the {len(self.records)} images in {self.source} can be read: see the list below."
 
-    def bucket_report(self, settings, batch_size: int, num_repeats: int):
+    def bucket_report(self, settings: BucketSettings, batch_size: int,
+                      num_repeats: int) -> tuple[BucketReport, list[Assignment], list[ImageRecord]]:
         """(report, assignments, records) of the engine's bucketing for the usable images."""
         from engine.data.buckets import assign_sizes, bucket_report
 
@@ -116,13 +121,13 @@ class DatasetIndex:
             raise ValueError(f"resolution {settings.resolution[0]}x{settings.resolution[1]} is below the bucket "
                              f"step {settings.bucket_reso_steps}")
         records = self.usable()
-        assignments = assign_sizes([r.size for r in records], settings)
+        assignments = assign_sizes([r.size for r in records if r.size is not None], settings)   # usable: all sized
         report = bucket_report(assignments, batch_size, [num_repeats] * len(records))
         return report, assignments, records
 
     # ---------------------------------------------------------------- writing
 
-    def to_metadata(self) -> dict[str, dict]:
+    def to_metadata(self) -> dict[str, dict[str, Any]]:
         """The kohya metadata of a folder dataset, from memory: what ``sdft prepare`` writes for
         the same folder (relative keys, the extension kept where two images share a name, the
         size training sees; unreadable images left out)."""
@@ -132,11 +137,11 @@ class DatasetIndex:
         if self.image_dir is None:
             raise ValueError("the dataset has no image folder to key its metadata against")
         clashing = clash_index(r.path for r in self.records)
-        out: dict[str, dict] = {}
+        out: dict[str, dict[str, Any]] = {}
         for r in self.records:
             if r.size is None:
                 continue
-            entry: dict = {}
+            entry: dict[str, Any] = {}
             if r.caption is not None:
                 entry["caption"] = r.caption
             if r.tags is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from engine.project.dataset_index import DatasetIndex
 from engine.project.records import ImageRecord
@@ -27,6 +28,14 @@ class Edit:
     new: str | None
 
 
+class LabellingDestination(TypedDict):
+    """Where an engine labelling run writes (keyword arguments of engine.labeling's options)."""
+
+    sidecars: bool
+    image_dir: Path | None
+    metadata_file: Path | None
+
+
 class LabelStore:
     """Reads and writes the labels of ``index.records``; keeps the edit log."""
 
@@ -42,7 +51,7 @@ class LabelStore:
 
     def sidecar_path(self, record: ImageRecord, which: str) -> Path:
         """Where ``which`` text of ``record`` lives; a folder subset's caption, in its own caption file."""
-        if which == "caption" and record.caption_file:
+        if which == "caption" and record.caption_extension is not None:   # record.caption_file
             from engine.data.subset_source import caption_file_path
 
             return caption_file_path(record.path, record.caption_extension)
@@ -53,11 +62,11 @@ class LabelStore:
         """Where the text is written, for the editor's status line."""
         return "metadata" if self.in_metadata(record) else self.sidecar_path(record, which).name
 
-    def labelling_destination(self) -> dict:
+    def labelling_destination(self) -> LabellingDestination:
         """How an engine labelling run writes for this dataset (engine.labeling options)."""
         in_metadata = self.index.metadata_file is not None and any(r.key is not None for r in self.index.records)
-        return dict(sidecars=not in_metadata, image_dir=self.index.image_dir,
-                    metadata_file=self.index.metadata_file if in_metadata else None)
+        return LabellingDestination(sidecars=not in_metadata, image_dir=self.index.image_dir,
+                                    metadata_file=self.index.metadata_file if in_metadata else None)
 
     # ---------------------------------------------------------------- edits
 
@@ -110,10 +119,11 @@ class LabelStore:
     def reload_after(self, before: dict[int, str | None], which: str) -> int:
         """Read back what a labelling run wrote and log it as one undo step; returns the changes."""
         records = [self.index.records[i] for i in before]
-        if any(self.in_metadata(r) for r in records):
+        metadata_file = self.index.metadata_file
+        if metadata_file is not None and any(self.in_metadata(r) for r in records):
             from engine.data.metadata import load_raw
 
-            raw, _ = load_raw(self.index.metadata_file)
+            raw, _ = load_raw(metadata_file)
             for r in records:
                 value = raw.get(r.key, {}).get(which) if r.key is not None else None
                 setattr(r, which, value.strip() if isinstance(value, str) else None)
@@ -142,17 +152,20 @@ class LabelStore:
         """Write ``new`` of each edit: the metadata file once for all its entries, sidecars each."""
         records = self.index.records
         in_meta = [e for e in edits if self.in_metadata(records[e.index])]
-        if in_meta:
+        metadata_file = self.index.metadata_file
+        if in_meta and metadata_file is not None:
             from engine.data.metadata import load_raw, write_metadata_json
 
-            raw, _ = load_raw(self.index.metadata_file)
+            raw, _ = load_raw(metadata_file)
             for e in in_meta:
-                entry = raw.setdefault(records[e.index].key, {})
+                key = records[e.index].key
+                assert key is not None, "in_metadata: the record has its metadata key"
+                entry = raw.setdefault(key, {})
                 if e.new is None:
                     entry.pop(e.field, None)
                 else:
                     entry[e.field] = e.new
-            write_metadata_json(self.index.metadata_file, raw)
+            write_metadata_json(metadata_file, raw)
         for e in edits:
             if e not in in_meta:
                 self._write_sidecar(records[e.index], e.field, e.new)

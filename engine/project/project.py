@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from engine.project.dataset_index import DatasetIndex
 from engine.project.labels import LabelStore
 from engine.project.records import ImageRecord
 from engine.project.run_draft import DatasetLink, RunDraft
+
+if TYPE_CHECKING:
+    from engine.config.problems import Problem
+    from engine.data.buckets import Assignment, BucketReport
 
 METADATA_NAME = "sdft-metadata.json"
 
@@ -27,7 +31,7 @@ class Project:
     metadata_beside_images: bool = False     # a folder's metadata JSON goes into the image folder
     labels: LabelStore = field(init=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self._new_labels()
 
     # ---------------------------------------------------------------- the dataset
@@ -60,7 +64,7 @@ class Project:
             rules.update(caption_file=True, class_tokens=record.class_tokens)
         return caption_as_trained(record.caption, record.tags, **rules)
 
-    def token_counts(self, records, v2: bool) -> list[int]:
+    def token_counts(self, records: Iterable[ImageRecord], v2: bool) -> list[int]:
         """Each record's token count as training tokenizes its caption (imports the tokenizer: call
         from a worker). The caption is cut where training cuts it first, so a huge one costs no
         more here than training reads."""
@@ -71,7 +75,7 @@ class Project:
         texts = [self.caption_as_trained(r)[:limit] for r in records]
         return count_tokens(texts, v2=v2) if texts else []
 
-    def bucket_report(self):
+    def bucket_report(self) -> tuple[BucketReport, list[Assignment], list[ImageRecord]]:
         """The engine's bucket report for the draft's settings (raises on bad limits)."""
         return self.index.bucket_report(self.draft.bucket_settings(), int(self.draft.get("dataset.batch_size")),
                                         int(self.draft.get("subset.num_repeats")))
@@ -127,12 +131,12 @@ class Project:
             self.index.write_metadata(self.metadata_target(run_path))
         return self.draft.save(run_path, self._link(run_path))
 
-    def validate(self, run_path: Path | None = None) -> list:
+    def validate(self, run_path: Path | None = None) -> list[Problem]:
         """The schema's problems for the TOML as it would be written."""
         run_path = self._path(run_path)
         return self._without_unsaved_metadata(self.draft.validate(run_path, self._link(run_path)))
 
-    def check(self, run_path: Path | None = None) -> list:
+    def check(self, run_path: Path | None = None) -> list[Problem]:
         """``sdft train --check`` on the TOML as it would be written. Before a folder's metadata
         JSON is saved, the images are not checked from it (the health check stands for them).
         Imports torch on first use: call it from a worker."""
@@ -151,7 +155,7 @@ class Project:
             meta = self.metadata_target(run_path)
         return DatasetLink(meta, self.index.image_dir)
 
-    def _without_unsaved_metadata(self, problems: list) -> list:
+    def _without_unsaved_metadata(self, problems: list[Problem]) -> list[Problem]:
         """The metadata file of an unsaved folder dataset is missing, as expected."""
         if not self.metadata_unsaved:
             return problems

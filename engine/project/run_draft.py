@@ -12,11 +12,20 @@ from __future__ import annotations
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomlkit
 
 from engine.config import schema
+
+if TYPE_CHECKING:
+    from dataclasses import Field
+
+    from tomlkit.items import AoT
+
+    from engine.config.dataset_specs import DatasetBlueprint, SubsetSpec
+    from engine.config.problems import Problem
+    from engine.data.buckets import BucketSettings
 
 # Where a new draft starts: the schema's defaults, except a better first run (bucketing on).
 DATASET_DEFAULTS: dict[str, Any] = {
@@ -67,7 +76,7 @@ ALWAYS_WRITTEN = {
 DATASET_SECTIONS = ("dataset", "subset", "general")
 
 
-def _field(dotted: str):
+def _field(dotted: str) -> Field[Any]:
     section, name = dotted.split(".", 1)
     if section in DATASET_SECTIONS:
         from engine.config.dataset_keys import FILE_KEYS
@@ -82,10 +91,14 @@ def _field(dotted: str):
 def schema_default(dotted: str) -> Any:
     """The schema's default for ``section.name``."""
     f = _field(dotted)
-    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise KeyError(f"{dotted} has no default")
 
 
-def field_meta(dotted: str) -> dict:
+def field_meta(dotted: str) -> dict[str, Any]:
     """The declared metadata (doc, choices, min, max) of a dotted run or dataset key; {} if unknown."""
     try:
         return dict(_field(dotted).metadata)
@@ -124,11 +137,11 @@ class DatasetLink:
 
     metadata_file: Path | None
     image_dir: Path | None
-    folder_subsets: tuple[dict, ...] = ()
-    subsets: tuple = ()
+    folder_subsets: tuple[dict[str, Any], ...] = ()
+    subsets: tuple[SubsetSpec, ...] = ()
 
 
-def folder_subset_table(sub) -> dict:
+def folder_subset_table(sub: SubsetSpec) -> dict[str, Any]:
     """The table that describes a folder subset (engine.config.dataset's SubsetSpec) in a run file."""
     table: dict[str, Any] = {"image_dir": sub.image_dir, "num_repeats": sub.num_repeats}
     for name in ("caption_extension", "class_tokens"):
@@ -149,7 +162,7 @@ class DatasetTables:
     caption_rules: dict[str, Any]
 
 
-def dataset_tables(blueprint, caption_tags_join: str | None = None) -> DatasetTables | None:
+def dataset_tables(blueprint: DatasetBlueprint | None, caption_tags_join: str | None = None) -> DatasetTables | None:
     """The first dataset and subset of a resolved blueprint (engine.config.dataset)."""
     if blueprint is None or not blueprint.datasets:
         return None
@@ -180,7 +193,7 @@ class RunDraft:
 
     values: dict[str, Any] = field(default_factory=default_values)
     path: Path | None = None                 # the file opened or last saved
-    document: Any = None                     # its tomlkit document (None: a new file)
+    document: tomlkit.TOMLDocument | None = None   # its tomlkit document (None: a new file)
     loaded_values: dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- values
@@ -202,9 +215,9 @@ class RunDraft:
         current = {key: self.values.get(key, schema_default(key)) for key in SIDECAR_KEYS}
         return next((mode for mode, exts in SIDECAR_MODES.items() if exts == current), "custom")
 
-    def bucket_settings(self):
+    def bucket_settings(self) -> BucketSettings:
         """The engine's bucket settings for these values (limits rounded as training rounds them)."""
-        from engine.config.dataset import round_bucket_limits
+        from engine.config.dataset_specs import round_bucket_limits
         from engine.data.buckets import BucketSettings
 
         v = self.values
@@ -255,7 +268,7 @@ class RunDraft:
         self.path = run_path
         return run_path
 
-    def validate(self, run_path: Path, dataset: DatasetLink) -> list:
+    def validate(self, run_path: Path, dataset: DatasetLink) -> list[Problem]:
         """The schema's problems (errors and warnings) for the file as it would be written."""
         from engine.config.problems import ConfigError
         from engine.config.run_toml import parse_run_text
@@ -267,7 +280,7 @@ class RunDraft:
             return list(exc.problems)
         return list(warnings)
 
-    def check(self, run_path: Path, dataset: DatasetLink, *, skip_data: bool = False) -> list:
+    def check(self, run_path: Path, dataset: DatasetLink, *, skip_data: bool = False) -> list[Problem]:
         """What ``sdft train --check`` says about the file as it would be written (imports torch);
         an earlier run in its folder is a note, since the wizard asks what to do with it."""
         from engine.preflight.checks import check_run_text
@@ -284,20 +297,20 @@ class RunDraft:
 
     # ---------------------------------------------------------------- the document
 
-    def _document(self, run_path: Path, dataset: DatasetLink):
+    def _document(self, run_path: Path, dataset: DatasetLink) -> tomlkit.TOMLDocument:
         if self.values.get("train.seed") is None:
             # Drawn once and written: a run started from this file resumes with the same seed.
             from engine.train.seeds import new_seed
 
             self.values["train.seed"] = new_seed()
         if self.document is not None:
-            return self._edited_document()
+            return self._edited_document(self.document)
         return self._new_document(run_path, dataset)
 
-    def _edited_document(self):
+    def _edited_document(self, document: tomlkit.TOMLDocument) -> tomlkit.TOMLDocument:
         from engine.config.run_toml import set_value
 
-        doc = tomlkit.parse(tomlkit.dumps(self.document))
+        doc = tomlkit.parse(tomlkit.dumps(document))
         changed = {k: v for k, v in self.values.items() if v != self.loaded_values.get(k)}
         for key in DRAFT_KEYS:
             if key in changed:
@@ -313,7 +326,7 @@ class RunDraft:
                 subsets[0]["num_repeats"] = changed["subset.num_repeats"]
         return doc
 
-    def _new_document(self, run_path: Path, dataset: DatasetLink):
+    def _new_document(self, run_path: Path, dataset: DatasetLink) -> tomlkit.TOMLDocument:
         from engine.config.run_toml import set_value
 
         doc = tomlkit.document()
@@ -336,7 +349,7 @@ class RunDraft:
         return doc
 
 
-    def _subset_tables(self, run_path: Path, dataset: DatasetLink):
+    def _subset_tables(self, run_path: Path, dataset: DatasetLink) -> AoT:
         """The subsets of a new run file: the folder subsets as they are, or one metadata subset;
         the first takes the draft's num_repeats."""
         subsets = tomlkit.aot()

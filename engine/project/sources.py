@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.project.dataset_index import DatasetIndex
+from engine.project.dataset_index import DatasetIndex, Progress
 from engine.project.run_draft import RunDraft, dataset_tables
 
 
@@ -44,7 +44,7 @@ def open_dataset_source(path: Path, draft: RunDraft, *, recursive: bool = False,
     raise ValueError(f"{path.name}: choose a folder of images, a metadata .json/.jsonl or a .toml file")
 
 
-def _open_toml(path: Path, draft: RunDraft, progress) -> OpenedSource:
+def _open_toml(path: Path, draft: RunDraft, progress: Progress | None) -> OpenedSource:
     if is_run_file(path):
         tables = draft.open(path)
     else:
@@ -54,14 +54,14 @@ def _open_toml(path: Path, draft: RunDraft, progress) -> OpenedSource:
         problems = ProblemList(file=str(path))
         blueprint = load_dataset_file(path, problems)
         problems.raise_if_errors()
-        if not blueprint.subsets:
-            raise ValueError(f"{path}: no usable [[datasets.subsets]]")
         tables = dataset_tables(blueprint)
+        if tables is None or not blueprint.subsets:
+            raise ValueError(f"{path}: no usable [[datasets.subsets]]")
         draft.values.update(tables.values)
     rules = tables.caption_rules if tables is not None else {}
     link = tables.link if tables is not None else None
     if link is not None and link.folder_subsets:
-        index = DatasetIndex.from_folder_subsets(link.subsets, list(link.folder_subsets),
+        index = DatasetIndex.from_folder_subsets(link.subsets, link.folder_subsets,
                                                  caption_extension=draft.get("data.caption_extension"),
                                                  recursive=bool(draft.get("data.recursive", False)), source=path,
                                                  progress=progress)
@@ -74,7 +74,7 @@ def _open_toml(path: Path, draft: RunDraft, progress) -> OpenedSource:
     return OpenedSource(index, rules)
 
 
-def _open_layout(path: Path, draft: RunDraft, recursive: bool, progress) -> OpenedSource:
+def _open_layout(path: Path, draft: RunDraft, recursive: bool, progress: Progress | None) -> OpenedSource:
     """kohya's DreamBooth folder of ``N_name`` sub-folders, opened as the dataset tables it stands for
     (engine/data/kohya_folders.py), its captions read with the draft's caption extension (the
     subsets take [data] caption_extension, which the run file writes)."""
@@ -86,9 +86,10 @@ def _open_layout(path: Path, draft: RunDraft, recursive: bool, progress) -> Open
     blueprint = parse_dataset_tables(layout_dataset(path), problems=problems, base_dir=path)
     problems.raise_if_errors()
     tables = dataset_tables(blueprint)
+    assert tables is not None, "a layout is one dataset (engine/data/kohya_folders.py)"
     # the folders say the repeats; the draft's bucket settings stay (no file chose others)
     draft.set("subset.num_repeats", tables.values["subset.num_repeats"])
-    index = DatasetIndex.from_folder_subsets(tables.link.subsets, list(tables.link.folder_subsets),
+    index = DatasetIndex.from_folder_subsets(tables.link.subsets, tables.link.folder_subsets,
                                              caption_extension=draft.get("data.caption_extension"),
                                              recursive=recursive, source=path, progress=progress)
     return OpenedSource(index, tables.caption_rules)

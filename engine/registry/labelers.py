@@ -12,6 +12,10 @@ goes").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,16 @@ class LabelerEntry:
     @property
     def install(self) -> str:
         return f"pip install {self.pip}"
+
+
+class Labeler(Protocol):
+    """A loaded captioner or tagger, as engine/labeling/runner.py drives it. What one image and one
+    batch are is the labeller's own (tensors for BLIP, arrays for the ONNX taggers), hence Any."""
+
+    def prepare_one(self, image: Image) -> Any: ...
+    def prepare_batch(self, items: list[Any]) -> Any: ...
+    def run(self, batch: Any) -> list[str]: ...
+    def close(self) -> None: ...
 
 
 BLIP_MODELS = ("Salesforce/blip-image-captioning-large",)
@@ -63,13 +77,15 @@ def default_model(name: str) -> str | None:
     return entry.default_model if entry else None
 
 
-def load_class(name: str):
-    """The class of labeller ``name`` (imports its module: torch / onnxruntime live there)."""
+def load_class(name: str) -> Callable[..., Labeler]:
+    """The class of labeller ``name``, called with its labelling options (imports its module:
+    torch / onnxruntime live there)."""
     import importlib
 
     module, _, cls = _BY_NAME[name].loader.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    labeler: Callable[..., Labeler] = getattr(importlib.import_module(module), cls)
+    return labeler
 
 
-__all__ = ["CAPTIONERS", "DEFAULT_CAPTIONER", "DEFAULT_TAGGER", "LABELERS", "LabelerEntry", "TAGGERS",
+__all__ = ["CAPTIONERS", "DEFAULT_CAPTIONER", "DEFAULT_TAGGER", "LABELERS", "Labeler", "LabelerEntry", "TAGGERS",
            "default_model", "find", "load_class"]

@@ -16,6 +16,7 @@ kohya names it: ``module.Class`` (``torch.optim.RAdam``, ``mypkg.MyOpt``), see d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 
 # Usual learning rates for a full fine-tune of SD (kohya's docs and the peers' presets: 1e-6 to 2e-5
@@ -54,11 +55,35 @@ class OptimizerEntry:
         return f"pip install {self.pip}" if self.pip else None
 
 
+# The fields every optimizer of one package shares, spread into its entries (typed, so a checker
+# sees each entry's full set of fields).
+class _Package(TypedDict):
+    package: str
+    pip: str
+
+
+class _Bitsandbytes(_Package):
+    cuda: bool
+    per_parameter: bool
+
+
+class _DAdaptation(_Package):
+    adaptive_lr: bool
+    states_in_param_dtype: bool
+    lr_range: tuple[float, float]
+
+
+class _ScheduleFree(_Package):
+    schedule_free: bool
+    states_in_param_dtype: bool
+
+
 _T = "engine.train.optimizers:"
-BNB = dict(package="bitsandbytes", pip="bitsandbytes", cuda=True, per_parameter=True)
-DADAPT = dict(package="dadaptation", pip="dadaptation", adaptive_lr=True, states_in_param_dtype=True,
-              lr_range=ADAPTIVE_LR)
-SCHEDULEFREE = dict(package="schedulefree", pip="schedulefree", schedule_free=True, states_in_param_dtype=True)
+BNB: _Bitsandbytes = dict(package="bitsandbytes", pip="bitsandbytes", cuda=True, per_parameter=True)
+DADAPT: _DAdaptation = dict(package="dadaptation", pip="dadaptation", adaptive_lr=True,
+                            states_in_param_dtype=True, lr_range=ADAPTIVE_LR)
+SCHEDULEFREE: _ScheduleFree = dict(package="schedulefree", pip="schedulefree", schedule_free=True,
+                                   states_in_param_dtype=True)
 
 # kohya's --optimizer_type list, in the order of its help text. State bytes: measured (the tests
 # step each on a parameter and count its state tensors); bitsandbytes keeps one fp32 absmax per
@@ -152,7 +177,7 @@ def unknown_message(name: str) -> str:
             "(torch.optim.RAdam, mypackage.MyOptimizer)")
 
 
-def canonical(value):
+def canonical(value: object) -> object:
     """The schema's normaliser of ``optimizer.type``: sdft's spelling of a known name, a
     ``module.Class`` as written; anything else is a ValueError saying what is accepted."""
     if not isinstance(value, str):
@@ -168,7 +193,7 @@ def canonical(value):
 def needs_package(name: str) -> tuple[str, str] | None:
     """(import name, pip command) of the optional package ``name`` needs, or None."""
     entry = find(name)
-    if entry is None or entry.package is None:
+    if entry is None or entry.package is None or entry.install is None:
         return None
     return entry.package, entry.install
 

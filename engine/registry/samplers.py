@@ -28,7 +28,7 @@ class SamplerEntry:
     package: tuple[str, str] | None = None   # (module, pip command) the scheduler imports
     min_steps: int = 1              # fewer sampling steps make the scheduler raise
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
 
 
@@ -78,7 +78,7 @@ def sampler_entry(value: str) -> SamplerEntry:
     return _BY_NAME[name]
 
 
-def scheduler_config(value: str, base_config: Mapping) -> dict:
+def scheduler_config(value: str, base_config: Mapping[str, object]) -> dict[str, object]:
     """The scheduler's constructor arguments: the model's training schedule and the entry's own."""
     return {**{k: v for k, v in base_config.items() if not k.startswith("_")},
             **sampler_entry(value).kwargs}
