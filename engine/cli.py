@@ -36,6 +36,9 @@ __all__ = ["StopOnSignal", "build_parser",
 
 # Modules whose commands join the tree, in the order `sdft --help` lists them.
 COMMAND_MODULES = (data_cli, convert_cli, tokens_cli, labeling_cli, kohya_cli, data_bench, samples_cli)
+# Commands that load no model: they import neither torch nor diffusers (watch and demo open a
+# Textual screen, or train through train_headless, which quiets the libraries itself).
+LIGHT_COMMANDS = ("buckets", "tokens", "plan", "prepare", "samples", "watch", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         from engine.start_up_gc import pause_collector
 
         pause_collector()   # resumed before the first step: engine/start_up_gc.py
-    # watch and demo may open a Textual screen; samples reads images only (no torch to load)
-    if args.command not in ("watch", "demo", "samples"):
-        from engine.quiet import quiet_libraries
+    from engine.quiet import quiet_libraries, quiet_logs
 
+    # Commands that load no model skip importing the model libraries, so they start at once.
+    if args.command in LIGHT_COMMANDS:
+        quiet_logs()
+    else:
         quiet_libraries()
     return args.run(args)
 
