@@ -75,6 +75,17 @@ def test_prepare_folder_writes_metadata_and_checks(tmp_path, capsys):
     assert json.loads(out.read_text())["img000"]["note"] == "kept"
 
 
+def test_prepare_checks_by_default_and_no_check_skips_it(tmp_path, capsys):
+    imgs = tmp_path / "imgs"
+    make_dataset(imgs, [(512, 512), (640, 512)])
+    (imgs / "broken.png").write_bytes(b"nope")
+    assert prepare_command([str(imgs)]) == 1   # as README says: the health check runs, broken.png is an error
+    assert "broken.png" in capsys.readouterr().out
+    assert prepare_command([str(imgs), "--no-check"]) == 0
+    assert "unreadable" not in capsys.readouterr().out
+    assert {"img000.png", "img001.png"} <= set(json.loads((imgs / "metadata.json").read_text()))
+
+
 def _run_toml(tmp_path: Path) -> Path:
     imgs = tmp_path / "imgs"
     make_dataset(imgs, [(64, 64), (96, 64)])

@@ -193,8 +193,9 @@ def _add_prepare(commands) -> None:
                                         "sidecars, and check a dataset's health.")
     p.add_argument("target", help="image folder, kohya's DreamBooth folder of N_name sub-folders, a run TOML to "
                    "check, or a metadata JSON to clean (with --clean)")
-    p.add_argument("--check", action="store_true", help="run the health check (always on for a run TOML and a "
-                   "folder of N_name sub-folders)")
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the health check (default; --no-check only writes the metadata of an image folder; "
+                        "always on for a run TOML and a folder of N_name sub-folders)")
     p.add_argument("--out", help="metadata file to write (default: DIR/metadata.json); for N_name sub-folders the "
                    "dataset TOML (default: DIR/dataset.toml)")
     p.add_argument("--reg-dir", help="with N_name sub-folders: kohya's reg_data_dir, whose N_name sub-folders are "
