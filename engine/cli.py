@@ -64,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="generate a demo dataset and tiny model, then fine-tune it (~1 min on a CPU)")
     demo.add_argument("--dir", default="sdft-demo", help="folder for the demo (default: ./sdft-demo)")
-    demo.add_argument("--steps", type=int, default=40, help="training steps (default 40)")
+    demo.add_argument("--steps", type=int, help="training steps (default 40; given with an existing demo folder, "
+                      "written into its demo.toml)")
     demo.add_argument("--headless", action="store_true", help="train in the console, not the wizard")
-    demo.add_argument("--force", action="store_true", help="regenerate the dataset, model and TOML")
+    demo.add_argument("--force", action="store_true", help="regenerate the dataset, model and TOML (an existing "
+                      "demo folder is otherwise reused as it is, edits included)")
     demo.set_defaults(run=cmd_demo)
 
     bench = commands.add_parser("bench", help="measure training speed and the engine's overhead over a bare loop")
@@ -431,7 +433,7 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
 
 def cmd_demo(args) -> int:
     from engine.console import make_console, styled
-    from engine.demo import prepare_demo
+    from engine.demo import demo_exists, prepare_demo
 
     if not args.headless and _interactive() and _has_wizard():
         return open_wizard(prepare_demo(args.dir, steps=args.steps, force=args.force), demo=True)
@@ -439,7 +441,12 @@ def cmd_demo(args) -> int:
 
     quiet_libraries()
     console = make_console()
-    console.print(f"preparing the demo in {args.dir} (generated images + a tiny random model)...")
+    if demo_exists(args.dir) and not args.force:
+        steps = f"; max_train_steps set to {args.steps}" if args.steps is not None else ""
+        console.print(f"reusing the demo in {args.dir}: its images, model and demo.toml (with your edits) are kept"
+                      f"{steps}; --force makes them anew")
+    else:
+        console.print(f"preparing the demo in {args.dir} (generated images + a tiny random model)...")
     toml_path = prepare_demo(args.dir, steps=args.steps, force=args.force)
     console.print(f"run TOML: {toml_path}")
     code = train_headless(toml_path, restart=True)   # a second demo starts over; the first is kept (earlier/)
