@@ -35,6 +35,9 @@ __all__ = ["build_parser",
 
 # Modules whose commands join the tree, in the order `sdft --help` lists them.
 COMMAND_MODULES = (data_cli, cache_cli, convert_cli, tokens_cli, labeling_cli, kohya_cli, data_bench, samples_cli)
+# Commands that load no model: they import neither torch nor diffusers (watch and demo open a
+# Textual screen, or train through train_headless, which quiets the libraries itself).
+LIGHT_COMMANDS = ("buckets", "tokens", "plan", "prepare", "samples", "watch", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="generate a demo dataset and tiny model, then fine-tune it (~1 min on a CPU)")
     demo.add_argument("--dir", default="sdft-demo", help="folder for the demo (default: ./sdft-demo)")
-    demo.add_argument("--steps", type=int, default=40, help="training steps (default 40)")
+    demo.add_argument("--steps", type=int, help="training steps (default 40; given with an existing demo folder, "
+                      "written into its demo.toml)")
     demo.add_argument("--headless", action="store_true", help="train in the console, not the wizard")
-    demo.add_argument("--force", action="store_true", help="regenerate the dataset, model and TOML")
+    demo.add_argument("--force", action="store_true", help="regenerate the dataset, model and TOML (an existing "
+                      "demo folder is otherwise reused as it is, edits included)")
     demo.set_defaults(run=cmd_demo)
 
     bench = commands.add_parser("bench", help="measure training speed and the engine's overhead over a bare loop")
@@ -153,10 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         from engine.start_up_gc import pause_collector
 
         pause_collector()   # resumed before the first step: engine/start_up_gc.py
-    # watch and demo may open a Textual screen; samples reads images only (no torch to load)
-    if args.command not in ("watch", "demo", "samples"):
-        from engine.quiet import quiet_libraries
+    from engine.quiet import quiet_libraries, quiet_logs
 
+    # Commands that load no model skip importing the model libraries, so they start at once.
+    if args.command in LIGHT_COMMANDS:
+        quiet_logs()
+    else:
         quiet_libraries()
     return args.run(args)
 
@@ -395,7 +402,7 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
 
 def cmd_demo(args) -> int:
     from engine.console import make_console, styled
-    from engine.demo import prepare_demo
+    from engine.demo import demo_exists, prepare_demo
 
     if not args.headless and _interactive() and _has_wizard():
         return open_wizard(prepare_demo(args.dir, steps=args.steps, force=args.force), demo=True)
@@ -403,7 +410,12 @@ def cmd_demo(args) -> int:
 
     quiet_libraries()
     console = make_console()
-    console.print(f"preparing the demo in {args.dir} (generated images + a tiny random model)...")
+    if demo_exists(args.dir) and not args.force:
+        steps = f"; max_train_steps set to {args.steps}" if args.steps is not None else ""
+        console.print(f"reusing the demo in {args.dir}: its images, model and demo.toml (with your edits) are kept"
+                      f"{steps}; --force makes them anew")
+    else:
+        console.print(f"preparing the demo in {args.dir} (generated images + a tiny random model)...")
     toml_path = prepare_demo(args.dir, steps=args.steps, force=args.force)
     console.print(f"run TOML: {toml_path}")
     code = train_headless(toml_path, restart=True)   # a second demo starts over; the first is kept (earlier/)

@@ -115,8 +115,20 @@ def make_demo_dataset(image_dir: Path, count: int = IMAGE_COUNT, seed: int = 0) 
         atomic.write_text(stem.with_suffix(".txt"), tags + "\n")
 
 
-def prepare_demo(folder: str | Path, *, steps: int = 40, force: bool = False) -> Path:
-    """Create (or reuse) the demo folder; returns the path of its run TOML."""
+DEFAULT_STEPS = 40
+
+
+def demo_exists(folder: str | Path) -> bool:
+    """An earlier ``sdft demo`` left its run file in ``folder`` (the demo reuses it)."""
+    return (Path(folder) / "demo.toml").is_file()
+
+
+def prepare_demo(folder: str | Path, *, steps: int | None = None, force: bool = False) -> Path:
+    """Create (or reuse) the demo folder; returns the path of its run TOML.
+
+    An existing folder keeps its images, model and run file (edits included); ``steps``, when
+    given, is written into that file's ``train.max_train_steps``. ``force`` makes all of them anew.
+    """
     from engine import atomic
     from engine.data.metadata import build_metadata, write_metadata_json
     from engine.models.tiny import TinySpec, save_tiny_model
@@ -130,6 +142,20 @@ def prepare_demo(folder: str | Path, *, steps: int = 40, force: bool = False) ->
     write_metadata_json(folder / "metadata.json", build_metadata(images))
     toml_path = folder / "demo.toml"
     if force or not toml_path.exists():
+        steps = steps or DEFAULT_STEPS
         text = RUN_TOML.format(toml_name=toml_path, steps=steps, save_every=max(1, steps // 2))
         atomic.write_text(toml_path, text)
+    elif steps is not None:
+        _set_steps(toml_path, steps)
     return toml_path
+
+
+def _set_steps(toml_path: Path, steps: int) -> None:
+    """``train.max_train_steps = steps`` in the demo's run file, its other lines and comments kept."""
+    import tomlkit
+
+    from engine import atomic
+
+    document = tomlkit.parse(toml_path.read_text(encoding="utf-8"))
+    document.setdefault("train", tomlkit.table())["max_train_steps"] = steps
+    atomic.write_text(toml_path, tomlkit.dumps(document))

@@ -13,12 +13,22 @@ import logging
 import os
 
 
-def quiet_libraries() -> None:
+def quiet_logs() -> None:
+    """The libraries' notices off, importing none of them: the light commands (``sdft buckets``,
+    ``sdft tokens``, ...) start in well under a second and load no model library."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # read when transformers first logs
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     for name in ("bitsandbytes", "transformers", "diffusers", "accelerate", "huggingface_hub", "xformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_libraries() -> None:
+    """:func:`quiet_logs`, then transformers and diffusers imported and trimmed: for commands
+    that load a model."""
+    quiet_logs()
     try:
         import transformers
 

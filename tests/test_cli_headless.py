@@ -95,6 +95,26 @@ def test_help_lists_watch_and_watch_says_what_it_needs(tmp_path, capsys):
     assert "no such run folder" in capsys.readouterr().err
 
 
+def test_light_commands_load_no_model_library(tmp_path, tiny_sd1):
+    # `sdft buckets`, `sdft tokens` and `sdft plan` start at once (well under a second of CPU):
+    # they run through main() as the console script does and import neither torch nor diffusers;
+    # only `sdft tokens` imports transformers, for CLIP's tokenizer (it runs last: one process)
+    config = make_run(tmp_path, tiny_sd1)
+    code = (
+        "import contextlib, io, sys\n"
+        "from engine.cli import main\n"
+        f"for argv, allowed in (({['buckets', str(tmp_path / 'images')]!r}, ()), "
+        f"({['plan', str(config), '--vram', '8']!r}, ()), (['tokens', 'a red sofa'], ('transformers',))):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        assert main(argv) == 0, argv\n"
+        "    heavy = [m for m in ('torch', 'diffusers', 'transformers', 'textual') if m in sys.modules]\n"
+        "    assert set(heavy) <= set(allowed), (argv[0], heavy)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 # Modules the wizard needs before training: no torch/diffusers/transformers.
 LIGHT_MODULES = [
     "engine.config.schema", "engine.config.run_toml", "engine.config.dataset", "engine.config.lines",

@@ -38,6 +38,24 @@ def test_buckets_histogram_and_usage(tmp_path, capsys):
     assert buckets_command([str(tmp_path / "missing")]) == 2
 
 
+def test_buckets_at_80_columns_keeps_every_figure_and_narrows_the_bar(tmp_path, capsys, monkeypatch):
+    make_dataset(tmp_path, [(1000, 750), (512, 512), (512, 512), (600, 1000), (1500, 300)], captions=False,
+                 tags=False)
+    widths = {}
+    for columns in (80, 140):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        assert buckets_command([str(tmp_path), "--resolution", "512"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert max(len(line) for line in lines if "│" in line) <= columns
+        for header in ("bucket", "aspect", "images", "batches", "partial", "upscaled", "ar err"):
+            assert any(header in line for line in lines), (columns, header)
+        for bucket in ("576x448", "512x512", "384x640", "1024x256"):   # whole, never "512…"
+            assert any(f"│ {bucket} " in line for line in lines), (columns, bucket)
+        assert "…" not in "".join(lines)
+        widths[columns] = max(line.count("█") for line in lines)
+    assert widths[140] == 24 and 0 <= widths[80] < 24   # the bar gives way, not the figures
+
+
 def test_prepare_folder_writes_metadata_and_checks(tmp_path, capsys):
     imgs = tmp_path / "imgs"
     make_dataset(imgs, [(512, 512), (640, 512)])
@@ -56,6 +74,17 @@ def test_prepare_folder_writes_metadata_and_checks(tmp_path, capsys):
     (imgs / "broken.png").unlink()
     assert prepare_command([str(imgs), "--out", str(out), "--key-style", "stem"]) == 0
     assert json.loads(out.read_text())["img000"]["note"] == "kept"
+
+
+def test_prepare_checks_by_default_and_no_check_skips_it(tmp_path, capsys):
+    imgs = tmp_path / "imgs"
+    make_dataset(imgs, [(512, 512), (640, 512)])
+    (imgs / "broken.png").write_bytes(b"nope")
+    assert prepare_command([str(imgs)]) == 1   # as README says: the health check runs, broken.png is an error
+    assert "broken.png" in capsys.readouterr().out
+    assert prepare_command([str(imgs), "--no-check"]) == 0
+    assert "unreadable" not in capsys.readouterr().out
+    assert {"img000.png", "img001.png"} <= set(json.loads((imgs / "metadata.json").read_text()))
 
 
 def _run_toml(tmp_path: Path) -> Path:

@@ -154,3 +154,17 @@ def test_the_command_writes_the_file_and_prints_the_table(tmp_path, capsys):
     assert "--lowram" in printed and "refused" in printed and "memory.attention" in printed
     assert tomlkit.parse(out.read_text())["model"]["v2"] is True
     assert from_kohya_command(["-o", str(out), "--", "fine_tune.py", "--v2"]) == 2, "an existing file is kept"
+
+
+def test_the_table_cuts_nothing_at_80_columns(tmp_path, capsys, monkeypatch):
+    from engine.kohya.cli import from_kohya_command
+
+    monkeypatch.setenv("COLUMNS", "80")
+    out = tmp_path / "run.toml"
+    model = "--pretrained_model_name_or_path=/models/a/long/path/to/v1-5-pruned-emaonly.safetensors"
+    assert from_kohya_command(["-o", str(out), "--", "train_db.py", model, "--train_data_dir=/data/train"]) == 0
+    printed = capsys.readouterr().out
+    table = [line for line in printed.splitlines() if not line.startswith("wrote ")]   # that one soft-wraps
+    assert max(len(line) for line in table) <= 80
+    assert "…" not in printed   # train_db.py's note names --stop_text_encoder_training whole, wrapped if need be
+    assert "stop_text_encoder_training" in "".join(line.strip() for line in printed.splitlines())

@@ -149,20 +149,28 @@ def _print_histogram(report, readable, infos, settings, root) -> None:
     from rich.table import Table
 
     console = _console()
-    table = Table(title=f"{len(readable)} images in {len(report.rows)} buckets "
-                        f"(resolution {settings.resolution[0]}x{settings.resolution[1]}"
-                        f"{', no upscale' if settings.no_upscale else ''})")
-    for col, justify in (("bucket", "left"), ("aspect", "right"), ("images", "right"), ("batches", "right"),
-                         ("partial", "right"), ("upscaled", "right"), ("ar err", "right")):
-        table.add_column(col, justify=justify)
-    table.add_column("", no_wrap=True, min_width=24)
-    peak = max((r.images for r in report.rows), default=1)
-    for r in report.rows:
-        bar = "█" * max(1, round(24 * r.images / peak))
-        table.add_row(f"{r.bucket[0]}x{r.bucket[1]}", f"{r.bucket[0] / r.bucket[1]:.2f}", str(r.images),
-                      str(r.batches), str(r.partial) if r.partial else "-", str(len(r.upscaled)) or "-",
-                      f"{r.mean_ar_error:.3f}", bar)
-    console.print(table)
+
+    def histogram(bar_width: int) -> Table:
+        table = Table(title=f"{len(readable)} images in {len(report.rows)} buckets "
+                            f"(resolution {settings.resolution[0]}x{settings.resolution[1]}"
+                            f"{', no upscale' if settings.no_upscale else ''})")
+        for col, justify in (("bucket", "left"), ("aspect", "right"), ("images", "right"), ("batches", "right"),
+                             ("partial", "right"), ("upscaled", "right"), ("ar err", "right")):
+            table.add_column(col, justify=justify, no_wrap=True)   # figures are never cut
+        if bar_width:
+            table.add_column("", no_wrap=True, width=bar_width)
+        peak = max((r.images for r in report.rows), default=1)
+        for r in report.rows:
+            bar = ["█" * max(1, round(bar_width * r.images / peak))] if bar_width else []
+            table.add_row(f"{r.bucket[0]}x{r.bucket[1]}", f"{r.bucket[0] / r.bucket[1]:.2f}", str(r.images),
+                          str(r.batches), str(r.partial) if r.partial else "-", str(len(r.upscaled)) or "-",
+                          f"{r.mean_ar_error:.3f}", *bar)
+        return table
+
+    # The bar is decoration: it takes what the figures leave of the terminal's width, up to
+    # 24 characters, and is left out below 6 (an 80-column terminal over SSH keeps every figure).
+    spare = console.width - console.measure(histogram(0)).maximum - 3
+    console.print(histogram(min(24, spare) if spare >= 6 else 0))
     console.print(f"mean aspect error {report.mean_ar_error:.4f}; {report.total_batches} batches per epoch at "
                   f"batch size {report.batch_size}; {report.partial_batches} bucket(s) end in a partial batch")
     for index, why in report.rejected:
@@ -181,8 +189,9 @@ def _add_prepare(commands) -> None:
                                         "sidecars, and check a dataset's health.")
     p.add_argument("target", help="image folder, kohya's DreamBooth folder of N_name sub-folders, a run TOML to "
                    "check, or a metadata JSON to clean (with --clean)")
-    p.add_argument("--check", action="store_true", help="run the health check (always on for a run TOML and a "
-                   "folder of N_name sub-folders)")
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the health check (default; --no-check only writes the metadata of an image folder; "
+                        "always on for a run TOML and a folder of N_name sub-folders)")
     p.add_argument("--out", help="metadata file to write (default: DIR/metadata.json); for N_name sub-folders the "
                    "dataset TOML (default: DIR/dataset.toml)")
     p.add_argument("--reg-dir", help="with N_name sub-folders: kohya's reg_data_dir, whose N_name sub-folders are "

@@ -75,7 +75,7 @@ def _print_table(console, lines) -> None:
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     table.add_column("kohya setting", no_wrap=True)
     table.add_column("in the run TOML", overflow="fold")
-    table.add_column("why / note", style="dim")
+    table.add_column("why / note", style="dim", overflow="fold")   # a long option name wraps, never "…"
     for option, went, why in lines:
         # Text cells: option values and paths print exactly, brackets included
         table.add_row(Text(option), Text(went, style={"refused": "yellow", "left out": "dim"}.get(went, "")), Text(why))

@@ -29,7 +29,8 @@ def register(commands) -> None:
                     "(original SD layout, for AUTOMATIC1111/ComfyUI) and a diffusers folder. No network.",
     )
     p.add_argument("input", help="a .safetensors/.ckpt file, a diffusers folder, or a hub id (online)")
-    p.add_argument("output", help="the file or folder to write (replaced atomically)")
+    p.add_argument("output", help="the file or folder to write (an existing one only with --force)")
+    p.add_argument("--force", action="store_true", help="replace OUT when it exists (atomically)")
     p.add_argument("--to", choices=TO_CHOICES, default=None,
                    help="output format (default: from OUT's extension; a name without one is a diffusers folder)")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
@@ -74,6 +75,8 @@ def _convert(args) -> int:
 
         if Path(args.input).resolve() == out.resolve():
             raise ModelLoadError(f"{out}: the output is the input; choose another output path")
+        if out.exists() and not args.force:   # checked before the model loads: nothing is lost or waited for
+            raise ModelLoadError(f"{out} exists; pass --force to replace it, or choose another output path")
         loaded = load_model(
             args.input,
             v2="auto" if args.v2 is None else args.v2,
