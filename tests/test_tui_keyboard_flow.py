@@ -230,7 +230,7 @@ def test_quit_and_help_stay_in_the_footer_on_every_step_at_80_columns(tmp_path):
             await pilot.press(key)
             await settle(app, pilot)
             footer = screen_text(app).splitlines()[-1]
-            assert "^q Quit" in footer and "f1 Help" in footer, (step, footer)
+            assert "^q Quit" in footer and "f1 All keys" in footer, (step, footer)
 
     run_app(app, scenario, SIZE)
 

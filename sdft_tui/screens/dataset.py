@@ -45,7 +45,7 @@ class DatasetScreen(WizardScreen):
             yield DatasetTree(str(self.app.start_dir), id="tree")
             with Vertical(id="dataset-right"):
                 yield Label("Image folder, metadata .json or .toml (enter scans):")
-                yield Input(placeholder="/path/to/images", id="path", compact=True)
+                yield FormRow("Path (^o)", Input(placeholder="/path/to/images", id="path", compact=True))
                 yield FormRow(".txt sidecars", Select(self._sidecar_choices(), value=self.state.draft.sidecar_mode,
                                                       allow_blank=False, id="sidecar-mode", compact=True),
                               tooltip="What a .txt file beside an image holds; sets the run's "

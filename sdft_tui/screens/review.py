@@ -39,7 +39,7 @@ class ReviewScreen(WizardScreen):
             yield Button("Save", id="save", compact=True)
             yield Button("Save + train", id="train", variant="primary", compact=True)
             yield Button("Save + quit", id="save-quit", compact=True)
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)   # f1 names ^p: "f1 All keys" fits
 
     def on_mount(self) -> None:
         self.query_one("#save-path", Input).value = str(self.state.project.default_run_path())
