@@ -359,10 +359,13 @@ def test_the_dataset_step_switches_where_the_metadata_goes(tmp_path):
         await settle(app, pilot)
         assert "beside the run file" in screen_text(app)
         box = app.screen.query_one("#metadata-beside")
+        # the switch's words say what "on" does, whichever way it is set
+        assert str(box.label) == "in the image folder" and not box.value
         box.focus()
         await pilot.press("space")
         await pilot.pause()
         assert app.state.project.metadata_beside_images and "in the image folder" in screen_text(app)
+        assert "JSON in the image folder" in screen_text(app) and str(box.label) == "in the image folder"
         app.state.save(tmp_path / "run.toml")
         assert (folder / "sdft-metadata.json").exists()
 

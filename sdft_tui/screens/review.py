@@ -57,7 +57,7 @@ class ReviewScreen(WizardScreen):
         path = self.run_path()
         toml_text = self.state.render_toml(path)
         self.query_one("#toml", Static).update(
-            Syntax(toml_text, "toml", theme="ansi_dark", line_numbers=True, word_wrap=False))
+            Syntax(toml_text, "toml", theme="ansi_dark", line_numbers=True, word_wrap=True))   # nothing cut at 80 columns
         self._checked = None
         self._show_problems(self.state.validate(path), pending=True)   # the schema's verdict, at once
         self.full_check_worker(path)
