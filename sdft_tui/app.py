@@ -37,7 +37,8 @@ class SdftApp(PlainNotifications, App):
     SCREENS = {"dataset": DatasetScreen, "captions": CaptionsScreen, "buckets": BucketsScreen,
                "options": OptionsScreen, "review": ReviewScreen}
     BINDINGS = [
-        Binding("f1", "help", "Help"),
+        # the footer cannot hold every key at 80 columns: F1 lists them all, and says so here
+        Binding("f1", "help", "All keys"),
         Binding("f2", "goto('dataset')", "Dataset", show=False),
         Binding("f3", "goto('captions')", "Captions", show=False),
         Binding("f4", "goto('buckets')", "Buckets", show=False),
@@ -208,7 +209,7 @@ class SdftApp(PlainNotifications, App):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(HelpScreen(self.screen))
 
     def finish(self, saved: Path | None, message: str | None) -> None:
         """Leave the app; ``run_wizard`` prints ``message`` once the terminal is restored."""

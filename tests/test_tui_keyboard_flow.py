@@ -230,7 +230,7 @@ def test_quit_and_help_stay_in_the_footer_on_every_step_at_80_columns(tmp_path):
             await pilot.press(key)
             await settle(app, pilot)
             footer = screen_text(app).splitlines()[-1]
-            assert "^q Quit" in footer and "f1 Help" in footer, (step, footer)
+            assert "^q Quit" in footer and "f1 All keys" in footer, (step, footer)
 
     run_app(app, scenario, SIZE)
 
@@ -359,10 +359,13 @@ def test_the_dataset_step_switches_where_the_metadata_goes(tmp_path):
         await settle(app, pilot)
         assert "beside the run file" in screen_text(app)
         box = app.screen.query_one("#metadata-beside")
+        # the switch's words say what "on" does, whichever way it is set
+        assert str(box.label) == "in the image folder" and not box.value
         box.focus()
         await pilot.press("space")
         await pilot.pause()
         assert app.state.project.metadata_beside_images and "in the image folder" in screen_text(app)
+        assert "JSON in the image folder" in screen_text(app) and str(box.label) == "in the image folder"
         app.state.save(tmp_path / "run.toml")
         assert (folder / "sdft-metadata.json").exists()
 

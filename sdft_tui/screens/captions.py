@@ -33,9 +33,10 @@ class BulkEditScreen(ModalScreen):
     def compose(self):
         with Vertical(id="bulk-dialog"):
             yield Label(f"Bulk edit of the {self.count} captions shown (one undo step)")
-            yield FormRow("Operation", Select(BULK_OPS, value="replace", allow_blank=False, id="bulk-op", compact=True))
-            yield FormRow("Text / tags", Input(id="bulk-a", compact=True))
-            yield FormRow("Replace with", Input(id="bulk-b", compact=True))
+            # boxed fields (not compact): on a panel a compact one is one shade apart from it
+            yield FormRow("Operation", Select(BULK_OPS, value="replace", allow_blank=False, id="bulk-op"))
+            yield FormRow("Text / tags", Input(id="bulk-a"))
+            yield FormRow("Replace with", Input(id="bulk-b"))
             with Horizontal(id="bulk-buttons"):
                 yield Button("Apply", id="bulk-apply", variant="primary", compact=True)
                 yield Button("Cancel", id="bulk-cancel", compact=True)
@@ -59,11 +60,11 @@ class CaptionsScreen(WizardScreen):
     AUTO_FOCUS = "#captions"  # the table: arrows pick an image at once (^f reaches the filter)
     LABEL = Binding.Group("Auto-label ")  # the space: a compact footer puts no gap after a group
     BINDINGS = [
-        Binding("ctrl+s", "save_caption", "Save", priority=True),
+        # ^s is named in the editor's line and ^f beside the filter: off the footer, so that the
+        # bulk edits, ^q Quit and f1 (which lists every key) fit at 80 columns
+        Binding("ctrl+s", "save_caption", "Save", show=False, priority=True),
         Binding("ctrl+u", "undo", "Undo", priority=True),
-        # these two are off the footer so that ^q Quit and f1 Help fit at 80 columns: the help
-        # screen and the command palette name them, and the filter box above the table says what it is
-        Binding("ctrl+e", "bulk_edit", "Bulk", show=False, priority=True),
+        Binding("ctrl+e", "bulk_edit", "Replace/tags", priority=True),  # the bulk edits
         Binding("ctrl+f", "focus_filter", "Filter", show=False, priority=True),
         # auto-labelling (section at the end of this class): one footer entry "f7 f8 f9 Auto-label";
         # the help screen and the command palette say what each key does
@@ -72,7 +73,7 @@ class CaptionsScreen(WizardScreen):
         Binding("f9", "auto_label('tags', 'overwrite')", "Tag all", group=LABEL),
         Binding("ctrl+r", "recaption", "Re-caption", show=False, priority=True),  # named in the editor line
         Binding("ctrl+k", "toggle_field", "Caption/tags", show=False, priority=True),  # named there too
-        Binding("ctrl+l", "label_models", "Models", priority=True),
+        Binding("ctrl+l", "label_models", "Models", show=False, priority=True),  # f1 and the palette list it
     ]
 
     def __init__(self):
@@ -83,7 +84,8 @@ class CaptionsScreen(WizardScreen):
 
     def compose(self):
         yield StepBar(self.STEP)
-        yield Input(placeholder="filter: text in caption/file, or problem:no_caption", id="filter", compact=True)
+        yield FormRow("Filter ^f", Input(placeholder="text in caption/file, or problem:no_caption", id="filter",
+                                         compact=True), id="filter-row")
         yield DataTable(id="captions", cursor_type="row", zebra_stripes=True)
         with Horizontal(id="editor-row"):
             yield ImageView(id="preview")

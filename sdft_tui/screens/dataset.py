@@ -20,7 +20,12 @@ from sdft_tui.widgets.on_off import OnOffCheckbox
 SIDECAR_CHOICES = (("tags; captions: .caption", "tags"), ("captions; tags: .tags", "captions"))
 
 
-def _metadata_label(beside_images: bool) -> str:
+# The switch's words say what "on" means (a box beside "beside the run file" that is off read as
+# "not beside the run file", the opposite of what happens); the summary says where it goes now.
+METADATA_SWITCH = "in the image folder"
+
+
+def _metadata_place(beside_images: bool) -> str:
     return "in the image folder" if beside_images else "beside the run file"
 
 
@@ -45,12 +50,12 @@ class DatasetScreen(WizardScreen):
             yield DatasetTree(str(self.app.start_dir), id="tree")
             with Vertical(id="dataset-right"):
                 yield Label("Image folder, metadata .json or .toml (enter scans):")
-                yield Input(placeholder="/path/to/images", id="path", compact=True)
+                yield FormRow("Path (^o)", Input(placeholder="/path/to/images", id="path", compact=True))
                 yield FormRow(".txt sidecars", Select(self._sidecar_choices(), value=self.state.draft.sidecar_mode,
                                                       allow_blank=False, id="sidecar-mode", compact=True),
                               tooltip="What a .txt file beside an image holds; sets the run's "
                                       "data.caption_extension and data.tags_extension (and rescans).")
-                yield FormRow("Metadata JSON", OnOffCheckbox(_metadata_label(self.state.project.metadata_beside_images),
+                yield FormRow("Metadata JSON", OnOffCheckbox(METADATA_SWITCH,
                                                              self.state.project.metadata_beside_images,
                                                              id="metadata-beside", compact=True),
                               tooltip="Where saving writes the folder's metadata JSON: beside the run file "
@@ -105,7 +110,6 @@ class DatasetScreen(WizardScreen):
     @on(Checkbox.Changed, "#metadata-beside")
     def _metadata_place_changed(self, event: Checkbox.Changed) -> None:
         self.state.project.metadata_beside_images = event.value
-        event.checkbox.label = _metadata_label(event.value)
         self.refresh_view()
 
     def on_directory_tree_directory_selected(self, event: DirectoryTree.DirectorySelected) -> None:
@@ -208,6 +212,8 @@ class DatasetScreen(WizardScreen):
                         style="dim")
         elif state.index.metadata_file is None:
             text.append(f"\n.txt sidecars read as {_sidecars_read_as(state)}", style="dim")
+            text.append(f"\nsaving writes the metadata JSON {_metadata_place(state.project.metadata_beside_images)}",
+                        style="dim")
         summary.update(text)
         findings = {kind: (KIND_LABELS.get(kind) or PROBLEM_KINDS.get(kind) or kind,
                            [(short_path(path, state.index.image_dir), message) for path, message in files])

@@ -45,12 +45,36 @@ Five steps turn a folder of images into a run file (`sdft train FILE` replays it
 """
 
 
+def step_keys(app, screen) -> str:
+    """A Markdown table of every key the step answers, the footer's and the ones it has no room
+    for (F1 is "All keys" in the footer), in the order the step declares them."""
+    rows, seen = [], set()
+    owners = [screen, app] if screen is not None else [app]
+    bindings = [b for owner in owners for group in owner._bindings.key_to_bindings.values() for b in group]
+    for binding in bindings:
+        shown = app.get_key_display(binding)
+        if not binding.description or shown in seen:
+            continue
+        seen.add(shown)
+        rows.append(f"| **{shown}** | {binding.description} |")
+    if not rows:
+        return ""
+    rows.append("| **ctrl+p** | command palette (every action, presets) |")
+    return "## Keys on this step\n\n| key | does |\n|---|---|\n" + "\n".join(rows) + "\n\n"
+
+
 class HelpScreen(ModalScreen):
+    """``step``: the wizard step F1 was pressed on; its keys are listed first."""
+
     BINDINGS = [Binding("escape,f1,q", "dismiss", "Close")]
+
+    def __init__(self, step=None):
+        super().__init__()
+        self.step = step
 
     def compose(self):
         with VerticalScroll(id="help-body"):
-            yield Markdown(HELP)
+            yield Markdown(step_keys(self.app, self.step) + HELP)
 
     def action_dismiss(self) -> None:
         self.dismiss()

@@ -39,7 +39,7 @@ class ReviewScreen(WizardScreen):
             yield Button("Save", id="save", compact=True)
             yield Button("Save + train", id="train", variant="primary", compact=True)
             yield Button("Save + quit", id="save-quit", compact=True)
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)   # f1 names ^p: "f1 All keys" fits
 
     def on_mount(self) -> None:
         self.query_one("#save-path", Input).value = str(self.state.project.default_run_path())
@@ -57,7 +57,7 @@ class ReviewScreen(WizardScreen):
         path = self.run_path()
         toml_text = self.state.render_toml(path)
         self.query_one("#toml", Static).update(
-            Syntax(toml_text, "toml", theme="ansi_dark", line_numbers=True, word_wrap=False))
+            Syntax(toml_text, "toml", theme="ansi_dark", line_numbers=True, word_wrap=True))   # nothing cut at 80 columns
         self._checked = None
         self._show_problems(self.state.validate(path), pending=True)   # the schema's verdict, at once
         self.full_check_worker(path)

@@ -54,6 +54,14 @@ class FormRow(Horizontal):
         yield label
         yield self._field
 
+    # The label shows where the focus is (wizard.tcss styles .row-focus). Set here, not by CSS
+    # :focus-within, which Textual does not re-apply to a sibling of the focused field.
+    def on_descendant_focus(self) -> None:
+        self.query_one("Label.form-label").add_class("row-focus")
+
+    def on_descendant_blur(self) -> None:
+        self.query_one("Label.form-label").remove_class("row-focus")
+
 
 class WizardScreen(Screen):
     """A wizard step: ``refresh_view`` runs whenever the step is shown again."""
