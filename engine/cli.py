@@ -9,7 +9,7 @@ command, so ``sdft --help`` is instant.
 One argument tree (engine.commandline): train, demo, bench, plan and watch are defined
 here; the tool commands register themselves from the modules that implement them.
 
-Exit codes: 0 ok, 2 bad configuration or usage, 3 training failed, 130 stopped.
+Exit codes: 0 ok, 2 bad configuration or usage, 3 training failed, 4 run folder busy, 130 stopped.
 """
 
 from __future__ import annotations
@@ -142,9 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         return open_wizard(None)
-    if argv[0].endswith(".toml") and len(argv) == 1:
+    if len(argv) == 1 and _names_a_file(argv[0]):
         if not Path(argv[0]).is_file():
-            print(f"sdft: {argv[0]} does not exist (create one with `sdft` or `sdft demo`)", file=sys.stderr)
+            from engine.config.problems import did_you_mean_file
+
+            close = did_you_mean_file(argv[0])
+            print(f"sdft: {argv[0]} does not exist ({close or 'create one with `sdft` or `sdft demo`'})",
+                  file=sys.stderr)
             return ExitCode.USAGE
         return open_wizard(Path(argv[0]))
     if argv[:1] == ["bench"] and "--data" in argv:
@@ -167,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         quiet_libraries()
     return args.run(args)
+
+
+def _names_a_file(arg: str) -> bool:
+    """``sdft RUN.toml`` (the wizard on a file), mistyped names included: a word with a dot or a
+    slash is a file, never a command."""
+    return arg.endswith(".toml") or (not arg.startswith("-") and ("." in arg or "/" in arg))
 
 
 # ------------------------------------------------------------------ the screens (sdft_tui, imported lazily)
@@ -413,7 +423,7 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
         return ExitCode.USAGE
     except RunFolderBusy as exc:
         make_console(stderr=True).print(styled(("sdft train:", "bold red"), f" {exc}"))
-        return ExitCode.USAGE
+        return ExitCode.BUSY
     except WriteFailed as exc:   # before the first step (config.toml, the event log): nothing trained yet
         make_console(stderr=True).print(styled(("sdft train:", "bold red"), f" {exc}; nothing was trained"))
         return ExitCode.FAILED

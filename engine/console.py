@@ -47,7 +47,8 @@ def print_problems(problems, console: Console | None = None) -> None:
     for p in problems:
         style = {"error": "bold red", "warning": "yellow"}.get(p.severity, "")
         where = f"{p.location()}: " if p.location() else ""
-        console.print(styled(where, (p.severity, style), ": ", (p.key, "bold"), f": {p.message}"))
+        subject = [(p.key, "bold"), ": "] if p.subject() else []   # no "<file>" placeholder
+        console.print(styled(where, (p.severity, style), ": ", *subject, p.message))
         if p.hint:
             console.print(f"    hint: {p.hint}")
 

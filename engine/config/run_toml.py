@@ -17,7 +17,7 @@ import tomlkit
 from engine import atomic
 from engine.config.fields import check_value
 from engine.config.lines import key_lines
-from engine.config.problems import ProblemList, current_spelling, did_you_mean
+from engine.config.problems import FILE_KEY, ProblemList, current_spelling, did_you_mean
 from engine.config.schema import CONFIG_VERSION, SECTIONS, RunConfig
 from engine.user_files import file_problem
 
@@ -287,7 +287,7 @@ def _load_datasets(data: dict, problems: ProblemList, base_dir: Path):
 def _problem(file: str, key: str, message: str, hint: str, line: int | None = None):
     from engine.config.problems import Problem
 
-    return Problem(key or "<file>", message, hint, file, line)
+    return Problem(key or FILE_KEY, message, hint, file, line)
 
 
 # ---------------------------------------------------------------- saving
