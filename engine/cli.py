@@ -246,12 +246,14 @@ def check_config(path: str, resume: str | None = None, restart: bool = False, al
     (the schema, then engine.preflight); exit 2 when any is an error."""
     from engine.console import make_console, styled
     from engine.preflight import check_run_file
+    from engine.units import counted
 
     config, problems = check_run_file(path, resume=resume, restart=restart, allow_changed=allow_changed)
     print_problems(problems)
     errors = sum(p.severity == "error" for p in problems)
     if errors:
-        make_console(stderr=True).print(styled((f"{path}: {errors} error(s)", "bold red"), "; nothing was trained."))
+        make_console(stderr=True).print(styled((f"{path}: {counted(errors, 'error')}", "bold red"),
+                                               "; nothing was trained."))
         return ExitCode.USAGE
     subsets = sum(len(d.subsets) for d in getattr(config.datasets, "datasets", []))
     make_console().print(styled((f"{path} is valid", "green"),
@@ -500,8 +502,23 @@ def cmd_plan(args) -> int:
     except ImportError:
         print("sdft plan: the VRAM planner is not available in this installation", file=sys.stderr)
         return ExitCode.USAGE
+    print(planned_model_line(config))
     print(plan_report(config, vram_gb=args.vram, processes=max(1, args.gpus)))
     return ExitCode.OK
+
+
+def planned_model_line(config) -> str:
+    """Which model ``sdft plan`` planned for, read from its headers (no weights loaded); the
+    planner's figures are for a full-size model of that family, which a small test model is not."""
+    from engine.config.problems import ProblemList
+    from engine.preflight_model import probe_model
+
+    probe = probe_model(config, ProblemList(file=""))
+    source = config.model.pretrained_model_name_or_path
+    if probe.small:
+        return (f"Model: {source}: {probe.label()}; the figures below are for a full-size "
+                f"{'SD 2.x' if probe.v2 else 'SD 1.x'} model, far more than this one needs.")
+    return f"Model: {source}: {probe.label()}."
 
 
 if __name__ == "__main__":
