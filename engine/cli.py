@@ -9,7 +9,7 @@ command, so ``sdft --help`` is instant.
 One argument tree (engine.commandline): train, demo, bench, plan and watch are defined
 here; the tool commands register themselves from the modules that implement them.
 
-Exit codes: 0 ok, 2 bad configuration or usage, 3 training failed, 130 stopped.
+Exit codes: 0 ok, 2 bad configuration or usage, 3 training failed, 4 run folder busy, 130 stopped.
 """
 
 from __future__ import annotations
@@ -141,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         return open_wizard(None)
-    if argv[0].endswith(".toml") and len(argv) == 1:
+    if len(argv) == 1 and _names_a_file(argv[0]):
         if not Path(argv[0]).is_file():
-            print(f"sdft: {argv[0]} does not exist (create one with `sdft` or `sdft demo`)", file=sys.stderr)
+            from engine.config.problems import did_you_mean_file
+
+            close = did_you_mean_file(argv[0])
+            print(f"sdft: {argv[0]} does not exist ({close or 'create one with `sdft` or `sdft demo`'})",
+                  file=sys.stderr)
             return ExitCode.USAGE
         return open_wizard(Path(argv[0]))
     if argv[:1] == ["bench"] and "--data" in argv:
@@ -166,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         quiet_libraries()
     return args.run(args)
+
+
+def _names_a_file(arg: str) -> bool:
+    """``sdft RUN.toml`` (the wizard on a file), mistyped names included: a word with a dot or a
+    slash is a file, never a command."""
+    return arg.endswith(".toml") or (not arg.startswith("-") and ("." in arg or "/" in arg))
 
 
 # ------------------------------------------------------------------ the screens (sdft_tui, imported lazily)
@@ -235,12 +245,14 @@ def check_config(path: str, resume: str | None = None, restart: bool = False, al
     (the schema, then engine.preflight.checks); exit 2 when any is an error."""
     from engine.console import make_console, styled
     from engine.preflight.checks import check_run_file
+    from engine.units import counted
 
     config, problems = check_run_file(path, resume=resume, restart=restart, allow_changed=allow_changed)
     print_problems(problems)
     errors = sum(p.severity == "error" for p in problems)
     if errors:
-        make_console(stderr=True).print(styled((f"{path}: {errors} error(s)", "bold red"), "; nothing was trained."))
+        make_console(stderr=True).print(styled((f"{path}: {counted(errors, 'error')}", "bold red"),
+                                               "; nothing was trained."))
         return ExitCode.USAGE
     subsets = sum(len(d.subsets) for d in getattr(config.datasets, "datasets", []))
     make_console().print(styled((f"{path} is valid", "green"),
@@ -382,7 +394,7 @@ def train_headless(config: str | Path, *, resume: str | None = None, allow_chang
         return ExitCode.USAGE
     except RunFolderBusy as exc:
         make_console(stderr=True).print(styled(("sdft train:", "bold red"), f" {exc}"))
-        return ExitCode.USAGE
+        return ExitCode.BUSY
     except WriteFailed as exc:   # before the first step (config.toml, the event log): nothing trained yet
         make_console(stderr=True).print(styled(("sdft train:", "bold red"), f" {exc}; nothing was trained"))
         return ExitCode.FAILED
@@ -459,8 +471,23 @@ def cmd_plan(args) -> int:
     except ImportError:
         print("sdft plan: the VRAM planner is not available in this installation", file=sys.stderr)
         return ExitCode.USAGE
+    print(planned_model_line(config))
     print(plan_report(config, vram_gb=args.vram, processes=max(1, args.gpus)))
     return ExitCode.OK
+
+
+def planned_model_line(config) -> str:
+    """Which model ``sdft plan`` planned for, read from its headers (no weights loaded); the
+    planner's figures are for a full-size model of that family, which a small test model is not."""
+    from engine.config.problems import ProblemList
+    from engine.preflight_model import probe_model
+
+    probe = probe_model(config, ProblemList(file=""))
+    source = config.model.pretrained_model_name_or_path
+    if probe.small:
+        return (f"Model: {source}: {probe.label()}; the figures below are for a full-size "
+                f"{'SD 2.x' if probe.v2 else 'SD 1.x'} model, far more than this one needs.")
+    return f"Model: {source}: {probe.label()}."
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from engine.units import format_bytes, format_duration
+from engine.units import counted, format_bytes, format_duration
 from engine.vocabulary import RunStatus
 from engine.events import (
     Event,
@@ -47,7 +47,8 @@ def print_problems(problems, console: Console | None = None) -> None:
     for p in problems:
         style = {"error": "bold red", "warning": "yellow"}.get(p.severity, "")
         where = f"{p.location()}: " if p.location() else ""
-        console.print(styled(where, (p.severity, style), ": ", (p.key, "bold"), f": {p.message}"))
+        subject = [(p.key, "bold"), ": "] if p.subject() else []   # no "<file>" placeholder
+        console.print(styled(where, (p.severity, style), ": ", *subject, p.message))
         if p.hint:
             console.print(f"    hint: {p.hint}")
 
@@ -145,7 +146,7 @@ class ConsoleSink:
         self.print(f"validation at step {e.step}: {figures}", "cyan")
 
     def _on_sample_grid(self, e: SampleGridSaved) -> None:
-        self.print(f"sample grid at step {e.step} ({e.count} prompts): {e.path}")
+        self.print(f"sample grid at step {e.step} ({counted(e.count, 'prompt')}): {e.path}")
 
     def _on_run_finished(self, e: RunFinished) -> None:
         if self.progress is not None:

@@ -43,3 +43,8 @@ def format_number(value: float | None) -> str:
     if a < 100:
         return f"{value:.3g}" if a >= 10 else f"{value:.3f}"
     return f"{value:.0f}"
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``"1 sampling point"``, ``"3 sampling points"``: a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"

@@ -48,6 +48,7 @@ class ExitCode(IntEnum):
     FINDINGS = 1        # the command ran and found problems (failed images, health errors)
     USAGE = 2           # bad input: a run file, an option, a path
     FAILED = 3          # training failed
+    BUSY = 4            # the run folder is in use by another live process (docs/run-folder.md)
     STOPPED = 130       # stopped by the user, as Ctrl+C in a shell
 
 

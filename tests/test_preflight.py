@@ -77,7 +77,7 @@ def test_bucket_limits_below_the_models_resolution_are_a_finding_not_a_crash(tmp
 def test_resume_state_must_exist_and_verify(tmp_path, tiny_sd1):
     path = make_run(tmp_path, tiny_sd1, train_extra='resume = "no-such-state"')
     [error] = _errors(path, "train.resume")
-    assert "not a state folder" in error.message
+    assert "no-such-state does not exist" in error.message and "has no saved state yet" in error.message
     state = tmp_path / "fake-state"
     state.mkdir()
     path.write_text(path.read_text().replace("no-such-state", str(state)))

@@ -40,7 +40,7 @@ from engine.config.dataset_specs import (  # noqa: F401 - re-exported
     check_resolution,
     round_bucket_limits,
 )
-from engine.config.problems import Problem, ProblemList, did_you_mean
+from engine.config.problems import FILE_KEY, Problem, ProblemList, did_you_mean, did_you_mean_file
 from engine.user_files import file_problem
 
 # ---------------------------------------------------------------- parse
@@ -66,7 +66,7 @@ def parse_dataset_tables(tables: object, *, problems: ProblemList, base_dir: str
     base_dir = Path(base_dir)
     blueprint = DatasetBlueprint(source=problems.file)
     if not isinstance(tables, dict):
-        _report(problems, "<file>", "a dataset config must be a table", "use [general] and [[datasets]]")
+        _report(problems, FILE_KEY, "a dataset config must be a table", "use [general] and [[datasets]]")
         return blueprint
     for name in tables:
         if name not in ("general", "datasets"):
@@ -248,12 +248,23 @@ def _existing_file(values: dict[str, Any], prefix: str, base_dir: Path, problems
     metadata_file = _resolve_path(values["metadata_file"], base_dir)
     if not metadata_file.exists():
         _report(problems, f"{prefix}.metadata_file", f"metadata file not found: {metadata_file}",
-                "check the path (relative paths start at the TOML's folder); build one with `sdft prepare`")
+                did_you_mean_file(metadata_file) or "check the path (relative paths start at the TOML's folder); "
+                + _build_metadata_command(values, base_dir, metadata_file))
         return None
     if refused := file_problem(metadata_file, "metadata file"):
         _report(problems, f"{prefix}.metadata_file", *refused)
         return None
     return metadata_file
+
+
+def _build_metadata_command(values: dict[str, Any], base_dir: Path, metadata_file: Path) -> str:
+    """How to make the missing metadata file: the exact command when the subset names its images."""
+    from shlex import quote
+
+    if not isinstance(values.get("image_dir"), (str, Path)):
+        return f"build one with `sdft prepare IMAGE_FOLDER --out {quote(str(metadata_file))}`"
+    images = _resolve_path(str(values["image_dir"]), base_dir)
+    return f"build it with `sdft prepare {quote(str(images))} --out {quote(str(metadata_file))}`"
 
 
 def _mask_folder(values: dict[str, Any], prefix: str, base_dir: Path, problems: ProblemList) -> tuple[Path | None, bool]:
@@ -297,7 +308,7 @@ def load_dataset_file(path: str | Path, problems: ProblemList) -> DatasetBluepri
             try:
                 tables = json.loads(text)
             except json.JSONDecodeError as exc:
-                problems.items.append(Problem("<file>", f"not valid JSON: {exc.msg}", "fix the syntax",
+                problems.items.append(Problem(FILE_KEY, f"not valid JSON: {exc.msg}", "fix the syntax",
                                               str(path), exc.lineno))
                 return DatasetBlueprint(source=str(path))
         else:

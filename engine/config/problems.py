@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+
+FILE_KEY = "<file>"   # a problem of the whole file (not found, not TOML): printed without a key
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,10 @@ class Problem:
     line: int | None = None       # 1-based, when known
     severity: str = "error"       # "error" | "warning" | "note"
 
+    def subject(self) -> str:
+        """``"key: "`` before the message; nothing for a problem of the whole file."""
+        return "" if self.key == FILE_KEY else f"{self.key}: "
+
     def location(self) -> str:
         if self.file and self.line:
             return f"{self.file}:{self.line}"
@@ -26,7 +33,7 @@ class Problem:
     def __str__(self) -> str:
         where = self.location()
         text = f"{where}: " if where else ""
-        text += f"{self.severity}: {self.key}: {self.message}"
+        text += f"{self.severity}: {self.subject()}{self.message}"
         if self.hint:
             text += f" (hint: {self.hint})"
         return text
@@ -72,6 +79,18 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     if close:
         return f'did you mean "{close[0]}"?'
     return "valid keys: " + ", ".join(choices)
+
+
+def did_you_mean_file(path: str | Path) -> str:
+    """For a path that does not exist: 'did you mean photos/run.toml?' naming close names in
+    its folder, written as the user wrote the path; "" when none is close."""
+    path = Path(path)
+    try:
+        names = sorted(p.name for p in path.parent.iterdir())
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=2, cutoff=0.6)
+    return f"did you mean {' or '.join(str(path.with_name(name)) for name in close)}?" if close else ""
 
 
 @dataclass

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.config.problems import ConfigError, Problem
+from engine.config.problems import FILE_KEY, ConfigError, Problem, did_you_mean_file
 
 SAVE_AS_UTF8 = "save it as UTF-8 (in most editors: Save As, encoding UTF-8)"
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 _DUPLICATE = re.compile(r'Key "(?P<key>[^"]+)" already exists')
 
 
-def read_config_text(path: str | Path, key: str = "<file>") -> tuple[str, list[Problem]]:
+def read_config_text(path: str | Path, key: str = FILE_KEY) -> tuple[str, list[Problem]]:
     """(text, notes) of a config file; ConfigError when it cannot be read as UTF-8 text, or is
     not a regular file of a config file's size (engine/user_files.py)."""
     from engine.user_files import FileRefused, read_bytes
@@ -30,7 +30,7 @@ def read_config_text(path: str | Path, key: str = "<file>") -> tuple[str, list[P
     try:
         raw = read_bytes(path, "dataset config" if key == "dataset_config" else "run file")
     except FileNotFoundError:
-        raise ConfigError([Problem(key, "file not found", "check the path", file)]) from None
+        raise ConfigError([Problem(key, "file not found", did_you_mean_file(path) or "check the path", file)]) from None
     except FileRefused as exc:
         raise ConfigError([Problem(key, f"the file {exc.reason}", exc.hint, file)]) from None
     except OSError as exc:
@@ -63,7 +63,7 @@ def parse_toml(text: str, file: str) -> TOMLDocument:
         duplicate = _DUPLICATE.search(str(exc))
         if duplicate:
             raise ConfigError([_duplicate_problem(text, duplicate.group("key"), file, getattr(exc, "line", None))]) from None
-        raise ConfigError([Problem("<file>", f"not valid TOML: {exc}", "fix the syntax at that line", file,
+        raise ConfigError([Problem(FILE_KEY, f"not valid TOML: {exc}", "fix the syntax at that line", file,
                                    getattr(exc, "line", None))]) from None
 
 

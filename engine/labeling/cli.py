@@ -163,7 +163,7 @@ def _raw_targets(path: Path) -> tuple[list[Target], dict]:
     base = path.parent
     tables = raw
     if isinstance(raw.get("dataset_config"), str):
-        ref = (base / raw["dataset_config"]).resolve()
+        ref = base / raw["dataset_config"]   # kept relative, as the user wrote it: messages name it so
         try:
             tables = tomllib.loads(ref.read_text(encoding="utf-8-sig"))
             base = ref.parent
@@ -175,8 +175,7 @@ def _raw_targets(path: Path) -> tuple[list[Target], dict]:
             image_dir = (subset or {}).get("image_dir")
             if isinstance(image_dir, str) and (base / image_dir).is_dir():
                 meta = subset.get("metadata_file")
-                targets.append(Target((base / image_dir).resolve(),
-                                      (base / meta).resolve() if isinstance(meta, str) else None,
+                targets.append(Target(base / image_dir, base / meta if isinstance(meta, str) else None,
                                       f"datasets[{di}].subsets[{si}]"))
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     return targets, {k: data[k] for k in ("caption_extension", "tags_extension") if isinstance(data.get(k), str)}

@@ -91,22 +91,32 @@ def check_supported_folder(folder, unet_config: Mapping) -> None:
         raise ModelLoadError(f"{folder}: this is an SDXL model; sdft trains SD 1.x and 2.x only")
 
 
+def detection_source(v2: bool, how: str, context_width: int | None) -> str:
+    """The one wording of what decided SD 1.x or 2.x, for a diffusers folder and a single file
+    alike; a context width other than SD's 768/1024 is named as a small test model."""
+    layout = "OpenCLIP, SD 2.x" if v2 else "CLIP, SD 1.x"
+    width = "" if context_width is None else f", U-Net context width {context_width}"
+    small = context_width is not None and context_width not in (768, 1024)
+    return f"the text encoder ({layout} layout: {how}){width}" + (": a small test model, not full size" if small else "")
+
+
 def detect_v2_folder(cross_attention_dim: int, text_activation: str) -> tuple[bool, str]:
     """SD2 iff the U-Net's context is 1024 wide (or not CLIP-L's 768 with OpenCLIP's gelu)."""
     ctx = int(cross_attention_dim)
-    why = f"unet cross_attention_dim {ctx} / text encoder activation {text_activation}"
-    return ctx == 1024 or (ctx != 768 and text_activation == "gelu"), why
+    v2 = ctx == 1024 or (ctx != 768 and text_activation == "gelu")
+    return v2, detection_source(v2, f"{text_activation} activation", ctx)
 
 
 def detect_v2_single_file(sd: Mapping) -> tuple[bool, str]:
     """SD2 iff the OpenCLIP text tower is present, or the cross-attention context is 1024 wide."""
-    if SD2_TEXT_KEY in sd or any(k.startswith(SD2_TEXT_PREFIX) for k in sd):
-        return True, f"the OpenCLIP text encoder ({SD2_TEXT_PREFIX}*)"
-    if any(k.startswith(SD1_TEXT_PREFIX) for k in sd):
-        return False, f"the CLIP ViT-L text encoder ({SD1_TEXT_PREFIX}*)"
     shape = _shape(sd, ATTN2_K_KEY)
-    if shape is not None:
-        return shape[1] == 1024, f"the cross-attention context width {shape[1]} ({ATTN2_K_KEY})"
+    width = shape[1] if shape is not None else None
+    if SD2_TEXT_KEY in sd or any(k.startswith(SD2_TEXT_PREFIX) for k in sd):
+        return True, detection_source(True, f"{SD2_TEXT_PREFIX}*", width)
+    if any(k.startswith(SD1_TEXT_PREFIX) for k in sd):
+        return False, detection_source(False, f"{SD1_TEXT_PREFIX}*", width)
+    if width is not None:
+        return width == 1024, f"the cross-attention context width {width} ({ATTN2_K_KEY})"
     return False, "no SD2 marker found"
 
 

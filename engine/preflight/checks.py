@@ -16,7 +16,7 @@ import copy
 import importlib.util
 from pathlib import Path
 
-from engine.config.problems import ConfigError, Problem, ProblemList
+from engine.config.problems import FILE_KEY, ConfigError, Problem, ProblemList
 from engine.config.schema import RunConfig
 from engine.preflight.precision import check_precision
 from engine.preflight.speed import check_speed_options
@@ -104,7 +104,7 @@ def _line_map(path: str | None) -> dict[str, int]:
 
 
 def _dataset_has_errors(problems: list[Problem]) -> bool:
-    return any(p.severity == "error" and p.key.startswith(("datasets", "general", "dataset_config", "<file>"))
+    return any(p.severity == "error" and p.key.startswith(("datasets", "general", "dataset_config", FILE_KEY))
                for p in problems)
 
 

@@ -74,7 +74,10 @@ def _cache_encode(args) -> int:
     except ConfigError as exc:
         print_problems(exc.problems)
         return ExitCode.USAGE
-    except (ValueError, RunFolderBusy) as exc:
+    except RunFolderBusy as exc:
+        print(f"sdft cache encode: {exc}", file=sys.stderr)
+        return ExitCode.BUSY
+    except ValueError as exc:
         print(f"sdft cache encode: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     console.print(f"latents: {result.encoded} encoded, {result.reused} already cached, {result.imported} imported "
@@ -112,7 +115,7 @@ def _cache(args) -> int:
     if busy is not None:
         print(f"sdft cache prune: {busy}; pruning now would delete latents it is caching. "
               "Prune when it has finished.", file=sys.stderr)
-        return ExitCode.USAGE
+        return ExitCode.BUSY
     try:
         # hold this run's folder while deleting, so its own training cannot start mid-prune
         holds = not args.dry_run and Path(cfg.run_dir()).is_dir()
@@ -125,7 +128,7 @@ def _cache(args) -> int:
                         manifest.unlink()
     except RunFolderBusy as exc:
         print(f"sdft cache prune: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return ExitCode.BUSY
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {files} cache file(s), {size / 1e6:.1f} MB; {len(keep)} entries kept in {cache_dir}")
     return ExitCode.OK

@@ -31,6 +31,7 @@ def samples_command(argv: list[str] | None = None) -> int:
 def run_samples(args: argparse.Namespace) -> int:
     from engine.console import make_console
     from engine.train.sample_grid import Cell, make_grid, prompt_samples, save_grid
+    from engine.units import counted
 
     console, errors = make_console(), make_console(stderr=True)
     run_dir = Path(args.run_dir)
@@ -51,5 +52,5 @@ def run_samples(args: argparse.Namespace) -> int:
     grid = make_grid([Cell(path, f"step {step}") for step, path in found.steps], title=title, columns=args.columns)
     out = Path(args.output) if args.output else run_dir / "samples" / f"prompt{args.prompt:02d}_across_steps.png"
     save_grid(grid, out)
-    console.print(f"{len(found.steps)} sampling points of prompt {args.prompt}: {out}")
+    console.print(f"{counted(len(found.steps), 'sampling point')} of prompt {args.prompt}: {out}")
     return 0

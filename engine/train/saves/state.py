@@ -248,8 +248,17 @@ def find_state_folder(value: str, run_dir: Path, base_dir: Path | str | None,
     if not path.is_absolute() and not path.exists() and base_dir is not None:
         path = Path(base_dir) / path
     if not path.is_dir():
-        raise ValueError(f"train.resume: {value} is not a state folder")
+        what = "is not a state folder" if path.exists() else "does not exist"
+        raise ValueError(f"train.resume: {value} {what}; {_states_of(Path(run_dir))}")
     return path
+
+
+def _states_of(run_dir: Path) -> str:
+    """The states a --resume may name, for a message about a wrong one (newest last)."""
+    found = sorted(p for p in (run_dir / "state").glob("*-state") if p.is_dir())
+    if not found:
+        return f"{run_dir} has no saved state yet"
+    return f"the run's states: {', '.join(str(p) for p in found)} (or \"latest\", the newest)"
 
 
 def training_math_hash(sections: dict) -> str:

@@ -1,0 +1,54 @@
+"""What the command line says when something is wrong: no placeholders, the near names, the way on."""
+
+from __future__ import annotations
+
+from engine.cli import main
+from engine.runlock import RunLock
+from engine.vocabulary import ExitCode
+from train_helpers import make_run
+
+
+def test_a_missing_run_file_names_no_placeholder_and_the_close_name(tmp_path, tiny_sd1, capsys, monkeypatch):
+    make_run(tmp_path, tiny_sd1, name="photos-run.toml")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "photos-run.tom", "--check"]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "photos-run.tom: error: file not found" in err and "<file>" not in err
+    assert "did you mean photos-run.toml?" in err
+    assert main(["photos-run.tom"]) == ExitCode.USAGE   # the wizard's file, too
+    assert "did you mean photos-run.toml?" in capsys.readouterr().err
+    assert main(["train", "elsewhere.toml", "--check"]) == ExitCode.USAGE   # nothing close: the usual hint
+    assert "hint: check the path" in capsys.readouterr().err
+
+
+def test_a_missing_metadata_file_gives_the_near_name_or_the_exact_command(tmp_path, tiny_sd1, capsys):
+    config = make_run(tmp_path, tiny_sd1)
+    text = config.read_text()
+    config.write_text(text.replace('metadata_file = "meta.json"', 'metadata_file = "meta.jsn"'))
+    assert main(["train", str(config), "--check"]) == ExitCode.USAGE
+    assert f"did you mean {tmp_path / 'meta.json'}?" in capsys.readouterr().err
+    config.write_text(text.replace('metadata_file = "meta.json"', 'metadata_file = "captions/all.json"'))
+    assert main(["train", str(config), "--check"]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert f"`sdft prepare {tmp_path / 'images'} --out {tmp_path / 'captions' / 'all.json'}`" in err
+
+
+def test_a_wrong_resume_path_says_it_does_not_exist_and_lists_the_states(tmp_path, tiny_sd1, capsys):
+    config = make_run(tmp_path, tiny_sd1)
+    states = tmp_path / "runs" / "t" / "state"
+    assert main(["train", str(config), "--check", "--resume", "runs/t/state/nope"]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "runs/t/state/nope does not exist" in err and "has no saved state yet" in err
+    for step in (2, 4):
+        (states / f"t-step{step:08d}-state").mkdir(parents=True)
+    assert main(["train", str(config), "--check", "--resume", "runs/t/state/t-step3-state"]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "not a state folder" not in err
+    assert f"the run's states: {states / 't-step00000002-state'}, {states / 't-step00000004-state'}" in err
+
+
+def test_a_busy_run_folder_has_its_own_exit_code(tmp_path, tiny_sd1, capsys):
+    config = make_run(tmp_path, tiny_sd1)
+    with RunLock(tmp_path / "runs" / "t", "sdft train"):
+        assert main(["train", str(config)]) == ExitCode.BUSY == 4
+    assert "is in use by sdft train" in capsys.readouterr().err
