@@ -480,7 +480,7 @@ def planned_model_line(config) -> str:
     """Which model ``sdft plan`` planned for, read from its headers (no weights loaded); the
     planner's figures are for a full-size model of that family, which a small test model is not."""
     from engine.config.problems import ProblemList
-    from engine.preflight_model import probe_model
+    from engine.preflight.model import probe_model
 
     probe = probe_model(config, ProblemList(file=""))
     source = config.model.pretrained_model_name_or_path

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.cli import main
-from engine.preflight_model import look_at_model
+from engine.preflight.model import look_at_model
 from engine.units import counted
 from train_helpers import make_run
 
