@@ -140,7 +140,7 @@ class WizardSession:
         is cut where training cuts it first, so a huge one costs no more than training reads."""
         with TOKENIZER_LOCK:
             counts = self.project.token_counts(self.records, v2=self._v2())
-        for record, n in zip(self.records, counts):
+        for record, n in zip(self.records, counts, strict=True):
             record.tokens = n
 
     def set_text(self, i: int, text: str, which: str | None = None) -> bool:

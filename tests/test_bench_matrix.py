@@ -35,7 +35,7 @@ def test_every_combination_comes_nearest_the_first_first():
 
     cells = every_combination((("a.x", (1, 2)), ("a.y", (False, True)), ("a.z", ("p", "q"))))
     assert len(cells) == 8 and cells[0].changes == {"a.x": 1, "a.y": False, "a.z": "p"}
-    distances = [sum(v != first for v, first in zip(c.changes.values(), (1, False, "p"))) for c in cells]
+    distances = [sum(v != first for v, first in zip(c.changes.values(), (1, False, "p"), strict=True)) for c in cells]
     assert distances == sorted(distances) and cells[-1].changes == {"a.x": 2, "a.y": True, "a.z": "q"}
 
 

@@ -107,7 +107,7 @@ def test_vectorised_assignment_equals_scalar_rule():
     sizes = [(rng.randint(16, 3000), rng.randint(16, 3000)) for _ in range(3000)] + KOHYA_512 + [(96, 64)]
     s = BucketSettings((512, 512), True, False, 256, 1024, 64)
     got = assign_sizes(sizes, s)
-    for size, a in zip(sizes, got):
+    for size, a in zip(sizes, got, strict=True):
         assert (a.bucket, a.resized) == scalar_rule(size, KOHYA_512)
 
 

@@ -130,9 +130,9 @@ def test_the_ema_foreach_update_equals_the_per_tensor_one():
                 p.add_(torch.randn_like(p))
         ema.update(step)
         weight = 1.0 - ema.decay_at(step)
-        for r, p in zip(reference, params):
+        for r, p in zip(reference, params, strict=True):
             r.lerp_(p.detach(), weight)
-    assert all(torch.equal(s, r) for s, r in zip(ema.shadow, reference))
+    assert all(torch.equal(s, r) for s, r in zip(ema.shadow, reference, strict=True))
 
 
 def test_previews_decode_outside_autocast_in_the_vaes_dtype(tmp_path, tiny_sd1, monkeypatch):

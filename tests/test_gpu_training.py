@@ -142,7 +142,7 @@ def test_ema_offloaded_through_pinned_memory_equals_the_gpu_average():
                 p.add_(torch.randn_like(p))
         on_gpu.update(step)
         offloaded.update(step)
-    for a, b in zip(on_gpu.state_dict().values(), offloaded.state_dict().values()):
+    for a, b in zip(on_gpu.state_dict().values(), offloaded.state_dict().values(), strict=True):
         torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0)
 
 

@@ -42,7 +42,7 @@ def test_every_concept_has_training_and_held_out_images_with_its_caption(dataset
 
 def test_the_dataset_is_drawn_alike_each_time_and_held_out_images_are_new(dataset, tmp_path):
     again = cc.write_concept_dataset(tmp_path, dataset.concepts, per_concept=3, held_out=1)
-    for a, b in zip(dataset.train, again.train):
+    for a, b in zip(dataset.train, again.train, strict=True):
         assert a.path.read_bytes() == b.path.read_bytes()
     train_bytes = {i.path.read_bytes() for i in dataset.train}
     assert not any(i.path.read_bytes() in train_bytes for i in dataset.held_out)

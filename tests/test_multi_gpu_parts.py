@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import types
+from itertools import pairwise
 
 import pytest
 
@@ -20,7 +21,7 @@ def test_a_global_batch_splits_into_contiguous_parts_that_cover_it_once():
         for processes in (1, 2, 3, 4):
             parts = [rank_part(count, processes, r) for r in range(processes)]
             assert parts[0][0] == 0 and parts[-1][1] == count
-            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            assert all(a[1] == b[0] for a, b in pairwise(parts))
             sizes = [e - s for s, e in parts]
             assert max(sizes) - min(sizes) <= 1
             # the weights make the average over processes the mean over the global batch

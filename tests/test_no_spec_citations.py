@@ -46,7 +46,7 @@ def _message_strings(path):
 
     tokens = [t for t in tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline)
               if t.type not in (tokenize.NL, tokenize.COMMENT)]
-    for before, token, after in zip([None] + tokens, tokens, tokens[1:] + [None]):
+    for before, token, after in zip([None] + tokens, tokens, tokens[1:] + [None], strict=False):
         docstring = (before is None or before.type in (tokenize.INDENT, tokenize.NEWLINE, tokenize.DEDENT)) \
             and after is not None and after.type == tokenize.NEWLINE
         if token.type == tokenize.STRING and not docstring:

@@ -182,7 +182,7 @@ def test_adafactor_relative_step_takes_no_lr_and_the_adafactor_schedule_reports_
     scheduler = schedule_for(o, optimizer, 10)   # constant (unset) becomes adafactor, as in kohya
     assert type(scheduler).__name__ == "AdafactorSchedule"
     rates = []
-    for step in range(3):
+    for _ in range(3):
         param.grad = torch.randn_like(param)
         optimizer.step()
         scheduler.step()

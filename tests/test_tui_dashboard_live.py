@@ -85,7 +85,7 @@ def test_watch_header_moves_every_step_stops_at_the_real_step_and_follows_the_re
             seen["at 10"] = header(app)
             for step in range(11, 19):
                 sink.emit(progress(step))
-                await wait_until(pilot, lambda: screen.figures.step == step)
+                await wait_until(pilot, lambda step=step: screen.figures.step == step)
             await settle(pilot, screen)
             seen["at 18"] = header(app)
             sink.emit(StatusChanged(status="stopping", time=T0 + 18.1))

@@ -72,7 +72,7 @@ def test_dataset_captions_and_buckets_show_bracketed_names_and_labels_exactly(tm
     for size in SIZES:
         app = SdftApp(hardware=HardwareInfo(), start_dir=tmp_path)
 
-        async def scenario(pilot, size=size):
+        async def scenario(pilot, size=size, app=app):
             path = app.screen.query_one("#path")
             path.value = str(folder)
             path.focus()
@@ -115,7 +115,7 @@ def test_review_problems_and_save_toast_show_keys_hints_and_paths_exactly(tmp_pa
     for size in SIZES:
         app = SdftApp(run, hardware=HardwareInfo(), start_dir=tmp_path)
 
-        async def scenario(pilot, size=size):
+        async def scenario(pilot, size=size, app=app):
             target = folder / f"run [b] {size[0]}.toml"
             assert app.state.scan_error is None, app.state.scan_error
             # a subset key at dataset level: the engine's problem names the key and hints [[datasets.subsets]]
@@ -147,7 +147,7 @@ def test_a_run_file_that_cannot_load_is_quoted_exactly_in_the_toast_and_on_the_d
     for size in SIZES:
         app = SdftApp(run, hardware=HardwareInfo(), start_dir=tmp_path)
 
-        async def scenario(pilot, size=size):
+        async def scenario(pilot, size=size, app=app):
             error = app.state.scan_error
             assert error and str(folder) in error and "[[datasets.subsets]]" in error
             if size != (80, 24):
@@ -188,10 +188,10 @@ def test_dashboard_log_samples_and_outcome_show_engine_text_exactly(tmp_path):
     run_dir = tmp_path / FOLDER
     for size in ((80, 24), (160, 50)):
         handle = EngineHandle()
-        app = DashboardApp(lambda: RunScreen(run_dir / "run [1].toml", engine=bracket_engine(run_dir),
-                                             handle=handle))
+        app = DashboardApp(lambda handle=handle: RunScreen(run_dir / "run [1].toml",
+                                                           engine=bracket_engine(run_dir), handle=handle))
 
-        async def main(size=size):
+        async def main(size=size, app=app, handle=handle):
             async with app.run_test(size=size) as pilot:
                 await wait_until(pilot, lambda: handle.done.is_set() and app.dashboard.figures.finished)
                 app.dashboard.repaint(force=True)

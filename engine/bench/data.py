@@ -124,7 +124,7 @@ def bench_cache(n: int = 48, *, vae_kind: str = "tiny", device: str | None = Non
         assigned = assign_sizes(sizes, settings)
         jobs = [CacheJob(i, p, s, a.bucket, a.resized, crop_offset(a.resized, a.bucket),
                          auto_interpolation(s, a.resized), False)
-                for i, (p, s, a) in enumerate(zip(paths, sizes, assigned))]
+                for i, (p, s, a) in enumerate(zip(paths, sizes, assigned, strict=True))]
         # Bare loop input: the same pixels, decoded in advance, batched by bucket like the cache does.
         ordered = sorted(jobs, key=lambda j: (j.bucket, j.item))
         batches, current = [], []

@@ -66,7 +66,7 @@ def moved_share(start, trained) -> float:
 
     changed = total = 0
     with torch.no_grad():
-        for (name, a), (_same, b) in zip(start.named_parameters(), trained.named_parameters()):
+        for (_name, a), (_same, b) in zip(start.named_parameters(), trained.named_parameters(), strict=True):
             before = a.detach().to(b.device, b.dtype)
             changed += int((before != b.detach()).sum())
             total += b.numel()

@@ -91,7 +91,7 @@ def sample_distance(samples: torch.Tensor, train_latents: torch.Tensor, held_out
 def adherence(predicted: torch.Tensor, wanted: torch.Tensor, count: int) -> dict:
     """Accuracy, chance and, per prompted concept, how many samples landed on each concept."""
     confusion = torch.zeros((count, count), dtype=torch.long)
-    for w, p in zip(wanted.tolist(), predicted.tolist()):
+    for w, p in zip(wanted.tolist(), predicted.tolist(), strict=True):
         confusion[w, p] += 1
     return {"accuracy": float((predicted == wanted).double().mean()), "chance": 1.0 / count,
             "confusion": confusion.tolist()}

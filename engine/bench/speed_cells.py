@@ -102,8 +102,8 @@ def every_combination(axes) -> list[Cell]:
     budget that runs out leaves the farthest combinations unrun rather than a whole axis."""
     first = [values[0] for _key, values in axes]
     combos = list(itertools.product(*(values for _key, values in axes)))
-    combos.sort(key=lambda combo: sum(a != b for a, b in zip(combo, first)))
-    return [Cell({key: value for (key, _values), value in zip(axes, combo)}) for combo in combos]
+    combos.sort(key=lambda combo: sum(a != b for a, b in zip(combo, first, strict=True)))
+    return [Cell({key: value for (key, _values), value in zip(axes, combo, strict=True)}) for combo in combos]
 
 
 # ---------------------------------------------------------------- can a cell run here

@@ -177,7 +177,7 @@ def assign_sizes(sizes: Sequence[Size], settings: BucketSettings,
                 out[i] = Assignment(sizes[i], None, None, str(exc))
         return out  # type: ignore[return-value]
     buckets = settings.bucket_list()
-    for i, assignment in zip(rest, nearest_buckets([sizes[i] for i in rest], buckets)):
+    for i, assignment in zip(rest, nearest_buckets([sizes[i] for i in rest], buckets), strict=True):
         out[i] = assignment
     return out  # type: ignore[return-value]
 
@@ -198,7 +198,7 @@ def nearest_buckets(sizes: list[Size], buckets: list[Size]) -> list[Assignment]:
     chunk = 65536
     for start in range(0, len(sizes), chunk):
         best = np.argmin(np.abs(bar[None, :] - ar[start:start + chunk, None]), axis=1)
-        for size, b in zip(sizes[start:start + chunk], best.tolist()):
+        for size, b in zip(sizes[start:start + chunk], best.tolist(), strict=True):
             size = tuple(size)
             if size in exact:
                 out.append(Assignment(size, size, size))

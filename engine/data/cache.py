@@ -123,7 +123,7 @@ class LatentCache:
         workers = workers or max(1, min(4, (os.cpu_count() or 2)))
         with ThreadPoolExecutor(workers) as pool:
             hashes = list(pool.map(self._safe_hash, [j.path for j in jobs]))
-        for job, digest in zip(jobs, hashes):
+        for job, digest in zip(jobs, hashes, strict=True):
             if isinstance(digest, Exception):
                 result.failed[job.item] = f"cannot read: {digest}"
                 continue
@@ -237,8 +237,8 @@ class LatentCache:
                     batch = batch_order.popleft()
                     submit_next()
                     arrays = [f.result() for f in futures]
-                    good = [(jk, a) for jk, a in zip(batch, arrays) if not isinstance(a, Exception)]
-                    for jk, a in zip(batch, arrays):
+                    good = [(jk, a) for jk, a in zip(batch, arrays, strict=True) if not isinstance(a, Exception)]
+                    for jk, a in zip(batch, arrays, strict=True):
                         if isinstance(a, Exception):
                             result.failed[jk[0].item] = str(a)
                     if good:

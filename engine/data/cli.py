@@ -110,7 +110,7 @@ def _buckets(args) -> int:
                  "bucket": list(a.bucket) if a.bucket else None,
                  "resized": list(a.resized) if a.resized else None,
                  **({"error": a.error} if a.error else {})}
-                for i, a in zip(readable, assignments)
+                for i, a in zip(readable, assignments, strict=True)
             ],
             "unreadable": [{"path": _rel(i.path, root), "error": i.error} for i in infos if i.size is None],
             "name_clashes": [[_rel(p, root) for p in c.images] for c in clashes],

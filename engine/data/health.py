@@ -181,7 +181,7 @@ def _check_masks(results, masks, exif_transpose: bool, report: HealthReport) -> 
     """Each image's loss mask: there, readable, its image's size, not all zero."""
     from engine.data.masks import MaskError, mask_problem
 
-    for r, source in zip(results, masks):
+    for r, source in zip(results, masks, strict=True):
         if isinstance(source, MaskError):
             report.issues.append(HealthIssue(str(r.path), "no_mask", str(source)))
         elif source is not None and r.size is not None:
@@ -221,7 +221,7 @@ def _check_sizes(results, settings: BucketSettings, upscale_limit: float, report
     buckets = settings.bucket_list()
     smallest = min((min(b) for b in buckets), default=settings.bucket_reso_steps)
     assignments = assign_sizes([r.size for r in good], settings)
-    for r, a in zip(good, assignments):
+    for r, a in zip(good, assignments, strict=True):
         w, h = r.size
         if a.bucket is None:
             report.issues.append(HealthIssue(str(r.path), "rejected", a.error or "cannot be bucketed"))
@@ -241,7 +241,7 @@ def _check_captions(paths, captions, max_token_length, v2, report) -> None:
 
     longest = []
     limit = caption_char_limit(max_token_length or 225)
-    for path, caption in zip(paths, captions):
+    for path, caption in zip(paths, captions, strict=True):
         if not caption or not caption.strip():
             report.issues.append(HealthIssue(str(path), "no_caption", "no caption or tags: trains unconditionally"))
             longest.append("")
@@ -255,7 +255,7 @@ def _check_captions(paths, captions, max_token_length, v2, report) -> None:
     if not max_token_length:
         return
     counts = count_tokens(longest, v2)
-    for path, n in zip(paths, counts):
+    for path, n in zip(paths, counts, strict=True):
         if n > max_token_length:
             report.issues.append(HealthIssue(str(path), "too_long",
                                              f"{n} tokens > max_token_length {max_token_length}: the rest is cut "

@@ -96,7 +96,7 @@ def dataset_items(di: int, spec: DatasetSpec, s: BucketSettings, data_cfg, probl
     items, cut = [], []
     limit = caption_char_limit(max_token_length)
     sep_mode = data_cfg.caption_tags_join
-    for (sub, mfile, e, size), a in zip(kept, assignments):
+    for (sub, mfile, e, size), a in zip(kept, assignments, strict=True):
         if a.bucket is None:
             log(f"skipped {e.path}: {a.error}")
             continue

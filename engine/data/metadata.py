@@ -246,7 +246,7 @@ def _split_shared_entry(entry: MetaEntry, images: list[Path], image_dir: Path,
                     f"{', '.join(p.name for p in images)}; each trains with this entry's caption and tags, "
                     f"as {', '.join(repr(k) for k in keys)}{dropped}")
     return [MetaEntry(key=key, path=image, caption=entry.caption, tags=entry.tags, extra=dict(entry.extra))
-            for key, image in zip(keys, images)]
+            for key, image in zip(keys, images, strict=True)]
 
 
 # ---------------------------------------------------------------- writing

@@ -183,7 +183,7 @@ class TrainingData:
         """sha256 over what decides batches: items, sizes, buckets, captions, options, global batch
         sizes (the same run on another number of processes keeps its fingerprint)."""
         h = hashlib.sha256()
-        for d, (spec, s) in enumerate(zip(self.datasets, self.settings)):
+        for d, s in enumerate(self.settings):
             h.update(json.dumps([self.global_batch_size(d), list(s.resolution), s.enable_bucket, s.no_upscale,
                                  s.min_bucket_reso, s.max_bucket_reso, s.bucket_reso_steps]).encode())
         for it in self.items:
@@ -283,7 +283,7 @@ class TrainingData:
 
         failed: dict[int, str] = {}
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
-            for item, why in zip(live, pool.map(problem, live)):
+            for item, why in zip(live, pool.map(problem, live), strict=True):
                 if why is not None:
                     failed[item.index] = why
         return failed

@@ -54,7 +54,7 @@ def balance_regularization(items: list, spec, log: Callable[[str], None]) -> lis
         return items
     target = training_count(items, spec)
     repeats = regularization_repeats([it.subset.num_repeats for it in reg], target)
-    for item, count in zip(reg, repeats):
+    for item, count in zip(reg, repeats, strict=True):
         item.reg_repeats = count
     if not target:
         log(f"{spec.key}: no training images beside the regularization images, so they are not used either "

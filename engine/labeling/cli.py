@@ -135,7 +135,7 @@ def resolve_targets(target: str, *, console=None) -> tuple[list[Target], dict]:
         targets, data = _raw_targets(path)
         if not targets:
             raise _Usage(f"{path}: no [[datasets.subsets]] image_dir to label "
-                         f"({len(exc.problems)} problem(s) in the file; `sdft train {path} --check` lists them)")
+                         f"({len(exc.problems)} problem(s) in the file; `sdft train {path} --check` lists them)") from None
         if console is not None:
             console.print(styled(("note:", "yellow"), f" {path} does not validate yet ({len(exc.problems)} problem(s)); "
                                  "labelling the image_dir folders it names"))

@@ -160,7 +160,7 @@ def _label_batch(batch, labeller, writer: LabelWriter, summary: LabelSummary, to
             summary.warnings.append(note)
             log(note)
     last = ("", "")
-    for path, text in zip(batch.paths, texts):
+    for path, text in zip(batch.paths, texts, strict=True):
         if not text.strip():
             # nothing above the thresholds / an empty caption: no empty file
             summary.done += 1

@@ -148,7 +148,7 @@ class TagSelector:
             raise LabelError(f"the model gives {len(probs)} scores but the tag file has {len(self.rows)} rows: "
                              "use the selected_tags.csv that came with this model.onnx")
         general, character = [], []
-        for i, (row, p) in enumerate(zip(self.rows, probs)):
+        for i, (row, p) in enumerate(zip(self.rows, probs, strict=True)):
             if row.category == CHARACTER:
                 if p >= self.character_threshold and self.names[i] not in self.undesired:
                     character.append(i)

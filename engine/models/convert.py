@@ -280,7 +280,7 @@ def text_sd2_from_original(part: Mapping, num_layers: int) -> tuple[dict, dict]:
             if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
                 kind = rest.rsplit("_", 1)[1]
                 q, kk, vv = v.chunk(3, dim=0)
-                for name, t in zip("qkv", (q, kk, vv)):
+                for name, t in zip("qkv", (q, kk, vv), strict=True):
                     out[f"encoder.layers.{i}.self_attn.{name}_proj.{kind}"] = t.clone()
             else:
                 out[f"encoder.layers.{i}.{_rename_first(rest, reverse_first)}"] = v

@@ -128,7 +128,7 @@ class Hypernetwork(nn.Module):
     def _load_pair(self, width: int, pair: list[Mapping[str, torch.Tensor]], origin: str) -> None:
         if str(width) not in self.pairs:
             self.add_width(width)
-        for module, sd in zip(self.pairs[str(width)], pair):
+        for module, sd in zip(self.pairs[str(width)], pair, strict=True):
             try:
                 module.load_state_dict(sd)
             except RuntimeError as exc:

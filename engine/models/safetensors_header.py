@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from itertools import pairwise
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def check_layout(path: Path | str, header: SafetensorsHeader | None = None) -> S
                               f"values, but the data holds {data_length:,} bytes: the file is damaged or truncated")
         spans.append((begin, end, name))
     spans.sort()
-    for (_b1, end1, first), (begin2, _e2, second) in zip(spans, spans[1:]):
+    for (_b1, end1, first), (begin2, _e2, second) in pairwise(spans):
         if begin2 < end1:
             raise HeaderError(f"{path}: tensors {first!r} and {second!r} overlap in the file: it is damaged")
     return header

@@ -175,7 +175,7 @@ class PromptEncoder:
             text_ids = [item.ids for item in items]
             text_weights = [item.weights for item in items]
             counts = tuple(item.total for item in items)
-            for caption, item in zip(captions, items):
+            for caption, item in zip(captions, items, strict=True):
                 if item.truncated:
                     self._warn_truncated(caption, item.total)
         else:

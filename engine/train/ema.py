@@ -54,7 +54,7 @@ class EMA:
         self.shadow = [p.detach().to(device=device or p.device, dtype=torch.float32, copy=True) for p in self.params]
         if self.offloaded:
             self.shadow = [s.pin_memory() for s in self.shadow]
-        self.pieces = pieces_of(list(zip(self.shadow, self.params)), PIECE_ELEMENTS, size=lambda pair: pair[0].numel())
+        self.pieces = pieces_of(list(zip(self.shadow, self.params, strict=True)), PIECE_ELEMENTS, size=lambda pair: pair[0].numel())
 
     def decay_at(self, step: int) -> float:
         """The decay applied at global step ``step`` (an update step)."""
@@ -71,9 +71,9 @@ class EMA:
             if not self.offloaded:
                 torch._foreach_lerp_(shadows, live, weight)
                 continue
-            staged = [s.to(p.device, non_blocking=True) for s, p in zip(shadows, live)]
+            staged = [s.to(p.device, non_blocking=True) for s, p in zip(shadows, live, strict=True)]
             torch._foreach_lerp_(staged, live, weight)
-            for s, done in zip(shadows, staged):
+            for s, done in zip(shadows, staged, strict=True):
                 s.copy_(done, non_blocking=True)
 
     def _settled(self) -> None:
@@ -85,7 +85,7 @@ class EMA:
     def swap(self) -> None:
         """Exchange live and EMA weights (call twice to restore): samples/saves from EMA."""
         self._settled()
-        for s, p in zip(self.shadow, self.params):
+        for s, p in zip(self.shadow, self.params, strict=True):
             live = p.detach().clone()
             p.copy_(s.to(p.device, p.dtype))
             s.copy_(live.to(s.device, torch.float32))
@@ -94,7 +94,7 @@ class EMA:
         """The average by parameter name, whole (a sharded run's shards are gathered: every process
         calls this)."""
         self._settled()
-        return {name: s.full_tensor() if hasattr(s, "full_tensor") else s for name, s in zip(self.names, self.shadow)}
+        return {name: s.full_tensor() if hasattr(s, "full_tensor") else s for name, s in zip(self.names, self.shadow, strict=True)}
 
     def load_state_dict(self, state: dict) -> str | None:
         """Restore a saved average. States of older sdft versions keyed it by position ("0",
@@ -112,11 +112,11 @@ class EMA:
                 f"the state's EMA holds {len(state)} tensors that do not match the {len(self.names)} "
                 f"trained parameters (missing e.g. {', '.join(missing) or '-'}); resume without "
                 "train.ema, or start the run over")
-        for name, s, saved in zip(self.names, self.shadow, tensors):
+        for name, s, saved in zip(self.names, self.shadow, tensors, strict=True):
             if saved.shape != s.shape:
                 raise EMAStateError(f"the state's EMA of {name} has shape {tuple(saved.shape)}, the "
                                     f"parameter {tuple(s.shape)}; start the run over or resume without train.ema")
-        for s, saved in zip(self.shadow, tensors):
+        for s, saved in zip(self.shadow, tensors, strict=True):
             if hasattr(s, "full_tensor"):   # a sharded run: this process's shard of the whole average
                 from engine.train.sharding import shard_like
 

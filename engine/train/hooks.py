@@ -28,7 +28,7 @@ class MetricsHook(StepHook):
         p.sink.emit(StepMetrics(
             step=ctx.step, total_steps=ctx.total_steps, epoch=ctx.event_epoch,
             loss=m["loss"], loss_avg=ctx.loss_avg, lr=scheduler.get_last_lr()[0],
-            lrs=dict(zip(p.bundle.lr_group_names, scheduler.get_last_lr())),
+            lrs=dict(zip(p.bundle.lr_group_names, scheduler.get_last_lr(), strict=False)),
             grad_norm=m["grad_norm"], it_per_s=m["it_per_s"],
             samples_per_s=m["samples_per_s"],   # global samples: every process counts its global batches
             eta_s=remaining / m["it_per_s"] if m["it_per_s"] > 0 else 0.0,

@@ -83,7 +83,7 @@ def make_grid(cells: list[Cell], *, title: str = "", columns: int | None = None)
     draw, font = ImageDraw.Draw(grid), label_font()
     if title:
         _draw_label(draw, (GAP, GAP), title, font, width - 2 * GAP)
-    for n, (cell, picture) in enumerate(zip(cells, pictures)):
+    for n, (cell, picture) in enumerate(zip(cells, pictures, strict=True)):
         x = GAP + (n % columns) * (cell_w + GAP)
         y = top + GAP + (n // columns) * (cell_h + GAP)
         _draw_label(draw, (x, y + 1), cell.label, font, cell_w)

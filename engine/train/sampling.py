@@ -98,7 +98,7 @@ class Sampler:
         from engine.train.sample_grid import Cell, grid_path, make_grid, save_grid
 
         cells = [Cell(Path(path), f"{index + 1}: {prompt.prompt}")
-                 for index, (path, prompt) in enumerate(zip(saved, self.prompts))]
+                 for index, (path, prompt) in enumerate(zip(saved, self.prompts, strict=False))]
         path = save_grid(make_grid(cells, title=f"step {ctx.step}"),
                          grid_path(self.folder, self.parts.cfg.train.output_name, ctx.step))
         self.parts.sink.emit(SampleGridSaved(path=str(path), step=ctx.step, count=len(cells)))

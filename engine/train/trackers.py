@@ -225,7 +225,7 @@ class TrackerSink:
         return tracker
 
     def _log(self, values: dict, step: int) -> None:
-        for name, tracker in self.trackers.items():
+        for tracker in self.trackers.values():
             tracker.log(values, step=step)
 
     def _log_sample(self, event: SampleSaved) -> None:

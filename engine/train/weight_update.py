@@ -67,7 +67,7 @@ def stepping_only(optimizer, params: list) -> None:
     try:
         yield
     finally:
-        for group, kept in zip(optimizer.param_groups, saved):
+        for group, kept in zip(optimizer.param_groups, saved, strict=True):
             group["params"] = kept
 
 
