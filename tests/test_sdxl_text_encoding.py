@@ -92,7 +92,7 @@ def test_layouts_match_kohya_s_tokenizer_call(max_token_length):
     from engine.models.tokenizer import build_clip_tokenizer
 
     tok1, tok2 = build_clip_tokenizer(v2=False), build_clip_tokenizer(v2=True)
-    for caption, layout in zip(CAPTIONS, tokenize_sdxl(CAPTIONS, max_token_length)):
+    for caption, layout in zip(CAPTIONS, tokenize_sdxl(CAPTIONS, max_token_length), strict=True):
         assert layout.te1 == _kohya_chunks(tok1, caption, max_token_length, EOS_ID), caption
         assert layout.te2 == _kohya_chunks(tok2, caption, max_token_length, 0), caption
 
