@@ -28,6 +28,7 @@ from engine.events import (
     SampleSaved,
     StatusChanged,
     StepMetrics,
+    StepProgress,
     ValidationMetrics,
 )
 from engine.vocabulary import ControlStatus, Phase, RunStatus
@@ -56,7 +57,7 @@ class FakeEngine:
     def __init__(self, run_dir: str | Path, *, total_steps: int = 40, ending: str = "complete",
                  hold_at: int | None = None, fail_at: int | None = None, cuda: bool = True,
                  sample_every: int = 20, write_events: bool = True, slow_save: bool = False,
-                 validate_every: int | None = None):
+                 validate_every: int | None = None, log_every: int = 1):
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps
         self.ending = ending
@@ -65,6 +66,7 @@ class FakeEngine:
         self.cuda = cuda
         self.sample_every = sample_every
         self.validate_every = validate_every
+        self.log_every = log_every            # figures as the trainer logs them: step 1, every N, the last
         self.write_events = write_events
         self.slow_save = slow_save              # hold the stop's state save until ``save_gate``
         self.save_gate = threading.Event()
@@ -125,7 +127,11 @@ class FakeEngine:
                 sink.emit(StatusChanged(status=ControlStatus.RUNNING, time=self._t(step)))
                 if control.stop_requested:
                     return self._stopped(sink, control, step - 1)
-            sink.emit(self._metrics(step))
+            if step % self.log_every == 0 or step in (1, self.total_steps):
+                sink.emit(self._metrics(step))
+            else:
+                sink.emit(StepProgress(step=step, total_steps=self.total_steps, epoch=1 + (step - 1) // 10,
+                                       elapsed_s=step * 0.5, eta_s=(self.total_steps - step) * 0.5, time=self._t(step)))
             if control.take_save_request():
                 self.seen.append("save")
                 sink.emit(ModelSaved(path=f"{rd}/checkpoints/step-{step}.safetensors", what="model", step=step,

@@ -12,17 +12,31 @@ from engine.vocabulary import ControlStatus
 
 
 class MetricsHook(StepHook):
-    """A step line on logging steps (the loop collected the interval's figures), else progress."""
+    """A step line on logging steps (the loop collected the interval's figures), else progress
+    with an ETA, so every display's ETA moves at every step without a device sync."""
 
     def __init__(self, parts: RunParts):
         self.parts = parts
+        self.rate: float | None = None       # steps per second of the last logging interval
+        self.first_step: int | None = None   # the first step of this start (a resume starts later)
+
+    def eta_s(self, ctx: StepContext) -> float | None:
+        """Seconds left at the last interval's speed; before the first interval, at this start's mean."""
+        rate = self.rate
+        if rate is None and ctx.elapsed_s > 0:
+            rate = (ctx.step - self.first_step + 1) / ctx.elapsed_s
+        return (ctx.total_steps - ctx.step) / rate if rate else None
 
     def on_step(self, ctx: StepContext) -> None:
         p, m = self.parts, ctx.figures
+        if self.first_step is None:
+            self.first_step = ctx.step
         if m is None:
             p.sink.emit(StepProgress(step=ctx.step, total_steps=ctx.total_steps, epoch=ctx.event_epoch,
-                                     elapsed_s=ctx.elapsed_s))
+                                     elapsed_s=ctx.elapsed_s, eta_s=self.eta_s(ctx)))
             return
+        if m["it_per_s"] > 0:
+            self.rate = m["it_per_s"]
         scheduler = p.bundle.lr_scheduler
         remaining = ctx.total_steps - ctx.step
         p.sink.emit(StepMetrics(
