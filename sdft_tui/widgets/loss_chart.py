@@ -189,8 +189,10 @@ class LossChart(Widget):
         text.append_text(self._title(raw, smooth))
         text.append("\n")
         if not raw:
+            # the trainer logs step 1, so only a resume's first steps go by without a loss
+            waiting = "waiting for the first step" if f.newest_step is None else "waiting for the next logged step"
             for r in range(plot_h):
-                line = "waiting for the first logged step" if r == plot_h // 2 else ""
+                line = waiting if r == plot_h // 2 else ""
                 text.append(" " * AXIS_WIDTH + line.center(plot_w)[:plot_w] + "\n", style=axis)
         else:
             rows, low, high = plot_braille(raw, smooth, plot_w, plot_h, log=self.log_scale)
