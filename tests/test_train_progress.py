@@ -27,3 +27,20 @@ def test_every_step_is_reported_and_replays_from_events_jsonl(tmp_path, tiny_sd1
     assert etas[5] < etas[4]
     replayed = read_events(tmp_path / "runs" / "t" / "events.jsonl")
     assert [(e.step, e.eta_s) for e in replayed if isinstance(e, StepProgress)] == [(e.step, e.eta_s) for e in progress]
+
+
+def test_the_eta_leaves_the_first_steps_warm_up_out():
+    """Step 1 took 10 s (the first batch, kernels, caches), the next two 1 s each: until an
+    interval has been measured after it, the ETA is at 1 step/s, not at the 4 s per step of the mean."""
+    from types import SimpleNamespace
+
+    from engine.train.hooks import MetricsHook
+
+    hook = MetricsHook(parts=None)
+    hook.first = (1, 10.0)
+    assert hook.eta_s(SimpleNamespace(step=3, total_steps=100, elapsed_s=12.0)) == 97.0
+    hook.rate = 2.0   # a logging interval measured 2 steps/s: from then on, its speed
+    assert hook.eta_s(SimpleNamespace(step=20, total_steps=100, elapsed_s=30.0)) == 40.0
+    resumed = MetricsHook(parts=None)   # a resume's first step: its own speed
+    resumed.first = (51, 4.0)
+    assert resumed.eta_s(SimpleNamespace(step=51, total_steps=100, elapsed_s=4.0)) == 49 * 4.0
