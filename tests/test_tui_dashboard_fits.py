@@ -118,3 +118,15 @@ def test_fit_parts_leaves_out_whole_parts_least_needed_first():
     assert fit_parts(parts, 7).plain == "RUNNING"
     assert fit_parts(parts, 5).plain == "RUNN…"
     assert fit_parts(parts, 0).plain.startswith("sdft")   # not measured yet: all of it
+
+
+def test_the_memory_total_of_a_multi_gpu_run_shortens_its_words_not_its_figure():
+    from sdft_tui.widgets.vram_meter import VramMeter
+
+    f = RunFigures()
+    f.apply(RunStarted(run_dir="/r", total_steps=40, total_epochs=4, steps_per_epoch=10, num_images=16,
+                       batch_size=4, device="cuda:0", processes=4, global_batch=16, time=T0))
+    meter = VramMeter(f)
+    assert meter._total("79.6 GiB", "cuda:0", 60) == "79.6 GiB per GPU (cuda:0 of 4)"
+    assert meter._total("79.6 GiB", "cuda:0", 28) == "79.6 GiB per GPU"   # 80 columns: the pane is 28 wide
+    assert meter._total("79.6 GiB", "cuda:0", 12) == "79.6 GiB"
