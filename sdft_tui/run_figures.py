@@ -101,6 +101,14 @@ class RunFigures:
             handler(self, event)
             self.version += 1
 
+    def carry_over(self, events) -> None:
+        """A resumed run's earlier starts (its events.jsonl): their loss points and training time
+        go on in this run's figures, which are preparing again (no outcome of the earlier stop)."""
+        self.apply_all(events)
+        self.finished = None
+        self.status = "preparing" if self.started is not None else "waiting"
+        self.version += 1
+
     def note(self, text: str, level: str = "info") -> None:
         """A line from the UI itself (key presses), stamped with the newest event's time so the
         log reads in order whatever the clocks of the two machines say."""

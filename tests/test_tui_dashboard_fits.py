@@ -130,3 +130,38 @@ def test_the_memory_total_of_a_multi_gpu_run_shortens_its_words_not_its_figure()
     assert meter._total("79.6 GiB", "cuda:0", 60) == "79.6 GiB per GPU (cuda:0 of 4)"
     assert meter._total("79.6 GiB", "cuda:0", 28) == "79.6 GiB per GPU"   # 80 columns: the pane is 28 wide
     assert meter._total("79.6 GiB", "cuda:0", 12) == "79.6 GiB"
+
+
+def test_a_resumed_run_goes_on_from_its_earlier_points_and_time(tmp_path):
+    """`sdft train RUN.toml --tui --resume latest`: the live dashboard reads the run's events so far,
+    as `sdft watch` does, so the loss chart and the elapsed time go on instead of starting over."""
+    from train_helpers import make_run
+
+    config = make_run(tmp_path, tmp_path / "no-model-needed")
+    run_dir = tmp_path / "runs" / "t"
+    first = FakeEngine(run_dir, total_steps=40, hold_at=10, sample_every=10_000)
+
+    async def stop_at_ten(app, pilot, screen):
+        await wait_until(pilot, lambda: first.held.is_set())
+        await pilot.press("x", "y")
+        await wait_until(pilot, lambda: screen.handle.done.is_set())
+        await pilot.press("q")
+
+    run_app(first, stop_at_ten, config=str(config))
+    resumed = FakeEngine(run_dir, total_steps=40, start_step=10, hold_at=12, sample_every=10_000)
+    out = {}
+
+    async def watch_the_resume(app, pilot, screen):
+        await wait_until(pilot, lambda: resumed.held.is_set() and screen.figures.step == 12)
+        await settle(pilot, screen)
+        out["steps"] = list(screen.figures.steps)
+        out["header"] = screen_text(app).splitlines()[0]
+        out["outcome"] = screen.query_one("#outcome").display
+        resumed.release.set()
+        await wait_until(pilot, lambda: screen.handle.done.is_set())
+        await pilot.press("q")
+
+    run_app(resumed, watch_the_resume, config=str(config), resume="latest")
+    assert out["steps"] == list(range(1, 13)), out["steps"]
+    assert "RUNNING" in out["header"] and "elapsed 11s" in out["header"], out["header"]   # 5 s before the stop + 6 s
+    assert not out["outcome"]   # the earlier stop's outcome is not shown over the resumed run
