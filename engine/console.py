@@ -1,8 +1,8 @@
 """Headless console output: Rich progress on a terminal, plain log lines in a pipe.
 
 This is the only place the engine uses Rich. On a TTY a progress bar shows
-step, loss and speed; otherwise one line per logging interval, so CI logs and ``tee``
-stay readable.
+step, loss, speed and the ETA, moving every step; otherwise one line per logging interval, so CI
+logs and ``tee`` stay readable.
 """
 
 from __future__ import annotations
@@ -25,8 +25,21 @@ from engine.events import (
     SampleGridSaved,
     SampleSaved,
     StepMetrics,
+    StepProgress,
     ValidationMetrics,
 )
+
+
+class EtaColumn(TimeRemainingColumn):
+    """The training bar's ETA from the engine's events, which carry one every step at the last
+    logging interval's speed (Rich's own estimate saw only the logging steps and read -:--:--
+    between them); the preparation phases keep Rich's estimate."""
+
+    def render(self, task) -> Text:
+        eta = task.fields.get("eta_s")
+        if eta is None:
+            return super().render(task)
+        return Text(f"eta {format_duration(eta)}", style="progress.remaining")
 
 
 def make_console(*, stderr: bool = False) -> Console:
@@ -126,14 +139,20 @@ class ConsoleSink:
                    f"{e.total_epochs} epochs ({e.steps_per_epoch} steps/epoch) -> {e.run_dir}", "bold")
         if self.interactive:
             progress = self._ensure_progress()
-            self.task = progress.add_task("training", total=e.total_steps, completed=e.start_step, info="")
+            self.task = progress.add_task("training", total=e.total_steps, completed=e.start_step, info="",
+                                          eta_s=None)
 
     def _on_step(self, e: StepMetrics) -> None:
         if self.interactive and self.progress is not None and self.task is not None:
             info = f"loss {e.loss_avg:.4f} {e.it_per_s:.2f} it/s"
-            self.progress.update(self.task, completed=e.step, info=info)
+            self.progress.update(self.task, completed=e.step, info=info, eta_s=e.eta_s)
         else:
             self.print(step_line(e))
+
+    def _on_progress(self, e: StepProgress) -> None:
+        """The bar and its ETA move every step; plain lines stay one per logging interval."""
+        if self.interactive and self.progress is not None and self.task is not None:
+            self.progress.update(self.task, completed=e.step, eta_s=e.eta_s)
 
     def _on_saved(self, e: ModelSaved) -> None:
         self.print(f"saved {e.what} at step {e.step}: {e.path}", "green")
@@ -163,7 +182,7 @@ class ConsoleSink:
         if self.progress is None:
             self.progress = Progress(
                 TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}", markup=False), TimeRemainingColumn(), console=self.console,
+                TextColumn("{task.fields[info]}", markup=False), EtaColumn(), console=self.console,
                 transient=False,
             )
             self.progress.start()

@@ -105,13 +105,16 @@ class StepMetrics(Event):
 @dataclass(frozen=True)
 class StepProgress(Event):
     """Where the run is, after each optimizer step that has no StepMetrics (no device sync:
-    the dashboard's step and elapsed time move every step, the figures every interval)."""
+    the dashboard's step, elapsed time and ETA move every step, the figures every interval)."""
 
     kind: ClassVar[str] = "progress"
     step: int
     total_steps: int
     epoch: int
     elapsed_s: float
+    # at the last interval's speed (before the first interval: this start's mean); None in the
+    # logs of older sdft versions
+    eta_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import logging
 import os
 
+# The model libraries' loggers: quiet here, and into the run's sdft.log during a run (engine/run_log.py).
+LIBRARY_LOGGERS = ("bitsandbytes", "transformers", "diffusers", "accelerate", "huggingface_hub", "xformers")
+
 
 def quiet_logs() -> None:
     """The libraries' notices off, importing none of them: the light commands (``sdft buckets``,
@@ -21,7 +24,7 @@ def quiet_logs() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # read when transformers first logs
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    for name in ("bitsandbytes", "transformers", "diffusers", "accelerate", "huggingface_hub", "xformers"):
+    for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

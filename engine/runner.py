@@ -15,6 +15,7 @@ from engine import atomic
 from engine.config import run_toml
 from engine.control import RunControl
 from engine.events import FanOut, JsonlSink, Message, RunFinished
+from engine.run_log import append_to_log, library_output_to
 from engine.threads import apply_thread_policy
 from engine.train.distributed import is_distributed, is_main_process, use_local_gpu
 from engine.train.trackers import open_trackers
@@ -67,7 +68,9 @@ def run_training(config_path: str | Path, *, sink=None, control: RunControl | No
         raise ValueError("train.seed must be set for multi-process training (every process needs the same seed)")
     config.train.seed = resolve_seed(seed)
     run_dir = config.run_dir()
-    with _owner_of(run_dir) as lock:  # raises RunFolderBusy before the folder is touched
+    log_path = Path(log_path) if log_path else run_dir / "sdft.log"
+    # RunFolderBusy is raised before the folder is touched; the libraries' warnings go to the log
+    with _owner_of(run_dir) as lock, library_output_to(log_path):
         return _train_in(run_dir, config, document, warnings, config_path=config_path, sink=sink,
                          control=control, log_path=log_path, resume=resume, allow_changed=allow_changed,
                          took_over=lock.took_over if lock else None, restart=restart)
@@ -103,14 +106,13 @@ def _owner_of(run_dir: Path):
 
 
 def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, sink, control: RunControl,
-              log_path, resume: str | None, allow_changed: bool, took_over, restart: bool = False) -> RunResult:
+              log_path: Path, resume: str | None, allow_changed: bool, took_over, restart: bool = False) -> RunResult:
     """The run itself, with the folder held: events, the resolved config, the Trainer."""
     import torch
 
     from engine.train.divergence import Diverged
     from engine.train.trainer import StopTraining, Trainer
 
-    log_path = Path(log_path) if log_path else run_dir / "sdft.log"
     text = resolved_config_text(document, config.train.seed, config_path)
     jsonl = trackers = None
     out = FanOut()
@@ -157,7 +159,7 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
         result.status, result.message = RunStatus.STOPPED, "interrupted"
     except Diverged as exc:   # nothing is written after it: the weights are not finite
         result.message = f"{exc} {_after_divergence(run_dir, config, config_path, exc.first_step)}"
-        _append_to_log(log_path, traceback.format_exc())
+        append_to_log(log_path, traceback.format_exc())
     except Exception as exc:  # noqa: BLE001 - every failure becomes a clear result
         result.out_of_memory = isinstance(exc, torch.cuda.OutOfMemoryError)
         result.message = _describe(exc, result.out_of_memory)
@@ -168,7 +170,7 @@ def _train_in(run_dir: Path, config, document, warnings, *, config_path: Path, s
             result.message += f" (the last completed step is saved: sdft train {config_path} --resume {saved})"
         elif isinstance(exc, atomic.WriteFailed):
             result.message += f"; {_what_was_kept(trainer, config)}"
-        _append_to_log(log_path, traceback.format_exc())
+        append_to_log(log_path, traceback.format_exc())
     trainer.close()
     result.model_path = trainer.last_model_path
     result.state_path = trainer.last_state_path
@@ -222,17 +224,6 @@ def _after_divergence(run_dir: Path, config, config_path: Path, first_bad: int |
     step, folder = max(good)
     return (f"The last good state is step {step}: lower optimizer.learning_rate, then "
             f"sdft train {config_path} --resume {folder} --allow-changed")
-
-
-def _append_to_log(log_path: Path, text: str) -> None:
-    """The traceback goes to sdft.log; on a full disk that can fail too, and must not hide
-    the failure being reported."""
-    try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a", encoding="utf-8") as fh:
-            fh.write(text)
-    except OSError:
-        pass
 
 
 def _describe(exc: BaseException, out_of_memory: bool) -> str:

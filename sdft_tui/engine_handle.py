@@ -61,14 +61,20 @@ def default_engine() -> Engine:
     return run_training
 
 
-def default_log_path(config_path) -> Path | None:
-    """<run dir>/sdft.log (the trainer's default), when the run TOML can be read; the engine reports a broken TOML."""
+def run_folder_of(config_path) -> Path | None:
+    """The run TOML's run folder, when the file can be read; the engine reports a broken TOML."""
     try:
         from engine.config.run_toml import load_run_config
 
-        return Path(load_run_config(config_path).run_dir()) / "sdft.log"
+        return Path(load_run_config(config_path).run_dir())
     except Exception:  # noqa: BLE001 - the engine will fail with the real message
         return None
+
+
+def default_log_path(config_path) -> Path | None:
+    """<run dir>/sdft.log (the trainer's default), when the run TOML can be read."""
+    folder = run_folder_of(config_path)
+    return folder / "sdft.log" if folder is not None else None
 
 
 def cuda_total_memory() -> float | None:

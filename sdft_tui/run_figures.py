@@ -80,6 +80,7 @@ class RunFigures:
         self._ema = 0.0
         self._ema_n = 0
         self._phase_logged: set[str] = set()
+        self.earlier_s = 0.0   # training time of the earlier starts in this log (a resumed run)
 
     # ------------------------------------------------------------------ feeding
 
@@ -100,6 +101,14 @@ class RunFigures:
             handler(self, event)
             self.version += 1
 
+    def carry_over(self, events) -> None:
+        """A resumed run's earlier starts (its events.jsonl): their loss points and training time
+        go on in this run's figures, which are preparing again (no outcome of the earlier stop)."""
+        self.apply_all(events)
+        self.finished = None
+        self.status = "preparing" if self.started is not None else "waiting"
+        self.version += 1
+
     def note(self, text: str, level: str = "info") -> None:
         """A line from the UI itself (key presses), stamped with the newest event's time so the
         log reads in order whatever the clocks of the two machines say."""
@@ -112,8 +121,10 @@ class RunFigures:
 
     def _on_started(self, e: RunStarted) -> None:
         if self.started is not None:
+            self.earlier_s += self.elapsed_this_start_s or 0.0
             self._forget_after(e.start_step)
         self.started = e
+        self.phase = None   # the preparation phases come before the start: none is current now
         self.status = "running" if self.status in ("waiting", "preparing") else self.status
         resumed = f", resumed at step {e.start_step}" if e.start_step else ""
         self._log(e, f"started on {e.where}: {e.num_images} images, {e.batch_words}, "
@@ -152,6 +163,7 @@ class RunFigures:
 
     def _on_progress(self, e: StepProgress) -> None:
         self.progress = e
+        self.phase = None
         if self.status in ("waiting", "preparing"):
             self.status = "running"
 
@@ -238,10 +250,28 @@ class RunFigures:
         return max((e for e in (self.last, self.progress) if e is not None), key=lambda e: e.step, default=None)
 
     @property
-    def elapsed_s(self) -> float | None:
+    def elapsed_this_start_s(self) -> float | None:
         """Training time of this start, as of the newest step."""
         newest = self.newest_step
         return newest.elapsed_s if newest is not None else None
+
+    @property
+    def elapsed_s(self) -> float | None:
+        """Training time of the whole run: every start in the log (a resume goes on counting), as
+        of the newest step."""
+        this = self.elapsed_this_start_s
+        if this is None:
+            return self.earlier_s or None
+        return self.earlier_s + this
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left, from the newest step event: progress events carry their own ETA, so it
+        moves every step (older logs' progress has none: the last figures' then)."""
+        newest = self.newest_step
+        if isinstance(newest, StepProgress) and newest.eta_s is not None:
+            return newest.eta_s
+        return self.last.eta_s if self.last is not None else None
 
     @property
     def epoch(self) -> int:

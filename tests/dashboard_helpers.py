@@ -28,6 +28,7 @@ from engine.events import (
     SampleSaved,
     StatusChanged,
     StepMetrics,
+    StepProgress,
     ValidationMetrics,
 )
 from engine.vocabulary import ControlStatus, Phase, RunStatus
@@ -56,7 +57,7 @@ class FakeEngine:
     def __init__(self, run_dir: str | Path, *, total_steps: int = 40, ending: str = "complete",
                  hold_at: int | None = None, fail_at: int | None = None, cuda: bool = True,
                  sample_every: int = 20, write_events: bool = True, slow_save: bool = False,
-                 validate_every: int | None = None):
+                 validate_every: int | None = None, log_every: int = 1, start_step: int = 0):
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps
         self.ending = ending
@@ -65,6 +66,8 @@ class FakeEngine:
         self.cuda = cuda
         self.sample_every = sample_every
         self.validate_every = validate_every
+        self.log_every = log_every            # figures as the trainer logs them: step 1, every N, the last
+        self.start_step = start_step          # a resume's: the loop goes on after it
         self.write_events = write_events
         self.slow_save = slow_save              # hold the stop's state save until ``save_gate``
         self.save_gate = threading.Event()
@@ -112,10 +115,11 @@ class FakeEngine:
             sink.emit(PhaseProgress(name=Phase.CACHING_LATENTS, done=done, total=16, time=T0 + 2 + done / 8))
         sink.emit(RunStarted(run_dir=rd, total_steps=self.total_steps, total_epochs=self.total_steps // 10,
                              steps_per_epoch=10, num_images=16, batch_size=4,
-                             device="cuda:0" if self.cuda else "cpu", model="tiny-sd1", time=T0 + 5))
+                             device="cuda:0" if self.cuda else "cpu", model="tiny-sd1", start_step=self.start_step,
+                             time=T0 + 5))
         sink.emit(Message(level="warning", text="xformers not installed: using SDPA attention", time=T0 + 5))
         step = 0
-        for step in range(1, self.total_steps + 1):
+        for step in range(self.start_step + 1, self.total_steps + 1):
             if control.stop_requested:
                 return self._stopped(sink, control, step - 1)
             if control.paused:
@@ -125,7 +129,11 @@ class FakeEngine:
                 sink.emit(StatusChanged(status=ControlStatus.RUNNING, time=self._t(step)))
                 if control.stop_requested:
                     return self._stopped(sink, control, step - 1)
-            sink.emit(self._metrics(step))
+            if step % self.log_every == 0 or step in (1, self.total_steps):
+                sink.emit(self._metrics(step))
+            else:
+                sink.emit(StepProgress(step=step, total_steps=self.total_steps, epoch=1 + (step - 1) // 10,
+                                       elapsed_s=step * 0.5, eta_s=(self.total_steps - step) * 0.5, time=self._t(step)))
             if control.take_save_request():
                 self.seen.append("save")
                 sink.emit(ModelSaved(path=f"{rd}/checkpoints/step-{step}.safetensors", what="model", step=step,
@@ -212,14 +220,15 @@ async def settle(pilot, screen) -> None:
     await pilot.pause()
 
 
-def run_app(engine, scenario, *, size=(80, 24), config="run.toml"):
-    """Run a DashboardApp on a RunScreen driven by ``engine``; ``scenario(app, pilot, screen)``."""
+def run_app(engine, scenario, *, size=(80, 24), config="run.toml", **options):
+    """Run a DashboardApp on a RunScreen driven by ``engine``; ``scenario(app, pilot, screen)``.
+    ``options``: the RunScreen's (``resume``, ...)."""
     from sdft_tui.dashboard import DashboardApp
     from sdft_tui.engine_handle import EngineHandle
     from sdft_tui.screens.run import RunScreen
 
     handle = EngineHandle()
-    app = DashboardApp(lambda: RunScreen(config, engine=engine, handle=handle))
+    app = DashboardApp(lambda: RunScreen(config, engine=engine, handle=handle, **options))
 
     async def main():
         async with app.run_test(size=size) as pilot:

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from engine.config.problems import Problem
 from engine.console import ConsoleSink
-from engine.events import Message, ModelSaved, PhaseProgress, RunFinished, RunStarted, StepMetrics
+from engine.events import Message, ModelSaved, PhaseProgress, RunFinished, RunStarted, StepMetrics, StepProgress
 from train_helpers import make_run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
@@ -58,6 +58,36 @@ def test_live_display_survives_phase_after_phase_and_reports_the_stop():
     text = plain(out.getvalue())
     assert "stopped at step 2. State: runs/t/state/t-step00000002-state" in text
     assert sink.interactive, "the progress display kept working (no fall back to plain lines)"
+
+
+def bar_now(sink: ConsoleSink) -> str:
+    """The training bar's line as the terminal shows it now."""
+    console = Console(file=io.StringIO(), width=120, record=True, markup=False, highlight=False)
+    console.print(sink.progress.make_tasks_table([t for t in sink.progress.tasks if t.id == sink.task]))
+    return console.export_text()
+
+
+def test_the_progress_bar_and_its_eta_move_every_step_and_plain_lines_keep_their_cadence():
+    console, out = terminal_console()
+    sink = ConsoleSink(console, interactive=True)
+    sink.emit(RunStarted(run_dir="runs/t", total_steps=10, total_epochs=1, steps_per_epoch=10, num_images=4,
+                         batch_size=2, device="cpu"))
+    sink.emit(step(1))    # figures at step 1 (eta 5 s), then progress events between the intervals
+    seen = [bar_now(sink)]
+    for n, eta in ((2, 8.0), (3, 7.0)):
+        sink.emit(StepProgress(step=n, total_steps=10, epoch=1, elapsed_s=float(n), eta_s=eta))
+        seen.append(bar_now(sink))
+    sink.close()
+    assert "1/10" in seen[0] and "eta 5s" in seen[0], seen[0]
+    assert "2/10" in seen[1] and "eta 8s" in seen[1], seen[1]
+    assert "3/10" in seen[2] and "eta 7s" in seen[2], seen[2]
+    assert all("-:--:--" not in line for line in seen)
+    lines_out = io.StringIO()
+    lines = ConsoleSink(Console(file=lines_out, width=120, markup=False, highlight=False), interactive=False)
+    lines.emit(step(1))
+    lines.emit(StepProgress(step=2, total_steps=10, epoch=1, elapsed_s=2.0, eta_s=8.0))
+    lines.emit(step(3))
+    assert [line.split(" epoch")[0] for line in lines_out.getvalue().splitlines()] == ["step 1/10", "step 3/10"]
 
 
 def test_a_broken_display_falls_back_to_plain_lines_and_still_prints_the_outcome():

@@ -35,9 +35,9 @@ def metrics(step: int, loss: float = 0.1, at: float = 0.0) -> StepMetrics:
                        elapsed_s=float(step), time=T0 + at + step)
 
 
-def progress(step: int) -> StepProgress:
-    return StepProgress(step=step, total_steps=TOTAL, epoch=1 + (step - 1) // 10, elapsed_s=float(step),
-                        time=T0 + step)
+def progress(step: int, elapsed: float | None = None) -> StepProgress:
+    return StepProgress(step=step, total_steps=TOTAL, epoch=1 + (step - 1) // 10,
+                        elapsed_s=float(step) if elapsed is None else elapsed, time=T0 + step)
 
 
 def header(app) -> str:
@@ -100,7 +100,7 @@ def test_watch_header_moves_every_step_stops_at_the_real_step_and_follows_the_re
             sink.emit(PhaseProgress(name=Phase.LOADING_MODEL, done=0, total=1, time=T0 + 60))
             sink.emit(started(start_step=18, at=61))
             sink.emit(StatusChanged(status="running", time=T0 + 61))
-            sink.emit(progress(19))
+            sink.emit(progress(19, elapsed=3.0))   # 3 s into the resumed start
             await wait_until(pilot, lambda: screen.figures.step == 19)
             await settle(pilot, screen)
             seen["resumed"] = header(app)
@@ -114,6 +114,7 @@ def test_watch_header_moves_every_step_stops_at_the_real_step_and_follows_the_re
     assert "RUNNING · step 18/400" in seen["at 18"] and "elapsed 18s" in seen["at 18"]
     assert "STOPPED · step 18/400" in seen["stopped"] and seen["stopped outcome"]
     assert "RUNNING · step 19/400" in seen["resumed"], seen["resumed"]
+    assert "elapsed 21s" in seen["resumed"], seen["resumed"]   # the 18 s before the resume go on counting
     assert seen["running"] and not seen["resumed outcome"]
 
 

@@ -141,7 +141,7 @@ def test_a_wizard_run_stopped_with_x_resumes_exactly(tmp_path, tiny_sd1, monkeyp
     shutil.move(str(run_dir), str(tmp_path / "split-run"))
     assert sdft(["train", str(run_path)]) == 0
     straight = interval_losses(events)
-    assert sorted(straight) == [STOP_AT, STEPS]
+    assert sorted(straight) == [1, STOP_AT, STEPS]   # step 1, the interval, the last step
     assert split == straight
 
 

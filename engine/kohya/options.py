@@ -33,7 +33,7 @@ HUB = "uploading to or resuming from the Hugging Face hub is not part of sdft; u
 DEEPSPEED = ("sdft has no DeepSpeed path: train on several GPUs with `sdft train RUN.toml --gpus N`, split the "
              "weights and optimizer states across them with memory.sharding = \"full\" (ZeRO-3 alike), or fit one "
              "GPU with memory.fused_backward_pass and bf16 weights (README, Many GPUs)")
-LOGS = "sdft's console has no log levels: headless output goes to the terminal, tracebacks to sdft.log"
+LOGS = "sdft's console has no log levels: headless output goes to the terminal, library warnings and tracebacks to sdft.log"
 NOT_YET = "not in sdft yet"
 
 

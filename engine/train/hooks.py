@@ -12,17 +12,38 @@ from engine.vocabulary import ControlStatus
 
 
 class MetricsHook(StepHook):
-    """A step line on logging steps (the loop collected the interval's figures), else progress."""
+    """A step line on logging steps (the loop collected the interval's figures), else progress
+    with an ETA, so every display's ETA moves at every step without a device sync."""
 
     def __init__(self, parts: RunParts):
         self.parts = parts
+        self.rate: float | None = None       # steps per second of the last logging interval
+        self.first: tuple[int, float] | None = None   # this start's first step and its elapsed time
+
+    def eta_s(self, ctx: StepContext) -> float | None:
+        """Seconds left at the last interval's speed. Before one (a resume's first steps, or the
+        steps after the run's first, whose interval is all warm-up: the first batch, kernels,
+        caches), at the mean speed since this start's first step; on that step, at its own."""
+        rate = self.rate
+        if rate is None:
+            step, elapsed = self.first
+            steps, seconds = ctx.step - step, ctx.elapsed_s - elapsed
+            if steps == 0:
+                steps, seconds = 1, ctx.elapsed_s
+            rate = steps / seconds if seconds > 0 else None
+        return (ctx.total_steps - ctx.step) / rate if rate else None
 
     def on_step(self, ctx: StepContext) -> None:
         p, m = self.parts, ctx.figures
+        first = self.first is None
+        if first:
+            self.first = (ctx.step, ctx.elapsed_s)
         if m is None:
             p.sink.emit(StepProgress(step=ctx.step, total_steps=ctx.total_steps, epoch=ctx.event_epoch,
-                                     elapsed_s=ctx.elapsed_s))
+                                     elapsed_s=ctx.elapsed_s, eta_s=self.eta_s(ctx)))
             return
+        if m["it_per_s"] > 0 and not first:
+            self.rate = m["it_per_s"]
         scheduler = p.bundle.lr_scheduler
         remaining = ctx.total_steps - ctx.step
         p.sink.emit(StepMetrics(

@@ -299,10 +299,17 @@ class Trainer:
             self.parts.components.model.text_encoder.eval()
             self.say(f"text encoder frozen after step {stop_at} (train.stop_text_encoder_training)")
 
+    @property
+    def is_logging_step(self) -> bool:
+        """Every ``logging.every_n_steps`` steps, the last step, and the run's first step, so the
+        loss, speed and memory show from the start. Step 1 only, not a resume's first step: a
+        resumed run logs the same intervals as one that never stopped."""
+        every, total = self.cfg.logging.every_n_steps, self.parts.schedule.total_steps
+        return self.global_step % every == 0 or self.global_step in (1, total)
+
     def _figures_if_due(self) -> dict | None:
         """The logging interval's figures on a logging step (the smoothed loss updated), else None."""
-        every, total = self.cfg.logging.every_n_steps, self.parts.schedule.total_steps
-        if not (self.global_step % every == 0 or self.global_step == total):
+        if not self.is_logging_step:
             return None
         self.parts.watch.check(self.global_step)   # a diverged run stops before it logs NaN figures
         figures, self.loss_avg = interval_figures(self.meter, self.parts.accelerator, self.loss_avg)

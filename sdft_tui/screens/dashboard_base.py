@@ -18,6 +18,7 @@ from engine.oom_advice import oom_advice
 from engine.vocabulary import RunStatus
 from sdft_tui.bridge import EngineEvents, MessageSink
 from sdft_tui.engine_handle import cuda_total_memory
+from sdft_tui.fit import fit_parts
 from sdft_tui.run_figures import RunFigures, format_bytes, format_duration
 from sdft_tui.widgets.event_log import EventLog
 from sdft_tui.widgets.loss_chart import LossChart
@@ -113,29 +114,26 @@ class DashboardScreen(Screen[int]):
         self.refresh_bindings()
 
     def status_line(self) -> Text:
+        """The run's headline. What does not fit the bar goes whole, least needed first (the
+        device, the "sdft" prefix, the epoch, the elapsed time: all shown in the panes too), so
+        the status, the step and the ETA are never cut at 80 columns."""
         f = self.figures
         status = self.display_status()
         style = {"completed": "bold green", "failed": "bold red", "stopped": "bold yellow",
                  "paused": "bold yellow", "stopping": "bold yellow"}.get(status, "bold")
-        line = Text(no_wrap=True, overflow="ellipsis")
-        line.append(f"{self.title_prefix} · {self.run_label} · ")
-        line.append(status.upper(), style=style)
+        parts: list[tuple[int, Text]] = [(2, Text(self.title_prefix)), (5, Text(self.run_label)),
+                                         (9, Text(status.upper(), style=style))]
         if f.total_steps:
-            line.append(f" · step {f.step}/{f.total_steps}")
+            parts.append((8, Text(f"step {f.step}/{f.total_steps}")))
         if f.newest_step is not None:
             epochs = f.started.total_epochs if f.started else 0
-            line.append(f" · epoch {f.epoch}" + (f"/{epochs}" if epochs else ""))
-            line.append(f" · elapsed {format_duration(f.elapsed_s)}")
-            if f.running and f.last is not None:
-                line.append(f" · ETA {format_duration(f.last.eta_s)}")
-        if f.started is not None and self.fits(line, f" · {f.started.device}"):
-            line.append(f" · {f.started.device}")   # also in the memory pane: the first to go at 80 columns
-        return line
-
-    def fits(self, line: Text, extra: str) -> bool:
-        """Whether ``extra`` still fits on the status bar after ``line`` (True before layout)."""
-        width = self.query_one("#status-bar").size.width - 2
-        return width <= 0 or line.cell_len + len(extra) <= width
+            parts.append((3, Text(f"epoch {f.epoch}" + (f"/{epochs}" if epochs else ""))))
+            parts.append((4, Text(f"elapsed {format_duration(f.elapsed_s)}")))
+            if f.running and f.eta_s is not None:
+                parts.append((7, Text(f"ETA {format_duration(f.eta_s)}")))
+        if f.started is not None:
+            parts.append((1, Text(f.started.device)))
+        return fit_parts(parts, self.query_one("#status-bar").size.width - 2)
 
     def display_status(self) -> str:
         return self.figures.status

@@ -18,10 +18,10 @@ from textual.binding import Binding
 from textual.widgets import Static
 
 from engine.control import RunControl
-from engine.events import RunFinished
+from engine.events import RunFinished, read_events
 from engine.vocabulary import ControlStatus, RunStatus, exit_code_for
 from sdft_tui.bridge import EventFollower
-from sdft_tui.engine_handle import Engine, EngineDone, EngineHandle, default_engine, default_log_path
+from sdft_tui.engine_handle import Engine, EngineDone, EngineHandle, default_engine, default_log_path, run_folder_of
 from sdft_tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from sdft_tui.screens.dashboard_base import DashboardScreen
 
@@ -94,6 +94,9 @@ class RunScreen(DashboardScreen):
     @work(thread=True, exit_on_error=False, group="engine", description="training")
     def run_engine(self) -> None:
         handle = self.handle
+        earlier = self.earlier_events()
+        if earlier:   # before the engine's first event: call_from_thread waits for it
+            self.app.call_from_thread(self.carry_over, earlier)
         try:
             engine = self.engine or default_engine()
             handle.result = engine(self.config_path, sink=self.sink, control=handle.control,
@@ -107,6 +110,19 @@ class RunScreen(DashboardScreen):
                 self.post_message(EngineDone())
             except Exception:  # noqa: BLE001 - the app is gone; run_dashboard reads the handle
                 pass
+
+    def earlier_events(self) -> list:
+        """On a resume, the run's events so far (read on the worker thread: a long run's log is
+        big), so the loss chart and the elapsed time go on from them, as ``sdft watch`` shows them."""
+        folder = run_folder_of(self.config_path) if self.engine_options.get("resume") else None
+        try:
+            return read_events(folder / "events.jsonl") if folder is not None else []
+        except Exception:  # noqa: BLE001 - a log it cannot read costs the earlier points, never the run
+            return []
+
+    def carry_over(self, events: list) -> None:
+        self.figures.carry_over(events)
+        self.repaint(force=True)
 
     def on_engine_done(self, _message: EngineDone) -> None:
         self.absorb(self.sink.drain())

@@ -17,6 +17,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from sdft_tui.fit import fit_parts
 from sdft_tui.run_figures import RunFigures, format_number
 
 BRAILLE_BASE = 0x2800
@@ -188,8 +189,10 @@ class LossChart(Widget):
         text.append_text(self._title(raw, smooth))
         text.append("\n")
         if not raw:
+            # the trainer logs step 1, so only a resume's first steps go by without a loss
+            waiting = "waiting for the first step" if f.newest_step is None else "waiting for the next logged step"
             for r in range(plot_h):
-                line = "waiting for the first logged step" if r == plot_h // 2 else ""
+                line = waiting if r == plot_h // 2 else ""
                 text.append(" " * AXIS_WIDTH + line.center(plot_w)[:plot_w] + "\n", style=axis)
         else:
             rows, low, high = plot_braille(raw, smooth, plot_w, plot_h, log=self.log_scale)
@@ -206,7 +209,7 @@ class LossChart(Widget):
                 text.append("\n")
         first, last = (steps[0], steps[-1]) if steps else (0, 0)
         span = f"step {first}" + (f" … {last}" if last != first else "")
-        scope = "whole run" if self.whole_run else "recent"
+        scope = ("whole run" if self.whole_run else "recent") + (" · log scale" if self.log_scale else "")
         text.append(" " * AXIS_WIDTH + f"{span} · {scope}"[:plot_w] + "\n",
                     style=axis)
         label = format_number(lrs[-1]) if lrs else "-"
@@ -217,20 +220,19 @@ class LossChart(Widget):
         return text
 
     def _title(self, raw: list[float], smooth: list[float]) -> Text:
+        """The newest figures; what does not fit the pane goes whole (the running average first,
+        then the validation loss's step), never a cut number."""
         f = self.figures
-        title = Text(no_wrap=True, overflow="crop")
-        title.append("loss ", style=self.get_component_rich_style("loss-chart--title"))
-        title.append(format_number(raw[-1]) if raw else "-", style=self.get_component_rich_style("loss-chart--raw"))
-        title.append("  smoothed ", style=self.get_component_rich_style("loss-chart--title"))
-        title.append(format_number(smooth[-1]) if smooth else "-",
-                     style=self.get_component_rich_style("loss-chart--smooth"))
+        style = self.get_component_rich_style
+        parts = [(9, Text.assemble(("loss ", style("loss-chart--title")),
+                                   (format_number(raw[-1]) if raw else "-", style("loss-chart--raw")))),
+                 (8, Text.assemble(("  smoothed ", style("loss-chart--title")),
+                                   (format_number(smooth[-1]) if smooth else "-", style("loss-chart--smooth"))))]
         if f.last is not None:
-            title.append(f"  avg {format_number(f.last.loss_avg)}", style=self.get_component_rich_style("loss-chart--axis"))
+            parts.append((1, Text(f"  avg {format_number(f.last.loss_avg)}", style=style("loss-chart--axis"))))
         if f.validation is not None:
             step, loss = f.validation
-            title.append("  val ", style=self.get_component_rich_style("loss-chart--title"))
-            title.append(format_number(loss), style=self.get_component_rich_style("loss-chart--val"))
-            title.append(f" @{step}", style=self.get_component_rich_style("loss-chart--axis"))
-        if self.log_scale:
-            title.append("  (log scale)", style=self.get_component_rich_style("loss-chart--axis"))
-        return title
+            parts.append((7, Text.assemble(("  val ", style("loss-chart--title")),
+                                           (format_number(loss), style("loss-chart--val")))))
+            parts.append((2, Text(f" @{step}", style=style("loss-chart--axis"))))
+        return fit_parts(parts, self.size.width, separator="")

@@ -1,6 +1,7 @@
 """Throughput pane: step and epoch progress, it/s and samples/s, elapsed time and ETA.
 
-Before the first step it shows the preparation phase (loading, latent caching) instead.
+Before the first step it shows the preparation phase (loading, latent caching) instead; from the
+first step on, the step events' figures (the step, elapsed time and ETA move every step).
 """
 
 from __future__ import annotations
@@ -52,37 +53,40 @@ class Throughput(Widget):
         total = f.total_steps
         step = f.step
         label = f"{step}/{total}" if total else str(step)
-        bar_w = max(3, width - LABEL_WIDTH - len(label) - 6)
         frac = step / total if total else 0.0
+        bar_w = width - LABEL_WIDTH - len(label) - 6
         text.append(f"{'step':<{LABEL_WIDTH}}", style=self.get_component_rich_style("throughput--label"))
         text.append(label + " ", style=self.get_component_rich_style("throughput--value"))
-        text.append(bar(frac, bar_w), style=self.get_component_rich_style("throughput--bar"))
-        text.append(f" {int(frac * 100):>3d}%\n", style=self.get_component_rich_style("throughput--label"))
+        if bar_w >= 3:   # the bar is decoration: the figures keep their room
+            text.append(bar(frac, bar_w) + " ", style=self.get_component_rich_style("throughput--bar"))
+        text.append(f"{int(frac * 100):>3d}%\n", style=self.get_component_rich_style("throughput--label"))
         epochs = f.started.total_epochs if f.started else 0
+        epoch = f"{f.epoch}/{epochs}" if epochs else str(f.epoch)
         if m is not None and self.compact:
-            self._row(text, "epoch", f"{m.epoch}/{epochs}" if epochs else str(m.epoch),
-                      f" · {m.it_per_s:.2f} it/s")
+            self._row(text, "epoch", epoch, f" · {m.it_per_s:.2f} it/s")
             self._row(text, "elapsed", format_duration(f.elapsed_s), newline=False)
             return text
-        if m is not None:
-            self._row(text, "epoch", f"{m.epoch}/{epochs}" if epochs else str(m.epoch))
-            self._row(text, "speed", f"{m.it_per_s:.2f} it/s")
-            self._row(text, "", f"{m.samples_per_s:.2f} samples/s")
-            self._row(text, "ETA", format_duration(m.eta_s) if f.running else "-",
-                      f" · elapsed {format_duration(f.elapsed_s)}", newline=False)
-            return text
-        phase = f.phase
-        if phase is not None:
-            name = phase_label(phase.name)
-            self._row(text, "phase", name)
-            pbar_w = max(3, width - LABEL_WIDTH - 14)
-            frac = phase.done / phase.total if phase.total else 0.0
-            text.append(" " * LABEL_WIDTH)
-            text.append(bar(frac, pbar_w), style=self.get_component_rich_style("throughput--bar"))
-            text.append(f" {phase.done}/{phase.total}", style=self.get_component_rich_style("throughput--label"))
-            return text
-        self._row(text, "epoch", f"0/{epochs}" if epochs else "-")
-        self._row(text, "speed", "-")
-        self._row(text, "", "")
-        self._row(text, "ETA", "-", newline=False)
+        if f.phase is not None and f.newest_step is None:
+            return self._phase(text, width)
+        # from the first step on: the step events' own figures (the speed from the last interval)
+        self._row(text, "epoch", epoch if f.newest_step is not None else (f"0/{epochs}" if epochs else "-"))
+        speed = f"{m.it_per_s:.2f} it/s" if m is not None else "-"
+        per_sample = f" · {m.samples_per_s:.2f} samples/s" if m is not None else ""
+        if LABEL_WIDTH + len(speed) + len(per_sample) > width:
+            per_sample = ""   # at 80 columns: it/s times the batch, the first figure to go
+        self._row(text, "speed", speed, per_sample)
+        self._row(text, "elapsed", format_duration(f.elapsed_s))
+        self._row(text, "ETA", format_duration(f.eta_s) if f.running else "-", newline=False)
+        return text
+
+    def _phase(self, text: Text, width: int) -> Text:
+        """Before the first step: the preparation phase and its bar."""
+        phase = self.figures.phase
+        self._row(text, "phase", phase_label(phase.name))
+        count = f" {phase.done}/{phase.total}"
+        pbar_w = max(3, width - LABEL_WIDTH - len(count))
+        frac = phase.done / phase.total if phase.total else 0.0
+        text.append(" " * LABEL_WIDTH)
+        text.append(bar(frac, pbar_w), style=self.get_component_rich_style("throughput--bar"))
+        text.append(count, style=self.get_component_rich_style("throughput--label"))
         return text

@@ -59,19 +59,19 @@ class VramMeter(Widget):
             total = m.vram_total
             # peak first: it decides an out-of-memory error, and it is what a short pane must keep
             rows = [("peak", m.vram_peak), ("alloc", m.vram_allocated), ("reserved", m.vram_reserved)]
-            for name, value in rows:
-                figure = format_bytes(value)
-                bar_w = max(3, width - LABEL_WIDTH - 9)
+            figures = [format_bytes(value) for _, value in rows]
+            figure_w = max(8, *(len(figure) for figure in figures))
+            bar_w = width - LABEL_WIDTH - figure_w - 1
+            for (name, value), figure in zip(rows, figures):
                 frac = (value / total) if (total and value is not None) else None
                 style = "vram-meter--peak" if name == "peak" else "vram-meter--bar"
                 if frac is not None and frac > 0.95:
                     style = "vram-meter--high"
                 text.append(f"{name:<{LABEL_WIDTH}}", style=label_style)
-                text.append(bar(frac, bar_w), style=self.get_component_rich_style(style))
-                text.append(f" {figure:>8}\n", style=label_style)
-            started = self.figures.started
-            where = f"per GPU ({device} of {started.processes})" if started and started.processes > 1 else f"on {device}"
-            text.append(f"{'total':<{LABEL_WIDTH}}{format_bytes(total)} {where}", style=label_style)
+                if bar_w >= 3:   # the bar goes before the figure is cut
+                    text.append(bar(frac, bar_w) + " ", style=self.get_component_rich_style(style))
+                text.append(f"{figure:>{figure_w}}\n", style=label_style)
+            text.append(f"{'total':<{LABEL_WIDTH}}{self._total(format_bytes(total), device, width)}", style=label_style)
             return text
         ram_total = getattr(m, "ram_total", None)
         used = format_bytes(m.ram_used)
@@ -85,3 +85,12 @@ class VramMeter(Widget):
         text.append(figure, style=label_style)
         text.append(f"\n{'device':<{LABEL_WIDTH}}{device}\n(no GPU: system RAM shown)", style=label_style)
         return text
+
+    def _total(self, figure: str, device: str, width: int) -> str:
+        """The card's memory and where: the longest wording that fits, the figure alone at worst."""
+        started = self.figures.started
+        if started is not None and started.processes > 1:
+            wordings = [f"{figure} per GPU ({device} of {started.processes})", f"{figure} per GPU"]
+        else:
+            wordings = [f"{figure} on {device}"]
+        return next((w for w in wordings if LABEL_WIDTH + len(w) <= width), figure)
