@@ -107,7 +107,7 @@ def test_prepare_without_check_decodes_nothing_and_keeps_every_readable_header(t
 
     folder, _paths = _folder_with_a_truncated_image(tmp_path)
     out = tmp_path / "meta.json"
-    assert prepare_command([str(folder), "--out", str(out)]) == 0
+    assert prepare_command([str(folder), "--no-check", "--out", str(out)]) == 0   # the check is on by default
     assert len(json.loads(out.read_text(encoding="utf-8"))) == 3
 
 
