@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import tomlkit
 
 from engine.config import schema
+from engine.project.wizard_options import OPTION_KEYS
 
 if TYPE_CHECKING:
     from dataclasses import Field
@@ -40,20 +41,6 @@ DATASET_DEFAULTS: dict[str, Any] = {
 }
 BUCKET_KEYS = ("enable_bucket", "bucket_no_upscale", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
 
-# The run keys a draft edits (the wizard's options step) and always carries.
-OPTION_KEYS = (
-    "model.pretrained_model_name_or_path", "model.v2", "model.v_parameterization", "model.clip_skip",
-    "model.max_token_length",
-    "train.mode", "train.output_dir", "train.output_name", "train.max_train_steps", "train.max_train_epochs",
-    "train.gradient_accumulation_steps", "train.train_text_encoder", "train.seed",
-    "optimizer.type", "optimizer.learning_rate", "optimizer.lr_scheduler", "optimizer.lr_warmup_steps",
-    "memory.mixed_precision", "memory.full_bf16", "memory.fused_backward_pass", "memory.gradient_checkpointing",
-    "memory.attention",
-    "cache.latents",
-    "save.format", "save.precision", "save.every_n_epochs",
-    "sample.every_n_steps", "sample.prompts",
-    "train.ema", "train.ema_cpu_offload",
-)
 DRAFT_OVERRIDES: dict[str, Any] = {"memory.gradient_checkpointing": True}
 
 # What a `.txt` sidecar holds: kohya's fine-tune recipe reads `.caption` captions and `.txt` tags;
@@ -63,7 +50,19 @@ SIDECAR_MODES = {
     "tags": {"data.caption_extension": ".caption", "data.tags_extension": ".txt"},
     "captions": {"data.caption_extension": ".txt", "data.tags_extension": ".tags"},
 }
-DRAFT_KEYS = OPTION_KEYS + SIDECAR_KEYS
+
+
+def _schema_position(dotted: str) -> tuple[int, int]:
+    """Where a key stands in the schema (its table's place, then its own): a new file lists
+    the keys in the order docs/run-file.md documents them, whatever order the wizard asks."""
+    section, name = dotted.split(".", 1)
+    tables = list(schema.SECTIONS)
+    names = [f.name for f in fields(schema.SECTIONS[section])]
+    return tables.index(section), names.index(name)
+
+
+# The run keys a draft edits (the wizard's Options step, the sidecar choice) and always carries.
+DRAFT_KEYS = tuple(sorted(OPTION_KEYS + SIDECAR_KEYS, key=_schema_position))
 
 # Written to a new file even at their defaults, so the file shows the choices that matter.
 ALWAYS_WRITTEN = {

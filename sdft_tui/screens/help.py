@@ -7,6 +7,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
+from sdft_tui.screens.wizard_base import step_keys_row
+
 HELP = """\
 # sdft wizard
 
@@ -15,7 +17,7 @@ Five steps turn a folder of images into a run file (`sdft train FILE` replays it
 | key | does |
 |---|---|
 | **ctrl+n / ctrl+b** | next / previous step |
-| **F2 … F6** | jump to Dataset, Captions, Buckets, Options, Review |
+{step_keys_row}
 | **ctrl+p** | command palette (every action, presets) |
 | **tab / shift+tab** | move between fields |
 | **F1** | this help (escape closes) |
@@ -74,7 +76,7 @@ class HelpScreen(ModalScreen):
 
     def compose(self):
         with VerticalScroll(id="help-body"):
-            yield Markdown(step_keys(self.app, self.step) + HELP)
+            yield Markdown(step_keys(self.app, self.step) + HELP.format(step_keys_row=step_keys_row()))
 
     def action_dismiss(self) -> None:
         self.dismiss()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -9,12 +11,39 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Label, Static
 
-STEPS = (("dataset", "Dataset"), ("captions", "Captions"), ("buckets", "Buckets"),
-         ("options", "Options"), ("review", "Review"))
+
+
+class Step(NamedTuple):
+    name: str    # the screen's name (SdftApp.SCREENS) and its STEP
+    label: str   # the step bar's word
+    key: str     # the key that opens it from any step
+
+
+# The wizard's steps in order, with their keys: the step bar, next/back, the F-key bindings, the
+# help's key table and the command palette all follow this one list (F1 is help).
+STEPS = tuple(Step(name, label, f"f{number}") for number, (name, label) in enumerate(
+    (("dataset", "Dataset"), ("captions", "Captions"), ("buckets", "Buckets"), ("options", "Options"),
+     ("review", "Review")), start=2))
+
+
+def step_key(name: str) -> str:
+    """The key that opens step ``name``, as the footer and messages write it ("F4")."""
+    return next(step.key for step in STEPS if step.name == name).upper()
+
+
+def step_bindings() -> list[Binding]:
+    """One binding per step: its key opens it (not in the footer: the step bar names the steps)."""
+    return [Binding(step.key, f"goto({step.name!r})", step.label, show=False) for step in STEPS]
+
+
+def step_keys_row() -> str:
+    """The help table's row for the step keys: "F2 … F6 | jump to Dataset, ..., Review"."""
+    keys = f"{STEPS[0].key.upper()} … {STEPS[-1].key.upper()}"
+    return f"| **{keys}** | jump to {', '.join(step.label for step in STEPS)} |"
 
 
 class StepBar(Static):
-    """`sdft  1 Dataset › 2 Captions › ...` with the current step highlighted (F2-F6 jump there)."""
+    """`sdft  1 Dataset › 2 Captions › ...` with the current step highlighted (each step's key jumps there)."""
 
     def __init__(self, current: str):
         super().__init__(id="stepbar")
@@ -23,7 +52,7 @@ class StepBar(Static):
     def render(self):
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(" sdft ", style="bold reverse")
-        for i, (name, label) in enumerate(STEPS):
+        for i, (name, label, _key) in enumerate(STEPS):
             text.append("  " if i == 0 else " › ")
             style = "bold reverse" if name == self.current else "dim" if name != self.current else ""
             text.append(f"{i + 1} {label}", style=style)
