@@ -64,6 +64,16 @@ class Project:
             rules.update(caption_file=True, class_tokens=record.class_tokens)
         return caption_as_trained(record.caption, record.tags, **rules)
 
+    def default_sample_prompt(self) -> str | None:
+        """A prompt for preview samples: the first image's text as it trains (caption and tags
+        joined), so the previews show the dataset's subject; None when no image has one."""
+        for record in self.index.records:
+            text = self.caption_as_trained(record).strip()
+            if text:
+                # one line; " --" would start a prompt option (kohya's --n, --w, ...) in the middle
+                return " ".join(text.split()).replace(" --", " -")
+        return None
+
     def token_counts(self, records: Iterable[ImageRecord], v2: bool) -> list[int]:
         """Each record's token count as training tokenizes its caption (imports the tokenizer: call
         from a worker). The caption is cut where training cuts it first, so a huge one costs no

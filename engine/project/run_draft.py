@@ -268,16 +268,20 @@ class RunDraft:
         return run_path
 
     def validate(self, run_path: Path, dataset: DatasetLink) -> list[Problem]:
-        """The schema's problems (errors and warnings) for the file as it would be written."""
+        """The problems found without torch, at once, for the file as it would be written: the
+        schema's (errors and warnings) and keys the rest of the file leaves idle (sampling every
+        N steps without a prompt); ``check`` adds the model, the images and the optimizer."""
         from engine.config.problems import ConfigError
-        from engine.config.run_toml import parse_run_text
+        from engine.config.run_toml import collect_run_text
+        from engine.preflight.inert import check_inert_options
 
         try:
-            _config, _doc, warnings = parse_run_text(self.render(run_path, dataset), file=str(run_path),
-                                                     base_dir=run_path.parent)
-        except ConfigError as exc:
+            config, _doc, problems = collect_run_text(self.render(run_path, dataset), file=str(run_path),
+                                                      base_dir=run_path.parent)
+        except ConfigError as exc:   # not TOML at all
             return list(exc.problems)
-        return list(warnings)
+        check_inert_options(config, problems)
+        return list(problems.items)
 
     def check(self, run_path: Path, dataset: DatasetLink, *, skip_data: bool = False) -> list[Problem]:
         """What ``sdft train --check`` says about the file as it would be written (imports torch);

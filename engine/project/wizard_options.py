@@ -45,7 +45,7 @@ WIZARD_OPTIONS: tuple[tuple[str, str], ...] = (
     ("save.precision", "Save precision"),
     ("save.every_n_epochs", "Save every N epochs"),
     ("sample.every_n_steps", "Sample every N steps"),
-    ("sample.prompts", "Sample prompts file"),
+    ("sample.prompts", "Sample prompt"),
     ("train.seed", "Seed (empty=random)"),
 )
 OPTION_KEYS = tuple(key for key, _label in WIZARD_OPTIONS)
@@ -61,7 +61,8 @@ class OptionField:
     """One field of the Options form.
 
     ``kind``: "select" (``choices`` are (words, value) pairs), "bool", "int", "float", "number"
-    (an int, or a float where the key takes a fraction), "text"; "?" after it: empty means unset.
+    (an int, or a float where the key takes a fraction), "text", "prompt" (a list of prompts or a
+    prompts file: the form edits one inline prompt); "?" after it: empty means unset.
     """
 
     key: str
@@ -86,6 +87,8 @@ def _kind(hint: Any, meta: dict[str, Any], key: str) -> tuple[str, tuple[tuple[s
     if meta.get("choices"):
         words = CHOICE_WORDS.get(key, {})
         return "select", tuple((words.get(c, str(c)), c) for c in meta["choices"] if c is not None)
+    if list[str] in args:
+        return "prompt" + optional, ()
     if args == {bool, str}:
         return "select", AUTO_CHOICES
     if args == {bool}:

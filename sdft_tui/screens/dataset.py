@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual import on
 from textual.widgets import Checkbox, DirectoryTree, Footer, Input, Label, ProgressBar, Select, Static
 
-from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
+from sdft_tui.screens.wizard_base import FormRow, StepBar, StepProblems, WizardScreen
 from engine.data.health import KIND_LABELS
 from engine.project.records import PROBLEM_KINDS
 from engine.project.sources import OPENABLE_SUFFIXES
@@ -63,6 +63,7 @@ class DatasetScreen(WizardScreen):
                               id="metadata-row")
                 yield ProgressBar(id="progress", show_eta=False)
                 yield Static(id="summary")
+                yield StepProblems()
                 yield HealthList(id="health", compact=True)
         yield Footer()
 
@@ -174,6 +175,7 @@ class DatasetScreen(WizardScreen):
     def refresh_view(self) -> None:
         if not self.is_mounted:
             return  # a worker finished before the screen (and its Select's parts) mounted: on_mount shows it
+        self.show_step_problems()
         state = self.state
         summary = self.query_one("#summary", Static)
         health = self.query_one("#health", HealthList)

@@ -10,7 +10,7 @@ from textual.widgets import Checkbox, Footer, Input, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from sdft_tui.screens.buckets import FIELDS as BUCKET_FIELDS
-from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen, step_key
+from sdft_tui.screens.wizard_base import FormRow, StepBar, StepProblems, WizardScreen, step_key
 from engine.preflight.model import look_at_model
 from engine.project.run_draft import field_meta
 from engine.project.wizard_options import option_fields
@@ -46,11 +46,28 @@ def _box_label(value) -> str:
     return "on" if value else "off"
 
 
-def _inline_list(value) -> str | None:
-    """An inline list (sample prompts written in the TOML) is shown, not edited, here."""
-    if isinstance(value, (list, tuple)):
+def _read_only(kind: str, value) -> str | None:
+    """What a field shows, not edits, for a value the form has no way to type: sample prompts
+    from a file, or more than one written in the run file."""
+    if not kind.startswith("prompt") or value is None:
+        return None
+    if isinstance(value, str):
+        return f"prompts file {value}: edit it, or the run file"
+    if len(value) != 1:
         return f"{len(value)} inline prompt(s): edit them in the run file"
     return None
+
+
+def _field_text(kind: str, value) -> str:
+    """The text a field shows for ``value``: one sample prompt is the prompt itself."""
+    if kind.startswith("prompt") and isinstance(value, (list, tuple)) and len(value) == 1:
+        return str(value[0])
+    return _read_only(kind, value) or _text(value)
+
+
+def _sampling(values: dict) -> bool:
+    return bool(values.get("sample.every_n_steps") or values.get("sample.every_n_epochs")
+                or values.get("sample.at_first"))
 
 
 def _a_card(size_gb: int) -> str:
@@ -99,6 +116,7 @@ class OptionsScreen(WizardScreen):
     def compose(self):
         yield StepBar(self.STEP)
         yield Static(id="vram")
+        yield StepProblems()
         yield OptionList(id="suggestions", compact=True)
         yield FormRow("Preset", Select(PRESET_CHOICES, prompt="choose a card size", id="preset", compact=True),
                       id="preset-row")
@@ -118,11 +136,10 @@ class OptionsScreen(WizardScreen):
                     widget = Select(opts, value=initial, allow_blank=False, id=_wid(key), compact=True)
                 elif kind == "bool":
                     widget = OnOffCheckbox(_box_label(value), bool(value), id=_wid(key), compact=True)
-                elif _inline_list(value):
-                    widget = Input(_inline_list(value), id=_wid(key), compact=True, disabled=True)
                 else:
-                    widget = Input(_text(value), id=_wid(key), compact=True)
-                yield FormRow(field.label, widget, tooltip=field.doc)
+                    widget = Input(_field_text(kind, value), id=_wid(key), compact=True,
+                                   disabled=_read_only(kind, value) is not None)
+                yield FormRow(field.label, widget, tooltip=field.doc, id="row-" + _wid(key))
             yield Static(id="model-info")
         yield Footer()
 
@@ -155,9 +172,8 @@ class OptionsScreen(WizardScreen):
                     widget.value = bool(value)
                     widget.label = _box_label(value)
                 else:
-                    inline = _inline_list(value)
-                    widget.disabled = inline is not None
-                    text = inline or _text(value)
+                    widget.disabled = _read_only(kind, value) is not None
+                    text = _field_text(kind, value)
                     if widget.value != text:
                         widget.value = text
                     self.accept(widget, field_label(key), field_meta(key).get("doc") or None)
@@ -175,7 +191,7 @@ class OptionsScreen(WizardScreen):
             return
         label, tooltip = field_label(key), field_meta(key).get("doc") or None
         text = event.value.strip()
-        if text == _text(self.state.get(key)).strip():
+        if text == _field_text(kind, self.state.get(key)).strip():
             self.accept(event.input, label, tooltip)
             return  # the field was only (re)loaded: keep the value as the file has it (e.g. a list)
         try:
@@ -187,6 +203,8 @@ class OptionsScreen(WizardScreen):
                 value = _number(text)
             elif kind in ("float", "float?"):
                 value = float(text)
+            elif kind.startswith("prompt"):
+                value = [text]   # one inline prompt: sample.prompts = ["..."]
             else:
                 value = text
         except ValueError:
@@ -200,7 +218,17 @@ class OptionsScreen(WizardScreen):
         self._set(key, value)
         if key == "model.pretrained_model_name_or_path":
             self.detect_model(text)
+        if key.startswith("sample.every_n") and value is not None:
+            self._default_prompt()
         self.refresh_view()
+
+    def _default_prompt(self) -> None:
+        """Sampling was turned on without a prompt: start from a caption of the dataset."""
+        if self.state.get("sample.prompts") is None:
+            prompt = self.state.project.default_sample_prompt()
+            if prompt:
+                self.state.set("sample.prompts", [prompt])
+                self._load_fields()
 
     @on(Select.Changed)
     def _select(self, event: Select.Changed) -> None:
@@ -306,6 +334,10 @@ class OptionsScreen(WizardScreen):
         from engine.plan import GB, N_UNET, estimate_peak_vram, suggest
 
         self._show_gpu_choice()
+        # the prompt matters when sampling is on (or a prompt is set: its problem names the field)
+        self.query_one("#row-" + _wid("sample.prompts")).display = \
+            _sampling(self.state.values) or self.state.get("sample.prompts") is not None
+        self.show_step_problems(field_label)
         vram = self.query_one("#vram", Static)
         suggestions = self.query_one("#suggestions", OptionList)
         info = self.query_one("#model-info", Static)

@@ -59,6 +59,31 @@ class StepBar(Static):
         return text
 
 
+class StepProblems(Static):
+    """The problems the engine finds in fields of this step (``WizardSession.step_problems``), one
+    line each with the field's label: the user fixes them here, not only on Review. Hidden when
+    there are none."""
+
+    DEFAULT_CSS = "StepProblems { height: auto; max-height: 4; padding: 0 1; }"
+
+    def __init__(self) -> None:
+        super().__init__(id="step-problems")
+
+    def show(self, problems: list, label_of=lambda key: key) -> None:
+        text = Text()
+        for p in problems[:3]:
+            if text:
+                text.append("\n")
+            text.append(f"{p.severity}: {label_of(p.key)}: {p.message}",
+                        style="bold red" if p.severity == "error" else "yellow")
+            if p.hint:
+                text.append(f" — {p.hint}", style="dim")
+        if len(problems) > 3:
+            text.append(f"\n… and {len(problems) - 3} more ({step_key('review')} Review lists them all)")
+        self.update(text)
+        self.display = bool(problems)
+
+
 class FormRow(Horizontal):
     """One line: a fixed-width label, then the field (compact widgets keep a form to one row each)."""
 
@@ -132,3 +157,8 @@ class WizardScreen(Screen):
 
     def refresh_view(self) -> None:  # pragma: no cover - overridden
         pass
+
+    def show_step_problems(self, label_of=lambda key: key) -> None:
+        """Show the engine's problems with this step's fields in its StepProblems line."""
+        for box in self.query(StepProblems):
+            box.show(self.state.step_problems(self.STEP), label_of)
