@@ -124,7 +124,9 @@ class WizardSession:
         return key in DATASET_DEFAULTS and (key in self.user_set or self.values.get(key) != DATASET_DEFAULTS[key])
 
     def set_sidecar_mode(self, mode: str) -> None:
-        """Read ``.txt`` sidecars as tags or as captions (a folder must be scanned again)."""
+        """Read ``.txt`` sidecars as tags or as captions (a folder must be scanned again); the
+        choice stands over what the files look like."""
+        self.project.sidecars_chosen = True
         for key, ext in SIDECAR_MODES[mode].items():
             self.set_by_user(key, ext)
 

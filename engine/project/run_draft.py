@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import tomlkit
 
 from engine.config import schema
+from engine.data.sidecar_kind import SIDECAR_EXTENSIONS
 from engine.project.wizard_options import OPTION_KEYS
 
 if TYPE_CHECKING:
@@ -43,13 +44,10 @@ BUCKET_KEYS = ("enable_bucket", "bucket_no_upscale", "min_bucket_reso", "max_buc
 
 DRAFT_OVERRIDES: dict[str, Any] = {"memory.gradient_checkpointing": True}
 
-# What a `.txt` sidecar holds: kohya's fine-tune recipe reads `.caption` captions and `.txt` tags;
-# DreamBooth-style folders hold captions in `.txt` (tags, if any, then go to `.tags`).
+# What a `.txt` sidecar holds (engine/data/sidecar_kind.py guesses it from the files): the run's
+# data.caption_extension and data.tags_extension for each reading.
 SIDECAR_KEYS = ("data.caption_extension", "data.tags_extension")
-SIDECAR_MODES = {
-    "tags": {"data.caption_extension": ".caption", "data.tags_extension": ".txt"},
-    "captions": {"data.caption_extension": ".txt", "data.tags_extension": ".tags"},
-}
+SIDECAR_MODES = {mode: dict(zip(SIDECAR_KEYS, extensions)) for mode, extensions in SIDECAR_EXTENSIONS.items()}
 
 
 def _schema_position(dotted: str) -> tuple[int, int]:

@@ -213,7 +213,8 @@ class DatasetScreen(WizardScreen):
                         "from each image's caption file, else the folder's class tokens; no metadata file",
                         style="dim")
         elif state.index.metadata_file is None:
-            text.append(f"\n.txt sidecars read as {_sidecars_read_as(state)}", style="dim")
+            for line in state.project.sidecar_lines():
+                text.append(f"\n{line}", style="dim")
             text.append(f"\nsaving writes the metadata JSON {_metadata_place(state.project.metadata_beside_images)}",
                         style="dim")
         summary.update(text)
@@ -221,11 +222,3 @@ class DatasetScreen(WizardScreen):
                            [(short_path(path, state.index.image_dir), message) for path, message in files])
                     for kind, files in state.health().items()}
         health.show(findings, note="checking every image …" if state.health_report is None and findings else None)
-
-
-def _sidecars_read_as(state) -> str:
-    if state.draft.sidecar_mode == "captions":
-        return "captions (tags from .tags)"
-    if state.draft.sidecar_mode == "tags":
-        return "tags (captions from .caption)"
-    return f"set by the run file (captions {state.get('data.caption_extension')}, tags {state.get('data.tags_extension')})"
