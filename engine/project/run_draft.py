@@ -103,6 +103,12 @@ def field_meta(dotted: str) -> dict[str, Any]:
         return {}
 
 
+def field_type(dotted: str) -> Any:
+    """The declared type of a dotted run key (``int | None`` for ``train.max_train_epochs``)."""
+    section, name = dotted.split(".", 1)
+    return typing.get_type_hints(schema.SECTIONS[section])[name]
+
+
 def value_problem(dotted: str, value: Any) -> str | None:
     """What ``--check`` says about ``dotted = value`` on its own (type, bounds, choices, the key's
     meaning), or None when it fits: the wizard asks before it takes a typed value."""
@@ -113,7 +119,7 @@ def value_problem(dotted: str, value: Any) -> str | None:
         return key_problem(name, value, section)
     from engine.config.fields import check_value
 
-    _kept, problem = check_value(_field(dotted), typing.get_type_hints(schema.SECTIONS[section])[name], value)
+    _kept, problem = check_value(_field(dotted), field_type(dotted), value)
     return problem[0] if problem else None
 
 

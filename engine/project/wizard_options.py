@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -72,13 +72,6 @@ class OptionField:
     doc: str = ""
 
 
-def _declaration(key: str) -> tuple[Any, dict[str, Any]]:
-    section, name = key.split(".", 1)
-    cls = schema.SECTIONS[section]
-    meta = next(f.metadata for f in fields(cls) if f.name == name)
-    return typing.get_type_hints(cls)[name], dict(meta)
-
-
 def _kind(hint: Any, meta: dict[str, Any], key: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
     """The field kind and choices a schema type and its declared choices call for."""
     args = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
@@ -103,8 +96,11 @@ def _kind(hint: Any, meta: dict[str, Any], key: str) -> tuple[str, tuple[tuple[s
 
 
 def option_field(key: str, label: str | None = None) -> OptionField:
-    hint, meta = _declaration(key)
-    kind, choices = _kind(hint, meta, key)
+    # imported here: run_draft reads OPTION_KEYS from this module when it loads
+    from engine.project.run_draft import field_meta, field_type
+
+    meta = field_meta(key)
+    kind, choices = _kind(field_type(key), meta, key)
     return OptionField(key, label or dict(WIZARD_OPTIONS).get(key, key), kind, choices, meta.get("doc", ""))
 
 

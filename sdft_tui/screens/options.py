@@ -12,13 +12,13 @@ from textual.widgets.option_list import Option
 from sdft_tui.screens.buckets import FIELDS as BUCKET_FIELDS
 from sdft_tui.screens.wizard_base import FormRow, StepBar, StepProblems, WizardScreen, step_key
 from engine.preflight.model import look_at_model
-from engine.project.run_draft import field_meta
 from engine.project.wizard_options import option_fields
 from sdft_tui.text import literal
 from sdft_tui.widgets.on_off import OnOffCheckbox
 
 # The form's fields, typed by the schema (engine/project/wizard_options.py holds the one list)
 FIELDS = option_fields()
+FIELD_DOCS = {field.key: field.doc for field in FIELDS}
 
 PRESET_CHOICES = (("8 GB card", 8), ("12 GB card", 12), ("16 GB card", 16), ("24 GB card", 24), ("48+ GB card", 48))
 
@@ -176,7 +176,7 @@ class OptionsScreen(WizardScreen):
                     text = _field_text(kind, value)
                     if widget.value != text:
                         widget.value = text
-                    self.accept(widget, field_label(key), field_meta(key).get("doc") or None)
+                    self.accept(widget, field_label(key), FIELD_DOCS[key] or None)
 
     def _kind(self, wid: str):
         for field in FIELDS:
@@ -189,7 +189,7 @@ class OptionsScreen(WizardScreen):
         key, kind = self._kind(event.input.id or "")
         if key is None or event.input.disabled:
             return
-        label, tooltip = field_label(key), field_meta(key).get("doc") or None
+        label, tooltip = field_label(key), FIELD_DOCS[key] or None
         text = event.value.strip()
         if text == _field_text(kind, self.state.get(key)).strip():
             self.accept(event.input, label, tooltip)
