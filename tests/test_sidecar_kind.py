@@ -42,8 +42,8 @@ def test_a_folder_follows_a_clear_majority_and_keeps_the_default_otherwise():
     words = guess_sidecars(["cat", "dog"])                               # nothing said either way
     assert (words.mode, words.decided) == ("tags", False)
     none = guess_sidecars([])
-    assert none.reading() == "read .txt as tags: no .txt files, so kohya's default"
-    assert guess_sidecars(SENTENCES + ["cat"]).reading() == "read .txt as captions: 3 of 4 look like sentences"
+    assert none.reading() == ".txt sidecars read as tags: no .txt files, so kohya's default"
+    assert guess_sidecars(SENTENCES + ["cat"]).reading() == ".txt sidecars read as captions: 3 of 4 are sentences"
     one = SidecarGuess("tags", 1, 1, 2)
     assert "1 sentence, 1 tag list" in one.evidence()
 
@@ -96,14 +96,14 @@ def test_the_wizard_reads_sentences_as_captions_and_says_what_that_changes(tmp_p
         assert app.screen.query_one("#sidecar-mode").value == "captions"
         assert state.records[0].caption == SENTENCES[0] and state.records[0].tags is None
         text = screen_text(app)
-        assert "read .txt as captions: 3 of 3 look like sentences" in text, text
+        assert ".txt sidecars read as captions: 3 of 3 are sentences" in text, text
         assert ".txt = caption, .tags = tags; trains caption,tags" in text
         # the user's choice stands over the files' look, rescans included
         app.screen.query_one("#sidecar-mode").value = "tags"
         await settle(app, pilot)
         await pilot.pause(0.1)
         assert state.draft.sidecar_mode == "tags" and state.records[0].tags == SENTENCES[0]
-        assert "read .txt as tags: your choice" in screen_text(app)
+        assert ".txt sidecars read as tags: your choice" in screen_text(app)
         await pilot.press("ctrl+r")
         await settle(app, pilot)
         assert state.draft.sidecar_mode == "tags"
@@ -119,7 +119,7 @@ def test_the_wizard_keeps_tags_for_tag_lists(tmp_path):
         await _scan(app, pilot, folder)
         assert app.state.draft.sidecar_mode == "tags"
         assert app.state.records[0].tags == TAGS[0]
-        assert "read .txt as tags: 3 of 3 look like tag lists" in screen_text(app)
+        assert ".txt sidecars read as tags: 3 of 3 are tag lists" in screen_text(app)
 
     run_app(app, scenario)
 
@@ -131,7 +131,7 @@ def test_prepare_says_how_it_read_the_sidecars(tmp_path, capsys):
     out = tmp_path / "meta.json"
     prepare_command([str(folder), "--out", str(out), "--no-check"])
     printed = capsys.readouterr().out
-    assert ("sidecars: read .txt as captions: 3 of 3 look like sentences; .txt = caption, .tags = tags; "
+    assert (".txt sidecars read as captions: 3 of 3 are sentences; .txt = caption, .tags = tags; "
             "trains caption,tags (--caption-extension / --tags-extension choose)") in " ".join(printed.split())
     entries = json.loads(out.read_text(encoding="utf-8"))
     assert entries["img0.png"]["caption"] == SENTENCES[0] and "tags" not in entries["img0.png"]

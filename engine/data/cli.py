@@ -314,7 +314,7 @@ def _print_sidecar_reading(folder: Path, args) -> None:
         return
     guess = guess_folder(folder, recursive=args.recursive)
     args.caption_extension, args.tags_extension = SIDECAR_EXTENSIONS[guess.mode]
-    notes.print(f"sidecars: {guess.reading()}; {extensions_meaning(args.caption_extension, args.tags_extension)} "
+    notes.print(f"{guess.reading()}; {extensions_meaning(args.caption_extension, args.tags_extension)} "
                 "(--caption-extension / --tags-extension choose)")
 
 

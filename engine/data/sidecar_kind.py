@@ -68,18 +68,18 @@ class SidecarGuess:
         return said > 0 and max(self.sentences, self.tag_lists) >= MAJORITY * said
 
     def evidence(self) -> str:
-        """Why ``mode``: "9 of 10 look like sentences", "no .txt files, so kohya's default", ..."""
+        """Why ``mode``: "9 of 10 are sentences", "no .txt files, so kohya's default", ..."""
         if not self.files:
             return "no .txt files, so kohya's default"
         if not self.decided:
             return (f"a mix ({_count(self.sentences, 'sentence')}, {_count(self.tag_lists, 'tag list')}), "
                     "so kohya's default")
         count, what = (self.sentences, "sentences") if self.mode == "captions" else (self.tag_lists, "tag lists")
-        return f"{count} of {self.files} look like {what}"
+        return f"{count} of {self.files} are {what}"
 
     def reading(self) -> str:
-        """"read .txt as captions: 9 of 10 look like sentences"."""
-        return f"read .txt as {self.mode}: {self.evidence()}"
+        """"".txt sidecars read as captions: 9 of 10 are sentences"."""
+        return f".txt sidecars read as {self.mode}: {self.evidence()}"
 
 
 def _count(n: int, noun: str) -> str:

@@ -83,11 +83,11 @@ class Project:
         if mode == "custom":
             why = "sidecars as the run file says"
         elif self.sidecars_chosen:
-            why = f"read .txt as {mode}: your choice"
+            why = f".txt sidecars read as {mode}: your choice"
         elif self.sidecar_guess is not None and self.sidecar_guess.mode == mode and self.draft.document is None:
             why = self.sidecar_guess.reading()
         else:
-            why = f"read .txt as {mode}, as the run file says"
+            why = f".txt sidecars read as {mode}, as the run file says"
         join = join_separator(self.caption_rules.get("join", "separator"), self.caption_rules.get("separator") or ",")
         return [why, extensions_meaning(caption, tags, join)]
 
