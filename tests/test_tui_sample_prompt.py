@@ -78,20 +78,26 @@ def test_a_problem_shows_on_the_step_that_owns_its_field(tmp_path):
     run_app(app, scenario)
 
 
-def test_a_prompts_file_or_several_prompts_are_shown_not_edited(tmp_path):
+def test_several_prompts_are_shown_not_edited_and_a_file_name_is_a_prompts_file(tmp_path):
     app, _folder = folder_app(tmp_path)
     app.state.set("sample.every_n_steps", 10)
     app.state.set("sample.prompts", ["one", "two"])
+    (tmp_path / "prompts.txt").write_text("a cube --w 512\n", encoding="utf-8")   # beside the run file
 
     async def scenario(pilot):
         await pilot.press("f5")
         await settle(app, pilot)
         field = app.screen.query_one("#o-sample-prompts")
         assert field.disabled and field.value == "2 inline prompt(s): edit them in the run file"
-        app.state.set("sample.prompts", "prompts.txt")
+        app.state.set("sample.prompts", None)
         app.screen.on_screen_resume()
         await pilot.pause()
-        assert field.disabled and "prompts file prompts.txt" in field.value
+        assert not field.disabled and field.value == ""
+        await _type_into(app, pilot, "#o-sample-prompts", "prompts.txt")
+        assert app.state.get("sample.prompts") == "prompts.txt"      # an existing file: read as prompts
+        assert 'prompts = "prompts.txt"' in app.state.render_toml()
+        await _type_into(app, pilot, "#o-sample-prompts", "missing.txt")
+        assert app.state.get("sample.prompts") == ["missing.txt"]    # no such file: a prompt
 
     run_app(app, scenario)
 

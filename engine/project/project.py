@@ -115,6 +115,18 @@ class Project:
                 return " ".join(text.split()).replace(" --", " -")
         return None
 
+    def sample_prompts_from_text(self, text: str) -> str | list[str] | None:
+        """``sample.prompts`` for what was typed in one field: the name of an existing file is a
+        prompts file (found as the engine finds it: beside the run file, then as given); any
+        other text is one prompt; nothing is none."""
+        text = text.strip()
+        if not text:
+            return None
+        path = Path(text).expanduser()
+        if (self.default_run_path().parent / path).is_file() or path.is_file():
+            return text
+        return [text]
+
     def token_counts(self, records: Iterable[ImageRecord], v2: bool) -> list[int]:
         """Each record's token count as training tokenizes its caption (imports the tokenizer: call
         from a worker). The caption is cut where training cuts it first, so a huge one costs no

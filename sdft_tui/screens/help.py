@@ -41,8 +41,8 @@ Five steps turn a folder of images into a run file (`sdft train FILE` replays it
    code training uses). Yellow bars end in a partial batch; ↑n counts upscaled images.
 4. **Options**: model, length, learning rate, precision, memory. The VRAM line estimates peak GPU
    memory; when it does not fit, pick a suggestion (enter applies it). Presets per card size.
-   Sampling every N steps asks for a sample prompt (a caption of the dataset to start with).
-   Problems with a step's fields show on that step, under its title.
+   Sampling every N steps asks for a sample prompt (a caption of the dataset to start with), or
+   the name of a prompts file. Problems with a step's fields show on that step.
 5. **Review**: the file as it will be written, problems found by the engine's validator.
    **ctrl+s** saves (comments of an existing file are kept), **ctrl+t** saves and starts training,
    **ctrl+x** saves and quits printing the headless command.

@@ -47,19 +47,16 @@ def _box_label(value) -> str:
 
 
 def _read_only(kind: str, value) -> str | None:
-    """What a field shows, not edits, for a value the form has no way to type: sample prompts
-    from a file, or more than one written in the run file."""
-    if not kind.startswith("prompt") or value is None:
-        return None
-    if isinstance(value, str):
-        return f"prompts file {value}: edit it, or the run file"
-    if len(value) != 1:
+    """What a field shows, not edits, for a value the form has no way to type: several sample
+    prompts written in the run file."""
+    if kind.startswith("prompt") and isinstance(value, (list, tuple)) and len(value) != 1:
         return f"{len(value)} inline prompt(s): edit them in the run file"
     return None
 
 
 def _field_text(kind: str, value) -> str:
-    """The text a field shows for ``value``: one sample prompt is the prompt itself."""
+    """The text a field shows for ``value``: one sample prompt is the prompt itself (a prompts
+    file, its name)."""
     if kind.startswith("prompt") and isinstance(value, (list, tuple)) and len(value) == 1:
         return str(value[0])
     return _read_only(kind, value) or _text(value)
@@ -203,8 +200,8 @@ class OptionsScreen(WizardScreen):
                 value = _number(text)
             elif kind in ("float", "float?"):
                 value = float(text)
-            elif kind.startswith("prompt"):
-                value = [text]   # one inline prompt: sample.prompts = ["..."]
+            elif kind.startswith("prompt"):   # one inline prompt (sample.prompts = ["..."]) or a file
+                value = self.state.project.sample_prompts_from_text(text)
             else:
                 value = text
         except ValueError:
