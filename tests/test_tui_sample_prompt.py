@@ -122,3 +122,25 @@ def test_the_full_checks_problems_stay_on_their_step_until_the_file_changes(tmp_
     assert state.step_problems("buckets") == []
     state.set("optimizer.learning_rate", 1e-5)   # the file changed: the old verdict no longer applies
     assert state.step_problems("options") == []
+
+
+def test_the_default_prompt_is_the_first_text_that_trains_on_one_line(tmp_path):
+    from PIL import Image
+
+    from engine.project.project import Project
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (64, 64)).save(folder / f"{name}.png")
+    (folder / "b.caption").write_text("a dog\non the beach --n blurry\n", encoding="utf-8")   # a: none
+    (folder / "b.txt").write_text("sand, sea\n", encoding="utf-8")
+    project = Project()
+    project.open(folder)
+    # b's caption and tags as training joins them, on one line, " --" not read as a prompt option
+    assert project.default_sample_prompt() == "a dog on the beach -n blurry,sand, sea"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    Image.new("RGB", (64, 64)).save(empty / "x.png")
+    project.open(empty)
+    assert project.default_sample_prompt() is None
