@@ -62,11 +62,6 @@ def _field_text(kind: str, value) -> str:
     return _read_only(kind, value) or _text(value)
 
 
-def _sampling(values: dict) -> bool:
-    return bool(values.get("sample.every_n_steps") or values.get("sample.every_n_epochs")
-                or values.get("sample.at_first"))
-
-
 def _a_card(size_gb: int) -> str:
     return f"{'an' if str(size_gb).startswith('8') else 'a'} {size_gb} GB card"
 
@@ -331,9 +326,9 @@ class OptionsScreen(WizardScreen):
         from engine.plan import GB, N_UNET, estimate_peak_vram, suggest
 
         self._show_gpu_choice()
-        # the prompt matters when sampling is on (or a prompt is set: its problem names the field)
+        # the prompt matters when sampling is on (or a prompt is set: a problem may name the field)
         self.query_one("#row-" + _wid("sample.prompts")).display = \
-            _sampling(self.state.values) or self.state.get("sample.prompts") is not None
+            self.state.get("sample.every_n_steps") is not None or self.state.get("sample.prompts") is not None
         self.show_step_problems(field_label)
         vram = self.query_one("#vram", Static)
         suggestions = self.query_one("#suggestions", OptionList)
