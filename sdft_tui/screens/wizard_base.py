@@ -12,7 +12,6 @@ from textual.widget import Widget
 from textual.widgets import Label, Static
 
 
-
 class Step(NamedTuple):
     name: str    # the screen's name (SdftApp.SCREENS) and its STEP
     label: str   # the step bar's word
@@ -21,9 +20,8 @@ class Step(NamedTuple):
 
 # The wizard's steps in order, with their keys: the step bar, next/back, the F-key bindings, the
 # help's key table and the command palette all follow this one list (F1 is help).
-STEPS = tuple(Step(name, label, f"f{number}") for number, (name, label) in enumerate(
-    (("dataset", "Dataset"), ("captions", "Captions"), ("buckets", "Buckets"), ("options", "Options"),
-     ("review", "Review")), start=2))
+STEPS = (Step("dataset", "Dataset", "f2"), Step("captions", "Captions", "f3"), Step("buckets", "Buckets", "f4"),
+         Step("options", "Options", "f5"), Step("review", "Review", "f6"))
 
 
 def step_key(name: str) -> str:
@@ -52,10 +50,9 @@ class StepBar(Static):
     def render(self):
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(" sdft ", style="bold reverse")
-        for i, (name, label, _key) in enumerate(STEPS):
+        for i, step in enumerate(STEPS):
             text.append("  " if i == 0 else " › ")
-            style = "bold reverse" if name == self.current else "dim" if name != self.current else ""
-            text.append(f"{i + 1} {label}", style=style)
+            text.append(f"{i + 1} {step.label}", style="bold reverse" if step.name == self.current else "dim")
         return text
 
 
