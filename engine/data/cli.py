@@ -225,9 +225,9 @@ def _prepare(args) -> int:
 
     if is_layout(target):
         from engine.data.layout_cli import prepare_layout
+        from engine.data.sidecar_kind import DEFAULT_MODE, SIDECAR_EXTENSIONS
 
-        args.caption_extension = args.caption_extension or ".caption"
-
+        args.caption_extension = args.caption_extension or SIDECAR_EXTENSIONS[DEFAULT_MODE][0]
         return prepare_layout(target, args)
     if args.reg_dir:
         print(f"sdft prepare: --reg-dir goes with a folder of kohya's N_name sub-folders, and {target} holds "
@@ -303,11 +303,11 @@ def _prepare_folder(folder: Path, args) -> int:
 def _print_sidecar_reading(folder: Path, args) -> None:
     """Settle which sidecar is the caption and which the tags, and say so in one line: as given,
     or as the .txt files read (engine/data/sidecar_kind.py)."""
-    from engine.data.sidecar_kind import SIDECAR_EXTENSIONS, extensions_meaning, guess_folder
+    from engine.data.sidecar_kind import DEFAULT_MODE, SIDECAR_EXTENSIONS, extensions_meaning, guess_folder
 
     notes = _console(stderr=args.json)
     if args.caption_extension or args.tags_extension:
-        default_caption, default_tags = SIDECAR_EXTENSIONS["tags"]
+        default_caption, default_tags = SIDECAR_EXTENSIONS[DEFAULT_MODE]
         args.caption_extension = args.caption_extension or default_caption
         args.tags_extension = args.tags_extension or default_tags
         notes.print(f"sidecars as given: {extensions_meaning(args.caption_extension, args.tags_extension)}")

@@ -18,8 +18,8 @@ from engine.project.run_draft import DatasetLink, RunDraft
 
 if TYPE_CHECKING:
     from engine.config.problems import Problem
-    from engine.data.sidecar_kind import SidecarGuess
     from engine.data.buckets import Assignment, BucketReport
+    from engine.data.sidecar_kind import SidecarGuess
 
 METADATA_NAME = "sdft-metadata.json"
 
