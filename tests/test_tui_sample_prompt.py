@@ -57,6 +57,9 @@ def test_a_problem_shows_on_the_step_that_owns_its_field(tmp_path):
         assert box.display
         text = screen_text(app)
         assert "error: Sample every N steps: has no effect without sample prompts" in text, text
+        label = app.screen.query_one("#row-o-sample-every_n_steps Label.form-label")
+        assert label.has_class("has-problem")                   # the field's own label is marked
+        assert not app.screen.query_one("#row-o-train-max_train_steps Label.form-label").has_class("has-problem")
         # a Buckets problem is shown on Buckets, not here
         app.state.set("dataset.min_bucket_reso", 1024)
         app.state.set("dataset.max_bucket_reso", 256)
@@ -69,11 +72,13 @@ def test_a_problem_shows_on_the_step_that_owns_its_field(tmp_path):
         box = app.screen.query_one("#step-problems")
         assert box.display and "error: Min bucket side" in screen_text(app)   # wrapped in its column
         assert "error: Min bucket side: min_bucket_reso 1024 > max_bucket_reso 256" in str(box.render())
+        assert app.screen.query_one("#f-dataset-min_bucket_reso").parent.query_one("Label").has_class("has-problem")
         # typing the prompt back clears the problem on Options
         await pilot.press("f5")
         await settle(app, pilot)
         await _type_into(app, pilot, "#o-sample-prompts", "a cube")
         assert "Sample every N steps: has no effect" not in screen_text(app)
+        assert not label.has_class("has-problem")
 
     run_app(app, scenario)
 

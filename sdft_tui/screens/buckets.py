@@ -115,7 +115,7 @@ class BucketsScreen(WizardScreen):
         self.refresh_view()
 
     def refresh_view(self) -> None:
-        self.show_step_problems(field_label)
+        self.show_step_problems(field_label, field_id)
         histogram = self.query_one("#histogram", BucketHistogram)
         stats = self.query_one("#bucket-stats", Static)
         details = self.query_one("#bucket-list", Static)
@@ -173,7 +173,17 @@ def _wid(key: str) -> str:
     return "f-" + key.replace(".", "-")
 
 
-def field_label(key: str) -> str:
-    """This step's words for a problem's key (``datasets[0].batch_size`` is "Batch size")."""
+def _field_of(key: str) -> tuple[str, str] | None:
+    """This step's (key, label) for a problem's key (``datasets[0].batch_size``: the batch size)."""
     name = key.rsplit(".", 1)[-1]
-    return next((label for k, label in FIELDS if k.split(".", 1)[1] == name), key)
+    return next(((k, label) for k, label in FIELDS if k.split(".", 1)[1] == name), None)
+
+
+def field_label(key: str) -> str:
+    found = _field_of(key)
+    return found[1] if found else key
+
+
+def field_id(key: str) -> str | None:
+    found = _field_of(key)
+    return _wid(found[0]) if found else None

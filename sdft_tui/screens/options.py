@@ -329,7 +329,7 @@ class OptionsScreen(WizardScreen):
         # the prompt matters when sampling is on (or a prompt is set: a problem may name the field)
         self.query_one("#row-" + _wid("sample.prompts")).display = \
             self.state.get("sample.every_n_steps") is not None or self.state.get("sample.prompts") is not None
-        self.show_step_problems(field_label)
+        self.show_step_problems(field_label, lambda key: _wid(key) if key in FIELD_DOCS else None)
         vram = self.query_one("#vram", Static)
         suggestions = self.query_one("#suggestions", OptionList)
         info = self.query_one("#model-info", Static)

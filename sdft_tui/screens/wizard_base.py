@@ -105,6 +105,10 @@ class FormRow(Horizontal):
         yield label
         yield self._field
 
+    @property
+    def field(self) -> Widget:
+        return self._field
+
     # The label shows where the focus is (wizard.tcss styles .row-focus). Set here, not by CSS
     # :focus-within, which Textual does not re-apply to a sibling of the focused field.
     def on_descendant_focus(self) -> None:
@@ -155,7 +159,12 @@ class WizardScreen(Screen):
     def refresh_view(self) -> None:  # pragma: no cover - overridden
         pass
 
-    def show_step_problems(self, label_of=lambda key: key) -> None:
-        """Show the engine's problems with this step's fields in its StepProblems line."""
+    def show_step_problems(self, label_of=lambda key: key, field_id=lambda key: None) -> None:
+        """Show the engine's problems with this step's fields in its StepProblems line, and mark
+        the label of each field named (``field_id``: a key's widget id, None when it has none)."""
+        problems = self.state.step_problems(self.STEP)
         for box in self.query(StepProblems):
-            box.show(self.state.step_problems(self.STEP), label_of)
+            box.show(problems, label_of)
+        marked = {field_id(p.key) for p in problems} - {None}
+        for row in self.query(FormRow):
+            row.query_one("Label.form-label").set_class(row.field.id in marked, "has-problem")
