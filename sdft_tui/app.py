@@ -22,11 +22,11 @@ from sdft_tui.screens.dataset import DatasetScreen
 from sdft_tui.screens.help import HelpScreen
 from sdft_tui.screens.options import OptionsScreen
 from sdft_tui.screens.review import ReviewScreen, train_command
-from sdft_tui.screens.wizard_base import STEPS
+from sdft_tui.screens.wizard_base import STEPS, step_bindings, step_key
 from sdft_tui.session import WizardSession
 from sdft_tui.text import PlainNotifications
 
-STEP_NAMES = [name for name, _label in STEPS]
+STEP_NAMES = [step.name for step in STEPS]
 
 
 class SdftApp(PlainNotifications, App):
@@ -34,16 +34,12 @@ class SdftApp(PlainNotifications, App):
 
     CSS_PATH = "styles/wizard.tcss"
     TITLE = "sdft"
-    SCREENS = {"dataset": DatasetScreen, "captions": CaptionsScreen, "buckets": BucketsScreen,
-               "options": OptionsScreen, "review": ReviewScreen}
+    SCREENS = {screen.STEP: screen for screen in (DatasetScreen, CaptionsScreen, BucketsScreen, OptionsScreen,
+                                                  ReviewScreen)}
     BINDINGS = [
         # the footer cannot hold every key at 80 columns: F1 lists them all, and says so here
         Binding("f1", "help", "All keys"),
-        Binding("f2", "goto('dataset')", "Dataset", show=False),
-        Binding("f3", "goto('captions')", "Captions", show=False),
-        Binding("f4", "goto('buckets')", "Buckets", show=False),
-        Binding("f5", "goto('options')", "Options", show=False),
-        Binding("f6", "goto('review')", "Review", show=False),
+        *step_bindings(),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -73,7 +69,8 @@ class SdftApp(PlainNotifications, App):
                 self.start_dir = self.state.index.image_dir or self.run_toml.parent
         self.push_screen("dataset")
         if self.demo:
-            self.notify("The demo run: generated pictures and a tiny model. Look around, then F6 (Review) "
+            self.notify("The demo run: generated pictures and a tiny model. Look around, then "
+                        f"{step_key('review')} (Review) "
                         "and Ctrl+T trains it in about a minute on a CPU.", title="sdft demo", timeout=20)
         if self.state.hardware is None:
             self.probe_hardware()
@@ -221,8 +218,9 @@ class SdftApp(PlainNotifications, App):
 
     def get_system_commands(self, screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for i, (name, label) in enumerate(STEPS):
-            yield SystemCommand(f"Go to {label}", f"Step {i + 1} (F{i + 2})", lambda n=name: self.action_goto(n))
+        for i, step in enumerate(STEPS):
+            yield SystemCommand(f"Go to {step.label}", f"Step {i + 1} ({step.key.upper()})",
+                                lambda n=step.name: self.action_goto(n))
         yield SystemCommand("Help", "Keys and what each step does (F1)", self.action_help)
         from engine.plan import PRESETS
 

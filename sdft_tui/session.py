@@ -19,12 +19,30 @@ from engine.project.dataset_index import DatasetIndex
 from engine.project.labels import Edit
 from engine.project.project import Project
 from engine.project.records import PROBLEM_KINDS, ImageRecord, record_problems
-from engine.project.run_draft import DATASET_DEFAULTS, SIDECAR_MODES, canonical_key, value_problem
+from engine.project.run_draft import DATASET_DEFAULTS, SIDECAR_KEYS, SIDECAR_MODES, canonical_key, value_problem
+from engine.project.wizard_options import OPTION_KEYS
 
 # Token counts and the health check both load the CLIP tokenizer from worker threads; two threads
 # importing transformers' lazy modules at once fail with "cannot import name 'CLIPTokenizer'".
 TOKENIZER_LOCK = threading.Lock()
 _EXPECTED_LOAD_ERRORS = ("ScanError", "MetadataError", "ConfigError", "FileNotFoundError", "ValueError")
+
+
+def problem_step(key: str) -> str:
+    """The wizard step whose field a problem's dotted key names: Options for its keys, Buckets for
+    the batch, resolution and bucket keys, Dataset for the sidecars and the dataset tables
+    (``datasets[0].subsets[0].metadata_file``); Review for keys only the file holds."""
+    key = canonical_key(key)
+    if key in OPTION_KEYS:
+        return "options"
+    if key.startswith("datasets"):
+        name = key.rsplit(".", 1)[-1]
+        key = next((k for k in (f"dataset.{name}", f"subset.{name}") if k in DATASET_DEFAULTS), key)
+    if key in DATASET_DEFAULTS:
+        return "buckets"
+    if key in SIDECAR_KEYS or key.startswith(("data.", "datasets", "dataset.", "subset.")):
+        return "dataset"
+    return "review"
 
 
 @dataclass
@@ -56,6 +74,7 @@ class WizardSession:
     label_models: LabelModels = field(default_factory=LabelModels.from_env)
     user_set: set[str] = field(default_factory=set)  # keys the user typed or picked on a step
     saved_render: str | None = None         # the run file as last opened or saved (unsaved changes differ)
+    checked: tuple[str, list] | None = None  # (the run file as checked, the full check's problems)
 
     # ---------------------------------------------------------------- values
 
@@ -105,7 +124,9 @@ class WizardSession:
         return key in DATASET_DEFAULTS and (key in self.user_set or self.values.get(key) != DATASET_DEFAULTS[key])
 
     def set_sidecar_mode(self, mode: str) -> None:
-        """Read ``.txt`` sidecars as tags or as captions (a folder must be scanned again)."""
+        """Read ``.txt`` sidecars as tags or as captions (a folder must be scanned again); the
+        choice stands over what the files look like."""
+        self.project.sidecars_chosen = True
         for key, ext in SIDECAR_MODES[mode].items():
             self.set_by_user(key, ext)
 
@@ -260,4 +281,26 @@ class WizardSession:
         return self.project.validate(run_path)
 
     def full_check(self, run_path: Path | None = None) -> list:
-        return self.project.check(run_path)
+        """``sdft train --check`` on the file as it would be written (imports torch: a worker's job);
+        kept, so each step shows its own problems until the file changes."""
+        render = self.render_toml(run_path)
+        problems = self.project.check(run_path)
+        self.checked = (render, problems)
+        return problems
+
+    def step_problems(self, step: str) -> list:
+        """The errors and warnings whose key belongs to ``step`` (``problem_step``): the ones found
+        at once (the schema, keys left idle) and, while the file is unchanged, the last full check's."""
+        try:
+            render = self.render_toml()
+            problems = self.validate()
+        except Exception:  # noqa: BLE001 - nothing to render yet: nothing to report either
+            return []
+        if self.checked is not None and self.checked[0] == render:
+            problems = problems + self.checked[1]
+        seen, out = set(), []
+        for p in problems:
+            if p.severity in ("error", "warning") and problem_step(p.key) == step and (p.key, p.message) not in seen:
+                seen.add((p.key, p.message))
+                out.append(p)
+        return out

@@ -201,8 +201,10 @@ def _add_prepare(commands) -> None:
     p.add_argument("--clean", action="store_true", help="clean captions and tags (kohya's clean_captions_and_tags) while "
                    "building; given a metadata JSON, clean its entries (written to --out, or in place with a backup)")
     p.add_argument("--recursive", action="store_true", help="include sub-folders")
-    p.add_argument("--caption-extension", default=".caption")
-    p.add_argument("--tags-extension", default=".txt")
+    p.add_argument("--caption-extension", help="sidecar holding a caption (default: .caption, or .txt when the "
+                   ".txt files read as sentences)")
+    p.add_argument("--tags-extension", help="sidecar holding comma-separated tags (default: .txt, or .tags when the "
+                   ".txt files read as sentences)")
     p.add_argument("--resolution", type=_resolution, default=(512, 512), help="for the size checks (default 512)")
     p.add_argument("--max-token-length", type=int, default=75, choices=(75, 150, 225))
     p.add_argument("--no-write", action="store_true", help="only check; write nothing")
@@ -223,7 +225,9 @@ def _prepare(args) -> int:
 
     if is_layout(target):
         from engine.data.layout_cli import prepare_layout
+        from engine.data.sidecar_kind import DEFAULT_MODE, SIDECAR_EXTENSIONS
 
+        args.caption_extension = args.caption_extension or SIDECAR_EXTENSIONS[DEFAULT_MODE][0]
         return prepare_layout(target, args)
     if args.reg_dir:
         print(f"sdft prepare: --reg-dir goes with a folder of kohya's N_name sub-folders, and {target} holds "
@@ -239,6 +243,7 @@ def _prepare_folder(folder: Path, args) -> int:
     from engine.data.scan import ScanError
 
     console = _console()
+    _print_sidecar_reading(folder, args)
     out = Path(args.out) if args.out else folder / "metadata.json"
     existing = None
     if out.is_file():
@@ -293,6 +298,24 @@ def _prepare_folder(folder: Path, args) -> int:
     if report is None:
         return ExitCode.OK
     return _print_report(report, args, console)
+
+
+def _print_sidecar_reading(folder: Path, args) -> None:
+    """Settle which sidecar is the caption and which the tags, and say so in one line: as given,
+    or as the .txt files read (engine/data/sidecar_kind.py)."""
+    from engine.data.sidecar_kind import DEFAULT_MODE, SIDECAR_EXTENSIONS, extensions_meaning, guess_folder
+
+    notes = _console(stderr=args.json)
+    if args.caption_extension or args.tags_extension:
+        default_caption, default_tags = SIDECAR_EXTENSIONS[DEFAULT_MODE]
+        args.caption_extension = args.caption_extension or default_caption
+        args.tags_extension = args.tags_extension or default_tags
+        notes.print(f"sidecars as given: {extensions_meaning(args.caption_extension, args.tags_extension)}")
+        return
+    guess = guess_folder(folder, recursive=args.recursive)
+    args.caption_extension, args.tags_extension = SIDECAR_EXTENSIONS[guess.mode]
+    notes.print(f"{guess.reading()}; {extensions_meaning(args.caption_extension, args.tags_extension)} "
+                "(--caption-extension / --tags-extension choose)")
 
 
 def _is_metadata_file(path: Path) -> bool:

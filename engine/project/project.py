@@ -19,6 +19,7 @@ from engine.project.run_draft import DatasetLink, RunDraft
 if TYPE_CHECKING:
     from engine.config.problems import Problem
     from engine.data.buckets import Assignment, BucketReport
+    from engine.data.sidecar_kind import SidecarGuess
 
 METADATA_NAME = "sdft-metadata.json"
 
@@ -30,6 +31,10 @@ class Project:
     caption_rules: dict[str, Any] = field(default_factory=dict)   # the subset's join, prefix, ...
     metadata_beside_images: bool = False     # a folder's metadata JSON goes into the image folder
     labels: LabelStore = field(init=False)
+    # how the last folder's .txt files read (engine/data/sidecar_kind.py); None: not a folder
+    sidecar_guess: SidecarGuess | None = None
+    # the reading of .txt files follows the files until the user (or an opened run file) chooses
+    sidecars_chosen: bool = False
 
     def __post_init__(self) -> None:
         self._new_labels()
@@ -43,12 +48,48 @@ class Project:
 
         self.index = DatasetIndex(source=path)
         self._new_labels()
+        self._guess_sidecars(path)
         opened = open_dataset_source(path, self.draft, recursive=bool(self.draft.get("data.recursive", False)),
                                      progress=progress)
         self.index = opened.index
         if opened.caption_rules is not None:
             self.caption_rules = opened.caption_rules
         self._new_labels()
+
+    def _guess_sidecars(self, path: Path) -> None:
+        """A plain folder of images: read its .txt files as what they look like (captions or tags),
+        unless the reading was chosen (a run file's extensions, the user's choice)."""
+        from engine.data.kohya_folders import is_layout
+        from engine.data.sidecar_kind import guess_folder
+        from engine.project.run_draft import SIDECAR_MODES
+
+        self.sidecar_guess = None
+        if not path.is_dir() or is_layout(path):
+            return
+        self.sidecar_guess = guess_folder(path, recursive=bool(self.draft.get("data.recursive", False)))
+        if not self.sidecars_chosen and self.draft.document is None:
+            for key, extension in SIDECAR_MODES[self.sidecar_guess.mode].items():
+                self.draft.set(key, extension)
+
+    def sidecar_lines(self) -> list[str]:
+        """How the .txt sidecars are read and why (the files' look, the user's choice, the run
+        file), then what that changes: which file is the caption, which the tags, and how
+        training joins them."""
+        from engine.data.captions import join_separator
+        from engine.data.sidecar_kind import extensions_meaning
+
+        mode = self.draft.sidecar_mode
+        caption, tags = self.draft.get("data.caption_extension"), self.draft.get("data.tags_extension")
+        if mode == "custom":
+            why = "sidecars as the run file says"
+        elif self.sidecars_chosen:
+            why = f".txt sidecars read as {mode}: your choice"
+        elif self.sidecar_guess is not None and self.sidecar_guess.mode == mode and self.draft.document is None:
+            why = self.sidecar_guess.reading()
+        else:
+            why = f".txt sidecars read as {mode}, as the run file says"
+        join = join_separator(self.caption_rules.get("join", "separator"), self.caption_rules.get("separator") or ",")
+        return [why, extensions_meaning(caption, tags, join)]
 
     def _new_labels(self) -> None:
         self.labels = LabelStore(self.index, caption_extension=self.draft.get("data.caption_extension", ".caption"),
@@ -63,6 +104,28 @@ class Project:
         if record.caption_file:   # a folder subset's image: its own subset's class tokens
             rules.update(caption_file=True, class_tokens=record.class_tokens)
         return caption_as_trained(record.caption, record.tags, **rules)
+
+    def default_sample_prompt(self) -> str | None:
+        """A prompt for preview samples: the first image's text as it trains (caption and tags
+        joined), so the previews show the dataset's subject; None when no image has one."""
+        for record in self.index.records:
+            text = self.caption_as_trained(record).strip()
+            if text:
+                # one line; " --" would start a prompt option (kohya's --n, --w, ...) in the middle
+                return " ".join(text.split()).replace(" --", " -")
+        return None
+
+    def sample_prompts_from_text(self, text: str) -> str | list[str] | None:
+        """``sample.prompts`` for what was typed in one field: the name of an existing file is a
+        prompts file (found as the engine finds it: beside the run file, then as given); any
+        other text is one prompt; nothing is none."""
+        text = text.strip()
+        if not text:
+            return None
+        path = Path(text).expanduser()
+        if (self.default_run_path().parent / path).is_file() or path.is_file():
+            return text
+        return [text]
 
     def token_counts(self, records: Iterable[ImageRecord], v2: bool) -> list[int]:
         """Each record's token count as training tokenizes its caption (imports the tokenizer: call

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import tomlkit
 
 from engine.config import schema
+from engine.data.sidecar_kind import SIDECAR_EXTENSIONS
+from engine.project.wizard_options import OPTION_KEYS
 
 if TYPE_CHECKING:
     from dataclasses import Field
@@ -40,30 +42,25 @@ DATASET_DEFAULTS: dict[str, Any] = {
 }
 BUCKET_KEYS = ("enable_bucket", "bucket_no_upscale", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
 
-# The run keys a draft edits (the wizard's options step) and always carries.
-OPTION_KEYS = (
-    "model.pretrained_model_name_or_path", "model.v2", "model.v_parameterization", "model.clip_skip",
-    "model.max_token_length",
-    "train.mode", "train.output_dir", "train.output_name", "train.max_train_steps", "train.max_train_epochs",
-    "train.gradient_accumulation_steps", "train.train_text_encoder", "train.seed",
-    "optimizer.type", "optimizer.learning_rate", "optimizer.lr_scheduler", "optimizer.lr_warmup_steps",
-    "memory.mixed_precision", "memory.full_bf16", "memory.fused_backward_pass", "memory.gradient_checkpointing",
-    "memory.attention",
-    "cache.latents",
-    "save.format", "save.precision", "save.every_n_epochs",
-    "sample.every_n_steps", "sample.prompts",
-    "train.ema", "train.ema_cpu_offload",
-)
 DRAFT_OVERRIDES: dict[str, Any] = {"memory.gradient_checkpointing": True}
 
-# What a `.txt` sidecar holds: kohya's fine-tune recipe reads `.caption` captions and `.txt` tags;
-# DreamBooth-style folders hold captions in `.txt` (tags, if any, then go to `.tags`).
+# What a `.txt` sidecar holds (engine/data/sidecar_kind.py guesses it from the files): the run's
+# data.caption_extension and data.tags_extension for each reading.
 SIDECAR_KEYS = ("data.caption_extension", "data.tags_extension")
-SIDECAR_MODES = {
-    "tags": {"data.caption_extension": ".caption", "data.tags_extension": ".txt"},
-    "captions": {"data.caption_extension": ".txt", "data.tags_extension": ".tags"},
-}
-DRAFT_KEYS = OPTION_KEYS + SIDECAR_KEYS
+SIDECAR_MODES = {mode: dict(zip(SIDECAR_KEYS, extensions)) for mode, extensions in SIDECAR_EXTENSIONS.items()}
+
+
+def _schema_position(dotted: str) -> tuple[int, int]:
+    """Where a key stands in the schema (its table's place, then its own): a new file lists
+    the keys in the order docs/run-file.md documents them, whatever order the wizard asks."""
+    section, name = dotted.split(".", 1)
+    tables = list(schema.SECTIONS)
+    names = [f.name for f in fields(schema.SECTIONS[section])]
+    return tables.index(section), names.index(name)
+
+
+# The run keys a draft edits (the wizard's Options step, the sidecar choice) and always carries.
+DRAFT_KEYS = tuple(sorted(OPTION_KEYS + SIDECAR_KEYS, key=_schema_position))
 
 # Written to a new file even at their defaults, so the file shows the choices that matter.
 ALWAYS_WRITTEN = {
@@ -106,6 +103,12 @@ def field_meta(dotted: str) -> dict[str, Any]:
         return {}
 
 
+def field_type(dotted: str) -> Any:
+    """The declared type of a dotted run key (``int | None`` for ``train.max_train_epochs``)."""
+    section, name = dotted.split(".", 1)
+    return typing.get_type_hints(schema.SECTIONS[section])[name]
+
+
 def value_problem(dotted: str, value: Any) -> str | None:
     """What ``--check`` says about ``dotted = value`` on its own (type, bounds, choices, the key's
     meaning), or None when it fits: the wizard asks before it takes a typed value."""
@@ -116,7 +119,7 @@ def value_problem(dotted: str, value: Any) -> str | None:
         return key_problem(name, value, section)
     from engine.config.fields import check_value
 
-    _kept, problem = check_value(_field(dotted), typing.get_type_hints(schema.SECTIONS[section])[name], value)
+    _kept, problem = check_value(_field(dotted), field_type(dotted), value)
     return problem[0] if problem else None
 
 
@@ -269,16 +272,20 @@ class RunDraft:
         return run_path
 
     def validate(self, run_path: Path, dataset: DatasetLink) -> list[Problem]:
-        """The schema's problems (errors and warnings) for the file as it would be written."""
+        """The problems found without torch, at once, for the file as it would be written: the
+        schema's (errors and warnings) and keys the rest of the file leaves idle (sampling every
+        N steps without a prompt); ``check`` adds the model, the images and the optimizer."""
         from engine.config.problems import ConfigError
-        from engine.config.run_toml import parse_run_text
+        from engine.config.run_toml import collect_run_text
+        from engine.preflight.inert import check_inert_options
 
         try:
-            _config, _doc, warnings = parse_run_text(self.render(run_path, dataset), file=str(run_path),
-                                                     base_dir=run_path.parent)
-        except ConfigError as exc:
+            config, _doc, problems = collect_run_text(self.render(run_path, dataset), file=str(run_path),
+                                                      base_dir=run_path.parent)
+        except ConfigError as exc:   # not TOML at all
             return list(exc.problems)
-        return list(warnings)
+        check_inert_options(config, problems)
+        return list(problems.items)
 
     def check(self, run_path: Path, dataset: DatasetLink, *, skip_data: bool = False) -> list[Problem]:
         """What ``sdft train --check`` says about the file as it would be written (imports torch);

@@ -8,7 +8,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Checkbox, Footer, Input, Static
 
 from engine.project.run_draft import field_meta
-from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
+from sdft_tui.screens.wizard_base import FormRow, StepBar, StepProblems, WizardScreen
 from sdft_tui.widgets.bucket_histogram import BucketHistogram
 from sdft_tui.widgets.on_off import OnOffCheckbox
 
@@ -59,6 +59,7 @@ class BucketsScreen(WizardScreen):
                 yield OnOffCheckbox("No upscale", id="no_upscale", compact=True)
             with Vertical(id="bucket-view"):
                 yield BucketHistogram(id="histogram")
+                yield StepProblems()
                 yield Static(id="bucket-stats")
                 with VerticalScroll(id="bucket-details"):
                     yield Static(id="bucket-list")
@@ -114,6 +115,7 @@ class BucketsScreen(WizardScreen):
         self.refresh_view()
 
     def refresh_view(self) -> None:
+        self.show_step_problems(field_label, field_id)
         histogram = self.query_one("#histogram", BucketHistogram)
         stats = self.query_one("#bucket-stats", Static)
         details = self.query_one("#bucket-list", Static)
@@ -169,3 +171,19 @@ class BucketsScreen(WizardScreen):
 
 def _wid(key: str) -> str:
     return "f-" + key.replace(".", "-")
+
+
+def _field_of(key: str) -> tuple[str, str] | None:
+    """This step's (key, label) for a problem's key (``datasets[0].batch_size``: the batch size)."""
+    name = key.rsplit(".", 1)[-1]
+    return next(((k, label) for k, label in FIELDS if k.split(".", 1)[1] == name), None)
+
+
+def field_label(key: str) -> str:
+    found = _field_of(key)
+    return found[1] if found else key
+
+
+def field_id(key: str) -> str | None:
+    found = _field_of(key)
+    return _wid(found[0]) if found else None

@@ -9,7 +9,7 @@ from textual.containers import Horizontal, Vertical
 from textual import on
 from textual.widgets import Checkbox, DirectoryTree, Footer, Input, Label, ProgressBar, Select, Static
 
-from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
+from sdft_tui.screens.wizard_base import FormRow, StepBar, StepProblems, WizardScreen
 from engine.data.health import KIND_LABELS
 from engine.project.records import PROBLEM_KINDS
 from engine.project.sources import OPENABLE_SUFFIXES
@@ -63,6 +63,7 @@ class DatasetScreen(WizardScreen):
                               id="metadata-row")
                 yield ProgressBar(id="progress", show_eta=False)
                 yield Static(id="summary")
+                yield StepProblems()
                 yield HealthList(id="health", compact=True)
         yield Footer()
 
@@ -174,6 +175,7 @@ class DatasetScreen(WizardScreen):
     def refresh_view(self) -> None:
         if not self.is_mounted:
             return  # a worker finished before the screen (and its Select's parts) mounted: on_mount shows it
+        self.show_step_problems()
         state = self.state
         summary = self.query_one("#summary", Static)
         health = self.query_one("#health", HealthList)
@@ -211,7 +213,8 @@ class DatasetScreen(WizardScreen):
                         "from each image's caption file, else the folder's class tokens; no metadata file",
                         style="dim")
         elif state.index.metadata_file is None:
-            text.append(f"\n.txt sidecars read as {_sidecars_read_as(state)}", style="dim")
+            for line in state.project.sidecar_lines():
+                text.append(f"\n{line}", style="dim")
             text.append(f"\nsaving writes the metadata JSON {_metadata_place(state.project.metadata_beside_images)}",
                         style="dim")
         summary.update(text)
@@ -219,11 +222,3 @@ class DatasetScreen(WizardScreen):
                            [(short_path(path, state.index.image_dir), message) for path, message in files])
                     for kind, files in state.health().items()}
         health.show(findings, note="checking every image …" if state.health_report is None and findings else None)
-
-
-def _sidecars_read_as(state) -> str:
-    if state.draft.sidecar_mode == "captions":
-        return "captions (tags from .tags)"
-    if state.draft.sidecar_mode == "tags":
-        return "tags (captions from .caption)"
-    return f"set by the run file (captions {state.get('data.caption_extension')}, tags {state.get('data.tags_extension')})"

@@ -7,6 +7,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
+from sdft_tui.screens.wizard_base import step_keys_row
+
 HELP = """\
 # sdft wizard
 
@@ -15,7 +17,7 @@ Five steps turn a folder of images into a run file (`sdft train FILE` replays it
 | key | does |
 |---|---|
 | **ctrl+n / ctrl+b** | next / previous step |
-| **F2 … F6** | jump to Dataset, Captions, Buckets, Options, Review |
+{step_keys_row}
 | **ctrl+p** | command palette (every action, presets) |
 | **tab / shift+tab** | move between fields |
 | **F1** | this help (escape closes) |
@@ -39,6 +41,8 @@ Five steps turn a folder of images into a run file (`sdft train FILE` replays it
    code training uses). Yellow bars end in a partial batch; ↑n counts upscaled images.
 4. **Options**: model, length, learning rate, precision, memory. The VRAM line estimates peak GPU
    memory; when it does not fit, pick a suggestion (enter applies it). Presets per card size.
+   Sampling every N steps asks for a sample prompt (a caption of the dataset to start with), or
+   the name of a prompts file. Problems with a step's fields show on that step.
 5. **Review**: the file as it will be written, problems found by the engine's validator.
    **ctrl+s** saves (comments of an existing file are kept), **ctrl+t** saves and starts training,
    **ctrl+x** saves and quits printing the headless command.
@@ -74,7 +78,7 @@ class HelpScreen(ModalScreen):
 
     def compose(self):
         with VerticalScroll(id="help-body"):
-            yield Markdown(step_keys(self.app, self.step) + HELP)
+            yield Markdown(step_keys(self.app, self.step) + HELP.format(step_keys_row=step_keys_row()))
 
     def action_dismiss(self) -> None:
         self.dismiss()

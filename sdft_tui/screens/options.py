@@ -10,45 +10,15 @@ from textual.widgets import Checkbox, Footer, Input, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from sdft_tui.screens.buckets import FIELDS as BUCKET_FIELDS
-from sdft_tui.screens.wizard_base import FormRow, StepBar, WizardScreen
+from sdft_tui.screens.wizard_base import FormRow, StepBar, StepProblems, WizardScreen, step_key
 from engine.preflight.model import look_at_model
-from engine.project.run_draft import field_meta
+from engine.project.wizard_options import option_fields
 from sdft_tui.text import literal
 from sdft_tui.widgets.on_off import OnOffCheckbox
 
-# (key, label, kind, choices) -- kinds: text, int, int?, float, select, bool
-FIELDS = (
-    ("model.pretrained_model_name_or_path", "Base model", "text", None),
-    ("model.v2", "SD 2.x", "select", (("auto", "auto"), ("yes", True), ("no", False))),
-    ("model.v_parameterization", "v-prediction", "select", (("auto", "auto"), ("yes", True), ("no", False))),
-    ("train.mode", "Train", "select", (("full fine-tune", "full"), ("hypernetwork", "hypernetwork"))),
-    ("train.max_train_epochs", "Epochs (empty=steps)", "int?", None),
-    ("train.max_train_steps", "Steps", "int", None),
-    ("optimizer.learning_rate", "Learning rate", "float", None),
-    ("optimizer.lr_scheduler", "LR schedule", "select", None),
-    ("optimizer.lr_warmup_steps", "Warm-up steps", "int", None),
-    ("optimizer.type", "Optimizer", "select", None),
-    ("train.gradient_accumulation_steps", "Grad accumulation", "int", None),
-    ("memory.mixed_precision", "Mixed precision", "select", None),
-    ("memory.full_bf16", "Weights in bf16", "bool", None),
-    ("memory.fused_backward_pass", "Fused backward", "bool", None),
-    ("memory.gradient_checkpointing", "Grad checkpointing", "bool", None),
-    ("memory.attention", "Attention", "select", None),
-    ("model.clip_skip", "CLIP skip", "int", None),
-    ("model.max_token_length", "Max tokens", "select", None),
-    ("train.train_text_encoder", "Train text encoder", "bool", None),
-    ("train.ema", "EMA", "bool", None),
-    ("train.ema_cpu_offload", "EMA in CPU memory", "bool", None),
-    ("cache.latents", "Cache latents", "select", None),
-    ("train.output_dir", "Output folder", "text", None),
-    ("train.output_name", "Run name", "text", None),
-    ("save.format", "Save format", "select", None),
-    ("save.precision", "Save precision", "select", None),
-    ("save.every_n_epochs", "Save every N epochs", "int?", None),
-    ("sample.every_n_steps", "Sample every N steps", "int?", None),
-    ("sample.prompts", "Sample prompts file", "text?", None),
-    ("train.seed", "Seed (empty=random)", "int?", None),
-)
+# The form's fields, typed by the schema (engine/project/wizard_options.py holds the one list)
+FIELDS = option_fields()
+FIELD_DOCS = {field.key: field.doc for field in FIELDS}
 
 PRESET_CHOICES = (("8 GB card", 8), ("12 GB card", 12), ("16 GB card", 16), ("24 GB card", 24), ("48+ GB card", 48))
 
@@ -63,16 +33,33 @@ def _text(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _number(text: str) -> int | float:
+    """A whole number, or a fraction where the key takes one (a warm-up of 0.05 of the steps)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def _box_label(value) -> str:
     """A checkbox's words follow its state: the box alone is one colour apart on a 16-colour terminal."""
     return "on" if value else "off"
 
 
-def _inline_list(value) -> str | None:
-    """An inline list (sample prompts written in the TOML) is shown, not edited, here."""
-    if isinstance(value, (list, tuple)):
+def _read_only(kind: str, value) -> str | None:
+    """What a field shows, not edits, for a value the form has no way to type: several sample
+    prompts written in the run file."""
+    if kind.startswith("prompt") and isinstance(value, (list, tuple)) and len(value) != 1:
         return f"{len(value)} inline prompt(s): edit them in the run file"
     return None
+
+
+def _field_text(kind: str, value) -> str:
+    """The text a field shows for ``value``: one sample prompt is the prompt itself (a prompts
+    file, its name)."""
+    if kind.startswith("prompt") and isinstance(value, (list, tuple)) and len(value) == 1:
+        return str(value[0])
+    return _read_only(kind, value) or _text(value)
 
 
 def _a_card(size_gb: int) -> str:
@@ -83,11 +70,10 @@ def field_label(key: str) -> str:
     """The words a step shows for a dotted key ("Batch size" for dataset.batch_size)."""
     if key.startswith("general."):
         key = "dataset." + key.split(".", 1)[1]
-    for fields in (FIELDS, BUCKET_FIELDS):
-        for entry in fields:
-            if entry[0] == key:
-                return entry[1]
-    return key
+    for field in FIELDS:
+        if field.key == key:
+            return field.label
+    return dict(BUCKET_FIELDS).get(key, key)
 
 
 def preset_message(size: int, before: dict, after: dict, kept: dict) -> str:
@@ -99,14 +85,8 @@ def preset_message(size: int, before: dict, after: dict, kept: dict) -> str:
         current = after.get("dataset." + key.split(".", 1)[1] if key.startswith("general.") else key)
         if current != value:
             text += (f"\nkept {field_label(key)} {_text(current)} as set on Buckets "
-                     f"(the preset picks {_text(value)}; change it there, F4)")
+                     f"(the preset picks {_text(value)}; change it there, {step_key('buckets')})")
     return text
-
-
-def _choices(key: str, given):
-    if given is not None:
-        return given
-    return tuple((str(c), c) for c in field_meta(key).get("choices") or () if c is not None)
 
 
 class OptionsScreen(WizardScreen):
@@ -128,6 +108,7 @@ class OptionsScreen(WizardScreen):
     def compose(self):
         yield StepBar(self.STEP)
         yield Static(id="vram")
+        yield StepProblems()
         yield OptionList(id="suggestions", compact=True)
         yield FormRow("Preset", Select(PRESET_CHOICES, prompt="choose a card size", id="preset", compact=True),
                       id="preset-row")
@@ -139,20 +120,18 @@ class OptionsScreen(WizardScreen):
         form.can_focus = False  # its fields are the Tab stops; it scrolls to the focused one
         with form:
             values = self.state.values
-            for key, label, kind, choices in FIELDS:
-                doc = field_meta(key).get("doc", "")
+            for field in FIELDS:
+                key, kind, opts = field.key, field.kind, field.choices
                 value = values.get(key)
                 if kind == "select":
-                    opts = _choices(key, choices)
                     initial = value if value in [v for _l, v in opts] else opts[0][1]
                     widget = Select(opts, value=initial, allow_blank=False, id=_wid(key), compact=True)
                 elif kind == "bool":
                     widget = OnOffCheckbox(_box_label(value), bool(value), id=_wid(key), compact=True)
-                elif _inline_list(value):
-                    widget = Input(_inline_list(value), id=_wid(key), compact=True, disabled=True)
                 else:
-                    widget = Input(_text(value), id=_wid(key), compact=True)
-                yield FormRow(label, widget, tooltip=doc)
+                    widget = Input(_field_text(kind, value), id=_wid(key), compact=True,
+                                   disabled=_read_only(kind, value) is not None)
+                yield FormRow(field.label, widget, tooltip=field.doc, id="row-" + _wid(key))
             yield Static(id="model-info")
         yield Footer()
 
@@ -169,7 +148,8 @@ class OptionsScreen(WizardScreen):
 
     def _load_fields(self) -> None:
         v = self.state.values
-        for key, _label, kind, _c in FIELDS:
+        for field in FIELDS:
+            key, kind = field.key, field.kind
             widget = self.query_one("#" + _wid(key))
             value = v.get(key)
             if key in self._shown and self._shown[key] == value:
@@ -177,24 +157,23 @@ class OptionsScreen(WizardScreen):
             self._shown[key] = value
             with widget.prevent(Input.Changed, Select.Changed, Checkbox.Changed):
                 if kind == "select":
-                    options = [val for _lbl, val in _choices(key, _c)]
+                    options = [val for _words, val in field.choices]
                     if value in options:
                         widget.value = value
                 elif kind == "bool":
                     widget.value = bool(value)
                     widget.label = _box_label(value)
                 else:
-                    inline = _inline_list(value)
-                    widget.disabled = inline is not None
-                    text = inline or _text(value)
+                    widget.disabled = _read_only(kind, value) is not None
+                    text = _field_text(kind, value)
                     if widget.value != text:
                         widget.value = text
-                    self.accept(widget, field_label(key), field_meta(key).get("doc") or None)
+                    self.accept(widget, field_label(key), FIELD_DOCS[key] or None)
 
     def _kind(self, wid: str):
-        for key, _label, kind, _c in FIELDS:
-            if _wid(key) == wid:
-                return key, kind
+        for field in FIELDS:
+            if _wid(field.key) == wid:
+                return field.key, field.kind
         return None, None
 
     @on(Input.Changed)
@@ -202,18 +181,22 @@ class OptionsScreen(WizardScreen):
         key, kind = self._kind(event.input.id or "")
         if key is None or event.input.disabled:
             return
-        label, tooltip = field_label(key), field_meta(key).get("doc") or None
+        label, tooltip = field_label(key), FIELD_DOCS[key] or None
         text = event.value.strip()
-        if text == _text(self.state.get(key)).strip():
+        if text == _field_text(kind, self.state.get(key)).strip():
             self.accept(event.input, label, tooltip)
             return  # the field was only (re)loaded: keep the value as the file has it (e.g. a list)
         try:
-            if kind in ("int?", "text?") and text == "":
+            if kind.endswith("?") and text == "":
                 value = None
             elif kind in ("int", "int?"):
                 value = int(text)
-            elif kind == "float":
+            elif kind in ("number", "number?"):
+                value = _number(text)
+            elif kind in ("float", "float?"):
                 value = float(text)
+            elif kind.startswith("prompt"):   # one inline prompt (sample.prompts = ["..."]) or a file
+                value = self.state.project.sample_prompts_from_text(text)
             else:
                 value = text
         except ValueError:
@@ -227,7 +210,17 @@ class OptionsScreen(WizardScreen):
         self._set(key, value)
         if key == "model.pretrained_model_name_or_path":
             self.detect_model(text)
+        if key.startswith("sample.every_n") and value is not None:
+            self._default_prompt()
         self.refresh_view()
+
+    def _default_prompt(self) -> None:
+        """Sampling was turned on without a prompt: start from a caption of the dataset."""
+        if self.state.get("sample.prompts") is None:
+            prompt = self.state.project.default_sample_prompt()
+            if prompt:
+                self.state.set("sample.prompts", [prompt])
+                self._load_fields()
 
     @on(Select.Changed)
     def _select(self, event: Select.Changed) -> None:
@@ -333,6 +326,10 @@ class OptionsScreen(WizardScreen):
         from engine.plan import GB, N_UNET, estimate_peak_vram, suggest
 
         self._show_gpu_choice()
+        # the prompt matters when sampling is on (or a prompt is set: a problem may name the field)
+        self.query_one("#row-" + _wid("sample.prompts")).display = \
+            self.state.get("sample.every_n_steps") is not None or self.state.get("sample.prompts") is not None
+        self.show_step_problems(field_label, lambda key: _wid(key) if key in FIELD_DOCS else None)
         vram = self.query_one("#vram", Static)
         suggestions = self.query_one("#suggestions", OptionList)
         info = self.query_one("#model-info", Static)

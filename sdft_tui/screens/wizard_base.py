@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -9,12 +11,37 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Label, Static
 
-STEPS = (("dataset", "Dataset"), ("captions", "Captions"), ("buckets", "Buckets"),
-         ("options", "Options"), ("review", "Review"))
+
+class Step(NamedTuple):
+    name: str    # the screen's name (SdftApp.SCREENS) and its STEP
+    label: str   # the step bar's word
+    key: str     # the key that opens it from any step
+
+
+# The wizard's steps in order, with their keys: the step bar, next/back, the F-key bindings, the
+# help's key table and the command palette all follow this one list (F1 is help).
+STEPS = (Step("dataset", "Dataset", "f2"), Step("captions", "Captions", "f3"), Step("buckets", "Buckets", "f4"),
+         Step("options", "Options", "f5"), Step("review", "Review", "f6"))
+
+
+def step_key(name: str) -> str:
+    """The key that opens step ``name``, as the footer and messages write it ("F4")."""
+    return next(step.key for step in STEPS if step.name == name).upper()
+
+
+def step_bindings() -> list[Binding]:
+    """One binding per step: its key opens it (not in the footer: the step bar names the steps)."""
+    return [Binding(step.key, f"goto({step.name!r})", step.label, show=False) for step in STEPS]
+
+
+def step_keys_row() -> str:
+    """The help table's row for the step keys: "F2 … F6 | jump to Dataset, ..., Review"."""
+    keys = f"{STEPS[0].key.upper()} … {STEPS[-1].key.upper()}"
+    return f"| **{keys}** | jump to {', '.join(step.label for step in STEPS)} |"
 
 
 class StepBar(Static):
-    """`sdft  1 Dataset › 2 Captions › ...` with the current step highlighted (F2-F6 jump there)."""
+    """`sdft  1 Dataset › 2 Captions › ...` with the current step highlighted (each step's key jumps there)."""
 
     def __init__(self, current: str):
         super().__init__(id="stepbar")
@@ -23,11 +50,35 @@ class StepBar(Static):
     def render(self):
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(" sdft ", style="bold reverse")
-        for i, (name, label) in enumerate(STEPS):
+        for i, step in enumerate(STEPS):
             text.append("  " if i == 0 else " › ")
-            style = "bold reverse" if name == self.current else "dim" if name != self.current else ""
-            text.append(f"{i + 1} {label}", style=style)
+            text.append(f"{i + 1} {step.label}", style="bold reverse" if step.name == self.current else "dim")
         return text
+
+
+class StepProblems(Static):
+    """The problems the engine finds in fields of this step (``WizardSession.step_problems``), one
+    line each with the field's label: the user fixes them here, not only on Review. Hidden when
+    there are none."""
+
+    DEFAULT_CSS = "StepProblems { height: auto; max-height: 4; padding: 0 1; }"
+
+    def __init__(self) -> None:
+        super().__init__(id="step-problems")
+
+    def show(self, problems: list, label_of=lambda key: key) -> None:
+        text = Text()
+        for p in problems[:3]:
+            if text:
+                text.append("\n")
+            text.append(f"{p.severity}: {label_of(p.key)}: {p.message}",
+                        style="bold red" if p.severity == "error" else "yellow")
+            if p.hint:
+                text.append(f" — {p.hint}", style="dim")
+        if len(problems) > 3:
+            text.append(f"\n… and {len(problems) - 3} more ({step_key('review')} Review lists them all)")
+        self.update(text)
+        self.display = bool(problems)
 
 
 class FormRow(Horizontal):
@@ -53,6 +104,10 @@ class FormRow(Horizontal):
             self._field.tooltip = self._tooltip
         yield label
         yield self._field
+
+    @property
+    def field(self) -> Widget:
+        return self._field
 
     # The label shows where the focus is (wizard.tcss styles .row-focus). Set here, not by CSS
     # :focus-within, which Textual does not re-apply to a sibling of the focused field.
@@ -103,3 +158,13 @@ class WizardScreen(Screen):
 
     def refresh_view(self) -> None:  # pragma: no cover - overridden
         pass
+
+    def show_step_problems(self, label_of=lambda key: key, field_id=lambda key: None) -> None:
+        """Show the engine's problems with this step's fields in its StepProblems line, and mark
+        the label of each field named (``field_id``: a key's widget id, None when it has none)."""
+        problems = self.state.step_problems(self.STEP)
+        for box in self.query(StepProblems):
+            box.show(problems, label_of)
+        marked = {field_id(p.key) for p in problems} - {None}
+        for row in self.query(FormRow):
+            row.query_one("Label.form-label").set_class(row.field.id in marked, "has-problem")
