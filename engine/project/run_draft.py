@@ -47,7 +47,7 @@ DRAFT_OVERRIDES: dict[str, Any] = {"memory.gradient_checkpointing": True}
 # What a `.txt` sidecar holds (engine/data/sidecar_kind.py guesses it from the files): the run's
 # data.caption_extension and data.tags_extension for each reading.
 SIDECAR_KEYS = ("data.caption_extension", "data.tags_extension")
-SIDECAR_MODES = {mode: dict(zip(SIDECAR_KEYS, extensions)) for mode, extensions in SIDECAR_EXTENSIONS.items()}
+SIDECAR_MODES = {mode: dict(zip(SIDECAR_KEYS, extensions, strict=True)) for mode, extensions in SIDECAR_EXTENSIONS.items()}
 
 
 def _schema_position(dotted: str) -> tuple[int, int]:

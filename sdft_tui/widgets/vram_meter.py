@@ -62,7 +62,7 @@ class VramMeter(Widget):
             figures = [format_bytes(value) for _, value in rows]
             figure_w = max(8, *(len(figure) for figure in figures))
             bar_w = width - LABEL_WIDTH - figure_w - 1
-            for (name, value), figure in zip(rows, figures):
+            for (name, value), figure in zip(rows, figures, strict=True):
                 frac = (value / total) if (total and value is not None) else None
                 style = "vram-meter--peak" if name == "peak" else "vram-meter--bar"
                 if frac is not None and frac > 0.95:
