@@ -51,7 +51,9 @@ def _lr(entry):
 
 
 def test_the_registry_has_every_kohya_name_and_the_schema_takes_them():
-    from engine.config.schema import OptimizerConfig, fields
+    from dataclasses import fields
+
+    from engine.config.schema import OptimizerConfig
 
     for name in KOHYA_NAMES:
         assert registry.find(name) is not None, name

@@ -37,7 +37,9 @@ def test_every_entry_names_a_builder_or_loader_that_exists():
 def test_the_consumers_read_the_registry():
     """One table: the schema's choices, the planner, --check's packages, the labelling CLI and the
     wizard's selects show the same names."""
-    from engine.config.schema import OptimizerConfig, fields
+    from dataclasses import fields
+
+    from engine.config.schema import OptimizerConfig
     from engine.hardware import OPTION_NEEDS
     from engine.labeling.options import TAGGERS
     from engine.plan import PlanOptions, estimate_peak_vram

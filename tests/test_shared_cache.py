@@ -11,6 +11,7 @@ import pytest
 
 from engine.data.cache_prune import manifest_path, referenced_keys, register_run, write_manifest
 from engine.train.cache_cli import cache_command
+from engine.vocabulary import ExitCode
 from test_run_lock import ENV, HOLD
 
 
@@ -51,7 +52,7 @@ def test_prune_refuses_while_a_run_in_another_output_dir_is_live(tmp_path, capsy
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(theirs)], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert cache_command(["prune", str(mine)]) == 2
+        assert cache_command(["prune", str(mine)]) == ExitCode.BUSY
         err = capsys.readouterr().err
         assert str(theirs) in err and f"PID {holder.pid}" in err
         assert stale.exists()

@@ -39,14 +39,15 @@ def test_f1_lists_every_key_of_the_step_the_footer_has_no_room_for(tmp_path):
             footer = screen_text(app).splitlines()[-1]
             assert "f1 All keys" in footer, step
             wanted = {app.get_key_display(b) + " " + b.description
-                      for group in screen._bindings.key_to_bindings.values() for b in group if b.description}
+                      for group in screen._bindings.key_to_bindings.values() for b in group
+                      if b.description and not b.key.startswith("super+")}   # macOS twins of ctrl+ keys
             await pilot.press("f1")
             await pilot.pause()
             assert isinstance(app.screen, HelpScreen)
             listed = app.screen.query_one("Markdown").source
             for entry in wanted:
                 shown, description = entry.split(" ", 1)
-                assert f"| **{shown}** | {description} |" in listed, (step, entry)
+                assert f"- **{shown}** {description}" in listed, (step, entry)
             await pilot.press("escape")
             await pilot.pause()
 

@@ -57,14 +57,16 @@ def step_keys(app, screen) -> str:
     bindings = [b for owner in owners for group in owner._bindings.key_to_bindings.values() for b in group]
     for binding in bindings:
         shown = app.get_key_display(binding)
-        if not binding.description or shown in seen:
-            continue
+        if not binding.description or shown in seen or binding.key.startswith("super+"):
+            continue   # super+ keys repeat a ctrl+ key for macOS terminals
         seen.add(shown)
-        rows.append(f"| **{shown}** | {binding.description} |")
+        rows.append(f"- **{shown}** {binding.description}")
     if not rows:
         return ""
-    rows.append("| **ctrl+p** | command palette (every action, presets) |")
-    return "## Keys on this step\n\n| key | does |\n|---|---|\n" + "\n".join(rows) + "\n\n"
+    if "^p" not in seen:
+        rows.append("- **^p** command palette (every action, presets)")
+    # A list, not a table: one line per key, so a step's keys fit on an 80x24 screen
+    return "## Keys on this step\n\n" + "\n".join(rows) + "\n\n"
 
 
 class HelpScreen(ModalScreen):
