@@ -1,0 +1,68 @@
+"""The one interface every model family's adapter implements, and the planner's figures it
+carries. No torch at import: the planner and the wizard read adapters before any model loads.
+
+The generic code (the Trainer and its components, the sampler, the checkpointer, ``sdft
+convert``, the planner) asks the family of the loaded model, ``engine.families.family_of``,
+instead of testing which family it is (docs/architecture.md, "Model families").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class PlanCoefficients:
+    """The VRAM planner's per-family figures (engine/plan/estimate.py explains each term)."""
+    unet_params: float                    # trained U-Net parameters
+    text_params: float                    # the text encoder(s)
+    heads: tuple[int, int]                # attention heads at the top and second latent level
+    hypernetwork_widths: tuple[int, ...]  # the attention widths a hypernetwork hooks
+    largest_param: float                  # the largest U-Net tensor (a fused step's transient)
+    largest_text_param: float             # the largest text-encoder tensor
+    adafactor_state_bytes: float          # Adafactor's state bytes per parameter (factored shapes)
+    shard_unit_params: float              # the largest unit sharding gathers at once
+
+
+class Family:
+    """A model family's answers. Subclasses set the class attributes and implement the methods;
+    every method gets the model ``load`` returned (an ``engine.models.load.LoadedModel``)."""
+
+    name: str                 # the registry's id (engine/registry/families.py)
+    label: str                # "SD 1.x", for messages
+    vae_scale: float          # latents x this have unit spread (the VAE's config may say otherwise)
+    plan: PlanCoefficients
+
+    def native_side(self, v_prediction: bool) -> int:
+        """The image side the base model was trained at (sample and bucket defaults)."""
+        raise NotImplementedError
+
+    def load(self, source: str, **options) -> Any:
+        """The model at ``source`` (single file, diffusers folder or hub id), fp32 on the CPU."""
+        raise NotImplementedError
+
+    def prompt_encoder(self, model, *, max_token_length: int, clip_skip: int, weighted: bool,
+                       warn: Callable[[str], None] | None = None) -> Any:
+        """The object whose ``tokenize`` and ``encode`` turn captions into the U-Net's text states."""
+        raise NotImplementedError
+
+    def unet_conditioning(self, model, batch) -> dict:
+        """What the U-Net takes besides the noisy latents, the timesteps and the text states, as
+        keyword arguments (SDXL: the pooled text and the size/crop ids). None by default."""
+        return {}
+
+    def save(self, path: str | Path, model, *, unet, text_encoder, v_prediction: bool, fmt: str,
+             precision: str, metadata: Mapping[str, str] | None = None, epoch: int = 0, global_step: int = 0,
+             scheduler_overrides: Mapping | None = None) -> Path:
+        """Write ``model`` with the given (trained) parts in ``fmt`` (engine.models.save.FORMATS)."""
+        raise NotImplementedError
+
+    def sampling_pipeline(self, model, unet, scheduler) -> Any:
+        """diffusers' pipeline around the model's parts and ``unet`` (the trained one)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{self.label} family adapter>"
