@@ -86,3 +86,29 @@ def test_the_prompt_encoder_and_the_pipeline_come_from_the_family(flavour):
     pipe = preview_pipeline(model, c["unet"], DDIMScheduler())
     assert isinstance(pipe, StableDiffusionPipeline) and pipe.unet is c["unet"] and pipe.vae is c["vae"]
 
+
+def test_a_new_family_is_one_adapter_and_one_registry_entry(monkeypatch):
+    """The planner (and everything else) finds a family through the registry alone."""
+    import dataclasses
+
+    from engine import families
+    from engine.families.base import Family
+    from engine.plan import PlanOptions, estimate_peak_vram
+    from engine.registry import families as registry
+
+    sd1 = families.family("sd1")
+
+    class Big(Family):
+        name, label, vae_scale = "big", "Big", 0.1
+        plan = dataclasses.replace(sd1.plan, unet_params=2 * sd1.plan.unet_params)
+
+    monkeypatch.setitem(sys.modules, "big_family", SimpleNamespace(BIG=Big()))
+    monkeypatch.setattr(registry, "FAMILIES", (*registry.FAMILIES, registry.FamilyEntry("big", "Big", "big_family:BIG")))
+    families.family.cache_clear()
+    try:
+        small = estimate_peak_vram(PlanOptions(family="sd1")).breakdown
+        big = estimate_peak_vram(PlanOptions(family="big")).breakdown
+    finally:
+        families.family.cache_clear()
+    weights = [k for k in small if k.startswith("U-Net weights")]
+    assert weights and all(big[k] == pytest.approx(2 * small[k]) for k in weights)
