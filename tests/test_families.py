@@ -18,11 +18,12 @@ def test_every_registry_entry_resolves_to_its_adapter():
     from engine.families.base import Family
     from engine.registry.families import FAMILIES
 
-    assert [f.name for f in every_family()] == [e.name for e in FAMILIES] == ["sd1", "sd2"]
+    assert [f.name for f in every_family()] == [e.name for e in FAMILIES] == ["sd1", "sd2", "sdxl"]
     for entry in FAMILIES:
         adapter = family(entry.name)
         assert isinstance(adapter, Family) and adapter.name == entry.name and adapter.label == entry.label
-    with pytest.raises(ValueError, match="unknown model family 'sd9': use one of sd1, sd2"):
+    assert [e.name for e in FAMILIES if e.refused] == ["sdxl"]
+    with pytest.raises(ValueError, match="unknown model family 'sd9': use one of sd1, sd2, sdxl"):
         family("sd9")
 
 
@@ -112,3 +113,117 @@ def test_a_new_family_is_one_adapter_and_one_registry_entry(monkeypatch):
         families.family.cache_clear()
     weights = [k for k in small if k.startswith("U-Net weights")]
     assert weights and all(big[k] == pytest.approx(2 * small[k]) for k in weights)
+
+
+@pytest.mark.parametrize("flavour", ["sd1", "sd2"])
+def test_the_family_is_detected_from_a_folder_or_a_header_and_loads_the_model(flavour, tmp_path, request):
+    """A diffusers folder by its configs, a .safetensors file by its header; a .ckpt shows nothing
+    before it loads and goes to the SD loader, which detects it as it loads."""
+    from engine.families.sources import detect_family, load_base
+    from models_helpers import save_tiny_single
+
+    folder = request.getfixturevalue(f"tiny_{flavour}")
+    single = save_tiny_single(tmp_path / "m.safetensors", flavour)
+    ckpt = save_tiny_single(tmp_path / "m.ckpt", flavour, fmt="ckpt")
+    assert detect_family(folder).name == flavour
+    assert detect_family(single).name == flavour
+    assert detect_family(ckpt) is None
+    for source in (folder, single, ckpt):
+        model = load_base(str(source), hash_file=False)
+        assert model.family == flavour and model.v2 == (flavour == "sd2")
+
+
+def test_a_setting_overrides_the_detected_sd_family(tiny_sd1):
+    """model.v2 = true on a folder detected as SD1: the SD loader takes the setting, as before,
+    and the model belongs to the family it loaded as."""
+    from engine.families.sources import detect_family, load_base
+
+    assert detect_family(tiny_sd1).name == "sd1"
+    model = load_base(str(tiny_sd1), v2=True)
+    assert model.family == "sd2" and any("from your setting model.v2 = true" in line for line in model.report)
+
+
+def test_a_family_the_registry_refuses_is_refused_before_loading(monkeypatch, tmp_path):
+    from engine import families
+    from engine.families.base import Family
+    from engine.families.sources import load_base
+    from engine.models.errors import ModelLoadError
+    from engine.registry import families as registry
+
+    class Odd(Family):
+        name, label = "odd", "Odd"
+
+        def recognises(self, view):
+            return bool(view.unet_config.get("odd"))
+
+        def load(self, source, **options):
+            raise AssertionError("a refused family must not load")
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text('{"odd": true}')
+    monkeypatch.setitem(sys.modules, "odd_family", SimpleNamespace(ODD=Odd()))
+    monkeypatch.setattr(registry, "FAMILIES", (*registry.FAMILIES,
+                                               registry.FamilyEntry("odd", "Odd", "odd_family:ODD", "not yet.")))
+    families.family.cache_clear()
+    try:
+        with pytest.raises(ModelLoadError, match=r": an Odd model\. not yet\.$"):
+            load_base(str(tmp_path))
+    finally:
+        families.family.cache_clear()
+
+
+def _tiny_sdxl_file(path):
+    """A tiny SDXL single file in kohya's layout (engine/families/sdxl/keys.py)."""
+    from safetensors.torch import save_file
+
+    from engine.families.sdxl.keys import diffusers_to_single_file
+    from engine.families.sdxl.tiny import build_tiny_sdxl_components
+
+    c = build_tiny_sdxl_components()
+    sd = diffusers_to_single_file(*(c[k].state_dict() for k in ("unet", "vae", "text_encoder", "text_encoder_2")))
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return path
+
+
+def test_sdxl_is_detected_and_refused_with_its_reason(tmp_path):
+    """The SDXL adapter recognises a folder and a single file; no run loads one until the loop
+    works for SDXL, and --check's model probe says the same reason."""
+    from engine.families import family
+    from engine.families.sdxl.tiny import save_tiny_sdxl_model
+    from engine.families.sources import detect_family, load_base
+    from engine.models.errors import ModelLoadError
+    from engine.models.load import load_model
+
+    folder = save_tiny_sdxl_model(tmp_path / "xl")
+    single = _tiny_sdxl_file(tmp_path / "xl.safetensors")
+    for source in (folder, single):
+        assert detect_family(source) is family("sdxl")
+        with pytest.raises(ModelLoadError, match=r"an SDXL model\. SDXL training is not available yet: "):
+            load_base(str(source))
+        with pytest.raises(ModelLoadError, match=r"SDXL training is not available yet: "):
+            load_model(str(source), hash_file=False)
+
+
+def test_sdxl_owns_its_scale_side_text_encoding_and_pipeline():
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from engine.families import family
+    from engine.families.sdxl.text_encoding import SdxlPromptEncoder
+    from engine.families.sdxl.tiny import build_tiny_sdxl_components
+    from engine.plan import PlanOptions, estimate_peak_vram
+
+    xl = family("sdxl")
+    assert (xl.vae_scale, xl.native_side(False), xl.native_side(True)) == (0.13025, 1024, 1024)
+    c = build_tiny_sdxl_components()
+    model = SimpleNamespace(family="sdxl", **c)
+    encoder = xl.prompt_encoder(model, max_token_length=225, clip_skip=1, weighted=False)
+    assert isinstance(encoder, SdxlPromptEncoder) and encoder.chunks == 3
+    assert encoder.text_encoder2 is c["text_encoder_2"]
+    with pytest.raises(ValueError, match="model.clip_skip = 2: SDXL reads fixed layers"):
+        xl.prompt_encoder(model, max_token_length=75, clip_skip=2, weighted=False)
+    with pytest.raises(ValueError, match="train.weighted_captions: not available for SDXL yet"):
+        xl.prompt_encoder(model, max_token_length=75, clip_skip=1, weighted=True)
+    pipe = xl.sampling_pipeline(model, c["unet"], EulerDiscreteScheduler())
+    assert isinstance(pipe, StableDiffusionXLPipeline) and pipe.text_encoder_2 is c["text_encoder_2"]
+    with pytest.raises(ValueError, match="the planner has no figures for SDXL yet"):
+        estimate_peak_vram(PlanOptions(family="sdxl"))

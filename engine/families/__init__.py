@@ -14,8 +14,9 @@ ask the family's adapter instead of testing ``v2`` flags:
 * the sampling pipeline;
 * the planner's memory coefficients.
 
-The interface is ``base.Family``; ``sd/`` holds the SD1 and SD2 adapters, ``sdxl/`` the SDXL
-foundations (not yet wired into the Trainer). Adding a family means one folder here and one
+The interface is ``base.Family``; detection and loading are in ``sources.py``; ``sd/`` holds
+the SD1 and SD2 adapters, ``sdxl/`` the SDXL foundations and its adapter, which the registry
+refuses until the training loop works for SDXL. Adding a family means one folder here and one
 entry in engine/registry/families.py (docs/architecture.md, "Model families").
 """
 

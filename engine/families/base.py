@@ -34,7 +34,12 @@ class Family:
     name: str                 # the registry's id (engine/registry/families.py)
     label: str                # "SD 1.x", for messages
     vae_scale: float          # latents x this have unit spread (the VAE's config may say otherwise)
-    plan: PlanCoefficients
+    plan: PlanCoefficients | None   # None: the planner has no figures for it yet
+
+    def recognises(self, view) -> bool:
+        """Whether the source seen as ``view`` (``engine.families.sources.SourceView``: a
+        .safetensors header's tensors, a diffusers folder's configs) holds this family."""
+        return False
 
     def native_side(self, v_prediction: bool) -> int:
         """The image side the base model was trained at (sample and bucket defaults)."""

@@ -76,12 +76,16 @@ GIB = 2**30
 
 
 def coefficients(name: str) -> PlanCoefficients:
-    """The planner's figures of the family ``name``; ValueError for a family the registry lacks."""
-    return family(name).plan
+    """The planner's figures of the family ``name``; ValueError for a family the registry lacks
+    or one without figures yet."""
+    adapter = family(name)
+    if adapter.plan is None:
+        raise ValueError(f"the planner has no figures for {adapter.label} yet")
+    return adapter.plan
 
 
 # Trained U-Net parameters by family, for the parameter counts the wizard and the speed matrix show.
-N_UNET = {f.name: f.plan.unet_params for f in every_family()}
+N_UNET = {f.name: f.plan.unet_params for f in every_family() if f.plan is not None}
 N_VAE = 83.65e6
 # bf16 weights written back with stochastic rounding (engine/train/weight_update.py): the fp32
 # copies of a piece (parameter, gradient, random bits: 12 bytes an element), 2^25 elements a piece.

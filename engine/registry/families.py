@@ -21,9 +21,16 @@ class FamilyEntry:
 FAMILIES: tuple[FamilyEntry, ...] = (
     FamilyEntry("sd1", "SD 1.x", "engine.families.sd.adapters:SD1"),
     FamilyEntry("sd2", "SD 2.x", "engine.families.sd.adapters:SD2"),
+    FamilyEntry("sdxl", "SDXL", "engine.families.sdxl.adapter:SDXL",
+                refused="SDXL training is not available yet: its loading, conditioning and saving are "
+                        "being wired into the loop (docs/sdxl.md); use an SD 1.x or 2.x model, or kohya's "
+                        "sdxl_train.py"),
 )
 
 NAMES: tuple[str, ...] = tuple(e.name for e in FAMILIES)
+# A source that shows nothing before it loads (a .ckpt, a hub id) goes to this family's loader:
+# the SD loader, which tells SD 1.x from 2.x as it loads.
+DEFAULT = "sd1"
 
 
 def family_entry(name: str) -> FamilyEntry:
@@ -33,4 +40,4 @@ def family_entry(name: str) -> FamilyEntry:
     raise ValueError(f"unknown model family {name!r}: use one of {', '.join(e.name for e in FAMILIES)}")
 
 
-__all__ = ["FAMILIES", "NAMES", "FamilyEntry", "family_entry"]
+__all__ = ["DEFAULT", "FAMILIES", "NAMES", "FamilyEntry", "family_entry"]

@@ -57,10 +57,10 @@ def default_side(model, noise: NoiseTables) -> int:
 def load_base_model(cfg, device: torch.device, say: Say):
     """The base model (fp32, CPU) and its noise tables; checks the options that need a
     v-prediction model."""
-    from engine.models.load import load_model
+    from engine.families.sources import load_base
 
     m = cfg.model
-    model = load_model(
+    model = load_base(
         cfg.resolve(m.pretrained_model_name_or_path), v2=m.v2, v_parameterization=m.v_parameterization,
         vae=cfg.resolve(m.vae), tokenizer_dir=cfg.resolve(m.tokenizer_dir),
         allow_unsafe_pickle=m.allow_unsafe_pickle, use_ema=m.use_ema_weights,

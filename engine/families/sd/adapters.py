@@ -17,13 +17,31 @@ class StableDiffusion(Family):
     vae_scale = SD_VAE_SCALE
     v2: bool
 
+    def recognises(self, view) -> bool:
+        from engine.models.detect import CONV_IN_KEY, detect_v2_folder, detect_v2_single_file
+
+        if view.tensors:
+            if CONV_IN_KEY not in view.tensors or any(k.startswith("conditioner.") for k in view.tensors):
+                return False   # not an LDM checkpoint, or SDXL's layout
+            return detect_v2_single_file(view.tensors)[0] == self.v2
+        unet = view.unet_config
+        if not unet or unet.get("addition_embed_type"):
+            return False
+        width = unet.get("cross_attention_dim")
+        if not isinstance(width, int):
+            return False
+        return detect_v2_folder(width, str(view.text_config.get("hidden_act", "quick_gelu")))[0] == self.v2
+
     def native_side(self, v_prediction: bool) -> int:
         return 512
 
     def load(self, source: str, **options):
+        """The SD loader (engine/models/load.py); ``options`` are ``load_model``'s, ``v2`` among
+        them: a setting overrides what it detects, so the model may belong to the other SD family
+        (``LoadedModel.family`` says which)."""
         from engine.models.load import load_model
 
-        return load_model(source, v2=self.v2, **options)
+        return load_model(source, **options)
 
     def prompt_encoder(self, model, *, max_token_length, clip_skip, weighted, warn=None):
         from engine.models.text_encoding import PromptEncoder
