@@ -26,7 +26,8 @@ from engine.bench import data as data_bench
 from engine.data import cli as data_cli
 from engine.kohya import cli as kohya_cli
 from engine.labeling import cli as labeling_cli
-from engine.models import convert_cli, tokens_cli
+from engine.families import convert_cli
+from engine.models import tokens_cli
 from engine.train import cache_cli, samples_cli
 from engine.vocabulary import ExitCode, RunStatus
 
