@@ -227,3 +227,33 @@ def test_sdxl_owns_its_scale_side_text_encoding_and_pipeline():
     assert isinstance(pipe, StableDiffusionXLPipeline) and pipe.text_encoder_2 is c["text_encoder_2"]
     with pytest.raises(ValueError, match="the planner has no figures for SDXL yet"):
         estimate_peak_vram(PlanOptions(family="sdxl"))
+
+
+def test_a_run_loads_conditions_and_saves_through_the_family(tmp_path, tiny_sd1, monkeypatch):
+    """The Trainer asks the SD1 adapter to load, for each micro-batch's extra U-Net arguments
+    (which reach the U-Net), and to save the final model."""
+    from engine.events import ListSink
+    from engine.families import family
+    from engine.runner import run_training
+    from train_helpers import make_run
+
+    sd1, calls = family("sd1"), []
+    original = {name: getattr(sd1, name) for name in ("load", "unet_conditioning", "save")}
+
+    def recording(name, result=None):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return original[name](*args, **kwargs) if result is None else result
+        return call
+
+    for name in ("load", "save"):
+        monkeypatch.setattr(sd1, name, recording(name))
+    # A real keyword the U-Net takes: the adapter's answer reaches the call.
+    monkeypatch.setattr(sd1, "unet_conditioning", recording("unet_conditioning", {"return_dict": True}))
+    result = run_training(make_run(tmp_path, tiny_sd1, steps=2), sink=ListSink())
+    assert result.status == "completed", result.message
+    assert calls == ["load", "unet_conditioning", "unet_conditioning", "save"]
+
+    monkeypatch.setattr(sd1, "unet_conditioning", recording("unet_conditioning", {"no_such_argument": 1}))
+    result = run_training(make_run(tmp_path / "b", tiny_sd1, steps=1), sink=ListSink())
+    assert result.status == "failed" and "no_such_argument" in result.message
