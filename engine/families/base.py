@@ -19,12 +19,18 @@ class PlanCoefficients:
     """The VRAM planner's per-family figures (engine/plan/estimate.py explains each term)."""
     unet_params: float                    # trained U-Net parameters
     text_params: float                    # the text encoder(s)
-    heads: tuple[int, int]                # attention heads at the top and second latent level
+    heads: tuple[int, int]                # attention heads at the top (64² latent) and 32² levels
     hypernetwork_widths: tuple[int, ...]  # the attention widths a hypernetwork hooks
-    largest_param: float                  # the largest U-Net tensor (a fused step's transient)
-    largest_text_param: float             # the largest text-encoder tensor
-    adafactor_state_bytes: float          # Adafactor's state bytes per parameter (factored shapes)
-    shard_unit_params: float              # the largest unit sharding gathers at once
+    # The largest single tensor a fused backward pass steps at a time (SD: a 3x3 conv of 1280 ->
+    # 1280 channels), and the text encoder's (its token embedding) when it trains.
+    largest_param: float
+    largest_text_param: float
+    # Adafactor factors its second moment over the last two dims, which barely helps 3x3 convs:
+    # its bytes per parameter depend on the U-Net's shapes.
+    adafactor_state_bytes: float
+    # memory.sharding gathers one unit at a time (engine/train/sharding.py units_of): the largest,
+    # a resnet or attention of the widest blocks, counted on the built-in configs.
+    shard_unit_params: float
 
 
 class Family:
