@@ -230,30 +230,56 @@ def test_sdxl_owns_its_scale_side_text_encoding_and_pipeline():
 
 
 def test_a_run_loads_conditions_and_saves_through_the_family(tmp_path, tiny_sd1, monkeypatch):
-    """The Trainer asks the SD1 adapter to load, for each micro-batch's extra U-Net arguments
-    (which reach the U-Net), and to save the final model."""
+    """The Trainer asks the SD1 adapter to load, for each micro-batch's U-Net inputs (whose extra
+    arguments reach the U-Net), and to save the final model."""
     from engine.events import ListSink
     from engine.families import family
     from engine.runner import run_training
     from train_helpers import make_run
 
     sd1, calls = family("sd1"), []
-    original = {name: getattr(sd1, name) for name in ("load", "unet_conditioning", "save")}
+    original = {name: getattr(sd1, name) for name in ("load", "unet_inputs", "save")}
 
-    def recording(name, result=None):
+    def recording(name, extra=None):
         def call(*args, **kwargs):
             calls.append(name)
-            return original[name](*args, **kwargs) if result is None else result
+            result = original[name](*args, **kwargs)
+            return result if extra is None else (result[0], extra)
         return call
 
     for name in ("load", "save"):
         monkeypatch.setattr(sd1, name, recording(name))
     # A real keyword the U-Net takes: the adapter's answer reaches the call.
-    monkeypatch.setattr(sd1, "unet_conditioning", recording("unet_conditioning", {"return_dict": True}))
+    monkeypatch.setattr(sd1, "unet_inputs", recording("unet_inputs", {"return_dict": True}))
     result = run_training(make_run(tmp_path, tiny_sd1, steps=2), sink=ListSink())
     assert result.status == "completed", result.message
-    assert calls == ["load", "unet_conditioning", "unet_conditioning", "save"]
+    assert calls == ["load", "unet_inputs", "unet_inputs", "save"]
 
-    monkeypatch.setattr(sd1, "unet_conditioning", recording("unet_conditioning", {"no_such_argument": 1}))
+    monkeypatch.setattr(sd1, "unet_inputs", recording("unet_inputs", {"no_such_argument": 1}))
     result = run_training(make_run(tmp_path / "b", tiny_sd1, steps=1), sink=ListSink())
     assert result.status == "failed" and "no_such_argument" in result.message
+
+
+def test_sdxl_unet_inputs_run_the_tiny_sdxl_unet():
+    """Both encoders' states, the pooled text and each image's six size and crop numbers, as
+    diffusers' SDXL pipeline hands them to its U-Net."""
+    import torch
+
+    from engine.families import family
+    from engine.families.sdxl.conditioning import size_conditioning
+    from engine.families.sdxl.tiny import build_tiny_sdxl_components
+
+    xl, c = family("sdxl"), build_tiny_sdxl_components()
+    model = SimpleNamespace(family="sdxl", **c)
+    text = xl.prompt_encoder(model, max_token_length=75, clip_skip=1, weighted=False)(["a", "b c"], "cpu")
+    sizes = [size_conditioning((96, 64), (64, 64)), size_conditioning((64, 80), (64, 64), flipped=True)]
+    states, extra = xl.unet_inputs(model, SimpleNamespace(size_conditioning=sizes), text, torch.float32)
+    assert torch.equal(states, torch.cat([text.states1, text.states2], dim=2))
+    assert torch.equal(extra["added_cond_kwargs"]["text_embeds"], text.pooled)
+    assert extra["added_cond_kwargs"]["time_ids"].tolist() == [list(s.time_ids()) for s in sizes]
+    noisy = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pred = c["unet"](noisy, torch.tensor([10, 500]), states, **extra).sample
+    assert pred.shape == noisy.shape and torch.isfinite(pred).all()
+    with pytest.raises(ValueError, match="an SDXL batch needs each image's size and crop conditioning"):
+        xl.unet_inputs(model, SimpleNamespace(), text, torch.float32)

@@ -60,10 +60,11 @@ class Family:
         """The object whose ``tokenize`` and ``encode`` turn captions into the U-Net's text states."""
         raise NotImplementedError
 
-    def unet_conditioning(self, model, batch) -> dict:
-        """What the U-Net takes besides the noisy latents, the timesteps and the text states, as
-        keyword arguments (SDXL: the pooled text and the size/crop ids). None by default."""
-        return {}
+    def unet_inputs(self, model, batch, text, dtype) -> tuple[Any, dict]:
+        """The U-Net's text states and its other keyword arguments besides the noisy latents and
+        the timesteps, in ``dtype``, from the prompt encoder's output ``text`` and the batch
+        (SDXL: the pooled text and each image's size and crop ids). By default the states alone."""
+        return text.to(dtype), {}
 
     def save(self, path: str | Path, model, *, unet, text_encoder, v_prediction: bool, fmt: str,
              precision: str, metadata: Mapping[str, str] | None = None, epoch: int = 0, global_step: int = 0,

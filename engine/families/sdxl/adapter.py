@@ -1,7 +1,7 @@
 """The SDXL adapter, a skeleton: it owns what this folder already provides (detection, the VAE
-scale, the native side, text encoding, the preview pipeline's class) and is refused by the
-registry (engine/registry/families.py) until the training loop works for SDXL. What is left
-to wire is listed in docs/sdxl.md."""
+scale, the native side, text encoding, the U-Net's inputs, the preview pipeline's class) and is
+refused by the registry (engine/registry/families.py) until the training loop works for SDXL.
+What is left to wire is listed in docs/sdxl.md."""
 
 from __future__ import annotations
 
@@ -46,9 +46,19 @@ class _SDXL(Family):
         return SdxlPromptEncoder(model.text_encoder, model.text_encoder_2, max_token_length=max_token_length,
                                  tokenizer=model.tokenizer)
 
-    def unet_conditioning(self, model, batch) -> dict:
-        raise NotImplementedError("SDXL's pooled text and size/crop ids are not wired into the loop yet "
-                                  "(docs/sdxl.md)")
+    def unet_inputs(self, model, batch, text, dtype):
+        """Both encoders' states side by side; the pooled text and the six size and crop numbers
+        the data pipeline recorded per image (``batch.size_conditioning``, conditioning.py) as
+        diffusers' ``added_cond_kwargs``. The numbers stay fp32: exact, where bf16 is not."""
+        from engine.families.sdxl.conditioning import add_time_ids
+
+        conditions = getattr(batch, "size_conditioning", None)
+        if not conditions:
+            raise ValueError("an SDXL batch needs each image's size and crop conditioning, recorded when "
+                             "it is bucketed; this batch has none")
+        time_ids = add_time_ids(conditions, device=text.pooled.device)
+        return text.states.to(dtype), {"added_cond_kwargs": {"text_embeds": text.pooled.to(dtype),
+                                                             "time_ids": time_ids}}
 
     def sampling_pipeline(self, model, unet, scheduler):
         from diffusers import StableDiffusionXLPipeline
