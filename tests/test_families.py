@@ -283,3 +283,22 @@ def test_sdxl_unet_inputs_run_the_tiny_sdxl_unet():
     assert pred.shape == noisy.shape and torch.isfinite(pred).all()
     with pytest.raises(ValueError, match="an SDXL batch needs each image's size and crop conditioning"):
         xl.unet_inputs(model, SimpleNamespace(), text, torch.float32)
+
+
+def test_check_train_and_convert_refuse_an_sdxl_model_with_the_reason(tmp_path, tiny_sd1, capsys):
+    """No key accepts SDXL yet: --check, a run and sdft convert all exit 2 with the registry's
+    reason, on a folder and on a single file."""
+    from engine.cli import main
+    from engine.families.sdxl.tiny import save_tiny_sdxl_model
+    from train_helpers import make_run
+
+    folder = save_tiny_sdxl_model(tmp_path / "xl")
+    single = _tiny_sdxl_file(tmp_path / "xl.safetensors")
+    for index, model in enumerate((folder, single)):
+        config = make_run(tmp_path / f"run{index}", tiny_sd1)
+        config.write_text(config.read_text().replace(str(tiny_sd1), str(model)))
+        for argv in (["train", str(config), "--check"], ["train", str(config)],
+                     ["convert", str(model), str(tmp_path / f"out{index}.safetensors")]):
+            assert main(argv) == 2, argv
+            out = capsys.readouterr()
+            assert "SDXL training is not available yet" in out.out + out.err, argv
