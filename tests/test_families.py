@@ -302,3 +302,18 @@ def test_check_train_and_convert_refuse_an_sdxl_model_with_the_reason(tmp_path, 
             assert main(argv) == 2, argv
             out = capsys.readouterr()
             assert "SDXL training is not available yet" in out.out + out.err, argv
+
+
+def test_save_takes_the_trained_parts_by_role_and_the_rest_from_the_model(tmp_path):
+    from engine.families import family
+    from engine.models.load import load_model
+    from models_helpers import assert_same_weights, tiny
+
+    base, trained_unet = tiny("sd1"), tiny("sd1", seed=1)["unet"]
+    model = SimpleNamespace(family="sd1", **base)
+    path = family("sd1").save(tmp_path / "m.safetensors", model, trained={"unet": trained_unet},
+                              v_prediction=False, fmt="safetensors", precision="float")
+    back = load_model(str(path), hash_file=False)
+    assert_same_weights(back.unet, trained_unet)
+    assert_same_weights(back.text_encoder, base["text_encoder"])
+    assert_same_weights(back.vae, base["vae"])

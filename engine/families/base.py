@@ -66,10 +66,12 @@ class Family:
         (SDXL: the pooled text and each image's size and crop ids). By default the states alone."""
         return text.to(dtype), {}
 
-    def save(self, path: str | Path, model, *, unet, text_encoder, v_prediction: bool, fmt: str,
-             precision: str, metadata: Mapping[str, str] | None = None, epoch: int = 0, global_step: int = 0,
-             scheduler_overrides: Mapping | None = None) -> Path:
-        """Write ``model`` with the given (trained) parts in ``fmt`` (engine.models.save.FORMATS)."""
+    def save(self, path: str | Path, model, *, v_prediction: bool, fmt: str, precision: str,
+             trained: Mapping[str, Any] | None = None, metadata: Mapping[str, str] | None = None,
+             epoch: int = 0, global_step: int = 0, scheduler_overrides: Mapping | None = None) -> Path:
+        """Write ``model`` in ``fmt`` (engine.models.save.FORMATS). ``trained`` holds the parts a
+        run trained, by the model's role names ("unet", "text_encoder", ...), unwrapped and maybe
+        gathered; every other part comes from ``model``."""
         raise NotImplementedError
 
     def sampling_pipeline(self, model, unet, scheduler) -> Any:

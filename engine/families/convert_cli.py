@@ -91,8 +91,8 @@ def _convert(args) -> int:
         keep = {k: v for k, v in loaded.metadata.items()
                 if k.startswith(("modelspec.", "sdft.")) and k not in _RECOMPUTED}
         family = family_of(loaded)
-        written = family.save(out, loaded, unet=loaded.unet, text_encoder=loaded.text_encoder,
-                              v_prediction=loaded.v_parameterization, fmt=fmt, precision=precision, metadata=keep)
+        written = family.save(out, loaded, v_prediction=loaded.v_parameterization, fmt=fmt, precision=precision,
+                              metadata=keep)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -49,12 +49,13 @@ class StableDiffusion(Family):
         return PromptEncoder(model.tokenizer, model.text_encoder, max_token_length=max_token_length,
                              clip_skip=clip_skip, v2=self.v2, weighted=weighted, warn=warn)
 
-    def save(self, path, model, *, unet, text_encoder, v_prediction, fmt, precision,
+    def save(self, path, model, *, v_prediction, fmt, precision, trained: Mapping | None = None,
              metadata: Mapping[str, str] | None = None, epoch=0, global_step=0,
              scheduler_overrides: Mapping | None = None) -> Path:
         from engine.models.save import save_model
 
-        return save_model(path, unet=unet, text_encoder=text_encoder, vae=model.vae, v2=self.v2,
+        parts = {"unet": model.unet, "text_encoder": model.text_encoder, **(trained or {})}
+        return save_model(path, unet=parts["unet"], text_encoder=parts["text_encoder"], vae=model.vae, v2=self.v2,
                           v_parameterization=v_prediction, fmt=fmt, precision=precision, metadata=metadata,
                           epoch=epoch, global_step=global_step, text_extras=getattr(model, "text_extras", None),
                           scheduler_config=getattr(model, "scheduler_config", None),

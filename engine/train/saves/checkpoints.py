@@ -89,7 +89,7 @@ class Checkpointer(StepHook):
             elif c.hypernetwork is not None:
                 self._save_hypernetwork(ctx, path)
             else:
-                family_of(c.model).save(path, c.model, unet=unet, text_encoder=text_encoder,
+                family_of(c.model).save(path, c.model, trained={"unet": unet, "text_encoder": text_encoder},
                                         v_prediction=c.noise.v_prediction, fmt=self.cfg.save.format,
                                         precision=self.cfg.save.precision, metadata=self.metadata(ctx),
                                         epoch=ctx.epoch, global_step=ctx.step,
