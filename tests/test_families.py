@@ -317,3 +317,17 @@ def test_save_takes_the_trained_parts_by_role_and_the_rest_from_the_model(tmp_pa
     assert_same_weights(back.unet, trained_unet)
     assert_same_weights(back.text_encoder, base["text_encoder"])
     assert_same_weights(back.vae, base["vae"])
+
+
+def test_what_no_family_recognises_goes_to_the_sd_loader_and_its_errors(tmp_path):
+    """A LoRA file is no family's: it reaches the SD loader, which names what it is."""
+    import torch
+
+    from engine.families.sources import detect_family, load_base
+    from engine.models.errors import ModelLoadError
+    from models_helpers import write_file
+
+    lora = write_file(tmp_path / "lora.safetensors", {"lora_unet_down.lora_down.weight": torch.zeros(4, 4)})
+    assert detect_family(lora) is None
+    with pytest.raises(ModelLoadError, match="this is a LoRA file, not a base model"):
+        load_base(str(lora), hash_file=False)
