@@ -26,7 +26,8 @@ from engine.bench import data as data_bench
 from engine.data import cli as data_cli
 from engine.kohya import cli as kohya_cli
 from engine.labeling import cli as labeling_cli
-from engine.models import convert_cli, tokens_cli
+from engine.families import convert_cli
+from engine.models import tokens_cli
 from engine.train import cache_cli, samples_cli
 from engine.vocabulary import ExitCode, RunStatus
 
@@ -480,13 +481,14 @@ def planned_model_line(config) -> str:
     """Which model ``sdft plan`` planned for, read from its headers (no weights loaded); the
     planner's figures are for a full-size model of that family, which a small test model is not."""
     from engine.config.problems import ProblemList
+    from engine.families import family
     from engine.preflight.model import probe_model
 
     probe = probe_model(config, ProblemList(file=""))
     source = config.model.pretrained_model_name_or_path
     if probe.small:
         return (f"Model: {source}: {probe.label()}; the figures below are for a full-size "
-                f"{'SD 2.x' if probe.v2 else 'SD 1.x'} model, far more than this one needs.")
+                f"{family(probe.family or 'sd1').label} model, far more than this one needs.")
     return f"Model: {source}: {probe.label()}."
 
 

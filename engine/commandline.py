@@ -1,7 +1,7 @@
 """The shape of the one ``sdft`` argument tree.
 
 :mod:`engine.cli` builds the whole tree; each module that owns commands (``engine.data.cli``,
-``engine.labeling.cli``, ``engine.models.tokens_cli``, ``engine.models.convert_cli``,
+``engine.labeling.cli``, ``engine.models.tokens_cli``, ``engine.families.convert_cli``,
 ``engine.bench.data``) adds them with its ``register(commands)``, each command's parser
 carrying the function that runs it (``run``). A module's own ``X_command(argv)`` parses
 through a tree holding only its commands, so ``sdft X ...`` and ``X_command([...])`` read

@@ -102,7 +102,7 @@ def old_stack_generates(folder: Path, scheduler: str) -> None:
 
 
 def test_convert_fp16_single_file_generates(tmp_path):
-    from engine.models.convert_cli import convert_command
+    from engine.families.convert_cli import convert_command
 
     single = save_tiny_single(tmp_path / "m.safetensors", "sd1", precision="fp16")
     folder = tmp_path / "out"
@@ -116,7 +116,7 @@ def test_convert_fp16_single_file_generates(tmp_path):
 
 @pytest.mark.parametrize("precision,stored", [("fp16", "F16"), ("fp32", "F32")])
 def test_convert_pndm_diffusers_source_keeps_its_scheduler(tmp_path, precision, stored):
-    from engine.models.convert_cli import convert_command
+    from engine.families.convert_cli import convert_command
 
     source = pndm_source(tmp_path / "src")
     folder = tmp_path / "out"
@@ -130,7 +130,7 @@ def test_convert_pndm_diffusers_source_keeps_its_scheduler(tmp_path, precision, 
 
 
 def test_scheduler_survives_a_single_file_in_between(tmp_path):
-    from engine.models.convert_cli import convert_command
+    from engine.families.convert_cli import convert_command
 
     source = pndm_source(tmp_path / "src")
     single = tmp_path / "mid.safetensors"

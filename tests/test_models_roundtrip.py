@@ -147,7 +147,7 @@ def test_metadata_from_trainer_is_written(tmp_path):
 
 
 def test_convert_command_all_ways(tmp_path, tiny_sd2, capsys):
-    from engine.models.convert_cli import convert_command
+    from engine.families.convert_cli import convert_command
     from engine.models.load import load_model
 
     c = tiny("sd2")

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.train.objective import LATENT_SCALE
+from engine.families.sd.adapters import SD_VAE_SCALE
 
 # diffusers clamps a posterior's log-variance to [-30, 20]; -30 makes its std 3e-7.
 POINT_LOG_VARIANCE = -30.0
@@ -61,7 +61,7 @@ def family_named(name: str) -> Family:
     raise ValueError(f"unknown model family {name!r}: use {', '.join(f.name for f in FAMILIES)}")
 
 
-def calibrate_vae(vae, pixels, scaling_factor: float = LATENT_SCALE) -> dict:
+def calibrate_vae(vae, pixels, scaling_factor: float = SD_VAE_SCALE) -> dict:
     """Rescale ``vae`` in place so that its posterior is a point and ``scaling_factor`` x its
     latents of ``pixels`` (N, 3, H, W in [-1, 1]) have zero mean and unit spread per channel.
     Returns the spread before and after, for the report."""

@@ -47,10 +47,10 @@ def encode_latents(model, paths, side: int) -> torch.Tensor:
 
 def prompt_encoder_for(model, clip_skip: int):
     """The training recipe's prompt encoder (75 tokens, this clip skip) on the model's text encoder."""
-    from engine.models.text_encoding import PromptEncoder
+    from engine.families import family_of
 
-    return PromptEncoder(model.tokenizer, model.text_encoder, clip_skip=clip_skip, v2=model.v2,
-                         warn=lambda _text: None)
+    return family_of(model).prompt_encoder(model, max_token_length=75, clip_skip=clip_skip, weighted=False,
+                                           warn=lambda _text: None)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import torch
 
 from engine.control import RunControl
 from engine.events import ListSink
+from engine.families import family_of
 from engine.train import forward
 from engine.train.context import RunParts, StepContext, StepHook
 
@@ -106,6 +107,7 @@ def time_bare(parts: RunParts, steps: int, warmup: int) -> tuple[float, int]:
     unet, optimizer = parts.bundle.unet, parts.bundle.optimizer
     cumprod, device = parts.components.noise.cumprod, parts.device
     dtype = forward.unet_dtype(parts)
+    family = family_of(parts.components.model)
     samples = 0
     start = None
     for i, batch in enumerate(batches):
@@ -120,8 +122,9 @@ def time_bare(parts: RunParts, steps: int, warmup: int) -> tuple[float, int]:
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         with parts.accelerator.autocast():
             with torch.no_grad():
-                context = parts.components.prompt_encoder(batch.captions, device)
-            pred = unet(noisy.to(dtype), t, context.to(dtype)).sample
+                text = parts.components.prompt_encoder(batch.captions, device)
+            context, extra = family.unet_inputs(parts.components.model, batch, text, dtype)
+            pred = unet(noisy.to(dtype), t, context, **extra).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise)
         parts.accelerator.backward(loss)
         optimizer.step()

@@ -14,7 +14,41 @@ ask the family's adapter instead of testing ``v2`` flags:
 * the sampling pipeline;
 * the planner's memory coefficients.
 
-Adding a family means one folder here and one registry entry (docs/sdxl.md has the
-proposed interface and where SD1/SD2 code for each job lives today). ``sdxl/`` holds the
-SDXL foundations, not yet wired into the Trainer.
+The interface is ``base.Family``; detection and loading are in ``sources.py``; ``sd/`` holds
+the SD1 and SD2 adapters, ``sdxl/`` the SDXL foundations and its adapter, which the registry
+refuses until the training loop works for SDXL. Adding a family means one folder here and one
+entry in engine/registry/families.py (docs/architecture.md, "Model families").
 """
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from engine.families.base import Family
+from engine.registry import families as registry
+
+
+@cache
+def family(name: str) -> Family:
+    """The adapter of the family named ``name`` in the registry (ValueError for an unknown name)."""
+    module, _, attribute = registry.family_entry(name).adapter.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def family_of(model) -> Family:
+    """The adapter of a loaded model (``engine.models.load.LoadedModel.family``)."""
+    return family(model.family)
+
+
+def family_of_settings(model_settings) -> str:
+    """The family a run file's ``[model]`` table names before the model loads (the planner's
+    guess): ``model.v2 = true`` is SD 2.x, anything else SD 1.x until loading detects it."""
+    return "sd2" if model_settings.v2 is True else "sd1"
+
+
+def every_family() -> tuple[Family, ...]:
+    return tuple(family(entry.name) for entry in registry.FAMILIES)
+
+
+__all__ = ["Family", "every_family", "family", "family_of", "family_of_settings"]

@@ -12,6 +12,7 @@ from typing import Callable, Mapping
 
 from engine.models.convert import SD1_TEXT_PREFIX, SD2_TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
 from engine.models.errors import ModelLoadError
+from engine.registry.families import family_entry
 
 SD2_TEXT_KEY = SD2_TEXT_PREFIX + "transformer.resblocks.0.attn.in_proj_weight"
 ATTN2_K_KEY = UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
@@ -45,9 +46,7 @@ def check_supported(sd: Mapping, path: str) -> None:
             "model.pretrained_model_name_or_path to the SD checkpoint the LoRA was made for "
             "(merge the LoRA into it first with another tool if you want its effect)")
     if any(k.startswith("conditioner.embedders.") for k in keys) or UNET_PREFIX + "label_emb.0.0.weight" in sd:
-        raise ModelLoadError(
-            f"{path}: this is an SDXL checkpoint. sdft trains SD 1.x and 2.x only; use an SD1/SD2 "
-            "checkpoint (or an SDXL trainer such as kohya's sdxl_train.py)")
+        raise ModelLoadError(f"{path}: this is an SDXL checkpoint. {family_entry('sdxl').refused}")
     if any(k.startswith("depth_model.") for k in keys):
         raise ModelLoadError(f"{path}: this is an SD2 depth-to-image model, which sdft does not support; "
                              "use a text-to-image SD1/SD2 checkpoint")
@@ -88,7 +87,7 @@ def check_supported_folder(folder, unet_config: Mapping) -> None:
         raise ModelLoadError(f"{folder}: {kind} ({channels} U-Net input channels); sdft "
                              "trains plain text-to-image SD1/SD2 models")
     if unet_config.get("addition_embed_type") or unet_config.get("cross_attention_dim") == 2048:
-        raise ModelLoadError(f"{folder}: this is an SDXL model; sdft trains SD 1.x and 2.x only")
+        raise ModelLoadError(f"{folder}: this is an SDXL model. {family_entry('sdxl').refused}")
 
 
 def detection_source(v2: bool, how: str, context_width: int | None) -> str:

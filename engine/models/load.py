@@ -57,6 +57,13 @@ class LoadedModel:
     has_ema: bool = False
     source_dtype: str | None = None   # "float32" | "float16" | "bfloat16": the U-Net's stored dtype
     scheduler_config: dict | None = None  # the source's inference scheduler (class included), kept on save
+    family: str = ""   # its family's id in engine/registry/families.py; empty: from v2
+
+    def __post_init__(self) -> None:
+        # The one place the SD1/SD2 flag names a family; everything else asks the family
+        # (engine.families.family_of).
+        if not self.family:
+            self.family = "sd2" if self.v2 else "sd1"
 
 
 def training_scheduler(v2: bool, v_parameterization: bool):

@@ -7,8 +7,8 @@ their sources), suggestions (``suggestions.py``), presets per card size (``prese
 """
 
 from engine.plan.estimate import (
-    ACT_PER_SAMPLE, ADAFACTOR, CTX_BYTES, FRAG, GB, GIB, HEADS, HYPERNET_WIDTHS, MARGIN, N_TE, N_UNET, N_VAE,
-    TAIL_PER_SAMPLE, Estimate, PlanOptions, estimate_peak_vram, fmt_gb, hypernetwork_params,
+    ACT_PER_SAMPLE, CTX_BYTES, FRAG, GB, GIB, MARGIN, N_UNET, N_VAE, TAIL_PER_SAMPLE, Estimate, PlanOptions,
+    coefficients, estimate_peak_vram, fmt_gb, hypernetwork_params,
 )
 from engine.plan.presets import (
     PRESETS, apply_preset_to_options, budget_for_preset, ceil_gb, preset_for, preset_values,
@@ -17,8 +17,8 @@ from engine.plan.report import plan_report
 from engine.plan.suggestions import INSTEAD, Suggestion, runnable_values, suggest
 
 __all__ = [
-    "ACT_PER_SAMPLE", "ADAFACTOR", "CTX_BYTES", "FRAG", "GB", "GIB", "HEADS", "HYPERNET_WIDTHS", "INSTEAD", "MARGIN",
-    "N_TE", "N_UNET", "N_VAE", "PRESETS", "TAIL_PER_SAMPLE", "Estimate", "PlanOptions", "Suggestion",
-    "apply_preset_to_options", "budget_for_preset", "ceil_gb", "estimate_peak_vram", "fmt_gb",
+    "ACT_PER_SAMPLE", "CTX_BYTES", "FRAG", "GB", "GIB", "INSTEAD", "MARGIN", "N_UNET", "N_VAE", "PRESETS",
+    "TAIL_PER_SAMPLE", "Estimate", "PlanOptions", "Suggestion", "apply_preset_to_options", "budget_for_preset",
+    "ceil_gb", "coefficients", "estimate_peak_vram", "fmt_gb",
     "hypernetwork_params", "plan_report", "preset_for", "preset_values", "runnable_values", "suggest",
 ]

@@ -1,7 +1,8 @@
 """VRAM planner, the estimate: the peak GPU memory of a training configuration.
 
 Pure Python (no torch): the wizard calls it on every keystroke of the options screen. The
-optimizers' coefficients are in engine/registry/optimizers.py.
+optimizers' coefficients are in engine/registry/optimizers.py, each model family's in its adapter
+(``Family.plan``, engine/families/).
 
 The model (first principles, per GPU, one process)
 --------------------------------------------------
@@ -66,23 +67,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.families import every_family, family, family_of_settings
+from engine.families.base import PlanCoefficients
 from engine.registry import optimizers
 
 GB = 1e9
 GIB = 2**30
 
-N_UNET = {"sd1": 859.5e6, "sd2": 865.9e6}
-N_TE = {"sd1": 123.1e6, "sd2": 340.4e6}  # CLIP ViT-L/14 text tower | OpenCLIP ViT-H/14 text tower
-N_VAE = 83.65e6
-# Attention heads at the 64²-latent (top) and 32²-latent levels: SD1 uses 8 heads everywhere,
-# SD2 uses 64-wide heads (320/64 = 5, 640/64 = 10).
-HEADS = {"sd1": (8, 8), "sd2": (5, 10)}
-HYPERNET_WIDTHS = {"sd1": (320, 640, 768, 1280), "sd2": (320, 640, 1024, 1280)}
 
-# The largest single tensor a fused backward pass steps at a time (a 3x3 conv of 1280 -> 1280
-# channels; the text encoders' token embeddings when they train).
-LARGEST_PARAM = {"sd1": 14.75e6, "sd2": 14.75e6}
-LARGEST_TE_PARAM = {"sd1": 37.9e6, "sd2": 50.6e6}
+def coefficients(name: str) -> PlanCoefficients:
+    """The planner's figures of the family ``name``; ValueError for a family the registry lacks
+    or one without figures yet."""
+    adapter = family(name)
+    if adapter.plan is None:
+        raise ValueError(f"the planner has no figures for {adapter.label} yet")
+    return adapter.plan
+
+
+# Trained U-Net parameters by family, for the parameter counts the wizard and the speed matrix show.
+N_UNET = {f.name: f.plan.unet_params for f in every_family() if f.plan is not None}
+N_VAE = 83.65e6
 # bf16 weights written back with stochastic rounding (engine/train/weight_update.py): the fp32
 # copies of a piece (parameter, gradient, random bits: 12 bytes an element), 2^25 elements a piece.
 ROUNDING_PIECE = 2 ** 25
@@ -98,10 +102,6 @@ CUDNN_BENCHMARK_BYTES = 0.3e9
 
 # Several processes: NCCL's communicators, streams and staging buffers on each GPU (an allowance).
 NCCL_BYTES = 0.25e9
-# memory.sharding gathers one unit at a time (engine/train/sharding.py units_of): the largest, a
-# resnet or attention of the 1280-channel blocks (counted on the built-in configs).
-SHARD_UNIT_PARAMS = {"sd1": 49.2e6, "sd2": 49.2e6}
-
 CTX_BYTES = 0.5 * GIB
 FRAG = 1.05
 MARGIN = 0.10  # keep this share of the budget free: the model is ±10 %
@@ -113,16 +113,12 @@ ACT_PER_SAMPLE = {
 }
 TAIL_PER_SAMPLE = {False: 0.50e9, True: 0.18e9}
 
-# Optimizer-state bytes per trained parameter, the foreach flag and the state dtype: one entry per
-# optimizer in engine/registry/optimizers.py.
-ADAFACTOR = optimizers.ADAFACTOR_STATE_BYTES
-
 
 @dataclass(frozen=True)
 class PlanOptions:
     """Everything the estimate depends on. Defaults = a plain sdft run (AdamW, AMP off, SDPA)."""
 
-    family: str = "sd1"                   # "sd1" | "sd2"
+    family: str = "sd1"                   # a family in engine/registry/families.py
     width: int = 512                       # largest bucket (the peak happens there)
     height: int = 512
     batch_size: int = 1
@@ -161,7 +157,7 @@ class PlanOptions:
         when not given (largest bucket side = max_bucket_reso is not assumed: the resolution is)."""
         m, t = config.model, config.train
         if family is None:
-            family = "sd2" if m.v2 is True else "sd1"
+            family = family_of_settings(m)
         if width is None or height is None or batch_size is None:
             w, h, b = _dataset_shape(config)
             width = width or w
@@ -229,7 +225,7 @@ def _opt_bytes(o: PlanOptions) -> tuple[float, bool]:
         if not optimizers.is_class_path(o.optimizer):
             raise ValueError(optimizers.unknown_message(o.optimizer))
         return optimizers.UNKNOWN_STATE_BYTES, False
-    per = entry.state_bytes if entry.state_bytes is not None else ADAFACTOR[o.family]
+    per = entry.state_bytes if entry.state_bytes is not None else coefficients(o.family).adafactor_state_bytes
     foreach = entry.foreach if o.optimizer_foreach is None else (o.optimizer_foreach and entry.foreach)
     return per, foreach
 
@@ -244,7 +240,7 @@ def _classic_attention(o: PlanOptions) -> tuple[float, float]:
     if o.attention != "math":
         return 0.0, 0.0
     tokens = (o.width // 8) * (o.height // 8)
-    h1, h2 = HEADS[o.family]
+    h1, h2 = coefficients(o.family).heads
     s1 = 6.0 * h1 * tokens**2
     s_tot = 5 * s1 + 5 * 6.0 * h2 * (tokens / 4) ** 2
     # Backward of a top-level layer materialises its score gradients with or without checkpointing.
@@ -256,16 +252,15 @@ def _classic_attention(o: PlanOptions) -> tuple[float, float]:
 
 def hypernetwork_params(family: str) -> float:
     """Trainable parameters of a NovelAI hypernetwork: per width d, a pair of d→2d→d MLPs."""
-    return sum(2 * (4 * d * d + 3 * d) for d in HYPERNET_WIDTHS[family])
+    return sum(2 * (4 * d * d + 3 * d) for d in coefficients(family).hypernetwork_widths)
 
 
 def estimate_peak_vram(options: Any) -> Estimate:
     """Peak VRAM of one training step (bytes) with its breakdown; see the module docstring."""
     o = options if isinstance(options, PlanOptions) else PlanOptions.from_config(options)
-    if o.family not in N_UNET:
-        raise ValueError(f"unknown model family {o.family!r}: use 'sd1' or 'sd2'")
-    n = N_UNET[o.family]
-    n_te = N_TE[o.family]
+    plan = coefficients(o.family)
+    n = plan.unet_params
+    n_te = plan.text_params
     s = o.width * o.height / 512**2
     b = max(1, int(o.batch_size))
     gc = bool(o.gradient_checkpointing)
@@ -354,7 +349,8 @@ def _trained(o: PlanOptions, n: float, per_opt: float, foreach: bool, parts: dic
 def _fused(o: PlanOptions, trained: _Trained, te_train: bool) -> _Trained:
     """A fused backward pass: one weight's gradient is stepped while the next accumulates, so
     gradients take two of the largest tensors at most, and the step's temporaries one."""
-    largest = max(LARGEST_PARAM[o.family], LARGEST_TE_PARAM[o.family] if te_train else 0.0)
+    plan = coefficients(o.family)
+    largest = max(plan.largest_param, plan.largest_text_param if te_train else 0.0)
     b_g = 2 if o.full_half else 4
     rounded = o.full_half and o.stochastic_rounding
     temp = largest * 12 if rounded else (largest * b_g if trained.step_temp else 0.0)
@@ -369,9 +365,9 @@ def _sharded(o: PlanOptions, parts: dict, trained: _Trained) -> _Trained:
         if key in parts:
             parts[key] = parts[key] / p
     b_w = 2 if o.full_half else 4
-    unit = SHARD_UNIT_PARAMS.get(o.family, SHARD_UNIT_PARAMS["sd1"])
+    unit = coefficients(o.family).shard_unit_params
     if o.sharding == "grad_op":
-        parts["gathered weights (forward to backward)"] = N_UNET[o.family] * b_w
+        parts["gathered weights (forward to backward)"] = coefficients(o.family).unet_params * b_w
     else:
         parts["gathered weights (two units)"] = 2 * unit * b_w
     # a unit's whole gradient exists until it is reduce-scattered

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import families
 from engine.config.problems import ProblemList
 
 MODEL_KEY = "model.pretrained_model_name_or_path"
@@ -44,15 +45,15 @@ class ModelProbe:
         """One line for the wizard, e.g. "SD 2.x, v-prediction (diffusers folder)"."""
         if self.error or self.v2 is None:
             return self.error or self.kind or "not detected"
-        name = "SD 2.x" if self.v2 else "SD 1.x"
+        name = families.family(self.family).label
         pred = {True: ", v-prediction", False: ", epsilon", None: ""}[self.v_prediction]
         kind = f"cross_attention_dim {self.context_dim}: a small test model" if self.small else self.kind
         return name + pred + (f" ({kind})" if kind else "")
 
     @property
     def default_side(self) -> int:
-        """The resolution training falls back to: 768 for SD 2.x 768-v, else 512."""
-        return 768 if self.v2 and self.v_prediction else 512
+        """The resolution training falls back to: the family's native side (768 for SD 2.x 768-v)."""
+        return 512 if self.family is None else families.family(self.family).native_side(bool(self.v_prediction))
 
 
 def probe_model(config, problems: ProblemList) -> ModelProbe:

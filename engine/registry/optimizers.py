@@ -35,7 +35,7 @@ class OptimizerEntry:
     cls: str | None = None              # "module.Class" for the builders that build a class
     package: str | None = None          # import name of the optional package it needs
     pip: str | None = None              # what `pip install` takes to get it
-    state_bytes: float | None = 8.0     # optimizer states per trained fp32 parameter (None: Adafactor's rule)
+    state_bytes: float | None = 8.0     # optimizer states per trained fp32 parameter (None: Adafactor's, per family: Family.plan)
     foreach: bool = False               # its default step allocates a temporary copy of every parameter
     per_parameter: bool = False         # a weight's update needs only its own gradient and state, so a
                                         # part of the model can be stepped alone (fused backward pass,
@@ -140,9 +140,6 @@ NAMES: tuple[str, ...] = tuple(e.name for e in OPTIMIZERS)
 # Packages sdft depends on (pyproject.toml): installed with sdft, so no choice "needs" them.
 CORE_PACKAGES = frozenset({"torch", "transformers", "lion_pytorch"})
 DEFAULT = "AdamW"
-# Adafactor factors its second moment over the last two dims, which barely helps 3x3 convs: its
-# bytes per parameter depend on the U-Net's shapes (measured per family).
-ADAFACTOR_STATE_BYTES = {"sd1": 2.13, "sd2": 1.89}
 # A module.Class the planner knows nothing about: counted as AdamW (most torch optimizers keep
 # at most two states per parameter).
 UNKNOWN_STATE_BYTES = 8.0
@@ -198,5 +195,5 @@ def needs_package(name: str) -> tuple[str, str] | None:
     return entry.package, entry.install
 
 
-__all__ = ["ADAFACTOR_STATE_BYTES", "CORE_PACKAGES", "DEFAULT", "NAMES", "OPTIMIZERS", "OptimizerEntry", "UNKNOWN_STATE_BYTES",
+__all__ = ["CORE_PACKAGES", "DEFAULT", "NAMES", "OPTIMIZERS", "OptimizerEntry", "UNKNOWN_STATE_BYTES",
            "canonical", "entry_for", "find", "is_class_path", "needs_package", "unknown_message"]

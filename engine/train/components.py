@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from engine.families import family_of
 from engine.train import objective as obj
 
 Say = Callable[..., None]   # say(text, level="info")
@@ -49,17 +50,17 @@ class Components:
 
 
 def default_side(model, noise: NoiseTables) -> int:
-    """The model's native image side: SD 2.x v-prediction models are 768-pixel models; the rest 512."""
-    return 768 if (model.v2 and noise.v_prediction) else 512
+    """The model's native image side, as its family says (SD 2.x 768-v: 768)."""
+    return family_of(model).native_side(noise.v_prediction)
 
 
 def load_base_model(cfg, device: torch.device, say: Say):
     """The base model (fp32, CPU) and its noise tables; checks the options that need a
     v-prediction model."""
-    from engine.models.load import load_model
+    from engine.families.sources import load_base
 
     m = cfg.model
-    model = load_model(
+    model = load_base(
         cfg.resolve(m.pretrained_model_name_or_path), v2=m.v2, v_parameterization=m.v_parameterization,
         vae=cfg.resolve(m.vae), tokenizer_dir=cfg.resolve(m.tokenizer_dir),
         allow_unsafe_pickle=m.allow_unsafe_pickle, use_ema=m.use_ema_weights,
@@ -84,19 +85,19 @@ def noise_tables(t, model, device: torch.device, say: Say) -> NoiseTables:
     loss_options = obj.LossOptions(t.loss_type, t.huber_schedule, t.huber_c, t.huber_scale,
                                    t.min_snr_gamma, t.scale_v_pred_loss_like_noise_pred,
                                    t.debiased_estimation_loss)
-    scaling = getattr(model.vae.config, "scaling_factor", obj.LATENT_SCALE)
-    if abs(scaling - obj.LATENT_SCALE) > 1e-6:
-        say(f"the VAE's scaling_factor is {scaling}, not SD's 0.18215: using the VAE's", "warning")
+    family = family_of(model)
+    scaling = getattr(model.vae.config, "scaling_factor", family.vae_scale)
+    if abs(scaling - family.vae_scale) > 1e-6:
+        say(f"the VAE's scaling_factor is {scaling}, not {family.label}'s {family.vae_scale}: using the VAE's",
+            "warning")
     return NoiseTables(cumprod, obj.snr_table(cumprod), noise_options, loss_options, scaling, v_prediction)
 
 
 def build_prompt_encoder(cfg, model, say: Say):
-    from engine.models.text_encoding import PromptEncoder
-
     m = cfg.model
-    return PromptEncoder(model.tokenizer, model.text_encoder, max_token_length=m.max_token_length,
-                         clip_skip=m.clip_skip, v2=model.v2, weighted=cfg.train.weighted_captions,
-                         warn=lambda text: say(text, "warning"))
+    return family_of(model).prompt_encoder(model, max_token_length=m.max_token_length, clip_skip=m.clip_skip,
+                                           weighted=cfg.train.weighted_captions,
+                                           warn=lambda text: say(text, "warning"))
 
 
 def trains_text_encoder(cfg) -> bool:

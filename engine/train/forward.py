@@ -10,6 +10,7 @@ from contextlib import nullcontext
 
 import torch
 
+from engine.families import family_of
 from engine.train import objective as obj
 from engine.train.context import RunParts
 from engine.train.distributed import rows_of
@@ -109,9 +110,10 @@ def losses_at(parts: RunParts, batch, x0: torch.Tensor, noise: torch.Tensor, noi
     dtype = unet_dtype(parts)
     with parts.accelerator.autocast():
         with nullcontext() if c.train_te and torch.is_grad_enabled() else torch.no_grad():
-            context = c.prompt_encoder.encode(tokens_of(parts, batch), parts.device, parts.precision.weight_dtype
-                                              if not c.train_te else None)
-        pred = parts.bundle.unet(noisy.to(dtype), timesteps, context.to(dtype)).sample
+            text = c.prompt_encoder.encode(tokens_of(parts, batch), parts.device, parts.precision.weight_dtype
+                                           if not c.train_te else None)
+        context, extra = family_of(c.model).unet_inputs(c.model, batch, text, dtype)   # SD1/SD2: no extra
+        pred = parts.bundle.unet(noisy.to(dtype), timesteps, context, **extra).sample
     target = obj.target_for(x0, noise, timesteps, tables.cumprod, tables.v_prediction)
     elements = obj.element_loss(pred, target, timesteps, tables.loss_options, tables.cumprod)
     elements = obj.apply_mask(elements, getattr(batch, "masks", None))

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LATENT_SCALE = 0.18215
-
 
 # ------------------------------------------------------------------ schedule
 

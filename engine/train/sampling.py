@@ -17,6 +17,7 @@ import torch
 
 from engine.atomic import atomic_path
 from engine.events import SampleGridSaved, SampleSaved
+from engine.families import family_of
 from engine.train.divergence import checked
 from engine.train.optimizer_bundle import shards
 from engine.train.optimizers import with_evaluation_weights
@@ -126,15 +127,9 @@ class Sampler:
 
 
 def preview_pipeline(model, unet, scheduler):
-    """diffusers' pipeline around the model's parts and ``unet`` (the trained one, maybe unwrapped)."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    """The family's diffusers pipeline around the model's parts and ``unet`` (the trained one,
+    maybe unwrapped)."""
+    return family_of(model).sampling_pipeline(model, unet, scheduler)
 
 
 def guided_latents(pipe, prompt_encoder, prompts: list[str], negatives: list[str | None], *, device,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engine import __version__
 from engine.events import ModelSaved
+from engine.families import family_of
 from engine.train.context import RunParts, StepContext, StepHook
 from engine.train.divergence import checked
 from engine.train.optimizer_bundle import shards
@@ -73,8 +74,6 @@ class Checkpointer(StepHook):
         sharded = shards(self.cfg, p.accelerator)
         if not p.is_main and not sharded:
             return None
-        from engine.models.save import save_model
-
         path = self.folder / self.file_name(ctx, kind)
         c, b = p.components, p.bundle
         unet = p.accelerator.unwrap_model(b.unet)
@@ -90,15 +89,11 @@ class Checkpointer(StepHook):
             elif c.hypernetwork is not None:
                 self._save_hypernetwork(ctx, path)
             else:
-                model = c.model
-                save_model(path, unet=unet, text_encoder=text_encoder, vae=model.vae, v2=model.v2,
-                           v_parameterization=c.noise.v_prediction, fmt=self.cfg.save.format,
-                           precision=self.cfg.save.precision, metadata=self.metadata(ctx),
-                           epoch=ctx.epoch, global_step=ctx.step,
-                           text_extras=getattr(model, "text_extras", None),
-                           scheduler_config=getattr(model, "scheduler_config", None),
-                           tokenizer=getattr(model, "tokenizer", None),
-                           scheduler_overrides=self._scheduler_overrides())
+                family_of(c.model).save(path, c.model, trained={"unet": unet, "text_encoder": text_encoder},
+                                        v_prediction=c.noise.v_prediction, fmt=self.cfg.save.format,
+                                        precision=self.cfg.save.precision, metadata=self.metadata(ctx),
+                                        epoch=ctx.epoch, global_step=ctx.step,
+                                        scheduler_overrides=self._scheduler_overrides())
         finally:
             if use_ema:
                 b.ema.swap()

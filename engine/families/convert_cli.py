@@ -1,4 +1,5 @@
-"""``sdft convert IN OUT``: any supported model format to any other, offline.
+"""``sdft convert IN OUT``: any supported model format to any other, offline, through the
+model's family adapter (it loads and saves; docs/architecture.md, "Model families").
 
 Exit codes: 0 done, 2 bad input (a ModelLoadError: the message says what to do), 1 other errors.
 """
@@ -70,14 +71,14 @@ def _convert(args) -> int:
     out = Path(args.output)
     fmt = output_format(out, args.to)
     try:
-        from engine.models.load import load_model
-        from engine.models.save import save_model
+        from engine.families import family_of
+        from engine.families.sources import load_base
 
         if Path(args.input).resolve() == out.resolve():
             raise ModelLoadError(f"{out}: the output is the input; choose another output path")
         if out.exists() and not args.force:   # checked before the model loads: nothing is lost or waited for
             raise ModelLoadError(f"{out} exists; pass --force to replace it, or choose another output path")
-        loaded = load_model(
+        loaded = load_base(
             args.input,
             v2="auto" if args.v2 is None else args.v2,
             v_parameterization="auto" if args.v_parameterization is None else args.v_parameterization,
@@ -89,11 +90,9 @@ def _convert(args) -> int:
         precision = _SAVE_PRECISION[args.precision or loaded.source_dtype or "float32"]
         keep = {k: v for k, v in loaded.metadata.items()
                 if k.startswith(("modelspec.", "sdft.")) and k not in _RECOMPUTED}
-        written = save_model(
-            out, unet=loaded.unet, text_encoder=loaded.text_encoder, vae=loaded.vae, v2=loaded.v2,
-            v_parameterization=loaded.v_parameterization, fmt=fmt, precision=precision, metadata=keep,
-            text_extras=loaded.text_extras, scheduler_config=loaded.scheduler_config, tokenizer=loaded.tokenizer,
-        )
+        family = family_of(loaded)
+        written = family.save(out, loaded, v_prediction=loaded.v_parameterization, fmt=fmt, precision=precision,
+                              metadata=keep)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -102,7 +101,7 @@ def _convert(args) -> int:
         return 1
     kind = "diffusers folder" if fmt.startswith("diffusers") else fmt
     print(f"wrote {written} ({kind}, {'fp32' if precision == 'float' else precision}, "
-          f"{'SD 2.x' if loaded.v2 else 'SD 1.x'}, {'v' if loaded.v_parameterization else 'epsilon'} prediction)")
+          f"{family.label}, {'v' if loaded.v_parameterization else 'epsilon'} prediction)")
     return 0
 
 

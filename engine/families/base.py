@@ -1,0 +1,82 @@
+"""The one interface every model family's adapter implements, and the planner's figures it
+carries. No torch at import: the planner and the wizard read adapters before any model loads.
+
+The generic code (the Trainer and its components, the sampler, the checkpointer, ``sdft
+convert``, the planner) asks the family of the loaded model, ``engine.families.family_of``,
+instead of testing which family it is (docs/architecture.md, "Model families").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class PlanCoefficients:
+    """The VRAM planner's per-family figures (engine/plan/estimate.py explains each term)."""
+    unet_params: float                    # trained U-Net parameters
+    text_params: float                    # the text encoder(s)
+    heads: tuple[int, int]                # attention heads at the top (64² latent) and 32² levels
+    hypernetwork_widths: tuple[int, ...]  # the attention widths a hypernetwork hooks
+    # The largest single tensor a fused backward pass steps at a time (SD: a 3x3 conv of 1280 ->
+    # 1280 channels), and the text encoder's (its token embedding) when it trains.
+    largest_param: float
+    largest_text_param: float
+    # Adafactor factors its second moment over the last two dims, which barely helps 3x3 convs:
+    # its bytes per parameter depend on the U-Net's shapes.
+    adafactor_state_bytes: float
+    # memory.sharding gathers one unit at a time (engine/train/sharding.py units_of): the largest,
+    # a resnet or attention of the widest blocks, counted on the built-in configs.
+    shard_unit_params: float
+
+
+class Family:
+    """A model family's answers. Subclasses set the class attributes and implement the methods;
+    every method gets the model ``load`` returned (an ``engine.models.load.LoadedModel``)."""
+
+    name: str                 # the registry's id (engine/registry/families.py)
+    label: str                # "SD 1.x", for messages
+    vae_scale: float          # latents x this have unit spread (the VAE's config may say otherwise)
+    plan: PlanCoefficients | None   # None: the planner has no figures for it yet
+
+    def recognises(self, view) -> bool:
+        """Whether the source seen as ``view`` (``engine.families.sources.SourceView``: a
+        .safetensors header's tensors, a diffusers folder's configs) holds this family."""
+        return False
+
+    def native_side(self, v_prediction: bool) -> int:
+        """The image side the base model was trained at (sample and bucket defaults)."""
+        raise NotImplementedError
+
+    def load(self, source: str, **options) -> Any:
+        """The model at ``source`` (single file, diffusers folder or hub id), fp32 on the CPU."""
+        raise NotImplementedError
+
+    def prompt_encoder(self, model, *, max_token_length: int, clip_skip: int, weighted: bool,
+                       warn: Callable[[str], None] | None = None) -> Any:
+        """The object whose ``tokenize`` and ``encode`` turn captions into the U-Net's text states."""
+        raise NotImplementedError
+
+    def unet_inputs(self, model, batch, text, dtype) -> tuple[Any, dict]:
+        """The U-Net's text states and its other keyword arguments besides the noisy latents and
+        the timesteps, in ``dtype``, from the prompt encoder's output ``text`` and the batch
+        (SDXL: the pooled text and each image's size and crop ids). By default the states alone."""
+        return text.to(dtype), {}
+
+    def save(self, path: str | Path, model, *, v_prediction: bool, fmt: str, precision: str,
+             trained: Mapping[str, Any] | None = None, metadata: Mapping[str, str] | None = None,
+             epoch: int = 0, global_step: int = 0, scheduler_overrides: Mapping | None = None) -> Path:
+        """Write ``model`` in ``fmt`` (engine.models.save.FORMATS). ``trained`` holds the parts a
+        run trained, by the model's role names ("unet", "text_encoder", ...), unwrapped and maybe
+        gathered; every other part comes from ``model``."""
+        raise NotImplementedError
+
+    def sampling_pipeline(self, model, unet, scheduler) -> Any:
+        """diffusers' pipeline around the model's parts and ``unet`` (the trained one)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{self.label} family adapter>"

@@ -1,0 +1,101 @@
+"""The SD1 and SD2 adapters. They differ in the text encoder (CLIP ViT-L vs OpenCLIP ViT-H,
+which engine/models tells apart by the ``v2`` flag), the native side of the 768-v models and
+the planner's figures; everything else is shared and delegates to engine/models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from engine.families.base import Family, PlanCoefficients
+
+# SD's VAE scale (the LDM paper's 1 / std of the latents).
+SD_VAE_SCALE = 0.18215
+
+
+class StableDiffusion(Family):
+    vae_scale = SD_VAE_SCALE
+    v2: bool
+
+    def recognises(self, view) -> bool:
+        from engine.models.detect import CONV_IN_KEY, detect_v2_folder, detect_v2_single_file
+
+        if view.tensors:
+            if CONV_IN_KEY not in view.tensors or any(k.startswith("conditioner.") for k in view.tensors):
+                return False   # not an LDM checkpoint, or SDXL's layout
+            return detect_v2_single_file(view.tensors)[0] == self.v2
+        unet = view.unet_config
+        if not unet or unet.get("addition_embed_type"):
+            return False
+        width = unet.get("cross_attention_dim")
+        if not isinstance(width, int):
+            return False
+        return detect_v2_folder(width, str(view.text_config.get("hidden_act", "quick_gelu")))[0] == self.v2
+
+    def native_side(self, v_prediction: bool) -> int:
+        return 512
+
+    def load(self, source: str, **options):
+        """The SD loader (engine/models/load.py); ``options`` are ``load_model``'s, ``v2`` among
+        them: a setting overrides what it detects, so the model may belong to the other SD family
+        (``LoadedModel.family`` says which)."""
+        from engine.models.load import load_model
+
+        return load_model(source, **options)
+
+    def prompt_encoder(self, model, *, max_token_length, clip_skip, weighted, warn=None):
+        from engine.models.text_encoding import PromptEncoder
+
+        return PromptEncoder(model.tokenizer, model.text_encoder, max_token_length=max_token_length,
+                             clip_skip=clip_skip, v2=self.v2, weighted=weighted, warn=warn)
+
+    def save(self, path, model, *, v_prediction, fmt, precision, trained: Mapping | None = None,
+             metadata: Mapping[str, str] | None = None, epoch=0, global_step=0,
+             scheduler_overrides: Mapping | None = None) -> Path:
+        from engine.models.save import save_model
+
+        parts = {"unet": model.unet, "text_encoder": model.text_encoder, **(trained or {})}
+        return save_model(path, unet=parts["unet"], text_encoder=parts["text_encoder"], vae=model.vae, v2=self.v2,
+                          v_parameterization=v_prediction, fmt=fmt, precision=precision, metadata=metadata,
+                          epoch=epoch, global_step=global_step, text_extras=getattr(model, "text_extras", None),
+                          scheduler_config=getattr(model, "scheduler_config", None),
+                          tokenizer=getattr(model, "tokenizer", None), scheduler_overrides=scheduler_overrides)
+
+    def sampling_pipeline(self, model, unet, scheduler):
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+class _SD1(StableDiffusion):
+    name, label, v2 = "sd1", "SD 1.x", False
+    plan = PlanCoefficients(
+        unet_params=859.5e6, text_params=123.1e6,        # CLIP ViT-L/14 text tower
+        heads=(8, 8),                                    # 8 heads everywhere
+        hypernetwork_widths=(320, 640, 768, 1280),
+        largest_param=14.75e6, largest_text_param=37.9e6,
+        adafactor_state_bytes=2.13, shard_unit_params=49.2e6,
+    )
+
+
+class _SD2(StableDiffusion):
+    name, label, v2 = "sd2", "SD 2.x", True
+    plan = PlanCoefficients(
+        unet_params=865.9e6, text_params=340.4e6,        # OpenCLIP ViT-H/14 text tower
+        heads=(5, 10),                                   # 64-wide heads: 320/64, 640/64
+        hypernetwork_widths=(320, 640, 1024, 1280),
+        largest_param=14.75e6, largest_text_param=50.6e6,
+        adafactor_state_bytes=1.89, shard_unit_params=49.2e6,
+    )
+
+    def native_side(self, v_prediction: bool) -> int:
+        return 768 if v_prediction else 512   # SD 2.x 768-v; SD 2.x base is a 512 model
+
+
+SD1 = _SD1()
+SD2 = _SD2()
