@@ -67,17 +67,18 @@ def _final_weights(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def _one_process_run(tmp_path_factory, tiny_sd1) -> tuple[dict[int, float], dict[str, torch.Tensor]]:
+    from engine.cli import main   # `sdft train RUN.toml`, in this process: no second start-up to pay
+
     path = _run_file(tmp_path_factory.mktemp("one-process"), tiny_sd1, 1)
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(path)], cwd=path.parent, env=ENV,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert main(["train", str(path)]) == 0
     return _losses(_events(path)), _final_weights(path)
 
 
 @pytest.fixture()
 def one_process_run(_one_process_run):
     """The reference of this module: `sdft train` of ``_run_file(..., 1)`` (6 steps, global batch 4) on
-    one process, as (losses per step, final weights). Trained once per worker; each test gets copies."""
+    one process, as (losses per step, final weights). Trained once per worker, in the worker's own
+    process; each test gets copies."""
     losses, weights = _one_process_run
     return dict(losses), {key: tensor.clone() for key, tensor in weights.items()}
 

@@ -37,6 +37,7 @@ def test_validation_count_matches_kohyas_split():
     assert validation_count(7, 0.0) == 0
 
 
+@pytest.mark.slow
 def test_held_out_images_never_train(tmp_path, tiny_sd1):
     """The trained batches (recorded at load) hold only training images; the held-out ones are
     exactly those the validation plan evaluates."""
