@@ -51,6 +51,33 @@ def in_fresh_process(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def plain_run(tmp_path_factory, tiny_sd1):
+    """``plain_run(steps)``: tests/train_helpers.py's plain run file (tiny SD1, ``steps`` steps),
+    trained once per worker and step count, for tests that compare with it or read its model.
+    Returns ``(sink, result)``: a fresh ListSink holding the run's events (frozen values) and the
+    RunResult. Its run folder is shared: read it, never write to it (copy it first)."""
+    from engine.events import ListSink
+    from engine.train.runner import run_training
+    from train_helpers import make_run
+
+    done: dict = {}
+
+    def run(steps: int):
+        if steps not in done:
+            sink = ListSink()
+            result = run_training(make_run(tmp_path_factory.mktemp(f"plain-{steps}-steps"), tiny_sd1, steps=steps),
+                                  sink=sink)
+            assert result.status == "completed", result.message
+            done[steps] = (tuple(sink.events), result)
+        events, result = done[steps]
+        sink = ListSink()
+        sink.events = list(events)
+        return sink, result
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def tiny_sd1(tmp_path_factory):
     """A tiny SD1-flavoured diffusers folder (epsilon prediction)."""
     from engine.models.tiny import TinySpec, save_tiny_model

@@ -46,11 +46,10 @@ def test_run_emits_events_and_saves_a_loadable_model(tmp_path, tiny_sd1):
 
 
 @pytest.mark.slow
-def test_training_changes_the_unet(tmp_path, tiny_sd1):
+def test_training_changes_the_unet(tiny_sd1, plain_run):
     from engine.models.load import load_model
 
-    config = make_run(tmp_path, tiny_sd1, steps=2)
-    result = run_training(config, sink=ListSink())
+    _sink, result = plain_run(2)
     before = load_model(str(tiny_sd1)).unet.state_dict()
     after = load_model(result.model_path).unet.state_dict()
     key = "conv_in.weight"
@@ -58,10 +57,9 @@ def test_training_changes_the_unet(tmp_path, tiny_sd1):
 
 
 @pytest.mark.slow
-def test_stop_writes_state_and_resume_is_exact(tmp_path, tiny_sd1):
-    straight = ListSink()
-    full = make_run(tmp_path / "a", tiny_sd1, steps=6)
-    assert run_training(full, sink=straight).status == "completed"
+def test_stop_writes_state_and_resume_is_exact(tmp_path, tiny_sd1, plain_run):
+    straight, full = plain_run(6)
+    assert full.status == "completed"
 
     first = ListSink()
     control = RunControl()
@@ -182,11 +180,10 @@ def test_live_encoded_subsets_train_and_resume_exactly(tmp_path, tiny_sd1):
 
 
 @pytest.mark.slow
-def test_a_crash_mid_run_leaves_a_resumable_state(tmp_path, tiny_sd1, monkeypatch):
+def test_a_crash_mid_run_leaves_a_resumable_state(tmp_path, tiny_sd1, monkeypatch, plain_run):
     from engine.train.trainer import Trainer
 
-    straight = ListSink()
-    run_training(make_run(tmp_path / "a", tiny_sd1, steps=4), sink=straight)
+    straight, _result = plain_run(4)
 
     real = Trainer.compute_loss
 

@@ -44,9 +44,8 @@ def test_full_bf16_keeps_trained_weights_in_bf16(tmp_path, tiny_sd1):
 
 
 @pytest.mark.slow
-def test_gradient_checkpointing_is_enabled_and_keeps_the_loss(tmp_path, tiny_sd1):
-    base = ListSink()
-    run_training(make_run(tmp_path / "a", tiny_sd1, steps=2), sink=base)
+def test_gradient_checkpointing_is_enabled_and_keeps_the_loss(tmp_path, tiny_sd1, plain_run):
+    base, _result = plain_run(2)
     path = make_run(tmp_path / "b", tiny_sd1, steps=2)
     path.write_text(path.read_text() + "\n[memory]\ngradient_checkpointing = true\n")
     trainer = setup_trainer(path)
@@ -109,9 +108,8 @@ def test_save_formats_and_rotation(tmp_path, tiny_sd1):
 
 
 @pytest.mark.slow
-def test_samples_do_not_change_training(tmp_path, tiny_sd1):
-    plain = ListSink()
-    run_training(make_run(tmp_path / "a", tiny_sd1, steps=3), sink=plain)
+def test_samples_do_not_change_training(tmp_path, tiny_sd1, plain_run):
+    plain, _result = plain_run(3)
     path = make_run(tmp_path / "b", tiny_sd1, steps=3)
     path.write_text(path.read_text() + '\n[sample]\nevery_n_steps = 2\nprompts = ["picture --w 64 --h 64 --s 2 --d 3 --n blurry"]\n')
     sampled = ListSink()
