@@ -23,13 +23,58 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.hookimpl(tryfirst=True)     # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    # The import-hygiene checks share one process (tests/fresh_process.py): one worker runs them.
+    for item in items:
+        if "in_fresh_process" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("fresh-process"))
+    # Slow tests first (a stable sort: each keeps its place among its kind). pytest-xdist hands
+    # out tests in this order as workers free up, so the long ones start early and the workers
+    # finish together instead of one waiting on a long test handed out last.
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if _cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def in_fresh_process(tmp_path_factory):
+    """``in_fresh_process(name)``: what the snippet registered as ``name`` did in a fresh
+    interpreter (exit code, output), all snippets run by one process (tests/fresh_process.py)."""
+    from fresh_process import run_snippets
+
+    return run_snippets(tmp_path_factory.mktemp("fresh-process")).__getitem__
+
+
+@pytest.fixture(scope="session")
+def plain_run(tmp_path_factory, tiny_sd1):
+    """``plain_run(steps)``: tests/train_helpers.py's plain run file (tiny SD1, ``steps`` steps),
+    trained once per worker and step count, for tests that compare with it or read its model.
+    Returns ``(sink, result)``: a fresh ListSink holding the run's events (frozen values) and the
+    RunResult. Its run folder is shared: read it, never write to it (copy it first)."""
+    from engine.events import ListSink
+    from engine.runner import run_training
+    from train_helpers import make_run
+
+    done: dict = {}
+
+    def run(steps: int):
+        if steps not in done:
+            sink = ListSink()
+            result = run_training(make_run(tmp_path_factory.mktemp(f"plain-{steps}-steps"), tiny_sd1, steps=steps),
+                                  sink=sink)
+            assert result.status == "completed", result.message
+            done[steps] = (tuple(sink.events), result)
+        events, result = done[steps]
+        sink = ListSink()
+        sink.events = list(events)
+        return sink, result
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fresh_process import snippet
 from train_helpers import make_broken_model, make_run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -75,10 +76,12 @@ def test_bench_reports_engine_and_bare_loop(tmp_path, tiny_sd1):
     assert "engine_overhead" in figures
 
 
-def test_help_and_version_are_instant_and_torch_free():
-    code = ("import sys; from engine.cli import build_parser; build_parser().format_help(); "
-            "print(sorted(m for m in ('torch', 'textual', 'diffusers', 'transformers') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+HELP = snippet("cli-help", "import sys; from engine.cli import build_parser; build_parser().format_help(); "
+               "print(sorted(m for m in ('torch', 'textual', 'diffusers', 'transformers') if m in sys.modules))")
+
+
+def test_help_and_version_are_instant_and_torch_free(in_fresh_process):
+    out = in_fresh_process(HELP)
     assert out.stdout.strip() == "[]"
 
 
@@ -124,11 +127,14 @@ LIGHT_MODULES = [
 ]
 
 
-@pytest.mark.parametrize("module", LIGHT_MODULES)
-def test_wizard_side_modules_import_no_torch(module):
-    code = (f"import sys, importlib; importlib.import_module({module!r}); "
+for _module in LIGHT_MODULES:
+    snippet(f"import {_module}", f"import sys, importlib; importlib.import_module({_module!r}); "
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'textual') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
+
+
+@pytest.mark.parametrize("module", LIGHT_MODULES)
+def test_wizard_side_modules_import_no_torch(module, in_fresh_process):
+    out = in_fresh_process(f"import {module}")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -155,10 +161,9 @@ def test_no_arguments_without_a_terminal_prints_help_not_a_broken_wizard():
     assert "sdft train" in result.stdout and "needs a terminal" in result.stderr
 
 
-def test_every_commands_help_imports_nothing_heavy():
-    # one process walks every command of the tree: `sdft CMD --help` must stay instant on a
-    # GPU box too, so none of torch, Textual, diffusers or transformers may load for it
-    code = (
+# one process walks every command of the tree: `sdft CMD --help` must stay instant on a
+# GPU box too, so none of torch, Textual, diffusers or transformers may load for it
+EVERY_HELP = snippet("every command's help", (
         "import argparse, contextlib, io, sys\n"
         "from engine.cli import build_parser, main\n"
         "parser = build_parser()\n"
@@ -173,7 +178,10 @@ def test_every_commands_help_imports_nothing_heavy():
         "    heavy = [m for m in ('torch', 'textual', 'diffusers', 'transformers') if m in sys.modules]\n"
         "    assert not heavy, (name, heavy)\n"
         "print(len(names))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+))
+
+
+def test_every_commands_help_imports_nothing_heavy(in_fresh_process):
+    out = in_fresh_process(EVERY_HELP)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip()) >= 15

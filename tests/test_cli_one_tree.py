@@ -10,6 +10,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from train_helpers import make_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +37,7 @@ def test_the_console_script_is_the_engines_main():
     assert scripts == {"sdft": "engine.cli:main"}
 
 
+@pytest.mark.slow
 def test_train_check_and_a_headless_train_import_no_textual(tmp_path, tiny_sd1):
     config = make_run(tmp_path, tiny_sd1, steps=2)
     checked, names = imported_modules("train", str(config), "--check")

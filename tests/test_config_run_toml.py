@@ -134,6 +134,7 @@ def _sdft(*args, cwd=None):
                           cwd=cwd, timeout=120)
 
 
+@pytest.mark.slow
 def test_check_exit_codes(dataset_dir, tiny_sd1):
     text = GOOD.replace('"model"', f'"{tiny_sd1}"')
     good = write(dataset_dir, text)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from rich.console import Console
 
 from engine.config.problems import Problem
@@ -163,6 +164,7 @@ def test_headless_runs_print_the_validation_loss_and_each_sample_grid():
     assert "sample grid at step 40 (3 prompts): runs/t/samples/t_s00000040_grid.png" in text
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_in_terminals_both_print_their_resume_command(tmp_path, tiny_sd1):
     """The IndexError was seen under load: two runs on the two cores, each with a live display."""
     runs = []

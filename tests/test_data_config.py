@@ -1,14 +1,12 @@
 """kohya dataset TOML: merge order, every rejection at once with key, line and hint."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from engine.config.dataset import load_dataset_file, parse_dataset_tables
 from engine.config.problems import ConfigError, ProblemList
+from fresh_process import snippet
 
 
 @pytest.fixture()
@@ -229,10 +227,13 @@ def test_inline_tables_use_callers_lines(meta):
     assert (p.key, p.file, p.line) == ("datasets[0].subsets[0].is_reg", "run.toml", 7)
 
 
-def test_no_torch_imported():
-    code = ("import sys; import engine.config.dataset, engine.data.scan, engine.data.captions, "
-            "engine.data.buckets, engine.data.metadata, engine.data.health, engine.data.processing; "
-            "bad = [m for m in ('torch', 'diffusers', 'transformers', 'textual') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
-    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True)
+DATA_IMPORTS = snippet(
+    "the data modules", "import sys; import engine.config.dataset, engine.data.scan, engine.data.captions, "
+    "engine.data.buckets, engine.data.metadata, engine.data.health, engine.data.processing; "
+    "bad = [m for m in ('torch', 'diffusers', 'transformers', 'textual') if m in sys.modules]; "
+    "print(bad); sys.exit(1 if bad else 0)")
+
+
+def test_no_torch_imported(in_fresh_process):
+    r = in_fresh_process(DATA_IMPORTS)
     assert r.returncode == 0, r.stdout + r.stderr

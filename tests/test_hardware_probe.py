@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 from engine import hardware
+from fresh_process import snippet
 
 
 def test_parse_nvidia_smi_csv():
@@ -84,10 +83,13 @@ def test_ram_is_read():
     assert ram is None or ram > 100 * 2**20
 
 
-def test_probe_hardware_does_not_import_torch():
-    code = ("import sys; from engine import hardware, plan; hardware.probe_hardware(); "
-            "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+PROBE = snippet("probe_hardware", "import sys; from engine import hardware, plan; hardware.probe_hardware(); "
+                "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; print(bad)")
+
+
+def test_probe_hardware_does_not_import_torch(in_fresh_process):
+    out = in_fresh_process(PROBE)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
 
 
@@ -109,8 +111,11 @@ def test_capabilities_say_what_a_choice_needs_and_how_to_get_it(monkeypatch):
     assert hardware.capabilities(hardware.HardwareInfo(packages=frozenset())).packages == frozenset()
 
 
-def test_package_lookup_imports_nothing():
-    code = ("import sys; from engine import hardware; hardware.installed_packages(('torch', 'bitsandbytes')); "
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+LOOKUP = snippet("installed_packages", "import sys; from engine import hardware; "
+                 "hardware.installed_packages(('torch', 'bitsandbytes')); print('torch' in sys.modules)")
+
+
+def test_package_lookup_imports_nothing(in_fresh_process):
+    out = in_fresh_process(LOOKUP)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"

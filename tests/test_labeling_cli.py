@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engine.labeling.cli import caption_command, tag_command
 from labeling_helpers import make_blip_folder, make_wd14_folder, solid_image
 
@@ -77,6 +79,7 @@ def test_offline_default_model_error(tmp_path, capsys, monkeypatch):
     assert "SmilingWolf/wd-v1-4-convnext-tagger-v2" in err and "--model" in err
 
 
+@pytest.mark.slow
 def test_caption_cli_subprocess(tmp_path):
     model = make_blip_folder(tmp_path / "blip")
     folder = tmp_path / "img"

@@ -61,16 +61,35 @@ def _train(path: Path, processes: int, *extra: str) -> subprocess.CompletedProce
     return subprocess.CompletedProcess(process.args, process.returncode, out)
 
 
-def test_one_two_and_four_processes_train_the_same_run(tmp_path, tiny_sd1):
-    runs = {}
-    for processes in (1, 2, 4):
+def _final_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path.parent / "runs" / "run" / "checkpoints" / "run.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def _one_process_run(tmp_path_factory, tiny_sd1) -> tuple[dict[int, float], dict[str, torch.Tensor]]:
+    from engine.cli import main   # `sdft train RUN.toml`, in this process: no second start-up to pay
+
+    path = _run_file(tmp_path_factory.mktemp("one-process"), tiny_sd1, 1)
+    assert main(["train", str(path)]) == 0
+    return _losses(_events(path)), _final_weights(path)
+
+
+@pytest.fixture()
+def one_process_run(_one_process_run):
+    """The reference of this module: `sdft train` of ``_run_file(..., 1)`` (6 steps, global batch 4) on
+    one process, as (losses per step, final weights). Trained once per worker, in the worker's own
+    process; each test gets copies."""
+    losses, weights = _one_process_run
+    return dict(losses), {key: tensor.clone() for key, tensor in weights.items()}
+
+
+def test_one_two_and_four_processes_train_the_same_run(tmp_path, tiny_sd1, one_process_run):
+    runs = {1: one_process_run}
+    for processes in (2, 4):
         path = _run_file(tmp_path / f"p{processes}", tiny_sd1, processes)
-        done = _train(path, processes) if processes > 1 else subprocess.run(
-            [sys.executable, "-m", "engine.cli", "train", str(path)], cwd=path.parent, env=ENV,
-            capture_output=True, text=True, timeout=900)
+        done = _train(path, processes)
         assert done.returncode == 0, done.stdout[-3000:]
-        events = _events(path)
-        runs[processes] = (_losses(events), load_file(str(path.parent / "runs" / "run" / "checkpoints" / "run.safetensors")))
+        runs[processes] = (_losses(_events(path)), _final_weights(path))
     one_losses, one_weights = runs[1]
     assert sorted(one_losses) == list(range(1, 7))
     for processes in (2, 4):
@@ -159,11 +178,8 @@ def test_every_way_to_stop_stops_every_process_at_one_step_and_resumes_on_one_pr
     assert max(_losses(_events(path))) == stopped_at + 2
 
 
-def test_a_stopped_multi_process_run_resumes_on_one_process_as_the_same_run(tmp_path, tiny_sd1):
-    straight = _run_file(tmp_path / "straight", tiny_sd1, 1, steps=6)
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(straight)], cwd=straight.parent, env=ENV,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:]
+def test_a_stopped_multi_process_run_resumes_on_one_process_as_the_same_run(tmp_path, tiny_sd1, one_process_run):
+    expected, _weights = one_process_run     # the straight run: the same file on one process
     path = _run_file(tmp_path / "split", tiny_sd1, 2, steps=6)
     path.write_text(path.read_text().replace("[save]\n", "[save]\nevery_n_steps = 3\nstate = true\n"))
     first = _train(path, 2)
@@ -176,7 +192,6 @@ def test_a_stopped_multi_process_run_resumes_on_one_process_as_the_same_run(tmp_
     resumed = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(resumed_path), "--resume", str(state)],
                              cwd=path.parent, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    expected = _losses(_events(straight))
     got = {**{k: v for k, v in _losses(_events(path)).items() if k <= 3}, **_losses(_events(resumed_path, "one"))}
     assert got.keys() == expected.keys()
     for step, loss in expected.items():
@@ -227,20 +242,16 @@ def _sharded(path: Path, mode: str, extra: str = "") -> Path:
 
 
 @pytest.mark.parametrize("mode", ["full", "grad_op"])
-def test_sharded_training_on_two_processes_is_the_one_process_run(tmp_path, tiny_sd1, mode):
-    one = _run_file(tmp_path / "one", tiny_sd1, 1)
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(one)], cwd=one.parent, env=ENV,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:]
+def test_sharded_training_on_two_processes_is_the_one_process_run(tmp_path, tiny_sd1, mode, one_process_run):
+    expected, a = one_process_run
     two = _sharded(_run_file(tmp_path / "two", tiny_sd1, 2), mode)
     sharded = _train(two, 2)
     assert sharded.returncode == 0, sharded.stdout[-3000:]
-    expected, got = _losses(_events(one)), _losses(_events(two))
+    got = _losses(_events(two))
     assert got.keys() == expected.keys()
     for step, loss in expected.items():
         assert got[step] == pytest.approx(loss, rel=1e-5), step
-    model = lambda path: load_file(str(path.parent / "runs" / "run" / "checkpoints" / "run.safetensors"))  # noqa: E731
-    a, b = model(one), model(two)
+    b = _final_weights(two)
     for key, tensor in a.items():
         torch.testing.assert_close(b[key].float(), tensor.float(), rtol=1e-4, atol=1e-5)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from engine.events import PhaseProgress
 from engine.preflight.checks import check_run_file
+from fresh_process import snippet
 from train_helpers import make_run
 
 
@@ -163,8 +163,10 @@ def test_check_cli_lists_preflight_errors_and_exits_2(tmp_path, tiny_sd1):
     assert out.returncode == 2 and "optimizer.args" in out.stderr and "bogus" in out.stderr
 
 
-def test_importing_preflight_loads_no_torch():
-    code = "import sys, engine.preflight.checks, engine.preflight.model; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parents[1])
+PREFLIGHT_IMPORTS = snippet("the preflight", "import sys, engine.preflight.checks, engine.preflight.model; "
+                                                   "print('torch' in sys.modules)")
+
+
+def test_importing_preflight_loads_no_torch(in_fresh_process):
+    out = in_fresh_process(PREFLIGHT_IMPORTS)
     assert out.stdout.strip() == "False", out.stderr

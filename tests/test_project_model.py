@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from engine.project.dataset_index import DatasetIndex
 from engine.project.labels import LabelStore
 from engine.project.project import Project
 from engine.project.run_draft import DatasetLink, RunDraft
+from fresh_process import snippet
 from tests.data_helpers import make_image, write_meta
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,10 +163,14 @@ def test_safetensors_header_reader(tmp_path):
         read_header(tmp_path / "huge.safetensors")
 
 
-def test_the_project_model_imports_no_torch():
-    code = ("import sys, engine.project.project, engine.project.sources, engine.models.safetensors_header; "
-            "print(any(m in sys.modules for m in ('torch', 'diffusers', 'textual')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+PROJECT_IMPORTS = snippet(
+    "the project model", "import sys, engine.project.project, engine.project.sources, engine.models.safetensors_header; "
+    "print(any(m in sys.modules for m in ('torch', 'diffusers', 'textual')))")
+
+
+def test_the_project_model_imports_no_torch(in_fresh_process):
+    out = in_fresh_process(PROJECT_IMPORTS)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
 
 

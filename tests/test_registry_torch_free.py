@@ -3,20 +3,24 @@ torch, diffusers, transformers, bitsandbytes or Textual, so the wizard and --hel
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+
+from fresh_process import snippet
 
 HEAVY = ("torch", "diffusers", "transformers", "bitsandbytes", "textual", "onnxruntime")
 
 
-@pytest.mark.parametrize("module", ["engine.registry.optimizers", "engine.registry.schedulers",
-                                    "engine.registry.labelers", "engine.plan", "engine.preflight.optimizer"])
-def test_a_registry_imports_without_torch(module):
-    code = (f"import sys, {module}\n"
+REGISTRIES = ["engine.registry.optimizers", "engine.registry.schedulers", "engine.registry.labelers", "engine.plan",
+              "engine.preflight.optimizer"]
+for _module in REGISTRIES:
+    snippet(f"registry {_module}", f"import sys, {_module}\n"
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=".")
+
+
+@pytest.mark.parametrize("module", REGISTRIES)
+def test_a_registry_imports_without_torch(module, in_fresh_process):
+    out = in_fresh_process(f"registry {module}")
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "", f"{module} imported {out.stdout.strip()}"
 
 

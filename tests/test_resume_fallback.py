@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from engine.events import ListSink, read_events
 from engine.runner import run_training
 from train_helpers import make_run
@@ -15,6 +17,7 @@ def _losses(events_path):
     return {e.step: e.loss for e in read_events(events_path) if e.kind == "step"}
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_state_is_skipped_by_name_and_the_previous_one_resumes(tmp_path, tiny_sd1):
     straight = make_run(tmp_path / "straight", tiny_sd1, steps=5, save_extra=SAVE)
     assert run_training(straight).status == "completed"

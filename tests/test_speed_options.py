@@ -46,6 +46,7 @@ def test_channels_last_stores_the_unets_convolutions_nhwc(tmp_path, tiny_sd1):
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
+@pytest.mark.slow
 def test_torch_compile_traces_the_unet_and_keeps_the_losses(tmp_path, tiny_sd1, plain_losses):
     # the eager backend runs dynamo's captured graphs as they are: bitwise the same losses, and
     # quick enough for a 2-core test machine (inductor builds C++ for minutes on a CPU)
@@ -57,6 +58,7 @@ def test_torch_compile_traces_the_unet_and_keeps_the_losses(tmp_path, tiny_sd1, 
     assert losses == plain_losses
 
 
+@pytest.mark.slow
 def test_each_bucket_shape_gets_a_static_graph(tmp_path, tiny_sd1):
     # a symbolic-size graph after the second bucket is what inductor failed to build; a probe
     # backend sees the inputs each graph is built for

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from train_helpers import make_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +53,7 @@ def _probe(*args: str) -> dict:
     return json.loads(line[4:])
 
 
+@pytest.mark.slow
 def test_a_headless_run_starts_paused_and_trains_with_the_collector_on(tmp_path, tiny_sd1):
     run = make_run(tmp_path, tiny_sd1, steps=2, cache="memory")
     seen = _probe("train", str(run))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from engine.import_trim import exported_names
 
 CODE = """
@@ -35,6 +37,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_diffusers_models_load_without_unused_families_and_8bit_adam_still_works():
     out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

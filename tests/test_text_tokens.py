@@ -10,6 +10,7 @@ from engine.models.tokenizer import (
     embedding_length,
     pad_ids,
 )
+from fresh_process import snippet
 from tests.text_helpers import BOS, EOS, SD2_PAD, A, a_caption, tokenizer
 
 CAT = [320, 1125, 539, 320, 2368]  # "a photo of a cat"
@@ -138,31 +139,19 @@ def test_count_tokens_batch():
     assert count_tokens([]) == []
 
 
-def test_torch_free_modules(tmp_path):
-    import subprocess
-    import sys
+TOKENS_TORCH_FREE = snippet("sdft tokens", (
+    "import sys\n"
+    "from engine.models.tokenizer import count_tokens\n"
+    "from engine.models import weighting, tokens_cli\n"
+    "assert count_tokens(['a b']) == [2]\n"
+    "assert tokens_cli.tokens_command(['a b', '--json']) == 0\n"
+    "assert 'torch' not in sys.modules, 'torch imported'\n"
+))
 
-    code = (
-        "import sys\n"
-        "from engine.models.tokenizer import count_tokens\n"
-        "from engine.models import weighting, tokens_cli\n"
-        "assert count_tokens(['a b']) == [2]\n"
-        "assert tokens_cli.tokens_command(['a b', '--json']) == 0\n"
-        "assert 'torch' not in sys.modules, 'torch imported'\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path.parent),
-                            env=_env())
+
+def test_torch_free_modules(in_fresh_process):
+    result = in_fresh_process(TOKENS_TORCH_FREE)
     assert result.returncode == 0, result.stderr
-
-
-def _env():
-    import os
-    from pathlib import Path
-
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def test_token_counting_from_many_threads_at_once():

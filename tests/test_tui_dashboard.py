@@ -13,6 +13,7 @@ import pytest
 
 from dashboard_helpers import T0, FakeEngine, loss_at, run_app, screen_text, settle, wait_thread_event, wait_until
 from engine.events import JsonlSink, ListSink, RunFinished, RunStarted, StepMetrics, read_events
+from fresh_process import snippet
 from sdft_tui.bridge import EventFollower, MessageSink
 from sdft_tui.dashboard import DashboardApp, dashboard_signals, finish_run, run_dashboard
 from sdft_tui.run_figures import RunFigures, format_duration, format_number, format_offset
@@ -530,11 +531,12 @@ def test_open_run_screen_pushes_onto_another_app(tmp_path):
     assert codes == [0]
 
 
-def test_modules_open_without_torch():
-    import subprocess
-    import sys
+DASHBOARD_IMPORTS = snippet(
+    "the dashboard modules", "import sys, sdft_tui.dashboard, sdft_tui.screens.run; "
+    "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
 
-    code = ("import sys, sdft_tui.dashboard, sdft_tui.screens.run; "
-            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+def test_modules_open_without_torch(in_fresh_process):
+    out = in_fresh_process(DASHBOARD_IMPORTS)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"

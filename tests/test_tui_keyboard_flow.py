@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from textual.containers import ScrollableContainer, VerticalScroll
 from textual.widgets import DataTable, Input, Select, TextArea
 
@@ -102,6 +104,7 @@ def _visible(app, widget) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_every_tab_stop_is_visible_on_every_step(tmp_path):
     app, _folder = folder_app(tmp_path)
 

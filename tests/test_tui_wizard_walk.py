@@ -6,6 +6,8 @@ import asyncio
 import subprocess
 import sys
 
+import pytest
+
 from engine.config.run_toml import load_run_file
 from engine.hardware import GpuInfo, HardwareInfo
 from sdft_tui.app import SdftApp
@@ -22,6 +24,7 @@ async def _type(pilot, widget, text: str) -> None:
     await pilot.pause()
 
 
+@pytest.mark.slow
 def test_walk_the_whole_wizard(tmp_path):
     folder = make_dataset(tmp_path)
     run_path = tmp_path / "runs" / "my-run.toml"

@@ -37,6 +37,7 @@ def test_validation_count_matches_kohyas_split():
     assert validation_count(7, 0.0) == 0
 
 
+@pytest.mark.slow
 def test_held_out_images_never_train(tmp_path, tiny_sd1):
     """The trained batches (recorded at load) hold only training images; the held-out ones are
     exactly those the validation plan evaluates."""
@@ -80,9 +81,9 @@ def test_an_is_val_subset_is_held_out_whole(tmp_path, tiny_sd1):
 
 
 @pytest.mark.slow
-def test_validation_is_the_same_across_runs_and_resume_and_leaves_training_alone(tmp_path, tiny_sd1):
-    plain = ListSink()
-    assert run_training(make_run(tmp_path / "plain", tiny_sd1, steps=6), sink=plain).status == "completed"
+def test_validation_is_the_same_across_runs_and_resume_and_leaves_training_alone(tmp_path, tiny_sd1, plain_run):
+    plain, result = plain_run(6)
+    assert result.status == "completed"
     # the same held-out images without validation: the training losses of a run with it on
     off = ListSink()
     config_off = _with_split(make_run(tmp_path / "off", tiny_sd1, steps=6), train_extra="validate_every_n_epochs = 99\n")
