@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from engine.threads import usable_cpus   # one notion of the CPUs this process may use
+from engine.threads import usable_cpus  # one notion of the CPUs this process may use
 
 # Others using this much of a core or more makes a timing untrustworthy; on large machines a
 # tenth of the CPUs (a timing that uses few threads tolerates some company).

@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 from engine import commandline
-from engine.launch import MULTI_NODE
-from engine.console import print_problems
 from engine.bench import data as data_bench
+from engine.console import print_problems
 from engine.data import cli as data_cli
+from engine.families import convert_cli
 from engine.kohya import cli as kohya_cli
 from engine.labeling import cli as labeling_cli
-from engine.families import convert_cli
+from engine.launch import MULTI_NODE
 from engine.models import tokens_cli
 from engine.train import cache_cli, samples_cli
 from engine.vocabulary import ExitCode, RunStatus

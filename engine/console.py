@@ -13,8 +13,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from engine.units import counted, format_bytes, format_duration
-from engine.vocabulary import RunStatus
 from engine.events import (
     Event,
     Message,
@@ -28,6 +26,8 @@ from engine.events import (
     StepProgress,
     ValidationMetrics,
 )
+from engine.units import counted, format_bytes, format_duration
+from engine.vocabulary import RunStatus
 
 
 class EtaColumn(TimeRemainingColumn):

@@ -37,7 +37,7 @@ def trim_diffusers() -> None:
 
     if hasattr(import_utils, "_bitsandbytes_available"):
         import_utils._bitsandbytes_available = False
-    import diffusers.models as models   # a lazy module itself: imports no model
+    import diffusers.models as models  # a lazy module itself: imports no model
 
     for package in LAZY_PACKAGES:
         _register_lazy(models, package)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from engine.units import format_bytes, format_duration, format_number  # noqa: F401 - re-exported
 from engine.events import (
     Event,
     Message,
@@ -26,6 +25,7 @@ from engine.events import (
     StepProgress,
     ValidationMetrics,
 )
+from engine.units import format_bytes, format_duration, format_number  # noqa: F401 - re-exported
 from engine.vocabulary import RunStatus, phase_label
 
 # Weight of the exponential moving average drawn over the raw loss. Diffusion loss is very

@@ -56,9 +56,10 @@ def plain_run(tmp_path_factory, tiny_sd1):
     trained once per worker and step count, for tests that compare with it or read its model.
     Returns ``(sink, result)``: a fresh ListSink holding the run's events (frozen values) and the
     RunResult. Its run folder is shared: read it, never write to it (copy it first)."""
+    from train_helpers import make_run
+
     from engine.events import ListSink
     from engine.runner import run_training
-    from train_helpers import make_run
 
     done: dict = {}
 

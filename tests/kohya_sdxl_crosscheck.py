@@ -13,7 +13,9 @@ import random
 import sys
 import types
 from pathlib import Path
+
 import torch
+
 KOHYA = Path(sys.argv[1]).resolve()
 sys.path.insert(0, str(KOHYA))
 utils = types.ModuleType("library.utils")
@@ -21,11 +23,13 @@ utils.setup_logging = lambda *a, **k: None
 sys.modules["library.utils"] = utils
 import library  # noqa: E402,F401
 from library import strategy_sdxl
-from engine.families.sdxl.tiny import TinySdxlSpec, build_tiny_sdxl_components
-from engine.families.sdxl.text_encoding import SdxlPromptEncoder
+
 from engine.families.sdxl import conditioning as cond
 from engine.families.sdxl.keys import diffusers_to_single_file
+from engine.families.sdxl.text_encoding import SdxlPromptEncoder
+from engine.families.sdxl.tiny import TinySdxlSpec, build_tiny_sdxl_components
 from engine.models.tokenizer import build_clip_tokenizer
+
 
 def extract(path, names, glb):
     tree = ast.parse(Path(path).read_text())
@@ -55,6 +59,7 @@ for n in (75, 150, 225):
 g = extract(KOHYA / "library/train_util.py", {"get_crop_ltrb"}, {"Tuple": tuple})
 g = extract(KOHYA / "library/sdxl_train_util.py", {"timestep_embedding", "get_timestep_embedding", "get_size_embeddings"}, dict(g, math=math, torch=torch))
 from engine.data.buckets import make_bucket_list, nearest_buckets
+
 buckets = make_bucket_list((1024, 1024), 256, 2048, 64)
 rng = random.Random(0)
 sizes = [(rng.randint(200, 4000), rng.randint(200, 4000)) for _ in range(3000)] + [(1, 49)]
@@ -74,6 +79,7 @@ conds = [cond.size_conditioning(a.size, a.bucket) for a in assigned[:64]]
 ids = cond.add_time_ids(conds)
 k = g["get_size_embeddings"](ids[:, :2].long(), ids[:, 2:4].long(), ids[:, 4:].long(), "cpu")
 from diffusers.models.embeddings import Timesteps
+
 proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
 d = proj(ids.flatten()).reshape(len(conds), -1)
 print("size embeddings max |kohya - diffusers(add_time_ids)|:", (k - d).abs().max().item())
@@ -81,6 +87,7 @@ print("size embeddings max |kohya - diffusers(add_time_ids)|:", (k - d).abs().ma
 # Key conversion: kohya's converters on the tiny model's state dicts.
 g = extract(KOHYA / "library/sdxl_model_util.py", {"make_unet_conversion_map", "convert_diffusers_unet_state_dict_to_sdxl", "convert_unet_state_dict", "convert_text_encoder_2_state_dict_to_sdxl"}, {"torch": torch})
 import diffusers
+
 g2 = extract(KOHYA / "library/model_util.py", {"convert_vae_state_dict", "reshape_weight_for_sd"}, {"torch": torch, "diffusers": diffusers})
 sds = {n: parts[n].state_dict() for n in ("unet", "vae", "text_encoder", "text_encoder_2")}
 kohya = {}

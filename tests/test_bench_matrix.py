@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from train_helpers import make_run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -82,8 +81,8 @@ def test_gpu_peaks_match_the_variant_and_say_unknown_otherwise():
 def test_each_cell_trains_its_own_copy_of_the_model():
     import torch
 
-    from engine.bench.speed_matrix import ModelStore
     from engine.bench.gpu_report import random_model
+    from engine.bench.speed_matrix import ModelStore
 
     store = ModelStore(random_model("tiny"))
     first, second = (store.fresh(lambda: None, torch.device("cpu")) for _ in range(2))

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from train_helpers import make_run
 
 from engine.events import ListSink, StepMetrics
 from engine.runner import run_training
-from train_helpers import make_run
 
 STEPS, LR = 30, "5e-5"
 RUNS = {

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
+from data_helpers import run_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-
-from data_helpers import run_config
-from engine.data.pipeline import TrainingData
 from test_data_pipeline import TOML, dataset, vae  # noqa: F401 - shared fixtures
+
+from engine.data.pipeline import TrainingData
 
 
 def _cache_and_garble_first_entry(cfg, encoder, garble):

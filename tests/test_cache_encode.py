@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from engine.train.cache_cli import cache_command
+from train_helpers import make_run
+
 from engine.events import ListSink
 from engine.runner import run_training
-from train_helpers import make_run
+from engine.train.cache_cli import cache_command
 
 
 def test_encode_now_and_training_reuses_every_entry(tmp_path, tiny_sd1, capsys):

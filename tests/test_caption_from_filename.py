@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from data_helpers import make_image, run_config
+
 from engine.config.problems import ConfigError
 from engine.data.captions import caption_from_file_name
 from engine.data.metadata import build_metadata, write_metadata_json

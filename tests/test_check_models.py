@@ -12,9 +12,9 @@ import struct
 
 import pytest
 import torch
+from train_helpers import make_run
 
 from engine.cli import main
-from train_helpers import make_run
 
 
 class RunsCode:

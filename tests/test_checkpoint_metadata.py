@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 
 from safetensors import safe_open
+from train_helpers import make_run
 
 from engine.train.saves.checkpoints import CONFIG_METADATA_LIMIT, config_metadata
-from train_helpers import make_run
 
 
 def test_small_config_is_embedded_with_its_sha256():

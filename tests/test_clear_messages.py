@@ -3,8 +3,9 @@ that names itself as its dataset_config, a wrong-typed optimizer argument."""
 
 from __future__ import annotations
 
-from engine.cli import main
 from train_helpers import make_run
+
+from engine.cli import main
 
 
 def _check(config, capsys) -> tuple[int, str]:

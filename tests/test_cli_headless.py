@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fresh_process import snippet
 from train_helpers import make_broken_model, make_run
 
@@ -92,7 +91,7 @@ def test_help_lists_watch_and_watch_says_what_it_needs(tmp_path, capsys):
     assert usage.returncode == 2 and "RUN_DIR" in usage.stderr
     missing = run_sdft("watch", str(tmp_path / "nope"), timeout=60)
     assert missing.returncode == 2 and "no such run folder" in missing.stderr
-    from engine.cli import main   # the engine's own entry point reaches the same dashboard
+    from engine.cli import main  # the engine's own entry point reaches the same dashboard
 
     assert main(["watch", str(tmp_path / "nope")]) == 2
     assert "no such run folder" in capsys.readouterr().err

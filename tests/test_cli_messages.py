@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from train_helpers import make_run
+
 from engine.cli import main
 from engine.runlock import RunLock
 from engine.vocabulary import ExitCode
-from train_helpers import make_run
 
 
 def test_a_missing_run_file_names_no_placeholder_and_the_close_name(tmp_path, tiny_sd1, capsys, monkeypatch):

@@ -11,7 +11,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from train_helpers import make_run
 
 ROOT = Path(__file__).resolve().parents[1]

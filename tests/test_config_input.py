@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config.problems import ConfigError, ProblemList
 from engine.config.dataset import load_dataset_file
+from engine.config.problems import ConfigError, ProblemList
 from engine.config.run_toml import load_run_file
 
 DATASET = """\

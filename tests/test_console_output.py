@@ -14,11 +14,11 @@ import time
 
 import pytest
 from rich.console import Console
+from train_helpers import make_run
 
 from engine.config.problems import Problem
 from engine.console import ConsoleSink
 from engine.events import Message, ModelSaved, PhaseProgress, RunFinished, RunStarted, StepMetrics, StepProgress
-from train_helpers import make_run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
 
@@ -200,8 +200,8 @@ def test_two_runs_at_once_in_terminals_both_print_their_resume_command(tmp_path,
 def test_token_view_and_labelling_summary_print_brackets_as_they_are(capsys):
     from argparse import Namespace
 
-    from engine.labeling.terminal import print_summary
     from engine.labeling.options import LabelSummary
+    from engine.labeling.terminal import print_summary
     from engine.models.tokens_cli import tokens_command
 
     assert tokens_command(["a [set1] cat, [red] hat [/]"]) == 0

@@ -6,8 +6,18 @@ import pytest
 
 from engine.config.dataset import round_bucket_limits
 from engine.data.buckets import (
-    Assignment, BucketSettings, assign_sizes, batches_for, bucket_info, bucket_report, cover_resize, crop_offset,
-    make_bucket_list, nearest_buckets, select_no_upscale, steps_per_epoch,
+    Assignment,
+    BucketSettings,
+    assign_sizes,
+    batches_for,
+    bucket_info,
+    bucket_report,
+    cover_resize,
+    crop_offset,
+    make_bucket_list,
+    nearest_buckets,
+    select_no_upscale,
+    steps_per_epoch,
 )
 
 # kohya's values for resolution 512, steps 64, min 256, max 1024 (worked by hand:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from data_helpers import make_dataset, make_image
+
 from engine.data.cli import buckets_command, prepare_command
 from engine.train.cache_cli import cache_command
 

@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from fresh_process import snippet
 
 from engine.config.dataset import load_dataset_file, parse_dataset_tables
 from engine.config.problems import ConfigError, ProblemList
-from fresh_process import snippet
 
 
 @pytest.fixture()

@@ -5,20 +5,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_helpers import make_dataset, make_image, write_meta
 from PIL import Image
 
-from data_helpers import make_dataset, make_image, write_meta
+from engine.data.buckets import BucketSettings
 from engine.data.captions import (
-    SidecarEncodingError, clean_caption, clean_tags, join_caption_and_tags, join_separator, read_sidecar, tag_frequency, write_caption,
+    SidecarEncodingError,
+    clean_caption,
+    clean_tags,
+    join_caption_and_tags,
+    join_separator,
+    read_sidecar,
+    tag_frequency,
+    write_caption,
 )
 from engine.data.health import check_images
-from engine.data.buckets import BucketSettings
 from engine.data.images import load_pixels, open_rgb, to_rgb
 from engine.data.metadata import (
-    MetadataError, build_metadata, read_metadata, write_metadata_json,
+    MetadataError,
+    build_metadata,
+    read_metadata,
+    write_metadata_json,
 )
 from engine.data.scan import ScanError, find_images, read_image_info, scan_folder
-
 
 # ---------------------------------------------------------------- odd files
 

@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
-
 from data_helpers import make_dataset, make_image, run_config, write_meta
+
 from engine.data.cli import buckets_command, prepare_command
 from engine.data.health import check_images
 from engine.data.metadata import build_metadata, read_metadata, write_metadata_json

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from data_helpers import make_dataset, make_image, run_config
+
 from engine.data.cache import entry_path
 from engine.data.metadata import build_metadata, write_metadata_json
 from engine.data.pipeline import TrainingData

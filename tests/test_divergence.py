@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import make_run
 
 from engine.events import ListSink, ModelSaved, RunFinished
 from engine.preflight.checks import check_run_file
-from engine.train.divergence import SKIPPED_IN_A_ROW, Diverged, DivergenceWatch
 from engine.runner import run_training
-from train_helpers import make_run
+from engine.train.divergence import SKIPPED_IN_A_ROW, Diverged, DivergenceWatch
 
 
 def _run(tmp_path, model, lr: str, steps: int = 6, save: str = "") -> tuple:

@@ -119,8 +119,9 @@ def test_a_new_family_is_one_adapter_and_one_registry_entry(monkeypatch):
 def test_the_family_is_detected_from_a_folder_or_a_header_and_loads_the_model(flavour, tmp_path, request):
     """A diffusers folder by its configs, a .safetensors file by its header; a .ckpt shows nothing
     before it loads and goes to the SD loader, which detects it as it loads."""
-    from engine.families.sources import detect_family, load_base
     from models_helpers import save_tiny_single
+
+    from engine.families.sources import detect_family, load_base
 
     folder = request.getfixturevalue(f"tiny_{flavour}")
     single = save_tiny_single(tmp_path / "m.safetensors", flavour)
@@ -232,10 +233,11 @@ def test_sdxl_owns_its_scale_side_text_encoding_and_pipeline():
 def test_a_run_loads_conditions_and_saves_through_the_family(tmp_path, tiny_sd1, monkeypatch):
     """The Trainer asks the SD1 adapter to load, for each micro-batch's U-Net inputs (whose extra
     arguments reach the U-Net), and to save the final model."""
+    from train_helpers import make_run
+
     from engine.events import ListSink
     from engine.families import family
     from engine.runner import run_training
-    from train_helpers import make_run
 
     sd1, calls = family("sd1"), []
     original = {name: getattr(sd1, name) for name in ("load", "unet_inputs", "save")}
@@ -288,9 +290,10 @@ def test_sdxl_unet_inputs_run_the_tiny_sdxl_unet():
 def test_check_train_and_convert_refuse_an_sdxl_model_with_the_reason(tmp_path, tiny_sd1, capsys):
     """No key accepts SDXL yet: --check, a run and sdft convert all exit 2 with the registry's
     reason, on a folder and on a single file."""
+    from train_helpers import make_run
+
     from engine.cli import main
     from engine.families.sdxl.tiny import save_tiny_sdxl_model
-    from train_helpers import make_run
 
     folder = save_tiny_sdxl_model(tmp_path / "xl")
     single = _tiny_sdxl_file(tmp_path / "xl.safetensors")
@@ -305,9 +308,10 @@ def test_check_train_and_convert_refuse_an_sdxl_model_with_the_reason(tmp_path, 
 
 
 def test_save_takes_the_trained_parts_by_role_and_the_rest_from_the_model(tmp_path):
+    from models_helpers import assert_same_weights, tiny
+
     from engine.families import family
     from engine.models.load import load_model
-    from models_helpers import assert_same_weights, tiny
 
     base, trained_unet = tiny("sd1"), tiny("sd1", seed=1)["unet"]
     model = SimpleNamespace(family="sd1", **base)
@@ -322,10 +326,10 @@ def test_save_takes_the_trained_parts_by_role_and_the_rest_from_the_model(tmp_pa
 def test_what_no_family_recognises_goes_to_the_sd_loader_and_its_errors(tmp_path):
     """A LoRA file is no family's: it reaches the SD loader, which names what it is."""
     import torch
+    from models_helpers import write_file
 
     from engine.families.sources import detect_family, load_base
     from engine.models.errors import ModelLoadError
-    from models_helpers import write_file
 
     lora = write_file(tmp_path / "lora.safetensors", {"lora_unet_down.lora_down.weight": torch.zeros(4, 4)})
     assert detect_family(lora) is None

@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_write_failures import inject_disk_full
+from train_helpers import make_run
 
 from engine.control import RunControl
 from engine.events import CallbackSink
 from engine.runner import run_training
-from test_write_failures import inject_disk_full
-from train_helpers import make_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
 

@@ -7,10 +7,10 @@ import json
 import os
 
 import pytest
+from train_helpers import make_run
 
 from engine.cli import main
 from engine.data.metadata import build_metadata, read_metadata
-from train_helpers import make_run
 
 
 @pytest.mark.parametrize("name", ["../../../x", "", ".", "..", "a/b", "a\\\\b"])

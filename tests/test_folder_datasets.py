@@ -8,8 +8,8 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from data_helpers import make_image, run_config
+
 from engine.config.dataset import parse_dataset_tables
 from engine.config.problems import ProblemList
 from engine.data.metadata import build_metadata, write_metadata_json
@@ -178,9 +178,10 @@ caption_extension = ".txt"
 
 
 def test_a_run_on_folder_subsets_passes_check_and_trains(tmp_path, tiny_sd1):
+    from train_helpers import make_run
+
     from engine.preflight.checks import check_run_file
     from engine.runner import run_training
-    from train_helpers import make_run
 
     for i, image in enumerate(_folder(tmp_path / "10_dog", 3)):
         image.with_suffix(".txt").write_text(f"sks dog, pose {i}", encoding="utf-8")

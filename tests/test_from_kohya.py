@@ -57,8 +57,9 @@ def test_the_readme_counts_what_maps_and_what_is_refused():
 
 def test_kohyas_documented_command_converts_to_a_file_check_accepts(tmp_path, tiny_sd1):
     pytest.importorskip("bitsandbytes", reason="--use_8bit_adam needs bitsandbytes (in the dev extra)")
-    from engine.preflight.checks import check_run_file
     from preflight_helpers import make_fixture
+
+    from engine.preflight.checks import check_run_file
 
     make_fixture(tmp_path, tiny_sd1)
     dataset = tmp_path / "dataset.toml"

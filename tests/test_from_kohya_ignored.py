@@ -24,9 +24,9 @@ def _left_out(conversion) -> dict[str, str]:
 def _check(tmp_path, tiny_sd1, conversion, source: str):
     """--check of a converted file on the tiny model and train_helpers' data."""
     import tomlkit
+    from train_helpers import make_dataset
 
     from engine.preflight.checks import check_run_file
-    from train_helpers import make_dataset
 
     make_dataset(tmp_path)
     doc = tomlkit.parse(render(conversion, source))
@@ -73,8 +73,9 @@ def test_real_problems_stay_for_check_to_name(tmp_path, tiny_sd1):
 
 
 def test_a_run_files_warm_up_message_names_its_schedule(tmp_path, tiny_sd1):
-    from engine.preflight.checks import check_run_file
     from train_helpers import make_run
+
+    from engine.preflight.checks import check_run_file
 
     run = make_run(tmp_path, tiny_sd1, optimizer_extra='type = "Adafactor"\nlr_scheduler = "adafactor"\n'
                                                       "lr_warmup_steps = 10\n")
@@ -117,8 +118,9 @@ def test_the_ddp_options_map_to_sdfts_multi_gpu_keys(option, value):
 
 def test_dadapt_sgd_at_a_warm_ups_zero_learning_rate_names_the_real_cause(tmp_path, tiny_sd1):
     pytest.importorskip("dadaptation")
-    from engine.preflight.checks import check_run_file
     from train_helpers import make_run
+
+    from engine.preflight.checks import check_run_file
 
     run = make_run(tmp_path, tiny_sd1, optimizer_extra='type = "DAdaptSGD"\nlr_scheduler = "cosine"\n'
                                                       "lr_warmup_steps = 2\n")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from data_helpers import make_image
+
 from engine.kohya.convert import from_command, from_config_file, report_lines
 from engine.kohya.scripts import NotConvertible
 

@@ -8,16 +8,16 @@ import importlib.util
 
 import pytest
 import torch
+from test_train_engine import losses, stop_at
+from train_helpers import make_run, same_model_files
 
 from engine.config.problems import ConfigError
 from engine.config.run_toml import load_run_file
 from engine.control import RunControl
 from engine.events import FanOut, ListSink
-from engine.train.optimizers import build_optimizer
 from engine.runner import run_training
+from engine.train.optimizers import build_optimizer
 from engine.train.weight_update import FusedBackward
-from test_train_engine import losses, stop_at
-from train_helpers import make_run, same_model_files
 
 
 def _train(folder, model, memory: str, optimizer: str, steps: int = 3, **kwargs):

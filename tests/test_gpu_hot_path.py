@@ -10,14 +10,14 @@ import types
 
 import pytest
 import torch
+from train_helpers import make_run
 
 from engine.config.run_toml import load_run_file
 from engine.events import ListSink, RunStarted
-from engine.train.lr_steps import ScheduleOnTakenSteps
 from engine.runner import run_training
+from engine.train.lr_steps import ScheduleOnTakenSteps
 from engine.train.trainer import Trainer
 from engine.train.weight_update import AllAtOnce
-from train_helpers import make_run
 
 HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
 

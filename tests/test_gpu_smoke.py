@@ -53,10 +53,10 @@ def test_gpu_smoke_runs_every_cell_with_the_tiny_model_on_a_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_a_cell_whose_bf16_weights_round_to_nearest_fails_the_moved_check(tmp_path):
-    from engine.bench.speed_cells import Cell, cell_config
-    from engine.bench.speed_matrix import ModelStore
     from engine.bench.gpu_report import ReportSize, random_model, write_report_run
     from engine.bench.gpu_smoke import _smoke_toml, run_cell
+    from engine.bench.speed_cells import Cell, cell_config
+    from engine.bench.speed_matrix import ModelStore
 
     run_file = write_report_run(tmp_path, ReportSize("tiny", resolution=64), 4)
     data = _smoke_toml(run_file, steps=3, learning_rate=1e-5)

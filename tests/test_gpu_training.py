@@ -9,12 +9,12 @@ import importlib.util
 
 import pytest
 import torch
+from train_helpers import make_run
 
 from engine.config.run_toml import load_run_file
 from engine.events import ListSink, StepMetrics
 from engine.runner import run_training
 from engine.train.trainer import Trainer
-from train_helpers import make_run
 
 pytestmark = pytest.mark.gpu
 

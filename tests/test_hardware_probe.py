@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from fresh_process import snippet
 
 from engine import hardware
-from fresh_process import snippet
 
 
 def test_parse_nvidia_smi_csv():

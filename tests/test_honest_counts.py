@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 
+from train_helpers import make_run
+
 from engine.events import Message, ModelSaved, RunFinished, RunStarted, StepMetrics, read_events
 from engine.runner import run_training
-from train_helpers import make_run
 
 
 def truncate(path) -> None:
@@ -113,9 +114,10 @@ def test_prepare_without_check_decodes_nothing_and_keeps_every_readable_header(t
 
 def test_a_caption_file_that_is_not_utf8_is_a_health_warning_naming_it(tmp_path):
     from data_helpers import make_dataset
+
     from engine.data.captions import read_sidecar
-    from engine.data.health import check_images
     from engine.data.health import KIND_LABELS as HEALTH_LABELS
+    from engine.data.health import check_images
 
     paths = make_dataset(tmp_path, [(64, 64), (64, 64)])
     latin1 = paths[0].with_suffix(".caption")
@@ -133,6 +135,7 @@ def test_a_caption_file_that_is_not_utf8_is_a_health_warning_naming_it(tmp_path)
 
 def test_prepare_check_names_a_tags_file_that_is_not_utf8(tmp_path, capsys):
     from data_helpers import make_dataset
+
     from engine.data.cli import prepare_command
 
     folder = tmp_path / "imgs"

@@ -6,12 +6,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from train_helpers import make_run  # noqa: E402
+
 from engine.config import run_toml  # noqa: E402
 from engine.control import RunControl  # noqa: E402
 from engine.events import CallbackSink, FanOut, ListSink, ModelSaved, RunStarted, SampleSaved, StepMetrics  # noqa: E402
 from engine.models.hypernetwork import HypernetworkAttnProcessor, load_hypernetwork  # noqa: E402
 from engine.runner import run_training  # noqa: E402
-from train_helpers import make_run  # noqa: E402
 
 MODE = 'mode = "hypernetwork"'
 

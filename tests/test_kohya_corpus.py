@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from data_helpers import make_image
+
 from engine.kohya.convert import from_command, from_config_file, render
 from engine.kohya.scripts import NotConvertible
 

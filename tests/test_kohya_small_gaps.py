@@ -4,10 +4,10 @@ WD v3 tagger's category options and the quality-tag refusal."""
 from __future__ import annotations
 
 import pytest
+from labeling_helpers import make_wd14_folder, solid_image
 
 from engine.kohya.convert import from_command, render
 from engine.train.schedule import Schedule, epochs_between_saves
-from labeling_helpers import make_wd14_folder, solid_image
 
 
 class _Save:
@@ -23,8 +23,9 @@ def test_the_ratio_is_kohyas_floor_of_epochs_over_n_and_at_least_one(epochs, rat
 
 
 def test_a_run_with_a_ratio_saves_at_those_epochs(tmp_path, tiny_sd1):
-    from engine.runner import run_training
     from train_helpers import make_run
+
+    from engine.runner import run_training
 
     # 6 images in 3 buckets, batch 2: 3 steps an epoch; 4 epochs, ratio 3 -> every 4 // 3 = 1 epoch
     run = make_run(tmp_path, tiny_sd1, train_extra="max_train_epochs = 4", save_extra="n_epoch_ratio = 3")
@@ -36,8 +37,9 @@ def test_a_run_with_a_ratio_saves_at_those_epochs(tmp_path, tiny_sd1):
 
 
 def test_from_kohya_keeps_the_ratio_without_max_train_epochs_and_check_accepts_it(tmp_path, tiny_sd1):
-    from engine.preflight.checks import check_run_file
     from train_helpers import make_run
+
+    from engine.preflight.checks import check_run_file
 
     conversion = from_command(["--save_n_epoch_ratio", "5", "--max_train_steps", "40"])
     assert not conversion.refused

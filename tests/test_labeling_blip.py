@@ -6,10 +6,10 @@ import json
 import shutil
 
 import pytest
+from labeling_helpers import make_blip_folder, make_wd14_folder, solid_image
 
 from engine.labeling import CaptionOptions, LabelError, caption_images, load_captioner
 from engine.labeling.blip import clean_prompt
-from labeling_helpers import make_blip_folder, make_wd14_folder, solid_image
 
 
 @pytest.fixture(scope="module")

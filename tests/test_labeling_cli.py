@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from labeling_helpers import make_blip_folder, make_wd14_folder, solid_image
 
 from engine.labeling.cli import caption_command, tag_command
-from labeling_helpers import make_blip_folder, make_wd14_folder, solid_image
 
 SCORES = [0.1, 0.7, 0.2, 0.05, 0.9, 0.5, 0.8, 0.3, 0.6, 0.36, 0.34, 0.99]
 

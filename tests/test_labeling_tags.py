@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from labeling_helpers import DDB_TAGS, WD14_ROWS, make_ddb_folder, make_wd14_folder, solid_image
 
 from engine.labeling import LabelError, TagOptions, tag_images
 from engine.labeling.tagrules import (
@@ -13,7 +14,6 @@ from engine.labeling.tagrules import (
     merge_tags,
     parse_replacements,
 )
-from labeling_helpers import DDB_TAGS, WD14_ROWS, make_ddb_folder, make_wd14_folder, solid_image
 
 # scores aligned with WD14_ROWS:
 #   ratings general .1, sensitive .7, questionable .2, explicit .05

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from engine.hardware import HardwareInfo
 from labeling_helpers import make_blip_folder, make_wd14_folder
+
+from engine.hardware import HardwareInfo
 from sdft_tui.app import SdftApp
 from tests.wizard_helpers import make_dataset, settle
 

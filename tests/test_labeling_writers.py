@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from labeling_helpers import make_wd14_folder, solid_image
 
 from engine.labeling import LabelError, TagOptions, tag_images
 from engine.labeling.sources import resolve_model
-from labeling_helpers import make_wd14_folder, solid_image
 
 # 1girl .9, long_hair .5, miku [char] .8, ^_^ .6 pass 0.35; smile .3, red_eyes .34 do not; solo .36 passes
 SCORES = [0.1, 0.7, 0.2, 0.05, 0.9, 0.5, 0.8, 0.3, 0.6, 0.36, 0.34, 0.99]

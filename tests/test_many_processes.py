@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import make_dataset, make_run
 
 from engine.launch import launch_plan
-from train_helpers import make_dataset, make_run
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def _final_weights(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def _one_process_run(tmp_path_factory, tiny_sd1) -> tuple[dict[int, float], dict[str, torch.Tensor]]:
-    from engine.cli import main   # `sdft train RUN.toml`, in this process: no second start-up to pay
+    from engine.cli import main  # `sdft train RUN.toml`, in this process: no second start-up to pay
 
     path = _run_file(tmp_path_factory.mktemp("one-process"), tiny_sd1, 1)
     assert main(["train", str(path)]) == 0
@@ -226,7 +226,7 @@ def test_bench_measures_the_scaling_of_two_processes(tmp_path, tiny_sd1, capsys)
     report = json.loads(capsys.readouterr().out)
     assert report["processes"] == 2 and report["one"]["engine_samples_per_s"] > 0
     assert report["many"]["engine_samples_per_s"] > 0 and 0 < report["efficiency"] < 2
-    from engine.bench.scaling import scaling_figures   # the warning rule, on figures a slow link gives
+    from engine.bench.scaling import scaling_figures  # the warning rule, on figures a slow link gives
 
     slow = scaling_figures({"engine_samples_per_s": 10.0}, {"engine_samples_per_s": 12.0}, 2)
     assert slow["efficiency"] == 0.6 and "wait for each other" in slow["warning"]

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_helpers import make_run
 
 from engine.events import ListSink, StepMetrics
-from engine.train import objective as obj
 from engine.runner import run_training
-from train_helpers import make_run
+from engine.train import objective as obj
 
 
 def _losses(sink: ListSink) -> dict[int, float]:

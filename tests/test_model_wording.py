@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from train_helpers import make_run
+
 from engine.cli import main
 from engine.preflight.model import look_at_model
 from engine.units import counted
-from train_helpers import make_run
 
 
 def test_a_folder_and_a_single_file_of_one_tiny_model_are_described_alike(tmp_path, tiny_sd1, capsys):

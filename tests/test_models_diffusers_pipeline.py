@@ -155,9 +155,10 @@ def test_zero_terminal_snr_needs_a_scheduler_that_takes_it():
 
 
 def test_training_diffusers_save_generates(tmp_path):
+    from train_helpers import make_run
+
     from engine.events import ListSink, ModelSaved
     from engine.runner import run_training
-    from train_helpers import make_run
 
     source = pndm_source(tmp_path / "src")
     config = make_run(tmp_path, source, steps=1, save_extra='format = "diffusers"')

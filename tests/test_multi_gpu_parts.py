@@ -81,9 +81,10 @@ def test_a_request_in_control_json_reaches_the_run_once(tmp_path):
 
 
 def test_a_run_stops_at_a_request_from_another_process(tmp_path, tiny_sd1):
+    from train_helpers import make_run
+
     from engine.events import CallbackSink, FanOut, ListSink, StepMetrics
     from engine.runner import run_training
-    from train_helpers import make_run
 
     path = make_run(tmp_path, tiny_sd1, steps=20)
     run_dir = tmp_path / "runs" / "t"
@@ -132,11 +133,11 @@ def test_deepspeed_and_fsdp_configs_are_refused_with_what_to_use(kind):
 
 def test_each_process_encodes_its_share_of_a_disk_cache(tmp_path, tiny_sd1):
     import torch
+    from train_helpers import make_run
 
     from engine.config.run_toml import load_run_file
     from engine.data.pipeline import TrainingData
     from engine.models.load import load_model
-    from train_helpers import make_run
 
     config, _doc, _warnings = load_run_file(make_run(tmp_path, tiny_sd1))
     data = TrainingData.from_config(config, default_resolution=(64, 64), log=lambda _t: None)
@@ -174,9 +175,10 @@ def test_a_stopped_process_of_a_multi_process_run_exits_0_for_the_launcher(monke
 
 
 def test_gpus_without_gpus_and_tui_with_gpus_are_refused(tmp_path, tiny_sd1, monkeypatch, capsys):
+    from train_helpers import make_run
+
     from engine import hardware
     from engine.cli import main
-    from train_helpers import make_run
 
     path = make_run(tmp_path, tiny_sd1)
     monkeypatch.setattr(hardware, "probe_gpus_nvidia_smi", lambda timeout=5.0: ([], "nvidia-smi not found"))
@@ -193,9 +195,10 @@ def test_gpus_without_gpus_and_tui_with_gpus_are_refused(tmp_path, tiny_sd1, mon
     ("", "AdamW8bit", "kernels take whole tensors"),
 ])
 def test_what_sharding_cannot_do_yet_is_refused_with_the_reason(tmp_path, tiny_sd1, memory, optimizer, words):
+    from train_helpers import make_run
+
     from engine.config.problems import ConfigError
     from engine.config.run_toml import load_run_file
-    from train_helpers import make_run
 
     path = make_run(tmp_path, tiny_sd1, optimizer_extra=f'type = "{optimizer}"')
     path.write_text(path.read_text() + '\n[memory]\nsharding = "full"\n' + memory)

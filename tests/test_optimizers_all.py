@@ -226,11 +226,12 @@ def test_evaluation_weights_switch_a_schedule_free_optimizer_and_back():
 def test_a_schedule_free_run_samples_and_saves_in_eval_mode_and_trains_in_train_mode(
         tmp_path, tiny_sd1, monkeypatch):
     pytest.importorskip("schedulefree")
+    from train_helpers import make_run
+
     import engine.models.save as save_module
     import engine.train.sampling as sampling
-    from engine.train import trainer as trainer_module
     from engine.runner import run_training
-    from train_helpers import make_run
+    from engine.train import trainer as trainer_module
 
     modes: list[tuple[str, bool]] = []
     seen: dict = {}

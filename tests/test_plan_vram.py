@@ -8,8 +8,15 @@ from dataclasses import replace
 import pytest
 
 from engine.plan import (
-    GIB, PRESETS, PlanOptions, apply_preset_to_options, budget_for_preset, estimate_peak_vram,
-    hypernetwork_params, preset_for, suggest,
+    GIB,
+    PRESETS,
+    PlanOptions,
+    apply_preset_to_options,
+    budget_for_preset,
+    estimate_peak_vram,
+    hypernetwork_params,
+    preset_for,
+    suggest,
 )
 from engine.plan.learning import updates_round_away
 from engine.plan.presets import WITHOUT_BF16

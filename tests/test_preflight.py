@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from fresh_process import snippet
+from train_helpers import make_run
 
 from engine.events import PhaseProgress
 from engine.preflight.checks import check_run_file
-from fresh_process import snippet
-from train_helpers import make_run
 
 
 def _errors(path, key=None):
@@ -38,8 +38,8 @@ def test_a_single_file_model_is_probed_from_its_header(tmp_path):
     notes = " ".join(p.message for p in _find(problems, "model.pretrained_model_name_or_path", "note"))
     assert "SD 2.x" in notes and "v-prediction" in notes and "OpenCLIP" in notes
     lora = tmp_path / "lora.safetensors"
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"lora_unet_down.lora_down.weight": torch.zeros(2, 2)}, str(lora))
     [error] = _errors(make_run(tmp_path, lora), "model.pretrained_model_name_or_path")

@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import tomlkit
-
-from engine.preflight.checks import check_run_file
-from engine.runner import run_training
 from preflight_helpers import PROMPT, _candidates, make_fixture, schema_keys
 
-import typing
-from dataclasses import fields
-
 from engine.config.schema import SECTIONS
+from engine.preflight.checks import check_run_file
+from engine.runner import run_training
 
 BASE = {
     "train": {"max_train_steps": 3, "seed": 5, "output_name": "k"},

@@ -15,12 +15,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from preflight_helpers import make_fixture, random_run_file
 
 from engine.control import RunControl
 from engine.events import RunStarted
 from engine.preflight.checks import check_run_file
 from engine.runner import run_training
-from preflight_helpers import make_fixture, random_run_file
 
 FILES = 200
 CHUNK = 20

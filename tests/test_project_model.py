@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fresh_process import snippet
 
 from engine.data.metadata import build_metadata, load_raw
 from engine.models.safetensors_header import HeaderError, read_header
@@ -15,7 +16,6 @@ from engine.project.dataset_index import DatasetIndex
 from engine.project.labels import LabelStore
 from engine.project.project import Project
 from engine.project.run_draft import DatasetLink, RunDraft
-from fresh_process import snippet
 from tests.data_helpers import make_image, write_meta
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,10 +3,11 @@ and a stop during caching says what was kept."""
 
 from __future__ import annotations
 
+from train_helpers import make_run
+
 from engine.control import RunControl
 from engine.events import CallbackSink, FanOut, ListSink, PhaseProgress, SampleSaved
 from engine.runner import run_training
-from train_helpers import make_run
 
 
 def _messages(sink) -> list[str]:

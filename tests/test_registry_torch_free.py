@@ -4,7 +4,6 @@ torch, diffusers, transformers, bitsandbytes or Textual, so the wizard and --hel
 from __future__ import annotations
 
 import pytest
-
 from fresh_process import snippet
 
 HEAVY = ("torch", "diffusers", "transformers", "bitsandbytes", "textual", "onnxruntime")

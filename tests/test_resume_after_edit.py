@@ -10,12 +10,12 @@ import shutil
 
 import pytest
 from PIL import Image
+from train_helpers import make_run
 
 from engine.cli import main
 from engine.config.problems import ConfigError
 from engine.events import ListSink
 from engine.runner import run_training
-from train_helpers import make_run
 
 SAVE = "every_n_steps = 2\nstate = true\n"
 
@@ -73,6 +73,7 @@ def test_a_changed_base_model_still_needs_allow_changed(stopped_at_2, tmp_path, 
 
 def test_a_failed_tui_run_prints_its_reason_after_the_dashboard_closes(tmp_path, monkeypatch, capsys):
     from dashboard_helpers import FakeEngine, wait_until
+
     from sdft_tui.dashboard import DashboardApp, run_dashboard
 
     def finished(screen) -> bool:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from train_helpers import make_run
 
 from engine.events import ListSink, read_events
 from engine.runner import run_training
-from train_helpers import make_run
 
 SAVE = "every_n_steps = 1\nstate = true\nstate_on_train_end = true\nlast_n_states = 3\n"
 

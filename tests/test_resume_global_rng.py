@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_train_engine import losses, stop_at
+from train_helpers import make_run, same_model_files
 
 from engine.control import RunControl
 from engine.events import FanOut, ListSink
 from engine.runner import run_training
-from test_train_engine import losses, stop_at
-from train_helpers import make_run, same_model_files
 
 NOISY = 'type = "tests.noisy_optimizer.NoisySGD"\nmax_grad_norm = 0.0'
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from train_helpers import make_run
 
+from engine.config.problems import ConfigError
 from engine.control import RunControl
 from engine.events import CallbackSink, FanOut, ListSink, StepMetrics
-from engine.config.problems import ConfigError
 from engine.runner import run_training
 from engine.train.saves.state import find_latest_state, read_counters
-from train_helpers import make_run
 
 
 def _without_seed(path):

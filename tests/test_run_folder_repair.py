@@ -65,8 +65,9 @@ def test_leftovers_of_interrupted_saves_are_removed_and_a_lone_old_copy_is_put_b
 
 
 def test_a_run_whose_folder_is_deleted_stops_and_saves_its_state_at_the_same_path(tmp_path, tiny_sd1):
-    from engine.runner import run_training
     from train_helpers import make_run
+
+    from engine.runner import run_training
 
     config = make_run(tmp_path, tiny_sd1, steps=10_000)
     run_dir = tmp_path / "runs" / "t"

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from train_helpers import make_run
 
 from engine.cli import main
 from engine.config.problems import ConfigError
 from engine.events import read_events
 from engine.runner import run_training
-from train_helpers import make_run
 
 SAVE = "every_n_steps = 2\nstate = true\nlast_n_states = 1\n"
 

@@ -9,9 +9,9 @@ import sys
 import time
 
 import pytest
+from train_helpers import make_run
 
 from engine.runlock import LOCK_NAME, RunFolderBusy, RunLock, read_holder
-from train_helpers import make_run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SDFT = [sys.executable, "-m", "sdft_tui.cli"]

@@ -6,10 +6,12 @@ import logging
 import sys
 import warnings
 
+from train_helpers import make_run
+
 from engine.events import ListSink, Message
 from engine.run_log import library_output_to
 from engine.runner import run_training
-from train_helpers import make_run
+
 
 def to_stderr(message, category, filename, lineno, file=None, line=None):
     """Python's own way of showing a warning (pytest records them instead, so it is put back)."""

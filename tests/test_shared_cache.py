@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from test_run_lock import ENV, HOLD
 
 from engine.data.cache_prune import manifest_path, referenced_keys, register_run, write_manifest
 from engine.train.cache_cli import cache_command
 from engine.vocabulary import ExitCode
-from test_run_lock import ENV, HOLD
 
 
 def _run_file(folder, output_dir: str, cache_dir) -> object:
@@ -73,9 +73,10 @@ def test_registering_keeps_the_keys_a_run_used_before(tmp_path, resumed_keys):
 
 
 def test_training_registers_on_the_cache_before_its_first_entry(tmp_path, tiny_sd1, monkeypatch):
+    from train_helpers import make_run
+
     from engine.data import cache as cache_module
     from engine.runner import run_training
-    from train_helpers import make_run
 
     config = make_run(tmp_path, tiny_sd1, steps=1)
     seen = []

@@ -7,14 +7,14 @@ import types
 
 import pytest
 import torch
+from train_helpers import make_run
 
 from engine.config.run_toml import load_run_file
 from engine.events import ListSink, StepMetrics
 from engine.preflight.checks import check_run_file
-from engine.train.precision import set_backend_flags
 from engine.runner import run_training
+from engine.train.precision import set_backend_flags
 from engine.train.trainer import Trainer
-from train_helpers import make_run
 
 
 def run_with(folder, model, memory: str) -> list[float]:

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from train_helpers import make_run
 
 REPO = Path(__file__).resolve().parents[1]

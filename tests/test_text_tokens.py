@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fresh_process import snippet
 
 from engine.models.tokenizer import (
     chunk_ids,
@@ -10,7 +11,6 @@ from engine.models.tokenizer import (
     embedding_length,
     pad_ids,
 )
-from fresh_process import snippet
 from tests.text_helpers import BOS, EOS, SD2_PAD, A, a_caption, tokenizer
 
 CAT = [320, 1125, 539, 320, 2368]  # "a photo of a cat"

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from train_helpers import make_run
 
 

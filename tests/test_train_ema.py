@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from train_helpers import make_run
 
 from engine.events import ListSink, Message
-from engine.train.ema import EMA, EMAStateError, warmup_decay
 from engine.runner import run_training
+from engine.train.ema import EMA, EMAStateError, warmup_decay
 from engine.train.saves.state import file_sha256, find_latest_state
-from train_helpers import make_run
 
 
 def test_the_decay_is_diffusers_warm_up_schedule_capped_by_ema_decay():

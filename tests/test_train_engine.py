@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from train_helpers import make_broken_model, make_run
 
+from engine.config.problems import ConfigError
 from engine.control import RunControl
 from engine.events import CallbackSink, FanOut, ListSink, ModelSaved, RunFinished, RunStarted, StepMetrics
-from engine.config.problems import ConfigError
 from engine.runner import run_training
-from train_helpers import make_broken_model, make_run
 
 
 def losses(sink: ListSink) -> dict[int, float]:

@@ -7,13 +7,13 @@ import dataclasses
 import threading
 
 import pytest
+from train_helpers import make_run
 
+from engine.bench.speed import BenchTimer, run_bench
 from engine.config.run_toml import load_run_file
 from engine.events import ListSink, Message, StepMetrics
-from engine.bench.speed import BenchTimer, run_bench
 from engine.train.context import StepHook
 from engine.train.trainer import Trainer
-from train_helpers import make_run
 
 
 class Recorder(StepHook):

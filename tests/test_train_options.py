@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
 import torch
+from train_helpers import make_run
 
 from engine.config.run_toml import load_run_file
 from engine.events import ListSink, Message, ModelSaved, SampleSaved, StepMetrics
-from engine.train.ema import EMA
 from engine.runner import run_training
+from engine.train.ema import EMA
 from engine.train.trainer import Trainer
-from train_helpers import make_run
 
 
 def setup_trainer(config_path) -> Trainer:

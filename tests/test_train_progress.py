@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 
+from train_helpers import make_run
+
 from engine.events import ListSink, StepMetrics, StepProgress, read_events
 from engine.runner import run_training
-from train_helpers import make_run
 
 
 def test_every_step_is_reported_and_replays_from_events_jsonl(tmp_path, tiny_sd1):

@@ -30,9 +30,10 @@ def test_a_dataset_without_batches_is_refused():
 def test_the_data_pipeline_takes_the_total_from_the_schedule(tmp_path, tiny_sd1):
     """A fractional token_warmup_step is a ratio of the schedule's total, not of a count the
     data pipeline works out itself."""
+    from train_helpers import make_run
+
     from engine.config.run_toml import load_run_file
     from engine.data.pipeline import TrainingData
-    from train_helpers import make_run
 
     config, _doc, _ = load_run_file(make_run(tmp_path, tiny_sd1, steps=4))
     config.train.max_train_epochs = 2

@@ -10,15 +10,15 @@ import signal
 import threading
 
 import pytest
-
 from dashboard_helpers import T0, FakeEngine, loss_at, run_app, screen_text, settle, wait_thread_event, wait_until
-from engine.events import JsonlSink, ListSink, RunFinished, RunStarted, StepMetrics, read_events
 from fresh_process import snippet
+
+from engine.events import JsonlSink, ListSink, RunFinished, RunStarted, StepMetrics, read_events
+from engine.vocabulary import exit_code_for
 from sdft_tui.bridge import EventFollower, MessageSink
 from sdft_tui.dashboard import DashboardApp, dashboard_signals, finish_run, run_dashboard
-from sdft_tui.run_figures import RunFigures, format_duration, format_number, format_offset
-from engine.vocabulary import exit_code_for
 from sdft_tui.engine_handle import EngineHandle
+from sdft_tui.run_figures import RunFigures, format_duration, format_number, format_offset
 from sdft_tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from sdft_tui.screens.run import RunScreen, WatchScreen
 from sdft_tui.widgets.loss_chart import plot_braille, sparkline

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dashboard_helpers import GIB, T0, FakeEngine, loss_at, run_app, screen_text, settle, wait_until
+from rich.text import Text
+
 from engine.events import PhaseProgress, RunStarted, StepProgress
 from engine.vocabulary import Phase
-from rich.text import Text
 from sdft_tui.fit import fit_parts
 from sdft_tui.run_figures import RunFigures, format_number
 

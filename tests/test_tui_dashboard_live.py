@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from dashboard_helpers import T0, screen_text, settle, wait_until
-from engine.vocabulary import Phase
+
 from engine.events import (
     JsonlSink,
     ModelSaved,
@@ -17,6 +17,7 @@ from engine.events import (
     StepMetrics,
     StepProgress,
 )
+from engine.vocabulary import Phase
 from sdft_tui.dashboard import DashboardApp
 from sdft_tui.run_figures import RunFigures
 from sdft_tui.screens.run import WatchScreen

@@ -10,14 +10,10 @@ import asyncio
 
 from dashboard_helpers import FakeEngine, run_app, screen_text, settle, wait_until
 from rich.console import Console
+
 from sdft_tui.dashboard import DashboardApp
 from sdft_tui.screens.confirm import ChoiceScreen
 from sdft_tui.widgets.event_log import HangingLine
-
-
-
-
-
 
 
 def test_memory_pane_stays_readable_at_80x24_after_a_stop(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from dashboard_helpers import screen_text
+
 from sdft_tui.dashboard import DashboardApp
 from sdft_tui.engine_handle import EngineHandle
 from sdft_tui.screens.run import RunScreen

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from dashboard_helpers import FakeEngine
+
 from sdft_tui.dashboard import DashboardApp
 from sdft_tui.screens.run import RunScreen
 

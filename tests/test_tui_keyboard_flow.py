@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from textual.containers import ScrollableContainer, VerticalScroll
 from textual.widgets import DataTable, Input, Select, TextArea
 

@@ -13,6 +13,7 @@ import json
 
 from dashboard_helpers import T0, FakeResult, wait_until
 from dashboard_helpers import screen_text as dashboard_screen_text
+
 from engine.events import Message, RunFinished, RunStarted, SampleSaved
 from engine.hardware import HardwareInfo
 from sdft_tui.app import SdftApp

@@ -333,8 +333,9 @@ def test_moving_to_another_image_saves_the_edit_and_undo_brings_the_old_one_back
 
 def test_editor_switches_between_caption_and_tags(tmp_path):
     """An image with both a caption and tags: ctrl+k edits the tags, ctrl+s writes the tags file."""
-    from engine.demo import make_demo_dataset
     from textual.widgets import TextArea
+
+    from engine.demo import make_demo_dataset
 
     make_demo_dataset(tmp_path / "images", count=2)
     first = sorted((tmp_path / "images").glob("*.png"))[0]

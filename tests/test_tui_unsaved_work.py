@@ -7,10 +7,11 @@ import asyncio
 import json
 
 from dashboard_helpers import FakeEngine, run_app, wait_thread_event, wait_until
+from test_tui_polish import demo_like_run
+
 from engine.hardware import HardwareInfo
 from sdft_tui.app import SdftApp
 from sdft_tui.screens.confirm import ChoiceScreen
-from test_tui_polish import demo_like_run
 from tests.wizard_helpers import settle as settle_wizard
 
 

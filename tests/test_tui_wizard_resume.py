@@ -10,8 +10,8 @@ import shutil
 import threading
 
 import pytest
-
 from dashboard_helpers import FakeEngine, screen_text, wait_until
+
 from engine.events import FanOut, RunStarted, StepMetrics, StepProgress, read_events
 from engine.hardware import HardwareInfo
 from sdft_tui.app import SdftApp

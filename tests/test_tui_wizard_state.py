@@ -161,8 +161,8 @@ def test_probe_model_reads_configs_without_torch(tiny_sd1, tiny_sd2):
 
 
 def test_every_engine_health_kind_has_a_wizard_label():
-    from engine.data.health import SEVERITY
     from engine.data.health import KIND_LABELS as HEALTH_LABELS
+    from engine.data.health import SEVERITY
 
     assert set(SEVERITY) <= set(HEALTH_LABELS), sorted(set(SEVERITY) - set(HEALTH_LABELS))
 

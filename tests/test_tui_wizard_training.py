@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 from dashboard_helpers import FakeEngine
+
 from sdft_tui.app import SdftApp
 from sdft_tui.dashboard import open_run_screen
 from sdft_tui.screens.confirm import ConfirmScreen

@@ -8,9 +8,9 @@ import os
 import threading
 
 import pytest
+from train_helpers import make_run
 
 from engine.cli import main
-from train_helpers import make_run
 
 
 def _check(config, capsys) -> tuple[int, str]:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from train_helpers import make_run
 
 from engine.control import RunControl
 from engine.data.holdout import validation_count
 from engine.events import FanOut, ListSink, RunStarted, StepMetrics, ValidationMetrics
 from engine.runner import run_training
-from train_helpers import make_run
+
 
 def _with_split(path, train_extra: str = "validate_every_n_steps = 2\n", split: str = "validation_split = 0.34"):
     text = path.read_text()

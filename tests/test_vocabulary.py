@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from dashboard_helpers import FakeEngine
+from train_helpers import make_run
+
 from engine.control import RunControl
 from engine.events import ListSink, PhaseProgress, RunFinished, StatusChanged
 from engine.vocabulary import ControlStatus, ExitCode, Phase, RunStatus, exit_code_for, phase_label
-from train_helpers import make_run
 
 
 def _words(events) -> dict[str, set[str]]:

@@ -12,11 +12,11 @@ import pytest
 import safetensors.torch
 import torch
 from PIL import Image
+from train_helpers import make_run
 
 from engine.events import ListSink
-from engine.train.saves import state as state_module
 from engine.runner import run_training
-from train_helpers import make_run
+from engine.train.saves import state as state_module
 
 SAVE_EVERY_STEP = "every_n_steps = 1\nstate = true\nlast_n_states = 3\n"
 

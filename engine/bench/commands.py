@@ -141,11 +141,10 @@ def _axes(args):
 
 
 def matrix_command(args, axes) -> int:
-    from engine.config.problems import ConfigError
-    from engine.console import print_problems
-
     from engine.bench.speed_matrix import MatrixPlan, run_matrix
     from engine.bench.speed_report import print_table, write_json
+    from engine.config.problems import ConfigError
+    from engine.console import print_problems
 
     steps, warmup = _steps(args, "matrix")
     plan = MatrixPlan(_run_file(args), steps=steps, warmup=warmup, budget_s=args.budget)

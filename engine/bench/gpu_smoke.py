@@ -82,9 +82,9 @@ def check_cell(losses: list[float], moved: float, prediction_error: float | None
 
 def run_cell(config, store) -> tuple[dict, dict]:
     """Train one cell from the store's pristine model: its figures and its checks."""
-    from engine.events import StepMetrics
     from engine.bench.speed import run_timed
     from engine.bench.speed_matrix import PeakMemory, StoreTrainer, planner_figures, release
+    from engine.events import StepMetrics
 
     trainer = StoreTrainer(config, store=store)
     try:
@@ -108,10 +108,10 @@ def gpu_smoke(out_dir: str | Path, *, model: str = "sd1", resolution: int = 512,
     OUT_DIR/gpu-smoke.md and .json after each; returns the report."""
     import torch
 
-    from engine.hardware import cuda_has_bf16, installed_packages
+    from engine.bench.gpu_report import MODEL_LABELS, ReportSize, random_model, write_report_run
     from engine.bench.speed_cells import Cell, cell_config, cell_problem
     from engine.bench.speed_matrix import ModelStore, collect_garbage, device_name, one_line
-    from engine.bench.gpu_report import MODEL_LABELS, ReportSize, random_model, write_report_run
+    from engine.hardware import cuda_has_bf16, installed_packages
 
     started = time.perf_counter() if started is None else started
     say = progress or (lambda _text: None)

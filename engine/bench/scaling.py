@@ -20,8 +20,8 @@ LOW_EFFICIENCY = 0.80
 
 def scaling_report(config: str | Path, processes: int, steps: int, warmup: int, *, p2p_ok=None,
                    progress=None) -> dict:
-    from engine.launch import launch_plan
     from engine.bench.speed import run_bench
+    from engine.launch import launch_plan
 
     say = progress or (lambda _text: None)
     say(f"sdft bench --gpus {processes}: timing 1 process")

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from engine.control import RunControl
-from engine.events import ListSink
 from engine.bench import speed_cells
 from engine.bench.speed import flops_per_sample, for_timing, run_timed
 from engine.bench.speed_cells import Cell
+from engine.control import RunControl
+from engine.events import ListSink
 from engine.train.trainer import Trainer
 
 

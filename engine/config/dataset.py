@@ -28,9 +28,9 @@ from engine.config.dataset_keys import (  # noqa: F401 - re-exported: the tables
     NOT_IN_SDFT,
     SUBSET_LEVEL,
     SUBSET_ONLY,
+    report_folder_key,
 )
 from engine.config.dataset_keys import report as _report
-from engine.config.dataset_keys import report_folder_key
 from engine.config.dataset_keys import validate_table as _validate_table
 from engine.config.dataset_specs import (  # noqa: F401 - re-exported
     INTERPOLATIONS,

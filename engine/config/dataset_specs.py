@@ -13,7 +13,6 @@ from typing import Any, TypeGuard
 
 from engine.config.fields import opt
 
-
 INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")
 
 

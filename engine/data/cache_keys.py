@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-
 CACHE_VERSION = "1"
 INDEX_NAME = "index.json"
 

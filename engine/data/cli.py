@@ -14,10 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from engine.vocabulary import ExitCode
 from engine.commandline import run_command
 from engine.console import styled
-
+from engine.vocabulary import ExitCode
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -340,8 +339,8 @@ def _clean_metadata(path: Path, args) -> int:
     ``sdft-label-backups/`` beside it (engine/data/label_backups.py), so no caption is lost.
     """
     from engine.data.captions import clean_entry
-    from engine.data.metadata import MetadataError, load_raw, write_metadata_json
     from engine.data.label_backups import LabelBackup
+    from engine.data.metadata import MetadataError, load_raw, write_metadata_json
 
     try:
         raw, warnings = load_raw(path)

@@ -28,8 +28,8 @@ from engine.data.buckets import Assignment, BucketSettings, bucket_info, crop_of
 from engine.data.captions import tag_frequency
 from engine.data.holdout import hold_out
 from engine.data.items import DataItem, dataset_items
-from engine.data.processing import process_caption, sample_rng, sample_seed
 from engine.data.parts import part_weight
+from engine.data.processing import process_caption, sample_rng, sample_seed
 from engine.data.scan import clash_index, name_clashes
 
 

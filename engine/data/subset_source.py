@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.data.metadata import MetaEntry, MetadataFile, read_metadata
+from engine.data.metadata import MetadataFile, MetaEntry, read_metadata
 
 SHOWN = 5   # missing captions named in a warning before "and N more"
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from engine.vocabulary import ExitCode
 
 
-
 def register(commands) -> None:
     p = commands.add_parser(
         "from-kohya", help="convert a kohya fine_tune.py / train_db.py command, config file or kohya_ss GUI "

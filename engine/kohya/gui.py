@@ -18,8 +18,8 @@ from typing import Any
 
 from engine.kohya import gui_keys as keys
 from engine.kohya.options import FLAG, KNOWN
-from engine.kohya.scripts import FINE_TUNE, TRAIN_DB, NotConvertible, Script, recognise, refusal_of
 from engine.kohya.report import AT_DEFAULT, EMPTY, ZERO_UNSET
+from engine.kohya.scripts import FINE_TUNE, TRAIN_DB, NotConvertible, Script, recognise, refusal_of
 
 
 def read_config(path: str | Path) -> tuple[str, dict]:

@@ -23,7 +23,6 @@ from engine.labeling.terminal import ProgressView, merge, print_summary
 from engine.vocabulary import ExitCode
 
 
-
 @dataclass
 class Target:
     """One folder to label, with the metadata file that belongs to it (run TOML subsets)."""

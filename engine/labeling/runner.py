@@ -19,12 +19,12 @@ from typing import Callable, Iterable
 from engine.data.captions import SidecarEncodingError
 from engine.labeling.images import describe_error, read_batches
 from engine.labeling.options import (
+    TAGGERS,
     CaptionOptions,
     LabelError,
     LabelProgress,
     LabelSummary,
     TagOptions,
-    TAGGERS,
 )
 from engine.labeling.writers import LabelWriter
 

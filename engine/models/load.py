@@ -27,9 +27,8 @@ from engine.models.detect import (
     resolve_v_parameterization,
 )
 from engine.models.errors import ModelLoadError
-from engine.models.infer import SCHEDULER_META
+from engine.models.infer import SCHEDULER_META, infer_text_config, infer_unet_config, infer_vae_config, sd2_text_layers
 from engine.models.infer import UNET_META as UNET_CONFIG_META
-from engine.models.infer import infer_text_config, infer_unet_config, infer_vae_config, sd2_text_layers
 
 __all__ = ["LoadedModel", "ModelLoadError", "load_model", "load_vae", "training_scheduler"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import struct
-from itertools import pairwise
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 # A real header is a few hundred KiB; a larger length means the file is not safetensors.

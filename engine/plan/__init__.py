@@ -7,11 +7,29 @@ their sources), suggestions (``suggestions.py``), presets per card size (``prese
 """
 
 from engine.plan.estimate import (
-    ACT_PER_SAMPLE, CTX_BYTES, FRAG, GB, GIB, MARGIN, N_UNET, N_VAE, TAIL_PER_SAMPLE, Estimate, PlanOptions,
-    coefficients, estimate_peak_vram, fmt_gb, hypernetwork_params,
+    ACT_PER_SAMPLE,
+    CTX_BYTES,
+    FRAG,
+    GB,
+    GIB,
+    MARGIN,
+    N_UNET,
+    N_VAE,
+    TAIL_PER_SAMPLE,
+    Estimate,
+    PlanOptions,
+    coefficients,
+    estimate_peak_vram,
+    fmt_gb,
+    hypernetwork_params,
 )
 from engine.plan.presets import (
-    PRESETS, apply_preset_to_options, budget_for_preset, ceil_gb, preset_for, preset_values,
+    PRESETS,
+    apply_preset_to_options,
+    budget_for_preset,
+    ceil_gb,
+    preset_for,
+    preset_values,
 )
 from engine.plan.report import plan_report
 from engine.plan.suggestions import INSTEAD, Suggestion, runnable_values, suggest

@@ -9,7 +9,6 @@ from typing import Any
 from engine.plan.estimate import GB, GIB, PlanOptions
 from engine.plan.suggestions import runnable_values
 
-
 # Starting points per GPU memory size (GB as printed on the card), SD1.x at 512². Each preset is a
 # set of run-TOML dotted keys; tests check each fits its size with the safety margin and learns
 # (bf16 weights only with stochastic rounding, engine/plan/learning.py).

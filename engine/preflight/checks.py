@@ -18,9 +18,9 @@ from pathlib import Path
 
 from engine.config.problems import FILE_KEY, ConfigError, Problem, ProblemList
 from engine.config.schema import RunConfig
+from engine.preflight.optimizer import check_optimizer
 from engine.preflight.precision import check_precision
 from engine.preflight.speed import check_speed_options
-from engine.preflight.optimizer import check_optimizer
 from engine.registry.optimizers import needs_package
 
 # Optional packages: (import name, pip command); an optimizer's comes from the registry.
@@ -164,7 +164,7 @@ def _check_packages(config: RunConfig, problems: ProblemList, device) -> None:
     for key, what, package in needed:
         if _missing(package):
             problems.add(key, f"{what} the package '{package[0]}', which is not installed", package[1])
-    from engine.train.trackers import tracker_problems   # TensorBoard / W&B: packages and login
+    from engine.train.trackers import tracker_problems  # TensorBoard / W&B: packages and login
 
     for p in tracker_problems(config):
         problems.add(p.key, p.message, p.hint, p.severity)

@@ -10,7 +10,6 @@ from typing import Any, Callable
 from engine.project.dataset_index import DatasetIndex, Progress
 from engine.project.run_draft import RunDraft, dataset_tables
 
-
 METADATA_SUFFIXES = (".json", ".jsonl")
 # the files open_dataset_source opens (besides a folder): the wizard's file picker shows these
 OPENABLE_SUFFIXES = (*METADATA_SUFFIXES, ".toml")

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
-
 # Usual learning rates for a full fine-tune of SD (kohya's docs and the peers' presets: 1e-6 to 2e-5
 # for Adam-type optimizers, LoRA-level rates up to 1e-4), with room on both sides: outside it a run
 # learns nothing or diverges. Lion takes 3-10x less than Adam; adaptive optimizers take a multiplier.

@@ -16,8 +16,8 @@ from typing import Any
 from engine.events import Message
 from engine.train.components import Components
 from engine.train.optimizer_bundle import OptimizerBundle
-from engine.train.schedule import Schedule
 from engine.train.saves.state import Counters
+from engine.train.schedule import Schedule
 
 
 class TrainingThreadSay:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from engine.registry.optimizers import entry_for
 from engine.train.components import Components
 from engine.train.ema import EMA
-from engine.registry.optimizers import entry_for
 from engine.train.lr_schedules import schedule_for
 from engine.train.lr_steps import ScheduleOnTakenSteps
 from engine.train.optimizers import build_optimizer

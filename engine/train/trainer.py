@@ -18,10 +18,10 @@ import torch
 from engine.config.schema import RunConfig
 from engine.control import RunControl
 from engine.control_file import ControlFileReader
+from engine.data.parts import rank_part
 from engine.events import PhaseProgress, StatusChanged
-from engine.vocabulary import ControlStatus, Phase, RunStatus
+from engine.prefetch import Prefetcher
 from engine.train import forward
-from engine.train.saves.checkpoints import Checkpointer
 from engine.train.components import (
     Components,
     build_prompt_encoder,
@@ -31,8 +31,6 @@ from engine.train.components import (
     prepare_modules,
     trains_text_encoder,
 )
-from engine.train.distributed import ControlAgreement, ddp_timeout_minutes
-from engine.train.divergence import DivergenceWatch
 from engine.train.context import (
     RunParts,
     StepContext,
@@ -41,17 +39,19 @@ from engine.train.context import (
     TrainingThreadSay,
     event_epoch,
 )
+from engine.train.distributed import ControlAgreement, ddp_timeout_minutes
+from engine.train.divergence import DivergenceWatch
 from engine.train.hooks import ControlHook, MetricsHook, SampleHook, run_started
 from engine.train.metrics import IntervalMeter, interval_figures
 from engine.train.optimizer_bundle import build_bundle, lr_scale, shards, trained_modules
 from engine.train.precision import start_accelerator
-from engine.prefetch import Prefetcher
+from engine.train.saves.checkpoints import Checkpointer
 from engine.train.saves.resume import parts_math_hash, restore
-from engine.data.parts import rank_part
 from engine.train.schedule import resolve_schedule
-from engine.train.validation import ValidationHook
 from engine.train.seeds import resolve_seed, seed_global_generators
 from engine.train.transfer import pin_batch
+from engine.train.validation import ValidationHook
+from engine.vocabulary import ControlStatus, Phase, RunStatus
 
 
 def step_seed(seed: int, step: int, micro: int) -> int:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual import on
 from textual.widgets import Checkbox, DirectoryTree, Footer, Input, Label, ProgressBar, Select, Static
 
-from sdft_tui.screens.wizard_base import FormRow, StepBar, StepProblems, WizardScreen
 from engine.data.health import KIND_LABELS
 from engine.project.records import PROBLEM_KINDS
 from engine.project.sources import OPENABLE_SUFFIXES
+from sdft_tui.screens.wizard_base import FormRow, StepBar, StepProblems, WizardScreen
 from sdft_tui.widgets.health_list import HealthList, short_path
 from sdft_tui.widgets.on_off import OnOffCheckbox
 

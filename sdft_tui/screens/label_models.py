@@ -9,6 +9,7 @@ TOML: labeling happens before training); SDFT_CAPTION_MODEL / SDFT_TAG_MODEL pre
 from __future__ import annotations
 
 import re
+
 from rich.text import Text
 from textual import on
 from textual.binding import Binding

@@ -9,10 +9,10 @@ from textual.containers import VerticalScroll
 from textual.widgets import Checkbox, Footer, Input, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
-from sdft_tui.screens.buckets import FIELDS as BUCKET_FIELDS
-from sdft_tui.screens.wizard_base import FormRow, StepBar, StepProblems, WizardScreen, step_key
 from engine.preflight.model import look_at_model
 from engine.project.wizard_options import option_fields
+from sdft_tui.screens.buckets import FIELDS as BUCKET_FIELDS
+from sdft_tui.screens.wizard_base import FormRow, StepBar, StepProblems, WizardScreen, step_key
 from sdft_tui.text import literal
 from sdft_tui.widgets.on_off import OnOffCheckbox
 

@@ -25,7 +25,6 @@ from sdft_tui.engine_handle import Engine, EngineDone, EngineHandle, default_eng
 from sdft_tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from sdft_tui.screens.dashboard_base import DashboardScreen
 
-
 # The keys that steer a run, the same on its own dashboard and in `sdft watch`.
 STEERING = [
     Binding("x", "stop", "Stop"),

@@ -35,9 +35,11 @@ from engine.models.convert import (
     _openclip_name,
     _vae_value_to_original,
     strip_text_model_prefix,
-    unet_key_map as sd_unet_key_map,
     vae_from_original,
     vae_key_map,
+)
+from engine.models.convert import (
+    unet_key_map as sd_unet_key_map,
 )
 
 TE1_PREFIX = "conditioner.embedders.0.transformer."

@@ -53,7 +53,8 @@ def tiny_unet_config(spec: TinySdxlSpec) -> dict:
 
 
 def tiny_vae_config() -> dict:
-    from engine.models.tiny import TinySpec, tiny_vae_config as sd_vae_config
+    from engine.models.tiny import TinySpec
+    from engine.models.tiny import tiny_vae_config as sd_vae_config
 
     # SDXL's VAE has SD's architecture; only the scale differs (and it overflows in fp16).
     return dict(sd_vae_config(TinySpec()), scaling_factor=VAE_SCALE_FACTOR, force_upcast=True)

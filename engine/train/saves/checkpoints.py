@@ -20,9 +20,9 @@ from engine.train.context import RunParts, StepContext, StepHook
 from engine.train.divergence import checked
 from engine.train.optimizer_bundle import shards
 from engine.train.optimizers import with_evaluation_weights
-from engine.train.schedule import epochs_between_saves
 from engine.train.saves.resume_check import INPUTS_FILE, inputs_text
 from engine.train.saves.state import save_state
+from engine.train.schedule import epochs_between_saves
 
 EXTENSIONS = {"safetensors": ".safetensors", "ckpt": ".ckpt", "diffusers": "", "diffusers_safetensors": ""}
 
