@@ -107,7 +107,7 @@ VALUES = {
     "sample.steps": (2, {"sample": {"prompts": ["a red square --w 64 --h 64 --d 3"], "at_first": True}}),
     "sample.use_ema": (False, {"sample": {"prompts": [PROMPT], "every_n_steps": 2},
                                "train": {"ema": True, "ema_decay": 0.5}, "save": {"use_ema": True}}),
-    "logging.every_n_steps": (2, {}),
+    "logging.every_n_steps": (3, {"train": {"max_train_steps": 4}}),   # steps 1 and the last are always logged
     "hypernetwork.learning_rate": (1e-2, {"train": {"mode": "hypernetwork"}}),
     "hypernetwork.save_format": ("safetensors", {"train": {"mode": "hypernetwork"}}),
 }
