@@ -34,6 +34,16 @@ class _SDXL(Family):
 
         return load_sdxl(source, **options)
 
+    def save(self, path, model, *, v_prediction, fmt, precision, trained=None, metadata=None, epoch=0,
+             global_step=0, scheduler_overrides=None):
+        """kohya's single-file keys or a diffusers folder (save.py); ``trained`` may hold
+        "unet", "text_encoder" and "text_encoder_2"."""
+        from engine.families.sdxl.save import save_sdxl
+
+        return save_sdxl(path, model, v_prediction=v_prediction, fmt=fmt, precision=precision, trained=trained,
+                         metadata=metadata, epoch=epoch, global_step=global_step,
+                         scheduler_overrides=scheduler_overrides)
+
     def prompt_encoder(self, model, *, max_token_length, clip_skip, weighted, warn=None):
         """kohya's SDXL encoding (text_encoding.py): fixed layers, so no clip skip; weighted
         captions are not built yet."""
