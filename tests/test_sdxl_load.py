@@ -200,6 +200,38 @@ def test_single_file_loads_bit_for_bit_with_sizes_from_the_shapes(tiny_file, tin
     assert any("no mark in the model (SDXL base predicts epsilon)" in line for line in model.report)
 
 
+def test_buffers_other_tools_write_are_ignored(tmp_path, tiny_parts):
+    """Stability AI's TE1 position_ids, OpenCLIP's attn_mask and logit_scale, ComfyUI's TE2
+    position_ids, LDM's schedule buffers: not weights, so not errors."""
+    from safetensors.torch import save_file
+
+    from engine.families.sdxl.adapter import SDXL
+
+    extra = {"conditioner.embedders.0.transformer.text_model.embeddings.position_ids": torch.arange(77)[None],
+             "conditioner.embedders.1.model.attn_mask": torch.zeros(77, 77),
+             "conditioner.embedders.1.model.logit_scale": torch.tensor(4.6052),
+             "conditioner.embedders.1.model.text_model.embeddings.position_ids": torch.arange(77)[None],
+             "alphas_cumprod": torch.ones(1000)}
+    save_file(dict(_single_file_sd(tiny_parts), **extra), str(tmp_path / "extra.safetensors"))
+    model = SDXL.load(str(tmp_path / "extra.safetensors"))
+    _same_weights(model, tiny_parts)
+    assert float(model.logit_scale) == pytest.approx(4.6052)   # kept, and written back as kohya does
+    from safetensors import safe_open
+
+    out = SDXL.save(tmp_path / "out.safetensors", model, v_prediction=False, fmt="safetensors", precision="float")
+    with safe_open(str(out), "pt") as f:
+        assert float(f.get_tensor("conditioner.embedders.1.model.logit_scale")) == pytest.approx(4.6052)
+        assert not any("position_ids" in k or "attn_mask" in k or k == "alphas_cumprod" for k in f.keys())
+
+
+def test_tokenizer_dir_replaces_both_tokenizers(tiny_folder):
+    from engine.families.sdxl.adapter import SDXL
+
+    model = SDXL.load(str(tiny_folder), tokenizer_dir=str(tiny_folder / "tokenizer"))
+    assert model.tokenizer("a cat").input_ids == model.tokenizer_2("a cat").input_ids
+    assert model.tokenizer.pad_token_id == 49407 and model.tokenizer_2.pad_token_id == 0
+
+
 def test_ckpt_loads_with_the_weights_only_unpickler(tmp_path, tiny_parts):
     from engine.families.sdxl.adapter import SDXL
 
