@@ -164,7 +164,8 @@ def test_no_arguments_without_a_terminal_prints_help_not_a_broken_wizard():
 
 
 # one process walks every command of the tree: `sdft CMD --help` must stay instant on a
-# GPU box too, so none of torch, Textual, diffusers or transformers may load for it
+# GPU box too (under a second of CPU, issue 29), so none of torch, Textual, diffusers,
+# transformers or numpy may load for it
 EVERY_HELP = snippet("every command's help", (
         "import argparse, contextlib, io, sys\n"
         "from engine.cli import build_parser, main\n"
@@ -177,7 +178,7 @@ EVERY_HELP = snippet("every command's help", (
         "            main([name, '--help'])\n"
         "        except SystemExit:\n"
         "            pass\n"
-        "    heavy = [m for m in ('torch', 'textual', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "    heavy = [m for m in ('torch', 'textual', 'diffusers', 'transformers', 'numpy') if m in sys.modules]\n"
         "    assert not heavy, (name, heavy)\n"
         "print(len(names))\n"
 ))
