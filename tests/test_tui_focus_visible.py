@@ -151,3 +151,29 @@ def test_the_labelling_dialogs_start_on_a_visible_first_focus(tmp_path):
         assert await invisible_stops(app, pilot) == []
 
     run_app(app, scenario, SIZE)
+
+
+def test_the_question_dialogs_start_on_the_safe_answer_and_show_focus_without_colour(tmp_path):
+    """Yes/no, several answers, and Review's "the file exists": the first focus is the answer that
+    loses nothing, and Tab moves a focus that shows without colour."""
+    from pathlib import Path
+
+    from sdft_tui.screens.confirm import ChoiceScreen, ConfirmScreen
+    from sdft_tui.screens.review import ReplaceFileScreen
+
+    app, _folder = folder_app(tmp_path)
+    dialogs = [(ConfirmScreen("Stop training?"), "no"),
+               (ChoiceScreen("Unsaved edits.", [("save", "Save"), ("discard", "Discard"), ("stay", "Stay")]),
+                "answer-save"),
+               (ReplaceFileScreen(Path("run.toml"), Path("run-2.toml")), "rename")]
+
+    async def scenario(pilot):
+        for dialog, first in dialogs:
+            app.push_screen(dialog)
+            await pilot.pause()
+            assert app.focused is not None and app.focused.id == first, type(dialog).__name__
+            assert await invisible_stops(app, pilot) == [], type(dialog).__name__
+            app.pop_screen()
+            await pilot.pause()
+
+    run_app(app, scenario, SIZE)
