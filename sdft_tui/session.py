@@ -22,8 +22,8 @@ from engine.project.records import PROBLEM_KINDS, ImageRecord, record_problems
 from engine.project.run_draft import DATASET_DEFAULTS, SIDECAR_KEYS, SIDECAR_MODES, canonical_key, value_problem
 from engine.project.wizard_options import OPTION_KEYS
 
-# Token counts and the health check both load the CLIP tokenizer from worker threads; two threads
-# importing transformers' lazy modules at once fail with "cannot import name 'CLIPTokenizer'".
+# Token counts and the health check both count CLIP tokens from worker threads: one at a time, so
+# the ~0.2 s build of the tokenizer (engine/models/tokenizer.py) happens once, not twice at once.
 TOKENIZER_LOCK = threading.Lock()
 _EXPECTED_LOAD_ERRORS = ("ScanError", "MetadataError", "ConfigError", "FileNotFoundError", "ValueError")
 

@@ -53,3 +53,29 @@ def test_a_busy_run_folder_has_its_own_exit_code(tmp_path, tiny_sd1, capsys):
     with RunLock(tmp_path / "runs" / "t", "sdft train"):
         assert main(["train", str(config)]) == ExitCode.BUSY == 4
     assert "is in use by sdft train" in capsys.readouterr().err
+
+
+def test_labelling_a_run_file_names_its_folders_as_the_file_does(tmp_path, capsys, monkeypatch):
+    """`sdft tag run.toml` names an image as the run file's image_dir does (relative, as every other
+    message), not by its absolute path: a file that validates, one that does not yet (no metadata
+    JSON before labelling) and one whose dataset tables are in a dataset_config."""
+    from labeling_helpers import make_wd14_folder, solid_image
+
+    from engine.labeling.cli import tag_command
+
+    model = make_wd14_folder(tmp_path / "wd14", [0.9] * 12)
+    solid_image(tmp_path / "photos" / "ok.png")
+    (tmp_path / "photos" / "bad.png").write_bytes(b"not an image")
+    subset = '[[datasets]]\n[[datasets.subsets]]\nimage_dir = "photos"\nmetadata_file = "meta.json"\n'
+    (tmp_path / "run.toml").write_text(subset)                      # meta.json does not exist yet
+    (tmp_path / "ds.toml").write_text(subset)
+    (tmp_path / "via-dataset.toml").write_text('dataset_config = "ds.toml"\n')
+    (tmp_path / "valid.json").write_text('{"ok.png": {"caption": "a red picture"}}')   # a file that validates
+    (tmp_path / "valid.toml").write_text('[model]\npretrained_model_name_or_path = "model"\n\n'
+                                         + subset.replace("meta.json", "valid.json"))
+    monkeypatch.chdir(tmp_path)
+    for run_file in ("run.toml", "via-dataset.toml", "valid.toml"):
+        assert tag_command([run_file, "--model", str(model), "--overwrite"]) == ExitCode.FINDINGS
+        out = capsys.readouterr().out
+        assert "failed photos/bad.png:" in out, out
+        assert str(tmp_path / "photos") not in out, out

@@ -69,6 +69,22 @@ def test_rich_output_chunks(capsys):
     assert "(empty)" in out and "Cut after" not in out
 
 
+def test_the_chunk_table_fits_80_columns_with_every_figure_whole(capsys, monkeypatch):
+    """At 80 columns the caption text column gives way; chunk numbers, spans, counts and the
+    last id are never cut (issue 29: nothing cut at 80 columns)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    caption = ", ".join(f"long tag number {i}" for i in range(60))
+    assert tokens_command([caption, "--max-token-length", "225", "--v2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [line for line in lines if "│" in line or "┃" in line]
+    assert table and max(len(line) for line in table) <= 80
+    for header in ("chunk", "caption tokens", "count", "ends with"):
+        assert any(header in line for line in table), header
+    for index, span in enumerate(("1–75", "76–150", "151–225")):
+        assert any(line.startswith(f"│     {index} │") and f" {span} │    75 │" in line and "EOS │" in line
+                   for line in table), span
+
+
 def test_stdin_and_tokenizer_dir(capsys, monkeypatch, tmp_path):
     tokenizer(True).save_pretrained(str(tmp_path / "tokenizer"))
     monkeypatch.setattr("sys.stdin", io.StringIO("a photo of a cat\n"))

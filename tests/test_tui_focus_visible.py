@@ -115,3 +115,65 @@ def test_the_bulk_edit_dialog_has_boxed_fields_and_starts_in_the_text_field(tmp_
         assert await invisible_stops(app, pilot) == []
 
     run_app(app, scenario, SIZE)
+
+
+def test_the_labelling_dialogs_start_on_a_visible_first_focus(tmp_path):
+    """ctrl+l's models dialog starts in its first field and f8 over existing captions on the safe
+    choice; every Tab stop of both shows its focus without colour, at 80x24."""
+    from sdft_tui.screens.label_models import LabelModelsScreen, ReplaceLabelsScreen
+
+    app, _folder = folder_app(tmp_path)
+
+    async def scenario(pilot):
+        await pilot.press("f3")
+        await settle(app, pilot)
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert isinstance(app.screen, LabelModelsScreen)
+        assert app.focused.id == "caption-model"
+        for widget in app.screen.query(Input):
+            assert widget.region.height == 3 and widget.styles.border_top[0] != "", widget.id   # a box
+        assert await invisible_stops(app, pilot) == []
+        await pilot.press("escape")
+        await pilot.pause()
+        # the longest error the dialog shows still leaves every field and button on the 24 rows
+        error = "BLIP model folder not found: " + "/a/long/path" * 12 + "\n" + "\n".join(["more advice"] * 12)
+        app.push_screen(LabelModelsScreen(app.state.label_models, error))
+        await pilot.pause()
+        assert app.screen.query_one("#models-dialog").region.bottom <= SIZE[1]
+        assert app.screen.query_one("#models-cancel").region.bottom <= SIZE[1] - 1
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press("f8")
+        await pilot.pause()
+        assert isinstance(app.screen, ReplaceLabelsScreen)
+        assert app.focused.id == "replace-missing"
+        assert await invisible_stops(app, pilot) == []
+
+    run_app(app, scenario, SIZE)
+
+
+def test_the_question_dialogs_start_on_the_safe_answer_and_show_focus_without_colour(tmp_path):
+    """Yes/no, several answers, and Review's "the file exists": the first focus is the answer that
+    loses nothing, and Tab moves a focus that shows without colour."""
+    from pathlib import Path
+
+    from sdft_tui.screens.confirm import ChoiceScreen, ConfirmScreen
+    from sdft_tui.screens.review import ReplaceFileScreen
+
+    app, _folder = folder_app(tmp_path)
+    dialogs = [(ConfirmScreen("Stop training?"), "no"),
+               (ChoiceScreen("Unsaved edits.", [("save", "Save"), ("discard", "Discard"), ("stay", "Stay")]),
+                "answer-save"),
+               (ReplaceFileScreen(Path("run.toml"), Path("run-2.toml")), "rename")]
+
+    async def scenario(pilot):
+        for dialog, first in dialogs:
+            app.push_screen(dialog)
+            await pilot.pause()
+            assert app.focused is not None and app.focused.id == first, type(dialog).__name__
+            assert await invisible_stops(app, pilot) == [], type(dialog).__name__
+            app.pop_screen()
+            await pilot.pause()
+
+    run_app(app, scenario, SIZE)

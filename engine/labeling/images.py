@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-import numpy as np
-
-from engine.data.images import open_rgb
 from engine.prefetch import read_ahead
+
+if TYPE_CHECKING:   # numpy loads with the first image read: `sdft --help` and the light commands skip it
+    import numpy as np
 
 
 def wd14_pixels(im, size: int) -> np.ndarray:
@@ -26,6 +26,7 @@ def wd14_pixels(im, size: int) -> np.ndarray:
     Pad to a square with white, centred (left = pad_x // 2, top = pad_y // 2), then resize
     to ``size``: area (box) when shrinking, Lanczos when enlarging. No normalisation.
     """
+    import numpy as np
     from PIL import Image
 
     w, h = im.size
@@ -44,6 +45,7 @@ def wd14_pixels(im, size: int) -> np.ndarray:
 def deepdanbooru_pixels(im, width: int, height: int) -> np.ndarray:
     """DeepDanbooru input: fit inside (width, height) keeping the aspect ratio (area),
     centre, pad by edge replication; RGB float32 in 0…1, (height, width, 3)."""
+    import numpy as np
     from PIL import Image
 
     w, h = im.size
@@ -75,6 +77,8 @@ def describe_error(exc: BaseException) -> str:
 def read_batch(paths: Sequence[Path], prepare_one: Callable[[Any], Any], prepare_batch: Callable[[list], Any],
                *, exif_transpose: bool = True) -> Batch:
     """Decode and preprocess ``paths``; unreadable files go to ``failed``."""
+    from engine.data.images import open_rgb
+
     batch = Batch()
     items = []
     for path in paths:

@@ -1,7 +1,15 @@
 """CLIP's tokenizer, built offline from the BPE merge list shipped with sdft.
 
 SD1 and SD2 share CLIP's 49,408-entry vocabulary; they differ only in padding: SD1 pads
-with ``<|endoftext|>`` (49407), SD2 with ``"!"`` (id 0).
+with ``<|endoftext|>`` (49407), SD2 with ``"!"`` (id 0), which is then a special token
+that a caption's own "!" splits on (transformers registers every special token so).
+
+Two builds of the same tokenizer: transformers' ``CLIPTokenizer`` for training and for
+the model folders sdft writes, and :class:`ClipTokenizer`, the same ``tokenizers``
+pipeline without transformers, for the commands that only count and show tokens
+(``sdft tokens``, the wizard, the health check), which must start in well under a second
+of CPU while importing transformers alone costs ~0.4 s (docs/formats.md, "The tokenizer").
+tests/test_clip_tokenizer.py proves the two equal.
 """
 
 from __future__ import annotations
@@ -14,7 +22,10 @@ from pathlib import Path
 
 BOS_ID = 49406
 EOS_ID = 49407
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
 SD2_PAD_TOKEN = "!"
+SD2_PAD_ID = 0
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 MERGE_COUNT = 49152 - 256 - 2  # the published CLIP recipe keeps the first 48,894 merges
 
@@ -42,7 +53,7 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     merges = [tuple(line.split()) for line in lines]
     base = _bytes_to_unicode()
     tokens = base + [c + "</w>" for c in base] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
     return {tok: i for i, tok in enumerate(tokens)}, merges  # type: ignore[return-value]
 
 
@@ -51,8 +62,80 @@ def build_clip_tokenizer(v2: bool = False):
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_vocab_and_merges()
-    pad = SD2_PAD_TOKEN if v2 else "<|endoftext|>"
+    pad = SD2_PAD_TOKEN if v2 else EOS_TOKEN
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), pad_token=pad, model_max_length=77)
+
+
+# CLIP's pre-tokenizer: a word is a run of letters, one digit, a run of other non-space
+# characters, or an English contraction (CLIP's simple_tokenizer, as transformers' CLIPTokenizer).
+CLIP_WORDS = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+END_OF_WORD = "</w>"
+
+
+def clip_pipeline(v2: bool = False):
+    """CLIP's tokenizer as a ``tokenizers`` pipeline, configured as transformers' CLIPTokenizer.
+
+    Lower-cased, NFC-normalised text with each run of white space made one space, split into
+    CLIP's words, byte-level BPE with ``</w>`` ending each word; BOS, EOS (and SD2's "!")
+    are special tokens, matched in the raw text before normalisation; with special tokens
+    a caption is ``BOS ids EOS``.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    vocab, merges = clip_vocab_and_merges()
+    pipeline = Tokenizer(BPE(vocab=dict(vocab), merges=list(merges), dropout=None, continuing_subword_prefix="",
+                             end_of_word_suffix=END_OF_WORD, fuse_unk=False, unk_token=EOS_TOKEN))
+    pipeline.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    pipeline.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_WORDS), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    pipeline.decoder = decoders.ByteLevel()
+    pipeline.post_processor = processors.RobertaProcessing(   # BOS text EOS, offsets as they are
+        (EOS_TOKEN, EOS_ID), (BOS_TOKEN, BOS_ID), trim_offsets=False, add_prefix_space=False)
+    specials = ([SD2_PAD_TOKEN] if v2 else []) + [BOS_TOKEN, EOS_TOKEN]
+    pipeline.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
+    return pipeline
+
+
+class ClipTokenizer:
+    """CLIP's tokenizer without transformers, for counting and showing tokens.
+
+    Callable like transformers' tokenizers on a list of captions, with the attributes sdft
+    reads (``bos_token_id``, ``eos_token_id``, ``pad_token_id``, ``decode``...), so the
+    model's own transformers tokenizer (``sdft tokens --tokenizer-dir``) can stand in for it.
+    """
+
+    is_fast = True   # gives character offsets
+    bos_token_id = BOS_ID
+    eos_token_id = EOS_ID
+
+    def __init__(self, v2: bool = False):
+        self.pipeline = clip_pipeline(v2)
+        self.pad_token_id = SD2_PAD_ID if v2 else EOS_ID
+
+    def __call__(self, texts: list[str], *, add_special_tokens: bool = True, truncation: bool = False,
+                 verbose: bool = False, return_offsets_mapping: bool = False) -> dict[str, list]:
+        """``{"input_ids": [...]}`` (and ``"offset_mapping"``) per caption, never truncated:
+        the 75 / 150 / 225 layout cuts afterwards (``pad_ids``). ``verbose`` is accepted
+        for transformers' signature; this tokenizer prints nothing."""
+        if isinstance(texts, str) or truncation:
+            raise ValueError("ClipTokenizer takes a list of captions and never truncates (cut with pad_ids)")
+        encoded = self.pipeline.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        result: dict[str, list] = {"input_ids": [e.ids for e in encoded]}
+        if return_offsets_mapping:
+            result["offset_mapping"] = [e.offsets for e in encoded]
+        return result
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of ``ids``: each ``</w>`` becomes a space (transformers' CLIPTokenizer.decode)."""
+        return self.pipeline.decode(list(ids), skip_special_tokens=False).replace(END_OF_WORD, " ").strip()
+
+    def batch_decode(self, sequences: list[list[int]]) -> list[str]:
+        return [self.decode(ids) for ids in sequences]
 
 
 def save_tokenizer(tokenizer, folder: str | Path) -> Path:
@@ -152,15 +235,16 @@ _BUILD_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=2)
-def _cached(v2: bool):
-    return build_clip_tokenizer(v2=v2)
+def _cached(v2: bool) -> ClipTokenizer:
+    return ClipTokenizer(v2=v2)
 
 
-def cached_clip_tokenizer(v2: bool = False):
-    """The built-in tokenizer, built once per process (counting thousands of captions).
+def cached_clip_tokenizer(v2: bool = False) -> ClipTokenizer:
+    """The built-in tokenizer without transformers, built once per process (counting
+    thousands of captions).
 
-    Locked: importing transformers' tokenizer classes from two threads at once can fail
-    (the wizard counts tokens in worker threads).
+    Locked: the wizard counts tokens in worker threads, and building it twice at once
+    would waste the ~0.2 s it costs.
     """
     with _BUILD_LOCK:
         return _cached(v2)
@@ -170,7 +254,7 @@ def count_tokens(texts: list[str], v2: bool = False, *, weighted: bool = False, 
     """CLIP text tokens per caption, BOS/EOS not counted (compare with 75 / 150 / 225).
 
     One batched tokenizer call for all captions. ``weighted`` counts what the encoder reads
-    once A1111 attention syntax is removed. No torch; transformers is imported lazily.
+    once A1111 attention syntax is removed. Neither torch nor transformers is imported.
     """
     texts = list(texts)
     if not texts:

@@ -50,6 +50,9 @@ class LabelModelsScreen(ModalScreen):
     #models-dialog { width: 78; max-width: 100%; height: auto; max-height: 100%; padding: 0 1;
                      background: $panel; border: thick $primary; }
     #models-dialog FormRow > Label.form-label { width: 16; }
+    /* boxed fields (not compact): on a panel a compact one is one shade apart from it, and an
+       empty one shows its default as a placeholder that reads like a value */
+    #row-caption-model > Label.form-label, #row-tag-model > Label.form-label { margin-top: 1; }
     #models-error { height: auto; max-height: 9; color: $error; margin-bottom: 1; }
     #models-help { height: auto; color: $text-muted; margin-bottom: 1; }
     #models-buttons { height: auto; margin-top: 1; }
@@ -65,17 +68,18 @@ class LabelModelsScreen(ModalScreen):
         blip, wd14 = engine_defaults()
         with Vertical(id="models-dialog"):
             yield Label(Text("Labeling models (f7 f8 f9, ctrl+r)", style="bold"))
-            if self.error:
+            if self.error:   # the error says what to type; the general help would push the fields off 24 rows
                 yield Static(Text(wizard_hint(self.error)), id="models-error")
-            yield Static(Text("A local folder, or a hub id (needs internet); empty: the default shown.\n"
-                              "BLIP folder: config.json + weights. Tagger folder: model.onnx + "
-                              "selected_tags.csv (WD14) or tags.txt (DeepDanbooru)."), id="models-help")
+            else:
+                yield Static(Text("A local folder, or a hub id (needs internet); empty: the default shown.\n"
+                                  "BLIP folder: config.json + weights. Tagger folder: model.onnx + "
+                                  "selected_tags.csv (WD14) or tags.txt (DeepDanbooru)."), id="models-help")
             yield FormRow("Caption (BLIP)", Input(self.models.caption_model or "", placeholder=blip,
-                                                  id="caption-model", compact=True))
+                                                  id="caption-model"), id="row-caption-model")
             yield FormRow("Tagger", Select(TAGGERS, value=self.models.tagger, allow_blank=False,
                                            id="tagger", compact=True))
             yield FormRow("Tagger model", Input(self.models.tag_model or "", placeholder=wd14,
-                                                id="tag-model", compact=True))
+                                                id="tag-model"), id="row-tag-model")
             with Horizontal(id="models-buttons"):
                 yield Button("Use these (enter)", id="models-ok", variant="primary", compact=True)
                 yield Button("Cancel (esc)", id="models-cancel", compact=True)
