@@ -234,17 +234,34 @@ def chunk_ids(ids: list[int], *, eos: int, pad: int) -> list[list[int]]:
 _BUILD_LOCK = threading.Lock()
 
 
+def light_tokenizer_is_trainings() -> bool:
+    """Whether :class:`ClipTokenizer` reads captions as training's tokenizer does.
+
+    transformers >= 5 builds CLIPTokenizer on this same pipeline. The pure-Python
+    CLIPTokenizer of transformers 4 reads some text its own way (CJK characters one word
+    each, zero-width and other format characters dropped, ``<|ENDOFTEXT|>`` in any case
+    special), so under it the counts come from transformers itself. Reads the installed
+    version's metadata, not the package: no import.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("transformers").split(".")[0]) >= 5
+    except (PackageNotFoundError, ValueError):
+        return True
+
+
 @lru_cache(maxsize=2)
-def _cached(v2: bool) -> ClipTokenizer:
-    return ClipTokenizer(v2=v2)
+def _cached(v2: bool):
+    return ClipTokenizer(v2=v2) if light_tokenizer_is_trainings() else build_clip_tokenizer(v2=v2)
 
 
-def cached_clip_tokenizer(v2: bool = False) -> ClipTokenizer:
-    """The built-in tokenizer without transformers, built once per process (counting
-    thousands of captions).
+def cached_clip_tokenizer(v2: bool = False):
+    """The built-in tokenizer for counting, built once per process (thousands of captions):
+    :class:`ClipTokenizer`, or transformers' where the two differ (``light_tokenizer_is_trainings``).
 
     Locked: the wizard counts tokens in worker threads, and building it twice at once
-    would waste the ~0.2 s it costs.
+    would waste the ~0.2 s it costs (and transformers' lazy imports fail from two threads).
     """
     with _BUILD_LOCK:
         return _cached(v2)
