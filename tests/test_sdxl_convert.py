@@ -100,3 +100,37 @@ def test_a_hub_id_offline_names_the_download(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="offline.*hf download someone/sdxl-model"):
         load_any("someone/sdxl-model")
+
+
+def test_a_hub_id_is_downloaded_with_every_family_s_parts_then_detected(monkeypatch, tiny_folder):
+    from engine.families.sources import load_any, load_base
+    from engine.models import load
+    from engine.models.errors import ModelLoadError
+
+    asked = []
+
+    def download(repo_id, parts):
+        asked.append((repo_id, parts))
+        return tiny_folder
+
+    monkeypatch.setattr(load, "download_hub", download)
+    model = load_any("someone/my-sdxl", hash_file=False)
+    assert model.family == "sdxl" and model.source == "someone/my-sdxl" and model.base_name == "my-sdxl"
+    assert model.report[0] == "downloaded someone/my-sdxl from the Hugging Face hub"
+    assert {"text_encoder_2", "tokenizer_2", "unet", "vae", "text_encoder"} <= set(asked[0][1])
+    with pytest.raises(ModelLoadError, match="SDXL training is not available yet"):
+        load_base("someone/my-sdxl")
+
+
+def test_ema_weights_in_a_folder_are_reported_and_trained_on_request(tmp_path, tiny_folder):
+    import shutil
+
+    from engine.families.sdxl.adapter import SDXL
+
+    folder = shutil.copytree(tiny_folder, tmp_path / "ema")
+    ema = build_tiny_sdxl_components(TinySdxlSpec(seed=14))["unet"]
+    ema.save_pretrained(folder / "unet_ema")
+    plain = SDXL.load(str(folder))
+    assert not plain.has_ema and any("EMA weights present (unet_ema/): training the regular" in x for x in plain.report)
+    chosen = SDXL.load(str(folder), use_ema=True)
+    assert chosen.has_ema and torch.equal(chosen.unet.conv_in.weight, ema.conv_in.weight)

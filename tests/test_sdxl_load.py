@@ -144,6 +144,11 @@ def test_folder_problems_are_named(tmp_path, tiny_folder):
         SDXL.load(str(folder))
     with pytest.raises(ModelLoadError, match="model.v2 = true names an SD 2.x model"):
         SDXL.load(str(tiny_folder), v2=True)
+    refiner = shutil.copytree(tiny_folder, tmp_path / "refiner")
+    index = refiner / "model_index.json"
+    index.write_text(json.dumps(dict(json.loads(index.read_text()), requires_aesthetics_score=True)))
+    with pytest.raises(ModelLoadError, match="an SDXL refiner"):
+        SDXL.load(str(refiner))
 
 
 def test_hub_id_offline_is_refused_with_the_download_advice(monkeypatch):
@@ -314,6 +319,10 @@ def test_single_file_problems_are_named(tmp_path, tiny_parts):
         load({k: v for k, v in sd.items() if not k.startswith("first_stage_model.")})
     with pytest.raises(ModelLoadError, match="LoRA file"):
         load({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(2, 2)})
+    refiner = {k.replace("conditioner.embedders.1.", "conditioner.embedders.0."): v for k, v in sd.items()
+               if not k.startswith("conditioner.embedders.0.")}
+    with pytest.raises(ModelLoadError, match="an SDXL refiner"):
+        load(refiner)
     with pytest.raises(ModelLoadError, match="EDM model"):
         load(dict(sd, edm_mean=torch.zeros(1, 4, 1, 1), edm_std=torch.ones(1, 4, 1, 1)))
     inpaint = dict(sd)

@@ -39,6 +39,10 @@ CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight"
 ADDED_EMBEDDING = UNET_PREFIX + "label_emb.0.0.weight"
 # EDM models (Playground v2.5, EDM v-prediction) keep SDXL's layout but another noise process.
 EDM_MARKS = ("edm_mean", "edm_std", "edm_vpred.sigma_max")
+# SDXL's refiner has OpenCLIP bigG alone, as embedder 0.
+REFINER_MARK = "conditioner.embedders.0.model."
+REFINER_REASON = ("an SDXL refiner (OpenCLIP bigG alone, with aesthetic-score conditioning), which sdft does not "
+                  "train (kohya's sdxl_train.py neither); use an SDXL base model")
 
 
 def check_sdxl_file(sd: Mapping, path: str, *, separate_vae: bool) -> None:
@@ -49,6 +53,8 @@ def check_sdxl_file(sd: Mapping, path: str, *, separate_vae: bool) -> None:
         raise ModelLoadError(f"{path}: an EDM model (its {next(m for m in EDM_MARKS if m in sd)!r} key: Playground "
                              "v2.5 style), whose noise process sdft does not train; use an SDXL model trained "
                              "with SDXL's DDPM schedule")
+    if any(k.startswith(REFINER_MARK) for k in keys):
+        raise ModelLoadError(f"{path}: {REFINER_REASON}")
     if CONV_IN not in sd or ADDED_EMBEDDING not in sd:
         missing = CONV_IN if CONV_IN not in sd else ADDED_EMBEDDING
         raise ModelLoadError(f"{path}: no {missing!r}: the file has no SDXL U-Net; model.pretrained_model_name_or_path "
