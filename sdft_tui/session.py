@@ -298,6 +298,8 @@ class WizardSession:
             return []
         if self.checked is not None and self.checked[0] == render:
             problems = problems + self.checked[1]
+        if step == "dataset" and not self.records:
+            return []   # no folder chosen yet: the step says so; the draft's placeholder paths are no problem
         seen, out = set(), []
         for p in problems:
             if p.severity in ("error", "warning") and problem_step(p.key) == step and (p.key, p.message) not in seen:

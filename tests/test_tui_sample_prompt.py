@@ -149,3 +149,33 @@ def test_the_default_prompt_is_the_first_text_that_trains_on_one_line(tmp_path):
     Image.new("RGB", (64, 64)).save(empty / "x.png")
     project.open(empty)
     assert project.default_sample_prompt() is None
+
+
+def test_a_new_wizard_with_no_dataset_shows_no_problem_yet(tmp_path):
+    """Opened in an empty folder, the Dataset step invites a choice; the draft's placeholder
+    metadata path is not reported as missing (seen in tmux at 80x24: an error before any input)."""
+    from engine.hardware import HardwareInfo
+    from sdft_tui.app import SdftApp
+    from sdft_tui.session import WizardSession
+
+    app = SdftApp(hardware=HardwareInfo(), start_dir=tmp_path, state=WizardSession())
+
+    async def scenario(pilot):
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "No dataset yet" in text, text
+        assert "error" not in text and "not found" not in text, text
+        assert not app.screen.query_one("#step-problems").display
+
+    run_app(app, scenario)
+
+
+def test_a_missing_metadata_file_is_named_as_the_run_file_wrote_it(tmp_path):
+    from engine.config.dataset import parse_dataset_tables
+    from engine.config.problems import ProblemList
+
+    problems = ProblemList()
+    parse_dataset_tables({"datasets": [{"subsets": [{"metadata_file": "meta/missing.json", "image_dir": "img"}]}]},
+                         problems=problems, base_dir=tmp_path)
+    messages = [p.message for p in problems.items if p.key.endswith("metadata_file")]
+    assert messages == ["metadata file not found: meta/missing.json"], messages

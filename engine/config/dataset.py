@@ -247,7 +247,7 @@ def _existing_file(values: dict[str, Any], prefix: str, base_dir: Path, problems
         return None   # a wrong type, reported by the table's check
     metadata_file = _resolve_path(values["metadata_file"], base_dir)
     if not metadata_file.exists():
-        _report(problems, f"{prefix}.metadata_file", f"metadata file not found: {metadata_file}",
+        _report(problems, f"{prefix}.metadata_file", f"metadata file not found: {values['metadata_file']}",
                 did_you_mean_file(metadata_file) or "check the path (relative paths start at the TOML's folder); "
                 + _build_metadata_command(values, base_dir, metadata_file))
         return None
