@@ -41,6 +41,12 @@ class Family:
     label: str                # "SD 1.x", for messages
     vae_scale: float          # latents x this have unit spread (the VAE's config may say otherwise)
     plan: PlanCoefficients | None   # None: the planner has no figures for it yet
+    # Whether the U-Net takes each image's size and crop numbers (SDXL), which the data pipeline
+    # then records per image when it buckets and flips (engine/data/pipeline.py).
+    size_conditioning: bool = False
+    # The suffixes of kohya's cached-latent files (.npz beside the images) that hold this family's
+    # latents (engine/data/kohya_npz.py); None: every era's names, as for SD1/SD2.
+    kohya_latents: tuple[str, ...] | None = None
 
     def recognises(self, view) -> bool:
         """Whether the source seen as ``view`` (``engine.families.sources.SourceView``: a

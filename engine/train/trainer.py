@@ -20,6 +20,7 @@ from engine.control import RunControl
 from engine.control_file import ControlFileReader
 from engine.data.parts import rank_part
 from engine.events import PhaseProgress, StatusChanged
+from engine.families import family_of
 from engine.prefetch import Prefetcher
 from engine.train import forward
 from engine.train.components import (
@@ -99,7 +100,8 @@ class Trainer:
         model, noise = self.load_base(accelerator.device)
         self._phase(Phase.LOADING_MODEL, 1, 1)
         side = default_side(model, noise)
-        data = TrainingData.from_config(cfg, default_resolution=(side, side), log=lambda text: self.say(text))
+        data = TrainingData.from_config(cfg, default_resolution=(side, side), family=family_of(model),
+                                        log=lambda text: self.say(text))
         data.use_processes(accelerator.num_processes)   # plan at the global batch (engine/data/parts.py)
         schedule = resolve_schedule(cfg.train, data.batches_per_epoch())
         data.use_schedule(schedule.total_steps)   # a fractional token_warmup_step is a ratio of it

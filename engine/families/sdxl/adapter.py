@@ -17,6 +17,10 @@ FOLDER_MARK = "text_time"
 class _SDXL(Family):
     name, label = "sdxl", "SDXL"
     vae_scale = VAE_SCALE_FACTOR
+    size_conditioning = True
+    # kohya's cached latents an SDXL run imports: only sdxl_train.py's "<stem>_WWWWxHHHH_sdxl.npz"
+    # (the old "<stem>.npz" may hold SD latents; engine/data/kohya_npz.py)
+    kohya_latents = ("_sdxl.npz",)
     plan = None   # no planner figures yet (issue 30's memory item measures them)
 
     def recognises(self, view) -> bool:
