@@ -76,10 +76,10 @@ def test_widths_of_real_size_unets(family, expected):
     from accelerate import init_empty_weights
 
     from engine.models.configs import builtin_config
-    from engine.models.load import _unet_ctor
+    from engine.models.load import unet_ctor
 
     with init_empty_weights():
-        unet = _unet_ctor(builtin_config(family, "unet"))()
+        unet = unet_ctor(builtin_config(family, "unet"))()
     assert unet_kv_widths(unet) == expected
 
 

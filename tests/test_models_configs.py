@@ -19,11 +19,11 @@ def test_real_size_layout_and_inference(family):
     from engine.models import convert as cv
     from engine.models.configs import builtin_config
     from engine.models.infer import infer_text_config, infer_unet_config, infer_vae_config, sd2_text_layers
-    from engine.models.load import _text_ctor, _unet_ctor, _vae_ctor
+    from engine.models.load import text_ctor, unet_ctor, vae_ctor
 
     v2, v = family != "sd1", family == "sd2-768-v"
     ucfg, vcfg, tcfg = (builtin_config(family, c) for c in ("unet", "vae", "text_encoder"))
-    unet, vae, text = _meta_state(_unet_ctor(ucfg)), _meta_state(_vae_ctor(vcfg)), _meta_state(_text_ctor(tcfg))
+    unet, vae, text = _meta_state(unet_ctor(ucfg)), _meta_state(vae_ctor(vcfg)), _meta_state(text_ctor(tcfg))
     sd = cv.diffusers_to_original(unet, vae, text, v2=v2)
     # well-known names and shapes of the published SD checkpoints
     assert sd["model.diffusion_model.input_blocks.0.0.weight"].shape == (320, 4, 3, 3)

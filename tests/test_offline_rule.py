@@ -40,10 +40,10 @@ def test_check_loader_and_labellers_agree_on_transformers_offline(online):
     probe = look_at_model(HUB_ID)
     assert probe.error and "offline" in probe.error and "hf download someone/some-model" in probe.error
 
-    from engine.models.load import _download_hub
+    from engine.models.load import download_hub
 
     with pytest.raises(ModelLoadError) as loading:
-        _download_hub(HUB_ID)
+        download_hub(HUB_ID)
     assert str(loading.value) == probe.error, "--check says exactly what loading says"
 
     with pytest.raises(LabelError, match="offline.*hf download someone/some-model"):

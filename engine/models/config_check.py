@@ -75,7 +75,7 @@ def _groups(c: dict, blocks: list[int]) -> list[tuple[str, str]]:
 
 
 CHECKS = {"unet": _unet_problems, "unet_ema": _unet_problems, "vae": _vae_problems,
-          "text_encoder": _text_problems}
+          "text_encoder": _text_problems, "text_encoder_2": _text_problems}
 
 
 def check_component_config(folder: Path, component: str) -> dict:

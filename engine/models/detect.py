@@ -34,9 +34,8 @@ def _shape(sd: Mapping, key: str):
     return tuple(v.shape) if v is not None else None
 
 
-def check_supported(sd: Mapping, path: str) -> None:
-    """Raise ModelLoadError for anything that is not a plain SD1/SD2 base checkpoint."""
-    keys = list(sd.keys())
+def refuse_empty_or_lora(keys: list[str], path: str) -> None:
+    """Raise ModelLoadError for a file with no tensors or a LoRA's (any family's)."""
     if not keys:
         raise ModelLoadError(f"{path}: the file holds no tensors; it is not a Stable Diffusion checkpoint")
     if any(k.startswith(("lora_unet_", "lora_te", "lora_transformer_")) or ".lora_down." in k
@@ -45,6 +44,12 @@ def check_supported(sd: Mapping, path: str) -> None:
             f"{path}: this is a LoRA file, not a base model. sdft fine-tunes full models: set "
             "model.pretrained_model_name_or_path to the SD checkpoint the LoRA was made for "
             "(merge the LoRA into it first with another tool if you want its effect)")
+
+
+def check_supported(sd: Mapping, path: str) -> None:
+    """Raise ModelLoadError for anything that is not a plain SD1/SD2 base checkpoint."""
+    keys = list(sd.keys())
+    refuse_empty_or_lora(keys, path)
     if any(k.startswith("conditioner.embedders.") for k in keys) or UNET_PREFIX + "label_emb.0.0.weight" in sd:
         raise ModelLoadError(f"{path}: this is an SDXL checkpoint. {family_entry('sdxl').refused}")
     if any(k.startswith("depth_model.") for k in keys):

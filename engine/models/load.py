@@ -30,7 +30,8 @@ from engine.models.errors import ModelLoadError
 from engine.models.infer import SCHEDULER_META, infer_text_config, infer_unet_config, infer_vae_config, sd2_text_layers
 from engine.models.infer import UNET_META as UNET_CONFIG_META
 
-__all__ = ["LoadedModel", "ModelLoadError", "load_model", "load_vae", "training_scheduler"]
+__all__ = ["LoadedModel", "ModelLoadError", "all_weights_loaded", "download_hub", "is_hub_id", "load_model",
+           "load_vae", "stored_dtype", "training_scheduler"]
 
 SINGLE_FILE_EXT = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -79,7 +80,7 @@ def _fp32(sd: Mapping) -> dict:
     return {k: (v.float() if torch.is_floating_point(v) else v) for k, v in sd.items()}
 
 
-def _build(ctor, state: Mapping, what: str, path: str):
+def build_model(ctor, state: Mapping, what: str, path: str):
     """Build a model on the meta device and assign ``state`` into it (strict)."""
     from accelerate import init_empty_weights
 
@@ -93,32 +94,34 @@ def _build(ctor, state: Mapping, what: str, path: str):
     return model.eval()
 
 
-def _meta_model_keys(ctor) -> dict:
+def meta_state_dict(ctor) -> dict:
     from accelerate import init_empty_weights
 
     with init_empty_weights():
         return ctor().state_dict()
 
 
-def _unet_ctor(cfg: dict):
+def unet_ctor(cfg: dict):
     from diffusers import UNet2DConditionModel
 
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     return lambda: UNet2DConditionModel(**cfg)
 
 
-def _vae_ctor(cfg: dict):
+def vae_ctor(cfg: dict):
     from diffusers import AutoencoderKL
 
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     return lambda: AutoencoderKL(**cfg)
 
 
-def _text_ctor(cfg: dict):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def text_ctor(cfg: dict, *, with_projection: bool = False):
+    """A CLIP text model's constructor; ``with_projection``: CLIPTextModelWithProjection (SDXL's TE2)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "model_type")}
-    return lambda: CLIPTextModel(CLIPTextConfig(**cfg))
+    return lambda: cls(CLIPTextConfig(**cfg))
 
 
 # --------------------------------------------------------------------------- VAE
@@ -129,12 +132,12 @@ def _vae_from_original_part(part: Mapping, *, v2: bool, v_param: bool, metadata,
         cfg = infer_vae_config(part, v2=v2, v_parameterization=v_param, metadata=metadata)
     except (KeyError, ValueError) as exc:
         raise ModelLoadError(f"{path}: the VAE is incomplete (missing {exc}); use a full VAE") from exc
-    ctor = _vae_ctor(cfg)
+    ctor = vae_ctor(cfg)
     try:
-        state = cv.vae_from_original(part, _meta_model_keys(ctor))
+        state = cv.vae_from_original(part, meta_state_dict(ctor))
     except cv.ConversionError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
-    return _build(ctor, state, "VAE", path)
+    return build_model(ctor, state, "VAE", path)
 
 
 def load_vae(source: str | Path, *, v2: bool = False, v_parameterization: bool = False,
@@ -189,12 +192,12 @@ def _load_single_file(path: Path, *, v2, v_parameterization, vae, allow_unsafe_p
         ucfg = infer_unet_config(unet_part, v2=is_v2, v_parameterization=hint_v, metadata=metadata)
     except (KeyError, ValueError) as exc:
         raise ModelLoadError(f"{path}: the U-Net is incomplete or not SD-shaped (missing {exc})") from exc
-    uctor = _unet_ctor(ucfg)
+    uctor = unet_ctor(ucfg)
     try:
-        ustate = cv.unet_from_original(unet_part, _meta_model_keys(uctor).keys())
+        ustate = cv.unet_from_original(unet_part, meta_state_dict(uctor).keys())
     except cv.ConversionError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
-    unet = _build(uctor, ustate, "U-Net", str(path))
+    unet = build_model(uctor, ustate, "U-Net", str(path))
     del ustate, unet_part
 
     if vae is not None:
@@ -218,7 +221,7 @@ def _load_single_file(path: Path, *, v2, v_parameterization, vae, allow_unsafe_p
         report.append(f"checkpoint global_step: {info['global_step']}")
     return dict(unet=unet, vae=vae_model, text_encoder=text_encoder, v2=is_v2, v_parameterization=vd.value,
                 metadata=dict(metadata), text_extras=extras, has_ema=has_ema, source_dtype=source_dtype,
-                scheduler_config=_recorded_scheduler(metadata))
+                scheduler_config=recorded_scheduler(metadata))
 
 
 def _choose_unet_weights(parts: dict, use_ema: bool, report: list[str]) -> tuple[dict, bool]:
@@ -244,9 +247,9 @@ def _text_encoder_from_parts(parts: dict, *, is_v2: bool, metadata: dict, path: 
         tcfg = infer_text_config(tstate, v2=is_v2, metadata=metadata)
     except (KeyError, ValueError) as exc:
         raise ModelLoadError(f"{path}: the text encoder is incomplete (missing {exc})") from exc
-    tctor = _text_ctor(tcfg)
-    tstate = cv.adapt_text_keys(tstate, _meta_model_keys(tctor).keys())
-    return _build(tctor, tstate, "text encoder", str(path)), extras
+    tctor = text_ctor(tcfg)
+    tstate = cv.adapt_text_keys(tstate, meta_state_dict(tctor).keys())
+    return build_model(tctor, tstate, "text encoder", str(path)), extras
 
 
 def text_state_from_parts(parts: dict, *, is_v2: bool, metadata: Mapping, path: Path,
@@ -275,7 +278,7 @@ def text_state_from_parts(parts: dict, *, is_v2: bool, metadata: Mapping, path: 
     return tstate, extras
 
 
-def _recorded_scheduler(metadata: Mapping) -> dict | None:
+def recorded_scheduler(metadata: Mapping) -> dict | None:
     """The scheduler a single file recorded when it was saved from a diffusers model (sdft)."""
     import json
 
@@ -341,7 +344,7 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
         raise ModelLoadError(f"{folder}: a component could not be loaded: {type(exc).__name__}: "
                              f"{str(exc)[:400]}") from exc
     for component, model in ((sub, unet), ("text_encoder", text_encoder), ("vae", None if vae else vae_model)):
-        _all_weights_loaded(folder / component, model)
+        all_weights_loaded(folder / component, model)
     if vae is not None:
         report.append(f"VAE: from {vae} (model.vae)")
     ctx = int(unet.config.cross_attention_dim)
@@ -357,11 +360,11 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
     report.append(vd.line)
     return dict(unet=unet.eval(), vae=vae_model.eval(), text_encoder=text_encoder.eval(), v2=v2d.value,
                 v_parameterization=vd.value, metadata={}, text_extras={}, has_ema=sub == "unet_ema",
-                source_dtype=_stored_dtype(folder / sub),
+                source_dtype=stored_dtype(folder / sub),
                 scheduler_config=sched if isinstance(sched, dict) and "_class_name" in sched else None)
 
 
-def _stored_dtype(sub: Path) -> str | None:
+def stored_dtype(sub: Path) -> str | None:
     """The dtype of the first tensor in a diffusers component's safetensors file, if any."""
     from engine.models.safetensors_header import HeaderError, read_header
 
@@ -376,7 +379,16 @@ def _stored_dtype(sub: Path) -> str | None:
 # --------------------------------------------------------------------------- hub
 
 
-def _download_hub(repo_id: str) -> Path:
+SD_FOLDER_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def is_hub_id(source: str) -> bool:
+    """``owner/name``: what a Hugging Face hub id looks like (a local path is tried first)."""
+    return bool(_HUB_ID.match(source))
+
+
+def download_hub(repo_id: str, parts: tuple[str, ...] = SD_FOLDER_PARTS) -> Path:
+    """A hub model's diffusers ``parts`` (their fp32 safetensors), downloaded; refused offline."""
     from engine.models.hub import is_offline, offline_model_message
 
     if is_offline():
@@ -386,8 +398,7 @@ def _download_hub(repo_id: str) -> Path:
 
         return Path(snapshot_download(
             repo_id,
-            allow_patterns=["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*",
-                            "scheduler/*"],
+            allow_patterns=["model_index.json", *(f"{part}/*" for part in parts)],
             ignore_patterns=["*.bin", "*.msgpack", "*.onnx", "*.ckpt", "*fp16*", "*non_ema*"],
         ))
     except Exception as exc:
@@ -400,7 +411,7 @@ def _download_hub(repo_id: str) -> Path:
 # --------------------------------------------------------------------------- entry point
 
 
-def _all_weights_loaded(component: Path, model) -> None:
+def all_weights_loaded(component: Path, model) -> None:
     """diffusers leaves the tensors a weights file lacks on the meta device, and training fails
     later with "Cannot copy out of meta tensor": name the file instead."""
     if model is None:
@@ -434,8 +445,8 @@ def load_model(source: str, *, v2="auto", v_parameterization="auto", vae: str | 
         folder_for_tok = None
         if hash_file:
             sha = sha256_of(path)   # remembered by path, size and mtime: big files hash once
-    elif _HUB_ID.match(str(source)) and not str(source).lower().endswith(SINGLE_FILE_EXT):
-        folder = _download_hub(str(source))
+    elif is_hub_id(str(source)) and not str(source).lower().endswith(SINGLE_FILE_EXT):
+        folder = download_hub(str(source))
         report.append(f"downloaded {source} from the Hugging Face hub")
         parts = _load_folder(folder, **kwargs)
         folder_for_tok = folder

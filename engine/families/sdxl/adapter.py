@@ -1,6 +1,6 @@
-"""The SDXL adapter, a skeleton: it owns what this folder already provides (detection, the VAE
-scale, the native side, text encoding, the U-Net's inputs, the preview pipeline's class) and is
-refused by the registry (engine/registry/families.py) until the training loop works for SDXL.
+"""The SDXL adapter: it owns what this folder provides (detection, loading, the VAE scale, the
+native side, text encoding, the U-Net's inputs, the preview pipeline's class) and is refused
+by the registry (engine/registry/families.py) until the training loop works for SDXL.
 What is left to wire is listed in docs/sdxl.md."""
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ class _SDXL(Family):
         return 1024
 
     def load(self, source: str, **options):
-        from engine.models.errors import ModelLoadError
-        from engine.registry.families import family_entry
+        """An ``SdxlModel`` (load.py): SD's ``LoadedModel`` plus ``text_encoder_2`` and
+        ``tokenizer_2``; ``options`` are ``engine.models.load.load_model``'s."""
+        from engine.families.sdxl.load import load_sdxl
 
-        raise ModelLoadError(f"{source}: an SDXL model. {family_entry(self.name).refused}")
+        return load_sdxl(source, **options)
 
     def prompt_encoder(self, model, *, max_token_length, clip_skip, weighted, warn=None):
         """kohya's SDXL encoding (text_encoding.py): fixed layers, so no clip skip; weighted
