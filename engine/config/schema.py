@@ -120,6 +120,12 @@ class OptimizerConfig:
                     choices=optimizers.NAMES, normalize=optimizers.canonical)
     learning_rate: float = opt(2e-6, "U-Net learning rate.", min=0.0)
     learning_rate_te: float | None = opt(None, "Text encoder learning rate (unset = learning_rate).", min=0.0)
+    learning_rate_te1: float | None = opt(None, "SDXL: the first text encoder's (CLIP ViT-L) learning rate with "
+                                          "train.train_text_encoder (unset = learning_rate; 0 keeps it frozen), "
+                                          "as kohya's sdxl_train.py --learning_rate_te1.", min=0.0)
+    learning_rate_te2: float | None = opt(None, "SDXL: the second text encoder's (OpenCLIP bigG) learning rate "
+                                          "with train.train_text_encoder (unset = learning_rate; 0 keeps it "
+                                          "frozen), as kohya's --learning_rate_te2.", min=0.0)
     args: dict[str, Any] = opt(None, 'Extra optimizer keyword arguments: a table, e.g. { weight_decay = 0.01 }, or kohya\'s '
                      'list ["weight_decay=0.01", "betas=0.9,0.999"].', factory=dict,
                      normalize=table_or_list("optimizer.args"))

@@ -47,6 +47,15 @@ class Family:
     # The suffixes of kohya's cached-latent files (.npz beside the images) that hold this family's
     # latents (engine/data/kohya_npz.py); None: every era's names, as for SD1/SD2.
     kohya_latents: tuple[str, ...] | None = None
+    # The model's text encoders by attribute name, each with the [optimizer] key of its learning
+    # rate (unset: optimizer.learning_rate).
+    text_encoder_rates: tuple[tuple[str, str], ...] = (("text_encoder", "learning_rate_te"),)
+    # kohya's sdxl_train.py: a text encoder whose rate is 0 stays frozen (SD's trains at rate 0).
+    frozen_at_zero_rate: bool = False
+
+    @property
+    def text_encoder_roles(self) -> tuple[str, ...]:
+        return tuple(role for role, _key in self.text_encoder_rates)
 
     def recognises(self, view) -> bool:
         """Whether the source seen as ``view`` (``engine.families.sources.SourceView``: a
@@ -65,6 +74,16 @@ class Family:
                        warn: Callable[[str], None] | None = None) -> Any:
         """The object whose ``tokenize`` and ``encode`` turn captions into the U-Net's text states."""
         raise NotImplementedError
+
+    def refusals(self, cfg) -> list[tuple[str, str, str]]:
+        """(key, why, hint) for each run-file setting this family cannot honour: ``--check``
+        reports them and the Trainer refuses them before it trains (an accepted key does something)."""
+        return []
+
+    def unused_text_modules(self, model, role: str) -> list:
+        """Modules of the text encoder ``role`` whose output the U-Net never sees: kept frozen when
+        it trains (SDXL's TE1 feeds its penultimate layer). None by default."""
+        return []
 
     def unet_inputs(self, model, batch, text, dtype) -> tuple[Any, dict]:
         """The U-Net's text states and its other keyword arguments besides the noisy latents and

@@ -105,7 +105,8 @@ class Trainer:
         data.use_processes(accelerator.num_processes)   # plan at the global batch (engine/data/parts.py)
         schedule = resolve_schedule(cfg.train, data.batches_per_epoch())
         data.use_schedule(schedule.total_steps)   # a fractional token_warmup_step is a ratio of it
-        components = Components(model, build_prompt_encoder(cfg, model, self.say), noise, trains_text_encoder(cfg))
+        components = Components(model, build_prompt_encoder(cfg, model, self.say), noise,
+                                trains_text_encoder(cfg, model))
         self.agreement = ControlAgreement(accelerator.num_processes, ddp_timeout_minutes(cfg.train))
         cache_latents(data, model.vae, accelerator, precision, self._latents_progress, self.agreement)
         components = prepare_modules(components, cfg, precision, accelerator.device, self.seed, self.say)
@@ -281,8 +282,8 @@ class Trainer:
         stack = ExitStack()
         b = self.parts.bundle
         stack.enter_context(self.parts.accelerator.no_sync(b.unet))
-        if self.parts.components.train_te:
-            stack.enter_context(self.parts.accelerator.no_sync(b.text_encoder))
+        for text_encoder in b.text_encoders.values():
+            stack.enter_context(self.parts.accelerator.no_sync(text_encoder))
         return stack
 
     def step_generator(self, micro: int) -> torch.Generator:
@@ -296,10 +297,13 @@ class Trainer:
 
     def _maybe_stop_text_encoder(self) -> None:
         stop_at = self.cfg.train.stop_text_encoder_training
-        if self.parts.components.train_te and stop_at and self.global_step == stop_at:
-            self.parts.components.model.text_encoder.requires_grad_(False)
-            self.parts.components.model.text_encoder.eval()
-            self.say(f"text encoder frozen after step {stop_at} (train.stop_text_encoder_training)")
+        c = self.parts.components
+        if c.train_te and stop_at and self.global_step == stop_at:
+            for role in c.trained_text_encoders:
+                c.text_encoders[role].requires_grad_(False)
+                c.text_encoders[role].eval()
+            what = "text encoder" if len(c.trained_text_encoders) == 1 else "text encoders"
+            self.say(f"{what} frozen after step {stop_at} (train.stop_text_encoder_training)")
 
     @property
     def is_logging_step(self) -> bool:

@@ -43,6 +43,15 @@ class StableDiffusion(Family):
 
         return load_model(source, **options)
 
+    def refusals(self, cfg) -> list[tuple[str, str, str]]:
+        """SDXL's own keys: SD has one text encoder and its U-Net's blocks differ."""
+        out = []
+        for key in ("learning_rate_te1", "learning_rate_te2"):
+            if getattr(cfg.optimizer, key) is not None:
+                out.append((f"optimizer.{key}", f"{self.label} has one text encoder; {key} sets one of SDXL's two",
+                            "use optimizer.learning_rate_te"))
+        return out
+
     def prompt_encoder(self, model, *, max_token_length, clip_skip, weighted, warn=None):
         from engine.models.text_encoding import PromptEncoder
 

@@ -22,6 +22,9 @@ class _SDXL(Family):
     # (the old "<stem>.npz" may hold SD latents; engine/data/kohya_npz.py)
     kohya_latents = ("_sdxl.npz",)
     plan = None   # no planner figures yet (issue 30's memory item measures them)
+    # CLIP ViT-L and OpenCLIP bigG, each with its own rate; 0 keeps one frozen (kohya's sdxl_train.py)
+    text_encoder_rates = (("text_encoder", "learning_rate_te1"), ("text_encoder_2", "learning_rate_te2"))
+    frozen_at_zero_rate = True
 
     def recognises(self, view) -> bool:
         if view.tensors:
@@ -38,6 +41,23 @@ class _SDXL(Family):
 
         return load_sdxl(source, **options)
 
+    def refusals(self, cfg) -> list[tuple[str, str, str]]:
+        """What SDXL cannot take (docs/sdxl.md, "Training SDXL")."""
+        out = []
+        if cfg.optimizer.learning_rate_te is not None:
+            out.append(("optimizer.learning_rate_te", "SDXL has two text encoders, each with its own rate",
+                        "use optimizer.learning_rate_te1 and optimizer.learning_rate_te2 (kohya's sdxl_train.py)"))
+        if cfg.train.mode == "hypernetwork":
+            out.append(("train.mode", "hypernetworks are built for SD 1.x/2.x only (A1111's format hooks their "
+                        "attention widths)", 'use train.mode = "full" for SDXL'))
+        if cfg.model.clip_skip != 1:
+            out.append(("model.clip_skip", f"= {cfg.model.clip_skip}: SDXL reads fixed layers of both text encoders "
+                        "(kohya's sdxl_train.py ignores clip skip)", "remove the setting"))
+        if cfg.train.weighted_captions:
+            out.append(("train.weighted_captions", "caption weighting is not built for SDXL yet",
+                        "remove the setting"))
+        return out
+
     def prompt_encoder(self, model, *, max_token_length, clip_skip, weighted, warn=None):
         """kohya's SDXL encoding (text_encoding.py): fixed layers, so no clip skip; weighted
         captions are not built yet."""
@@ -50,6 +70,16 @@ class _SDXL(Family):
             raise ValueError("train.weighted_captions: not available for SDXL yet; remove the setting")
         return SdxlPromptEncoder(model.text_encoder, model.text_encoder_2, max_token_length=max_token_length,
                                  tokenizer=model.tokenizer)
+
+    def unused_text_modules(self, model, role):
+        """TE1's last layer and final LayerNorm: the U-Net reads its layer 11 (text_encoding.py),
+        so kohya's sdxl_train.py freezes them when TE1 trains. TE2's last layer feeds the pooled
+        embedding and trains."""
+        if role != "text_encoder":
+            return []
+        te1 = model.text_encoder
+        text_model = getattr(te1, "text_model", te1)   # transformers 5 flattened CLIPTextModel
+        return [text_model.encoder.layers[-1], text_model.final_layer_norm]
 
     def unet_inputs(self, model, batch, text, dtype):
         """Both encoders' states side by side; the pooled text and the six size and crop numbers

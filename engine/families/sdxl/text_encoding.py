@@ -102,6 +102,24 @@ class SdxlPromptEncoder:
         # Batches are tokenized on the loading thread while sampling may tokenize here too.
         self._tokenizing = threading.Lock()
 
+    # The model's names for the two encoders: the trainer hands each prepared (maybe wrapped)
+    # encoder back by the name it has on the model.
+    @property
+    def text_encoder(self):
+        return self.text_encoder1
+
+    @text_encoder.setter
+    def text_encoder(self, module) -> None:
+        self.text_encoder1 = module
+
+    @property
+    def text_encoder_2(self):
+        return self.text_encoder2
+
+    @text_encoder_2.setter
+    def text_encoder_2(self, module) -> None:
+        self.text_encoder2 = module
+
     def tokenize(self, captions: list[str]) -> SdxlTokenBatch:
         with self._tokenizing:
             layouts = tokenize_sdxl(captions, self.max_token_length, self.tokenizer)
