@@ -194,6 +194,11 @@ class CacheConfig:
     verify: str = opt("full", '"full" checks each cached latent\'s shape and values; "exists" trusts the files.', choices=("full", "exists"))
     latent_sampling: str = opt("sample", '"sample" draws from the VAE posterior each use; "mean"; "kohya" (one fixed draw).', choices=("sample", "mean", "kohya"))
     dtype: str = opt("float32", "Storage precision of cached latents.", choices=("float32", "float16"))
+    text_encoder_outputs: str = opt("none", 'SDXL with frozen text encoders: encode each caption once and keep '
+                                     'the outputs, "memory" or "disk" (beside the latent cache, reused across '
+                                     'runs); kohya\'s --cache_text_encoder_outputs(_to_disk). Not with a '
+                                     'trained text encoder or captions that change per draw (shuffle, tag '
+                                     'dropout, token warm-up, wildcards).', choices=("none", "memory", "disk"))
 
 
 @dataclass

@@ -61,6 +61,7 @@ class Batch:
     # One SizeConditioning per image (engine/families/sdxl/conditioning.py) for a family whose
     # U-Net takes them (SDXL); None for SD1/SD2.
     size_conditioning: list | None = None
+    text: Any = None              # the captions' cached text-encoder outputs (engine/train/text_cache.py)
 
 
 class TrainingData:

@@ -33,6 +33,12 @@ class PlanCoefficients:
     shard_unit_params: float
 
 
+def text_encoder_rate(cfg, key: str) -> float:
+    """The learning rate ``optimizer.<key>`` sets for a text encoder; unset: optimizer.learning_rate."""
+    value = getattr(cfg.optimizer, key)
+    return cfg.optimizer.learning_rate if value is None else value
+
+
 class Family:
     """A model family's answers. Subclasses set the class attributes and implement the methods;
     every method gets the model ``load`` returned (an ``engine.models.load.LoadedModel``)."""
@@ -56,6 +62,14 @@ class Family:
     @property
     def text_encoder_roles(self) -> tuple[str, ...]:
         return tuple(role for role, _key in self.text_encoder_rates)
+
+    def trained_text_encoders(self, cfg) -> tuple[str, ...]:
+        """The text encoders a run trains, by their name on the model: with train.train_text_encoder
+        in full mode every one, except (``frozen_at_zero_rate``) one whose rate is 0."""
+        if not (cfg.train.train_text_encoder and cfg.train.mode == "full"):
+            return ()
+        return tuple(role for role, key in self.text_encoder_rates
+                     if not (self.frozen_at_zero_rate and text_encoder_rate(cfg, key) == 0))
 
     def recognises(self, view) -> bool:
         """Whether the source seen as ``view`` (``engine.families.sources.SourceView``: a

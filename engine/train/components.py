@@ -40,6 +40,7 @@ class Components:
     trained_text_encoders: tuple[str, ...]   # the text encoders that train, by their name on the model
     hypernetwork: Any = None    # train.mode = "hypernetwork": the only trained module
     attention: str = "sdpa"     # the attention kernel that runs (xformers may have fallen back)
+    text_cache: Any = None      # cache.text_encoder_outputs: engine.train.text_cache.TextOutputCache
 
     @property
     def train_te(self) -> bool:
@@ -117,22 +118,10 @@ def build_prompt_encoder(cfg, model, say: Say):
                                            warn=lambda text: say(text, "warning"))
 
 
-def trains_text_encoder(cfg, model=None) -> tuple[str, ...]:
-    """The text encoders that train, by their name on the model: with train.train_text_encoder in
-    full mode, every one, except (SDXL, as kohya's sdxl_train.py) one whose rate is 0."""
-    if not (cfg.train.train_text_encoder and cfg.train.mode == "full"):
-        return ()
-    family = family_of(model) if model is not None else None
-    if family is None:
-        return ("text_encoder",)
-    return tuple(role for role, key in family.text_encoder_rates
-                 if not (family.frozen_at_zero_rate and text_encoder_rate(cfg, key) == 0))
-
-
-def text_encoder_rate(cfg, key: str) -> float:
-    """The learning rate ``optimizer.<key>`` sets for a text encoder; unset: optimizer.learning_rate."""
-    value = getattr(cfg.optimizer, key)
-    return cfg.optimizer.learning_rate if value is None else value
+def trains_text_encoder(cfg, model) -> tuple[str, ...]:
+    """The text encoders that train, by their name on the model (the family decides: SDXL, as
+    kohya's sdxl_train.py, keeps one whose rate is 0 frozen)."""
+    return family_of(model).trained_text_encoders(cfg)
 
 
 def prepare_modules(components: Components, cfg, precision, device: torch.device, seed, say: Say) -> Components:
@@ -170,6 +159,30 @@ def prepare_modules(components: Components, cfg, precision, device: torch.device
         components.model.vae.to("cpu")
     return Components(components.model, components.prompt_encoder, components.noise, trained, hypernetwork,
                       attention)
+
+
+def cache_text_outputs(components: Components, cfg, data, accelerator, precision, say: Say) -> Components:
+    """cache.text_encoder_outputs: every caption the data can draw encoded once by the frozen
+    encoders (engine/train/text_cache.py); they then leave the device unless samples need them."""
+    mode = cfg.cache.text_encoder_outputs
+    if mode == "none":
+        return components
+    from dataclasses import replace
+
+    from engine.train.text_cache import cache_folder, captions_to_cache, fill_text_cache
+
+    captions = captions_to_cache(data)
+    encoders = list(components.text_encoders.values())
+    cache, encoded = fill_text_cache(mode, cache_folder(cfg) if mode == "disk" else None, captions,
+                                     components.prompt_encoder, accelerator.device, precision.weight_dtype,
+                                     accelerator.autocast, max_token_length=cfg.model.max_token_length,
+                                     encoders=encoders)
+    where = f"on disk ({cache_folder(cfg)})" if mode == "disk" else "in memory"
+    say(f"text-encoder outputs cached {where}: {len(captions)} caption(s), {encoded} encoded now")
+    if not cfg.sample.prompts:
+        for module in encoders:
+            module.to("cpu")
+    return replace(components, text_cache=cache)
 
 
 def build_hypernetwork(cfg, unet, device: torch.device, seed, say: Say):

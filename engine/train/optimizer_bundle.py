@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.families import family_of
+from engine.families.base import text_encoder_rate
 from engine.registry.optimizers import entry_for
-from engine.train.components import Components, text_encoder_rate
+from engine.train.components import Components
 from engine.train.ema import EMA
 from engine.train.lr_schedules import schedule_for
 from engine.train.lr_steps import ScheduleOnTakenSteps

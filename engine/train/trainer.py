@@ -27,6 +27,7 @@ from engine.train.components import (
     Components,
     build_prompt_encoder,
     cache_latents,
+    cache_text_outputs,
     default_side,
     load_base_model,
     prepare_modules,
@@ -110,6 +111,7 @@ class Trainer:
         self.agreement = ControlAgreement(accelerator.num_processes, ddp_timeout_minutes(cfg.train))
         cache_latents(data, model.vae, accelerator, precision, self._latents_progress, self.agreement)
         components = prepare_modules(components, cfg, precision, accelerator.device, self.seed, self.say)
+        components = cache_text_outputs(components, cfg, data, accelerator, precision, self.say)
         bundle = build_bundle(cfg, components, accelerator, schedule.total_steps)
         scale = lr_scale(cfg, accelerator.num_processes)
         if scale != 1.0:
@@ -226,8 +228,12 @@ class Trainer:
         batches = [p.data.load_batch(ref, epoch=epoch, global_step=step, position=position + i,
                                      part=rank_part(len(ref.items), world, rank) if world > 1 else None)
                    for i, ref in enumerate(group)]
-        for batch in batches:   # tokenized here too, so the training thread only encodes
-            batch.tokens = p.components.prompt_encoder.tokenize(batch.captions)
+        cache = p.components.text_cache
+        for batch in batches:   # tokenized (or the cached outputs read) here too, so the training thread only encodes
+            if cache is not None:
+                batch.text = cache.lookup(batch.captions)
+            else:
+                batch.tokens = p.components.prompt_encoder.tokenize(batch.captions)
             if p.device.type == "cuda":
                 pin_batch(batch)    # so the training thread's copies do not wait (transfer.py)
         return batches

@@ -56,6 +56,30 @@ class _SDXL(Family):
         if cfg.train.weighted_captions:
             out.append(("train.weighted_captions", "caption weighting is not built for SDXL yet",
                         "remove the setting"))
+        if cfg.cache.text_encoder_outputs != "none":
+            out += self._text_cache_refusals(cfg)
+        return out
+
+    def _text_cache_refusals(self, cfg) -> list[tuple[str, str, str]]:
+        """Cached text-encoder outputs need frozen encoders and one caption per image (caption
+        dropout's empty caption is cached too), as kohya's ``is_text_encoder_output_cacheable``;
+        wildcards pick a line per draw, which kohya's cache would freeze at one draw."""
+        key = "cache.text_encoder_outputs"
+        if self.trained_text_encoders(cfg):
+            return [(key, "the outputs of a text encoder that trains change every step (kohya refuses it "
+                              "too)", "set train.train_text_encoder = false, or both learning_rate_te1 and "
+                          "learning_rate_te2 to 0")]
+        out = []
+        varying = (("shuffle_caption", lambda s: s.shuffle_caption),
+                   ("caption_tag_dropout_rate", lambda s: s.caption_tag_dropout_rate > 0),
+                   ("token_warmup_step", lambda s: s.token_warmup_step > 0),
+                   ("enable_wildcard", lambda s: s.enable_wildcard))
+        subsets = list(cfg.datasets.subsets) if cfg.datasets is not None else []
+        for name, varies in varying:
+            where = [s.key for s in subsets if varies(s)]
+            if where:
+                out.append((key, f"{name} ({', '.join(where)}) changes a caption on every draw, so its outputs "
+                                 "cannot be encoded once", f"remove {name}, or cache.text_encoder_outputs"))
         return out
 
     def prompt_encoder(self, model, *, max_token_length, clip_skip, weighted, warn=None):
