@@ -108,3 +108,29 @@ ou = {norm(k): v for k, v in ours.items()}
 print("keys: only kohya", sorted(set(ko) - set(ou))[:5], "only ours", sorted(set(ou) - set(ko))[:5], "count", len(ko), len(ou))
 diff = [k for k in ko if k in ou and not torch.equal(ko[k].reshape(ou[k].shape), ou[k])]
 print("tensors that differ:", diff)
+
+# Files: kohya's file (its converters' tensors, in save_stable_diffusion_checkpoint's two
+# layouts) loads in sdft; sdft's saved file has exactly kohya's keys.
+import tempfile
+
+from safetensors.torch import save_file
+
+from engine.families.sdxl.adapter import SDXL
+
+with tempfile.TemporaryDirectory() as tmp:
+    save_file({k: v.contiguous() for k, v in kohya.items()}, f"{tmp}/kohya.safetensors")
+    torch.save({"state_dict": kohya, "epoch": 1, "global_step": 10}, f"{tmp}/kohya.ckpt")
+    for name in ("kohya.safetensors", "kohya.ckpt"):
+        loaded = SDXL.load(f"{tmp}/{name}")
+        same = {}
+        for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            got = {k.removeprefix("text_model."): v for k, v in getattr(loaded, part).state_dict().items()}
+            want = {k.removeprefix("text_model."): v for k, v in sds[part].items() if "position_ids" not in k}
+            same[part] = [k for k in want if not torch.equal(got[k], want[k])]
+        print(f"{name} loaded by sdft: tensors that differ: {same}")
+    SDXL.save(f"{tmp}/sdft.safetensors", loaded, v_prediction=False, fmt="safetensors", precision="float")
+    from safetensors import safe_open
+
+    with safe_open(f"{tmp}/sdft.safetensors", "pt") as f:
+        written = {norm(k) for k in f.keys()}
+    print("sdft's saved file: only kohya", sorted(set(ko) - written)[:5], "only sdft", sorted(written - set(ko))[:5])

@@ -152,3 +152,159 @@ def test_hub_id_offline_is_refused_with_the_download_advice(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="offline.*hf download stabilityai/stable-diffusion-xl-base-1.0"):
         SDXL.load("stabilityai/stable-diffusion-xl-base-1.0")
+
+
+# ------------------------------------------------------------------ single files
+
+
+def _single_file_sd(parts: dict) -> dict:
+    from engine.families.sdxl.keys import diffusers_to_single_file
+
+    sds = {name: parts[name].state_dict() for name in PARTS}
+    sd = diffusers_to_single_file(sds["unet"], sds["vae"], sds["text_encoder"], sds["text_encoder_2"])
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_parts():
+    return build_tiny_sdxl_components(TinySdxlSpec(seed=4))
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory, tiny_parts):
+    """A tiny SDXL file with the keys kohya's sdxl_model_util writes and no metadata."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("sdxl_file") / "tiny.safetensors"
+    save_file(_single_file_sd(tiny_parts), str(path))
+    return path
+
+
+def test_single_file_loads_bit_for_bit_with_sizes_from_the_shapes(tiny_file, tiny_parts):
+    from engine.families import family_of
+    from engine.families.sdxl.adapter import SDXL
+
+    model = SDXL.load(str(tiny_file))
+    assert family_of(model) is SDXL and model.family == "sdxl"
+    _same_weights(model, tiny_parts)
+    unet, want = model.unet.config, tiny_parts["unet"].config
+    for key in ("block_out_channels", "transformer_layers_per_block", "cross_attention_dim", "layers_per_block",
+                "addition_time_embed_dim", "projection_class_embeddings_input_dim", "down_block_types",
+                "up_block_types"):
+        assert list(unet[key]) == list(want[key]) if isinstance(want[key], (list, tuple)) else unet[key] == want[key]
+    assert model.text_encoder.config.num_hidden_layers == 12 and model.text_encoder_2.config.num_hidden_layers == 2
+    assert model.text_encoder_2.config.projection_dim == 48
+    assert model.vae.config.scaling_factor == 0.13025
+    assert model.base_sha256 and model.base_name == "tiny" and model.source_dtype == "float32"
+    assert model.v_parameterization is False and model.zero_terminal_snr is False
+    assert any("no mark in the model (SDXL base predicts epsilon)" in line for line in model.report)
+
+
+def test_ckpt_loads_with_the_weights_only_unpickler(tmp_path, tiny_parts):
+    from engine.families.sdxl.adapter import SDXL
+
+    sd = {k: v.half() for k, v in _single_file_sd(tiny_parts).items()}
+    torch.save({"state_dict": sd, "global_step": 1234}, tmp_path / "tiny.ckpt")
+    model = SDXL.load(str(tmp_path / "tiny.ckpt"))
+    assert model.source_dtype == "float16" and model.unet.conv_in.weight.dtype == torch.float32
+    assert torch.equal(model.unet.conv_in.weight, tiny_parts["unet"].conv_in.weight.half().float())
+    assert "checkpoint global_step: 1234" in model.report
+
+    class Payload:   # a pickle that would run code when loaded
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"state_dict": sd, "extra": Payload()}, tmp_path / "unsafe.ckpt")
+    with pytest.raises(ModelLoadError, match="refused to load this .ckpt"):
+        SDXL.load(str(tmp_path / "unsafe.ckpt"))
+
+
+def test_full_size_shapes_give_the_builtin_configs_exactly():
+    """A real SDXL file (shapes of SDXL base 1.0, here on the meta device) reads as the built-in configs."""
+    from engine.families.sdxl.configs import builtin_config
+    from engine.families.sdxl.infer import infer_sdxl_vae_config, infer_text_config, infer_unet_config, te2_shapes
+    from engine.families.sdxl.keys import TE2_PREFIX, te2_to_single_file
+    from engine.models.load import meta_state_dict, text_ctor, unet_ctor, vae_ctor
+
+    unet = meta_state_dict(unet_ctor(builtin_config("unet")))
+    te2 = meta_state_dict(text_ctor(builtin_config("text_encoder_2"), with_projection=True))
+    from engine.families.sdxl.keys import unet_key_map
+    from engine.models.convert import vae_key_map
+
+    unet_part = {orig.removeprefix("model.diffusion_model."): unet[k] for k, orig in unet_key_map(unet).items()}
+    te2_part = {k.removeprefix(TE2_PREFIX): v for k, v in te2_to_single_file(te2).items()}
+    vae = meta_state_dict(vae_ctor(builtin_config("vae")))
+    vae_part = {orig.removeprefix("first_stage_model."): vae[k] for k, orig in vae_key_map(vae).items()}
+
+    def public(cfg):
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if not k.startswith("_")}
+
+    assert public(infer_unet_config(unet_part, te2_projection=1280)) == public(builtin_config("unet"))
+    got_te2 = infer_text_config(te2_shapes(te2_part), second=True)
+    assert got_te2 == {k: v for k, v in builtin_config("text_encoder_2").items()
+                       if k not in ("architectures", "model_type")}
+    assert public(infer_sdxl_vae_config(vae_part)) == public(builtin_config("vae"))
+
+
+def test_v_prediction_and_ztsnr_marks_in_a_file(tmp_path, tiny_parts):
+    """NoobAI-XL's v-pred files carry empty ``v_pred`` and ``ztsnr`` tensors (what ComfyUI reads)."""
+    from safetensors.torch import save_file
+
+    from engine.families.sdxl.adapter import SDXL
+
+    sd = dict(_single_file_sd(tiny_parts), v_pred=torch.tensor([]), ztsnr=torch.tensor([]))
+    save_file(sd, str(tmp_path / "noob.safetensors"))
+    model = SDXL.load(str(tmp_path / "noob.safetensors"))
+    assert model.v_parameterization is True and model.zero_terminal_snr is True
+    assert model.noise_scheduler.config.prediction_type == "v_prediction"
+    assert any("'v_pred' key" in line for line in model.report)
+    assert any("'ztsnr' key" in line for line in model.report)
+    assert SDXL.load(str(tmp_path / "noob.safetensors"), v_parameterization=False).v_parameterization is False
+
+    save_file(_single_file_sd(tiny_parts), str(tmp_path / "meta.safetensors"),
+              metadata={"modelspec.prediction_type": "v"})
+    assert SDXL.load(str(tmp_path / "meta.safetensors")).v_parameterization is True
+
+
+def test_single_file_problems_are_named(tmp_path, tiny_parts):
+    from safetensors.torch import save_file
+
+    from engine.families.sdxl.adapter import SDXL
+
+    def load(sd, name="bad.safetensors", **options):
+        save_file(sd, str(tmp_path / name))
+        return SDXL.load(str(tmp_path / name), **options)
+
+    sd = _single_file_sd(tiny_parts)
+    with pytest.raises(ModelLoadError, match=r"no second text encoder \(OpenCLIP bigG\)"):
+        load({k: v for k, v in sd.items() if not k.startswith("conditioner.embedders.1.")})
+    with pytest.raises(ModelLoadError, match="no VAE.*set model.vae"):
+        load({k: v for k, v in sd.items() if not k.startswith("first_stage_model.")})
+    with pytest.raises(ModelLoadError, match="LoRA file"):
+        load({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(2, 2)})
+    with pytest.raises(ModelLoadError, match="EDM model"):
+        load(dict(sd, edm_mean=torch.zeros(1, 4, 1, 1), edm_std=torch.ones(1, 4, 1, 1)))
+    inpaint = dict(sd)
+    inpaint["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, 9, 3, 3)
+    with pytest.raises(ModelLoadError, match=r"inpainting model \(9 U-Net input channels\)"):
+        load(inpaint)
+    broken = dict(sd)
+    del broken["model.diffusion_model.output_blocks.2.2.conv.weight"]
+    with pytest.raises(ModelLoadError, match=r"output_blocks\.2\.2\.conv\.weight"):
+        load(broken)
+    with pytest.raises(ModelLoadError, match=r"sdft.unet_config gives norm_num_groups = 7"):
+        save_file(sd, str(tmp_path / "meta.safetensors"), metadata={"sdft.unet_config": '{"norm_num_groups": 7}'})
+        SDXL.load(str(tmp_path / "meta.safetensors"))
+
+
+def test_separate_vae_replaces_the_file_s(tmp_path, tiny_parts, tiny_folder):
+    from safetensors.torch import save_file
+
+    from engine.families.sdxl.adapter import SDXL
+
+    sd = {k: v for k, v in _single_file_sd(tiny_parts).items() if not k.startswith("first_stage_model.")}
+    save_file(sd, str(tmp_path / "novae.safetensors"))
+    model = SDXL.load(str(tmp_path / "novae.safetensors"), vae=str(tiny_folder / "vae"))
+    want = build_tiny_sdxl_components(TinySdxlSpec(seed=3))["vae"]
+    assert torch.equal(model.vae.encoder.conv_in.weight, want.encoder.conv_in.weight)
+    assert model.vae.config.scaling_factor == 0.13025

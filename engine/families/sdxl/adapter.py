@@ -67,7 +67,7 @@ class _SDXL(Family):
         key = "cache.text_encoder_outputs"
         if self.trained_text_encoders(cfg):
             return [(key, "the outputs of a text encoder that trains change every step (kohya refuses it "
-                              "too)", "set train.train_text_encoder = false, or both learning_rate_te1 and "
+                          "too)", "set train.train_text_encoder = false, or both learning_rate_te1 and "
                           "learning_rate_te2 to 0")]
         out = []
         varying = (("shuffle_caption", lambda s: s.shuffle_caption),
@@ -81,6 +81,16 @@ class _SDXL(Family):
                 out.append((key, f"{name} ({', '.join(where)}) changes a caption on every draw, so its outputs "
                                  "cannot be encoded once", f"remove {name}, or cache.text_encoder_outputs"))
         return out
+
+    def save(self, path, model, *, v_prediction, fmt, precision, trained=None, metadata=None, epoch=0,
+             global_step=0, scheduler_overrides=None):
+        """kohya's single-file keys or a diffusers folder (save.py); ``trained`` may hold
+        "unet", "text_encoder" and "text_encoder_2"."""
+        from engine.families.sdxl.save import save_sdxl
+
+        return save_sdxl(path, model, v_prediction=v_prediction, fmt=fmt, precision=precision, trained=trained,
+                         metadata=metadata, epoch=epoch, global_step=global_step,
+                         scheduler_overrides=scheduler_overrides)
 
     def prompt_encoder(self, model, *, max_token_length, clip_skip, weighted, warn=None):
         """kohya's SDXL encoding (text_encoding.py): fixed layers, so no clip skip; weighted

@@ -105,7 +105,13 @@ def infer_text_config(inferred: dict, *, second: bool, metadata=None, path="") -
 
 
 def infer_sdxl_vae_config(part: Mapping, *, metadata=None, path="") -> dict:
-    """SD's VAE architecture (``engine/models/infer.py``) with SDXL's scale, upcast when fp16."""
-    cfg = infer_vae_config(part, v2=False, v_parameterization=False, metadata=metadata)
-    cfg = _with_saved(cfg, {}, None, VAE_META, "vae", path)
-    return dict(cfg, scaling_factor=VAE_SCALE_FACTOR, force_upcast=cfg.get("force_upcast", True))
+    """SD's VAE architecture read from the shapes (``engine/models/infer.py``), on SDXL's
+    config: its scale (0.13025, whatever a saved config says) and fp32 upcast."""
+    shapes = infer_vae_config(part, v2=False, v_parameterization=False)
+    inferred = {k: shapes[k] for k in ("in_channels", "out_channels", "latent_channels", "block_out_channels",
+                                       "down_block_types", "up_block_types", "layers_per_block")}
+    cfg = builtin_config("vae")
+    if _meta_config(metadata, VAE_META) is None and any(cfg.get(k) != v for k, v in inferred.items()):
+        cfg["norm_num_groups"] = _groups(inferred["block_out_channels"])
+    cfg = _with_saved(cfg, inferred, metadata, VAE_META, "vae", path)
+    return dict(cfg, scaling_factor=VAE_SCALE_FACTOR)
