@@ -196,6 +196,7 @@ def test_check_passes_for_sdxl_and_both_encoders_frozen_may_cache(tmp_path, tiny
     ("learning_rate_te1 = 1e-5", "", "optimizer.learning_rate_te1"),
     ("learning_rate_te2 = 1e-5", "", "optimizer.learning_rate_te2"),
     ("", 'text_encoder_outputs = "memory"', "cache.text_encoder_outputs"),
+    (f"block_lr = {[1e-6] * 23}", "", "optimizer.block_lr"),
 ])
 def test_sd_refuses_sdxl_keys(tmp_path, tiny_sd1, optimizer_extra, cache_extra, key):
     path = make_run(tmp_path, tiny_sd1, train_extra="train_text_encoder = true", optimizer_extra=optimizer_extra)
@@ -203,7 +204,7 @@ def test_sd_refuses_sdxl_keys(tmp_path, tiny_sd1, optimizer_extra, cache_extra, 
         path.write_text(path.read_text().replace('latents = "disk"\n', f'latents = "disk"\n{cache_extra}\n'))
     errors = problems_of(path)
     assert [p.key for p in errors] == [key], errors
-    if key.startswith("optimizer"):
+    if key.startswith("optimizer.learning_rate"):
         assert "learning_rate_te" in errors[0].hint
     with pytest.raises(ConfigError):
         run_training(path, sink=ListSink())

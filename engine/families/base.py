@@ -94,6 +94,11 @@ class Family:
         reports them and the Trainer refuses them before it trains (an accepted key does something)."""
         return []
 
+    def unet_block_of(self, model, name: str) -> int:
+        """The block of ``optimizer.block_lr`` the U-Net parameter ``name`` belongs to (SDXL: kohya's
+        23); families without blocks refuse the key (``refusals``)."""
+        raise NotImplementedError(f"{self.label}: optimizer.block_lr is not built")
+
     def unused_text_modules(self, model, role: str) -> list:
         """Modules of the text encoder ``role`` whose output the U-Net never sees: kept frozen when
         it trains (SDXL's TE1 feeds its penultimate layer). None by default."""

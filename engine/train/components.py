@@ -135,6 +135,11 @@ def prepare_modules(components: Components, cfg, precision, device: torch.device
     unet.to(device, precision.trainable_dtype if full else precision.weight_dtype)
     unet.train(full)
     family = family_of(components.model)
+    rates = cfg.optimizer.block_lr
+    if full and rates is not None:   # a block at rate 0 stays frozen (kohya leaves it out of the optimizer)
+        for name, param in unet.named_parameters():
+            if rates[family.unet_block_of(components.model, name)] == 0:
+                param.requires_grad_(False)
     for role, te in components.text_encoders.items():
         trains = role in trained
         te.requires_grad_(trains)

@@ -52,7 +52,9 @@ def parameter_groups(cfg, components: Components, scale: float = 1.0) -> list[di
         return {"params": [p for _key, p in named], "named": named, "lr": lr * scale, "name": name}
 
     groups = []
-    if cfg.train.mode == "full":
+    if cfg.train.mode == "full" and o.block_lr is not None:
+        groups += block_groups(components, o.block_lr, scale)
+    elif cfg.train.mode == "full":
         groups.append(group("unet", components.model.unet, o.learning_rate))
     rates = dict(family_of(components.model).text_encoder_rates)
     for role in components.trained_text_encoders:
@@ -61,6 +63,19 @@ def parameter_groups(cfg, components: Components, scale: float = 1.0) -> list[di
         lr_h = cfg.hypernetwork.learning_rate
         groups.append(group("hypernetwork", components.hypernetwork, lr_h if lr_h is not None else o.learning_rate))
     return groups
+
+
+def block_groups(components: Components, rates: list[float], scale: float) -> list[dict]:
+    """optimizer.block_lr: one group per U-Net block with a rate above 0, named as kohya logs them
+    ("block0" ... "block22"); the parameters keep their "unet." names (EMA, states)."""
+    model = components.model
+    family = family_of(model)
+    blocks: dict[int, list] = {}
+    for key, param in model.unet.named_parameters():
+        if param.requires_grad:   # blocks at rate 0 were frozen (components.prepare_modules)
+            blocks.setdefault(family.unet_block_of(model, key), []).append((f"unet.{key}", param))
+    return [{"params": [p for _k, p in named], "named": named, "lr": rates[index] * scale, "name": f"block{index}"}
+            for index, named in sorted(blocks.items())]
 
 
 def trained_modules(components: Components) -> list:

@@ -105,6 +105,12 @@ class _SDXL(Family):
         return SdxlPromptEncoder(model.text_encoder, model.text_encoder_2, max_token_length=max_token_length,
                                  tokenizer=model.tokenizer)
 
+    def unet_block_of(self, model, name):
+        """kohya's SDXL block (blocks.py) of a diffusers U-Net parameter."""
+        from engine.families.sdxl.blocks import block_of
+
+        return block_of(name, int(model.unet.config.layers_per_block))
+
     def unused_text_modules(self, model, role):
         """TE1's last layer and final LayerNorm: the U-Net reads its layer 11 (text_encoding.py),
         so kohya's sdxl_train.py freezes them when TE1 trains. TE2's last layer feeds the pooled
