@@ -217,3 +217,47 @@ def test_sdxl_defaults_to_1024_pixel_buckets(tmp_path, tiny_sdxl):
     probe = look_at_model(str(tiny_sdxl))
     assert probe.family == "sdxl" and probe.default_side == 1024 and probe.error is None
     assert probe.label().startswith("SDXL, epsilon")
+
+
+# ------------------------------------------------------------------ samples
+
+
+def test_sdxl_samples_equal_diffusers_own_pipeline():
+    """guided_latents through the SDXL adapter (the training encoder's states and pooled output)
+    gives the latents StableDiffusionXLPipeline makes from the same prompts itself (75 tokens,
+    where kohya's encoding and diffusers' agree)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from engine.families import family
+    from engine.families.sdxl.text_encoding import SdxlPromptEncoder
+    from engine.families.sdxl.tiny import TinySdxlSpec, build_tiny_sdxl_components
+    from engine.train.sampling import guided_latents
+
+    parts = build_tiny_sdxl_components(TinySdxlSpec(seed=3))
+    pipe = StableDiffusionXLPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    encoder = SdxlPromptEncoder(parts["text_encoder"], parts["text_encoder_2"], tokenizer=parts["tokenizer"])
+    common = dict(width=64, height=64, guidance_scale=5.0, output_type="latent")
+    ours = guided_latents(pipe, encoder, ["a photo of a cat"], ["blurry"], device="cpu", width=64, height=64,
+                          steps=3, guidance_scale=5.0, generator=torch.Generator().manual_seed(1),
+                          family=family("sdxl"))
+    theirs = pipe(prompt="a photo of a cat", negative_prompt="blurry", num_inference_steps=3,
+                  generator=torch.Generator().manual_seed(1), **common).images
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)   # one encoder call vs two: float noise
+
+
+@pytest.mark.slow
+def test_an_sdxl_run_samples_with_ema_and_validation(tmp_path, tiny_sdxl):
+    """Samples through the SDXL pipeline, the EMA and the validation loss in one SDXL run."""
+    from engine.events import SampleSaved, ValidationMetrics
+
+    run = sdxl_run(tmp_path, tiny_sdxl, steps=4, train_extra="ema = true\nvalidate_every_n_steps = 2")
+    text = run.read_text().replace("[general]", '[sample]\nprompts = ["a red picture"]\nevery_n_steps = 4\n'
+                                   'steps = 2\n\n[general]')
+    run.write_text(text.replace("batch_size = 2", "batch_size = 2\nvalidation_split = 0.34"))
+    sink = ListSink()
+    result = run_training(run, sink=sink)
+    assert result.status == "completed", result.message
+    assert [e.step for e in sink.of(SampleSaved)] == [4]
+    assert [e.step for e in sink.of(ValidationMetrics)] == [2, 4]
+    assert all(e.figures["loss"] > 0 for e in sink.of(ValidationMetrics))

@@ -118,6 +118,11 @@ class Family:
         gathered; every other part comes from ``model``."""
         raise NotImplementedError
 
+    def pipeline_text(self, positive, negative) -> dict:
+        """The sampling pipeline's keyword arguments for the prompt encoder's outputs of the
+        prompts and their negatives (SD: the states alone)."""
+        return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+
     def sampling_pipeline(self, model, unet, scheduler) -> Any:
         """diffusers' pipeline around the model's parts and ``unet`` (the trained one)."""
         raise NotImplementedError

@@ -135,6 +135,12 @@ class _SDXL(Family):
         return text.states.to(dtype), {"added_cond_kwargs": {"text_embeds": text.pooled.to(dtype),
                                                              "time_ids": time_ids}}
 
+    def pipeline_text(self, positive, negative):
+        """StableDiffusionXLPipeline takes the pooled embeddings beside the states; it makes each
+        image's size and crop numbers itself: (height, width), crop (0, 0), as kohya's sampler."""
+        return {"prompt_embeds": positive.states, "pooled_prompt_embeds": positive.pooled,
+                "negative_prompt_embeds": negative.states, "negative_pooled_prompt_embeds": negative.pooled}
+
     def sampling_pipeline(self, model, unet, scheduler):
         from diffusers import StableDiffusionXLPipeline
 

@@ -60,6 +60,10 @@ class SdxlTextOutputs:
     def __len__(self) -> int:
         return self.pooled.shape[0]
 
+    def __getitem__(self, rows: slice) -> "SdxlTextOutputs":
+        """The outputs of some captions (sampling splits prompts from their negatives)."""
+        return SdxlTextOutputs(self.states1[rows], self.states2[rows], self.pooled[rows])
+
     def row(self, index: int) -> "SdxlTextOutputs":
         return SdxlTextOutputs(self.states1[index], self.states2[index], self.pooled[index])
 
