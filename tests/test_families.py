@@ -117,8 +117,8 @@ def test_a_new_family_is_one_adapter_and_one_registry_entry(monkeypatch):
 
 @pytest.mark.parametrize("flavour", ["sd1", "sd2"])
 def test_the_family_is_detected_from_a_folder_or_a_header_and_loads_the_model(flavour, tmp_path, request):
-    """A diffusers folder by its configs, a .safetensors file by its header; a .ckpt shows nothing
-    before it loads and goes to the SD loader, which detects it as it loads."""
+    """A diffusers folder by its configs, a .safetensors file by its header, a .ckpt by the names
+    and shapes the weights-only unpickler maps (its data not read)."""
     from models_helpers import save_tiny_single
 
     from engine.families.sources import detect_family, load_base
@@ -128,7 +128,7 @@ def test_the_family_is_detected_from_a_folder_or_a_header_and_loads_the_model(fl
     ckpt = save_tiny_single(tmp_path / "m.ckpt", flavour, fmt="ckpt")
     assert detect_family(folder).name == flavour
     assert detect_family(single).name == flavour
-    assert detect_family(ckpt) is None
+    assert detect_family(ckpt).name == flavour
     for source in (folder, single, ckpt):
         model = load_base(str(source), hash_file=False)
         assert model.family == flavour and model.v2 == (flavour == "sd2")
@@ -287,9 +287,10 @@ def test_sdxl_unet_inputs_run_the_tiny_sdxl_unet():
         xl.unet_inputs(model, SimpleNamespace(), text, torch.float32)
 
 
-def test_check_passes_for_an_sdxl_model_and_names_what_sdxl_refuses(tmp_path, tiny_sd1, capsys):
+def test_check_passes_for_an_sdxl_model_and_convert_converts_it(tmp_path, tiny_sd1, capsys):
     """--check reads an SDXL folder and single file as training does; clip skip (in the SD run
-    file) is refused with SDXL's reason, and without it the check passes."""
+    file) is refused with SDXL's reason, and without it the check passes; sdft convert converts
+    it (test_sdxl_convert.py)."""
     from train_helpers import make_run
 
     from engine.cli import main
@@ -307,6 +308,8 @@ def test_check_passes_for_an_sdxl_model_and_names_what_sdxl_refuses(tmp_path, ti
         assert main(["train", str(config), "--check"]) == 0, capsys.readouterr()
         out = capsys.readouterr()
         assert "SDXL" in out.out + out.err
+        assert main(["convert", str(model), str(tmp_path / f"out{index}.safetensors")]) == 0
+        assert "SDXL" in capsys.readouterr().out
 
 
 def test_save_takes_the_trained_parts_by_role_and_the_rest_from_the_model(tmp_path):

@@ -64,13 +64,13 @@ def _scheduler(model, *, v_prediction: bool, zero_terminal_snr: bool) -> dict:
 
 
 def _single_file_state(parts: dict, model, *, v_prediction: bool, zero_terminal_snr: bool, dtype) -> dict:
+    import torch
+
     states = {name: state_of(module) for name, module in parts.items()}
     sd = sk.diffusers_to_single_file(states["unet"], states["vae"], states["text_encoder"], states["text_encoder_2"],
                                      logit_scale=getattr(model, "logit_scale", None))
     sd = cast_state(sd, dtype)
-    import torch
-
-    if v_prediction:
+    if v_prediction:   # the marks ComfyUI and reForge read (detect.py)
         sd[V_PRED_MARK] = torch.tensor([])
         if zero_terminal_snr:
             sd[ZTSNR_MARK] = torch.tensor([])
