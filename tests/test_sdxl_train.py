@@ -261,3 +261,23 @@ def test_an_sdxl_run_samples_with_ema_and_validation(tmp_path, tiny_sdxl):
     assert [e.step for e in sink.of(SampleSaved)] == [4]
     assert [e.step for e in sink.of(ValidationMetrics)] == [2, 4]
     assert all(e.figures["loss"] > 0 for e in sink.of(ValidationMetrics))
+
+
+@pytest.mark.slow
+def test_masked_loss_on_sdxl(tmp_path, tiny_sdxl):
+    """An opaque alpha mask trains exactly as no mask; a half-transparent one changes the loss."""
+    from test_masked_loss import _masked_dataset
+
+    def run(folder, alpha):
+        path = sdxl_run(folder, tiny_sdxl, steps=2, train_extra="masked_loss = true" if alpha else "")
+        if alpha:
+            _masked_dataset(folder, alpha_values=alpha)
+            path.write_text(path.read_text().replace('metadata_file = "meta.json"\n',
+                                                     'metadata_file = "meta.json"\n  alpha_mask = true\n'))
+        sink = ListSink()
+        assert run_training(path, sink=sink).status == "completed"
+        return losses(sink)
+
+    plain = run(tmp_path / "plain", None)
+    assert run(tmp_path / "opaque", (255, 255)) == plain
+    assert run(tmp_path / "half", (0, 255)) != plain
