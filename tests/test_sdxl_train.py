@@ -105,6 +105,7 @@ def test_a_zero_rate_keeps_that_text_encoder_frozen_and_te1_keeps_its_unused_lay
                           sink=sink)
     assert result.status == "completed"
     assert sink.of(StepMetrics)[0].lrs == {"unet": 1e-4, "text_encoder": 1e-4}
+    assert "text encoders: text_encoder train; text_encoder_2 frozen (a learning rate of 0)" in messages(sink)
     base, trained = load(tiny_sdxl), load(result.model_path)
     assert same(base.text_encoder_2, trained.text_encoder_2)
     assert not same(base.text_encoder, trained.text_encoder)
