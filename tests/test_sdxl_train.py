@@ -219,6 +219,24 @@ def test_sdxl_defaults_to_1024_pixel_buckets(tmp_path, tiny_sdxl):
     assert probe.family == "sdxl" and probe.default_side == 1024 and probe.error is None
     assert probe.label().startswith("SDXL, epsilon")
 
+    from types import SimpleNamespace
+
+    from engine.config.run_toml import load_run_file
+    from engine.data.pipeline import TrainingData
+    from engine.families import family
+    from engine.train.components import default_side
+
+    path = sdxl_run(tmp_path, tiny_sdxl)
+    path.write_text(path.read_text().replace("resolution = 64\n", "").replace("min_bucket_reso = 64\n", "")
+                    .replace("max_bucket_reso = 128\n", ""))
+    side = default_side(load(tiny_sdxl), SimpleNamespace(v_prediction=False))
+    data = TrainingData.from_config(load_run_file(path)[0], default_resolution=(side, side), family=family("sdxl"),
+                                    log=lambda s: None)
+    settings = data.settings[0]
+    assert settings.resolution == (1024, 1024)
+    assert (settings.min_bucket_reso, settings.max_bucket_reso, settings.bucket_reso_steps) == (256, 1024, 64)
+    assert {(1024, 1024), (256, 1024), (1024, 256)} <= set(settings.bucket_list())
+
 
 # ------------------------------------------------------------------ samples
 
