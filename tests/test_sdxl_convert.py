@@ -76,20 +76,18 @@ def test_convert_sets_and_keeps_v_prediction(tmp_path, tiny_folder, capsys):
     assert SDXL.load(str(folder)).v_parameterization is True
 
 
-def test_sdxl_is_found_before_loading_and_training_it_is_still_refused(tmp_path, tiny_folder):
+def test_sdxl_is_found_before_loading_and_loads_for_training(tmp_path, tiny_folder):
     """Folders by their U-Net config, .safetensors by the header, .ckpt by the weights-only
-    unpickler's view; runs are refused (registry), ``sdft convert``'s loader is not."""
+    unpickler's view; runs and ``sdft convert`` load it through the SDXL adapter."""
     from engine.families.sdxl.adapter import SDXL
     from engine.families.sources import detect_family, load_any, load_base
-    from engine.models.errors import ModelLoadError
 
     model = SDXL.load(str(tiny_folder))
     single = SDXL.save(tmp_path / "m.safetensors", model, v_prediction=False, fmt="safetensors", precision="fp16")
     ckpt = SDXL.save(tmp_path / "m.ckpt", model, v_prediction=False, fmt="ckpt", precision="fp16")
     for source in (tiny_folder, single, ckpt):
         assert detect_family(source) is SDXL
-        with pytest.raises(ModelLoadError, match="an SDXL model. SDXL training is not available yet"):
-            load_base(str(source))
+        assert load_base(str(source), hash_file=False).family == "sdxl"
         assert load_any(str(source), hash_file=False).family == "sdxl"
 
 
@@ -105,7 +103,6 @@ def test_a_hub_id_offline_names_the_download(monkeypatch):
 def test_a_hub_id_is_downloaded_with_every_family_s_parts_then_detected(monkeypatch, tiny_folder):
     from engine.families.sources import load_any, load_base
     from engine.models import load
-    from engine.models.errors import ModelLoadError
 
     asked = []
 
@@ -118,8 +115,7 @@ def test_a_hub_id_is_downloaded_with_every_family_s_parts_then_detected(monkeypa
     assert model.family == "sdxl" and model.source == "someone/my-sdxl" and model.base_name == "my-sdxl"
     assert model.report[0] == "downloaded someone/my-sdxl from the Hugging Face hub"
     assert {"text_encoder_2", "tokenizer_2", "unet", "vae", "text_encoder"} <= set(asked[0][1])
-    with pytest.raises(ModelLoadError, match="SDXL training is not available yet"):
-        load_base("someone/my-sdxl")
+    assert load_base("someone/my-sdxl").family == "sdxl"
 
 
 def test_ema_weights_in_a_folder_are_reported_and_trained_on_request(tmp_path, tiny_folder):
