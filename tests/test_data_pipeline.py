@@ -192,7 +192,10 @@ def test_kohya_npz_import(dataset, vae, era):
         np.savez(dataset / "imgs" / "img000.npz", latents=lat, original_size=np.array([64, 64]),
                  crop_ltrb=np.array([0, 0, 0, 0]), latents_flipped=flipped)
     else:
-        np.savez(dataset / "imgs" / "img000_0064x0064_sdxl.npz", latents_8x8=lat, latents_flipped_8x8=flipped)
+        # an SDXL run's file beside it is never an SD run's latents (SDXL's VAE)
+        np.savez(dataset / "imgs" / "img000_0064x0064_sdxl.npz", latents_8x8=-lat, latents_flipped_8x8=-flipped)
+        assert import_kohya_npz(img, (64, 64), (64, 64), flip=True) is None
+        np.savez(dataset / "imgs" / "img000_0064x0064_sd.npz", latents_8x8=lat, latents_flipped_8x8=flipped)
     got = import_kohya_npz(img, (64, 64), (64, 64), flip=True)
     assert got is not None
     assert np.allclose(got["mean"].numpy(), lat) and np.allclose(got["mean_flipped"].numpy(), flipped)

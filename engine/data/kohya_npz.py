@@ -22,7 +22,8 @@ def _npz_latent(data, base: str, latent_hw: tuple[int, int]) -> np.ndarray | Non
 # kohya's names, by the suffix after the image's stem: "<stem>.npz" (2022-12 … 2024-07, still
 # preferred at HEAD), then HEAD's "<stem>_WWWWxHHHH_sd.npz" and "..._sdxl.npz".
 OLD, SD, SDXL = ".npz", "_sd.npz", "_sdxl.npz"
-SD_NAMES = (OLD, SD, SDXL)
+# An SD run never imports "_sdxl.npz": kohya's SDXL scripts write it with SDXL's VAE (other latents).
+SD_NAMES = (OLD, SD)
 # An SDXL run imports only what kohya's SDXL scripts write: the old name was written by SD runs
 # too (SD's VAE: other latents), and kohya would take it for SDXL all the same.
 SDXL_NAMES = (SDXL,)
