@@ -29,6 +29,7 @@ from engine.labeling import cli as labeling_cli
 from engine.launch import MULTI_NODE
 from engine.models import tokens_cli
 from engine.train import cache_cli, samples_cli
+from engine.train.distributed import leave_process_group
 from engine.vocabulary import ExitCode, RunStatus
 
 __all__ = ["build_parser",
@@ -170,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         quiet_logs()
     else:
         quiet_libraries()
-    return args.run(args)
+    try:
+        return args.run(args)
+    finally:
+        leave_process_group()   # a process of a multi-process run: before Python's exit, not during it
 
 
 def _names_a_file(arg: str) -> bool:

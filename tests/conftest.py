@@ -109,3 +109,46 @@ def pytest_terminal_summary(terminalreporter):
         equal = sum(bool(c["equal"]) for c in cases)
         terminalreporter.write_line(f"fault suite: {survived}/{len(cases)} faults survived, {equal}/{len(cases)} "
                                     "with losses and weights bitwise equal to a straight run")
+
+
+# ------------------------------------------------------------------ diffusers folders read once per worker
+
+
+_FOLDER_LOADS: dict = {}
+
+
+def pytest_runtest_setup(item):
+    """Once a test has imported the model loader, wrap its diffusers-folder reader so that each
+    folder is built by from_pretrained once per worker while its files stay the same; every later
+    load gets a deep copy of those modules and the same report lines. The suite trains hundreds of
+    tiny runs from a few folders, and reading their three parts cost about a fifth of each short
+    run. A folder whose files change (a test damaging a model, another VAE) is read again."""
+    import sys
+
+    load = sys.modules.get("engine.models.load")
+    if load is None or getattr(load._load_folder, "reads_once", False):
+        return
+    load._load_folder = _read_once(load._load_folder)
+
+
+def _read_once(read):
+    import copy
+    from pathlib import Path
+
+    def files_stamp(folder: Path) -> tuple:
+        return tuple(sorted((str(p), st.st_size, st.st_mtime_ns) for p in folder.rglob("*")
+                            if p.is_file() and (st := p.stat())))
+
+    def reads_once(folder, *, report, **options):
+        if options.get("vae") is not None:      # a separate VAE file: read as it comes
+            return read(folder, report=report, **options)
+        key = (str(Path(folder).resolve()), files_stamp(Path(folder)), tuple(sorted(options.items())))
+        if key not in _FOLDER_LOADS:
+            lines: list[str] = []
+            _FOLDER_LOADS[key] = (read(folder, report=lines, **options), lines)
+        parts, lines = _FOLDER_LOADS[key]
+        report.extend(lines)
+        return copy.deepcopy(parts)
+
+    reads_once.reads_once = True
+    return reads_once

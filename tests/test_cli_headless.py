@@ -22,12 +22,23 @@ def run_sdft(*args, cwd=None, timeout=300):
     return subprocess.run([*SDFT, *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=timeout)
 
 
+def sdft_here(capsys, *args) -> tuple[int, str, str]:
+    """`sdft ARGS` in this process (sdft_tui.cli.main, the console script's entry): exit code,
+    stdout, stderr. For tests of what a command does; the process's own behaviour (signals, exit
+    status of the binary, imports at start) keeps run_sdft."""
+    from sdft_tui.cli import main
+
+    code = main(list(args))
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
+
+
 @pytest.mark.slow
-def test_demo_runs_headless_and_its_checkpoint_loads(tmp_path):
-    result = run_sdft("demo", "--dir", str(tmp_path / "demo"), "--steps", "6")
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_demo_runs_headless_and_its_checkpoint_loads(tmp_path, capsys):
+    code, out, err = sdft_here(capsys, "demo", "--dir", str(tmp_path / "demo"), "--steps", "6")
+    assert code == 0, out + err
     checkpoint = tmp_path / "demo" / "runs" / "demo" / "checkpoints" / "demo.safetensors"
-    assert checkpoint.is_file() and str(checkpoint) in result.stdout
+    assert checkpoint.is_file() and str(checkpoint) in out
     from engine.models.load import load_model
 
     model = load_model(str(checkpoint))
@@ -65,11 +76,11 @@ def test_ctrl_c_stops_with_a_resumable_state_and_exit_130(tmp_path, tiny_sd1):
     assert "--resume" in output and f"sdft train {config} --resume" in output
 
 
-def test_bench_reports_engine_and_bare_loop(tmp_path, tiny_sd1):
+def test_bench_reports_engine_and_bare_loop(tmp_path, tiny_sd1, capsys):
     config = make_run(tmp_path, tiny_sd1, steps=2)
-    result = run_sdft("bench", str(config), "--steps", "3", "--warmup", "1", "--json")
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    code, out, err = sdft_here(capsys, "bench", str(config), "--steps", "3", "--warmup", "1", "--json")
+    assert code == 0, err
+    figures = json.loads(out.strip().splitlines()[-1])
     assert figures["device"] == "cpu" and figures["steps"] == 3
     assert figures["engine_samples_per_s"] > 0 and figures["bare_samples_per_s"] > 0
     assert "engine_overhead" in figures

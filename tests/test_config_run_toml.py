@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -129,24 +127,28 @@ def test_noop_save_is_byte_identical_and_edits_keep_comments(dataset_dir):
     assert "learning_rate" not in dump_document(doc)
 
 
-def _sdft(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "sdft_tui.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+def _sdft(capsys, *args) -> tuple[int, str, str]:
+    """`sdft ARGS` in this process (the exit code and the messages are tested, not the process)."""
+    from sdft_tui.cli import main
+
+    code = main(list(args))
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
 
 
 @pytest.mark.slow
-def test_check_exit_codes(dataset_dir, tiny_sd1):
+def test_check_exit_codes(dataset_dir, tiny_sd1, capsys):
     text = GOOD.replace('"model"', f'"{tiny_sd1}"')
     good = write(dataset_dir, text)
     bad = write(dataset_dir, text.replace("clip_skip = 2", "clip_skip = 0"), "bad.toml")
-    ok = _sdft("train", str(good), "--check")
-    assert ok.returncode == 0, ok.stderr
-    assert "is valid" in ok.stdout
-    fail = _sdft("train", str(bad), "--check")
-    assert fail.returncode == 2
-    assert "model.clip_skip" in fail.stderr and "bad.toml:6" in fail.stderr
-    missing = _sdft("train", str(dataset_dir / "nope.toml"))
-    assert missing.returncode == 2
+    code, out, err = _sdft(capsys, "train", str(good), "--check")
+    assert code == 0, err
+    assert "is valid" in out
+    code, _out, err = _sdft(capsys, "train", str(bad), "--check")
+    assert code == 2
+    assert "model.clip_skip" in err and "bad.toml:6" in err
+    code, _out, _err = _sdft(capsys, "train", str(dataset_dir / "nope.toml"))
+    assert code == 2
 
 
 def test_missing_sample_prompts_file_is_reported_before_training(dataset_dir):

@@ -1,5 +1,9 @@
 """`sdft bench --learning OUT_DIR` end to end on the command line, a few steps of one family: the
-files it writes and what it prints (the benchmark's figures are tests/test_learning_bench.py's)."""
+files it writes and what it prints (the benchmark's figures are tests/test_learning_bench.py's).
+
+The command runs with a small plan (the CI test's four concepts, two images each, two samples of
+four steps per concept): what is checked here is the command's wiring, not the figures, and the
+full default plan samples 40 times as many U-Net steps."""
 
 from __future__ import annotations
 
@@ -10,7 +14,21 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_the_command_writes_the_report_the_data_and_the_models_another_trainer_needs(tmp_path, capsys):
+@pytest.fixture()
+def small_plan(monkeypatch):
+    """`sdft bench --learning` builds its settings from LearningSettings(): a smaller default."""
+    import functools
+
+    from engine.bench import learning
+    from engine.bench.concepts import CI_CONCEPT_NAMES
+    from engine.bench.scoring import SamplingPlan
+
+    monkeypatch.setattr(learning, "LearningSettings", functools.partial(
+        learning.LearningSettings, concepts=CI_CONCEPT_NAMES, per_concept=2, held_out=1,
+        sampling=SamplingPlan(samples_per_concept=2, steps=4)))
+
+
+def test_the_command_writes_the_report_the_data_and_the_models_another_trainer_needs(tmp_path, capsys, small_plan):
     from engine.cli import main
 
     out = tmp_path / "learning"

@@ -61,6 +61,16 @@ def _train(path: Path, processes: int, *extra: str) -> subprocess.CompletedProce
     return subprocess.CompletedProcess(process.args, process.returncode, out)
 
 
+def _train_here(capsys, *argv: str) -> tuple[int, str]:
+    """`sdft train ...` on one process, in this one (the process boundary is the launched runs'
+    business here): the exit code and what it printed."""
+    from engine.cli import main
+
+    code = main(["train", *argv])
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
 def _final_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path.parent / "runs" / "run" / "checkpoints" / "run.safetensors"))
 
@@ -152,7 +162,7 @@ def _send(path: Path, request: str) -> None:
 
 
 @pytest.mark.parametrize("way", sorted(STOPS))
-def test_every_way_to_stop_stops_every_process_at_one_step_and_resumes_on_one_process(tmp_path, tiny_sd1, way):
+def test_every_way_to_stop_stops_every_process_at_one_step_and_resumes_on_one_process(tmp_path, tiny_sd1, way, capsys):
     path = _run_file(tmp_path, tiny_sd1, 2, steps=40)
     launcher = _launch(path, 2, session=True)
     _wait_for_ranks(launcher, 2)
@@ -171,14 +181,14 @@ def test_every_way_to_stop_stops_every_process_at_one_step_and_resumes_on_one_pr
     # the same run, resumed on one process at twice the batch: it continues where both stopped
     one = path.read_text().replace("batch_size = 2", "batch_size = 4").replace("max_train_steps = 40", "max_train_steps = " + str(stopped_at + 2))
     path.write_text(one)
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(path), "--resume", "latest"],
-                          cwd=path.parent, env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "changed since" not in done.stdout + done.stderr
+    code, printed = _train_here(capsys, str(path), "--resume", "latest")
+    assert code == 0, printed[-3000:]
+    assert "changed since" not in printed
     assert max(_losses(_events(path))) == stopped_at + 2
 
 
-def test_a_stopped_multi_process_run_resumes_on_one_process_as_the_same_run(tmp_path, tiny_sd1, one_process_run):
+def test_a_stopped_multi_process_run_resumes_on_one_process_as_the_same_run(tmp_path, tiny_sd1, one_process_run,
+                                                                           capsys):
     expected, _weights = one_process_run     # the straight run: the same file on one process
     path = _run_file(tmp_path / "split", tiny_sd1, 2, steps=6)
     path.write_text(path.read_text().replace("[save]\n", "[save]\nevery_n_steps = 3\nstate = true\n"))
@@ -189,9 +199,8 @@ def test_a_stopped_multi_process_run_resumes_on_one_process_as_the_same_run(tmp_
     one = path.read_text().replace("batch_size = 2", "batch_size = 4").replace('output_name = "run"', 'output_name = "one"')
     resumed_path = path.parent / "one.toml"
     resumed_path.write_text(one)
-    resumed = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(resumed_path), "--resume", str(state)],
-                             cwd=path.parent, env=ENV, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    code, printed = _train_here(capsys, str(resumed_path), "--resume", str(state))
+    assert code == 0, printed[-3000:]
     got = {**{k: v for k, v in _losses(_events(path)).items() if k <= 3}, **_losses(_events(resumed_path, "one"))}
     assert got.keys() == expected.keys()
     for step, loss in expected.items():
@@ -256,20 +265,23 @@ def test_sharded_training_on_two_processes_is_the_one_process_run(tmp_path, tiny
         torch.testing.assert_close(b[key].float(), tensor.float(), rtol=1e-4, atol=1e-5)
 
 
-def test_a_sharded_run_with_ema_previews_and_states_resumes_sharded_and_on_one_process(tmp_path, tiny_sd1):
+def test_a_sharded_run_with_ema_previews_and_states_resumes_sharded_and_on_one_process(tmp_path, tiny_sd1, capsys):
     extra = ("\n[sample]\nevery_n_steps = 3\nsteps = 1\nprompts = [\"a red square --w 64 --h 64 --d 1\"]\n")
-    straight = _sharded(_run_file(tmp_path / "straight", tiny_sd1, 2, steps=6), "full")
+    # The reference: the same run straight on one process at the global batch (sharded on two
+    # processes it trains the same run: test_sharded_training_on_two_processes_is_the_one_process_run)
+    straight = _run_file(tmp_path / "straight", tiny_sd1, 1, steps=6)
     straight.write_text(straight.read_text().replace("[train]\n", "[train]\nema = true\nema_decay = 0.9\n", 1)
                         .replace("[save]\n", "[save]\nuse_ema = true\n") + extra)
-    first = _train(straight, 2)
-    assert first.returncode == 0, first.stdout[-3000:]
-    samples = sorted((straight.parent / "runs" / "run" / "samples").glob("*.png"))
-    assert len(samples) >= 2, "every process took part in sampling; the main one wrote"
-    # the same run, stopped at step 3 and resumed sharded on two processes
+    code, printed = _train_here(capsys, str(straight))
+    assert code == 0, printed[-3000:]
+    # the same run sharded on two processes, stopped at step 3 and resumed sharded on two processes
     split = _sharded(_run_file(tmp_path / "split", tiny_sd1, 2, steps=6), "full")
     split.write_text(split.read_text().replace("[train]\n", "[train]\nema = true\nema_decay = 0.9\n", 1)
                      .replace("[save]\n", "[save]\nuse_ema = true\nevery_n_steps = 3\nstate = true\n") + extra)
-    assert _train(split, 2).returncode == 0
+    first = _train(split, 2)
+    assert first.returncode == 0, first.stdout[-3000:]
+    samples = sorted((split.parent / "runs" / "run" / "samples").glob("*.png"))
+    assert len(samples) >= 2, "every process took part in sampling; the main one wrote"
     state = split.parent / "runs" / "run" / "state" / "run-step00000003-state"
     assert state.is_dir()
     resumed_dir = tmp_path / "resumed"
@@ -290,8 +302,9 @@ def test_a_sharded_run_with_ema_previews_and_states_resumes_sharded_and_on_one_p
     one_dir.mkdir()
     one = one_dir / "run.toml"
     one.write_text(again.read_text().replace("batch_size = 2", "batch_size = 4").replace('sharding = "full"', 'sharding = "none"'))
-    single = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(one), "--resume", str(state)],
-                            cwd=one_dir, env=ENV, capture_output=True, text=True, timeout=900)
-    assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-2000:]
-    for step, loss in _losses(_events(one)).items():
+    code, printed = _train_here(capsys, str(one), "--resume", str(state))
+    assert code == 0, printed[-3000:]
+    resumed_alone = _losses(_events(one))
+    assert sorted(resumed_alone) == [4, 5, 6]
+    for step, loss in resumed_alone.items():
         assert loss == pytest.approx(expected[step], rel=1e-5), step

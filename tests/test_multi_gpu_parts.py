@@ -215,3 +215,21 @@ def test_sharded_modules_are_sharded_by_unit_smallest_first(tiny_sd1):
     units = units_of(unet)
     assert units[0] is unet.down_blocks[0].resnets[0] and units[-1] is unet.up_blocks[-1]
     assert all(units.index(block) > units.index(block.resnets[-1]) for block in unet.down_blocks)
+
+
+def test_a_command_leaves_its_process_groups_before_python_exits(tmp_path):
+    """A process of a multi-process run destroys its groups when its command returns: left to
+    the interpreter's exit, gloo's threads may abort it (exit -6) after a run that ended well."""
+    import torch
+    import torch.distributed as dist
+
+    from engine.cli import main
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    side = dist.new_group(backend="gloo")      # as ControlAgreement makes one
+    ones = torch.ones(1)
+    dist.all_reduce(ones, group=side)
+    assert dist.is_initialized() and ones.item() == 1
+    assert main(["tokens", "a cat"]) == 0
+    assert not dist.is_initialized()

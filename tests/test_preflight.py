@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from fresh_process import snippet
@@ -156,11 +154,13 @@ def test_training_refuses_what_check_refuses_before_caching(tmp_path, tiny_sd1):
     assert not (tmp_path / "runs" / "t" / "events.jsonl").exists()
 
 
-def test_check_cli_lists_preflight_errors_and_exits_2(tmp_path, tiny_sd1):
+def test_check_cli_lists_preflight_errors_and_exits_2(tmp_path, tiny_sd1, capsys):
+    from engine.cli import main  # `sdft train RUN.toml --check`, in this process
+
     path = make_run(tmp_path, tiny_sd1, optimizer_extra="args = { bogus = 1 }")
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "train", str(path), "--check"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "optimizer.args" in out.stderr and "bogus" in out.stderr
+    code = main(["train", str(path), "--check"])
+    err = capsys.readouterr().err
+    assert code == 2 and "optimizer.args" in err and "bogus" in err
 
 
 PREFLIGHT_IMPORTS = snippet("the preflight", "import sys, engine.preflight.checks, engine.preflight.model; "

@@ -166,14 +166,30 @@ def load_tokenizer(source: str | Path | None = None, v2: bool = False):
     ``model.tokenizer_dir`` or a diffusers folder's ``tokenizer/`` wins.
     """
     if source is not None:
-        from transformers import CLIPTokenizer
-
         folder = Path(source)
         if (folder / "tokenizer").is_dir():
             folder = folder / "tokenizer"
         if any((folder / name).is_file() for name in ("vocab.json", "tokenizer.json")):
-            return CLIPTokenizer.from_pretrained(str(folder))
-    return build_clip_tokenizer(v2=v2)
+            return _folder_tokenizer(str(folder.resolve()), _files_stamp(folder))
+    return cached_clip_tokenizer(v2)
+
+
+def _files_stamp(folder: Path) -> tuple:
+    """What identifies a tokenizer folder's contents: each file's name, size and mtime."""
+    return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in folder.iterdir()
+                        if p.is_file() and (st := p.stat())))
+
+
+@lru_cache(maxsize=4)
+def _folder_tokenizer(folder: str, _stamp: tuple):
+    """A folder's tokenizer, read once per process while its files stay the same: reading
+    CLIP's 3.6 MB tokenizer.json costs more than loading a small model's weights, and the
+    learning benchmark, the wizard and the tests load the same model many times. Tokenizers
+    are only read from (training, sampling and token counts never change one)."""
+    from transformers import CLIPTokenizer
+
+    with _BUILD_LOCK:
+        return CLIPTokenizer.from_pretrained(folder)
 
 
 # ---------------------------------------------------------------------------------------

@@ -47,6 +47,19 @@ def ddp_timeout_minutes(train) -> float:
     return float(value) if value else DEFAULT_TIMEOUT_MINUTES
 
 
+def leave_process_group() -> None:
+    """End this process's part in a multi-process run: destroy its process groups while Python
+    is still whole. Left to the interpreter's exit, gloo's worker threads may still hold finished
+    work whose tensors are freed during finalization, and the process aborts ("terminate called
+    without an active exception", exit -6) after the run ended well (pytorch/pytorch#190489).
+    Nothing to do in a process that never joined one (torch is not imported for it)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rows_of(tensor, part: tuple[int, int, int]):
     """This process's rows of a tensor drawn for the whole global batch (``part`` = start, end,
     count, as ``Batch.part``)."""
