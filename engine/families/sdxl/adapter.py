@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from engine.families.base import Family
 from engine.families.sdxl.conditioning import VAE_SCALE_FACTOR
+from engine.families.sdxl.plan import SDXL_PLAN
 
 # What tells an SDXL source: kohya's and Stability AI's single files keep both text encoders
 # under conditioner.embedders.*; a diffusers U-Net takes the "text_time" added embedding.
@@ -17,7 +18,7 @@ FOLDER_MARK = "text_time"
 class _SDXL(Family):
     name, label = "sdxl", "SDXL"
     vae_scale = VAE_SCALE_FACTOR
-    plan = None   # no planner figures yet (issue 30's memory item measures them)
+    plan = SDXL_PLAN   # plan.py: counted and measured on the built-in configs
 
     def recognises(self, view) -> bool:
         if view.tensors:
