@@ -15,7 +15,7 @@ subtracts them when the storage is freed, keeping the peak. Printed, in GB beyon
 * ``sampling``: the forward pass without gradients, per image (batch 2: classifier-free guidance).
 
 Not a test (pytest collects only test_*.py): it takes a minute for SDXL and is run when the
-planner's figures are revisited (docs/vram-planner.md).
+planner's figures are revisited (docs/sdxl.md, "Memory").
 """
 
 from __future__ import annotations

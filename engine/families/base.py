@@ -19,7 +19,7 @@ class PlanCoefficients:
     """The VRAM planner's per-family figures (engine/plan/estimate.py explains each term). The
     counts come from the family's built-in full-size configs, built on the meta device
     (tests/test_plan_coefficients.py recounts them); the activations from fake-tensor runs of
-    that U-Net (tests/plan_activations.py, run by hand; docs/vram-planner.md)."""
+    that U-Net (tests/plan_activations.py, run by hand; docs/sdxl.md, "Memory")."""
     unet_params: float                    # trained U-Net parameters
     text_params: tuple[float, ...]        # each text encoder (SDXL: CLIP ViT-L, then OpenCLIP bigG)
     # Classic ("math") attention keeps its score matrices: the two attention levels that hold the

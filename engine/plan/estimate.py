@@ -6,15 +6,16 @@ optimizers' coefficients are in engine/registry/optimizers.py, each model family
 
 The model (first principles, per GPU, one process)
 --------------------------------------------------
-Symbols: ``N`` trained U-Net parameters (SD1.x 859.5 M, SD2.x 865.9 M), ``s = H·W / 512²`` for the
-largest bucket, ``B`` the micro-batch, ``b_w``/``b_g`` bytes per weight/gradient (4 with fp32 master
+Symbols: ``N`` trained U-Net parameters (SD1.x 859.5 M, SD2.x 865.9 M, SDXL 2567 M), ``s = H·W / side²``
+for the largest bucket (``side`` the family's ``activation_side``: 512 SD, 1024 SDXL), ``B`` the micro-batch, ``b_w``/``b_g`` bytes per weight/gradient (4 with fp32 master
 weights, i.e. AMP or fp32; 2 with ``full_bf16``/``full_fp16``), ``b_opt`` optimizer-state bytes per
 parameter::
 
     static = N·(b_w + b_opt)                      U-Net weights + optimizer states
            + EMA on GPU: 4N                       (fp32 shadow copy; 0 with ema_cpu_offload)
-           + text encoder: frozen 2·N_te (fp16) / 4·N_te (fp32) | trained N_te·(b_w + b_g + b_opt)
-           + VAE when latents are not cached: N_vae·bytes(vae_dtype)
+           + each text encoder: frozen 2·N_te (fp16) / 4·N_te (fp32), 0 when its outputs are cached
+             (SDXL) | trained N_te·(b_w + b_g + b_opt)
+           + VAE when latents are not cached or previews are sampled: N_vae·bytes(vae_dtype)
     A_fwd  = a(precision, GC)·B·s + {AMP, no GC: 2N weight-cast cache | AMP+GC: 0.22 GB | bf16+GC: 0.1 GB}
            + classic ("math") attention: B·(S_tot + 1.3·S_1) without GC
     A_tail = B·s·(0.50 GB without GC | 0.18 GB with GC) [+ classic attention: 1.5·B·S_1, the backward of one
@@ -22,15 +23,19 @@ parameter::
              enabling checkpointing can never raise the estimate]
     P_fb   = grads persist ? N·b_g + A_fwd : max(A_fwd, N·b_g + A_tail)
     P_opt  = N·b_g + (torch AdamW/SGD "foreach" step transient: N·b_w | 0 for 8-bit, Adafactor, Lion, Prodigy)
-    peak   = ctx + frag·(static + max(P_fb, P_opt))      ctx = 0.5 GiB, frag = 1.05
+    P_else = sampling a preview (VAE decoder or U-Net without gradients) | encoding a batch's latents
+             when they are not cached (the VAE encoder, 0.67 GB per 512² image in fp32)
+    peak   = ctx + frag·(static + max(P_fb, P_opt, P_else))      ctx = 0.5 GiB, frag = 1.05
 
-with ``a`` = 1.245 GB (AMP), 1.871 GB (fp32), 0.936 GB (pure bf16/fp16) per 512² sample without
-gradient checkpointing and 0.184 / 0.30 / 0.14 GB with it; ``b_opt`` = 8 (AdamW), 2.006 (bitsandbytes
-AdamW8bit/Lion8bit: tensors under 4096 elements stay 32-bit), 2.13 (SD1) / 1.89 (SD2) Adafactor
+with ``a`` = 1.245 GB (AMP), 1.871 GB (fp32), 0.936 GB (pure bf16/fp16) per 512² SD sample without
+gradient checkpointing and 0.184 / 0.30 / 0.14 GB with it (SDXL per 1024² sample: 6.89 GB bf16
+without, 0.62 GB with, engine/families/sdxl/plan.py); ``b_opt`` = 8 (AdamW), 2.006 (bitsandbytes
+AdamW8bit/Lion8bit: tensors under 4096 elements stay 32-bit), 2.13 (SD1) / 1.89 (SD2) / 0.38 (SDXL) Adafactor
 (factored over the last two dims, which barely helps 3×3 convs), 4 (Lion, SGD with momentum),
 16 (Prodigy). Gradients persist with gradient accumulation > 1. ``S_1 = 6 B × heads × T²`` is one
 top-level classic attention score tensor (``T = H·W/64`` latent tokens; the fp32 softmax plus its
-fp16 copy) and ``S_tot = 5·S_1 + 5·6·heads₂·(T/4)²`` the five top-level and five second-level layers.
+fp16 copy) and ``S_tot = 5·S_1 + 5·6·heads₂·(T/4)²`` the five top-level and five second-level layers
+(the family's ``attention_levels``: SDXL has none at the top level, 10 layers at T/4, 60 at T/16).
 xformers and SDPA (flash / memory-efficient kernels) keep no score matrices.
 
 Hypernetwork mode (``train.mode = "hypernetwork"``): the U-Net and text encoder are frozen

@@ -1,4 +1,4 @@
-"""SDXL's figures for the VRAM planner (engine/plan/estimate.py; docs/vram-planner.md, "SDXL").
+"""SDXL's figures for the VRAM planner (engine/plan/estimate.py; docs/sdxl.md, "Memory").
 
 Counted on SDXL base 1.0's built-in configs (configs/), built on the meta device; the test
 tests/test_plan_coefficients.py recounts every count, so they cannot drift from the model.
