@@ -4,7 +4,8 @@ Not collected by pytest (kohya's code is not a dependency):
     OMP_NUM_THREADS=1 python tests/kohya_sdxl_crosscheck.py /path/to/sd-scripts
 kohya's ``library.utils`` (torchvision, cv2) is replaced by a stub; its functions that need
 heavy modules are taken out of their files one by one with ``ast``. Last run: sd-scripts
-48d368f, everything identical except TE2's text_projection (kohya does not transpose it).
+48d368f, everything identical except TE2's text_projection (kohya does not transpose it);
+kohya's files load in sdft and kohya's loader reads sdft's full-size layout.
 """
 # ruff: noqa: E402  (kohya's modules import after the stub is installed)
 import ast
@@ -108,3 +109,58 @@ ou = {norm(k): v for k, v in ours.items()}
 print("keys: only kohya", sorted(set(ko) - set(ou))[:5], "only ours", sorted(set(ou) - set(ko))[:5], "count", len(ko), len(ou))
 diff = [k for k in ko if k in ou and not torch.equal(ko[k].reshape(ou[k].shape), ou[k])]
 print("tensors that differ:", diff)
+
+# Files: kohya's file (its converters' tensors, in save_stable_diffusion_checkpoint's two
+# layouts) loads in sdft; sdft's saved file has exactly kohya's keys.
+import tempfile
+
+from safetensors.torch import save_file
+
+from engine.families.sdxl.adapter import SDXL
+
+with tempfile.TemporaryDirectory() as tmp:
+    save_file({k: v.contiguous() for k, v in kohya.items()}, f"{tmp}/kohya.safetensors")
+    torch.save({"state_dict": kohya, "epoch": 1, "global_step": 10}, f"{tmp}/kohya.ckpt")
+    for name in ("kohya.safetensors", "kohya.ckpt"):
+        loaded = SDXL.load(f"{tmp}/{name}")
+        same = {}
+        for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            got = {k.removeprefix("text_model."): v for k, v in getattr(loaded, part).state_dict().items()}
+            want = {k.removeprefix("text_model."): v for k, v in sds[part].items() if "position_ids" not in k}
+            same[part] = [k for k in want if not torch.equal(got[k], want[k])]
+        print(f"{name} loaded by sdft: tensors that differ: {same}")
+    SDXL.save(f"{tmp}/sdft.safetensors", loaded, v_prediction=False, fmt="safetensors", precision="float")
+    from safetensors import safe_open
+
+    with safe_open(f"{tmp}/sdft.safetensors", "pt") as f:
+        written = {norm(k) for k in f.keys()}
+    print("sdft's saved file: only kohya", sorted(set(ko) - written)[:5], "only sdft", sorted(written - set(ko))[:5])
+
+# kohya's own loader (load_models_from_sdxl_checkpoint) on sdft's full-size layout: the file's
+# tensors on the meta device (SDXL base 1.0's shapes, no 7 GB file), read through kohya's code,
+# which builds its U-Net and text encoders and loads every part with its strict key check.
+sys.modules.setdefault("einops", types.SimpleNamespace(rearrange=None))
+from library import sdxl_model_util
+
+from engine.families.sdxl.configs import builtin_config
+from engine.models.load import meta_state_dict, text_ctor, unet_ctor, vae_ctor
+
+full = {"unet": meta_state_dict(unet_ctor(builtin_config("unet"))), "vae": meta_state_dict(vae_ctor(builtin_config("vae"))),
+        "text_encoder": meta_state_dict(text_ctor(builtin_config("text_encoder"))),
+        "text_encoder_2": meta_state_dict(text_ctor(builtin_config("text_encoder_2"), with_projection=True))}
+full_file = diffusers_to_single_file(full["unet"], full["vae"], full["text_encoder"], full["text_encoder_2"])
+sdxl_model_util.load_file = lambda path, device=None: dict(full_file)
+kohya_load_on_device = sdxl_model_util._load_state_dict_on_device
+
+
+def load_on_device(model, state_dict, device, dtype=None):
+    # kohya pins transformers 4.x, whose CLIP models keep the text_model. level; 5.x drops it
+    if not any(k.startswith("text_model.") for k in model.state_dict()):
+        state_dict = {k.removeprefix("text_model."): v for k, v in state_dict.items()}
+    return kohya_load_on_device(model, state_dict, device, dtype)
+
+
+sdxl_model_util._load_state_dict_on_device = load_on_device
+k_te1, k_te2, k_vae, k_unet, _, _ = sdxl_model_util.load_models_from_sdxl_checkpoint(None, "sdft.safetensors", "meta")
+print(f"kohya's loader read sdft's full-size layout ({len(full_file)} tensors): U-Net, both text encoders and "
+      f"the VAE matched its models key for key ({sum(p.numel() for p in k_unet.parameters()):,} U-Net parameters)")

@@ -22,7 +22,7 @@ def test_every_registry_entry_resolves_to_its_adapter():
     for entry in FAMILIES:
         adapter = family(entry.name)
         assert isinstance(adapter, Family) and adapter.name == entry.name and adapter.label == entry.label
-    assert [e.name for e in FAMILIES if e.refused] == ["sdxl"]
+    assert [e.name for e in FAMILIES if e.refused] == []
     with pytest.raises(ValueError, match="unknown model family 'sd9': use one of sd1, sd2, sdxl"):
         family("sd9")
 
@@ -117,8 +117,8 @@ def test_a_new_family_is_one_adapter_and_one_registry_entry(monkeypatch):
 
 @pytest.mark.parametrize("flavour", ["sd1", "sd2"])
 def test_the_family_is_detected_from_a_folder_or_a_header_and_loads_the_model(flavour, tmp_path, request):
-    """A diffusers folder by its configs, a .safetensors file by its header; a .ckpt shows nothing
-    before it loads and goes to the SD loader, which detects it as it loads."""
+    """A diffusers folder by its configs, a .safetensors file by its header, a .ckpt by the names
+    and shapes the weights-only unpickler maps (its data not read)."""
     from models_helpers import save_tiny_single
 
     from engine.families.sources import detect_family, load_base
@@ -128,7 +128,7 @@ def test_the_family_is_detected_from_a_folder_or_a_header_and_loads_the_model(fl
     ckpt = save_tiny_single(tmp_path / "m.ckpt", flavour, fmt="ckpt")
     assert detect_family(folder).name == flavour
     assert detect_family(single).name == flavour
-    assert detect_family(ckpt) is None
+    assert detect_family(ckpt).name == flavour
     for source in (folder, single, ckpt):
         model = load_base(str(source), hash_file=False)
         assert model.family == flavour and model.v2 == (flavour == "sd2")
@@ -186,9 +186,9 @@ def _tiny_sdxl_file(path):
     return path
 
 
-def test_sdxl_is_detected_and_refused_with_its_reason(tmp_path):
-    """The SDXL adapter recognises a folder and a single file; no run loads one until the loop
-    works for SDXL, and --check's model probe says the same reason."""
+def test_sdxl_is_detected_and_loaded_through_its_adapter(tmp_path):
+    """The SDXL adapter recognises a folder and a single file, and the base model loads through
+    it; SD's own loader, given one, names it as SDXL."""
     from engine.families import family
     from engine.families.sdxl.tiny import save_tiny_sdxl_model
     from engine.families.sources import detect_family, load_base
@@ -199,9 +199,9 @@ def test_sdxl_is_detected_and_refused_with_its_reason(tmp_path):
     single = _tiny_sdxl_file(tmp_path / "xl.safetensors")
     for source in (folder, single):
         assert detect_family(source) is family("sdxl")
-        with pytest.raises(ModelLoadError, match=r"an SDXL model\. SDXL training is not available yet: "):
-            load_base(str(source))
-        with pytest.raises(ModelLoadError, match=r"SDXL training is not available yet: "):
+        model = load_base(str(source), hash_file=False)
+        assert model.family == "sdxl" and model.text_encoder_2 is not None
+        with pytest.raises(ModelLoadError, match=r"an SDXL (model|checkpoint)"):
             load_model(str(source), hash_file=False)
 
 
@@ -288,9 +288,10 @@ def test_sdxl_unet_inputs_run_the_tiny_sdxl_unet():
         xl.unet_inputs(model, SimpleNamespace(), text, torch.float32)
 
 
-def test_check_train_and_convert_refuse_an_sdxl_model_with_the_reason(tmp_path, tiny_sd1, capsys):
-    """No key accepts SDXL yet: --check, a run and sdft convert all exit 2 with the registry's
-    reason, on a folder and on a single file."""
+def test_check_passes_for_an_sdxl_model_and_convert_converts_it(tmp_path, tiny_sd1, capsys):
+    """--check reads an SDXL folder and single file as training does; clip skip (in the SD run
+    file) is refused with SDXL's reason, and without it the check passes; sdft convert converts
+    it (test_sdxl_convert.py)."""
     from train_helpers import make_run
 
     from engine.cli import main
@@ -301,11 +302,15 @@ def test_check_train_and_convert_refuse_an_sdxl_model_with_the_reason(tmp_path, 
     for index, model in enumerate((folder, single)):
         config = make_run(tmp_path / f"run{index}", tiny_sd1)
         config.write_text(config.read_text().replace(str(tiny_sd1), str(model)))
-        for argv in (["train", str(config), "--check"], ["train", str(config)],
-                     ["convert", str(model), str(tmp_path / f"out{index}.safetensors")]):
-            assert main(argv) == 2, argv
-            out = capsys.readouterr()
-            assert "SDXL training is not available yet" in out.out + out.err, argv
+        assert main(["train", str(config), "--check"]) == 2
+        out = capsys.readouterr()
+        assert "model.clip_skip" in out.out + out.err and "SDXL reads fixed layers" in out.out + out.err
+        config.write_text(config.read_text().replace("clip_skip = 2\n", ""))
+        assert main(["train", str(config), "--check"]) == 0, capsys.readouterr()
+        out = capsys.readouterr()
+        assert "SDXL" in out.out + out.err
+        assert main(["convert", str(model), str(tmp_path / f"out{index}.safetensors")]) == 0
+        assert "SDXL" in capsys.readouterr().out
 
 
 def test_save_takes_the_trained_parts_by_role_and_the_rest_from_the_model(tmp_path):

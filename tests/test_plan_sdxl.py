@@ -65,13 +65,12 @@ def test_each_text_encoder_trains_on_its_own():
     assert cached["text encoder (trained)"] == both["text encoder (trained)"]
 
 
-def test_the_run_files_rates_say_which_encoder_trains(tmp_path):
+def test_the_run_files_rates_say_which_encoder_trains():
     from engine.config.schema import RunConfig
     from engine.plan.estimate import _trained_text_encoders
 
     config = RunConfig()
-    if not hasattr(config.optimizer, "learning_rate_te1"):
-        pytest.skip("optimizer.learning_rate_te1 comes with SDXL training (issue-30-train)")
+    assert _trained_text_encoders(config, "sdxl") == (True, True)     # unset: learning_rate
     config.optimizer.learning_rate_te1 = 0.0
     assert _trained_text_encoders(config, "sdxl") == (False, True)
     assert _trained_text_encoders(config, "sd1") is None

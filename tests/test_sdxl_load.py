@@ -144,6 +144,11 @@ def test_folder_problems_are_named(tmp_path, tiny_folder):
         SDXL.load(str(folder))
     with pytest.raises(ModelLoadError, match="model.v2 = true names an SD 2.x model"):
         SDXL.load(str(tiny_folder), v2=True)
+    refiner = shutil.copytree(tiny_folder, tmp_path / "refiner")
+    index = refiner / "model_index.json"
+    index.write_text(json.dumps(dict(json.loads(index.read_text()), requires_aesthetics_score=True)))
+    with pytest.raises(ModelLoadError, match="an SDXL refiner"):
+        SDXL.load(str(refiner))
 
 
 def test_hub_id_offline_is_refused_with_the_download_advice(monkeypatch):
@@ -198,6 +203,38 @@ def test_single_file_loads_bit_for_bit_with_sizes_from_the_shapes(tiny_file, tin
     assert model.base_sha256 and model.base_name == "tiny" and model.source_dtype == "float32"
     assert model.v_parameterization is False and model.zero_terminal_snr is False
     assert any("no mark in the model (SDXL base predicts epsilon)" in line for line in model.report)
+
+
+def test_buffers_other_tools_write_are_ignored(tmp_path, tiny_parts):
+    """Stability AI's TE1 position_ids, OpenCLIP's attn_mask and logit_scale, ComfyUI's TE2
+    position_ids, LDM's schedule buffers: not weights, so not errors."""
+    from safetensors.torch import save_file
+
+    from engine.families.sdxl.adapter import SDXL
+
+    extra = {"conditioner.embedders.0.transformer.text_model.embeddings.position_ids": torch.arange(77)[None],
+             "conditioner.embedders.1.model.attn_mask": torch.zeros(77, 77),
+             "conditioner.embedders.1.model.logit_scale": torch.tensor(4.6052),
+             "conditioner.embedders.1.model.text_model.embeddings.position_ids": torch.arange(77)[None],
+             "alphas_cumprod": torch.ones(1000)}
+    save_file(dict(_single_file_sd(tiny_parts), **extra), str(tmp_path / "extra.safetensors"))
+    model = SDXL.load(str(tmp_path / "extra.safetensors"))
+    _same_weights(model, tiny_parts)
+    assert float(model.logit_scale) == pytest.approx(4.6052)   # kept, and written back as kohya does
+    from safetensors import safe_open
+
+    out = SDXL.save(tmp_path / "out.safetensors", model, v_prediction=False, fmt="safetensors", precision="float")
+    with safe_open(str(out), "pt") as f:
+        assert float(f.get_tensor("conditioner.embedders.1.model.logit_scale")) == pytest.approx(4.6052)
+        assert not any("position_ids" in k or "attn_mask" in k or k == "alphas_cumprod" for k in f.keys())
+
+
+def test_tokenizer_dir_replaces_both_tokenizers(tiny_folder):
+    from engine.families.sdxl.adapter import SDXL
+
+    model = SDXL.load(str(tiny_folder), tokenizer_dir=str(tiny_folder / "tokenizer"))
+    assert model.tokenizer("a cat").input_ids == model.tokenizer_2("a cat").input_ids
+    assert model.tokenizer.pad_token_id == 49407 and model.tokenizer_2.pad_token_id == 0
 
 
 def test_ckpt_loads_with_the_weights_only_unpickler(tmp_path, tiny_parts):
@@ -282,6 +319,10 @@ def test_single_file_problems_are_named(tmp_path, tiny_parts):
         load({k: v for k, v in sd.items() if not k.startswith("first_stage_model.")})
     with pytest.raises(ModelLoadError, match="LoRA file"):
         load({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(2, 2)})
+    refiner = {k.replace("conditioner.embedders.1.", "conditioner.embedders.0."): v for k, v in sd.items()
+               if not k.startswith("conditioner.embedders.0.")}
+    with pytest.raises(ModelLoadError, match="an SDXL refiner"):
+        load(refiner)
     with pytest.raises(ModelLoadError, match="EDM model"):
         load(dict(sd, edm_mean=torch.zeros(1, 4, 1, 1), edm_std=torch.ones(1, 4, 1, 1)))
     inpaint = dict(sd)
@@ -308,3 +349,30 @@ def test_separate_vae_replaces_the_file_s(tmp_path, tiny_parts, tiny_folder):
     want = build_tiny_sdxl_components(TinySdxlSpec(seed=3))["vae"]
     assert torch.equal(model.vae.encoder.conv_in.weight, want.encoder.conv_in.weight)
     assert model.vae.config.scaling_factor == 0.13025
+
+
+def test_the_tiny_kit_saves_a_file_that_loads_back_exactly(tmp_path):
+    from engine.families.sdxl.adapter import SDXL
+    from engine.families.sdxl.tiny import save_tiny_sdxl_file
+
+    spec = TinySdxlSpec(seed=13, v_prediction=True)
+    model = SDXL.load(str(save_tiny_sdxl_file(tmp_path / "t.ckpt", spec, fmt="ckpt")))
+    want = build_tiny_sdxl_components(spec)
+    _same_weights(model, want)
+    assert model.unet.config.attention_head_dim == list(want["unet"].config.attention_head_dim)
+    assert model.v_parameterization is True
+    assert model.scheduler_config["prediction_type"] == "v_prediction"
+
+
+def test_loaded_single_file_samples_through_the_adapter_s_pipeline(tiny_file):
+    """What training's previews will do: the adapter's pipeline around the loaded parts."""
+    from diffusers import EulerDiscreteScheduler
+
+    from engine.families.sdxl.adapter import SDXL
+    from engine.families.sdxl.configs import scheduler_config
+
+    model = SDXL.load(str(tiny_file))
+    pipe = SDXL.sampling_pipeline(model, model.unet, EulerDiscreteScheduler.from_config(scheduler_config()))
+    image = pipe("a cat", num_inference_steps=2, height=64, width=64, output_type="pt",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()

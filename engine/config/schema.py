@@ -35,6 +35,29 @@ def plain_file_name(value: Any) -> Any:
     return value
 
 
+BLOCK_LR_COUNT = 23   # kohya's UNET_NUM_BLOCKS_FOR_BLOCK_LR: SDXL's U-Net in 23 blocks
+
+
+def block_rates(value: Any) -> Any:
+    """``optimizer.block_lr``: 23 rates as a list, or kohya's comma-separated string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise ValueError(f"must be {BLOCK_LR_COUNT} numbers separated by commas, got {value!r}") from None
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return value   # the type check names it
+    if len(value) != BLOCK_LR_COUNT:
+        raise ValueError(f"must have {BLOCK_LR_COUNT} learning rates (kohya's SDXL blocks: the embeddings, 9 "
+                         f"input blocks, 3 middle, 9 output, the output layer), got {len(value)}")
+    if any(v < 0 for v in value):
+        raise ValueError("learning rates cannot be negative")
+    return [float(v) for v in value]
+
+
 CONFIG_VERSION = 1
 
 
@@ -120,6 +143,16 @@ class OptimizerConfig:
                     choices=optimizers.NAMES, normalize=optimizers.canonical)
     learning_rate: float = opt(2e-6, "U-Net learning rate.", min=0.0)
     learning_rate_te: float | None = opt(None, "Text encoder learning rate (unset = learning_rate).", min=0.0)
+    learning_rate_te1: float | None = opt(None, "SDXL: the first text encoder's (CLIP ViT-L) learning rate with "
+                                          "train.train_text_encoder (unset = learning_rate; 0 keeps it frozen), "
+                                          "as kohya's sdxl_train.py --learning_rate_te1.", min=0.0)
+    learning_rate_te2: float | None = opt(None, "SDXL: the second text encoder's (OpenCLIP bigG) learning rate "
+                                          "with train.train_text_encoder (unset = learning_rate; 0 keeps it "
+                                          "frozen), as kohya's --learning_rate_te2.", min=0.0)
+    block_lr: list[float] | None = opt(None, "SDXL: 23 U-Net learning rates, one per block of kohya's sdxl_train.py "
+                                       "--block_lr (embeddings, input blocks 0-8, middle 0-2, output 0-8, out), "
+                                       "instead of learning_rate; 0 keeps a block frozen. A list, or kohya's "
+                                       "comma-separated string.", normalize=block_rates)
     args: dict[str, Any] = opt(None, 'Extra optimizer keyword arguments: a table, e.g. { weight_decay = 0.01 }, or kohya\'s '
                      'list ["weight_decay=0.01", "betas=0.9,0.999"].', factory=dict,
                      normalize=table_or_list("optimizer.args"))
@@ -188,6 +221,11 @@ class CacheConfig:
     verify: str = opt("full", '"full" checks each cached latent\'s shape and values; "exists" trusts the files.', choices=("full", "exists"))
     latent_sampling: str = opt("sample", '"sample" draws from the VAE posterior each use; "mean"; "kohya" (one fixed draw).', choices=("sample", "mean", "kohya"))
     dtype: str = opt("float32", "Storage precision of cached latents.", choices=("float32", "float16"))
+    text_encoder_outputs: str = opt("none", 'SDXL with frozen text encoders: encode each caption once and keep '
+                                     'the outputs, "memory" or "disk" (beside the latent cache, reused across '
+                                     'runs); kohya\'s --cache_text_encoder_outputs(_to_disk). Not with a '
+                                     'trained text encoder or captions that change per draw (shuffle, tag '
+                                     'dropout, token warm-up, wildcards).', choices=("none", "memory", "disk"))
 
 
 @dataclass

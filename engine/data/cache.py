@@ -102,7 +102,7 @@ class LatentCache:
     """
 
     def __init__(self, cache_dir: str | Path | None, *, mode: str = "disk", store_dtype: str = "float32",
-                 verify: str = "full", import_kohya: bool = True):
+                 verify: str = "full", import_kohya: bool = True, kohya_names: tuple[str, ...] | None = None):
         self.mode = mode
         self.cache_dir = Path(cache_dir) if cache_dir else None
         if mode == "disk" and self.cache_dir is None:
@@ -110,6 +110,7 @@ class LatentCache:
         self.store_dtype = torch.float16 if store_dtype == "float16" else torch.float32
         self.verify = verify
         self.import_kohya = import_kohya
+        self.kohya_names = kohya_names   # the family's kohya .npz names (kohya_npz.py); None: SD's
         self.index = HashIndex(self.cache_dir / INDEX_NAME if mode == "disk" else None)
 
     def prepare(self, jobs: list[CacheJob], vae, device, dtype: torch.dtype, *, vae_batch_size: int = 1,
@@ -143,7 +144,7 @@ class LatentCache:
                 if problem:
                     log(f"warning: the cached latent of {job.path} is damaged ({problem}); encoding it again")
             if self.import_kohya and job.kohya_npz and job.mask is None:   # sdft makes masked entries itself
-                imported = import_kohya_npz(job.path, job.size, job.bucket, job.flip)
+                imported = import_kohya_npz(job.path, job.size, job.bucket, job.flip, names=self.kohya_names)
                 if imported is not None:
                     result.latents[job.item] = CachedLatent(key, tensors=imported, kohya=True)
                     result.imported += 1
@@ -295,6 +296,8 @@ class LatentCache:
                 }
                 if job.mask is not None:
                     meta["sdft.mask"] = str(job.mask.path)
+                if job.size_conditioning is not None:
+                    meta["sdft.size_conditioning"] = json.dumps(job.size_conditioning)
                 writes.append(writer.submit(write_entry, file, tensors, meta))
                 result.latents[job.item] = CachedLatent(key, file=file)
             else:

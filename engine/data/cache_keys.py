@@ -34,6 +34,9 @@ class CacheJob:
     exif_transpose: bool = True
     kohya_npz: bool = True          # False: a kohya <name>.npz may belong to another image of that name
     mask: Any = None                # engine.data.masks.MaskSource: its latent-grid mask joins the entry
+    # SDXL: the entry's size and crop numbers, its flipped twin's too (engine/data/size_conditioning.py):
+    # written into the entry's metadata; not in the key, which already covers all they depend on
+    size_conditioning: Any = None
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

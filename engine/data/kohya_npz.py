@@ -19,15 +19,23 @@ def _npz_latent(data, base: str, latent_hw: tuple[int, int]) -> np.ndarray | Non
     return None
 
 
-def kohya_npz_candidates(image: Path, original_size: tuple[int, int]) -> list[Path]:
-    """Files kohya may have written for ``image``, in preference order (all eras)."""
+# kohya's names, by the suffix after the image's stem: "<stem>.npz" (2022-12 … 2024-07, still
+# preferred at HEAD), then HEAD's "<stem>_WWWWxHHHH_sd.npz" and "..._sdxl.npz".
+OLD, SD, SDXL = ".npz", "_sd.npz", "_sdxl.npz"
+SD_NAMES = (OLD, SD, SDXL)
+# An SDXL run imports only what kohya's SDXL scripts write: the old name was written by SD runs
+# too (SD's VAE: other latents), and kohya would take it for SDXL all the same.
+SDXL_NAMES = (SDXL,)
+
+
+def kohya_npz_candidates(image: Path, original_size: tuple[int, int],
+                         names: tuple[str, ...] | None = None) -> list[Path]:
+    """Files kohya may have written for ``image``, in preference order, of the ``names`` a family
+    reads (default: every era's, ``SD_NAMES``)."""
     stem = image.with_suffix("")
     w, h = original_size
-    return [
-        stem.with_name(stem.name + ".npz"),                                   # 2022-12 … 2024-07 (+ preferred at HEAD)
-        stem.with_name(f"{stem.name}_{w:04d}x{h:04d}_sd.npz"),                # HEAD, LoRA scripts
-        stem.with_name(f"{stem.name}_{w:04d}x{h:04d}_sdxl.npz"),              # HEAD, fine_tune.py
-    ]
+    return [stem.with_name(stem.name + ".npz") if name == OLD else stem.with_name(f"{stem.name}_{w:04d}x{h:04d}{name}")
+            for name in (names or SD_NAMES)]
 
 
 def _older_than(cache_file: Path, image: Path) -> bool:
@@ -38,7 +46,7 @@ def _older_than(cache_file: Path, image: Path) -> bool:
 
 
 def import_kohya_npz(image: Path, original_size: tuple[int, int], bucket: tuple[int, int],
-                     flip: bool) -> dict[str, torch.Tensor] | None:
+                     flip: bool, names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor] | None:
     """Latents from a kohya npz when one exists and fits the bucket; None otherwise.
 
     The npz holds one posterior draw (unscaled); it becomes ``mean`` with ``std = 0`` ("kohya"
@@ -46,7 +54,7 @@ def import_kohya_npz(image: Path, original_size: tuple[int, int], bucket: tuple[
     """
     shape = (4, bucket[1] // 8, bucket[0] // 8)
     hw = (shape[1], shape[2])
-    for file in kohya_npz_candidates(image, original_size):
+    for file in kohya_npz_candidates(image, original_size, names):
         if not file.is_file():
             continue
         if _older_than(file, image):

@@ -31,6 +31,7 @@ from engine.data.items import DataItem, dataset_items
 from engine.data.parts import part_weight
 from engine.data.processing import process_caption, sample_rng, sample_seed
 from engine.data.scan import clash_index, name_clashes
+from engine.data.size_conditioning import entry_conditioning, item_conditioning
 
 
 class DataError(Exception):
@@ -57,6 +58,10 @@ class Batch:
     masks: torch.Tensor | None = None   # (B, 1, h, w) loss weights on the latent grid (masked loss)
     part: tuple[int, int, int] = (0, 0, 0)   # (start, end, count): this process's rows of the global batch
     weight: float = 1.0           # its mean loss's weight in the average over processes (distributed.py)
+    # One SizeConditioning per image (engine/families/sdxl/conditioning.py) for a family whose
+    # U-Net takes them (SDXL); None for SD1/SD2.
+    size_conditioning: list | None = None
+    text: Any = None              # the captions' cached text-encoder outputs (engine/train/text_cache.py)
 
 
 class TrainingData:
@@ -65,7 +70,8 @@ class TrainingData:
     def __init__(self, items: list[DataItem], datasets: list[DatasetSpec], settings: list[BucketSettings], *,
                  seed: int, cache_mode: str = "disk", cache_dir: Path | None = None, cache_cfg=None,
                  exif_transpose: bool = True, max_train_steps: int = 1600,
-                 run_dir: str | Path = "run", log: Callable[[str], None] = print):
+                 run_dir: str | Path = "run", log: Callable[[str], None] = print,
+                 size_conditioning: bool = False, kohya_latents: tuple[str, ...] | None = None):
         self.items = items
         self.datasets = datasets
         self.settings = settings
@@ -82,12 +88,16 @@ class TrainingData:
         self._excluded: set[int] = set()  # items that failed caching
         self._prepared = cache_mode == "none"
         self.processes = 1                # use_processes: the global batch is the batch size times this
+        self.size_conditioning = size_conditioning   # record each image's size and crop numbers (SDXL)
+        self.kohya_latents = kohya_latents   # which of kohya's .npz names may hold this family's latents
 
     # ------------------------------------------------------------ construction
 
     @classmethod
-    def from_config(cls, cfg, *, default_resolution: tuple[int, int] = (512, 512),
+    def from_config(cls, cfg, *, default_resolution: tuple[int, int] = (512, 512), family=None,
                     log: Callable[[str], None] = print) -> "TrainingData":
+        """``family``: the model's adapter (engine.families), which says whether batches carry each
+        image's size and crop numbers and which kohya latent files may be imported; None: SD's."""
         blueprint = cfg.datasets
         if blueprint is None or not blueprint.datasets:
             raise DataError("the run has no datasets: add [[datasets]] tables or dataset_config")
@@ -130,7 +140,8 @@ class TrainingData:
                 cache_dir = Path(cfg.base_dir) / cache_dir
         data = cls(items, blueprint.datasets, settings, seed=seed, cache_mode=cfg.cache.latents,
                    cache_dir=cache_dir, cache_cfg=cfg.cache, exif_transpose=data_cfg.exif_transpose,
-                   run_dir=cfg.run_dir(), log=log)
+                   run_dir=cfg.run_dir(), log=log, size_conditioning=getattr(family, "size_conditioning", False),
+                   kohya_latents=getattr(family, "kohya_latents", None))
         live = sorted({it.subset.key for it in items if not it.subset.cacheable})
         if live and cfg.cache.latents != "none":
             log("random_crop/color_aug change pixels on every draw, so these subsets are encoded live "
@@ -247,7 +258,7 @@ class TrainingData:
         from engine.data.cache import LatentCache
 
         return LatentCache(self.cache_dir, mode=self.cache_mode, store_dtype=getattr(self.cache_cfg, "dtype", "float32"),
-                           verify=getattr(self.cache_cfg, "verify", "full"))
+                           verify=getattr(self.cache_cfg, "verify", "full"), kohya_names=self.kohya_latents)
 
     def _cache_jobs(self) -> list:
         """Every cacheable item as the cache encodes it."""
@@ -259,9 +270,13 @@ class TrainingData:
             if self._is_live(it):
                 continue
             interpolation = it.subset.resize_interpolation or _auto_interp(it.size, it.resized)
+            numbers = None
+            if self.size_conditioning:
+                numbers = entry_conditioning(it.size, it.bucket, bucketed=self._bucketed(it), flip=it.subset.flip_aug)
             jobs.append(CacheJob(it.index, it.path, it.size, it.bucket, it.resized,
                                  crop_offset(it.resized, it.bucket), interpolation, it.subset.flip_aug,
-                                 self.exif_transpose, kohya_npz=it.path not in shares_name, mask=it.mask))
+                                 self.exif_transpose, kohya_npz=it.path not in shares_name, mask=it.mask,
+                                 size_conditioning=numbers))
         return jobs
 
     def _check_live_images(self) -> dict[int, str]:
@@ -348,7 +363,7 @@ class TrainingData:
         count = len(ref.items)
         start, end = part if part is not None else (0, count)
         places = range(start, end) if end > start else range(0, 1)
-        samples, captions = [], []
+        samples, captions, flips = [], [], []
         for j in places:
             item = self.items[ref.items[j]]
             rng = sample_rng(self.seed, epoch, position, j)
@@ -358,8 +373,9 @@ class TrainingData:
                                         sample_seed(self.seed, epoch, position, j, salt="latent")))
             captions.append(process_caption(item.caption, item.subset, rng, epoch=epoch, step=global_step,
                                             max_train_steps=self.max_train_steps))
+            flips.append(flipped)
         shown = BatchRef(ref.dataset, ref.bucket, tuple(ref.items[j] for j in places), ref.live)
-        batch = self._batch(shown, samples, captions)
+        batch = self._batch(shown, samples, captions, flips)
         batch.part = (places.start, places.stop, count)
         batch.weight = 1.0 if part is None else part_weight(end - start, count, self.processes)
         return batch
@@ -392,7 +408,7 @@ class TrainingData:
                                          caption_dropout_every_n_epochs=0, token_warmup_step=0)
             captions.append(process_caption(item.caption, steady, rng, epoch=1, step=self.max_train_steps,
                                             max_train_steps=self.max_train_steps))
-        return self._batch(ref, samples, captions)
+        return self._batch(ref, samples, captions, [False] * len(samples))
 
     def _sample(self, item: DataItem, live: bool, flipped: bool, offset, rng, latent_seed: int):
         """(latent or pixels, latent-grid mask or None) of one item."""
@@ -407,19 +423,30 @@ class TrainingData:
             mask = mask.flip(-1)
         return pixels, mask
 
-    def _batch(self, ref: BatchRef, samples: list, captions: list[str]) -> Batch:
+    def _batch(self, ref: BatchRef, samples: list, captions: list[str], flips: list[bool]) -> Batch:
         """The batch of loaded samples; masks only when one of its images has one (the others
-        get ones, as in kohya), so a run without masks computes exactly what it did before."""
-        keys = [self.items[i].key for i in ref.items]
+        get ones, as in kohya), so a run without masks computes exactly what it did before; each
+        image's size and crop numbers when the family takes them (``flips``: which were mirrored)."""
+        items = [self.items[i] for i in ref.items]
+        keys = [it.key for it in items]
         masks = None
         if any(mask is not None for _x, mask in samples):
             shape = (1, ref.bucket[1] // 8, ref.bucket[0] // 8)
             masks = torch.stack([m if m is not None else torch.ones(shape) for _x, m in samples])
+        conditioning = None
+        if self.size_conditioning:
+            conditioning = [item_conditioning(it.size, it.bucket, bucketed=self._bucketed(it), flipped=flipped)
+                            for it, flipped in zip(items, flips, strict=True)]
         if ref.live:
             from engine.data.images import to_tensor
 
-            return Batch(None, to_tensor([x for x, _m in samples]), captions, keys, masks=masks)
-        return Batch(torch.stack([x for x, _m in samples]), None, captions, keys, masks=masks)
+            return Batch(None, to_tensor([x for x, _m in samples]), captions, keys, masks=masks,
+                         size_conditioning=conditioning)
+        return Batch(torch.stack([x for x, _m in samples]), None, captions, keys, masks=masks,
+                     size_conditioning=conditioning)
+
+    def _bucketed(self, item: DataItem) -> bool:
+        return self.settings[item.dataset].enable_bucket
 
     def _live_pixels(self, item: DataItem, rng: random.Random | None, flipped: bool, offset):
         from engine.data.images import color_augment, load_pixels

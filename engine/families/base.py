@@ -54,6 +54,12 @@ class PlanCoefficients:
         return sum(self.text_params)
 
 
+def text_encoder_rate(cfg, key: str) -> float:
+    """The learning rate ``optimizer.<key>`` sets for a text encoder; unset: optimizer.learning_rate."""
+    value = getattr(cfg.optimizer, key)
+    return cfg.optimizer.learning_rate if value is None else value
+
+
 class Family:
     """A model family's answers. Subclasses set the class attributes and implement the methods;
     every method gets the model ``load`` returned (an ``engine.models.load.LoadedModel``)."""
@@ -62,6 +68,29 @@ class Family:
     label: str                # "SD 1.x", for messages
     vae_scale: float          # latents x this have unit spread (the VAE's config may say otherwise)
     plan: PlanCoefficients | None   # None: the planner has no figures for it yet
+    # Whether the U-Net takes each image's size and crop numbers (SDXL), which the data pipeline
+    # then records per image when it buckets and flips (engine/data/pipeline.py).
+    size_conditioning: bool = False
+    # The suffixes of kohya's cached-latent files (.npz beside the images) that hold this family's
+    # latents (engine/data/kohya_npz.py); None: every era's names, as for SD1/SD2.
+    kohya_latents: tuple[str, ...] | None = None
+    # The model's text encoders by attribute name, each with the [optimizer] key of its learning
+    # rate (unset: optimizer.learning_rate).
+    text_encoder_rates: tuple[tuple[str, str], ...] = (("text_encoder", "learning_rate_te"),)
+    # kohya's sdxl_train.py: a text encoder whose rate is 0 stays frozen (SD's trains at rate 0).
+    frozen_at_zero_rate: bool = False
+
+    @property
+    def text_encoder_roles(self) -> tuple[str, ...]:
+        return tuple(role for role, _key in self.text_encoder_rates)
+
+    def trained_text_encoders(self, cfg) -> tuple[str, ...]:
+        """The text encoders a run trains, by their name on the model: with train.train_text_encoder
+        in full mode every one, except (``frozen_at_zero_rate``) one whose rate is 0."""
+        if not (cfg.train.train_text_encoder and cfg.train.mode == "full"):
+            return ()
+        return tuple(role for role, key in self.text_encoder_rates
+                     if not (self.frozen_at_zero_rate and text_encoder_rate(cfg, key) == 0))
 
     def recognises(self, view) -> bool:
         """Whether the source seen as ``view`` (``engine.families.sources.SourceView``: a
@@ -81,6 +110,21 @@ class Family:
         """The object whose ``tokenize`` and ``encode`` turn captions into the U-Net's text states."""
         raise NotImplementedError
 
+    def refusals(self, cfg) -> list[tuple[str, str, str]]:
+        """(key, why, hint) for each run-file setting this family cannot honour: ``--check``
+        reports them and the Trainer refuses them before it trains (an accepted key does something)."""
+        return []
+
+    def unet_block_of(self, model, name: str) -> int:
+        """The block of ``optimizer.block_lr`` the U-Net parameter ``name`` belongs to (SDXL: kohya's
+        23); families without blocks refuse the key (``refusals``)."""
+        raise NotImplementedError(f"{self.label}: optimizer.block_lr is not built")
+
+    def unused_text_modules(self, model, role: str) -> list:
+        """Modules of the text encoder ``role`` whose output the U-Net never sees: kept frozen when
+        it trains (SDXL's TE1 feeds its penultimate layer). None by default."""
+        return []
+
     def unet_inputs(self, model, batch, text, dtype) -> tuple[Any, dict]:
         """The U-Net's text states and its other keyword arguments besides the noisy latents and
         the timesteps, in ``dtype``, from the prompt encoder's output ``text`` and the batch
@@ -94,6 +138,11 @@ class Family:
         run trained, by the model's role names ("unet", "text_encoder", ...), unwrapped and maybe
         gathered; every other part comes from ``model``."""
         raise NotImplementedError
+
+    def pipeline_text(self, positive, negative) -> dict:
+        """The sampling pipeline's keyword arguments for the prompt encoder's outputs of the
+        prompts and their negatives (SD: the states alone)."""
+        return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
 
     def sampling_pipeline(self, model, unet, scheduler) -> Any:
         """diffusers' pipeline around the model's parts and ``unet`` (the trained one)."""

@@ -19,15 +19,17 @@ _SAVE_PRECISION = {"fp16": "fp16", "bf16": "bf16", "fp32": "float", "float32": "
 # Metadata we recompute on every save; everything else in the source's metadata is kept.
 _RECOMPUTED = ("modelspec.architecture", "modelspec.prediction_type", "modelspec.implementation_version",
                "modelspec.date", "sdft.version", "sdft.v2", "sdft.v_parameterization", "sdft.unet_config",
-               "sdft.vae_config", "sdft.text_config", "sdft.scheduler_config")
+               "sdft.vae_config", "sdft.text_config", "sdft.scheduler_config", "sdft.text_config_2",
+               "sdft.zero_terminal_snr")
 
 
 def register(commands) -> None:
     """Add ``convert`` to the ``sdft`` tree (see engine.commandline)."""
     p = commands.add_parser(
         "convert", help="convert a model between .safetensors, .ckpt and diffusers",
-        description="Convert a Stable Diffusion 1.x/2.x model between a single .safetensors/.ckpt file "
-                    "(original SD layout, for AUTOMATIC1111/ComfyUI) and a diffusers folder. No network.",
+        description="Convert a Stable Diffusion 1.x/2.x or SDXL model between a single .safetensors/.ckpt file "
+                    "(original SD layout, kohya's for SDXL: for AUTOMATIC1111/ComfyUI) and a diffusers folder. "
+                    "No network unless IN is a hub id.",
     )
     p.add_argument("input", help="a .safetensors/.ckpt file, a diffusers folder, or a hub id (online)")
     p.add_argument("output", help="the file or folder to write (an existing one only with --force)")
@@ -72,13 +74,13 @@ def _convert(args) -> int:
     fmt = output_format(out, args.to)
     try:
         from engine.families import family_of
-        from engine.families.sources import load_base
+        from engine.families.sources import load_any
 
         if Path(args.input).resolve() == out.resolve():
             raise ModelLoadError(f"{out}: the output is the input; choose another output path")
         if out.exists() and not args.force:   # checked before the model loads: nothing is lost or waited for
             raise ModelLoadError(f"{out} exists; pass --force to replace it, or choose another output path")
-        loaded = load_base(
+        loaded = load_any(   # converting is not training: a family runs may not train yet converts
             args.input,
             v2="auto" if args.v2 is None else args.v2,
             v_parameterization="auto" if args.v_parameterization is None else args.v_parameterization,

@@ -51,7 +51,8 @@ def check_supported(sd: Mapping, path: str) -> None:
     keys = list(sd.keys())
     refuse_empty_or_lora(keys, path)
     if any(k.startswith("conditioner.embedders.") for k in keys) or UNET_PREFIX + "label_emb.0.0.weight" in sd:
-        raise ModelLoadError(f"{path}: this is an SDXL checkpoint. {family_entry('sdxl').refused}")
+        raise ModelLoadError(f"{path}: this is an SDXL checkpoint, which the SD 1.x/2.x loader does not read; "
+                             f"{family_entry('sdxl').refused or 'sdft loads it through the SDXL family'}")
     if any(k.startswith("depth_model.") for k in keys):
         raise ModelLoadError(f"{path}: this is an SD2 depth-to-image model, which sdft does not support; "
                              "use a text-to-image SD1/SD2 checkpoint")
@@ -92,7 +93,8 @@ def check_supported_folder(folder, unet_config: Mapping) -> None:
         raise ModelLoadError(f"{folder}: {kind} ({channels} U-Net input channels); sdft "
                              "trains plain text-to-image SD1/SD2 models")
     if unet_config.get("addition_embed_type") or unet_config.get("cross_attention_dim") == 2048:
-        raise ModelLoadError(f"{folder}: this is an SDXL model. {family_entry('sdxl').refused}")
+        raise ModelLoadError(f"{folder}: this is an SDXL model, which the SD 1.x/2.x loader does not read; "
+                             f"{family_entry('sdxl').refused or 'sdft loads it through the SDXL family'}")
 
 
 def detection_source(v2: bool, how: str, context_width: int | None) -> str:

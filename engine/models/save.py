@@ -35,7 +35,7 @@ def precision_dtype(precision: str):
         raise ModelLoadError(f"save.precision = {precision!r} is not a precision; use fp16, bf16 or float") from None
 
 
-def _cast(sd: Mapping, dtype) -> dict:
+def cast_state(sd: Mapping, dtype) -> dict:
     """Detached CPU copies; floating tensors cast to ``dtype``, others (int ids) kept."""
     import torch
 
@@ -48,7 +48,7 @@ def _cast(sd: Mapping, dtype) -> dict:
     return out
 
 
-def _state(model) -> dict:
+def state_of(model) -> dict:
     """The model's state dict with wrapper prefixes removed (torch.compile, DDP)."""
     out = {}
     for k, v in model.state_dict().items():
@@ -59,21 +59,23 @@ def _state(model) -> dict:
     return out
 
 
-def _config_dict(model) -> dict:
+def config_dict(model) -> dict:
     cfg = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
     return {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("dtype", "torch_dtype", "transformers_version")}
 
 
 def build_metadata(*, v2: bool, v_parameterization: bool, title: str, unet=None, vae=None, text_encoder=None,
-                   epoch: int = 0, global_step: int = 0, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """modelspec.* (as kohya writes it) and sdft.* metadata; ``extra`` (the trainer's) wins."""
+                   epoch: int = 0, global_step: int = 0, extra: Mapping[str, str] | None = None,
+                   architecture: str | None = None, resolution: str | None = None) -> dict[str, str]:
+    """modelspec.* (as kohya writes it) and sdft.* metadata; ``extra`` (the trainer's) wins.
+    ``architecture`` and ``resolution`` name another family's (SDXL's) instead of SD's."""
     from engine import __version__
 
     family = family_for(v2, v_parameterization)
-    res = "768x768" if family == "sd2-768-v" else "512x512"
+    res = resolution or ("768x768" if family == "sd2-768-v" else "512x512")
     md = {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": ARCHITECTURE[family],
+        "modelspec.architecture": architecture or ARCHITECTURE[family],
         "modelspec.implementation": IMPLEMENTATION,
         "modelspec.title": title,
         "modelspec.resolution": res,
@@ -89,7 +91,7 @@ def build_metadata(*, v2: bool, v_parameterization: bool, title: str, unet=None,
     # Architecture details that shapes cannot tell (head counts, norm groups): read back on load.
     for key, model in ((UNET_META, unet), (VAE_META, vae), (TEXT_META, text_encoder)):
         if model is not None:
-            md[key] = json.dumps(_config_dict(model), sort_keys=True)
+            md[key] = json.dumps(config_dict(model), sort_keys=True)
     for k, v in (extra or {}).items():
         if v is None:
             continue
@@ -97,7 +99,7 @@ def build_metadata(*, v2: bool, v_parameterization: bool, title: str, unet=None,
     return md
 
 
-def _chmod_tree(root: Path) -> None:
+def chmod_tree(root: Path) -> None:
     for dirpath, _, files in os.walk(root):
         for name in files:
             os.chmod(Path(dirpath) / name, 0o644)
@@ -139,27 +141,27 @@ def _save_diffusers(path: Path, *, unet, text_encoder, vae, v2, v_parameterizati
     import torch
     from safetensors.torch import save_file
 
-    te_config = dict(_config_dict(text_encoder), dtype=DIFFUSERS_LOAD_DTYPE, torch_dtype=DIFFUSERS_LOAD_DTYPE)
+    te_config = dict(config_dict(text_encoder), dtype=DIFFUSERS_LOAD_DTYPE, torch_dtype=DIFFUSERS_LOAD_DTYPE)
     with atomic_dir(path) as tmp:
-        write_config_folder(tmp, v2=v2, v_parameterization=v_parameterization, unet=_config_dict(unet),
-                            vae=_config_dict(vae), text_encoder=te_config,
+        write_config_folder(tmp, v2=v2, v_parameterization=v_parameterization, unet=config_dict(unet),
+                            vae=config_dict(vae), text_encoder=te_config,
                             scheduler_overrides=scheduler_overrides, scheduler=dict(scheduler) if scheduler else None,
                             tokenizer=tokenizer)
         # Text keys with the ``text_model.`` level: what every transformers version reads.
-        text_sd = {"text_model." + cv.strip_text_model_prefix(k): v for k, v in _state(text_encoder).items()
+        text_sd = {"text_model." + cv.strip_text_model_prefix(k): v for k, v in state_of(text_encoder).items()
                    if not k.endswith("position_ids")}
         items = (
-            ("unet", _state(unet), "diffusion_pytorch_model"),
-            ("vae", _state(vae), "diffusion_pytorch_model"),
+            ("unet", state_of(unet), "diffusion_pytorch_model"),
+            ("vae", state_of(vae), "diffusion_pytorch_model"),
             ("text_encoder", text_sd, "model" if safe else "pytorch_model"),
         )
         for sub, sd, stem in items:
-            sd = _cast(sd, dtype)
+            sd = cast_state(sd, dtype)
             if safe:
                 save_file(sd, str(tmp / sub / f"{stem}.safetensors"), metadata={"format": "pt"})
             else:
                 torch.save(sd, tmp / sub / f"{stem}.bin")
-        _chmod_tree(tmp)
+        chmod_tree(tmp)
 
 
 def save_model(path, *, unet, text_encoder, vae, v2: bool, v_parameterization: bool, fmt: str = "safetensors",
@@ -189,9 +191,9 @@ def save_model(path, *, unet, text_encoder, vae, v2: bool, v_parameterization: b
                         v_parameterization=v_parameterization, dtype=dtype, safe=fmt == "diffusers_safetensors",
                         scheduler_overrides=scheduler_overrides, scheduler=scheduler, tokenizer=tokenizer)
         return path
-    sd = cv.diffusers_to_original(_state(unet), _state(vae), _state(text_encoder), v2=v2,
+    sd = cv.diffusers_to_original(state_of(unet), state_of(vae), state_of(text_encoder), v2=v2,
                                   text_extras=text_extras)
-    sd = _cast(sd, dtype)
+    sd = cast_state(sd, dtype)
     md = build_metadata(v2=v2, v_parameterization=v_parameterization, title=path.stem, unet=unet, vae=vae,
                         text_encoder=text_encoder, epoch=epoch, global_step=global_step, extra=metadata)
     if scheduler is not None:

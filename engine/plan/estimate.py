@@ -176,7 +176,7 @@ class PlanOptions:
             attention=config.memory.attention, optimizer=config.optimizer.type,
             train_text_encoder=t.train_text_encoder, max_token_length=m.max_token_length,
             trained_text_encoders=_trained_text_encoders(config, family),
-            cache_text_encoder_outputs=getattr(config.cache, "text_encoder_outputs", "none"),
+            cache_text_encoder_outputs=config.cache.text_encoder_outputs,
             ema=t.ema, ema_cpu_offload=t.ema_cpu_offload, cache_latents=config.cache.latents,
             vae_dtype=config.memory.vae_dtype, mode=t.mode,
             fused_backward_pass=config.memory.fused_backward_pass,
@@ -204,13 +204,15 @@ def family_of_config(config) -> str:
     return family_of_settings(config.model)
 
 
-def _trained_text_encoders(config, family: str) -> tuple[bool, ...] | None:
-    """SDXL's per-encoder learning rates (optimizer.learning_rate_te1 / _te2, kohya's): 0 keeps one
-    frozen. None (every encoder trains with train_text_encoder) for a family with one encoder."""
-    if len(coefficients(family).text_params) < 2:
+def _trained_text_encoders(config, name: str) -> tuple[bool, ...] | None:
+    """Which text encoders would train, by the family's rates (SDXL: optimizer.learning_rate_te1 /
+    _te2 = 0 keeps one frozen, as kohya's); None where every one trains with train_text_encoder."""
+    from engine.families.base import text_encoder_rate
+
+    adapter = family(name)
+    if not adapter.frozen_at_zero_rate:
         return None
-    rates = [getattr(config.optimizer, key, None) for key in ("learning_rate_te1", "learning_rate_te2")]
-    return tuple(rate is None or rate > 0 for rate in rates)
+    return tuple(text_encoder_rate(config, key) != 0 for _role, key in adapter.text_encoder_rates)
 
 
 def _dataset_shape(config, side: int = 512) -> tuple[int, int, int]:

@@ -114,6 +114,11 @@ def _missing(package: tuple[str, str]) -> bool:
 
 def _check_model_options(config: RunConfig, problems: ProblemList, probe) -> None:
     """Options that depend on what the model is (the trainer and text encoder refuse the same)."""
+    if probe.family is not None:
+        from engine.families import family
+
+        for key, why, hint in family(probe.family).refusals(config):
+            problems.add(key, f"{family(probe.family).label}: {why}", hint)
     clip_skip, layers = config.model.clip_skip, probe.text_layers
     if layers is not None and clip_skip > layers:
         problems.add("model.clip_skip", f"model.clip_skip = {clip_skip} but the text encoder has only {layers} "

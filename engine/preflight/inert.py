@@ -104,7 +104,8 @@ RULES = (
     Needs(("save.every_n_epochs",), lambda c: not c.save.n_epoch_ratio,
           "save.n_epoch_ratio unset (the ratio decides the epochs between saves)",
           "remove one of save.every_n_epochs and save.n_epoch_ratio"),
-    Needs(("optimizer.learning_rate_te", "train.stop_text_encoder_training"),
+    Needs(("optimizer.learning_rate_te", "optimizer.learning_rate_te1", "optimizer.learning_rate_te2",
+           "train.stop_text_encoder_training"),
           lambda c: c.train.train_text_encoder and c.train.mode == "full", "a trained text encoder",
           "set train.train_text_encoder = true"),
     # a schedule class takes only lr_scheduler_args (kohya refuses a warm-up beside it too)

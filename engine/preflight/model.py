@@ -27,23 +27,27 @@ class ModelProbe:
     v2: bool | None = None
     v_prediction: bool | None = None
     text_layers: int | None = None     # layers of the text encoder (clip_skip must not exceed them)
-    context_dim: int | None = None     # the U-Net's cross-attention width (768 SD1, 1024 SD2)
+    context_dim: int | None = None     # the U-Net's cross-attention width (768 SD1, 1024 SD2, 2048 SDXL)
     kind: str = ""                     # "diffusers folder", "single file", ...: what was looked at
     error: str | None = None           # why the model cannot be used, when it cannot
     lines: list[str] = field(default_factory=list)
+    family_name: str | None = None     # a family told by its layout (SDXL); SD1/SD2 follow from v2
 
     @property
     def family(self) -> str | None:
+        if self.family_name is not None:
+            return self.family_name
         return None if self.v2 is None else "sd2" if self.v2 else "sd1"
 
     @property
     def small(self) -> bool:
-        """A text width other than SD's 768/1024: a tiny test model (the demo's)."""
-        return self.context_dim is not None and self.context_dim not in (768, 1024)
+        """A text width other than the family's full size (SD 768/1024, SDXL 2048): a tiny test model."""
+        full = (2048,) if self.family == "sdxl" else (768, 1024)
+        return self.context_dim is not None and self.context_dim not in full
 
     def label(self) -> str:
         """One line for the wizard, e.g. "SD 2.x, v-prediction (diffusers folder)"."""
-        if self.error or self.v2 is None:
+        if self.error or self.family is None:
             return self.error or self.kind or "not detected"
         name = families.family(self.family).label
         pred = {True: ", v-prediction", False: ", epsilon", None: ""}[self.v_prediction]
@@ -72,7 +76,9 @@ def probe_model(config, problems: ProblemList) -> ModelProbe:
     source = config.resolve(m.pretrained_model_name_or_path)
     path = Path(os.path.expanduser(str(source)))
     try:
-        if path.is_dir():
+        if _is_sdxl(path):
+            _probe_sdxl(path, config, probe)
+        elif path.is_dir():
             _probe_folder(path, config, probe)
         elif path.is_file() and is_safetensors(path):
             _probe_safetensors(path, config, probe)
@@ -228,6 +234,47 @@ def _probe_prediction(config, probe: ModelProbe, found) -> None:
         return
     probe.v_prediction = found.value
     probe.lines.append(found.line)
+
+
+def _is_sdxl(path: Path) -> bool:
+    """An SDXL folder or file, told by its layout (engine/families/sources.py)."""
+    from engine.families.sources import detect_family
+
+    found = detect_family(path) if path.exists() else None
+    return found is not None and found.name == "sdxl"
+
+
+def _probe_sdxl(path: Path, config, probe: ModelProbe) -> None:
+    """An SDXL folder or single file: its parts, weights' headers and prediction, as the SDXL
+    loader reads them (engine/families/sdxl/load.py, detect.py)."""
+    from engine.families.sdxl.detect import detect_zero_terminal_snr, resolve_prediction
+    from engine.families.sdxl.load import _check_folder
+
+    probe.family_name = "sdxl"
+    setting = config.model.v_parameterization
+    if path.is_dir():
+        ucfg = _check_folder(path, config.model.vae)
+        parts = ["unet", "text_encoder", "text_encoder_2"] + ([] if config.model.vae else ["vae"])
+        for part in parts:
+            _check_component_weights(path / part, config)
+        sched_path = path / "scheduler" / "scheduler_config.json"
+        try:
+            sched = json.loads(sched_path.read_text("utf-8")) if sched_path.is_file() else None
+        except (OSError, ValueError):
+            sched = None
+        sched = sched if isinstance(sched, dict) else None
+        probe.kind, probe.context_dim = "diffusers folder", ucfg.get("cross_attention_dim")
+        found = [resolve_prediction(setting, scheduler_config=sched), detect_zero_terminal_snr(scheduler_config=sched)]
+    else:
+        header = _checked_header(path)
+        probe.kind = "single file"
+        probe.context_dim = next((info.shape[-1] for name, info in header.tensors.items()
+                                  if name.endswith("attn2.to_k.weight")), None)
+        found = [resolve_prediction(setting, tensors=header.tensors, metadata=header.metadata),
+                 detect_zero_terminal_snr(tensors=header.tensors, metadata=header.metadata)]
+    probe.lines.append("model: SDXL, detected from its layout")
+    probe.v_prediction = found[0].value
+    probe.lines += [d.line for d in found]
 
 
 def _probe_hub_id(repo_id: str, probe: ModelProbe) -> None:

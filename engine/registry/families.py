@@ -21,10 +21,7 @@ class FamilyEntry:
 FAMILIES: tuple[FamilyEntry, ...] = (
     FamilyEntry("sd1", "SD 1.x", "engine.families.sd.adapters:SD1"),
     FamilyEntry("sd2", "SD 2.x", "engine.families.sd.adapters:SD2"),
-    FamilyEntry("sdxl", "SDXL", "engine.families.sdxl.adapter:SDXL",
-                refused="SDXL training is not available yet: its loading, conditioning and saving are "
-                        "being wired into the loop (docs/sdxl.md); use an SD 1.x or 2.x model, or kohya's "
-                        "sdxl_train.py"),
+    FamilyEntry("sdxl", "SDXL", "engine.families.sdxl.adapter:SDXL"),
 )
 
 NAMES: tuple[str, ...] = tuple(e.name for e in FAMILIES)

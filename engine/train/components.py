@@ -29,6 +29,7 @@ class NoiseTables:
     loss_options: obj.LossOptions
     latent_scale: float
     v_prediction: bool
+    zero_terminal_snr: bool = False   # the run's setting, or the model's mark (an SDXL v-pred fine-tune)
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,20 @@ class Components:
     model: Any                  # engine.models.load.LoadedModel: unet, text_encoder, vae, tokenizer
     prompt_encoder: Any         # engine.models.text_encoding.PromptEncoder
     noise: NoiseTables
-    train_te: bool              # the text encoder trains too
+    trained_text_encoders: tuple[str, ...]   # the text encoders that train, by their name on the model
     hypernetwork: Any = None    # train.mode = "hypernetwork": the only trained module
     attention: str = "sdpa"     # the attention kernel that runs (xformers may have fallen back)
+    text_cache: Any = None      # cache.text_encoder_outputs: engine.train.text_cache.TextOutputCache
+
+    @property
+    def train_te(self) -> bool:
+        """A text encoder trains too."""
+        return bool(self.trained_text_encoders)
+
+    @property
+    def text_encoders(self) -> dict[str, Any]:
+        """Every text encoder of the model by its name (SDXL: text_encoder and text_encoder_2)."""
+        return {role: getattr(self.model, role) for role in family_of(self.model).text_encoder_roles}
 
     @property
     def tokenizer(self):
@@ -67,6 +79,9 @@ def load_base_model(cfg, device: torch.device, say: Say):
     )
     for line in model.report:
         say(line)
+    refused = family_of(model).refusals(cfg)   # --check says the same before a run starts
+    if refused:
+        raise ValueError("; ".join(f"{key}: {family_of(model).label}: {why} ({hint})" for key, why, hint in refused))
     return model, noise_tables(cfg.train, model, device, say)
 
 
@@ -74,9 +89,11 @@ def noise_tables(t, model, device: torch.device, say: Say) -> NoiseTables:
     v_prediction = bool(model.v_parameterization)
     if t.scale_v_pred_loss_like_noise_pred and not v_prediction:
         raise ValueError("train.scale_v_pred_loss_like_noise_pred only applies to v-prediction models")
-    if t.zero_terminal_snr and not v_prediction:
+    # An SDXL model may mark a zero-terminal-SNR schedule (engine/families/sdxl/detect.py): it trains on it.
+    zero_terminal_snr = bool(t.zero_terminal_snr or getattr(model, "zero_terminal_snr", False))
+    if zero_terminal_snr and not v_prediction:
         say("zero_terminal_snr without v-prediction cannot learn the last timestep", "warning")
-    cumprod = obj.alphas_cumprod(zero_terminal_snr=t.zero_terminal_snr).float().to(device)
+    cumprod = obj.alphas_cumprod(zero_terminal_snr=zero_terminal_snr).float().to(device)
     noise_options = obj.NoiseOptions(
         t.noise_offset, t.noise_offset_random_strength, t.adaptive_noise_scale,
         t.multires_noise_iterations, t.multires_noise_discount,
@@ -90,7 +107,8 @@ def noise_tables(t, model, device: torch.device, say: Say) -> NoiseTables:
     if abs(scaling - family.vae_scale) > 1e-6:
         say(f"the VAE's scaling_factor is {scaling}, not {family.label}'s {family.vae_scale}: using the VAE's",
             "warning")
-    return NoiseTables(cumprod, obj.snr_table(cumprod), noise_options, loss_options, scaling, v_prediction)
+    return NoiseTables(cumprod, obj.snr_table(cumprod), noise_options, loss_options, scaling, v_prediction,
+                       zero_terminal_snr)
 
 
 def build_prompt_encoder(cfg, model, say: Say):
@@ -100,30 +118,43 @@ def build_prompt_encoder(cfg, model, say: Say):
                                            warn=lambda text: say(text, "warning"))
 
 
-def trains_text_encoder(cfg) -> bool:
-    return cfg.train.train_text_encoder and cfg.train.mode == "full"
+def trains_text_encoder(cfg, model) -> tuple[str, ...]:
+    """The text encoders that train, by their name on the model (the family decides: SDXL, as
+    kohya's sdxl_train.py, keeps one whose rate is 0 frozen)."""
+    return family_of(model).trained_text_encoders(cfg)
 
 
 def prepare_modules(components: Components, cfg, precision, device: torch.device, seed, say: Say) -> Components:
     """Attention kernels, what trains, dtypes and devices, gradient checkpointing; in
     hypernetwork mode, the hypernetwork (returned in the new Components)."""
-    unet, te = components.model.unet, components.model.text_encoder
-    train_te = components.train_te
+    unet = components.model.unet
+    trained = components.trained_text_encoders
     attention = set_attention(unet, cfg.memory.attention, device, say)
     full = cfg.train.mode == "full"
     unet.requires_grad_(full)
     unet.to(device, precision.trainable_dtype if full else precision.weight_dtype)
     unet.train(full)
-    te.requires_grad_(train_te)
-    te.to(device, precision.trainable_dtype if train_te else precision.weight_dtype)
-    te.train(train_te)
+    family = family_of(components.model)
+    rates = cfg.optimizer.block_lr
+    if full and rates is not None:   # a block at rate 0 stays frozen (kohya leaves it out of the optimizer)
+        for name, param in unet.named_parameters():
+            if rates[family.unet_block_of(components.model, name)] == 0:
+                param.requires_grad_(False)
+    for role, te in components.text_encoders.items():
+        trains = role in trained
+        te.requires_grad_(trains)
+        te.to(device, precision.trainable_dtype if trains else precision.weight_dtype)
+        te.train(trains)
+        if trains:
+            for module in family.unused_text_modules(components.model, role):
+                module.requires_grad_(False)
     hypernetwork = None
     if cfg.train.mode == "hypernetwork":
         hypernetwork = build_hypernetwork(cfg, unet, device, seed, say)
     if cfg.memory.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        if train_te:
-            te.gradient_checkpointing_enable()
+        for role in trained:
+            components.text_encoders[role].gradient_checkpointing_enable()
     if cfg.memory.channels_last:
         unet.to(memory_format=torch.channels_last)
     if cfg.memory.torch_compile:
@@ -131,8 +162,32 @@ def prepare_modules(components: Components, cfg, precision, device: torch.device
     if not cfg.sample.prompts:
         # Cached latents need no VAE; live-encoded batches move it back when they come.
         components.model.vae.to("cpu")
-    return Components(components.model, components.prompt_encoder, components.noise, train_te, hypernetwork,
+    return Components(components.model, components.prompt_encoder, components.noise, trained, hypernetwork,
                       attention)
+
+
+def cache_text_outputs(components: Components, cfg, data, accelerator, precision, say: Say) -> Components:
+    """cache.text_encoder_outputs: every caption the data can draw encoded once by the frozen
+    encoders (engine/train/text_cache.py); they then leave the device unless samples need them."""
+    mode = cfg.cache.text_encoder_outputs
+    if mode == "none":
+        return components
+    from dataclasses import replace
+
+    from engine.train.text_cache import cache_folder, captions_to_cache, fill_text_cache
+
+    captions = captions_to_cache(data)
+    encoders = list(components.text_encoders.values())
+    cache, encoded = fill_text_cache(mode, cache_folder(cfg) if mode == "disk" else None, captions,
+                                     components.prompt_encoder, accelerator.device, precision.weight_dtype,
+                                     accelerator.autocast, max_token_length=cfg.model.max_token_length,
+                                     encoders=encoders)
+    where = f"on disk ({cache_folder(cfg)})" if mode == "disk" else "in memory"
+    say(f"text-encoder outputs cached {where}: {len(captions)} caption(s), {encoded} encoded now")
+    if not cfg.sample.prompts:
+        for module in encoders:
+            module.to("cpu")
+    return replace(components, text_cache=cache)
 
 
 def build_hypernetwork(cfg, unet, device: torch.device, seed, say: Say):

@@ -81,8 +81,8 @@ class RunParts:
         out, c, b = {}, self.components, self.bundle
         if self.cfg.train.mode == "full":
             out["unet"] = self.accelerator.unwrap_model(b.unet)
-        if c.train_te:
-            out["text_encoder"] = self.accelerator.unwrap_model(b.text_encoder)
+        for role, module in b.text_encoders.items():   # "text_encoder" (and SDXL's "text_encoder_2")
+            out[role] = self.accelerator.unwrap_model(module)
         if c.hypernetwork is not None:
             out["hypernetwork"] = c.hypernetwork
         return out

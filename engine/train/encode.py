@@ -17,6 +17,7 @@ def encode_latents(config_path: str | Path, say: Callable[[str], None], progress
     RunFolderBusy while a run of the same folder is live."""
     from engine.config.run_toml import load_run_config
     from engine.data.pipeline import TrainingData
+    from engine.families import family_of
     from engine.runlock import RunLock
     from engine.train.components import cache_latents, default_side, load_base_model
     from engine.train.distributed import ControlAgreement
@@ -30,6 +31,6 @@ def encode_latents(config_path: str | Path, say: Callable[[str], None], progress
         accelerator, precision = start_accelerator(cfg, say)
         model, noise = load_base_model(cfg, accelerator.device, say)
         side = default_side(model, noise)
-        data = TrainingData.from_config(cfg, default_resolution=(side, side), log=say)
+        data = TrainingData.from_config(cfg, default_resolution=(side, side), family=family_of(model), log=say)
         cache_latents(data, model.vae, accelerator, precision, progress, ControlAgreement())
         return data.cache_result

@@ -44,6 +44,16 @@ def tokens_of(parts: RunParts, batch):
     return parts.components.prompt_encoder.tokenize(batch.captions)
 
 
+def cached_text(parts: RunParts, batch):
+    """The batch's text-encoder outputs from the cache (cache.text_encoder_outputs) on the device,
+    read by the loader thread or now (a validation batch); None without a cache."""
+    cache = parts.components.text_cache
+    if cache is None:
+        return None
+    text = getattr(batch, "text", None)
+    return (text if text is not None else cache.lookup(batch.captions)).to(parts.device)
+
+
 def unet_dtype(parts: RunParts) -> torch.dtype:
     return next(parts.components.model.unet.parameters()).dtype
 
@@ -109,9 +119,11 @@ def losses_at(parts: RunParts, batch, x0: torch.Tensor, noise: torch.Tensor, noi
     noisy = obj.add_noise(x0, noise_in, timesteps, tables.cumprod)
     dtype = unet_dtype(parts)
     with parts.accelerator.autocast():
-        with nullcontext() if c.train_te and torch.is_grad_enabled() else torch.no_grad():
-            text = c.prompt_encoder.encode(tokens_of(parts, batch), parts.device, parts.precision.weight_dtype
-                                           if not c.train_te else None)
+        text = cached_text(parts, batch)
+        if text is None:
+            with nullcontext() if c.train_te and torch.is_grad_enabled() else torch.no_grad():
+                text = c.prompt_encoder.encode(tokens_of(parts, batch), parts.device, parts.precision.weight_dtype
+                                               if not c.train_te else None)
         context, extra = family_of(c.model).unet_inputs(c.model, batch, text, dtype)   # SD1/SD2: no extra
         pred = parts.bundle.unet(noisy.to(dtype), timesteps, context, **extra).sample
     target = obj.target_for(x0, noise, timesteps, tables.cumprod, tables.v_prediction)

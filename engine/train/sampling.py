@@ -18,6 +18,7 @@ import torch
 from engine.atomic import atomic_path
 from engine.events import SampleGridSaved, SampleSaved
 from engine.families import family_of
+from engine.families.base import Family
 from engine.train.divergence import checked
 from engine.train.optimizer_bundle import shards
 from engine.train.optimizers import with_evaluation_weights
@@ -115,7 +116,7 @@ class Sampler:
             latents = guided_latents(
                 pipe, p.components.prompt_encoder, [prompt.prompt], [prompt.negative], device=p.device,
                 width=prompt.width, height=prompt.height, steps=prompt.steps or cfg.sample.steps,
-                guidance_scale=prompt.scale, generator=generator)
+                guidance_scale=prompt.scale, generator=generator, family=family_of(model))
         image = _decode(model.vae, pipe.image_processor, latents)   # outside autocast: in memory.vae_dtype
         path = self.folder / f"{cfg.train.output_name}_s{ctx.step:08d}_{index:02d}.png"
         if not p.is_main:
@@ -133,16 +134,19 @@ def preview_pipeline(model, unet, scheduler):
 
 
 def guided_latents(pipe, prompt_encoder, prompts: list[str], negatives: list[str | None], *, device,
-                   width: int, height: int, steps: int, guidance_scale: float, generator) -> torch.Tensor:
+                   width: int, height: int, steps: int, guidance_scale: float, generator,
+                   family=None) -> torch.Tensor:
     """Latents of ``prompts`` (one each) with classifier-free guidance against ``negatives`` (None:
     the empty caption), both encoded by the training encoder (``prompt_encoder``: same chunking,
-    clip skip and padding as training). The learning benchmark scores these (engine/bench)."""
+    clip skip and padding as training); ``family`` (default SD's) turns them into the pipeline's
+    arguments (SDXL adds the pooled embeddings). The learning benchmark scores these (engine/bench)."""
     from engine.models.text_encoding import encode_prompts_for_sampling
 
     dtype = next(pipe.unet.parameters()).dtype
     positive, negative = encode_prompts_for_sampling(prompt_encoder, prompts, negatives, device, dtype)
+    text = (family or Family()).pipeline_text(positive, negative)
     return pipe(
-        prompt_embeds=positive, negative_prompt_embeds=negative, width=width, height=height,
+        **text, width=width, height=height,
         num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator, output_type="latent",
     ).images
 

@@ -20,12 +20,14 @@ from engine.control import RunControl
 from engine.control_file import ControlFileReader
 from engine.data.parts import rank_part
 from engine.events import PhaseProgress, StatusChanged
+from engine.families import family_of
 from engine.prefetch import Prefetcher
 from engine.train import forward
 from engine.train.components import (
     Components,
     build_prompt_encoder,
     cache_latents,
+    cache_text_outputs,
     default_side,
     load_base_model,
     prepare_modules,
@@ -99,14 +101,17 @@ class Trainer:
         model, noise = self.load_base(accelerator.device)
         self._phase(Phase.LOADING_MODEL, 1, 1)
         side = default_side(model, noise)
-        data = TrainingData.from_config(cfg, default_resolution=(side, side), log=lambda text: self.say(text))
+        data = TrainingData.from_config(cfg, default_resolution=(side, side), family=family_of(model),
+                                        log=lambda text: self.say(text))
         data.use_processes(accelerator.num_processes)   # plan at the global batch (engine/data/parts.py)
         schedule = resolve_schedule(cfg.train, data.batches_per_epoch())
         data.use_schedule(schedule.total_steps)   # a fractional token_warmup_step is a ratio of it
-        components = Components(model, build_prompt_encoder(cfg, model, self.say), noise, trains_text_encoder(cfg))
+        components = Components(model, build_prompt_encoder(cfg, model, self.say), noise,
+                                trains_text_encoder(cfg, model))
         self.agreement = ControlAgreement(accelerator.num_processes, ddp_timeout_minutes(cfg.train))
         cache_latents(data, model.vae, accelerator, precision, self._latents_progress, self.agreement)
         components = prepare_modules(components, cfg, precision, accelerator.device, self.seed, self.say)
+        components = cache_text_outputs(components, cfg, data, accelerator, precision, self.say)
         bundle = build_bundle(cfg, components, accelerator, schedule.total_steps)
         scale = lr_scale(cfg, accelerator.num_processes)
         if scale != 1.0:
@@ -223,8 +228,12 @@ class Trainer:
         batches = [p.data.load_batch(ref, epoch=epoch, global_step=step, position=position + i,
                                      part=rank_part(len(ref.items), world, rank) if world > 1 else None)
                    for i, ref in enumerate(group)]
-        for batch in batches:   # tokenized here too, so the training thread only encodes
-            batch.tokens = p.components.prompt_encoder.tokenize(batch.captions)
+        cache = p.components.text_cache
+        for batch in batches:   # tokenized (or the cached outputs read) here too, so the training thread only encodes
+            if cache is not None:
+                batch.text = cache.lookup(batch.captions)
+            else:
+                batch.tokens = p.components.prompt_encoder.tokenize(batch.captions)
             if p.device.type == "cuda":
                 pin_batch(batch)    # so the training thread's copies do not wait (transfer.py)
         return batches
@@ -279,8 +288,8 @@ class Trainer:
         stack = ExitStack()
         b = self.parts.bundle
         stack.enter_context(self.parts.accelerator.no_sync(b.unet))
-        if self.parts.components.train_te:
-            stack.enter_context(self.parts.accelerator.no_sync(b.text_encoder))
+        for text_encoder in b.text_encoders.values():
+            stack.enter_context(self.parts.accelerator.no_sync(text_encoder))
         return stack
 
     def step_generator(self, micro: int) -> torch.Generator:
@@ -294,10 +303,13 @@ class Trainer:
 
     def _maybe_stop_text_encoder(self) -> None:
         stop_at = self.cfg.train.stop_text_encoder_training
-        if self.parts.components.train_te and stop_at and self.global_step == stop_at:
-            self.parts.components.model.text_encoder.requires_grad_(False)
-            self.parts.components.model.text_encoder.eval()
-            self.say(f"text encoder frozen after step {stop_at} (train.stop_text_encoder_training)")
+        c = self.parts.components
+        if c.train_te and stop_at and self.global_step == stop_at:
+            for role in c.trained_text_encoders:
+                c.text_encoders[role].requires_grad_(False)
+                c.text_encoders[role].eval()
+            what = "text encoder" if len(c.trained_text_encoders) == 1 else "text encoders"
+            self.say(f"{what} frozen after step {stop_at} (train.stop_text_encoder_training)")
 
     @property
     def is_logging_step(self) -> bool:

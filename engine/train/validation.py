@@ -88,7 +88,7 @@ def validation_loss(parts: RunParts, seed: int) -> float | None:
     timesteps = validation_timesteps(t.min_timestep, t.max_timestep)
     c = parts.components
     losses: list[float] = []
-    with preserved_rng(), torch.no_grad(), evaluating([parts.bundle.unet, c.model.text_encoder, c.hypernetwork]):
+    with preserved_rng(), torch.no_grad(), evaluating([parts.bundle.unet, *c.text_encoders.values(), c.hypernetwork]):
         for ref in plan:
             batch = parts.data.load_validation_batch(ref, seed)
             losses += _batch_losses(parts, batch, ref.items, seed, timesteps)

@@ -43,6 +43,21 @@ class StableDiffusion(Family):
 
         return load_model(source, **options)
 
+    def refusals(self, cfg) -> list[tuple[str, str, str]]:
+        """SDXL's own keys: SD has one text encoder and its U-Net's blocks differ."""
+        out = []
+        for key in ("learning_rate_te1", "learning_rate_te2"):
+            if getattr(cfg.optimizer, key) is not None:
+                out.append((f"optimizer.{key}", f"{self.label} has one text encoder; {key} sets one of SDXL's two",
+                            "use optimizer.learning_rate_te"))
+        if cfg.optimizer.block_lr is not None:
+            out.append(("optimizer.block_lr", "block_lr sets kohya's 23 U-Net blocks of SDXL; SD's U-Net has "
+                        "other blocks (kohya's fine_tune.py has no block_lr)", "use optimizer.learning_rate"))
+        if cfg.cache.text_encoder_outputs != "none":
+            out.append(("cache.text_encoder_outputs", "text-encoder output caching is built for SDXL (kohya "
+                        "offers it for SDXL only); SD's one text encoder costs little per step", "remove the setting"))
+        return out
+
     def prompt_encoder(self, model, *, max_token_length, clip_skip, weighted, warn=None):
         from engine.models.text_encoding import PromptEncoder
 

@@ -141,7 +141,10 @@ def _te2_from_single_file(part: Mapping, model_keys: Iterable[str]) -> tuple[dic
             value = _take(part, source, key)
         used.add(source)
         out[key] = value
-    extra = sorted(k for k in set(part) - used if not k.startswith(TE2_PREFIX + "attn_mask"))
+    # OpenCLIP's attention mask is a buffer, and ComfyUI's files carry a position_ids buffer
+    # here (kohya's converter drops it too): neither is a weight.
+    extra = sorted(k for k in set(part) - used
+                   if not k.startswith(TE2_PREFIX + "attn_mask") and not k.endswith("position_ids"))
     if extra:
         raise ConversionError(
             f"unexpected text encoder 2 tensor {extra[0]!r} ({len(extra)} in all): the file's "

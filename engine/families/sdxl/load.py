@@ -72,9 +72,20 @@ def sdxl_vae(vae_model, report: list[str]):
 # --------------------------------------------------------------------------- diffusers folder
 
 
+def _json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _check_folder(folder: Path, vae) -> dict:
+    from engine.families.sdxl.single_file import REFINER_REASON
     from engine.models.config_check import check_component_config
 
+    if _json_object(folder / "model_index.json").get("requires_aesthetics_score") is True:
+        raise ModelLoadError(f"{folder}: {REFINER_REASON}")
     needed = ["unet", "text_encoder", "text_encoder_2"] + ([] if vae is not None else ["vae"])
     missing = [p for p in needed if not (folder / p / "config.json").is_file()]
     if missing:

@@ -39,6 +39,10 @@ CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight"
 ADDED_EMBEDDING = UNET_PREFIX + "label_emb.0.0.weight"
 # EDM models (Playground v2.5, EDM v-prediction) keep SDXL's layout but another noise process.
 EDM_MARKS = ("edm_mean", "edm_std", "edm_vpred.sigma_max")
+# SDXL's refiner has OpenCLIP bigG alone, as embedder 0.
+REFINER_MARK = "conditioner.embedders.0.model."
+REFINER_REASON = ("an SDXL refiner (OpenCLIP bigG alone, with aesthetic-score conditioning), which sdft does not "
+                  "train (kohya's sdxl_train.py neither); use an SDXL base model")
 
 
 def check_sdxl_file(sd: Mapping, path: str, *, separate_vae: bool) -> None:
@@ -49,6 +53,8 @@ def check_sdxl_file(sd: Mapping, path: str, *, separate_vae: bool) -> None:
         raise ModelLoadError(f"{path}: an EDM model (its {next(m for m in EDM_MARKS if m in sd)!r} key: Playground "
                              "v2.5 style), whose noise process sdft does not train; use an SDXL model trained "
                              "with SDXL's DDPM schedule")
+    if any(k.startswith(REFINER_MARK) for k in keys):
+        raise ModelLoadError(f"{path}: {REFINER_REASON}")
     if CONV_IN not in sd or ADDED_EMBEDDING not in sd:
         missing = CONV_IN if CONV_IN not in sd else ADDED_EMBEDDING
         raise ModelLoadError(f"{path}: no {missing!r}: the file has no SDXL U-Net; model.pretrained_model_name_or_path "
@@ -121,22 +127,25 @@ def load_single_file(path: Path, *, v_parameterization="auto", vae=None, allow_u
         raise ModelLoadError(f"{path}: {exc}") from exc
     del sd
     where = str(path)
-    parts = dict(
-        unet=build_model(ctors["unet"], states.unet, "U-Net", where),
-        text_encoder=build_model(ctors["text_encoder"], adapt_text_keys(states.text_encoder,
-                                                                        shapes["text_encoder"].keys()),
-                                 "text encoder", where),
-        text_encoder_2=build_model(ctors["text_encoder_2"], _te2_for(shapes["text_encoder_2"].keys(),
-                                                                     states.text_encoder_2),
-                                   "second text encoder", where),
-    )
+    named = {"text_encoder": shapes["text_encoder"].keys(), "text_encoder_2": shapes["text_encoder_2"].keys()}
+    what = {"unet": "U-Net", "text_encoder": "text encoder", "text_encoder_2": "second text encoder", "vae": "VAE"}
+    parts = {}
+    # One part at a time, its stored tensors let go once it is built: at full size the peak is
+    # the fp16 file plus the fp32 U-Net, not the file plus every fp32 part.
+    for name in ctors:
+        state = getattr(states, name)
+        setattr(states, name, {})
+        if name == "text_encoder":
+            state = adapt_text_keys(state, named[name])
+        elif name == "text_encoder_2":
+            state = _te2_for(named[name], state)
+        parts[name] = build_model(ctors[name], state, what[name], where)
+        del state
     if vae is not None:
         from engine.families.sdxl.load import sdxl_vae
 
         parts["vae"] = sdxl_vae(load_vae(vae, allow_unsafe_pickle=allow_unsafe_pickle, report=report), report)
         report.append(f"VAE: from {vae} (model.vae)")
-    else:
-        parts["vae"] = build_model(ctors["vae"], states.vae, "VAE", where)
     width = configs["unet"]["cross_attention_dim"]
     report.append(f"model: SDXL, detected from the keys ({sk.TE2_PREFIX}*, {ADDED_EMBEDDING})"
                   + ("" if width == 2048 else f", U-Net context width {width}: a small test model, not full size"))

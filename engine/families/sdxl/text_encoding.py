@@ -55,6 +55,33 @@ class SdxlTextOutputs:
         """``encoder_hidden_states`` for the U-Net: (B, L, TE1 + TE2 width)."""
         return torch.cat([self.states1, self.states2], dim=2)
 
+    # What the text-encoder output cache needs (engine/train/text_cache.py): one caption's rows,
+    # a batch stacked from them, a move, and the three tensors by kohya's _te_outputs.npz names.
+    def __len__(self) -> int:
+        return self.pooled.shape[0]
+
+    def __getitem__(self, rows: slice) -> "SdxlTextOutputs":
+        """The outputs of some captions (sampling splits prompts from their negatives)."""
+        return SdxlTextOutputs(self.states1[rows], self.states2[rows], self.pooled[rows])
+
+    def row(self, index: int) -> "SdxlTextOutputs":
+        return SdxlTextOutputs(self.states1[index], self.states2[index], self.pooled[index])
+
+    @classmethod
+    def stack(cls, rows: list["SdxlTextOutputs"]) -> "SdxlTextOutputs":
+        return cls(torch.stack([r.states1 for r in rows]), torch.stack([r.states2 for r in rows]),
+                   torch.stack([r.pooled for r in rows]))
+
+    def to(self, device) -> "SdxlTextOutputs":
+        return SdxlTextOutputs(self.states1.to(device), self.states2.to(device), self.pooled.to(device))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"hidden_state1": self.states1, "hidden_state2": self.states2, "pool2": self.pooled}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "SdxlTextOutputs":
+        return cls(tensors["hidden_state1"], tensors["hidden_state2"], tensors["pool2"])
+
 
 def te1_states(text_encoder, ids: torch.Tensor) -> torch.Tensor:
     """(B·n, 77) ids → TE1's layer-11 states (B·n, 77, D1)."""
@@ -82,6 +109,8 @@ def pooled_at_eos(text_encoder, last_hidden: torch.Tensor, ids: torch.Tensor) ->
 class SdxlPromptEncoder:
     """Tokenize and encode captions for SDXL exactly as kohya's ``sdxl_train.py`` does."""
 
+    output_type = SdxlTextOutputs   # what encode returns (the text-encoder output cache stacks its rows)
+
     def __init__(self, text_encoder1, text_encoder2, *, max_token_length: int = 75, tokenizer=None) -> None:
         self.chunks = check_max_token_length(max_token_length)
         layers = getattr(getattr(_unwrap(text_encoder1), "config", None), "num_hidden_layers", None)
@@ -101,6 +130,24 @@ class SdxlPromptEncoder:
         self.tokenizer = tokenizer
         # Batches are tokenized on the loading thread while sampling may tokenize here too.
         self._tokenizing = threading.Lock()
+
+    # The model's names for the two encoders: the trainer hands each prepared (maybe wrapped)
+    # encoder back by the name it has on the model.
+    @property
+    def text_encoder(self):
+        return self.text_encoder1
+
+    @text_encoder.setter
+    def text_encoder(self, module) -> None:
+        self.text_encoder1 = module
+
+    @property
+    def text_encoder_2(self):
+        return self.text_encoder2
+
+    @text_encoder_2.setter
+    def text_encoder_2(self, module) -> None:
+        self.text_encoder2 = module
 
     def tokenize(self, captions: list[str]) -> SdxlTokenBatch:
         with self._tokenizing:

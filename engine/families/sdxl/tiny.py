@@ -130,3 +130,18 @@ def save_tiny_sdxl_model(out_dir: str | Path, spec: TinySdxlSpec = TinySdxlSpec(
     save_tokenizer(parts["tokenizer"], out / "tokenizer")
     save_tokenizer(parts["tokenizer_2"], out / "tokenizer_2")
     return out
+
+
+def save_tiny_sdxl_file(path: str | Path, spec: TinySdxlSpec = TinySdxlSpec(), *, fmt: str = "safetensors",
+                        precision: str = "float") -> Path:
+    """Build a tiny SDXL model and save it as one file (``fmt``: "safetensors" or "ckpt") in
+    kohya's layout, as sdft saves (save.py), so its metadata names the tiny sizes and it loads
+    back exactly."""
+    from types import SimpleNamespace
+
+    from engine.families.sdxl.save import save_sdxl
+
+    parts = build_tiny_sdxl_components(spec)
+    model = SimpleNamespace(**parts, scheduler_config=dict(parts["scheduler"].config), logit_scale=None,
+                            zero_terminal_snr=False)
+    return save_sdxl(path, model, v_prediction=spec.v_prediction, fmt=fmt, precision=precision)

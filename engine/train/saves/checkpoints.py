@@ -76,20 +76,21 @@ class Checkpointer(StepHook):
             return None
         path = self.folder / self.file_name(ctx, kind)
         c, b = p.components, p.bundle
-        unet = p.accelerator.unwrap_model(b.unet)
-        text_encoder = p.accelerator.unwrap_model(b.text_encoder)
+        # the U-Net and the trained text encoders, unwrapped; the family takes the rest from the model
+        trained = {"unet": b.unet, **b.text_encoders}
+        trained = {role: p.accelerator.unwrap_model(module) for role, module in trained.items()}
         use_ema = b.ema is not None and self.cfg.save.use_ema
         if use_ema:
             b.ema.swap()
         try:
             if sharded:
-                unet, text_encoder = (whole_module(m) for m in (unet, text_encoder))
+                trained = {role: whole_module(module) for role, module in trained.items()}
             if not p.is_main:
                 pass   # it took part in gathering; the main process writes
             elif c.hypernetwork is not None:
                 self._save_hypernetwork(ctx, path)
             else:
-                family_of(c.model).save(path, c.model, trained={"unet": unet, "text_encoder": text_encoder},
+                family_of(c.model).save(path, c.model, trained=trained,
                                         v_prediction=c.noise.v_prediction, fmt=self.cfg.save.format,
                                         precision=self.cfg.save.precision, metadata=self.metadata(ctx),
                                         epoch=ctx.epoch, global_step=ctx.step,
@@ -105,7 +106,7 @@ class Checkpointer(StepHook):
         return str(path)
 
     def _scheduler_overrides(self) -> dict | None:
-        return {"rescale_betas_zero_snr": True} if self.cfg.train.zero_terminal_snr else None
+        return {"rescale_betas_zero_snr": True} if self.parts.components.noise.zero_terminal_snr else None
 
     @checked
     @with_evaluation_weights   # a schedule-free state holds its eval weights; resume turns train() back on
@@ -151,7 +152,7 @@ class Checkpointer(StepHook):
             "sdft.global_step": str(ctx.step),
             "sdft.epoch": str(ctx.epoch),
             "sdft.train_text_encoder": str(bool(p.components.train_te)).lower(),
-            "sdft.zero_terminal_snr": str(bool(cfg.train.zero_terminal_snr)).lower(),
+            "sdft.zero_terminal_snr": str(bool(p.components.noise.zero_terminal_snr)).lower(),
             "sdft.optimizer": cfg.optimizer.type,
             "sdft.learning_rate": str(self._learning_rate()),
             "sdft.mixed_precision": p.precision.mixed_precision,
