@@ -128,7 +128,7 @@ def test_sdxl_presets_by_card_and_kohyas_bucket_defaults():
     assert preset_for(None, "sdxl") == 24 and preset_for(79.2 * GIB) == 48      # SD's stop at 48
     with pytest.raises(ValueError, match="no 12 GB preset for SDXL: choose one of 24 GB, 48 GB, 80 GB"):
         preset_values(12, family="sdxl")
-    for size, values in presets_for("sdxl").items():
+    for values in presets_for("sdxl").values():
         assert (values["general.resolution"], values["general.min_bucket_reso"], values["general.max_bucket_reso"],
                 values["general.bucket_reso_steps"], values["general.enable_bucket"]) == (1024, 512, 2048, 64, True)
         o = apply_preset_to_options(PlanOptions(family="sdxl"), values)
