@@ -189,3 +189,15 @@ def test_readme_gives_the_planners_sdxl_peaks():
         peak = estimate_peak_vram(options).total_bytes / 1e9
         sampled = estimate_peak_vram(replace(options, sample=True)).total_bytes / 1e9
         assert rows[label] == (round(peak, 1), round(sampled, 1)), label
+
+
+def test_sdft_plan_says_what_it_has_no_figures_for(tmp_path, capsys):
+    from engine.cli import main
+
+    _write_sdxl_folder(tmp_path / "xl")
+    run = tmp_path / "run.toml"
+    (tmp_path / "img").mkdir()
+    run.write_text('[model]\npretrained_model_name_or_path = "xl"\n[train]\nmode = "hypernetwork"\n'
+                   '[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img"\n', encoding="utf-8")
+    assert main(["plan", str(run), "--vram", "24"]) == 2
+    assert "sdft plan: hypernetworks are not built for SDXL" in capsys.readouterr().err
