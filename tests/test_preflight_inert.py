@@ -40,6 +40,8 @@ CASES = {
     "save.last_n_epochs": (2, {"save": {"every_n_epochs": 1}}),
     "save.every_n_epochs": (2, {}),       # acts once n_epoch_ratio is gone (set below)
     "optimizer.learning_rate_te": (1e-6, {"train": {"train_text_encoder": True}}),
+    "optimizer.learning_rate_te1": (1e-6, {"train": {"train_text_encoder": True}}),
+    "optimizer.learning_rate_te2": (1e-6, {"train": {"train_text_encoder": True}}),
     "train.stop_text_encoder_training": (10, {"train": {"train_text_encoder": True}}),
     "optimizer.lr_warmup_steps": (10, {"optimizer": {"lr_scheduler": "constant_with_warmup"}}),
     "optimizer.lr_scheduler_num_cycles": (3, {"optimizer": {"lr_scheduler": "cosine_with_restarts"}}),

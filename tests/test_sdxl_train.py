@@ -105,6 +105,7 @@ def test_a_zero_rate_keeps_that_text_encoder_frozen_and_te1_keeps_its_unused_lay
                           sink=sink)
     assert result.status == "completed"
     assert sink.of(StepMetrics)[0].lrs == {"unet": 1e-4, "text_encoder": 1e-4}
+    assert "text encoders: text_encoder train; text_encoder_2 frozen (a learning rate of 0)" in messages(sink)
     base, trained = load(tiny_sdxl), load(result.model_path)
     assert same(base.text_encoder_2, trained.text_encoder_2)
     assert not same(base.text_encoder, trained.text_encoder)
@@ -218,6 +219,24 @@ def test_sdxl_defaults_to_1024_pixel_buckets(tmp_path, tiny_sdxl):
     assert probe.family == "sdxl" and probe.default_side == 1024 and probe.error is None
     assert probe.label().startswith("SDXL, epsilon")
 
+    from types import SimpleNamespace
+
+    from engine.config.run_toml import load_run_file
+    from engine.data.pipeline import TrainingData
+    from engine.families import family
+    from engine.train.components import default_side
+
+    path = sdxl_run(tmp_path, tiny_sdxl)
+    path.write_text(path.read_text().replace("resolution = 64\n", "").replace("min_bucket_reso = 64\n", "")
+                    .replace("max_bucket_reso = 128\n", ""))
+    side = default_side(load(tiny_sdxl), SimpleNamespace(v_prediction=False))
+    data = TrainingData.from_config(load_run_file(path)[0], default_resolution=(side, side), family=family("sdxl"),
+                                    log=lambda s: None)
+    settings = data.settings[0]
+    assert settings.resolution == (1024, 1024)
+    assert (settings.min_bucket_reso, settings.max_bucket_reso, settings.bucket_reso_steps) == (256, 1024, 64)
+    assert {(1024, 1024), (256, 1024), (1024, 256)} <= set(settings.bucket_list())
+
 
 # ------------------------------------------------------------------ samples
 
@@ -261,3 +280,23 @@ def test_an_sdxl_run_samples_with_ema_and_validation(tmp_path, tiny_sdxl):
     assert [e.step for e in sink.of(SampleSaved)] == [4]
     assert [e.step for e in sink.of(ValidationMetrics)] == [2, 4]
     assert all(e.figures["loss"] > 0 for e in sink.of(ValidationMetrics))
+
+
+@pytest.mark.slow
+def test_masked_loss_on_sdxl(tmp_path, tiny_sdxl):
+    """An opaque alpha mask trains exactly as no mask; a half-transparent one changes the loss."""
+    from test_masked_loss import _masked_dataset
+
+    def run(folder, alpha):
+        path = sdxl_run(folder, tiny_sdxl, steps=2, train_extra="masked_loss = true" if alpha else "")
+        if alpha:
+            _masked_dataset(folder, alpha_values=alpha)
+            path.write_text(path.read_text().replace('metadata_file = "meta.json"\n',
+                                                     'metadata_file = "meta.json"\n  alpha_mask = true\n'))
+        sink = ListSink()
+        assert run_training(path, sink=sink).status == "completed"
+        return losses(sink)
+
+    plain = run(tmp_path / "plain", None)
+    assert run(tmp_path / "opaque", (255, 255)) == plain
+    assert run(tmp_path / "half", (0, 255)) != plain

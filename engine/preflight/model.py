@@ -91,7 +91,7 @@ def probe_model(config, problems: ProblemList) -> ModelProbe:
                          "current folder)", "give a .safetensors/.ckpt file, a diffusers folder or a hub id")
             return probe
     except ModelLoadError as exc:
-        problems.add(MODEL_KEY, str(exc), "point it to a full SD 1.x/2.x model")
+        problems.add(MODEL_KEY, str(exc), "point it to a full SD 1.x, 2.x or SDXL model")
         return probe
     for line in probe.lines:
         problems.add(MODEL_KEY, line, "", "note")

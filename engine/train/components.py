@@ -135,6 +135,9 @@ def prepare_modules(components: Components, cfg, precision, device: torch.device
     unet.to(device, precision.trainable_dtype if full else precision.weight_dtype)
     unet.train(full)
     family = family_of(components.model)
+    frozen = [role for role in family.text_encoder_roles if role not in trained]
+    if cfg.train.train_text_encoder and full and frozen:   # as kohya's sdxl_train.py says it
+        say(f"text encoders: {', '.join(trained) or 'none'} train; {', '.join(frozen)} frozen (a learning rate of 0)")
     rates = cfg.optimizer.block_lr
     if full and rates is not None:   # a block at rate 0 stays frozen (kohya leaves it out of the optimizer)
         for name, param in unet.named_parameters():
