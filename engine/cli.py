@@ -477,7 +477,11 @@ def cmd_plan(args) -> int:
         print("sdft plan: the VRAM planner is not available in this installation", file=sys.stderr)
         return ExitCode.USAGE
     print(planned_model_line(config))
-    print(plan_report(config, vram_gb=args.vram, processes=max(1, args.gpus)))
+    try:
+        print(plan_report(config, vram_gb=args.vram, processes=max(1, args.gpus)))
+    except ValueError as exc:   # what the planner has no figures for (an SDXL hypernetwork, ...)
+        print(f"sdft plan: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     return ExitCode.OK
 
 

@@ -90,7 +90,7 @@ class SdftApp(PlainNotifications, App):
         self.state.hardware = info
         gpu = info.best_gpu
         if gpu is not None and self.state.draft.document is None and self.state.preset_applied is None:
-            size = preset_for(gpu.total_bytes)
+            size = preset_for(gpu.total_bytes, self.state.family)
             replaced = self.state.apply_preset(size)
             self.notify(f"{gpu.name}: starting from the {size} GB preset" + "".join(f"\n{n}" for n in replaced),
                         markup=False)
@@ -222,9 +222,9 @@ class SdftApp(PlainNotifications, App):
             yield SystemCommand(f"Go to {step.label}", f"Step {i + 1} ({step.key.upper()})",
                                 lambda n=step.name: self.action_goto(n))
         yield SystemCommand("Help", "Keys and what each step does (F1)", self.action_help)
-        from engine.plan import PRESETS
+        from engine.plan import presets_for
 
-        for size in PRESETS:
+        for size in presets_for(self.state.family):
             yield SystemCommand(f"Preset: {size} GB card", "Memory settings that fit this card size",
                                 lambda s=size: self._preset(s))
         if isinstance(screen, ReviewScreen):

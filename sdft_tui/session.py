@@ -70,6 +70,7 @@ class WizardSession:
     gpus: int = 1                           # GPUs to train on (sdft train --gpus): not in the run file
     health_report: Any = None               # engine.data.health.HealthReport once checked
     preset_applied: int | None = None
+    preset_family: str | None = None   # the family whose preset was applied
     preset_kept: dict[str, Any] = field(default_factory=dict)  # the last preset's values not applied
     label_models: LabelModels = field(default_factory=LabelModels.from_env)
     user_set: set[str] = field(default_factory=set)  # keys the user typed or picked on a step
@@ -206,6 +207,25 @@ class WizardSession:
     def _v2(self) -> bool:
         return self.model_guess.family == "sd2" or self.get("model.v2") is True
 
+    @property
+    def family(self) -> str:
+        """The base model's family: what its headers or configs showed (the Options step looks),
+        else the run file's guess (model.v2: SD 2.x, anything else SD 1.x)."""
+        return self.model_guess.family or ("sd2" if self.get("model.v2") is True else "sd1")
+
+    def token_summary(self) -> str | None:
+        """The longest caption's tokens and for which text encoders they count (None before the
+        counts). SDXL's two tokenizers are CLIP's BPE over one vocabulary: the same count for
+        both (docs/sdxl.md, "Token layouts")."""
+        counted = [r.tokens for r in self.records if r.tokens is not None]
+        if not counted:
+            return None
+        limit = int(self.get("model.max_token_length", 75))
+        text = f"longest caption {max(counted)} of {limit} tokens"
+        if self.family == "sdxl":
+            return text + " for both text encoders (CLIP ViT-L and OpenCLIP bigG count alike)"
+        return text
+
     # ---------------------------------------------------------------- buckets and planning
 
     def bucket_report(self):
@@ -216,9 +236,8 @@ class WizardSession:
         from engine.plan import PlanOptions
 
         w, h = self.project.largest_bucket()
-        family = self.model_guess.family or ("sd2" if self.get("model.v2") is True else "sd1")
         return PlanOptions.from_config(self.draft.sections(), width=w, height=h,
-                                       batch_size=int(self.get("dataset.batch_size")), family=family,
+                                       batch_size=int(self.get("dataset.batch_size")), family=self.family,
                                        processes=self.gpus)
 
     def gpu_count(self) -> int:
@@ -244,12 +263,26 @@ class WizardSession:
         """Apply the preset as it can run here; returns a note per choice it had to replace."""
         from engine.plan import preset_values
 
-        values, notes = preset_values(size_gb, self.capabilities())
+        values, notes = preset_values(size_gb, self.capabilities(), self.family)
         # a value the user set on Buckets (or the opened file set) stays; the screen says so
         self.preset_kept = {key: value for key, value in values.items() if self.kept_from_earlier_step(key)}
         self.apply({key: value for key, value in values.items() if key not in self.preset_kept})
         self.preset_applied = size_gb
+        self.preset_family = self.family
         return notes
+
+    def preset_for_family(self) -> int | None:
+        """The family's preset to apply now, when the one applied was another family's (the model
+        was detected after it): the size for this GPU, or the nearest to the one chosen."""
+        if self.preset_applied is None or self.preset_family == self.family:
+            return None
+        from engine.plan import preset_for, presets_for
+
+        gpu = self.gpu_budget()
+        if gpu:
+            return preset_for(gpu, self.family)
+        sizes = sorted(presets_for(self.family))
+        return next((size for size in reversed(sizes) if size <= self.preset_applied), sizes[0])
 
     # ---------------------------------------------------------------- the run file
 

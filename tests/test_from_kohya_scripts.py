@@ -1,5 +1,5 @@
 """kohya's other scripts are recognised by name: train_db.py converts (a fine-tune on kohya's
-folder datasets, training the text encoder), sdxl_train.py says SDXL is not supported yet,
+folder datasets, training the text encoder), sdxl_train.py converts (tests/test_from_kohya_sdxl.py),
 train_network.py (LoRA) and the other trainers are refused as a whole; a GUI config for them too."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def test_train_db_converts_its_folders_into_subsets_and_trains_the_text_encoder(
 
 
 @pytest.mark.parametrize("script, says", [
-    ("sdxl_train.py", "fine-tunes SDXL, which sdft does not train yet"),
+    ("sd3_train.py", "fine-tunes SD3, which sdft does not train yet: it trains SD 1.x, 2.x and SDXL"),
     ("train_network.py", "LoRA-style network added to the model"),
     ("sdxl_train_network.py", "for SDXL, not a full fine-tune"),
     ("train_textual_inversion.py", "textual-inversion embedding"),
@@ -76,7 +76,7 @@ def test_an_unknown_script_is_read_as_fine_tune_and_said_so():
     ({"LoRA_type": "Standard", "network_dim": 8}, "train_network.py"),
     ({"LoRA_type": "Standard", "sdxl": True}, "sdxl_train_network.py"),
     ({"token_string": "sks", "init_word": "*"}, "train_textual_inversion.py"),
-    ({"sdxl": True, "train_data_dir": "img"}, "sdxl_train.py: sdxl_train.py fine-tunes SDXL"),
+    ({"sd3_checkbox": True, "train_data_dir": "img"}, "sd3_train.py: sd3_train.py fine-tunes SD3"),
     ({"flux1_checkbox": True, "train_dir": "x"}, "flux_train.py"),
 ])
 def test_a_gui_config_for_another_method_is_refused_the_same_way(tmp_path, fields, says):

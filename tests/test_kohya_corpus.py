@@ -34,8 +34,9 @@ CONVERTS = {
     "cmd_train_db_windows.txt": ("command line", "train_db.py", ("dataset_folder.toml",)),
     "config_flat.toml": ("config TOML", "fine_tune.py", ()),
     "config_sectioned.toml": ("config TOML", "fine_tune.py", ("dataset_metadata.toml",)),
+    "cmd_sdxl_train.txt": ("command line", "sdxl_train.py", ("dataset_folder.toml",)),
 }
-REFUSED = {"cmd_sdxl_train.txt": "SDXL", "cmd_train_network.txt": "LoRA", "gui_lora.json": "LoRA"}
+REFUSED = {"cmd_train_network.txt": "LoRA", "gui_lora.json": "LoRA"}
 DATASET_KINDS = {"dataset_folder.toml": "folder dataset TOML", "dataset_folder_plain.toml": "folder dataset TOML",
                  "dataset_metadata.toml": "metadata dataset TOML"}
 SECRETS = ("hf_CorpusNotARealToken", "wb_CorpusNotARealKey")
@@ -68,10 +69,13 @@ def _data(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, tiny_sd1) -> Path:
+    from engine.families.sdxl.tiny import save_tiny_sdxl_model
+
     root = tmp_path_factory.mktemp("corpus")
+    tiny_xl = save_tiny_sdxl_model(root / "tiny_xl")
     for source in CORPUS.iterdir():
-        (root / source.name).write_text(source.read_text(encoding="utf-8").replace("MODEL", str(tiny_sd1)),
-                                        encoding="utf-8")
+        text = source.read_text(encoding="utf-8").replace("MODEL_XL", str(tiny_xl)).replace("MODEL", str(tiny_sd1))
+        (root / source.name).write_text(text, encoding="utf-8")
     _data(root)
     return root
 

@@ -9,7 +9,6 @@ import pytest
 
 from engine.plan import (
     GIB,
-    PRESETS,
     PlanOptions,
     apply_preset_to_options,
     budget_for_preset,
@@ -19,7 +18,10 @@ from engine.plan import (
     suggest,
 )
 from engine.plan.learning import updates_round_away
-from engine.plan.presets import WITHOUT_BF16
+from engine.plan.presets import presets_for, without_bf16
+
+# every family's presets: (family, card size)
+ALL_PRESETS = [(fam, size) for fam in ("sd1", "sdxl") for size in sorted(presets_for(fam))]
 
 # ShivamShrirao/diffusers examples/dreambooth/README.md, Tesla T4, SD-v1.4, 512², xformers, U-Net
 # only (TE/VAE freed), torch-1.12 era: gradients persist, for-loop AdamW, ~0.8 GiB context. nvidia-smi GiB.
@@ -64,10 +66,10 @@ def test_breakdown_adds_up_to_total():
 
 def _grid():
     for fam, mp, gc, attn, opt, te, mode in itertools.product(
-        ("sd1", "sd2"), ("no", "fp16", "bf16"), (False, True), ("sdpa", "math"),
+        ("sd1", "sd2", "sdxl"), ("no", "fp16", "bf16"), (False, True), ("sdpa", "math"),
         ("AdamW", "AdamW8bit", "Adafactor", "Lion", "SGDNesterov"), (False, True), ("full", "hypernetwork"),
     ):
-        if mode == "hypernetwork" and te:
+        if mode == "hypernetwork" and (te or fam == "sdxl"):   # no hypernetworks for SDXL
             continue
         yield PlanOptions(family=fam, mixed_precision=mp, gradient_checkpointing=gc, attention=attn,
                           optimizer=opt, train_text_encoder=te, mode=mode)
@@ -130,10 +132,13 @@ def test_suggest_combines_changes_when_no_single_one_fits():
     assert estimate_peak_vram(replace(o, **out[0].changes)).total_bytes == pytest.approx(out[0].new_total)
 
 
-@pytest.mark.parametrize("size", sorted(PRESETS))
-def test_each_preset_fits_its_card(size):
-    est = estimate_peak_vram(apply_preset_to_options(PlanOptions(), PRESETS[size]))
+@pytest.mark.parametrize("family,size", ALL_PRESETS)
+def test_each_preset_fits_its_card(family, size):
+    est = estimate_peak_vram(apply_preset_to_options(PlanOptions(family=family), presets_for(family)[size]))
     assert est.fits(budget_for_preset(size))
+    # and with sample previews, at the preset's own resolution
+    assert estimate_peak_vram(replace(apply_preset_to_options(PlanOptions(family=family), presets_for(family)[size]),
+                                      sample=True)).fits(budget_for_preset(size))
 
 
 def test_preset_for_card_sizes():
@@ -168,13 +173,14 @@ MACHINES = {
 
 
 @pytest.mark.parametrize("machine", sorted(MACHINES))
-@pytest.mark.parametrize("size", sorted(PRESETS))
-def test_presets_pick_only_what_runs_here_and_still_fit_their_card(size, machine):
+@pytest.mark.parametrize("family,size", ALL_PRESETS)
+def test_presets_pick_only_what_runs_here_and_still_fit_their_card(family, size, machine):
     from engine.hardware import Capabilities
     from engine.plan import preset_values
 
     caps = Capabilities(**MACHINES[machine])
-    values, notes = preset_values(size, caps)
+    values, notes = preset_values(size, caps, family)
+    PRESETS, WITHOUT_BF16 = presets_for(family), without_bf16(family)
     assert {k: v for k, v in values.items() if caps.why_not(k, v)} == {}
     if not caps.cuda or "bitsandbytes" not in caps.packages:
         assert values["optimizer.type"] != "AdamW8bit"
@@ -182,11 +188,11 @@ def test_presets_pick_only_what_runs_here_and_still_fit_their_card(size, machine
         assert values["memory.mixed_precision"] != "fp16"
     # a note names each replacement and what to install (a GPU without bf16: one note for the set)
     replaced = {k for k in PRESETS[size] if PRESETS[size][k] != values[k]}
-    without_bf16 = not caps.bf16 and any(PRESETS[size][k] != v for k, v in WITHOUT_BF16.get(size, {}).items())
-    assert len(notes) == len(replaced - set(WITHOUT_BF16.get(size, {}) if without_bf16 else ())) + without_bf16
+    no_bf16 = not caps.bf16 and any(PRESETS[size][k] != v for k, v in WITHOUT_BF16.get(size, {}).items())
+    assert len(notes) == len(replaced - set(WITHOUT_BF16.get(size, {}) if no_bf16 else ())) + no_bf16
     if "optimizer.type" in replaced and "bitsandbytes" not in caps.packages:
         assert any("pip install bitsandbytes" in n for n in notes)
-    est = estimate_peak_vram(apply_preset_to_options(PlanOptions(), values))
+    est = estimate_peak_vram(apply_preset_to_options(PlanOptions(family=family), values))
     assert est.fits(budget_for_preset(size))
 
 
@@ -230,13 +236,17 @@ def _learns(values: dict, lr: float = 5e-6) -> bool:
 
 
 @pytest.mark.parametrize("machine", sorted(MACHINES))
-@pytest.mark.parametrize("size", sorted(PRESETS))
-def test_every_preset_learns_at_fine_tune_learning_rates(size, machine):
+@pytest.mark.parametrize("family,size", ALL_PRESETS)
+def test_every_preset_learns_at_fine_tune_learning_rates(family, size, machine):
+    """bf16 weights only with stochastic rounding: at every fine-tune learning rate (a preset sets
+    none: the run's own, 1e-6 to 2e-5 for SD and SDXL fine-tunes, kohya's docs) updates survive."""
     from engine.hardware import Capabilities
     from engine.plan import preset_values
 
-    values, _notes = preset_values(size, Capabilities(**MACHINES[machine]))
-    assert _learns(values)
+    values, _notes = preset_values(size, Capabilities(**MACHINES[machine]), family)
+    assert "optimizer.learning_rate" not in values
+    for lr in (1e-6, 5e-6, 1e-5, 2e-5):
+        assert _learns(values, lr), (family, size, lr)
     if values.get("memory.fused_backward_pass"):   # and is a combination the run file takes
         assert values["memory.mixed_precision"] != "fp16"
 
@@ -268,7 +278,8 @@ def test_the_fused_backward_pass_drops_the_gradients_from_the_peak():
     plain, fused = estimate_peak_vram(o), estimate_peak_vram(replace(o, fused_backward_pass=True))
     saved = plain.total_bytes - fused.total_bytes
     assert 0.8 * 4 * 859.5e6 < saved < 1.1 * 4 * 859.5e6     # about the fp32 gradients
-    assert "gradients" not in fused.breakdown or fused.breakdown["gradients"] < 0.2e9
+    # two of the largest tensors at most (the first up block's 3x3 conv, 2560 -> 1280 channels), fp32
+    assert "gradients" not in fused.breakdown or fused.breakdown["gradients"] == pytest.approx(2 * 4 * 29_491_200)
 
 
 def test_fused_adamw_has_no_step_temporary_and_bf16_rounding_keeps_fp32_states():
@@ -295,7 +306,7 @@ def test_several_gpus_add_ncclbuffers_and_a_gradient_copy_only_without_bucket_vi
     views = estimate_peak_vram(replace(o, processes=2))
     copies = estimate_peak_vram(replace(o, processes=2, ddp_bucket_view=False))
     assert 0.2e9 < views.total_bytes - one < 0.35e9                 # NCCL's allowance
-    assert copies.breakdown["DDP gradient buckets"] == pytest.approx(4 * 859.5e6)
+    assert copies.breakdown["DDP gradient buckets"] == pytest.approx(4 * 859.5e6, rel=1e-4)
     # kohya's recipe under DDP without views needs about 13.6 GB: no longer "fits 12 GB"
     assert copies.total_bytes > 13e9 and one < 12e9
 

@@ -9,20 +9,26 @@ instead of testing which family it is (docs/architecture.md, "Model families").
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
 class PlanCoefficients:
-    """The VRAM planner's per-family figures (engine/plan/estimate.py explains each term)."""
+    """The VRAM planner's per-family figures (engine/plan/estimate.py explains each term). The
+    counts come from the family's built-in full-size configs, built on the meta device
+    (tests/test_plan_coefficients.py recounts them); the activations from fake-tensor runs of
+    that U-Net (tests/plan_activations.py, run by hand; docs/sdxl.md, "Memory")."""
     unet_params: float                    # trained U-Net parameters
-    text_params: float                    # the text encoder(s)
-    heads: tuple[int, int]                # attention heads at the top (64² latent) and 32² levels
-    hypernetwork_widths: tuple[int, ...]  # the attention widths a hypernetwork hooks
-    # The largest single tensor a fused backward pass steps at a time (SD: a 3x3 conv of 1280 ->
-    # 1280 channels), and the text encoder's (its token embedding) when it trains.
+    text_params: tuple[float, ...]        # each text encoder (SDXL: CLIP ViT-L, then OpenCLIP bigG)
+    # Classic ("math") attention keeps its score matrices: the two attention levels that hold the
+    # most, each (latent tokens / this many, heads, transformer layers down + mid + up).
+    attention_levels: tuple[tuple[int, int, int], tuple[int, int, int]]
+    hypernetwork_widths: tuple[int, ...]  # the attention widths a hypernetwork hooks (none: not built)
+    # The largest single tensor a fused backward pass steps at a time (SD and SDXL: the first up
+    # block's 3x3 conv of 2560 -> 1280 channels), and the text encoders' (a token embedding) when
+    # they train.
     largest_param: float
     largest_text_param: float
     # Adafactor factors its second moment over the last two dims, which barely helps 3x3 convs:
@@ -31,6 +37,21 @@ class PlanCoefficients:
     # memory.sharding gathers one unit at a time (engine/train/sharding.py units_of): the largest,
     # a resnet or attention of the widest blocks, counted on the built-in configs.
     shard_unit_params: float
+    # Activation bytes of one training sample at ``activation_side``² (they grow with the pixels):
+    # (precision kind "amp" | "fp32" | "half", gradient checkpointing) -> bytes held at the end of
+    # the forward pass; ``activation_tail``: what is still held when every gradient exists.
+    activation_side: int
+    activations: Mapping[tuple[str, bool], float] = field(hash=False)
+    activation_tail: Mapping[bool, float] = field(hash=False)
+    # Sampling a preview: the U-Net's forward without gradients, per image at ``activation_side``²
+    # in 16 bit (classifier-free guidance runs two).
+    sampling_per_image: float
+    # Each trained text encoder's activations per sample and 77-token chunk.
+    text_activation_per_chunk: tuple[float, ...]
+
+    @property
+    def text_total(self) -> float:
+        return sum(self.text_params)
 
 
 def text_encoder_rate(cfg, key: str) -> float:

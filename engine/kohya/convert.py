@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.config.key_values import parse_literal
-from engine.kohya.options import FLAG, KNOWN, LIST
-from engine.kohya.scripts import FINE_TUNE, TRAIN_DB, Script, recognise
+from engine.kohya.options import FLAG, KNOWN, LIST, SDXL_KNOWN, SDXL_OWN
+from engine.kohya.scripts import FINE_TUNE, SDXL_TRAIN, TRAIN_DB, Script, recognise
 from engine.kohya.values import KohyaValueError
 
 DATASET_TABLES = ("general.", "subset.")
@@ -66,10 +66,21 @@ def split_command(tokens: list[str]) -> tuple[str | None, list[str]]:
 
 
 def known_to(script: Script) -> dict:
-    """The options ``script`` takes (kohya's other trainers' options that sdft has are taken too)."""
+    """The options ``script`` takes (kohya's other SD trainers' options that sdft has are taken too;
+    sdxl_train.py's own only by sdxl_train.py, where a few of fine_tune.py's mean something else)."""
+    if script.name == SDXL_TRAIN:
+        return SDXL_KNOWN
+    sd = {k: v for k, v in KNOWN.items() if k not in SDXL_OWN}
     if script.folders:
-        return {k: v for k, v in KNOWN.items() if k not in NOT_IN_TRAIN_DB}
-    return KNOWN
+        return {k: v for k, v in sd.items() if k not in NOT_IN_TRAIN_DB}
+    return sd
+
+
+def not_an_option(name: str, script: Script) -> str:
+    if name in SDXL_OWN and script.name != SDXL_TRAIN:
+        return (f"an option of kohya's {SDXL_TRAIN}, not of {script.name}: convert the {SDXL_TRAIN} command "
+                "(sdft reads SDXL from the model)")
+    return f"not an option of kohya's {script.name}"
 
 
 def parse_options(args: list[str], script: Script | None = None) -> tuple[dict[str, Any], list[Row]]:
@@ -90,7 +101,7 @@ def parse_options(args: list[str], script: Script | None = None) -> tuple[dict[s
         if opt is None:
             if not eq and i < len(args) and not args[i].startswith("--"):
                 text, i = args[i], i + 1      # its value, so it is not read as a stray word
-            problems.append(Row(name, text or None, refused=f"not an option of kohya's {script.name}"))
+            problems.append(Row(name, text or None, refused=not_an_option(name, script)))
             continue
         if opt.kind == FLAG:
             options[name] = True
@@ -167,6 +178,9 @@ def script_of_options(options: dict[str, Any], base: Path) -> Script:
     from engine.data.kohya_folders import is_layout
     from engine.kohya.dreambooth import OWN_OPTIONS
 
+    sdxl = sorted(k for k in SDXL_OWN if k in options)
+    if sdxl:
+        return Script(SDXL_TRAIN, family="sdxl", note=f"read as {SDXL_TRAIN}'s options: it holds {', '.join(sdxl)}")
     own = sorted(k for k in OWN_OPTIONS if k in options)
     folder = options.get("train_data_dir")
     layout = bool(folder) and "in_json" not in options and any(
@@ -183,7 +197,7 @@ def _unknown_in_file(name: str, value: Any, script: Script) -> Row:
 
     if is_gui_field(name):
         return Row(name, value, dropped="a kohya_ss GUI field, which kohya ignores in a config file")
-    return Row(name, value, refused=f"not an option of kohya's {script.name}")
+    return Row(name, value, refused=not_an_option(name, script))
 
 
 def _script_rows(script: Script) -> list[Row]:
@@ -206,22 +220,22 @@ def convert(options: dict[str, Any], problems: list[Row] | None = None, *, scrip
     rows = list(problems or [])
     values: dict[str, Any] = {}
     options = dict(options)
-    if script.folders:
+    if script.reads_folders(options):
         from engine.kohya.dreambooth import folder_rows
 
-        found, values = folder_rows(options, base or Path.cwd())
+        found, values = folder_rows(options, base or Path.cwd(), text_encoder=script.name == TRAIN_DB)
         rows += found
     with_dataset_file = "dataset_config" in options
+    known = known_to(script)
     for name, raw in options.items():
-        rows.append(_converted(name, raw, options, values, with_dataset_file))
+        rows.append(_converted(known[name], name, raw, options, values, with_dataset_file))
     _drop_ignored(values, rows)
     mark_secrets(rows)
     return Conversion(_document(values), rows, script.name)
 
 
-def _converted(name: str, raw: Any, options: dict, values: dict, with_dataset_file: bool) -> Row:
-    """One option's row; what it sets is added to ``values``."""
-    opt = KNOWN[name]
+def _converted(opt, name: str, raw: Any, options: dict, values: dict, with_dataset_file: bool) -> Row:
+    """One option's row (``opt``: how the script takes it); what it sets is added to ``values``."""
     row = Row(name, raw, note=opt.note)
     if opt.refused:
         row.refused = opt.refused

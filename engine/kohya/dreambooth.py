@@ -16,10 +16,11 @@ FOLDERS = ("train_data_dir", "reg_data_dir")
 OWN_OPTIONS = ("reg_data_dir", "prior_loss_weight", "no_token_padding", "stop_text_encoder_training")
 
 
-def folder_rows(options: dict[str, Any], base: Path) -> tuple[list, dict[str, Any]]:
-    """(rows, values) for train_db.py's folders and text encoder; the options they read are
-    removed from ``options``. ``base``: where relative folders are looked for besides the
-    current folder (the config file's folder)."""
+def folder_rows(options: dict[str, Any], base: Path, text_encoder: bool = True) -> tuple[list, dict[str, Any]]:
+    """(rows, values) for train_db.py's folders and (``text_encoder``) its text encoder; the
+    options they read are removed from ``options``. ``base``: where relative folders are looked
+    for besides the current folder (the config file's folder). sdxl_train.py reads the same
+    folders without --in_json, and trains the text encoders only with --train_text_encoder."""
     from engine.kohya.convert import Row
 
     rows, values = [], {}
@@ -30,7 +31,8 @@ def folder_rows(options: dict[str, Any], base: Path) -> tuple[list, dict[str, An
                                                        "TOML says where the images are)"))
     elif given:
         rows += _layout_rows(given, base, values)
-    rows.append(_text_encoder_row(options.pop("stop_text_encoder_training", None), values))
+    if text_encoder:
+        rows.append(_text_encoder_row(options.pop("stop_text_encoder_training", None), values))
     return rows, values
 
 

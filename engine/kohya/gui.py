@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.kohya import gui_keys as keys
-from engine.kohya.options import FLAG, KNOWN
+from engine.kohya.options import FLAG
 from engine.kohya.report import AT_DEFAULT, EMPTY, ZERO_UNSET
-from engine.kohya.scripts import FINE_TUNE, TRAIN_DB, NotConvertible, Script, recognise, refusal_of
+from engine.kohya.scripts import FINE_TUNE, SDXL_TRAIN, TRAIN_DB, NotConvertible, Script, recognise, refusal_of
 
 
 def read_config(path: str | Path) -> tuple[str, dict]:
@@ -82,9 +82,16 @@ def script_of(data: dict) -> str:
     if method:
         script = f"{family.removesuffix('.py') if family else 'train'}_{method}.py"
         raise NotConvertible(f"this kohya_ss GUI config is for {script}: " + (refusal_of(script) or ""))
+    if family == SDXL_TRAIN:
+        return SDXL_TRAIN   # both tabs launch sdxl_train.py for SDXL
     if family:
         raise NotConvertible(f"this kohya_ss GUI config is for {family}: " + (refusal_of(family) or ""))
-    return FINE_TUNE if any(k in data for k in keys.FINE_TUNE_KEYS) else TRAIN_DB
+    return FINE_TUNE if is_fine_tune_tab(data) else TRAIN_DB
+
+
+def is_fine_tune_tab(data: dict) -> bool:
+    """The fine-tune tab wrote it (a metadata file), else the DreamBooth tab (N_name folders)."""
+    return any(k in data for k in keys.FINE_TUNE_KEYS)
 
 
 def is_gui_field(key: str) -> bool:
@@ -115,22 +122,36 @@ class GuiRead:
     labels: dict[str, str] = field(default_factory=dict)    # option -> the GUI key it came from
     notes: dict[str, str] = field(default_factory=dict)     # option -> how the GUI made it
 
+    @property
+    def fine_tune_tab(self) -> bool:
+        return is_fine_tune_tab(self.fields)
+
 
 def gui_options(data: dict, script: Script, base: Path) -> GuiRead:
     """The GUI's fields as kohya's options, with rows for the GUI's own keys."""
-    from engine.kohya.convert import Row
+    from engine.kohya.convert import Row, known_to
 
     read = GuiRead({k: gui_value(v) for k, v in data.items()}, script, base)
     fields, options, rows, labels = read.fields, read.options, read.rows, read.labels
+    known = known_to(script)
+    sdxl = script.name == SDXL_TRAIN
+    renamed = {**keys.RENAMED, **(keys.SDXL_RENAMED if sdxl else {})}
     for key, value in fields.items():
-        if key in KNOWN:
-            unset = _take(key, value, options)
+        if key in known:
+            unset = _take(known[key], key, value, options)
             if unset:
                 rows.append(Row(key, value, label=key, dropped=unset))
-        elif key in keys.RENAMED:
-            if value not in (None, 0):
-                options[keys.RENAMED[key]] = value
-                labels[keys.RENAMED[key]] = key
+        elif key in renamed:
+            if value not in (None, 0, False):
+                options[renamed[key]] = True if known[renamed[key]].kind == FLAG else value
+                labels[renamed[key]] = key
+            elif key in keys.SDXL_RENAMED:
+                rows.append(Row(key, value, label=key, dropped=f"off: no --{renamed[key]}"))
+        elif sdxl and key in keys.FAMILY_SWITCHES and keys.FAMILY_SWITCHES[key] == SDXL_TRAIN:
+            rows.append(Row(key, value, label=key, dropped=f"the SDXL switch: the GUI launches {SDXL_TRAIN}"
+                            if value else "off"))
+        elif sdxl and key in keys.NOT_FOR_SDXL:
+            rows.append(Row(key, value, label=key, dropped=keys.NOT_FOR_SDXL[key]))
         elif key in keys.FAMILY_SWITCHES or keys.is_family_key(key):
             rows.append(Row(key, value, label=key, dropped=keys.FAMILY_NOTE))
         elif key in keys.GUI_ONLY:
@@ -146,13 +167,13 @@ def gui_options(data: dict, script: Script, base: Path) -> GuiRead:
     return read
 
 
-def _take(name: str, value: Any, options: dict) -> str | None:
-    """A field named as kohya's option: a flag when true, a value when set; else why it is not
-    (0 is unset where the GUI leaves the option out for it; a GUI file holds every default)."""
+def _take(opt, name: str, value: Any, options: dict) -> str | None:
+    """A field named as kohya's option (``opt``: how the script takes it): a flag when true, a
+    value when set; else why it is not (0 is unset where the GUI leaves the option out for it;
+    a GUI file holds every default)."""
     from engine.kohya.convert import is_default
 
-    opt = KNOWN[name]
-    if opt.kind != FLAG and value == 0 and not isinstance(value, bool) and (
+    if opt.kind != FLAG and value == 0 and not isinstance(value, bool) and name not in keys.ZERO_IS_A_RATE and (
             opt.default is None or name in keys.ZERO_IS_UNSET):
         return ZERO_UNSET
     if name in ("optimizer_args", "lr_scheduler_args") and isinstance(value, str):

@@ -15,8 +15,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from engine.kohya.scripts import FINE_TUNE
-
 DATA_NAMES = ("train_dir", "caption_metadata_filename", "latent_metadata_filename", "use_latent_files")
 
 
@@ -25,7 +23,7 @@ def data_fields(read) -> None:
     from engine.kohya.convert import Row
 
     fields, options = read.fields, read.options
-    if read.script.name != FINE_TUNE:
+    if not read.fine_tune_tab:
         return
     if "dataset_config" not in options:
         options["enable_bucket"] = True
@@ -96,9 +94,9 @@ def _steps_or_epochs(read, epoch: int) -> None:
     accumulation = max(1, _whole(options.get("gradient_accumulation_steps")) or 1)
     steps = math.ceil(count / batch / accumulation * epoch)
     how += f" / batch {batch} / accumulation {accumulation} × {epoch} epoch(s)"
-    if read.script.name == FINE_TUNE and options.get("flip_aug"):
+    if read.fine_tune_tab and options.get("flip_aug"):
         steps, how = math.ceil(steps / 2), how + ", halved for flip_aug"
-    elif read.script.name != FINE_TUNE and options.get("reg_data_dir"):
+    elif not read.fine_tune_tab and options.get("reg_data_dir"):
         steps, how = math.ceil(count / batch / accumulation * epoch * 2), how + ", doubled for regularization images"
     options["max_train_steps"] = steps
     read.labels["max_train_steps"] = "epoch"
@@ -110,7 +108,7 @@ def _image_count(read) -> tuple[int, str] | None:
     from engine.data.kohya_folders import repeats_and_tokens
 
     fields, options = read.fields, read.options
-    if read.script.name == FINE_TUNE:
+    if read.fine_tune_tab:
         folder = _folder(fields.get("image_folder"), read.base)
         if folder is None:
             return None

@@ -12,6 +12,12 @@ from __future__ import annotations
 # The GUI's name for a kohya option.
 RENAMED = {"optimizer": "optimizer_type", "max_resolution": "resolution"}
 
+# An SDXL config's own names for sdxl_train.py's options (kohya_gui's SDXL parameters).
+SDXL_RENAMED = {"sdxl_cache_text_encoder_outputs": "cache_text_encoder_outputs", "sdxl_no_half_vae": "no_half_vae"}
+# Fields the GUI passes only to SD 1.x/2.x scripts: an SDXL config keeps them, unused.
+NOT_FOR_SDXL = {"learning_rate_te": "the GUI passes it to SD 1.x/2.x scripts only; SDXL's are learning_rate_te1 "
+                                    "and learning_rate_te2"}
+
 # Which tab wrote the file: the fine-tune tab's data fields (else the DreamBooth tab's).
 FINE_TUNE_KEYS = ("train_dir", "image_folder", "caption_metadata_filename", "latent_metadata_filename",
                   "use_latent_files", "create_caption", "generate_caption_database", "create_buckets",
@@ -69,6 +75,10 @@ OFF_ONLY = {"train_inpainting": "inpainting training (kohya's --train_inpainting
 # In a GUI file, 0 for these means "not set": the GUI leaves them out of kohya's options then.
 ZERO_IS_UNSET = ("max_train_steps", "vae_batch_size", "max_timestep", "multires_noise_iterations", "clip_skip",
                  "stop_text_encoder_training")
+
+
+# ... but for these 0 is a value the GUI passes on: kohya's sdxl_train.py keeps that text encoder frozen.
+ZERO_IS_A_RATE = ("learning_rate_te1", "learning_rate_te2")
 
 
 def is_family_key(key: str) -> bool:

@@ -330,7 +330,63 @@ OTHER_SCRIPTS: dict[str, Opt] = {
     "validate_every_n_epochs": Opt(VALUE, to="train.validate_every_n_epochs"),
     "max_validation_steps": Opt(VALUE, to="train.max_validation_steps"),
 }
-KNOWN: dict[str, Opt] = {**OPTIONS, **OTHER_SCRIPTS}
+
+
+def _text_encoder_cache(_value, options) -> dict:
+    """kohya turns --cache_text_encoder_outputs on with its _to_disk twin; the disk wins."""
+    return {"cache.text_encoder_outputs": "disk" if options.get("cache_text_encoder_outputs_to_disk") else "memory"}
+
+
+def _block_lr(value, _all) -> dict:
+    """kohya's 23 comma-separated rates, judged as the run file's key judges them."""
+    from engine.config.schema import block_rates
+    from engine.kohya.values import KohyaValueError
+
+    try:
+        return {"optimizer.block_lr": block_rates(value)}
+    except ValueError as exc:
+        raise KohyaValueError(str(exc)) from None
+
+
+def _fused_groups(value, _all) -> dict:
+    from engine.kohya.values import KohyaValueError
+
+    try:
+        groups = int(value)
+    except (TypeError, ValueError):
+        raise KohyaValueError(f"{value!r} is not a whole number of optimizer groups") from None
+    return {"memory.fused_backward_pass": True} if groups > 0 else {}
+
+
+# sdxl_train.py's own options (tests/test_from_kohya_sdxl.py checks them against its parser), and
+# fine_tune.py options that mean something else there.
+SDXL_OWN: dict[str, Opt] = {
+    "learning_rate_te1": Opt(VALUE, to="optimizer.learning_rate_te1"),
+    "learning_rate_te2": Opt(VALUE, to="optimizer.learning_rate_te2"),
+    "block_lr": Opt(VALUE, to=_block_lr, note="kohya's 23 U-Net blocks, in its order"),
+    "cache_text_encoder_outputs": Opt(FLAG, to=_text_encoder_cache),
+    "cache_text_encoder_outputs_to_disk": Opt(FLAG, to=_true("cache.text_encoder_outputs", "disk"),
+                                              note="beside the latent cache, reused by the next run"),
+    "fused_optimizer_groups": Opt(VALUE, to=_fused_groups,
+                                  note="kohya's optimizer groups stepped inside backward: sdft steps each weight "
+                                       "on its own there, the smallest group, with the same updates"),
+    "disable_mmap_load_safetensors": Opt(FLAG, to=lambda _v, _all: {},
+                                         note="a loading-speed switch of kohya's for WSL; it changes nothing in "
+                                              "training, and sdft has no such setting"),
+}
+SDXL_DIFFERENT: dict[str, Opt] = {
+    "v2": refuse("SDXL is not SD 2.x: kohya's sdxl_train.py stops at --v2", FLAG),
+    "clip_skip": Opt(VALUE, to=lambda _v, _all: {},
+                     note="kohya's sdxl_train.py ignores clip skip (\"clip_skip will be unexpected\"): SDXL reads "
+                          "fixed layers of both text encoders"),
+    "reg_data_dir": refuse("kohya's sdxl_train.py reads regularization folders with kohya's N_name folders only "
+                           "(no --in_json); with a metadata file it has none"),
+    "no_half_vae": Opt(FLAG, to=_true("memory.vae_dtype", "fp32"),
+                       note="SDXL's VAE overflows in fp16; fp32 is sdft's default VAE precision"),
+}
+SDXL_KNOWN: dict[str, Opt] = {**{k: v for k, v in OPTIONS.items() if k != "learning_rate_te"},
+                              **OTHER_SCRIPTS, **SDXL_OWN, **SDXL_DIFFERENT}
+KNOWN: dict[str, Opt] = {**OPTIONS, **OTHER_SCRIPTS, **SDXL_OWN}
 
 # Options whose value is a secret: never written, not even in the converted file's header.
 SECRETS = ("huggingface_token", "wandb_api_key")

@@ -7,7 +7,6 @@ their sources), suggestions (``suggestions.py``), presets per card size (``prese
 """
 
 from engine.plan.estimate import (
-    ACT_PER_SAMPLE,
     CTX_BYTES,
     FRAG,
     GB,
@@ -15,28 +14,30 @@ from engine.plan.estimate import (
     MARGIN,
     N_UNET,
     N_VAE,
-    TAIL_PER_SAMPLE,
     Estimate,
     PlanOptions,
     coefficients,
     estimate_peak_vram,
+    family_of_config,
     fmt_gb,
     hypernetwork_params,
 )
 from engine.plan.presets import (
     PRESETS,
+    SDXL_PRESETS,
     apply_preset_to_options,
     budget_for_preset,
     ceil_gb,
     preset_for,
     preset_values,
+    presets_for,
 )
 from engine.plan.report import plan_report
 from engine.plan.suggestions import INSTEAD, Suggestion, runnable_values, suggest
 
 __all__ = [
-    "ACT_PER_SAMPLE", "CTX_BYTES", "FRAG", "GB", "GIB", "INSTEAD", "MARGIN", "N_UNET", "N_VAE", "PRESETS",
-    "TAIL_PER_SAMPLE", "Estimate", "PlanOptions", "Suggestion", "apply_preset_to_options", "budget_for_preset",
-    "ceil_gb", "coefficients", "estimate_peak_vram", "fmt_gb",
-    "hypernetwork_params", "plan_report", "preset_for", "preset_values", "runnable_values", "suggest",
+    "CTX_BYTES", "FRAG", "GB", "GIB", "INSTEAD", "MARGIN", "N_UNET", "N_VAE", "PRESETS", "SDXL_PRESETS",
+    "Estimate", "PlanOptions", "Suggestion", "apply_preset_to_options", "budget_for_preset",
+    "ceil_gb", "coefficients", "estimate_peak_vram", "family_of_config", "fmt_gb",
+    "hypernetwork_params", "plan_report", "preset_for", "preset_values", "presets_for", "runnable_values", "suggest",
 ]

@@ -6,15 +6,16 @@ optimizers' coefficients are in engine/registry/optimizers.py, each model family
 
 The model (first principles, per GPU, one process)
 --------------------------------------------------
-Symbols: ``N`` trained U-Net parameters (SD1.x 859.5 M, SD2.x 865.9 M), ``s = H·W / 512²`` for the
-largest bucket, ``B`` the micro-batch, ``b_w``/``b_g`` bytes per weight/gradient (4 with fp32 master
+Symbols: ``N`` trained U-Net parameters (SD1.x 859.5 M, SD2.x 865.9 M, SDXL 2567 M), ``s = H·W / side²``
+for the largest bucket (``side`` the family's ``activation_side``: 512 SD, 1024 SDXL), ``B`` the micro-batch, ``b_w``/``b_g`` bytes per weight/gradient (4 with fp32 master
 weights, i.e. AMP or fp32; 2 with ``full_bf16``/``full_fp16``), ``b_opt`` optimizer-state bytes per
 parameter::
 
     static = N·(b_w + b_opt)                      U-Net weights + optimizer states
            + EMA on GPU: 4N                       (fp32 shadow copy; 0 with ema_cpu_offload)
-           + text encoder: frozen 2·N_te (fp16) / 4·N_te (fp32) | trained N_te·(b_w + b_g + b_opt)
-           + VAE when latents are not cached: N_vae·bytes(vae_dtype)
+           + each text encoder: frozen 2·N_te (fp16) / 4·N_te (fp32), 0 when its outputs are cached
+             (SDXL) | trained N_te·(b_w + b_g + b_opt)
+           + VAE when latents are not cached or previews are sampled: N_vae·bytes(vae_dtype)
     A_fwd  = a(precision, GC)·B·s + {AMP, no GC: 2N weight-cast cache | AMP+GC: 0.22 GB | bf16+GC: 0.1 GB}
            + classic ("math") attention: B·(S_tot + 1.3·S_1) without GC
     A_tail = B·s·(0.50 GB without GC | 0.18 GB with GC) [+ classic attention: 1.5·B·S_1, the backward of one
@@ -22,15 +23,19 @@ parameter::
              enabling checkpointing can never raise the estimate]
     P_fb   = grads persist ? N·b_g + A_fwd : max(A_fwd, N·b_g + A_tail)
     P_opt  = N·b_g + (torch AdamW/SGD "foreach" step transient: N·b_w | 0 for 8-bit, Adafactor, Lion, Prodigy)
-    peak   = ctx + frag·(static + max(P_fb, P_opt))      ctx = 0.5 GiB, frag = 1.05
+    P_else = sampling a preview (VAE decoder or U-Net without gradients) | encoding a batch's latents
+             when they are not cached (the VAE encoder, 0.67 GB per 512² image in fp32)
+    peak   = ctx + frag·(static + max(P_fb, P_opt, P_else))      ctx = 0.5 GiB, frag = 1.05
 
-with ``a`` = 1.245 GB (AMP), 1.871 GB (fp32), 0.936 GB (pure bf16/fp16) per 512² sample without
-gradient checkpointing and 0.184 / 0.30 / 0.14 GB with it; ``b_opt`` = 8 (AdamW), 2.006 (bitsandbytes
-AdamW8bit/Lion8bit: tensors under 4096 elements stay 32-bit), 2.13 (SD1) / 1.89 (SD2) Adafactor
+with ``a`` = 1.245 GB (AMP), 1.871 GB (fp32), 0.936 GB (pure bf16/fp16) per 512² SD sample without
+gradient checkpointing and 0.184 / 0.30 / 0.14 GB with it (SDXL per 1024² sample: 6.89 GB bf16
+without, 0.62 GB with, engine/families/sdxl/plan.py); ``b_opt`` = 8 (AdamW), 2.006 (bitsandbytes
+AdamW8bit/Lion8bit: tensors under 4096 elements stay 32-bit), 2.13 (SD1) / 1.89 (SD2) / 0.38 (SDXL) Adafactor
 (factored over the last two dims, which barely helps 3×3 convs), 4 (Lion, SGD with momentum),
 16 (Prodigy). Gradients persist with gradient accumulation > 1. ``S_1 = 6 B × heads × T²`` is one
 top-level classic attention score tensor (``T = H·W/64`` latent tokens; the fp32 softmax plus its
-fp16 copy) and ``S_tot = 5·S_1 + 5·6·heads₂·(T/4)²`` the five top-level and five second-level layers.
+fp16 copy) and ``S_tot = 5·S_1 + 5·6·heads₂·(T/4)²`` the five top-level and five second-level layers
+(the family's ``attention_levels``: SDXL has none at the top level, 10 layers at T/4, 60 at T/16).
 xformers and SDPA (flash / memory-efficient kernels) keep no score matrices.
 
 Hypernetwork mode (``train.mode = "hypernetwork"``): the U-Net and text encoder are frozen
@@ -90,11 +95,12 @@ N_VAE = 83.65e6
 # bf16 weights written back with stochastic rounding (engine/train/weight_update.py): the fp32
 # copies of a piece (parameter, gradient, random bits: 12 bytes an element), 2^25 elements a piece.
 ROUNDING_PIECE = 2 ** 25
-# Sampling previews (measured with torch's MemTracker on the CPU, SD1.5 configs, 512²): the VAE
-# decoder's activations 0.81 GB in fp32 (half in 16 bit); the U-Net's forward without gradients
-# 0.07 GB per image in 16 bit, two images for classifier-free guidance.
+# The VAE (the same for every family; measured with torch's MemTracker on fake tensors, SD's VAE
+# config, 512², no gradients): the decoder's activations 0.81 GB in fp32 (half in 16 bit) when a
+# preview is decoded, the encoder's 0.67 GB when latents are not cached and each batch is encoded.
+# The U-Net's forward while sampling is its family's (Family.plan.sampling_per_image).
 VAE_DECODE_PER_SAMPLE = 0.81e9
-UNET_SAMPLING_PER_IMAGE = 0.07e9
+VAE_ENCODE_PER_SAMPLE = 0.67e9
 # cuDNN autotuning (memory.cudnn_benchmark) leaves the chosen algorithms' workspaces and the
 # candidates' cached blocks behind: an allowance, not a measurement yet (sdft bench --gpu-smoke
 # compares the planner with the GPU's peak).
@@ -106,12 +112,6 @@ CTX_BYTES = 0.5 * GIB
 FRAG = 1.05
 MARGIN = 0.10  # keep this share of the budget free: the model is ±10 %
 
-# Activation bytes per 512² sample: (precision kind, gradient checkpointing) -> bytes.
-ACT_PER_SAMPLE = {
-    ("amp", False): 1.245e9, ("fp32", False): 1.871e9, ("half", False): 0.936e9,
-    ("amp", True): 0.184e9, ("fp32", True): 0.30e9, ("half", True): 0.14e9,
-}
-TAIL_PER_SAMPLE = {False: 0.50e9, True: 0.18e9}
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,10 @@ class PlanOptions:
     optimizer: str = "AdamW"
     train_text_encoder: bool = False
     max_token_length: int = 75
+    # which text encoders train with train_text_encoder (SDXL: a learning rate of 0 freezes one);
+    # None: every one
+    trained_text_encoders: tuple[bool, ...] | None = None
+    cache_text_encoder_outputs: str = "none"   # "none" | "memory" | "disk": frozen encoders stay off the GPU
     ema: bool = False
     ema_cpu_offload: bool = False
     cache_latents: str = "disk"           # "disk" | "memory" | "none"
@@ -157,9 +161,9 @@ class PlanOptions:
         when not given (largest bucket side = max_bucket_reso is not assumed: the resolution is)."""
         m, t = config.model, config.train
         if family is None:
-            family = family_of_settings(m)
+            family = family_of_config(config)
         if width is None or height is None or batch_size is None:
-            w, h, b = _dataset_shape(config)
+            w, h, b = _dataset_shape(config, _native_side(family, bool(m.v_parameterization)))
             width = width or w
             height = height or h
             batch_size = batch_size or b
@@ -171,6 +175,8 @@ class PlanOptions:
             gradient_checkpointing=config.memory.gradient_checkpointing,
             attention=config.memory.attention, optimizer=config.optimizer.type,
             train_text_encoder=t.train_text_encoder, max_token_length=m.max_token_length,
+            trained_text_encoders=_trained_text_encoders(config, family),
+            cache_text_encoder_outputs=config.cache.text_encoder_outputs,
             ema=t.ema, ema_cpu_offload=t.ema_cpu_offload, cache_latents=config.cache.latents,
             vae_dtype=config.memory.vae_dtype, mode=t.mode,
             fused_backward_pass=config.memory.fused_backward_pass,
@@ -180,19 +186,49 @@ class PlanOptions:
         )
 
 
-def _dataset_shape(config) -> tuple[int, int, int]:
-    """(width, height, batch) of the first dataset of a RunConfig, 512²/1 when unknown."""
+def _native_side(name: str, v_prediction: bool) -> int:
+    return family(name).native_side(v_prediction)
+
+
+def family_of_config(config) -> str:
+    """The family of a run file's base model before it loads: what a local file's header or a
+    folder's configs show (engine/families/sources.py), else the ``[model]`` table's guess."""
+    from engine.families.sources import detect_family
+
+    source = config.model.pretrained_model_name_or_path
+    if source:
+        resolve = getattr(config, "resolve", None)
+        found = detect_family(resolve(source) if resolve else source)
+        if found is not None:
+            return found.name
+    return family_of_settings(config.model)
+
+
+def _trained_text_encoders(config, name: str) -> tuple[bool, ...] | None:
+    """Which text encoders would train, by the family's rates (SDXL: optimizer.learning_rate_te1 /
+    _te2 = 0 keeps one frozen, as kohya's); None where every one trains with train_text_encoder."""
+    from engine.families.base import text_encoder_rate
+
+    adapter = family(name)
+    if not adapter.frozen_at_zero_rate:
+        return None
+    return tuple(text_encoder_rate(config, key) != 0 for _role, key in adapter.text_encoder_rates)
+
+
+def _dataset_shape(config, side: int = 512) -> tuple[int, int, int]:
+    """(width, height, batch) of the first dataset of a RunConfig; an unset resolution is the
+    model's native ``side`` (as training takes it), 1 the batch when unknown."""
     blueprint = getattr(config, "datasets", None)
     for attr in ("datasets",):
         items = getattr(blueprint, attr, None)
         if items:
             first = items[0]
             params = getattr(first, "params", first)
-            res = getattr(params, "resolution", None) or (512, 512)
+            res = getattr(params, "resolution", None) or (side, side)
             if isinstance(res, int):
                 res = (res, res)
             return int(res[0]), int(res[1]), int(getattr(params, "batch_size", 1) or 1)
-    return 512, 512, 1
+    return side, side, 1
 
 
 @dataclass(frozen=True)
@@ -240,9 +276,9 @@ def _classic_attention(o: PlanOptions) -> tuple[float, float]:
     if o.attention != "math":
         return 0.0, 0.0
     tokens = (o.width // 8) * (o.height // 8)
-    h1, h2 = coefficients(o.family).heads
-    s1 = 6.0 * h1 * tokens**2
-    s_tot = 5 * s1 + 5 * 6.0 * h2 * (tokens / 4) ** 2
+    (d1, h1, n1), (d2, h2, n2) = coefficients(o.family).attention_levels
+    s1 = 6.0 * h1 * (tokens / d1) ** 2
+    s_tot = n1 * s1 + n2 * 6.0 * h2 * (tokens / d2) ** 2
     # Backward of a top-level layer materialises its score gradients with or without checkpointing.
     tail = 1.5 * o.batch_size * s1
     if o.gradient_checkpointing:
@@ -252,7 +288,14 @@ def _classic_attention(o: PlanOptions) -> tuple[float, float]:
 
 def hypernetwork_params(family: str) -> float:
     """Trainable parameters of a NovelAI hypernetwork: per width d, a pair of d→2d→d MLPs."""
-    return sum(2 * (4 * d * d + 3 * d) for d in coefficients(family).hypernetwork_widths)
+    plan = coefficients(family)
+    if not plan.hypernetwork_widths:
+        raise ValueError(f"hypernetworks are not built for {family_label(family)}: the planner has no figures")
+    return sum(2 * (4 * d * d + 3 * d) for d in plan.hypernetwork_widths)
+
+
+def family_label(name: str) -> str:
+    return family(name).label
 
 
 def estimate_peak_vram(options: Any) -> Estimate:
@@ -260,8 +303,8 @@ def estimate_peak_vram(options: Any) -> Estimate:
     o = options if isinstance(options, PlanOptions) else PlanOptions.from_config(options)
     plan = coefficients(o.family)
     n = plan.unet_params
-    n_te = plan.text_params
-    s = o.width * o.height / 512**2
+    s = o.width * o.height / plan.activation_side**2    # the U-Net's activations grow with the pixels
+    s_vae = o.width * o.height / 512**2                 # the VAE's figures are per 512² image
     b = max(1, int(o.batch_size))
     gc = bool(o.gradient_checkpointing)
     half_bytes = 4 if o.mixed_precision == "no" else 2
@@ -269,15 +312,7 @@ def estimate_peak_vram(options: Any) -> Estimate:
     parts: dict[str, float] = {}
     trained = _trained(o, n, per_opt, foreach, parts)
 
-    chunks = max(1, o.max_token_length // 75)
-    te_train = o.mode == "full" and bool(o.train_text_encoder)
-    te_act = 0.0
-    if te_train:
-        parts["text encoder (trained)"] = n_te * (4 + 4 + per_opt)
-        trained.grads += n_te * 4
-        te_act = b * chunks * 0.03e9  # CLIP-L activations per 77-token chunk: tens of MB (estimate)
-    elif o.text_encoder_on_gpu:
-        parts["text encoder (frozen)"] = n_te * half_bytes
+    te_act, te_train = _text_encoders(o, plan, per_opt, half_bytes, parts, trained)
     vae_bytes = 4 if o.vae_dtype == "fp32" else 2
     if o.cache_latents == "none" or o.sample:
         parts["VAE (frozen)"] = N_VAE * vae_bytes
@@ -291,20 +326,45 @@ def estimate_peak_vram(options: Any) -> Estimate:
         parts.update(_ddp(o, trained.grads))
 
     attn_fwd, attn_tail = _classic_attention(o)
-    a_fwd = ACT_PER_SAMPLE[(trained.act_kind, gc)] * b * s + trained.cast_cache + attn_fwd + te_act
-    a_tail = TAIL_PER_SAMPLE[gc] * b * s + attn_tail
+    a_fwd = plan.activations[(trained.act_kind, gc)] * b * s + trained.cast_cache + attn_fwd + te_act
+    a_tail = plan.activation_tail[gc] * b * s + attn_tail
     persist = o.grads_persist if o.grads_persist is not None else o.gradient_accumulation_steps > 1
     if o.fused_backward_pass:
         persist = False
-    sampling = _sampling_bytes(o, s, vae_bytes) if o.sample else 0.0
+    others = {}
+    if o.sample:
+        others["sampling"] = _sampling_bytes(o, plan, s, s_vae, vae_bytes)
+    if o.cache_latents == "none":
+        # each batch is encoded before its forward pass, while no activation is held yet
+        others["encoding latents"] = VAE_ENCODE_PER_SAMPLE * s_vae * b * vae_bytes / 4
     static = sum(parts.values())
-    phase, peak_parts, dynamic = _peak_phase(trained.grads, a_fwd, a_tail, trained.step_temp, persist, sampling)
+    phase, peak_parts, dynamic = _peak_phase(trained.grads, a_fwd, a_tail, trained.step_temp, persist, others)
     parts.update(peak_parts)
     overhead = (o.frag - 1.0) * (static + dynamic)
     parts["allocator fragmentation"] = overhead
     parts["CUDA context"] = o.ctx_bytes
     total = o.ctx_bytes + o.frag * (static + dynamic)
     return Estimate(total_bytes=total, breakdown=parts, phase=phase)
+
+
+def _text_encoders(o: PlanOptions, plan: PlanCoefficients, per_opt: float, half_bytes: int, parts: dict,
+                   trained: "_Trained") -> tuple[float, bool]:
+    """The text encoders' weights (into ``parts``; a trained one's gradients into ``trained``) and
+    the trained ones' activations; whether any trains. A frozen encoder stays on the GPU in the
+    compute dtype to encode captions each step, unless its outputs are cached (SDXL, kohya's
+    cache_text_encoder_outputs: encoded once, then the encoders leave the GPU)."""
+    chunks = max(1, o.max_token_length // 75)
+    te_train = o.mode == "full" and bool(o.train_text_encoder)
+    which = o.trained_text_encoders or (True,) * len(plan.text_params)
+    te_act = 0.0
+    for n_te, per_chunk, trains in zip(plan.text_params, plan.text_activation_per_chunk, which, strict=True):
+        if te_train and trains:
+            parts["text encoder (trained)"] = parts.get("text encoder (trained)", 0.0) + n_te * (4 + 4 + per_opt)
+            trained.grads += n_te * 4
+            te_act += max(1, int(o.batch_size)) * chunks * per_chunk
+        elif o.text_encoder_on_gpu and (te_train or o.cache_text_encoder_outputs == "none"):
+            parts["text encoder (frozen)"] = parts.get("text encoder (frozen)", 0.0) + n_te * half_bytes
+    return te_act, te_train and any(which)
 
 
 @dataclass
@@ -384,23 +444,26 @@ def _ddp(o: PlanOptions, grads: float) -> dict[str, float]:
     return extra
 
 
-def _sampling_bytes(o: PlanOptions, s: float, vae_bytes: int) -> float:
+def _sampling_bytes(o: PlanOptions, plan: PlanCoefficients, s: float, s_vae: float, vae_bytes: int) -> float:
     """The peak of sampling a preview at the largest bucket's size: the VAE decoder's activations,
     or the U-Net's without gradients (two images: classifier-free guidance), whichever is larger."""
     unet_bytes = 2 if o.mixed_precision != "no" or o.full_half else 4
-    return max(VAE_DECODE_PER_SAMPLE * s * vae_bytes / 4, UNET_SAMPLING_PER_IMAGE * 2 * s * unet_bytes / 2)
+    return max(VAE_DECODE_PER_SAMPLE * s_vae * vae_bytes / 4, plan.sampling_per_image * 2 * s * unet_bytes / 2)
 
 
 def _peak_phase(grads: float, a_fwd: float, a_tail: float, step_temp: float, persist: bool,
-                sampling: float = 0.0) -> tuple[str, dict[str, float], float]:
+                others: dict[str, float] | None = None) -> tuple[str, dict[str, float], float]:
     """Where in the step memory peaks, what is live then, and how much: the forward pass (all
     activations), the end of backward (every gradient plus the last activations), the optimizer
-    step (gradients plus its temporaries) or sampling a preview (no gradients then)."""
+    step (gradients plus its temporaries), or a moment outside the step when no gradient or
+    activation is held (``others``: sampling a preview, encoding a batch's latents)."""
     p_fb = grads + a_fwd if persist else max(a_fwd, grads + a_tail)
     p_opt = grads + step_temp
-    dynamic = max(p_fb, p_opt, sampling)
-    if sampling > max(p_fb, p_opt):
-        return "sampling", {"sampling (VAE decode)": sampling}, dynamic
+    other_phase, other = max((others or {}).items(), key=lambda kv: kv[1], default=("", 0.0))
+    dynamic = max(p_fb, p_opt, other)
+    if other > max(p_fb, p_opt):
+        label = "sampling (VAE decode)" if other_phase == "sampling" else "VAE encoder activations"
+        return other_phase, {label: other}, dynamic
     if p_opt > p_fb:
         return "optimizer step", {"gradients": grads, "optimizer step temporaries": step_temp}, dynamic
     if persist:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from engine.plan.estimate import GB, MARGIN, PlanOptions, estimate_peak_vram, fmt_gb
-from engine.plan.presets import PRESETS, budget_for_preset
+from engine.plan.estimate import GB, MARGIN, PlanOptions, estimate_peak_vram, family_label, fmt_gb
+from engine.plan.presets import budget_for_preset, presets_for
 from engine.plan.suggestions import suggest
 
 
@@ -19,7 +19,7 @@ def plan_report(config, *, vram_gb: float | None = None, hardware=None, processe
     estimate = estimate_peak_vram(options)
     where = f" on each of {processes} GPUs" if processes > 1 else ""
     lines = [f"Estimated peak VRAM: {fmt_gb(estimate.total_bytes)} (at the {estimate.phase}){where} for a full-size "
-             f"{options.family.upper()} model, {options.width}x{options.height}, batch {options.batch_size}"]
+             f"{family_label(options.family)} model, {options.width}x{options.height}, batch {options.batch_size}"]
     for part, value in sorted(estimate.breakdown.items(), key=lambda item: -item[1]):
         if value > 0:
             lines.append(f"  {part:<28} {fmt_gb(value):>9}")
@@ -35,9 +35,10 @@ def plan_report(config, *, vram_gb: float | None = None, hardware=None, processe
         if gpu is not None:
             budget, where = float(gpu.total_bytes), f"{gpu.name}, {gpu.total_gib:.1f} GiB"
     if budget is None:
-        fitting = [size for size in sorted(PRESETS) if estimate.fits(budget_for_preset(size))]
+        sizes = sorted(presets_for(options.family))
+        fitting = [size for size in sizes if estimate.fits(budget_for_preset(size))]
         lines.append("No GPU detected; pass --vram GB to plan for a card. "
-                     + (f"Fits a {fitting[0]} GB card or larger." if fitting else "Too large for a 48 GB card."))
+                     + (f"Fits a {fitting[0]} GB card or larger." if fitting else f"Too large for a {sizes[-1]} GB card."))
         return "\n".join(lines)
     if estimate.fits(budget):
         lines.append(f"Fits {where} with a {int(MARGIN * 100)}% margin.")

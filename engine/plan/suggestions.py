@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from engine.plan.estimate import MARGIN, PlanOptions, estimate_peak_vram, fmt_gb
+from engine.plan.estimate import MARGIN, PlanOptions, coefficients, estimate_peak_vram, fmt_gb
 from engine.registry import optimizers
 
 
@@ -44,6 +44,10 @@ _CHANGES = [
      lambda o: o.ema and not o.ema_cpu_offload),
     ("cache latents", {"cache_latents": "disk"}, {"cache.latents": "disk"},
      lambda o: o.cache_latents == "none"),
+    # SDXL's two frozen text encoders (1.6 GB in bf16) leave the GPU once their outputs are cached
+    ("cache the text encoders' outputs", {"cache_text_encoder_outputs": "disk"}, {"cache.text_encoder_outputs": "disk"},
+     lambda o: (o.cache_text_encoder_outputs == "none" and not (o.train_text_encoder and o.mode == "full")
+                and len(coefficients(o.family).text_params) > 1)),
     ("enable gradient checkpointing", {"gradient_checkpointing": True}, {"memory.gradient_checkpointing": True},
      lambda o: not o.gradient_checkpointing),
     ("use the AdamW8bit optimizer", {"optimizer": "AdamW8bit"}, {"optimizer.type": "AdamW8bit"},

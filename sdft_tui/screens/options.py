@@ -9,6 +9,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Checkbox, Footer, Input, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
+from engine import families
 from engine.preflight.model import look_at_model
 from engine.project.wizard_options import option_fields
 from sdft_tui.screens.buckets import FIELDS as BUCKET_FIELDS
@@ -20,7 +21,15 @@ from sdft_tui.widgets.on_off import OnOffCheckbox
 FIELDS = option_fields()
 FIELD_DOCS = {field.key: field.doc for field in FIELDS}
 
-PRESET_CHOICES = (("8 GB card", 8), ("12 GB card", 12), ("16 GB card", 16), ("24 GB card", 24), ("48+ GB card", 48))
+def preset_choices(family: str = "sd1") -> list[tuple[str, int]]:
+    """The Preset select's cards for a model family (SD: 8 to 48+ GB; SDXL: 24, 48, 80+ GB)."""
+    from engine.plan import presets_for
+
+    sizes = sorted(presets_for(family))
+    return [(f"{size}{'+' if size == sizes[-1] else ''} GB card", size) for size in sizes]
+
+
+PRESET_CHOICES = tuple(preset_choices())
 
 
 def _wid(key: str) -> str:
@@ -101,6 +110,7 @@ class OptionsScreen(WizardScreen):
         super().__init__()
         self.target_gb: int | None = None  # a preset's card size when no GPU was detected
         self._gpu_choices = 1               # the GPU counts the GPUs select offers
+        self._preset_family = "sd1"         # the family whose cards the Preset select offers
         # the state value each field shows: a field is reloaded only when its value changed since,
         # so a preset or a step change never replaces text the user is typing (even half-typed)
         self._shown: dict[str, object] = {}
@@ -258,14 +268,14 @@ class OptionsScreen(WizardScreen):
         self.state.set_by_user(key, value)
         self._shown[key] = value
 
-    def apply_preset(self, size: int) -> None:
+    def apply_preset(self, size: int, why: str = "") -> None:
         before = dict(self.state.values)
         replaced = self.state.apply_preset(size)
         if self.state.gpu_budget() is None:
             self.target_gb = size
         self._load_fields()
         self.refresh_view()
-        message = preset_message(size, before, self.state.values, self.state.preset_kept)
+        message = why + preset_message(size, before, self.state.values, self.state.preset_kept)
         self.notify(message + "".join(f"\n{note}" for note in replaced), markup=False,
                     severity="warning" if replaced else "information", timeout=12)
 
@@ -291,7 +301,25 @@ class OptionsScreen(WizardScreen):
     def detect_model(self, source: str) -> None:
         guess = look_at_model(self.state.project.model_source(source))
         self.state.model_guess = guess
-        self.app.call_from_thread(self.refresh_view)
+        self.app.call_from_thread(self._model_detected)
+
+    def _model_detected(self) -> None:
+        """A model of another family than the applied preset's (SD's presets applied at start,
+        then an SDXL model chosen): its family's preset for this card instead, said so."""
+        size = self.state.preset_for_family()
+        if size is not None:
+            label = families.family(self.state.family).label
+            self.apply_preset(size, why=f"an {label} model: its presets; ")
+        self.refresh_view()
+
+    def _show_preset_choices(self) -> None:
+        family = self.state.family
+        if family == self._preset_family:
+            return
+        select = self.query_one("#preset", Select)
+        with select.prevent(Select.Changed):
+            select.set_options(preset_choices(family))
+        self._preset_family = family
 
     # ---------------------------------------------------------------- VRAM
 
@@ -326,6 +354,7 @@ class OptionsScreen(WizardScreen):
         from engine.plan import GB, N_UNET, estimate_peak_vram, suggest
 
         self._show_gpu_choice()
+        self._show_preset_choices()
         # the prompt matters when sampling is on (or a prompt is set: a problem may name the field)
         self.query_one("#row-" + _wid("sample.prompts")).display = \
             self.state.get("sample.every_n_steps") is not None or self.state.get("sample.prompts") is not None
@@ -333,7 +362,9 @@ class OptionsScreen(WizardScreen):
         vram = self.query_one("#vram", Static)
         suggestions = self.query_one("#suggestions", OptionList)
         info = self.query_one("#model-info", Static)
-        info.update(Text(f"Model: {self.state.model_guess.label()}", style="dim"))
+        tokens = self.state.token_summary()
+        info.update(Text(f"Model: {self.state.model_guess.label()}" + (f"\nCaptions: {tokens}" if tokens else ""),
+                         style="dim"))
         try:
             options = self.state.plan_options()
             est = estimate_peak_vram(options)

@@ -87,25 +87,42 @@ class StableDiffusion(Family):
         return pipe
 
 
+# The planner's activation figures for SD's U-Net, per 512² sample (fake-tensor measurements of
+# diffusers' SD 1.5 U-Net with PyTorch's MemTracker; SD 2.x's U-Net differs little; engine/plan/
+# estimate.py's docstring gives the published figures they reproduce): held at the end of the
+# forward pass, and what is left when every gradient exists.
+SD_ACTIVATIONS = {("amp", False): 1.245e9, ("fp32", False): 1.871e9, ("half", False): 0.936e9,
+                  ("amp", True): 0.184e9, ("fp32", True): 0.30e9, ("half", True): 0.14e9}
+SD_ACTIVATION_TAIL = {False: 0.50e9, True: 0.18e9}
+# Sampling: the U-Net's forward without gradients, per 512² image in 16 bit (measured as above).
+SD_SAMPLING_PER_IMAGE = 0.07e9
+# A trained CLIP text encoder's activations per 77-token chunk: tens of MB (an estimate).
+SD_TEXT_ACTIVATION_PER_CHUNK = 0.03e9
+
+
 class _SD1(StableDiffusion):
     name, label, v2 = "sd1", "SD 1.x", False
     plan = PlanCoefficients(
-        unet_params=859.5e6, text_params=123.1e6,        # CLIP ViT-L/14 text tower
-        heads=(8, 8),                                    # 8 heads everywhere
+        unet_params=859_520_964, text_params=(123_060_480,),          # CLIP ViT-L/14 text tower
+        attention_levels=((1, 8, 5), (4, 8, 5)),                      # 8 heads everywhere
         hypernetwork_widths=(320, 640, 768, 1280),
-        largest_param=14.75e6, largest_text_param=37.9e6,
-        adafactor_state_bytes=2.13, shard_unit_params=49.2e6,
+        largest_param=29_491_200, largest_text_param=37_945_344,
+        adafactor_state_bytes=2.1295, shard_unit_params=49_164_800,
+        activation_side=512, activations=SD_ACTIVATIONS, activation_tail=SD_ACTIVATION_TAIL,
+        sampling_per_image=SD_SAMPLING_PER_IMAGE, text_activation_per_chunk=(SD_TEXT_ACTIVATION_PER_CHUNK,),
     )
 
 
 class _SD2(StableDiffusion):
     name, label, v2 = "sd2", "SD 2.x", True
     plan = PlanCoefficients(
-        unet_params=865.9e6, text_params=340.4e6,        # OpenCLIP ViT-H/14 text tower
-        heads=(5, 10),                                   # 64-wide heads: 320/64, 640/64
+        unet_params=865_910_724, text_params=(340_387_840,),          # OpenCLIP ViT-H/14 text tower
+        attention_levels=((1, 5, 5), (4, 10, 5)),                     # 64-wide heads: 320/64, 640/64
         hypernetwork_widths=(320, 640, 1024, 1280),
-        largest_param=14.75e6, largest_text_param=50.6e6,
-        adafactor_state_bytes=1.89, shard_unit_params=49.2e6,
+        largest_param=29_491_200, largest_text_param=50_593_792,
+        adafactor_state_bytes=1.8851, shard_unit_params=49_164_800,
+        activation_side=512, activations=SD_ACTIVATIONS, activation_tail=SD_ACTIVATION_TAIL,
+        sampling_per_image=SD_SAMPLING_PER_IMAGE, text_activation_per_chunk=(SD_TEXT_ACTIVATION_PER_CHUNK,),
     )
 
     def native_side(self, v_prediction: bool) -> int:

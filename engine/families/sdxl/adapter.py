@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from engine.families.base import Family
 from engine.families.sdxl.conditioning import VAE_SCALE_FACTOR
+from engine.families.sdxl.plan import SDXL_PLAN
 
 # What tells an SDXL source: kohya's and Stability AI's single files keep both text encoders
 # under conditioner.embedders.*; a diffusers U-Net takes the "text_time" added embedding.
@@ -21,7 +22,7 @@ class _SDXL(Family):
     # kohya's cached latents an SDXL run imports: only sdxl_train.py's "<stem>_WWWWxHHHH_sdxl.npz"
     # (the old "<stem>.npz" may hold SD latents; engine/data/kohya_npz.py)
     kohya_latents = ("_sdxl.npz",)
-    plan = None   # no planner figures yet (issue 30's memory item measures them)
+    plan = SDXL_PLAN   # plan.py: counted and measured on the built-in configs
     # CLIP ViT-L and OpenCLIP bigG, each with its own rate; 0 keeps one frozen (kohya's sdxl_train.py)
     text_encoder_rates = (("text_encoder", "learning_rate_te1"), ("text_encoder_2", "learning_rate_te2"))
     frozen_at_zero_rate = True
