@@ -233,3 +233,30 @@ def test_a_command_leaves_its_process_groups_before_python_exits(tmp_path):
     assert dist.is_initialized() and ones.item() == 1
     assert main(["tokens", "a cat"]) == 0
     assert not dist.is_initialized()
+
+
+def test_a_sharded_text_encoder_is_sharded_by_layer_and_still_returns_its_hidden_states(tmp_path, tiny_sd1):
+    """Clip skip and SDXL read a text encoder's hidden states; FSDP2 swaps the model's class for a
+    subclass, which transformers 5 did not know could record them (a sharded run that trained the
+    text encoder failed with "'NoneType' object is not subscriptable")."""
+    import torch
+    import torch.distributed as dist
+
+    from engine.models.load import load_model
+    from engine.train.sharding import shard, units_of
+
+    text_encoder = load_model(str(tiny_sd1)).text_encoder
+    layers = list(text_encoder.get_encoder().layers) if hasattr(text_encoder, "get_encoder") else []
+    assert units_of(text_encoder) == layers and layers        # one unit per layer, not the whole model
+    ids = torch.randint(0, 1000, (2, 77))
+    expected = text_encoder(ids, output_hidden_states=True).hidden_states
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        shard(text_encoder, "full")
+        got = text_encoder(ids, output_hidden_states=True).hidden_states
+    finally:
+        dist.destroy_process_group()
+    assert got is not None and len(got) == len(expected)
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(a, b)

@@ -27,9 +27,25 @@ def shard(module, mode: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
     reshard = mode == "full"
+    before = type(module)
     for unit in units_of(module):
         fully_shard(unit, reshard_after_forward=reshard)
     fully_shard(module, reshard_after_forward=reshard)
+    _keep_output_capture(module, before)
+
+
+def _keep_output_capture(module, before: type) -> None:
+    """FSDP2 swaps a sharded module's class for a subclass (``FSDPCLIPTextModel``); transformers 5
+    looks up which outputs a model can record (``output_hidden_states``, which clip skip and SDXL's
+    layers read) by the class's name, so a sharded text encoder returned no hidden states. The
+    subclass gets its original class's entry (a private registry of transformers: no public way)."""
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:   # transformers 4 reads the flag in the model's own forward
+        return
+    entry = dict.get(_CAN_RECORD_REGISTRY, str(before))
+    if entry and not dict.get(_CAN_RECORD_REGISTRY, str(type(module))):
+        _CAN_RECORD_REGISTRY[module] = entry
 
 
 def units_of(module) -> list:
@@ -45,8 +61,14 @@ def units_of(module) -> list:
         for name in ("resnets", "attentions"):
             found += list(getattr(block, name, None) or [])
         found.append(block)
-    encoder = getattr(getattr(module, "text_model", None), "encoder", None)
+    # transformers 4 keeps a CLIP text model's encoder under .text_model, transformers 5 on the model
+    encoder = getattr(getattr(module, "text_model", module), "encoder", None)
     found += list(getattr(encoder, "layers", None) or [])
+    # SDXL's pooled text goes through TE2's projection outside the model's forward (kohya's pooling
+    # at the first EOS, engine/families/sdxl/text_encoding.py): as a unit of its own it gathers
+    # its weight, and reduces its gradient, when it is called.
+    if getattr(module, "text_projection", None) is not None:
+        found.append(module.text_projection)
     return found
 
 
