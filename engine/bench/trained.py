@@ -25,7 +25,7 @@ def load_trained(base_folder: str | Path, trained: str | Path | None = None):
 
     model = load_base(str(base_folder), hash_file=False)
     if trained is not None and Path(trained).is_dir():
-        _copy_weights_onto(model, load_model(str(trained), hash_file=False), Path(trained))
+        _copy_weights_onto(model, load_base(str(trained), hash_file=False), Path(trained))
     elif trained is not None:
         _read_weights_onto(model, Path(trained))
     return model
