@@ -106,6 +106,16 @@ def test_an_sdxl_single_file_is_read_onto_the_base(sdxl_base, tmp_path):
         load_trained(sdxl_base, tmp_path / "no-te2.safetensors")
 
 
+def test_the_command_line_takes_the_sdxl_family_and_says_what_scoring_it_needs(tmp_path, capsys):
+    from engine.cli import main
+    from engine.vocabulary import ExitCode
+
+    assert main(["bench", "--learning", str(tmp_path), "--family", "sdxl", "--score", "kohya.safetensors"]) \
+        == ExitCode.USAGE
+    said = capsys.readouterr()
+    assert f"run `sdft bench --learning {tmp_path} --family sdxl` first" in said.out + said.err
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("learning-bench")
 def test_a_tiny_sdxl_model_trained_by_sdft_learns_its_captions(tmp_path):
