@@ -75,7 +75,7 @@ def unet_text_inputs(model, prompt_encoder, captions: list[str], side: int) -> t
 def validation_loss(model, prompt_encoder, latents: torch.Tensor, captions: list[str], seed: int = 0) -> float:
     """Mean L2 loss of the U-Net's prediction over every (held-out image, fixed timestep)."""
     cumprod = obj.alphas_cumprod().float()
-    side = latents.shape[-1] * 2 ** (len(model.vae.config.block_out_channels) - 1)
+    side = latents.shape[-1] * 2 ** (len(model.vae.config.block_out_channels) - 1)   # each VAE level halves it
     context, extra = unet_text_inputs(model, prompt_encoder, captions, side)
     losses = []
     for t in validation_timesteps(0, 1000):

@@ -1,8 +1,8 @@
 """A trained model as the evaluator sees it: the base model's architecture with a trained file's
 weights, whoever wrote the file.
 
-The base folder (a diffusers folder, SD or SDXL) says the architecture; a single file alone may not: a file
-kohya saves from a small model carries no config, and guessing one from tensor shapes (SD's
+The base folder (a diffusers folder, SD or SDXL) says the architecture; a single file alone
+may not: a file kohya saves from a small model carries no config, and guessing one from tensor shapes (SD's
 head counts and GroupNorm groups) builds a different model from the same weights. So every
 trained file, sdft's or kohya's, is read onto the base model's modules, strictly: a tensor
 that is missing or the wrong shape is an error, never skipped.
@@ -18,7 +18,7 @@ class TrainedModelError(ValueError):
 
 
 def load_trained(base_folder: str | Path, trained: str | Path | None = None):
-    """The base model (a LoadedModel, fp32 on the CPU) with the U-Net, text encoder and VAE
+    """The base model (a LoadedModel, fp32 on the CPU) with the U-Net, text encoder(s) and VAE
     weights of ``trained``: a single file, or a diffusers folder (what diffusers' training
     scripts save); ``trained`` None gives the untrained base."""
     from engine.families.sources import load_base
