@@ -2,8 +2,8 @@
 weights, whoever wrote the file.
 
 The base folder (a diffusers folder, SD or SDXL) says the architecture; a single file alone
-may not: a file kohya saves from a small model carries no config, and guessing one from tensor shapes (SD's
-head counts and GroupNorm groups) builds a different model from the same weights. So every
+may not: a file kohya saves from a small model carries no config, and guessing one from tensor
+shapes (SD's head counts and GroupNorm groups) builds a different model from the same weights. So every
 trained file, sdft's or kohya's, is read onto the base model's modules, strictly: a tensor
 that is missing or the wrong shape is an error, never skipped.
 """
