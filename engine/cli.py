@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "generated concepts (about 5 minutes on 2 CPU cores); write OUT_DIR/learning.md, .json "
                             "and .png: validation-loss curves and prompt adherence against chance "
                             "(default OUT_DIR: sdft-learning; docs/learning-bench.md)")
-    bench.add_argument("--family", action="append", choices=("sd1", "sd2", "sd2-v"),
+    bench.add_argument("--family", action="append", choices=("sd1", "sd2", "sd2-v", "sdxl"),
                        help="with --learning, only this model family (repeatable); with --score, the family "
                             "the scored file was trained from")
     bench.add_argument("--score", metavar="MODEL",

@@ -120,9 +120,9 @@ def test_sd2_families_load_with_their_prediction_type(tmp_path, dataset, name):
 
 
 def test_families_are_every_family_sdft_trains():
-    assert [f.name for f in FAMILIES] == ["sd1", "sd2", "sd2-v"]
-    with pytest.raises(ValueError, match="use sd1, sd2, sd2-v"):
-        family_named("sdxl")
+    assert [f.name for f in FAMILIES] == ["sd1", "sd2", "sd2-v", "sdxl"]
+    with pytest.raises(ValueError, match="use sd1, sd2, sd2-v, sdxl"):
+        family_named("sd3")
 
 
 # ------------------------------------------------------------------ the evaluator

@@ -225,7 +225,7 @@ def learning_command(args) -> int:
         if args.score:
             if args.learning is None or not args.family or len(families) != 1:
                 say("sdft bench --score FILE needs --learning OUT_DIR (the folder a learning bench wrote) and one "
-                    "--family (sd1, sd2 or sd2-v), e.g. sdft bench --learning sdft-learning --family sd1 --score "
+                    "--family (sd1, sd2, sd2-v or sdxl), e.g. sdft bench --learning sdft-learning --family sd1 --score "
                     "kohya.safetensors")
                 return ExitCode.USAGE
             label = args.label or Path(args.score).stem

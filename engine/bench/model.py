@@ -21,6 +21,14 @@ can tell captions apart; measured with a bare training loop on SD1, 400 steps: a
 with gain 1, 80% with 8 (docs/learning-bench.md).
 
 The U-Net keeps SD's 32 GroupNorm groups so kohya's own U-Net class can load the same folder.
+
+SDXL (engine/families/sdxl/tiny.py's model) reads its text states before any final LayerNorm
+(layer 11 of TE1, the penultimate layer of TE2), so there the gain goes on the residual stream
+itself: the embeddings and every layer's two output projections are scaled by 8. Each layer
+normalises its input first, so every hidden state comes out 8 times larger (to 0.3%: the
+LayerNorms' epsilon), as SD's normed states do, and the pooled embedding (after the final
+LayerNorm) stays as it was (to 0.4%). At the CI size, adherence 54% with gain 1, 83% with 8
+(docs/learning-bench.md). Its VAE is calibrated to SDXL's scale 0.13025.
 """
 
 from __future__ import annotations
@@ -38,10 +46,10 @@ TEXT_GAIN = 8.0         # the text encoder's final LayerNorm weight (the module 
 
 @dataclass(frozen=True)
 class Family:
-    """A model family the benchmark trains: SD1, SD2 (512-base, epsilon) or SD2 768-v."""
+    """A model family the benchmark trains: SD1, SD2 (512-base, epsilon), SD2 768-v or SDXL."""
 
     name: str
-    flavour: str            # engine.models.tiny flavour: "sd1" | "sd2"
+    flavour: str            # "sd1" | "sd2" (engine.models.tiny) | "sdxl" (engine.families.sdxl.tiny)
     v_prediction: bool
     clip_skip: int          # the family's usual training recipe: NovelAI's 2 on SD1, 1 on SD2
     label: str
@@ -51,6 +59,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("sd1", "sd1", False, 2, "SD1 (epsilon, CLIP skip 2)"),
     Family("sd2", "sd2", False, 1, "SD2-base (epsilon)"),
     Family("sd2-v", "sd2", True, 1, "SD2 768-v (v-prediction)"),
+    Family("sdxl", "sdxl", False, 1, "SDXL (epsilon)"),   # SDXL reads fixed layers: no clip skip
 )
 
 
@@ -98,11 +107,30 @@ def load_pixels(paths, side: int):
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
+def scale_residual_stream(text_encoder, gain: float) -> None:
+    """Multiply every hidden state of a pre-LayerNorm CLIP text model by ``gain``: what enters the
+    residual stream (the embeddings, each layer's attention and MLP outputs) is scaled; each
+    layer's own LayerNorm then sees its input as before."""
+    import torch
+
+    model = getattr(text_encoder, "text_model", text_encoder)   # transformers 4.x keeps the level
+    stream = [model.embeddings.token_embedding, model.embeddings.position_embedding]
+    for layer in model.encoder.layers:
+        stream += [layer.self_attn.out_proj, layer.mlp.fc2]
+    with torch.no_grad():
+        for module in stream:
+            for tensor in (module.weight, getattr(module, "bias", None)):
+                if tensor is not None:
+                    tensor.mul_(gain)
+
+
 def build_bench_model(family: Family, out_dir: str | Path, calibration_images, side: int, seed: int = 0) -> dict:
     """A random ``family`` model, its VAE calibrated on ``calibration_images``, saved as a diffusers
     folder at ``out_dir`` by sdft's own writer (its text encoder in the layout every transformers
     version reads: kohya's pinned 4.x loads a 5.x ``save_pretrained`` folder's text encoder as
     random weights, with only a warning). Returns the calibration figures."""
+    if family.flavour == "sdxl":
+        return _build_sdxl(family, out_dir, calibration_images, side, seed)
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -120,4 +148,25 @@ def build_bench_model(family: Family, out_dir: str | Path, calibration_images, s
     save_model(out_dir, unet=unet, text_encoder=parts["text_encoder"], vae=vae, v2=family.flavour == "sd2",
                v_parameterization=family.v_prediction, fmt="diffusers_safetensors", precision="float",
                tokenizer=parts["tokenizer"])
+    return figures
+
+
+def _build_sdxl(family: Family, out_dir: str | Path, calibration_images, side: int, seed: int) -> dict:
+    """The tiny SDXL model (engine/families/sdxl/tiny.py), its VAE calibrated to SDXL's scale and
+    its text states raised by TEXT_GAIN, saved as a diffusers folder by the SDXL adapter."""
+    from types import SimpleNamespace
+
+    from engine.families import family as family_adapter
+    from engine.families.sdxl.conditioning import VAE_SCALE_FACTOR
+    from engine.families.sdxl.tiny import TinySdxlSpec, build_tiny_sdxl_components
+
+    parts = build_tiny_sdxl_components(TinySdxlSpec(seed=seed, v_prediction=family.v_prediction))
+    vae = parts["vae"].eval()
+    figures = calibrate_vae(vae, load_pixels(calibration_images, side), VAE_SCALE_FACTOR)
+    for name in ("text_encoder", "text_encoder_2"):
+        scale_residual_stream(parts[name], TEXT_GAIN)
+    model = SimpleNamespace(**parts, scheduler_config=dict(parts["scheduler"].config), logit_scale=None,
+                            zero_terminal_snr=False)
+    family_adapter("sdxl").save(out_dir, model, v_prediction=family.v_prediction, fmt="diffusers_safetensors",
+                                precision="float")
     return figures

@@ -9,8 +9,9 @@
   random decoder makes pixels meaningless, engine/bench/model.py). The share of samples that
   land on the prompted concept, against chance 1/K; and how far the samples lie from the data
   (``sample_distance``). Measured twice: through sdft's preview sampler (its own prompt
-  encoding, engine/train/sampling.py) and through diffusers' StableDiffusionPipeline with the
-  pipeline's own prompt encoding.
+  encoding, engine/train/sampling.py) and through diffusers' pipeline (StableDiffusionPipeline,
+  StableDiffusionXLPipeline for SDXL: the adapter's ``sampling_pipeline``) with the pipeline's
+  own prompt encoding.
 """
 
 from __future__ import annotations
@@ -53,18 +54,36 @@ def prompt_encoder_for(model, clip_skip: int):
                                            warn=lambda _text: None)
 
 
+def unet_text_inputs(model, prompt_encoder, captions: list[str], side: int) -> tuple[torch.Tensor, dict]:
+    """The U-Net's text states and other inputs for ``captions``, as the family's adapter builds
+    them in training; SDXL's size numbers are those of an unbucketed ``side`` x ``side`` image
+    (the benchmark trains without buckets), which diffusers' pipeline also passes at that size."""
+    from types import SimpleNamespace
+
+    from engine.families import family_of
+
+    family = family_of(model)
+    batch = SimpleNamespace(size_conditioning=None)
+    if family.size_conditioning:
+        from engine.families.sdxl.conditioning import unbucketed_conditioning
+
+        batch.size_conditioning = [unbucketed_conditioning((side, side))] * len(captions)
+    return family.unet_inputs(model, batch, prompt_encoder(captions, "cpu"), torch.float32)
+
+
 @torch.no_grad()
 def validation_loss(model, prompt_encoder, latents: torch.Tensor, captions: list[str], seed: int = 0) -> float:
     """Mean L2 loss of the U-Net's prediction over every (held-out image, fixed timestep)."""
     cumprod = obj.alphas_cumprod().float()
-    context = prompt_encoder(captions, "cpu")
+    side = latents.shape[-1] * 2 ** (len(model.vae.config.block_out_channels) - 1)   # each VAE level halves it
+    context, extra = unet_text_inputs(model, prompt_encoder, captions, side)
     losses = []
     for t in validation_timesteps(0, 1000):
         noise = torch.cat([torch.randn((1, *latents.shape[1:]),
                                        generator=torch.Generator().manual_seed(validation_seed(seed, i, t)))
                            for i in range(len(latents))])
         steps = torch.full((len(latents),), t, dtype=torch.long)
-        pred = model.unet(obj.add_noise(latents, noise, steps, cumprod), steps, context).sample
+        pred = model.unet(obj.add_noise(latents, noise, steps, cumprod), steps, context, **extra).sample
         target = obj.target_for(latents, noise, steps, cumprod, model.v_parameterization)
         losses.append(((pred.float() - target) ** 2).mean(dim=(1, 2, 3)))
     return float(torch.cat(losses).mean())
@@ -112,12 +131,13 @@ def _scheduler(model, plan: SamplingPlan):
 @torch.no_grad()
 def sdft_sampler_latents(model, prompt_encoder, prompts: list[str], plan: SamplingPlan, side: int) -> torch.Tensor:
     """Samples through sdft's preview sampler: the training encoder's embeddings, diffusers' loop."""
+    from engine.families import family_of
     from engine.train.sampling import guided_latents, preview_pipeline
 
     pipe = preview_pipeline(model, model.unet, _scheduler(model, plan))
     return guided_latents(pipe, prompt_encoder, prompts, [None] * len(prompts), device="cpu", width=side,
                           height=side, steps=plan.steps, guidance_scale=plan.guidance_scale,
-                          generator=torch.Generator().manual_seed(plan.seed)).float()
+                          generator=torch.Generator().manual_seed(plan.seed), family=family_of(model)).float()
 
 
 @contextmanager
@@ -138,8 +158,9 @@ def _final_layer_norm_where_diffusers_looks(text_encoder):
 @torch.no_grad()
 def diffusers_pipeline_latents(model, prompts: list[str], clip_skip: int, plan: SamplingPlan,
                                side: int) -> torch.Tensor:
-    """Samples through diffusers' StableDiffusionPipeline with its own prompt encoding (its
-    ``clip_skip`` counts skipped layers: sdft's 2 is its 1)."""
+    """Samples through the family's diffusers pipeline (StableDiffusionPipeline, or
+    StableDiffusionXLPipeline for SDXL) with the pipeline's own prompt encoding (its ``clip_skip``
+    counts skipped layers: sdft's 2 is its 1; SDXL's is 1, none skipped)."""
     from engine.train.sampling import preview_pipeline
 
     pipe = preview_pipeline(model, model.unet, _scheduler(model, plan))

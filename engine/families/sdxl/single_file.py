@@ -95,7 +95,7 @@ def _configs(sd: Mapping, metadata: Mapping, path: Path, *, separate_vae: bool) 
                              "use a full SDXL checkpoint") from exc
 
 
-def _te2_for(model_keys, state: Mapping) -> dict:
+def te2_state_for(model_keys, state: Mapping) -> dict:
     """TE2's converted tensors in the model's own names (``text_model.`` or not, as
     transformers builds it; ``text_projection`` stays at the top)."""
     body = {k: v for k, v in state.items() if not k.startswith("text_projection.")}
@@ -138,7 +138,7 @@ def load_single_file(path: Path, *, v_parameterization="auto", vae=None, allow_u
         if name == "text_encoder":
             state = adapt_text_keys(state, named[name])
         elif name == "text_encoder_2":
-            state = _te2_for(named[name], state)
+            state = te2_state_for(named[name], state)
         parts[name] = build_model(ctors[name], state, what[name], where)
         del state
     if vae is not None:
