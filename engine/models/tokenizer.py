@@ -171,7 +171,16 @@ def load_tokenizer(source: str | Path | None = None, v2: bool = False):
             folder = folder / "tokenizer"
         if any((folder / name).is_file() for name in ("vocab.json", "tokenizer.json")):
             return _folder_tokenizer(str(folder.resolve()), _files_stamp(folder))
-    return cached_clip_tokenizer(v2)
+    return _builtin_model_tokenizer(v2)
+
+
+@lru_cache(maxsize=2)
+def _builtin_model_tokenizer(v2: bool):
+    """The built-in vocabulary as a model's tokenizer: transformers' (a model saves it with
+    ``save_pretrained`` and pipelines call it), built once per process as a folder's is;
+    counting uses the lighter :func:`cached_clip_tokenizer`."""
+    with _BUILD_LOCK:
+        return build_clip_tokenizer(v2=v2)
 
 
 def _files_stamp(folder: Path) -> tuple:

@@ -55,7 +55,10 @@ def sdxl_tokenizers(tokenizer_dir=None) -> tuple[Any, Any]:
 
     if tokenizer_dir is None:
         return build_clip_tokenizer(v2=False), build_clip_tokenizer(v2=True)
-    first, second = load_tokenizer(tokenizer_dir, v2=False), load_tokenizer(tokenizer_dir, v2=False)
+    import copy
+
+    first = load_tokenizer(tokenizer_dir, v2=False)
+    second = copy.deepcopy(first)   # load_tokenizer shares a folder's tokenizer; this one is changed
     second.pad_token = "!"
     return first, second
 
