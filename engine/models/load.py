@@ -306,8 +306,6 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
                  report: list[str]) -> dict:
     import json
 
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     needed = ["unet", "text_encoder"] + ([] if vae is not None else ["vae"])
@@ -324,29 +322,10 @@ def _load_folder(folder: Path, *, v2, v_parameterization, vae, allow_unsafe_pick
     for component in needed[1:]:
         check_component_config(folder, component)
     check_supported_folder(folder, ucfg)
-    sub = "unet"
-    if use_ema and (folder / "unet_ema" / "config.json").is_file():
-        sub = "unet_ema"
-        report.append("EMA weights present (unet_ema/): training them (model.use_ema_weights = true)")
-    elif (folder / "unet_ema").is_dir():
-        report.append("EMA weights present (unet_ema/): training the regular U-Net; set "
-                      "model.use_ema_weights = true to train the EMA weights instead")
-    elif use_ema:
-        report.append("model.use_ema_weights is set but the folder has no unet_ema/: using unet/")
-    try:
-        unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder=sub, torch_dtype=torch.float32)
-        text_encoder = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", dtype=torch.float32)
-        vae_model = (load_vae(vae, allow_unsafe_pickle=allow_unsafe_pickle, report=report) if vae is not None
-                     else AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=torch.float32))
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - diffusers/transformers fail many ways on a bad folder
-        raise ModelLoadError(f"{folder}: a component could not be loaded: {type(exc).__name__}: "
-                             f"{str(exc)[:400]}") from exc
-    for component, model in ((sub, unet), ("text_encoder", text_encoder), ("vae", None if vae else vae_model)):
-        all_weights_loaded(folder / component, model)
-    if vae is not None:
-        report.append(f"VAE: from {vae} (model.vae)")
+    sub = unet_subfolder(folder, use_ema, report)
+    unet, (text_encoder,), vae_model = load_folder_parts(
+        folder, unet_sub=sub, text_parts={"text_encoder": CLIPTextModel},
+        vae=vae, allow_unsafe_pickle=allow_unsafe_pickle, report=report)
     ctx = int(unet.config.cross_attention_dim)
     detected, why = detect_v2_folder(ctx, getattr(text_encoder.config, "hidden_act", ""))
     v2d = resolve_v2(v2, detected, why)
@@ -409,6 +388,46 @@ def download_hub(repo_id: str, parts: tuple[str, ...] = SD_FOLDER_PARTS) -> Path
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+def unet_subfolder(folder: Path, use_ema: bool, report: list[str]) -> str:
+    """``unet_ema`` when asked for and present, else ``unet``; what was chosen goes to ``report``."""
+    if use_ema and (folder / "unet_ema" / "config.json").is_file():
+        report.append("EMA weights present (unet_ema/): training them (model.use_ema_weights = true)")
+        return "unet_ema"
+    if (folder / "unet_ema").is_dir():
+        report.append("EMA weights present (unet_ema/): training the regular U-Net; set "
+                      "model.use_ema_weights = true to train the EMA weights instead")
+    elif use_ema:
+        report.append("model.use_ema_weights is set but the folder has no unet_ema/: using unet/")
+    return "unet"
+
+
+def load_folder_parts(folder: Path, *, unet_sub: str, text_parts: dict, vae, allow_unsafe_pickle: bool,
+                      report: list[str]) -> tuple:
+    """A diffusers folder's U-Net, text encoders (``text_parts``: subfolder -> transformers class,
+    in order) and VAE (or ``vae``, a separate one), fp32; a part that fails to build is named with
+    the folder, and every weight is checked as read (SD and SDXL folders alike)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    try:
+        unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder=unet_sub, torch_dtype=torch.float32)
+        texts = tuple(cls.from_pretrained(str(folder), subfolder=sub, dtype=torch.float32)
+                      for sub, cls in text_parts.items())
+        vae_model = (load_vae(vae, allow_unsafe_pickle=allow_unsafe_pickle, report=report) if vae is not None
+                     else AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=torch.float32))
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - diffusers/transformers fail many ways on a bad folder
+        raise ModelLoadError(f"{folder}: a component could not be loaded: {type(exc).__name__}: "
+                             f"{str(exc)[:400]}") from exc
+    for component, model in ((unet_sub, unet), *zip(text_parts, texts, strict=True),
+                             ("vae", None if vae else vae_model)):
+        all_weights_loaded(folder / component, model)
+    if vae is not None:
+        report.append(f"VAE: from {vae} (model.vae)")
+    return unet, texts, vae_model
 
 
 def all_weights_loaded(component: Path, model) -> None:

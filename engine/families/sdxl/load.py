@@ -20,12 +20,12 @@ from engine.models.errors import ModelLoadError
 from engine.models.load import (
     SINGLE_FILE_EXT,
     LoadedModel,
-    all_weights_loaded,
     download_hub,
     is_hub_id,
-    load_vae,
+    load_folder_parts,
     stored_dtype,
     training_scheduler,
+    unet_subfolder,
 )
 
 # The parts a diffusers folder (and a hub download) of SDXL holds.
@@ -112,44 +112,17 @@ def _check_folder(folder: Path, vae) -> dict:
     return ucfg
 
 
-def _unet_subfolder(folder: Path, use_ema: bool, report: list[str]) -> str:
-    if use_ema and (folder / "unet_ema" / "config.json").is_file():
-        report.append("EMA weights present (unet_ema/): training them (model.use_ema_weights = true)")
-        return "unet_ema"
-    if (folder / "unet_ema").is_dir():
-        report.append("EMA weights present (unet_ema/): training the regular U-Net; set "
-                      "model.use_ema_weights = true to train the EMA weights instead")
-    elif use_ema:
-        report.append("model.use_ema_weights is set but the folder has no unet_ema/: using unet/")
-    return "unet"
-
-
 def load_folder(folder: Path, *, v_parameterization="auto", vae=None, allow_unsafe_pickle: bool = False,
                 use_ema: bool = False, report: list[str]) -> dict:
     """The parts of an SDXL diffusers folder, fp32, and what its scheduler config says."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     _check_folder(folder, vae)
-    sub = _unet_subfolder(folder, use_ema, report)
-    try:
-        unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder=sub, torch_dtype=torch.float32)
-        te1 = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", dtype=torch.float32)
-        te2 = CLIPTextModelWithProjection.from_pretrained(str(folder), subfolder="text_encoder_2",
-                                                          dtype=torch.float32)
-        vae_model = (load_vae(vae, allow_unsafe_pickle=allow_unsafe_pickle, report=report) if vae is not None
-                     else AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=torch.float32))
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - diffusers/transformers fail many ways on a bad folder
-        raise ModelLoadError(f"{folder}: a component could not be loaded: {type(exc).__name__}: "
-                             f"{str(exc)[:400]}") from exc
-    for part, model in ((sub, unet), ("text_encoder", te1), ("text_encoder_2", te2),
-                        ("vae", None if vae else vae_model)):
-        all_weights_loaded(folder / part, model)
-    if vae is not None:
-        report.append(f"VAE: from {vae} (model.vae)")
+    sub = unet_subfolder(folder, use_ema, report)
+    unet, (te1, te2), vae_model = load_folder_parts(
+        folder, unet_sub=sub,
+        text_parts={"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection},
+        vae=vae, allow_unsafe_pickle=allow_unsafe_pickle, report=report)
     report.append(f"model: SDXL, detected from {folder.name}/unet/config.json (addition_embed_type = \"text_time\")"
                   + ("" if unet.config.cross_attention_dim == 2048 else
                      f", U-Net context width {unet.config.cross_attention_dim}: a small test model, not full size"))
