@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -19,8 +20,10 @@ from pathlib import Path
 import pytest
 import tomlkit
 from preflight_helpers import PROMPT, _candidates, make_fixture, schema_keys
+from safetensors import safe_open
 
 from engine.config.schema import SECTIONS
+from engine.models.safetensors_header import read_header
 from engine.preflight.checks import check_run_file
 from engine.runner import run_training
 
@@ -203,29 +206,33 @@ VOLATILE_METADATA = {"modelspec.date", "sdft.started", "sdft.finished"}
 
 
 def _tensor_hash(path: Path) -> str:
-    from safetensors import safe_open
-
+    """The weights file's metadata and tensors: each tensor's name and its values as float32
+    bytes. An F32 tensor's stored bytes are those values (safetensors is little-endian and
+    row-major), so they are hashed as read, without building a tensor per weight."""
+    header = read_header(path)
+    data = memoryview(path.read_bytes())[header.data_start:]
     digest = hashlib.sha256()
+    for key in sorted(header.metadata):
+        # the run TOML (differs in the key itself) and times are left out
+        if key not in VOLATILE_METADATA and not key.startswith("sdft.config"):
+            digest.update(f"{key}={header.metadata[key]}".encode())
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        for key in sorted(meta):
-            # the run TOML (differs in the key itself) and times are left out
-            if key not in VOLATILE_METADATA and not key.startswith("sdft.config"):
-                digest.update(f"{key}={meta[key]}".encode())
-        for key in sorted(f.keys()):
+        for key in sorted(header.tensors):
+            info = header.tensors[key]
             digest.update(key.encode())
-            digest.update(f.get_tensor(key).float().numpy().tobytes())
+            if info.dtype == "F32" and info.offsets is not None:
+                digest.update(data[info.offsets[0]:info.offsets[1]])
+            else:
+                digest.update(f.get_tensor(key).float().numpy().tobytes())
     return digest.hexdigest()[:12]
 
 
-def _train(root: Path, doc: dict, model: Path) -> tuple[dict | None, list]:
-    root.mkdir(parents=True)
-    make_fixture(root, model)
-    (root / "tokenizer").mkdir()
-    import shutil
-
-    shutil.copytree(model / "tokenizer", root / "tokenizer", dirs_exist_ok=True)
-    _swap_tokens(root / "tokenizer" / "tokenizer.json", "red</w>", "blue</w>")   # for model.tokenizer_dir
+def _train(root: Path, doc: dict, model: Path, fixture: Path) -> tuple[dict | None, list]:
+    """Train ``doc`` in ``root``, a fresh copy of the worker's ``fixture`` folder (see
+    :func:`fixture_folder`); (fingerprint, []) or (None, --check's errors)."""
+    shutil.copytree(fixture, root)
+    meta = root / "meta.json"   # its keys are absolute image paths: this folder's, as make_fixture writes
+    meta.write_text(meta.read_text().replace(str(fixture), str(root)))
     text = tomlkit.dumps(doc).replace("{fixture}", str(root)).replace("{model}", str(model))
     path = root / "run.toml"
     path.write_text(text)
@@ -244,6 +251,17 @@ def _swap_tokens(tokenizer_json: Path, a: str, b: str) -> None:
     vocab = data["model"]["vocab"]
     vocab[a], vocab[b] = vocab[b], vocab[a]
     tokenizer_json.write_text(json.dumps(data), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def fixture_folder(tmp_path_factory, tiny_sd1) -> Path:
+    """The images, metadata, prompts and swapped tokenizer (for model.tokenizer_dir) every run
+    starts from, made once per worker: each run trains in a copy (re-parsing CLIP's 3.6 MB
+    tokenizer.json per run cost more than a step)."""
+    folder = make_fixture(tmp_path_factory.mktemp("key-walk-fixture"), tiny_sd1)
+    shutil.copytree(tiny_sd1 / "tokenizer", folder / "tokenizer")
+    _swap_tokens(folder / "tokenizer" / "tokenizer.json", "red</w>", "blue</w>")
+    return folder
 
 
 def _document(model: Path, extra: dict) -> dict:
@@ -277,41 +295,37 @@ def test_every_schema_key_is_walked():
 _BASELINES: dict[str, dict] = {}
 
 
-def _baseline(extra: dict, root: Path, model: Path) -> dict:
+def _baseline(extra: dict, root: Path, model: Path, fixture: Path) -> dict:
     """The run with only the companion settings: one per distinct ``extra``, reused by keys that
     share it (each run takes seconds). Trained in the same folder as the key's run, so paths
     inside files are equal. Where the companions alone are refused as idle (save.use_ema
     without train.ema: each needs the other), the baseline is the plain run."""
-    import shutil
-
     name = json.dumps(extra, sort_keys=True)
     if name not in _BASELINES:
         try:
-            fingerprint, errors = _train(root, _document(model, extra), model)
+            fingerprint, errors = _train(root, _document(model, extra), model, fixture)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         if errors:
             assert all("has no effect without" in e.message for e in errors), errors
-            return _baseline({}, root, model)
+            return _baseline({}, root, model, fixture)
         _BASELINES[name] = fingerprint
     return _BASELINES[name]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", [k for k in schema_keys() if k not in ONLY_ELSEWHERE])
-def test_setting_a_key_changes_the_run_or_is_refused(key, tmp_path_factory, tiny_sd1):
+def test_setting_a_key_changes_the_run_or_is_refused(key, tmp_path_factory, tiny_sd1, fixture_folder):
     value, extra = VALUES.get(key, (None, {}))
     if key not in VALUES:
         value = _other_value(key)
     root = tmp_path_factory.getbasetemp() / "key-walk"   # one path for every run of this worker
-    baseline = _baseline(extra, root, tiny_sd1)
+    baseline = _baseline(extra, root, tiny_sd1, fixture_folder)
     doc = _document(tiny_sd1, extra)
     _set(doc, key, value)
     try:
-        changed, errors = _train(root, doc, tiny_sd1)
+        changed, errors = _train(root, doc, tiny_sd1, fixture_folder)
     finally:
-        import shutil
-
         shutil.rmtree(root, ignore_errors=True)
     if errors:
         assert all(e.hint or "not" in e.message for e in errors), "a refusal gives a reason"
