@@ -9,6 +9,8 @@ Paths point into a small fixture folder made by ``make_fixture``.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import random
 import typing
@@ -122,8 +124,14 @@ def _fill(value, fixture: Path, model: Path):
     return value
 
 
+@functools.cache
+def _hints(cls) -> dict:
+    """A schema dataclass's resolved type hints (resolving them per file was most of the drawing)."""
+    return typing.get_type_hints(cls)
+
+
 def _section(rng: random.Random, name: str, cls, fixture: Path, model: Path, share: float, bad: set) -> dict:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     table = {}
     for f in fields(cls):
         hint = hints[f.name]
@@ -144,8 +152,13 @@ def _section(rng: random.Random, name: str, cls, fixture: Path, model: Path, sha
 
 def schema_keys() -> list[str]:
     """Every dotted key of every schema section, nested tables included."""
+    return list(_schema_keys())
+
+
+@functools.cache
+def _schema_keys() -> tuple[str, ...]:
     def walk(prefix: str, cls) -> list[str]:
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         out = []
         for f in fields(cls):
             if is_dataclass(hints[f.name]):
@@ -154,7 +167,7 @@ def schema_keys() -> list[str]:
                 out.append(f"{prefix}.{f.name}")
         return out
 
-    return [key for name, cls in SECTIONS.items() for key in walk(name, cls)]
+    return tuple(key for name, cls in SECTIONS.items() for key in walk(name, cls))
 
 
 # Dataset keys: (valid, near-valid) values; sizes fit the 64-96 px fixture images.
@@ -229,11 +242,12 @@ def _drop_most_idle_keys(rng: random.Random, doc: dict) -> None:
     loss), which --check refuses; keep about one in seven of them so the files also exercise
     the combinations that act."""
     from engine.config.problems import ProblemList
-    from engine.config.run_toml import collect_run_text
+    from engine.config.run_toml import build_run_config
     from engine.preflight.inert import check_inert_options
 
     for _round in range(3):
-        config, _document, _schema = collect_run_text(tomlkit.dumps(doc), file="random.toml")
+        # the plain values a parse of tomlkit.dumps(doc) gives back, without the round trip
+        config = build_run_config(copy.deepcopy(doc), ProblemList(file="random.toml"), base_dir=Path("."))
         idle = ProblemList(file="random.toml")
         check_inert_options(config, idle)
         dropped = False

@@ -7,6 +7,7 @@ user's comments and key order survive and a no-op save is byte-identical.
 
 from __future__ import annotations
 
+import functools
 import typing
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -140,9 +141,15 @@ def _rejection(key: str) -> str | None:
     return None
 
 
+@functools.cache
+def _schema_of(cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(type hints, fields) of a schema dataclass by name, worked out once per process: resolving
+    the string annotations costs more than building a section, and every run file load builds each."""
+    return typing.get_type_hints(cls), {f.name: f for f in fields(cls)}
+
+
 def _build_dataclass(cls: type[Section], table: dict[str, Any], prefix: str, problems: ProblemList) -> Section:
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
+    hints, known = _schema_of(cls)
     values: dict[str, Any] = {}
     for written, value in table.items():
         dotted = f"{prefix}.{written}"
