@@ -16,12 +16,11 @@ import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import forked_sdft
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -38,7 +37,6 @@ STEPS = 12   # 3 steps per epoch with the helper's 6 images: the run crosses thr
 SAVE = "every_n_steps = 1\nstate = true\nlast_n_states = 3\n"
 SAMPLES = '[sample]\nevery_n_steps = 2\nprompts = ["a cat --w 64 --h 64 --s 1"]\n'
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-SDFT = [sys.executable, "-m", "sdft_tui.cli"]
 RUN_DIR = ("runs", "t")
 STOPPED = 130
 
@@ -219,14 +217,15 @@ class Fault:
     kill_writing: str | None = None    # ... or the process kills itself while writing this file
 
 
-def start(config: Path, *args: str, kill_writing: str | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-c", KILL_INSIDE_WRITE] if kill_writing else SDFT
+def start(config: Path, *args: str, kill_writing: str | None = None) -> forked_sdft.ForkedProcess:
+    """`sdft train CONFIG ARGS` as a real process of its own, forked from a server that imported
+    the libraries once (tests/forked_sdft.py): killed, signalled and resumed as any other."""
     env = {**ENV, "SDFT_FAULT_KILL_WRITING": kill_writing} if kill_writing else ENV
-    return subprocess.Popen([*command, "train", str(config), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    return forked_sdft.start(["train", str(config), *args], code=KILL_INSIDE_WRITE if kill_writing else None,
+                             env=env, stdout=forked_sdft.PIPE, stderr=forked_sdft.STDOUT)
 
 
-def wait_for_step(process: subprocess.Popen, events: Path, step: int, offset: int) -> bool:
+def wait_for_step(process: forked_sdft.ForkedProcess, events: Path, step: int, offset: int) -> bool:
     """Block until the log has a step event for ``step`` written after ``offset`` bytes;
     False when the process ended first."""
     deadline = time.monotonic() + 300
