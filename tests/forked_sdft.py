@@ -18,8 +18,9 @@ For each start it forks a child, which
 * runs what `python -m sdft_tui.cli ARGS` runs (or `python -c CODE ARGS`), exit code included.
 
 Variables read when the libraries import (thread counts, offline switches) are the server's:
-a start whose environment differs in any variable but :data:`READ_AT_RUN_TIME` is refused, so a
-test never runs under an environment it did not ask for. Behaviour that depends on a fresh
+a start whose environment differs in any variable but :data:`READ_AT_RUN_TIME` gets a server of
+its own, started under that environment, so a test never runs under one it did not ask for. The
+server refuses to fork while it runs a second thread (a child would inherit locks held by it). Behaviour that depends on a fresh
 interpreter itself (what a start imports, the console script) stays with genuine processes.
 """
 
@@ -36,6 +37,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +51,8 @@ LIBRARIES = ("torch", "numpy", "PIL.Image", "safetensors.torch", "scipy.stats", 
              "transformers.modeling_utils", "transformers.models.clip.modeling_clip",
              "transformers.models.clip.tokenization_clip", "diffusers",
              "diffusers.models.unets.unet_2d_condition", "diffusers.models.autoencoders.autoencoder_kl",
-             "diffusers.loaders.single_file_model", "diffusers.schedulers", "diffusers.optimization")
+             "diffusers.loaders.single_file_model", "diffusers.schedulers", "diffusers.schedulers.scheduling_ddpm",
+             "diffusers.optimization", "rich.console", "rich.live", "rich.progress", "rich.table", "tomlkit")
 
 
 # ------------------------------------------------------------------ the server (its own process)
@@ -264,13 +267,17 @@ class ForkServer:
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         server_env = {**self.env, "PYTHONPATH": os.pathsep.join([str(ROOT), self.env.get("PYTHONPATH", "")])}
         self.env["PYTHONPATH"] = server_env["PYTHONPATH"]
+        self.log = tempfile.TemporaryFile()   # the libraries' import notices; a failed start's traceback
         self.process = subprocess.Popen(
             [sys.executable, "-c", "import socket, sys; from forked_sdft import _serve; "
              "_serve(socket.socket(fileno=int(sys.argv[1])))", str(theirs.fileno())],
-            cwd=ROOT / "tests", env=server_env, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            cwd=ROOT / "tests", env=server_env, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+            stdout=self.log, stderr=self.log)
         theirs.close()
         self.control.settimeout(600)
-        assert self.control.recv(16) == b"ready\n", "the fork server did not start"
+        if self.control.recv(16) != b"ready\n":
+            self.log.seek(0)
+            raise RuntimeError("the fork server did not start:\n" + self.log.read().decode("utf-8", "replace")[-3000:])
 
     def start(self, args: list[str], *, code: str | None = None, env: dict[str, str] | None = None,
               cwd: Path | str | None = None, stdin=DEVNULL, stdout=PIPE, stderr=PIPE) -> ForkedProcess:
@@ -303,7 +310,11 @@ class ForkServer:
         theirs.close()
         for fd in sent:
             os.close(fd)
-        return ForkedProcess(mine, *(os.fdopen(kept[t], "rb") if t in kept else None for t in (1, 2)))
+        try:
+            return ForkedProcess(mine, *(os.fdopen(kept[t], "rb") if t in kept else None for t in (1, 2)))
+        except RuntimeError as exc:
+            self.log.seek(0)
+            raise RuntimeError(f"{exc}:\n{self.log.read().decode('utf-8', 'replace')[-3000:]}") from None
 
     def _checked(self, env: dict[str, str] | None) -> dict[str, str]:
         env = {**os.environ} if env is None else dict(env)
@@ -321,6 +332,7 @@ class ForkServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self.log.close()
 
 
 _servers: dict[str, ForkServer] = {}

@@ -394,3 +394,41 @@ def test_a_damaged_newest_state_falls_back_to_the_previous_one(tmp_path, tiny_sd
     assert any("skipped a newer state" in m and str(newest) in m for m in messages), messages
     assert any("at step 3" in m and "resumed from" in m for m in messages), messages
     cases.finish("a damaged newest state", config, result.status == "completed", result.message)
+
+
+# ------------------------------------------------------------------ the processes themselves
+
+FRESH_PROBE = """
+import gc, json, os, signal, sys, threading, torch
+kinds = {signal.SIG_DFL: "default", signal.SIG_IGN: "ignored", signal.default_int_handler: "KeyboardInterrupt"}
+handlers = {name: kinds.get(signal.getsignal(getattr(signal, name)), "other")
+            for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGPIPE")}
+print(json.dumps({"pid": os.getpid(), "argv": sys.argv, "gc": gc.isenabled(), "threads": threading.active_count(),
+                  "handlers": handlers, "seed": torch.initial_seed(), "cwd": os.getcwd()}))
+print("to stderr", file=sys.stderr)
+sys.stdout.flush()
+sys.exit(7)
+"""
+
+
+def test_a_forked_sdft_is_a_real_process_that_starts_as_a_fresh_interpreter(tmp_path):
+    """What the fault suite relies on in tests/forked_sdft.py: each child is a process of its own
+    with a fresh interpreter's signal handlers, collector, generators and one thread."""
+    seen = []
+    for _ in range(2):
+        done = forked_sdft.run(["an argument"], code=FRESH_PROBE, env=ENV, cwd=tmp_path, timeout=60)
+        assert done.returncode == 7 and done.stderr == "to stderr\n", done.stderr
+        seen.append(json.loads(done.stdout))
+    first, second = seen
+    assert first["pid"] != second["pid"] and os.getpid() not in (first["pid"], second["pid"])
+    assert first["argv"] == ["-c", "an argument"] and first["cwd"] == str(tmp_path)
+    assert first["gc"] and first["threads"] == 1
+    assert first["handlers"] == {"SIGINT": "KeyboardInterrupt", "SIGTERM": "default", "SIGHUP": "default",
+                                 "SIGPIPE": "ignored"}
+    assert first["seed"] != second["seed"], "each child seeds torch's generator anew, as a fresh process does"
+    sleeper = forked_sdft.start([], code="import time; time.sleep(60)", env=ENV)
+    sleeper.send_signal(signal.SIGTERM)
+    assert sleeper.wait(timeout=30) == -signal.SIGTERM
+    told = forked_sdft.run([], code="import os; print(os.environ['SDFT_FAULT_KILL_WRITING'])",
+                           env={**ENV, "SDFT_FAULT_KILL_WRITING": "a needle"}, timeout=60)
+    assert told.stdout == "a needle\n", "the child runs under the environment it was given"
