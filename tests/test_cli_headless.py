@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import forked_sdft
 import pytest
 from fresh_process import snippet
 from train_helpers import make_broken_model, make_run
@@ -24,8 +25,9 @@ def run_sdft(*args, cwd=None, timeout=300):
 
 def sdft_here(capsys, *args) -> tuple[int, str, str]:
     """`sdft ARGS` in this process (sdft_tui.cli.main, the console script's entry): exit code,
-    stdout, stderr. For tests of what a command does; the process's own behaviour (signals, exit
-    status of the binary, imports at start) keeps run_sdft."""
+    stdout, stderr. For tests of what a command does; the process's own behaviour keeps a real
+    process: run_sdft where a fresh interpreter matters (imports at start), else a child forked
+    with the libraries imported (signals, exit status: tests/forked_sdft.py)."""
     from sdft_tui.cli import main
 
     code = main(list(args))
@@ -53,15 +55,15 @@ def test_demo_runs_headless_and_its_checkpoint_loads(tmp_path, capsys):
 
 def test_training_failure_exits_3(tmp_path, tiny_sd1):
     config = make_run(tmp_path, make_broken_model(tiny_sd1, tmp_path), steps=2)
-    result = run_sdft("train", str(config))
+    result = forked_sdft.run(["train", str(config)], env=ENV, timeout=300)   # the exit status of a real process
     assert result.returncode == 3
     assert "broken-model" in result.stdout and "sdft.log" in result.stdout
 
 
 def test_ctrl_c_stops_with_a_resumable_state_and_exit_130(tmp_path, tiny_sd1):
     config = make_run(tmp_path, tiny_sd1, steps=10_000)
-    process = subprocess.Popen([*SDFT, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=ENV)
+    # A real process, forked from a server that imported the libraries once (tests/forked_sdft.py).
+    process = forked_sdft.start(["train", str(config)], env=ENV, stderr=forked_sdft.STDOUT)
     events = tmp_path / "runs" / "t" / "events.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline:

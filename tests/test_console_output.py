@@ -8,10 +8,9 @@ import pty
 import re
 import select
 import signal
-import subprocess
-import sys
 import time
 
+import forked_sdft
 import pytest
 from rich.console import Console
 from train_helpers import make_run
@@ -134,8 +133,9 @@ def test_brackets_in_keys_hints_paths_and_captions_print_as_they_are():
 def _start_in_terminal(config):
     """`sdft train` with a real pseudo-terminal as its stdout, so the live display is on."""
     leader, follower = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "sdft_tui.cli", "train", str(config)], stdin=subprocess.DEVNULL,
-                               stdout=follower, stderr=follower, env=ENV, close_fds=True)
+    # A real process, forked from a server that imported the libraries once (tests/forked_sdft.py).
+    process = forked_sdft.start(["train", str(config)], env=ENV, stdin=forked_sdft.DEVNULL, stdout=follower,
+                                stderr=follower)
     os.close(follower)
     return process, leader
 

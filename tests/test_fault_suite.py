@@ -16,12 +16,11 @@ import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import forked_sdft
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -38,7 +37,6 @@ STEPS = 12   # 3 steps per epoch with the helper's 6 images: the run crosses thr
 SAVE = "every_n_steps = 1\nstate = true\nlast_n_states = 3\n"
 SAMPLES = '[sample]\nevery_n_steps = 2\nprompts = ["a cat --w 64 --h 64 --s 1"]\n'
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-SDFT = [sys.executable, "-m", "sdft_tui.cli"]
 RUN_DIR = ("runs", "t")
 STOPPED = 130
 
@@ -219,14 +217,15 @@ class Fault:
     kill_writing: str | None = None    # ... or the process kills itself while writing this file
 
 
-def start(config: Path, *args: str, kill_writing: str | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-c", KILL_INSIDE_WRITE] if kill_writing else SDFT
+def start(config: Path, *args: str, kill_writing: str | None = None) -> forked_sdft.ForkedProcess:
+    """`sdft train CONFIG ARGS` as a real process of its own, forked from a server that imported
+    the libraries once (tests/forked_sdft.py): killed, signalled and resumed as any other."""
     env = {**ENV, "SDFT_FAULT_KILL_WRITING": kill_writing} if kill_writing else ENV
-    return subprocess.Popen([*command, "train", str(config), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    return forked_sdft.start(["train", str(config), *args], code=KILL_INSIDE_WRITE if kill_writing else None,
+                             env=env, stdout=forked_sdft.PIPE, stderr=forked_sdft.STDOUT)
 
 
-def wait_for_step(process: subprocess.Popen, events: Path, step: int, offset: int) -> bool:
+def wait_for_step(process: forked_sdft.ForkedProcess, events: Path, step: int, offset: int) -> bool:
     """Block until the log has a step event for ``step`` written after ``offset`` bytes;
     False when the process ended first."""
     deadline = time.monotonic() + 300
@@ -395,3 +394,41 @@ def test_a_damaged_newest_state_falls_back_to_the_previous_one(tmp_path, tiny_sd
     assert any("skipped a newer state" in m and str(newest) in m for m in messages), messages
     assert any("at step 3" in m and "resumed from" in m for m in messages), messages
     cases.finish("a damaged newest state", config, result.status == "completed", result.message)
+
+
+# ------------------------------------------------------------------ the processes themselves
+
+FRESH_PROBE = """
+import gc, json, os, signal, sys, threading, torch
+kinds = {signal.SIG_DFL: "default", signal.SIG_IGN: "ignored", signal.default_int_handler: "KeyboardInterrupt"}
+handlers = {name: kinds.get(signal.getsignal(getattr(signal, name)), "other")
+            for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGPIPE")}
+print(json.dumps({"pid": os.getpid(), "argv": sys.argv, "gc": gc.isenabled(), "threads": threading.active_count(),
+                  "handlers": handlers, "seed": torch.initial_seed(), "cwd": os.getcwd()}))
+print("to stderr", file=sys.stderr)
+sys.stdout.flush()
+sys.exit(7)
+"""
+
+
+def test_a_forked_sdft_is_a_real_process_that_starts_as_a_fresh_interpreter(tmp_path):
+    """What the fault suite relies on in tests/forked_sdft.py: each child is a process of its own
+    with a fresh interpreter's signal handlers, collector, generators and one thread."""
+    seen = []
+    for _ in range(2):
+        done = forked_sdft.run(["an argument"], code=FRESH_PROBE, env=ENV, cwd=tmp_path, timeout=60)
+        assert done.returncode == 7 and done.stderr == "to stderr\n", done.stderr
+        seen.append(json.loads(done.stdout))
+    first, second = seen
+    assert first["pid"] != second["pid"] and os.getpid() not in (first["pid"], second["pid"])
+    assert first["argv"] == ["-c", "an argument"] and first["cwd"] == str(tmp_path)
+    assert first["gc"] and first["threads"] == 1
+    assert first["handlers"] == {"SIGINT": "KeyboardInterrupt", "SIGTERM": "default", "SIGHUP": "default",
+                                 "SIGPIPE": "ignored"}
+    assert first["seed"] != second["seed"], "each child seeds torch's generator anew, as a fresh process does"
+    sleeper = forked_sdft.start([], code="import time; time.sleep(60)", env=ENV)
+    sleeper.send_signal(signal.SIGTERM)
+    assert sleeper.wait(timeout=30) == -signal.SIGTERM
+    told = forked_sdft.run([], code="import os; print(os.environ['SDFT_FAULT_KILL_WRITING'])",
+                           env={**ENV, "SDFT_FAULT_KILL_WRITING": "a needle"}, timeout=60)
+    assert told.stdout == "a needle\n", "the child runs under the environment it was given"

@@ -8,13 +8,13 @@ import subprocess
 import sys
 import time
 
+import forked_sdft
 import pytest
 from train_helpers import make_run
 
 from engine.runlock import LOCK_NAME, RunFolderBusy, RunLock, read_holder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-SDFT = [sys.executable, "-m", "sdft_tui.cli"]
 
 HOLD = """
 import sys, time
@@ -59,8 +59,8 @@ def test_a_lock_is_released_by_an_exception_in_its_block(tmp_path):
 def test_second_sdft_train_on_a_running_folder_refuses_and_leaves_it_intact(tmp_path, tiny_sd1):
     config = make_run(tmp_path, tiny_sd1, steps=10_000)
     run_dir = tmp_path / "runs" / "t"
-    first = subprocess.Popen([*SDFT, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env=ENV)
+    # Real processes, forked from a server that imported the libraries once (tests/forked_sdft.py).
+    first = forked_sdft.start(["train", str(config)], env=ENV, stderr=forked_sdft.STDOUT)
     try:
         events = run_dir / "events.jsonl"
         deadline = time.time() + 240
@@ -68,7 +68,7 @@ def test_second_sdft_train_on_a_running_folder_refuses_and_leaves_it_intact(tmp_
             time.sleep(0.2)
         config_before = (run_dir / "config.toml").read_text()
         lines_before = len(events.read_text().splitlines())
-        second = subprocess.run([*SDFT, "train", str(config)], capture_output=True, text=True, env=ENV, timeout=240)
+        second = forked_sdft.run(["train", str(config)], env=ENV, timeout=240)
         assert second.returncode == 4, second.stdout + second.stderr   # its own code: not a bad file (2)
         assert f"in use by sdft train (PID {first.pid}" in second.stderr
         assert f"sdft watch {run_dir}" in second.stderr
@@ -79,8 +79,8 @@ def test_second_sdft_train_on_a_running_folder_refuses_and_leaves_it_intact(tmp_
         first.wait(timeout=60)
     assert (run_dir / LOCK_NAME).read_text().strip(), "a killed run leaves its record"
     # the killed run's steps are its history: a new start in its folder says --restart
-    taken = subprocess.run([*SDFT, "train", str(make_run(tmp_path, tiny_sd1, steps=1, name="short.toml")),
-                            "--restart"], capture_output=True, text=True, env=ENV, timeout=240)
+    taken = forked_sdft.run(["train", str(make_run(tmp_path, tiny_sd1, steps=1, name="short.toml")), "--restart"],
+                            env=ENV, timeout=240)
     assert taken.returncode == 0, taken.stdout + taken.stderr
     assert f"took over {run_dir} from sdft train (PID {first.pid}" in taken.stdout
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import sys
 
+import forked_sdft
 import pytest
 import safetensors.torch
 import torch
@@ -116,8 +116,8 @@ def test_a_real_full_disk_ends_with_exit_3_no_traceback_and_the_last_state_named
     config = make_run(tmp_path, tiny_sd1, steps=4, save_extra=SAVE_EVERY_STEP)
     config.write_text(config.read_text().replace('output_dir = "runs"', f'output_dir = "{small_filesystem}"'))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, "-m", "sdft_tui.cli", "train", str(config)], capture_output=True,
-                          text=True, env=env, timeout=300)
+    # A real process (its exit status, all it printed), forked with the libraries imported (tests/forked_sdft.py).
+    done = forked_sdft.run(["train", str(config)], env=env, timeout=300)
     output = done.stdout + done.stderr
     assert done.returncode == 3, output
     assert "Traceback" not in output
