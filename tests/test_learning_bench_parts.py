@@ -5,6 +5,7 @@ report and its chart, and the command line's errors. No training here (test_lear
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,20 @@ def sd1_base(tmp_path_factory, dataset):
     folder = tmp_path_factory.mktemp("base") / "sd1"
     build_bench_model(family_named("sd1"), folder, [i.path for i in dataset.train], dataset.side)
     return folder
+
+
+@pytest.fixture(scope="module")
+def sd2_bases(tmp_path_factory, dataset):
+    """The SD2 families' bench models, each built on first use and only read by the tests."""
+    root, built = tmp_path_factory.mktemp("sd2-bases"), {}
+
+    def base(name: str) -> Path:
+        if name not in built:
+            build_bench_model(family_named(name), root / name, [i.path for i in dataset.train[:4]], dataset.side)
+            built[name] = root / name
+        return built[name]
+
+    return base
 
 
 # ------------------------------------------------------------------ the concepts
@@ -111,11 +126,10 @@ def test_the_bench_model_loads_as_its_family_and_every_transformers_reads_its_te
 
 
 @pytest.mark.parametrize("name", ["sd2", "sd2-v"])
-def test_sd2_families_load_with_their_prediction_type(tmp_path, dataset, name):
+def test_sd2_families_load_with_their_prediction_type(sd2_bases, name):
     from engine.models.load import load_model
 
-    build_bench_model(family_named(name), tmp_path / name, [i.path for i in dataset.train[:4]], dataset.side)
-    model = load_model(str(tmp_path / name))
+    model = load_model(str(sd2_bases(name)))
     assert (model.v2, model.v_parameterization) == (True, name == "sd2-v")
 
 
@@ -201,12 +215,10 @@ def test_a_diffusers_folder_another_trainer_saved_is_read_too(sd1_base, tmp_path
     torch.testing.assert_close(trained.unet.conv_in.bias, model.unet.conv_in.bias)
 
 
-def test_a_file_from_another_base_is_refused_with_both_names(sd1_base, tmp_path, dataset):
+def test_a_file_from_another_base_is_refused_with_both_names(sd1_base, tmp_path, sd2_bases):
     from engine.bench.trained import TrainedModelError, load_trained
 
-    other = tmp_path / "sd2"
-    build_bench_model(family_named("sd2"), other, [i.path for i in dataset.train[:4]], dataset.side)
-    path = _single_file(load_trained(other), tmp_path / "sd2.safetensors", shift=0.0)
+    path = _single_file(load_trained(sd2_bases("sd2")), tmp_path / "sd2.safetensors", shift=0.0)
     with pytest.raises(TrainedModelError, match=r"sd2.safetensors does not fit the base model .*sd1 \(SD1\)"):
         load_trained(sd1_base, path)
 

@@ -132,8 +132,8 @@ def _run(folder, model, *, subset_extra="", train_extra="", steps=3, restart=Fal
     return sink
 
 
-def test_fully_opaque_alpha_masks_train_exactly_like_no_masks(tmp_path, tiny_sd1):
-    plain = _run(tmp_path / "plain", tiny_sd1)
+def test_fully_opaque_alpha_masks_train_exactly_like_no_masks(tmp_path, tiny_sd1, plain_run):
+    plain, _result = plain_run(3)          # _run's file without masks
     folder = tmp_path / "alpha"
     make_run(folder, tiny_sd1)
     _masked_dataset(folder, alpha_values=(255, 255))
@@ -141,8 +141,8 @@ def test_fully_opaque_alpha_masks_train_exactly_like_no_masks(tmp_path, tiny_sd1
     assert _losses(opaque) == _losses(plain)
 
 
-def test_alpha_masks_and_a_mask_folder_train_the_same_and_survive_the_cache(tmp_path, tiny_sd1):
-    plain = _run(tmp_path / "plain", tiny_sd1)
+def test_alpha_masks_and_a_mask_folder_train_the_same_and_survive_the_cache(tmp_path, tiny_sd1, plain_run):
+    plain, _result = plain_run(3)
     runs = {}
     for name, extra in (("alpha", "alpha_mask = true"), ("folder", 'conditioning_data_dir = "masks"')):
         folder = tmp_path / name

@@ -49,6 +49,12 @@ def pndm_source(folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def pndm_folder(tmp_path_factory) -> Path:
+    """One PNDM source for the module: convert and training only read it."""
+    return pndm_source(tmp_path_factory.mktemp("pndm") / "src")
+
+
 def generate(folder: Path):
     """Exactly the user's call: from_pretrained(folder) with no extra arguments, then a prompt."""
     from diffusers import StableDiffusionPipeline
@@ -115,10 +121,10 @@ def test_convert_fp16_single_file_generates(tmp_path):
 
 
 @pytest.mark.parametrize("precision,stored", [("fp16", "F16"), ("fp32", "F32")])
-def test_convert_pndm_diffusers_source_keeps_its_scheduler(tmp_path, precision, stored):
+def test_convert_pndm_diffusers_source_keeps_its_scheduler(tmp_path, pndm_folder, precision, stored):
     from engine.families.convert_cli import convert_command
 
-    source = pndm_source(tmp_path / "src")
+    source = pndm_folder
     folder = tmp_path / "out"
     assert convert_command([str(source), str(folder), "--precision", precision]) == 0
     assert stored_dtypes(folder) == {stored}
@@ -129,10 +135,10 @@ def test_convert_pndm_diffusers_source_keeps_its_scheduler(tmp_path, precision, 
     old_stack_generates(folder, "PNDMScheduler")
 
 
-def test_scheduler_survives_a_single_file_in_between(tmp_path):
+def test_scheduler_survives_a_single_file_in_between(tmp_path, pndm_folder):
     from engine.families.convert_cli import convert_command
 
-    source = pndm_source(tmp_path / "src")
+    source = pndm_folder
     single = tmp_path / "mid.safetensors"
     assert convert_command([str(source), str(single)]) == 0
     folder = tmp_path / "out"
@@ -154,13 +160,13 @@ def test_zero_terminal_snr_needs_a_scheduler_that_takes_it():
                                overrides={"rescale_betas_zero_snr": True})["_class_name"] == "EulerDiscreteScheduler"
 
 
-def test_training_diffusers_save_generates(tmp_path):
+def test_training_diffusers_save_generates(tmp_path, pndm_folder):
     from train_helpers import make_run
 
     from engine.events import ListSink, ModelSaved
     from engine.runner import run_training
 
-    source = pndm_source(tmp_path / "src")
+    source = pndm_folder
     config = make_run(tmp_path, source, steps=1, save_extra='format = "diffusers"')
     sink = ListSink()
     result = run_training(config, sink=sink)

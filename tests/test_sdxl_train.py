@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from PIL import Image
 from train_helpers import make_run
 
 from engine.config.problems import ConfigError
@@ -271,13 +272,16 @@ def test_an_sdxl_run_samples_with_ema_and_validation(tmp_path, tiny_sdxl):
     from engine.events import SampleSaved, ValidationMetrics
 
     run = sdxl_run(tmp_path, tiny_sdxl, steps=4, train_extra="ema = true\nvalidate_every_n_steps = 2")
-    text = run.read_text().replace("[general]", '[sample]\nprompts = ["a red picture"]\nevery_n_steps = 4\n'
-                                   'steps = 2\n\n[general]')
+    # 64 px: at SDXL's default side (1024) decoding the one sample took most of the test's time
+    text = run.read_text().replace("[general]", '[sample]\nprompts = ["a red picture --w 64 --h 64"]\n'
+                                   'every_n_steps = 4\nsteps = 2\n\n[general]')
     run.write_text(text.replace("batch_size = 2", "batch_size = 2\nvalidation_split = 0.34"))
     sink = ListSink()
     result = run_training(run, sink=sink)
     assert result.status == "completed", result.message
     assert [e.step for e in sink.of(SampleSaved)] == [4]
+    with Image.open(sink.of(SampleSaved)[0].path) as image:
+        assert image.size == (64, 64)
     assert [e.step for e in sink.of(ValidationMetrics)] == [2, 4]
     assert all(e.figures["loss"] > 0 for e in sink.of(ValidationMetrics))
 

@@ -27,8 +27,9 @@ def run_with(folder, model, memory: str) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def plain_losses(tmp_path_factory, tiny_sd1):
-    return run_with(tmp_path_factory.mktemp("plain"), tiny_sd1, "")
+def plain_losses(plain_run):
+    sink, _result = plain_run(3)       # run_with's file with an empty [memory]: the worker's shared run
+    return [e.loss for e in sink.of(StepMetrics)]
 
 
 def test_channels_last_keeps_the_losses_within_float_rounding(tmp_path, tiny_sd1, plain_losses):

@@ -38,12 +38,13 @@ def test_validation_count_matches_kohyas_split():
     assert validation_count(7, 0.0) == 0
 
 
-@pytest.mark.slow
-def test_held_out_images_never_train(tmp_path, tiny_sd1):
-    """The trained batches (recorded at load) hold only training images; the held-out ones are
-    exactly those the validation plan evaluates."""
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory, tiny_sd1):
+    """One 6-step run with a third of the images held out and validation every 2 steps, for the
+    module's tests to read: its events, the images its batches held (recorded at load) and its folder."""
     from engine.data.pipeline import TrainingData
 
+    folder = tmp_path_factory.mktemp("split")
     seen: set[str] = set()
     original = TrainingData.load_batch
 
@@ -52,13 +53,21 @@ def test_held_out_images_never_train(tmp_path, tiny_sd1):
         seen.update(batch.keys)
         return batch
 
-    config = _with_split(make_run(tmp_path, tiny_sd1, steps=6))
+    config = _with_split(make_run(folder, tiny_sd1, steps=6))
     sink = ListSink()
     TrainingData.load_batch = recording
     try:
         assert run_training(config, sink=sink).status == "completed"
     finally:
         TrainingData.load_batch = original
+    return sink, seen, folder
+
+
+@pytest.mark.slow
+def test_held_out_images_never_train(split_run):
+    """The trained batches (recorded at load) hold only training images; the held-out ones are
+    exactly those the validation plan evaluates."""
+    sink, seen, _folder = split_run
     assert sink.of(RunStarted)[0].num_images == 4          # 6 images, 2 held out
     held = {"im0.png", "im1.png", "im2.png", "im3.png", "im4.png", "im5.png"} - seen
     assert len(held) == 2 and len(seen) == 4
@@ -82,7 +91,8 @@ def test_an_is_val_subset_is_held_out_whole(tmp_path, tiny_sd1):
 
 
 @pytest.mark.slow
-def test_validation_is_the_same_across_runs_and_resume_and_leaves_training_alone(tmp_path, tiny_sd1, plain_run):
+def test_validation_is_the_same_across_runs_and_resume_and_leaves_training_alone(tmp_path, tiny_sd1, plain_run,
+                                                                                 split_run):
     plain, result = plain_run(6)
     assert result.status == "completed"
     # the same held-out images without validation: the training losses of a run with it on
@@ -90,8 +100,8 @@ def test_validation_is_the_same_across_runs_and_resume_and_leaves_training_alone
     config_off = _with_split(make_run(tmp_path / "off", tiny_sd1, steps=6), train_extra="validate_every_n_epochs = 99\n")
     assert run_training(config_off, sink=off).status == "completed" and not _validation(off)
 
-    a, b = ListSink(), ListSink()
-    assert run_training(_with_split(make_run(tmp_path / "a", tiny_sd1, steps=6)), sink=a).status == "completed"
+    a, _seen, a_folder = split_run        # a run of this config; b the same config again
+    b = ListSink()
     assert run_training(_with_split(make_run(tmp_path / "b", tiny_sd1, steps=6)), sink=b).status == "completed"
     assert _validation(a) == _validation(b) and sorted(_validation(a)) == [2, 4, 6]
     assert _losses(a) == _losses(off)                 # validating changes nothing training draws
@@ -106,7 +116,7 @@ def test_validation_is_the_same_across_runs_and_resume_and_leaves_training_alone
     assert run_training(split, sink=second, resume="latest").status == "completed"
     assert {**_validation(first), **_validation(second)} == _validation(a)   # bit-for-bit
     assert {**_losses(first), **_losses(second)} == _losses(a)
-    logged = [json.loads(line) for line in (tmp_path / "a" / "runs" / "t" / "events.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (a_folder / "runs" / "t" / "events.jsonl").read_text().splitlines()]
     rows = [e for e in logged if e["event"] == "validation"]
     assert [(e["step"], e["figures"]["loss"]) for e in rows] == sorted(_validation(a).items())
 
