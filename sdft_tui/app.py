@@ -30,7 +30,9 @@ STEP_NAMES = [step.name for step in STEPS]
 
 
 class SdftApp(PlainNotifications, App):
-    """The wizard. ``hardware`` (an engine.hardware.HardwareInfo) skips the probe (tests, demos)."""
+    """The wizard. ``hardware`` (an engine.hardware.HardwareInfo) skips the probe (tests, demos);
+    ``step`` opens it on that step (a name of STEP_NAMES) instead of Dataset, as its step key would
+    once the dataset is loaded: a test that looks at one step starts there."""
 
     CSS_PATH = "styles/wizard.tcss"
     TITLE = "sdft"
@@ -44,8 +46,12 @@ class SdftApp(PlainNotifications, App):
     ]
 
     def __init__(self, run_toml: Path | str | None = None, *, demo: bool = False, hardware=None,
-                 start_dir: Path | str | None = None, state: WizardSession | None = None):
+                 start_dir: Path | str | None = None, state: WizardSession | None = None,
+                 step: str = STEP_NAMES[0]):
         super().__init__()
+        if step not in STEP_NAMES:
+            raise ValueError(f"no wizard step {step!r}: one of {', '.join(STEP_NAMES)}")
+        self.first_step = step
         self.state = state or WizardSession()
         self.demo = demo
         self.run_toml = Path(run_toml) if run_toml else None
@@ -67,7 +73,8 @@ class SdftApp(PlainNotifications, App):
                 self.notify(self.state.scan_error, severity="error", timeout=10)
             if self.run_toml.parent.is_dir():
                 self.start_dir = self.state.index.image_dir or self.run_toml.parent
-        self.push_screen("dataset")
+        # the later steps work on the images: without any, Dataset says why (as action_goto does)
+        self.push_screen(STEP_NAMES[0] if self.state.no_images_reason() else self.first_step)
         if self.demo:
             self.notify("The demo run: generated pictures and a tiny model. Look around, then "
                         f"{step_key('review')} (Review) "

@@ -79,6 +79,29 @@ def plain_run(tmp_path_factory, tiny_sd1):
 
 
 @pytest.fixture(scope="session")
+def demo_folder(tmp_path_factory):
+    """``demo_folder(folder, steps=None)``: what ``engine.demo.prepare_demo(folder, steps=steps)``
+    makes, returning its run TOML's path; the images and the tiny model are copied from a demo
+    made once per worker (prepare_demo keeps a folder's images and model, and writes the metadata
+    and the run file, which names its own path, for the new folder)."""
+    import shutil
+    from pathlib import Path
+
+    from engine.demo import prepare_demo
+
+    shared = tmp_path_factory.mktemp("demo") / "demo"
+    prepare_demo(shared)
+
+    def make(folder, *, steps: int | None = None) -> Path:
+        folder = Path(folder)
+        for part in ("images", "model"):
+            shutil.copytree(shared / part, folder / part)
+        return prepare_demo(folder, steps=steps)
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_sd1(tmp_path_factory):
     """A tiny SD1-flavoured diffusers folder (epsilon prediction)."""
     from engine.models.tiny import TinySpec, save_tiny_model

@@ -13,10 +13,8 @@ from sdft_tui.screens.run import RunScreen
 
 
 @pytest.mark.slow
-def test_real_tiny_run_through_the_tui_worker(tmp_path):
-    from engine.demo import prepare_demo
-
-    toml = prepare_demo(tmp_path / "demo", steps=3)
+def test_real_tiny_run_through_the_tui_worker(tmp_path, demo_folder):
+    toml = demo_folder(tmp_path / "demo", steps=3)
     handle = EngineHandle()
     app = DashboardApp(lambda: RunScreen(toml, handle=handle))   # the real trainer, imported lazily
     out = {}

@@ -19,10 +19,8 @@ def _earlier_run(run_dir, step: int = 2) -> None:
     (run_dir / "events.jsonl").write_text('{"event": "step", "step": 1}\n')
 
 
-def _open_review_and(tmp_path, monkeypatch, keys: tuple[str, ...]):
-    from engine.demo import prepare_demo
-
-    toml_path = prepare_demo(tmp_path / "demo", steps=2)
+def _open_review_and(tmp_path, monkeypatch, demo_folder, keys: tuple[str, ...]):
+    toml_path = demo_folder(tmp_path / "demo", steps=2)
     _earlier_run(tmp_path / "demo" / "runs" / "demo")
     started = {}
 
@@ -57,28 +55,26 @@ def _open_review_and(tmp_path, monkeypatch, keys: tuple[str, ...]):
     return seen, started
 
 
-def test_train_on_a_folder_with_an_earlier_run_asks_and_resumes_it(tmp_path, monkeypatch):
-    seen, started = _open_review_and(tmp_path, monkeypatch, ("enter",))
+def test_train_on_a_folder_with_an_earlier_run_asks_and_resumes_it(tmp_path, monkeypatch, demo_folder):
+    seen, started = _open_review_and(tmp_path, monkeypatch, demo_folder, ("enter",))
     assert seen["asked"], "Train went ahead without asking about the earlier run"
     assert "step 2" in seen["question"] and "earlier" in seen["question"]
     assert started.get("resume") == "latest" and not started.get("restart")
 
 
-def test_the_wizard_can_start_over_keeping_the_earlier_run(tmp_path, monkeypatch):
-    seen, started = _open_review_and(tmp_path, monkeypatch, ("tab", "enter"))
+def test_the_wizard_can_start_over_keeping_the_earlier_run(tmp_path, monkeypatch, demo_folder):
+    seen, started = _open_review_and(tmp_path, monkeypatch, demo_folder, ("tab", "enter"))
     assert seen["asked"]
     assert started.get("restart") is True and "resume" not in started
 
 
-def test_escape_starts_nothing(tmp_path, monkeypatch):
-    seen, started = _open_review_and(tmp_path, monkeypatch, ("escape",))
+def test_escape_starts_nothing(tmp_path, monkeypatch, demo_folder):
+    seen, started = _open_review_and(tmp_path, monkeypatch, demo_folder, ("escape",))
     assert seen["asked"] and started == {} and seen["screen"] == "ReviewScreen"
 
 
-def test_save_and_quit_prints_the_resume_command_for_a_run_with_a_state(tmp_path):
-    from engine.demo import prepare_demo
-
-    toml_path = prepare_demo(tmp_path / "demo", steps=2)
+def test_save_and_quit_prints_the_resume_command_for_a_run_with_a_state(tmp_path, demo_folder):
+    toml_path = demo_folder(tmp_path / "demo", steps=2)
     _earlier_run(tmp_path / "demo" / "runs" / "demo")
     app = SdftApp(toml_path, hardware=HardwareInfo(), start_dir=tmp_path)
 

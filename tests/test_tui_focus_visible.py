@@ -63,11 +63,9 @@ def test_every_tab_stop_shows_its_focus_without_colour(tmp_path):
 
 def test_a_focused_fields_label_turns_reverse_and_follows_the_focus(tmp_path):
     """A Select has no cursor: its row's label (and the Select itself) say where typing goes."""
-    app, _folder = folder_app(tmp_path)
+    app, _folder = folder_app(tmp_path, step="options")
 
     async def scenario(pilot):
-        await pilot.press("f5")
-        await settle(app, pilot)
         labels = {w.id: w.parent.query_one("Label.form-label") for w in app.screen.query(Select)}
         first, second = "o-model-v2", "o-model-v_parameterization"
         app.screen.query_one(f"#{first}").focus()
@@ -82,11 +80,9 @@ def test_a_focused_fields_label_turns_reverse_and_follows_the_focus(tmp_path):
 
 
 def test_typed_text_lands_in_the_field_that_shows_focus(tmp_path):
-    app, _folder = folder_app(tmp_path)
+    app, _folder = folder_app(tmp_path, step="options")
 
     async def scenario(pilot):
-        await pilot.press("f5")
-        await settle(app, pilot)
         steps = app.screen.query_one("#o-train-max_train_steps", Input)
         app.screen.query_one("#o-train-max_train_epochs").focus()
         await pilot.press("tab")   # as a user gets there: the field's text is selected
@@ -100,11 +96,9 @@ def test_typed_text_lands_in_the_field_that_shows_focus(tmp_path):
 
 
 def test_the_bulk_edit_dialog_has_boxed_fields_and_starts_in_the_text_field(tmp_path):
-    app, _folder = folder_app(tmp_path)
+    app, _folder = folder_app(tmp_path, step="captions")
 
     async def scenario(pilot):
-        await pilot.press("f3")
-        await settle(app, pilot)
         await pilot.press("ctrl+e")
         await pilot.pause()
         assert isinstance(app.screen, BulkEditScreen)
@@ -122,11 +116,9 @@ def test_the_labelling_dialogs_start_on_a_visible_first_focus(tmp_path):
     choice; every Tab stop of both shows its focus without colour, at 80x24."""
     from sdft_tui.screens.label_models import LabelModelsScreen, ReplaceLabelsScreen
 
-    app, _folder = folder_app(tmp_path)
+    app, _folder = folder_app(tmp_path, step="captions")
 
     async def scenario(pilot):
-        await pilot.press("f3")
-        await settle(app, pilot)
         await pilot.press("ctrl+l")
         await pilot.pause()
         assert isinstance(app.screen, LabelModelsScreen)

@@ -12,11 +12,9 @@ SIZE = (80, 24)
 
 
 def test_the_captions_footer_names_the_bulk_edits_and_fits_80_columns(tmp_path):
-    app, _folder = folder_app(tmp_path)
+    app, _folder = folder_app(tmp_path, step="captions")
 
     async def scenario(pilot):
-        await pilot.press("f3")
-        await settle(app, pilot)
         footer = screen_text(app).splitlines()[-1]
         assert "^e Replace/tags" in footer
         assert footer.rstrip().endswith("f1 All keys"), footer   # the last entry whole, not cut

@@ -23,12 +23,16 @@ STEP_KEYS = {"dataset": "f2", "captions": "f3", "buckets": "f4", "options": "f5"
 SIZE = (80, 24)
 
 
-def folder_app(tmp_path, **kwargs):
-    """The wizard with a scanned folder of generated images (8 images, .caption and .txt sidecars)."""
+def folder_app(tmp_path, step: str | None = None, **kwargs):
+    """The wizard with a scanned folder of generated images (8 images, .caption and .txt sidecars),
+    opened on Dataset or on ``step`` (a test that looks at one step starts there)."""
     folder = make_dataset(tmp_path)
     state = WizardSession()
     state.load_source(folder)
-    return SdftApp(hardware=HardwareInfo(), start_dir=tmp_path, state=state, **kwargs), folder
+    if step is not None:
+        state.run_health_check()   # the Dataset step runs it on opening; this app skips that step
+    return SdftApp(hardware=HardwareInfo(), start_dir=tmp_path, state=state, step=step or "dataset",
+                   **kwargs), folder
 
 
 def notes(app) -> str:
@@ -59,11 +63,9 @@ def test_each_step_opens_with_focus_on_its_main_control(tmp_path):
 
 
 def test_saving_a_caption_keeps_the_cursor_on_its_row(tmp_path):
-    app, _folder = folder_app(tmp_path)
+    app, _folder = folder_app(tmp_path, step="captions")
 
     async def scenario(pilot):
-        await pilot.press("f3")
-        await settle(app, pilot)
         screen = app.screen
         table = screen.query_one("#captions", DataTable)
         await pilot.press("down", "down", "down")
@@ -170,11 +172,9 @@ def test_typed_values_survive_a_preset_and_a_tab(tmp_path):
 
 
 def test_a_preset_says_what_it_changes_and_keeps_the_batch_size_set_on_buckets(tmp_path):
-    app, _folder = folder_app(tmp_path)
+    app, _folder = folder_app(tmp_path, step="buckets")
 
     async def scenario(pilot):
-        await pilot.press("f4")
-        await settle(app, pilot)
         batch = app.screen.query_one("#f-dataset-batch_size", Input)
         batch.value = "4"
         await pilot.pause()
@@ -201,11 +201,9 @@ def test_a_preset_says_what_it_changes_and_keeps_the_batch_size_set_on_buckets(t
 
 
 def test_checkboxes_read_on_or_off_without_colour(tmp_path):
-    app, _folder = folder_app(tmp_path)
+    app, _folder = folder_app(tmp_path, step="buckets")
 
     async def scenario(pilot):
-        await pilot.press("f4")
-        await settle(app, pilot)
         text = screen_text(app)
         assert "▐X▌ Bucketing" in text and "▐ ▌ No upscale" in text
         box = app.screen.query_one("#no_upscale")
@@ -277,11 +275,9 @@ def test_the_engine_names_a_single_bucket_caused_by_the_minimum_side():
 
 
 def test_the_buckets_step_says_when_every_image_is_in_one_bucket(tmp_path):
-    app, _folder = folder_app(tmp_path)
+    app, _folder = folder_app(tmp_path, step="buckets")
 
     async def scenario(pilot):
-        await pilot.press("f4")
-        await settle(app, pilot)
         def right_pane() -> str:
             return " ".join(" ".join(line.split("│", 1)[-1].split()) for line in screen_text(app).splitlines())
 

@@ -22,11 +22,9 @@ async def _type_into(app, pilot, selector: str, text: str) -> None:
 
 
 def test_sampling_on_shows_a_prompt_taken_from_a_caption(tmp_path):
-    app, _folder = folder_app(tmp_path)
+    app, _folder = folder_app(tmp_path, step="options")
 
     async def scenario(pilot):
-        await pilot.press("f5")
-        await settle(app, pilot)
         row = app.screen.query_one(PROMPT_ROW)
         assert not row.display                       # no sampling: no prompt to ask for
         await _type_into(app, pilot, "#o-sample-every_n_steps", "50")
@@ -45,11 +43,9 @@ def test_sampling_on_shows_a_prompt_taken_from_a_caption(tmp_path):
 
 
 def test_a_problem_shows_on_the_step_that_owns_its_field(tmp_path):
-    app, _folder = folder_app(tmp_path)
+    app, _folder = folder_app(tmp_path, step="options")
 
     async def scenario(pilot):
-        await pilot.press("f5")
-        await settle(app, pilot)
         await _type_into(app, pilot, "#o-sample-every_n_steps", "50")
         await _type_into(app, pilot, "#o-sample-prompts", "")   # the prompt removed
         assert app.state.get("sample.prompts") is None

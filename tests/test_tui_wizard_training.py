@@ -48,11 +48,10 @@ def test_ctrl_q_in_the_wizard_asks_before_stopping_a_run(tmp_path):
     assert seen == {"asked": True, "kept": True, "stopping": True, "footer": True}
 
 
-def test_demo_mode_tells_a_first_time_user_how_to_train(tmp_path):
-    from engine.demo import prepare_demo
+def test_demo_mode_tells_a_first_time_user_how_to_train(tmp_path, demo_folder):
     from engine.hardware import HardwareInfo
 
-    toml_path = prepare_demo(tmp_path / "demo", steps=2)
+    toml_path = demo_folder(tmp_path / "demo", steps=2)
     app = SdftApp(toml_path, demo=True, hardware=HardwareInfo(), start_dir=tmp_path)
     seen = {}
 
@@ -65,12 +64,11 @@ def test_demo_mode_tells_a_first_time_user_how_to_train(tmp_path):
     assert any("Ctrl+T" in note and "F6" in note for note in seen["notes"])
 
 
-def test_quitting_the_wizard_after_a_run_prints_where_the_model_went(tmp_path, capsys):
-    from engine.demo import prepare_demo
+def test_quitting_the_wizard_after_a_run_prints_where_the_model_went(tmp_path, capsys, demo_folder):
     from engine.hardware import HardwareInfo
     from sdft_tui.app import print_exit_report
 
-    toml_path = prepare_demo(tmp_path / "demo", steps=2)
+    toml_path = demo_folder(tmp_path / "demo", steps=2)
     engine = FakeEngine(tmp_path / "demo" / "runs" / "demo", total_steps=4)
     app = SdftApp(toml_path, demo=True, hardware=HardwareInfo(), start_dir=tmp_path)
 
@@ -117,12 +115,11 @@ def test_quitting_the_wizard_mid_run_waits_for_the_save_and_prints_the_resume_co
     assert f"sdft train {config} --resume {tmp_path / 'run'}/state/step-" in out.out + out.err
 
 
-def test_the_demo_quit_untrained_says_how_to_train_it(tmp_path, capsys):
-    from engine.demo import prepare_demo
+def test_the_demo_quit_untrained_says_how_to_train_it(tmp_path, capsys, demo_folder):
     from engine.hardware import HardwareInfo
     from sdft_tui.app import print_exit_report
 
-    toml_path = prepare_demo(tmp_path / "demo", steps=2)
+    toml_path = demo_folder(tmp_path / "demo", steps=2)
     app = SdftApp(toml_path, demo=True, hardware=HardwareInfo(), start_dir=tmp_path)
 
     async def main():

@@ -200,3 +200,27 @@ def test_options_screen_keeps_values_it_cannot_edit(tmp_path):
     asyncio.run(go())
     config, _doc, _warnings = load_run_file(run)
     assert config.sample.prompts == ["a red circle --w 64", "a blue square"]
+
+
+async def first_step(app) -> str | None:
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        return app.current_step()
+
+
+def test_the_app_opens_on_the_step_it_is_given_once_there_are_images(tmp_path):
+    """SdftApp(step=...) starts on that step (snapshot tests start on theirs); a folder without
+    images opens on Dataset, which says why, as the step keys would."""
+    from sdft_tui.session import WizardSession
+
+    with pytest.raises(ValueError, match="no wizard step 'nope'"):
+        SdftApp(step="nope")
+    (tmp_path / "empty").mkdir()
+    opened = {}
+    for name, folder in (("images", make_dataset(tmp_path)), ("empty", tmp_path / "empty")):
+        state = WizardSession()
+        state.load_source(folder)
+        app = SdftApp(hardware=HardwareInfo(), start_dir=tmp_path, state=state, step="buckets")
+
+        opened[name] = asyncio.run(first_step(app))
+    assert opened == {"images": "buckets", "empty": "dataset"}

@@ -50,11 +50,9 @@ def test_each_field_takes_its_kind_and_choices_from_the_schema():
 
 
 def test_the_options_form_shows_exactly_the_engine_keys(tmp_path):
-    app, _folder = folder_app(tmp_path)
+    app, _folder = folder_app(tmp_path, step="options")
 
     async def scenario(pilot):
-        await pilot.press("f5")
-        await settle(app, pilot)
         form = app.screen.query_one("#options-form")
         shown = [row.children[1].id for row in form.query("FormRow")]
         assert shown == ["o-" + key.replace(".", "-") for key in OPTION_KEYS]
