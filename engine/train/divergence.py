@@ -77,6 +77,10 @@ class DivergenceWatch:
 
 
 def _all_finite(params) -> bool:
+    if any(hasattr(p, "to_local") for p in params):   # a sharded run: each process checks its shards
+        from engine.train.sharding import all_finite
+
+        return all_finite(params)
     flags = [torch.isfinite(p.detach()).all() for p in params]
     return bool(torch.stack(flags).all()) if flags else True
 
