@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,13 +94,25 @@ def one_process_run(_one_process_run):
     return dict(losses), {key: tensor.clone() for key, tensor in weights.items()}
 
 
-def test_one_two_and_four_processes_train_the_same_run(tmp_path, tiny_sd1, one_process_run):
-    runs = {1: one_process_run}
-    for processes in (2, 4):
-        path = _run_file(tmp_path / f"p{processes}", tiny_sd1, processes)
-        done = _train(path, processes)
-        assert done.returncode == 0, done.stdout[-3000:]
-        runs[processes] = (_losses(_events(path)), _final_weights(path))
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, tiny_sd1) -> Path:
+    """``_run_file(..., 2)`` trained on 2 launched processes, saving a state at step 3 as well: the
+    run file (its folder holds the run). Launched once per worker for the tests of the
+    "two-process-run" group, which only read it (a test that writes copies the folder)."""
+    path = _run_file(tmp_path_factory.mktemp("two-processes"), tiny_sd1, 2)
+    path.write_text(path.read_text().replace("[save]\n", "[save]\nevery_n_steps = 3\nstate = true\n"))
+    done = _train(path, 2)
+    assert done.returncode == 0, done.stdout[-3000:]
+    return path
+
+
+@pytest.mark.xdist_group("two-process-run")
+def test_one_two_and_four_processes_train_the_same_run(tmp_path, tiny_sd1, one_process_run, two_process_run):
+    runs = {1: one_process_run, 2: (_losses(_events(two_process_run)), _final_weights(two_process_run))}
+    path = _run_file(tmp_path / "p4", tiny_sd1, 4)
+    done = _train(path, 4)
+    assert done.returncode == 0, done.stdout[-3000:]
+    runs[4] = (_losses(_events(path)), _final_weights(path))
     one_losses, one_weights = runs[1]
     assert sorted(one_losses) == list(range(1, 7))
     for processes in (2, 4):
@@ -187,13 +200,13 @@ def test_every_way_to_stop_stops_every_process_at_one_step_and_resumes_on_one_pr
     assert max(_losses(_events(path))) == stopped_at + 2
 
 
-def test_a_stopped_multi_process_run_resumes_on_one_process_as_the_same_run(tmp_path, tiny_sd1, one_process_run,
-                                                                           capsys):
+@pytest.mark.xdist_group("two-process-run")
+def test_a_stopped_multi_process_run_resumes_on_one_process_as_the_same_run(tmp_path, one_process_run,
+                                                                           two_process_run, capsys):
     expected, _weights = one_process_run     # the straight run: the same file on one process
-    path = _run_file(tmp_path / "split", tiny_sd1, 2, steps=6)
-    path.write_text(path.read_text().replace("[save]\n", "[save]\nevery_n_steps = 3\nstate = true\n"))
-    first = _train(path, 2)
-    assert first.returncode == 0, first.stdout[-3000:]
+    # the 2-process run with its state at step 3 (in a copy: the resumed run writes beside it)
+    shutil.copytree(two_process_run.parent, tmp_path / "split")
+    path = tmp_path / "split" / two_process_run.name
     state = path.parent / "runs" / "run" / "state" / "run-step00000003-state"
     assert state.is_dir()
     one = path.read_text().replace("batch_size = 2", "batch_size = 4").replace('output_name = "run"', 'output_name = "one"')

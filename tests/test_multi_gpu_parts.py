@@ -260,3 +260,31 @@ def test_a_sharded_text_encoder_is_sharded_by_layer_and_still_returns_its_hidden
     assert got is not None and len(got) == len(expected)
     for a, b in zip(expected, got, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_a_sharded_run_finds_a_weight_that_is_not_finite_in_any_shard(tmp_path):
+    """The divergence watch checks the trained weights each logging interval; on a sharded run each
+    process checks its own shards and the processes agree (engine/train/sharding.py all_finite)."""
+    import torch
+    import torch.distributed as dist
+
+    from engine.train.divergence import _all_finite
+    from engine.train.sharding import shard
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 2))
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        shard(model, "full")
+        params = list(model.parameters())
+        assert all(hasattr(p, "full_tensor") for p in params) and _all_finite(params)
+        for value in (float("inf"), float("nan")):
+            with torch.no_grad():
+                params[2].to_local()[1, 3] = value
+            assert not _all_finite(params)
+            assert not bool(torch.stack([torch.isfinite(p.full_tensor()).all() for p in params]).all())
+            with torch.no_grad():
+                params[2].to_local()[1, 3] = 0.5
+            assert _all_finite(params)
+    finally:
+        dist.destroy_process_group()

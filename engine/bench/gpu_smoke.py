@@ -110,7 +110,7 @@ def gpu_smoke(out_dir: str | Path, *, model: str = "sd1", resolution: int = 512,
 
     from engine.bench.gpu_report import MODEL_LABELS, ReportSize, random_model, write_report_run
     from engine.bench.speed_cells import Cell, cell_config, cell_problem
-    from engine.bench.speed_matrix import ModelStore, collect_garbage, device_name, one_line
+    from engine.bench.speed_matrix import ModelStore, collect_garbage, device_name, one_line, survivors_frozen
     from engine.hardware import cuda_has_bf16, installed_packages
 
     started = time.perf_counter() if started is None else started
@@ -126,28 +126,29 @@ def gpu_smoke(out_dir: str | Path, *, model: str = "sd1", resolution: int = 512,
     report = {"report": "sdft bench --gpu-smoke", "device": device_name(), "torch": torch.__version__,
               "model": MODEL_LABELS[model], "resolution": resolution, "steps": steps, "learning_rate": learning_rate,
               "budget_s": budget_s, "cells": []}
-    for number, cell in enumerate(cells, 1):
-        reason = cell_problem(Cell(cell.changes), cuda, packages, bf16)
-        config = None
-        if reason is None:
-            config, reason = cell_config(data, Cell(cell.changes), file=str(run_file), base_dir=run_file.parent)
-        began = time.perf_counter()
-        if reason:
-            cell.status, cell.reason = "skipped", reason
-        elif budget_s is not None and began - started + longest > budget_s:
-            cell.status, cell.reason = "not run", f"past the time budget of {budget_s:g} s"
-        else:
-            say(f"[{number}/{len(cells)}] {cell.label}: training {steps} steps...")
-            collect_garbage()
-            try:
-                cell.figures, cell.checks = run_cell(config, store)
-                cell.status = "passed" if all(v is not False for v in cell.checks.values()) else "FAILED"
-            except Exception as exc:  # noqa: BLE001 - a cell that raises is reported; the others still run
-                cell.status, cell.reason = "error", one_line(exc)
-            longest = max(longest, time.perf_counter() - began)
-        say(f"[{number}/{len(cells)}] {cell.label}: {cell.status}{': ' + cell.reason if cell.reason else ''}")
-        report.update(cells=[c.as_dict() for c in cells], seconds=time.perf_counter() - started)
-        write_smoke_outputs(out, report)
+    with survivors_frozen():   # between cells the collector walks only what a cell left
+        for number, cell in enumerate(cells, 1):
+            reason = cell_problem(Cell(cell.changes), cuda, packages, bf16)
+            config = None
+            if reason is None:
+                config, reason = cell_config(data, Cell(cell.changes), file=str(run_file), base_dir=run_file.parent)
+            began = time.perf_counter()
+            if reason:
+                cell.status, cell.reason = "skipped", reason
+            elif budget_s is not None and began - started + longest > budget_s:
+                cell.status, cell.reason = "not run", f"past the time budget of {budget_s:g} s"
+            else:
+                say(f"[{number}/{len(cells)}] {cell.label}: training {steps} steps...")
+                collect_garbage()
+                try:
+                    cell.figures, cell.checks = run_cell(config, store)
+                    cell.status = "passed" if all(v is not False for v in cell.checks.values()) else "FAILED"
+                except Exception as exc:  # noqa: BLE001 - a cell that raises is reported; the others still run
+                    cell.status, cell.reason = "error", one_line(exc)
+                longest = max(longest, time.perf_counter() - began)
+            say(f"[{number}/{len(cells)}] {cell.label}: {cell.status}{': ' + cell.reason if cell.reason else ''}")
+            report.update(cells=[c.as_dict() for c in cells], seconds=time.perf_counter() - started)
+            write_smoke_outputs(out, report)
     return report
 
 

@@ -80,6 +80,10 @@ def _all_finite(params) -> bool:
     """Whether every weight is finite, in one fused call: a tensor's largest absolute value
     (its inf-norm, which cannot overflow) is finite exactly when all of its values are, and is
     inf or NaN otherwise. One isfinite per weight cost more than the tiny model's step."""
+    if any(hasattr(p, "to_local") for p in params):   # a sharded run: each process checks its shards
+        from engine.train.sharding import all_finite
+
+        return all_finite(params)
     tensors = [p for p in params if p.numel()]   # an empty one has no inf-norm, and no NaN
     if not tensors:
         return True

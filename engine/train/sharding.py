@@ -26,6 +26,7 @@ def shard(module, mode: str) -> None:
     """Shard ``module`` in place, smallest units first (FSDP2 takes them bottom-up), then the whole."""
     from torch.distributed.fsdp import fully_shard
 
+    _propagate_strided_flag_once_per_op()
     reshard = mode == "full"
     before = type(module)
     for unit in units_of(module):
@@ -46,6 +47,49 @@ def _keep_output_capture(module, before: type) -> None:
     entry = dict.get(_CAN_RECORD_REGISTRY, str(before))
     if entry and not dict.get(_CAN_RECORD_REGISTRY, str(type(module))):
         _CAN_RECORD_REGISTRY[module] = entry
+
+
+def _propagate_strided_flag_once_per_op() -> None:
+    """Make the first optimizer step and gradient clip of a sharded run linear in its tensors.
+
+    The optimizer (fused AdamW) and the clip run one op over the list of every shard (684 of them
+    in SD 1.5's U-Net, as many in the tiny one). The first time such an op meets its list, DTensor
+    works out how each output is laid out, and for every output torch 2.13's
+    ``_propagate_use_strided_shard_flag`` walks every input of the op again, looking for
+    ``_StridedShard`` layouts: quadratic, some 6 CPU seconds per process in a tiny U-Net's first
+    step. An op's inputs are the same for all its outputs, so here they are walked once per op and
+    the function sees only the ones it looks for (FSDP2's ``Shard(0)`` shards are none of them);
+    it fixes the layouts it fixed before. Where torch has no such function, nothing changes."""
+    try:
+        from torch.distributed.tensor import _sharding_prop as propagation
+        from torch.distributed.tensor.placement_types import _StridedShard
+    except ImportError:
+        return
+    walk = getattr(propagation, "_propagate_use_strided_shard_flag", None)
+    if walk is None or getattr(walk, "once_per_op", False):
+        return
+    last: list = [None, None]     # the op's inputs seen last, and the strided ones among them
+
+    def once_per_op(strategy, op_schema) -> None:
+        if last[0] is not op_schema:
+            strided = tuple(spec for spec in op_schema.args_spec
+                            if any(isinstance(p, _StridedShard) for p in spec.placements))
+            last[:] = [op_schema, _StridedInputs(op_schema, strided)]
+        walk(strategy, last[1])
+
+    once_per_op.once_per_op = True   # type: ignore[attr-defined]
+    propagation._propagate_use_strided_shard_flag = once_per_op
+
+
+class _StridedInputs:
+    """An op's inputs as ``_propagate_use_strided_shard_flag`` reads them: only the strided
+    layouts among them; anything else it might read is the op's own."""
+
+    def __init__(self, op_schema, args_spec: tuple) -> None:
+        self.op_schema, self.args_spec = op_schema, args_spec
+
+    def __getattr__(self, name: str):
+        return getattr(self.op_schema, name)
 
 
 def units_of(module) -> list:
@@ -80,6 +124,22 @@ def requires_sync(module, sync: bool) -> None:
 def local(value):
     """A whole tensor from a sharded one (every process must call it: it gathers), else itself."""
     return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+def all_finite(params: list) -> bool:
+    """Whether every weight of ``params``, some of them shards, is finite (a collective: every
+    process calls it). Each process checks its own shards as plain tensors and the processes agree
+    on the answer: the same answer as asking each sharded weight, without the layout work DTensor
+    does for each of its ops (two ops per weight, every logging interval)."""
+    import torch.distributed as dist
+
+    meshes = [p.device_mesh for p in params if hasattr(p, "device_mesh")]
+    with torch.no_grad():
+        flags = [torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in params]
+        finite = torch.stack(flags).all().to(torch.int32)
+    if meshes:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN, group=meshes[0].get_group())
+    return bool(finite)
 
 
 def full_state(module) -> dict:
