@@ -288,3 +288,36 @@ def test_a_sharded_run_finds_a_weight_that_is_not_finite_in_any_shard(tmp_path):
             assert _all_finite(params)
     finally:
         dist.destroy_process_group()
+
+
+def test_the_strided_flag_wrapper_is_installed_only_on_the_torch_it_was_checked_against(monkeypatch):
+    # engine/train/sharding.py replaces a private torch function for sharded runs' first step;
+    # another torch release keeps its own (its signature may differ), the checked one gets the
+    # wrapper once, however many modules are sharded.
+    import torch
+    from torch.distributed.tensor import _sharding_prop as propagation
+
+    from engine.train import sharding
+
+    seen = []
+
+    def torchs_own(strategy, op_schema):   # stands in for torch's function: records what it read
+        seen.append((strategy, op_schema.args_spec, op_schema.name))
+
+    monkeypatch.setattr(propagation, "_propagate_use_strided_shard_flag", torchs_own)
+    monkeypatch.setattr(torch, "__version__", "2.14.0")
+    sharding._propagate_strided_flag_once_per_op()
+    assert propagation._propagate_use_strided_shard_flag is torchs_own
+    monkeypatch.setattr(torch, "__version__", sharding.CHECKED_TORCH + "0+cpu")
+    sharding._propagate_strided_flag_once_per_op()
+    wrapped = propagation._propagate_use_strided_shard_flag
+    assert wrapped is not torchs_own and wrapped.once_per_op
+    sharding._propagate_strided_flag_once_per_op()
+    assert propagation._propagate_use_strided_shard_flag is wrapped
+    # an op's inputs are filtered once; torch's function sees only the strided ones, and the rest
+    # of the op as it is
+    plain = types.SimpleNamespace(placements=("Shard(0)",))
+    schema = types.SimpleNamespace(args_spec=(plain, plain), name="aten._fused_adam_")
+    wrapped("output 1", schema)
+    wrapped("output 2", schema)
+    assert seen == [("output 1", (), "aten._fused_adam_"), ("output 2", (), "aten._fused_adam_")]

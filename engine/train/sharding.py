@@ -49,6 +49,11 @@ def _keep_output_capture(module, before: type) -> None:
         _CAN_RECORD_REGISTRY[module] = entry
 
 
+# The torch release whose private ``_propagate_use_strided_shard_flag`` the wrapper below was
+# checked against: its signature and what it reads may change in any other.
+CHECKED_TORCH = "2.13."
+
+
 def _propagate_strided_flag_once_per_op() -> None:
     """Make the first optimizer step and gradient clip of a sharded run linear in its tensors.
 
@@ -59,7 +64,12 @@ def _propagate_strided_flag_once_per_op() -> None:
     ``_StridedShard`` layouts: quadratic, some 6 CPU seconds per process in a tiny U-Net's first
     step. An op's inputs are the same for all its outputs, so here they are walked once per op and
     the function sees only the ones it looks for (FSDP2's ``Shard(0)`` shards are none of them);
-    it fixes the layouts it fixed before. Where torch has no such function, nothing changes."""
+    it fixes the layouts it fixed before. The function is torch's private one, so the wrapper is
+    installed only on the torch release it was checked against (2.13); any other runs torch's own."""
+    import torch
+
+    if not torch.__version__.startswith(CHECKED_TORCH):
+        return
     try:
         from torch.distributed.tensor import _sharding_prop as propagation
         from torch.distributed.tensor.placement_types import _StridedShard
