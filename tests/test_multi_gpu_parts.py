@@ -264,7 +264,7 @@ def test_a_sharded_text_encoder_is_sharded_by_layer_and_still_returns_its_hidden
 
 def test_a_sharded_run_finds_a_weight_that_is_not_finite_in_any_shard(tmp_path):
     """The divergence watch checks the trained weights each logging interval; on a sharded run each
-    process checks its own shards and the processes agree (engine/train/sharding.py all_finite)."""
+    process checks its own shards and the processes agree (engine/train/divergence.py _all_finite, sharding.py every_process_agrees)."""
     import torch
     import torch.distributed as dist
 

@@ -79,17 +79,20 @@ class DivergenceWatch:
 def _all_finite(params) -> bool:
     """Whether every weight is finite, in one fused call: a tensor's largest absolute value
     (its inf-norm, which cannot overflow) is finite exactly when all of its values are, and is
-    inf or NaN otherwise. One isfinite per weight cost more than the tiny model's step."""
-    if any(hasattr(p, "to_local") for p in params):   # a sharded run: each process checks its shards
-        from engine.train.sharding import all_finite
+    inf or NaN otherwise. One isfinite per weight cost more than the tiny model's step. On a
+    sharded run each process checks its own shards as plain tensors, then the processes agree."""
+    shards = [p for p in params if hasattr(p, "to_local")]
+    tensors = [t for t in (p.to_local() if hasattr(p, "to_local") else p for p in params) if t.numel()]
+    finite = True   # an empty tensor has no inf-norm, and no NaN
+    if tensors:
+        with torch.no_grad():   # a read: no graph
+            largest = torch._foreach_norm(tensors, float("inf"))
+        finite = bool(torch.isfinite(torch.stack(largest)).all())
+    if shards:
+        from engine.train.sharding import every_process_agrees
 
-        return all_finite(params)
-    tensors = [p for p in params if p.numel()]   # an empty one has no inf-norm, and no NaN
-    if not tensors:
-        return True
-    with torch.no_grad():   # a read: no graph
-        largest = torch._foreach_norm(tensors, float("inf"))
-    return bool(torch.isfinite(torch.stack(largest)).all())
+        finite = every_process_agrees(finite, shards[0].device_mesh)
+    return finite
 
 
 def checked(method):

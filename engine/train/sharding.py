@@ -136,20 +136,15 @@ def local(value):
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def all_finite(params: list) -> bool:
-    """Whether every weight of ``params``, some of them shards, is finite (a collective: every
-    process calls it). Each process checks its own shards as plain tensors and the processes agree
-    on the answer: the same answer as asking each sharded weight, without the layout work DTensor
-    does for each of its ops (two ops per weight, every logging interval)."""
+def every_process_agrees(flag: bool, mesh) -> bool:
+    """True when ``flag`` is true on every process of ``mesh`` (a collective: each calls it). The
+    divergence watch asks it with each process's answer for its own shards, which spares DTensor's
+    layout work for two ops per weight every logging interval."""
     import torch.distributed as dist
 
-    meshes = [p.device_mesh for p in params if hasattr(p, "device_mesh")]
-    with torch.no_grad():
-        flags = [torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in params]
-        finite = torch.stack(flags).all().to(torch.int32)
-    if meshes:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN, group=meshes[0].get_group())
-    return bool(finite)
+    agreed = torch.tensor(int(flag), dtype=torch.int32, device=mesh.device_type)   # NCCL reduces on the GPU
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN, group=mesh.get_group())
+    return bool(agreed)
 
 
 def full_state(module) -> dict:
