@@ -22,6 +22,12 @@ a start whose environment differs in any variable but :data:`READ_AT_RUN_TIME` g
 its own, started under that environment, so a test never runs under one it did not ask for. The
 server refuses to fork while it runs a second thread (a child would inherit locks held by it). Behaviour that depends on a fresh
 interpreter itself (what a start imports, the console script) stays with genuine processes.
+
+:func:`launch` starts the processes of a multi-process run the same way: one forked child per
+rank, with the environment accelerate's launcher and torch's elastic agent give each rank
+(computed by accelerate's own functions), rank 0 hosting the rendezvous store the agent would
+otherwise host. It stands in for `accelerate launch` where the launcher is not what a test is
+about; tests of the launcher itself (Ctrl-C to it, a rank stopped under its agent) start it.
 """
 
 from __future__ import annotations
@@ -285,11 +291,12 @@ class ForkServer:
             raise RuntimeError("the fork server did not start:\n" + self.log.read().decode("utf-8", "replace")[-3000:])
 
     def start(self, args: list[str], *, code: str | None = None, env: dict[str, str] | None = None,
-              cwd: Path | str | None = None, stdin=DEVNULL, stdout=PIPE, stderr=PIPE) -> ForkedProcess:
+              cwd: Path | str | None = None, stdin=DEVNULL, stdout=PIPE, stderr=PIPE,
+              module: str = "sdft_tui.cli", launcher_variables: frozenset[str] = frozenset()) -> ForkedProcess:
         if code is None and args[:1] != ["train"]:
             raise ValueError("the server prepares what `sdft train` prepares (engine/quiet.py); start "
                              f"`sdft {' '.join(map(str, args[:1]))}` as a real process")
-        env = self._checked(env)
+        env = self._checked(env, launcher_variables)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sent: list[int] = []        # the child's ends this process opened: closed once sent
         kept: dict[int, int] = {}   # target fd -> this process's end of a pipe
@@ -310,7 +317,7 @@ class ForkServer:
         stdio = [child_end(stdin, 0), child_end(stdout, 1)]
         stdio.append(stdio[1] if stderr == STDOUT else child_end(stderr, 2))
         request = {"args": [str(a) for a in args], "env": env, "cwd": str(cwd or os.getcwd())}
-        request.update({"code": code} if code is not None else {"module": "sdft_tui.cli"})
+        request.update({"code": code} if code is not None else {"module": module})
         socket.send_fds(self.control, [json.dumps(request).encode()], [theirs.fileno(), *stdio])
         theirs.close()
         for fd in sent:
@@ -321,10 +328,11 @@ class ForkServer:
             self.log.seek(0)
             raise RuntimeError(f"{exc}:\n{self.log.read().decode('utf-8', 'replace')[-3000:]}") from None
 
-    def _checked(self, env: dict[str, str] | None) -> dict[str, str]:
+    def _checked(self, env: dict[str, str] | None, launcher_variables: frozenset[str]) -> dict[str, str]:
         env = {**os.environ} if env is None else dict(env)
         env["PYTHONPATH"] = self.env["PYTHONPATH"]
-        differ = {k for k in set(env) | set(self.env) if env.get(k) != self.env.get(k)} - READ_AT_RUN_TIME
+        differ = {k for k in set(env) | set(self.env) if env.get(k) != self.env.get(k)}
+        differ -= READ_AT_RUN_TIME | launcher_variables
         if differ:
             raise ValueError(f"a forked sdft cannot change {sorted(differ)}: they are read while libraries "
                              "import; start a real process instead")
@@ -367,3 +375,105 @@ def run(args: list[str], *, env: dict[str, str], timeout: float | None = None, *
         process.wait()
         raise
     return subprocess.CompletedProcess(["sdft", *args], process.returncode, out, err)
+
+
+# ------------------------------------------------------------------ multi-process runs
+
+
+def launcher_environment(argv: list[str], port: int) -> dict[str, str]:
+    """The variables accelerate's launcher adds for the processes of ``argv`` (an ``accelerate
+    launch`` command line as engine/launch.py builds it), asked of accelerate itself, with the
+    rendezvous on ``port``."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    start = argv.index("accelerate.commands.launch") + 1
+    args, _defaults, _from_config = _validate_launch_command(launch_command_parser().parse_args(argv[start:]))
+    args.main_process_port = port
+    full = prepare_multi_gpu_env(args)
+    return {k: v for k, v in full.items() if os.environ.get(k) != v}
+
+
+def rank_environment(rank: int, processes: int, port: int) -> dict[str, str]:
+    """What torch's elastic agent sets for each process it starts (one machine, no restarts),
+    except that no agent holds the rendezvous store: rank 0 hosts it at MASTER_PORT, as a
+    process started without the agent does."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0", "ROLE_RANK": str(rank),
+            "ROLE_NAME": "default", "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes),
+            "GROUP_WORLD_SIZE": "1", "ROLE_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0",
+            "TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_USE_AGENT_STORE": "False",
+            "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+
+
+# What a forked rank's environment leaves out or sets otherwise, by design: the rendezvous (its
+# address, port and id; rank 0 holds the store instead of the agent) and the agent's error file.
+RENDEZVOUS_VARIABLES = frozenset({"MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                                  "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_ERROR_FILE"})
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ForkedLaunch:
+    """The ranks of one forked multi-process run: ``ranks`` ({rank: pid}), their output in one
+    stream (as the launcher prints it) and one exit code (0 when every rank exited 0, else the
+    first other code, as the launcher fails when one of its processes does)."""
+
+    def __init__(self, args: list[str], processes: list[ForkedProcess], output) -> None:
+        self.args, self._processes, self.stdout = args, processes, output
+        self.ranks = {rank: process.pid for rank, process in enumerate(processes)}
+        self.returncode: int | None = None
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, None]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chunks = []
+        try:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0 or not select.select([self.stdout], [], [], left)[0]:
+                    raise subprocess.TimeoutExpired("sdft (forked ranks)", timeout)
+                data = os.read(self.stdout.fileno(), 65536)
+                if not data:
+                    break
+                chunks.append(data)
+            codes = [p.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                     for p in self._processes]
+        except subprocess.TimeoutExpired:
+            for process in self._processes:   # a hung rendezvous must not outlive the test
+                process.kill()
+            raise
+        finally:
+            self.stdout.close()
+        self.returncode = next((code for code in codes if code != 0), 0)
+        return b"".join(chunks).decode("utf-8", "replace"), None
+
+
+def launch(argv: list[str], *, env: dict[str, str], cwd: Path | str) -> ForkedLaunch:
+    """The processes ``argv`` (``Launch.argv`` of engine/launch.py: accelerate's launcher running
+    ``-m engine.cli COMMAND ARGS``) would start, forked: each runs ``engine.cli`` with those
+    arguments and its rank's environment; stdout and stderr of all of them in one pipe."""
+    processes = int(argv[argv.index("--num_processes") + 1])
+    module_at = argv.index("-m", argv.index("accelerate.commands.launch"))
+    module, args = argv[module_at + 1], argv[module_at + 2:]
+    port = _free_port()
+    added = launcher_environment(argv, port)
+    read, write = os.pipe()
+    started = []
+    try:
+        for rank in range(processes):
+            variables = {**added, **rank_environment(rank, processes, port)}
+            started.append(server(env).start(args, env={**env, **variables}, cwd=cwd, stdout=write,
+                                             stderr=STDOUT, module=module,
+                                             launcher_variables=frozenset(variables)))
+    except BaseException:
+        for process in started:
+            process.kill()
+        os.close(read)
+        raise
+    finally:
+        os.close(write)
+    return ForkedLaunch(argv, started, os.fdopen(read, "rb"))

@@ -4,6 +4,11 @@ accelerate's launcher starts them for `sdft train --gpus N`:
 - a run stopped on 2 processes resumes on 1 and continues the same run;
 - each way to stop (a request through control.json as sdft watch sends it, Ctrl-C to the process
   group, SIGTERM or SIGHUP to one process) stops every process at the same step with one state.
+
+Where the launcher itself is not under test, the ranks are forked (tests/forked_sdft.py launch():
+each a real process with the environment accelerate's launcher gives it, without paying the
+imports again); Ctrl-C to the launcher, a rank signalled under torch's elastic agent, `sdft train
+--gpus` itself and the scaling bench start the genuine launcher.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import forked_sdft
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -42,9 +48,16 @@ def _run_file(folder: Path, model: Path, processes: int, global_batch: int = 4, 
 
 
 def _launch(path: Path, processes: int, *extra: str, session: bool = False) -> subprocess.Popen:
+    """The genuine launcher: `accelerate launch ... -m engine.cli train PATH`."""
     plan = launch_plan([str(path), *extra], processes, {}, None)
     return subprocess.Popen(plan.argv, cwd=path.parent, env={**ENV, **plan.env}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=session)
+
+
+def _fork(path: Path, processes: int, *extra: str, cwd: Path | None = None) -> forked_sdft.ForkedLaunch:
+    """The processes the launcher would start, forked (tests/forked_sdft.py launch())."""
+    plan = launch_plan([str(path), *extra], processes, {}, None)
+    return forked_sdft.launch(plan.argv, env={**ENV, **plan.env}, cwd=cwd or path.parent)
 
 
 def _events(path: Path, name: str = "run") -> list[dict]:
@@ -57,7 +70,7 @@ def _losses(events: list[dict]) -> dict[int, float]:
 
 
 def _train(path: Path, processes: int, *extra: str) -> subprocess.CompletedProcess:
-    process = _launch(path, processes, *extra)
+    process = _fork(path, processes, *extra)
     out, _ = process.communicate(timeout=900)
     return subprocess.CompletedProcess(process.args, process.returncode, out)
 
@@ -135,9 +148,12 @@ def _stop_when(path: Path, step: int, act, timeout: float = 600) -> None:
     raise AssertionError(f"the run never reached step {step}")
 
 
-def _ranks(launcher: subprocess.Popen) -> dict[int, int]:
+def _ranks(launcher) -> dict[int, int]:
     """{rank: pid} of the launcher's training processes."""
     import psutil
+
+    if isinstance(launcher, forked_sdft.ForkedLaunch):
+        return launcher.ranks
 
     found = {}
     for child in psutil.Process(launcher.pid).children(recursive=True):
@@ -150,7 +166,7 @@ def _ranks(launcher: subprocess.Popen) -> dict[int, int]:
     return found
 
 
-def _wait_for_ranks(launcher: subprocess.Popen, count: int) -> dict[int, int]:
+def _wait_for_ranks(launcher, count: int) -> dict[int, int]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         ranks = _ranks(launcher)
@@ -160,12 +176,31 @@ def _wait_for_ranks(launcher: subprocess.Popen, count: int) -> dict[int, int]:
     raise AssertionError("the training processes did not start")
 
 
+# way -> how the run is stopped, and whether the genuine launcher starts it (where its reaction is
+# part of what is tested: the signal to its process group, a rank signalled under its agent)
 STOPS = {
     "control-file": lambda launcher, path: _send(path, "stop"),
     "ctrl-c-to-accelerate-launch": lambda launcher, path: os.killpg(os.getpgid(launcher.pid), signal.SIGINT),
     "sigterm-to-rank-1": lambda launcher, path: os.kill(_ranks(launcher)[1], signal.SIGTERM),
     "sighup-to-rank-0": lambda launcher, path: os.kill(_ranks(launcher)[0], signal.SIGHUP),
 }
+GENUINE_LAUNCHER = {"ctrl-c-to-accelerate-launch", "sigterm-to-rank-1"}
+
+
+def _forked_ranks_get_what_launched_ones_get(path: Path, ranks: dict[int, int]) -> None:
+    """The environment tests/forked_sdft.py gives each forked rank is the genuine launcher's
+    (checked on each genuine launch, so a change in accelerate or torch shows here), but for the
+    rendezvous, which a forked run's rank 0 hosts itself."""
+    import psutil
+
+    plan = launch_plan([str(path)], 2, {}, None)
+    port = forked_sdft._free_port()
+    for rank, pid in ranks.items():
+        launched = {k: v for k, v in psutil.Process(pid).environ().items() if ENV.get(k) != v}
+        forked = {**plan.env, **forked_sdft.launcher_environment(plan.argv, port),
+                  **forked_sdft.rank_environment(rank, 2, port)}
+        assert ({k: v for k, v in launched.items() if k not in forked_sdft.RENDEZVOUS_VARIABLES}
+                == {k: v for k, v in forked.items() if k not in forked_sdft.RENDEZVOUS_VARIABLES}), rank
 
 
 def _send(path: Path, request: str) -> None:
@@ -177,8 +212,10 @@ def _send(path: Path, request: str) -> None:
 @pytest.mark.parametrize("way", sorted(STOPS))
 def test_every_way_to_stop_stops_every_process_at_one_step_and_resumes_on_one_process(tmp_path, tiny_sd1, way, capsys):
     path = _run_file(tmp_path, tiny_sd1, 2, steps=40)
-    launcher = _launch(path, 2, session=True)
-    _wait_for_ranks(launcher, 2)
+    launcher = _launch(path, 2, session=True) if way in GENUINE_LAUNCHER else _fork(path, 2)
+    ranks = _wait_for_ranks(launcher, 2)
+    if way in GENUINE_LAUNCHER:
+        _forked_ranks_get_what_launched_ones_get(path, ranks)
     _stop_when(path, 2, lambda: STOPS[way](launcher, path))
     out, _ = launcher.communicate(timeout=600)
     # a stop is not a crash to torch's launcher; hit by Ctrl-C itself it reports 130
@@ -302,8 +339,7 @@ def test_a_sharded_run_with_ema_previews_and_states_resumes_sharded_and_on_one_p
     again = resumed_dir / "run.toml"
     again.write_text(split.read_text().replace('image_dir = "images"', f'image_dir = "{split.parent / "images"}"')
                      .replace('metadata_file = "meta.json"', f'metadata_file = "{split.parent / "meta.json"}"'))
-    resumed = subprocess.Popen(launch_plan([str(again), "--resume", str(state)], 2, {}, None).argv, cwd=resumed_dir,
-                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    resumed = _fork(again, 2, "--resume", str(state), cwd=resumed_dir)
     out, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, out[-3000:]
     expected = _losses(_events(straight))

@@ -1,15 +1,17 @@
 """SDXL on several processes (issue 30, memory: sharded training for cards where one copy of the
 optimizer state does not fit): a tiny SDXL run sharded over 2 CPU processes (gloo, FSDP
 ``memory.sharding = "full"``, both text encoders training at their own rates) is the one-process
-run, losses and saved weights (docs/many-gpus.md)."""
+run, losses and saved weights (docs/many-gpus.md). The two processes are forked with the environment
+accelerate's launcher gives them (tests/forked_sdft.py launch()); tests/test_many_processes.py
+tests the launcher itself."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
+import forked_sdft
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -55,9 +57,9 @@ def test_sdxl_sharded_on_two_processes_is_the_one_process_run(tmp_path, tiny_sdx
     assert main(["train", str(one)]) == 0, capsys.readouterr()
     two = _run_file(tmp_path / "two", tiny_sdxl, 2, "full")
     plan = launch_plan([str(two)], 2, {}, None)
-    done = subprocess.run(plan.argv, cwd=two.parent, env={**ENV, **plan.env}, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:]
+    ranks = forked_sdft.launch(plan.argv, env={**ENV, **plan.env}, cwd=two.parent)
+    out, _ = ranks.communicate(timeout=900)
+    assert ranks.returncode == 0, out[-3000:]
     (expected, a), (got, b) = _outcome(one), _outcome(two)
     assert sorted(expected) == [1, 2, 3, 4] and got.keys() == expected.keys()
     for step, loss in expected.items():   # the same batches, noise and timesteps; sums in another order
