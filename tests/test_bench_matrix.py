@@ -5,14 +5,10 @@ path runs here on the CPU with the tiny model, so it works the first time it mee
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from train_helpers import make_run
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 RAN_FIELDS = ("steps_per_s", "samples_per_s", "peak_memory_bytes", "memory_kind", "predicted_bytes",
               "prediction_error", "flops_per_sample", "mfu", "mfu_note", "seconds")
 
@@ -102,21 +98,23 @@ def test_plain_bench_says_what_it_is_doing(tmp_path, tiny_sd1):
     assert any("bare loop" in line for line in lines)
 
 
-def test_matrix_command_prints_progress_a_table_and_a_json_copy(tmp_path, tiny_sd1):
+def test_matrix_command_prints_progress_a_table_and_a_json_copy(tmp_path, tiny_sd1, capsys):
+    from sdft_tui.cli import main
+
     config = make_run(tmp_path, tiny_sd1, steps=2)
     out = tmp_path / "matrix.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "sdft_tui.cli", "bench", "--matrix", str(config), "--steps", "1", "--warmup", "1",
-         "--axis", "memory.attention=sdpa,math", "--axis", "memory.mixed_precision=no,fp16",
-         "--axis", "memory.not_yet_a_key=false,true", "--json-out", str(out)],
-        capture_output=True, text=True, env=ENV, timeout=600)
-    assert result.returncode == 0, result.stderr
-    progress = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    # In-process (docs/testing.md): the command's exit code and output are what is checked, not its process.
+    code = main(["bench", "--matrix", str(config), "--steps", "1", "--warmup", "1",
+                 "--axis", "memory.attention=sdpa,math", "--axis", "memory.mixed_precision=no,fp16",
+                 "--axis", "memory.not_yet_a_key=false,true", "--json-out", str(out)])
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    progress = [line for line in said.err.splitlines() if line.startswith("[")]
     assert len([line for line in progress if "training 1 warm-up + 1 timed steps" in line]) == 2
     assert any("[1/5] baseline" in line and "steps/s" in line for line in progress)
-    assert "samples/s" in result.stdout and "peak memory" in result.stdout
-    assert "3. mixed_precision=fp16: skipped: fp16 needs a CUDA GPU" in " ".join(result.stdout.split())
-    assert "the planner models full-size SD U-Nets" in result.stdout
+    assert "samples/s" in said.out and "peak memory" in said.out
+    assert "3. mixed_precision=fp16: skipped: fp16 needs a CUDA GPU" in " ".join(said.out.split())
+    assert "the planner models full-size SD U-Nets" in said.out
     report = json.loads(out.read_text())
     by_label = {c["label"]: c for c in report["cells"]}
     assert [c["status"] for c in report["cells"]] == ["ran", "ran", "skipped", "skipped", "skipped"]
