@@ -132,3 +132,22 @@ def pytest_terminal_summary(terminalreporter):
         equal = sum(bool(c["equal"]) for c in cases)
         terminalreporter.write_line(f"fault suite: {survived}/{len(cases)} faults survived, {equal}/{len(cases)} "
                                     "with losses and weights bitwise equal to a straight run")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory):
+    """``tiny_sdxl_folder(seed)``: a tiny SDXL diffusers folder (engine/families/sdxl/tiny.py),
+    saved once per worker and seed, for the SDXL tests that load, convert or train from it; its
+    weights are tests/sdxl_helpers.py's ``tiny_sdxl_parts(seed)``. Read it, never write to it
+    (copy it first)."""
+    from engine.families.sdxl.tiny import TinySdxlSpec, save_tiny_sdxl_model
+
+    made: dict = {}
+
+    def folder(seed: int = 1):
+        if seed not in made:
+            made[seed] = save_tiny_sdxl_model(tmp_path_factory.mktemp(f"tiny-sdxl-{seed}") / "tiny",
+                                              TinySdxlSpec(seed=seed))
+        return made[seed]
+
+    return folder

@@ -37,9 +37,9 @@ def full_size_unet_keys() -> list[str]:
 
 
 def tiny_unet_keys() -> list[str]:
-    from engine.families.sdxl.tiny import build_tiny_sdxl_components
+    from sdxl_helpers import tiny_sdxl_parts
 
-    return list(build_tiny_sdxl_components()["unet"].state_dict())
+    return list(tiny_sdxl_parts(1)["unet"].state_dict())
 
 
 @pytest.mark.parametrize("keys", [full_size_unet_keys, tiny_unet_keys], ids=["sdxl-base", "tiny"])
@@ -64,14 +64,13 @@ def test_schema_takes_a_list_or_kohyas_string():
 
 
 @pytest.mark.slow
-def test_blocks_train_at_their_rates_and_a_zero_block_stays_frozen(tmp_path):
+def test_blocks_train_at_their_rates_and_a_zero_block_stays_frozen(tmp_path, tiny_sdxl_folder):
     from test_sdxl_train import load, sdxl_run
 
     from engine.events import ListSink, StepMetrics
-    from engine.families.sdxl.tiny import TinySdxlSpec, save_tiny_sdxl_model
     from engine.runner import run_training
 
-    model = save_tiny_sdxl_model(tmp_path / "tiny", TinySdxlSpec(seed=1))
+    model = tiny_sdxl_folder(1)   # shared per worker: the run only reads it
     rates = [0.0] + [1e-4] * 9 + [2e-4] * 3 + [1e-4] * 9 + [0.0]   # embeddings and out frozen
     run = sdxl_run(tmp_path, model, steps=2, optimizer_extra=f"block_lr = {rates}",
                    save_extra='precision = "float"')

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from engine.families.sdxl.tiny import TinySdxlSpec, build_tiny_sdxl_components, save_tiny_sdxl_model
+from sdxl_helpers import tiny_sdxl_parts
 
 PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
@@ -18,16 +17,18 @@ def _assert_same(model, parts, dtype=None) -> None:
             assert torch.equal(got[key.removeprefix("text_model.")], value), (name, key)
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    return save_tiny_sdxl_model(tmp_path_factory.mktemp("sdxl") / "tiny", TinySdxlSpec(seed=12))
+@pytest.fixture
+def tiny_folder(tiny_sdxl_folder):
+    """The folder of ``tiny_sdxl_parts(1)``, saved once per worker (tests/conftest.py): tests copy
+    it before changing it."""
+    return tiny_sdxl_folder(1)
 
 
 def test_convert_all_ways_bit_for_bit(tmp_path, tiny_folder, capsys):
     from engine.families.convert_cli import convert_command
     from engine.families.sdxl.adapter import SDXL
 
-    want = build_tiny_sdxl_components(TinySdxlSpec(seed=12))
+    want = tiny_sdxl_parts(1)
     single = tmp_path / "a.safetensors"
     assert convert_command([str(tiny_folder), str(single)]) == 0
     out = capsys.readouterr().out
@@ -124,7 +125,7 @@ def test_ema_weights_in_a_folder_are_reported_and_trained_on_request(tmp_path, t
     from engine.families.sdxl.adapter import SDXL
 
     folder = shutil.copytree(tiny_folder, tmp_path / "ema")
-    ema = build_tiny_sdxl_components(TinySdxlSpec(seed=14))["unet"]
+    ema = tiny_sdxl_parts(2)["unet"]   # another seed than the folder's U-Net
     ema.save_pretrained(folder / "unet_ema")
     plain = SDXL.load(str(folder))
     assert not plain.has_ema and any("EMA weights present (unet_ema/): training the regular" in x for x in plain.report)

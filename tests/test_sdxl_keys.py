@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from sdxl_helpers import tiny_sdxl_parts
 
 from engine.families.sdxl.keys import (
     TE2_PREFIX,
@@ -14,13 +15,12 @@ from engine.families.sdxl.keys import (
     single_file_to_diffusers,
     unet_key_map,
 )
-from engine.families.sdxl.tiny import TinySdxlSpec, build_tiny_sdxl_components
 
 PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 def _state_dicts(seed: int) -> dict:
-    parts = build_tiny_sdxl_components(TinySdxlSpec(seed=seed))
+    parts = tiny_sdxl_parts(seed)   # built once per process; the tests only read the tensors
     return {name: parts[name].state_dict() for name in PARTS}
 
 
@@ -30,7 +30,7 @@ def _bare(sd):
 
 @pytest.fixture(scope="module")
 def tiny_sds():
-    return _state_dicts(seed=5)
+    return _state_dicts(seed=1)
 
 
 def _single_file(sds, logit_scale=None):
@@ -173,15 +173,13 @@ def test_full_size_te2_keys_are_openclip_bigg_s():
 # ------------------------------------------------------------------ through diffusers' loader
 
 
-def test_diffusers_from_single_file_loads_our_file_bit_for_bit(tmp_path):
+def test_diffusers_from_single_file_loads_our_file_bit_for_bit(tmp_path, tiny_sdxl_folder):
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import save_file
 
-    from engine.families.sdxl.tiny import save_tiny_sdxl_model
-
-    folder = save_tiny_sdxl_model(tmp_path / "config", TinySdxlSpec(seed=6))
+    folder = tiny_sdxl_folder(1)
     # The file holds another seed's weights, so only the file can be where they come from.
-    sds = _state_dicts(seed=7)
+    sds = _state_dicts(seed=2)
     save_file({k: v.contiguous() for k, v in _single_file(sds).items()}, tmp_path / "model.safetensors")
     pipe = StableDiffusionXLPipeline.from_single_file(
         str(tmp_path / "model.safetensors"), config=str(folder), local_files_only=True

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 import torch
+from sdxl_helpers import tiny_sdxl_parts
 
-from engine.families.sdxl.tiny import TinySdxlSpec, build_tiny_sdxl_components, save_tiny_sdxl_model
+from engine.families.sdxl.tiny import TinySdxlSpec, build_tiny_sdxl_components
 from engine.models.errors import ModelLoadError
 
 PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -26,9 +27,11 @@ def _same_weights(model, parts: dict) -> None:
             assert got[key].dtype == torch.float32 and torch.equal(got[key], value.float()), (name, key)
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    return save_tiny_sdxl_model(tmp_path_factory.mktemp("sdxl") / "tiny", TinySdxlSpec(seed=3))
+@pytest.fixture
+def tiny_folder(tiny_sdxl_folder):
+    """The folder of ``tiny_sdxl_parts(1)``, saved once per worker (tests/conftest.py): tests copy
+    it before changing it."""
+    return tiny_sdxl_folder(1)
 
 
 # ------------------------------------------------------------------ built-in configs
@@ -86,7 +89,7 @@ def test_folder_loads_through_the_adapter_fp32_with_both_tokenizers(tiny_folder)
     assert isinstance(model, LoadedModel) and family_of(model) is SDXL
     assert model.family == "sdxl" and model.v2 is False and model.v_parameterization is False
     assert type(model.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
-    _same_weights(model, build_tiny_sdxl_components(TinySdxlSpec(seed=3)))
+    _same_weights(model, tiny_sdxl_parts(1))
     assert model.tokenizer.pad_token_id == 49407 and model.tokenizer_2.pad_token == "!"
     assert model.tokenizer_2.pad_token_id == 0
     assert model.scheduler_config["_class_name"] == "EulerDiscreteScheduler"
@@ -172,7 +175,8 @@ def _single_file_sd(parts: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_parts():
-    return build_tiny_sdxl_components(TinySdxlSpec(seed=4))
+    """Another seed than tiny_folder's, so a file's weights and the folder's never coincide."""
+    return tiny_sdxl_parts(2)
 
 
 @pytest.fixture(scope="module")
@@ -346,7 +350,7 @@ def test_separate_vae_replaces_the_file_s(tmp_path, tiny_parts, tiny_folder):
     sd = {k: v for k, v in _single_file_sd(tiny_parts).items() if not k.startswith("first_stage_model.")}
     save_file(sd, str(tmp_path / "novae.safetensors"))
     model = SDXL.load(str(tmp_path / "novae.safetensors"), vae=str(tiny_folder / "vae"))
-    want = build_tiny_sdxl_components(TinySdxlSpec(seed=3))["vae"]
+    want = tiny_sdxl_parts(1)["vae"]
     assert torch.equal(model.vae.encoder.conv_in.weight, want.encoder.conv_in.weight)
     assert model.vae.config.scaling_factor == 0.13025
 

@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-
-from engine.families.sdxl.tiny import TinySdxlSpec, build_tiny_sdxl_components, save_tiny_sdxl_model
+from sdxl_helpers import tiny_sdxl_parts
 
 PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
@@ -26,10 +25,11 @@ def _assert_same(a, b, dtype=None) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_sdxl_folder):
+    """The shared tiny folder (tests/conftest.py) and the model loaded from it, which saving never modifies."""
     from engine.families.sdxl.adapter import SDXL
 
-    folder = save_tiny_sdxl_model(tmp_path_factory.mktemp("sdxl") / "tiny", TinySdxlSpec(seed=8))
+    folder = tiny_sdxl_folder(1)
     return folder, SDXL.load(str(folder))
 
 
@@ -79,13 +79,13 @@ def test_ckpt_is_kohya_s_layout_and_loads_back(tmp_path, tiny):
     _assert_same(back, model, dtype=torch.float16)
 
 
-def test_diffusers_from_single_file_reads_our_file_bit_for_bit(tmp_path, tiny):
+def test_diffusers_from_single_file_reads_our_file_bit_for_bit(tmp_path, tiny, tiny_sdxl_folder):
     from diffusers import StableDiffusionXLPipeline
 
     from engine.families.sdxl.adapter import SDXL
 
     folder, model = tiny
-    other = SDXL.load(str(save_tiny_sdxl_model(tmp_path / "other", TinySdxlSpec(seed=9))))
+    other = SDXL.load(str(tiny_sdxl_folder(2)))
     out = SDXL.save(tmp_path / "out.safetensors", other, v_prediction=False, fmt="safetensors", precision="float")
     # config: the tiny folder of another seed, so the weights can only come from the file
     pipe = StableDiffusionXLPipeline.from_single_file(str(out), config=str(folder), local_files_only=True)
@@ -116,7 +116,7 @@ def test_trained_parts_replace_the_model_s(tmp_path, tiny):
     from engine.families.sdxl.adapter import SDXL
 
     _, model = tiny
-    trained = build_tiny_sdxl_components(TinySdxlSpec(seed=10))
+    trained = tiny_sdxl_parts(2)   # another seed than the model's; saving only reads them
     out = SDXL.save(tmp_path / "t.safetensors", model, v_prediction=False, fmt="safetensors", precision="float",
                     trained={"unet": trained["unet"], "text_encoder_2": trained["text_encoder_2"]})
     back = SDXL.load(str(out))

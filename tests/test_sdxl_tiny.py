@@ -7,11 +7,10 @@ import json
 import pytest
 
 
-@pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory):
-    from engine.families.sdxl.tiny import save_tiny_sdxl_model
-
-    return save_tiny_sdxl_model(tmp_path_factory.mktemp("tiny") / "sdxl")
+@pytest.fixture
+def tiny_sdxl(tiny_sdxl_folder):
+    """save_tiny_sdxl_model's folder, saved once per worker (tests/conftest.py)."""
+    return tiny_sdxl_folder(1)
 
 
 def test_folder_names_the_sdxl_pipeline_and_its_seven_parts(tiny_sdxl):

@@ -17,11 +17,10 @@ from engine.events import CallbackSink, FanOut, ListSink, Message, StepMetrics
 from engine.runner import run_training
 
 
-@pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory):
-    from engine.families.sdxl.tiny import TinySdxlSpec, save_tiny_sdxl_model
-
-    return save_tiny_sdxl_model(tmp_path_factory.mktemp("sdxl") / "tiny-sdxl", TinySdxlSpec(seed=1))
+@pytest.fixture
+def tiny_sdxl(tiny_sdxl_folder):
+    """The tiny SDXL folder, saved once per worker (tests/conftest.py); runs only read it."""
+    return tiny_sdxl_folder(1)
 
 
 def sdxl_run(folder, model, *, steps=4, train_extra="", optimizer_extra="", cache_extra="", shuffle=False,
@@ -247,13 +246,13 @@ def test_sdxl_samples_equal_diffusers_own_pipeline():
     gives the latents StableDiffusionXLPipeline makes from the same prompts itself (75 tokens,
     where kohya's encoding and diffusers' agree)."""
     from diffusers import StableDiffusionXLPipeline
+    from sdxl_helpers import tiny_sdxl_parts
 
     from engine.families import family
     from engine.families.sdxl.text_encoding import SdxlPromptEncoder
-    from engine.families.sdxl.tiny import TinySdxlSpec, build_tiny_sdxl_components
     from engine.train.sampling import guided_latents
 
-    parts = build_tiny_sdxl_components(TinySdxlSpec(seed=3))
+    parts = tiny_sdxl_parts(1)   # sampling only reads the parts
     pipe = StableDiffusionXLPipeline(**parts)
     pipe.set_progress_bar_config(disable=True)
     encoder = SdxlPromptEncoder(parts["text_encoder"], parts["text_encoder_2"], tokenizer=parts["tokenizer"])

@@ -51,10 +51,10 @@ def _refuse_v2(v2) -> None:
 def sdxl_tokenizers(tokenizer_dir=None) -> tuple[Any, Any]:
     """TE1's and TE2's tokenizers: CLIP's packaged BPE (or ``tokenizer_dir``'s), the second
     padding with "!" (kohya: ``tokenizer2.pad_token_id = 0``)."""
-    from engine.models.tokenizer import build_clip_tokenizer, load_tokenizer
+    from engine.models.tokenizer import load_tokenizer
 
-    if tokenizer_dir is None:
-        return build_clip_tokenizer(v2=False), build_clip_tokenizer(v2=True)
+    if tokenizer_dir is None:   # the built-in vocabulary, built once per process as SD's (tokenizer.py)
+        return load_tokenizer(None, v2=False), load_tokenizer(None, v2=True)
     import copy
 
     first = load_tokenizer(tokenizer_dir, v2=False)
