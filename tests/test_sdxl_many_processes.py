@@ -26,10 +26,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory):
-    from engine.families.sdxl.tiny import TinySdxlSpec, save_tiny_sdxl_model
-
-    return save_tiny_sdxl_model(tmp_path_factory.mktemp("sdxl") / "tiny-sdxl", TinySdxlSpec(seed=1))
+def tiny_sdxl(tiny_sdxl_folder):
+    return tiny_sdxl_folder(1)   # the worker's tiny SDXL folder (tests/conftest.py), read only
 
 
 def _run_file(folder: Path, model: Path, processes: int, sharding: str) -> Path:
