@@ -17,6 +17,7 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomlkit
 from preflight_helpers import PROMPT, _candidates, make_fixture, schema_keys
@@ -205,10 +206,23 @@ def _fingerprint(root: Path) -> dict:
 VOLATILE_METADATA = {"modelspec.date", "sdft.started", "sdft.finished"}
 
 
+def _as_float32_bytes(dtype: str, stored: memoryview) -> bytes | memoryview | None:
+    """A stored tensor's values as float32 bytes, from the bytes as read (safetensors is
+    little-endian and row-major): F32 as is; F16 widened by numpy and BF16 by shifting its 16 bits
+    into a float32's high half, both exact, as torch's ``.float()`` is. None: another dtype."""
+    if dtype == "F32":
+        return stored
+    if dtype == "F16":
+        return np.frombuffer(stored, dtype="<f2").astype("<f4").tobytes()
+    if dtype == "BF16":
+        return (np.frombuffer(stored, dtype="<u2").astype("<u4") << 16).tobytes()
+    return None
+
+
 def _tensor_hash(path: Path) -> str:
     """The weights file's metadata and tensors: each tensor's name and its values as float32
-    bytes. An F32 tensor's stored bytes are those values (safetensors is little-endian and
-    row-major), so they are hashed as read, without building a tensor per weight."""
+    bytes, converted from the file's bytes without building a tensor per weight (a tensor per
+    weight of the saved fp16 model cost as much as a training step)."""
     header = read_header(path)
     data = memoryview(path.read_bytes())[header.data_start:]
     digest = hashlib.sha256()
@@ -220,10 +234,9 @@ def _tensor_hash(path: Path) -> str:
         for key in sorted(header.tensors):
             info = header.tensors[key]
             digest.update(key.encode())
-            if info.dtype == "F32" and info.offsets is not None:
-                digest.update(data[info.offsets[0]:info.offsets[1]])
-            else:
-                digest.update(f.get_tensor(key).float().numpy().tobytes())
+            values = _as_float32_bytes(info.dtype, data[info.offsets[0]:info.offsets[1]]) \
+                if info.offsets is not None else None
+            digest.update(values if values is not None else f.get_tensor(key).float().numpy().tobytes())
     return digest.hexdigest()[:12]
 
 
