@@ -6,6 +6,8 @@ settings it needs, e.g. huber_c with loss_type = "huber"), and compares what the
 behind: losses, learning rates, gradient norms, messages, and every file written (names and
 contents). A key whose value changes none of that must be refused by --check with a reason,
 or be listed in ONLY_ELSEWHERE with the test that shows its effect and why it cannot show here.
+A run file that is written to the same text for two keys (a key's run and another's baseline)
+is trained once per worker.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomlkit
 from preflight_helpers import PROMPT, _candidates, make_fixture, schema_keys
@@ -47,13 +50,15 @@ VALUES = {
     "train.mode": ("hypernetwork", {}),
     "train.output_dir": ("{fixture}/other-runs", {}),
     "train.output_name": ("other", {}),
-    "train.max_train_steps": (2, {}),
+    "train.max_train_steps": (4, {}),   # the run logging.every_n_steps is compared with
     "train.max_train_epochs": (1, {}),
     "train.seed": (6, {}),
     "train.gradient_accumulation_steps": (2, {}),
     "train.stop_text_encoder_training": (1, {"train": {"train_text_encoder": True}}),
+    "train.noise_offset": (0.1, {}),   # the baseline of noise_offset_random_strength and adaptive_noise_scale
     "train.noise_offset_random_strength": (True, {"train": {"noise_offset": 0.1}}),
     "train.multires_noise_discount": (0.6, {"train": {"multires_noise_iterations": 2}}),
+    "train.ip_noise_gamma": (0.1, {}),   # the baseline of ip_noise_gamma_random_strength
     "train.ip_noise_gamma_random_strength": (True, {"train": {"ip_noise_gamma": 0.1}}),
     "train.huber_schedule": ("constant", {"train": {"loss_type": "huber"}}),
     "train.huber_c": (0.3, {"train": {"loss_type": "huber"}}),
@@ -93,7 +98,7 @@ VALUES = {
     "data.caption_tags_join": (" with ", {}),   # CLIP drops spaces: "," and ", " tokenize alike
     "data.use_train_resolution": (False, {"subset": {"metadata_file": "meta_rel.json", "image_dir": "images"}}),
     "save.every_n_steps": (1, {}),
-    "save.every_n_epochs": (1, {}),
+    "save.every_n_epochs": (1, {"train": {"max_train_steps": 8}}),   # the baseline of save.last_n_epochs
     "save.n_epoch_ratio": (8, {"train": {"max_train_steps": 8}}),   # floor(epochs / 8) = 1: every epoch
     "save.last_n_steps": (1, {"save": {"every_n_steps": 1}}),
     "save.last_n_epochs": (1, {"save": {"every_n_epochs": 1}, "train": {"max_train_steps": 8}}),
@@ -205,10 +210,23 @@ def _fingerprint(root: Path) -> dict:
 VOLATILE_METADATA = {"modelspec.date", "sdft.started", "sdft.finished"}
 
 
+def _as_float32_bytes(dtype: str, stored: memoryview) -> bytes | memoryview | None:
+    """A stored tensor's values as float32 bytes, from the bytes as read (safetensors is
+    little-endian and row-major): F32 as is; F16 widened by numpy and BF16 by shifting its 16 bits
+    into a float32's high half, both exact, as torch's ``.float()`` is. None: another dtype."""
+    if dtype == "F32":
+        return stored
+    if dtype == "F16":
+        return np.frombuffer(stored, dtype="<f2").astype("<f4").tobytes()
+    if dtype == "BF16":
+        return (np.frombuffer(stored, dtype="<u2").astype("<u4") << 16).tobytes()
+    return None
+
+
 def _tensor_hash(path: Path) -> str:
     """The weights file's metadata and tensors: each tensor's name and its values as float32
-    bytes. An F32 tensor's stored bytes are those values (safetensors is little-endian and
-    row-major), so they are hashed as read, without building a tensor per weight."""
+    bytes, converted from the file's bytes without building a tensor per weight (a tensor per
+    weight of the saved fp16 model cost as much as a training step)."""
     header = read_header(path)
     data = memoryview(path.read_bytes())[header.data_start:]
     digest = hashlib.sha256()
@@ -220,10 +238,9 @@ def _tensor_hash(path: Path) -> str:
         for key in sorted(header.tensors):
             info = header.tensors[key]
             digest.update(key.encode())
-            if info.dtype == "F32" and info.offsets is not None:
-                digest.update(data[info.offsets[0]:info.offsets[1]])
-            else:
-                digest.update(f.get_tensor(key).float().numpy().tobytes())
+            values = _as_float32_bytes(info.dtype, data[info.offsets[0]:info.offsets[1]]) \
+                if info.offsets is not None else None
+            digest.update(values if values is not None else f.get_tensor(key).float().numpy().tobytes())
     return digest.hexdigest()[:12]
 
 
@@ -292,41 +309,100 @@ def test_every_schema_key_is_walked():
     assert generic, "the generic walk covers the rest"
 
 
-_BASELINES: dict[str, dict] = {}
+def _in_order(value):
+    """``value`` with each table's plain values first, then its tables, each group by name, so
+    documents with the same content are written as the same run file text."""
+    def is_table(v) -> bool:
+        return isinstance(v, dict) or (isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))
+
+    if isinstance(value, dict):
+        return {k: _in_order(value[k]) for k in sorted(value, key=lambda k: (is_table(value[k]), k))}
+    if isinstance(value, list):
+        return [_in_order(v) for v in value]
+    return value
+
+
+def _run_file_text(doc: dict) -> str:
+    """The run file as written, before the worker's folders are filled in."""
+    return tomlkit.dumps(_in_order(doc))
+
+
+_RUNS: dict[str, tuple[dict | None, list]] = {}
+
+
+def _run(doc: dict, root: Path, model: Path, fixture: Path) -> tuple[dict | None, list]:
+    """:func:`_train` once per distinct run file per worker (each run takes about a second): a
+    key's run whose file is another key's run or baseline, to the byte (train.ema with its
+    save.use_ema is save.use_ema with its train.ema, and the baseline of train.ema_decay), is
+    that run. Every run is trained in the same folder, so paths inside files are equal."""
+    doc = _in_order(doc)
+    text = _run_file_text(doc)
+    if text not in _RUNS:
+        try:
+            _RUNS[text] = _train(root, doc, model, fixture)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    return _RUNS[text]
 
 
 def _baseline(extra: dict, root: Path, model: Path, fixture: Path) -> dict:
-    """The run with only the companion settings: one per distinct ``extra``, reused by keys that
-    share it (each run takes seconds). Trained in the same folder as the key's run, so paths
-    inside files are equal. Where the companions alone are refused as idle (save.use_ema
-    without train.ema: each needs the other), the baseline is the plain run."""
-    name = json.dumps(extra, sort_keys=True)
-    if name not in _BASELINES:
-        try:
-            fingerprint, errors = _train(root, _document(model, extra), model, fixture)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        if errors:
-            assert all("has no effect without" in e.message for e in errors), errors
-            return _baseline({}, root, model, fixture)
-        _BASELINES[name] = fingerprint
-    return _BASELINES[name]
+    """The run with only the companion settings, shared by the keys with the same ``extra``
+    (see :func:`_run`). Where the companions alone are refused as idle (save.use_ema without
+    train.ema: each needs the other), the baseline is the plain run."""
+    fingerprint, errors = _run(_document(model, extra), root, model, fixture)
+    if errors:
+        assert all("has no effect without" in e.message for e in errors), errors
+        return _baseline({}, root, model, fixture)
+    return fingerprint
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("key", [k for k in schema_keys() if k not in ONLY_ELSEWHERE])
-def test_setting_a_key_changes_the_run_or_is_refused(key, tmp_path_factory, tiny_sd1, fixture_folder):
+def _value_and_companions(key: str) -> tuple[object, dict]:
+    """The value a key is walked with, and the companion settings it needs (VALUES, else a
+    value from the schema)."""
     value, extra = VALUES.get(key, (None, {}))
     if key not in VALUES:
         value = _other_value(key)
+    return value, extra
+
+
+def _walked_keys() -> list:
+    """The keys to walk; keys that share a run file (see :func:`_run`) are one xdist group, so
+    that run is trained once under ``-n 2`` as well. The plain run, which most keys are compared
+    with, joins no group (each worker trains it once)."""
+    keys = [k for k in schema_keys() if k not in ONLY_ELSEWHERE]
+    plain = _run_file_text(_document(Path(), {}))
+    group_of: dict[str, str] = {}     # run file text or key -> the key that stands for its group
+
+    def find(x: str) -> str:
+        while group_of.get(x, x) != x:
+            x = group_of[x]
+        return x
+
+    for key in keys:
+        value, extra = _value_and_companions(key)
+        doc = _document(Path(), extra)
+        files = [_run_file_text(doc)]
+        _set(doc, key, value)
+        files.append(_run_file_text(doc))
+        for text in files:
+            if text != plain:
+                group_of[find(text)] = find(key)
+    members: dict[str, list[str]] = {}
+    for key in keys:
+        members.setdefault(find(key), []).append(key)
+    return [pytest.param(k, marks=pytest.mark.xdist_group(f"key-walk-{find(k)}")) if len(members[find(k)]) > 1
+            else k for k in keys]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", _walked_keys())
+def test_setting_a_key_changes_the_run_or_is_refused(key, tmp_path_factory, tiny_sd1, fixture_folder):
+    value, extra = _value_and_companions(key)
     root = tmp_path_factory.getbasetemp() / "key-walk"   # one path for every run of this worker
     baseline = _baseline(extra, root, tiny_sd1, fixture_folder)
     doc = _document(tiny_sd1, extra)
     _set(doc, key, value)
-    try:
-        changed, errors = _train(root, doc, tiny_sd1, fixture_folder)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    changed, errors = _run(doc, root, tiny_sd1, fixture_folder)
     if errors:
         assert all(e.hint or "not" in e.message for e in errors), "a refusal gives a reason"
         return
