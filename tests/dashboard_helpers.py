@@ -204,14 +204,9 @@ async def wait_until(pilot, condition, timeout: float = 20.0) -> None:
     """Let the app process messages until ``condition()`` holds (a safety limit, not a timing)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    if condition():
-        return
-    # the app runs on this loop: sleeping lets it work; a pilot.pause per round would post a
-    # message to every widget on the screen and repaint it each time
     while not condition():
         assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
-    await pilot.pause()   # the screen takes in what made the condition true
+        await pilot.pause(0.02)
 
 
 async def wait_thread_event(event: threading.Event, timeout: float = 20.0) -> None:

@@ -15,17 +15,15 @@ SCORES = [0.1, 0.7, 0.2, 0.05, 0.9, 0.5, 0.8, 0.3, 0.6, 0.36, 0.34, 0.99]
 TAGS = "1girl, long_hair, ^_^, solo, hatsune_miku_(vocaloid), kaga_(kancolle)"
 
 
-async def wait_labels(app, pilot, timeout: float = 120.0) -> None:
+async def wait_labels(app, pilot, rounds: int = 1500) -> None:
     from textual.worker import WorkerState
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout   # a safety limit on a busy machine, not a timing
-    while loop.time() < deadline:
+    for _ in range(rounds):
         busy = [w for w in app.workers if w.group in ("labeling", "tokens")
                 and w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
         if not busy:
             break
-        await asyncio.sleep(0.02)   # the app works meanwhile; the pauses below let the screen catch up
+        await pilot.pause(0.02)
     await pilot.pause()
     await pilot.pause()
 
