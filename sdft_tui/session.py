@@ -310,8 +310,9 @@ class WizardSession:
         except Exception:  # noqa: BLE001
             return False
 
-    def validate(self, run_path: Path | None = None) -> list:
-        return self.project.validate(run_path)
+    def validate(self, run_path: Path | None = None, text: str | None = None) -> list:
+        """The schema's problems (``text``: ``render_toml(run_path)``'s result, when rendered already)."""
+        return self.project.validate(run_path, text)
 
     def full_check(self, run_path: Path | None = None) -> list:
         """``sdft train --check`` on the file as it would be written (imports torch: a worker's job);
@@ -326,7 +327,7 @@ class WizardSession:
         at once (the schema, keys left idle) and, while the file is unchanged, the last full check's."""
         try:
             render = self.render_toml()
-            problems = self.validate()
+            problems = self.validate(text=render)
         except Exception:  # noqa: BLE001 - nothing to render yet: nothing to report either
             return []
         if self.checked is not None and self.checked[0] == render:

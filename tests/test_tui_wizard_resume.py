@@ -46,11 +46,16 @@ def held_trainer(hold: HoldAt):
 
 
 async def _type(pilot, widget_id: str, text: str) -> None:
+    """Paste ``text`` into the field, as a user pastes a path: one change, not one per character
+    (each keystroke on Options and Review re-plans and re-checks the whole file; typing key by
+    key is walked in tests/test_tui_wizard_walk.py)."""
+    from textual.events import Paste
+
     widget = pilot.app.screen.query_one(widget_id)
     widget.focus()
     widget.value = ""
     await pilot.pause()
-    await pilot.press(*list(text))
+    widget.post_message(Paste(text))
     await pilot.pause()
 
 

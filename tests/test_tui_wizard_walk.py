@@ -24,6 +24,18 @@ async def _type(pilot, widget, text: str) -> None:
     await pilot.pause()
 
 
+async def _paste(pilot, widget, text: str) -> None:
+    """A long path pasted, as users enter one: one change (each keystroke on Review renders and
+    checks the whole file again, in a thread). Short values are typed key by key."""
+    from textual.events import Paste
+
+    widget.focus()
+    widget.value = ""
+    await pilot.pause()
+    widget.post_message(Paste(text))
+    await pilot.pause()
+
+
 @pytest.mark.slow
 def test_walk_the_whole_wizard(tmp_path):
     folder = make_dataset(tmp_path)
@@ -34,7 +46,7 @@ def test_walk_the_whole_wizard(tmp_path):
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause()
             # 1. dataset: typed path + enter scans in a worker
-            await _type(pilot, app.screen.query_one("#path"), str(folder))
+            await _paste(pilot, app.screen.query_one("#path"), str(folder))
             await pilot.press("enter")
             await settle(app, pilot)
             assert "8 images" in screen_text(app)
@@ -94,7 +106,7 @@ def test_walk_the_whole_wizard(tmp_path):
             await pilot.press("ctrl+n")
             await settle(app, pilot)
             assert app.current_step() == "review"
-            await _type(pilot, app.screen.query_one("#save-path"), str(run_path))
+            await _paste(pilot, app.screen.query_one("#save-path"), str(run_path))
             await pilot.press("ctrl+x")
             await pilot.pause()
             return app, chosen_optimizer, chosen_gc

@@ -30,16 +30,26 @@ def make_dataset(root: Path, sizes=SIZES) -> Path:
 WIZARD_GROUPS = ("scan", "tokens", "detect", "hardware", "review-check", "train-check")
 
 
-async def settle(app, pilot, rounds: int = 400) -> None:
-    """Wait until the wizard's own workers are done (DirectoryTree keeps a loader worker forever)."""
+async def settle(app, pilot, timeout: float = 60.0) -> None:
+    """Wait until the wizard's own workers are done (DirectoryTree keeps a loader worker forever).
+
+    The first ``pilot.pause`` lets the screen handle what was sent before (a changed Select starts
+    its scan there). While the workers run, the loop only sleeps (the app goes on processing its
+    messages): a ``pilot.pause`` per round would post a message to every widget on the screen
+    each time; the last ``pilot.pause`` waits for the screen to take in what the workers left."""
+    import asyncio
+
     from textual.worker import WorkerState
 
-    for _ in range(rounds):
+    await pilot.pause()   # the messages already sent (a Select changed, a key) start their workers first
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout   # a safety limit on a busy machine, not a timing
+    while loop.time() < deadline:
         busy = [w for w in app.workers if w.group in WIZARD_GROUPS
                 and w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
         if not busy:
             break
-        await pilot.pause(0.02)
+        await asyncio.sleep(0.02)
     await pilot.pause()
 
 

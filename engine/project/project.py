@@ -194,10 +194,11 @@ class Project:
             self.index.write_metadata(self.metadata_target(run_path))
         return self.draft.save(run_path, self._link(run_path))
 
-    def validate(self, run_path: Path | None = None) -> list[Problem]:
-        """The schema's problems for the TOML as it would be written."""
+    def validate(self, run_path: Path | None = None, text: str | None = None) -> list[Problem]:
+        """The schema's problems for the TOML as it would be written (``text``: ``render(run_path)``'s
+        result, when the caller has it already)."""
         run_path = self._path(run_path)
-        return self._without_unsaved_metadata(self.draft.validate(run_path, self._link(run_path)))
+        return self._without_unsaved_metadata(self.draft.validate(run_path, self._link(run_path), text))
 
     def check(self, run_path: Path | None = None) -> list[Problem]:
         """``sdft train --check`` on the TOML as it would be written. Before a folder's metadata

@@ -271,16 +271,20 @@ class RunDraft:
         self.path = run_path
         return run_path
 
-    def validate(self, run_path: Path, dataset: DatasetLink) -> list[Problem]:
+    def validate(self, run_path: Path, dataset: DatasetLink, text: str | None = None) -> list[Problem]:
         """The problems found without torch, at once, for the file as it would be written: the
         schema's (errors and warnings) and keys the rest of the file leaves idle (sampling every
-        N steps without a prompt); ``check`` adds the model, the images and the optimizer."""
+        N steps without a prompt); ``check`` adds the model, the images and the optimizer.
+        ``text``: what ``render(run_path, dataset)`` returned, when the caller has it already
+        (the wizard shows it and checks it on every change: rendering once is enough)."""
         from engine.config.problems import ConfigError
         from engine.config.run_toml import collect_run_text
         from engine.preflight.inert import check_inert_options
 
         try:
-            config, _doc, problems = collect_run_text(self.render(run_path, dataset), file=str(run_path),
+            if text is None:
+                text = self.render(run_path, dataset)
+            config, _doc, problems = collect_run_text(text, file=str(run_path),
                                                       base_dir=run_path.parent)
         except ConfigError as exc:   # not TOML at all
             return list(exc.problems)

@@ -59,7 +59,7 @@ class ReviewScreen(WizardScreen):
         self.query_one("#toml", Static).update(
             Syntax(toml_text, "toml", theme="ansi_dark", line_numbers=True, word_wrap=True))   # nothing cut at 80 columns
         self._checked = None
-        self._show_problems(self.state.validate(path), pending=True)   # the schema's verdict, at once
+        self._show_problems(self.state.validate(path, toml_text), pending=True)   # the schema's verdict, at once
         self.full_check_worker(path)
 
     @work(thread=True, exclusive=True, group="review-check")
