@@ -37,8 +37,7 @@ def sdft_here(capsys, *args) -> tuple[int, str, str]:
 
 @pytest.mark.slow
 def test_demo_runs_headless_and_its_checkpoint_loads(tmp_path, capsys):
-    # 2 steps keep the demo's shape (a model and a sample halfway, then the final ones) at a third of 6's steps
-    code, out, err = sdft_here(capsys, "demo", "--dir", str(tmp_path / "demo"), "--steps", "2")
+    code, out, err = sdft_here(capsys, "demo", "--dir", str(tmp_path / "demo"), "--steps", "6")
     assert code == 0, out + err
     checkpoint = tmp_path / "demo" / "runs" / "demo" / "checkpoints" / "demo.safetensors"
     assert checkpoint.is_file() and str(checkpoint) in out
