@@ -24,11 +24,22 @@ def _messages(sink) -> list[str]:
     return [e.text for e in sink.events if e.kind == "message"]
 
 
-@pytest.fixture
-def stopped_at_2(tmp_path, tiny_sd1):
-    """A run of 4 steps that trained 2 and kept the state of step 2."""
-    config = make_run(tmp_path, tiny_sd1, steps=2, save_extra=SAVE + "state_on_train_end = true\n")
+@pytest.fixture(scope="module")
+def trained_2_steps(tmp_path_factory, tiny_sd1):
+    """A run folder that trained 2 steps and kept the state of step 2, trained once per module."""
+    folder = tmp_path_factory.mktemp("stopped-at-2")
+    config = make_run(folder, tiny_sd1, steps=2, save_extra=SAVE + "state_on_train_end = true\n")
     assert run_training(config).status == "completed"
+    return folder
+
+
+@pytest.fixture
+def stopped_at_2(trained_2_steps, tmp_path):
+    """A run of 4 steps that trained 2 and kept the state of step 2: the module's run copied into
+    tmp_path (its paths are relative to the run file; copy2 keeps the files' times, which the
+    state's record of the images compares), for the test to edit."""
+    shutil.copytree(trained_2_steps, tmp_path, dirs_exist_ok=True)
+    config = tmp_path / "run.toml"
     config.write_text(config.read_text().replace("max_train_steps = 2", "max_train_steps = 4"))
     return config
 

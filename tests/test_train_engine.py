@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from train_helpers import make_broken_model, make_run
@@ -23,10 +25,8 @@ def stop_at(control: RunControl, step: int):
     return CallbackSink(on_event)
 
 
-def test_run_emits_events_and_saves_a_loadable_model(tmp_path, tiny_sd1):
-    config = make_run(tmp_path, tiny_sd1, steps=3)
-    sink = ListSink()
-    result = run_training(config, sink=sink)
+def test_run_emits_events_and_saves_a_loadable_model(plain_run):
+    sink, result = plain_run(3)   # the helper's plain run file, 3 steps: only read here
     assert result.status == "completed", result.message
     kinds = [e.kind for e in sink.events]
     assert kinds.index("run_started") < kinds.index("step") < kinds.index("run_finished")
@@ -40,7 +40,8 @@ def test_run_emits_events_and_saves_a_loadable_model(tmp_path, tiny_sd1):
 
     tensors = load_file(saved[-1].path)
     assert any(k.startswith("model.diffusion_model.") for k in tensors)
-    run_dir = tmp_path / "runs" / "t"
+    run_dir = Path(result.run_dir)
+    assert run_dir.parent.name == "runs" and run_dir.name == "t"
     assert (run_dir / "events.jsonl").is_file() and (run_dir / "config.toml").is_file()
     assert "seed = 7" in (run_dir / "config.toml").read_text()
 
@@ -111,14 +112,22 @@ def test_recipe_options_train(tmp_path, tiny_sd1, extra):
     assert all(e.loss == e.loss for e in sink.of(StepMetrics))     # finite, not NaN
 
 
-def test_gradient_accumulation_counts_optimizer_steps(tmp_path, tiny_sd1):
-    config = make_run(tmp_path, tiny_sd1, steps=2, train_extra="gradient_accumulation_steps = 2")
+@pytest.fixture(scope="module")
+def accumulated_run(tmp_path_factory, tiny_sd1):
+    """4 steps of 2 accumulated batches (background batch loading, the default), for the
+    module's tests to read: (events, result)."""
     sink = ListSink()
-    result = run_training(config, sink=sink)
+    path = make_run(tmp_path_factory.mktemp("accumulated"), tiny_sd1, steps=4,
+                    train_extra="gradient_accumulation_steps = 2")
+    return sink, run_training(path, sink=sink)
+
+
+def test_gradient_accumulation_counts_optimizer_steps(accumulated_run):
+    sink, result = accumulated_run
     assert result.status == "completed"
     started = sink.of(RunStarted)[0]
     # 6 images in 3 buckets of 2, batch 2 -> 3 batches -> ceil(3 / 2) = 2 steps per epoch.
-    assert started.steps_per_epoch == 2 and [e.step for e in sink.of(StepMetrics)] == [1, 2]
+    assert started.steps_per_epoch == 2 and [e.step for e in sink.of(StepMetrics)] == [1, 2, 3, 4]
 
 
 def test_stop_while_caching_latents_ends_quickly_as_stopped(tmp_path, tiny_sd1):
@@ -139,14 +148,12 @@ def test_stop_while_caching_latents_ends_quickly_as_stopped(tmp_path, tiny_sd1):
 
 
 @pytest.mark.slow
-def test_background_batch_loading_changes_nothing_but_time(tmp_path, tiny_sd1):
+def test_background_batch_loading_changes_nothing_but_time(tmp_path, tiny_sd1, accumulated_run):
     inline = ListSink()
     path = make_run(tmp_path / "inline", tiny_sd1, steps=4, train_extra="gradient_accumulation_steps = 2")
     path.write_text(path.read_text() + "\n[data]\nnum_workers = 0\n")
     run_training(path, sink=inline)
-    threaded = ListSink()
-    run_training(make_run(tmp_path / "threaded", tiny_sd1, steps=4, train_extra="gradient_accumulation_steps = 2"),
-                 sink=threaded)
+    threaded, _result = accumulated_run   # the same file with the default, background loading
     assert losses(inline) == losses(threaded) and len(losses(inline)) == 4
 
 

@@ -80,12 +80,23 @@ def _fp32(sd: Mapping) -> dict:
     return {k: (v.float() if torch.is_floating_point(v) else v) for k, v in sd.items()}
 
 
-def build_model(ctor, state: Mapping, what: str, path: str):
-    """Build a model on the meta device and assign ``state`` into it (strict)."""
+def _empty_model(ctor):
+    """``ctor()`` on the meta device, built once per constructor: :func:`meta_state_dict` reads
+    its names and shapes, then :func:`build_model` fills that same module (building a U-Net is
+    most of a small model's load time)."""
     from accelerate import init_empty_weights
 
-    with init_empty_weights():
-        model = ctor()
+    model = getattr(ctor, "empty_model", None)
+    if model is None:
+        with init_empty_weights():
+            model = ctor.empty_model = ctor()
+    return model
+
+
+def build_model(ctor, state: Mapping, what: str, path: str):
+    """Build a model on the meta device and assign ``state`` into it (strict)."""
+    model = _empty_model(ctor)
+    del ctor.empty_model   # filled below: a later build of this constructor starts empty again
     try:
         model.load_state_dict(_fp32(state), strict=True, assign=True)
     except RuntimeError as exc:
@@ -95,10 +106,8 @@ def build_model(ctor, state: Mapping, what: str, path: str):
 
 
 def meta_state_dict(ctor) -> dict:
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        return ctor().state_dict()
+    """The names and shapes (meta tensors) of the module ``ctor`` builds."""
+    return _empty_model(ctor).state_dict()
 
 
 def unet_ctor(cfg: dict):
