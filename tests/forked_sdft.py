@@ -25,8 +25,8 @@ interpreter itself (what a start imports, the console script) stays with genuine
 
 :func:`launch` starts the processes of a multi-process run the same way: one forked child per
 rank, with the environment accelerate's launcher and torch's elastic agent give each rank
-(computed by accelerate's own functions), rank 0 hosting the rendezvous store the agent would
-otherwise host. It stands in for `accelerate launch` where the launcher is not what a test is
+(computed by accelerate's own functions), and the rendezvous store hosted by the test's process,
+as the agent hosts it. It stands in for `accelerate launch` where the launcher is not what a test is
 about; tests of the launcher itself (Ctrl-C to it, a rank stopped under its agent) start it.
 """
 
@@ -380,42 +380,43 @@ def run(args: list[str], *, env: dict[str, str], timeout: float | None = None, *
 # ------------------------------------------------------------------ multi-process runs
 
 
-def launcher_environment(argv: list[str], port: int) -> dict[str, str]:
+def launcher_environment(argv: list[str]) -> dict[str, str]:
     """The variables accelerate's launcher adds for the processes of ``argv`` (an ``accelerate
-    launch`` command line as engine/launch.py builds it), asked of accelerate itself, with the
-    rendezvous on ``port``."""
+    launch`` command line as engine/launch.py builds it), asked of accelerate itself."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
     start = argv.index("accelerate.commands.launch") + 1
     args, _defaults, _from_config = _validate_launch_command(launch_command_parser().parse_args(argv[start:]))
-    args.main_process_port = port
+    args.main_process_port = 0   # any free one: the port is not among the variables
     full = prepare_multi_gpu_env(args)
     return {k: v for k, v in full.items() if os.environ.get(k) != v}
 
 
 def rank_environment(rank: int, processes: int, port: int) -> dict[str, str]:
     """What torch's elastic agent sets for each process it starts (one machine, no restarts),
-    except that no agent holds the rendezvous store: rank 0 hosts it at MASTER_PORT, as a
-    process started without the agent does."""
+    with the rendezvous store (the agent's, here the test's: :func:`launch`) at ``port``."""
     return {"RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0", "ROLE_RANK": str(rank),
             "ROLE_NAME": "default", "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes),
             "GROUP_WORLD_SIZE": "1", "ROLE_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port), "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0",
-            "TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_USE_AGENT_STORE": "False",
+            "TORCHELASTIC_RUN_ID": "none", "TORCHELASTIC_USE_AGENT_STORE": "True",
             "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
 
 
-# What a forked rank's environment leaves out or sets otherwise, by design: the rendezvous (its
-# address, port and id; rank 0 holds the store instead of the agent) and the agent's error file.
-RENDEZVOUS_VARIABLES = frozenset({"MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-                                  "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_ERROR_FILE"})
+# What a forked rank's environment sets otherwise or leaves out, by design: where the rendezvous
+# is (its address, port and id) and the agent's error file.
+RENDEZVOUS_VARIABLES = frozenset({"MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_ERROR_FILE"})
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _rendezvous_store():
+    """The store the ranks meet at, as torch's elastic agent hosts it: in this process, on a port
+    it binds itself (so no other process can take the port between choosing and binding it)."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    return TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(minutes=15))
 
 
 class ForkedLaunch:
@@ -423,8 +424,9 @@ class ForkedLaunch:
     stream (as the launcher prints it) and one exit code (0 when every rank exited 0, else the
     first other code, as the launcher fails when one of its processes does)."""
 
-    def __init__(self, args: list[str], processes: list[ForkedProcess], output) -> None:
+    def __init__(self, args: list[str], processes: list[ForkedProcess], output, store) -> None:
         self.args, self._processes, self.stdout = args, processes, output
+        self._store = store   # the rendezvous: kept until every rank has ended
         self.ranks = {rank: process.pid for rank, process in enumerate(processes)}
         self.returncode: int | None = None
 
@@ -448,6 +450,7 @@ class ForkedLaunch:
             raise
         finally:
             self.stdout.close()
+            self._store = None
         self.returncode = next((code for code in codes if code != 0), 0)
         return b"".join(chunks).decode("utf-8", "replace"), None
 
@@ -459,8 +462,9 @@ def launch(argv: list[str], *, env: dict[str, str], cwd: Path | str) -> ForkedLa
     processes = int(argv[argv.index("--num_processes") + 1])
     module_at = argv.index("-m", argv.index("accelerate.commands.launch"))
     module, args = argv[module_at + 1], argv[module_at + 2:]
-    port = _free_port()
-    added = launcher_environment(argv, port)
+    store = _rendezvous_store()
+    port = store.port
+    added = launcher_environment(argv)
     read, write = os.pipe()
     started = []
     try:
@@ -476,4 +480,4 @@ def launch(argv: list[str], *, env: dict[str, str], cwd: Path | str) -> ForkedLa
         raise
     finally:
         os.close(write)
-    return ForkedLaunch(argv, started, os.fdopen(read, "rb"))
+    return ForkedLaunch(argv, started, os.fdopen(read, "rb"), store)

@@ -189,16 +189,15 @@ GENUINE_LAUNCHER = {"ctrl-c-to-accelerate-launch", "sigterm-to-rank-1"}
 
 def _forked_ranks_get_what_launched_ones_get(path: Path, ranks: dict[int, int]) -> None:
     """The environment tests/forked_sdft.py gives each forked rank is the genuine launcher's
-    (checked on each genuine launch, so a change in accelerate or torch shows here), but for the
-    rendezvous, which a forked run's rank 0 hosts itself."""
+    (checked on each genuine launch, so a change in accelerate or torch shows here), but for where
+    the rendezvous is."""
     import psutil
 
     plan = launch_plan([str(path)], 2, {}, None)
-    port = forked_sdft._free_port()
     for rank, pid in ranks.items():
         launched = {k: v for k, v in psutil.Process(pid).environ().items() if ENV.get(k) != v}
-        forked = {**plan.env, **forked_sdft.launcher_environment(plan.argv, port),
-                  **forked_sdft.rank_environment(rank, 2, port)}
+        forked = {**plan.env, **forked_sdft.launcher_environment(plan.argv),
+                  **forked_sdft.rank_environment(rank, 2, port=0)}
         assert ({k: v for k, v in launched.items() if k not in forked_sdft.RENDEZVOUS_VARIABLES}
                 == {k: v for k, v in forked.items() if k not in forked_sdft.RENDEZVOUS_VARIABLES}), rank
 
