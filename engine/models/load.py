@@ -80,23 +80,21 @@ def _fp32(sd: Mapping) -> dict:
     return {k: (v.float() if torch.is_floating_point(v) else v) for k, v in sd.items()}
 
 
-def _empty_model(ctor):
-    """``ctor()`` on the meta device, built once per constructor: :func:`meta_state_dict` reads
-    its names and shapes, then :func:`build_model` fills that same module (building a U-Net is
-    most of a small model's load time)."""
+def empty_model(ctor):
+    """``ctor()``'s model with its parameters on the meta device and without the random
+    initialisation the file's weights replace (initialising meta tensors computes nothing but
+    costs most of a build; the generators are untouched either way). Its ``state_dict()`` gives
+    the names and shapes a conversion needs; :func:`fill_model` then assigns the weights into
+    this same module, so each part is built once per load."""
     from accelerate import init_empty_weights
+    from transformers.initialization import no_init_weights
 
-    model = getattr(ctor, "empty_model", None)
-    if model is None:
-        with init_empty_weights():
-            model = ctor.empty_model = ctor()
-    return model
+    with init_empty_weights(), no_init_weights():
+        return ctor()
 
 
-def build_model(ctor, state: Mapping, what: str, path: str):
-    """Build a model on the meta device and assign ``state`` into it (strict)."""
-    model = _empty_model(ctor)
-    del ctor.empty_model   # filled below: a later build of this constructor starts empty again
+def fill_model(model, state: Mapping, what: str, path: str):
+    """Assign ``state`` into an :func:`empty_model` (strict: every parameter comes from it)."""
     try:
         model.load_state_dict(_fp32(state), strict=True, assign=True)
     except RuntimeError as exc:
@@ -107,7 +105,7 @@ def build_model(ctor, state: Mapping, what: str, path: str):
 
 def meta_state_dict(ctor) -> dict:
     """The names and shapes (meta tensors) of the module ``ctor`` builds."""
-    return _empty_model(ctor).state_dict()
+    return empty_model(ctor).state_dict()
 
 
 def unet_ctor(cfg: dict):
@@ -141,12 +139,12 @@ def _vae_from_original_part(part: Mapping, *, v2: bool, v_param: bool, metadata,
         cfg = infer_vae_config(part, v2=v2, v_parameterization=v_param, metadata=metadata)
     except (KeyError, ValueError) as exc:
         raise ModelLoadError(f"{path}: the VAE is incomplete (missing {exc}); use a full VAE") from exc
-    ctor = vae_ctor(cfg)
+    model = empty_model(vae_ctor(cfg))
     try:
-        state = cv.vae_from_original(part, meta_state_dict(ctor))
+        state = cv.vae_from_original(part, model.state_dict())
     except cv.ConversionError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
-    return build_model(ctor, state, "VAE", path)
+    return fill_model(model, state, "VAE", path)
 
 
 def load_vae(source: str | Path, *, v2: bool = False, v_parameterization: bool = False,
@@ -201,12 +199,12 @@ def _load_single_file(path: Path, *, v2, v_parameterization, vae, allow_unsafe_p
         ucfg = infer_unet_config(unet_part, v2=is_v2, v_parameterization=hint_v, metadata=metadata)
     except (KeyError, ValueError) as exc:
         raise ModelLoadError(f"{path}: the U-Net is incomplete or not SD-shaped (missing {exc})") from exc
-    uctor = unet_ctor(ucfg)
+    unet = empty_model(unet_ctor(ucfg))
     try:
-        ustate = cv.unet_from_original(unet_part, meta_state_dict(uctor).keys())
+        ustate = cv.unet_from_original(unet_part, unet.state_dict().keys())
     except cv.ConversionError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
-    unet = build_model(uctor, ustate, "U-Net", str(path))
+    unet = fill_model(unet, ustate, "U-Net", str(path))
     del ustate, unet_part
 
     if vae is not None:
@@ -256,9 +254,9 @@ def _text_encoder_from_parts(parts: dict, *, is_v2: bool, metadata: dict, path: 
         tcfg = infer_text_config(tstate, v2=is_v2, metadata=metadata)
     except (KeyError, ValueError) as exc:
         raise ModelLoadError(f"{path}: the text encoder is incomplete (missing {exc})") from exc
-    tctor = text_ctor(tcfg)
-    tstate = cv.adapt_text_keys(tstate, meta_state_dict(tctor).keys())
-    return build_model(tctor, tstate, "text encoder", str(path)), extras
+    text_encoder = empty_model(text_ctor(tcfg))
+    tstate = cv.adapt_text_keys(tstate, text_encoder.state_dict().keys())
+    return fill_model(text_encoder, tstate, "text encoder", str(path)), extras
 
 
 def text_state_from_parts(parts: dict, *, is_v2: bool, metadata: Mapping, path: Path,

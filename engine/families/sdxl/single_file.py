@@ -26,7 +26,8 @@ from engine.models.convert import UNET_PREFIX, VAE_PREFIX, ConversionError, adap
 from engine.models.detect import refuse_empty_or_lora
 from engine.models.errors import ModelLoadError
 from engine.models.load import (
-    build_model,
+    empty_model,
+    fill_model,
     load_vae,
     recorded_scheduler,
     text_ctor,
@@ -94,18 +95,6 @@ def _configs(sd: Mapping, metadata: Mapping, path: Path, *, separate_vae: bool) 
                              "use a full SDXL checkpoint") from exc
 
 
-def _empty_model(ctor):
-    """``ctor()``'s model with its parameters on the meta device, as ``build_model`` builds it,
-    without the random initialisation: every parameter is assigned from the file (strict), and
-    initialising meta tensors computes nothing but costs most of the build (torch runs meta
-    ``normal_`` in Python; the generators are not touched either way)."""
-    from accelerate import init_empty_weights
-    from transformers.initialization import no_init_weights
-
-    with init_empty_weights(), no_init_weights():
-        return ctor()
-
-
 def te2_state_for(model_keys, state: Mapping) -> dict:
     """TE2's converted tensors in the model's own names (``text_model.`` or not, as
     transformers builds it; ``text_projection`` stays at the top)."""
@@ -132,7 +121,7 @@ def load_single_file(path: Path, *, v_parameterization="auto", vae=None, allow_u
         ctors["vae"] = vae_ctor(configs["vae"])
     # Each part is built once, empty (on the meta device): its tensor names and shapes steer the
     # conversion, then the converted tensors are assigned into that same empty model.
-    empty = {part: _empty_model(ctor) for part, ctor in ctors.items()}
+    empty = {part: empty_model(ctor) for part, ctor in ctors.items()}
     shapes = {part: model.state_dict() for part, model in empty.items()}
     try:
         states = sk.single_file_to_diffusers(sd, unet_keys=shapes["unet"].keys(), vae_state=shapes.get("vae", {}),
@@ -153,8 +142,7 @@ def load_single_file(path: Path, *, v_parameterization="auto", vae=None, allow_u
             state = adapt_text_keys(state, named[name])
         elif name == "text_encoder_2":
             state = te2_state_for(named[name], state)
-        model = empty.pop(name)
-        parts[name] = build_model(lambda built=model: built, state, what[name], where)
+        parts[name] = fill_model(empty.pop(name), state, what[name], where)
         del state
     if vae is not None:
         from engine.families.sdxl.load import sdxl_vae
