@@ -25,7 +25,8 @@ GOLDEN = Path(__file__).parent / "data" / "golden_demo_losses.json"
 STEPS = 6
 
 
-@pytest.mark.slow
+# Not marked slow although it trains: it is the check every refactor needs, so the quick tier
+# (README's test command) keeps it.
 def test_demo_losses_are_bit_identical_to_the_record(tmp_path):
     if torch.get_num_threads() != 1:
         pytest.skip("the record is for one thread (OMP_NUM_THREADS=1)")

@@ -87,6 +87,7 @@ def test_each_bucket_shape_gets_a_static_graph(tmp_path, tiny_sd1):
     assert len(latents) >= 2, latents               # a static graph for each bucket met
 
 
+@pytest.mark.slow
 def test_a_compiled_run_saves_the_same_weight_names(tmp_path, tiny_sd1):
     from safetensors import safe_open
 

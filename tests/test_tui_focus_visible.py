@@ -4,6 +4,7 @@ reverse/bold attributes, not only a colour; and what is typed lands in the field
 
 from __future__ import annotations
 
+import pytest
 from textual.widgets import Input, Select
 
 from sdft_tui.screens.captions import BulkEditScreen
@@ -49,6 +50,7 @@ async def invisible_stops(app, pilot) -> list[str]:
     return unseen
 
 
+@pytest.mark.slow
 def test_every_tab_stop_shows_its_focus_without_colour(tmp_path):
     app, _folder = folder_app(tmp_path)
 

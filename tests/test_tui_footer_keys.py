@@ -3,6 +3,8 @@ all; the Captions footer names the bulk edits (find/replace, add or remove a tag
 
 from __future__ import annotations
 
+import pytest
+
 from sdft_tui.screens.help import HelpScreen
 from tests.test_tui_keyboard_flow import STEP_KEYS, folder_app
 from tests.test_tui_polish import run_app
@@ -26,6 +28,7 @@ def test_the_captions_footer_names_the_bulk_edits_and_fits_80_columns(tmp_path):
     run_app(app, scenario, SIZE)
 
 
+@pytest.mark.slow
 def test_f1_lists_every_key_of_the_step_the_footer_has_no_room_for(tmp_path):
     app, _folder = folder_app(tmp_path)
 
