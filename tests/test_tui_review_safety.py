@@ -114,3 +114,38 @@ def test_an_empty_image_folder_says_so_and_next_is_refused(tmp_path):
         assert f"No images in {empty}" in notes(app)
 
     run_app(app, scenario, (80, 24))
+
+
+def test_a_path_typed_key_by_key_runs_one_check_for_what_it_ends_as(tmp_path, tiny_sd1):
+    """The full check takes seconds and cannot be interrupted: keys typed while one runs start no
+    more of them; the file as it is when the check ends is checked once, and its verdict shown."""
+    import threading
+
+    from textual.widgets import Input
+
+    app = folder_app(tmp_path, tiny_sd1)
+    checked: list = []
+    release = threading.Event()
+    real_check = app.state.full_check
+
+    def slow_check(path=None):
+        checked.append(path)
+        release.wait(timeout=60)        # the first check runs until every key is typed
+        return real_check(path)
+
+    app.state.full_check = slow_check
+
+    async def scenario(pilot):
+        await pilot.press("f6")
+        field = app.screen.query_one("#save-path", Input)
+        field.focus()
+        await pilot.pause()
+        await pilot.press("end", *"-typed")
+        assert len(checked) == 1, checked                   # still the check the step started with
+        assert "checking the model" in flat(screen_text(app))
+        release.set()
+        await settle(app, pilot)
+        assert [p.name for p in checked] == [checked[0].name, checked[0].name + "-typed"], checked
+        assert "✓ sdft train --check accepts this file" in flat(screen_text(app))
+
+    run_app(app, scenario, (120, 40))

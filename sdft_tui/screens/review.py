@@ -12,7 +12,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Label, Static
-from textual.worker import get_current_worker
 
 from engine.project.project import free_run_path
 from sdft_tui.screens.confirm import ChoiceScreen
@@ -58,28 +57,47 @@ class ReviewScreen(WizardScreen):
         toml_text = self.state.render_toml(path)
         self.query_one("#toml", Static).update(
             Syntax(toml_text, "toml", theme="ansi_dark", line_numbers=True, word_wrap=True))   # nothing cut at 80 columns
-        self._checked = None
         self._show_problems(self.state.validate(path, toml_text), pending=True)   # the schema's verdict, at once
-        self.full_check_worker(path)
+        self._want_check(path)
 
-    @work(thread=True, exclusive=True, group="review-check")
-    def full_check_worker(self, path: Path) -> None:
+    # The full check loads the model and builds the optimizer: seconds, in a thread that cannot be
+    # interrupted. A path typed key by key would start one per key, all running to the end, so at
+    # most one runs; what changed meanwhile is checked once when it ends.
+    _check_running = False
+    _check_wanted: tuple[int, Path] | None = None
+    _check_count = 0
+
+    def _want_check(self, path: Path) -> None:
+        self._check_count += 1
+        self._check_wanted = (self._check_count, path)
+        if not self._check_running:
+            self._start_check()
+
+    def _start_check(self) -> None:
+        assert self._check_wanted is not None
+        self._check_running = True
+        self.full_check_worker(*self._check_wanted)
+
+    @work(thread=True, group="review-check")
+    def full_check_worker(self, number: int, path: Path) -> None:
         """The engine's whole check (what `sdft train --check` runs), off the UI thread."""
         try:
             problems = self.state.full_check(path)
         except Exception as exc:  # noqa: BLE001 - a broken check must not take the wizard down
+            self.app.call_from_thread(self._check_ended, number, None)
             self.app.call_from_thread(self.notify, f"the full check failed: {exc}", severity="warning",
                                       markup=False)
             return
-        if get_current_worker().is_cancelled:
-            return
-        self.app.call_from_thread(self._checked_for, path, problems)
+        self.app.call_from_thread(self._check_ended, number, problems)
 
-    def _checked_for(self, path: Path, problems: list) -> None:
-        if path != self.run_path():
-            return   # the path changed since: a newer check is on its way
-        self._checked = (path, problems)
-        self._show_problems(problems, pending=False)
+    def _check_ended(self, number: int, problems: list | None) -> None:
+        """On the UI thread, while the worker still runs (so a test's settle waits for the next)."""
+        self._check_running = False
+        if self._check_wanted is not None and self._check_wanted[0] != number:
+            self._start_check()   # the file changed while it ran: check what is there now
+            return
+        if problems is not None:
+            self._show_problems(problems, pending=False)
 
     def _show_problems(self, problems: list, *, pending: bool) -> None:
         box = self.query_one("#problems", Static)
