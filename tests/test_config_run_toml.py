@@ -136,7 +136,6 @@ def _sdft(capsys, *args) -> tuple[int, str, str]:
     return code, printed.out, printed.err
 
 
-@pytest.mark.slow
 def test_check_exit_codes(dataset_dir, tiny_sd1, capsys):
     text = GOOD.replace('"model"', f'"{tiny_sd1}"')
     good = write(dataset_dir, text)

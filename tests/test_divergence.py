@@ -25,7 +25,6 @@ def _run(tmp_path, model, lr: str, steps: int = 6, save: str = "") -> tuple:
     return run_training(path, sink=sink), sink, path
 
 
-@pytest.mark.slow
 def test_a_learning_rate_of_1e308_stops_the_run_at_its_first_nan_and_saves_nothing_after(tmp_path, tiny_sd1):
     result, sink, path = _run(tmp_path, tiny_sd1, "1e308", save="every_n_steps = 1\nstate = true\n")
     assert result.status == "failed"
@@ -41,7 +40,6 @@ def test_a_learning_rate_of_1e308_stops_the_run_at_its_first_nan_and_saves_nothi
         json.loads(line, parse_constant=lambda token: pytest.fail(f"non-standard JSON token {token}"))
 
 
-@pytest.mark.slow
 def test_the_cli_exits_3_and_names_the_last_good_state(tmp_path, tiny_sd1, capsys):
     path = make_run(tmp_path, tiny_sd1, steps=6, save_extra="every_n_steps = 2\nstate = true\n")
     path.write_text(path.read_text().replace("learning_rate = 1e-4", "learning_rate = 1e-4\nlr_scheduler = \"linear\""))

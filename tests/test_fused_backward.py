@@ -33,7 +33,6 @@ BF16 = 'mixed_precision = "bf16"\nfull_bf16 = true\n'
 CASES = [("", "AdamW"), ("", "Adafactor"), ("", "Lion"), ("", "AdamW8bit"), (BF16, "AdamW")]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("memory, optimizer", CASES, ids=["AdamW", "Adafactor", "Lion", "AdamW8bit", "bf16-AdamW"])
 def test_fused_backward_gives_the_unfused_runs_losses_and_weights(tmp_path, tiny_sd1, memory, optimizer):
     # bf16 weights: the fused pass rounds each weight as the unfused step does

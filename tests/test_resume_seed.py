@@ -27,7 +27,6 @@ def _stop_at(control: RunControl, step: int):
     return CallbackSink(lambda e: isinstance(e, StepMetrics) and e.step == step and control.request_stop("test"))
 
 
-@pytest.mark.slow
 def test_a_file_without_seed_resumes_with_the_seed_of_its_state(tmp_path, tiny_sd1):
     split = _without_seed(make_run(tmp_path / "b", tiny_sd1, steps=5))
     first, control = ListSink(), RunControl()

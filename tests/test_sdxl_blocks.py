@@ -63,7 +63,6 @@ def test_schema_takes_a_list_or_kohyas_string():
         block_rates("1e-6;2e-6")
 
 
-@pytest.mark.slow
 def test_blocks_train_at_their_rates_and_a_zero_block_stays_frozen(tmp_path, tiny_sdxl_folder):
     from test_sdxl_train import load, sdxl_run
 

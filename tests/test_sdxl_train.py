@@ -95,7 +95,6 @@ def test_sdxl_trains_saves_and_resumes_bit_for_bit(tmp_path, tiny_sdxl):
         assert same(getattr(trained, part), getattr(again, part)), part
 
 
-@pytest.mark.slow
 def test_a_zero_rate_keeps_that_text_encoder_frozen_and_te1_keeps_its_unused_layer(tmp_path, tiny_sdxl):
     """kohya's sdxl_train.py: learning_rate_te2 = 0 trains TE1 only; TE1's last layer and final
     LayerNorm (the U-Net reads its layer 11) never change."""
@@ -149,7 +148,6 @@ def test_cached_text_outputs_train_the_same_and_resume_exactly(tmp_path, tiny_sd
     assert {**losses(first), **losses(second)} == losses(straight)
 
 
-@pytest.mark.slow
 def test_caption_dropout_caches_the_empty_caption_too(tmp_path, tiny_sdxl):
     """A dropped caption is the empty one: cached beside the images' own, so every draw finds its
     outputs (a caption the cache lacks stops the step)."""
@@ -265,7 +263,6 @@ def test_sdxl_samples_equal_diffusers_own_pipeline():
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)   # one encoder call vs two: float noise
 
 
-@pytest.mark.slow
 def test_an_sdxl_run_samples_with_ema_and_validation(tmp_path, tiny_sdxl):
     """Samples through the SDXL pipeline, the EMA and the validation loss in one SDXL run."""
     from engine.events import SampleSaved, ValidationMetrics
@@ -285,7 +282,6 @@ def test_an_sdxl_run_samples_with_ema_and_validation(tmp_path, tiny_sdxl):
     assert all(e.figures["loss"] > 0 for e in sink.of(ValidationMetrics))
 
 
-@pytest.mark.slow
 def test_masked_loss_on_sdxl(tmp_path, tiny_sdxl):
     """An opaque alpha mask trains exactly as no mask; a half-transparent one changes the loss."""
     from test_masked_loss import _masked_dataset

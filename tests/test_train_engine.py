@@ -46,7 +46,6 @@ def test_run_emits_events_and_saves_a_loadable_model(plain_run):
     assert "seed = 7" in (run_dir / "config.toml").read_text()
 
 
-@pytest.mark.slow
 def test_training_changes_the_unet(tiny_sd1, plain_run):
     from engine.models.load import load_model
 
@@ -57,7 +56,6 @@ def test_training_changes_the_unet(tiny_sd1, plain_run):
     assert not torch.allclose(before[key], after[key].float())
 
 
-@pytest.mark.slow
 def test_stop_writes_state_and_resume_is_exact(tmp_path, tiny_sd1, plain_run):
     straight, full = plain_run(6)
     assert full.status == "completed"
@@ -147,7 +145,6 @@ def test_stop_while_caching_latents_ends_quickly_as_stopped(tmp_path, tiny_sd1):
     assert not sink.of(StepMetrics) and sink.of(RunFinished)[0].status == "stopped"
 
 
-@pytest.mark.slow
 def test_background_batch_loading_changes_nothing_but_time(tmp_path, tiny_sd1, accumulated_run):
     inline = ListSink()
     path = make_run(tmp_path / "inline", tiny_sd1, steps=4, train_extra="gradient_accumulation_steps = 2")
@@ -165,7 +162,6 @@ def test_each_micro_batch_of_each_step_has_its_own_seed():
     assert step_seed(7, 3, 0) == step_seed(7, 3, 0) != step_seed(8, 3, 0)
 
 
-@pytest.mark.slow
 def test_live_encoded_subsets_train_and_resume_exactly(tmp_path, tiny_sd1):
     # random_crop makes a subset uncacheable: its latents are encoded every step, with the
     # posterior sample drawn from the step's own generator.
@@ -186,7 +182,6 @@ def test_live_encoded_subsets_train_and_resume_exactly(tmp_path, tiny_sd1):
     assert {**losses(first), **losses(second)} == losses(straight)
 
 
-@pytest.mark.slow
 def test_a_crash_mid_run_leaves_a_resumable_state(tmp_path, tiny_sd1, monkeypatch, plain_run):
     from engine.train.trainer import Trainer
 

@@ -48,7 +48,6 @@ def test_hooks_see_every_step_and_epoch_in_order(tmp_path, tiny_sd1):
     assert len(trainer.sink.of(StepMetrics)) == 4
 
 
-@pytest.mark.slow
 def test_bench_times_the_real_loop_without_patching_the_trainer(tmp_path, tiny_sd1):
     methods = dict(vars(Trainer))
     result = run_bench(make_run(tmp_path, tiny_sd1, steps=4), steps=2, warmup=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from train_helpers import make_run
 
@@ -42,7 +41,6 @@ def test_full_bf16_keeps_trained_weights_in_bf16(tmp_path, tiny_sd1):
     assert next(plain.parts.components.model.unet.parameters()).dtype == torch.float32
 
 
-@pytest.mark.slow
 def test_gradient_checkpointing_is_enabled_and_keeps_the_loss(tmp_path, tiny_sd1, plain_run):
     base, _result = plain_run(2)
     path = make_run(tmp_path / "b", tiny_sd1, steps=2)
@@ -72,7 +70,6 @@ def test_ema_update_and_swap():
     torch.testing.assert_close(p.detach(), torch.full((2,), 4.0))
 
 
-@pytest.mark.slow
 def test_saving_from_ema_weights_differs_from_live_weights(tmp_path, tiny_sd1):
     from safetensors.torch import load_file
 
@@ -87,7 +84,6 @@ def test_saving_from_ema_weights_differs_from_live_weights(tmp_path, tiny_sd1):
     assert not torch.equal(final_weights(tmp_path / "live", False), final_weights(tmp_path / "ema", True))
 
 
-@pytest.mark.slow
 def test_save_formats_and_rotation(tmp_path, tiny_sd1):
     from engine.models.load import load_model
 
@@ -106,7 +102,6 @@ def test_save_formats_and_rotation(tmp_path, tiny_sd1):
     assert load_model(model_dir).unet is not None
 
 
-@pytest.mark.slow
 def test_samples_do_not_change_training(tmp_path, tiny_sd1, plain_run):
     plain, _result = plain_run(3)
     path = make_run(tmp_path / "b", tiny_sd1, steps=3)
