@@ -143,11 +143,11 @@ sys.modules.setdefault("einops", types.SimpleNamespace(rearrange=None))
 from library import sdxl_model_util
 
 from engine.families.sdxl.configs import builtin_config
-from engine.models.load import meta_state_dict, text_ctor, unet_ctor, vae_ctor
+from engine.models.load import empty_model, text_ctor, unet_ctor, vae_ctor
 
-full = {"unet": meta_state_dict(unet_ctor(builtin_config("unet"))), "vae": meta_state_dict(vae_ctor(builtin_config("vae"))),
-        "text_encoder": meta_state_dict(text_ctor(builtin_config("text_encoder"))),
-        "text_encoder_2": meta_state_dict(text_ctor(builtin_config("text_encoder_2"), with_projection=True))}
+full = {"unet": empty_model(unet_ctor(builtin_config("unet"))).state_dict(), "vae": empty_model(vae_ctor(builtin_config("vae"))).state_dict(),
+        "text_encoder": empty_model(text_ctor(builtin_config("text_encoder"))).state_dict(),
+        "text_encoder_2": empty_model(text_ctor(builtin_config("text_encoder_2"), with_projection=True)).state_dict()}
 full_file = diffusers_to_single_file(full["unet"], full["vae"], full["text_encoder"], full["text_encoder_2"])
 sdxl_model_util.load_file = lambda path, device=None: dict(full_file)
 kohya_load_on_device = sdxl_model_util._load_state_dict_on_device

@@ -265,16 +265,16 @@ def test_full_size_shapes_give_the_builtin_configs_exactly():
     from engine.families.sdxl.configs import builtin_config
     from engine.families.sdxl.infer import infer_sdxl_vae_config, infer_text_config, infer_unet_config, te2_shapes
     from engine.families.sdxl.keys import TE2_PREFIX, te2_to_single_file
-    from engine.models.load import meta_state_dict, text_ctor, unet_ctor, vae_ctor
+    from engine.models.load import empty_model, text_ctor, unet_ctor, vae_ctor
 
-    unet = meta_state_dict(unet_ctor(builtin_config("unet")))
-    te2 = meta_state_dict(text_ctor(builtin_config("text_encoder_2"), with_projection=True))
+    unet = empty_model(unet_ctor(builtin_config("unet"))).state_dict()
+    te2 = empty_model(text_ctor(builtin_config("text_encoder_2"), with_projection=True)).state_dict()
     from engine.families.sdxl.keys import unet_key_map
     from engine.models.convert import vae_key_map
 
     unet_part = {orig.removeprefix("model.diffusion_model."): unet[k] for k, orig in unet_key_map(unet).items()}
     te2_part = {k.removeprefix(TE2_PREFIX): v for k, v in te2_to_single_file(te2).items()}
-    vae = meta_state_dict(vae_ctor(builtin_config("vae")))
+    vae = empty_model(vae_ctor(builtin_config("vae"))).state_dict()
     vae_part = {orig.removeprefix("first_stage_model."): vae[k] for k, orig in vae_key_map(vae).items()}
 
     def public(cfg):

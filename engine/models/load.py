@@ -103,11 +103,6 @@ def fill_model(model, state: Mapping, what: str, path: str):
     return model.eval()
 
 
-def meta_state_dict(ctor) -> dict:
-    """The names and shapes (meta tensors) of the module ``ctor`` builds."""
-    return empty_model(ctor).state_dict()
-
-
 def unet_ctor(cfg: dict):
     from diffusers import UNet2DConditionModel
 

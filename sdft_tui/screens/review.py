@@ -58,45 +58,41 @@ class ReviewScreen(WizardScreen):
         self.query_one("#toml", Static).update(
             Syntax(toml_text, "toml", theme="ansi_dark", line_numbers=True, word_wrap=True))   # nothing cut at 80 columns
         self._show_problems(self.state.validate(path, toml_text), pending=True)   # the schema's verdict, at once
-        self._want_check(path)
+        self._want_check()
 
     # The full check loads the model and builds the optimizer: seconds, in a thread that cannot be
     # interrupted. A path typed key by key would start one per key, all running to the end, so at
     # most one runs; what changed meanwhile is checked once when it ends.
     _check_running = False
-    _check_wanted: tuple[int, Path] | None = None
-    _check_count = 0
+    _changes = 0   # refresh_view calls so far: a check that saw fewer is out of date
 
-    def _want_check(self, path: Path) -> None:
-        self._check_count += 1
-        self._check_wanted = (self._check_count, path)
+    def _want_check(self) -> None:
+        self._changes += 1
         if not self._check_running:
             self._start_check()
 
     def _start_check(self) -> None:
-        assert self._check_wanted is not None
         self._check_running = True
-        self.full_check_worker(*self._check_wanted)
+        self.full_check_worker(self._changes, self.run_path())
 
     @work(thread=True, group="review-check")
-    def full_check_worker(self, number: int, path: Path) -> None:
+    def full_check_worker(self, changes: int, path: Path) -> None:
         """The engine's whole check (what `sdft train --check` runs), off the UI thread."""
         try:
             problems = self.state.full_check(path)
         except Exception as exc:  # noqa: BLE001 - a broken check must not take the wizard down
-            self.app.call_from_thread(self._check_ended, number, None)
+            self.app.call_from_thread(self._check_ended, changes, None)
             self.app.call_from_thread(self.notify, f"the full check failed: {exc}", severity="warning",
                                       markup=False)
             return
-        self.app.call_from_thread(self._check_ended, number, problems)
+        self.app.call_from_thread(self._check_ended, changes, problems)
 
-    def _check_ended(self, number: int, problems: list | None) -> None:
+    def _check_ended(self, changes: int, problems: list | None) -> None:
         """On the UI thread, while the worker still runs (so a test's settle waits for the next)."""
         self._check_running = False
-        if self._check_wanted is not None and self._check_wanted[0] != number:
+        if changes != self._changes:
             self._start_check()   # the file changed while it ran: check what is there now
-            return
-        if problems is not None:
+        elif problems is not None:
             self._show_problems(problems, pending=False)
 
     def _show_problems(self, problems: list, *, pending: bool) -> None:
